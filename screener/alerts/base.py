@@ -1,0 +1,42 @@
+"""The interfaces between the engine and the alerts side. Small on purpose.
+
+The engine writes matches through :class:`MatchStore` and reads the do-not-contact register through it; it
+publishes to Kafka separately. Implementations: :mod:`screener.alerts.store` (SQLAlchemy, SQLite/PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import polars as pl
+
+__all__ = ["MATCH_COLUMNS", "MatchStore"]
+
+#: Columns of the frame passed to :meth:`MatchStore.record_matches`.
+#: ``criteria`` is a JSON string: a list of {name, group, result, evidence}; ``event_time`` is the broker
+#: timestamp of the newest event that led to the match (for latency), or null for scheduled re-screens.
+MATCH_COLUMNS = (
+    "study_id", "patient_id", "outcome", "rule_hash", "criteria", "matched_at", "setting", "imd_decile",
+    "ethnic_group", "event_time",
+)
+
+
+@runtime_checkable
+class MatchStore(Protocol):
+    def record_matches(self, matches: pl.DataFrame) -> pl.DataFrame:
+        """Insert matches idempotently: one row per (study_id, patient_id), ever.
+
+        Returns the rows that were new (the ones to alert on). A row already present is not inserted again; if
+        its outcome or rule hash changed, it is updated in place and is *not* returned (no second alert).
+        Must be atomic per call: if it raises, nothing was written and the caller must not commit offsets.
+        """
+        ...
+
+    def do_not_contact(self) -> pl.Series:
+        """Patient ids currently on the do-not-contact register (String series)."""
+        ...
+
+    def sync_studies(self, studies: Sequence[object]) -> None:
+        """Upsert study metadata (id, title, team, sponsor, target, dates, content hash) from loaded rule files."""
+        ...

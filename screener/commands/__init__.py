@@ -1,0 +1,1 @@
+"""CLI verbs, one module per area. Each module exposes ``COMMANDS``: the click commands it adds."""

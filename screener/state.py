@@ -1,0 +1,263 @@
+"""Patient state as Polars frames, built and updated from canonical events.
+
+Two frames, both keyed by ``patient_id``:
+
+``persons``  one row per patient: demographics, the setting they were last seen in, the do-not-contact flag
+             and whether they have died.
+``facts``    one row per clinical fact (condition, measurement, drug, procedure, visit, observation), long
+             format: patient, event id, kind, code system, code, numeric value, text value, unit, time, status,
+             setting.
+
+:func:`apply_events` is pure: it takes a state and a batch of events and returns the new state plus the ids of
+the patients whose records changed (the ones the engine must re-screen). It applies the correction semantics
+documented in :mod:`screener.events`. Time is UTC, microseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import polars as pl
+
+from screener.events import Event
+
+__all__ = [
+    "FACT_KINDS",
+    "FACTS_SCHEMA",
+    "PERSONS_SCHEMA",
+    "DO_NOT_CONTACT_CODE",
+    "PatientState",
+    "apply_events",
+    "events_to_frames",
+]
+
+TS = pl.Datetime("us", "UTC")
+FACT_KINDS = ("condition", "measurement", "drug", "procedure", "visit", "observation")
+DO_NOT_CONTACT_CODE = ("local", "do-not-contact")
+
+PERSONS_SCHEMA: dict[str, pl.DataType] = {
+    "patient_id": pl.String(),
+    "birth_date": pl.Date(),
+    "sex": pl.String(),
+    "ethnic_group": pl.String(),
+    "ethnic_category": pl.String(),
+    "lsoa": pl.String(),
+    "imd_decile": pl.Int8(),
+    "postcode_district": pl.String(),
+    "setting": pl.String(),
+    "site": pl.String(),
+    "do_not_contact": pl.Boolean(),
+    "deceased": pl.Boolean(),
+    "updated_at": TS,
+}
+
+FACTS_SCHEMA: dict[str, pl.DataType] = {
+    "patient_id": pl.String(),
+    "event_id": pl.String(),
+    "kind": pl.String(),
+    "system": pl.String(),
+    "code": pl.String(),
+    "value": pl.Float64(),
+    "text": pl.String(),
+    "unit": pl.String(),
+    "occurred_at": TS,
+    "status": pl.String(),
+    "setting": pl.String(),
+}
+
+_DEMOGRAPHIC_FIELDS = (
+    "birth_date", "sex", "ethnic_group", "ethnic_category", "lsoa", "imd_decile", "postcode_district",
+)
+
+
+def _empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema)
+
+
+@dataclass(frozen=True)
+class PatientState:
+    """Immutable pair of frames. Build an empty one with ``PatientState()``."""
+
+    persons: pl.DataFrame = field(default_factory=lambda: _empty(PERSONS_SCHEMA))
+    facts: pl.DataFrame = field(default_factory=lambda: _empty(FACTS_SCHEMA))
+
+    @property
+    def patient_count(self) -> int:
+        return self.persons.height
+
+    def select_patients(self, patient_ids: pl.Series | Sequence[str]) -> PatientState:
+        """The state restricted to the given patients (used to re-screen only the touched ones)."""
+        ids = pl.Series("patient_id", list(patient_ids), dtype=pl.String)
+        return PatientState(
+            persons=self.persons.filter(pl.col("patient_id").is_in(ids.implode())),
+            facts=self.facts.filter(pl.col("patient_id").is_in(ids.implode())),
+        )
+
+
+def events_to_frames(events: Iterable[Event]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Split a batch into (person updates, fact rows, control rows) frames, in arrival order.
+
+    Control rows carry consent, death, corrections and merges: columns ``seq, patient_id, op, arg, status``.
+    """
+    person_rows: list[dict[str, object]] = []
+    fact_rows: list[dict[str, object]] = []
+    control_rows: list[dict[str, object]] = []
+    for seq, ev in enumerate(events):
+        if ev.corrects is not None:
+            control_rows.append({"seq": seq, "patient_id": ev.patient_id, "op": "retract", "arg": ev.corrects})
+        if ev.kind == "person":
+            assert ev.person is not None
+            row: dict[str, object] = {"seq": seq, "patient_id": ev.patient_id}
+            for name in _DEMOGRAPHIC_FIELDS:
+                row[name] = getattr(ev.person, name)
+            row["setting"] = ev.setting
+            row["site"] = ev.site
+            row["updated_at"] = ev.occurred_at
+            person_rows.append(row)
+            if ev.person.merged_from:
+                control_rows.append(
+                    {"seq": seq, "patient_id": ev.patient_id, "op": "merge", "arg": ev.person.merged_from}
+                )
+            continue
+        if ev.kind == "consent":
+            if ev.code is not None and (ev.code.system, ev.code.value) == DO_NOT_CONTACT_CODE:
+                op = "dnc_on" if ev.status == "active" else "dnc_off"
+                control_rows.append({"seq": seq, "patient_id": ev.patient_id, "op": op, "arg": None})
+            continue
+        if ev.kind == "death":
+            if ev.status != "entered-in-error":
+                control_rows.append({"seq": seq, "patient_id": ev.patient_id, "op": "death", "arg": None})
+            continue
+        if ev.status == "entered-in-error":
+            # An entered-in-error fact without `corrects` retracts any earlier copy of itself.
+            control_rows.append({"seq": seq, "patient_id": ev.patient_id, "op": "retract", "arg": ev.event_id})
+            continue
+        numeric = ev.value if isinstance(ev.value, float | int) and not isinstance(ev.value, bool) else None
+        fact_rows.append(
+            {
+                "seq": seq,
+                "patient_id": ev.patient_id,
+                "event_id": ev.event_id,
+                "kind": ev.kind,
+                "system": ev.code.system if ev.code else None,
+                "code": ev.code.value if ev.code else None,
+                "value": float(numeric) if numeric is not None else None,
+                "text": ev.value if isinstance(ev.value, str) else None,
+                "unit": ev.unit,
+                "occurred_at": ev.occurred_at,
+                "status": ev.status,
+                "setting": ev.setting,
+            }
+        )
+        if ev.setting is not None:
+            person_rows.append(
+                {"seq": seq, "patient_id": ev.patient_id, "setting": ev.setting, "site": ev.site}
+            )
+    persons = pl.DataFrame(
+        person_rows,
+        schema={"seq": pl.Int64, **{k: v for k, v in PERSONS_SCHEMA.items() if k not in ("do_not_contact", "deceased")}},
+        orient="row",
+    ) if person_rows else pl.DataFrame(
+        schema={"seq": pl.Int64, **{k: v for k, v in PERSONS_SCHEMA.items() if k not in ("do_not_contact", "deceased")}}
+    )
+    facts = (
+        pl.DataFrame(fact_rows, schema={"seq": pl.Int64, **FACTS_SCHEMA}, orient="row")
+        if fact_rows
+        else pl.DataFrame(schema={"seq": pl.Int64, **FACTS_SCHEMA})
+    )
+    control = pl.DataFrame(
+        control_rows or None,
+        schema={"seq": pl.Int64, "patient_id": pl.String, "op": pl.String, "arg": pl.String},
+    )
+    return persons, facts, control
+
+
+def apply_events(state: PatientState, events: Sequence[Event]) -> tuple[PatientState, pl.Series]:
+    """Apply a batch of events; return the new state and the touched patient ids (unique, sorted).
+
+    Idempotent per ``event_id``: replaying a batch yields the same state. Patients who appear only in facts
+    get a person row with unknown demographics, so every fact has a person.
+    """
+    if not events:
+        return state, pl.Series("patient_id", [], dtype=pl.String)
+    upd, new_facts, control = events_to_frames(events)
+
+    facts = state.facts
+    # Retractions (corrections and entered-in-error) remove earlier facts by event id.
+    retracted = control.filter(pl.col("op") == "retract")
+    if retracted.height:
+        facts = facts.filter(~pl.col("event_id").is_in(retracted["arg"].implode()))
+        # A later fact in the same batch may itself be retracted by a still-later correction.
+        later = new_facts.join(
+            retracted.select(pl.col("arg").alias("event_id"), pl.col("seq").alias("rseq")), on="event_id", how="left"
+        )
+        new_facts = later.filter(pl.col("rseq").is_null() | (pl.col("rseq") < pl.col("seq"))).drop("rseq")
+    facts = pl.concat([facts, new_facts.drop("seq")], how="vertical")
+    facts = facts.unique(subset=["event_id"], keep="last", maintain_order=True)
+
+    persons = state.persons
+    merges = control.filter(pl.col("op") == "merge")
+    if merges.height:
+        mapping = dict(zip(merges["arg"].to_list(), merges["patient_id"].to_list(), strict=True))
+        facts = facts.with_columns(pl.col("patient_id").replace(mapping))
+        persons = persons.filter(~pl.col("patient_id").is_in(merges["arg"].implode()))
+
+    touched = pl.concat(
+        [upd["patient_id"], new_facts["patient_id"], control["patient_id"], retracted_patients(state, retracted)]
+    ).unique().sort()
+
+    # Person updates: the last non-null value per field wins.
+    if upd.height:
+        latest = upd.sort("seq").group_by("patient_id", maintain_order=True).agg(
+            [pl.col(c).drop_nulls().last() for c in upd.columns if c not in ("seq", "patient_id")]
+        )
+        persons = _upsert_persons(persons, latest)
+    missing = touched.to_frame().join(persons.select("patient_id"), on="patient_id", how="anti")
+    if missing.height:
+        persons = pl.concat([persons, missing.with_columns(
+            [pl.lit(None, dtype=t).alias(c) for c, t in PERSONS_SCHEMA.items() if c != "patient_id"]
+        ).with_columns(pl.lit(False).alias("do_not_contact"), pl.lit(False).alias("deceased"))
+        .select(list(PERSONS_SCHEMA))], how="vertical")
+
+    flags = control.filter(pl.col("op").is_in(["dnc_on", "dnc_off", "death"]))
+    if flags.height:
+        dnc = (
+            flags.filter(pl.col("op") != "death").sort("seq").group_by("patient_id").agg(
+                (pl.col("op").last() == "dnc_on").alias("_dnc")
+            )
+        )
+        dead = flags.filter(pl.col("op") == "death").select("patient_id").unique().with_columns(
+            pl.lit(True).alias("_dead")
+        )
+        persons = (
+            persons.join(dnc, on="patient_id", how="left")
+            .join(dead, on="patient_id", how="left")
+            .with_columns(
+                pl.coalesce("_dnc", "do_not_contact").alias("do_not_contact"),
+                pl.coalesce("_dead", "deceased").alias("deceased"),
+            )
+            .drop("_dnc", "_dead")
+        )
+    return PatientState(persons=persons, facts=facts), touched
+
+
+def retracted_patients(state: PatientState, retracted: pl.DataFrame) -> pl.Series:
+    """Patients who owned a retracted fact (a correction may arrive under the same patient id)."""
+    if not retracted.height:
+        return pl.Series("patient_id", [], dtype=pl.String)
+    return state.facts.filter(pl.col("event_id").is_in(retracted["arg"].implode()))["patient_id"]
+
+
+def _upsert_persons(persons: pl.DataFrame, latest: pl.DataFrame) -> pl.DataFrame:
+    cols = [c for c in latest.columns if c != "patient_id"]
+    joined = persons.join(latest, on="patient_id", how="full", coalesce=True, suffix="_new")
+    return joined.with_columns(
+        [pl.coalesce(f"{c}_new", c).alias(c) for c in cols]
+        + [pl.col("do_not_contact").fill_null(False), pl.col("deceased").fill_null(False)]
+    ).select(list(PERSONS_SCHEMA))
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,1 @@
+"""The worklist web app."""
