@@ -1,0 +1,1 @@
+"""The connector interface (base.py) and the Kafka publishing all connectors share."""
