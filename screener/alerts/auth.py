@@ -1,0 +1,60 @@
+"""Passwords and tokens. Passwords are argon2id-hashed (argon2-cffi defaults); session and API tokens are
+random 256-bit values given to the client once and stored only as SHA-256 hashes, so a database leak does not
+hand out live sessions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+__all__ = ["ROLES", "constant_time_equal", "hash_password", "hash_token", "needs_rehash", "new_token",
+           "verify_password"]
+
+#: nurse: works the worklist of their teams; coordinator: the same plus the funnel summary of their teams;
+#: admin: every team, the do-not-contact register and users.
+ROLES = ("nurse", "coordinator", "admin")
+
+_hasher = PasswordHasher()
+#: Verified against when a username does not exist, so a login takes as long either way.
+_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+def hash_password(password: str) -> str:
+    """argon2id hash of ``password`` (with its own salt and parameters encoded in the string)."""
+    if not password:
+        raise ValueError("password must not be empty")
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """True when ``password`` matches ``password_hash``. ``None`` (unknown user) is checked against a dummy hash
+    so the timing does not reveal whether the user exists; it always returns False."""
+    try:
+        ok = _hasher.verify(password_hash or _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return False
+    return ok and password_hash is not None
+
+
+def needs_rehash(password_hash: str) -> bool:
+    return _hasher.check_needs_rehash(password_hash)
+
+
+def new_token(nbytes: int = 32) -> str:
+    """A URL-safe random token (for sessions, CSRF, API tokens)."""
+    return secrets.token_urlsafe(nbytes)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def constant_time_equal(a: str | None, b: str | None) -> bool:
+    if not a or not b:
+        return False
+    return hmac.compare_digest(a.encode(), b.encode())
