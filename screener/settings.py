@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+    #: Connectors' producers use enable_idempotence (acks=all always). The embedded tansu broker rejects
+    #: idempotent produce requests, so the demo and tests turn this off.
+    producer_idempotence: bool = True
+    #: HL7 v2 local-code mapping file for OBX codes (YAML or CSV); empty = the shipped default.
+    hl7_code_map: Path | None = None
 
     # --- engine ------------------------------------------------------------------------------------------
     rules_dir: Path = Path("rules")

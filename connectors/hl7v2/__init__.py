@@ -1,0 +1,67 @@
+"""HL7 v2 over MLLP: ``screener connect hl7v2 --listen HOST:PORT``.
+
+See :mod:`connectors.hl7v2.parse` for the message types and fields read (timestamps without an offset are
+Europe/London time) and :mod:`connectors.hl7v2.server` for the ACK contract (AA only after Kafka acknowledged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from screener.sources.base import SimpleConnector
+
+from .parse import CodeMap, HL7Reject, ParsedMessage, load_code_map, parse_message, split_batch
+from .server import MLLPServer, frame, process_block
+
+__all__ = [
+    "CodeMap",
+    "HL7Reject",
+    "MLLPServer",
+    "ParsedMessage",
+    "connector",
+    "frame",
+    "load_code_map",
+    "parse_message",
+    "process_block",
+    "split_batch",
+]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``:PORT``) -> (host, port)."""
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
+    return host or "0.0.0.0", int(port)
+
+
+def _command() -> click.Command:
+    from screener.commands.connect import connector_options
+
+    @click.command("hl7v2")
+    @click.option("--listen", default="127.0.0.1:2575", show_default=True, help="HOST:PORT to accept MLLP on.")
+    @click.option("--code-map", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                  envvar="SCREENER_HL7_CODE_MAP", help="OBX local-code mapping file (YAML or CSV).")
+    @connector_options
+    def hl7v2(listen: str, code_map: Path | None, sink_factory: object) -> None:
+        """Receive HL7 v2 (ADT, ORU^R01) over MLLP; ACK AA only after Kafka acknowledged the events."""
+        host, port = parse_listen(listen)
+        sink = sink_factory("hl7v2")  # type: ignore[operator]
+        server = MLLPServer(sink, host=host, port=port, code_map=load_code_map(code_map))
+        click.echo(f"hl7v2: listening for MLLP on {host}:{port}", err=True)
+        try:
+            asyncio.run(server.serve_forever())
+        except KeyboardInterrupt:
+            pass
+        finally:
+            close = getattr(sink, "close", None)
+            if close:
+                close()
+
+    return hl7v2
+
+
+connector = SimpleConnector("hl7v2", "HL7 v2 ADT and ORU^R01 over MLLP (asyncio server)", _command)
