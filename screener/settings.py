@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_from: str = "screener@localhost"
+    #: Upgrade the SMTP connection with STARTTLS before logging in.
+    smtp_starttls: bool = False
+    #: Seconds between outbox delivery passes (webhook messages; digests wait for digest_interval_s).
+    outbox_interval_s: float = Field(default=10.0, gt=0)
     digest_interval_s: float = Field(default=3600.0, gt=0)
 
     # --- observability -----------------------------------------------------------------------------------
