@@ -1,0 +1,110 @@
+"""A YAML loader that remembers where every key and value came from.
+
+Mappings load as :class:`Map` (a dict) whose ``marks`` give the 1-based ``(line, column)`` of each key and
+``value_marks`` of each value; sequences load as :class:`Seq` (a list) with ``marks`` per item. Scalars stay
+plain Python values. Duplicate keys are an error (YAML would silently keep the last one).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from screener.errors import RuleError
+
+__all__ = ["Map", "Mark", "Seq", "load_yaml"]
+
+Mark = tuple[int, int]
+
+
+class Map(dict[Any, Any]):
+    """A mapping with source positions: ``marks[key]`` (the key) and ``value_marks[key]`` (the value)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mark: Mark = (1, 1)
+        self.marks: dict[Any, Mark] = {}
+        self.value_marks: dict[Any, Mark] = {}
+        #: For scalar values: the YAML style ('' plain, '"' or "'" quoted, '|' or '>' block) and the raw
+        #: source column offset of the text, used to point inside an expression.
+        self.value_styles: dict[Any, str | None] = {}
+
+
+class Seq(list[Any]):
+    """A sequence with source positions: ``marks[i]`` for item ``i`` and ``mark`` for the sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mark: Mark = (1, 1)
+        self.marks: list[Mark] = []
+
+
+def _pos(node: yaml.Node) -> Mark:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that builds :class:`Map`/:class:`Seq` and records node marks."""
+
+    file: str = "<rules>"
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> Map:  # type: ignore[override]
+        if not isinstance(node, yaml.MappingNode):
+            raise RuleError("expected a mapping", file=self.file, line=_pos(node)[0], column=_pos(node)[1])
+        self.flatten_mapping(node)
+        result = Map()
+        result.mark = _pos(node)
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool):
+                line, col = _pos(key_node)
+                raise RuleError("a key must be a plain name", file=self.file, line=line, column=col)
+            if key in result:
+                line, col = _pos(key_node)
+                first = result.marks[key][0]
+                raise RuleError(f"duplicate key '{key}' (first defined on line {first})",
+                                file=self.file, line=line, column=col)
+            result[key] = self.construct_object(value_node, deep=True)
+            result.marks[key] = _pos(key_node)
+            result.value_marks[key] = _pos(value_node)
+            result.value_styles[key] = value_node.style if isinstance(value_node, yaml.ScalarNode) else None
+        return result
+
+    def construct_yaml_map(self, node: yaml.Node) -> Any:  # type: ignore[override]
+        yield self.construct_mapping(node, deep=True)
+
+    def construct_yaml_seq(self, node: yaml.Node) -> Any:  # type: ignore[override]
+        result = Seq()
+        result.mark = _pos(node)
+        yield result
+        for child in node.value:
+            result.append(self.construct_object(child, deep=True))
+            result.marks.append(_pos(child))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_yaml_map)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_yaml_seq)
+
+
+def load_yaml(text: str, file: str) -> Any:
+    """Parse one YAML document keeping positions.
+
+    :raises RuleError: ``FILE:LINE:COL`` for a syntax error or a duplicate key.
+    """
+    loader = _Loader(text)
+    loader.file = file
+    try:
+        return loader.get_single_data()
+    except RuleError:
+        raise
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        col = mark.column + 1 if mark else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise RuleError(f"YAML syntax: {problem}", file=file, line=line, column=col) from exc
+    except yaml.YAMLError as exc:
+        raise RuleError(f"YAML syntax: {exc}", file=file) from exc
+    finally:
+        loader.dispose()

@@ -1,0 +1,287 @@
+"""Screen every patient in a :class:`PatientState` against studies in one vectorised pass.
+
+How (no Python loop over patients):
+
+1. Every concept-set feature (concept meaning x window) any study uses is collected once and shared.
+2. Concept membership: facts are joined to an expanded code table. ICD10/ATC/OPCS4 codes are prefixes
+   (compared without dots, upper-cased): one join per distinct prefix length; other systems match exactly.
+   Explicit exclusions are anti-joined.
+3. Numeric facts are converted to the concept's unit by a join with a conversion table; values in unknown or
+   unconvertible units are left out of the numbers and counted (``n_unk``).
+4. Facts are joined to each feature's window ``[now - w, now]`` (inclusive) and aggregated per
+   (patient, feature) in one ``group_by``, then pivoted to one row per patient.
+5. Each study's criteria are Polars expressions over that row (see :mod:`screener.rules.compiler`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+
+from screener.rules.compiler import TRANSFORM_STATS, Feat, lower, stat_col
+from screener.rules.model import PREFIX_SYSTEMS, ConceptSet, Criterion, Study, normalise_code, normalise_code_expr
+from screener.rules.units import conversions_to, normalise_unit_expr
+from screener.state import PatientState
+
+__all__ = ["CRITERIA_DTYPE", "criteria_json", "screen"]
+
+CRITERIA_DTYPE = pl.List(
+    pl.Struct({"name": pl.String, "group": pl.String, "result": pl.Boolean, "evidence": pl.String})
+)
+TS = pl.Datetime("us", "UTC")
+
+_STAT_DTYPES: dict[str, pl.DataType] = {
+    "n": pl.UInt32(), "last_t": TS, "last_code": pl.String(), "latest_v": pl.Float64(), "latest_t": TS,
+    "earliest_v": pl.Float64(), "earliest_t": TS, "min_v": pl.Float64(), "min_t": TS, "max_v": pl.Float64(),
+    "max_t": TS, "mean_v": pl.Float64(), "n_num": pl.UInt32(), "n_unk": pl.UInt32(),
+}
+
+
+def _features(studies: Sequence[Study]) -> dict[str, list[Feat]]:
+    """feature key -> the Feat nodes sharing it (same concept meaning and window)."""
+    out: dict[str, list[Feat]] = {}
+    for s in studies:
+        for f in s.features():
+            out.setdefault(f.key, []).append(f)
+    return out
+
+
+def _membership(facts: pl.LazyFrame, concepts: dict[str, ConceptSet]) -> pl.LazyFrame:
+    """``(_fid, _ckey)`` pairs: fact ``_fid`` belongs to concept ``_ckey`` (exclusions applied)."""
+    rows: list[dict[str, Any]] = []
+    for key, c in concepts.items():
+        for excl, pairs in ((False, c.codes), (True, c.exclude)):
+            for system, code in pairs:
+                rows.append({"_ckey": key, "system": system, "_code": normalise_code(code),
+                             "_prefix": system in PREFIX_SYSTEMS, "_excl": excl})
+    if not rows:
+        return pl.LazyFrame(schema={"_fid": pl.UInt32, "_ckey": pl.String})
+    table = pl.DataFrame(rows).with_columns(pl.col("_code").str.len_chars().alias("_len"))
+    coded = facts.select("_fid", "system", normalise_code_expr(pl.col("code")).alias("_code")).filter(
+        pl.col("_code").is_not_null()
+    )
+    parts: list[pl.LazyFrame] = []
+    exact = table.filter(~pl.col("_prefix")).select("_ckey", "system", "_code", "_excl")
+    if exact.height:
+        parts.append(coded.join(exact.lazy(), on=["system", "_code"], how="inner").select("_fid", "_ckey", "_excl"))
+    prefix = table.filter(pl.col("_prefix"))
+    for n in sorted(set(prefix["_len"].to_list())):
+        t = prefix.filter(pl.col("_len") == n).select("_ckey", "system", pl.col("_code").alias("_p"), "_excl")
+        parts.append(
+            coded.filter(pl.col("system").is_in(list(PREFIX_SYSTEMS)) & (pl.col("_code").str.len_chars() >= n))
+            .with_columns(pl.col("_code").str.slice(0, n).alias("_p"))
+            .join(t.lazy(), on=["system", "_p"], how="inner")
+            .select("_fid", "_ckey", "_excl")
+        )
+    hits = pl.concat(parts, how="vertical")
+    excluded = hits.filter(pl.col("_excl")).select("_fid", "_ckey").unique()
+    return hits.filter(~pl.col("_excl")).select("_fid", "_ckey").unique().join(
+        excluded, on=["_fid", "_ckey"], how="anti"
+    )
+
+
+def _conversions(concepts: dict[str, ConceptSet]) -> pl.LazyFrame:
+    rows = []
+    for key, c in concepts.items():
+        for spelling, (a, b) in conversions_to(c.unit, c.analyte).items():
+            rows.append({"_ckey": key, "_unit": spelling, "_a": a, "_b": b})
+    return pl.LazyFrame(rows, schema={"_ckey": pl.String, "_unit": pl.String, "_a": pl.Float64, "_b": pl.Float64})
+
+
+def feature_frame(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
+    """One row per patient with facts in some feature; columns ``patient_id`` and ``<feature>:<stat>``."""
+    feats = _features(studies)
+    stats_needed: dict[str, set[str]] = {}
+    concepts: dict[str, ConceptSet] = {}
+    windows = []
+    for key, group in feats.items():
+        f0 = group[0]
+        concepts[f0.concept.key] = f0.concept
+        stats_needed.setdefault(key, set()).update(s for f in group for s in TRANSFORM_STATS[f.transform])
+        start = f0.window.start(now) if f0.window else None
+        windows.append({"_fkey": key, "_ckey": f0.concept.key, "_start": start})
+    columns = [stat_col(feats[k][0], s) for k in feats for s in sorted(stats_needed[k])]
+    empty = pl.DataFrame(schema={"patient_id": pl.String, **{c: _STAT_DTYPES[c.rsplit(":", 1)[1]] for c in columns}})
+    if not feats or state.facts.height == 0:
+        return empty
+    facts = (
+        state.facts.lazy()
+        .with_row_index("_fid")
+        .filter(pl.col("occurred_at") <= now)
+    )
+    member = _membership(facts, concepts)
+    wins = pl.LazyFrame(windows, schema={"_fkey": pl.String, "_ckey": pl.String, "_start": TS})
+    rows = (
+        member.join(facts.select("_fid", "patient_id", "event_id", "code", "value", "unit", "occurred_at"),
+                    on="_fid", how="inner")
+        .with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
+        .join(_conversions(concepts), on=["_ckey", "_unit"], how="left")
+        .with_columns(
+            (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
+            (pl.col("value").is_not_null() & pl.col("_a").is_null()).alias("_unk"),
+        )
+        .join(wins, on="_ckey", how="inner")
+        .filter(pl.col("_start").is_null() | (pl.col("occurred_at") >= pl.col("_start")))
+        .sort(["patient_id", "_fkey", "occurred_at", "event_id"])
+    )
+    v = pl.col("_v")
+    t = pl.col("occurred_at")
+    has_v = v.is_not_null()
+    agg = rows.group_by(["patient_id", "_fkey"], maintain_order=True).agg(
+        pl.len().cast(pl.UInt32).alias("n"),
+        t.max().alias("last_t"),
+        pl.col("code").last().alias("last_code"),
+        v.drop_nulls().last().alias("latest_v"),
+        t.filter(has_v).last().alias("latest_t"),
+        v.drop_nulls().first().alias("earliest_v"),
+        t.filter(has_v).first().alias("earliest_t"),
+        v.min().alias("min_v"),
+        t.filter(v == v.min()).last().alias("min_t"),
+        v.max().alias("max_v"),
+        t.filter(v == v.max()).last().alias("max_t"),
+        v.mean().alias("mean_v"),
+        v.count().cast(pl.UInt32).alias("n_num"),
+        pl.col("_unk").sum().cast(pl.UInt32).alias("n_unk"),
+    ).collect()
+    if agg.height == 0:
+        return empty
+    stat_names = sorted({s for ss in stats_needed.values() for s in ss})
+    wide = agg.pivot(on="_fkey", index="patient_id", values=stat_names, separator="\x1f")
+    rename = {}
+    for c in wide.columns:
+        if c == "patient_id":
+            continue
+        if "\x1f" in c:
+            stat, fkey = c.split("\x1f", 1)
+        else:  # a single statistic: pivot names columns by the feature key only
+            stat, fkey = stat_names[0], c
+        rename[c] = f"{fkey}:{stat}"
+    wide = wide.rename(rename)
+    missing = [pl.lit(None, dtype=empty.schema[c]).alias(c) for c in columns if c not in wide.columns]
+    return wide.with_columns(missing).select(["patient_id", *columns])
+
+
+def _attributes(persons: pl.DataFrame, now: datetime) -> pl.LazyFrame:
+    b = pl.col("birth_date")
+    today = now.astimezone(UTC).date()
+    before_birthday = (b.dt.month() > today.month) | ((b.dt.month() == today.month) & (b.dt.day() > today.day))
+    age = (pl.lit(today.year) - b.dt.year().cast(pl.Int32) - before_birthday.cast(pl.Int32)).cast(pl.Float64)
+    decile = pl.col("imd_decile").cast(pl.Float64)
+    return persons.lazy().select(
+        "patient_id",
+        age.alias("_attr_age"),
+        (pl.lit(today) - b).dt.total_days().cast(pl.Float64).alias("_attr_age_days"),
+        pl.col("sex").alias("_attr_sex"),
+        pl.col("ethnic_group").alias("_attr_ethnic_group"),
+        decile.alias("_attr_imd_decile"),
+        ((decile + 1) / 2).floor().alias("_attr_imd_quintile"),
+        pl.col("setting").alias("_attr_setting"),
+        pl.col("site").alias("_attr_site"),
+    )
+
+
+def compile_criterion(c: Criterion, study: Study, now: datetime) -> tuple[pl.Expr, pl.Expr]:
+    """``(result, evidence)`` expressions of one criterion (groups recurse; three-valued)."""
+    if c.kind == "expr":
+        assert c.ir is not None
+        return lower(c.ir, now)
+    if c.kind == "setting":
+        s = pl.col("_attr_setting")
+        value = pl.when(s.is_null()).then(None).otherwise(s.is_in(list(study.settings)))
+        evidence = pl.when(s.is_null()).then(pl.lit("setting unknown")).otherwise(
+            pl.concat_str([pl.lit("setting "), s])
+        )
+        return value.cast(pl.Boolean), evidence
+    parts = [compile_criterion(child, study, now) for child in c.children]
+    values = [p[0] for p in parts]
+    if c.kind == "any":
+        value = values[0]
+        for v in values[1:]:
+            value = value | v
+    elif c.kind == "all":
+        value = values[0]
+        for v in values[1:]:
+            value = value & v
+    else:
+        true_n = pl.sum_horizontal([v.fill_null(False).cast(pl.Int32) for v in values])
+        unk_n = pl.sum_horizontal([v.is_null().cast(pl.Int32) for v in values])
+        value = (
+            pl.when(true_n >= c.at_least).then(pl.lit(True))
+            .when(true_n + unk_n < c.at_least).then(pl.lit(False))
+            .otherwise(pl.lit(None, dtype=pl.Boolean))
+        )
+    shown = [
+        pl.concat_str([
+            pl.lit(f"{child.name}: "),
+            pl.when(v.is_null()).then(pl.lit("unknown")).when(v).then(pl.lit("yes")).otherwise(pl.lit("no")),
+            pl.lit(" ("), e.fill_null(""), pl.lit(")"),
+        ])
+        for child, (v, e) in zip(c.children, parts, strict=True)
+    ]
+    head = {"any": "any of", "all": "all of", "at_least": f"at least {c.at_least} of"}[c.kind]
+    evidence = pl.concat_str([pl.lit(f"{head}: "), pl.concat_str(shown, separator="; ")])
+    return value.cast(pl.Boolean), evidence
+
+
+def study_columns(study: Study, now: datetime) -> list[pl.Expr]:
+    """``outcome`` and ``criteria`` expressions of one study over the per-patient frame."""
+    structs = []
+    inc_false: list[pl.Expr] = []
+    all_good: list[pl.Expr] = []
+    for c in study.criteria:
+        value, evidence = compile_criterion(c, study, now)
+        structs.append(pl.struct(
+            pl.lit(c.name).alias("name"), pl.lit(c.group).alias("group"),
+            value.alias("result"), evidence.fill_null("").alias("evidence"),
+        ))
+        if c.group == "include":
+            inc_false.append((value == False).fill_null(False))  # noqa: E712
+            all_good.append(value.fill_null(False))
+        else:
+            inc_false.append(value.fill_null(False))
+            all_good.append((~value).fill_null(False))
+    bad = pl.any_horizontal(inc_false) if inc_false else pl.lit(False)
+    good = pl.all_horizontal(all_good) if all_good else pl.lit(True)
+    outcome = pl.when(bad).then(pl.lit("ineligible")).when(good).then(pl.lit("eligible")).otherwise(
+        pl.lit("possible")
+    )
+    criteria = pl.concat_list(structs) if structs else pl.lit([], dtype=CRITERIA_DTYPE)
+    return [
+        pl.lit(study.id).alias("study_id"), pl.col("patient_id"), outcome.alias("outcome"),
+        pl.lit(study.rule_hash or study.content_hash).alias("rule_hash"),
+        criteria.cast(CRITERIA_DTYPE).alias("criteria"),
+    ]
+
+
+def screen(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
+    """Evaluate every patient in ``state.persons`` against every study, at time ``now`` (aware, UTC).
+
+    Returns one row per (study, patient): ``study_id, patient_id, outcome, rule_hash, criteria`` (see
+    rules-spec). Facts after ``now`` are ignored. Does not filter by study dates, consent or death.
+    """
+    if now.tzinfo is None:
+        raise ValueError("screen() needs a timezone-aware 'now'")
+    now = now.astimezone(UTC)
+    schema = {"study_id": pl.String, "patient_id": pl.String, "outcome": pl.String, "rule_hash": pl.String,
+              "criteria": CRITERIA_DTYPE}
+    if not studies or state.persons.height == 0:
+        return pl.DataFrame(schema=schema)
+    wide = feature_frame(state, studies, now)
+    base = _attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left")
+    frames = [base.select(study_columns(s, now)) for s in studies]
+    return pl.concat(pl.collect_all(frames), how="vertical")
+
+
+def criteria_json(criteria: Sequence[dict[str, Any]] | pl.Series | None) -> str:
+    """Serialise one row's ``criteria`` list to JSON (``result`` null stays null) for storage."""
+    if criteria is None:
+        return "[]"
+    items = criteria.to_list() if isinstance(criteria, pl.Series) else list(criteria)
+    return json.dumps(
+        [{"name": c["name"], "group": c["group"], "result": c["result"], "evidence": c["evidence"]} for c in items],
+        separators=(",", ":"),
+    )
