@@ -15,11 +15,27 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from screener.errors import ConnectorError
+from screener.errors import ConnectorError, DeliveryError
 
-__all__ = ["DLQ_TOPIC", "EVENTS_TOPIC", "MATCHES_TOPIC", "EmbeddedBroker", "ensure_topics", "free_port"]
+if TYPE_CHECKING:
+    import polars as pl
+
+    from screener.settings import Settings
+
+__all__ = [
+    "DLQ_TOPIC",
+    "EVENTS_TOPIC",
+    "MATCHES_TOPIC",
+    "EmbeddedBroker",
+    "MatchesPublisher",
+    "ensure_service_topics",
+    "ensure_topics",
+    "free_port",
+    "make_consumer",
+    "make_producer",
+]
 
 EVENTS_TOPIC = "ehr.events"
 DLQ_TOPIC = "ehr.events.dlq"
@@ -112,3 +128,90 @@ def ensure_topics(bootstrap: str | list[str], topics: dict[str, int], **kafka_op
                 admin.create_topics([NewTopic(name, parts, 1)])
     finally:
         admin.close()
+
+
+def ensure_service_topics(settings: Settings) -> None:
+    """Create the engine's topics (events, dead letters, matches) with ``settings.topic_partitions`` each."""
+    opts = settings.kafka_options()
+    bootstrap = opts.pop("bootstrap_servers")
+    ensure_topics(
+        bootstrap,
+        {settings.events_topic: settings.topic_partitions, settings.dlq_topic: settings.topic_partitions,
+         settings.matches_topic: settings.topic_partitions},
+        **opts,
+    )
+
+
+def make_consumer(settings: Settings, *, group_id: str | None = None, **overrides: Any) -> Any:
+    """A kafka-python ``KafkaConsumer`` for the engine: manual commits, earliest reset, raw bytes.
+
+    The caller subscribes (with its rebalance listener). Fetch sizes are raised for throughput; ``overrides``
+    win over every default.
+    """
+    from kafka import KafkaConsumer
+
+    options: dict[str, Any] = {
+        **settings.kafka_options(),
+        "group_id": group_id or settings.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": settings.batch_max_records,
+        "fetch_max_bytes": 64 * 1024 * 1024,
+        "max_partition_fetch_bytes": 8 * 1024 * 1024,
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 1_000,
+        "max_poll_interval_ms": 300_000,
+    }
+    options.update(overrides)
+    return KafkaConsumer(**options)
+
+
+def make_producer(settings: Settings, **overrides: Any) -> Any:
+    """A kafka-python ``KafkaProducer`` (acks=all, lz4-free defaults, small linger for batching)."""
+    from kafka import KafkaProducer
+
+    options: dict[str, Any] = {
+        **settings.kafka_options(),
+        "acks": "all",
+        "linger_ms": 5,
+        "batch_size": 256 * 1024,
+        "max_request_size": 8 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return KafkaProducer(**options)
+
+
+class MatchesPublisher:
+    """Publishes new matches to ``screening.matches`` (internal topic; keyed by patient id for ordering).
+
+    Each message is the JSON of one match row: study_id, patient_id, outcome, rule_hash, matched_at, setting,
+    criteria (a JSON list). :meth:`flush` blocks until the broker acknowledged everything sent, or raises
+    :class:`~screener.errors.DeliveryError` (the engine then does not commit its offsets).
+    """
+
+    def __init__(self, producer: Any, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self._futures: list[Any] = []
+
+    def publish(self, matches: pl.DataFrame) -> int:
+        import json
+
+        cols = [c for c in ("study_id", "patient_id", "outcome", "rule_hash", "matched_at", "setting", "criteria")
+                if c in matches.columns]
+        for row in matches.select(cols).iter_rows(named=True):
+            row["matched_at"] = row["matched_at"].isoformat() if row.get("matched_at") is not None else None
+            row["criteria"] = json.loads(row["criteria"]) if row.get("criteria") else []
+            self._futures.append(
+                self.producer.send(self.topic, key=str(row["patient_id"]).encode(), value=json.dumps(row).encode())
+            )
+        return matches.height
+
+    def flush(self, timeout: float = 30.0) -> None:
+        futures, self._futures = self._futures, []
+        try:
+            self.producer.flush(timeout=timeout)
+            for fut in futures:
+                fut.get(timeout=timeout)
+        except Exception as exc:
+            raise DeliveryError(f"publishing to {self.topic} failed: {type(exc).__name__}", channel="kafka") from exc

@@ -65,6 +65,10 @@ class Metrics:
             "screener_do_not_contact_suppressed_total", "Matches withheld for do-not-contact patients",
             ["study"], registry=r,
         )
+        self.deceased_suppressed = Counter(
+            "screener_deceased_suppressed_total", "Matches withheld because the patient has died",
+            ["study"], registry=r,
+        )
         # --- rules ---------------------------------------------------------------------------------------
         self.rule_load_errors = Counter(
             "screener_rule_load_errors_total", "Rule files that failed to load", ["file"], registry=r

@@ -15,22 +15,30 @@ documented in :mod:`screener.events`. Time is UTC, microseconds.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from screener.events import Event
 
 __all__ = [
-    "FACT_KINDS",
-    "FACTS_SCHEMA",
-    "PERSONS_SCHEMA",
     "DO_NOT_CONTACT_CODE",
+    "FACTS_SCHEMA",
+    "FACT_KINDS",
+    "PERSONS_SCHEMA",
     "PatientState",
     "apply_events",
     "events_to_frames",
+    "load_snapshot",
+    "prune_facts",
+    "save_snapshot",
 ]
 
 TS = pl.Datetime("us", "UTC")
@@ -155,12 +163,10 @@ def events_to_frames(events: Iterable[Event]) -> tuple[pl.DataFrame, pl.DataFram
             person_rows.append(
                 {"seq": seq, "patient_id": ev.patient_id, "setting": ev.setting, "site": ev.site}
             )
-    persons = pl.DataFrame(
-        person_rows,
-        schema={"seq": pl.Int64, **{k: v for k, v in PERSONS_SCHEMA.items() if k not in ("do_not_contact", "deceased")}},
-        orient="row",
-    ) if person_rows else pl.DataFrame(
-        schema={"seq": pl.Int64, **{k: v for k, v in PERSONS_SCHEMA.items() if k not in ("do_not_contact", "deceased")}}
+    flags = ("do_not_contact", "deceased")
+    upd_schema = {"seq": pl.Int64, **{k: v for k, v in PERSONS_SCHEMA.items() if k not in flags}}
+    persons = (
+        pl.DataFrame(person_rows, schema=upd_schema, orient="row") if person_rows else pl.DataFrame(schema=upd_schema)
     )
     facts = (
         pl.DataFrame(fact_rows, schema={"seq": pl.Int64, **FACTS_SCHEMA}, orient="row")
@@ -174,11 +180,14 @@ def events_to_frames(events: Iterable[Event]) -> tuple[pl.DataFrame, pl.DataFram
     return persons, facts, control
 
 
-def apply_events(state: PatientState, events: Sequence[Event]) -> tuple[PatientState, pl.Series]:
+def apply_events(
+    state: PatientState, events: Sequence[Event], keep: pl.Expr | None = None
+) -> tuple[PatientState, pl.Series]:
     """Apply a batch of events; return the new state and the touched patient ids (unique, sorted).
 
     Idempotent per ``event_id``: replaying a batch yields the same state. Patients who appear only in facts
-    get a person row with unknown demographics, so every fact has a person.
+    get a person row with unknown demographics, so every fact has a person. ``keep`` (an expression over the
+    facts frame) drops new facts no study can use; their patients still count as touched.
     """
     if not events:
         return state, pl.Series("patient_id", [], dtype=pl.String)
@@ -194,8 +203,15 @@ def apply_events(state: PatientState, events: Sequence[Event]) -> tuple[PatientS
             retracted.select(pl.col("arg").alias("event_id"), pl.col("seq").alias("rseq")), on="event_id", how="left"
         )
         new_facts = later.filter(pl.col("rseq").is_null() | (pl.col("rseq") < pl.col("seq"))).drop("rseq")
-    facts = pl.concat([facts, new_facts.drop("seq")], how="vertical")
-    facts = facts.unique(subset=["event_id"], keep="last", maintain_order=True)
+    kept = new_facts.drop("seq")
+    if keep is not None:
+        kept = kept.filter(keep.fill_null(False))
+    if kept.height:
+        # Only new event ids can collide (a replayed or re-sent event): drop the older copies of those alone,
+        # instead of de-duplicating the whole frame on every batch.
+        kept = kept.unique(subset=["event_id"], keep="last", maintain_order=True)
+        facts = pl.concat([facts.filter(~pl.col("event_id").is_in(kept["event_id"].implode())), kept],
+                          how="vertical")
 
     persons = state.persons
     merges = control.filter(pl.col("op") == "merge")
@@ -261,3 +277,59 @@ def _upsert_persons(persons: pl.DataFrame, latest: pl.DataFrame) -> pl.DataFrame
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
+
+
+def prune_facts(state: PatientState, keep: pl.Expr | None, since: datetime | None = None) -> PatientState:
+    """Keep only the facts some open study can use: those where ``keep`` is true and (when ``since`` is given)
+    that occurred at or after ``since``. ``keep=None`` keeps every fact. Persons are never pruned."""
+    facts = state.facts
+    if keep is None and since is None:
+        return state
+    cond = keep if keep is not None else pl.lit(True)
+    if since is not None:
+        cond = cond & (pl.col("occurred_at") >= pl.lit(since).cast(TS))
+    return PatientState(persons=state.persons, facts=facts.filter(cond.fill_null(False)))
+
+
+_CURRENT = "CURRENT"
+
+
+def save_snapshot(state: PatientState, directory: Path, offset: int, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``state`` and the next offset to read into ``directory``, atomically.
+
+    The frames go to a fresh generation folder (``gen-<offset>-<pid>``); then a ``CURRENT`` pointer (JSON:
+    offset, folder, meta) is written to a temporary file and moved into place with ``os.replace``. A crash at
+    any point leaves the previous snapshot intact. Older generations are removed afterwards.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    gen = f"gen-{offset}-{os.getpid()}-{datetime.now(UTC).strftime('%Y%m%d%H%M%S%f')}"
+    tmp_gen = directory / f".{gen}.tmp"
+    tmp_gen.mkdir()
+    state.persons.write_parquet(tmp_gen / "persons.parquet", compression="zstd", statistics=False)
+    state.facts.write_parquet(tmp_gen / "facts.parquet", compression="zstd", statistics=False)
+    os.replace(tmp_gen, directory / gen)
+    pointer = directory / f".{_CURRENT}.{os.getpid()}.tmp"
+    with open(pointer, "w") as fh:
+        json.dump({"offset": offset, "generation": gen, "meta": meta or {}}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(pointer, directory / _CURRENT)
+    for old in directory.iterdir():
+        if old.name.startswith("gen-") and old.name != gen:
+            shutil.rmtree(old, ignore_errors=True)
+    return directory / gen
+
+
+def load_snapshot(directory: Path) -> tuple[PatientState, int, dict[str, Any]] | None:
+    """The last complete snapshot in ``directory`` as (state, next offset, meta), or ``None`` when there is
+    none or it cannot be read (the caller then rebuilds by replaying)."""
+    try:
+        pointer = json.loads((directory / _CURRENT).read_text())
+        gen = directory / str(pointer["generation"])
+        persons = pl.read_parquet(gen / "persons.parquet")
+        facts = pl.read_parquet(gen / "facts.parquet")
+    except (OSError, ValueError, KeyError, pl.exceptions.PolarsError):
+        return None
+    if dict(persons.schema) != PERSONS_SCHEMA or dict(facts.schema) != FACTS_SCHEMA:
+        return None
+    return PatientState(persons=persons, facts=facts), int(pointer["offset"]), dict(pointer.get("meta") or {})

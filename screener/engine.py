@@ -1,0 +1,783 @@
+"""The streaming screening engine: consume ``ehr.events``, keep patient state, screen, record matches.
+
+One :class:`Engine` is one member of the consumer group. Each loop iteration (:meth:`Engine.step`):
+
+1. polls a micro-batch (up to ``batch_max_records`` records or ``batch_max_ms``);
+2. validates every record with :func:`screener.events.parse_event`; a bad one goes to the dead-letter topic
+   with the reason, the original payload and its topic/partition/offset;
+3. applies the events to the state of the partition they came from (:func:`screener.state.apply_events`),
+   keeping only the facts some loaded study can use;
+4. re-screens only the touched patients against every *open* study (``Study.is_open(now)``);
+5. drops do-not-contact (the event flag or the store's register) and deceased patients (counted, never named);
+6. writes the matches (outcome ``eligible`` or ``possible``) with :meth:`MatchStore.record_matches`, which is
+   idempotent per (study, patient), and publishes the new ones to ``screening.matches``;
+7. then, and only then, commits the offsets.
+
+A crash at any point repeats work from the last committed offsets; the store's uniqueness makes every match
+exactly-once in effect. (The ``screening.matches`` topic carries what ``record_matches`` returned as new, so a
+crash between the store write and the broker acknowledgement can leave one match in the store but not on the
+topic; the store is the system of record.)
+
+State is per partition: restored from a snapshot (Parquet + offset, see :func:`screener.state.save_snapshot`)
+on assignment, or rebuilt by replaying the partition. While a partition replays records it had already
+processed, the engine only applies them; when it catches up it screens every patient touched during the replay
+once, so a half-rebuilt history never produces a match. Snapshots are taken on revocation, on close and every
+``snapshot_interval_s``, always *after* the commit, so a snapshot's offset never runs ahead of the group's.
+
+Time: every ``rescreen_interval_s`` of the engine's clock the whole state is screened (birthdays, windows
+expiring, studies opening). ``rules_dir`` is polled every ``rules_poll_s``; a file that fails to load is
+logged and counted and the study keeps its previous version; an added or changed study makes every assigned
+partition rebuild by replay (pruned facts may be needed by the new rule), which screens everyone against it.
+
+Choices where the issue is silent: facts are kept for studies that are open *or not yet open* (so a study that
+opens tomorrow has history), and dropped for closed ones; the time horizon is the longest window of those
+studies. Logs carry batch numbers, partitions, offsets, counts and timings, never a patient identifier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from screener.alerts.base import MATCH_COLUMNS, MatchStore
+from screener.bus import MatchesPublisher
+from screener.clock import Clock, SystemClock
+from screener.errors import DeliveryError, EventError, ScreenerError
+from screener.events import Event, parse_event
+from screener.logging import get_logger
+from screener.metrics import Metrics
+from screener.settings import Settings
+from screener.state import (
+    TS,
+    PatientState,
+    apply_events,
+    load_snapshot,
+    prune_facts,
+    save_snapshot,
+)
+
+__all__ = ["MATCH_OUTCOMES", "Engine", "matches_from_screen"]
+
+MATCH_OUTCOMES = ("eligible", "possible")
+#: Patients per chunk in a full re-screen (bounds the size of the patient x study result frame).
+RESCREEN_CHUNK = 50_000
+
+log = get_logger("screener.engine")
+
+Loader = Callable[[Sequence[Path]], Any]
+ScreenFn = Callable[[PatientState, Sequence[Any], datetime], pl.DataFrame]
+
+
+@dataclass
+class _Partition:
+    """One assigned partition: its state and the next offset to read."""
+
+    state: PatientState
+    offset: int
+    #: While set, records below this offset were processed before: apply them but screen nothing yet.
+    replay_until: int | None = None
+    pending: list[pl.Series] = field(default_factory=list)
+    dirty: bool = False
+
+    @property
+    def replaying(self) -> bool:
+        return self.replay_until is not None
+
+
+def _default_loader(paths: Sequence[Path]) -> Any:
+    from screener.rules import load_studies
+
+    return load_studies(paths)
+
+
+def _default_screen(state: PatientState, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
+    from screener.rules import screen
+
+    return screen(state, studies, now)
+
+
+def _criteria_json() -> pl.Expr:
+    """``criteria`` (List(Struct{name, group, result, evidence})) as a JSON array string, vectorised."""
+    return pl.concat_str(
+        pl.lit("["),
+        pl.col("criteria").list.eval(pl.element().struct.json_encode()).list.join(","),
+        pl.lit("]"),
+    )
+
+
+def matches_from_screen(
+    result: pl.DataFrame,
+    persons: pl.DataFrame,
+    dnc_register: pl.Series,
+    now: datetime,
+    event_times: pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Turn a screen result into match rows (``MATCH_COLUMNS``) and per-study suppression counts.
+
+    Keeps outcomes ``eligible``/``possible``; drops patients flagged do-not-contact (state flag or the
+    register) or deceased. Returns ``(matches, suppressed)`` where ``suppressed`` has columns
+    ``study_id, reason ('do-not-contact'|'deceased'), n``. Pure.
+    """
+    cand = result.filter(pl.col("outcome").is_in(MATCH_OUTCOMES))
+    empty_supp = pl.DataFrame(schema={"study_id": pl.String, "reason": pl.String, "n": pl.UInt32})
+    if cand.height == 0:
+        return _empty_matches(), empty_supp
+    cand = cand.join(
+        persons.select("patient_id", "setting", "imd_decile", "ethnic_group", "do_not_contact", "deceased"),
+        on="patient_id",
+        how="left",
+    ).with_columns(
+        (pl.col("do_not_contact").fill_null(False) | pl.col("patient_id").is_in(dnc_register.implode()))
+        .alias("_dnc"),
+        pl.col("deceased").fill_null(False).alias("_dead"),
+    )
+    suppressed = (
+        cand.filter(pl.col("_dnc") | pl.col("_dead"))
+        .with_columns(pl.when(pl.col("_dead")).then(pl.lit("deceased")).otherwise(pl.lit("do-not-contact"))
+                      .alias("reason"))
+        .group_by("study_id", "reason")
+        .agg(pl.len().alias("n"))
+    )
+    kept = cand.filter(~pl.col("_dnc") & ~pl.col("_dead"))
+    if event_times is not None and event_times.height:
+        kept = kept.join(event_times, on="patient_id", how="left")
+    else:
+        kept = kept.with_columns(pl.lit(None, dtype=TS).alias("event_time"))
+    matches = kept.select(
+        pl.col("study_id").cast(pl.String),
+        pl.col("patient_id").cast(pl.String),
+        pl.col("outcome").cast(pl.String),
+        pl.col("rule_hash").cast(pl.String),
+        _criteria_json().alias("criteria"),
+        pl.lit(now).cast(TS).alias("matched_at"),
+        pl.col("setting").cast(pl.String),
+        pl.col("imd_decile").cast(pl.Int8),
+        pl.col("ethnic_group").cast(pl.String),
+        pl.col("event_time").cast(TS),
+    )
+    return matches, suppressed
+
+
+def _empty_matches() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={
+            "study_id": pl.String, "patient_id": pl.String, "outcome": pl.String, "rule_hash": pl.String,
+            "criteria": pl.String, "matched_at": TS, "setting": pl.String, "imd_decile": pl.Int8,
+            "ethnic_group": pl.String, "event_time": TS,
+        }
+    )
+
+
+def _chunks(state: PatientState, size: int) -> Iterator[PatientState]:
+    """Split a state into about ``size``-patient chunks (by hash of patient id), each with its facts."""
+    k = math.ceil(state.persons.height / size) if size > 0 else 1
+    if k <= 1:
+        yield state
+        return
+    bucket = (pl.col("patient_id").hash(seed=7) % k).alias("_b")
+    persons = state.persons.with_columns(bucket).partition_by("_b", as_dict=True, include_key=False)
+    facts = state.facts.with_columns(bucket).partition_by("_b", as_dict=True, include_key=False)
+    empty = state.facts.clear()
+    for key, frame in persons.items():
+        yield PatientState(persons=frame, facts=facts.get(key, empty))
+
+
+def _concat_states(states: Sequence[PatientState]) -> PatientState:
+    if len(states) == 1:
+        return states[0]
+    return PatientState(
+        persons=pl.concat([s.persons for s in states], how="vertical"),
+        facts=pl.concat([s.facts for s in states], how="vertical"),
+    )
+
+
+class _Listener:
+    """kafka-python ConsumerRebalanceListener adapter (built lazily so kafka is imported only when used)."""
+
+    def __new__(cls, engine: Engine) -> Any:
+        from kafka import ConsumerRebalanceListener
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                engine._on_revoked(revoked)
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                engine._on_assigned(assigned)
+
+        return Listener()
+
+
+class Engine:
+    """One screening engine (one consumer-group member). Thread-compatible: drive it from one thread.
+
+    ``consumer`` and ``producer`` default to :func:`screener.bus.make_consumer`/``make_producer`` built from
+    ``settings``. ``loader`` and ``screen`` default to :func:`screener.rules.load_studies` and
+    :func:`screener.rules.screen`. ``clock`` decides "now" for screening, study dates and the re-screen
+    schedule; rule polling and snapshots use the monotonic clock.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: MatchStore,
+        *,
+        metrics: Metrics | None = None,
+        clock: Clock | None = None,
+        consumer: Any = None,
+        producer: Any = None,
+        loader: Loader | None = None,
+        screen: ScreenFn | None = None,
+        group_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics or Metrics()
+        self.clock: Clock = clock or SystemClock()
+        self._consumer = consumer
+        self._producer = producer
+        self._loader = loader or _default_loader
+        self._screen = screen or _default_screen
+        self._group_id = group_id
+        self._parts: dict[int, _Partition] = {}
+        self.studies: dict[str, Any] = {}
+        self._rules_sig: tuple[tuple[str, int, int], ...] | None = None
+        self._rules_fingerprint = ""
+        self._next_rules_poll = 0.0
+        self._next_snapshot = 0.0
+        self._next_rescreen: datetime | None = None
+        self._publisher: MatchesPublisher | None = None
+        self._keep: pl.Expr | None = None
+        self._horizon: Any = None
+        self._started = False
+        self._lock = threading.RLock()
+        #: Counters for tests and the demo banner (never patient-level).
+        self.batches = 0
+        self.loops = 0
+        self.rescreens = 0
+        self.matches_recorded = 0
+        self.rule_reloads = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+    def start(self) -> Engine:
+        """Load the rules, create the clients and subscribe. Idempotent."""
+        if self._started:
+            return self
+        self.reload_rules(force=True)
+        if self._producer is None:
+            from screener.bus import make_producer
+
+            self._producer = make_producer(self.settings)
+        self._publisher = MatchesPublisher(self._producer, self.settings.matches_topic)
+        if self._consumer is None:
+            from screener.bus import make_consumer
+
+            self._consumer = make_consumer(self.settings, group_id=self._group_id)
+        self._consumer.subscribe([self.settings.events_topic], listener=_Listener(self))
+        self._next_rescreen = self.clock.now() + _seconds(self.settings.rescreen_interval_s)
+        self._next_snapshot = time.monotonic() + self.settings.snapshot_interval_s
+        self._started = True
+        log.info("engine_started", topic=self.settings.events_topic, studies=len(self.studies),
+                 group=self._group_id or self.settings.group_id)
+        return self
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Loop :meth:`step` until ``stop`` is set, then :meth:`close`."""
+        stop = stop or threading.Event()
+        self.start()
+        try:
+            while not stop.is_set():
+                self.step()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Snapshot and commit every partition that is caught up, then close the clients."""
+        if not self._started:
+            return
+        self._started = False
+        with contextlib.suppress(Exception):
+            self._commit(list(self._parts))
+            for p in list(self._parts):
+                self._snapshot(p)
+        with contextlib.suppress(Exception):
+            self._consumer.close(autocommit=False)
+        with contextlib.suppress(Exception):
+            self._producer.flush(timeout=10)
+            self._producer.close(timeout=10)
+        log.info("engine_stopped", batches=self.batches)
+
+    # --- one iteration --------------------------------------------------------------------------------------
+    def step(self) -> int:
+        """Rules poll, one micro-batch, scheduled re-screen, periodic snapshot. Returns records processed."""
+        self.loops += 1
+        if time.monotonic() >= self._next_rules_poll:
+            self.reload_rules()
+        records = self._poll_batch()
+        n = 0
+        if records:
+            try:
+                n = self._process(records)
+            except ScreenerError as exc:
+                log.error("batch_failed", batch=self.batches, error_type=type(exc).__name__)
+                self._recover()
+        now = self.clock.now()
+        self.metrics.studies_open.set(sum(1 for s in self.studies.values() if s.is_open(now)))
+        if self._next_rescreen is not None and now >= self._next_rescreen:
+            self._next_rescreen = now + _seconds(self.settings.rescreen_interval_s)
+            try:
+                self.rescreen_all(trigger="schedule")
+            except ScreenerError as exc:
+                log.error("rescreen_failed", error_type=type(exc).__name__)
+        if time.monotonic() >= self._next_snapshot:
+            self._next_snapshot = time.monotonic() + self.settings.snapshot_interval_s
+            for p in list(self._parts):
+                if self._parts[p].dirty:
+                    self._snapshot(p)
+        return n
+
+    def _poll_batch(self) -> dict[Any, list[Any]]:
+        max_records = self.settings.batch_max_records
+        out: dict[Any, list[Any]] = {}
+        got = self._consumer.poll(timeout_ms=self.settings.batch_max_ms, max_records=max_records)
+        n = 0
+        deadline = time.monotonic() + self.settings.batch_max_ms / 1000
+        while got:
+            for tp, recs in got.items():
+                out.setdefault(tp, []).extend(recs)
+                n += len(recs)
+            if n >= max_records or time.monotonic() >= deadline:
+                break
+            got = self._consumer.poll(timeout_ms=0, max_records=max_records - n)
+        return out
+
+    # --- the batch ------------------------------------------------------------------------------------------
+    def _process(self, records: dict[Any, list[Any]]) -> int:
+        t0 = time.perf_counter()
+        self.batches += 1
+        batch_no = self.batches
+        now = self.clock.now()
+        by_part: dict[int, list[Event]] = {}
+        pids: list[str] = []
+        stamps: list[int] = []
+        counts: dict[tuple[str, str], int] = {}
+        offsets: dict[int, tuple[int, int]] = {}
+        dead = 0
+        total = 0
+        for tp, recs in records.items():
+            part = self._parts.get(tp.partition)
+            if part is None or not recs:
+                continue  # revoked while the batch was being gathered: the new owner reads it
+            events: list[Event] = []
+            for rec in recs:
+                if rec.offset < part.offset:
+                    continue
+                total += 1
+                try:
+                    ev = parse_event(rec.value if rec.value is not None else b"")
+                except EventError as exc:
+                    self._dead_letter(rec, exc)
+                    dead += 1
+                    continue
+                events.append(ev)
+                pids.append(ev.patient_id)
+                stamps.append(rec.timestamp)
+                key = (ev.source, ev.kind)
+                counts[key] = counts.get(key, 0) + 1
+            by_part[tp.partition] = events
+            offsets[tp.partition] = (recs[0].offset, recs[-1].offset + 1)
+        t_parse = time.perf_counter()
+
+        to_screen: list[PatientState] = []
+        for p, events in by_part.items():
+            part = self._parts[p]
+            if events:
+                part.state, touched = apply_events(part.state, events, keep=self._keep)
+                part.dirty = True
+            else:
+                touched = pl.Series("patient_id", [], dtype=pl.String)
+            part.offset = offsets[p][1]
+            if part.replaying:
+                part.pending.append(touched)
+                assert part.replay_until is not None
+                if part.offset >= part.replay_until:
+                    everyone = pl.concat(part.pending).unique()
+                    part.replay_until, part.pending = None, []
+                    log.info("replay_complete", partition=p, offset=part.offset, patients=everyone.len())
+                    if everyone.len():
+                        to_screen.append(part.state.select_patients(everyone))
+            elif touched.len():
+                to_screen.append(part.state.select_patients(touched))
+        t_apply = time.perf_counter()
+
+        new = 0
+        if to_screen:
+            event_times = (
+                pl.DataFrame({"patient_id": pids, "_ts": stamps}, schema={"patient_id": pl.String, "_ts": pl.Int64})
+                .group_by("patient_id").agg(pl.col("_ts").max())
+                .select("patient_id", pl.from_epoch("_ts", time_unit="ms").dt.replace_time_zone("UTC")
+                        .cast(TS).alias("event_time"))
+            )
+            new = self._screen_and_record(_concat_states(to_screen), now, "event", event_times)
+        t_screen = time.perf_counter()
+        if self._publisher is not None:
+            self._publisher.flush()
+        self._commit(list(by_part))
+        t_end = time.perf_counter()
+
+        for (source, kind), c in counts.items():
+            self.metrics.events_consumed.labels(source, kind).inc(c)
+        self.metrics.batch_duration.observe(t_end - t0)
+        self.metrics.batch_size.observe(total)
+        self._update_gauges()
+        log.info(
+            "batch", batch=batch_no, records=total, dead_letters=dead, new_matches=new,
+            partitions=sorted(offsets), offsets={str(p): list(o) for p, o in sorted(offsets.items())},
+            parse_ms=round((t_parse - t0) * 1000, 1), apply_ms=round((t_apply - t_parse) * 1000, 1),
+            screen_ms=round((t_screen - t_apply) * 1000, 1), commit_ms=round((t_end - t_screen) * 1000, 1),
+        )
+        return total
+
+    def _dead_letter(self, rec: Any, exc: EventError) -> None:
+        value = rec.value or b""
+        doc = {
+            "reason": exc.message,
+            "error": str(exc),
+            "field": exc.field,
+            "topic": rec.topic,
+            "partition": rec.partition,
+            "offset": rec.offset,
+            "timestamp": rec.timestamp,
+            "payload": value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value),
+        }
+        self._producer.send(
+            self.settings.dlq_topic, key=rec.key, value=json.dumps(doc).encode(),
+            headers=[("reason", exc.message.encode()[:200])],
+        )
+        self.metrics.dead_letters.labels("validate", exc.message[:60]).inc()
+
+    def _screen_and_record(
+        self, state: PatientState, now: datetime, trigger: str, event_times: pl.DataFrame | None = None
+    ) -> int:
+        """Screen ``state`` against the open studies, store the matches, publish the new ones (not flushed)."""
+        studies = [s for s in self.studies.values() if s.is_open(now)]
+        if not studies or state.persons.height == 0:
+            return 0
+        result = self._screen(state, studies, now)
+        self.metrics.screens.labels(trigger).inc(result.height)
+        if result.filter(pl.col("outcome").is_in(MATCH_OUTCOMES)).height == 0:
+            return 0
+        dnc = self.store.do_not_contact()
+        matches, suppressed = matches_from_screen(result, state.persons, dnc, now, event_times)
+        for study, reason, n in suppressed.iter_rows():
+            if reason == "deceased":
+                self.metrics.deceased_suppressed.labels(study).inc(n)
+            else:
+                self.metrics.do_not_contact_suppressed.labels(study).inc(n)
+        if matches.height == 0:
+            return 0
+        try:
+            new = self.store.record_matches(matches.select(list(MATCH_COLUMNS)))
+        except ScreenerError:
+            raise
+        except Exception as exc:
+            raise DeliveryError(f"recording matches failed: {type(exc).__name__}", channel="store") from exc
+        if new.height:
+            counts = new.group_by("study_id", "outcome", pl.col("setting").fill_null("unknown")).agg(pl.len())
+            for study, outcome, setting, n in counts.iter_rows():
+                self.metrics.matches.labels(study, outcome, setting).inc(n)
+            if "event_time" in new.columns:
+                wall = time.time()
+                for ts in new["event_time"].drop_nulls().to_list():
+                    self.metrics.event_to_match_latency.observe(max(0.0, wall - ts.timestamp()))
+            if self._publisher is not None:
+                self._publisher.publish(new)
+            self.matches_recorded += new.height
+        return new.height
+
+    # --- full and retrospective screens ---------------------------------------------------------------------
+    def rescreen_all(self, trigger: str = "schedule") -> int:
+        """Screen every patient in every caught-up partition (chunked), prune expired facts, commit nothing."""
+        t0 = time.perf_counter()
+        now = self.clock.now()
+        self.rescreens += 1
+        since = now - self._horizon if self._horizon is not None else None
+        new = 0
+        for p, part in self._parts.items():
+            if part.replaying:
+                continue
+            if since is not None:
+                part.state = prune_facts(part.state, None, since)
+            for chunk in _chunks(part.state, RESCREEN_CHUNK):
+                new += self._screen_and_record(chunk, now, trigger)
+            log.debug("rescreen_partition", partition=p)
+        if self._publisher is not None:
+            self._publisher.flush()
+        self.metrics.rescreen_duration.observe(time.perf_counter() - t0)
+        self._update_gauges()
+        log.info("rescreen", trigger=trigger, new_matches=new, partitions=sorted(self._parts),
+                 ms=round((time.perf_counter() - t0) * 1000, 1))
+        return new
+
+    # --- rules ----------------------------------------------------------------------------------------------
+    def _rules_signature(self) -> tuple[tuple[str, int, int], ...]:
+        root = Path(self.settings.rules_dir)
+        files = sorted([*root.rglob("*.yaml"), *root.rglob("*.yml")]) if root.exists() else []
+        sig = []
+        for f in files:
+            with contextlib.suppress(OSError):
+                st = f.stat()
+                sig.append((str(f), st.st_mtime_ns, st.st_size))
+        return tuple(sig)
+
+    def reload_rules(self, force: bool = False) -> bool:
+        """Reload ``rules_dir`` if any file changed (or ``force``). Returns True when the study set changed.
+
+        A study whose file still exists but no longer loads keeps its previous version; each load error is
+        logged and counted in ``screener_rule_load_errors_total``. An added or changed study triggers a rebuild
+        of every assigned partition (which screens everyone against it).
+        """
+        self._next_rules_poll = time.monotonic() + self.settings.rules_poll_s
+        sig = self._rules_signature()
+        if not force and sig == self._rules_sig:
+            return False
+        self._rules_sig = sig
+        try:
+            result = self._loader([Path(self.settings.rules_dir)])
+        except ScreenerError as exc:
+            self.metrics.rule_load_errors.labels("<rules>").inc()
+            log.warning("rules_load_failed", error=str(exc))
+            return False
+        loaded = {s.id: s for s in result.studies}
+        for err in result.errors:
+            file = getattr(err, "file", None) or "<rules>"
+            self.metrics.rule_load_errors.labels(Path(file).name).inc()
+            log.warning("rule_load_error", file=str(file), error=str(err))
+        if result.errors:
+            present = {str(Path(f).resolve()) for f, _, _ in sig}
+            loaded_paths = {str(Path(s.path).resolve()) for s in loaded.values()}
+            for old in self.studies.values():
+                old_path = str(Path(old.path).resolve())
+                if old.id not in loaded and old_path in present and old_path not in loaded_paths:
+                    loaded[old.id] = old
+                    log.warning("rule_kept_previous_version", study=old.id, file=old_path)
+        before = {sid: s.content_hash for sid, s in self.studies.items()}
+        after = {sid: s.content_hash for sid, s in loaded.items()}
+        if before == after and not force:
+            return False
+        added_or_changed = sorted(sid for sid, h in after.items() if before.get(sid) != h)
+        removed = sorted(set(before) - set(after))
+        self.studies = loaded
+        self.rule_reloads += 1
+        self._compile_pruning()
+        self._publish_study_metrics(removed)
+        with contextlib.suppress(Exception):
+            self.store.sync_studies(list(loaded.values()))
+        log.info("rules_loaded", studies=len(loaded), changed=added_or_changed, removed=removed,
+                 errors=len(result.errors))
+        if added_or_changed and self._parts:
+            self._rebuild_all()
+        return True
+
+    def _compile_pruning(self) -> None:
+        now = self.clock.now()
+        relevant = [s for s in self.studies.values() if s.closes is None or _end_of(s.closes) >= now]
+        filters: list[pl.Expr] = []
+        horizons: list[Any] = []
+        unbounded = False
+        for s in relevant:
+            fact_filter = getattr(s, "fact_filter", None)
+            if fact_filter is None:
+                filters = []
+                unbounded = True
+                break
+            filters.append(fact_filter())
+            h = getattr(s, "horizon", None)
+            if h is None:
+                unbounded = True
+            else:
+                horizons.append(h)
+        if not relevant:
+            self._keep = pl.lit(False)
+        elif filters:
+            self._keep = reduce(lambda a, b: a | b, filters)
+        else:
+            self._keep = None
+        self._horizon = None if unbounded or not horizons else max(horizons)
+        if self._keep is not None and self._horizon is not None:
+            since = now - self._horizon
+            self._keep = self._keep & (pl.col("occurred_at") >= pl.lit(since).cast(TS))
+        digest = hashlib.sha256(
+            json.dumps(sorted((s.id, s.content_hash) for s in self.studies.values())).encode()
+        ).hexdigest()
+        self._rules_fingerprint = digest
+
+    def _publish_study_metrics(self, removed: Sequence[str]) -> None:
+        self.metrics.rules_loaded.set(len(self.studies))
+        for s in self.studies.values():
+            self.metrics.study_target.labels(s.id, s.sponsor).set(s.target or 0)
+            if s.opens is not None:
+                self.metrics.study_opens.labels(s.id).set(_start_of(s.opens).timestamp())
+            if s.closes is not None:
+                self.metrics.study_closes.labels(s.id).set(_end_of(s.closes).timestamp())
+        for sid in removed:
+            for g in (self.metrics.study_opens, self.metrics.study_closes):
+                with contextlib.suppress(KeyError):
+                    g.remove(sid)
+
+    def _rebuild_all(self) -> None:
+        """Reset every assigned partition and replay it from the beginning (then screen everyone in it)."""
+        from kafka import TopicPartition
+
+        for p, part in self._parts.items():
+            tp = TopicPartition(self.settings.events_topic, p)
+            begin = self._beginning(tp)
+            target = max(part.offset, part.replay_until or 0)
+            part.state = PatientState()
+            part.pending = []
+            part.dirty = False
+            part.offset = begin
+            part.replay_until = target if target > begin else None
+            self._consumer.seek(tp, begin)
+            log.info("partition_rebuild", partition=p, from_offset=begin, until=target)
+
+    # --- partitions -----------------------------------------------------------------------------------------
+    def _snapshot_dir(self, partition: int) -> Path:
+        return Path(self.settings.state_dir) / f"{self.settings.events_topic}-{partition}"
+
+    def _beginning(self, tp: Any) -> int:
+        try:
+            return int(self._consumer.beginning_offsets([tp])[tp])
+        except Exception:
+            return 0
+
+    def _on_assigned(self, assigned: Any) -> None:
+        t0 = time.perf_counter()
+        for tp in assigned:
+            if tp.partition in self._parts:
+                continue
+            self._init_partition(tp)
+        self._update_gauges()
+        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned),
+                 ms=round((time.perf_counter() - t0) * 1000, 1))
+
+    def _init_partition(self, tp: Any) -> None:
+        begin = self._beginning(tp)
+        committed = None
+        with contextlib.suppress(Exception):
+            committed = self._consumer.committed(tp)
+        snap = load_snapshot(self._snapshot_dir(tp.partition))
+        state, start, source = PatientState(), begin, "replay"
+        if snap is not None:
+            s_state, s_offset, meta = snap
+            if meta.get("rules") == self._rules_fingerprint and s_offset >= begin:
+                state, start, source = s_state, s_offset, "snapshot"
+        replay_until = committed if committed is not None and committed > start else None
+        self._parts[tp.partition] = _Partition(state=state, offset=start, replay_until=replay_until)
+        self._consumer.seek(tp, start)
+        log.info("partition_restored", partition=tp.partition, source=source, offset=start,
+                 committed=committed, patients=state.persons.height)
+
+    def _on_revoked(self, revoked: Any) -> None:
+        parts = [tp.partition for tp in revoked if tp.partition in self._parts]
+        with contextlib.suppress(Exception):
+            if self._publisher is not None:
+                self._publisher.flush()
+            self._commit(parts)
+        for p in parts:
+            with contextlib.suppress(Exception):
+                self._snapshot(p)
+            self._parts.pop(p, None)
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(self.settings.events_topic, str(p))
+        log.info("partitions_revoked", partitions=sorted(parts))
+
+    def _recover(self) -> None:
+        """After a failed batch: forget the uncommitted work and restart every partition from its snapshot."""
+        from kafka import TopicPartition
+
+        parts = list(self._parts)
+        self._parts.clear()
+        for p in parts:
+            self._init_partition(TopicPartition(self.settings.events_topic, p))
+
+    def _commit(self, partitions: Sequence[int]) -> None:
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        offsets = {
+            TopicPartition(self.settings.events_topic, p): OffsetAndMetadata(self._parts[p].offset, "", -1)
+            for p in partitions
+            if p in self._parts and not self._parts[p].replaying
+        }
+        if offsets:
+            self._consumer.commit(offsets=offsets)
+
+    def _snapshot(self, partition: int) -> None:
+        part = self._parts.get(partition)
+        if part is None or part.replaying:
+            return
+        t0 = time.perf_counter()
+        save_snapshot(part.state, self._snapshot_dir(partition), part.offset, {"rules": self._rules_fingerprint})
+        part.dirty = False
+        log.info("snapshot", partition=partition, offset=part.offset,
+                 ms=round((time.perf_counter() - t0) * 1000, 1))
+
+    def _update_gauges(self) -> None:
+        self.metrics.patients_in_state.set(sum(p.state.persons.height for p in self._parts.values()))
+        self.metrics.facts_in_state.set(sum(p.state.facts.height for p in self._parts.values()))
+        from kafka.structs import TopicPartition
+
+        for p, part in self._parts.items():
+            tp = TopicPartition(self.settings.events_topic, p)
+            high = None
+            with contextlib.suppress(Exception):
+                high = self._consumer.highwater(tp)
+            if high is not None:
+                self.metrics.consumer_lag.labels(self.settings.events_topic, str(p)).set(max(0, high - part.offset))
+
+    # --- introspection for tests and the demo ---------------------------------------------------------------
+    @property
+    def assigned_partitions(self) -> list[int]:
+        return sorted(self._parts)
+
+    @property
+    def caught_up(self) -> bool:
+        return bool(self._parts) and not any(p.replaying for p in self._parts.values())
+
+    def state(self) -> PatientState:
+        """All assigned partitions' state concatenated (a copy-free view for tests)."""
+        if not self._parts:
+            return PatientState()
+        return _concat_states([p.state for p in self._parts.values()])
+
+
+def _seconds(s: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=s)
+
+
+def _start_of(d: Any) -> datetime:
+    if isinstance(d, datetime):
+        return d.astimezone(UTC)
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+def _end_of(d: Any) -> datetime:
+    from datetime import timedelta
+
+    if isinstance(d, datetime):
+        return d.astimezone(UTC)
+    return datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=1)
+
