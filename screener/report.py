@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
-from screener.metrics import WEST_YORKSHIRE_ETHNICITY, WEST_YORKSHIRE_IMD_QUINTILE
+from screener.metrics import WEST_YORKSHIRE_ETHNICITY, WEST_YORKSHIRE_IMD_QUINTILE, Metrics
 
 __all__ = [
     "FUNNEL_STAGES",
@@ -32,6 +33,7 @@ __all__ = [
     "build_report",
     "disclose",
     "load_report_data",
+    "publish_store_metrics",
     "render_html",
     "write_report",
 ]
@@ -369,6 +371,57 @@ def load_report_data(database_url: str) -> ReportData:
     except sa.exc.SQLAlchemyError as exc:
         raise ConfigError(f"cannot read the worklist store for the report: {exc}", setting="database_url") from exc
     return ReportData.of(studies, matches)
+
+
+def funnel_by_group(data: ReportData) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Raw (undisclosed) patients per cumulative funnel stage, by IMD quintile and by ethnic group.
+
+    Frames: (stage, imd_quintile, patients) and (stage, ethnic_group, patients); groups missing from a stage are
+    absent. For Prometheus, where the ``...:disclosed`` recording rules apply disclosure control.
+    """
+    m = data.matches.with_columns(
+        rank=pl.col("stage").replace_strict(_STAGE_RANK, default=0, return_dtype=pl.Int64),
+        imd_quintile=((pl.col("imd_decile") + 1) // 2).cast(pl.String).fill_null("unknown"),
+        ethnic_group=pl.col("ethnic_group").str.to_lowercase().fill_null("unknown"),
+    ).drop("stage")
+    stages = pl.DataFrame({"stage": list(FUNNEL_STAGES), "stage_rank": list(range(len(FUNNEL_STAGES)))})
+    reached = m.join(stages, how="cross").filter(pl.col("rank") >= pl.col("stage_rank"))
+    return (
+        reached.group_by("stage", "imd_quintile").len("patients"),
+        reached.group_by("stage", "ethnic_group").len("patients"),
+    )
+
+
+def publish_store_metrics(metrics: Metrics, data: ReportData) -> None:
+    """Set the store-derived gauges: enrolled per study/sponsor/setting and the funnel by IMD quintile and
+    ethnic group. Called by the process that owns the store (the web app) on a timer or before a scrape.
+
+    Label sets that vanished from the store are removed. Values are raw counts (no patient-level labels);
+    the Grafana dashboards read them only through the disclosure-controlled recording rules.
+    """
+    enrolled = (
+        data.matches.filter(pl.col("stage") == "enrolled")
+        .join(data.studies.select("study_id", "sponsor"), on="study_id", how="left")
+        .group_by("study_id", pl.col("sponsor").fill_null("unknown"), pl.col("setting").fill_null("unknown"))
+        .len("patients")
+    )
+    # a study with nobody enrolled has no series; the recording rules count it as 0 against its target
+    imd, ethnic = funnel_by_group(data)
+    for gauge, frame, cols in (
+        (metrics.study_enrolled, enrolled, ("study_id", "sponsor", "setting")),
+        (metrics.funnel_by_imd, imd, ("stage", "imd_quintile")),
+        (metrics.funnel_by_ethnicity, ethnic, ("stage", "ethnic_group")),
+    ):
+        wanted = {tuple(str(v) for v in row[:-1]): row[-1] for row in frame.select(*cols, "patients").iter_rows()}
+        for labels in _label_sets(gauge) - set(wanted):
+            gauge.remove(*labels)
+        for labels, value in wanted.items():
+            gauge.labels(*labels).set(value)
+
+
+def _label_sets(gauge: Any) -> set[tuple[str, ...]]:
+    return {tuple(s.labels[name] for name in gauge._labelnames)
+            for family in gauge.collect() for s in family.samples}
 
 
 def write_report(database_url: str, out: Path, today: date | None = None) -> Report:

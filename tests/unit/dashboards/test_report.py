@@ -93,3 +93,31 @@ def test_html_shows_suppressed_group_and_charts_without_scripts(data):
 def test_report_of_an_empty_store_renders():
     page = render_html(build_report(ReportData.of([], []), TODAY))
     assert "No study has both a target" in page
+
+
+def test_publish_store_metrics_sets_funnel_and_enrolment_gauges(data):
+    from prometheus_client import CollectorRegistry
+
+    from screener.metrics import Metrics
+    from screener.report import publish_store_metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry=registry)
+    publish_store_metrics(metrics, data)
+    get = registry.get_sample_value
+    assert get("screener_study_enrolled_participants",
+               {"study": "AHEAD", "sponsor": "commercial", "setting": "community"}) == 25
+    assert get("screener_study_enrolled_participants",
+               {"study": "BEHIND", "sponsor": "non-commercial", "setting": "hospital"}) == 23
+    # raw, cumulative: the recording rules disclose
+    assert get("screener_funnel_ethnic_group_patients", {"stage": "enrolled", "ethnic_group": "black"}) == 3
+    assert get("screener_funnel_ethnic_group_patients", {"stage": "matched", "ethnic_group": "white"}) == 145
+    assert get("screener_funnel_imd_quintile_patients", {"stage": "approached", "imd_quintile": "2"}) == 40
+    assert get("screener_funnel_imd_quintile_patients", {"stage": "approached", "imd_quintile": "1"}) == 25
+    assert get("screener_funnel_imd_quintile_patients", {"stage": "matched", "imd_quintile": "1"}) == 125
+    assert get("screener_funnel_imd_quintile_patients", {"stage": "approached", "imd_quintile": "unknown"}) == 12
+    # a label set that left the store is removed on the next publish
+    publish_store_metrics(metrics, ReportData.of(data.studies, data.matches.filter(pl.col("study_id") == "AHEAD")))
+    assert get("screener_funnel_ethnic_group_patients", {"stage": "enrolled", "ethnic_group": "black"}) is None
+    assert get("screener_study_enrolled_participants",
+               {"study": "BEHIND", "sponsor": "non-commercial", "setting": "hospital"}) is None
