@@ -285,3 +285,23 @@ def criteria_json(criteria: Sequence[dict[str, Any]] | pl.Series | None) -> str:
         [{"name": c["name"], "group": c["group"], "result": c["result"], "evidence": c["evidence"]} for c in items],
         separators=(",", ":"),
     )
+
+
+def screen_detail(state: PatientState, study: Study, now: datetime) -> pl.DataFrame:
+    """Every criterion of one study, nested members included, one row per patient.
+
+    Columns: ``patient_id``, ``outcome``, then per criterion (depth-first, plain names) ``<name>`` (Boolean,
+    null = unknown) and ``<name>:evidence`` (String). Used by ``rules test`` and ``rules explain``.
+    """
+    if now.tzinfo is None:
+        raise ValueError("screen_detail() needs a timezone-aware 'now'")
+    now = now.astimezone(UTC)
+    wide = feature_frame(state, [study], now)
+    base = _attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left")
+    cols: list[pl.Expr] = [pl.col("patient_id")]
+    outcome = study_columns(study, now)[2]
+    cols.append(outcome)
+    for c in study.all_criteria():
+        value, evidence = compile_criterion(c, study, now)
+        cols += [value.cast(pl.Boolean).alias(c.name), evidence.fill_null("").alias(f"{c.name}:evidence")]
+    return base.select(cols).collect()
