@@ -1,0 +1,153 @@
+"""``python -m bench``: run the benchmarks and write BENCHMARKS.md.
+
+Usage::
+
+    python -m bench --scale 10k,100k,1m [--studies 10,50,100] [--runs N] [--peer-patients N]
+                    [--sections full,scaling,streaming,backfill] [--out BENCHMARKS.md] [--smoke]
+
+``--smoke`` is the tiny scale the unit test runs (a few hundred patients, no broker sections): it checks the
+harness, not the speed. Everything else is heavy: run it once, on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench._stats import fmt_count, machine, parse_count
+
+SECTIONS = ("full", "scaling", "streaming", "backfill")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--scale", default="10k,100k,1m", help="patient counts, e.g. 10k,100k,1m")
+    p.add_argument("--studies", default="10,50,100", help="study counts, e.g. 10,50,100")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median, min, max)")
+    p.add_argument("--peer-patients", type=int, default=1000,
+                   help="patients in the subset the peers evaluate one by one (their rate is scaled)")
+    p.add_argument("--peers", default="pyjexl,rule-engine,simpleeval,zen-engine")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="screen this many patients per screen() call (default: all at once)")
+    p.add_argument("--sections", default=",".join(SECTIONS))
+    p.add_argument("--rules", type=Path, default=ROOT / "rules")
+    p.add_argument("--workdir", type=Path, default=None, help="where populations and study copies go")
+    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--streaming-events", type=int, default=200_000)
+    p.add_argument("--latency-rate", type=int, default=200, help="events/s for the latency measurement")
+    p.add_argument("--backfill-rows", type=int, default=1_000_000)
+    p.add_argument("--smoke", action="store_true", help="tiny scale, harness check only")
+    return p
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {datetime.now(UTC):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    if args.smoke:
+        args.scale, args.studies, args.runs = "200,400", "7,14", 1
+        args.peer_patients = min(args.peer_patients, 100)
+        if "--sections" not in argv:
+            args.sections = "full,scaling"
+    scales = sorted(parse_count(s) for s in args.scale.split(","))
+    study_counts = sorted(int(s) for s in args.studies.split(","))
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"unknown section(s): {', '.join(sorted(unknown))}")
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    command = "python -m bench " + shlex.join(argv)
+    started = datetime.now(UTC)
+    host = machine()
+
+    with tempfile.TemporaryDirectory(prefix="screener-bench-") as tmp:
+        work = args.workdir or Path(tmp)
+        report: dict[str, Any] = {"command": command, "started": started, "machine": host, "sections": {},
+                                  "scales": scales, "study_counts": study_counts, "runs": args.runs}
+        from bench._workload import BENCH_NOW, replicate_studies, write_population
+
+        if {"full", "scaling"} & set(sections):
+            study_dirs = {}
+            for n in study_counts:
+                study_dirs[n] = work / f"studies-{n}"
+                replicate_studies(args.rules, n, study_dirs[n])
+            populations = {}
+            for n in scales:
+                _log(f"population {fmt_count(n)}")
+                t0 = time.perf_counter()
+                populations[n] = write_population(work / "population", n, args.seed, BENCH_NOW)
+                report.setdefault("generation", {})[n] = time.perf_counter() - t0
+            report["now"] = BENCH_NOW
+
+            from bench._scaling import run_cell
+
+            cells: dict[tuple[int, int], Any] = {}
+            wanted = [(p, s) for p in scales for s in study_counts] if "scaling" in sections else \
+                [(scales[-1], study_counts[-1])]
+            for p, s in wanted:
+                _log(f"scaling cell {fmt_count(p)} patients x {s} studies")
+                cells[(p, s)] = run_cell(*populations[p], study_dirs[s], args.runs, args.chunk)
+                _log(f"  {cells[(p, s)].timing.median:.2f} s, peak {cells[(p, s)].rss_peak / 2**20:.0f} MiB")
+            report["cells"] = cells
+            report["chunk"] = args.chunk
+
+            if "full" in sections:
+                report["sections"]["full"] = _full(args, populations[scales[-1]], study_dirs[study_counts[-1]],
+                                                   cells[(scales[-1], study_counts[-1])], peers)
+            if "scaling" in sections:
+                report["sections"]["scaling"] = True
+
+        if "streaming" in sections:
+            from bench._streaming import run_streaming
+
+            _log("streaming")
+            report["sections"]["streaming"] = run_streaming(args.streaming_events, args.runs, args.latency_rate,
+                                                            work / "streaming", args.rules)
+        if "backfill" in sections:
+            from bench._backfill import run_backfill
+
+            _log("backfill")
+            report["sections"]["backfill"] = run_backfill(args.backfill_rows, args.runs, work / "backfill")
+
+        report["finished"] = datetime.now(UTC)
+        from bench._report import render
+
+        args.out.write_text(render(report))
+        _log(f"wrote {args.out}")
+    return 0
+
+
+def _full(args: argparse.Namespace, population: tuple[Path, Path], studies_dir: Path, cell: Any,
+          peers: Sequence[str]) -> dict[str, Any]:
+    import polars as pl
+
+    from bench._full_screen import compare_peers
+    from bench._workload import BENCH_NOW, subset
+    from screener.rules import load_studies
+
+    persons = pl.read_parquet(population[0])
+    facts = pl.read_parquet(population[1])
+    sub_persons, sub_facts = subset(persons, facts, args.peer_patients)
+    del persons, facts
+    loaded = load_studies([studies_dir])
+    if loaded.errors:
+        raise SystemExit("study files failed to load:\n" + "\n".join(str(e) for e in loaded.errors))
+    _log(f"peers on {sub_persons.height} patients x {len(loaded.studies)} studies: {', '.join(peers)}")
+    comparison = compare_peers(sub_persons, sub_facts, loaded.studies, BENCH_NOW, peers, args.runs)
+    return {"comparison": comparison, "cell": cell, "facts_subset": sub_facts.height}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
