@@ -128,6 +128,15 @@ def _results(criteria_json: str | None) -> dict[tuple[str, str], Any]:
             if isinstance(c, dict)}
 
 
+def urgency(horizon_s: float | None, closes: date | None, today: date) -> int:
+    """0 acute (longest window <= 72 h), 1 closing within 30 days, 2 other. Mirrors the SQL in worklist()."""
+    if horizon_s is not None and horizon_s <= ACUTE_HORIZON_S:
+        return 0
+    if closes is not None and closes <= today + timedelta(days=CLOSING_SOON_DAYS):
+        return 1
+    return 2
+
+
 def materially_changed(old_outcome: str, old_criteria: str, new_outcome: str, new_criteria: str) -> bool:
     """True when the outcome differs or any criterion's three-valued result differs, appears or disappears."""
     return old_outcome != new_outcome or _results(old_criteria) != _results(new_criteria)
@@ -529,7 +538,8 @@ class SqlStore:
         """The match with this token if ``user`` may see it (else None: callers answer 404), with its study,
         parsed criteria (each with ``to_verify`` for unknown results) and action history, oldest first."""
         m = t.matches.c
-        q = (sa.select(t.matches, t.studies.c.title, t.studies.c.team, t.studies.c.closes, t.studies.c.summary)
+        q = (sa.select(t.matches, t.studies.c.title, t.studies.c.team, t.studies.c.closes, t.studies.c.summary,
+                       t.studies.c.horizon_s)
              .select_from(t.matches.join(t.studies, t.studies.c.id == m.study_id))
              .where(m.token == token, self._visible(user)))
         with self.engine.connect() as conn:
@@ -540,6 +550,7 @@ class SqlStore:
             d["history"] = [dict(a) for a in conn.execute(
                 sa.select(t.actions).where(t.actions.c.match_id == d["id"]).order_by(t.actions.c.id)).mappings()]
         d["criteria"] = [{**c, "to_verify": c.get("result") is None} for c in json.loads(d["criteria"] or "[]")]
+        d["urgency"] = urgency(d.pop("horizon_s"), d["closes"], self.clock().date())
         for k in ("matched_at", "event_time", "reopened_at", "updated_at"):
             d[k] = _utc(d[k])
         for a in d["history"]:

@@ -1,0 +1,76 @@
+"""Run the web app with uvicorn on a background thread (``screener web``, ``screener demo``, tests)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+from screener.errors import ConfigError
+from screener.logging import get_logger
+from screener.web.app import create_app
+
+__all__ = ["WebHandle", "serve"]
+
+log = get_logger("screener.web.server")
+
+
+@dataclass
+class WebHandle:
+    """A running server. ``url`` is its base URL (the real port when ``web_port`` was 0)."""
+
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+    sender: Any = None
+    app: Any = field(default=None, repr=False)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the outbox sender (if any) and the server; returns once the thread ended (or the timeout)."""
+        if self.sender is not None:
+            self.sender.stop()
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+
+    def __enter__(self) -> WebHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(settings: Any, store: Any, metrics_registry: Any = None, *, run_outbox: bool = True,
+          startup_timeout_s: float = 20.0) -> WebHandle:
+    """Start the worklist on ``settings.web_host:web_port`` (port 0: a free port) in a daemon thread.
+
+    When ``run_outbox`` and a webhook URL or SMTP host is configured, an :class:`OutboxSender` runs beside it
+    every ``settings.outbox_interval_s`` seconds (metrics from ``store.metrics``).
+
+    :raises ConfigError: the server did not start (port in use, bad host) within ``startup_timeout_s``.
+    """
+    app = create_app(settings, store, registry=metrics_registry)
+    config = uvicorn.Config(app, host=settings.web_host, port=settings.web_port, log_level="warning",
+                            access_log=False, lifespan="off", server_header=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="screener-web", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise ConfigError(f"web server did not start on {settings.web_host}:{settings.web_port}",
+                              setting="web_port")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    host = settings.web_host if settings.web_host not in ("0.0.0.0", "::") else "127.0.0.1"
+    url = f"http://{host}:{port}"
+    sender = None
+    if run_outbox and (settings.webhook_url or settings.smtp_host):
+        from screener.alerts.outbox import OutboxSender
+
+        sender = OutboxSender.from_settings(settings, store).start(getattr(settings, "outbox_interval_s", 10.0))
+    log.info("web_started", url=url, outbox=sender is not None)
+    return WebHandle(url=url, server=server, thread=thread, sender=sender, app=app)
