@@ -74,7 +74,16 @@ MATCH_OUTCOMES = ("eligible", "possible")
 #: Patients per chunk in a full re-screen (bounds the size of the patient x study result frame).
 RESCREEN_CHUNK = 50_000
 
-log = get_logger("screener.engine")
+
+
+class _Log:
+    """Resolves the structlog logger at call time, so configure_logging() after import still applies."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(get_logger("screener.engine"), name)
+
+
+log = _Log()
 
 Loader = Callable[[Sequence[Path]], Any]
 ScreenFn = Callable[[PatientState, Sequence[Any], datetime], pl.DataFrame]
