@@ -7,7 +7,7 @@ Public API (see ``briefs/rules-spec.md`` and the README section "Authoring a rul
     criteria_json(criteria) -> str
 """
 
-from screener.rules.loader import LoadResult, RuleErrors, load_studies, load_study
+from screener.rules.loader import LoadResult, RuleErrors, load_studies, load_study, loads_study
 from screener.rules.model import ConceptSet, Criterion, Study, TestCase
 from screener.rules.screen import CRITERIA_DTYPE, criteria_json, screen
 
@@ -22,5 +22,6 @@ __all__ = [
     "criteria_json",
     "load_studies",
     "load_study",
+    "loads_study",
     "screen",
 ]

@@ -83,6 +83,15 @@ class _Loader(yaml.SafeLoader):
             result.marks.append(_pos(child))
 
 
+def _timestamp(loader: _Loader, node: yaml.Node) -> Any:
+    # An impossible date (2026-13-01) stays text so the validator can say which field is wrong and where.
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)  # type: ignore[arg-type]
+    except ValueError:
+        return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
 _Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_yaml_map)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_yaml_seq)
 

@@ -93,6 +93,15 @@ def jexl() -> pyjexl.JEXL:
 _JEXL = jexl()
 
 
+def suggest(name: str, candidates: Any) -> str | None:
+    """A case-insensitive exact match first ('f' -> 'F'), else the closest name."""
+    options = list(candidates)
+    for c in options:
+        if str(c).lower() == name.lower():
+            return str(c)
+    return did_you_mean(name, options)
+
+
 def parse_expression(text: str) -> Any:
     """Parse JEXL text to pyjexl's AST. :raises ParseError: on a syntax error."""
     return _JEXL.parse(text)
@@ -382,7 +391,7 @@ class Compiler:
             allowed = ATTRIBUTES[attr.name][1]
             if allowed is not None and value not in allowed:
                 raise self.error(f"'{value}' is not a value of {attr.name} (one of {', '.join(allowed)})",
-                                 token=value, suggestion=did_you_mean(value, allowed))
+                                 token=value, suggestion=suggest(value, allowed))
 
     @staticmethod
     def _token(node: Any) -> str | None:

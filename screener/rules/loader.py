@@ -22,7 +22,7 @@ from screener.rules.compiler import Compiler
 from screener.rules.model import PREFIX_SYSTEMS, ConceptSet, Criterion, Study, TestCase
 from screener.rules.units import ANALYTES, KNOWN_UNITS, is_known_unit
 
-__all__ = ["LoadResult", "RuleErrors", "load_studies", "load_study"]
+__all__ = ["LoadResult", "RuleErrors", "load_studies", "load_study", "loads_study"]
 
 SPONSORS = ("commercial", "non-commercial")
 OUTCOMES = ("eligible", "possible", "ineligible")
@@ -127,6 +127,14 @@ def load_study(path: str | Path) -> Study:
         raise RuleError("rule file is not UTF-8 text", file=file) from exc
     doc = load_yaml(text, file)
     return _Builder(path, raw, doc).build()
+
+
+def loads_study(text: str, path: str | Path = "<string>") -> Study:
+    """Load a study from YAML text; ``path`` names it in errors and locates ``concepts/`` for refs.
+
+    :raises RuleError: as :func:`load_study`.
+    """
+    return _Builder(Path(path), text.encode("utf-8"), load_yaml(text, str(path))).build()
 
 
 def _datetime(value: Any) -> datetime | None:
@@ -309,6 +317,7 @@ class _Builder:
         if "ref" in body and not shared:
             return self.concept_ref(name, body)
         allowed = [*_SYSTEM_KEYS, *(k for k in _CONCEPT_KEYS if k != "ref" or not shared)]
+        errors_before = len(self.errors)
         codes: list[tuple[str, str]] = []
         excludes: list[tuple[str, str]] = []
         unit = analyte = label = None
@@ -344,7 +353,7 @@ class _Builder:
             else:
                 self.err(f"unknown code system or key '{key}' in concept '{name}'", kmark,
                          did_you_mean(lk, allowed))
-        if not codes and not any(e.message.endswith(f"'{name}'") for e in self.errors):
+        if not codes and len(self.errors) == errors_before:
             self.err(f"concept '{name}' lists no codes", mark)
         return ConceptSet(name, tuple(codes), tuple(excludes), unit, analyte, label, mark[0], mark[1])
 
