@@ -1,0 +1,63 @@
+"""FHIR R4: ``screener connect fhir --listen HOST:PORT`` (HTTP) or ``--from-file PATH`` (Bundles, bulk NDJSON).
+
+See :mod:`connectors.fhir.parse` for the resources read and :mod:`connectors.fhir.server` for the HTTP contract.
+Timestamps without an offset are read as Europe/London time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from screener.sources.base import SimpleConnector
+
+from .parse import SUPPORTED, FHIRReject, ParsedPayload, parse_payload, parse_resource
+from .server import build_app, load_path, operation_outcome
+
+__all__ = [
+    "SUPPORTED",
+    "FHIRReject",
+    "ParsedPayload",
+    "build_app",
+    "connector",
+    "load_path",
+    "operation_outcome",
+    "parse_payload",
+    "parse_resource",
+]
+
+
+def _command() -> click.Command:
+    from connectors.hl7v2 import parse_listen
+    from screener.commands.connect import connector_options
+
+    @click.command("fhir")
+    @click.option("--listen", default=None, help="HOST:PORT to serve the FHIR endpoint on.")
+    @click.option("--from-file", "from_file", type=click.Path(exists=True, path_type=Path), default=None,
+                  help="A Bundle/resource .json, a bulk-data .ndjson, or a directory of them.")
+    @connector_options
+    def fhir(listen: str | None, from_file: Path | None, sink_factory: object) -> None:
+        """Receive FHIR R4 resources and Bundles over HTTP, or load them from files."""
+        if (listen is None) == (from_file is None):
+            raise click.UsageError("give exactly one of --listen HOST:PORT or --from-file PATH")
+        sink = sink_factory("fhir")  # type: ignore[operator]
+        try:
+            if from_file is not None:
+                resources, events = load_path(from_file, sink, progress=True)
+                click.echo(f"fhir: {resources} resources -> {events} events", err=True)
+                return
+            import uvicorn
+
+            host, port = parse_listen(listen or "")
+            uvicorn.run(build_app(sink), host=host, port=port, log_level="warning", access_log=False)
+        finally:
+            close = getattr(sink, "close", None)
+            if close:
+                close()
+
+    return fhir
+
+
+connector = SimpleConnector("fhir", "FHIR R4 resources and Bundles over HTTP, or from JSON/NDJSON files",
+                            _command)
