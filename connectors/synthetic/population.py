@@ -301,7 +301,7 @@ def _issues(f: _Facts, r: _Rand, p: _People, sel: np.ndarray, stream: str, now_u
     which = r.choice(idx, stream + ".code", probs)
     counts = 1 + r.poisson(idx, stream + ".n", extra_mean)
     rows, k = _expand(counts)
-    days = latest_days[rows] + k * interval * (0.8 + 0.4 * r.u(idx[rows], stream + ".gap", k))
+    days = latest_days[pos][rows] + k * interval * (0.8 + 0.4 * r.u(idx[rows], stream + ".gap", k))
     f.add(pos[rows], _ago(now_us, days), "drug", codes, which[rows])
 
 
