@@ -59,8 +59,8 @@ def run(config_file: Path | None) -> None:
             "bootstrap_servers (SCREENER_BOOTSTRAP_SERVERS) is required; `screener demo` starts an embedded broker"
         )
     ensure_service_topics(settings)
-    store = SqlStore(settings.database_url)
     metrics = Metrics()
+    store = SqlStore.from_settings(settings, metrics=metrics)
     server, metrics_url = _start_metrics_server(settings, metrics.registry)
     log.info("service_started", metrics_url=metrics_url, topic=settings.events_topic, group=settings.group_id)
     stop = threading.Event()
@@ -99,7 +99,6 @@ class _Feed(threading.Thread):
 
     def _run(self) -> None:
         from connectors.synthetic.population import generate
-
         from screener.bus import make_producer
         from screener.events import dump_event
 
@@ -163,10 +162,10 @@ def demo(duration: float | None, workdir: Path, patients: int, rate: float, rule
             group_id="screener-demo",
         )
         ensure_service_topics(settings)
-        store = SqlStore(settings.database_url)
-        cleanup.append(lambda: getattr(store, "close", lambda: None)())
         registry = CollectorRegistry()
         metrics = Metrics(registry)
+        store = SqlStore.from_settings(settings, metrics=metrics)
+        cleanup.append(store.close)
         server, metrics_url = _start_metrics_server(settings, registry)
         if server is not None:
             cleanup.append(server.shutdown)
@@ -218,8 +217,14 @@ def _start_web(settings: Settings, store: Any, registry: Any, cleanup: list[Any]
         return "(the worklist web app is not available in this build)", None
     handle = serve(settings, store, registry)
     cleanup.append(handle.stop)
-    login = getattr(handle, "login", None) or getattr(handle, "demo_login", None)
-    return str(handle.url), (str(login) if login else None)
+    login = None
+    if hasattr(store, "add_user"):
+        import secrets
+
+        password = secrets.token_urlsafe(9)
+        store.add_user("demo", password, "admin")  # sees every team's worklist; reset on every demo start
+        login = f"user demo, password {password}"
+    return str(handle.url), login
 
 
 def _port_or_free(preferred: int, free_port: Any) -> int:
