@@ -18,6 +18,7 @@ Security contract:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -44,7 +45,7 @@ from screener.alerts.store import (
 )
 from screener.logging import get_logger
 
-__all__ = ["PUBLIC_PATHS", "SESSION_COOKIE", "create_app"]
+__all__ = ["PUBLIC_PATHS", "SESSION_COOKIE", "create_app", "refresh_store_metrics"]
 
 log = get_logger("screener.web")
 
@@ -194,6 +195,22 @@ def _summary(r: dict[str, Any]) -> dict[str, Any]:
     return {**r, "to_verify": r.get("unknowns", [c["name"] for c in r.get("criteria", []) if c["to_verify"]])}
 
 
+def refresh_store_metrics(store: SqlStore) -> bool:
+    """Set the store-derived gauges (enrolment, funnel by IMD quintile and ethnic group) on ``store.metrics``
+    from the worklist, via :func:`screener.report.publish_store_metrics`. Returns False when there is nothing to
+    do (no metrics) or it failed (logged; a scrape must not fail because of it)."""
+    if getattr(store, "metrics", None) is None:
+        return False
+    try:
+        from screener.report import load_report_data, publish_store_metrics
+
+        publish_store_metrics(store.metrics, load_report_data(store.engine))
+    except Exception as exc:  # observability must never take the worklist down
+        log.warning("store_metrics_failed", error=str(exc))
+        return False
+    return True
+
+
 def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | None = None) -> FastAPI:
     """The web app over ``store``. ``registry`` is what ``/metrics`` exports (default: the global registry)."""
     app = FastAPI(title="screener worklist", version="1", docs_url=None, redoc_url=None,
@@ -201,6 +218,7 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
     app.state.store = store
     app.state.settings = settings
     app.state.registry = registry if registry is not None else REGISTRY
+    app.state.metrics_refreshed = float("-inf")
     templates = Jinja2Templates(directory=str(_HERE / "templates"))
     templates.env.globals.update(stage_labels=STAGE_LABELS, urgency_labels=URGENCY_LABELS)
     app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
@@ -243,6 +261,10 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
+        now = time.monotonic()
+        if now - app.state.metrics_refreshed > 5.0:  # at most every 5 s, however often it is scraped
+            app.state.metrics_refreshed = now
+            refresh_store_metrics(store)
         return Response(generate_latest(app.state.registry), media_type=CONTENT_TYPE_LATEST)
 
     def open_studies() -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import uvicorn
 
 from screener.errors import ConfigError
 from screener.logging import get_logger
-from screener.web.app import create_app
+from screener.web.app import create_app, refresh_store_metrics
 
 __all__ = ["WebHandle", "serve"]
 
@@ -27,11 +27,13 @@ class WebHandle:
     thread: threading.Thread
     sender: Any = None
     app: Any = field(default=None, repr=False)
+    refresher: Any = None
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the outbox sender (if any) and the server; returns once the thread ended (or the timeout)."""
-        if self.sender is not None:
-            self.sender.stop()
+        for helper in (self.sender, self.refresher):
+            if helper is not None:
+                helper.stop()
         self.server.should_exit = True
         self.thread.join(timeout_s)
 
@@ -72,5 +74,28 @@ def serve(settings: Any, store: Any, metrics_registry: Any = None, *, run_outbox
         from screener.alerts.outbox import OutboxSender
 
         sender = OutboxSender.from_settings(settings, store).start(getattr(settings, "outbox_interval_s", 10.0))
+    refresher = _Refresher(store, interval_s=30.0).start() if getattr(store, "metrics", None) is not None else None
     log.info("web_started", url=url, outbox=sender is not None)
-    return WebHandle(url=url, server=server, thread=thread, sender=sender, app=app)
+    return WebHandle(url=url, server=server, thread=thread, sender=sender, app=app, refresher=refresher)
+
+
+class _Refresher:
+    """Refresh the store-derived gauges on a timer, for a Prometheus that scrapes another /metrics endpoint."""
+
+    def __init__(self, store: Any, interval_s: float) -> None:
+        self.store, self.interval_s = store, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="screener-store-metrics", daemon=True)
+
+    def start(self) -> _Refresher:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            refresh_store_metrics(self.store)
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)

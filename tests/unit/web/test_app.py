@@ -252,3 +252,15 @@ def test_security_headers(make_client: Any, login: Any) -> None:
 def test_admin_pages(path: str, make_client: Any, login: Any) -> None:
     assert login(make_client(), "ada").get(path).status_code == 200
     assert login(make_client(), "cora").get(path).status_code == 403
+
+
+def test_metrics_endpoint_exports_store_derived_gauges(seeded: Any, make_client: Any) -> None:
+    api_token = seeded.create_api_token("nina")
+    c = make_client()
+    h = {"Authorization": f"Bearer {api_token}"}
+    token = c.get("/api/worklist", headers=h).json()[0]["token"]
+    c.post(f"/api/matches/{token}/actions", json={"action": "enrolled"}, headers=h)
+    text = c.get("/metrics").text
+    assert 'screener_study_enrolled_participants{setting="community",sponsor="commercial",study="RENAL-1"} 1.0' in text
+    assert 'screener_funnel_actions_total{setting="community",stage="enrolled",study="RENAL-1"} 1.0' in text
+    assert PATIENT_A not in text
