@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from connectors.synthetic._formats import to_fhir, to_hl7v2
 from screener.events import Event, Person
 from screener.state import FACTS_SCHEMA, PERSONS_SCHEMA
 
@@ -56,6 +57,8 @@ __all__ = [
     "generate_tables",
     "is_valid_nhs_number",
     "nhs_check_digit",
+    "to_fhir",
+    "to_hl7v2",
 ]
 
 SOURCE = "synthetic"
