@@ -279,7 +279,7 @@ def _patient(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _
 
 
 def _subject(res: dict[str, Any], path: str, rtype: str) -> str:
-    key = "subject" if "subject" in res else "patient"
+    key = "patient" if "patient" in res and "subject" not in res else "subject"
     return _ref_id(res.get(key), f"{path}.{key}", rtype)
 
 
@@ -395,7 +395,7 @@ def _encounter(res: dict[str, Any], path: str, rtype: str, full_url: str | None,
     patient = _subject(res, path, rtype)
     cls = res.get("class")
     cls_code = cls.get("code") if isinstance(cls, dict) else None
-    when = _first_time(res, path, rtype, "period") or now
+    when = now
     if "period" in res and isinstance(res["period"], dict) and res["period"].get("start"):
         when = _dt(res["period"]["start"], f"{path}.period.start", rtype) or now
     status = res.get("status")

