@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from connectors.hl7v2.parse import parse_message as parse
 from connectors.synthetic.population import (
     CENSUS_ETHNIC_MIX,
     generate,
@@ -20,6 +21,7 @@ from connectors.synthetic.population import (
     to_hl7v2,
 )
 from screener.events import dump_event, parse_event
+from screener.rules import load_studies, screen
 from screener.state import FACTS_SCHEMA, PERSONS_SCHEMA, PatientState, apply_events
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
@@ -161,7 +163,6 @@ def test_hl7v2_messages_follow_v25() -> None:
 
 
 def test_hl7v2_round_trips_through_the_hl7v2_connector() -> None:
-    parse = pytest.importorskip("connectors.hl7v2.parse").parse_message
     patient = max(generate(40, seed=2, now=NOW), key=len)
     messages = to_hl7v2(patient)
     person = parse(messages[0]).events[0]
@@ -200,13 +201,12 @@ def test_fhir_bundle_is_an_r4_transaction() -> None:
 
 
 def test_every_open_sample_study_finds_eligible_possible_and_ineligible_patients() -> None:
-    rules = pytest.importorskip("screener.rules")
-    loaded = rules.load_studies([RULES])
+    loaded = load_studies([RULES])
     assert not loaded.errors
     open_studies = [s for s in loaded.studies if s.is_open(NOW)]
     assert len(open_studies) >= 5
     persons, facts = generate_frames(5_000, seed=0, now=NOW)
-    result = rules.screen(PatientState(persons=persons, facts=facts), open_studies, NOW)
+    result = screen(PatientState(persons=persons, facts=facts), open_studies, NOW)
     counts = result.group_by("study_id", "outcome").len()
     for study in open_studies:
         got = dict(counts.filter(pl.col("study_id") == study.id).select("outcome", "len").iter_rows())
