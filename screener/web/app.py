@@ -195,6 +195,15 @@ def _summary(r: dict[str, Any]) -> dict[str, Any]:
     return {**r, "to_verify": r.get("unknowns", [c["name"] for c in r.get("criteria", []) if c["to_verify"]])}
 
 
+def _criteria_part(markdown: str) -> str:
+    """The criteria from ``Study.render_markdown()``: from its first level-2 heading on (the page already shows
+    the title, summary and dates above it); the whole text when it has no such heading."""
+    if markdown.startswith("## "):
+        return markdown
+    at = markdown.find("\n## ")
+    return markdown[at + 1:] if at >= 0 else markdown
+
+
 def refresh_store_metrics(store: SqlStore) -> bool:
     """Set the store-derived gauges (enrolment, funnel by IMD quintile and ethnic group) on ``store.metrics``
     from the worklist, via :func:`screener.report.publish_store_metrics`. Returns False when there is nothing to
@@ -274,7 +283,7 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
     def studies_page(request: Request) -> HTMLResponse:
         rows = open_studies()
         for s in rows:
-            s["criteria_html"] = _MD.render(s["criteria_markdown"]) if s["criteria_markdown"] else None
+            s["criteria_html"] = _MD.render(_criteria_part(s["criteria_markdown"])) if s["criteria_markdown"] else None
         return render(request, "studies.html", studies=rows, p=None)
 
     @app.get("/api/studies", response_model=list[StudyOut], tags=["public"])

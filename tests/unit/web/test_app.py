@@ -264,3 +264,27 @@ def test_metrics_endpoint_exports_store_derived_gauges(seeded: Any, make_client:
     assert 'screener_study_enrolled_participants{setting="community",sponsor="commercial",study="RENAL-1"} 1.0' in text
     assert 'screener_funnel_actions_total{setting="community",stage="enrolled",study="RENAL-1"} 1.0' in text
     assert PATIENT_A not in text
+
+
+def test_public_page_renders_the_real_rule_files(tmp_path: Any) -> None:
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from screener.alerts.store import SqlStore
+    from screener.rules import load_studies
+
+    loaded = load_studies([Path(__file__).parents[3] / "rules"])
+    assert loaded.studies and not loaded.errors
+    with SqlStore(f"sqlite:///{tmp_path / 'w.db'}") as store:
+        store.sync_studies(loaded.studies)
+        open_now = [s for s in loaded.studies if s.opens <= store.clock().date() <= s.closes]
+        with TestClient(create_app(Settings(), store)) as c:
+            html = c.get("/studies").text
+    assert open_now
+    for s in loaded.studies:
+        assert (f'id="study-{s.id}"' in html) == (s in open_now)
+    for s in open_now:
+        assert s.summary.split()[0] in html
+    assert html.count("Who can take part") >= len(open_now)
+    assert "<strong>adult</strong>" in html
