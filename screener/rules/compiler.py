@@ -43,6 +43,7 @@ __all__ = [
     "Feat",
     "Lit",
     "Not",
+    "Plan",
     "collect_features",
     "jexl",
     "lower",
@@ -510,34 +511,65 @@ def _attr(name: str) -> tuple[pl.Expr, pl.Expr]:
     return value, evidence
 
 
-def lower(ir: IR, now: datetime) -> tuple[pl.Expr, pl.Expr]:
-    """``(value, evidence)`` Polars expressions of ``ir`` over the per-patient feature frame."""
+class Plan:
+    """Staged column assignments so evidence never duplicates sub-expressions.
+
+    A compound node's value and evidence refer to its children several times (Kleene evidence picks the
+    deciding side), so inlining them would grow exponentially with depth. Each compound node is instead bound
+    to two temporary columns in stage ``level``; :meth:`apply` adds the stages in order.
+    """
+
+    def __init__(self, prefix: str = "_x") -> None:
+        self.prefix = prefix
+        self.stages: list[list[pl.Expr]] = []
+        self.count = 0
+
+    def bind(self, value: pl.Expr, evidence: pl.Expr, level: int) -> tuple[pl.Expr, pl.Expr, int]:
+        name = f"{self.prefix}{self.count}"
+        self.count += 1
+        while len(self.stages) <= level:
+            self.stages.append([])
+        self.stages[level] += [value.alias(f"{name}v"), evidence.alias(f"{name}e")]
+        return pl.col(f"{name}v"), pl.col(f"{name}e"), level + 1
+
+    def apply(self, frame: pl.LazyFrame) -> pl.LazyFrame:
+        for stage in self.stages:
+            frame = frame.with_columns(stage)
+        return frame
+
+
+def lower(ir: IR, now: datetime, plan: Plan) -> tuple[pl.Expr, pl.Expr, int]:
+    """``(value, evidence, level)`` of ``ir`` over the per-patient feature frame.
+
+    ``level`` is the number of ``plan`` stages that must be applied before the expressions can be evaluated.
+    """
     if isinstance(ir, Lit):
         dtype = {BOOL: pl.Boolean, NUM: pl.Float64, STR: pl.String}[ir.type]
-        return pl.lit(ir.value, dtype=dtype), _NONE
+        return pl.lit(ir.value, dtype=dtype), _NONE, 0
     if isinstance(ir, Attr):
-        return _attr(ir.name)
+        return (*_attr(ir.name), 0)
     if isinstance(ir, Feat):
-        return _feature(ir, now)
+        return (*_feature(ir, now), 0)
     if isinstance(ir, Not):
-        v, e = lower(ir.operand, now)
-        return ~v, e
+        v, e, lvl = lower(ir.operand, now, plan)
+        return ~v, e, lvl
     if isinstance(ir, Cond):
-        tv, te = lower(ir.test, now)
-        av, ae = lower(ir.then, now)
-        bv, be = lower(ir.other, now)
+        tv, te, l1 = lower(ir.test, now, plan)
+        av, ae, l2 = lower(ir.then, now, plan)
+        bv, be, l3 = lower(ir.other, now, plan)
         value = pl.when(tv.is_null()).then(None).when(tv).then(av).otherwise(bv)
         chosen = pl.when(tv.is_null()).then(_NONE).when(tv).then(ae).otherwise(be)
-        return value, combine(te, chosen)
+        return plan.bind(value, combine(te, chosen), max(l1, l2, l3))
     if isinstance(ir, Bin):
         if ir.op == "in":
             assert isinstance(ir.right, Arr)
-            lv, le = lower(ir.left, now)
+            lv, le, lvl = lower(ir.left, now, plan)
             dtype = {BOOL: pl.Boolean, NUM: pl.Float64, STR: pl.String}[ir.right.elem]
             values = pl.Series(list(ir.right.values), dtype=dtype)
-            return pl.when(lv.is_null()).then(None).otherwise(lv.is_in(values.implode())), le
-        lv, le = lower(ir.left, now)
-        rv, re_ = lower(ir.right, now)
+            return pl.when(lv.is_null()).then(None).otherwise(lv.is_in(values.implode())), le, lvl
+        lv, le, l1 = lower(ir.left, now, plan)
+        rv, re_, l2 = lower(ir.right, now, plan)
+        level = max(l1, l2)
         op = ir.op
         if op == "&&":
             value = lv & rv
@@ -547,7 +579,7 @@ def lower(ir: IR, now: datetime) -> tuple[pl.Expr, pl.Expr]:
                 .otherwise(pl.when(lv.is_null() & rv.is_not_null()).then(le)
                            .when(rv.is_null() & lv.is_not_null()).then(re_).otherwise(combine(le, re_)))
             )
-            return value, evidence
+            return plan.bind(value, evidence, level)
         if op == "||":
             value = lv | rv
             evidence = (
@@ -556,7 +588,7 @@ def lower(ir: IR, now: datetime) -> tuple[pl.Expr, pl.Expr]:
                 .otherwise(pl.when(lv.is_null() & rv.is_not_null()).then(le)
                            .when(rv.is_null() & lv.is_not_null()).then(re_).otherwise(combine(le, re_)))
             )
-            return value, evidence
+            return plan.bind(value, evidence, level)
         evidence = combine(le, re_)
         ops: dict[str, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
             "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
@@ -564,12 +596,12 @@ def lower(ir: IR, now: datetime) -> tuple[pl.Expr, pl.Expr]:
             "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
         }
         if op in ops:
-            return ops[op](lv, rv), evidence
+            return plan.bind(ops[op](lv, rv), evidence, level)
         if op in ("/", "//", "%"):
             # Division by zero is unknown, never infinity.
             raw = {"/": lambda a, b: a / b, "//": lambda a, b: (a / b).floor(),
                    "%": lambda a, b: a - (a / b).floor() * b}[op](lv, rv)
-            return pl.when(rv == 0).then(None).otherwise(raw).cast(pl.Float64), evidence
+            return plan.bind(pl.when(rv == 0).then(None).otherwise(raw).cast(pl.Float64), evidence, level)
         if op == "^":
-            return lv.pow(rv), evidence
+            return plan.bind(lv.pow(rv), evidence, level)
     raise TypeError(f"cannot lower {ir!r}")

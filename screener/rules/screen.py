@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from screener.rules.compiler import TRANSFORM_STATS, Feat, lower, stat_col
+from screener.rules.compiler import TRANSFORM_STATS, Feat, Plan, lower, stat_col
 from screener.rules.model import PREFIX_SYSTEMS, ConceptSet, Criterion, Study, normalise_code, normalise_code_expr
 from screener.rules.units import conversions_to, normalise_unit_expr
 from screener.state import PatientState
@@ -184,20 +184,21 @@ def _attributes(persons: pl.DataFrame, now: datetime) -> pl.LazyFrame:
     )
 
 
-def compile_criterion(c: Criterion, study: Study, now: datetime) -> tuple[pl.Expr, pl.Expr]:
-    """``(result, evidence)`` expressions of one criterion (groups recurse; three-valued)."""
+def compile_criterion(c: Criterion, study: Study, now: datetime, plan: Plan) -> tuple[pl.Expr, pl.Expr, int]:
+    """``(result, evidence, level)`` of one criterion (groups recurse; three-valued); see :class:`Plan`."""
     if c.kind == "expr":
         assert c.ir is not None
-        return lower(c.ir, now)
+        return lower(c.ir, now, plan)
     if c.kind == "setting":
         s = pl.col("_attr_setting")
         value = pl.when(s.is_null()).then(None).otherwise(s.is_in(list(study.settings)))
         evidence = pl.when(s.is_null()).then(pl.lit("setting unknown")).otherwise(
             pl.concat_str([pl.lit("setting "), s])
         )
-        return value.cast(pl.Boolean), evidence
-    parts = [compile_criterion(child, study, now) for child in c.children]
+        return value.cast(pl.Boolean), evidence, 0
+    parts = [compile_criterion(child, study, now, plan) for child in c.children]
     values = [p[0] for p in parts]
+    level = max(p[2] for p in parts)
     if c.kind == "any":
         value = values[0]
         for v in values[1:]:
@@ -220,41 +221,58 @@ def compile_criterion(c: Criterion, study: Study, now: datetime) -> tuple[pl.Exp
             pl.when(v.is_null()).then(pl.lit("unknown")).when(v).then(pl.lit("yes")).otherwise(pl.lit("no")),
             pl.lit(" ("), e.fill_null(""), pl.lit(")"),
         ])
-        for child, (v, e) in zip(c.children, parts, strict=True)
+        for child, (v, e, _lvl) in zip(c.children, parts, strict=True)
     ]
     head = {"any": "any of", "all": "all of", "at_least": f"at least {c.at_least} of"}[c.kind]
     evidence = pl.concat_str([pl.lit(f"{head}: "), pl.concat_str(shown, separator="; ")])
-    return value.cast(pl.Boolean), evidence
+    return plan.bind(value.cast(pl.Boolean), evidence, level)
 
 
-def study_columns(study: Study, now: datetime) -> list[pl.Expr]:
-    """``outcome`` and ``criteria`` expressions of one study over the per-patient frame."""
-    structs = []
+def study_frame(base: pl.LazyFrame, study: Study, now: datetime, *, nested: bool = False) -> pl.LazyFrame:
+    """The study over the per-patient frame: ``patient_id, outcome`` and per criterion ``<name>`` (Boolean,
+    null = unknown) and ``<name>:evidence``. Top-level criteria only, unless ``nested`` (then depth first).
+    """
+    plan = Plan()
+    named: list[tuple[Criterion, pl.Expr, pl.Expr]] = []
+    top = {id(c) for c in study.criteria}
+    for c in (study.all_criteria() if nested else list(study.criteria)):
+        value, evidence, level = compile_criterion(c, study, now, plan)
+        v, e, _ = plan.bind(value.cast(pl.Boolean), evidence.fill_null(""), level)
+        named.append((c, v, e))
     inc_false: list[pl.Expr] = []
     all_good: list[pl.Expr] = []
-    for c in study.criteria:
-        value, evidence = compile_criterion(c, study, now)
-        structs.append(pl.struct(
-            pl.lit(c.name).alias("name"), pl.lit(c.group).alias("group"),
-            value.alias("result"), evidence.fill_null("").alias("evidence"),
-        ))
+    for c, v, _e in named:
+        if id(c) not in top:
+            continue
         if c.group == "include":
-            inc_false.append((value == False).fill_null(False))  # noqa: E712
-            all_good.append(value.fill_null(False))
+            inc_false.append((v == False).fill_null(False))  # noqa: E712
+            all_good.append(v.fill_null(False))
         else:
-            inc_false.append(value.fill_null(False))
-            all_good.append((~value).fill_null(False))
+            inc_false.append(v.fill_null(False))
+            all_good.append((~v).fill_null(False))
     bad = pl.any_horizontal(inc_false) if inc_false else pl.lit(False)
     good = pl.all_horizontal(all_good) if all_good else pl.lit(True)
     outcome = pl.when(bad).then(pl.lit("ineligible")).when(good).then(pl.lit("eligible")).otherwise(
         pl.lit("possible")
     )
+    cols = [pl.col("patient_id"), outcome.alias("outcome")]
+    for c, v, e in named:
+        cols += [v.alias(c.name), e.alias(f"{c.name}:evidence")]
+    return plan.apply(base).select(cols)
+
+
+def _result_frame(frame: pl.LazyFrame, study: Study) -> pl.LazyFrame:
+    structs = [
+        pl.struct(pl.lit(c.name).alias("name"), pl.lit(c.group).alias("group"), pl.col(c.name).alias("result"),
+                  pl.col(f"{c.name}:evidence").alias("evidence"))
+        for c in study.criteria
+    ]
     criteria = pl.concat_list(structs) if structs else pl.lit([], dtype=CRITERIA_DTYPE)
-    return [
-        pl.lit(study.id).alias("study_id"), pl.col("patient_id"), outcome.alias("outcome"),
+    return frame.select(
+        pl.lit(study.id).alias("study_id"), pl.col("patient_id"), pl.col("outcome"),
         pl.lit(study.rule_hash or study.content_hash).alias("rule_hash"),
         criteria.cast(CRITERIA_DTYPE).alias("criteria"),
-    ]
+    )
 
 
 def screen(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
@@ -272,19 +290,8 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.D
         return pl.DataFrame(schema=schema)
     wide = feature_frame(state, studies, now)
     base = _attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left")
-    frames = [base.select(study_columns(s, now)) for s in studies]
+    frames = [_result_frame(study_frame(base, s, now), s) for s in studies]
     return pl.concat(pl.collect_all(frames), how="vertical")
-
-
-def criteria_json(criteria: Sequence[dict[str, Any]] | pl.Series | None) -> str:
-    """Serialise one row's ``criteria`` list to JSON (``result`` null stays null) for storage."""
-    if criteria is None:
-        return "[]"
-    items = criteria.to_list() if isinstance(criteria, pl.Series) else list(criteria)
-    return json.dumps(
-        [{"name": c["name"], "group": c["group"], "result": c["result"], "evidence": c["evidence"]} for c in items],
-        separators=(",", ":"),
-    )
 
 
 def screen_detail(state: PatientState, study: Study, now: datetime) -> pl.DataFrame:
@@ -298,10 +305,15 @@ def screen_detail(state: PatientState, study: Study, now: datetime) -> pl.DataFr
     now = now.astimezone(UTC)
     wide = feature_frame(state, [study], now)
     base = _attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left")
-    cols: list[pl.Expr] = [pl.col("patient_id")]
-    outcome = study_columns(study, now)[2]
-    cols.append(outcome)
-    for c in study.all_criteria():
-        value, evidence = compile_criterion(c, study, now)
-        cols += [value.cast(pl.Boolean).alias(c.name), evidence.fill_null("").alias(f"{c.name}:evidence")]
-    return base.select(cols).collect()
+    return study_frame(base, study, now, nested=True).collect()
+
+
+def criteria_json(criteria: Sequence[dict[str, Any]] | pl.Series | None) -> str:
+    """Serialise one row's ``criteria`` list to JSON (``result`` null stays null) for storage."""
+    if criteria is None:
+        return "[]"
+    items = criteria.to_list() if isinstance(criteria, pl.Series) else list(criteria)
+    return json.dumps(
+        [{"name": c["name"], "group": c["group"], "result": c["result"], "evidence": c["evidence"]} for c in items],
+        separators=(",", ":"),
+    )
