@@ -30,8 +30,8 @@ The mix (documented choices):
   few thousand patients already give every sample study in ``rules/`` eligible patients, near misses
   (eGFR 60-62, 17-year-olds, a stroke 6 h 1-40 min ago, NT-proBNP just under 400, ...) and unknowns (no recent
   eGFR, no ECOG, no glucose yet, no pain score, ...). Units vary as real feeds do: HbA1c in % or mmol/mol,
-  creatinine in umol/L or mg/dL, glucose in mmol/L or mg/dL, and about 1 % of eGFR results in an
-  unconvertible unit (``mL/min``), which the rules leave out and count.
+  creatinine in umol/L or mg/dL, glucose in mmol/L or mg/dL, and about 1 % of the diabetes clinic's eGFR results
+  in an unconvertible unit (``mL/min``), which the rules leave out and count.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -93,10 +93,10 @@ _COMMUNITY_SITES = ("COMM-RXX-01", "COMM-RXX-02", "COMM-RXX-03", "COMM-RXX-04")
 _GP_SITES = ("GP-B83001", "GP-B83005", "GP-B82018", "GP-B86010", "GP-B87003", "GP-B85011")
 _HOME_SITE = "HOME-RXX-VW"
 _DISTRICTS = (
-    ("BD1", "BD3", "BD4", "BD5", "BD7", "BD8", "BD9", "BD10", "BD18", "BD21", "LS4", "LS6", "LS7", "LS8", "LS9",
-     "LS11", "LS12", "LS14", "LS17", "LS28", "HD1", "HD2", "HD3", "HD4", "HX1", "HX3", "WF1", "WF2", "WF10",
-     "WF13", "WF17"),
-)[0]
+    "BD1", "BD3", "BD4", "BD5", "BD7", "BD8", "BD9", "BD10", "BD18", "BD21", "LS4", "LS6", "LS7", "LS8", "LS9",
+    "LS11", "LS12", "LS14", "LS17", "LS28", "HD1", "HD2", "HD3", "HD4", "HX1", "HX3", "WF1", "WF2", "WF10",
+    "WF13", "WF17",
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # Counter-based randomness: u(seed, index, stream, k) in [0, 1), independent of how patients are batched.
@@ -845,7 +845,3 @@ def _fact_event(row: dict[str, Any]) -> Event:
         "status": row["status"], "setting": row["setting"], "site": row["site"],
     })
 
-
-def birth_date_of(age_years: float, now: datetime) -> date:
-    """The birth date of someone ``age_years`` old at ``now`` (as the generator computes it)."""
-    return now.date() - timedelta(days=int(np.floor(age_years * YEAR)))
