@@ -661,6 +661,13 @@ class SqlStore:
             at=self.clock(), username=username, action=action, object_type=object_type, object_id=object_id,
             detail=json.dumps(detail, sort_keys=True, default=str) if detail else None))
 
+    def failed_logins(self, username: str, within: timedelta) -> int:
+        """Failed logins recorded for ``username`` in the audit log during the last ``within``."""
+        a = t.audit_log.c
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(t.audit_log).where(
+                a.username == username, a.action == "login_failed", a.at >= self.clock() - within)).scalar() or 0)
+
     def audit_entries(self, limit: int = 200) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(

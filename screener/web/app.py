@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,6 +51,9 @@ log = get_logger("screener.web")
 
 SESSION_COOKIE = "screener_session"
 LOGIN_CSRF_COOKIE = "screener_login_csrf"
+#: Five failed logins for one username within 15 minutes lock that username out for the rest of the window.
+LOCKOUT_FAILURES = 5
+LOCKOUT_WINDOW = timedelta(minutes=15)
 #: Paths served without a session. Everything else refuses anonymous requests.
 PUBLIC_PATHS = frozenset({"/login", "/studies", "/api/studies", "/healthz", "/metrics", "/openapi.json",
                           "/static"})
@@ -305,6 +308,9 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
               csrf_token: Annotated[str, Form()] = "") -> Response:
         if not auth.constant_time_equal(csrf_token, request.cookies.get(LOGIN_CSRF_COOKIE)):
             raise HTTPException(403, "missing or invalid CSRF token; reload the login page")
+        if store.failed_logins(username[:128], LOCKOUT_WINDOW) >= LOCKOUT_FAILURES:
+            store.audit(username[:128] or "?", "login_locked")
+            raise HTTPException(429, "too many failed logins for this user; try again in 15 minutes")
         user = store.authenticate(username, password)
         if user is None:
             store.audit(username[:128] or "?", "login_failed")

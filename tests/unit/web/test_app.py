@@ -288,3 +288,15 @@ def test_public_page_renders_the_real_rule_files(tmp_path: Any) -> None:
         assert s.summary.split()[0] in html
     assert html.count("Who can take part") >= len(open_now)
     assert "<strong>adult</strong>" in html
+
+
+def test_repeated_failed_logins_lock_the_username_out(seeded: Any, make_client: Any, csrf: Any) -> None:
+    c = make_client()
+    token = csrf(c.get("/login").text)
+    for _ in range(5):
+        r = c.post("/login", data={"username": "nina", "password": "guess", "csrf_token": token})
+        assert r.headers["location"] == "/login?failed=1"
+    r = c.post("/login", data={"username": "nina", "password": "nina-pw", "csrf_token": token})
+    assert r.status_code == 429
+    other = c.post("/login", data={"username": "rory", "password": "rory-pw", "csrf_token": token})
+    assert other.status_code == 303
