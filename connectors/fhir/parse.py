@@ -222,10 +222,19 @@ def parse_resource(res: Any, path: str = "$", *, full_url: str | None = None,
     rtype = res.get("resourceType")
     if not isinstance(rtype, str):
         raise FHIRReject("resourceType is missing", path=f"{path}.resourceType", status=400)
+    if rtype == "Bundle" and path != "$":
+        return None
     if rtype not in SUPPORTED:
         return None
     handler = _HANDLERS[rtype]
-    return handler(res, path, rtype, full_url, bundle or {}, now or datetime.now(UTC))
+    try:
+        return handler(res, path, rtype, full_url, bundle or {}, now or datetime.now(UTC))  # type: ignore[no-any-return]
+    except FHIRReject:
+        raise
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
+        # an element of the wrong JSON type (a number where a list belongs, ...) somewhere we did not check
+        raise FHIRReject(f"malformed element ({type(exc).__name__}: {str(exc)[:80]})", path=path,
+                         resource_type=rtype) from exc
 
 
 def _patient(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _b: Any, now: datetime
@@ -449,7 +458,7 @@ def iter_entries(payload: dict[str, Any]) -> Iterator[tuple[str, Any, str | None
         yield "$", payload, None
         return
     btype = payload.get("type")
-    if btype not in BUNDLE_TYPES:
+    if not isinstance(btype, str) or btype not in BUNDLE_TYPES:
         raise FHIRReject(f"unsupported Bundle type {str(btype)[:30]!r}; expected one of {sorted(BUNDLE_TYPES)}",
                          path="Bundle.type", resource_type="Bundle", status=400)
     entries = payload.get("entry") or []
@@ -468,7 +477,8 @@ def iter_entries(payload: dict[str, Any]) -> Iterator[tuple[str, Any, str | None
             for sub_path, sub, url in iter_entries(res):
                 yield f"{epath}.resource.{sub_path.removeprefix('Bundle.')}", sub, url
             continue
-        yield f"{epath}.resource", res, entry.get("fullUrl")
+        url = entry.get("fullUrl")
+        yield f"{epath}.resource", res, url if isinstance(url, str) else None
 
 
 def parse_payload(payload: Any, *, now: datetime | None = None) -> ParsedPayload:
@@ -485,10 +495,10 @@ def parse_payload(payload: Any, *, now: datetime | None = None) -> ParsedPayload
     index: dict[str, dict[str, Any]] = {}
     for _path, res, url in entries:
         if isinstance(res, dict) and res.get("resourceType") == "Medication":
-            if url:
+            if isinstance(url, str) and url:
                 index[url] = res
                 index[url.removeprefix("urn:uuid:")] = res
-            if res.get("id"):
+            if isinstance(res.get("id"), str):
                 index[f"Medication/{res['id']}"] = res
     out.entries = len(entries)
     for path, res, url in entries:
