@@ -34,9 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median, min, max)")
     p.add_argument("--peer-patients", type=int, default=1000,
                    help="patients in the subset the peers evaluate one by one (their rate is scaled)")
-    p.add_argument("--peers", default="pyjexl,rule-engine,simpleeval,zen-engine")
+    p.add_argument("--peers", default="pyjexl-raw,pyjexl,rule-engine,simpleeval,zen-engine")
     p.add_argument("--chunk", type=int, default=None,
                    help="screen this many patients per screen() call (default: all at once)")
+    p.add_argument("--explain-limit", type=parse_count, default=500_000,
+                   help="run the full-explanation screen() only for cells of at most this many patient-studies")
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--rules", type=Path, default=ROOT / "rules")
     p.add_argument("--workdir", type=Path, default=None, help="where populations and study copies go")
@@ -57,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.smoke:
-        args.scale, args.studies, args.runs = "200,400", "7,14", 1
+        args.scale, args.studies, args.runs, args.explain_limit = "200,400", "7,14", 1, 3000
         args.peer_patients = min(args.peer_patients, 100)
         if "--sections" not in argv:
             args.sections = "full,scaling"
@@ -93,19 +95,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from bench._scaling import run_cell
 
-            cells: dict[tuple[int, int], Any] = {}
-            wanted = [(p, s) for p in scales for s in study_counts] if "scaling" in sections else \
+            cells: dict[tuple[int, int, str], Any] = {}
+            grid = [(p, s) for p in scales for s in study_counts] if "scaling" in sections else \
                 [(scales[-1], study_counts[-1])]
-            for p, s in wanted:
-                _log(f"scaling cell {fmt_count(p)} patients x {s} studies")
-                cells[(p, s)] = run_cell(*populations[p], study_dirs[s], args.runs, args.chunk)
-                _log(f"  {cells[(p, s)].timing.median:.2f} s, peak {cells[(p, s)].rss_peak / 2**20:.0f} MiB")
+            wanted = [(p, s, "outcomes") for p, s in grid]
+            wanted += [(p, s, "explain") for p, s in grid if p * s <= args.explain_limit]
+            for p, s, mode in wanted:
+                _log(f"scaling cell {fmt_count(p)} patients x {s} studies ({mode})")
+                cell = cells[(p, s, mode)] = run_cell(*populations[p], study_dirs[s], args.runs, args.chunk, mode)
+                _log(f"  {cell.timing.median:.2f} s, peak {cell.rss_peak / 2**20:.0f} MiB")
             report["cells"] = cells
             report["chunk"] = args.chunk
+            report["explain_limit"] = args.explain_limit
 
             if "full" in sections:
                 report["sections"]["full"] = _full(args, populations[scales[-1]], study_dirs[study_counts[-1]],
-                                                   cells[(scales[-1], study_counts[-1])], peers)
+                                                   cells[(scales[-1], study_counts[-1], "outcomes")], peers)
             if "scaling" in sections:
                 report["sections"]["scaling"] = True
 

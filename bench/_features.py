@@ -88,6 +88,7 @@ class Leaf:
     text: str
     ast: Node  # pyjexl AST, transforms replaced by feature identifiers
     ir: Any  # the compiler's IR, Feat nodes replaced by FeatureRef
+    raw_ast: Node  # the criterion's own pyjexl AST (transforms kept), for the raw-facts baseline
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class StudyPlan:
     include: list[Leaf | Group]
     exclude: list[Leaf | Group]
     columns: set[str] = field(default_factory=set)  # feature and attribute columns the study reads
+    concepts: dict[str, str] = field(default_factory=dict)  # concept name in the study -> concept key
 
 
 def _column(feat: Any) -> str:
@@ -169,7 +171,7 @@ class _Planner:
 
     def criterion(self, c: Any, study: Any, used: set[str]) -> Leaf | Group:
         if c.kind == "expr":
-            return Leaf(c.name, c.expression, self.ast(c.ast, study.concepts), self.ir(c.ir, used))
+            return Leaf(c.name, c.expression, self.ast(c.ast, study.concepts), self.ir(c.ir, used), c.ast)
         if c.kind in ("any", "all", "at_least"):
             return Group(c.name, c.kind, c.at_least, tuple(self.criterion(k, study, used) for k in c.children))
         if c.kind == "setting":
@@ -178,9 +180,9 @@ class _Planner:
 
             used.add("setting")
             ir = Bin("in", Attr("setting", "str"), Arr(tuple(study.settings), "str"), "bool")
-            jexl = JEXL()
             text = "setting in [" + ", ".join(repr(s) for s in study.settings) + "]"
-            return Leaf(c.name, text, jexl.parse(text), ir)
+            ast = JEXL().parse(text)
+            return Leaf(c.name, text, ast, ir, ast)
         raise ValueError(f"criterion {c.name!r}: unsupported kind {c.kind!r}")
 
 
@@ -216,6 +218,9 @@ def plan_studies(studies: Sequence[Any]) -> tuple[list[StudyPlan], dict[str, Fea
             [planner.criterion(c, study, used) for c in study.exclude],
         )
         plan.columns = used
+        plan.concepts = {f.concept.name: f.concept.key for f in study.features()}
+        for f in study.features():
+            planner.concepts[f.concept.key] = f.concept
         plans.append(plan)
     return plans, planner.features, planner.concepts
 
@@ -241,6 +246,32 @@ def _member_expr(concept: Any) -> pl.Expr:
     if concept.exclude:
         expr = expr & ~ConceptSet(f"{concept.name}-exclude", tuple(concept.exclude)).fact_expr()
     return expr
+
+
+def _concept_rows(facts: pl.DataFrame, concept: Any) -> pl.DataFrame:
+    """The facts in ``concept`` (exclusions applied), with ``_v`` in its unit, sorted by patient, time, id."""
+    return (
+        facts.filter(_member_expr(concept))
+        .with_columns(_value_expr(concept).alias("_v"))
+        .sort("patient_id", "occurred_at", "event_id")  # ties on time broken by event id, as screener does
+    )
+
+
+def fact_lists(persons: pl.DataFrame, facts: pl.DataFrame, concepts: dict[str, Any], now: datetime
+               ) -> tuple[pl.DataFrame, dict[str, dict[str, tuple[list[datetime], list[float | None]]]]]:
+    """For the raw-facts baseline: (attribute frame, ``{patient_id: {concept key: (times, values)}}``).
+
+    Only concept membership and unit conversion are done here (with Polars); windows and aggregation are
+    left to the evaluator, per patient.
+    """
+    facts = facts.filter(pl.col("occurred_at") <= now)
+    out: dict[str, dict[str, tuple[list[datetime], list[float | None]]]] = {}
+    for key, concept in concepts.items():
+        grouped = _concept_rows(facts, concept).group_by("patient_id", maintain_order=True).agg(
+            pl.col("occurred_at"), pl.col("_v"))
+        for pid, times, values in grouped.iter_rows():
+            out.setdefault(pid, {})[key] = (times, values)
+    return _person_attributes(persons, now), out
 
 
 def _person_attributes(persons: pl.DataFrame, now: datetime) -> pl.DataFrame:
@@ -269,11 +300,7 @@ def compute_features(persons: pl.DataFrame, facts: pl.DataFrame, features: Itera
         by_concept.setdefault(f.concept_key, []).append(f)
     for key, feats in by_concept.items():
         concept = concepts[key]
-        rows = (
-            facts.filter(_member_expr(concept))
-            .with_columns(_value_expr(concept).alias("_v"))
-            .sort("patient_id", "occurred_at", "event_id")  # ties on time broken by event id, as screener does
-        )
+        rows = _concept_rows(facts, concept)
         aggs: list[pl.Expr] = []
         for f in feats:
             inside = pl.col("occurred_at") >= parse_window(f.window).start(now) if f.window else pl.lit(True)

@@ -10,6 +10,7 @@ cheaper to obtain than hours of real runs.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,8 +19,8 @@ from typing import Any
 
 import polars as pl
 
-from bench._features import compute_features, plan_studies
-from bench._peers import PEERS, contexts, run_peer
+from bench._features import compute_features, fact_lists, plan_studies
+from bench._peers import PEERS, contexts, pyjexl_raw, raw_contexts, run_peer
 from bench._stats import Timing, timed_runs
 
 __all__ = ["MismatchError", "PeerResult", "compare_peers", "screen_outcomes"]
@@ -29,29 +30,55 @@ class MismatchError(AssertionError):
     """An engine's outcomes differ from screener's: no timing is reported."""
 
 
-def screen_outcomes(persons: pl.DataFrame, facts: pl.DataFrame, studies: Sequence[Any], now: datetime,
-                    chunk: int | None = None) -> pl.DataFrame:
-    """``study_id, patient_id, outcome`` for every (study, patient), via :func:`screener.rules.screen`.
+MODES = ("outcomes", "explain")
 
-    With ``chunk``, patients are screened ``chunk`` at a time (facts partitioned by patient first), which
-    bounds the memory of the per-criterion explanation columns; the partitioning is part of the cost.
+
+def _outcomes_only(state: Any, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
+    """Screener's compiled expressions with the per-criterion evidence columns pruned.
+
+    The same feature aggregation and outcome expressions as :func:`screener.rules.screen` (its building
+    blocks are called directly), selecting only ``study_id, patient_id, outcome``; Polars then never builds
+    the explanation strings. :func:`screen` returns them for every (study, patient).
+    """
+    from screener.rules import screen as screen_mod  # the module, not the function re-exported beside it
+
+    mod = sys.modules[screen_mod.__module__]
+    keep = {"study_id", "patient_id", "outcome"}
+    wide = mod.feature_frame(state, studies, now)
+    base = mod._attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left")
+    if hasattr(mod, "study_frame"):
+        frames = [mod.study_frame(base, s, now).select(pl.lit(s.id).alias("study_id"), "patient_id", "outcome")
+                  for s in studies]
+    else:  # the first cut of screener.rules.screen
+        frames = [base.select([e for e in mod.study_columns(s, now) if e.meta.output_name() in keep])
+                  for s in studies]
+    return pl.concat(pl.collect_all(frames), how="vertical")
+
+
+def screen_outcomes(persons: pl.DataFrame, facts: pl.DataFrame, studies: Sequence[Any], now: datetime,
+                    chunk: int | None = None, mode: str = "outcomes") -> pl.DataFrame:
+    """``study_id, patient_id, outcome`` for every (study, patient), computed by screener from raw facts.
+
+    ``mode="explain"`` calls the public :func:`screener.rules.screen` (outcome, rule hash and every
+    criterion's value and evidence text, for every row); ``mode="outcomes"`` evaluates the same compiled
+    expressions without the evidence (:func:`_outcomes_only`). With ``chunk``, patients are screened ``chunk``
+    at a time (facts partitioned by patient first, inside the timed region), which bounds memory.
     """
     from screener.rules import screen
     from screener.state import PatientState
 
+    def one(p: pl.DataFrame, f: pl.DataFrame) -> pl.DataFrame:
+        state = PatientState(persons=p, facts=f)
+        if mode == "explain":
+            return screen(state, studies, now).select("study_id", "patient_id", "outcome")
+        return _outcomes_only(state, studies, now)
+
     if not chunk or persons.height <= chunk:
-        out = screen(PatientState(persons=persons, facts=facts), studies, now)
-        return out.select("study_id", "patient_id", "outcome")
+        return one(persons, facts)
     index = persons.select("patient_id", (pl.int_range(pl.len()) // chunk).cast(pl.Int32).alias("_chunk"))
     person_parts = persons.join(index, on="patient_id").partition_by("_chunk", as_dict=True, include_key=False)
     fact_parts = facts.join(index, on="patient_id").partition_by("_chunk", as_dict=True, include_key=False)
-    parts: list[pl.DataFrame] = []
-    for key, p in person_parts.items():
-        f = fact_parts.get(key)
-        if f is None:
-            f = facts.clear()
-        res = screen(PatientState(persons=p, facts=f), studies, now)
-        parts.append(res.select("study_id", "patient_id", "outcome"))
+    parts = [one(p, fact_parts.get(key, facts.clear())) for key, p in person_parts.items()]
     return pl.concat(parts)
 
 
@@ -76,6 +103,7 @@ class Comparison:
     feature_columns: int
     features_seconds: float
     screener_subset: Timing
+    screener_explain_subset: Timing
     peers: list[PeerResult]
     outcome_counts: dict[str, int]
 
@@ -130,15 +158,25 @@ def compare_peers(persons: pl.DataFrame, facts: pl.DataFrame, studies: Sequence[
     screener_timing, screened = timed_runs(lambda: screen_outcomes(persons, facts, studies, now), runs)
     expected = _expected(screened, study_ids, patient_ids)
     counts = dict(screened.group_by("outcome").len().iter_rows())
+    explain_timing, explained = timed_runs(
+        lambda: screen_outcomes(persons, facts, studies, now, mode="explain"), runs)
+    _check("screen() with explanations", _expected(explained, study_ids, patient_ids), expected, study_ids,
+           patient_ids, [[{} for _ in patient_ids] for _ in study_ids])
 
     results: list[PeerResult] = []
+    raw: tuple[pl.DataFrame, dict[str, Any]] | None = None
     for name in peers:
-        peer = PEERS[name]
-        ctxs = [contexts(frame, plan, features, encoded=peer.encoded) for plan in plans]
+        peer = pyjexl_raw(now) if name == "pyjexl-raw" else PEERS[name]
+        if peer.context == "facts":
+            if raw is None:
+                raw = fact_lists(persons, facts, concepts, now)
+            ctxs = [raw_contexts(raw[0], raw[1], plan) for plan in plans]
+        else:
+            ctxs = [contexts(frame, plan, features, encoded=peer.context == "encoded") for plan in plans]
         got = run_peer(peer, plans, ctxs, features)  # warm-up and correctness check, untimed
         _check(name, got, expected, study_ids, patient_ids, ctxs)
         timing, _ = timed_runs(lambda peer=peer, ctxs=ctxs: run_peer(peer, plans, ctxs, features), runs)
         results.append(PeerResult(name, package_version(peer.package), peer.note, timing,
                                   len(patient_ids) * len(plans)))
-    return Comparison(len(patient_ids), len(plans), len(features), features_seconds, screener_timing, results,
-                      counts)
+    return Comparison(len(patient_ids), len(plans), len(features), features_seconds, screener_timing,
+                      explain_timing, results, counts)

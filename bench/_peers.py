@@ -26,6 +26,7 @@ import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import polars as pl
@@ -41,8 +42,9 @@ from pyjexl.parser import (
 )
 
 from bench._features import PERSON_ATTRIBUTES, Feature, FeatureRef, Group, Leaf, StudyPlan
+from screener.rules.windows import parse_window
 
-__all__ = ["PEERS", "Peer", "contexts", "run_peer"]
+__all__ = ["PEERS", "Peer", "contexts", "pyjexl_raw", "raw_contexts", "run_peer"]
 
 Outcome = str  # "eligible" | "possible" | "ineligible"
 Truth = bool | None
@@ -53,6 +55,21 @@ _ARITH = frozenset({"+", "-", "*", "/", "//", "%", "^"})
 
 
 # --- per-patient contexts ---------------------------------------------------------------------------------
+
+_EMPTY: tuple[list[Any], list[Any]] = ([], [])
+
+
+def raw_contexts(attributes: pl.DataFrame, lists: dict[str, dict[str, tuple[list[Any], list[Any]]]],
+                 plan: StudyPlan) -> list[dict[str, Any]]:
+    """One dict per patient: person attributes and, per concept name of the study, its (times, values)."""
+    out = []
+    names = list(plan.concepts.items())
+    for row in attributes.to_dicts():
+        mine = lists.get(row["patient_id"], {})
+        row.update({name: mine.get(key, _EMPTY) for name, key in names})
+        out.append(row)
+    return out
+
 
 def contexts(frame: pl.DataFrame, plan: StudyPlan, features: dict[str, Feature], *, encoded: bool
              ) -> list[dict[str, Any]]:
@@ -137,12 +154,13 @@ def _outcome(include: Sequence[Check], exclude: Sequence[Check]) -> Callable[[di
 
 @dataclass(frozen=True)
 class Peer:
-    """``compile_leaf(leaf, features) -> Check``; ``encoded``: whether it wants dual-rail contexts."""
+    """``compile_leaf(leaf, features) -> Check``; ``context``: ``features`` (pre-aggregated, nulls as
+    ``None``), ``encoded`` (dual-rail: neutral values and ``__k`` flags) or ``facts`` (per-concept fact lists)."""
 
     name: str
     package: str
     compile_leaf: Callable[[Leaf, dict[str, Feature]], Check]
-    encoded: bool
+    context: str
     note: str
 
 
@@ -247,6 +265,87 @@ def _pyjexl_leaf(leaf: Leaf, features: dict[str, Feature]) -> Check:
         r = evaluator.evaluate(ast, ctx)
         return None if r is None else bool(r)
     return check
+
+
+def _window_starts(now: datetime) -> Callable[[str | None], datetime | None]:
+    cache: dict[str | None, datetime | None] = {None: None}
+
+    def start(w: str | None) -> datetime | None:
+        if w not in cache:
+            cache[w] = parse_window(w).start(now)
+        return cache[w]
+    return start
+
+
+def _raw_transforms(now: datetime) -> dict[str, Callable[..., Any]]:
+    """pyjexl transforms over one concept's (times, values) lists, sorted by time: the rules' semantics."""
+    start = _window_starts(now)
+
+    def inside(facts: tuple[list[Any], list[Any]], w: str | None) -> tuple[list[Any], list[Any]]:
+        s = start(w)
+        if s is None:
+            return facts
+        times, values = facts
+        keep = [i for i, t in enumerate(times) if t >= s]
+        return [times[i] for i in keep], [values[i] for i in keep]
+
+    def numbers(facts: tuple[list[Any], list[Any]], w: str | None) -> list[float]:
+        return [v for v in inside(facts, w)[1] if v is not None]
+
+    def ever(facts: Any) -> bool:
+        return bool(facts[0])
+
+    def within(facts: Any, w: str) -> bool:
+        return bool(inside(facts, w)[0])
+
+    def count(facts: Any, w: str | None = None) -> float:
+        return float(len(inside(facts, w)[0]))
+
+    def latest(facts: Any, w: str | None = None) -> float | None:
+        vs = numbers(facts, w)
+        return vs[-1] if vs else None
+
+    def earliest(facts: Any, w: str | None = None) -> float | None:
+        vs = numbers(facts, w)
+        return vs[0] if vs else None
+
+    def min_(facts: Any, w: str | None = None) -> float | None:
+        vs = numbers(facts, w)
+        return min(vs) if vs else None
+
+    def max_(facts: Any, w: str | None = None) -> float | None:
+        vs = numbers(facts, w)
+        return max(vs) if vs else None
+
+    def mean(facts: Any, w: str | None = None) -> float | None:
+        vs = numbers(facts, w)
+        return sum(vs) / len(vs) if vs else None
+
+    def days_since(facts: Any) -> float | None:
+        return float((now - facts[0][-1]).days) if facts[0] else None
+
+    return {"ever": ever, "within": within, "count": count, "latest": latest, "earliest": earliest,
+            "min": min_, "max": max_, "mean": mean, "days_since": days_since}
+
+
+def pyjexl_raw(now: datetime) -> Peer:
+    """pyjexl over each criterion's own AST, transforms implemented in Python over per-patient fact lists."""
+    jexl = _kleene_jexl()
+    for name, fn in _raw_transforms(now).items():
+        jexl.add_transform(name, fn)
+
+    def compile_leaf(leaf: Leaf, features: dict[str, Feature]) -> Check:
+        evaluator = _KleeneEvaluator(jexl.config)
+        ast = _rebind(leaf.raw_ast)
+
+        def check(ctx: dict[str, Any]) -> Truth:
+            r = evaluator.evaluate(ast, ctx)
+            return None if r is None else bool(r)
+        return check
+
+    return Peer("pyjexl-raw", "pyjexl", compile_leaf, "facts",
+                "pyjexl's own Evaluator over each criterion's own AST, transforms (ever, within, latest, ...) "
+                "in Python over the patient's facts")
 
 
 # dual-rail translation -------------------------------------------------------------------------------------
@@ -435,12 +534,12 @@ def _zen_compile(text: str) -> Callable[[dict[str, Any]], Any]:
 
 
 PEERS: dict[str, Peer] = {
-    "pyjexl": Peer("pyjexl", "pyjexl", _pyjexl_leaf, False,
+    "pyjexl": Peer("pyjexl", "pyjexl", _pyjexl_leaf, "features",
                    "pyjexl's own Evaluator over each criterion's AST (parsed once), Kleene operators"),
     "rule-engine": Peer("rule-engine", "rule-engine", _dual_rail_leaf(_RuleEngineSyntax(), _rule_engine_compile),
-                        True, "rule_engine.Rule per expression (parsed once), dual-rail Kleene"),
-    "simpleeval": Peer("simpleeval", "simpleeval", _dual_rail_leaf(_PythonSyntax(), _simpleeval_compile), True,
+                        "encoded", "rule_engine.Rule per expression (parsed once), dual-rail Kleene"),
+    "simpleeval": Peer("simpleeval", "simpleeval", _dual_rail_leaf(_PythonSyntax(), _simpleeval_compile), "encoded",
                        "SimpleEval with previously_parsed ASTs, dual-rail Kleene"),
-    "zen-engine": Peer("zen-engine", "zen-engine", _dual_rail_leaf(_ZenSyntax(), _zen_compile), True,
+    "zen-engine": Peer("zen-engine", "zen-engine", _dual_rail_leaf(_ZenSyntax(), _zen_compile), "encoded",
                        "zen.compile_expression (Rust VM) per expression, dual-rail Kleene"),
 }

@@ -53,7 +53,7 @@ def render(report: dict[str, Any]) -> str:
 def _workload(report: dict[str, Any]) -> list[str]:
     gen = report.get("generation", {})
     cells = report["cells"]
-    facts = {p: c.facts for (p, _), c in cells.items()}
+    facts = {p: c.facts for (p, _, _), c in cells.items()}
     rows = [[fmt_count(p), f"{facts[p]:,}" if p in facts else "", f"{facts[p] / p:.1f}" if p in facts else "",
              fmt_seconds(gen[p]) if p in gen else ""] for p in report["scales"]]
     chunk = report.get("chunk")
@@ -65,9 +65,8 @@ def _workload(report: dict[str, Any]) -> list[str]:
         "(windows and `at_least` counts unchanged), so replicas are distinct studies (`bench/_workload.py`).",
         "- **Patients**: `connectors.synthetic.population.generate_frames(n, seed, now)`, written once to Parquet "
         f"and read by every cell; screening instant `now` = {report['now']:%Y-%m-%d %H:%M} UTC.",
-        "- **Screener** is `screener.rules.screen(PatientState(persons, facts), studies, now)` from the raw facts "
-        "frame, full output (outcome, rule hash and per-criterion explanation); the timed region also keeps "
-        "`study_id, patient_id, outcome`."
+        "- **Screener** starts from `PatientState(persons, facts)` (the raw facts frame) and `now`; see section 1 "
+        "for its two modes."
         + (f" Patients are screened {chunk:,} per call (partitioning inside the timed region)." if chunk else ""),
         "",
         *_table(["patients", "facts", "facts / patient", "generation (not timed)"], rows),
@@ -75,54 +74,69 @@ def _workload(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _best_explain(cells: dict[tuple[int, int, str], Any]) -> Any:
+    """The explain-mode cell with the most patient-studies (the most representative rate)."""
+    explain = [c for (_, _, mode), c in cells.items() if mode == "explain"]
+    return max(explain, key=lambda c: c.patients * c.studies) if explain else None
+
+
 def _full(report: dict[str, Any], full: dict[str, Any]) -> list[str]:
     comp = full["comparison"]
     cell = full["cell"]
     full_evals = cell.patients * cell.studies
-    screener_rate = full_evals / cell.timing.median
+    rate = full_evals / cell.timing.median
     sub_evals = comp.patients * comp.studies
-    rows = [[
-        "**screener** (Polars, raw facts)", f"{fmt_count(cell.patients)} x {cell.studies}",
-        timing_cell(cell.timing), fmt_rate(screener_rate), "1x", fmt_seconds(cell.timing.median),
-    ], [
-        "screener on the peers' subset", f"{comp.patients:,} x {comp.studies}", timing_cell(comp.screener_subset),
-        fmt_rate(sub_evals / comp.screener_subset.median),
-        fmt_ratio(screener_rate / (sub_evals / comp.screener_subset.median)),
-        "",
-    ]]
+    ex = _best_explain(report["cells"])
+    ex_rate = ex.patients * ex.studies / ex.timing.median if ex else sub_evals / comp.screener_explain_subset.median
+    size = f"{fmt_count(cell.patients)} x {cell.studies}"
+
+    def row(name: str, shape: str, t: Any, r: float) -> list[str]:
+        return [name, shape, timing_cell(t), fmt_rate(r), fmt_ratio(rate / r), fmt_ratio(ex_rate / r),
+                fmt_seconds(full_evals / r)]
+
+    rows = [row("**screener**, outcomes (raw facts)", size, cell.timing, rate)]
+    if ex is not None:
+        rows.append(row("screener `screen()` with explanations", f"{fmt_count(ex.patients)} x {ex.studies}",
+                        ex.timing, ex_rate))
+    rows.append(row("screener, outcomes, peers' subset", f"{comp.patients:,} x {comp.studies}",
+                    comp.screener_subset, sub_evals / comp.screener_subset.median))
+    rows.append(row("screener `screen()` with explanations, peers' subset", f"{comp.patients:,} x {comp.studies}",
+                    comp.screener_explain_subset, sub_evals / comp.screener_explain_subset.median))
     for p in comp.peers:
-        est = full_evals / p.rate
-        rows.append([
-            f"{p.name} {p.version}", f"{comp.patients:,} x {comp.studies}", timing_cell(p.timing),
-            fmt_rate(p.rate), f"**{fmt_ratio(screener_rate / p.rate)}**", fmt_seconds(est),
-        ])
+        rows.append(row(f"{p.name} {p.version} (features)", f"{comp.patients:,} x {comp.studies}", p.timing,
+                        p.rate))
     counts = ", ".join(f"{k} {v:,}" for k, v in sorted(comp.outcome_counts.items()))
     full_counts = ", ".join(f"{k} {v:,}" for k, v in sorted(cell.outcomes.items()))
-    slowest = min(comp.peers, key=lambda p: screener_rate / p.rate) if comp.peers else None
     head = [
         "## 1. Full screen: screener against peer engines",
         "",
-        f"Same {comp.studies} studies, same patients. Screener screens **{fmt_count(cell.patients)} patients x "
-        f"{cell.studies} studies in {fmt_seconds(cell.timing.median)}** "
-        f"({fmt_rate(screener_rate)} patient-studies/s) from raw facts. The peers evaluate patient by patient "
-        f"on the first {comp.patients:,} patients, given pre-aggregated per-patient features; their rate is "
-        "scaled linearly to the full population (their cost per patient-study is constant).",
+        f"Same {comp.studies} studies, same patients. Screener screens **{size} patient-studies in "
+        f"{fmt_seconds(cell.timing.median)}** ({fmt_rate(rate)} patient-studies/s) from raw facts when only the "
+        "outcomes are kept; the public `screen()` also builds every criterion's value and evidence text for "
+        f"every row ({fmt_rate(ex_rate)} patient-studies/s). The peers evaluate patient by patient on the first "
+        f"{comp.patients:,} patients, given pre-aggregated per-patient features; their rate is scaled linearly "
+        "to the full population (their cost per patient-study is constant).",
         "",
     ]
-    if slowest is not None:
-        pyjexl = next((p for p in comp.peers if p.name == "pyjexl"), None)
-        if pyjexl is not None:
-            head += [f"Against pyjexl's own evaluator (the interpreted baseline) screener is "
-                     f"**{fmt_ratio(screener_rate / pyjexl.rate)}** as fast; against the fastest peer "
-                     f"({max(comp.peers, key=lambda p: p.rate).name}) "
-                     f"{fmt_ratio(screener_rate / max(p.rate for p in comp.peers))}.", ""]
+    pyjexl = next((p for p in comp.peers if p.name == "pyjexl"), None)
+    if pyjexl is not None and comp.peers:
+        fastest = max(comp.peers, key=lambda p: p.rate)
+        head += [f"Against pyjexl's own evaluator (the interpreted baseline): **{fmt_ratio(rate / pyjexl.rate)}** "
+                 f"(outcomes) and {fmt_ratio(ex_rate / pyjexl.rate)} (`screen()` with explanations). Against the "
+                 f"fastest peer ({fastest.name}): {fmt_ratio(rate / fastest.rate)} and "
+                 f"{fmt_ratio(ex_rate / fastest.rate)}.", ""]
     return [
         *head,
         *_table(["engine", "patients x studies", "time, median (min - max)", "patient-studies/s",
-                 "screener's speed-up", f"time for {fmt_count(cell.patients)} x {cell.studies}"], rows),
+                 "screener outcomes' speed-up", "screen()'s speed-up", f"time for {size}"], rows),
         "",
-        f"Outcomes agree exactly, for every (study, patient) of the subset, between screener and every peer "
-        f"(checked before timing; a mismatch aborts the run): {counts}. Full population: {full_counts}.",
+        f"Outcomes agree exactly, for every (study, patient) of the subset, between screener (both modes) and every "
+        f"peer (checked before timing; a mismatch aborts the run): {counts}. Full population: {full_counts}.",
+        "",
+        "Screener's two modes: *outcomes* evaluates the compiled Polars expressions of `screener.rules.screen` "
+        "(feature aggregation from raw facts, every criterion, the outcome) selecting only `study_id, patient_id, "
+        "outcome`, so the explanation strings are never built; *`screen()`* is the public call, which returns "
+        "each criterion's value and evidence text for every (study, patient) row, ineligible ones included.",
         "",
         "How the peers are given the work (all of it favours them):",
         "",
@@ -142,26 +156,34 @@ def _full(report: dict[str, Any], full: dict[str, Any]) -> list[str]:
         "(the second is only evaluated when the first is false).",
         "- **Short-circuits**: the shared per-study driver stops at the first inclusion that is false or "
         "exclusion that is true, as a hand-written peer integration would; screener always computes every "
-        "criterion (it returns each one's value and evidence).",
+        "criterion.",
         "",
     ]
 
 
 def _scaling(report: dict[str, Any]) -> list[str]:
     cells = report["cells"]
+    grid = sorted({(p, s) for p, s, _ in cells})
     rows = []
-    for (p, s), c in sorted(cells.items()):
-        rows.append([fmt_count(p), str(s), f"{c.facts:,}", timing_cell(c.timing),
-                     fmt_rate(p * s / c.timing.median), fmt_bytes(c.rss_loaded), fmt_bytes(c.rss_peak)])
+    for p, s in grid:
+        c = cells[(p, s, "outcomes")]
+        e = cells.get((p, s, "explain"))
+        rows.append([
+            fmt_count(p), str(s), f"{c.facts:,}", timing_cell(c.timing), fmt_rate(p * s / c.timing.median),
+            fmt_bytes(c.rss_loaded), fmt_bytes(c.rss_peak),
+            timing_cell(e.timing) if e else "not run", fmt_bytes(e.rss_peak) if e else "",
+        ])
     return [
         "## 2. Scaling",
         "",
         "Each cell runs in its own process: read the population from Parquet, load and compile the studies "
         "(RSS after this is 'RSS loaded'), then screen everyone against every study. 'Peak RSS' is the "
-        "process's high-water mark (psutil sampled every 5 ms during the screens, and the kernel's ru_maxrss).",
+        "process's high-water mark (psutil sampled every 5 ms during the screens, and the kernel's ru_maxrss). "
+        f"`screen()` with explanations is run only for cells of at most {report['explain_limit']:,} "
+        "patient-studies: beyond that its every-row evidence text takes minutes and tens of GiB.",
         "",
-        *_table(["patients", "studies", "facts", "screen time, median (min - max)", "patient-studies/s",
-                 "RSS loaded", "peak RSS"], rows),
+        *_table(["patients", "studies", "facts", "outcomes: time, median (min - max)", "patient-studies/s",
+                 "RSS loaded", "peak RSS", "`screen()` with explanations: time", "peak RSS"], rows),
         "",
     ]
 

@@ -1,7 +1,8 @@
 """Scaling: one (patients, studies) cell per subprocess, so each cell's peak RSS is its own.
 
-Run by :mod:`bench.__main__` as ``python -m bench._scaling --persons P --facts F --studies DIR --runs N``;
-prints one JSON object on its last stdout line::
+Run by :mod:`bench.__main__` as ``python -m bench._scaling --persons P --facts F --studies DIR --runs N
+--mode outcomes|explain`` (see :func:`bench._full_screen.screen_outcomes`); prints one JSON object on its last
+stdout line::
 
     {"patients": 100000, "facts": 1234567, "studies": 50, "timing": {...}, "rss_loaded": bytes,
      "rss_peak": bytes, "outcomes": {"eligible": n, ...}}
@@ -30,13 +31,14 @@ class CellResult:
     patients: int
     facts: int
     studies: int
+    mode: str
     timing: Any  # bench._stats.Timing
     rss_loaded: int
     rss_peak: int
     outcomes: dict[str, int]
 
 
-def run_cell(persons: Path, facts: Path, studies_dir: Path, runs: int, chunk: int | None,
+def run_cell(persons: Path, facts: Path, studies_dir: Path, runs: int, chunk: int | None, mode: str = "outcomes",
              timeout: float = 3600) -> CellResult:
     """Run one cell in a fresh interpreter and parse its report.
 
@@ -45,14 +47,14 @@ def run_cell(persons: Path, facts: Path, studies_dir: Path, runs: int, chunk: in
     from bench._stats import Timing
 
     cmd = [sys.executable, "-m", "bench._scaling", "--persons", str(persons), "--facts", str(facts),
-           "--studies", str(studies_dir), "--runs", str(runs)]
+           "--studies", str(studies_dir), "--runs", str(runs), "--mode", mode]
     if chunk:
         cmd += ["--chunk", str(chunk)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"scaling cell failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
     data = json.loads(proc.stdout.strip().splitlines()[-1])
-    return CellResult(data["patients"], data["facts"], data["studies"], Timing.from_dict(data["timing"]),
+    return CellResult(data["patients"], data["facts"], data["studies"], mode, Timing.from_dict(data["timing"]),
                       data["rss_loaded"], data["rss_peak"], data["outcomes"])
 
 
@@ -63,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--studies", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=None)
+    parser.add_argument("--mode", choices=("outcomes", "explain"), default="outcomes")
     args = parser.parse_args(argv)
 
     import gc
@@ -84,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.collect()
     with PeakRSS() as rss:
         rss_loaded = rss.current()
-        timing, result = timed_runs(lambda: screen_outcomes(persons, facts, studies, BENCH_NOW, args.chunk),
+        timing, result = timed_runs(lambda: screen_outcomes(persons, facts, studies, BENCH_NOW, args.chunk, args.mode),
                                     args.runs)
     outcomes = dict(result.group_by("outcome").len().iter_rows())
     print(json.dumps({

@@ -114,13 +114,8 @@ def replicate_studies(rules_dir: Path, count: int, out_dir: Path) -> list[Path]:
 
 def generate_population(n: int, seed: int = 7, now: datetime = BENCH_NOW) -> tuple[pl.DataFrame, pl.DataFrame]:
     """``(persons, facts)`` for ``n`` synthetic patients, in :mod:`screener.state`'s schemas."""
-    try:
-        from connectors.synthetic.population import generate_frames
-    except ImportError:  # STAND-IN until the synthetic connector lands (remove then)
-        from bench._standin_population import generate_frames as standin
-        from screener.rules import load_studies
+    from connectors.synthetic.population import generate_frames
 
-        return standin(n, seed, now, load_studies([Path(__file__).parent.parent / "rules"]).studies)
     persons, facts = generate_frames(n, seed=seed, now=now)
     return persons, facts
 
