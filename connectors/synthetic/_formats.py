@@ -242,9 +242,8 @@ def to_hl7v2(events: Iterable[Event]) -> list[str]:
     demographics: dict[str, dict[str, Any]] = {}
     for ev in events:
         if ev.kind == "person" and ev.person is not None:
-            demo = demographics.setdefault(ev.patient_id, {})
-            demo.update({k: v for k, v in (("sex", ev.person.sex), ("ethnic_group", ev.person.ethnic_group))
-                         if v is not None})
+            known = {k: v for k, v in (("sex", ev.person.sex), ("ethnic_group", ev.person.ethnic_group)) if v}
+            demographics.setdefault(ev.patient_id, {}).update(known)
         demo = demographics.get(ev.patient_id)
         when = _ts(ev.occurred_at)
         if ev.kind == "person":

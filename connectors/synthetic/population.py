@@ -116,7 +116,8 @@ def _mix(x: np.ndarray) -> np.ndarray:
     x = x * np.uint64(0xBF58476D1CE4E5B9)
     x = x ^ (x >> np.uint64(27))
     x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    out: np.ndarray = x ^ (x >> np.uint64(31))
+    return out
 
 
 class _Rand:
@@ -208,9 +209,8 @@ class _Facts:
             which: np.ndarray | None = None, value: np.ndarray | None = None, setting: str | None = None,
             keep: np.ndarray | None = None) -> None:
         """Add facts for block positions ``pos`` at times ``t`` (us). ``which`` picks among ``codes``."""
-        if isinstance(codes, tuple) and isinstance(codes[0], str):
-            codes = [codes]  # type: ignore[list-item]
-        ids = np.array([self.registry.setdefault(c, len(self.registry)) for c in codes], dtype=np.int32)  # type: ignore[union-attr]
+        options: list[Code] = [codes] if isinstance(codes[0], str) else list(codes)  # type: ignore[list-item, arg-type]
+        ids = np.array([self.registry.setdefault(c, len(self.registry)) for c in options], dtype=np.int32)
         n = len(pos)
         code_id = ids[which] if which is not None else np.full(n, ids[0], dtype=np.int32)
         vals = np.asarray(value, dtype=np.float64) if value is not None else np.full(n, np.nan)
