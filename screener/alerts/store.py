@@ -296,11 +296,10 @@ class SqlStore:
         """Insert, skipping keys another writer inserted meanwhile; return the keys this call inserted."""
         dialect = conn.dialect.name
         if dialect in ("sqlite", "postgresql"):
-            if dialect == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert
-            else:
-                from sqlalchemy.dialects.postgresql import insert
-            stmt = insert(t.matches).on_conflict_do_nothing(index_elements=["study_id", "patient_id"])
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            dialect_insert: Any = sqlite.insert if dialect == "sqlite" else postgresql.insert
+            stmt = dialect_insert(t.matches).on_conflict_do_nothing(index_elements=["study_id", "patient_id"])
             keys: set[tuple[str, str]] = set()
             for i in range(0, len(inserts), _CHUNK):
                 result = conn.execute(stmt.returning(t.matches.c.study_id, t.matches.c.patient_id),
@@ -449,7 +448,8 @@ class SqlStore:
                 .join(t.users, t.users.c.id == t.sessions.c.user_id)
                 .where(t.sessions.c.token_hash == auth.hash_token(token), t.users.c.active.is_(True))
             ).mappings().first()
-            if row is None or _utc(row["expires_at"]) <= self.clock():
+            expires = _utc(row["expires_at"]) if row is not None else None
+            if row is None or expires is None or expires <= self.clock():
                 return None
             return self._user(conn, row), row["csrf_token"]
 
