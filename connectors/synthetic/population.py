@@ -495,16 +495,13 @@ def _diabetes(f: _Facts, r: _Rand, p: _People, dm: np.ndarray, t1: np.ndarray, n
     f.add(pos[acr_sel], _ago(now_us, acr_days[acr_sel]), "measurement", ("LOINC", "14958-3", "mg/mmol"),
           value=np.round(np.exp(np.log(3.5) + 1.1 * r.normal(di, "acr.v")), 1)[acr_sel])
     # Medicines: ACE inhibitor / ARB, metformin, insulin, SGLT2 inhibitor (current = within 90 days).
-    sel = np.zeros(len(idx), dtype=bool)
-
     def current(stream: str, p_now: float, p_past: float, codes: Sequence[Code], probs: Sequence[float]) -> None:
         u = np.full(len(idx), 2.0)
         u[pos] = r.u(di, stream)
         days = np.zeros(len(idx))
         days[pos] = np.where(u[pos] < p_now, r.uniform(di, stream + ".t0", 1, 85),
                              r.uniform(di, stream + ".t1", 120, 600))
-        sel[:] = u < p_now + p_past
-        _issues(f, r, p, sel, stream, now_us, days, codes, probs)
+        _issues(f, r, p, u < p_now + p_past, stream, now_us, days, codes, probs)
 
     current("raas", 0.55, 0.10, [("ATC", "C09AA05", None), ("ATC", "C09CA01", None), ("ATC", "C09AA02", None),
                                  ("ATC", "C09CA06", None)], [0.5, 0.25, 0.15, 0.10])
