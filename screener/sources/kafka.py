@@ -97,7 +97,6 @@ class KafkaSink:
             "linger_ms": 5,
             "batch_size": 256 * 1024,
             "max_request_size": 8 * 1024 * 1024,
-            "buffer_memory": 128 * 1024 * 1024,
             "compression_type": None,
             # kafka-python requires 1 in flight for idempotence; it also keeps per-partition order on retries.
             "max_in_flight_requests_per_connection": 1,
