@@ -21,6 +21,7 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
 COPY --chown=screener rules ./rules
 USER screener
-# 9108: engine /metrics (SCREENER_METRICS_PORT); 8080: web app (SCREENER_WEB_PORT); 2575: HL7 MLLP listener
-EXPOSE 9108 8080 2575
+# 9108: engine /metrics (SCREENER_METRICS_PORT); 8080: web app (SCREENER_WEB_PORT);
+# 2575: HL7 v2 MLLP listener; 8090: FHIR R4 endpoint (connectors' --listen)
+EXPOSE 9108 8080 2575 8090
 CMD ["screener", "--help"]

@@ -344,19 +344,21 @@ def render_html(report: Report) -> str:
     )
 
 
-def load_report_data(database_url: str) -> ReportData:
+def load_report_data(database: str | Any) -> ReportData:
     """Read study metadata and the aggregate columns of every match from the worklist store.
 
-    Reads only ``studies`` (active ones) and the non-identifying columns of ``matches``; the patient id is
-    never selected. :raises ConfigError: when the database cannot be opened or has no worklist schema.
+    ``database`` is a SQLAlchemy URL or an existing ``Engine`` (the web app passes ``store.engine``). Reads only
+    ``studies`` (active ones) and the non-identifying columns of ``matches``; the patient id is never selected.
+    :raises ConfigError: when the database cannot be opened or has no worklist schema.
     """
     import sqlalchemy as sa
 
     from screener.alerts import schema
     from screener.errors import ConfigError
 
+    own = isinstance(database, str)
     try:
-        engine = sa.create_engine(database_url)
+        engine = sa.create_engine(database) if own else database
         with engine.connect() as conn:
             st = schema.studies.c
             studies = [dict(r._mapping) for r in conn.execute(
@@ -367,7 +369,8 @@ def load_report_data(database_url: str) -> ReportData:
             matches = [dict(r._mapping) for r in conn.execute(
                 sa.select(mt.study_id, mt.setting, mt.stage, mt.imd_decile, mt.ethnic_group)
             )]
-        engine.dispose()
+        if own:
+            engine.dispose()
     except sa.exc.SQLAlchemyError as exc:
         raise ConfigError(f"cannot read the worklist store for the report: {exc}", setting="database_url") from exc
     return ReportData.of(studies, matches)

@@ -39,7 +39,7 @@ def test_compose_has_the_whole_stack():
     assert "ZOOKEEPER" not in " ".join(env)
     for name, service in SERVICES.items():
         if name != "kafka-init":
-            assert "healthcheck" in service or name == "fhir", f"{name} has no health check"
+            assert "healthcheck" in service, f"{name} has no health check"
     for volume in ("kafka-data", "postgres-data", "engine-state", "prometheus-data", "grafana-data"):
         assert volume in COMPOSE["volumes"]
 
@@ -102,7 +102,7 @@ def test_dockerfile_copies_only_what_exists_and_is_not_ignored():
                     continue
                 assert (ROOT / source).exists(), source
                 assert source not in ignored, f"{source} is copied but .dockerignore drops it"
-    for port in ("9108", "8080", "2575"):
+    for port in ("9108", "8080", "2575", "8090"):
         assert port in dockerfile
 
 
@@ -115,8 +115,13 @@ def test_ports_agree_with_settings_prometheus_and_health_checks():
     assert f"{web_port}:{web_port}" in SCREENER_SERVICES["web"]["ports"]
     assert f":{metrics_port}/metrics" in " ".join(SCREENER_SERVICES["engine"]["healthcheck"]["test"])
     assert f":{web_port}/metrics" in " ".join(SCREENER_SERVICES["web"]["healthcheck"]["test"])
-    listen = SCREENER_SERVICES["hl7"]["command"][SCREENER_SERVICES["hl7"]["command"].index("--listen") + 1]
-    assert f"{listen.rsplit(':', 1)[1]}:{listen.rsplit(':', 1)[1]}" in SCREENER_SERVICES["hl7"]["ports"]
+    for name in ("hl7", "fhir"):  # connectors listen where compose publishes and health-checks
+        command = SCREENER_SERVICES[name]["command"]
+        port = command[command.index("--listen") + 1].rsplit(":", 1)[1]
+        assert command[command.index("--listen") + 1].startswith("0.0.0.0:")
+        assert f"{port}:{port}" in SCREENER_SERVICES[name]["ports"]
+        assert f"127.0.0.1', {port})" in str(SCREENER_SERVICES[name]["healthcheck"]["test"]) or (
+            f"127.0.0.1:{port}/" in str(SCREENER_SERVICES[name]["healthcheck"]["test"]))
     assert not hl7.get("SCREENER_METRICS_PORT")
 
     prom = yaml.safe_load((ROOT / "dashboards" / "prometheus" / "prometheus.yml").read_text())
@@ -155,7 +160,8 @@ def test_screener_commands_are_real_cli_verbs(service):
     assert command[0] == "screener"
     verb = main.commands.get(command[1])
     assert verb is not None, f"{service}: `screener {command[1]}` does not exist"
-    if command[1] == "connect":  # the connector is found through its entry point
-        result = CliRunner().invoke(main, ["connect", "--list"])
-        assert result.exit_code == 0, result.output
-        assert command[2] in result.output
+    # the verb accepts the options compose gives it (--help parses the command line up to the options)
+    result = CliRunner().invoke(main, [*command[1:], "--help"])
+    assert result.exit_code == 0, result.output
+    for option in (a for a in command[2:] if a.startswith("--")):
+        assert option in result.output, (service, option)
