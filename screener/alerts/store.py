@@ -284,6 +284,15 @@ class SqlStore:
             by_study.setdefault(r["study_id"], []).append(r["patient_id"])
         m = t.matches.c
         found: dict[tuple[str, str], dict[str, Any]] = {}
+        if conn.dialect.name == "postgresql" and rows:
+            # One round trip: join against the keys as arrays (an IN list per chunk costs ~30 ms a query).
+            keys = sa.text(
+                "SELECT m.id, m.token, m.study_id, m.patient_id, m.outcome, m.rule_hash, m.criteria, m.stage "
+                "FROM matches m JOIN unnest(CAST(:s AS text[]), CAST(:p AS text[])) AS k(study_id, patient_id) "
+                "ON m.study_id = k.study_id AND m.patient_id = k.patient_id"
+            )
+            result = conn.execute(keys, {"s": [r["study_id"] for r in rows], "p": [r["patient_id"] for r in rows]})
+            return {(row["study_id"], row["patient_id"]): dict(row) for row in result.mappings()}
         for study_id, pids in by_study.items():
             for i in range(0, len(pids), _CHUNK):
                 q = sa.select(m.id, m.token, m.study_id, m.patient_id, m.outcome, m.rule_hash, m.criteria, m.stage)
