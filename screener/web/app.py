@@ -122,6 +122,22 @@ class DncResult(BaseModel):
     total: int
 
 
+class DncEntry(BaseModel):
+    patient_id: str
+    added_at: Any
+    added_by: str
+    source: str | None = None
+
+
+class AuditEntry(BaseModel):
+    at: Any
+    username: str
+    action: str
+    object_type: str | None = None
+    object_id: str | None = None
+    detail: str | None = Field(default=None, description="JSON")
+
+
 class StudyOut(BaseModel):
     id: str
     title: str
@@ -251,6 +267,8 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
             "Content-Security-Policy",
             "default-src 'self'; style-src 'self'; script-src 'none'; form-action 'self'; frame-ancestors 'none'",
         )
+        if secure:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         if not request.url.path.startswith(("/static", "/studies")):
             response.headers.setdefault("Cache-Control", "no-store")
         return response
@@ -462,7 +480,24 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
     @app.get("/api/funnel", response_model=list[FunnelRow], tags=["worklist"])
     def api_funnel(p: Annotated[Principal, Depends(api_user)]) -> list[dict[str, Any]]:
         """Matches by study and stage, for the caller's studies."""
+        store.audit(p.user.username, "view_funnel", detail={"api": True})
         return store.funnel(p.user)
+
+    @app.get("/api/dnc", response_model=list[DncEntry], tags=["admin"])
+    def api_dnc_list(p: Annotated[Principal, Depends(api_user)]) -> list[dict[str, Any]]:
+        """The do-not-contact register, newest first (admins)."""
+        _require_admin(p)
+        store.audit(p.user.username, "view_dnc", detail={"api": True})
+        return store.dnc_entries()
+
+    @app.get("/api/audit", response_model=list[AuditEntry], tags=["admin"])
+    def api_audit(p: Annotated[Principal, Depends(api_user)],
+                  limit: Annotated[int, Query(ge=1, le=5000)] = 200) -> list[dict[str, Any]]:
+        """The audit log, newest first (admins)."""
+        _require_admin(p)
+        entries = store.audit_entries(limit)
+        store.audit(p.user.username, "view_audit", detail={"api": True})
+        return entries
 
     @app.post("/api/dnc", response_model=DncResult, tags=["admin"])
     def api_dnc(body: DncChange, p: Annotated[Principal, Depends(api_user)]) -> dict[str, int]:

@@ -223,6 +223,10 @@ def test_do_not_contact_is_admin_only_and_hides_matches(
     r = admin.post("/api/dnc", json={"add": ["Z1", "Z2"], "remove": ["OTHER-1"]},
                    headers={"X-CSRF-Token": csrf(page.text)})
     assert r.json() == {"added": 2, "removed": 1, "total": 2}
+    assert sorted(e["patient_id"] for e in admin.get("/api/dnc").json()) == ["Z1", "Z2"]
+    assert nina.get("/api/dnc").status_code == 403 and nina.get("/api/audit").status_code == 403
+    audit = admin.get("/api/audit?limit=50").json()
+    assert {"dnc_add", "dnc_remove", "view_worklist"} <= {e["action"] for e in audit}
 
 
 def test_funnel_is_for_coordinators_and_logout_ends_the_session(
