@@ -158,6 +158,8 @@ class KafkaSink:
         pending = list(records)
         for attempt in range(1, self.attempts + 1):
             futures = [(rec, self._producer.send(topic, key=rec[0], value=rec[1])) for rec in pending]
+            # flush() sends at once, ignoring linger_ms (measured faster than waiting on the futures alone,
+            # even though it also waits for other threads' records)
             self._producer.flush(timeout=self.timeout_s)
             failed: list[tuple[bytes, bytes]] = []
             last: Exception | None = None

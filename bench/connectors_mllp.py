@@ -1,0 +1,85 @@
+"""MLLP throughput: HL7 v2 ORU^R01 messages acknowledged (AA, i.e. after the broker acked) per second.
+
+    python bench/connectors_mllp.py [--messages 2000] [--connections 1 4] [--bootstrap HOST:PORT]
+
+Starts an embedded broker unless --bootstrap is given, an MLLPServer on a free port, and for each connection
+count sends --messages messages in total (split across the connections), each waiting for its ACK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from connectors_common import broker, fresh_topics  # noqa: E402
+
+from connectors.hl7v2 import MLLPServer, frame  # noqa: E402
+from screener.sources.kafka import KafkaSink  # noqa: E402
+
+MSG = ("MSH|^~\\&|LAB|RR8|SCREENER|RR8|20260501100000||ORU^R01|C{c}-{n}|P|2.5\r"
+       "PID|1||H{n}^^^RR8^MR~9434765919^^^NHS^NH||Smith^Jane||19610302|F\r"
+       "OBR|1|PL{n}|FIL{c}-{n}|U&E|||20260501083000\r"
+       "OBX|1|NM|EGFR^eGFR^L||41|mL/min/1.73m2|>60|L|||F|||20260501090000\r"
+       "OBX|2|NM|K^Potassium^L||4.1|mmol/L|||||F|||20260501090000\r")
+
+
+def client(port: int, conn: int, count: int, failures: list[int]) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        buf = b""
+        for n in range(count):
+            sock.sendall(frame(MSG.format(c=conn, n=n)))
+            while b"\x1c\x0d" not in buf:
+                buf += sock.recv(65536)
+            ack, _, buf = buf.partition(b"\x1c\x0d")
+            if b"MSA|AA|" not in ack:
+                failures.append(n)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--connections", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--bootstrap", default=None)
+    args = ap.parse_args()
+    with broker(args.bootstrap) as bootstrap:
+        events, dlq = fresh_topics(bootstrap)
+        sink = KafkaSink(bootstrap, connector="hl7v2", events_topic=events, dlq_topic=dlq,
+                         idempotent=args.bootstrap is not None)
+        server = MLLPServer(sink, host="127.0.0.1", port=0)
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(server.start())
+            ready.set()
+            loop.run_forever()
+
+        threading.Thread(target=serve, daemon=True).start()
+        ready.wait(10)
+        client(server.port, 999, 50, [])  # warm-up (metadata, connections)
+        for conns in args.connections:
+            per = args.messages // conns
+            failures: list[int] = []
+            threads = [threading.Thread(target=client, args=(server.port, c, per, failures)) for c in range(conns)]
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.perf_counter() - start
+            total = per * conns
+            print(f"mllp connections={conns} messages={total} acked_AA={total - len(failures)} "
+                  f"seconds={elapsed:.2f} rate={total / elapsed:,.0f} msg/s")
+        sink.close()
+
+
+if __name__ == "__main__":
+    main()
