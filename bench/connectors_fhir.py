@@ -15,13 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
-from connectors_common import broker, fresh_topics  # noqa: E402
+import httpx
+import uvicorn
+from connectors_common import broker, fresh_topics
 
-from connectors.fhir import build_app  # noqa: E402
-from screener.bus import free_port  # noqa: E402
-from screener.sources.kafka import KafkaSink  # noqa: E402
+from connectors.fhir import build_app
+from screener.bus import free_port
+from screener.sources.kafka import KafkaSink
 
 
 def observation(i: int) -> dict[str, object]:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from connectors_common import broker, fresh_topics  # noqa: E402
+from connectors_common import broker, fresh_topics
 
-from connectors.hl7v2 import MLLPServer, frame  # noqa: E402
-from screener.sources.kafka import KafkaSink  # noqa: E402
+from connectors.hl7v2 import MLLPServer, frame
+from screener.sources.kafka import KafkaSink
 
 MSG = ("MSH|^~\\&|LAB|RR8|SCREENER|RR8|20260501100000||ORU^R01|C{c}-{n}|P|2.5\r"
        "PID|1||H{n}^^^RR8^MR~9434765919^^^NHS^NH||Smith^Jane||19610302|F\r"

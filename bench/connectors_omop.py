@@ -15,11 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import polars as pl  # noqa: E402
-from connectors_common import broker, fresh_topics  # noqa: E402
+import polars as pl
+from connectors_common import broker, fresh_topics
 
-from connectors.omop import backfill  # noqa: E402
-from screener.sources.kafka import KafkaSink  # noqa: E402
+from connectors.omop import backfill
+from screener.sources.kafka import KafkaSink
 
 
 def synthetic_measurements(directory: Path, rows: int) -> None:
