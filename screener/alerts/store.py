@@ -343,10 +343,12 @@ class SqlStore:
         return set(conn.execute(sa.select(t.do_not_contact.c.patient_id)).scalars())
 
     def sync_studies(self, studies: Sequence[object]) -> None:
-        """Upsert study metadata from loaded rule files (``screener.rules.Study`` or anything with the same
-        attributes). Studies not in ``studies`` are left as they are (this is an upsert, not a replace).
-        ``render_markdown()`` output is stored for the public page; if it is missing or fails, the summary is
-        shown there instead."""
+        """Upsert study metadata from the loaded rule files (``screener.rules.Study`` or anything with the same
+        attributes). ``studies`` is the complete current set, as the engine passes it: a known study missing from
+        a non-empty call is marked inactive (its rule file was removed), which takes it off the public page and
+        the worklist's study filter while its matches stay on the worklist. An empty call changes nothing.
+        ``render_markdown()`` output is stored for the public page; if it is missing or fails, the page shows
+        the summary alone."""
         now = self.clock()
         rows = [_study_row(s, now) for s in studies]
         if not rows:
@@ -363,6 +365,10 @@ class SqlStore:
                 else:
                     conn.execute(t.studies.insert().values(**r))
                     known.add(r["id"])
+            gone = sorted(known - {r["id"] for r in rows})
+            if gone:
+                conn.execute(t.studies.update().where(t.studies.c.id.in_(gone), t.studies.c.active.is_(True))
+                             .values(active=False, updated_at=now))
 
     # --- studies -----------------------------------------------------------------------------------------
     def studies(self, *, open_on: date | None = None, user: User | None = None) -> list[dict[str, Any]]:

@@ -230,7 +230,8 @@ def test_sync_studies_upserts_and_tolerates_a_failing_markdown_renderer(
 
     store.sync_studies([make_study("A", opens=date(2026, 7, 1)), make_study("B", render_markdown=broken),
                         make_study("C", closes=date(2026, 5, 1))])
-    store.sync_studies([make_study("A", title="Renamed", opens=date(2026, 1, 1))])
+    store.sync_studies([make_study("A", title="Renamed", opens=date(2026, 1, 1)),
+                        make_study("B", render_markdown=broken), make_study("C", closes=date(2026, 5, 1))])
     got = {s["id"]: s for s in store.studies()}
     assert got["A"]["title"] == "Renamed" and got["B"]["criteria_markdown"] is None
     assert got["A"]["settings"] == ["community", "hospital"] and got["A"]["horizon_s"] == 180 * 86400
@@ -315,3 +316,16 @@ def test_concurrent_writers_insert_each_match_once(store_url: str, make_frame: A
             th.join(60)
         assert errors == []
         assert sum(results) == 200
+
+
+def test_a_study_whose_rule_file_was_removed_leaves_the_public_list_but_keeps_its_matches(
+    synced: SqlStore, nurse: Any, make_study: Any, make_frame: Any
+) -> None:
+    synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P1"}]))
+    synced.sync_studies([make_study("RESP-1", team="respiratory")])
+    assert [s["id"] for s in synced.studies()] == ["RESP-1"]
+    assert [r["study_id"] for r in synced.worklist(nurse)] == ["CKD-1"]
+    synced.sync_studies([])  # an empty set is a mistake, not "every study was removed"
+    assert [s["id"] for s in synced.studies()] == ["RESP-1"]
+    synced.sync_studies([make_study("CKD-1"), make_study("RESP-1", team="respiratory")])
+    assert [s["id"] for s in synced.studies()] == ["CKD-1", "RESP-1"]
