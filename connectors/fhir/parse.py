@@ -107,7 +107,8 @@ def _dt(value: Any, path: str, rtype: str) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _FHIR_DT.match(value):
-        raise FHIRReject(f"not a FHIR date/dateTime: {str(value)[:30]!r}", path=path, resource_type=rtype)
+        raise FHIRReject("not a FHIR date/dateTime (YYYY[-MM[-DD[Thh:mm:ss[.sss][Z|+hh:mm]]]])", path=path,
+                         resource_type=rtype)
     try:
         if len(value) == 4:
             return local_to_utc(date(int(value), 1, 1))
@@ -117,7 +118,7 @@ def _dt(value: Any, path: str, rtype: str) -> datetime | None:
             return local_to_utc(date.fromisoformat(value))
         return local_to_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
     except ValueError as exc:
-        raise FHIRReject(f"invalid date {value[:30]!r}: {exc}", path=path, resource_type=rtype) from exc
+        raise FHIRReject(f"invalid date: {exc}", path=path, resource_type=rtype) from exc
 
 
 def _first_time(res: dict[str, Any], path: str, rtype: str, *keys: str) -> datetime | None:
@@ -246,8 +247,7 @@ def _patient(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _
     if res.get("birthDate") is not None:
         bd = res["birthDate"]
         if not isinstance(bd, str) or not re.match(r"^\d{4}-\d{2}-\d{2}$", bd):
-            raise FHIRReject(f"birthDate must be YYYY-MM-DD, got {str(bd)[:20]!r}", path=f"{path}.birthDate",
-                             resource_type=rtype)
+            raise FHIRReject("birthDate must be YYYY-MM-DD", path=f"{path}.birthDate", resource_type=rtype)
         try:
             person["birth_date"] = date.fromisoformat(bd).isoformat()
         except ValueError as exc:

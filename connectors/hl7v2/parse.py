@@ -24,8 +24,10 @@ Segments read:
   (code ``local/abnormal-flag:<code>``, value = the flag) beside the measurement.
 
 Timestamps without an offset are interpreted in **Europe/London** (GMT/BST) and converted to UTC. A field
-that cannot be read (bad date, non-numeric NM value, unknown sex) rejects the whole message with ``AE``
-and a reason naming the segment and field; an unsupported message type is rejected with ``AR``.
+that cannot be read (bad date, non-numeric NM value) rejects the whole message with ``AE`` and a reason
+naming the segment and field (never echoing a demographic value); an unsupported message type is rejected
+with ``AR``. An unknown PID-8 sex is read as ``U`` with a warning. An OBX-3 code without a recognised coding
+system but with LOINC's shape (``1554-5``) is taken as LOINC, as many labs send it.
 
 Event ids are stable hashes of what identifies the fact (sending facility, order number, code, sub-id), so a
 re-sent message yields the same ids and the engine applies it once.
@@ -191,18 +193,19 @@ def parse_hl7_datetime(text: str, *, location: str = "") -> datetime | None:
         return None
     m = _DTM.match(text)
     if not m:
-        raise HL7Reject(f"not an HL7 date-time: {text[:30]!r}", hl7_code="102", location=location)
+        raise HL7Reject("not an HL7 date-time (YYYY[MM[DD[HH[MM[SS]]]]][+/-ZZZZ])", hl7_code="102",
+                        location=location)
     y, mo, d, h, mi, s, frac, off = m.groups()
     try:
         micro = int((frac or "0").ljust(6, "0"))
         value = datetime(int(y), int(mo or 1), int(d or 1), int(h or 0), int(mi or 0), int(s or 0), micro)
     except ValueError as exc:
-        raise HL7Reject(f"not a valid date-time {text[:30]!r}: {exc}", hl7_code="102", location=location) from exc
+        raise HL7Reject(f"not a valid date-time: {exc}", hl7_code="102", location=location) from exc
     if off:
         sign = 1 if off[0] == "+" else -1
         delta = timedelta(hours=int(off[1:3]), minutes=int(off[3:5]))
         if delta >= timedelta(hours=24):
-            raise HL7Reject(f"bad UTC offset in {text[:30]!r}", hl7_code="102", location=location)
+            raise HL7Reject("bad UTC offset", hl7_code="102", location=location)
         return value.replace(tzinfo=timezone(sign * delta)).astimezone(UTC)
     return local_to_utc(value)
 
@@ -213,11 +216,11 @@ def _parse_date(text: str, location: str) -> date | None:
         return None
     m = re.match(r"^(\d{4})(\d{2})(\d{2})", dt)
     if not m or not re.match(r"^\d{8}(\d{2,6}(\.\d+)?)?([+-]\d{4})?$", dt):
-        raise HL7Reject(f"not an HL7 date: {dt[:30]!r}", hl7_code="102", location=location)
+        raise HL7Reject("not an HL7 date (YYYYMMDD)", hl7_code="102", location=location)
     try:
         return date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
     except ValueError as exc:
-        raise HL7Reject(f"not a valid date {dt[:30]!r}: {exc}", hl7_code="102", location=location) from exc
+        raise HL7Reject(f"not a valid date: {exc}", hl7_code="102", location=location) from exc
 
 
 # --- batches ---------------------------------------------------------------------------------------------
@@ -265,7 +268,7 @@ def parse_message(text: str, *, code_map: CodeMap | None = None, source: str = S
     try:
         msg = hl7.parse(text)
     except Exception as exc:  # the hl7 parser raises bare exceptions on garbage
-        raise HL7Reject(f"cannot parse message: {type(exc).__name__}: {exc}"[:200], hl7_code="100") from exc
+        raise HL7Reject(f"cannot parse message ({type(exc).__name__})", hl7_code="100") from exc
     try:
         msh = msg.segment("MSH")
     except KeyError as exc:

@@ -284,3 +284,17 @@ def test_csv_code_map(tmp_path: Path) -> None:
     parsed = parse_message(oru("OBX|1|NM|MYEGFR^eGFR^L||41||||||F"), code_map=load_code_map(path))
     assert parsed.events[0].code is not None and parsed.events[0].code.value == "62238-1"
     assert parsed.events[0].unit == "mL/min/1.73m2"
+
+
+def test_no_identifier_or_demographic_in_logs_or_acks() -> None:
+    from structlog.testing import capture_logs
+
+    bad_dob = adt("A01", ctrl="Z1", pid=PID.replace("19610302", "1961030X"))
+    sink = MemorySink()
+    with capture_logs() as logs:
+        response, codes = process_block(bad_dob.encode(), sink, code_map=load_code_map(), position="peer")
+        process_block(adt("A01", ctrl="Z2").encode(), sink, code_map=load_code_map(), position="peer")
+    assert codes == ["AE"]
+    text = repr(logs) + response
+    for secret in ("9434765919", "H1234567", "Smith", "1961030", "LS6"):
+        assert secret not in text
