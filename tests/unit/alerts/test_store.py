@@ -329,3 +329,21 @@ def test_a_study_whose_rule_file_was_removed_leaves_the_public_list_but_keeps_it
     assert [s["id"] for s in synced.studies()] == ["RESP-1"]
     synced.sync_studies([make_study("CKD-1"), make_study("RESP-1", team="respiratory")])
     assert [s["id"] for s in synced.studies()] == ["CKD-1", "RESP-1"]
+
+
+def test_funnel_failed_logins_and_register_listing(synced: SqlStore, nurse: Any, make_frame: Any, clock: Any) -> None:
+    synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": f"P{i}"} for i in range(3)]
+                                     + [{"study_id": "RESP-1", "patient_id": "P0"}]))
+    token = synced.worklist(nurse)[0]["token"]
+    synced.record_action(nurse, token, "approached")
+    assert synced.funnel(nurse) == [{"study_id": "CKD-1", "stage": "approached", "n": 1},
+                                    {"study_id": "CKD-1", "stage": "new", "n": 2}]
+    for _ in range(3):
+        synced.audit("nina", "login_failed")
+    clock.advance(minutes=20)
+    synced.audit("nina", "login_failed")
+    assert synced.failed_logins("nina", timedelta(minutes=15)) == 1
+    assert synced.failed_logins("nina", timedelta(hours=1)) == 4
+    synced.dnc_add(["P7"], by="ada", source="csv")
+    assert [(e["patient_id"], e["added_by"], e["source"]) for e in synced.dnc_entries()] == [("P7", "ada", "csv")]
+    assert [u.username for u in synced.users()] == ["nina"]
