@@ -20,6 +20,8 @@ Encounter            ``visit`` (class IMP/EMER/ACUTE/OBSENC/SS/AMB -> hospital, 
 Procedure            ``procedure`` (SNOMED, OPCS-4); not-done is skipped
 ===================  ==========================================================================================
 
+Every resource may carry its care setting and site as ``meta.tag`` codings (a tag whose code is one of
+hospital, community, primary-care, home; a tag whose system ends in ``/site``); these win over inference.
 Other resource types inside a Bundle (Organization, Claim, ...) are skipped and counted; a lone resource of
 another type is rejected. The patient id is the last path segment of the subject reference (``Patient/123``
 and Synthea's ``urn:uuid:...`` both work), i.e. the Patient's logical id on the sending server.
@@ -42,7 +44,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from screener.errors import EventError
-from screener.events import Event, parse_event
+from screener.events import SETTINGS, Event, parse_event
 from screener.sources.common import (
     ethnic_group_for_category,
     is_valid_nhs_number,
@@ -229,7 +231,12 @@ def parse_resource(res: Any, path: str = "$", *, full_url: str | None = None,
         return None
     handler = _HANDLERS[rtype]
     try:
-        return handler(res, path, rtype, full_url, bundle or {}, now or datetime.now(UTC))  # type: ignore[no-any-return]
+        events: list[Event] = handler(res, path, rtype, full_url, bundle or {}, now or datetime.now(UTC))
+        setting, site = _tags(res)
+        if setting or site:
+            events = [e.model_copy(update={"setting": e.setting or setting, "site": e.site or site})
+                      if e.kind != "person" else e for e in events]
+        return events
     except FHIRReject:
         raise
     except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
@@ -287,6 +294,19 @@ def _patient(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _
     return out
 
 
+def _tags(res: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(setting, site) from ``meta.tag``: a tag whose code is a canonical setting, and a ``.../site`` tag."""
+    setting = site = None
+    for tag in (res.get("meta") or {}).get("tag") or []:
+        if not isinstance(tag, dict) or not isinstance(tag.get("code"), str):
+            continue
+        if tag["code"] in SETTINGS and setting is None:
+            setting = tag["code"]
+        elif str(tag.get("system", "")).rstrip("/").endswith("/site") and site is None:
+            site = tag["code"][:64]
+    return setting, site
+
+
 def _subject(res: dict[str, Any], path: str, rtype: str) -> str:
     key = "patient" if "patient" in res and "subject" not in res else "subject"
     return _ref_id(res.get(key), f"{path}.{key}", rtype)
@@ -319,7 +339,8 @@ def _status_code(concept: Any) -> str | None:
 def _quantity(q: Any, path: str, rtype: str) -> tuple[float, str | None]:
     if not isinstance(q, dict) or not isinstance(q.get("value"), int | float) or isinstance(q.get("value"), bool):
         raise FHIRReject("valueQuantity.value must be a number", path=f"{path}.value", resource_type=rtype)
-    unit = q.get("code") or q.get("unit")
+    # the human unit first: rule files declare units as labs print them (mL/min/1.73m2, not mL/min/{1.73_m2})
+    unit = q.get("unit") or q.get("code")
     return float(q["value"]), (str(unit)[:32] if unit else None)
 
 
@@ -416,7 +437,7 @@ def _encounter(res: dict[str, Any], path: str, rtype: str, full_url: str | None,
             code = _code(types[0], f"{path}.type[0]", rtype)
     base = {"event_id": event_id, "corrects": corrects, "kind": "visit", "patient_id": patient,
             "occurred_at": when.isoformat(), "code": code,
-            "setting": _ENCOUNTER_SETTING.get(str(cls_code or "").upper()),
+            "setting": _tags(res)[0] or _ENCOUNTER_SETTING.get(str(cls_code or "").upper()),
             "status": "resolved" if status in ("finished", "cancelled") else "active"}
     return [_retraction(base, path, rtype) if status == "entered-in-error" else _make(path, rtype, **base)]
 

@@ -69,7 +69,8 @@ __all__ = [
 
 SOURCE = "hl7v2"
 ADT_EVENTS = frozenset({"A01", "A03", "A04", "A08", "A28", "A31", "A40"})
-_VISIT_EVENTS = {"A01": "admit", "A03": "discharge", "A04": "register", "A08": "update"}
+#: A08 (update) and A28/A31 (person only) change demographics or diagnoses, not the visit itself.
+_VISIT_EVENTS = {"A01": "admit", "A03": "discharge", "A04": "register"}
 _NHS_OID = "2.16.840.1.113883.2.1.4.1"
 _HOSPITAL_ID_TYPES = ("MR", "PI", "PT", "PN", "MRN")
 #: HL7 table 0001, plus the NHS Data Dictionary digits some English (and Australian) feeds send.

@@ -52,7 +52,7 @@ def test_uk_core_bulk_ndjson(tmp_path: Path) -> None:
         "9434765919", "asian", "J", "BD7")
     egfr = sink.events[1]
     # no offset: Europe/London (BST on 1 April 2026) -> 08:00 UTC
-    assert egfr.occurred_at == datetime(2026, 4, 1, 8, 0, tzinfo=UTC) and egfr.unit == "mL/min/{1.73_m2}"
+    assert egfr.occurred_at == datetime(2026, 4, 1, 8, 0, tzinfo=UTC) and egfr.unit == "mL/min/1.73m2"
     drug = sink.events[2]
     assert drug.code is not None and drug.code.system == "DMD"
 
