@@ -1,6 +1,9 @@
 """The outbox sender: delivers pending outbox rows to the webhook and as per-team email digests.
 
 Contract:
+- Several senders may run (one per web process): each claims rows before sending them (a lease of
+  ``lease_s``, default 5 minutes), so a row is delivered by one sender; a sender that dies mid-send leaves its
+  rows to be retried when the lease ends.
 - Rows are written by :meth:`SqlStore.record_matches` in the same transaction as the matches, so every new
   match is announced at least once, whatever happens to the network.
 - A row is marked ``sent`` only after its sink accepted the message. On failure the rows stay ``pending`` with
@@ -45,6 +48,7 @@ class OutboxSender:
         digest_interval_s: float = 3600.0,
         base_backoff_s: float = 5.0,
         max_backoff_s: float = 3600.0,
+        lease_s: float = 300.0,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.store = store
@@ -54,6 +58,8 @@ class OutboxSender:
         self.digest_interval = timedelta(seconds=digest_interval_s)
         self.base_backoff_s = base_backoff_s
         self.max_backoff_s = max_backoff_s
+        #: How long a claimed row is reserved for this sender; after that another sender may retry it.
+        self.lease = timedelta(seconds=lease_s)
         self.clock = clock or getattr(store, "clock", None) or (lambda: datetime.now(UTC))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,7 +91,7 @@ class OutboxSender:
         stats = {"sent": 0, "failed": 0}
         if "webhook" in self.sinks:
             groups: dict[str, list[dict[str, Any]]] = {}
-            for row in self.store.outbox_due("webhook", now):
+            for row in self._claim(self.store.outbox_due("webhook", now), now):
                 groups.setdefault(row["study_id"], []).append(row)
             for study_id, rows in groups.items():
                 self._deliver("webhook", rows, webhook_message(study_id, rows, self.public_url), now, stats)
@@ -98,6 +104,9 @@ class OutboxSender:
                 oldest = min(r["created_at"] for r in rows)
                 if not (flush_digests or retrying or oldest + self.digest_interval <= now):
                     continue
+                rows = self._claim(rows, now)
+                if not rows:
+                    continue
                 recipients = self.store.team_recipients(team) if team else []
                 if not recipients:
                     self.store.outbox_mark([r["id"] for r in rows], status="no_recipient",
@@ -107,6 +116,10 @@ class OutboxSender:
                 self._deliver("email", rows, team_digest(team, rows, self.public_url, recipients), now, stats)
         self._refresh_gauge()
         return stats
+
+    def _claim(self, rows: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+        claimed = self.store.outbox_claim([r["id"] for r in rows], now, self.lease)
+        return [r for r in rows if r["id"] in claimed]
 
     def _deliver(self, channel: str, rows: list[dict[str, Any]], message: Any, now: datetime,
                  stats: dict[str, int]) -> None:

@@ -705,6 +705,25 @@ class SqlStore:
                 r[k] = _utc(r[k])
         return rows
 
+    def outbox_claim(self, ids: Sequence[int], now: datetime, lease: timedelta) -> set[int]:
+        """Claim due pending rows for one delivery attempt by pushing their ``next_attempt_at`` to ``now + lease``.
+
+        Returns the ids this caller claimed: a row another sender claimed first (its next attempt is no longer
+        due) is left out, so two senders never deliver the same row twice. If the claimer dies before marking the
+        row, it is due again when the lease ends (at-least-once delivery)."""
+        if not ids:
+            return set()
+        o = t.outbox.c
+        claimed: set[int] = set()
+        with self.engine.begin() as conn:
+            for i in range(0, len(ids), _CHUNK):
+                result = conn.execute(
+                    t.outbox.update()
+                    .where(o.id.in_(list(ids[i:i + _CHUNK])), o.status == "pending", o.next_attempt_at <= now)
+                    .values(next_attempt_at=now + lease).returning(o.id))
+                claimed.update(int(r[0]) for r in result)
+        return claimed
+
     def outbox_mark(self, ids: Sequence[int], *, status: str = "sent", error: str | None = None,
                     retry_at: datetime | None = None) -> None:
         """``status='sent'`` marks rows delivered; ``status='pending'`` with ``retry_at`` records a failed attempt

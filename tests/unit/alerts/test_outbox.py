@@ -143,3 +143,16 @@ def test_sender_thread_delivers_in_the_background(setup: Any, make_frame: Any) -
     finally:
         sender.stop()
     assert len(webhook.sent) == 1
+
+
+def test_two_senders_never_deliver_the_same_row_twice(setup: Any, make_frame: Any) -> None:
+    store, sender, webhook, _email, _registry = setup
+    other_webhook = RecordingSink("webhook")
+    other = OutboxSender(store, public_url="http://x", webhook=other_webhook, lease_s=60)
+    store.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P1"}]))
+    due = store.outbox_due("webhook", store.clock())
+    assert store.outbox_claim([r["id"] for r in due], store.clock(), timedelta(seconds=60)) == {due[0]["id"]}
+    assert other.run_once() == {"sent": 0, "failed": 0} and sender.run_once()["sent"] == 0  # claimed elsewhere
+    store.clock.advance(seconds=61)  # the claimer died: the lease ends and the row is retried
+    assert other.run_once()["sent"] == 1 and sender.run_once()["sent"] == 0
+    assert len(other_webhook.sent) + len(webhook.sent) == 1
