@@ -33,6 +33,7 @@ __all__ = [
     "FACTS_SCHEMA",
     "FACT_KINDS",
     "PERSONS_SCHEMA",
+    "FactFilter",
     "PatientState",
     "apply_events",
     "events_to_frames",
@@ -181,7 +182,7 @@ def events_to_frames(events: Iterable[Event]) -> tuple[pl.DataFrame, pl.DataFram
 
 
 def apply_events(
-    state: PatientState, events: Sequence[Event], keep: pl.Expr | None = None
+    state: PatientState, events: Sequence[Event], keep: pl.Expr | FactFilter | None = None
 ) -> tuple[PatientState, pl.Series]:
     """Apply a batch of events; return the new state and the touched patient ids (unique, sorted).
 
@@ -204,7 +205,9 @@ def apply_events(
         )
         new_facts = later.filter(pl.col("rseq").is_null() | (pl.col("rseq") < pl.col("seq"))).drop("rseq")
     kept = new_facts.drop("seq")
-    if keep is not None:
+    if isinstance(keep, FactFilter):
+        kept = keep(kept)
+    elif keep is not None:
         kept = kept.filter(keep.fill_null(False))
     if kept.height:
         # Only new event ids can collide (a replayed or re-sent event): drop the older copies of those alone,
@@ -279,16 +282,60 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def prune_facts(state: PatientState, keep: pl.Expr | None, since: datetime | None = None) -> PatientState:
-    """Keep only the facts some open study can use: those where ``keep`` is true and (when ``since`` is given)
-    that occurred at or after ``since``. ``keep=None`` keeps every fact. Persons are never pruned."""
+class FactFilter:
+    """Keeps the facts for which ``expr`` is true (null counts as false) and, when ``since`` is set, that
+    occurred at or after ``since``. Equivalent to ``facts.filter(expr)`` but fast for the engine's case.
+
+    The rule compiler's filters are large expressions over code columns only; evaluating them on every fact is
+    slow. When ``expr`` reads only the low-cardinality key columns (``KEY_COLUMNS``), it is evaluated once per
+    distinct key combination, the answers are cached, and facts are kept by a semi-join on the allowed keys.
+    Any other expression is applied directly. Not thread-safe (one per engine).
+    """
+
+    KEY_COLUMNS = ("kind", "system", "code", "unit", "status", "setting")
+
+    def __init__(self, expr: pl.Expr | None, since: datetime | None = None) -> None:
+        self.expr = expr
+        self.since = since
+        roots = set(expr.meta.root_names()) if expr is not None else set()
+        self.keys: list[str] | None = (
+            [c for c in self.KEY_COLUMNS if c in roots] if roots and roots <= set(self.KEY_COLUMNS) else None
+        )
+        self._known: pl.DataFrame | None = None
+
+    def __call__(self, facts: pl.DataFrame) -> pl.DataFrame:
+        if self.since is not None:
+            facts = facts.filter(pl.col("occurred_at") >= pl.lit(self.since).cast(TS))
+        if self.expr is None or facts.height == 0:
+            return facts
+        if self.keys is None:
+            return facts.filter(self.expr.fill_null(False))
+        distinct = facts.select(self.keys).unique()
+        unknown = (
+            distinct if self._known is None
+            else distinct.join(self._known.select(self.keys), on=self.keys, how="anti", nulls_equal=True)
+        )
+        if unknown.height:
+            judged = unknown.with_columns(self.expr.fill_null(False).alias("_keep"))
+            self._known = judged if self._known is None else pl.concat([self._known, judged], how="vertical")
+        assert self._known is not None
+        allowed = self._known.filter(pl.col("_keep")).select(self.keys)
+        return facts.join(allowed, on=self.keys, how="semi", nulls_equal=True, maintain_order="left")
+
+
+def prune_facts(
+    state: PatientState, keep: pl.Expr | FactFilter | None, since: datetime | None = None
+) -> PatientState:
+    """Keep only the facts some open study can use: those ``keep`` keeps and (when ``since`` is given) that
+    occurred at or after ``since``. ``keep=None`` keeps every fact. Persons are never pruned."""
     facts = state.facts
-    if keep is None and since is None:
-        return state
-    cond = keep if keep is not None else pl.lit(True)
     if since is not None:
-        cond = cond & (pl.col("occurred_at") >= pl.lit(since).cast(TS))
-    return PatientState(persons=state.persons, facts=facts.filter(cond.fill_null(False)))
+        facts = facts.filter(pl.col("occurred_at") >= pl.lit(since).cast(TS))
+    if isinstance(keep, FactFilter):
+        facts = keep(facts)
+    elif keep is not None:
+        facts = facts.filter(keep.fill_null(False))
+    return PatientState(persons=state.persons, facts=facts)
 
 
 _CURRENT = "CURRENT"

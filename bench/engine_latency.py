@@ -1,0 +1,122 @@
+"""Event-to-match latency at a steady event rate (default 1,000 events/s) with 50 open studies.
+
+    python -m bench.engine_latency [--rate 1000] [--seconds 60] [--studies 50]
+
+A producer thread publishes the synthetic population at ``--rate`` events/s (kafka-python, CreateTime
+timestamps); one engine runs in-process with the default micro-batch settings (5,000 records / 200 ms) and a
+SQLite worklist. Latency of a match = wall time when ``record_matches`` returned it as new - the broker timestamp
+of the newest event of that patient in the batch (the same quantity as the
+``screener_event_to_match_latency_seconds`` histogram, measured exactly here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.engine_common import event_payloads, make_studies, percentile
+
+
+class MeasuringStore:
+    """Wraps a MatchStore and records the latency of every new match at the moment it is stored."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.latencies: list[float] = []
+
+    def record_matches(self, matches: Any) -> Any:
+        new = self.inner.record_matches(matches)
+        wall = time.time()
+        self.latencies.extend(wall - ts.timestamp() for ts in new["event_time"].drop_nulls().to_list())
+        return new
+
+    def do_not_contact(self) -> Any:
+        return self.inner.do_not_contact()
+
+    def sync_studies(self, studies: Any) -> None:
+        self.inner.sync_studies(studies)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--studies", type=int, default=50)
+    ap.add_argument("--batch-ms", type=int, default=200)
+    args = ap.parse_args()
+
+    from prometheus_client import CollectorRegistry
+
+    from screener.alerts.store import SqlStore
+    from screener.bus import EmbeddedBroker, ensure_service_topics
+    from screener.engine import Engine
+    from screener.logging import configure_logging
+    from screener.metrics import Metrics
+    from screener.settings import Settings
+
+    configure_logging("WARNING")
+    work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    rules = make_studies(work / "rules", args.studies)
+    n_events = int(args.rate * args.seconds)
+    payloads = event_payloads(n_events, datetime.now(UTC), seed=23)
+    with EmbeddedBroker(log_path=work / "broker.log") as broker:
+        settings = Settings(
+            bootstrap_servers=broker.bootstrap, rules_dir=rules, state_dir=work / "state",
+            database_url=f"sqlite:///{work / 'worklist.db'}", batch_max_ms=args.batch_ms, group_id="bench-lat",
+            log_level="WARNING",
+        )
+        ensure_service_topics(settings)
+        store = MeasuringStore(SqlStore(settings.database_url))
+        registry = CollectorRegistry()
+        engine = Engine(settings, store, metrics=Metrics(registry)).start()
+        stop = threading.Event()
+        runner = threading.Thread(target=lambda: [engine.step() for _ in iter(stop.is_set, True)], daemon=True)
+        while not engine.assigned_partitions:  # group join first, so the clock starts with a ready engine
+            engine.step()
+        runner.start()
+        # The publisher is another process, so it does not compete with the engine for this process's GIL.
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        publisher = ctx.Process(target=_publish, args=(settings, payloads, args.rate))
+        t0 = time.monotonic()
+        publisher.start()
+        publisher.join()
+        sent_s = time.monotonic() - t0
+        deadline = time.monotonic() + 30
+        while engine.records_processed < len(payloads) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop.set()
+        runner.join(timeout=30)
+        lat = store.latencies
+        print(f"published {len(payloads)} events in {sent_s:.1f}s ({len(payloads) / sent_s:,.0f}/s); engine "
+              f"processed {engine.records_processed} in {engine.batches} batches; {len(lat)} new matches")
+        print(f"event-to-match latency: p50 {percentile(lat, 50) * 1000:.0f} ms, p90 {percentile(lat, 90) * 1000:.0f}"
+              f" ms, p99 {percentile(lat, 99) * 1000:.0f} ms, max {max(lat, default=float('nan')) * 1000:.0f} ms")
+        stages = {k: round(v / max(engine.batches, 1) * 1000, 1) for k, v in engine.stage_seconds.items()}
+        print(f"mean ms per batch by stage: {stages}")
+        engine.close()
+        store.inner.close()
+
+
+def _publish(settings: Any, payloads: list[tuple[bytes, bytes]], rate: float) -> None:
+    from screener.bus import make_producer
+
+    producer = make_producer(settings, linger_ms=1)
+    t0 = time.monotonic()
+    for i, (key, value) in enumerate(payloads):
+        ahead = i / rate - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+        producer.send(settings.events_topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+if __name__ == "__main__":
+    main()

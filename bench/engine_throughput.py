@@ -1,0 +1,110 @@
+"""Sustained events/s through the embedded broker into one engine process, with 50 open studies, next to
+kafka-python's own consume rate on the same broker and topic.
+
+    python -m bench.engine_throughput [--events 300000] [--studies 50] [--batch 20000] [--partitions 4]
+
+Publishes the events first (synthetic population), then (1) consumes them raw with kafka-python (assign +
+poll, values untouched) and (2) runs the engine over the same topic in a fresh consumer group with a SQLite
+worklist, timing from the first processed batch to the last record (the ~5 s group join is excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.engine_common import event_payloads, make_studies
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--studies", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=20_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--profile", action="store_true", help="cProfile the engine phase")
+    args = ap.parse_args()
+
+    from kafka import KafkaConsumer, TopicPartition
+    from prometheus_client import CollectorRegistry
+
+    from screener.alerts.store import SqlStore
+    from screener.bus import EmbeddedBroker, ensure_service_topics, make_producer
+    from screener.engine import Engine
+    from screener.logging import configure_logging
+    from screener.metrics import Metrics
+    from screener.settings import Settings
+
+    configure_logging("WARNING")
+    work = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+    rules = make_studies(work / "rules", args.studies)
+    now = datetime.now(UTC)
+    t = time.perf_counter()
+    payloads = event_payloads(args.events, now)
+    print(f"generated {len(payloads)} events in {time.perf_counter() - t:.1f}s")
+    with EmbeddedBroker(log_path=work / "broker.log") as broker:
+        settings = Settings(
+            bootstrap_servers=broker.bootstrap, topic_partitions=args.partitions, rules_dir=rules,
+            state_dir=work / "state", database_url=f"sqlite:///{work / 'worklist.db'}",
+            batch_max_records=args.batch, batch_max_ms=1000, group_id="bench-engine", log_level="WARNING",
+        )
+        ensure_service_topics(settings)
+        producer = make_producer(settings, linger_ms=50, batch_size=1024 * 1024)
+        t = time.perf_counter()
+        for key, value in payloads:
+            producer.send(settings.events_topic, key=key, value=value)
+        producer.flush()
+        producer.close()
+        publish_s = time.perf_counter() - t
+        print(f"published {len(payloads)} events in {publish_s:.1f}s ({len(payloads) / publish_s:,.0f}/s)")
+
+        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False,
+                                 max_poll_records=args.batch, fetch_max_bytes=64 * 1024 * 1024,
+                                 max_partition_fetch_bytes=8 * 1024 * 1024,
+                                 receive_message_max_bytes=256 * 1024 * 1024)
+        tps = [TopicPartition(settings.events_topic, p) for p in range(args.partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        n = 0
+        t = time.perf_counter()
+        while n < len(payloads):
+            for recs in consumer.poll(timeout_ms=1000, max_records=args.batch).values():
+                n += len(recs)
+        raw_s = time.perf_counter() - t
+        consumer.close()
+        print(f"kafka-python raw consume: {n} records in {raw_s:.2f}s = {n / raw_s:,.0f} records/s")
+
+        store = SqlStore(settings.database_url)
+        engine = Engine(settings, store, metrics=Metrics(CollectorRegistry())).start()
+        while engine.records_processed == 0:
+            engine.step()
+        first = engine.records_processed
+        t = time.perf_counter()
+        profiler = None
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        while engine.records_processed < len(payloads):
+            engine.step()
+        if profiler is not None:
+            import pstats
+
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("cumtime").print_stats(25)
+        eng_s = time.perf_counter() - t
+        done = engine.records_processed - first
+        stages = {k: round(v, 2) for k, v in engine.stage_seconds.items()}
+        print(f"engine ({args.studies} open studies, batch {args.batch}): {done} events in {eng_s:.2f}s = "
+              f"{done / eng_s:,.0f} events/s; batches {engine.batches}; matches {engine.matches_recorded}; "
+              f"stage seconds {stages}")
+        engine.close()
+        store.close()
+
+
+if __name__ == "__main__":
+    main()
