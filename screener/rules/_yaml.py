@@ -44,12 +44,12 @@ def _pos(node: yaml.Node) -> Mark:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type information
     """SafeLoader that builds :class:`Map`/:class:`Seq` and records node marks."""
 
     file: str = "<rules>"
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> Map:  # type: ignore[override]
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> Map:
         if not isinstance(node, yaml.MappingNode):
             raise RuleError("expected a mapping", file=self.file, line=_pos(node)[0], column=_pos(node)[1])
         self.flatten_mapping(node)
@@ -71,10 +71,10 @@ class _Loader(yaml.SafeLoader):
             result.value_styles[key] = value_node.style if isinstance(value_node, yaml.ScalarNode) else None
         return result
 
-    def construct_yaml_map(self, node: yaml.Node) -> Any:  # type: ignore[override]
+    def construct_yaml_map(self, node: yaml.Node) -> Any:
         yield self.construct_mapping(node, deep=True)
 
-    def construct_yaml_seq(self, node: yaml.Node) -> Any:  # type: ignore[override]
+    def construct_yaml_seq(self, node: yaml.Node) -> Any:
         result = Seq()
         result.mark = _pos(node)
         yield result
@@ -86,9 +86,9 @@ class _Loader(yaml.SafeLoader):
 def _timestamp(loader: _Loader, node: yaml.Node) -> Any:
     # An impossible date (2026-13-01) stays text so the validator can say which field is wrong and where.
     try:
-        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)  # type: ignore[arg-type]
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
     except ValueError:
-        return loader.construct_scalar(node)  # type: ignore[arg-type]
+        return loader.construct_scalar(node)
 
 
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)

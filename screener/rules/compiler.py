@@ -397,7 +397,7 @@ class Compiler:
     @staticmethod
     def _token(node: Any) -> str | None:
         if isinstance(node, jp.Transform):
-            return node.subject.value if isinstance(node.subject, jp.Identifier) else node.name
+            return str(node.subject.value) if isinstance(node.subject, jp.Identifier) else str(node.name)
         if isinstance(node, jp.Identifier):
             return str(node.value)
         return None
@@ -461,7 +461,10 @@ def _feature(feat: Feat, now: datetime) -> tuple[pl.Expr, pl.Expr]:
     c = feat.concept
     label = c.display
     fmt = "%Y-%m-%d %H:%M" if feat.window is not None and feat.window.fine else "%Y-%m-%d"
-    col = lambda stat: pl.col(stat_col(feat, stat))  # noqa: E731
+
+    def col(stat: str) -> pl.Expr:
+        return pl.col(stat_col(feat, stat))
+
     t = feat.transform
     unit = f" {c.unit}" if c.unit else ""
     if t in ("ever", "within", "days_since"):

@@ -480,7 +480,7 @@ class _Builder:
                     self.err(f"'at_least' of group '{name}' must be a whole number >= 1", body.value_marks[kind])
                     return None
                 members = body.get("of")
-                allowed = ("at_least", "of")
+                allowed: tuple[str, ...] = ("at_least", "of")
             else:
                 members = body[kind]
                 allowed = (kind,)

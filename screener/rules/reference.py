@@ -9,7 +9,7 @@ the window arithmetic and the unit table. The property tests and ``screener rule
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -136,7 +136,7 @@ class _Patient:
                 return a in b
             if op in ("/", "//", "%") and b == 0:
                 return None
-            ops = {
+            ops: dict[str, Callable[[], Value]] = {
                 "==": lambda: a == b, "!=": lambda: a != b, "<": lambda: a < b, "<=": lambda: a <= b,
                 ">": lambda: a > b, ">=": lambda: a >= b, "+": lambda: a + b, "-": lambda: a - b,
                 "*": lambda: a * b, "/": lambda: a / b, "//": lambda: float(math.floor(a / b)),

@@ -284,8 +284,8 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.D
     if now.tzinfo is None:
         raise ValueError("screen() needs a timezone-aware 'now'")
     now = now.astimezone(UTC)
-    schema = {"study_id": pl.String, "patient_id": pl.String, "outcome": pl.String, "rule_hash": pl.String,
-              "criteria": CRITERIA_DTYPE}
+    schema: dict[str, pl.DataType] = {"study_id": pl.String(), "patient_id": pl.String(), "outcome": pl.String(),
+                                      "rule_hash": pl.String(), "criteria": CRITERIA_DTYPE}
     if not studies or state.persons.height == 0:
         return pl.DataFrame(schema=schema)
     wide = feature_frame(state, studies, now)
