@@ -182,7 +182,7 @@ def _ref_id(ref: Any, path: str, rtype: str) -> str:
             return tail[:64]
     ident = ref.get("identifier")
     if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"].strip():
-        return ident["value"].strip()[:64]
+        return str(ident["value"]).strip()[:64]
     raise FHIRReject("reference has no usable target", path=f"{path}.reference", resource_type=rtype)
 
 
@@ -283,7 +283,7 @@ def _patient(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _
             break
     event_id, corrects = _ids(res, rtype, full_url)
     last = (res.get("meta") or {}).get("lastUpdated")
-    when = _dt(last, f"{path}.meta.lastUpdated", rtype) if last else now
+    when = (_dt(last, f"{path}.meta.lastUpdated", rtype) if last else None) or now
     out = [_make(path, rtype, event_id=event_id, kind="person", patient_id=str(pid)[:64],
                  occurred_at=when.isoformat(), person=person)]
     if res.get("deceasedDateTime") is not None or res.get("deceasedBoolean") is True:
@@ -332,7 +332,7 @@ def _status_code(concept: Any) -> str | None:
     if isinstance(concept, dict):
         for c in concept.get("coding") or []:
             if isinstance(c, dict) and isinstance(c.get("code"), str):
-                return c["code"]
+                return str(c["code"])
     return None
 
 

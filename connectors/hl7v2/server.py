@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -155,9 +156,9 @@ class MLLPServer:
                     return
                 start = data.find(START_BLOCK)
                 block = data[start + 1 if start >= 0 else 0 : -len(END_BLOCK)]
-                response, codes = await loop.run_in_executor(
-                    None, lambda b=block: process_block(b, self.sink, code_map=self.code_map,
-                                                        position=position, source=self.source))
+                response, codes = await loop.run_in_executor(None, functools.partial(
+                    process_block, block, self.sink, code_map=self.code_map, position=position,
+                    source=self.source))
                 writer.write(frame(response))
                 await writer.drain()
                 if self.on_block is not None:

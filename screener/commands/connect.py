@@ -60,8 +60,12 @@ def connector_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, bootstrap: str | None, topic: str | None, no_idempotence: bool, dry_run: bool,
                 **kwargs: Any) -> Any:
+        from screener.logging import configure_logging
         from screener.settings import load_settings
         from screener.sources.kafka import sink_from_settings
+
+        base = load_settings()
+        configure_logging(base.log_level, base.log_format)
 
         def sink_factory(name: str, **producer_options: Any) -> Any:
             if dry_run:
