@@ -120,14 +120,14 @@ def generate_population(n: int, seed: int = 7, now: datetime = BENCH_NOW) -> tup
     return persons, facts
 
 
-def population_paths(directory: Path, n: int) -> tuple[Path, Path]:
-    return directory / f"persons-{n}.parquet", directory / f"facts-{n}.parquet"
+def population_paths(directory: Path, n: int, seed: int = 7) -> tuple[Path, Path]:
+    return directory / f"persons-{n}-s{seed}.parquet", directory / f"facts-{n}-s{seed}.parquet"
 
 
 def write_population(directory: Path, n: int, seed: int = 7, now: datetime = BENCH_NOW) -> tuple[Path, Path]:
     """Generate ``n`` patients once and store them as Parquet (reused when already there)."""
     directory.mkdir(parents=True, exist_ok=True)
-    persons_path, facts_path = population_paths(directory, n)
+    persons_path, facts_path = population_paths(directory, n, seed)
     if not (persons_path.exists() and facts_path.exists()):
         persons, facts = generate_population(n, seed, now)
         persons.write_parquet(persons_path)
@@ -135,8 +135,8 @@ def write_population(directory: Path, n: int, seed: int = 7, now: datetime = BEN
     return persons_path, facts_path
 
 
-def load_population(directory: Path, n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    persons_path, facts_path = population_paths(directory, n)
+def load_population(directory: Path, n: int, seed: int = 7) -> tuple[pl.DataFrame, pl.DataFrame]:
+    persons_path, facts_path = population_paths(directory, n, seed)
     return pl.read_parquet(persons_path), pl.read_parquet(facts_path)
 
 
