@@ -1,0 +1,79 @@
+"""`screener rules check|test|explain|render` through click's runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from screener.cli import main
+
+DATA = Path(__file__).parent / "data"
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, ["rules", *args])
+
+
+def test_check_ok_and_errors(tmp_path):
+    ok = run("check", str(DATA))
+    assert ok.exit_code == 0, ok.output
+    assert "ok " in ok.output and "1 studies loaded, 0 error(s)" in ok.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((DATA / "ckd.yaml").read_text().replace("t2dm|ever", "t2dn|ever"))
+    out = run("check", str(DATA), str(bad))
+    assert out.exit_code == 1
+    assert f"{bad}:20:18: error: in 'diabetic': unknown concept set 't2dn' (did you mean 't2dm'?)" in out.output
+    assert "1 studies loaded, 1 error(s)" in out.output
+
+
+def test_test_passes_and_fails_clearly(tmp_path):
+    ok = run("test", str(DATA / "ckd.yaml"))
+    assert ok.exit_code == 0, ok.output
+    assert "3 test case(s), 0 failed" in ok.output
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text((DATA / "ckd.yaml").read_text().replace("criteria: {on_insulin: true}",
+                                                             "criteria: {on_insulin: false}"))
+    out = run("test", str(wrong))
+    assert out.exit_code == 1
+    assert f"FAIL {wrong}:38: CKD-TEST: on insulin" in out.output
+    assert "criterion 'on_insulin': expected false, got true (insulin A10AB01 on 2026-05-20)" in out.output
+    assert "3 test case(s), 1 failed" in out.output
+    wrong.write_text((DATA / "ckd.yaml").read_text().replace("expect: possible", "expect: eligible"))
+    out = run("test", str(wrong))
+    assert "expected eligible, got possible: egfr_in_range=unknown (no eGFR value in the last 180 days)" in out.output
+
+
+def test_explain(tmp_path):
+    history = tmp_path / "h.json"
+    history.write_text(json.dumps({
+        "person": {"birth_date": "1961-03-02", "sex": "F", "setting": "community"},
+        "events": [
+            {"kind": "condition", "code": {"system": "ICD10", "value": "E11.9"}, "occurred_at": "2024-05-01"},
+            {"kind": "measurement", "code": {"system": "LOINC", "value": "62238-1"}, "value": 41,
+             "unit": "mL/min/1.73m2", "occurred_at": "2026-04-01T00:00:00Z"},
+            {"kind": "measurement", "code": {"system": "LOINC", "value": "62238-1"}, "value": 4,
+             "unit": "furlongs", "occurred_at": "2026-04-02T00:00:00Z"},
+        ],
+    }))
+    out = run("explain", str(DATA / "ckd.yaml"), "--patient", str(history), "--at", "2026-06-01T09:00:00Z")
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0] == "CKD-TEST at 2026-06-01T09:00:00+00:00"
+    assert any(line.startswith("egfr_in_range  include  true") and line.endswith(
+        "latest eGFR 41 mL/min/1.73m2 on 2026-04-01 (1 value(s) in unknown units left out)") for line in lines)
+    assert any(line.startswith("  albuminuria  include  unknown") for line in lines)
+    assert lines[-1] == "outcome: possible"
+    history.write_text(json.dumps({"person": {}, "events": [{"kind": "condition", "occurred_at": "2024-05-01"}]}))
+    bad = run("explain", str(DATA / "ckd.yaml"), "--patient", str(history))
+    assert bad.exit_code == 1 and "event 1: field 'code'" in bad.output
+
+
+def test_render():
+    out = run("render", str(DATA / "ckd.yaml"))
+    assert out.exit_code == 0
+    assert out.output.startswith("# SGLT2 inhibitor in diabetic CKD, community clinics\n")
+    assert "- **adult**: age (years) is at least 18 and age (years) is at most 80" in out.output
+    assert "  - **on_acei**: has a record of acei in the last 90 days" in out.output
+    assert "| insulin | ATC A10A | ATC A10AE56 | - |" in out.output
