@@ -16,8 +16,8 @@ from screener.sources.base import MemorySink
 DATA = Path(__file__).parents[2] / "data" / "hl7"
 
 
-def _samples() -> object:
-    spec = importlib.util.spec_from_file_location("hl7_package_samples", DATA / "hl7_package_samples.py")
+def _samples(name: str = "hl7_package_samples") -> object:
+    spec = importlib.util.spec_from_file_location(name, DATA / f"{name}.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -79,6 +79,22 @@ def test_hl7_package_bad_batches_are_rejected_with_a_reason(name: str) -> None:
                                      position="test")
     assert "AE" in codes
     assert sink.rejections and all(r.reason for r in sink.rejections)
+
+
+def test_hl7apy_adt_a01_sample() -> None:
+    parsed = parse_message(_samples("hl7apy_samples").adt_a01)  # type: ignore[attr-defined]
+    person, visit = parsed.events
+    assert person.patient_id == "123-456-789" and person.person is not None and person.person.sex == "M"
+    assert person.person.postcode_district is None  # a US address
+    # PV1-44 "2013" (year precision) is the admission time; London midnight, 1 January (GMT)
+    assert visit.kind == "visit" and visit.setting == "hospital"
+    assert visit.occurred_at == datetime(2013, 1, 1, tzinfo=UTC)
+
+
+def test_hl7apy_custom_z_message_is_ar() -> None:
+    with pytest.raises(HL7Reject) as err:
+        parse_message(_samples("hl7apy_samples").zdt_z01)  # type: ignore[attr-defined]
+    assert err.value.ack_code == "AR"
 
 
 # --- ADT --------------------------------------------------------------------------------------------------
