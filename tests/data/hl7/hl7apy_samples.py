@@ -1,3 +1,4 @@
+# ruff: noqa  (verbatim third-party sample data: kept byte-for-byte, not reformatted)
 # Sample messages copied verbatim from the `hl7apy` package (hl7apy 1.3.5, tests/test_validation.py),
 # Copyright (c) 2012-2018, CRS4, MIT licence (https://github.com/crs4/hl7apy).
 # Used by tests/unit/connectors/test_hl7v2_parse.py as real-world input.
