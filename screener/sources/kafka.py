@@ -94,6 +94,8 @@ class KafkaSink:
             "acks": "all",
             "enable_idempotence": idempotent,
             "retries": 5,
+            # fail within seconds when the broker is gone, so an MLLP sender gets AE rather than a hung socket
+            "max_block_ms": 10_000,
             "linger_ms": 5,
             "batch_size": 256 * 1024,
             "max_request_size": 8 * 1024 * 1024,
@@ -157,13 +159,25 @@ class KafkaSink:
     def _send_all(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
         pending = list(records)
         for attempt in range(1, self.attempts + 1):
-            futures = [(rec, self._producer.send(topic, key=rec[0], value=rec[1])) for rec in pending]
+            futures: list[tuple[tuple[bytes, bytes], Any]] = []
+            last: Exception | None = None
+            try:
+                for rec in pending:
+                    futures.append((rec, self._producer.send(topic, key=rec[0], value=rec[1])))
+            except Exception as exc:  # send() itself raises when metadata or buffer space is unavailable
+                last = exc
+                futures.extend((rec, None) for rec in pending[len(futures):])
             # flush() sends at once, ignoring linger_ms (measured faster than waiting on the futures alone,
             # even though it also waits for other threads' records)
-            self._producer.flush(timeout=self.timeout_s)
+            try:
+                self._producer.flush(timeout=self.timeout_s)
+            except Exception as exc:
+                last = exc
             failed: list[tuple[bytes, bytes]] = []
-            last: Exception | None = None
             for rec, fut in futures:
+                if fut is None:
+                    failed.append(rec)
+                    continue
                 try:
                     fut.get(timeout=self.timeout_s)
                 except Exception as exc:

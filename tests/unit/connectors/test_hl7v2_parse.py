@@ -314,3 +314,17 @@ def test_no_identifier_or_demographic_in_logs_or_acks() -> None:
     text = repr(logs) + response
     for secret in ("9434765919", "H1234567", "Smith", "1961030", "LS6"):
         assert secret not in text
+
+
+def test_broker_failure_turns_aa_into_ae_207() -> None:
+    from screener.errors import DeliveryError
+
+    class DownSink(MemorySink):
+        def publish(self, events: object) -> None:
+            raise DeliveryError("broker unreachable", channel="kafka")
+
+    sink = DownSink()
+    response, codes = process_block(adt("A28", ctrl="D1").encode(), sink, code_map=load_code_map(), position="p")
+    assert codes == ["AE"]
+    assert "MSA|AE|D1" in response and "207^Application internal error" in response
+    assert sink.rejections and "broker unavailable" in sink.rejections[0].reason
