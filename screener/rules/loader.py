@@ -33,7 +33,7 @@ _TOP_KEYS = ("study", "concepts", "include", "exclude", "tests")
 _ID = re.compile(r"^[A-Z0-9][A-Z0-9-]*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CODE_PATTERNS = {
-    "ICD10": re.compile(r"^[A-Z][0-9]{0,2}[0-9A-Z]?(\.?[0-9A-Z]{0,4})?$"),
+    "ICD10": re.compile(r"^[A-Z]([0-9]([0-9](\.?[0-9A-Z]{1,4})?)?)?$"),
     "ATC": re.compile(r"^[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?$"),
     "OPCS4": re.compile(r"^[A-Z]([0-9]{1,2}(\.?[0-9])?)?$"),
     "LOINC": re.compile(r"^[0-9]{1,7}-[0-9]$"),

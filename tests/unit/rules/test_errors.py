@@ -109,6 +109,7 @@ def test_group_errors():
         ("x: {loinc: ['2345'], unit: mmol/L}", "s.yaml:12:15: error: '2345' is not a valid LOINC code "
          "(concept 'x')"),
         ("x: {ref: diabetis}", None),
+        ("x: {icd10: [E11, E1l]}", "s.yaml:12:20: error: 'E1l' is not a valid ICD10 code (concept 'x')"),
         ("x: {icd10: []}", "s.yaml:12:3: error: concept 'x' lists no codes"),
         ("age: {icd10: [E11]}", "s.yaml:12:3: error: concept name 'age' clashes with the person attribute of "
          "that name"),
