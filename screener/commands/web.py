@@ -42,13 +42,18 @@ def _store(database_url: str | None, **overrides: Any) -> tuple[Any, Any]:
 @click.option("--no-outbox", is_flag=True, help="Do not deliver webhook/email notifications from this process.")
 def web(database_url: str | None, host: str | None, port: int | None, no_outbox: bool) -> None:
     """Serve the worklist web app (and deliver the outbox when a webhook or SMTP host is configured)."""
-    from screener.commands.service import _stop_on_signals
     from screener.logging import configure_logging
+
+    try:  # configure logging before importing the modules that create loggers
+        early = load_settings(database_url=database_url, web_host=host, web_port=port)
+    except ScreenerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    configure_logging(early.log_level, early.log_format)
+    from screener.commands.service import _stop_on_signals
     from screener.metrics import Metrics
     from screener.web.server import serve
 
     settings, store = _store(database_url, web_host=host, web_port=port)
-    configure_logging(settings.log_level, settings.log_format)
     metrics = Metrics()
     store.metrics = metrics
     try:
