@@ -94,3 +94,24 @@ def test_capability_statement(base_url: str) -> None:
     doc = httpx.get(f"{base_url}/metadata").json()
     assert doc["fhirVersion"] == "4.0.1"
     assert {r["type"] for r in doc["rest"][0]["resource"]} >= {"Patient", "Observation", "Encounter"}
+
+
+def test_synthetic_fhir_feed_posts_bundles(base_url: str, topics: Any, reader: Any) -> None:
+    from click.testing import CliRunner
+
+    from screener.cli import main
+
+    result = CliRunner().invoke(main, ["connect", "synthetic", "--patients", "3", "--seed", "4", "--format", "fhir",
+                                       "--now", "2026-06-01T00:00:00Z", "--target", base_url])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith("3 fhir records sent, 0 rejected")
+    from datetime import UTC, datetime
+
+    from connectors.fhir import parse_payload
+    from connectors.synthetic import population
+
+    expected = sum(len(parse_payload(population.to_fhir(evs)).events)
+                   for evs in population.generate(3, seed=4, now=datetime(2026, 6, 1, tzinfo=UTC)))
+    events = [parse_event(r.value) for r in reader(topics.events, expected=expected)]
+    assert len(events) == expected
+    assert sum(e.kind == "person" for e in events) == 3 and len({e.patient_id for e in events}) == 3
