@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median, min, max)")
     p.add_argument("--peer-patients", type=int, default=1000,
                    help="patients in the subset the peers evaluate one by one (their rate is scaled)")
-    p.add_argument("--peers", default="pyjexl-raw,pyjexl,rule-engine,simpleeval,zen-engine")
+    p.add_argument("--peers", default="pyjexl-raw,pyjexl-raw+all,pyjexl,rule-engine,simpleeval,zen-engine",
+                   help="peer engines; NAME+all evaluates every criterion instead of stopping at the first decisive "
+                        "one")
     p.add_argument("--chunk", type=int, default=None,
                    help="screen this many patients per screen() call (default: all at once)")
     p.add_argument("--explain-limit", type=parse_count, default=500_000,

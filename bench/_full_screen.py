@@ -89,6 +89,8 @@ class PeerResult:
     note: str
     timing: Timing
     evaluations: int  # patients x studies per run
+    every: bool = False  # every criterion evaluated (no early exit)
+    context: str = "features"  # what it was given: features | encoded | facts
     outcome_counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -165,7 +167,8 @@ def compare_peers(persons: pl.DataFrame, facts: pl.DataFrame, studies: Sequence[
 
     results: list[PeerResult] = []
     raw: tuple[pl.DataFrame, dict[str, Any]] | None = None
-    for name in peers:
+    for label in peers:
+        name, every = label.removesuffix("+all"), label.endswith("+all")
         peer = pyjexl_raw(now) if name == "pyjexl-raw" else PEERS[name]
         if peer.context == "facts":
             if raw is None:
@@ -173,10 +176,10 @@ def compare_peers(persons: pl.DataFrame, facts: pl.DataFrame, studies: Sequence[
             ctxs = [raw_contexts(raw[0], raw[1], plan) for plan in plans]
         else:
             ctxs = [contexts(frame, plan, features, encoded=peer.context == "encoded") for plan in plans]
-        got = run_peer(peer, plans, ctxs, features)  # warm-up and correctness check, untimed
-        _check(name, got, expected, study_ids, patient_ids, ctxs)
-        timing, _ = timed_runs(lambda peer=peer, ctxs=ctxs: run_peer(peer, plans, ctxs, features), runs)
-        results.append(PeerResult(name, package_version(peer.package), peer.note, timing,
-                                  len(patient_ids) * len(plans)))
+        got = run_peer(peer, plans, ctxs, features, every=every)  # warm-up and correctness check, untimed
+        _check(label, got, expected, study_ids, patient_ids, ctxs)
+        timing, _ = timed_runs(lambda p=peer, c=ctxs, e=every: run_peer(p, plans, c, features, every=e), runs)
+        results.append(PeerResult(label, package_version(peer.package), peer.note, timing,
+                                  len(patient_ids) * len(plans), every=every, context=peer.context))
     return Comparison(len(patient_ids), len(plans), len(features), features_seconds, screener_timing,
                       explain_timing, results, counts)

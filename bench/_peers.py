@@ -131,6 +131,38 @@ def _group(kind: str, n: int, checks: Sequence[Check]) -> Check:
     return at_least
 
 
+def _kleene_all(results: Sequence[Truth]) -> Truth:
+    return False if False in results else (None if None in results else True)
+
+
+def _kleene_any(results: Sequence[Truth]) -> Truth:
+    return True if True in results else (None if None in results else False)
+
+
+def _group_full(kind: str, n: int, checks: Sequence[Check]) -> Check:
+    """Like :func:`_group`, but every member is evaluated (its value is part of the output)."""
+    def group(ctx: dict[str, Any]) -> Truth:
+        results = [c(ctx) for c in checks]
+        if kind == "all":
+            return _kleene_all(results)
+        if kind == "any":
+            return _kleene_any(results)
+        true = results.count(True)
+        return True if true >= n else (False if true + results.count(None) < n else None)
+    return group
+
+
+def _outcome_full(include: Sequence[Check], exclude: Sequence[Check]) -> Callable[[dict[str, Any]], Outcome]:
+    """Every criterion evaluated (as screener's ``screen()`` reports each one), then the outcome."""
+    def outcome(ctx: dict[str, Any]) -> Outcome:
+        inc = [c(ctx) for c in include]
+        exc = [c(ctx) for c in exclude]
+        if False in inc or True in exc:
+            return "ineligible"
+        return "possible" if None in inc or None in exc else "eligible"
+    return outcome
+
+
 def _outcome(include: Sequence[Check], exclude: Sequence[Check]) -> Callable[[dict[str, Any]], Outcome]:
     def outcome(ctx: dict[str, Any]) -> Outcome:
         unknown = False
@@ -164,19 +196,27 @@ class Peer:
     note: str
 
 
-def compile_study(peer: Peer, plan: StudyPlan, features: dict[str, Feature]) -> Callable[[dict[str, Any]], Outcome]:
+def compile_study(peer: Peer, plan: StudyPlan, features: dict[str, Feature], *, every: bool = False
+                  ) -> Callable[[dict[str, Any]], Outcome]:
+    """The per-patient outcome function. ``every``: evaluate every criterion (no early exit)."""
+    group, outcome = (_group_full, _outcome_full) if every else (_group, _outcome)
+
     def node(n: Leaf | Group) -> Check:
         if isinstance(n, Leaf):
             return peer.compile_leaf(n, features)
-        return _group(n.kind, n.n, [node(c) for c in n.children])
+        return group(n.kind, n.n, [node(c) for c in n.children])
 
-    return _outcome([node(n) for n in plan.include], [node(n) for n in plan.exclude])
+    return outcome([node(n) for n in plan.include], [node(n) for n in plan.exclude])
 
 
 def run_peer(peer: Peer, plans: Sequence[StudyPlan], ctxs: Sequence[Sequence[dict[str, Any]]],
-             features: dict[str, Feature]) -> list[list[Outcome]]:
-    """Outcomes per study (in ``plans`` order), per patient (in context order). The timed loop."""
-    compiled = [compile_study(peer, p, features) for p in plans]
+             features: dict[str, Feature], *, every: bool = False) -> list[list[Outcome]]:
+    """Outcomes per study (in ``plans`` order), per patient (in context order). The timed loop.
+
+    By default a study stops at the first inclusion that is false or exclusion that is true (the outcome is
+    then known); ``every`` evaluates every criterion, as screener's ``screen()`` does to report each one.
+    """
+    compiled = [compile_study(peer, p, features, every=every) for p in plans]
     return [[fn(ctx) for ctx in study_ctxs] for fn, study_ctxs in zip(compiled, ctxs, strict=True)]
 
 
