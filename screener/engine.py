@@ -39,10 +39,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import reduce
@@ -72,8 +72,9 @@ from screener.state import (
 __all__ = ["MATCH_OUTCOMES", "Engine", "matches_from_screen"]
 
 MATCH_OUTCOMES = ("eligible", "possible")
-#: Patients per chunk in a full re-screen (bounds the size of the patient x study result frame).
-RESCREEN_CHUNK = 50_000
+#: Patients per chunk in a full re-screen: bounds the patient x study result frame and the time between two
+#: polls of the consumer (a full re-screen is worked off a chunk per loop iteration, between micro-batches).
+RESCREEN_CHUNK = 20_000
 
 
 
@@ -190,20 +191,6 @@ def _empty_matches() -> pl.DataFrame:
     )
 
 
-def _chunks(state: PatientState, size: int) -> Iterator[PatientState]:
-    """Split a state into about ``size``-patient chunks (by hash of patient id), each with its facts."""
-    k = math.ceil(state.persons.height / size) if size > 0 else 1
-    if k <= 1:
-        yield state
-        return
-    bucket = (pl.col("patient_id").hash(seed=7) % k).alias("_b")
-    persons = state.persons.with_columns(bucket).partition_by("_b", as_dict=True, include_key=False)
-    facts = state.facts.with_columns(bucket).partition_by("_b", as_dict=True, include_key=False)
-    empty = state.facts.clear()
-    for key, frame in persons.items():
-        yield PatientState(persons=frame, facts=facts.get(key, empty))
-
-
 def _concat_states(states: Sequence[PatientState]) -> PatientState:
     if len(states) == 1:
         return states[0]
@@ -279,6 +266,10 @@ class Engine:
         self.matches_recorded = 0
         self.rule_reloads = 0
         self.records_processed = 0
+        #: Chunks of patients waiting to be screened: (partition, patient ids, trigger).
+        self._queue: deque[tuple[int, pl.Series, str]] = deque()
+        self._rescreen_t0: float | None = None
+        self._rescreen_new = 0
         #: Cumulative seconds per batch stage (parse, apply, screen, commit), for benchmarks.
         self.stage_seconds = {"parse": 0.0, "apply": 0.0, "screen": 0.0, "commit": 0.0}
 
@@ -349,8 +340,10 @@ class Engine:
         self.metrics.studies_open.set(sum(1 for s in self.studies.values() if s.is_open(now)))
         if self._next_rescreen is not None and now >= self._next_rescreen:
             self._next_rescreen = now + _seconds(self.settings.rescreen_interval_s)
+            self.rescreen_all(trigger="schedule", wait=False)
+        if self._queue:
             try:
-                self.rescreen_all(trigger="schedule")
+                self._drain(budget_s=self.settings.batch_max_ms / 1000)
             except ScreenerError as exc:
                 log.error("rescreen_failed", error_type=type(exc).__name__)
         if time.monotonic() >= self._next_snapshot:
@@ -428,7 +421,9 @@ class Engine:
                     everyone = pl.concat(part.pending).unique()
                     part.replay_until, part.pending = None, []
                     log.info("replay_complete", partition=p, offset=part.offset, patients=everyone.len())
-                    if everyone.len():
+                    if everyone.len() > RESCREEN_CHUNK:
+                        self._enqueue(p, everyone, "replay")
+                    elif everyone.len():
                         to_screen.append(part.state.select_patients(everyone))
             elif touched.len():
                 to_screen.append(part.state.select_patients(touched))
@@ -524,27 +519,54 @@ class Engine:
         return new.height
 
     # --- full and retrospective screens ---------------------------------------------------------------------
-    def rescreen_all(self, trigger: str = "schedule") -> int:
-        """Screen every patient in every caught-up partition (chunked), prune expired facts, commit nothing."""
-        t0 = time.perf_counter()
+    def rescreen_all(self, trigger: str = "schedule", wait: bool = True) -> int:
+        """Screen every patient of every caught-up partition again, in chunks of ``RESCREEN_CHUNK`` patients,
+        after pruning facts older than the longest window. With ``wait`` the chunks are worked off now and the
+        number of new matches is returned; otherwise :meth:`step` works them off between micro-batches."""
         now = self.clock.now()
         self.rescreens += 1
         since = now - self._horizon if self._horizon is not None else None
-        new = 0
+        self._queue = deque(q for q in self._queue if q[2] != trigger)
         for p, part in self._parts.items():
             if part.replaying:
                 continue
             if since is not None:
                 part.state = prune_facts(part.state, None, since)
-            for chunk in _chunks(part.state, RESCREEN_CHUNK):
-                new += self._screen_and_record(chunk, now, trigger)
-            log.debug("rescreen_partition", partition=p)
+            self._enqueue(p, part.state.persons["patient_id"], trigger)
+        self._rescreen_t0, self._rescreen_new = time.perf_counter(), 0
+        return self._drain(budget_s=None) if wait else 0
+
+    def _enqueue(self, partition: int, ids: pl.Series, trigger: str) -> None:
+        for start in range(0, ids.len(), RESCREEN_CHUNK):
+            self._queue.append((partition, ids.slice(start, RESCREEN_CHUNK), trigger))
+
+    def _drain(self, budget_s: float | None) -> int:
+        """Screen queued chunks until the queue is empty or ``budget_s`` has passed (at least one chunk).
+        A chunk whose screening fails goes back to the front of the queue."""
+        t0 = time.perf_counter()
+        new = 0
+        while self._queue:
+            p, ids, trigger = self._queue.popleft()
+            part = self._parts.get(p)
+            if part is None or part.replaying:
+                continue
+            try:
+                new += self._screen_and_record(part.state.select_patients(ids), self.clock.now(), trigger)
+            except ScreenerError:
+                self._queue.appendleft((p, ids, trigger))
+                raise
+            if budget_s is not None and time.perf_counter() - t0 >= budget_s:
+                break
         if self._publisher is not None:
             self._publisher.flush()
-        self.metrics.rescreen_duration.observe(time.perf_counter() - t0)
-        self._update_gauges()
-        log.info("rescreen", trigger=trigger, new_matches=new, partitions=sorted(self._parts),
-                 ms=round((time.perf_counter() - t0) * 1000, 1))
+        self._rescreen_new += new
+        if not self._queue and self._rescreen_t0 is not None:
+            elapsed = time.perf_counter() - self._rescreen_t0
+            self.metrics.rescreen_duration.observe(elapsed)
+            self._update_gauges()
+            log.info("rescreen", new_matches=self._rescreen_new, partitions=sorted(self._parts),
+                     ms=round(elapsed * 1000, 1))
+            self._rescreen_t0 = None
         return new
 
     # --- rules ----------------------------------------------------------------------------------------------
@@ -667,6 +689,7 @@ class Engine:
             part.offset = begin
             part.replay_until = target if target > begin else None
             self._consumer.seek(tp, begin)
+            self._queue = deque(q for q in self._queue if q[0] != p)
             log.info("partition_rebuild", partition=p, from_offset=begin, until=target)
 
     # --- partitions -----------------------------------------------------------------------------------------
@@ -716,6 +739,8 @@ class Engine:
             with contextlib.suppress(Exception):
                 self._snapshot(p)
             self._parts.pop(p, None)
+        self._queue = deque(q for q in self._queue if q[0] not in parts)
+        for p in parts:
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(self.settings.events_topic, str(p))
         log.info("partitions_revoked", partitions=sorted(parts))
@@ -726,6 +751,7 @@ class Engine:
 
         parts = list(self._parts)
         self._parts.clear()
+        self._queue.clear()
         for p in parts:
             self._init_partition(TopicPartition(self.settings.events_topic, p))
 
@@ -742,8 +768,8 @@ class Engine:
 
     def _snapshot(self, partition: int) -> None:
         part = self._parts.get(partition)
-        if part is None or part.replaying:
-            return
+        if part is None or part.replaying or any(q[0] == partition for q in self._queue):
+            return  # a snapshot must not hide screening still owed to its patients
         t0 = time.perf_counter()
         save_snapshot(part.state, self._snapshot_dir(partition), part.offset, {"rules": self._rules_fingerprint})
         part.dirty = False

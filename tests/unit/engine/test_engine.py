@@ -244,3 +244,29 @@ def test_restart_without_snapshot_replays_and_matches_nothing_twice(settings: An
     assert second.caught_up and second.state().persons.height == 11
     assert store.matches().height == 11
     assert store.matches().unique(["study_id", "patient_id"]).height == 11
+
+
+def test_full_rescreen_is_worked_off_in_chunks_between_batches(settings: Any, log: Any, mini: Any,
+                                                               make_event: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import screener.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "RESCREEN_CHUNK", 3)
+    write_rule(settings, "a", "id=ADULT min_age=18")
+    clock = FixedClock(datetime(2026, 6, 1, 12, tzinfo=UTC))
+    store = MemoryStore()
+    engine = build(settings, log, mini, store, clock)
+    for i in range(10):
+        log.publish("ev", person(make_event, f"Y{i}", "2008-06-02"))  # all turn 18 on 2026-06-02
+    run_until_idle(engine)
+    assert store.matches().height == 0
+    clock.set(datetime(2026, 6, 2, 13, tzinfo=UTC))
+    engine.rescreen_all(wait=False)
+    assert len(engine._queue) >= 4  # 10 patients over 2 partitions, 3 per chunk
+    engine._snapshot(0)
+    assert not Path(settings.state_dir, "ev-0").exists(), "no snapshot while screening is owed"
+    calls = store.calls
+    engine._drain(budget_s=0)  # one chunk per call when the budget is spent
+    assert store.calls <= calls + 1 and 0 < store.matches().height <= 3
+    run_until_idle(engine, 6)
+    assert store.matches().height == 10 and not engine._queue
