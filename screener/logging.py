@@ -69,4 +69,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
 
 
 def get_logger(name: str) -> Any:
-    return structlog.get_logger(name).bind(component=name)
+    """A lazy logger: it picks up the configuration in force when it first logs, not when it was created.
+
+    (Calling ``.bind()`` here would freeze the configuration at import time, before ``configure_logging`` has
+    installed the redaction processor.)
+    """
+    return structlog.get_logger(name, component=name)

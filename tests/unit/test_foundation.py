@@ -73,6 +73,17 @@ def test_configured_logger_writes_json_without_identifiers(capsys: pytest.Captur
     assert "RXX999" not in line
 
 
+def test_logger_created_before_configuration_still_redacts(capsys: pytest.CaptureFixture[str]) -> None:
+    from screener.logging import get_logger
+
+    structlog.reset_defaults()
+    early = get_logger("made-at-import-time")
+    configure_logging("INFO", "json")
+    early.info("matched", patient_id="RXX777")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "RXX777" not in line and json.loads(line)["component"] == "made-at-import-time"
+
+
 def test_metrics_use_an_injected_registry() -> None:
     from prometheus_client import CollectorRegistry
 
