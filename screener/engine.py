@@ -409,7 +409,7 @@ class Engine:
         for p, events in by_part.items():
             part = self._parts[p]
             if events:
-                part.state, touched = apply_events(part.state, events, keep=self._keep)
+                part.state, touched = apply_events(part.state, events, keep=self._keep, changed_only=True)
                 part.dirty = True
             else:
                 touched = pl.Series("patient_id", [], dtype=pl.String)

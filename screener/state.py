@@ -182,13 +182,19 @@ def events_to_frames(events: Iterable[Event]) -> tuple[pl.DataFrame, pl.DataFram
 
 
 def apply_events(
-    state: PatientState, events: Sequence[Event], keep: pl.Expr | FactFilter | None = None
+    state: PatientState,
+    events: Sequence[Event],
+    keep: pl.Expr | FactFilter | None = None,
+    *,
+    changed_only: bool = False,
 ) -> tuple[PatientState, pl.Series]:
     """Apply a batch of events; return the new state and the touched patient ids (unique, sorted).
 
     Idempotent per ``event_id``: replaying a batch yields the same state. Patients who appear only in facts
     get a person row with unknown demographics, so every fact has a person. ``keep`` (an expression over the
-    facts frame) drops new facts no study can use; their patients still count as touched.
+    facts frame) drops new facts no study can use; their patients still count as touched, unless
+    ``changed_only``: then the returned ids are only the patients whose kept facts or person row (demographics,
+    setting, flags) actually changed, the ones whose screening result can differ.
     """
     if not events:
         return state, pl.Series("patient_id", [], dtype=pl.String)
@@ -259,6 +265,15 @@ def apply_events(
             )
             .drop("_dnc", "_dead")
         )
+    if changed_only:
+        fact_side = [kept["patient_id"], retracted_patients(state, retracted)]
+        if merges.height:
+            fact_side.append(merges["patient_id"])
+        ids = touched.implode()
+        before = state.persons.filter(pl.col("patient_id").is_in(ids))
+        after = persons.filter(pl.col("patient_id").is_in(ids))
+        person_side = after.join(before, on=list(PERSONS_SCHEMA), how="anti", nulls_equal=True)["patient_id"]
+        touched = pl.concat([*fact_side, person_side]).unique().sort()
     return PatientState(persons=persons, facts=facts), touched
 
 

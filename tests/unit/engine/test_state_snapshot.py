@@ -69,3 +69,26 @@ def test_apply_with_keep_drops_unusable_facts_but_still_reports_the_patient(make
     state, touched = apply_events(PatientState(), [make_event(patient_id="P9", code={"system": "ICD10",
                                                                                      "value": "J45"})], keep=keep)
     assert state.facts.height == 0 and touched.to_list() == ["P9"] and state.persons.height == 1
+
+
+def test_changed_only_leaves_out_patients_whose_usable_record_did_not_change(make_event: Any) -> None:
+    keep = pl.col("code").str.starts_with("E11")
+    first = [
+        make_event(kind="person", patient_id="A", person={"birth_date": "1970-01-01"}, code=None),
+        make_event(kind="person", patient_id="B", person={"birth_date": "1980-01-01"}, code=None),
+    ]
+    state, _ = apply_events(PatientState(), first, keep=keep)
+    batch = [
+        make_event(patient_id="A", code={"system": "ICD10", "value": "J45"}),  # dropped by keep: no change
+        make_event(patient_id="B", code={"system": "ICD10", "value": "E11.9"}),  # kept: changed
+        make_event(patient_id="C", code={"system": "ICD10", "value": "J45"}),  # new person row: changed
+        make_event(kind="consent", patient_id="A", code={"system": "local", "value": "do-not-contact"},
+                   status="resolved"),  # flag already off: no change
+    ]
+    _, touched = apply_events(state, batch, keep=keep)
+    assert touched.to_list() == ["A", "B", "C"]
+    _, changed = apply_events(state, batch, keep=keep, changed_only=True)
+    assert changed.to_list() == ["B", "C"]
+    _, moved = apply_events(state, [make_event(kind="visit", patient_id="A", code=None, setting="community")],
+                            keep=keep, changed_only=True)
+    assert moved.to_list() == ["A"]  # the setting changed
