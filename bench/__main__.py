@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["sections"]["backfill"] = run_backfill(args.backfill_rows, args.runs, work / "backfill")
 
         report["finished"] = datetime.now(UTC)
+        report["load_end"] = machine()["load"]
         from bench._report import render
 
         args.out.write_text(render(report))
@@ -141,13 +142,12 @@ def _full(args: argparse.Namespace, population: tuple[Path, Path], studies_dir: 
     import polars as pl
 
     from bench._full_screen import compare_peers
-    from bench._workload import BENCH_NOW, subset
+    from bench._workload import BENCH_NOW
     from screener.rules import load_studies
 
-    persons = pl.read_parquet(population[0])
-    facts = pl.read_parquet(population[1])
-    sub_persons, sub_facts = subset(persons, facts, args.peer_patients)
-    del persons, facts
+    sub_persons = pl.scan_parquet(population[0]).head(args.peer_patients).collect()
+    sub_facts = pl.scan_parquet(population[1]).filter(
+        pl.col("patient_id").is_in(sub_persons["patient_id"].implode())).collect()
     loaded = load_studies([studies_dir])
     if loaded.errors:
         raise SystemExit("study files failed to load:\n" + "\n".join(str(e) for e in loaded.errors))
