@@ -717,11 +717,15 @@ class Engine:
         committed = None
         with contextlib.suppress(Exception):
             committed = self._consumer.committed(tp)
+        end = None
+        with contextlib.suppress(Exception):
+            end = int(self._consumer.end_offsets([tp])[tp])
         snap = load_snapshot(self._snapshot_dir(tp.partition))
         state, start, source = PatientState(), begin, "replay"
         if snap is not None:
             s_state, s_offset, meta = snap
-            if meta.get("rules") == self._rules_fingerprint and s_offset >= begin:
+            # A snapshot past the log end belongs to another incarnation of the topic: not this log's state.
+            if meta.get("rules") == self._rules_fingerprint and s_offset >= begin and (end is None or s_offset <= end):
                 state, start, source = s_state, s_offset, "snapshot"
         replay_until = committed if committed is not None and committed > start else None
         self._parts[tp.partition] = _Partition(state=state, offset=start, replay_until=replay_until)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import threading
 import time
@@ -81,12 +82,13 @@ COMMANDS.append(run)
 class _Feed(threading.Thread):
     """Publishes the synthetic population to ehr.events at about ``rate`` events/s (keyed by patient id)."""
 
-    def __init__(self, settings: Settings, patients: int, rate: float, seed: int = 7) -> None:
+    def __init__(self, settings: Settings, patients: int, rate: float, seed: int = 7, start_index: int = 0) -> None:
         super().__init__(name="synthetic-feed", daemon=True)
         self.settings = settings
         self.patients = patients
         self.rate = rate
         self.seed = seed
+        self.start_index = start_index
         self.stop = threading.Event()
         self.published = 0
         self.error: BaseException | None = None
@@ -105,7 +107,8 @@ class _Feed(threading.Thread):
         producer = make_producer(self.settings, linger_ms=20)
         started = time.monotonic()
         try:
-            for patient_events in generate(self.patients, seed=self.seed, now=datetime.now(UTC)):
+            for patient_events in generate(self.patients, seed=self.seed, now=datetime.now(UTC),
+                                           start_index=self.start_index):
                 if self.stop.is_set():
                     break
                 for ev in patient_events:
@@ -141,6 +144,9 @@ def demo(duration: float | None, workdir: Path, patients: int, rate: float, rule
     from screener.metrics import Metrics
 
     workdir.mkdir(parents=True, exist_ok=True)
+    # The embedded broker keeps topics in memory, so state snapshots from an earlier run describe a log that no
+    # longer exists; the worklist (SQLite) is kept, and each run streams new synthetic patients.
+    shutil.rmtree(workdir / "state", ignore_errors=True)
     log_file = workdir / "screener.log"
     _log_to_file(log_file)
     configure_logging("INFO", "json")
@@ -175,7 +181,7 @@ def demo(duration: float | None, workdir: Path, patients: int, rate: float, rule
         engine_thread = threading.Thread(target=engine.run, args=(engine_stop,), name="engine", daemon=True)
         engine_thread.start()
         cleanup.append(lambda: (engine_stop.set(), engine_thread.join(timeout=30)))
-        feed = _Feed(settings, patients, rate)
+        feed = _Feed(settings, patients, rate, start_index=_next_run(workdir) * patients)
         feed.start()
         cleanup.append(lambda: (feed.stop.set(), feed.join(timeout=15)))
 
@@ -199,8 +205,8 @@ def demo(duration: float | None, workdir: Path, patients: int, rate: float, rule
                 raise click.ClickException(f"the synthetic feed failed: {feed.error!r}")
             stop.wait(0.5)
         click.echo(
-            f"events published {feed.published}, batches {engine.batches}, matches {engine.matches_recorded}, "
-            f"studies loaded {len(engine.studies)}"
+            f"events published {feed.published}, batches {engine.batches}, new matches {engine.matches_recorded}, "
+            f"studies loaded {len(engine.studies)} (the worklist in {workdir} keeps earlier runs' matches)"
         )
     finally:
         for step in reversed(cleanup):
@@ -225,6 +231,17 @@ def _start_web(settings: Settings, store: Any, registry: Any, cleanup: list[Any]
         store.add_user("demo", password, "admin")  # sees every team's worklist; reset on every demo start
         login = f"user demo, password {password}"
     return str(handle.url), login
+
+
+def _next_run(workdir: Path) -> int:
+    """0 on the first demo run in ``workdir``, then 1, 2, ... (so each run streams different patients)."""
+    counter = workdir / "demo-runs"
+    try:
+        n = int(counter.read_text().strip())
+    except (OSError, ValueError):
+        n = 0
+    counter.write_text(str(n + 1))
+    return n
 
 
 def _port_or_free(preferred: int, free_port: Any) -> int:

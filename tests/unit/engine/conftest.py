@@ -117,6 +117,9 @@ class FakeConsumer:
     def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return dict.fromkeys(tps, 0)
 
+    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: len(self.log.topics[tp.topic][tp.partition]) for tp in tps}
+
     def highwater(self, tp: TopicPartition) -> int:
         return len(self.log.topics[tp.topic][tp.partition])
 
