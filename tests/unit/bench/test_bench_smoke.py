@@ -99,3 +99,61 @@ def test_a_peer_that_disagrees_is_never_timed(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setitem(_peers.PEERS, "liar", liar)
     with pytest.raises(_full_screen.MismatchError, match="liar disagrees with screener"):
         _full_screen.compare_peers(persons, facts, studies, BENCH_NOW, ["liar"], runs=1)
+
+
+EDGE_STUDY = """\
+study:
+  id: BENCH-EDGE
+  title: "Every construct of the rule language, for the peers' translations"
+  summary: "Not a real study."
+  sponsor: non-commercial
+  portfolio: false
+  target: 10
+  opens: 2020-01-01
+  closes: 2035-12-31
+  settings: [community, hospital, primary-care, home]
+  team: bench
+concepts:
+  egfr: {ref: egfr}
+  hba1c: {ref: hba1c}
+  t2dm: {ref: type2_diabetes}
+  ckd: {ref: chronic_kidney_disease}
+include:
+  arithmetic: (egfr|latest('2y') + 10) / 2 >= 20 || hba1c|max('5y') * 2 > 100
+  ternary: "(t2dm|ever ? egfr|min('5y') : 90) < 75"
+  negation: "!(sex in ['M']) || !(imd_decile <= 3)"
+  grouped:
+    at_least: 1
+    of:
+      some_ckd: ckd|count('10y') >= 1
+      low_mean_egfr: egfr|mean('3y') < 70 && age >= 40
+      recent_hba1c: hba1c|days_since < 400
+exclude:
+  remainder: egfr|latest('1y') % 7 == 3 || age_days // 365 > 85 || imd_quintile ^ 2 == 25
+"""
+
+
+def test_translations_cover_every_construct(tmp_path: Path) -> None:
+    import shutil
+
+    import polars as pl
+
+    from bench._full_screen import compare_peers
+    from bench._workload import BENCH_NOW, generate_population
+    from screener.rules import load_studies
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copytree(ROOT / "rules" / "concepts", rules / "concepts")
+    (rules / "edge.yaml").write_text(EDGE_STUDY)
+    loaded = load_studies([rules])
+    assert not loaded.errors, loaded.errors
+    persons, facts = generate_population(400, seed=3, now=BENCH_NOW)
+    persons = persons.with_columns(
+        pl.when(pl.int_range(pl.len()) % 6 == 0).then(None).otherwise(pl.col("sex")).alias("sex"),
+        pl.when(pl.int_range(pl.len()) % 4 == 0).then(None).otherwise(pl.col("imd_decile")).alias("imd_decile"),
+    )
+    result = compare_peers(persons, facts, loaded.studies, BENCH_NOW,
+                           ["pyjexl-raw", "pyjexl-raw+all", "pyjexl", "rule-engine", "simpleeval", "zen-engine"],
+                           runs=1)
+    assert len(result.outcome_counts) >= 2, result.outcome_counts  # not a trivial all-the-same answer
