@@ -80,7 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = args.workdir or Path(tmp)
         report: dict[str, Any] = {"command": command, "started": started, "machine": host, "sections": {},
                                   "scales": scales, "study_counts": study_counts, "runs": args.runs}
-        from bench._workload import BENCH_NOW, replicate_studies, write_population
+        from bench._workload import BENCH_NOW, replicate_studies, sample_rule_files, write_population
+
+        report["samples"] = len(sample_rule_files(args.rules))
 
         if {"full", "scaling"} & set(sections):
             study_dirs = {}
