@@ -31,7 +31,8 @@ bool_atom = st.one_of(
     st.sampled_from(EXIST_CONCEPTS).map(lambda c: f"{c}|ever"),
     st.builds(lambda c, w: f"{c}|within{w}", st.sampled_from(EXIST_CONCEPTS), _win),
     st.sampled_from(["(sex == 'F')", "(sex != 'M')", "(ethnic_group in ['asian', 'white'])",
-                     "(setting == 'hospital')", "(site == 'A')", "true", "false"]),
+                     "(setting == 'hospital')", "(site == 'A')", "true", "false", "(age in [60, 65])",
+                     "(imd_quintile in [1, 2])", "(drug|count('1y') in [1, 2])"]),
 )
 num_atom = st.one_of(
     st.sampled_from(["age", "age_days", "imd_decile", "imd_quintile"]),
