@@ -112,6 +112,10 @@ def load_yaml(text: str, file: str) -> Any:
         line = mark.line + 1 if mark else None
         col = mark.column + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
+        if "constructor for the tag '!" in problem or "scanning a tag" in str(exc.context or ""):
+            problem += " (quote an expression that starts with '!', e.g. \"!x|ever\")"
+        elif "mapping values are not allowed here" in problem:
+            problem += " (quote an expression that contains ': ', such as a ternary a ? b : c)"
         raise RuleError(f"YAML syntax: {problem}", file=file, line=line, column=col) from exc
     except yaml.YAMLError as exc:
         raise RuleError(f"YAML syntax: {exc}", file=file) from exc

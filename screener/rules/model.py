@@ -99,7 +99,7 @@ class ConceptSet:
         return out.fill_null(False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Criterion:
     """One named criterion: an expression, a group (``any``/``all``/``at_least``) or the implicit setting check.
 
@@ -142,9 +142,12 @@ class TestCase:
     column: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Study:
-    """A loaded, compiled study. See rules-spec for the contract of each field."""
+    """A loaded, compiled study. See rules-spec for the contract of each field.
+
+    Compared and hashed by identity (compare ``rule_hash`` to see whether a file changed).
+    """
 
     id: str
     title: str

@@ -29,7 +29,7 @@ def test_positions_of_keys_values_and_items():
 def test_duplicate_key_and_syntax_errors():
     with pytest.raises(RuleError, match=r"^f.yaml:3:1: error: duplicate key 'a' \(first defined on line 1\)$"):
         load_yaml("a: 1\nb: 2\na: 3\n", "f.yaml")
-    with pytest.raises(RuleError, match=r"^f.yaml:2:4: error: YAML syntax: mapping values are not allowed here$"):
+    with pytest.raises(RuleError, match=r"^f.yaml:2:4: error: YAML syntax: mapping values are not allowed here \("):
         load_yaml("a: 1\n  b: 2\n", "f.yaml")
 
 
@@ -70,3 +70,23 @@ def test_groups_accept_of_key(kit):
                         "h": {"all": {"c": "age > 3"}}})
     assert [c.name for c in s.include[0].children] == ["a", "b"]
     assert s.include[1].kind == "all"
+
+
+def test_yaml_hints_for_unquoted_expressions(kit):
+    from screener.rules import loads_study
+
+    base = (DATA / "ckd.yaml").read_text()
+    with pytest.raises(RuleError) as info:
+        loads_study(base.replace("  diabetic:      t2dm|ever", "  diabetic:      !t2dm|ever"), "x.yaml")
+    assert str(info.value) == ("x.yaml:20:23: error: YAML syntax: expected ' ', but found '|' (quote an expression "
+                               "that starts with '!', e.g. \"!x|ever\")")
+    with pytest.raises(RuleError) as info:
+        loads_study(base.replace("  diabetic:      t2dm|ever", "  diabetic:      t2dm|ever ? true : false"), "x.yaml")
+    assert str(info.value).startswith("x.yaml:20:35: error: YAML syntax: mapping values are not allowed here (quote")
+    quoted = loads_study(base.replace("  diabetic:      t2dm|ever", "  diabetic:      \"!t2dm|ever ? false : true\""))
+    assert quoted.include[2].expression == "!t2dm|ever ? false : true"
+
+
+def test_studies_hash_by_identity():
+    a, b = load_study(DATA / "ckd.yaml"), load_study(DATA / "ckd.yaml")
+    assert len({a, b}) == 2 and a.rule_hash == b.rule_hash
