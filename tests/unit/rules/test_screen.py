@@ -342,3 +342,24 @@ def test_screen_many_studies_and_empty_inputs(kit):
     assert screen(kit.make_state([person()]), [a, b], kit.NOW)["outcome"].to_list() == ["ineligible", "possible"]
     with pytest.raises(ValueError, match="timezone"):
         screen(st, [a], kit.NOW.replace(tzinfo=None))
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "value", "expected"),
+    [
+        ("lb", "kg", 220.0, 99.79), ("g", "kg", 1500.0, 1.5), ("in", "cm", 70.0, 177.8), ("mm", "m", 1750.0, 1.75),
+        ("degF", "Cel", 98.6, 37.0), ("g/dL", "g/L", 13.5, 135.0), ("mg/L", "mg/dL", 50.0, 5.0),
+        ("nmol/L", "umol/L", 500.0, 0.5), ("mg/dL", "mmol/L", 200.0, 11.1),
+    ],
+)
+def test_scale_conversions(src, dst, value, expected):
+    from screener.rules.units import conversion
+
+    a, b = conversion(src, dst)
+    assert value * a + b == pytest.approx(expected, abs=0.01)
+
+
+def test_arithmetic(kit):
+    st = kit.make_state([person()])
+    expr = "(7 % 3 == 1) && (7 // 2 == 3) && (2 ^ 3 == 8) && (-7 % 3 == 2) && (1 / 4 == 0.25) && (2 + 3 * 4 == 14)"
+    assert kit.one(expr, st)[0] is True
