@@ -27,9 +27,9 @@ def _lit(value: object) -> str:
 
 
 def _feat(f: Feat) -> str:
-    label = f.concept.display
+    label = f.concept.label or f.concept.name.replace("_", " ")
     when = f" in the last {f.window.describe()}" if f.window else ""
-    unit = f" ({f.concept.unit})" if f.concept.unit else ""
+    unit = f" ({f.concept.unit.strip('{}')})" if f.concept.unit else ""
     return {
         "ever": f"has ever had a record of {label}",
         "within": f"has a record of {label}{when}",
@@ -63,6 +63,14 @@ def describe(ir: IR, top: bool = True) -> str:
                 f"otherwise {describe(ir.other, False)}")
     if isinstance(ir, Bin):
         left, right = describe(ir.left, False), describe(ir.right, False)
+        if (ir.op in ("&&", "||") and isinstance(ir.left, Bin) and isinstance(ir.right, Bin)
+                and ir.left.op in _CMP and ir.right.op in _CMP and ir.left.left == ir.right.left):
+            # a range: "X is at least 25 and less than 60"
+            subject = describe(ir.left.left, False)
+            a, b = describe(ir.left.right, False), describe(ir.right.right, False)
+            word = "and" if ir.op == "&&" else "or"
+            text = f"{subject} {_CMP[ir.left.op]} {a} {word} {_CMP[ir.right.op].removeprefix('is ')} {b}"
+            return text if top else f"({text})"
         if ir.op in ("&&", "||"):
             text = f"{left} {'and' if ir.op == '&&' else 'or'} {right}"
             return text if top else f"({text})"
@@ -109,7 +117,7 @@ def render_markdown(study: Study) -> str:
         for c in used:
             codes = ", ".join(f"{s} {v}" for s, v in c.codes)
             excl = ", ".join(f"{s} {v}" for s, v in c.exclude) or "-"
-            lines.append(f"| {c.display} | {codes} | {excl} | {c.unit or '-'} |")
+            lines.append(f"| {c.label or c.name.replace('_', ' ')} | {codes} | {excl} | {c.unit or '-'} |")
         lines += ["", "ICD-10, ATC and OPCS-4 codes include every code below them (E11 includes E11.9)."]
     lines += ["", "Patients are never contacted directly from a match: a research nurse checks every match first."]
     return "\n".join(lines) + "\n"

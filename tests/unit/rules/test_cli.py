@@ -74,6 +74,20 @@ def test_render():
     out = run("render", str(DATA / "ckd.yaml"))
     assert out.exit_code == 0
     assert out.output.startswith("# SGLT2 inhibitor in diabetic CKD, community clinics\n")
-    assert "- **adult**: age (years) is at least 18 and age (years) is at most 80" in out.output
+    assert "- **adult**: age (years) is at least 18 and at most 80" in out.output
     assert "  - **on_acei**: has a record of acei in the last 90 days" in out.output
     assert "| insulin | ATC A10A | ATC A10AE56 | - |" in out.output
+
+
+def test_render_phrases(kit):
+    from screener.rules.render import describe
+
+    s = kit.make_study({"a": "glucose|latest('30d') >= 4 && glucose|latest('30d') < 7",
+                        "b": "!(sex in ['F', 'O']) || dx|count('1y') > 2",
+                        "c": "stroke|days_since <= 3"})
+    text = [describe(c.ir) for c in s.include]
+    assert text == [
+        "the most recent glucose (mmol/L) in the last 30 days is at least 4 and less than 7",
+        "not (sex is one of: F, O) or the number of dx records in the last 1 year is more than 2",
+        "days since the last record of stroke is at most 3",
+    ]
