@@ -50,45 +50,40 @@ def _features(studies: Sequence[Study]) -> dict[str, list[Feat]]:
     return out
 
 
-def _membership(facts: pl.LazyFrame, concepts: dict[str, ConceptSet], carry: Sequence[str] = ()) -> pl.LazyFrame:
-    """``(_fid, _ckey, *carry)``: fact ``_fid`` belongs to concept ``_ckey`` (exclusions applied).
-
-    ``carry`` names fact columns to bring along (saves a join back to the facts).
-    """
+def _membership(facts: pl.LazyFrame, concepts: dict[str, ConceptSet]) -> pl.LazyFrame:
+    """``(_fid, _ckey)`` pairs: fact ``_fid`` belongs to concept ``_ckey`` (exclusions applied)."""
     rows: list[dict[str, Any]] = []
     for key, c in concepts.items():
         for excl, pairs in ((False, c.codes), (True, c.exclude)):
             for system, code in pairs:
                 rows.append({"_ckey": key, "system": system, "_code": normalise_code(code),
                              "_prefix": system in PREFIX_SYSTEMS, "_excl": excl})
-    out_cols = ["_fid", "_ckey", *carry]
     if not rows:
-        return facts.select("_fid", *carry).with_columns(pl.lit(None, dtype=pl.String).alias("_ckey")).select(
-            out_cols).limit(0)
+        return pl.LazyFrame(schema={"_fid": pl.UInt32, "_ckey": pl.String})
     table = pl.DataFrame(rows).with_columns(pl.col("_code").str.len_chars().alias("_len"))
-    coded = facts.select("_fid", "system", normalise_code_expr(pl.col("code")).alias("_code"),
-                         *[c for c in carry if c not in ("system",)]).filter(pl.col("_code").is_not_null())
+    coded = facts.select("_fid", "system", normalise_code_expr(pl.col("code")).alias("_code")).filter(
+        pl.col("_code").is_not_null()
+    )
     parts: list[pl.LazyFrame] = []
     exact = table.filter(~pl.col("_prefix")).select("_ckey", "system", "_code", "_excl")
     if exact.height:
-        parts.append(coded.join(exact.lazy(), on=["system", "_code"], how="inner")
-                     .select(*out_cols, "_excl"))
+        parts.append(coded.join(exact.lazy(), on=["system", "_code"], how="inner").select("_fid", "_ckey", "_excl"))
     prefix = table.filter(pl.col("_prefix"))
+    # One join per distinct prefix length: the fact code cut to that length must equal the prefix.
     for n in sorted(set(prefix["_len"].to_list())):
         t = prefix.filter(pl.col("_len") == n).select("_ckey", "system", pl.col("_code").alias("_p"), "_excl")
         parts.append(
             coded.filter(pl.col("system").is_in(list(PREFIX_SYSTEMS)) & (pl.col("_code").str.len_chars() >= n))
             .with_columns(pl.col("_code").str.slice(0, n).alias("_p"))
             .join(t.lazy(), on=["system", "_p"], how="inner")
-            .select(*out_cols, "_excl")
+            .select("_fid", "_ckey", "_excl")
         )
     hits = pl.concat(parts, how="vertical")
+    included = hits.filter(~pl.col("_excl")).select("_fid", "_ckey").unique()
     if not any(c.exclude for c in concepts.values()):
-        return hits.drop("_excl").unique(subset=["_fid", "_ckey"])
+        return included
     excluded = hits.filter(pl.col("_excl")).select("_fid", "_ckey").unique()
-    return hits.filter(~pl.col("_excl")).drop("_excl").unique(subset=["_fid", "_ckey"]).join(
-        excluded, on=["_fid", "_ckey"], how="anti"
-    )
+    return included.join(excluded, on=["_fid", "_ckey"], how="anti")
 
 
 def _conversions(concepts: dict[str, ConceptSet]) -> pl.LazyFrame:
