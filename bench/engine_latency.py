@@ -28,11 +28,14 @@ class MeasuringStore:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.latencies: list[float] = []
+        self.samples: list[tuple[float, float]] = []
 
     def record_matches(self, matches: Any) -> Any:
         new = self.inner.record_matches(matches)
         wall = time.time()
-        self.latencies.extend(wall - ts.timestamp() for ts in new["event_time"].drop_nulls().to_list())
+        values = [wall - ts.timestamp() for ts in new["event_time"].drop_nulls().to_list()]
+        self.latencies.extend(values)
+        self.samples.extend((wall, v) for v in values)
         return new
 
     def do_not_contact(self) -> Any:
@@ -48,6 +51,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--studies", type=int, default=50)
     ap.add_argument("--batch-ms", type=int, default=200)
+    ap.add_argument("--dump", help="write 'wall_time latency' per match to this file")
+    ap.add_argument("--log-level", default="WARNING", help="INFO logs every batch's stage timings to stderr")
     args = ap.parse_args()
 
     from prometheus_client import CollectorRegistry
@@ -59,11 +64,11 @@ def main() -> None:
     from screener.metrics import Metrics
     from screener.settings import Settings
 
-    configure_logging("WARNING")
+    configure_logging(args.log_level)
     work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     rules = make_studies(work / "rules", args.studies)
     n_events = int(args.rate * args.seconds)
-    payloads = event_payloads(n_events, datetime.now(UTC), seed=23)
+    payloads = event_payloads(n_events, datetime.now(UTC), seed=11)
     with EmbeddedBroker(log_path=work / "broker.log") as broker:
         settings = Settings(
             bootstrap_servers=broker.bootstrap, rules_dir=rules, state_dir=work / "state",
@@ -94,6 +99,8 @@ def main() -> None:
         stop.set()
         runner.join(timeout=30)
         lat = store.latencies
+        if args.dump:
+            Path(args.dump).write_text("\n".join(f"{t:.3f} {v:.3f}" for t, v in store.samples))
         print(f"published {len(payloads)} events in {sent_s:.1f}s ({len(payloads) / sent_s:,.0f}/s); engine "
               f"processed {engine.records_processed} in {engine.batches} batches; {len(lat)} new matches")
         print(f"event-to-match latency: p50 {percentile(lat, 50) * 1000:.0f} ms, p90 {percentile(lat, 90) * 1000:.0f}"

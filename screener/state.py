@@ -325,6 +325,17 @@ class FactFilter:
             return facts
         if self.keys is None:
             return facts.filter(self.expr.fill_null(False))
+        self.learn(facts)
+        assert self._known is not None
+        allowed = self._known.filter(pl.col("_keep")).select(self.keys)
+        return facts.join(allowed, on=self.keys, how="semi", nulls_equal=True, maintain_order="left")
+
+
+    def learn(self, facts: pl.DataFrame) -> None:
+        """Judge the key combinations in ``facts`` not seen before (one evaluation of ``expr`` for all of them).
+        ``facts`` needs only the key columns. The engine calls this once per batch, before the partitions."""
+        if self.expr is None or self.keys is None or facts.height == 0:
+            return
         distinct = facts.select(self.keys).unique()
         unknown = (
             distinct if self._known is None
@@ -333,9 +344,6 @@ class FactFilter:
         if unknown.height:
             judged = unknown.with_columns(self.expr.fill_null(False).alias("_keep"))
             self._known = judged if self._known is None else pl.concat([self._known, judged], how="vertical")
-        assert self._known is not None
-        allowed = self._known.filter(pl.col("_keep")).select(self.keys)
-        return facts.join(allowed, on=self.keys, how="semi", nulls_equal=True, maintain_order="left")
 
 
 def prune_facts(

@@ -92,3 +92,20 @@ def test_changed_only_leaves_out_patients_whose_usable_record_did_not_change(mak
     _, moved = apply_events(state, [make_event(kind="visit", patient_id="A", code=None, setting="community")],
                             keep=keep, changed_only=True)
     assert moved.to_list() == ["A"]  # the setting changed
+
+
+def test_fact_filter_equals_a_plain_filter_and_judges_each_code_once(make_event: Any) -> None:
+    from screener.state import FactFilter
+
+    expr = (pl.col("system") == "ICD10") & pl.col("code").str.starts_with("E11")
+    ff = FactFilter(expr)
+    assert ff.keys == ["system", "code"]
+    events = [make_event(patient_id=f"P{i}", code={"system": s, "value": c})
+              for i, (s, c) in enumerate([("ICD10", "E11.9"), ("ICD10", "I10"), ("SNOMED", "E11"), ("ICD10", "E119")])]
+    state, _ = apply_events(PatientState(), events)
+    assert_frame_equal(ff(state.facts), state.facts.filter(expr))
+    assert ff._known is not None and ff._known.height == 4
+    ff(state.facts)
+    assert ff._known.height == 4  # cached, not judged again
+    windowed = FactFilter(expr, since=datetime(2027, 1, 1, tzinfo=UTC))
+    assert windowed(state.facts).height == 0
