@@ -165,7 +165,9 @@ def events_to_frames(events: Iterable[Event]) -> tuple[pl.DataFrame, pl.DataFram
                 {"seq": seq, "patient_id": ev.patient_id, "setting": ev.setting, "site": ev.site}
             )
     flags = ("do_not_contact", "deceased")
-    upd_schema = {"seq": pl.Int64, **{k: v for k, v in PERSONS_SCHEMA.items() if k not in flags}}
+    upd_schema: dict[str, pl.DataType] = {
+        "seq": pl.Int64(), **{k: v for k, v in PERSONS_SCHEMA.items() if k not in flags}
+    }
     persons = (
         pl.DataFrame(person_rows, schema=upd_schema, orient="row") if person_rows else pl.DataFrame(schema=upd_schema)
     )

@@ -180,10 +180,10 @@ def demo(duration: float | None, workdir: Path, patients: int, rate: float, rule
         engine_stop = threading.Event()
         engine_thread = threading.Thread(target=engine.run, args=(engine_stop,), name="engine", daemon=True)
         engine_thread.start()
-        cleanup.append(lambda: (engine_stop.set(), engine_thread.join(timeout=30)))
+        cleanup.append(lambda: _stop_thread(engine_stop, engine_thread, 30))
         feed = _Feed(settings, patients, rate, start_index=_next_run(workdir) * patients)
         feed.start()
-        cleanup.append(lambda: (feed.stop.set(), feed.join(timeout=15)))
+        cleanup.append(lambda: _stop_thread(feed.stop, feed, 15))
 
         click.echo("screener demo is running")
         click.echo(f"  worklist     {web_url}")
@@ -231,6 +231,11 @@ def _start_web(settings: Settings, store: Any, registry: Any, cleanup: list[Any]
         store.add_user("demo", password, "admin")  # sees every team's worklist; reset on every demo start
         login = f"user demo, password {password}"
     return str(handle.url), login
+
+
+def _stop_thread(flag: threading.Event, thread: threading.Thread, timeout: float) -> None:
+    flag.set()
+    thread.join(timeout=timeout)
 
 
 def _next_run(workdir: Path) -> int:
