@@ -39,8 +39,11 @@ def _parser() -> argparse.ArgumentParser:
                         "one")
     p.add_argument("--chunk", type=int, default=None,
                    help="screen this many patients per screen() call (default: all at once)")
-    p.add_argument("--explain-limit", type=parse_count, default=500_000,
+    p.add_argument("--explain-limit", type=parse_count, default=5_000_000,
                    help="run the full-explanation screen() only for cells of at most this many patient-studies")
+    p.add_argument("--explain-chunk", type=parse_count, default=50_000,
+                   help="the largest cell's screen() run (one run) passes this many patients per call, as the "
+                        "engine's full re-screen does; 0 skips it")
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--rules", type=Path, default=ROOT / "rules")
     p.add_argument("--workdir", type=Path, default=None, help="where populations and study copies go")
@@ -62,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.smoke:
         args.scale, args.studies, args.runs, args.explain_limit = "200,400", "7,14", 1, 3000
+        args.explain_chunk = 100
         args.peer_patients = min(args.peer_patients, 100)
         if "--sections" not in argv:
             args.sections = "full,scaling"
@@ -108,6 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _log(f"scaling cell {fmt_count(p)} patients x {s} studies ({mode})")
                 cell = cells[(p, s, mode)] = run_cell(*populations[p], study_dirs[s], args.runs, args.chunk, mode)
                 _log(f"  {cell.timing.median:.2f} s, peak {cell.rss_peak / 2**20:.0f} MiB")
+            top = (scales[-1], study_counts[-1])
+            if "full" in sections and args.explain_chunk and top[0] * top[1] > args.explain_limit:
+                _log(f"screen() with explanations, {fmt_count(top[0])} x {top[1]}, {args.explain_chunk:,} per call")
+                cells[(*top, "explain")] = run_cell(*populations[top[0]], study_dirs[top[1]], 1, args.explain_chunk,
+                                                    "explain")
+                _log(f"  {cells[(*top, 'explain')].timing.median:.2f} s")
             report["cells"] = cells
             report["chunk"] = args.chunk
             report["explain_limit"] = args.explain_limit

@@ -45,7 +45,7 @@ def _outcomes_only(state: Any, studies: Sequence[Any], now: datetime) -> pl.Data
     mod = sys.modules[screen_mod.__module__]
     keep = {"study_id", "patient_id", "outcome"}
     wide = mod.feature_frame(state, studies, now)
-    base = mod._attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left")
+    base = mod._attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left").collect().lazy()
     if hasattr(mod, "study_frame"):
         frames = [mod.study_frame(base, s, now).select(pl.lit(s.id).alias("study_id"), "patient_id", "outcome")
                   for s in studies]

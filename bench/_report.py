@@ -98,7 +98,8 @@ def _full(report: dict[str, Any], full: dict[str, Any]) -> list[str]:
 
     rows = [row("**screener**, outcomes (raw facts)", size, cell.timing, rate)]
     if ex is not None:
-        rows.append(row("screener `screen()` with explanations", f"{fmt_count(ex.patients)} x {ex.studies}",
+        per_call = f", {ex.chunk:,} patients per call" if ex.chunk else ""
+        rows.append(row(f"screener `screen()` with explanations{per_call}", f"{fmt_count(ex.patients)} x {ex.studies}",
                         ex.timing, ex_rate))
     rows.append(row("screener, outcomes, peers' subset", f"{comp.patients:,} x {comp.studies}",
                     comp.screener_subset, sub_evals / comp.screener_subset.median))
@@ -188,7 +189,8 @@ def _scaling(report: dict[str, Any]) -> list[str]:
         rows.append([
             fmt_count(p), str(s), f"{c.facts:,}", timing_cell(c.timing), fmt_rate(p * s / c.timing.median),
             fmt_bytes(c.rss_loaded), fmt_bytes(c.rss_peak),
-            timing_cell(e.timing) if e else "not run", fmt_bytes(e.rss_peak) if e else "",
+            (timing_cell(e.timing) + (f", {e.chunk:,} patients per call" if e.chunk else "")) if e else "not run",
+            fmt_bytes(e.rss_peak) if e else "",
         ])
     return [
         "## 2. Scaling",
@@ -197,7 +199,8 @@ def _scaling(report: dict[str, Any]) -> list[str]:
         "(RSS after this is 'RSS loaded'), then screen everyone against every study. 'Peak RSS' is the "
         "process's high-water mark (psutil sampled every 5 ms during the screens, and the kernel's ru_maxrss). "
         f"`screen()` with explanations is run only for cells of at most {report['explain_limit']:,} "
-        "patient-studies: beyond that its every-row evidence text takes minutes and tens of GiB.",
+        "patient-studies (its every-row evidence text needs over a GiB per million rows), and once for the "
+        "largest cell in chunks of patients, as the engine's full re-screen does.",
         "",
         *_table(["patients", "studies", "facts", "outcomes: time, median (min - max)", "patient-studies/s",
                  "RSS loaded", "peak RSS", "`screen()` with explanations: time", "peak RSS"], rows),

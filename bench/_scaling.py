@@ -36,6 +36,7 @@ class CellResult:
     rss_loaded: int
     rss_peak: int
     outcomes: dict[str, int]
+    chunk: int | None = None
 
 
 def run_cell(persons: Path, facts: Path, studies_dir: Path, runs: int, chunk: int | None, mode: str = "outcomes",
@@ -55,7 +56,7 @@ def run_cell(persons: Path, facts: Path, studies_dir: Path, runs: int, chunk: in
         raise RuntimeError(f"scaling cell failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     return CellResult(data["patients"], data["facts"], data["studies"], mode, Timing.from_dict(data["timing"]),
-                      data["rss_loaded"], data["rss_peak"], data["outcomes"])
+                      data["rss_loaded"], data["rss_peak"], data["outcomes"], chunk)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
