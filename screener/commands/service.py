@@ -143,6 +143,9 @@ def demo(duration: float | None, workdir: Path, patients: int, rate: float, rule
     from screener.logging import configure_logging
     from screener.metrics import Metrics
 
+    if not rules_dir.is_dir():
+        raise click.ClickException(f"no rules folder at {rules_dir.resolve()}: run from the repository root or "
+                                   "pass --rules DIR")
     workdir.mkdir(parents=True, exist_ok=True)
     # The embedded broker keeps topics in memory, so state snapshots from an earlier run describe a log that no
     # longer exists; the worklist (SQLite) is kept, and each run streams new synthetic patients.
