@@ -197,7 +197,7 @@ def _scaling(report: dict[str, Any]) -> list[str]:
         "",
         "Each cell runs in its own process: read the population from Parquet, load and compile the studies "
         "(RSS after this is 'RSS loaded'), then screen everyone against every study. 'Peak RSS' is the "
-        "process's high-water mark (psutil sampled every 5 ms during the screens, and the kernel's ru_maxrss). "
+        "process's high-water mark (psutil sampled every 5 ms during the screens, and the kernel's VmHWM). "
         f"`screen()` with explanations is run only for cells of at most {report['explain_limit']:,} "
         "patient-studies (its every-row evidence text needs over a GiB per million rows), and once for the "
         "largest cell in chunks of patients, as the engine's full re-screen does.",

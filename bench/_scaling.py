@@ -9,7 +9,7 @@ stdout line::
 
 ``rss_loaded`` is the resident set after reading the Parquet population and compiling the studies;
 ``rss_peak`` the high-water mark over the timed screens (sampled by psutil every 5 ms and checked against
-the kernel's ``ru_maxrss``). Python's ``tracemalloc`` cannot see Polars' Rust allocations, RSS can.
+the kernel's ``VmHWM``). Python's ``tracemalloc`` cannot see Polars' Rust allocations, RSS can.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import statistics
 import threading
 import time
@@ -86,8 +85,23 @@ class PeakRSS:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        # ru_maxrss is the kernel's high-water mark in KiB (Linux); it also catches spikes between samples.
-        self.peak = max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        self.peak = max(self.peak, _vm_hwm())
+
+
+def _vm_hwm() -> int:
+    """The kernel's RSS high-water mark of this process (``VmHWM``), catching spikes between samples.
+
+    Not ``getrusage().ru_maxrss``: on Linux that survives fork and exec, so a child of a big parent reports the
+    parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def package_version(name: str) -> str:
