@@ -724,15 +724,15 @@ class Engine:
         committed = None
         with contextlib.suppress(Exception):
             committed = self._consumer.committed(tp)
-        end = None
-        with contextlib.suppress(Exception):
-            end = int(self._consumer.end_offsets([tp])[tp])
         snap = load_snapshot(self._snapshot_dir(tp.partition))
         state, start, source = PatientState(), begin, "replay"
         if snap is not None:
             s_state, s_offset, meta = snap
-            # A snapshot past the log end belongs to another incarnation of the topic: not this log's state.
-            if meta.get("rules") == self._rules_fingerprint and s_offset >= begin and (end is None or s_offset <= end):
+            # Snapshots are taken after the commit, so a usable one is never ahead of the group's committed
+            # offset; one that is (or a group with no offsets) belongs to another incarnation of the topic or
+            # group, and replaying is the safe answer. (Log-end offsets are not used: tansu reports them wrong.)
+            usable = committed is not None and begin <= s_offset <= committed
+            if meta.get("rules") == self._rules_fingerprint and usable:
                 state, start, source = s_state, s_offset, "snapshot"
         replay_until = committed if committed is not None and committed > start else None
         self._parts[tp.partition] = _Partition(state=state, offset=start, replay_until=replay_until)

@@ -104,20 +104,27 @@ class Bed:
         values.update(extra)
         return Settings(**values)
 
-    def env(self, **extra: Any) -> dict[str, str]:
+    def env(self, config: str | None = None, **extra: Any) -> dict[str, str]:
+        """Environment for ``screener run``; with ``config`` the keys that file sets are left to the file."""
         s = self.settings(**extra)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCREENER_")}
+        in_file: set[str] = set()
+        if config is not None:
+            import yaml
+
+            env["SCREENER_CONFIG"] = config
+            in_file = set(yaml.safe_load(Path(config).read_text()) or {})
         for key, value in s.model_dump().items():
-            if value is None or key in ("sasl_password", "secret_key", "smtp_password"):
+            if value is None or key in ("sasl_password", "secret_key", "smtp_password") or key in in_file:
                 continue
             env[f"SCREENER_{key.upper()}"] = str(value)
         return env
 
-    def start_engine(self, tag: str, **extra: Any) -> subprocess.Popen[bytes]:
+    def start_engine(self, tag: str, config: str | None = None, **extra: Any) -> subprocess.Popen[bytes]:
         log = open(self.root / f"engine-{tag}.log", "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
             [sys.executable, "-c", "from screener.cli import main; main()", "run"],
-            env=self.env(**extra), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env(config, **extra), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
         self.procs.append(proc)

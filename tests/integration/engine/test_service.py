@@ -132,3 +132,21 @@ def test_patient_turning_18_is_matched_at_the_next_scheduled_rescreen(bed: Any, 
         stop.set()
         thread.join(timeout=30)
         store.close()
+
+
+def test_sigterm_commits_and_snapshots_so_a_restart_restores_instead_of_replaying(bed: Any, kit: Any) -> None:
+    config = bed.root / "engine.yaml"
+    config.write_text("batch_max_records: 50\nsnapshot_interval_s: 3600\n")
+    proc = bed.start_engine("a", config=str(config))
+    bed.publish([e for i in range(30) for e in kit.patient_events(f"S{i:03d}")])
+    kit.wait_for(lambda: len(bed.matches()) == 30, 60, "the matches")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    events = [ln.get("event") for ln in bed.log_lines("a")]
+    assert "engine_stopped" in events and events.count("snapshot") >= 1
+    bed.start_engine("b")
+    bed.publish(kit.patient_events("S999"))
+    kit.wait_for(lambda: (STUDY, "S999") in bed.matches(), 60, "the match after the restart")
+    restored = [ln for ln in bed.log_lines("b") if ln.get("event") == "partition_restored"]
+    assert restored and all(ln["source"] == "snapshot" for ln in restored if ln["committed"])
+    assert len(bed.matches()) == 31
