@@ -117,7 +117,13 @@ def main() -> None:
         consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=settings.group_id,
                                  enable_auto_commit=False)
         tps = [TopicPartition(settings.events_topic, p) for p in range(args.partitions)]
-        ends = consumer.end_offsets(tps)
+        # The log end by reading to it (tansu's ListOffsets answer is the last batch's base offset + 1).
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        seen = 0
+        while seen < 400:
+            seen += sum(len(r) for r in consumer.poll(timeout_ms=1000).values())
+        ends = {tp: consumer.position(tp) for tp in tps}
         consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in tps})
         consumer.close()
         t = time.perf_counter()
