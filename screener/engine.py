@@ -774,8 +774,17 @@ class Engine:
             for p in partitions
             if p in self._parts and not self._parts[p].replaying
         }
-        if offsets:
+        if not offsets:
+            return
+        from kafka.errors import KafkaError
+
+        try:
             self._consumer.commit(offsets=offsets)
+        except KafkaError as exc:
+            # Typically a rebalance in progress: the partitions' next owner repeats the uncommitted records and
+            # the store's uniqueness absorbs the repetition. Nothing is lost by carrying on.
+            log.warning("commit_failed", partitions=sorted(tp.partition for tp in offsets),
+                        error_type=type(exc).__name__)
 
     def _snapshot(self, partition: int) -> None:
         part = self._parts.get(partition)
