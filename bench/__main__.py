@@ -16,7 +16,8 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -132,13 +133,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench._streaming import run_streaming
 
             _log("streaming")
-            report["sections"]["streaming"] = run_streaming(args.streaming_events, args.runs, args.latency_rate,
-                                                            work / "streaming", args.rules)
+            report["sections"]["streaming"] = _guard(lambda: run_streaming(
+                args.streaming_events, args.runs, args.latency_rate, work / "streaming", args.rules))
         if "backfill" in sections:
             from bench._backfill import run_backfill
 
             _log("backfill")
-            report["sections"]["backfill"] = run_backfill(args.backfill_rows, args.runs, work / "backfill")
+            report["sections"]["backfill"] = _guard(lambda: run_backfill(args.backfill_rows, args.runs,
+                                                                        work / "backfill"))
 
         report["finished"] = datetime.now(UTC)
         report["load_end"] = machine()["load"]
@@ -147,6 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.write_text(render(report))
         _log(f"wrote {args.out}")
     return 0
+
+
+def _guard(section: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run a broker section; a failure is reported in BENCHMARKS.md instead of losing the other sections."""
+    try:
+        return section()
+    except Exception as exc:  # the report must still be written, saying what failed and why
+        _log(f"  failed: {exc!r}")
+        return {"error": "".join(traceback.format_exception_only(exc)).strip()}
 
 
 def _full(args: argparse.Namespace, population: tuple[Path, Path], studies_dir: Path, cell: Any,

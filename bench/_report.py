@@ -208,13 +208,21 @@ def _scaling(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _failed(title: str, s: dict[str, Any]) -> list[str]:
+    return [title, "", "**Not measured**: the section failed with", "", "```", s["error"], "```", ""]
+
+
 def _streaming(s: dict[str, Any]) -> list[str]:
     from bench._streaming import render_section
 
+    if "error" in s:
+        return _failed("## 3. Streaming", s)
     return render_section(s)
 
 
 def _backfill(s: dict[str, Any]) -> list[str]:
     from bench._backfill import render_section
 
+    if "error" in s:
+        return _failed("## 4. Backfill", s)
     return render_section(s)
