@@ -238,6 +238,12 @@ class _Facts:
         )
 
 
+def _labels(index: np.ndarray, labels: Sequence[str]) -> pl.Series:
+    """A String series of ``labels[index]`` (``-1`` gives null), whatever the first element is."""
+    table = pl.Series(values=[*labels, None], dtype=pl.String)
+    return table.gather(np.where(np.asarray(index) < 0, len(labels), index).astype(np.int64))
+
+
 def _ago(now_us: int, days: np.ndarray) -> np.ndarray:
     out: np.ndarray = (now_us - np.round(np.asarray(days) * DAY)).astype(np.int64)
     return out
@@ -389,12 +395,15 @@ def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFram
         "patient_id": np.char.add("RXX", (100_000_000 + idx).astype(str)),
         "birth_date": birth.astype("datetime64[D]"),
         "sex": extra["sex"].astype(str),
-        "ethnic_group": np.array((*_GROUPS, None), dtype=object)[p.group],
+        # Built by index, not from a numpy object array: Polars infers an object array's type from its first
+        # element, so a block whose first patient has no stated group (None) became an Object column and
+        # failed to cast to String (seed 23, patient 4000).
+        "ethnic_group": _labels(p.group, _GROUPS),
         "ethnic_category": extra["letter"],
         "lsoa": extra["lsoa"].astype(str),
         "imd_decile": p.imd.astype(np.int8),
         "postcode_district": extra["district"],
-        "home_setting": np.array(_SETTINGS, dtype=object)[setting],
+        "home_setting": _labels(setting, _SETTINGS),
         "site_hospital": extra["hosp_site"], "site_community": extra["comm_site"],
         "site_primary-care": extra["gp_site"], "site_home": np.full(m, _HOME_SITE, dtype=object),
         "home_site": site_by_setting[np.arange(m), setting],
