@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import polars as pl
@@ -132,7 +133,7 @@ class Feat:
     window: Window | None
     type: str
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Identity of the data this feature aggregates (concept meaning + window), shared across studies."""
         return f"{self.concept.key}@{self.window.text if self.window else 'all'}"
@@ -415,6 +416,9 @@ class Compiler:
 
 _NONE = pl.lit(None, dtype=pl.String)
 
+#: column of the per-patient frame holding the screening instant (Datetime us UTC)
+NOW_COL = "_now"
+
 
 def stat_col(feat: Feat, stat: str) -> str:
     """Name of the per-patient column holding ``stat`` of ``feat``'s (concept, window) group."""
@@ -472,7 +476,8 @@ def _feature(feat: Feat, now: datetime) -> tuple[pl.Expr, pl.Expr]:
         seen = pl.concat_str([pl.lit(f"{label} "), col("last_code").fill_null("?"), pl.lit(" on "),
                               col("last_t").dt.strftime(fmt)])
         if t == "days_since":
-            value = (pl.lit(now) - col("last_t")).dt.total_days().cast(pl.Float64)
+            # "now" is the ``_now`` column of the per-patient frame, so compiled expressions can be cached.
+            value = (pl.col(NOW_COL) - col("last_t")).dt.total_days().cast(pl.Float64)
             seen = pl.concat_str([pl.lit(f"last {label} "), value.cast(pl.Int64).cast(pl.String),
                                   pl.lit(" days ago ("), col("last_code").fill_null("?"), pl.lit(" on "),
                                   col("last_t").dt.strftime(fmt), pl.lit(")")])
@@ -520,20 +525,30 @@ class Plan:
     A compound node's value and evidence refer to its children several times (Kleene evidence picks the
     deciding side), so inlining them would grow exponentially with depth. Each compound node is instead bound
     to two temporary columns in stage ``level``; :meth:`apply` adds the stages in order.
+
+    Values and evidence are kept apart (``values[level]``, ``evidence[level]``): a value never refers to an
+    evidence column, so all values can be computed first and the evidence only for the rows that need it.
     """
 
     def __init__(self, prefix: str = "_x") -> None:
         self.prefix = prefix
-        self.stages: list[list[pl.Expr]] = []
+        self.values: list[list[pl.Expr]] = []
+        self.evidence: list[list[pl.Expr]] = []
         self.count = 0
 
     def bind(self, value: pl.Expr, evidence: pl.Expr, level: int) -> tuple[pl.Expr, pl.Expr, int]:
         name = f"{self.prefix}{self.count}"
         self.count += 1
-        while len(self.stages) <= level:
-            self.stages.append([])
-        self.stages[level] += [value.alias(f"{name}v"), evidence.alias(f"{name}e")]
+        while len(self.values) <= level:
+            self.values.append([])
+            self.evidence.append([])
+        self.values[level].append(value.alias(f"{name}v"))
+        self.evidence[level].append(evidence.alias(f"{name}e"))
         return pl.col(f"{name}v"), pl.col(f"{name}e"), level + 1
+
+    @property
+    def stages(self) -> list[list[pl.Expr]]:
+        return [v + e for v, e in zip(self.values, self.evidence, strict=True)]
 
     def apply(self, frame: pl.LazyFrame) -> pl.LazyFrame:
         for stage in self.stages:

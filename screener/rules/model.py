@@ -10,6 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -52,7 +53,7 @@ class ConceptSet:
     def display(self) -> str:
         return self.label or self.name
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Identity of the set's meaning (not its name): equal sets in two studies share one key."""
         payload = json.dumps(

@@ -15,19 +15,22 @@ How (no Python loop over patients):
 
 from __future__ import annotations
 
+import itertools
 import json
+import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
-from screener.rules.compiler import TRANSFORM_STATS, Feat, Plan, lower, stat_col
+from screener.rules.compiler import NOW_COL, TRANSFORM_STATS, Feat, Plan, lower, stat_col
 from screener.rules.model import PREFIX_SYSTEMS, ConceptSet, Criterion, Study, normalise_code, normalise_code_expr
 from screener.rules.units import conversions_to, normalise_unit_expr
 from screener.state import PatientState
 
-__all__ = ["CRITERIA_DTYPE", "criteria_json", "screen"]
+__all__ = ["CRITERIA_DTYPE", "EVIDENCE_MODES", "MATCH_OUTCOMES", "Evidence", "criteria_json", "screen"]
 
 CRITERIA_DTYPE = pl.List(
     pl.Struct({"name": pl.String, "group": pl.String, "result": pl.Boolean, "evidence": pl.String})
@@ -50,8 +53,8 @@ def _features(studies: Sequence[Study]) -> dict[str, list[Feat]]:
     return out
 
 
-def _membership(facts: pl.LazyFrame, concepts: dict[str, ConceptSet]) -> pl.LazyFrame:
-    """``(_fid, _ckey)`` pairs: fact ``_fid`` belongs to concept ``_ckey`` (exclusions applied)."""
+def _member_table(concepts: dict[str, ConceptSet]) -> pl.DataFrame | None:
+    """The code table of :func:`_membership` (``None`` when no concept has a code)."""
     rows: list[dict[str, Any]] = []
     for key, c in concepts.items():
         for excl, pairs in ((False, c.codes), (True, c.exclude)):
@@ -59,8 +62,17 @@ def _membership(facts: pl.LazyFrame, concepts: dict[str, ConceptSet]) -> pl.Lazy
                 rows.append({"_ckey": key, "system": system, "_code": normalise_code(code),
                              "_prefix": system in PREFIX_SYSTEMS, "_excl": excl})
     if not rows:
+        return None
+    return pl.DataFrame(rows).with_columns(pl.col("_code").str.len_chars().alias("_len"))
+
+
+def _membership(facts: pl.LazyFrame, concepts: dict[str, ConceptSet],
+                table: pl.DataFrame | None = None) -> pl.LazyFrame:
+    """``(_fid, _ckey)`` pairs: fact ``_fid`` belongs to concept ``_ckey`` (exclusions applied)."""
+    if table is None:
+        table = _member_table(concepts)
+    if table is None:
         return pl.LazyFrame(schema={"_fid": pl.UInt32, "_ckey": pl.String})
-    table = pl.DataFrame(rows).with_columns(pl.col("_code").str.len_chars().alias("_len"))
     coded = facts.select("_fid", "system", normalise_code_expr(pl.col("code")).alias("_code")).filter(
         pl.col("_code").is_not_null()
     )
@@ -94,34 +106,67 @@ def _conversions(concepts: dict[str, ConceptSet]) -> pl.LazyFrame:
     return pl.LazyFrame(rows, schema={"_ckey": pl.String, "_unit": pl.String, "_a": pl.Float64, "_b": pl.Float64})
 
 
-def feature_frame(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
-    """One row per patient with facts in some feature; columns ``patient_id`` and ``<feature>:<stat>``."""
+@dataclass
+class _FeaturePlan:
+    """Everything :func:`feature_frame` needs that depends only on the studies (built once per study set)."""
+
+    feats: dict[str, list[Feat]]
+    stats_needed: dict[str, set[str]]
+    concepts: dict[str, ConceptSet]
+    columns: list[str]
+    empty: pl.DataFrame
+    member_table: pl.DataFrame | None
+    conversions: pl.DataFrame
+
+
+#: study set (a tuple of studies, compared by identity) -> its feature plan; a few recent sets are kept
+_FEATURE_PLANS: dict[tuple[Study, ...], _FeaturePlan] = {}
+_FEATURE_PLANS_MAX = 16
+
+
+def _feature_plan(studies: Sequence[Study]) -> _FeaturePlan:
+    key = tuple(studies)
+    plan = _FEATURE_PLANS.get(key)
+    if plan is not None:
+        return plan
     feats = _features(studies)
     stats_needed: dict[str, set[str]] = {}
     concepts: dict[str, ConceptSet] = {}
+    for fkey, group in feats.items():
+        concepts[group[0].concept.key] = group[0].concept
+        stats_needed.setdefault(fkey, set()).update(s for f in group for s in TRANSFORM_STATS[f.transform])
+    columns = [stat_col(feats[k][0], s) for k in feats for s in sorted(stats_needed[k])]
+    empty = pl.DataFrame(schema={"patient_id": pl.String, **{c: _STAT_DTYPES[c.rsplit(":", 1)[1]] for c in columns}})
+    plan = _FeaturePlan(feats, stats_needed, concepts, columns, empty, _member_table(concepts),
+                        _conversions(concepts).collect())
+    if len(_FEATURE_PLANS) >= _FEATURE_PLANS_MAX:
+        _FEATURE_PLANS.pop(next(iter(_FEATURE_PLANS)))
+    _FEATURE_PLANS[key] = plan
+    return plan
+
+
+def feature_frame(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
+    """One row per patient with facts in some feature; columns ``patient_id`` and ``<feature>:<stat>``."""
+    fp = _feature_plan(studies)
+    feats, stats_needed, concepts, columns, empty = fp.feats, fp.stats_needed, fp.concepts, fp.columns, fp.empty
+    if not feats or state.facts.height == 0:
+        return empty
     windows = []
     for key, group in feats.items():
         f0 = group[0]
-        concepts[f0.concept.key] = f0.concept
-        stats_needed.setdefault(key, set()).update(s for f in group for s in TRANSFORM_STATS[f.transform])
-        start = f0.window.start(now) if f0.window else None
-        windows.append({"_fkey": key, "_ckey": f0.concept.key, "_start": start})
-    columns = [stat_col(feats[k][0], s) for k in feats for s in sorted(stats_needed[k])]
-    empty = pl.DataFrame(schema={"patient_id": pl.String, **{c: _STAT_DTYPES[c.rsplit(":", 1)[1]] for c in columns}})
-    if not feats or state.facts.height == 0:
-        return empty
+        windows.append({"_fkey": key, "_ckey": f0.concept.key, "_start": f0.window.start(now) if f0.window else None})
     facts = (
         state.facts.lazy()
         .with_row_index("_fid")
         .filter(pl.col("occurred_at") <= now)
     )
-    member = _membership(facts, concepts)
+    member = _membership(facts, concepts, fp.member_table)
     wins = pl.LazyFrame(windows, schema={"_fkey": pl.String, "_ckey": pl.String, "_start": TS})
     rows = (
         member.join(facts.select("_fid", "patient_id", "event_id", "code", "value", "unit", "occurred_at"),
                     on="_fid", how="inner")
         .with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
-        .join(_conversions(concepts), on=["_ckey", "_unit"], how="left")
+        .join(fp.conversions.lazy(), on=["_ckey", "_unit"], how="left")
         .with_columns(
             (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
             (pl.col("value").is_not_null() & pl.col("_a").is_null()).alias("_unk"),
@@ -175,6 +220,7 @@ def _attributes(persons: pl.DataFrame, now: datetime) -> pl.LazyFrame:
     decile = pl.col("imd_decile").cast(pl.Float64)
     return persons.lazy().select(
         "patient_id",
+        pl.lit(now, dtype=TS).alias(NOW_COL),
         age.alias("_attr_age"),
         (pl.lit(today) - b).dt.total_days().cast(pl.Float64).alias("_attr_age_days"),
         pl.col("sex").alias("_attr_sex"),
@@ -263,27 +309,119 @@ def study_frame(base: pl.LazyFrame, study: Study, now: datetime, *, nested: bool
     return plan.apply(base).select(cols)
 
 
-def _result_frame(frame: pl.LazyFrame, study: Study) -> pl.LazyFrame:
+Evidence = Literal["all", "matches", "none"]
+EVIDENCE_MODES: tuple[str, ...] = ("all", "matches", "none")
+#: outcomes whose rows get evidence in ``evidence="matches"`` mode (the ones the engine stores)
+MATCH_OUTCOMES: tuple[str, ...] = ("eligible", "possible")
+
+
+@dataclass
+class _Compiled:
+    """One study's criteria compiled once, independent of ``now`` and of the patients (cached per study).
+
+    Column names carry a prefix unique to the study object, so every study's stages can share one frame.
+    ``values[level]``/``evidence[level]`` are :class:`Plan` stages; ``outcome`` is aliased ``<prefix>outcome``;
+    ``criteria`` is ``(name, group, value column, evidence column)`` per top-level criterion.
+    """
+
+    values: list[list[pl.Expr]]
+    evidence: list[list[pl.Expr]]
+    outcome: pl.Expr
+    outcome_col: str
+    criteria: list[tuple[str, str, str, str]]
+
+
+_COMPILED: weakref.WeakKeyDictionary[Study, _Compiled] = weakref.WeakKeyDictionary()
+_PREFIXES = itertools.count()
+
+
+def _compiled(study: Study) -> _Compiled:
+    hit = _COMPILED.get(study)
+    if hit is not None:
+        return hit
+    prefix = f"_s{next(_PREFIXES)}_"
+    plan = Plan(prefix=f"{prefix}x")
+    named: list[tuple[Criterion, pl.Expr]] = []
+    unused_now = datetime(2000, 1, 1, tzinfo=UTC)  # lowering reads the screening instant from NOW_COL
+    for c in study.criteria:
+        value, evidence, level = compile_criterion(c, study, unused_now, plan)
+        v, _e, _ = plan.bind(value.cast(pl.Boolean), evidence.fill_null(""), level)
+        named.append((c, v))
+    outcome_col = f"{prefix}outcome"
+    compiled = _Compiled(
+        values=plan.values, evidence=plan.evidence,
+        outcome=_outcome(named).alias(outcome_col), outcome_col=outcome_col,
+        criteria=[(c.name, c.group, v.meta.output_name(), v.meta.output_name()[:-1] + "e") for c, v in named],
+    )
+    _COMPILED[study] = compiled
+    return compiled
+
+
+def _outcome(named: Sequence[tuple[Criterion, pl.Expr]]) -> pl.Expr:
+    """``eligible``/``possible``/``ineligible`` from the top-level criteria's values (three-valued)."""
+    inc_false: list[pl.Expr] = []
+    all_good: list[pl.Expr] = []
+    for c, v in named:
+        if c.group == "include":
+            inc_false.append((v == False).fill_null(False))  # noqa: E712
+            all_good.append(v.fill_null(False))
+        else:
+            inc_false.append(v.fill_null(False))
+            all_good.append((~v).fill_null(False))
+    bad = pl.any_horizontal(inc_false) if inc_false else pl.lit(False)
+    good = pl.all_horizontal(all_good) if all_good else pl.lit(True)
+    return pl.when(bad).then(pl.lit("ineligible")).when(good).then(pl.lit("eligible")).otherwise(
+        pl.lit("possible")
+    )
+
+
+def _staged(frame: pl.LazyFrame, stage_lists: Sequence[list[list[pl.Expr]]]) -> pl.LazyFrame:
+    """Apply several studies' plan stages level by level (one ``with_columns`` per level for all of them)."""
+    depth = max((len(st) for st in stage_lists), default=0)
+    for level in range(depth):
+        exprs = [e for st in stage_lists if level < len(st) for e in st[level]]
+        if exprs:
+            frame = frame.with_columns(exprs)
+    return frame
+
+
+def _rows(frame: pl.LazyFrame, study: Study, comp: _Compiled, with_evidence: bool) -> pl.LazyFrame:
+    """The result rows of one study from a frame holding its value (and, if ``with_evidence``, evidence) columns."""
+    none = pl.lit(None, dtype=pl.String)
     structs = [
-        pl.struct(pl.lit(c.name).alias("name"), pl.lit(c.group).alias("group"), pl.col(c.name).alias("result"),
-                  pl.col(f"{c.name}:evidence").alias("evidence"))
-        for c in study.criteria
+        pl.struct(pl.lit(name).alias("name"), pl.lit(group).alias("group"), pl.col(vcol).alias("result"),
+                  (pl.col(ecol) if with_evidence else none).alias("evidence"))
+        for name, group, vcol, ecol in comp.criteria
     ]
     # concat_arr + to_list: concat_list of structs is ~20x slower in Polars.
     criteria = pl.concat_arr(structs).arr.to_list() if structs else pl.lit([], dtype=CRITERIA_DTYPE)
     return frame.select(
-        pl.lit(study.id).alias("study_id"), pl.col("patient_id"), pl.col("outcome"),
+        pl.lit(study.id).alias("study_id"), pl.col("patient_id"), pl.col(comp.outcome_col).alias("outcome"),
         pl.lit(study.rule_hash or study.content_hash).alias("rule_hash"),
         criteria.cast(CRITERIA_DTYPE).alias("criteria"),
     )
 
 
-def screen(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
+def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
+           evidence: Evidence = "all") -> pl.DataFrame:
     """Evaluate every patient in ``state.persons`` against every study, at time ``now`` (aware, UTC).
 
     Returns one row per (study, patient): ``study_id, patient_id, outcome, rule_hash, criteria`` (see
     rules-spec). Facts after ``now`` are ignored. Does not filter by study dates, consent or death.
+
+    ``evidence`` chooses where the criteria's evidence texts are built (outcomes and every criterion's result
+    are always computed for every row, identically in every mode):
+
+    - ``"all"`` (default): on every row. Rows come study by study, patients in ``state.persons`` order.
+    - ``"matches"``: only on rows whose outcome is ``eligible`` or ``possible`` (:data:`MATCH_OUTCOMES`);
+      other rows carry ``evidence`` null. Within a study the evidence rows come first.
+    - ``"none"``: nowhere (``evidence`` null on every row).
+
+    Compiled expressions are cached per study object, and code tables per study set, so repeated calls (the
+    engine's micro-batches) pay only for the patients.
     """
+    if evidence not in EVIDENCE_MODES:
+        raise ValueError(f"evidence must be one of {', '.join(EVIDENCE_MODES)}, got {evidence!r}")
     if now.tzinfo is None:
         raise ValueError("screen() needs a timezone-aware 'now'")
     now = now.astimezone(UTC)
@@ -291,9 +429,32 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.D
                                       "rule_hash": pl.String(), "criteria": CRITERIA_DTYPE}
     if not studies or state.persons.height == 0:
         return pl.DataFrame(schema=schema)
+    comps = [_compiled(s) for s in studies]
     wide = feature_frame(state, studies, now)
-    base = _attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left").collect().lazy()
-    frames = [_result_frame(study_frame(base, s, now), s) for s in studies]
+    base = _attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left")
+    if evidence == "all":
+        stages = [[v + e for v, e in zip(c.values, c.evidence, strict=True)] for c in comps]
+        full = _staged(base, stages).with_columns([c.outcome for c in comps]).collect().lazy()
+        return pl.concat(pl.collect_all([_rows(full, s, c, True) for s, c in zip(studies, comps, strict=True)]),
+                         how="vertical")
+    values = _staged(base, [c.values for c in comps]).with_columns([c.outcome for c in comps])
+    if evidence == "none":
+        keep = ["patient_id", *(c.outcome_col for c in comps), *(v for c in comps for _n, _g, v, _e in c.criteria)]
+        values = values.select(keep)
+    full = values.collect()
+    if evidence == "none":
+        frames = [_rows(full.lazy(), s, c, False) for s, c in zip(studies, comps, strict=True)]
+        return pl.concat(pl.collect_all(frames), how="vertical")
+    matched = [pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) for c in comps]
+    counts = full.select(m.sum().alias(str(i)) for i, m in enumerate(matched)).row(0)
+    frames = []
+    for s, c, m, n in zip(studies, comps, matched, counts, strict=True):
+        if n:
+            part = full.lazy().filter(m)
+            frames.append(_rows(_staged(part, [c.evidence]), s, c, True))
+            frames.append(_rows(full.lazy().filter(~m), s, c, False))
+        else:
+            frames.append(_rows(full.lazy(), s, c, False))
     return pl.concat(pl.collect_all(frames), how="vertical")
 
 

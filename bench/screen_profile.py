@@ -1,0 +1,137 @@
+"""Time :func:`screener.rules.screen` at the two ends that matter: small calls (the engine's micro-batches) and
+the whole population.
+
+    python -m bench.screen_profile small  [--patients 10] [--studies 50] [--calls 30] [--evidence all]
+    python -m bench.screen_profile large  [--patients 20000] [--studies 50] [--evidence matches] [--chunk N]
+
+Studies: the samples in ``rules/`` replicated to ``--studies`` (``bench._workload.replicate_studies``).
+Population: ``connectors.synthetic.population.generate_frames`` (seed 7, ``BENCH_NOW``), cached as Parquet in
+``--pop-dir`` (default ``/tmp/screener-screen-profile``); a subset of the 1M file is used when only that
+exists. ``small`` screens consecutive slices of ``--patients`` patients and prints the per-call median, p90 and
+mean; ``large`` screens everyone once (after one warm-up on 1000 patients) and prints the wall time and the
+process's peak RSS (VmHWM). ``--profile FILE`` writes a cProfile of the timed part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _population(pop_dir: Path, n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    from bench._workload import population_paths, subset, write_population
+
+    for size in (n, 100_000, 1_000_000):
+        persons_path, facts_path = population_paths(pop_dir, size)
+        if size >= n and persons_path.exists() and facts_path.exists():
+            persons, facts = pl.read_parquet(persons_path), pl.read_parquet(facts_path)
+            return (persons, facts) if size == n else subset(persons, facts, n)
+    write_population(pop_dir, n)
+    persons_path, facts_path = population_paths(pop_dir, n)
+    return pl.read_parquet(persons_path), pl.read_parquet(facts_path)
+
+
+def _studies(count: int) -> list:
+    from bench._workload import replicate_studies
+    from screener.rules import load_studies
+
+    out = Path(tempfile.mkdtemp(prefix="screen-profile-rules-"))
+    replicate_studies(Path("rules"), count, out)
+    loaded = load_studies([out])
+    if loaded.errors:
+        raise SystemExit(f"rule errors: {loaded.errors[:3]}")
+    return loaded.studies
+
+
+def main() -> None:
+    from bench._workload import BENCH_NOW
+    from screener.rules import screen
+    from screener.state import PatientState
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=("small", "large"))
+    ap.add_argument("--patients", type=int)
+    ap.add_argument("--studies", type=int, default=50)
+    ap.add_argument("--calls", type=int, default=30)
+    ap.add_argument("--evidence", default=None, help="all | matches | none (default: small all, large matches)")
+    ap.add_argument("--chunk", type=int, default=0, help="large: screen this many patients per call")
+    ap.add_argument("--pop-dir", type=Path, default=Path("/tmp/screener-screen-profile"))
+    ap.add_argument("--profile", type=Path)
+    args = ap.parse_args()
+    small = args.what == "small"
+    n = args.patients or (10 if small else 20_000)
+    evidence = args.evidence or ("all" if small else "matches")
+    kw = {} if evidence == "all" else {"evidence": evidence}
+
+    studies = _studies(args.studies)
+    total = n * args.calls if small else n
+    persons, facts = _population(args.pop_dir, max(total, 1000))
+    print(f"{len(studies)} studies, {persons.height} patients, {facts.height} facts loaded; evidence={evidence}")
+    prof = cProfile.Profile() if args.profile else None
+
+    if small:
+        ids = persons["patient_id"]
+        state = PatientState(persons, facts)
+        screen(state.select_patients(ids[:n]), studies, BENCH_NOW, **kw)  # warm-up
+        times = []
+        if prof:
+            prof.enable()
+        for k in range(args.calls):
+            part = state.select_patients(ids[k * n:(k + 1) * n])
+            t0 = time.perf_counter()
+            screen(part, studies, BENCH_NOW, **kw)
+            times.append(time.perf_counter() - t0)
+        if prof:
+            prof.disable()
+        times.sort()
+        print(f"screen() {n} patients x {len(studies)} studies, {args.calls} calls: "
+              f"median {statistics.median(times) * 1000:.1f} ms, p90 {times[int(0.9 * len(times))] * 1000:.1f} ms, "
+              f"mean {statistics.mean(times) * 1000:.1f} ms")
+    else:
+        persons, facts = persons.head(n), facts.filter(pl.col("patient_id").is_in(persons["patient_id"][:n].implode()))
+        warm = PatientState(persons.head(1000), facts.filter(
+            pl.col("patient_id").is_in(persons["patient_id"][:1000].implode())))
+        screen(warm, studies, BENCH_NOW, **kw)
+        if prof:
+            prof.enable()
+        t0 = time.perf_counter()
+        if args.chunk:
+            index = persons.select("patient_id", (pl.int_range(pl.len()) // args.chunk).alias("_c"))
+            pp = persons.join(index, on="patient_id").partition_by("_c", as_dict=True, include_key=False)
+            fp = facts.join(index, on="patient_id").partition_by("_c", as_dict=True, include_key=False)
+            rows = 0
+            outcomes: dict[str, int] = {}
+            for key, p in pp.items():
+                r = screen(PatientState(p, fp.get(key, facts.clear())), studies, BENCH_NOW, **kw)
+                rows += r.height
+                for o, c in r.group_by("outcome").len().iter_rows():
+                    outcomes[o] = outcomes.get(o, 0) + c
+        else:
+            r = screen(PatientState(persons, facts), studies, BENCH_NOW, **kw)
+            rows = r.height
+            outcomes = dict(r.group_by("outcome").len().iter_rows())
+        wall = time.perf_counter() - t0
+        if prof:
+            prof.disable()
+        print(f"screen() {n} patients x {len(studies)} studies ({facts.height} facts), evidence={evidence}, "
+              f"chunk={args.chunk or 'none'}: {wall:.2f} s, {rows} rows, outcomes {dict(sorted(outcomes.items()))}, "
+              f"peak RSS {_peak_rss_mb():.0f} MB")
+    if prof:
+        prof.dump_stats(str(args.profile))
+
+
+if __name__ == "__main__":
+    main()
