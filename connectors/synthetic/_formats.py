@@ -9,6 +9,8 @@ HL7 v2.5 (``to_hl7v2``: one message per event, segments separated by ``\\r``, UT
                    ``code^text^LN``, OBX-5 value, OBX-6 units as ``unit^unit^UCUM`` (or just ``unit`` when the
                    spelling is not UCUM, e.g. ``mL/min/1.73m2``), OBX-11 ``F``, OBX-14 observation time);
 - ``death``        ADT^A08 with PID-29 (death time) and PID-30 ``Y``;
+- an ``entered-in-error`` result that ``corrects`` an earlier one: the same ORU^R01 with the original's order
+                   numbers (OBR-2/3) and OBX-11 ``W`` (post original as wrong);
 - drugs, procedures, visits and consent are not sent over HL7 v2 here (hospitals send those as pharmacy and
   theatre messages or FHIR); they are left out of the list.
 
@@ -24,7 +26,10 @@ number with identifier type ``MR``, NHS number under ``https://fhir.nhs.uk/Id/nh
 category extension, IMD decile and LSOA extensions), Condition, Observation (``valueQuantity`` with the unit as
 sent and its UCUM code), MedicationStatement (ATC or dm+d), Procedure (OPCS-4) and Encounter (visits). Every
 resource carries the care setting and site as ``meta.tag`` codings (systems below). Resource ids are the
-event ids (the Patient id is the hospital number); references are ``Patient/<hospital number>``.
+event ids (the Patient id is the hospital number); references are ``Patient/<hospital number>``. An
+``entered-in-error`` event that ``corrects`` an earlier one is that resource again (same id) with status
+``entered-in-error`` (Condition: verificationStatus); a transaction then holds two entries for one URL, so
+split it when a server insists. ``consent`` and ``death`` events are not rendered as FHIR.
 """
 
 from __future__ import annotations
@@ -262,9 +267,11 @@ def to_hl7v2(events: Iterable[Event]) -> list[str]:
             if ev.unit:
                 ucum = _UCUM.get(ev.unit)
                 unit = f"{_escape(ev.unit)}^{_escape(ev.unit)}^UCUM" if ucum == ev.unit else _escape(ev.unit)
-            order = _control_id(ev.event_id)[:16]
+            # A retraction repeats the original's order numbers with result status W (post original as wrong).
+            retracts = ev.status == "entered-in-error" and ev.corrects is not None
+            order = _control_id(ev.corrects if retracts and ev.corrects else ev.event_id)[:16]
             obr = f"OBR|1|P{order}|F{order}|{ident}|||{when}"
-            obx = f"OBX|1|NM|{ident}||{_num(ev.value)}|{unit}|||||F|||{when}"
+            obx = f"OBX|1|NM|{ident}||{_num(ev.value)}|{unit}|||||{'W' if retracts else 'F'}|||{when}"
             segs = [_msh(ev, "ORU^R01^ORU_R01"), _pid(ev, demo), _pv1(ev), obr, obx]
         else:
             continue
@@ -325,7 +332,9 @@ def _patient(event: Event) -> dict[str, Any]:
 
 def _resource(event: Event) -> dict[str, Any] | None:
     subject = {"reference": f"Patient/{event.patient_id}"}
-    base = {"id": event.event_id, "meta": _meta(event)}
+    retracts = event.status == "entered-in-error" and event.corrects is not None
+    # A retraction is the original resource (same id) with status entered-in-error.
+    base = {"id": event.corrects if retracts else event.event_id, "meta": _meta(event)}
     when = _iso(event.occurred_at)
     code = {"coding": [_coding(event.code.system, event.code.value)]} if event.code is not None else None
     if event.kind == "person":
@@ -336,7 +345,8 @@ def _resource(event: Event) -> dict[str, Any] | None:
                 "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
                                                "code": clinical}]},
                 "verificationStatus": {"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+                    "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                    "code": "entered-in-error" if retracts else "confirmed"}]},
                 "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
                                           "code": "encounter-diagnosis"}]}],
                 "code": code, "subject": subject, "onsetDateTime": when, "recordedDate": when}
@@ -344,7 +354,7 @@ def _resource(event: Event) -> dict[str, Any] | None:
         category = ("vital-signs" if event.code is not None and event.code.value in _VITAL_SIGNS
                     else "survey" if event.unit == "{score}" else "laboratory")
         res: dict[str, Any] = {
-            "resourceType": "Observation", **base, "status": "final",
+            "resourceType": "Observation", **base, "status": "entered-in-error" if retracts else "final",
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                                       "code": category}]}],
             "code": code, "subject": subject, "effectiveDateTime": when,
@@ -360,7 +370,7 @@ def _resource(event: Event) -> dict[str, Any] | None:
             res["valueString"] = event.value
         return res
     if event.kind == "drug" and code is not None:
-        return {"resourceType": "MedicationStatement", **base, "status": "active",
+        return {"resourceType": "MedicationStatement", **base, "status": "entered-in-error" if retracts else "active",
                 "medicationCodeableConcept": code, "subject": subject, "effectiveDateTime": when,
                 "dateAsserted": when}
     if event.kind == "procedure" and code is not None:

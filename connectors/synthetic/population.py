@@ -47,7 +47,7 @@ import polars as pl
 
 from connectors.synthetic._formats import to_fhir, to_hl7v2
 from screener.events import Event, Person
-from screener.state import FACTS_SCHEMA, PERSONS_SCHEMA
+from screener.state import FACT_KINDS, FACTS_SCHEMA, PERSONS_SCHEMA
 
 __all__ = [
     "CENSUS_ETHNIC_MIX",
@@ -431,18 +431,98 @@ def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFram
         .with_columns(pl.int_range(1, pl.len() + 1).over("pos").alias("ordinal"))
         .with_columns(
             pl.format("syn{}-{}-f{}", pl.lit(seed), pl.col("patient_id"), pl.col("ordinal")).alias("event_id"),
-            pl.from_epoch("t", time_unit="us").dt.replace_time_zone("UTC").alias("occurred_at"),
+            pl.lit("active").alias("status"), pl.lit(None, dtype=pl.String).alias("corrects"),
         )
+        .select(_EVENT_COLUMNS)
     )
-    first = facts.group_by("pos").agg(pl.col("t").min().alias("first_t"), pl.col("setting").last(),
-                                       pl.col("site").last())
-    persons = persons.join(first, on="pos", how="left").with_columns(
+    # The person's setting and site are those of their latest fact (consent, death and entered-in-error events
+    # do not move a patient, as in screener.state); a retracted fact still counted when it arrived.
+    last = facts.group_by("pos").agg(pl.col("t").max().alias("last_t"), pl.col("setting").last(),
+                                     pl.col("site").last())
+    persons = persons.join(last, on="pos", how="left").with_columns(
         pl.coalesce("setting", "home_setting").alias("setting"),
         pl.coalesce("site", "home_site").alias("site"),
+    )
+    control = _control_events(r, p, persons, facts, seed, now_us)
+    events = (
+        pl.concat([facts.with_columns(pl.int_range(pl.len()).cast(pl.Float64).alias("order")), control])
+        .sort(["pos", "t", "order"])
+        .drop("order")
+        .with_columns(pl.from_epoch("t", time_unit="us").dt.replace_time_zone("UTC").alias("occurred_at"))
+    )
+    flags = control.group_by("pos").agg((pl.col("kind") == "consent").any().alias("do_not_contact"),
+                                        (pl.col("kind") == "death").any().alias("deceased"))
+    first = events.group_by("pos").agg(pl.col("t").min().alias("first_t"))
+    persons = persons.join(first, on="pos", how="left").join(flags, on="pos", how="left").with_columns(
+        pl.col("do_not_contact").fill_null(False), pl.col("deceased").fill_null(False),
         pl.from_epoch(pl.coalesce(pl.col("first_t") - HOUR, pl.lit(now_us - 30 * DAY)), time_unit="us")
         .dt.replace_time_zone("UTC").alias("updated_at"),
     )
-    return persons, facts
+    return persons, events
+
+
+_EVENT_COLUMNS = ("pos", "patient_id", "event_id", "t", "kind", "system", "code", "value", "unit", "status",
+                  "setting", "site", "corrects")
+#: Share of patients on the national data opt-out / local do-not-contact register (a ``consent`` event).
+DO_NOT_CONTACT_SHARE = 0.01
+#: Share of patients with one lab result later marked entered-in-error (a retraction that ``corrects`` it).
+CORRECTION_SHARE = 0.015
+
+
+def _control_events(r: _Rand, p: _People, persons: pl.DataFrame, facts: pl.DataFrame, seed: int,
+                    now_us: int) -> pl.DataFrame:
+    """Consent (do-not-contact), death and entered-in-error events for a block, with a sort key ``order``.
+
+    - ~1 % opt out: ``consent`` with code ``local/do-not-contact``, status ``active``, within the last 5 years;
+    - deaths, by age (0.1 % under 60, 1.5 % at 60-79, 6 % from 80; ~1 % overall): a ``death`` event 1-90 days
+      after the patient's last record, where they were last seen;
+    - ~1.5 % have one lab result retracted 1 hour to 5 days after it was recorded: an ``entered-in-error``
+      copy of the result whose ``corrects`` names it (event id ``<original>-eie``), placed right after it.
+    """
+    idx, age = p.idx, p.age
+    base = persons.select("pos", "patient_id", "setting", "site", "last_t")
+    order_ctl = float(2**52)
+    # consent
+    dnc = np.flatnonzero(r.u(idx, "dnc") < DO_NOT_CONTACT_SHARE)
+    dnc_days = r.u(idx[dnc], "dnc.t") * np.minimum(5 * YEAR, np.maximum(age[dnc], 0.1) * YEAR)
+    consent = base.join(pl.DataFrame({"pos": dnc, "t": _ago(now_us, dnc_days) // 1_000_000 * 1_000_000}),
+                        on="pos", how="inner").with_columns(
+        pl.min_horizontal("t", "last_t").alias("t"),  # no opt-out recorded after the last record
+        pl.format("syn{}-{}-c1", pl.lit(seed), pl.col("patient_id")).alias("event_id"),
+        pl.lit("consent").alias("kind"), pl.lit("local").alias("system"), pl.lit("do-not-contact").alias("code"),
+        pl.lit(None, dtype=pl.Float64).alias("value"), pl.lit(None, dtype=pl.String).alias("unit"),
+        pl.lit("active").alias("status"), pl.lit(None, dtype=pl.String).alias("corrects"),
+        pl.lit(order_ctl).alias("order"))
+    # death
+    p_death = np.select([age < 60, age < 80], [0.001, 0.015], 0.06)
+    dead = np.flatnonzero(r.u(idx, "death") < p_death)
+    death = base.join(pl.DataFrame({"pos": dead, "after": np.round(r.uniform(idx[dead], "death.t", 1, 90) * DAY)
+                                    .astype(np.int64)}), on="pos", how="inner").with_columns(
+        ((pl.col("last_t") + pl.col("after")).clip(upper_bound=now_us - MINUTE) // 1_000_000 * 1_000_000)
+        .alias("t"),
+        pl.format("syn{}-{}-d1", pl.lit(seed), pl.col("patient_id")).alias("event_id"),
+        pl.lit("death").alias("kind"), pl.lit(None, dtype=pl.String).alias("system"),
+        pl.lit(None, dtype=pl.String).alias("code"), pl.lit(None, dtype=pl.Float64).alias("value"),
+        pl.lit(None, dtype=pl.String).alias("unit"), pl.lit("active").alias("status"),
+        pl.lit(None, dtype=pl.String).alias("corrects"), pl.lit(order_ctl + 1).alias("order"))
+    # entered-in-error: pick one measurement of the chosen patients
+    chosen = np.flatnonzero(r.u(idx, "eie") < CORRECTION_SHARE)
+    pick = pl.DataFrame({"pos": chosen, "pick": r.u(idx[chosen], "eie.which"),
+                         "delay": np.round(r.uniform(idx[chosen], "eie.delay", 1, 120) * HOUR).astype(np.int64)})
+    eie = (
+        facts.with_columns(pl.int_range(pl.len()).cast(pl.Float64).alias("order"))
+        .filter(pl.col("kind") == "measurement")
+        .join(pick, on="pos", how="inner")
+        .with_columns(pl.int_range(pl.len()).over("pos").alias("_k"), pl.len().over("pos").alias("_n"))
+        .filter(pl.col("_k") == (pl.col("pick") * pl.col("_n")).floor().cast(pl.Int64))
+        .with_columns(
+            ((pl.col("t") + pl.col("delay")).clip(upper_bound=now_us - MINUTE) // 1_000_000 * 1_000_000)
+            .clip(lower_bound=pl.col("t")).alias("t"),
+            pl.col("event_id").alias("corrects"), (pl.col("event_id") + "-eie").alias("event_id"),
+            pl.lit("entered-in-error").alias("status"), pl.col("order") + 0.5)
+    )
+    cols = [*_EVENT_COLUMNS, "order"]
+    return pl.concat([consent.select(cols), death.select(cols), eie.select(cols)], how="vertical_relaxed")
 
 
 # -- clinical modules --------------------------------------------------------------------------------------
@@ -776,22 +856,23 @@ def _now(now: datetime | None) -> datetime:
 
 def generate_tables(n_patients: int, *, seed: int = 0, now: datetime | None = None, start_index: int = 0,
                     block_size: int = 100_000) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
-    """Blocks of (persons, facts) for patients ``start_index .. start_index + n_patients - 1``.
+    """Blocks of (persons, events) for patients ``start_index .. start_index + n_patients - 1``.
 
-    ``persons`` has the ``PERSONS_SCHEMA`` columns plus ``nhs_number`` (for the person event); ``facts`` has the
-    ``FACTS_SCHEMA`` columns plus ``site``. Facts are sorted by patient, then time.
+    ``persons`` has the ``PERSONS_SCHEMA`` columns (the flags already applied) plus ``nhs_number``,
+    ``home_setting`` and ``home_site`` (for the person event); ``events`` has the ``FACTS_SCHEMA`` columns plus
+    ``site`` and ``corrects``, one row per non-person event: facts, ``consent``, ``death`` and
+    ``entered-in-error`` retractions, sorted by patient, then time (a retraction right after what it retracts).
     """
     if n_patients < 0 or start_index < 0:
         raise ValueError("n_patients and start_index must be >= 0")
     at = _now(now)
     stop = start_index + n_patients
     for lo in range(start_index, stop, block_size):
-        persons, facts = _block(lo, min(lo + block_size, stop), seed, at)
-        persons = persons.with_columns(pl.lit(False).alias("do_not_contact"), pl.lit(False).alias("deceased"))
+        persons, events = _block(lo, min(lo + block_size, stop), seed, at)
         yield (
             persons.select([pl.col(c).cast(t) for c, t in PERSONS_SCHEMA.items()] + list(_PERSON_EXTRA)),
-            facts.with_columns(pl.lit(None, dtype=pl.String).alias("text"), pl.lit("active").alias("status"))
-            .select([pl.col(c).cast(t) for c, t in FACTS_SCHEMA.items()] + ["site"]),
+            events.with_columns(pl.lit(None, dtype=pl.String).alias("text"))
+            .select([pl.col(c).cast(t) for c, t in FACTS_SCHEMA.items()] + ["site", "corrects"]),
         )
 
 
@@ -800,13 +881,17 @@ def generate_frames(n_patients: int, seed: int = 0, now: datetime | None = None,
     """The state frames (``PERSONS_SCHEMA``, ``FACTS_SCHEMA``) for ``n_patients`` patients, vectorised.
 
     Equal, row for row, to applying every event of :func:`generate` with the same arguments to an empty
-    ``PatientState`` (facts ordered by patient and time). This is the fast path for benchmarks.
+    ``PatientState`` (facts ordered by patient and time): retracted facts are left out, consent and death set
+    the ``do_not_contact`` and ``deceased`` flags. This is the fast path for benchmarks.
     """
     persons: list[pl.DataFrame] = []
     facts: list[pl.DataFrame] = []
-    for p, f in generate_tables(n_patients, seed=seed, now=now, start_index=start_index, block_size=block_size):
+    for p, ev in generate_tables(n_patients, seed=seed, now=now, start_index=start_index, block_size=block_size):
         persons.append(p.drop(_PERSON_EXTRA))
-        facts.append(f.drop("site"))
+        retracted = ev["corrects"].drop_nulls()
+        facts.append(ev.filter(pl.col("kind").is_in(FACT_KINDS) & (pl.col("status") != "entered-in-error")
+                               & ~pl.col("event_id").is_in(retracted.implode()))
+                     .drop("site", "corrects"))
     if not persons:
         return pl.DataFrame(schema=PERSONS_SCHEMA), pl.DataFrame(schema=FACTS_SCHEMA)
     return pl.concat(persons, rechunk=True), pl.concat(facts, rechunk=True)
@@ -814,22 +899,24 @@ def generate_frames(n_patients: int, seed: int = 0, now: datetime | None = None,
 
 def generate(n_patients: int, *, seed: int = 0, now: datetime | None = None, start_index: int = 0,
              block_size: int = 1_000) -> Iterator[list[Event]]:
-    """Yield each patient's validated canonical events: the person event first, then facts in time order.
+    """Yield each patient's validated canonical events: the person event first, then the rest in time order.
 
     The person event carries the demographics and the NHS number and happens an hour before the patient's
-    first record; every fact carries its care setting and site. Patient ``i`` is the same whatever
-    ``block_size`` or ``start_index`` (see the module docstring).
+    first record; every other event carries its care setting and site. Besides clinical facts a few patients
+    have a ``consent`` (do-not-contact), a ``death`` or an ``entered-in-error`` retraction (see
+    ``_control_events``). Patient ``i`` is the same whatever ``block_size`` or ``start_index`` (see the module
+    docstring).
     """
-    for persons, facts in generate_tables(n_patients, seed=seed, now=now, start_index=start_index,
-                                          block_size=block_size):
+    for persons, events in generate_tables(n_patients, seed=seed, now=now, start_index=start_index,
+                                           block_size=block_size):
         by_patient: dict[str, list[dict[str, Any]]] = {}
-        for row in facts.iter_rows(named=True):
+        for row in events.iter_rows(named=True):
             by_patient.setdefault(row["patient_id"], []).append(row)
         for person in persons.iter_rows(named=True):
             pid = person["patient_id"]
-            events = [_person_event(person, seed)]
-            events.extend(_fact_event(row) for row in by_patient.get(pid, ()))
-            yield events
+            out = [_person_event(person, seed)]
+            out.extend(_fact_event(row) for row in by_patient.get(pid, ()))
+            yield out
 
 
 def _person_event(row: dict[str, Any], seed: int) -> Event:
@@ -844,10 +931,10 @@ def _person_event(row: dict[str, Any], seed: int) -> Event:
 
 
 def _fact_event(row: dict[str, Any]) -> Event:
-    code = {"system": row["system"], "value": row["code"]}
+    code = {"system": row["system"], "value": row["code"]} if row["code"] is not None else None
     return Event.model_validate({
         "event_id": row["event_id"], "source": SOURCE, "kind": row["kind"], "patient_id": row["patient_id"],
         "occurred_at": row["occurred_at"], "code": code, "value": row["value"], "unit": row["unit"],
-        "status": row["status"], "setting": row["setting"], "site": row["site"],
+        "status": row["status"], "setting": row["setting"], "site": row["site"], "corrects": row["corrects"],
     })
 

@@ -220,7 +220,7 @@ def test_fhir_round_trips_through_the_fhir_connector() -> None:
         def key(e: Event) -> tuple[object, ...]:
             return (e.kind, e.code, e.occurred_at, e.value, normalise_unit(e.unit))
 
-        sent = sorted((key(e) for e in patient[1:] if e.kind != "visit"), key=repr)
+        sent = sorted((key(e) for e in patient[1:] if e.kind not in ("visit", "consent", "death")), key=repr)
         got = sorted((key(e) for e in parsed if e.kind not in ("person", "visit")), key=repr)
         assert sent == got
         assert sum(e.kind == "visit" for e in parsed) == sum(e.kind == "visit" for e in patient)
@@ -269,3 +269,89 @@ def test_every_block_start_with_an_unstated_group_generates(seed: int, block_siz
         p, _ = generate_frames(2, seed=seed, now=NOW, start_index=start, block_size=block_size)
         assert p["ethnic_group"][0] is None
         assert next(generate(1, seed=seed, now=NOW, start_index=start, block_size=block_size))[0].person is not None
+
+
+@pytest.fixture(scope="module")
+def streamed() -> list[list[Event]]:
+    return list(generate(4_000, seed=13, now=NOW))
+
+
+def test_opt_outs_deaths_and_corrections_at_low_rates(population: tuple[pl.DataFrame, pl.DataFrame],
+                                                      streamed: list[list[Event]]) -> None:
+    persons, _ = population
+    assert 0.006 < persons["do_not_contact"].mean() < 0.015  # type: ignore[operator]
+    assert 0.004 < persons["deceased"].mean() < 0.02  # type: ignore[operator]
+    age = (NOW.date() - persons["birth_date"]).dt.total_days() / 365.25
+    assert age.filter(persons["deceased"]).mean() > age.mean() + 20  # type: ignore[operator]
+    retractions = [e for p in streamed for e in p if e.status == "entered-in-error"]
+    assert 0.008 < len(retractions) / len(streamed) < 0.025
+
+
+def test_control_events_follow_the_event_semantics(streamed: list[list[Event]]) -> None:
+    kinds = {"consent": 0, "death": 0, "retraction": 0}
+    for patient in streamed:
+        by_id = {e.event_id: (i, e) for i, e in enumerate(patient)}
+        last_fact = max((e.occurred_at for e in patient[1:] if e.kind not in ("consent", "death")
+                         and e.status != "entered-in-error"), default=None)
+        for i, ev in enumerate(patient):
+            if ev.kind == "consent":
+                kinds["consent"] += 1
+                assert ev.code is not None and (ev.code.system, ev.code.value) == ("local", "do-not-contact")
+                assert ev.status == "active" and ev.setting is not None
+            elif ev.kind == "death":
+                kinds["death"] += 1
+                assert ev.code is None and ev.status == "active"
+                assert last_fact is not None and ev.occurred_at > last_fact  # nothing recorded after death
+            elif ev.status == "entered-in-error":
+                kinds["retraction"] += 1
+                assert ev.corrects in by_id
+                j, original = by_id[ev.corrects]
+                assert j < i and original.status == "active" and original.kind == ev.kind == "measurement"
+                assert (original.code, original.value, original.unit) == (ev.code, ev.value, ev.unit)
+                assert original.occurred_at <= ev.occurred_at < NOW
+    assert all(n > 5 for n in kinds.values()), kinds
+
+
+def test_frames_apply_opt_outs_deaths_and_retractions(streamed: list[list[Event]]) -> None:
+    persons, facts = generate_frames(4_000, seed=13, now=NOW)
+    flagged = {e.patient_id for p in streamed for e in p if e.kind == "consent"}
+    dead = {e.patient_id for p in streamed for e in p if e.kind == "death"}
+    assert set(persons.filter("do_not_contact")["patient_id"].to_list()) == flagged
+    assert set(persons.filter("deceased")["patient_id"].to_list()) == dead
+    retracted = {e.corrects for p in streamed for e in p if e.corrects}
+    assert retracted and not retracted & set(facts["event_id"].to_list())
+    sent = {e.event_id for p in streamed for e in p if e.kind not in ("person", "consent", "death")}
+    assert set(facts["event_id"].to_list()) == sent - retracted - {e.event_id for p in streamed for e in p
+                                                                   if e.status == "entered-in-error"}
+    state, _ = apply_events(PatientState(), [e for p in streamed for e in p])
+    assert_frame_equal(state.persons.sort("patient_id"), persons.sort("patient_id"))
+    assert_frame_equal(state.facts.sort("event_id"), facts.sort("event_id"))
+
+
+def _with_retraction(streamed: list[list[Event]]) -> tuple[list[Event], Event]:
+    patient = next(p for p in streamed if any(e.status == "entered-in-error" for e in p))
+    return patient, next(e for e in patient if e.status == "entered-in-error")
+
+
+def test_a_retraction_survives_hl7v2_as_result_status_w(streamed: list[list[Event]]) -> None:
+    patient, retraction = _with_retraction(streamed)
+    original = next(e for e in patient if e.event_id == retraction.corrects)
+    parsed = [ev for m in to_hl7v2(patient) for ev in parse(m).events]
+    state, _ = apply_events(PatientState(), parsed)
+    rows = state.facts.filter((pl.col("code") == original.code.value)  # type: ignore[union-attr]
+                              & (pl.col("occurred_at") == original.occurred_at))
+    assert rows.height == 0  # the original result was retracted by the W result
+    sent = [e for e in patient if e.kind == "measurement" and e.status == "active" and e.event_id != original.event_id]
+    assert state.facts.filter(pl.col("kind") == "measurement").height == len(sent)
+
+
+def test_a_retraction_survives_fhir_as_entered_in_error(streamed: list[list[Event]]) -> None:
+    patient, retraction = _with_retraction(streamed)
+    original = next(e for e in patient if e.event_id == retraction.corrects)
+    bundle = to_fhir(patient)
+    same = [e["resource"] for e in bundle["entry"] if e["resource"]["id"] == original.event_id]
+    assert [r["status"] for r in same] == ["final", "entered-in-error"]
+    state, _ = apply_events(PatientState(), parse_fhir(bundle, now=NOW).events)
+    rows = state.facts.filter((pl.col("code") == original.code.value)  # type: ignore[union-attr]
+                              & (pl.col("occurred_at") == original.occurred_at))
+    assert rows.height == 0
