@@ -100,7 +100,7 @@ class Event(BaseModel):
     """One canonical event. See the module docstring for correction semantics."""
 
     model_config = _STRICT
-    schema_: Literal["screener.event/v1"] = Field(default=SCHEMA, alias="schema")
+    schema_: Literal["screener.event/v1"] = Field(default="screener.event/v1", alias="schema")
     event_id: str = Field(min_length=1, max_length=128)
     source: str = Field(min_length=1, max_length=64)
     kind: Kind

@@ -77,12 +77,14 @@ class ReportData:
     matches: pl.DataFrame
 
     @classmethod
-    def of(cls, studies: Sequence[dict] | pl.DataFrame, matches: Sequence[dict] | pl.DataFrame) -> ReportData:
+    def of(
+        cls, studies: Sequence[dict[str, Any]] | pl.DataFrame, matches: Sequence[dict[str, Any]] | pl.DataFrame
+    ) -> ReportData:
         """Build from rows or frames, coercing to the documented schema (missing optional columns are null)."""
         return cls(_frame(studies, STUDY_COLUMNS), _frame(matches, MATCH_COLUMNS))
 
 
-def _frame(rows: Sequence[dict] | pl.DataFrame, schema: dict[str, type[pl.DataType]]) -> pl.DataFrame:
+def _frame(rows: Sequence[dict[str, Any]] | pl.DataFrame, schema: dict[str, type[pl.DataType]]) -> pl.DataFrame:
     df = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(list(rows), infer_schema_length=None)
     return df.select(
         [(pl.col(c) if c in df.columns else pl.lit(None)).cast(t).alias(c) for c, t in schema.items()]
@@ -211,7 +213,7 @@ def _hbar_svg(title: str, categories: list[str], series: list[tuple[str, list[fl
 
     ``zero_at`` > 0 leaves room for negative values (diverging chart around 0).
     """
-    bar_h, gap, label_w, chart_w, value_w = 14, 10, 130, 420, 120
+    bar_h, gap, label_w, chart_w, value_w = 14.0, 10.0, 130.0, 420.0, 120.0
     n = max(len(series), 1)
     group_h = n * bar_h + gap
     legend_h = 22 if len(series) > 1 else 0
@@ -358,7 +360,7 @@ def load_report_data(database: str | Any) -> ReportData:
 
     own = isinstance(database, str)
     try:
-        engine = sa.create_engine(database) if own else database
+        engine: sa.engine.Engine = sa.create_engine(database) if isinstance(database, str) else database
         with engine.connect() as conn:
             st = schema.studies.c
             studies = [dict(r._mapping) for r in conn.execute(

@@ -38,7 +38,7 @@ def test_invalid_events_name_the_field_and_what_arrived(change: dict[str, object
 
 def test_missing_field_and_bad_json_are_event_errors() -> None:
     without = {k: v for k, v in VALID.items() if k != "patient_id"}
-    with pytest.raises(EventError, match="patient_id.*required"):
+    with pytest.raises(EventError, match=r"patient_id.*required"):
         parse_event(without)
     with pytest.raises(EventError, match="not valid JSON"):
         parse_event(b"{not json")
