@@ -15,6 +15,7 @@ precedence). Comparisons and ``in`` bind tighter than both; arithmetic tighter s
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -535,6 +536,22 @@ class Plan:
         self.values: list[list[pl.Expr]] = []
         self.evidence: list[list[pl.Expr]] = []
         self.count = 0
+        self._leaves: set[str] = set()
+
+    def leaf(self, evidence: pl.Expr) -> pl.Expr:
+        """Bind a leaf's (attribute's or feature's) evidence to a stage-0 column; returns the column.
+
+        The column is named after the expression itself, so the same leaf used twice, or by two studies,
+        is one column (a compound node's evidence refers to its operands' evidence several times).
+        """
+        name = "_ev" + hashlib.sha1(evidence.meta.serialize()).hexdigest()[:16]
+        if name not in self._leaves:
+            self._leaves.add(name)
+            if not self.values:
+                self.values.append([])
+                self.evidence.append([])
+            self.evidence[0].append(evidence.alias(name))
+        return pl.col(name)
 
     def bind(self, value: pl.Expr, evidence: pl.Expr, level: int) -> tuple[pl.Expr, pl.Expr, int]:
         name = f"{self.prefix}{self.count}"
@@ -565,9 +582,11 @@ def lower(ir: IR, now: datetime, plan: Plan) -> tuple[pl.Expr, pl.Expr, int]:
         dtype = {BOOL: pl.Boolean, NUM: pl.Float64, STR: pl.String}[ir.type]
         return pl.lit(ir.value, dtype=dtype), _NONE, 0
     if isinstance(ir, Attr):
-        return (*_attr(ir.name), 0)
+        value, evidence = _attr(ir.name)
+        return value, plan.leaf(evidence), 1
     if isinstance(ir, Feat):
-        return (*_feature(ir, now), 0)
+        value, evidence = _feature(ir, now)
+        return value, plan.leaf(evidence), 1
     if isinstance(ir, Not):
         v, e, lvl = lower(ir.operand, now, plan)
         return ~v, e, lvl

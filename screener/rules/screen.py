@@ -329,6 +329,8 @@ class _Compiled:
     outcome: pl.Expr
     outcome_col: str
     criteria: list[tuple[str, str, str, str]]
+    #: columns of the values frame the evidence stages and the result rows read
+    evidence_inputs: list[str]
 
 
 _COMPILED: weakref.WeakKeyDictionary[Study, _Compiled] = weakref.WeakKeyDictionary()
@@ -348,10 +350,14 @@ def _compiled(study: Study) -> _Compiled:
         v, _e, _ = plan.bind(value.cast(pl.Boolean), evidence.fill_null(""), level)
         named.append((c, v))
     outcome_col = f"{prefix}outcome"
+    criteria = [(c.name, c.group, v.meta.output_name(), v.meta.output_name()[:-1] + "e") for c, v in named]
+    made = {e.meta.output_name() for stage in plan.evidence for e in stage}
+    reads = {r for stage in plan.evidence for e in stage for r in e.meta.root_names()} - made
+    inputs = ["patient_id", outcome_col, *sorted(reads | {v for _n, _g, v, _e in criteria})]
     compiled = _Compiled(
         values=plan.values, evidence=plan.evidence,
-        outcome=_outcome(named).alias(outcome_col), outcome_col=outcome_col,
-        criteria=[(c.name, c.group, v.meta.output_name(), v.meta.output_name()[:-1] + "e") for c, v in named],
+        outcome=_outcome(named).alias(outcome_col), outcome_col=outcome_col, criteria=criteria,
+        evidence_inputs=list(dict.fromkeys(inputs)),
     )
     _COMPILED[study] = compiled
     return compiled
@@ -379,14 +385,16 @@ def _staged(frame: pl.LazyFrame, stage_lists: Sequence[list[list[pl.Expr]]]) -> 
     """Apply several studies' plan stages level by level (one ``with_columns`` per level for all of them)."""
     depth = max((len(st) for st in stage_lists), default=0)
     for level in range(depth):
-        exprs = [e for st in stage_lists if level < len(st) for e in st[level]]
+        # Shared leaf-evidence columns (same name, same expression) are computed once.
+        exprs = {e.meta.output_name(): e for st in stage_lists if level < len(st) for e in st[level]}
         if exprs:
-            frame = frame.with_columns(exprs)
+            frame = frame.with_columns(exprs.values())
     return frame
 
 
-def _rows(frame: pl.LazyFrame, study: Study, comp: _Compiled, with_evidence: bool) -> pl.LazyFrame:
-    """The result rows of one study from a frame holding its value (and, if ``with_evidence``, evidence) columns."""
+def _result(study: Study, comp: _Compiled, with_evidence: bool) -> pl.Expr:
+    """One study's result for each row of a frame holding its columns, as a struct (``study_id, outcome,
+    rule_hash, criteria``)."""
     none = pl.lit(None, dtype=pl.String)
     structs = [
         pl.struct(pl.lit(name).alias("name"), pl.lit(group).alias("group"), pl.col(vcol).alias("result"),
@@ -395,10 +403,26 @@ def _rows(frame: pl.LazyFrame, study: Study, comp: _Compiled, with_evidence: boo
     ]
     # concat_arr + to_list: concat_list of structs is ~20x slower in Polars.
     criteria = pl.concat_arr(structs).arr.to_list() if structs else pl.lit([], dtype=CRITERIA_DTYPE)
-    return frame.select(
-        pl.lit(study.id).alias("study_id"), pl.col("patient_id"), pl.col(comp.outcome_col).alias("outcome"),
+    return pl.struct(
+        pl.lit(study.id).alias("study_id"), pl.col(comp.outcome_col).alias("outcome"),
         pl.lit(study.rule_hash or study.content_hash).alias("rule_hash"),
         criteria.cast(CRITERIA_DTYPE).alias("criteria"),
+    )
+
+
+#: ``evidence="matches"``: up to this many matched patients, every matched study's evidence is built in one frame
+_SMALL_UNION = 2000
+
+_RESULT_ORDER = ["study_id", "patient_id", "outcome", "rule_hash", "criteria"]
+
+
+def _long(frame: pl.LazyFrame, results: Sequence[pl.Expr]) -> pl.LazyFrame:
+    """Study-major result rows from one struct column per study (patients in frame order within a study)."""
+    return (
+        frame.select(pl.col("patient_id"), *(r.alias(f"_r{i}") for i, r in enumerate(results)))
+        .unpivot(index="patient_id", value_name="_r")
+        .select(pl.col("patient_id"), pl.col("_r").struct.unnest())
+        .select(_RESULT_ORDER)
     )
 
 
@@ -414,8 +438,9 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
 
     - ``"all"`` (default): on every row. Rows come study by study, patients in ``state.persons`` order.
     - ``"matches"``: only on rows whose outcome is ``eligible`` or ``possible`` (:data:`MATCH_OUTCOMES`);
-      other rows carry ``evidence`` null. Within a study the evidence rows come first.
-    - ``"none"``: nowhere (``evidence`` null on every row).
+      other rows carry ``evidence`` null. Row order: the rows without evidence (study by study), then the
+      rows with evidence.
+    - ``"none"``: nowhere (``evidence`` null on every row); row order as ``"all"``.
 
     Compiled expressions are cached per study object, and code tables per study set, so repeated calls (the
     engine's micro-batches) pay only for the patients.
@@ -432,29 +457,34 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
     comps = [_compiled(s) for s in studies]
     wide = feature_frame(state, studies, now)
     base = _attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left")
+    pairs = list(zip(studies, comps, strict=True))
     if evidence == "all":
         stages = [[v + e for v, e in zip(c.values, c.evidence, strict=True)] for c in comps]
-        full = _staged(base, stages).with_columns([c.outcome for c in comps]).collect().lazy()
-        return pl.concat(pl.collect_all([_rows(full, s, c, True) for s, c in zip(studies, comps, strict=True)]),
-                         how="vertical")
+        frame = _staged(base, stages).with_columns([c.outcome for c in comps])
+        return _long(frame, [_result(s, c, True) for s, c in pairs]).collect()
     values = _staged(base, [c.values for c in comps]).with_columns([c.outcome for c in comps])
     if evidence == "none":
-        keep = ["patient_id", *(c.outcome_col for c in comps), *(v for c in comps for _n, _g, v, _e in c.criteria)]
-        values = values.select(keep)
+        return _long(values, [_result(s, c, False) for s, c in pairs]).collect()
     full = values.collect()
-    if evidence == "none":
-        frames = [_rows(full.lazy(), s, c, False) for s, c in zip(studies, comps, strict=True)]
-        return pl.concat(pl.collect_all(frames), how="vertical")
     matched = [pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) for c in comps]
     counts = full.select(m.sum().alias(str(i)) for i, m in enumerate(matched)).row(0)
-    frames = []
-    for s, c, m, n in zip(studies, comps, matched, counts, strict=True):
-        if n:
-            part = full.lazy().filter(m)
-            frames.append(_rows(_staged(part, [c.evidence]), s, c, True))
-            frames.append(_rows(full.lazy().filter(~m), s, c, False))
-        else:
-            frames.append(_rows(full.lazy(), s, c, False))
+    rest = _long(full.lazy(), [_result(s, c, False) for s, c in pairs]).filter(
+        ~pl.col("outcome").is_in(MATCH_OUTCOMES))
+    hits = [(s, c, m) for (s, c), m, n in zip(pairs, matched, counts, strict=True) if n]
+    if not hits:
+        return rest.collect()
+    union = full.filter(pl.any_horizontal(m for _s, _c, m in hits))
+    frames = [rest]
+    if union.height * len(hits) <= 2 * sum(counts) or union.height <= _SMALL_UNION:
+        # Few rows: one frame for every study with a match (a frame per study costs more than the extra rows).
+        need = dict.fromkeys(col for _s, c, _m in hits for col in c.evidence_inputs)
+        ev = _staged(union.select(list(need)).lazy(), [c.evidence for _s, c, _m in hits])
+        frames.append(_long(ev, [_result(s, c, True) for s, c, _m in hits])
+                      .filter(pl.col("outcome").is_in(MATCH_OUTCOMES)))
+    else:
+        for s, c, m in hits:
+            part = full.select(c.evidence_inputs).filter(m).lazy()
+            frames.append(_long(_staged(part, [c.evidence]), [_result(s, c, True)]))
     return pl.concat(pl.collect_all(frames), how="vertical")
 
 
