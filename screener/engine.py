@@ -115,7 +115,8 @@ def _default_loader(paths: Sequence[Path]) -> Any:
 def _default_screen(state: PatientState, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
     from screener.rules import screen
 
-    return screen(state, studies, now)
+    # Only eligible/possible rows are stored, so only they need the evidence texts.
+    return screen(state, studies, now, evidence="matches")
 
 
 def _criteria_json() -> pl.Expr:
