@@ -456,7 +456,7 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
         return pl.DataFrame(schema=schema)
     comps = [_compiled(s) for s in studies]
     wide = feature_frame(state, studies, now)
-    base = _attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left")
+    base = _attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left", maintain_order="left")
     pairs = list(zip(studies, comps, strict=True))
     if evidence == "all":
         stages = [[v + e for v, e in zip(c.values, c.evidence, strict=True)] for c in comps]
@@ -498,7 +498,7 @@ def screen_detail(state: PatientState, study: Study, now: datetime) -> pl.DataFr
         raise ValueError("screen_detail() needs a timezone-aware 'now'")
     now = now.astimezone(UTC)
     wide = feature_frame(state, [study], now)
-    base = _attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left")
+    base = _attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left", maintain_order="left")
     return study_frame(base, study, now, nested=True).collect()
 
 

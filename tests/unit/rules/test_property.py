@@ -3,7 +3,8 @@
 Random rules (expressions over a fixed set of concepts, attributes, transforms and windows, in nested groups)
 over random patient histories (codes that match, match by prefix, are excluded or unrelated; values in
 convertible, unknown and missing units; times on and just past window edges, and in the future). Outcomes and
-every criterion's value (nested ones included) must be identical.
+every criterion's value (nested ones included) must be identical; so must the outcomes and results of the
+cheaper evidence modes of screen().
 """
 
 from __future__ import annotations
@@ -174,3 +175,14 @@ def test_compiled_equals_reference(data, kit):
             assert detail[pid][name] == value, (pid, name, value, detail[pid][f"{name}:evidence"])
         for c in compiled[pid]["criteria"]:
             assert c["result"] == ref["results"][c["name"]], (pid, c)
+    # The cheaper evidence modes give the same outcomes and results (evidence: matched rows only, or none).
+    for mode in ("matches", "none"):
+        other = {r["patient_id"]: r for r in screen(state, [study], now, evidence=mode).to_dicts()}
+        assert other.keys() == compiled.keys()
+        for pid, row in compiled.items():
+            assert other[pid]["outcome"] == row["outcome"], (mode, pid)
+            assert [c["result"] for c in other[pid]["criteria"]] == [c["result"] for c in row["criteria"]]
+            if mode == "matches" and row["outcome"] != "ineligible":
+                assert other[pid]["criteria"] == row["criteria"], (mode, pid)
+            else:
+                assert all(c["evidence"] is None for c in other[pid]["criteria"]), (mode, pid)
