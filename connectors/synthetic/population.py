@@ -23,6 +23,14 @@ The mix (documented choices):
 - Ages 0-95 from a West Yorkshire-like pyramid; sex F 50.7 %, M 49.15 %, U 0.15 %.
 - Settings: hospital, community and primary care (and home for some heart-failure patients); a patient's
   setting is where their latest record came from (as the state frames compute it).
+- Records: about 20 facts per patient on average (19.7 at seed 0): recent care plus routine history, visits
+  3-10 years ago and blood panels (Hb, sodium, potassium, creatinine/eGFR, ALT) 2-6 years ago, older than
+  any sample study's look-back, so they make records realistic without moving any study's outcome.
+- Control events (``_control_events``): ~1 % on the do-not-contact register (a ``consent`` event, code
+  ``local/do-not-contact``, status ``active``); deaths by age (~0.6 % overall, 6 % of the over-80s), a
+  ``death`` event 1-90 days after the last record; ~1.5 % of patients with one lab result later marked
+  ``entered-in-error`` (an event that ``corrects`` it). ``generate_frames`` applies them as
+  ``screener.state.apply_events`` would: flags set, the retracted result left out.
 - Identifiers: ``patient_id`` is the hospital number ``RXX`` + 9 digits; the NHS number (in the person event
   only) is in the ``999`` test range reserved for synthetic data, with a valid modulus 11 check digit. It is
   not guaranteed unique (the ``999`` range has ~0.9 M valid numbers); ``patient_id`` is the key.
@@ -47,7 +55,7 @@ import polars as pl
 
 from connectors.synthetic._formats import to_fhir, to_hl7v2
 from screener.events import Event, Person
-from screener.state import FACT_KINDS, FACTS_SCHEMA, PERSONS_SCHEMA
+from screener.state import FACTS_SCHEMA, PERSONS_SCHEMA
 
 __all__ = [
     "CENSUS_ETHNIC_MIX",
@@ -330,8 +338,12 @@ def _events_at(f: _Facts, r: _Rand, p: _People, sel: np.ndarray, stream: str, no
     return out
 
 
-def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Patients ``[start, stop)``: (persons with person-event extras, facts with ``pos`` and ``site``)."""
+def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Patients ``[start, stop)``: (persons with person-event extras, facts, control events).
+
+    Facts and control events have the ``_EVENT_COLUMNS``; control events (consent, death, retractions) also an
+    ``order`` key that places them among the facts (see :func:`_merge`).
+    """
     r = _Rand(seed)
     now_us = int(now.timestamp() * 1_000_000)
     idx = np.arange(start, stop, dtype=np.int64)
@@ -345,11 +357,20 @@ def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFram
     # -- everyone: visits --------------------------------------------------------------------------------
     n_visits = 1 + r.poisson(idx, "visit.n", 2.5)
     rows, k = _expand(n_visits)
-    vdays = r.u(idx[rows], "visit.t", k) * np.minimum(3 * YEAR, age[rows] * YEAR + 1)
+    vdays = r.u(idx[rows], "visit.t", k) * np.minimum(3 * YEAR, np.maximum(age[rows] * YEAR - 1, 0.0))
     hosp_visit = r.u(idx[rows], "visit.where", k) < 0.25
     f.add(rows[hosp_visit], _ago(now_us, vdays[hosp_visit]), "visit", ("local", "encounter", None),
           setting="hospital")
     f.add(rows[~hosp_visit], _ago(now_us, vdays[~hosp_visit]), "visit", ("local", "encounter", None))
+    # Older routine contacts, 3-10 years ago (never before birth): history no sample study looks back to.
+    n_old = r.poisson(idx, "visit.old.n", np.where(age >= 60, 3.0, 2.0))
+    rows, k = _expand(n_old)
+    odays = r.uniform(idx[rows], "visit.old.t", 3 * YEAR, 10 * YEAR, k)
+    born = odays < age[rows] * YEAR - 1
+    hosp_old = r.u(idx[rows], "visit.old.where", k) < 0.2
+    f.add(rows[born & hosp_old], _ago(now_us, odays[born & hosp_old]), "visit", ("local", "encounter", None),
+          setting="hospital")
+    f.add(rows[born & ~hosp_old], _ago(now_us, odays[born & ~hosp_old]), "visit", ("local", "encounter", None))
 
     # -- type 2 / type 1 diabetes and kidney function -------------------------------------------------------
     p_dm = np.select([age < 30, age < 45, age < 65], [0.002, 0.035, 0.10], 0.16)
@@ -437,28 +458,31 @@ def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFram
     )
     # The person's setting and site are those of their latest fact (consent, death and entered-in-error events
     # do not move a patient, as in screener.state); a retracted fact still counted when it arrived.
-    last = facts.group_by("pos").agg(pl.col("t").max().alias("last_t"), pl.col("setting").last(),
-                                     pl.col("site").last())
+    last = facts.group_by("pos").agg(pl.col("t").min().alias("first_t"), pl.col("t").max().alias("last_t"),
+                                     pl.col("setting").last(), pl.col("site").last())
     persons = persons.join(last, on="pos", how="left").with_columns(
         pl.coalesce("setting", "home_setting").alias("setting"),
         pl.coalesce("site", "home_site").alias("site"),
     )
     control = _control_events(r, p, persons, facts, seed, now_us)
-    events = (
+    flags = control.group_by("pos").agg((pl.col("kind") == "consent").any().alias("do_not_contact"),
+                                        (pl.col("kind") == "death").any().alias("deceased"),
+                                        pl.col("t").min().alias("ctl_first_t"))
+    persons = persons.join(flags, on="pos", how="left").with_columns(
+        pl.col("do_not_contact").fill_null(False), pl.col("deceased").fill_null(False),
+        pl.from_epoch(pl.coalesce(pl.min_horizontal("first_t", "ctl_first_t") - HOUR, pl.lit(now_us - 30 * DAY)),
+                      time_unit="us").dt.replace_time_zone("UTC").alias("updated_at"),
+    )
+    return persons, facts, control
+
+
+def _merge(facts: pl.DataFrame, control: pl.DataFrame) -> pl.DataFrame:
+    """All of a block's non-person events in stream order (control events sorted in by their ``order`` key)."""
+    return (
         pl.concat([facts.with_columns(pl.int_range(pl.len()).cast(pl.Float64).alias("order")), control])
         .sort(["pos", "t", "order"])
         .drop("order")
-        .with_columns(pl.from_epoch("t", time_unit="us").dt.replace_time_zone("UTC").alias("occurred_at"))
     )
-    flags = control.group_by("pos").agg((pl.col("kind") == "consent").any().alias("do_not_contact"),
-                                        (pl.col("kind") == "death").any().alias("deceased"))
-    first = events.group_by("pos").agg(pl.col("t").min().alias("first_t"))
-    persons = persons.join(first, on="pos", how="left").join(flags, on="pos", how="left").with_columns(
-        pl.col("do_not_contact").fill_null(False), pl.col("deceased").fill_null(False),
-        pl.from_epoch(pl.coalesce(pl.col("first_t") - HOUR, pl.lit(now_us - 30 * DAY)), time_unit="us")
-        .dt.replace_time_zone("UTC").alias("updated_at"),
-    )
-    return persons, events
 
 
 _EVENT_COLUMNS = ("pos", "patient_id", "event_id", "t", "kind", "system", "code", "value", "unit", "status",
@@ -615,9 +639,15 @@ def _routine(f: _Facts, r: _Rand, p: _People, adult: np.ndarray, diabetic: np.nd
     ai = idx[pos]
     occasions = r.poisson(ai, "labs.n", 1.3 + (age[pos] >= 60) * 1.0)
     rows, k = _expand(occasions)
-    ri = ai[rows]
-    t = _ago(now_us, r.uniform(ri, "labs.t", 1, 730, k))
-    rp = pos[rows]
+    # Older routine blood panels, 2-6 years ago (a second stream, so the recent panels stay as they were): the
+    # history a real record has, older than any sample study's look-back (at most 2 years for these tests).
+    old = r.poisson(ai, "labs.old.n", 0.8 + (age[pos] >= 60) * 0.7)
+    orows, ok = _expand(old)
+    ri = np.concatenate([ai[rows], ai[orows]])
+    k = np.concatenate([k, ok + 1_000])  # distinct draw counters for the older panels
+    t = _ago(now_us, np.concatenate([r.uniform(ai[rows], "labs.t", 1, 730, k[:len(rows)]),
+                                     r.uniform(ai[orows], "labs.old.t", 2 * YEAR, 6 * YEAR, ok)]))
+    rp = np.concatenate([pos[rows], pos[orows]])
     f.add(rp, t, "measurement", ("LOINC", "718-7", "g/L"),
           value=np.round(np.where(p.female[rp], 130, 145) + 13 * r.normal(ri, "hb", k)))
     f.add(rp, t, "measurement", ("LOINC", "2951-2", "mmol/L"), value=np.round(139 + 2.5 * r.normal(ri, "na", k)))
@@ -863,17 +893,29 @@ def generate_tables(n_patients: int, *, seed: int = 0, now: datetime | None = No
     ``site`` and ``corrects``, one row per non-person event: facts, ``consent``, ``death`` and
     ``entered-in-error`` retractions, sorted by patient, then time (a retraction right after what it retracts).
     """
+    for persons, facts, control in _blocks(n_patients, seed, now, start_index, block_size):
+        yield persons, _event_frame(_merge(facts, control))
+
+
+def _blocks(n_patients: int, seed: int, now: datetime | None, start_index: int,
+            block_size: int) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]]:
     if n_patients < 0 or start_index < 0:
         raise ValueError("n_patients and start_index must be >= 0")
+    if block_size < 1:
+        raise ValueError("block_size must be >= 1")
     at = _now(now)
     stop = start_index + n_patients
     for lo in range(start_index, stop, block_size):
-        persons, events = _block(lo, min(lo + block_size, stop), seed, at)
-        yield (
-            persons.select([pl.col(c).cast(t) for c, t in PERSONS_SCHEMA.items()] + list(_PERSON_EXTRA)),
-            events.with_columns(pl.lit(None, dtype=pl.String).alias("text"))
-            .select([pl.col(c).cast(t) for c, t in FACTS_SCHEMA.items()] + ["site", "corrects"]),
-        )
+        persons, facts, control = _block(lo, min(lo + block_size, stop), seed, at)
+        yield (persons.select([pl.col(c).cast(t) for c, t in PERSONS_SCHEMA.items()] + list(_PERSON_EXTRA)),
+               facts, control)
+
+
+def _event_frame(events: pl.DataFrame) -> pl.DataFrame:
+    return events.with_columns(
+        pl.from_epoch("t", time_unit="us").dt.replace_time_zone("UTC").alias("occurred_at"),
+        pl.lit(None, dtype=pl.String).alias("text"),
+    ).select([pl.col(c).cast(t) for c, t in FACTS_SCHEMA.items()] + ["site", "corrects"])
 
 
 def generate_frames(n_patients: int, seed: int = 0, now: datetime | None = None, *, start_index: int = 0,
@@ -886,11 +928,11 @@ def generate_frames(n_patients: int, seed: int = 0, now: datetime | None = None,
     """
     persons: list[pl.DataFrame] = []
     facts: list[pl.DataFrame] = []
-    for p, ev in generate_tables(n_patients, seed=seed, now=now, start_index=start_index, block_size=block_size):
+    for p, block_facts, control in _blocks(n_patients, seed, now, start_index, block_size):
         persons.append(p.drop(_PERSON_EXTRA))
-        retracted = ev["corrects"].drop_nulls()
-        facts.append(ev.filter(pl.col("kind").is_in(FACT_KINDS) & (pl.col("status") != "entered-in-error")
-                               & ~pl.col("event_id").is_in(retracted.implode()))
+        # Facts are already in stream order; control events only flag persons (done) or retract facts.
+        retracted = control["corrects"].drop_nulls()
+        facts.append(_event_frame(block_facts.filter(~pl.col("event_id").is_in(retracted.implode())))
                      .drop("site", "corrects"))
     if not persons:
         return pl.DataFrame(schema=PERSONS_SCHEMA), pl.DataFrame(schema=FACTS_SCHEMA)

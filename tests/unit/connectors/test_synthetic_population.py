@@ -71,7 +71,31 @@ def test_frames_have_the_state_schemas(population: tuple[pl.DataFrame, pl.DataFr
     assert persons["patient_id"].str.contains(r"^RXX\d{9}$").all()
     assert (facts["occurred_at"] < NOW).all()
     per_patient = facts.height / persons.height
-    assert 10 <= per_patient <= 30
+    assert 18 <= per_patient <= 22  # issue 3: realistic counts, with routine history
+    born = facts.join(persons.select("patient_id", "birth_date"), on="patient_id")
+    assert (born["occurred_at"].dt.date() >= born["birth_date"]).all()  # nothing before birth
+
+
+def test_routine_history_goes_back_years_but_not_into_study_windows(
+        population: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    persons, facts = population
+    years = (pl.lit(NOW) - pl.col("occurred_at")).dt.total_days() / 365.25
+    old = facts.filter(years > 2)
+    assert old.height / persons.height > 4  # years of routine visits and blood panels
+    adults_with_old_panels = old.filter(pl.col("code") == "718-7")["patient_id"].n_unique()
+    assert adults_with_old_panels > 0.4 * persons.height
+    # The routine history changes no sample study's outcome: screening without it gives the same answers.
+    studies = [s for s in load_studies([RULES]).studies if s.is_open(NOW)]
+    routine = pl.col("kind").eq("visit") | pl.col("code").is_in(["718-7", "2951-2", "2823-3", "62238-1", "14682-9",
+                                                                 "2160-0", "1742-6"])
+    few = persons.head(5_000)
+    mine = facts.filter(pl.col("patient_id").is_in(few["patient_id"].implode()))
+    without = mine.filter(~(routine & (years > 2)))
+    assert without.height < mine.height - 4 * few.height
+    full = screen(PatientState(persons=few, facts=mine), studies, NOW).sort("study_id", "patient_id")
+    lean = screen(PatientState(persons=few, facts=without), studies, NOW).sort("study_id", "patient_id")
+    assert_frame_equal(full.select("study_id", "patient_id", "outcome"), lean.select("study_id", "patient_id",
+                                                                                      "outcome"))
 
 
 def test_events_are_valid_person_first_then_time_order() -> None:
