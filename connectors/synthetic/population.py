@@ -28,7 +28,7 @@ The mix (documented choices):
   any sample study's look-back, so they make records realistic without moving any study's outcome.
 - Control events (``_control_events``): ~1 % on the do-not-contact register (a ``consent`` event, code
   ``local/do-not-contact``, status ``active``); deaths by age (~0.6 % overall, 6 % of the over-80s), a
-  ``death`` event 1-90 days after the last record; ~1.5 % of patients with one lab result later marked
+  ``death`` event 1-90 days after the last record; ~1.2 % of patients with one lab result later marked
   ``entered-in-error`` (an event that ``corrects`` it). ``generate_frames`` applies them as
   ``screener.state.apply_events`` would: flags set, the retracted result left out.
 - Identifiers: ``patient_id`` is the hospital number ``RXX`` + 9 digits; the NHS number (in the person event
@@ -489,7 +489,7 @@ _EVENT_COLUMNS = ("pos", "patient_id", "event_id", "t", "kind", "system", "code"
                   "setting", "site", "corrects")
 #: Share of patients on the national data opt-out / local do-not-contact register (a ``consent`` event).
 DO_NOT_CONTACT_SHARE = 0.01
-#: Share of patients with one lab result later marked entered-in-error (a retraction that ``corrects`` it).
+#: Share of patients drawn for one lab result later marked entered-in-error (those with no result have none).
 CORRECTION_SHARE = 0.015
 
 
@@ -498,10 +498,11 @@ def _control_events(r: _Rand, p: _People, persons: pl.DataFrame, facts: pl.DataF
     """Consent (do-not-contact), death and entered-in-error events for a block, with a sort key ``order``.
 
     - ~1 % opt out: ``consent`` with code ``local/do-not-contact``, status ``active``, within the last 5 years;
-    - deaths, by age (0.1 % under 60, 1.5 % at 60-79, 6 % from 80; ~1 % overall): a ``death`` event 1-90 days
+    - deaths, by age (0.1 % under 60, 1.5 % at 60-79, 6 % from 80; ~0.6 % overall): a ``death`` event 1-90 days
       after the patient's last record, where they were last seen;
-    - ~1.5 % have one lab result retracted 1 hour to 5 days after it was recorded: an ``entered-in-error``
-      copy of the result whose ``corrects`` names it (event id ``<original>-eie``), placed right after it.
+    - 1.5 % are drawn, and those with a result (~1.2 % of all) have one lab result retracted 1 hour to 5 days
+      after it was recorded: an ``entered-in-error`` copy of the result whose ``corrects`` names it (event id
+      ``<original>-eie``), placed right after it.
     """
     idx, age = p.idx, p.age
     base = persons.select("pos", "patient_id", "setting", "site", "last_t")
