@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 
 from screener.rules.compiler import NOW_COL, TRANSFORM_STATS, Feat, Plan, lower, stat_col
@@ -392,38 +393,50 @@ def _staged(frame: pl.LazyFrame, stage_lists: Sequence[list[list[pl.Expr]]]) -> 
     return frame
 
 
-def _result(study: Study, comp: _Compiled, with_evidence: bool) -> pl.Expr:
-    """One study's result for each row of a frame holding its columns, as a struct (``study_id, outcome,
-    rule_hash, criteria``)."""
-    none = pl.lit(None, dtype=pl.String)
-    structs = [
-        pl.struct(pl.lit(name).alias("name"), pl.lit(group).alias("group"), pl.col(vcol).alias("result"),
-                  (pl.col(ecol) if with_evidence else none).alias("evidence"))
-        for name, group, vcol, ecol in comp.criteria
-    ]
-    # concat_arr + to_list: concat_list of structs is ~20x slower in Polars.
-    criteria = pl.concat_arr(structs).arr.to_list() if structs else pl.lit([], dtype=CRITERIA_DTYPE)
-    return pl.struct(
-        pl.lit(study.id).alias("study_id"), pl.col(comp.outcome_col).alias("outcome"),
-        pl.lit(study.rule_hash or study.content_hash).alias("rule_hash"),
-        criteria.cast(CRITERIA_DTYPE).alias("criteria"),
-    )
-
-
 #: ``evidence="matches"``: up to this many matched patients, every matched study's evidence is built in one frame
 _SMALL_UNION = 2000
 
-_RESULT_ORDER = ["study_id", "patient_id", "outcome", "rule_hash", "criteria"]
 
+def _assemble(frame: pl.DataFrame, study: Study, comp: _Compiled, with_evidence: bool,
+              keep: pl.Expr | None = None) -> pl.DataFrame:
+    """One study's result rows (``study_id, patient_id, outcome, rule_hash, criteria``) from a frame holding its
+    value (and, if ``with_evidence``, evidence) columns; only the rows where ``keep`` is true when given.
 
-def _long(frame: pl.LazyFrame, results: Sequence[pl.Expr]) -> pl.LazyFrame:
-    """Study-major result rows from one struct column per study (patients in frame order within a study)."""
-    return (
-        frame.select(pl.col("patient_id"), *(r.alias(f"_r{i}") for i, r in enumerate(results)))
-        .unpivot(index="patient_id", value_name="_r")
-        .select(pl.col("patient_id"), pl.col("_r").struct.unnest())
-        .select(_RESULT_ORDER)
-    )
+    The criteria lists are built flat and reshaped (criterion-major within a row): every criterion's result
+    (and evidence) interleaved into one column of ``rows x criteria`` values, names and groups gathered from
+    the study's short lists, then one struct column cut into rows of ``k``. Building the structs per row from
+    broadcast literals costs several times more.
+    """
+    names = [n for n, _g, _v, _e in comp.criteria]
+    vcols = [v for _n, _g, v, _e in comp.criteria]
+    ecols = [e for _n, _g, _v, e in comp.criteria] if with_evidence else []
+    # Columns picked by name (a select on the wide frame would plan over every column of it).
+    names_in = ["patient_id", comp.outcome_col, *dict.fromkeys([*vcols, *ecols])]
+    part = pl.DataFrame([frame.get_column(c) for c in names_in])
+    if keep is not None:
+        part = part.filter(keep)
+    n, k = part.height, len(names)
+    if k == 0 or n == 0:
+        criteria = pl.Series("criteria", [[]] * n, dtype=CRITERIA_DTYPE)
+    else:
+        flat = part.select(
+            pl.concat_arr(vcols).reshape((-1,)).alias("result"),
+            (pl.concat_arr(ecols).reshape((-1,)) if ecols else pl.lit(None, dtype=pl.String)).alias("evidence"),
+        )
+        index = pl.Series(np.tile(np.arange(k, dtype=np.uint32), n))
+        flat = flat.select(
+            pl.Series("name", names, dtype=pl.String).gather(index),
+            pl.Series("group", [g for _n, g, _v, _e in comp.criteria], dtype=pl.String).gather(index),
+            pl.col("result").cast(pl.Boolean), pl.col("evidence").cast(pl.String),
+        )
+        criteria = flat.to_struct("criteria").reshape((n, k)).arr.to_list().cast(CRITERIA_DTYPE)
+    return pl.DataFrame({
+        "study_id": pl.repeat(study.id, n, dtype=pl.String, eager=True),
+        "patient_id": part.get_column("patient_id"),
+        "outcome": part.get_column(comp.outcome_col),
+        "rule_hash": pl.repeat(study.rule_hash or study.content_hash, n, dtype=pl.String, eager=True),
+        "criteria": criteria,
+    })
 
 
 def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
@@ -438,8 +451,8 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
 
     - ``"all"`` (default): on every row. Rows come study by study, patients in ``state.persons`` order.
     - ``"matches"``: only on rows whose outcome is ``eligible`` or ``possible`` (:data:`MATCH_OUTCOMES`);
-      other rows carry ``evidence`` null. Row order: the rows without evidence (study by study), then the
-      rows with evidence.
+      other rows carry ``evidence`` null. Rows come study by study; within a study the rows without evidence
+      (patients in order), then the rows with evidence.
     - ``"none"``: nowhere (``evidence`` null on every row); row order as ``"all"``.
 
     Compiled expressions are cached per study object, and code tables per study set, so repeated calls (the
@@ -460,32 +473,35 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
     pairs = list(zip(studies, comps, strict=True))
     if evidence == "all":
         stages = [[v + e for v, e in zip(c.values, c.evidence, strict=True)] for c in comps]
-        frame = _staged(base, stages).with_columns([c.outcome for c in comps])
-        return _long(frame, [_result(s, c, True) for s, c in pairs]).collect()
+        full = _staged(base, stages).with_columns([c.outcome for c in comps]).collect()
+        return pl.concat([_assemble(full, s, c, True) for s, c in pairs], how="vertical")
     values = _staged(base, [c.values for c in comps]).with_columns([c.outcome for c in comps])
     if evidence == "none":
-        return _long(values, [_result(s, c, False) for s, c in pairs]).collect()
+        keep = ["patient_id", *(c.outcome_col for c in comps), *(v for c in comps for _n, _g, v, _e in c.criteria)]
+        full = values.select(list(dict.fromkeys(keep))).collect()
+        return pl.concat([_assemble(full, s, c, False) for s, c in pairs], how="vertical")
     full = values.collect()
     matched = [pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) for c in comps]
     counts = full.select(m.sum().alias(str(i)) for i, m in enumerate(matched)).row(0)
-    rest = _long(full.lazy(), [_result(s, c, False) for s, c in pairs]).filter(
-        ~pl.col("outcome").is_in(MATCH_OUTCOMES))
-    hits = [(s, c, m) for (s, c), m, n in zip(pairs, matched, counts, strict=True) if n]
-    if not hits:
-        return rest.collect()
-    union = full.filter(pl.any_horizontal(m for _s, _c, m in hits))
-    frames = [rest]
-    if union.height * len(hits) <= 2 * sum(counts) or union.height <= _SMALL_UNION:
-        # Few rows: one frame for every study with a match (a frame per study costs more than the extra rows).
-        need = dict.fromkeys(col for _s, c, _m in hits for col in c.evidence_inputs)
-        ev = _staged(union.select(list(need)).lazy(), [c.evidence for _s, c, _m in hits])
-        frames.append(_long(ev, [_result(s, c, True) for s, c, _m in hits])
-                      .filter(pl.col("outcome").is_in(MATCH_OUTCOMES)))
-    else:
-        for s, c, m in hits:
-            part = full.select(c.evidence_inputs).filter(m).lazy()
-            frames.append(_long(_staged(part, [c.evidence]), [_result(s, c, True)]))
-    return pl.concat(pl.collect_all(frames), how="vertical")
+    hits = [i for i, n in enumerate(counts) if n]
+    with_ev: dict[int, pl.DataFrame] = {}
+    if hits:
+        union = full.filter(pl.any_horizontal(matched[i] for i in hits))
+        if union.height * len(hits) <= 2 * sum(counts) or union.height <= _SMALL_UNION:
+            # Few rows: one frame for every study with a match (a frame per study costs more than the extra rows).
+            need = dict.fromkeys(col for i in hits for col in comps[i].evidence_inputs)
+            ev = _staged(union.select(list(need)).lazy(), [comps[i].evidence for i in hits]).collect()
+            with_ev = dict.fromkeys(hits, ev)
+        else:
+            parts = [_staged(full.select(comps[i].evidence_inputs).filter(matched[i]).lazy(), [comps[i].evidence])
+                     for i in hits]
+            with_ev = dict(zip(hits, pl.collect_all(parts), strict=True))
+    out: list[pl.DataFrame] = []
+    for i, (s, c) in enumerate(pairs):
+        out.append(_assemble(full, s, c, False, keep=~matched[i] if i in with_ev else None))
+        if i in with_ev:
+            out.append(_assemble(with_ev[i], s, c, True, keep=matched[i]))
+    return pl.concat(out, how="vertical")
 
 
 def screen_detail(state: PatientState, study: Study, now: datetime) -> pl.DataFrame:
