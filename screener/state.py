@@ -76,6 +76,8 @@ FACTS_SCHEMA: dict[str, pl.DataType] = {
     "setting": pl.String(),
 }
 
+RETRACTED_SCHEMA: dict[str, pl.DataType] = {"event_id": pl.String()}
+
 _DEMOGRAPHIC_FIELDS = (
     "birth_date", "sex", "ethnic_group", "ethnic_category", "lsoa", "imd_decile", "postcode_district",
 )
@@ -91,6 +93,9 @@ class PatientState:
 
     persons: pl.DataFrame = field(default_factory=lambda: _empty(PERSONS_SCHEMA))
     facts: pl.DataFrame = field(default_factory=lambda: _empty(FACTS_SCHEMA))
+    #: Tombstones: event ids that a correction or an entered-in-error event retracted. A re-sent or replayed
+    #: copy of a retracted event arriving later is ignored instead of coming back to life.
+    retracted: pl.DataFrame = field(default_factory=lambda: _empty(RETRACTED_SCHEMA))
 
     @property
     def patient_count(self) -> int:
@@ -102,6 +107,7 @@ class PatientState:
         return PatientState(
             persons=self.persons.filter(pl.col("patient_id").is_in(ids.implode())),
             facts=self.facts.filter(pl.col("patient_id").is_in(ids.implode())),
+            retracted=self.retracted,
         )
 
 
@@ -212,6 +218,13 @@ def apply_events(
             retracted.select(pl.col("arg").alias("event_id"), pl.col("seq").alias("rseq")), on="event_id", how="left"
         )
         new_facts = later.filter(pl.col("rseq").is_null() | (pl.col("rseq") < pl.col("seq"))).drop("rseq")
+    tombstones = state.retracted
+    if tombstones.height:
+        new_facts = new_facts.filter(~pl.col("event_id").is_in(tombstones["event_id"].implode()))
+    if retracted.height:
+        tombstones = pl.concat(
+            [tombstones, retracted.select(pl.col("arg").alias("event_id"))], how="vertical"
+        ).unique(maintain_order=True)
     kept = new_facts.drop("seq")
     if isinstance(keep, FactFilter):
         kept = keep(kept)
@@ -234,6 +247,10 @@ def apply_events(
     touched = pl.concat(
         [upd["patient_id"], new_facts["patient_id"], control["patient_id"], retracted_patients(state, retracted)]
     ).unique().sort()
+    if merges.height:
+        # A retired id is gone, even when its own facts arrived in this same batch: they now belong to the
+        # surviving patient, who is touched instead.
+        touched = touched.filter(~touched.is_in(merges["arg"].implode()))
 
     # Person updates: the last non-null value per field wins.
     if upd.height:
@@ -276,7 +293,7 @@ def apply_events(
         after = persons.filter(pl.col("patient_id").is_in(ids))
         person_side = after.join(before, on=list(PERSONS_SCHEMA), how="anti", nulls_equal=True)["patient_id"]
         touched = pl.concat([*fact_side, person_side]).unique().sort()
-    return PatientState(persons=persons, facts=facts), touched
+    return PatientState(persons=persons, facts=facts, retracted=tombstones), touched
 
 
 def retracted_patients(state: PatientState, retracted: pl.DataFrame) -> pl.Series:
@@ -360,7 +377,7 @@ def prune_facts(
         facts = keep(facts)
     elif keep is not None:
         facts = facts.filter(keep.fill_null(False))
-    return PatientState(persons=state.persons, facts=facts)
+    return PatientState(persons=state.persons, facts=facts, retracted=state.retracted)
 
 
 _CURRENT = "CURRENT"
@@ -379,6 +396,7 @@ def save_snapshot(state: PatientState, directory: Path, offset: int, meta: dict[
     tmp_gen.mkdir()
     state.persons.write_parquet(tmp_gen / "persons.parquet", compression="zstd", statistics=False)
     state.facts.write_parquet(tmp_gen / "facts.parquet", compression="zstd", statistics=False)
+    state.retracted.write_parquet(tmp_gen / "retracted.parquet", compression="zstd", statistics=False)
     os.replace(tmp_gen, directory / gen)
     pointer = directory / f".{_CURRENT}.{os.getpid()}.tmp"
     with open(pointer, "w") as fh:
@@ -400,8 +418,11 @@ def load_snapshot(directory: Path) -> tuple[PatientState, int, dict[str, Any]] |
         gen = directory / str(pointer["generation"])
         persons = pl.read_parquet(gen / "persons.parquet")
         facts = pl.read_parquet(gen / "facts.parquet")
+        tombs = gen / "retracted.parquet"
+        retracted = pl.read_parquet(tombs) if tombs.exists() else _empty(RETRACTED_SCHEMA)
     except (OSError, ValueError, KeyError, pl.exceptions.PolarsError):
         return None
     if dict(persons.schema) != PERSONS_SCHEMA or dict(facts.schema) != FACTS_SCHEMA:
         return None
-    return PatientState(persons=persons, facts=facts), int(pointer["offset"]), dict(pointer.get("meta") or {})
+    state = PatientState(persons=persons, facts=facts, retracted=retracted)
+    return state, int(pointer["offset"]), dict(pointer.get("meta") or {})

@@ -1,0 +1,86 @@
+"""Patient state built from events: corrections, retractions, merges, flags, idempotence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from screener.state import PatientState, apply_events, load_snapshot, save_snapshot
+
+LAB = {"kind": "measurement", "code": {"system": "LOINC", "value": "62238-1"}, "unit": "mL/min/1.73m2"}
+
+
+def test_correction_replaces_and_entered_in_error_deletes(make_event: Any) -> None:
+    original = make_event(event_id="m1", patient_id="A", value=40.0, **LAB)
+    corrected = make_event(event_id="m2", patient_id="A", value=45.0, corrects="m1", **LAB)
+    state, touched = apply_events(PatientState(), [original, corrected])
+    assert state.facts["value"].to_list() == [45.0]
+    assert touched.to_list() == ["A"]
+    deleted = make_event(event_id="m3", patient_id="A", value=45.0, corrects="m2", status="entered-in-error", **LAB)
+    state, touched = apply_events(state, [deleted])
+    assert state.facts.height == 0
+    assert touched.to_list() == ["A"]
+
+
+def test_a_retracted_event_replayed_later_stays_retracted(make_event: Any, tmp_path: Path) -> None:
+    original = make_event(event_id="m1", patient_id="A", value=40.0, **LAB)
+    retraction = make_event(event_id="m1x", patient_id="A", value=40.0, corrects="m1", status="entered-in-error",
+                            **LAB)
+    state, _ = apply_events(PatientState(), [original])
+    state, _ = apply_events(state, [retraction])
+    state, _ = apply_events(state, [original])  # a producer retry or a replay re-delivers the original
+    assert state.facts.height == 0
+    # The tombstone survives a snapshot round trip.
+    save_snapshot(state, tmp_path, offset=3)
+    restored = load_snapshot(tmp_path)
+    assert restored is not None
+    state2, offset, _ = restored
+    assert offset == 3
+    state2, _ = apply_events(state2, [original])
+    assert state2.facts.height == 0
+
+
+def test_replaying_a_batch_is_idempotent(make_event: Any) -> None:
+    events = [
+        make_event(event_id="p", kind="person", patient_id="A", person={"birth_date": "1960-01-01", "sex": "F"},
+                   setting="community"),
+        make_event(event_id="c", patient_id="A"),
+        make_event(event_id="m", patient_id="B", value=41.0, setting="hospital", **LAB),
+    ]
+    once, _ = apply_events(PatientState(), events)
+    twice, _ = apply_events(once, events)
+    assert once.facts.sort("event_id").equals(twice.facts.sort("event_id"))
+    assert once.persons.sort("patient_id").equals(twice.persons.sort("patient_id"))
+    assert dict(zip(twice.persons["patient_id"], twice.persons["setting"], strict=True)) == {
+        "A": "community", "B": "hospital",
+    }
+
+
+def test_person_fields_left_out_keep_their_previous_value(make_event: Any) -> None:
+    first = make_event(event_id="p1", kind="person", patient_id="A",
+                       person={"birth_date": "1960-01-01", "sex": "F", "imd_decile": 2})
+    second = make_event(event_id="p2", kind="person", patient_id="A", person={"sex": "M"})
+    state, _ = apply_events(PatientState(), [first, second])
+    row = state.persons.row(0, named=True)
+    assert (str(row["birth_date"]), row["sex"], row["imd_decile"]) == ("1960-01-01", "M", 2)
+
+
+def test_merge_moves_facts_to_the_surviving_patient(make_event: Any) -> None:
+    fact = make_event(event_id="c", patient_id="OLD")
+    merge = make_event(event_id="mg", kind="person", patient_id="NEW", person={"merged_from": "OLD"})
+    state, _ = apply_events(PatientState(), [fact, merge])
+    assert state.facts["patient_id"].to_list() == ["NEW"]
+    assert state.persons["patient_id"].to_list() == ["NEW"]
+
+
+def test_do_not_contact_and_death_flags(make_event: Any) -> None:
+    opt_out = make_event(event_id="d1", kind="consent", patient_id="A",
+                         code={"system": "local", "value": "do-not-contact"})
+    died = make_event(event_id="x", kind="death", patient_id="B")
+    state, _ = apply_events(PatientState(), [opt_out, died])
+    flags = {r["patient_id"]: (r["do_not_contact"], r["deceased"]) for r in state.persons.iter_rows(named=True)}
+    assert flags == {"A": (True, False), "B": (False, True)}
+    opt_in = make_event(event_id="d2", kind="consent", patient_id="A", status="resolved",
+                        code={"system": "local", "value": "do-not-contact"})
+    state, _ = apply_events(state, [opt_in])
+    assert state.persons.filter(state.persons["patient_id"] == "A")["do_not_contact"].to_list() == [False]
