@@ -314,8 +314,8 @@ def study_frame(base: pl.LazyFrame, study: Study, now: datetime, *, nested: bool
     return plan.apply(base).select(cols)
 
 
-Evidence = Literal["all", "matches", "none"]
-EVIDENCE_MODES: tuple[str, ...] = ("all", "matches", "none")
+Evidence = Literal["all", "matches", "none", "outcomes"]
+EVIDENCE_MODES: tuple[str, ...] = ("all", "matches", "none", "outcomes")
 #: outcomes whose rows get evidence in ``evidence="matches"`` mode (the ones the engine stores)
 MATCH_OUTCOMES: tuple[str, ...] = ("eligible", "possible")
 
@@ -397,12 +397,46 @@ def _staged(frame: pl.LazyFrame, stage_lists: Sequence[list[list[pl.Expr]]]) -> 
     return frame
 
 
+def _result(study: Study, comp: _Compiled, with_evidence: bool, criteria_list: bool = True) -> pl.Expr:
+    """One study's result as a struct expression (``study_id, outcome, rule_hash, criteria``): the small-call
+    counterpart of :func:`_assemble` (one query for every study; per-row structs of literals)."""
+    if not criteria_list:
+        criteria = pl.lit(None, dtype=CRITERIA_DTYPE)
+    elif comp.criteria:
+        none = pl.lit(None, dtype=pl.String)
+        criteria = pl.concat_arr([
+            pl.struct(pl.lit(name).alias("name"), pl.lit(group).alias("group"), pl.col(vcol).alias("result"),
+                      (pl.col(ecol) if with_evidence else none).alias("evidence"))
+            for name, group, vcol, ecol in comp.criteria
+        ]).arr.to_list()
+    else:
+        criteria = pl.lit([], dtype=CRITERIA_DTYPE)
+    return pl.struct(
+        pl.lit(study.id).alias("study_id"), pl.col(comp.outcome_col).alias("outcome"),
+        pl.lit(study.rule_hash or study.content_hash).alias("rule_hash"),
+        criteria.cast(CRITERIA_DTYPE).alias("criteria"),
+    )
+
+
+def _long(frame: pl.LazyFrame, results: Sequence[pl.Expr]) -> pl.LazyFrame:
+    """Study-major result rows from one struct column per study (patients in frame order within a study)."""
+    return (
+        frame.select(pl.col("patient_id"), *(r.alias(f"_r{i}") for i, r in enumerate(results)))
+        .unpivot(index="patient_id", value_name="_r")
+        .select(pl.col("patient_id"), pl.col("_r").struct.unnest())
+        .select(["study_id", "patient_id", "outcome", "rule_hash", "criteria"])
+    )
+
+
 #: ``evidence="matches"``: up to this many matched patients, every matched study's evidence is built in one frame
 _SMALL_UNION = 2000
+#: up to this many patients, result rows are built by one query for all studies (:func:`_long`), above it study
+#: by study (:func:`_assemble`, cheaper per row but with a fixed cost per study)
+_SMALL_CALL = 256
 
 
 def _assemble(frame: pl.DataFrame, study: Study, comp: _Compiled, with_evidence: bool,
-              keep: pl.Expr | None = None) -> pl.DataFrame:
+              keep: pl.Expr | None = None, criteria_list: bool = True) -> pl.DataFrame:
     """One study's result rows (``study_id, patient_id, outcome, rule_hash, criteria``) from a frame holding its
     value (and, if ``with_evidence``, evidence) columns; only the rows where ``keep`` is true when given.
 
@@ -414,13 +448,17 @@ def _assemble(frame: pl.DataFrame, study: Study, comp: _Compiled, with_evidence:
     names = [n for n, _g, _v, _e in comp.criteria]
     vcols = [v for _n, _g, v, _e in comp.criteria]
     ecols = [e for _n, _g, _v, e in comp.criteria] if with_evidence else []
+    if not criteria_list:
+        vcols = []
     # Columns picked by name (a select on the wide frame would plan over every column of it).
     names_in = ["patient_id", comp.outcome_col, *dict.fromkeys([*vcols, *ecols])]
     part = pl.DataFrame([frame.get_column(c) for c in names_in])
     if keep is not None:
         part = part.filter(keep)
     n, k = part.height, len(names)
-    if k == 0 or n == 0:
+    if not criteria_list:
+        criteria = pl.repeat(None, n, dtype=CRITERIA_DTYPE, eager=True).alias("criteria")
+    elif k == 0 or n == 0:
         criteria = pl.Series("criteria", [[]] * n, dtype=CRITERIA_DTYPE)
     else:
         flat = part.select(
@@ -451,13 +489,17 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
     rules-spec). Facts after ``now`` are ignored. Does not filter by study dates, consent or death.
 
     ``evidence`` chooses where the criteria's evidence texts are built (outcomes and every criterion's result
-    are always computed for every row, identically in every mode):
+    are always computed for every row, identically in every mode; ``"outcomes"`` returns results only where
+    it returns evidence):
 
     - ``"all"`` (default): on every row. Rows come study by study, patients in ``state.persons`` order.
     - ``"matches"``: only on rows whose outcome is ``eligible`` or ``possible`` (:data:`MATCH_OUTCOMES`);
-      other rows carry ``evidence`` null. Rows come study by study; within a study the rows without evidence
-      (patients in order), then the rows with evidence.
+      other rows carry ``evidence`` null.
     - ``"none"``: nowhere (``evidence`` null on every row); row order as ``"all"``.
+    - ``"outcomes"``: as ``"matches"``, but the other rows' ``criteria`` is null (no list at all): every row
+      still has its outcome. The cheapest mode when only the eligible/possible rows are kept (the engine).
+
+    In ``"matches"`` and ``"outcomes"`` the row order is unspecified (each (study, patient) once).
 
     Compiled expressions are cached per study object, and code tables per study set, so repeated calls (the
     engine's micro-batches) pay only for the patients.
@@ -475,15 +517,21 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
     wide = feature_frame(state, studies, now)
     base = _attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left", maintain_order="left")
     pairs = list(zip(studies, comps, strict=True))
+    small = state.persons.height <= _SMALL_CALL
     if evidence == "all":
         stages = [[v + e for v, e in zip(c.values, c.evidence, strict=True)] for c in comps]
         full = _staged(base, stages).with_columns([c.outcome for c in comps]).collect()
+        if small:
+            return _long(full.lazy(), [_result(s, c, True) for s, c in pairs]).collect()
         return pl.concat([_assemble(full, s, c, True) for s, c in pairs], how="vertical")
     values = _staged(base, [c.values for c in comps]).with_columns([c.outcome for c in comps])
     if evidence == "none":
         keep = ["patient_id", *(c.outcome_col for c in comps), *(v for c in comps for _n, _g, v, _e in c.criteria)]
         full = values.select(list(dict.fromkeys(keep))).collect()
+        if small:
+            return _long(full.lazy(), [_result(s, c, False) for s, c in pairs]).collect()
         return pl.concat([_assemble(full, s, c, False) for s, c in pairs], how="vertical")
+    lists = evidence == "matches"  # "outcomes": no criteria list on the rows without evidence
     full = values.collect()
     matched = [pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) for c in comps]
     counts = full.select(m.sum().alias(str(i)) for i, m in enumerate(matched)).row(0)
@@ -491,7 +539,7 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
     with_ev: dict[int, pl.DataFrame] = {}
     if hits:
         union = full.filter(pl.any_horizontal(matched[i] for i in hits))
-        if union.height * len(hits) <= 2 * sum(counts) or union.height <= _SMALL_UNION:
+        if small or union.height * len(hits) <= 2 * sum(counts) or union.height <= _SMALL_UNION:
             # Few rows: one frame for every study with a match (a frame per study costs more than the extra rows).
             need = dict.fromkeys(col for i in hits for col in comps[i].evidence_inputs)
             ev = _staged(union.select(list(need)).lazy(), [comps[i].evidence for i in hits]).collect()
@@ -500,9 +548,16 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
             parts = [_staged(full.select(comps[i].evidence_inputs).filter(matched[i]).lazy(), [comps[i].evidence])
                      for i in hits]
             with_ev = dict(zip(hits, pl.collect_all(parts), strict=True))
+    if small:
+        match = pl.col("outcome").is_in(MATCH_OUTCOMES)
+        frames = [_long(full.lazy(), [_result(s, c, False, lists) for s, c in pairs]).filter(~match)]
+        if hits:
+            ev = with_ev[hits[0]]
+            frames.append(_long(ev.lazy(), [_result(*pairs[i], True) for i in hits]).filter(match))
+        return pl.concat(pl.collect_all(frames), how="vertical")
     out: list[pl.DataFrame] = []
     for i, (s, c) in enumerate(pairs):
-        out.append(_assemble(full, s, c, False, keep=~matched[i] if i in with_ev else None))
+        out.append(_assemble(full, s, c, False, keep=~matched[i] if i in with_ev else None, criteria_list=lists))
         if i in with_ev:
             out.append(_assemble(with_ev[i], s, c, True, keep=matched[i]))
     return pl.concat(out, how="vertical")

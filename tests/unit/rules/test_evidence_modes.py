@@ -1,4 +1,4 @@
-"""screen(evidence=...): the three modes agree on every outcome and criterion result; evidence only where asked.
+"""screen(evidence=...): the modes agree on every outcome and criterion result; evidence only where asked.
 
 Also: compiled expressions are cached per study but never bake in the screening instant, and the default mode
 keeps patients in ``state.persons`` order within each study.
@@ -44,12 +44,15 @@ def _check_modes(state: PatientState, studies, now) -> pl.DataFrame:
     full = screen(state, studies, now)
     matches = screen(state, studies, now, evidence="matches")
     none = screen(state, studies, now, evidence="none")
-    for frame in (matches, none):
+    outcomes = screen(state, studies, now, evidence="outcomes")
+    for frame in (matches, none, outcomes):
         assert frame.schema == full.schema
         assert frame.height == full.height == state.persons.height * len(studies)
-    a, m, n = _by_key(full), _by_key(matches), _by_key(none)
-    assert a.keys() == m.keys() == n.keys()
+    a, m, n, o = _by_key(full), _by_key(matches), _by_key(none), _by_key(outcomes)
+    assert a.keys() == m.keys() == n.keys() == o.keys()
     for key, row in a.items():
+        assert o[key]["outcome"] == row["outcome"] and o[key]["rule_hash"] == row["rule_hash"]
+        assert o[key]["criteria"] == (row["criteria"] if row["outcome"] in MATCH else None), key
         for other in (m[key], n[key]):
             assert other["outcome"] == row["outcome"], key
             assert other["rule_hash"] == row["rule_hash"]
@@ -64,7 +67,14 @@ def _check_modes(state: PatientState, studies, now) -> pl.DataFrame:
     return full
 
 
-def test_modes_agree_on_the_sample_studies(population, studies):
+@pytest.fixture(params=["per-study", "one-query"])
+def call_size(request, monkeypatch):
+    """Both ways of building the rows: study by study (large calls) and one query for all studies (small)."""
+    monkeypatch.setattr(SCREEN_MODULE, "_SMALL_CALL", 0 if request.param == "per-study" else 10**9)
+    return request.param
+
+
+def test_modes_agree_on_the_sample_studies(population, studies, call_size):
     state, now = population
     full = _check_modes(state, studies, now)
     counts = dict(full.group_by("outcome").len().iter_rows())
@@ -75,16 +85,17 @@ def test_modes_agree_on_the_sample_studies(population, studies):
 def test_modes_agree_with_evidence_built_study_by_study(population, studies, monkeypatch):
     # Many matched rows take the per-study path of evidence="matches"; force it on this small population too.
     monkeypatch.setattr(SCREEN_MODULE, "_SMALL_UNION", 0)
+    monkeypatch.setattr(SCREEN_MODULE, "_SMALL_CALL", 0)
     state, now = population
     _check_modes(state, studies, now)
 
 
-def test_modes_agree_with_no_match_and_one_patient(population, studies):
+def test_modes_agree_with_no_match_and_one_patient(population, studies, call_size):
     state, now = population
     one = state.select_patients(state.persons["patient_id"][:1])
     _check_modes(one, studies, now)
     empty = state.select_patients([])
-    for mode in ("all", "matches", "none"):
+    for mode in ("all", "matches", "none", "outcomes"):
         assert screen(empty, studies, now, evidence=mode).height == 0
 
 
@@ -94,7 +105,7 @@ def test_unknown_mode_is_an_error(population, studies):
         screen(state, studies, now, evidence="some")  # type: ignore[arg-type]
 
 
-def test_default_keeps_person_order_within_each_study(population, studies):
+def test_default_keeps_person_order_within_each_study(population, studies, call_size):
     state, now = population
     persons = state.persons.sample(fraction=1.0, shuffle=True, seed=1)
     result = screen(PatientState(persons, state.facts), studies, now)
@@ -107,11 +118,13 @@ def test_cached_compilation_does_not_bake_in_now(kit):
     study = kit.make_study({"recent": "stroke|days_since <= 10", "adult": "age >= 66"})
     state = kit.make_state([{"patient_id": "P1", "birth_date": kit.NOW.date().replace(year=1960)}],
                            [kit.fact("P1", "ICD10", "I63.9", kit.NOW - timedelta(days=5))])
-    for mode in ("all", "matches", "none"):
-        early = screen(state, [study], kit.NOW, evidence=mode)["criteria"][0]
-        late = screen(state, [study], kit.NOW + timedelta(days=365 * 2), evidence=mode)["criteria"][0]
-        assert [c["result"] for c in early] == [True, True]
-        assert [c["result"] for c in late] == [False, True]  # 735 days since; age 68
+    for mode in ("all", "matches", "none", "outcomes"):
+        early = screen(state, [study], kit.NOW, evidence=mode)
+        late = screen(state, [study], kit.NOW + timedelta(days=365 * 2), evidence=mode)
+        assert early["outcome"].to_list() == ["eligible"] and late["outcome"].to_list() == ["ineligible"]
+        assert [c["result"] for c in early["criteria"][0]] == [True, True]
+        if mode != "outcomes":
+            assert [c["result"] for c in late["criteria"][0]] == [False, True]  # 735 days since; age 67
     late = screen(state, [study], kit.NOW + timedelta(days=365 * 2))["criteria"][0]
     assert late[0]["evidence"] == "last stroke 735 days ago (I63.9 on 2026-05-27)"
 

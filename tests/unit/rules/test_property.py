@@ -176,11 +176,14 @@ def test_compiled_equals_reference(data, kit):
         for c in compiled[pid]["criteria"]:
             assert c["result"] == ref["results"][c["name"]], (pid, c)
     # The cheaper evidence modes give the same outcomes and results (evidence: matched rows only, or none).
-    for mode in ("matches", "none"):
+    for mode in ("matches", "none", "outcomes"):
         other = {r["patient_id"]: r for r in screen(state, [study], now, evidence=mode).to_dicts()}
         assert other.keys() == compiled.keys()
         for pid, row in compiled.items():
             assert other[pid]["outcome"] == row["outcome"], (mode, pid)
+            if mode == "outcomes":
+                assert other[pid]["criteria"] == (row["criteria"] if row["outcome"] != "ineligible" else None)
+                continue
             assert [c["result"] for c in other[pid]["criteria"]] == [c["result"] for c in row["criteria"]]
             if mode == "matches" and row["outcome"] != "ineligible":
                 assert other[pid]["criteria"] == row["criteria"], (mode, pid)
