@@ -3,9 +3,10 @@
 One :class:`Engine` is one member of the consumer group. Each loop iteration (:meth:`Engine.step`):
 
 1. polls a micro-batch (up to ``batch_max_records`` records or ``batch_max_ms``);
-2. validates every record with :func:`screener.events.parse_event`; a bad one goes to the dead-letter topic
+2. validates every record (:func:`screener.ingest.decode_batch`: the whole batch at once, with exactly the
+   verdicts of :func:`screener.events.parse_event`); a bad one goes to the dead-letter topic
    with the reason, the original payload and its topic/partition/offset;
-3. applies the events to the state of the partition they came from (:func:`screener.state.apply_events`),
+3. applies the events to the state of the partition they came from (:func:`screener.state.apply_frames`),
    keeping only the facts some loaded study can use;
 4. re-screens only the touched patients against every *open* study (``Study.is_open(now)``);
 5. drops do-not-contact (the event flag or the store's register) and deceased patients (counted, never named);
@@ -54,7 +55,7 @@ from screener.alerts.base import MATCH_COLUMNS, MatchStore
 from screener.bus import MatchesPublisher
 from screener.clock import Clock, SystemClock
 from screener.errors import DeliveryError, EventError, ScreenerError
-from screener.events import Event, parse_event
+from screener.ingest import DecodedBatch, decode_batch
 from screener.logging import get_logger
 from screener.metrics import Metrics
 from screener.settings import Settings
@@ -62,7 +63,7 @@ from screener.state import (
     TS,
     FactFilter,
     PatientState,
-    apply_events,
+    apply_frames,
     load_snapshot,
     prune_facts,
     save_snapshot,
@@ -374,7 +375,7 @@ class Engine:
         self.batches += 1
         batch_no = self.batches
         now = self.clock.now()
-        by_part: dict[int, list[Event]] = {}
+        by_part: dict[int, DecodedBatch] = {}
         pids: list[str] = []
         stamps: list[int] = []
         counts: dict[tuple[str, str], int] = {}
@@ -385,38 +386,33 @@ class Engine:
             part = self._parts.get(tp.partition)
             if part is None or not recs:
                 continue  # revoked while the batch was being gathered: the new owner reads it
-            events: list[Event] = []
-            for rec in recs:
-                if rec.offset < part.offset:
-                    continue
-                total += 1
-                try:
-                    ev = parse_event(rec.value if rec.value is not None else b"")
-                except EventError as exc:
-                    self._dead_letter(rec, exc)
-                    dead += 1
-                    continue
-                events.append(ev)
-                pids.append(ev.patient_id)
-                stamps.append(rec.timestamp)
-                key = (ev.source, ev.kind)
-                counts[key] = counts.get(key, 0) + 1
-            by_part[tp.partition] = events
+            live = [rec for rec in recs if rec.offset >= part.offset]
+            total += len(live)
+            # One vectorised decode per partition; rejects carry parse_event's own error (same DLQ documents).
+            decoded = decode_batch([rec.value for rec in live])
+            for i, exc in decoded.rejects:
+                self._dead_letter(live[i], exc)
+                dead += 1
+            keys = decoded.keys
+            pids.extend(keys["patient_id"].to_list())
+            stamps.extend(live[i].timestamp for i in keys["index"].to_list())
+            for source, kind, c in keys.group_by("source", "kind", maintain_order=True).len().iter_rows():
+                counts[(source, kind)] = counts.get((source, kind), 0) + c
+            by_part[tp.partition] = decoded
             offsets[tp.partition] = (recs[0].offset, recs[-1].offset + 1)
         t_parse = time.perf_counter()
 
         if self._keep is not None and self._keep.keys:
             # Judge new codes once for the whole batch rather than once per partition.
-            self._keep.learn(pl.DataFrame(
-                [(e.kind, e.code.system if e.code else None, e.code.value if e.code else None, e.unit, e.status,
-                  e.setting) for evs in by_part.values() for e in evs],
-                schema=dict.fromkeys(FactFilter.KEY_COLUMNS, pl.String), orient="row",
+            self._keep.learn(pl.concat(
+                [d.keys.select(FactFilter.KEY_COLUMNS) for d in by_part.values()]
+                or [pl.DataFrame(schema=dict.fromkeys(FactFilter.KEY_COLUMNS, pl.String))]
             ))
         to_screen: list[PatientState] = []
-        for p, events in by_part.items():
+        for p, decoded in by_part.items():
             part = self._parts[p]
-            if events:
-                part.state, touched = apply_events(part.state, events, keep=self._keep, changed_only=True)
+            if decoded.accepted:
+                part.state, touched = apply_frames(part.state, *decoded.frames, keep=self._keep, changed_only=True)
                 part.dirty = True
             else:
                 touched = pl.Series("patient_id", [], dtype=pl.String)

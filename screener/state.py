@@ -36,6 +36,7 @@ __all__ = [
     "FactFilter",
     "PatientState",
     "apply_events",
+    "apply_frames",
     "events_to_frames",
     "load_snapshot",
     "prune_facts",
@@ -207,7 +208,20 @@ def apply_events(
     if not events:
         return state, pl.Series("patient_id", [], dtype=pl.String)
     upd, new_facts, control = events_to_frames(events)
+    return apply_frames(state, upd, new_facts, control, keep, changed_only=changed_only)
 
+
+def apply_frames(
+    state: PatientState,
+    upd: pl.DataFrame,
+    new_facts: pl.DataFrame,
+    control: pl.DataFrame,
+    keep: pl.Expr | FactFilter | None = None,
+    *,
+    changed_only: bool = False,
+) -> tuple[PatientState, pl.Series]:
+    """:func:`apply_events` on a batch already split into frames: ``(upd, new_facts, control)`` as
+    :func:`events_to_frames` (or :func:`screener.ingest.decode_batch`) builds them. Same contract."""
     facts = state.facts
     # Retractions (corrections and entered-in-error) remove earlier facts by event id.
     retracted = control.filter(pl.col("op") == "retract")

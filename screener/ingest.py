@@ -1,0 +1,314 @@
+"""Batch ingest fast path: Kafka payloads to the state update frames without one pydantic model per event.
+
+:func:`decode_batch` turns a list of raw payloads into the same ``(person updates, fact rows, control rows)``
+frames that :func:`screener.state.events_to_frames` builds from parsed :class:`~screener.events.Event` objects,
+plus the list of rejected payloads with the exact :class:`~screener.errors.EventError` that
+:func:`screener.events.parse_event` raises for them.
+
+How (one Rust call, then Polars):
+
+1. every payload is parsed and type-checked by one pydantic-core call over the whole list, against a *lean*
+   schema (:data:`_LEAN`): the canonical event's fields, types, enums, lengths, patterns and unknown-field rule,
+   but with no Python callback, no whitespace stripping and the timestamps left as strings. The JSON parser and
+   the type coercions are pydantic's own, so a value accepted here has the value ``parse_event`` would give;
+2. the accepted rows become columns, and the rest of the contract is checked vectorised: no leading or trailing
+   whitespace in any string (``parse_event`` strips it), timestamps in a strict ISO-8601 form with an offset
+   (parsed and converted to UTC by Polars), ISO birth dates, finite values and the kind rules (a person event
+   carries ``person``, a clinical event a ``code``, nothing else ``person``);
+3. every payload the lean schema rejects or a vectorised check flags, or that the fast path cannot judge with
+   certainty, goes through :func:`screener.events.parse_event` one by one: a rejection there is the same error as
+   on the per-event path, and an event it accepts (e.g. one with whitespace to strip) joins the frames in order.
+
+The fast path therefore only ever *accepts* what ``parse_event`` accepts, with the same values; every decision
+to reject is ``parse_event``'s own. ``tests/unit/test_ingest.py`` checks both paths agree (hypothesis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, NotRequired
+
+import polars as pl
+from pydantic import ConfigDict, Field, Json, TypeAdapter, with_config
+from typing_extensions import TypedDict  # pydantic needs this one below Python 3.12
+
+from screener.errors import EventError
+from screener.events import Event, parse_event
+from screener.state import DO_NOT_CONTACT_CODE, FACT_KINDS, FACTS_SCHEMA, PERSONS_SCHEMA, TS, events_to_frames
+
+__all__ = ["KEY_SCHEMA", "DecodedBatch", "decode_batch"]
+
+_Kind = Literal[
+    "person", "condition", "measurement", "drug", "procedure", "visit", "observation", "consent", "death"
+]
+_CodeSystem = Literal["ICD10", "SNOMED", "LOINC", "DMD", "ATC", "OPCS4", "local"]
+_Status = Literal["active", "resolved", "entered-in-error"]
+_Setting = Literal["hospital", "community", "primary-care", "home"]
+_Sex = Literal["F", "M", "O", "U"]
+_EthnicGroup = Literal["asian", "black", "mixed", "white", "other"]
+
+_FORBID = ConfigDict(extra="forbid")
+
+
+def _s(lo: int | None = None, hi: int | None = None, pattern: str | None = None) -> Any:
+    return Annotated[str, Field(min_length=lo, max_length=hi, pattern=pattern)]
+
+
+@with_config(_FORBID)
+class _LeanCode(TypedDict):
+    system: _CodeSystem
+    value: _s(1, 64)  # type: ignore[valid-type]
+
+
+@with_config(_FORBID)
+class _LeanPerson(TypedDict, total=False):
+    birth_date: str | None
+    sex: _Sex | None
+    ethnic_group: _EthnicGroup | None
+    ethnic_category: _s(pattern=r"^[A-Z]$") | None  # type: ignore[valid-type]
+    lsoa: _s(hi=16) | None  # type: ignore[valid-type]
+    imd_decile: Annotated[int, Field(ge=1, le=10)] | None
+    postcode_district: _s(hi=8) | None  # type: ignore[valid-type]
+    nhs_number: _s(pattern=r"^\d{10}$") | None  # type: ignore[valid-type]
+    merged_from: _s(1, 64) | None  # type: ignore[valid-type]
+
+
+_LeanEvent = with_config(_FORBID)(TypedDict(  # type: ignore[operator]
+    "_LeanEvent",
+    {
+        "schema": NotRequired[Literal["screener.event/v1"]],
+        "event_id": _s(1, 128),
+        "source": _s(1, 64),
+        "kind": _Kind,
+        "patient_id": _s(1, 64),
+        "occurred_at": str,
+        "recorded_at": NotRequired[str | None],
+        "code": NotRequired[_LeanCode | None],
+        "value": NotRequired[float | str | None],
+        "unit": NotRequired[_s(hi=32) | None],  # type: ignore[valid-type]
+        "status": NotRequired[_Status],
+        "setting": NotRequired[_Setting | None],
+        "site": NotRequired[_s(hi=64) | None],  # type: ignore[valid-type]
+        "person": NotRequired[_LeanPerson | None],
+        "corrects": NotRequired[_s(1, 128) | None],  # type: ignore[valid-type]
+    },
+))
+
+#: One pydantic-core call for the whole batch: a payload that fails the lean schema comes back as its bytes.
+_LEAN: TypeAdapter[list[Any]] = TypeAdapter(
+    list[Annotated[Json[_LeanEvent] | bytes, Field(union_mode="left_to_right")]]  # type: ignore[valid-type]
+)
+
+# A strict subset of what pydantic's datetime parser accepts: RFC 3339 with an explicit offset, years 1000-2999
+# (no overflow when converting to UTC), at most microseconds.
+_TS_RE = (
+    r"^[12]\d{3}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?"
+    r"(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$"
+)
+_DATE_RE = r"^[12]\d{3}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"
+# Anything parse_event's whitespace stripping could touch (Unicode White_Space, plus control characters).
+_EDGE_WS = r"^[\s\x00-\x20\x7f-\xa0]|[\s\x00-\x20\x7f-\xa0]$"
+
+_STR_COLS = ("event_id", "source", "patient_id", "unit", "site", "corrects", "system", "code", "text",
+             "lsoa", "postcode_district", "merged_from")
+_PERSON_FIELDS = ("birth_date", "sex", "ethnic_group", "ethnic_category", "lsoa", "imd_decile",
+                  "postcode_district", "nhs_number", "merged_from")
+
+#: Columns of :attr:`DecodedBatch.keys`: one row per accepted event, in payload order.
+KEY_SCHEMA: dict[str, pl.DataType] = {
+    "index": pl.Int64(), "patient_id": pl.String(), "source": pl.String(), "kind": pl.String(),
+    "system": pl.String(), "code": pl.String(), "unit": pl.String(), "status": pl.String(),
+    "setting": pl.String(),
+}
+_UPD_SCHEMA: dict[str, pl.DataType] = {
+    "seq": pl.Int64(), **{k: v for k, v in PERSONS_SCHEMA.items() if k not in ("do_not_contact", "deceased")}
+}
+_FACT_SCHEMA: dict[str, pl.DataType] = {"seq": pl.Int64(), **FACTS_SCHEMA}
+_CONTROL_SCHEMA: dict[str, pl.DataType] = {
+    "seq": pl.Int64(), "patient_id": pl.String(), "op": pl.String(), "arg": pl.String()
+}
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """The result of :func:`decode_batch`.
+
+    ``persons``, ``facts`` and ``control`` equal ``events_to_frames(accepted events)`` (``seq`` is the position
+    among the accepted events); ``keys`` has one row per accepted event (``index`` is its payload position);
+    ``rejects`` pairs each rejected payload position with the error ``parse_event`` raises for it.
+    """
+
+    persons: pl.DataFrame
+    facts: pl.DataFrame
+    control: pl.DataFrame
+    keys: pl.DataFrame
+    rejects: list[tuple[int, EventError]] = field(default_factory=list)
+    #: How many payloads went through parse_event one by one (a measure, not a contract).
+    slow: int = 0
+
+    @property
+    def accepted(self) -> int:
+        return self.keys.height
+
+    @property
+    def frames(self) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+        return self.persons, self.facts, self.control
+
+
+def decode_batch(payloads: Sequence[bytes | None]) -> DecodedBatch:
+    """Validate and decode a batch of raw event payloads (``None`` is treated as an empty payload).
+
+    Accepts and rejects exactly what :func:`screener.events.parse_event` does, one payload at a time, and builds
+    the frames :func:`screener.state.events_to_frames` builds from the accepted events, in payload order.
+    """
+    raw = [p if p is not None else b"" for p in payloads]
+    try:
+        items: list[Any] = _LEAN.validate_python(raw)
+    except Exception:  # e.g. a payload that is not bytes: judge every one on the per-event path
+        items = list(raw)
+    fast_idx = [i for i, it in enumerate(items) if it.__class__ is dict]
+    fast = _columns([items[i] for i in fast_idx], fast_idx)
+    fast, suspect = _check(fast)
+    slow_idx = sorted([i for i, it in enumerate(items) if it.__class__ is not dict] + suspect)
+    slow_events: list[tuple[int, Event]] = []
+    rejects: list[tuple[int, EventError]] = []
+    for i in slow_idx:
+        payload = raw[i]
+        try:
+            slow_events.append((i, parse_event(payload)))
+        except EventError as exc:
+            rejects.append((i, exc))
+    rejected = {i for i, _ in rejects}
+    accepted = [i for i in range(len(raw)) if i not in rejected] if rejects else list(range(len(raw)))
+    rank = pl.DataFrame({"index": accepted, "seq": range(len(accepted))},
+                        schema={"index": pl.Int64, "seq": pl.Int64})
+    fast = fast.join(rank, on="index", how="left", maintain_order="left")
+    persons, facts, control = _frames(fast)
+    keys = fast.select(list(KEY_SCHEMA))
+    if slow_events:
+        s_persons, s_facts, s_control = events_to_frames(ev for _, ev in slow_events)
+        seqs = rank.filter(pl.col("index").is_in([i for i, _ in slow_events]))["seq"]
+        remap = [pl.lit(seqs).gather(pl.col("seq")).alias("seq")]
+        persons = pl.concat([persons, s_persons.with_columns(remap)]).sort("seq", maintain_order=True)
+        facts = pl.concat([facts, s_facts.with_columns(remap)]).sort("seq", maintain_order=True)
+        control = pl.concat([control, s_control.with_columns(remap)]).sort("seq", maintain_order=True)
+        keys = pl.concat([keys, _event_keys(slow_events)]).sort("index")
+    return DecodedBatch(persons, facts, control, keys, rejects, slow=len(slow_idx))
+
+
+def _columns(rows: list[dict[str, Any]], index: list[int]) -> pl.DataFrame:
+    """Column-wise frame of the lean-validated dicts (strings still raw; timestamps still text)."""
+    codes = [r.get("code") for r in rows]
+    people = [r.get("person") for r in rows]
+    values = [r.get("value") for r in rows]
+    cols: dict[str, Any] = {
+        "index": index,
+        "event_id": [r["event_id"] for r in rows],
+        "source": [r["source"] for r in rows],
+        "kind": [r["kind"] for r in rows],
+        "patient_id": [r["patient_id"] for r in rows],
+        "occurred_at": [r["occurred_at"] for r in rows],
+        "recorded_at": [r.get("recorded_at") for r in rows],
+        "has_code": [c is not None for c in codes],
+        "system": [c["system"] if c is not None else None for c in codes],
+        "code": [c["value"] if c is not None else None for c in codes],
+        "value": [v if v.__class__ is float else None for v in values],
+        "text": [v if v.__class__ is str else None for v in values],
+        "unit": [r.get("unit") for r in rows],
+        "status": [r.get("status", "active") for r in rows],
+        "setting": [r.get("setting") for r in rows],
+        "site": [r.get("site") for r in rows],
+        "corrects": [r.get("corrects") for r in rows],
+        "has_person": [p is not None for p in people],
+    }
+    for name in _PERSON_FIELDS:
+        cols[name] = [p.get(name) if p is not None else None for p in people]
+    schema: dict[str, pl.DataType] = {
+        c: pl.String() for c in cols if c not in ("index", "has_code", "value", "has_person", "imd_decile")
+    }
+    schema.update({"index": pl.Int64(), "has_code": pl.Boolean(), "value": pl.Float64(),
+                   "has_person": pl.Boolean(), "imd_decile": pl.Int64()})
+    return pl.DataFrame(cols, schema={c: schema[c] for c in cols})
+
+
+def _check(df: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
+    """Parse timestamps and dates; split off the rows the fast path cannot accept with certainty."""
+    ts_fmt = "%Y-%m-%dT%H:%M:%S%.f%:z"
+
+    def ts(col: str) -> pl.Expr:
+        return (pl.col(col).str.replace(r"Z$", "+00:00").str.to_datetime(ts_fmt, strict=False, time_unit="us")
+                .dt.convert_time_zone("UTC").cast(TS))
+
+    df = df.with_columns(
+        ts("occurred_at").alias("_occurred"),
+        ts("recorded_at").alias("_recorded"),
+        pl.col("birth_date").str.to_date("%Y-%m-%d", strict=False).alias("_birth"),
+    )
+    ok = [
+        pl.col("occurred_at").str.contains(_TS_RE) & pl.col("_occurred").is_not_null(),
+        pl.col("recorded_at").is_null() | (pl.col("recorded_at").str.contains(_TS_RE)
+                                           & pl.col("_recorded").is_not_null()),
+        pl.col("birth_date").is_null() | (pl.col("birth_date").str.contains(_DATE_RE)
+                                          & pl.col("_birth").is_not_null()),
+        pl.col("value").is_null() | pl.col("value").is_finite(),
+        (pl.col("kind") != "person") | pl.col("has_person"),
+        pl.col("kind").is_in(["person", "death", "visit"]) | pl.col("has_code"),
+        (pl.col("kind") == "person") | ~pl.col("has_person"),
+        *[pl.col(c).is_null() | ~pl.col(c).str.contains(_EDGE_WS) for c in _STR_COLS],
+    ]
+    flagged = df.with_columns(pl.all_horizontal(ok).fill_null(False).alias("_ok"))
+    suspect = flagged.filter(~pl.col("_ok"))["index"].to_list()
+    good = flagged.filter(pl.col("_ok")).with_columns(
+        pl.col("_occurred").alias("occurred_at"), pl.col("_birth").alias("birth_date"),
+        pl.col("imd_decile").cast(pl.Int8),
+    ).drop("_occurred", "_recorded", "_birth", "_ok", "recorded_at")
+    return good, suspect
+
+
+def _frames(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """events_to_frames, vectorised, over the checked fast rows (``seq`` already assigned)."""
+    kind, status = pl.col("kind"), pl.col("status")
+    is_fact = kind.is_in(list(FACT_KINDS)) & (status != "entered-in-error")
+    person_ev = df.filter(kind == "person").select(
+        "seq", "patient_id", *_PERSON_FIELDS[:7], "setting", "site", pl.col("occurred_at").alias("updated_at")
+    )
+    setting_ev = df.filter(is_fact & pl.col("setting").is_not_null()).select(
+        "seq", "patient_id", "setting", "site"
+    )
+    persons = pl.concat([person_ev, setting_ev], how="diagonal_relaxed").select(
+        [pl.col(c).cast(t) for c, t in _UPD_SCHEMA.items()]
+    ).sort("seq", maintain_order=True)
+    facts = df.filter(is_fact).select(
+        [pl.col(c).cast(t) for c, t in _FACT_SCHEMA.items()]
+    )
+    dnc = (pl.col("system") == DO_NOT_CONTACT_CODE[0]) & (pl.col("code") == DO_NOT_CONTACT_CODE[1])
+    op = (
+        pl.when((kind == "person") & pl.col("merged_from").is_not_null()).then(pl.lit("merge"))
+        .when((kind == "consent") & dnc).then(pl.when(status == "active").then(pl.lit("dnc_on"))
+                                              .otherwise(pl.lit("dnc_off")))
+        .when((kind == "death") & (status != "entered-in-error")).then(pl.lit("death"))
+        .when(kind.is_in(list(FACT_KINDS)) & (status == "entered-in-error")).then(pl.lit("retract"))
+    )
+    arg = (
+        pl.when(kind == "person").then(pl.col("merged_from"))
+        .when(kind.is_in(list(FACT_KINDS))).then(pl.col("event_id"))
+    )
+    first = df.filter(pl.col("corrects").is_not_null()).select(
+        "seq", "patient_id", pl.lit("retract").alias("op"), pl.col("corrects").alias("arg"), pl.lit(0).alias("_k")
+    )
+    second = df.select("seq", "patient_id", op.alias("op"), arg.alias("arg"), pl.lit(1).alias("_k")).filter(
+        pl.col("op").is_not_null()
+    )
+    control = pl.concat([first, second]).sort("seq", "_k").drop("_k").select(
+        [pl.col(c).cast(t) for c, t in _CONTROL_SCHEMA.items()]
+    )
+    return persons, facts, control
+
+
+def _event_keys(events: list[tuple[int, Event]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        [(i, e.patient_id, e.source, e.kind, e.code.system if e.code else None, e.code.value if e.code else None,
+          e.unit, e.status, e.setting) for i, e in events],
+        schema=KEY_SCHEMA, orient="row",
+    )
