@@ -116,8 +116,9 @@ def _default_loader(paths: Sequence[Path]) -> Any:
 def _default_screen(state: PatientState, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
     from screener.rules import screen
 
-    # Only eligible/possible rows are stored, so only they need the evidence texts.
-    return screen(state, studies, now, evidence="matches")
+    # Only eligible/possible rows are stored, so only they need criteria and evidence texts ("outcomes": the
+    # other rows carry just their outcome).
+    return screen(state, studies, now, evidence="outcomes")
 
 
 def _criteria_json() -> pl.Expr:

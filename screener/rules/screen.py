@@ -19,7 +19,7 @@ import itertools
 import json
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -213,7 +213,8 @@ def feature_frame(state: PatientState, studies: Sequence[Study], now: datetime) 
         part = agg.filter(pl.col("_fkey").is_in(keys)).pivot(on="_fkey", index="patient_id", values=stat)
         part = part.rename({c: f"{c}:{stat}" for c in part.columns if c != "patient_id"})
         wide = wide.join(part, on="patient_id", how="left")
-    missing = [pl.lit(None, dtype=empty.schema[c]).alias(c) for c in columns if c not in wide.columns]
+    schema, present = empty.schema, set(wide.columns)
+    missing = [pl.lit(None, dtype=schema[c]).alias(c) for c in columns if c not in present]
     return wide.with_columns(missing).select(["patient_id", *columns])
 
 
@@ -336,6 +337,8 @@ class _Compiled:
     criteria: list[tuple[str, str, str, str]]
     #: columns of the values frame the evidence stages and the result rows read
     evidence_inputs: list[str]
+    #: :func:`_result` expressions by (with evidence, with criteria list)
+    results: dict[tuple[bool, bool], pl.Expr] = field(default_factory=dict)
 
 
 _COMPILED: weakref.WeakKeyDictionary[Study, _Compiled] = weakref.WeakKeyDictionary()
@@ -399,7 +402,15 @@ def _staged(frame: pl.LazyFrame, stage_lists: Sequence[list[list[pl.Expr]]]) -> 
 
 def _result(study: Study, comp: _Compiled, with_evidence: bool, criteria_list: bool = True) -> pl.Expr:
     """One study's result as a struct expression (``study_id, outcome, rule_hash, criteria``): the small-call
-    counterpart of :func:`_assemble` (one query for every study; per-row structs of literals)."""
+    counterpart of :func:`_assemble` (one query for every study; per-row structs of literals). Cached."""
+    key = (with_evidence, criteria_list)
+    hit = comp.results.get(key)
+    if hit is None:
+        hit = comp.results[key] = _result_expr(study, comp, with_evidence, criteria_list)
+    return hit
+
+
+def _result_expr(study: Study, comp: _Compiled, with_evidence: bool, criteria_list: bool) -> pl.Expr:
     if not criteria_list:
         criteria = pl.lit(None, dtype=CRITERIA_DTYPE)
     elif comp.criteria:
