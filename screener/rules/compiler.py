@@ -520,6 +520,18 @@ def _attr(name: str) -> tuple[pl.Expr, pl.Expr]:
     return value, evidence
 
 
+def _fold(expr: pl.Expr) -> pl.Expr:
+    """A constant expression (no column input) evaluated now, as a literal.
+
+    Polars' in-memory engine does not always broadcast a computed length-1 result (e.g. ``true && false``)
+    to the frame's height in ``with_columns``; a literal it does.
+    """
+    if expr.meta.root_names():
+        return expr
+    out = pl.select(expr.alias("c")).to_series()
+    return pl.lit(out[0], dtype=out.dtype) if out.len() == 1 else expr
+
+
 class Plan:
     """Staged column assignments so evidence never duplicates sub-expressions.
 
@@ -554,6 +566,7 @@ class Plan:
         return pl.col(name)
 
     def bind(self, value: pl.Expr, evidence: pl.Expr, level: int) -> tuple[pl.Expr, pl.Expr, int]:
+        value, evidence = _fold(value), _fold(evidence)
         name = f"{self.prefix}{self.count}"
         self.count += 1
         while len(self.values) <= level:

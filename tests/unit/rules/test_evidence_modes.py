@@ -139,3 +139,13 @@ def test_engine_screens_with_outcomes_evidence(population, studies):
     assert rest.height and rest["criteria"].null_count() == rest.height
     hits = result.filter(pl.col("outcome").is_in(MATCH))
     assert hits.height and hits["criteria"].explode().struct.field("evidence").null_count() == 0
+
+
+def test_constant_criteria_and_facts_for_one_patient_of_three(kit, call_size):
+    # Constant criteria fold to literals; a join leaves broadcast columns: both must size to every patient.
+    study = kit.make_study({"c0": "dx|ever", "k": "true && !false"}, {"x0": "(0 < glucose|latest)", "z": "false"})
+    state = kit.make_state([{"patient_id": f"P{i}", "setting": "hospital"} for i in range(3)],
+                           [kit.fact("P2", "ICD10", "E11", kit.NOW - timedelta(minutes=30), None, "mmol/L")])
+    full = _check_modes(state, [study], kit.NOW)
+    assert dict(full.select("patient_id", "outcome").iter_rows()) == {
+        "P0": "ineligible", "P1": "ineligible", "P2": "possible"}
