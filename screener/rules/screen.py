@@ -164,13 +164,18 @@ def feature_frame(state: PatientState, studies: Sequence[Study], now: datetime) 
     codes = state.facts.select("system", "code").unique().with_row_index("_fid")
     pairs = _membership(codes.lazy(), concepts, fp.member_table)
     code_concepts = codes.lazy().join(pairs, on="_fid", how="inner").select("system", "code", "_ckey")
+    units = (
+        state.facts.lazy().select(pl.col("unit").unique())
+        .with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
+    )
     wins = pl.LazyFrame(windows, schema={"_fkey": pl.String, "_ckey": pl.String, "_start": TS})
     rows = (
         state.facts.lazy()
         .filter(pl.col("occurred_at") <= now)
         .select("patient_id", "event_id", "system", "code", "value", "unit", "occurred_at")
         .join(code_concepts, on=["system", "code"], how="inner")
-        .with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
+        # Units normalised once per distinct spelling, like codes.
+        .join(units, on="unit", how="left", nulls_equal=True)
         .join(fp.conversions.lazy(), on=["_ckey", "_unit"], how="left")
         .with_columns(
             (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
