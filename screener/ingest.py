@@ -25,6 +25,7 @@ to reject is ``parse_event``'s own. ``tests/unit/test_ingest.py`` checks both pa
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired
@@ -163,14 +164,24 @@ def decode_batch(payloads: Sequence[bytes | None]) -> DecodedBatch:
     the frames :func:`screener.state.events_to_frames` builds from the accepted events, in payload order.
     """
     raw = [p if p is not None else b"" for p in payloads]
+    # The lean dicts are short-lived and acyclic (freed by reference counting): pausing the cycle collector
+    # while they exist saves the collections their allocation would trigger over the engine's large heap.
+    paused = gc.isenabled()
+    gc.disable()
     try:
-        items: list[Any] = _LEAN.validate_python(raw)
-    except Exception:  # e.g. a payload that is not bytes: judge every one on the per-event path
-        items = list(raw)
-    fast_idx = [i for i, it in enumerate(items) if it.__class__ is dict]
-    fast = _columns([items[i] for i in fast_idx], fast_idx)
+        try:
+            items: list[Any] = _LEAN.validate_python(raw)
+        except Exception:  # e.g. a payload that is not bytes: judge every one on the per-event path
+            items = list(raw)
+        fast_idx = [i for i, it in enumerate(items) if it.__class__ is dict]
+        lean_rejects = [i for i, it in enumerate(items) if it.__class__ is not dict]
+        fast = _columns([items[i] for i in fast_idx], fast_idx)
+        del items
+    finally:
+        if paused:
+            gc.enable()
     fast, suspect = _check(fast)
-    slow_idx = sorted([i for i, it in enumerate(items) if it.__class__ is not dict] + suspect)
+    slow_idx = sorted(lean_rejects + suspect)
     slow_events: list[tuple[int, Event]] = []
     rejects: list[tuple[int, EventError]] = []
     for i in slow_idx:

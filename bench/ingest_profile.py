@@ -1,0 +1,84 @@
+"""Decode + apply alone (no broker, no screening): the per-event path against the batch fast path.
+
+    python -m bench.ingest_profile [--events 200000] [--batch 5000] [--repeat 3]
+
+Per-event path: ``parse_event`` on every payload, then ``apply_events`` (which builds the frames from the Event
+objects). Fast path: ``decode_batch`` on the payloads, then ``apply_frames``. Both fold the same synthetic
+payloads, batch by batch, into one growing partition state (``changed_only=True``, as the engine does) and must
+end with the same state. Prints the best of ``--repeat`` runs, in microseconds per event and events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import polars as pl
+
+from bench.engine_common import event_payloads
+from screener.events import parse_event
+from screener.ingest import decode_batch
+from screener.state import PatientState, apply_events, apply_frames
+
+
+def per_event(batch: list[bytes], state: PatientState) -> tuple[PatientState, float, float]:
+    t0 = time.perf_counter()
+    events = [parse_event(p) for p in batch]
+    t1 = time.perf_counter()
+    state, _ = apply_events(state, events, changed_only=True)
+    return state, t1 - t0, time.perf_counter() - t1
+
+
+def fast(batch: list[bytes], state: PatientState) -> tuple[PatientState, float, float]:
+    t0 = time.perf_counter()
+    decoded = decode_batch(batch)
+    t1 = time.perf_counter()
+    state, _ = apply_frames(state, *decoded.frames, changed_only=True)
+    return state, t1 - t0, time.perf_counter() - t1
+
+
+def run(path: Callable[[list[bytes], PatientState], tuple[PatientState, float, float]],
+        payloads: list[bytes], batch: int) -> tuple[PatientState, float, float]:
+    state = PatientState()
+    decode = apply = 0.0
+    for i in range(0, len(payloads), batch):
+        state, d, a = path(payloads[i:i + batch], state)
+        decode += d
+        apply += a
+    return state, decode, apply
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--batch", type=int, default=5_000, help="records per decode (the engine decodes per partition)")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    payloads = [v for _, v in event_payloads(args.events, datetime.now(UTC))]
+    n = len(payloads)
+    print(f"{n} synthetic payloads, batches of {args.batch}, best of {args.repeat}")
+    results = {}
+    for name, path in (("per-event (parse_event + apply_events)", per_event),
+                       ("fast (decode_batch + apply_frames)", fast)):
+        best: tuple[float, float] | None = None
+        for _ in range(args.repeat):
+            state, d, a = run(path, payloads, args.batch)
+            if best is None or d + a < sum(best):
+                best = (d, a)
+        assert best is not None
+        results[name] = state
+        d, a = best
+        print(f"{name:42s} decode {d / n * 1e6:5.2f} us/ev  apply {a / n * 1e6:5.2f} us/ev  "
+              f"total {(d + a) / n * 1e6:5.2f} us/ev = {n / (d + a):,.0f} events/s")
+    ref, got = results.values()
+    for a_, b_ in ((ref.persons, got.persons), (ref.facts, got.facts), (ref.retracted, got.retracted)):
+        key = a_.columns
+        assert a_.sort(key, nulls_last=True).equals(b_.sort(key, nulls_last=True)), "the two paths disagree"
+    print(f"same final state: {ref.persons.height} persons, {ref.facts.height} facts "
+          f"({pl.__name__} {pl.__version__})")
+
+
+if __name__ == "__main__":
+    main()
