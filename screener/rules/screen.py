@@ -575,19 +575,37 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
             parts = [_staged(full.select(comps[i].evidence_inputs).filter(matched[i]).lazy(), [comps[i].evidence])
                      for i in hits]
             with_ev = dict(zip(hits, pl.collect_all(parts, engine=ENGINE), strict=True))
-    if small:
-        match = pl.col("outcome").is_in(MATCH_OUTCOMES)
-        frames = [_long(full.lazy(), [_result(s, c, False, lists) for s, c in pairs]).filter(~match)]
-        if hits:
-            ev = with_ev[hits[0]]
-            frames.append(_long(ev.lazy(), [_result(*pairs[i], True) for i in hits]).filter(match))
-        return pl.concat(pl.collect_all(frames, engine=ENGINE), how="vertical")
+    match = pl.col("outcome").is_in(MATCH_OUTCOMES)
+    shared = bool(hits) and with_ev[hits[0]] is with_ev[hits[-1]]  # one evidence frame for every study
     out: list[pl.DataFrame] = []
-    for i, (s, c) in enumerate(pairs):
-        out.append(_assemble(full, s, c, False, keep=~matched[i] if i in with_ev else None, criteria_list=lists))
-        if i in with_ev:
-            out.append(_assemble(with_ev[i], s, c, True, keep=matched[i]))
+    if small:
+        out.append(_long(full.lazy(), [_result(s, c, False, lists) for s, c in pairs]).filter(~match)
+                   .collect(engine=ENGINE))
+    elif not lists:
+        out.append(_outcome_rows(full, pairs).filter(~match))
+    else:
+        out += [_assemble(full, s, c, False, keep=~matched[i] if i in with_ev else None)
+                for i, (s, c) in enumerate(pairs)]
+    if shared:
+        ev = with_ev[hits[0]]
+        out.append(_long(ev.lazy(), [_result(*pairs[i], True) for i in hits]).filter(match).collect(engine=ENGINE))
+    else:
+        out += [_assemble(with_ev[i], *pairs[i], True, keep=matched[i]) for i in hits]
     return pl.concat(out, how="vertical")
+
+
+def _outcome_rows(full: pl.DataFrame, pairs: Sequence[tuple[Study, _Compiled]]) -> pl.DataFrame:
+    """Every (study, patient) row with ``criteria`` null, study by study, built in a few whole-frame steps."""
+    n, k = full.height, len(pairs)
+    study_index = pl.Series(np.repeat(np.arange(k, dtype=np.uint32), n))
+    return pl.DataFrame({
+        "study_id": pl.Series([s.id for s, _c in pairs], dtype=pl.String).gather(study_index),
+        "patient_id": pl.concat([full.get_column("patient_id")] * k, rechunk=False),
+        "outcome": pl.concat([full.get_column(c.outcome_col) for _s, c in pairs], rechunk=False),
+        "rule_hash": pl.Series([s.rule_hash or s.content_hash for s, _c in pairs], dtype=pl.String)
+        .gather(study_index),
+        "criteria": pl.repeat(None, n * k, dtype=CRITERIA_DTYPE, eager=True),
+    })
 
 
 def screen_detail(state: PatientState, study: Study, now: datetime) -> pl.DataFrame:
