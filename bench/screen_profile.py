@@ -1,8 +1,10 @@
 """Time :func:`screener.rules.screen` at the two ends that matter: small calls (the engine's micro-batches) and
 the whole population.
 
-    python -m bench.screen_profile small  [--patients 10] [--studies 50] [--calls 30] [--evidence all]
-    python -m bench.screen_profile large  [--patients 20000] [--studies 50] [--evidence matches] [--chunk N]
+    python -m bench.screen_profile small  [--patients 10] [--studies 50] [--calls 30] [--evidence MODE]
+    python -m bench.screen_profile large  [--patients 20000] [--studies 50] [--evidence MODE] [--chunk N] [--repeat R]
+
+``MODE``: all | matches | none | outcomes (``screen(evidence=...)``).
 
 Studies: the samples in ``rules/`` replicated to ``--studies`` (``bench._workload.replicate_studies``).
 Population: ``connectors.synthetic.population.generate_frames`` (seed 7, ``BENCH_NOW``), cached as Parquet in
@@ -66,7 +68,8 @@ def main() -> None:
     ap.add_argument("--patients", type=int)
     ap.add_argument("--studies", type=int, default=50)
     ap.add_argument("--calls", type=int, default=30)
-    ap.add_argument("--evidence", default=None, help="all | matches | none (default: small all, large matches)")
+    ap.add_argument("--evidence", default=None, help="screen(evidence=...): all | matches | none | outcomes "
+                    "(default: small all, large matches)")
     ap.add_argument("--repeat", type=int, default=1, help="large: timed runs (the best is reported)")
     ap.add_argument("--chunk", type=int, default=0, help="large: screen this many patients per call")
     ap.add_argument("--pop-dir", type=Path, default=Path("/tmp/screener-screen-profile"))
