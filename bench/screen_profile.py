@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -46,7 +47,7 @@ def _population(pop_dir: Path, n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     return pl.read_parquet(persons_path), pl.read_parquet(facts_path)
 
 
-def _studies(count: int) -> list:
+def _studies(count: int) -> list[Any]:
     from bench._workload import replicate_studies
     from screener.rules import load_studies
 
@@ -79,7 +80,7 @@ def main() -> None:
     chunk = args.chunk
     n = args.patients or (10 if small else 20_000)
     evidence = args.evidence or ("all" if small else "matches")
-    kw = {} if evidence == "all" else {"evidence": evidence}
+    kw: dict[str, Any] = {} if evidence == "all" else {"evidence": evidence}
 
     studies = _studies(args.studies)
     total = n * args.calls if small else n
@@ -126,8 +127,8 @@ def main() -> None:
         prof.dump_stats(str(args.profile))
 
 
-def _large(persons: pl.DataFrame, facts: pl.DataFrame, studies: list, chunk: int,
-           kw: dict) -> tuple[int, dict[str, int]]:
+def _large(persons: pl.DataFrame, facts: pl.DataFrame, studies: list[Any], chunk: int,
+           kw: dict[str, Any]) -> tuple[int, dict[str, int]]:
     from bench._workload import BENCH_NOW
     from screener.rules import screen
     from screener.state import PatientState
