@@ -10,7 +10,6 @@ cheaper to obtain than hours of real runs.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,34 +33,23 @@ MODES = ("outcomes", "explain")
 
 
 def _outcomes_only(state: Any, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
-    """Screener's compiled expressions with the per-criterion evidence columns pruned.
+    """Screener's public ``screen(..., evidence="outcomes")``: what the engine runs.
 
-    The same feature aggregation and outcome expressions as :func:`screener.rules.screen` (its building
-    blocks are called directly), selecting only ``study_id, patient_id, outcome``; Polars then never builds
-    the explanation strings. :func:`screen` returns them for every (study, patient).
+    Every (study, patient) gets its outcome and every criterion's result is computed; the criteria lists and
+    evidence texts are built only for eligible and possible rows (the ones the engine stores).
     """
-    from screener.rules import screen as screen_mod  # the module, not the function re-exported beside it
+    from screener.rules import screen
 
-    mod = sys.modules[screen_mod.__module__]
-    keep = {"study_id", "patient_id", "outcome"}
-    wide = mod.feature_frame(state, studies, now)
-    base = mod._attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left").collect().lazy()
-    if hasattr(mod, "study_frame"):
-        frames = [mod.study_frame(base, s, now).select(pl.lit(s.id).alias("study_id"), "patient_id", "outcome")
-                  for s in studies]
-    else:  # the first cut of screener.rules.screen
-        frames = [base.select([e for e in mod.study_columns(s, now) if e.meta.output_name() in keep])
-                  for s in studies]
-    return pl.concat(pl.collect_all(frames), how="vertical")
+    return screen(state, studies, now, evidence="outcomes").select("study_id", "patient_id", "outcome")
 
 
 def screen_outcomes(persons: pl.DataFrame, facts: pl.DataFrame, studies: Sequence[Any], now: datetime,
                     chunk: int | None = None, mode: str = "outcomes") -> pl.DataFrame:
     """``study_id, patient_id, outcome`` for every (study, patient), computed by screener from raw facts.
 
-    ``mode="explain"`` calls the public :func:`screener.rules.screen` (outcome, rule hash and every
-    criterion's value and evidence text, for every row); ``mode="outcomes"`` evaluates the same compiled
-    expressions without the evidence (:func:`_outcomes_only`). With ``chunk``, patients are screened ``chunk``
+    ``mode="explain"`` calls :func:`screener.rules.screen` with ``evidence="all"`` (every criterion's value and
+    evidence text, for every row); ``mode="outcomes"`` calls it with ``evidence="outcomes"``, as the engine
+    does (:func:`_outcomes_only`). With ``chunk``, patients are screened ``chunk``
     at a time (facts partitioned by patient first, inside the timed region), which bounds memory.
     """
     from screener.rules import screen

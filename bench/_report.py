@@ -117,9 +117,10 @@ def _full(report: dict[str, Any], full: dict[str, Any]) -> list[str]:
         "## 1. Full screen: screener against peer engines",
         "",
         f"Same {comp.studies} studies, same patients. Screener screens **{size} patient-studies in "
-        f"{fmt_seconds(cell.timing.median)}** ({fmt_rate(rate)} patient-studies/s) from raw facts when only the "
-        "outcomes are kept; the public `screen()` also builds every criterion's value and evidence text for "
-        f"every row ({fmt_rate(ex_rate)} patient-studies/s). The peers evaluate patient by patient on the first "
+        f"{fmt_seconds(cell.timing.median)}** ({fmt_rate(rate)} patient-studies/s) from raw facts as the engine "
+        "screens (`screen(evidence=\"outcomes\")`: explanations built only for eligible and possible rows); "
+        "`screen()` with explanations on every row (`evidence=\"all\"`) runs at "
+        f"{fmt_rate(ex_rate)} patient-studies/s. The peers evaluate patient by patient on the first "
         f"{comp.patients:,} patients; their rate is scaled linearly to the full population (their cost per "
         "patient-study is constant).",
         "",
@@ -149,10 +150,10 @@ def _full(report: dict[str, Any], full: dict[str, Any]) -> list[str]:
         f"Outcomes agree exactly, for every (study, patient) of the subset, between screener (both modes) and every "
         f"peer (checked before timing; a mismatch aborts the run): {counts}. Full population: {full_counts}.",
         "",
-        "Screener's two modes: *outcomes* evaluates the compiled Polars expressions of `screener.rules.screen` "
-        "(feature aggregation from raw facts, every criterion, the outcome) selecting only `study_id, patient_id, "
-        "outcome`, so the explanation strings are never built; *`screen()`* is the public call, which returns "
-        "each criterion's value and evidence text for every (study, patient) row, ineligible ones included.",
+        "Screener's two modes, both the public `screener.rules.screen` from raw facts: *outcomes* is "
+        "`evidence=\"outcomes\"` (what the engine runs: every criterion evaluated for every row, the criteria "
+        "list and evidence texts built only for eligible and possible rows); *`screen()` with explanations* is "
+        "`evidence=\"all\"`, each criterion's value and evidence text on every row, ineligible ones included.",
         "",
         "How the peers are given the work (all of it favours them):",
         "",
