@@ -87,12 +87,12 @@ _LeanEvent = with_config(_FORBID)(TypedDict(  # type: ignore[operator]
         "recorded_at": NotRequired[str | None],
         "code": NotRequired[_LeanCode | None],
         "value": NotRequired[float | str | None],
-        "unit": NotRequired[_s(hi=32) | None],  # type: ignore[valid-type]
+        "unit": NotRequired[_s(hi=32) | None],
         "status": NotRequired[_Status],
         "setting": NotRequired[_Setting | None],
-        "site": NotRequired[_s(hi=64) | None],  # type: ignore[valid-type]
+        "site": NotRequired[_s(hi=64) | None],
         "person": NotRequired[_LeanPerson | None],
-        "corrects": NotRequired[_s(1, 128) | None],  # type: ignore[valid-type]
+        "corrects": NotRequired[_s(1, 128) | None],
     },
 ))
 
