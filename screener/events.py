@@ -63,7 +63,10 @@ ETHNIC_GROUPS: tuple[str, ...] = EthnicGroup.__args__  # type: ignore[attr-defin
 def _aware(value: datetime) -> datetime:
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
         raise ValueError("timestamp must carry a timezone offset (e.g. 2026-05-01T09:30:00Z)")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 9999-12-31T23:30:00-01:00 has no UTC instant
+        raise ValueError("timestamp is out of range once converted to UTC") from exc
 
 
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
@@ -156,7 +159,7 @@ def parse_event(raw: bytes | str | dict[str, Any], *, source: str | None = None)
         raise _error_from_validation(exc, source) from exc
     except EventError:
         raise
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ArithmeticError) as exc:
         raise EventError(f"cannot decode event: {exc}", source=source) from exc
 
 

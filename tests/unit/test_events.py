@@ -36,6 +36,13 @@ def test_invalid_events_name_the_field_and_what_arrived(change: dict[str, object
     assert text in str(info.value)
 
 
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:30:00-01:00", "0001-01-01T00:30:00+01:00"])
+def test_timestamps_outside_the_utc_range_are_event_errors(stamp: str) -> None:
+    with pytest.raises(EventError) as info:
+        parse_event({**VALID, "occurred_at": stamp})
+    assert info.value.field == "occurred_at"
+
+
 def test_missing_field_and_bad_json_are_event_errors() -> None:
     without = {k: v for k, v in VALID.items() if k != "patient_id"}
     with pytest.raises(EventError, match=r"patient_id.*required"):
