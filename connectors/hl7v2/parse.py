@@ -18,8 +18,9 @@ Segments read:
 - OBR: 2/3 placer/filler order number, 7 observation time.
 - OBX: 2 value type (NM and SN numeric; ST/TX/CE/CWE text), 3 code (LN -> LOINC; local codes through the
   mapping file), 4 sub-id, 5 value, 6 units, 8 abnormal flag, 11 result status, 14 observation time.
-  Status ``C`` is a correction (``corrects`` the original result's id), ``W`` / ``D`` entered in error
-  (``status: entered-in-error`` + ``corrects``), ``P`` preliminary (a later final replaces it), ``X``
+  Status ``C`` is a correction (the same event id as the final, so it replaces it and any earlier
+  correction), ``W`` / ``D`` entered in error (``status: entered-in-error`` + ``corrects``, also retracting the
+  preliminary and the abnormal-flag fact), ``P`` preliminary (a later final or correction retracts it), ``X``
   (no result) is skipped. An abnormal flag other than N becomes an ``observation`` event
   (code ``local/abnormal-flag:<code>``, value = the flag) beside the measurement.
 
@@ -270,6 +271,11 @@ def parse_message(text: str, *, code_map: CodeMap | None = None, source: str = S
         msg = hl7.parse(text)
     except Exception as exc:  # the hl7 parser raises bare exceptions on garbage
         raise HL7Reject(f"cannot parse message ({type(exc).__name__})", hl7_code="100") from exc
+    for i, seg in enumerate(msg, 1):
+        # A segment without a valid name (e.g. a stray separator line) would crash the hl7 library's lookups.
+        name = str(seg[0]) if len(seg) else ""
+        if not _SEGMENT_NAME.match(name):
+            raise HL7Reject(f"segment {i} has no valid segment name", hl7_code="100", location=f"segment {i}")
     try:
         msh = msg.segment("MSH")
     except KeyError as exc:
@@ -530,9 +536,11 @@ def _obx(obx: Any, seq: int, ctx: _Ctx, patient_id: str, setting: str | None, si
         "kind": kind, "patient_id": patient_id, "occurred_at": when.isoformat(), "code": code,
         "value": value, "unit": unit if kind == "measurement" else None, "setting": setting, "site": site,
     }
-    if status == "C":
-        ev.update(event_id=f"{base}-c-{stable_id('m', ctx.control_id)[-12:]}", corrects=base)
-    elif status in ("W", "D"):
+    # Versions of one result share an identity (`base`): the final and every correction carry event id `base`,
+    # so each later version replaces the one before (the state keeps the last copy of an event id) however many
+    # corrections follow; both retract the preliminary (`base-p`). W/D retracts the result, its preliminary and
+    # its abnormal-flag fact. A result posted as wrong stays retracted: a later version of it is ignored.
+    if status in ("W", "D"):
         ev.update(event_id=f"{base}-w-{stable_id('m', ctx.control_id)[-12:]}", corrects=base,
                   status="entered-in-error")
     elif status == "P":
@@ -541,6 +549,10 @@ def _obx(obx: Any, seq: int, ctx: _Ctx, patient_id: str, setting: str | None, si
         ev.update(event_id=base, corrects=f"{base}-p")
     ev = {k: v for k, v in ev.items() if v is not None}
     out = [_event(ctx, loc, **ev)]
+    if status in ("W", "D"):
+        for suffix in ("p", "flag", "p-flag"):
+            out.append(_event(ctx, loc, **{**ev, "event_id": f"{ev['event_id']}-{suffix}",
+                                           "corrects": f"{base}-{suffix}"}))
     flag = _get(obx, 8).upper()
     if flag and flag != "N" and kind == "measurement" and status not in ("W", "D"):
         out.append(_event(
@@ -552,6 +564,7 @@ def _obx(obx: Any, seq: int, ctx: _Ctx, patient_id: str, setting: str | None, si
 
 
 _LOINC = re.compile(r"^\d{1,7}-\d$")
+_SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _NUM = re.compile(r"^[<>]?=?\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 
 

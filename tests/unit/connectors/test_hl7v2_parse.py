@@ -229,19 +229,52 @@ def test_non_numeric_nm_value_is_rejected() -> None:
     assert err.value.location == "OBX^1^5"
 
 
+def _results(*obx_lines: tuple[str, str]) -> list[float]:
+    """Apply the ORU messages in order to an empty state; the eGFR values left."""
+    from screener.state import PatientState, apply_events
+
+    state = PatientState()
+    for line, ctrl in obx_lines:
+        state, _ = apply_events(state, parse_message(oru(line, ctrl=ctrl)).events)
+    return sorted(state.facts.filter(state.facts["kind"] == "measurement")["value"].to_list())
+
+
+EGFR = "OBX|1|NM|EGFR^eGFR^L||{v}|mL/min/1.73m2|||||{s}"
+
+
 def test_correction_and_entered_in_error_point_at_the_original() -> None:
-    original = parse_message(oru("OBX|1|NM|EGFR^eGFR^L||41|mL/min/1.73m2|||||F", ctrl="L1")).events[0]
-    corrected = parse_message(oru("OBX|1|NM|EGFR^eGFR^L||44|mL/min/1.73m2|||||C", ctrl="L2")).events[0]
-    wrong = parse_message(oru("OBX|1|NM|EGFR^eGFR^L||44|mL/min/1.73m2|||||W", ctrl="L3")).events[0]
-    assert corrected.corrects == original.event_id and corrected.event_id != original.event_id
+    original = parse_message(oru(EGFR.format(v=41, s="F"), ctrl="L1")).events[0]
+    corrected = parse_message(oru(EGFR.format(v=44, s="C"), ctrl="L2")).events[0]
+    wrong = parse_message(oru(EGFR.format(v=44, s="W"), ctrl="L3")).events[0]
+    assert corrected.event_id == original.event_id  # the same result, a later version
     assert corrected.value == 44.0 and corrected.status == "active"
     assert wrong.corrects == original.event_id and wrong.status == "entered-in-error"
+
+
+def test_correction_chains_leave_exactly_the_latest_version() -> None:
+    final, c1, c2 = EGFR.format(v=41, s="F"), EGFR.format(v=44, s="C"), EGFR.format(v=47, s="C")
+    assert _results((final, "L1"), (c1, "L2"), (c2, "L3")) == [47.0]
+    # a correction of a result that only ever arrived as preliminary replaces the preliminary
+    assert _results((EGFR.format(v=39, s="P"), "L1"), (c1, "L2")) == [44.0]
+    # preliminary, then final: one fact
+    assert _results((EGFR.format(v=39, s="P"), "L1"), (final, "L2")) == [41.0]
+    # posted as wrong after a preliminary and a final: nothing left, and a re-sent final stays retracted
+    wrong = EGFR.format(v=41, s="W")
+    assert _results((EGFR.format(v=39, s="P"), "L1"), (final, "L2"), (wrong, "L3")) == []
+    assert _results((final, "L1"), (wrong, "L2"), (final, "L1")) == []
 
 
 def test_resent_message_has_the_same_event_ids() -> None:
     a = parse_message(oru("OBX|1|NM|EGFR^eGFR^L||41|mL/min/1.73m2|||||F", ctrl="L1"))
     b = parse_message(oru("OBX|1|NM|EGFR^eGFR^L||41|mL/min/1.73m2|||||F", ctrl="L1"))
     assert [e.event_id for e in a.events] == [e.event_id for e in b.events]
+
+
+def test_segment_without_a_name_is_rejected_not_a_crash() -> None:
+    # found by the fuzz test: the hl7 library raises IndexError looking up segments when one has no name
+    with pytest.raises(HL7Reject) as err:
+        parse_message(oru(EGFR.format(v=41, s="F")) + "\r|stray|fields")
+    assert "segment" in str(err.value)
 
 
 def test_oru_without_obx_is_rejected() -> None:
