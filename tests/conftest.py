@@ -7,9 +7,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import os
+
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from screener.events import Event, parse_event
+
+# CI runs property and fuzz tests derandomized, so a landing never depends on luck; local runs keep exploring new
+# examples (and keep the failures they find in .hypothesis/), which is where new bugs are found.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture
