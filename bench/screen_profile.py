@@ -3,15 +3,19 @@ the whole population.
 
     python -m bench.screen_profile small  [--patients 10] [--studies 50] [--calls 30] [--evidence MODE]
     python -m bench.screen_profile large  [--patients 20000] [--studies 50] [--evidence MODE] [--chunk N] [--repeat R]
+                                          [--rows all|matches]
 
-``MODE``: all | matches | none | outcomes (``screen(evidence=...)``).
+``MODE``: all | matches | none | outcomes (``screen(evidence=...)``); ``--rows``: ``screen(rows=...)`` (with
+``matches`` the outcome counts come from :func:`screener.rules.screen_with_counts`, so ``ineligible`` is still
+counted over every (study, patient)).
 
 Studies: the samples in ``rules/`` replicated to ``--studies`` (``bench._workload.replicate_studies``).
 Population: ``connectors.synthetic.population.generate_frames`` (seed 7, ``BENCH_NOW``), cached as Parquet in
 ``--pop-dir`` (default ``/tmp/screener-screen-profile``); a subset of the 1M file is used when only that
 exists. ``small`` screens consecutive slices of ``--patients`` patients and prints the per-call median, p90 and
 mean; ``large`` screens everyone once (after one warm-up on 1000 patients) and prints the wall time and the
-process's peak RSS (VmHWM). ``--profile FILE`` writes a cProfile of the timed part.
+process's peak RSS (VmHWM), also as it was before the timed part (loading the population). ``--profile FILE``
+writes a cProfile of the timed part.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=30)
     ap.add_argument("--evidence", default=None, help="screen(evidence=...): all | matches | none | outcomes "
                     "(default: small all, large matches)")
+    ap.add_argument("--rows", choices=("all", "matches"), default="all", help="screen(rows=...)")
     ap.add_argument("--repeat", type=int, default=1, help="large: timed runs (the best is reported)")
     ap.add_argument("--chunk", type=int, default=0, help="large: screen this many patients per call")
     ap.add_argument("--pop-dir", type=Path, default=Path("/tmp/screener-screen-profile"))
@@ -81,11 +86,14 @@ def main() -> None:
     n = args.patients or (10 if small else 20_000)
     evidence = args.evidence or ("all" if small else "matches")
     kw: dict[str, Any] = {} if evidence == "all" else {"evidence": evidence}
+    if args.rows != "all":
+        kw["rows"] = args.rows
 
     studies = _studies(args.studies)
     total = n * args.calls if small else n
     persons, facts = _population(args.pop_dir, max(total, 1000))
-    print(f"{len(studies)} studies, {persons.height} patients, {facts.height} facts loaded; evidence={evidence}")
+    print(f"{len(studies)} studies, {persons.height} patients, {facts.height} facts loaded; evidence={evidence}, "
+          f"rows={args.rows}")
     prof = cProfile.Profile() if args.profile else None
 
     if small:
@@ -111,6 +119,7 @@ def main() -> None:
         warm = PatientState(persons.head(1000), facts.filter(
             pl.col("patient_id").is_in(persons["patient_id"][:1000].implode())))
         screen(warm, studies, BENCH_NOW, **kw)
+        rss_before = _peak_rss_mb()  # loading and subsetting the population
         if prof:
             prof.enable()
         walls = []
@@ -121,8 +130,10 @@ def main() -> None:
         if prof:
             prof.disable()
         print(f"screen() {n} patients x {len(studies)} studies ({facts.height} facts), evidence={evidence}, "
+              f"rows={args.rows}, "
               f"chunk={chunk or 'none'}: best {min(walls):.2f} s of {[round(w, 2) for w in walls]}, {rows} rows, "
-              f"outcomes {dict(sorted(outcomes.items()))}, peak RSS {_peak_rss_mb():.0f} MB")
+              f"outcomes {dict(sorted(outcomes.items()))}, peak RSS {_peak_rss_mb():.0f} MB "
+              f"({rss_before:.0f} MB before the timed part)")
     if prof:
         prof.dump_stats(str(args.profile))
 
@@ -130,8 +141,16 @@ def main() -> None:
 def _large(persons: pl.DataFrame, facts: pl.DataFrame, studies: list[Any], chunk: int,
            kw: dict[str, Any]) -> tuple[int, dict[str, int]]:
     from bench._workload import BENCH_NOW
-    from screener.rules import screen
+    from screener.rules import screen, screen_with_counts
     from screener.state import PatientState
+
+    def one(state: PatientState) -> tuple[int, dict[str, int]]:
+        if kw.get("rows") == "matches":
+            r, counts = screen_with_counts(state, studies, BENCH_NOW, **{"evidence": "all", **kw})
+            totals = counts.select("eligible", "possible", "ineligible").sum().row(0, named=True)
+            return r.height, {o: int(c) for o, c in totals.items() if c}
+        r = screen(state, studies, BENCH_NOW, **kw)
+        return r.height, dict(r.group_by("outcome").len().iter_rows())
 
     if chunk:
         index = persons.select("patient_id", (pl.int_range(pl.len()) // chunk).alias("_c"))
@@ -140,14 +159,12 @@ def _large(persons: pl.DataFrame, facts: pl.DataFrame, studies: list[Any], chunk
         rows = 0
         outcomes: dict[str, int] = {}
         for key, p in pp.items():
-            r = screen(PatientState(p, fp.get(key, facts.clear())), studies, BENCH_NOW, **kw)
-            rows += r.height
-            for o, c in r.group_by("outcome").len().iter_rows():
+            n, part = one(PatientState(p, fp.get(key, facts.clear())))
+            rows += n
+            for o, c in part.items():
                 outcomes[o] = outcomes.get(o, 0) + c
     else:
-        r = screen(PatientState(persons, facts), studies, BENCH_NOW, **kw)
-        rows = r.height
-        outcomes = dict(r.group_by("outcome").len().iter_rows())
+        rows, outcomes = one(PatientState(persons, facts))
     return rows, outcomes
 
 

@@ -116,9 +116,9 @@ def _default_loader(paths: Sequence[Path]) -> Any:
 def _default_screen(state: PatientState, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
     from screener.rules import screen
 
-    # Only eligible/possible rows are stored, so only they need criteria and evidence texts ("outcomes": the
-    # other rows carry just their outcome).
-    return screen(state, studies, now, evidence="outcomes")
+    # Only eligible/possible rows are stored, so only they are returned (with criteria and evidence texts);
+    # every patient is still evaluated against every study.
+    return screen(state, studies, now, evidence="outcomes", rows="matches")
 
 
 def _criteria_json() -> pl.Expr:
@@ -491,7 +491,8 @@ class Engine:
         if not studies or state.persons.height == 0:
             return 0
         result = self._screen(state, studies, now)
-        self.metrics.screens.labels(trigger).inc(result.height)
+        # Every patient is evaluated against every study, whatever rows the screen function returns.
+        self.metrics.screens.labels(trigger).inc(state.persons.height * len(studies))
         if result.filter(pl.col("outcome").is_in(MATCH_OUTCOMES)).height == 0:
             return 0
         dnc = self.store.do_not_contact()

@@ -31,7 +31,8 @@ from screener.rules.model import PREFIX_SYSTEMS, ConceptSet, Criterion, Study, n
 from screener.rules.units import conversions_to, normalise_unit_expr
 from screener.state import PatientState
 
-__all__ = ["CRITERIA_DTYPE", "EVIDENCE_MODES", "MATCH_OUTCOMES", "Evidence", "criteria_json", "screen"]
+__all__ = ["CRITERIA_DTYPE", "EVIDENCE_MODES", "MATCH_OUTCOMES", "ROW_MODES", "Evidence", "Rows", "criteria_json",
+           "screen", "screen_with_counts"]
 
 CRITERIA_DTYPE = pl.List(
     pl.Struct({"name": pl.String, "group": pl.String, "result": pl.Boolean, "evidence": pl.String})
@@ -328,6 +329,8 @@ Evidence = Literal["all", "matches", "none", "outcomes"]
 EVIDENCE_MODES: tuple[str, ...] = ("all", "matches", "none", "outcomes")
 #: outcomes whose rows get evidence in ``evidence="matches"`` mode (the ones the engine stores)
 MATCH_OUTCOMES: tuple[str, ...] = ("eligible", "possible")
+Rows = Literal["all", "matches"]
+ROW_MODES: tuple[str, ...] = ("all", "matches")
 
 
 @dataclass
@@ -508,7 +511,7 @@ def _plain(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
-           evidence: Evidence = "all") -> pl.DataFrame:
+           evidence: Evidence = "all", rows: Rows = "all") -> pl.DataFrame:
     """Evaluate every patient in ``state.persons`` against every study, at time ``now`` (aware, UTC).
 
     Returns one row per (study, patient): ``study_id, patient_id, outcome, rule_hash, criteria`` (see
@@ -527,41 +530,100 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
 
     In ``"matches"`` and ``"outcomes"`` the row order is unspecified (each (study, patient) once).
 
+    ``rows`` chooses which rows are returned: ``"all"`` (default) every (study, patient); ``"matches"`` only
+    those with outcome ``eligible`` or ``possible``, exactly the rows (and row contents) of ``rows="all"``
+    with that outcome under the same ``evidence``, except that ``evidence="all"`` is then the same as
+    ``"matches"`` and ``"outcomes"`` (every returned row has its evidence) and the row order is unspecified.
+    Every patient is still evaluated against every study; the other rows are never built. The cheapest call
+    when only the matches are kept (the engine); :func:`screen_with_counts` also gives per-study counts.
+
     Compiled expressions are cached per study object, and code tables per study set, so repeated calls (the
     engine's micro-batches) pay only for the patients.
     """
+    return _screen(state, studies, now, evidence, rows, want_counts=False)[0]
+
+
+def screen_with_counts(state: PatientState, studies: Sequence[Study], now: datetime, *,
+                       evidence: Evidence = "outcomes", rows: Rows = "matches") -> tuple[pl.DataFrame, pl.DataFrame]:
+    """:func:`screen` plus the number of patients per study and outcome, whatever ``rows`` returns.
+
+    The counts frame has one row per study (in ``studies`` order): ``study_id`` (str), ``eligible``,
+    ``possible``, ``ineligible`` (UInt32); the three add up to ``state.persons.height``.
+    """
+    frame, counts = _screen(state, studies, now, evidence, rows, want_counts=True)
+    assert counts is not None
+    return frame, counts
+
+
+def _counts_frame(studies: Sequence[Study], eligible: Sequence[int], possible: Sequence[int],
+                  patients: int) -> pl.DataFrame:
+    return pl.DataFrame({
+        "study_id": [s.id for s in studies],
+        "eligible": list(eligible),
+        "possible": list(possible),
+        "ineligible": [patients - e - p for e, p in zip(eligible, possible, strict=True)],
+    }, schema={"study_id": pl.String, "eligible": pl.UInt32, "possible": pl.UInt32, "ineligible": pl.UInt32})
+
+
+def _outcome_sums(full: pl.DataFrame, comps: Sequence[_Compiled]) -> tuple[list[int], list[int]]:
+    """Per study: the number of ``eligible`` and of ``possible`` rows of the values frame (one pass)."""
+    k = len(comps)
+    sums = full.select(
+        *((pl.col(c.outcome_col) == "eligible").sum().alias(f"e{i}") for i, c in enumerate(comps)),
+        *((pl.col(c.outcome_col) == "possible").sum().alias(f"p{i}") for i, c in enumerate(comps)),
+    ).row(0)
+    return [int(x) for x in sums[:k]], [int(x) for x in sums[k:]]
+
+
+def _screen(state: PatientState, studies: Sequence[Study], now: datetime, evidence: str, rows: str,
+            want_counts: bool) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     if evidence not in EVIDENCE_MODES:
         raise ValueError(f"evidence must be one of {', '.join(EVIDENCE_MODES)}, got {evidence!r}")
+    if rows not in ROW_MODES:
+        raise ValueError(f"rows must be one of {', '.join(ROW_MODES)}, got {rows!r}")
     if now.tzinfo is None:
         raise ValueError("screen() needs a timezone-aware 'now'")
     now = now.astimezone(UTC)
     schema: dict[str, pl.DataType] = {"study_id": pl.String(), "patient_id": pl.String(), "outcome": pl.String(),
                                       "rule_hash": pl.String(), "criteria": CRITERIA_DTYPE}
+    only_matches = rows == "matches"
+    if only_matches and evidence == "all":
+        evidence = "matches"  # same returned rows: every match carries its evidence
     if not studies or state.persons.height == 0:
-        return pl.DataFrame(schema=schema)
+        zeros = [0] * len(studies)
+        return pl.DataFrame(schema=schema), (_counts_frame(studies, zeros, zeros, 0) if want_counts else None)
+    n_persons = state.persons.height
     comps = [_compiled(s) for s in studies]
     wide = feature_frame(state, studies, now)
     base = _attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left", maintain_order="left")
     base = _plain(base.collect(engine=ENGINE)).lazy()
     pairs = list(zip(studies, comps, strict=True))
-    small = state.persons.height <= _SMALL_CALL
+    small = n_persons <= _SMALL_CALL
     if evidence == "all":
         stages = [[v + e for v, e in zip(c.values, c.evidence, strict=True)] for c in comps]
         full = _plain(_staged(base, stages).with_columns([c.outcome for c in comps]).collect(engine=ENGINE))
+        counts = _counts_frame(studies, *_outcome_sums(full, comps), n_persons) if want_counts else None
         if small:
-            return _long(full.lazy(), [_result(s, c, True) for s, c in pairs]).collect(engine=ENGINE)
-        return pl.concat([_assemble(full, s, c, True) for s, c in pairs], how="vertical")
+            return _long(full.lazy(), [_result(s, c, True) for s, c in pairs]).collect(engine=ENGINE), counts
+        return pl.concat([_assemble(full, s, c, True) for s, c in pairs], how="vertical"), counts
     values = _staged(base, [c.values for c in comps]).with_columns([c.outcome for c in comps])
+    match = pl.col("outcome").is_in(MATCH_OUTCOMES)
     if evidence == "none":
         keep = ["patient_id", *(c.outcome_col for c in comps), *(v for c in comps for _n, _g, v, _e in c.criteria)]
         full = _plain(values.select(list(dict.fromkeys(keep))).collect(engine=ENGINE))
+        counts = _counts_frame(studies, *_outcome_sums(full, comps), n_persons) if want_counts else None
         if small:
-            return _long(full.lazy(), [_result(s, c, False) for s, c in pairs]).collect(engine=ENGINE)
-        return pl.concat([_assemble(full, s, c, False) for s, c in pairs], how="vertical")
+            q = _long(full.lazy(), [_result(s, c, False) for s, c in pairs])
+            return (q.filter(match) if only_matches else q).collect(engine=ENGINE), counts
+        keeps = [pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) if only_matches else None for c in comps]
+        return pl.concat([_assemble(full, s, c, False, keep=k) for (s, c), k in zip(pairs, keeps, strict=True)],
+                         how="vertical"), counts
     lists = evidence == "matches"  # "outcomes": no criteria list on the rows without evidence
     full = _plain(values.collect(engine=ENGINE))
     matched = [pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) for c in comps]
-    counts = full.select(m.sum().alias(str(i)) for i, m in enumerate(matched)).row(0)
+    eligible, possible = _outcome_sums(full, comps)
+    counts = [e + p for e, p in zip(eligible, possible, strict=True)]
+    counts_frame = _counts_frame(studies, eligible, possible, n_persons) if want_counts else None
     hits = [i for i, n in enumerate(counts) if n]
     with_ev: dict[int, pl.DataFrame] = {}
     if hits:
@@ -575,10 +637,11 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
             parts = [_staged(full.select(comps[i].evidence_inputs).filter(matched[i]).lazy(), [comps[i].evidence])
                      for i in hits]
             with_ev = dict(zip(hits, pl.collect_all(parts, engine=ENGINE), strict=True))
-    match = pl.col("outcome").is_in(MATCH_OUTCOMES)
     shared = bool(hits) and with_ev[hits[0]] is with_ev[hits[-1]]  # one evidence frame for every study
     out: list[pl.DataFrame] = []
-    if small:
+    if only_matches:
+        pass  # the rows without a match are never built
+    elif small:
         out.append(_long(full.lazy(), [_result(s, c, False, lists) for s, c in pairs]).filter(~match)
                    .collect(engine=ENGINE))
     elif not lists:
@@ -591,7 +654,9 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
         out.append(_long(ev.lazy(), [_result(*pairs[i], True) for i in hits]).filter(match).collect(engine=ENGINE))
     else:
         out += [_assemble(with_ev[i], *pairs[i], True, keep=matched[i]) for i in hits]
-    return pl.concat(out, how="vertical")
+    if not out:
+        return pl.DataFrame(schema=schema), counts_frame
+    return pl.concat(out, how="vertical"), counts_frame
 
 
 def _outcome_rows(full: pl.DataFrame, pairs: Sequence[tuple[Study, _Compiled]]) -> pl.DataFrame:

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from connectors.synthetic.population import generate_frames
-from screener.rules import load_studies, screen
+from screener.rules import load_studies, screen, screen_with_counts
 from screener.state import PatientState
 
 RULES = Path(__file__).resolve().parents[3] / "rules"
@@ -129,16 +129,70 @@ def test_cached_compilation_does_not_bake_in_now(kit):
     assert late[0]["evidence"] == "last stroke 735 days ago (I63.9 on 2026-05-27)"
 
 
-def test_engine_screens_with_outcomes_evidence(population, studies):
+def test_engine_screens_only_the_matches_with_their_evidence(population, studies):
     from screener.engine import _default_screen
 
     state, now = population
     result = _default_screen(state, studies, now)
-    assert result.height == state.persons.height * len(studies)
-    rest = result.filter(~pl.col("outcome").is_in(MATCH))
-    assert rest.height and rest["criteria"].null_count() == rest.height
-    hits = result.filter(pl.col("outcome").is_in(MATCH))
-    assert hits.height and hits["criteria"].explode().struct.field("evidence").null_count() == 0
+    full = screen(state, studies, now)
+    assert result.schema == full.schema
+    assert _by_key(result) == _by_key(full.filter(pl.col("outcome").is_in(MATCH)))
+    assert result.height and result["criteria"].explode().struct.field("evidence").null_count() == 0
+
+
+def _check_rows_matches(state: PatientState, studies, now) -> None:
+    """rows="matches" returns exactly the eligible/possible rows of rows="all", in every evidence mode."""
+    expected = screen(state, studies, now).filter(pl.col("outcome").is_in(MATCH))
+    for mode in ("all", "matches", "none", "outcomes"):
+        full = screen(state, studies, now, evidence=mode)
+        got = screen(state, studies, now, evidence=mode, rows="matches")
+        assert got.schema == full.schema, mode
+        assert got.height == expected.height, mode
+        want = _by_key(expected if mode == "all" else full.filter(pl.col("outcome").is_in(MATCH)))
+        assert _by_key(got) == want, mode
+        frame, counts = screen_with_counts(state, studies, now, evidence=mode, rows="matches")
+        assert _by_key(frame) == want, mode
+        every = full.group_by("study_id", "outcome").len()
+        tally = {(sid, o): n for sid, o, n in every.iter_rows()}
+        assert counts["study_id"].to_list() == [s.id for s in studies]
+        for row in counts.to_dicts():
+            for o in ("eligible", "possible", "ineligible"):
+                assert row[o] == tally.get((row["study_id"], o), 0), (mode, row)
+            assert row["eligible"] + row["possible"] + row["ineligible"] == state.persons.height
+        frame_all, counts_all = screen_with_counts(state, studies, now, evidence=mode, rows="all")
+        assert _by_key(frame_all) == _by_key(full) and counts_all.equals(counts), mode
+
+
+def test_rows_matches_are_the_matched_rows_of_all(population, studies, call_size):
+    state, now = population
+    _check_rows_matches(state, studies, now)
+
+
+def test_rows_matches_with_evidence_built_study_by_study(population, studies, monkeypatch):
+    monkeypatch.setattr(SCREEN_MODULE, "_SMALL_UNION", 0)
+    monkeypatch.setattr(SCREEN_MODULE, "_SMALL_CALL", 0)
+    state, now = population
+    _check_rows_matches(state, studies, now)
+
+
+def test_rows_matches_with_no_match_one_patient_and_none(population, studies, call_size):
+    state, now = population
+    one = state.select_patients(state.persons["patient_id"][:1])
+    _check_rows_matches(one, studies, now)
+    empty = state.select_patients([])
+    for mode in ("all", "matches", "none", "outcomes"):
+        got = screen(empty, studies, now, evidence=mode, rows="matches")
+        assert got.height == 0 and got.schema == screen(empty, studies, now).schema
+    # Counts come from every patient, not from the returned rows.
+    frame, counts = screen_with_counts(state, studies[:1], now)
+    eligible, possible = (frame.filter(pl.col("outcome") == o).height for o in ("eligible", "possible"))
+    assert counts.rows() == [(studies[0].id, eligible, possible, state.persons.height - frame.height)]
+
+
+def test_unknown_rows_mode_is_an_error(population, studies):
+    state, now = population
+    with pytest.raises(ValueError, match="rows must be one of"):
+        screen(state, studies, now, rows="some")  # type: ignore[arg-type]
 
 
 def test_constant_criteria_and_facts_for_one_patient_of_three(kit, call_size):
@@ -147,5 +201,6 @@ def test_constant_criteria_and_facts_for_one_patient_of_three(kit, call_size):
     state = kit.make_state([{"patient_id": f"P{i}", "setting": "hospital"} for i in range(3)],
                            [kit.fact("P2", "ICD10", "E11", kit.NOW - timedelta(minutes=30), None, "mmol/L")])
     full = _check_modes(state, [study], kit.NOW)
+    _check_rows_matches(state, [study], kit.NOW)
     assert dict(full.select("patient_id", "outcome").iter_rows()) == {
         "P0": "ineligible", "P1": "ineligible", "P2": "possible"}

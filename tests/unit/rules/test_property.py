@@ -189,3 +189,9 @@ def test_compiled_equals_reference(data, kit):
                 assert other[pid]["criteria"] == row["criteria"], (mode, pid)
             else:
                 assert all(c["evidence"] is None for c in other[pid]["criteria"]), (mode, pid)
+    # rows="matches": exactly the eligible/possible rows of rows="all" (evidence "all" = "matches" there).
+    for mode in ("all", "matches", "none", "outcomes"):
+        every = compiled if mode == "all" else {
+            r["patient_id"]: r for r in screen(state, [study], now, evidence=mode).to_dicts()}
+        got = {r["patient_id"]: r for r in screen(state, [study], now, evidence=mode, rows="matches").to_dicts()}
+        assert got == {pid: r for pid, r in every.items() if r["outcome"] != "ineligible"}, mode
