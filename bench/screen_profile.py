@@ -3,7 +3,7 @@ the whole population.
 
     python -m bench.screen_profile small  [--patients 10] [--studies 50] [--calls 30] [--evidence MODE]
     python -m bench.screen_profile large  [--patients 20000] [--studies 50] [--evidence MODE] [--chunk N] [--repeat R]
-                                          [--rows all|matches]
+                                          [--rows all|matches] [--split join|filter]
 
 ``MODE``: all | matches | none | outcomes (``screen(evidence=...)``); ``--rows``: ``screen(rows=...)`` (with
 ``matches`` the outcome counts come from :func:`screener.rules.screen_with_counts`, so ``ineligible`` is still
@@ -25,10 +25,14 @@ import cProfile
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
+
+if TYPE_CHECKING:
+    from screener.state import PatientState
 
 
 def _peak_rss_mb() -> float:
@@ -76,6 +80,8 @@ def main() -> None:
     ap.add_argument("--evidence", default=None, help="screen(evidence=...): all | matches | none | outcomes "
                     "(default: small all, large matches)")
     ap.add_argument("--rows", choices=("all", "matches"), default="all", help="screen(rows=...)")
+    ap.add_argument("--split", choices=("join", "filter"), default="join",
+                    help="large with --chunk: how facts are split into chunks (inside the timed part; see _chunks)")
     ap.add_argument("--repeat", type=int, default=1, help="large: timed runs (the best is reported)")
     ap.add_argument("--chunk", type=int, default=0, help="large: screen this many patients per call")
     ap.add_argument("--pop-dir", type=Path, default=Path("/tmp/screener-screen-profile"))
@@ -125,21 +131,40 @@ def main() -> None:
         walls = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            rows, outcomes = _large(persons, facts, studies, chunk, kw)
+            rows, outcomes = _large(persons, facts, studies, chunk, kw, args.split)
             walls.append(time.perf_counter() - t0)
         if prof:
             prof.disable()
+        split = f" split={args.split}" if chunk else ""
         print(f"screen() {n} patients x {len(studies)} studies ({facts.height} facts), evidence={evidence}, "
-              f"rows={args.rows}, "
-              f"chunk={chunk or 'none'}: best {min(walls):.2f} s of {[round(w, 2) for w in walls]}, {rows} rows, "
+              f"rows={args.rows}, chunk={chunk or 'none'}{split}: "
+              f"best {min(walls):.2f} s of {[round(w, 2) for w in walls]}, {rows} rows, "
               f"outcomes {dict(sorted(outcomes.items()))}, peak RSS {_peak_rss_mb():.0f} MB "
               f"({rss_before:.0f} MB before the timed part)")
     if prof:
         prof.dump_stats(str(args.profile))
 
 
+def _chunks(persons: pl.DataFrame, facts: pl.DataFrame, chunk: int, split: str) -> Iterator[PatientState]:
+    """The population ``chunk`` patients at a time. ``filter``: each chunk's facts picked by one ``is_in`` when
+    it is screened (one chunk's copy alive at a time); ``join``: every fact tagged with its chunk by a join, then
+    ``partition_by`` (a copy of all facts, twice, up front: several seconds and GB at 1M patients)."""
+    from screener.state import PatientState
+
+    if split == "filter":
+        for start in range(0, persons.height, chunk):
+            p = persons.slice(start, chunk)
+            yield PatientState(p, facts.filter(pl.col("patient_id").is_in(p["patient_id"].implode())))
+        return
+    index = persons.select("patient_id", (pl.int_range(pl.len()) // chunk).alias("_c"))
+    pp = persons.join(index, on="patient_id").partition_by("_c", as_dict=True, include_key=False)
+    fp = facts.join(index, on="patient_id").partition_by("_c", as_dict=True, include_key=False)
+    for key, p in pp.items():
+        yield PatientState(p, fp.get(key, facts.clear()))
+
+
 def _large(persons: pl.DataFrame, facts: pl.DataFrame, studies: list[Any], chunk: int,
-           kw: dict[str, Any]) -> tuple[int, dict[str, int]]:
+           kw: dict[str, Any], split: str = "join") -> tuple[int, dict[str, int]]:
     from bench._workload import BENCH_NOW
     from screener.rules import screen, screen_with_counts
     from screener.state import PatientState
@@ -153,13 +178,10 @@ def _large(persons: pl.DataFrame, facts: pl.DataFrame, studies: list[Any], chunk
         return r.height, dict(r.group_by("outcome").len().iter_rows())
 
     if chunk:
-        index = persons.select("patient_id", (pl.int_range(pl.len()) // chunk).alias("_c"))
-        pp = persons.join(index, on="patient_id").partition_by("_c", as_dict=True, include_key=False)
-        fp = facts.join(index, on="patient_id").partition_by("_c", as_dict=True, include_key=False)
         rows = 0
         outcomes: dict[str, int] = {}
-        for key, p in pp.items():
-            n, part = one(PatientState(p, fp.get(key, facts.clear())))
+        for state in _chunks(persons, facts, chunk, split):
+            n, part = one(state)
             rows += n
             for o, c in part.items():
                 outcomes[o] = outcomes.get(o, 0) + c
