@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
-
-import os
 
 import pytest
 from hypothesis import settings as hypothesis_settings

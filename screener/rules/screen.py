@@ -622,13 +622,13 @@ def _screen(state: PatientState, studies: Sequence[Study], now: datetime, eviden
     full = _plain(values.collect(engine=ENGINE))
     matched = [pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) for c in comps]
     eligible, possible = _outcome_sums(full, comps)
-    counts = [e + p for e, p in zip(eligible, possible, strict=True)]
+    match_counts = [e + p for e, p in zip(eligible, possible, strict=True)]
     counts_frame = _counts_frame(studies, eligible, possible, n_persons) if want_counts else None
-    hits = [i for i, n in enumerate(counts) if n]
+    hits = [i for i, n in enumerate(match_counts) if n]
     with_ev: dict[int, pl.DataFrame] = {}
     if hits:
         union = full.filter(pl.any_horizontal(matched[i] for i in hits))
-        if small or union.height * len(hits) <= 2 * sum(counts) or union.height <= _SMALL_UNION:
+        if small or union.height * len(hits) <= 2 * sum(match_counts) or union.height <= _SMALL_UNION:
             # Few rows: one frame for every study with a match (a frame per study costs more than the extra rows).
             need = dict.fromkeys(col for i in hits for col in comps[i].evidence_inputs)
             ev = _staged(union.select(list(need)).lazy(), [comps[i].evidence for i in hits]).collect(engine=ENGINE)
