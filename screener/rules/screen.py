@@ -303,22 +303,7 @@ def study_frame(base: pl.LazyFrame, study: Study, now: datetime, *, nested: bool
         value, evidence, level = compile_criterion(c, study, now, plan)
         v, e, _ = plan.bind(value.cast(pl.Boolean), evidence.fill_null(""), level)
         named.append((c, v, e))
-    inc_false: list[pl.Expr] = []
-    all_good: list[pl.Expr] = []
-    for c, v, _e in named:
-        if id(c) not in top:
-            continue
-        if c.group == "include":
-            inc_false.append((v == False).fill_null(False))  # noqa: E712
-            all_good.append(v.fill_null(False))
-        else:
-            inc_false.append(v.fill_null(False))
-            all_good.append((~v).fill_null(False))
-    bad = pl.any_horizontal(inc_false) if inc_false else pl.lit(False)
-    good = pl.all_horizontal(all_good) if all_good else pl.lit(True)
-    outcome = pl.when(bad).then(pl.lit("ineligible")).when(good).then(pl.lit("eligible")).otherwise(
-        pl.lit("possible")
-    )
+    outcome = _outcome([(c, v) for c, v, _e in named if id(c) in top])
     cols = [pl.col("patient_id"), outcome.alias("outcome")]
     for c, v, e in named:
         cols += [v.alias(c.name), e.alias(f"{c.name}:evidence")]
