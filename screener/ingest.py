@@ -35,19 +35,13 @@ from pydantic import ConfigDict, Field, Json, TypeAdapter, with_config
 from typing_extensions import TypedDict  # pydantic needs this one below Python 3.12
 
 from screener.errors import EventError
-from screener.events import Event, parse_event
+from screener.events import CodeSystem, EthnicGroup, Event, Kind, Setting, Sex, Status, parse_event
 from screener.state import DO_NOT_CONTACT_CODE, FACT_KINDS, FACTS_SCHEMA, PERSONS_SCHEMA, TS, events_to_frames
 
 __all__ = ["KEY_SCHEMA", "DecodedBatch", "decode_batch"]
 
-_Kind = Literal[
-    "person", "condition", "measurement", "drug", "procedure", "visit", "observation", "consent", "death"
-]
-_CodeSystem = Literal["ICD10", "SNOMED", "LOINC", "DMD", "ATC", "OPCS4", "local"]
-_Status = Literal["active", "resolved", "entered-in-error"]
-_Setting = Literal["hospital", "community", "primary-care", "home"]
-_Sex = Literal["F", "M", "O", "U"]
-_EthnicGroup = Literal["asian", "black", "mixed", "white", "other"]
+# The vocabularies (Kind, CodeSystem, Status, Setting, Sex, EthnicGroup) are the full model's own, imported from
+# screener.events, so the fast path can never drift from it.
 
 _FORBID = ConfigDict(extra="forbid")
 
@@ -58,15 +52,15 @@ def _s(lo: int | None = None, hi: int | None = None, pattern: str | None = None)
 
 @with_config(_FORBID)
 class _LeanCode(TypedDict):
-    system: _CodeSystem
+    system: CodeSystem
     value: _s(1, 64)  # type: ignore[valid-type]
 
 
 @with_config(_FORBID)
 class _LeanPerson(TypedDict, total=False):
     birth_date: str | None
-    sex: _Sex | None
-    ethnic_group: _EthnicGroup | None
+    sex: Sex | None
+    ethnic_group: EthnicGroup | None
     ethnic_category: _s(pattern=r"^[A-Z]$") | None  # type: ignore[valid-type]
     lsoa: _s(hi=16) | None  # type: ignore[valid-type]
     imd_decile: Annotated[int, Field(ge=1, le=10)] | None
@@ -81,15 +75,15 @@ _LeanEvent = with_config(_FORBID)(TypedDict(  # type: ignore[operator]
         "schema": NotRequired[Literal["screener.event/v1"]],
         "event_id": _s(1, 128),
         "source": _s(1, 64),
-        "kind": _Kind,
+        "kind": Kind,
         "patient_id": _s(1, 64),
         "occurred_at": str,
         "recorded_at": NotRequired[str | None],
         "code": NotRequired[_LeanCode | None],
         "value": NotRequired[float | str | None],
         "unit": NotRequired[_s(hi=32) | None],
-        "status": NotRequired[_Status],
-        "setting": NotRequired[_Setting | None],
+        "status": NotRequired[Status],
+        "setting": NotRequired[Setting | None],
         "site": NotRequired[_s(hi=64) | None],
         "person": NotRequired[_LeanPerson | None],
         "corrects": NotRequired[_s(1, 128) | None],
