@@ -156,6 +156,7 @@ def make_consumer(settings: Settings, *, group_id: str | None = None, **override
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": settings.batch_max_records,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "fetch_max_bytes": 32 * 1024 * 1024,
         "max_partition_fetch_bytes": 8 * 1024 * 1024,
         # kafka-python's default 1 MB frame limit is below the fetch sizes above (and below what tansu sends).

@@ -25,6 +25,7 @@ to reject is ``parse_event``'s own. ``tests/unit/test_ingest.py`` checks both pa
 
 from __future__ import annotations
 
+import bisect
 import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -149,6 +150,33 @@ class DecodedBatch:
     @property
     def frames(self) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         return self.persons, self.facts, self.control
+
+    def split(self, starts: Sequence[int]) -> list[DecodedBatch]:
+        """This batch cut back into the payload lists it was decoded from (one decode for several lists costs
+        less than one each): ``starts[k]`` is the payload index where list ``k`` begins (ascending, the first
+        0). In each part ``index`` and the reject positions count from the part's own start; ``seq`` is kept
+        (positions in the whole batch: still the events' order, which is all :func:`apply_frames` reads)."""
+        n = len(starts)
+        rejects: list[list[tuple[int, EventError]]] = [[] for _ in range(n)]
+        for i, exc in self.rejects:
+            k = bisect.bisect_right(starts, i) - 1
+            rejects[k].append((i - starts[k], exc))
+        if self.accepted == 0:
+            return [DecodedBatch(*self.frames, self.keys, rejects[k]) for k in range(n)]
+        bounds = pl.Series("b", list(starts[1:]), dtype=pl.Int64)
+        group = self.keys.select(pl.lit(bounds).search_sorted(pl.col("index"), side="right").cast(pl.Int64).alias("_g"))
+        by_seq = pl.lit(group["_g"]).gather(pl.col("seq")).alias("_g")
+
+        def cut(frame: pl.DataFrame, key: pl.Expr) -> list[pl.DataFrame]:
+            parts = frame.with_columns(key).partition_by("_g", as_dict=True, include_key=False)
+            empty = frame.clear().drop("_g", strict=False)
+            return [parts.get((k,), empty) for k in range(n)]
+
+        persons, facts, control = (cut(f, by_seq) for f in self.frames)
+        offset = pl.lit(pl.Series(list(starts), dtype=pl.Int64)).gather(pl.col("_g"))
+        keys = cut(self.keys.with_columns(group["_g"]).with_columns((pl.col("index") - offset).alias("index")),
+                   pl.col("_g"))
+        return [DecodedBatch(persons[k], facts[k], control[k], keys[k], rejects[k]) for k in range(n)]
 
 
 def decode_batch(payloads: Sequence[bytes | None]) -> DecodedBatch:

@@ -255,3 +255,22 @@ def test_empty_batch_and_none_payloads() -> None:
     assert [f.height for f in got.frames] == [0, 0, 0]
     got = decode_batch([None])
     assert got.rejects[0][1].message == "not valid JSON"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lists=st.lists(st.lists(payloads(), max_size=8), min_size=1, max_size=4))
+def test_one_decode_split_back_equals_a_decode_per_list(lists: list[list[bytes]]) -> None:
+    starts, raw = [], []
+    for payload_list in lists:
+        starts.append(len(raw))
+        raw.extend(payload_list)
+    parts = decode_batch(raw).split(starts)
+    assert len(parts) == len(lists)
+    for part, payload_list in zip(parts, lists, strict=True):
+        alone = decode_batch(payload_list)
+        assert [(i, _err(e)) for i, e in part.rejects] == [(i, _err(e)) for i, e in alone.rejects]
+        assert_frame_equal(part.keys, alone.keys)
+        # seq keeps the whole batch's numbering; the order and everything else are the part's own.
+        for got, want in zip(part.frames, alone.frames, strict=True):
+            assert_frame_equal(got.drop("seq"), want.drop("seq"))
+            assert got["seq"].is_sorted()

@@ -147,6 +147,9 @@ def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
         "SCREENER_DLQ_TOPIC": f"obs-dlq-{suffix}",
         "SCREENER_MATCHES_TOPIC": f"obs-matches-{suffix}",
         "SCREENER_TOPIC_PARTITIONS": "2",
+        # Batches of 5,000 spread the feed over several scrapes, so every rate() sees flow (with the default
+        # 50,000 the whole feed can be consumed before Prometheus's first scrape).
+        "SCREENER_BATCH_MAX_RECORDS": "5000",
         "SCREENER_GROUP_ID": f"obs-engine-{suffix}",
         "SCREENER_PRODUCER_IDEMPOTENCE": "false",
         "SCREENER_RULES_DIR": str(rules),
