@@ -151,6 +151,10 @@ def _feature_plan(studies: Sequence[Study]) -> _FeaturePlan:
     return plan
 
 
+#: up to this many (patient, feature) rows, :func:`feature_frame` widens them with a single pivot
+_ONE_PIVOT = 20_000
+
+
 def feature_frame(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
     """One row per patient with facts in some feature; columns ``patient_id`` and ``<feature>:<stat>``."""
     fp = _feature_plan(studies)
@@ -212,17 +216,28 @@ def feature_frame(state: PatientState, studies: Sequence[Study], now: datetime) 
     agg = agg_q.collect(engine=ENGINE)
     if agg.height == 0:
         return empty
-    # One pivot per statistic over only the features that need it (a pivot of every statistic for every
-    # feature costs several times more).
-    by_stat: dict[str, list[str]] = {}
-    for key, stats in stats_needed.items():
-        for stat in stats:
-            by_stat.setdefault(stat, []).append(key)
-    wide = agg.select("patient_id").unique()
-    for stat, keys in sorted(by_stat.items()):
-        part = agg.filter(pl.col("_fkey").is_in(keys)).pivot(on="_fkey", index="patient_id", values=stat)
-        part = part.rename({c: f"{c}:{stat}" for c in part.columns if c != "patient_id"})
-        wide = wide.join(part, on="patient_id", how="left")
+    if agg.height <= _ONE_PIVOT:
+        # Few rows (the engine's micro-batches): one pivot of every statistic costs less than a pivot per
+        # statistic, whose fixed costs dominate; the statistics no transform reads are dropped below.
+        sep = "\x1f"
+        names = sorted(wanted)
+        wide = agg.pivot(on="_fkey", index="patient_id", values=names, separator=sep)
+        if len(names) == 1:  # a single statistic's columns are named by the feature alone
+            wide = wide.rename({c: f"{c}:{names[0]}" for c in wide.columns if c != "patient_id"})
+        else:
+            wide = wide.rename({c: "{1}:{0}".format(*c.split(sep, 1)) for c in wide.columns if sep in c})
+    else:
+        # One pivot per statistic over only the features that need it (a pivot of every statistic for every
+        # feature costs several times more on large frames).
+        by_stat: dict[str, list[str]] = {}
+        for key, stats in stats_needed.items():
+            for stat in stats:
+                by_stat.setdefault(stat, []).append(key)
+        wide = agg.select("patient_id").unique()
+        for stat, keys in sorted(by_stat.items()):
+            part = agg.filter(pl.col("_fkey").is_in(keys)).pivot(on="_fkey", index="patient_id", values=stat)
+            part = part.rename({c: f"{c}:{stat}" for c in part.columns if c != "patient_id"})
+            wide = wide.join(part, on="patient_id", how="left")
     schema, present = empty.schema, set(wide.columns)
     missing = [pl.lit(None, dtype=schema[c]).alias(c) for c in columns if c not in present]
     return wide.with_columns(missing).select(["patient_id", *columns])

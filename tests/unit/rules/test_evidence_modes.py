@@ -204,3 +204,18 @@ def test_constant_criteria_and_facts_for_one_patient_of_three(kit, call_size):
     _check_rows_matches(state, [study], kit.NOW)
     assert dict(full.select("patient_id", "outcome").iter_rows()) == {
         "P0": "ineligible", "P1": "ineligible", "P2": "possible"}
+
+
+def test_one_pivot_and_a_pivot_per_statistic_build_the_same_features(population, studies, monkeypatch):
+    """feature_frame widens small aggregates with one pivot and large ones with a pivot per statistic."""
+    state, now = population
+    small = SCREEN_MODULE.feature_frame(state, studies, now)
+    monkeypatch.setattr(SCREEN_MODULE, "_ONE_PIVOT", 0)
+    large = SCREEN_MODULE.feature_frame(state, studies, now)
+    assert small.height > 100 and small.width > 20
+    assert small.sort("patient_id").equals(large.sort("patient_id"))
+    one_study = [s for s in studies if s.id.startswith("STROKE")]  # windows and counts: few statistics
+    monkeypatch.setattr(SCREEN_MODULE, "_ONE_PIVOT", 20_000)
+    small = SCREEN_MODULE.feature_frame(state, one_study, now)
+    monkeypatch.setattr(SCREEN_MODULE, "_ONE_PIVOT", 0)
+    assert small.sort("patient_id").equals(SCREEN_MODULE.feature_frame(state, one_study, now).sort("patient_id"))
