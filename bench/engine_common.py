@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,3 +51,64 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[k]
+
+
+def seed_group_state(settings: Any, patients: int, now: datetime, seed: int = 5) -> dict[int, int]:
+    """Give ``settings.group_id`` a ready state of ``patients`` synthetic patients, as a long-running engine would
+    leave it: the population's state frames (vectorised, the patients ``generate`` would stream) pruned to the
+    facts the loaded studies can use, split by the Kafka default partitioner (murmur2 of the patient id) into
+    per-partition snapshots whose offsets equal the group's committed offsets. A few records are published first
+    so the offsets are real positions in the log. Returns the committed offset per partition."""
+    import polars as pl
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.partitioner.default import murmur2
+    from kafka.structs import OffsetAndMetadata
+    from prometheus_client import CollectorRegistry
+
+    from connectors.synthetic.population import generate_frames
+    from screener.alerts.memory import MemoryStore
+    from screener.bus import make_producer
+    from screener.engine import Engine
+    from screener.metrics import Metrics
+    from screener.state import PatientState, save_snapshot
+
+    probe = Engine(settings, MemoryStore(), metrics=Metrics(CollectorRegistry()))
+    probe.reload_rules(force=True)
+    fingerprint, keep = probe._rules_fingerprint, probe._keep
+    t = time.perf_counter()
+    persons, facts = generate_frames(patients, seed=seed, now=now)
+    print(f"generated {persons.height:,} patients, {facts.height:,} facts in {time.perf_counter() - t:.1f}s")
+    t = time.perf_counter()
+    facts = keep(facts) if keep is not None else facts
+    print(f"pruned to {facts.height:,} facts the studies can use in {time.perf_counter() - t:.1f}s")
+    n_parts = settings.topic_partitions
+    ids = persons["patient_id"].to_list()
+    part = pl.DataFrame({"patient_id": ids, "_p": [(murmur2(i.encode()) & 0x7FFFFFFF) % n_parts for i in ids]})
+    persons = persons.join(part, on="patient_id")
+    facts = facts.join(part, on="patient_id")
+    producer = make_producer(settings)
+    for key, value in event_payloads(400, now, seed=99, start_index=5_000_000):
+        producer.send(settings.events_topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
+                             enable_auto_commit=False)
+    tps = [TopicPartition(settings.events_topic, p) for p in range(n_parts)]
+    # The log end by reading to it (tansu's ListOffsets answer is the last batch's base offset + 1).
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    seen = 0
+    while seen < 400:
+        seen += sum(len(r) for r in consumer.poll(timeout_ms=1000).values())
+    ends = {tp: consumer.position(tp) for tp in tps}
+    consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in tps})
+    consumer.close()
+    t = time.perf_counter()
+    for tp in tps:
+        p = tp.partition
+        state = PatientState(persons.filter(pl.col("_p") == p).drop("_p"), facts.filter(pl.col("_p") == p).drop("_p"))
+        save_snapshot(state, Path(settings.state_dir) / f"{settings.events_topic}-{p}", ends[tp],
+                      {"rules": fingerprint})
+    size = sum(f.stat().st_size for f in Path(settings.state_dir).rglob("*.parquet")) / 2**20
+    print(f"wrote {n_parts} snapshots in {time.perf_counter() - t:.1f}s ({size:.0f} MB)")
+    return {tp.partition: off for tp, off in ends.items()}

@@ -1,12 +1,14 @@
 """Event-to-match latency at a steady event rate (default 1,000 events/s) with 50 open studies.
 
-    python -m bench.engine_latency [--rate 1000] [--seconds 60] [--studies 50]
+    python -m bench.engine_latency [--rate 1000] [--seconds 60] [--studies 50] [--patients 1000000]
 
-A producer thread publishes the synthetic population at ``--rate`` events/s (kafka-python, CreateTime
-timestamps); one engine runs in-process with the default micro-batch settings (5,000 records / 200 ms) and a
-SQLite worklist. Latency of a match = wall time when ``record_matches`` returned it as new - the broker timestamp
-of the newest event of that patient in the batch (the same quantity as the
-``screener_event_to_match_latency_seconds`` histogram, measured exactly here).
+The engine's group first gets a ready state of ``--patients`` synthetic patients (per-partition snapshots at the
+committed offsets, as a long-running engine leaves them; 0 for an empty state). A producer process then
+publishes the synthetic population at ``--rate`` events/s (kafka-python, CreateTime timestamps), partly to
+patients already in state; one engine runs in-process with the default settings and a SQLite worklist.
+Latency of a match = wall time when ``record_matches`` returned it as new - the broker timestamp of the newest
+event of that patient in the batch (the same quantity as the ``screener_event_to_match_latency_seconds``
+histogram, measured exactly here).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.engine_common import event_payloads, make_studies, percentile
+from bench.engine_common import event_payloads, make_studies, percentile, seed_group_state
 
 
 class MeasuringStore:
@@ -51,6 +53,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--studies", type=int, default=50)
     ap.add_argument("--batch-ms", type=int, default=200)
+    ap.add_argument("--patients", type=int, default=1_000_000,
+                    help="patients already in the engine's state when the clock starts (0: an empty state)")
     ap.add_argument("--dump", help="write 'wall_time latency' per match to this file")
     ap.add_argument("--log-level", default="WARNING", help="INFO logs every batch's stage timings to stderr")
     args = ap.parse_args()
@@ -76,13 +80,17 @@ def main() -> None:
             log_level="WARNING",
         )
         ensure_service_topics(settings)
+        if args.patients:
+            seed_group_state(settings, args.patients, datetime.now(UTC))
         store = MeasuringStore(SqlStore(settings.database_url))
         registry = CollectorRegistry()
         engine = Engine(settings, store, metrics=Metrics(registry)).start()
         stop = threading.Event()
         runner = threading.Thread(target=lambda: [engine.step() for _ in iter(stop.is_set, True)], daemon=True)
-        while not engine.assigned_partitions:  # group join first, so the clock starts with a ready engine
+        # Group join and snapshot restore first, so the clock starts with a ready engine.
+        while not engine.caught_up:
             engine.step()
+        print(f"engine ready: {engine.state().persons.height:,} patients in state")
         runner.start()
         # The publisher is another process, so it does not compete with the engine for this process's GIL.
         import multiprocessing

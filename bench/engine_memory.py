@@ -50,9 +50,10 @@ def restart(config: str) -> None:
     while not (engine.caught_up and engine.records_processed >= cfg["new_events"]):
         engine.step()
     steady = time.monotonic() - t0
+    rss = _rss()
     state = engine.state()
     print(json.dumps({"steady_s": round(steady, 2), "patients": state.persons.height,
-                      "facts": state.facts.height, "rss_before_mb": base, "rss_mb": _rss(),
+                      "facts": state.facts.height, "rss_before_mb": base, "rss_mb": rss,
                       "state_estimated_mb": round((state.persons.estimated_size() + state.facts.estimated_size())
                                                   / 2**20, 1)}))
     engine.close()
@@ -69,21 +70,10 @@ def main() -> None:
         restart(args.restart)
         return
 
-    import polars as pl
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.partitioner.default import murmur2
-    from kafka.structs import OffsetAndMetadata
-    from prometheus_client import CollectorRegistry
-
-    from bench.engine_common import event_payloads, make_studies
-    from connectors.synthetic.population import generate_frames
-    from screener.alerts.memory import MemoryStore
+    from bench.engine_common import event_payloads, make_studies, seed_group_state
     from screener.bus import EmbeddedBroker, ensure_service_topics, make_producer
-    from screener.engine import Engine
     from screener.logging import configure_logging
-    from screener.metrics import Metrics
     from screener.settings import Settings
-    from screener.state import PatientState, save_snapshot
 
     configure_logging("WARNING")
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
@@ -95,47 +85,8 @@ def main() -> None:
                "batch_max_records": 5000}
         settings = Settings(**cfg)
         ensure_service_topics(settings)
-        probe = Engine(settings, MemoryStore(), metrics=Metrics(CollectorRegistry()))
-        probe.reload_rules(force=True)
-        fingerprint, keep = probe._rules_fingerprint, probe._keep
-        t = time.perf_counter()
-        persons, facts = generate_frames(args.patients, seed=5, now=now)
-        print(f"generated {persons.height:,} patients, {facts.height:,} facts in {time.perf_counter() - t:.1f}s")
-        t = time.perf_counter()
-        facts = keep(facts) if keep is not None else facts
-        print(f"pruned to {facts.height:,} facts the studies can use in {time.perf_counter() - t:.1f}s")
-        ids = persons["patient_id"].to_list()
-        part = pl.DataFrame({"patient_id": ids, "_p": [(murmur2(i.encode()) & 0x7FFFFFFF) % args.partitions
-                                                       for i in ids]})
-        persons = persons.join(part, on="patient_id")
-        facts = facts.join(part, on="patient_id")
-        # A few records per partition so the committed offsets are real positions in the log.
+        seed_group_state(settings, args.patients, now)
         producer = make_producer(settings)
-        for key, value in event_payloads(400, now, seed=99, start_index=5_000_000):
-            producer.send(settings.events_topic, key=key, value=value)
-        producer.flush()
-        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=settings.group_id,
-                                 enable_auto_commit=False)
-        tps = [TopicPartition(settings.events_topic, p) for p in range(args.partitions)]
-        # The log end by reading to it (tansu's ListOffsets answer is the last batch's base offset + 1).
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        seen = 0
-        while seen < 400:
-            seen += sum(len(r) for r in consumer.poll(timeout_ms=1000).values())
-        ends = {tp: consumer.position(tp) for tp in tps}
-        consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in tps})
-        consumer.close()
-        t = time.perf_counter()
-        for tp in tps:
-            p = tp.partition
-            state = PatientState(persons.filter(pl.col("_p") == p).drop("_p"),
-                                 facts.filter(pl.col("_p") == p).drop("_p"))
-            save_snapshot(state, Path(settings.state_dir) / f"{settings.events_topic}-{p}", ends[tp],
-                          {"rules": fingerprint})
-        print(f"wrote {args.partitions} snapshots in {time.perf_counter() - t:.1f}s "
-              f"({sum(f.stat().st_size for f in Path(settings.state_dir).rglob('*.parquet')) / 2**20:.0f} MB)")
-        del persons, facts, part, ids
         new = event_payloads(2000, now, seed=7, start_index=6_000_000)
         for key, value in new:
             producer.send(settings.events_topic, key=key, value=value)

@@ -1,7 +1,7 @@
 """Sustained events/s through the embedded broker into one engine process, with 50 open studies, next to
 kafka-python's own consume rate on the same broker and topic.
 
-    python -m bench.engine_throughput [--events 300000] [--studies 50] [--batch 20000] [--partitions 4]
+    python -m bench.engine_throughput [--events 300000] [--studies 50] [--batch 50000] [--partitions 4]
 
 Publishes the events first (synthetic population), then (1) consumes them raw with kafka-python (assign +
 poll, values untouched) and (2) runs the engine over the same topic in a fresh consumer group with a SQLite
@@ -23,7 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--studies", type=int, default=50)
-    ap.add_argument("--batch", type=int, default=20_000)
+    ap.add_argument("--batch", type=int, default=50_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--profile", action="store_true", help="cProfile the engine phase")
     args = ap.parse_args()
