@@ -344,8 +344,8 @@ class LiveState:
         self._set_main(state.persons, state.facts)
 
     def _set_main(self, persons: pl.DataFrame, facts: pl.DataFrame) -> None:
-        self._persons = persons.sort("patient_id", maintain_order=True)
-        self._facts = facts.sort("patient_id", maintain_order=True)
+        self._persons = _sorted_by_patient(persons)
+        self._facts = _sorted_by_patient(facts)
         hashes = self._facts["event_id"].hash()
         order = hashes.arg_sort()
         self._eid_hash = hashes.gather(order)
@@ -484,6 +484,14 @@ class LiveState:
         state = prune_facts(self.to_state(), keep, since)
         if state.facts.height != self._facts.height:
             self._set_main(state.persons, state.facts)
+
+
+def _sorted_by_patient(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` stably sorted by ``patient_id``; one already in that order (a compacted snapshot) is only
+    checked, not copied, which keeps a restore's memory peak down."""
+    if frame["patient_id"].is_sorted():
+        return frame.with_columns(pl.col("patient_id").set_sorted())
+    return frame.sort("patient_id", maintain_order=True)
 
 
 def _append(frame: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
