@@ -196,6 +196,7 @@ class MatchesPublisher:
         self.producer = producer
         self.topic = topic
         self._futures: list[Any] = []
+        self._keys: list[tuple[str, str]] = []
 
     def publish(self, matches: pl.DataFrame) -> int:
         import json
@@ -208,13 +209,18 @@ class MatchesPublisher:
             self._futures.append(
                 self.producer.send(self.topic, key=str(row["patient_id"]).encode(), value=json.dumps(row).encode())
             )
+            self._keys.append((str(row["study_id"]), str(row["patient_id"])))
         return matches.height
 
-    def flush(self, timeout: float = 30.0) -> None:
+    def flush(self, timeout: float = 30.0) -> list[tuple[str, str]]:
+        """Wait for the broker to acknowledge everything sent; return the (study_id, patient_id) of those
+        matches (for :meth:`~screener.alerts.base.MatchStore.mark_published`)."""
         futures, self._futures = self._futures, []
+        keys, self._keys = self._keys, []
         try:
             self.producer.flush(timeout=timeout)
             for fut in futures:
                 fut.get(timeout=timeout)
         except Exception as exc:
             raise DeliveryError(f"publishing to {self.topic} failed: {type(exc).__name__}", channel="kafka") from exc
+        return keys

@@ -7,6 +7,7 @@ publishes to Kafka separately. Implementations: :mod:`screener.alerts.store` (SQ
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import polars as pl
@@ -31,6 +32,16 @@ class MatchStore(Protocol):
         its outcome or rule hash changed, it is updated in place and is *not* returned (no second alert).
         Must be atomic per call: if it raises, nothing was written and the caller must not commit offsets.
         """
+        ...
+
+    def unpublished_matches(self, settled_before: datetime | None = None, limit: int = 10_000) -> pl.DataFrame:
+        """Stored matches not yet acknowledged on ``screening.matches``, oldest first (at most ``limit``), with
+        the columns the publisher sends; only rows last written before ``settled_before`` when given; never a
+        patient on the do-not-contact register."""
+        ...
+
+    def mark_published(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Record that these (study_id, patient_id) matches were acknowledged on ``screening.matches``."""
         ...
 
     def do_not_contact(self) -> pl.Series:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 import polars as pl
 
@@ -23,6 +24,8 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._matches: pl.DataFrame | None = None
         self._dnc: set[str] = set(do_not_contact)
+        #: (study_id, patient_id) acknowledged on screening.matches
+        self._published: set[tuple[str, str]] = set()
         self.studies: list[object] = []
         self.calls = 0
         #: Set to an exception instance to make the next record_matches call raise it (then it resets).
@@ -49,6 +52,19 @@ class MemoryStore:
                 current = current.update(upd, on=["study_id", "patient_id"])
             self._matches = pl.concat([current, new], how="vertical_relaxed")
             return new
+
+    def unpublished_matches(self, settled_before: datetime | None = None, limit: int = 10_000) -> pl.DataFrame:
+        cols = ["study_id", "patient_id", "outcome", "rule_hash", "criteria", "matched_at", "setting"]
+        with self._lock:
+            if self._matches is None:
+                return pl.DataFrame(schema={c: pl.String for c in cols})
+            rows = [r for r in self._matches.select(cols).iter_rows(named=True)
+                    if (r["study_id"], r["patient_id"]) not in self._published and r["patient_id"] not in self._dnc]
+            return pl.DataFrame(rows[:limit], schema=self._matches.select(cols).schema, orient="row")
+
+    def mark_published(self, keys: Sequence[tuple[str, str]]) -> None:
+        with self._lock:
+            self._published.update(keys)
 
     def do_not_contact(self) -> pl.Series:
         with self._lock:

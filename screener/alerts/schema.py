@@ -99,9 +99,13 @@ matches = Table(
     Column("snoozed_until", Date, nullable=True),
     Column("reopened_at", DateTime(timezone=True), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    #: When the broker acknowledged the match on ``screening.matches``; null until then (the engine's sweep
+    #: publishes what a crash left unpublished).
+    Column("published_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("study_id", "patient_id"),
     Index(None, "study_id", "stage"),
     Index(None, "patient_id"),
+    Index("ix_matches_published_at", "published_at"),
 )
 
 teams = Table(

@@ -332,6 +332,47 @@ class SqlStore:
             for sid, n in sorted(counts.items()) for ch in self.channels
         ])
 
+    def unpublished_matches(self, settled_before: datetime | None = None, limit: int = 10_000) -> pl.DataFrame:
+        """Stored matches not yet acknowledged on ``screening.matches`` (oldest first, at most ``limit``): the
+        publisher's columns (``study_id, patient_id, outcome, rule_hash, criteria, matched_at, setting``).
+        Only rows last written before ``settled_before`` when given (a live engine's own matches are still in
+        flight), and none of a patient on the do-not-contact register."""
+        m = t.matches.c
+        q = (sa.select(m.study_id, m.patient_id, m.outcome, m.rule_hash, m.criteria, m.matched_at, m.setting)
+             .where(m.published_at.is_(None), m.patient_id.not_in(sa.select(t.do_not_contact.c.patient_id)))
+             .order_by(m.id).limit(limit))
+        if settled_before is not None:
+            q = q.where(m.updated_at < settled_before)
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        schema: dict[str, pl.DataType] = {
+            "study_id": pl.String(), "patient_id": pl.String(), "outcome": pl.String(), "rule_hash": pl.String(),
+            "criteria": pl.String(), "matched_at": pl.Datetime("us", "UTC"), "setting": pl.String(),
+        }
+        for r in rows:
+            r["matched_at"] = _utc(r["matched_at"])
+        return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+
+    def mark_published(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Record that the broker acknowledged these (study_id, patient_id) matches on ``screening.matches``."""
+        if not keys:
+            return
+        m = t.matches.c
+        now = self.clock()
+        by_study: dict[str, list[str]] = {}
+        for study_id, patient_id in keys:
+            by_study.setdefault(study_id, []).append(patient_id)
+        try:
+            with self.engine.begin() as conn:
+                for study_id, pids in by_study.items():
+                    for i in range(0, len(pids), _CHUNK):
+                        conn.execute(t.matches.update()
+                                     .where(m.study_id == study_id, m.patient_id.in_(pids[i:i + _CHUNK]),
+                                            m.published_at.is_(None))
+                                     .values(published_at=now))
+        except sa.exc.SQLAlchemyError as exc:
+            raise DeliveryError(f"cannot mark matches published: {exc}", channel="store") from exc
+
     def do_not_contact(self) -> pl.Series:
         """Patient ids currently on the do-not-contact register (String series named ``patient_id``)."""
         with self.engine.connect() as conn:

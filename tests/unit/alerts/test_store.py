@@ -347,3 +347,40 @@ def test_funnel_failed_logins_and_register_listing(synced: SqlStore, nurse: Any,
     synced.dnc_add(["P7"], by="ada", source="csv")
     assert [(e["patient_id"], e["added_by"], e["source"]) for e in synced.dnc_entries()] == [("P7", "ada", "csv")]
     assert [u.username for u in synced.users()] == ["nina"]
+
+
+def test_unpublished_matches_until_marked_settled_and_never_do_not_contact(synced: SqlStore, make_frame: Any,
+                                                                           clock: Any) -> None:
+    synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": p} for p in ("P1", "P2", "P3")]))
+    unpublished = synced.unpublished_matches()
+    assert unpublished.select("study_id", "patient_id").rows() == [("CKD-1", "P1"), ("CKD-1", "P2"), ("CKD-1", "P3")]
+    assert set(unpublished.columns) == {"study_id", "patient_id", "outcome", "rule_hash", "criteria", "matched_at",
+                                        "setting"}
+    # Rows written at or after the settle point may be another engine's, still in flight.
+    assert synced.unpublished_matches(settled_before=clock.now).height == 0
+    assert synced.unpublished_matches(settled_before=clock.now + timedelta(seconds=1)).height == 3
+    synced.mark_published([("CKD-1", "P1")])
+    synced.dnc_add(["P3"], by="admin")
+    assert synced.unpublished_matches()["patient_id"].to_list() == ["P2"]
+    assert synced.unpublished_matches(limit=0).height == 0
+
+
+def test_upgrading_counts_earlier_matches_as_published(store_url: str, make_frame: Any, make_study: Any) -> None:
+    from pathlib import Path
+
+    from alembic import command
+    from alembic.config import Config
+
+    import screener.alerts.store as store_module
+
+    with SqlStore(store_url) as s:
+        s.sync_studies([make_study("CKD-1")])
+        s.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P1"}]))
+        assert s.unpublished_matches().height == 1
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(store_module.__file__).with_name("migrations")))
+        with s.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0001")
+    with SqlStore(store_url) as s:  # opening migrates to head again
+        assert s.unpublished_matches().height == 0
