@@ -43,6 +43,12 @@ class MeasuringStore:
     def do_not_contact(self) -> Any:
         return self.inner.do_not_contact()
 
+    def unpublished_matches(self, settled_before: Any = None, limit: int = 10_000) -> Any:
+        return self.inner.unpublished_matches(settled_before, limit)
+
+    def mark_published(self, keys: Any) -> None:
+        self.inner.mark_published(keys)
+
     def sync_studies(self, studies: Any) -> None:
         self.inner.sync_studies(studies)
 

@@ -17,9 +17,12 @@ One :class:`Engine` is one member of the consumer group. Each loop iteration (:m
 7. then, and only then, commits the offsets.
 
 A crash at any point repeats work from the last committed offsets; the store's uniqueness makes every match
-exactly-once in effect. (The ``screening.matches`` topic carries what ``record_matches`` returned as new, so a
-crash between the store write and the broker acknowledgement can leave one match in the store but not on the
-topic; the store is the system of record.)
+exactly-once in effect. The ``screening.matches`` topic carries what ``record_matches`` returned as new; once
+the broker acknowledges them the store marks them published. A crash (or a failed publish) between the store
+write and that acknowledgement leaves matches unpublished in the store, and a sweep (at start, then every
+``matches_sweep_interval_s``) publishes every match unpublished for ``matches_sweep_settle_s``. So the topic loses no
+match; it may carry one twice (a crash after the acknowledgement but before the mark), so its consumers key on
+(study_id, patient_id), as the store does.
 
 State is per partition: restored from a snapshot (Parquet + offset, see :func:`screener.state.save_snapshot`)
 on assignment, or rebuilt by replaying the partition. While a partition replays records it had already
@@ -79,6 +82,8 @@ MATCH_OUTCOMES = ("eligible", "possible")
 #: Patients per chunk in a full re-screen: bounds the patient x study result frame and the time between two
 #: polls of the consumer (a full re-screen is worked off a chunk per loop iteration, between micro-batches).
 RESCREEN_CHUNK = 20_000
+#: Matches per sweep page.
+SWEEP_LIMIT = 10_000
 
 
 
@@ -276,6 +281,7 @@ class Engine:
         self._queue: deque[tuple[int, pl.Series, str]] = deque()
         self._rescreen_t0: float | None = None
         self._rescreen_new = 0
+        self._next_sweep = 0.0
         self._snapshot_pool: ThreadPoolExecutor | None = None
         self._snapshot_jobs: dict[int, Future[None]] = {}
         #: Cumulative seconds per batch stage (parse, apply, screen, commit), for benchmarks.
@@ -292,6 +298,7 @@ class Engine:
 
             self._producer = make_producer(self.settings)
         self._publisher = MatchesPublisher(self._producer, self.settings.matches_topic)
+        self._sweep_unpublished()
         if self._consumer is None:
             from screener.bus import make_consumer
 
@@ -358,6 +365,8 @@ class Engine:
                 self._drain(budget_s=self.settings.batch_max_ms / 1000)
             except ScreenerError as exc:
                 log.error("rescreen_failed", error_type=type(exc).__name__)
+        if time.monotonic() >= self._next_sweep:
+            self._sweep_unpublished()
         if time.monotonic() >= self._next_snapshot:
             self._next_snapshot = time.monotonic() + self.settings.snapshot_interval_s
             for p in list(self._parts):
@@ -460,8 +469,7 @@ class Engine:
             )
             new = self._screen_and_record(_concat_states(to_screen), now, "event", event_times)
         t_screen = time.perf_counter()
-        if self._publisher is not None:
-            self._publisher.flush()
+        self._flush_matches()
         self._commit(list(by_part))
         t_end = time.perf_counter()
 
@@ -481,6 +489,39 @@ class Engine:
             screen_ms=round((t_screen - t_apply) * 1000, 1), commit_ms=round((t_end - t_screen) * 1000, 1),
         )
         return total
+
+    def _flush_matches(self) -> None:
+        """Wait for the broker to acknowledge the matches published since the last flush, then mark them
+        published in the store (a failure to mark only means the sweep publishes them again)."""
+        if self._publisher is None:
+            return
+        keys = self._publisher.flush()
+        if keys:
+            try:
+                self.store.mark_published(keys)
+            except Exception as exc:
+                log.warning("mark_published_failed", matches=len(keys), error_type=type(exc).__name__)
+
+    def _sweep_unpublished(self) -> int:
+        """Publish stored matches no broker acknowledged, left by a crash (or a failed publish) between the
+        worklist write and the acknowledgement, once ``matches_sweep_settle_s`` old (younger ones may be
+        another engine's, still in flight). Returns how many were published."""
+        self._next_sweep = time.monotonic() + self.settings.matches_sweep_interval_s
+        if self._publisher is None:
+            return 0
+        settled = datetime.now(UTC) - _seconds(self.settings.matches_sweep_settle_s)
+        try:
+            rows = self.store.unpublished_matches(settled_before=settled, limit=SWEEP_LIMIT)
+            if rows.height:
+                self._publisher.publish(rows)
+                self._flush_matches()
+                log.info("unpublished_matches_sent", matches=rows.height)
+        except ScreenerError as exc:
+            log.warning("sweep_failed", error_type=type(exc).__name__)
+            return 0
+        if rows.height >= SWEEP_LIMIT:
+            self._next_sweep = 0.0  # more to do: again at the next step
+        return rows.height
 
     def _dead_letter(self, rec: Any, exc: EventError) -> None:
         value = rec.value or b""
@@ -579,8 +620,7 @@ class Engine:
                 raise
             if budget_s is not None and time.perf_counter() - t0 >= budget_s:
                 break
-        if self._publisher is not None:
-            self._publisher.flush()
+        self._flush_matches()
         self._rescreen_new += new
         if not self._queue and self._rescreen_t0 is not None:
             elapsed = time.perf_counter() - self._rescreen_t0
@@ -759,8 +799,7 @@ class Engine:
     def _on_revoked(self, revoked: Any) -> None:
         parts = [tp.partition for tp in revoked if tp.partition in self._parts]
         with contextlib.suppress(Exception):
-            if self._publisher is not None:
-                self._publisher.flush()
+            self._flush_matches()
             self._commit(parts)
         for p in parts:
             with contextlib.suppress(Exception):

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     rescreen_interval_s: float = Field(default=3600.0, gt=0)
     #: Seconds between checks of rules_dir for added or changed rule files.
     rules_poll_s: float = Field(default=2.0, gt=0)
+    #: Seconds between sweeps that publish stored matches a crash left unpublished on screening.matches.
+    matches_sweep_interval_s: float = Field(default=60.0, gt=0)
+    #: A stored match counts as left unpublished once it is this old (younger ones may be another engine's,
+    #: still waiting for the broker's acknowledgement).
+    matches_sweep_settle_s: float = Field(default=10.0, ge=0)
     #: Seconds between periodic state snapshots (written in the background). Shorter: less to replay after a
     #: crash (at most this many seconds of events); longer: less CPU spent rewriting a large state.
     snapshot_interval_s: float = Field(default=300.0, gt=0)

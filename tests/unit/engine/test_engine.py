@@ -270,3 +270,46 @@ def test_full_rescreen_is_worked_off_in_chunks_between_batches(settings: Any, lo
     assert store.calls <= calls + 1 and 0 < store.matches().height <= 3
     run_until_idle(engine, 6)
     assert store.matches().height == 10 and not engine._queue
+
+
+def test_a_match_whose_publish_failed_is_published_once_by_the_sweep(settings: Any, log: Any, mini: Any,
+                                                                      make_event: Any) -> None:
+    """The crash window between the worklist write and the broker's acknowledgement: the match is stored but
+    not on screening.matches. Redoing the batch finds it already stored; the sweep publishes it, once."""
+    from conftest import FakeConsumer, FakeProducer  # type: ignore[import-not-found]
+
+    class BrokenMatchesTopic(FakeProducer):  # type: ignore[misc]
+        """Loses everything sent to the matches topic, and fails the flush, while ``down``."""
+
+        down = True
+
+        def send(self, topic: str, key: bytes | None = None, value: bytes = b"", headers: Any = None) -> Any:
+            if topic == "m" and self.down:
+                from conftest import Future  # type: ignore[import-not-found]
+
+                return Future()
+            return super().send(topic, key, value, headers)
+
+        def flush(self, timeout: float | None = None) -> None:
+            if self.down:
+                raise TimeoutError("broker unreachable")
+
+    settings = settings.model_copy(update={"matches_sweep_interval_s": 0.05, "matches_sweep_settle_s": 0.0})
+    write_rule(settings, "a", "id=ADULT min_age=18")
+    store = MemoryStore()
+    producer = BrokenMatchesTopic(log)
+    engine = Engine(settings, store, metrics=Metrics(CollectorRegistry()), clock=FixedClock(NOW),
+                    consumer=FakeConsumer(log), producer=producer, loader=mini["loader"], screen=mini["screen"]).start()
+    log.publish("ev", person(make_event, "P1", "1970-01-01"))
+    run_until_idle(engine)
+    assert store.matches()["patient_id"].to_list() == ["P1"]  # stored...
+    assert log.values("m") == []  # ...but never acknowledged
+    assert store.unpublished_matches()["patient_id"].to_list() == ["P1"]
+    producer.down = False
+    time.sleep(0.06)
+    run_until_idle(engine)
+    assert [(p["study_id"], p["patient_id"]) for p in log.values("m")] == [("ADULT", "P1")]
+    assert store.unpublished_matches().height == 0
+    time.sleep(0.06)
+    run_until_idle(engine)  # later sweeps find nothing to send
+    assert len(log.values("m")) == 1
