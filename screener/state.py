@@ -325,8 +325,8 @@ class LiveState:
     :meth:`apply` selects, exactly, every patient a batch can affect (its own patients, the ids it merges away and
     the owners of the event ids it retracts or sends again), runs :func:`apply_frames` on that small sub-state
     and puts the result in the tail. Its result is therefore :func:`apply_frames`'s by construction; the tail is
-    folded back into the main frames (:meth:`compact`) when it passes ``tail_limit`` rows, and before a snapshot,
-    a prune or a full listing.
+    folded back into the main frames (:meth:`compact`) when it passes ``TAIL_MIN`` rows or 1/32 of the main
+    frames, and before a prune, a full listing or :meth:`to_state`.
     """
 
     #: Tail size (fact or person rows) that triggers a compaction: at least this, or 1/32 of the main frames.
