@@ -70,7 +70,7 @@ def seed_group_state(settings: Any, patients: int, now: datetime, seed: int = 5)
     from screener.bus import make_producer
     from screener.engine import Engine
     from screener.metrics import Metrics
-    from screener.state import PatientState, save_snapshot
+    from screener.state import LiveState, PatientState, save_snapshot
 
     probe = Engine(settings, MemoryStore(), metrics=Metrics(CollectorRegistry()))
     probe.reload_rules(force=True)
@@ -107,7 +107,8 @@ def seed_group_state(settings: Any, patients: int, now: datetime, seed: int = 5)
     for tp in tps:
         p = tp.partition
         state = PatientState(persons.filter(pl.col("_p") == p).drop("_p"), facts.filter(pl.col("_p") == p).drop("_p"))
-        save_snapshot(state, Path(settings.state_dir) / f"{settings.events_topic}-{p}", ends[tp],
+        # As the engine writes them: the main frames sorted and named, so its next snapshots reuse their files.
+        save_snapshot(LiveState(state).parts(), Path(settings.state_dir) / f"{settings.events_topic}-{p}", ends[tp],
                       {"rules": fingerprint})
     size = sum(f.stat().st_size for f in Path(settings.state_dir).rglob("*.parquet")) / 2**20
     print(f"wrote {n_parts} snapshots in {time.perf_counter() - t:.1f}s ({size:.0f} MB)")

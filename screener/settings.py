@@ -63,9 +63,9 @@ class Settings(BaseSettings):
     #: A stored match counts as left unpublished once it is this old (younger ones may be another engine's,
     #: still waiting for the broker's acknowledgement).
     matches_sweep_settle_s: float = Field(default=10.0, ge=0)
-    #: Seconds between periodic state snapshots (written in the background). Shorter: less to replay after a
-    #: crash (at most this many seconds of events); longer: less CPU spent rewriting a large state.
-    snapshot_interval_s: float = Field(default=300.0, gt=0)
+    #: Seconds between periodic state snapshots: after a crash at most this many seconds of events are replayed.
+    #: Written in the background; between compactions only the patients changed since are written.
+    snapshot_interval_s: float = Field(default=60.0, gt=0)
 
     # --- store, web, alerts ------------------------------------------------------------------------------
     database_url: str = "sqlite:///.screener/screener.db"

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,10 +37,12 @@ __all__ = [
     "FactFilter",
     "LiveState",
     "PatientState",
+    "StateParts",
     "apply_events",
     "apply_frames",
     "events_to_frames",
     "load_snapshot",
+    "load_snapshot_parts",
     "prune_facts",
     "save_snapshot",
 ]
@@ -311,6 +314,32 @@ def apply_frames(
     return PatientState(persons=persons, facts=facts, retracted=tombstones), touched
 
 
+@dataclass(frozen=True)
+class StateParts:
+    """A :class:`LiveState` taken apart (see :meth:`LiveState.parts`): the main frames (sorted by patient,
+    named by ``main_id``), the tail (every row of the patients in ``tail_ids``, which replace theirs in the main
+    frames) and the tombstones."""
+
+    persons: pl.DataFrame
+    facts: pl.DataFrame
+    tail_persons: pl.DataFrame
+    tail_facts: pl.DataFrame
+    tail_ids: pl.Series
+    retracted: pl.DataFrame
+    main_id: str
+
+    def state(self) -> PatientState:
+        """The whole state these parts hold."""
+        if not self.tail_ids.len():
+            return PatientState(persons=self.persons, facts=self.facts, retracted=self.retracted)
+        gone = self.tail_ids.implode()
+        return PatientState(
+            persons=pl.concat([self.persons.filter(~pl.col("patient_id").is_in(gone)), self.tail_persons]),
+            facts=pl.concat([self.facts.filter(~pl.col("patient_id").is_in(gone)), self.tail_facts]),
+            retracted=self.retracted,
+        )
+
+
 class LiveState:
     """One partition's patient state as the engine holds it: applying a micro-batch and selecting the patients it
     touched cost about O(batch x log state) instead of O(state). Mutable; drive it from one thread.
@@ -343,7 +372,23 @@ class LiveState:
         self._hidden_facts = 0
         self._set_main(state.persons, state.facts)
 
+    @classmethod
+    def from_parts(cls, parts: StateParts) -> LiveState:
+        """The live state :meth:`parts` described (a snapshot's main frames, tail and tombstones)."""
+        live = cls(PatientState(persons=parts.persons, facts=parts.facts, retracted=parts.retracted))
+        if parts.main_id:
+            live.main_id = parts.main_id  # the same frames as that snapshot's files
+        if parts.tail_ids.len():
+            ids = parts.tail_ids.implode()
+            live._tail_persons, live._tail_facts = parts.tail_persons, parts.tail_facts
+            live._tail_ids = parts.tail_ids
+            live._hidden_persons = int(live._persons["patient_id"].is_in(ids).sum())
+            live._hidden_facts = int(live._facts["patient_id"].is_in(ids).sum())
+        return live
+
     def _set_main(self, persons: pl.DataFrame, facts: pl.DataFrame) -> None:
+        #: Names this version of the main frames: a snapshot whose main frames have the same id reuses them.
+        self.main_id = uuid.uuid4().hex
         self._persons = _sorted_by_patient(persons)
         self._facts = _sorted_by_patient(facts)
         hashes = self._facts["event_id"].hash()
@@ -402,24 +447,11 @@ class LiveState:
         self.compact()
         return self._persons["patient_id"]
 
-    def detached(self) -> Callable[[], PatientState]:
-        """A function that builds the whole current state later, in any thread, without compacting: the frames
-        are immutable, so batches applied meanwhile do not change what it returns (used by background
-        snapshots)."""
-        persons, facts, retracted = self._persons, self._facts, self._retracted
-        tail_persons, tail_facts, tail_ids = self._tail_persons, self._tail_facts, self._tail_ids
-
-        def build() -> PatientState:
-            if not tail_ids.len():
-                return PatientState(persons=persons, facts=facts, retracted=retracted)
-            gone = tail_ids.implode()
-            return PatientState(
-                persons=pl.concat([persons.filter(~pl.col("patient_id").is_in(gone)), tail_persons]),
-                facts=pl.concat([facts.filter(~pl.col("patient_id").is_in(gone)), tail_facts]),
-                retracted=retracted,
-            )
-
-        return build
+    def parts(self) -> StateParts:
+        """The current state as its parts, without compacting. The frames are immutable, so batches applied
+        afterwards do not change them: a snapshot thread can write them while the engine goes on."""
+        return StateParts(self._persons, self._facts, self._tail_persons, self._tail_facts, self._tail_ids,
+                          self._retracted, self.main_id)
 
     def to_state(self) -> PatientState:
         """The whole state as an immutable :class:`PatientState` (compacts first; shares the frames)."""
@@ -600,24 +632,44 @@ def prune_facts(
 _CURRENT = "CURRENT"
 
 
-def save_snapshot(state: PatientState, directory: Path, offset: int, meta: dict[str, Any] | None = None) -> Path:
+def save_snapshot(state: PatientState | StateParts, directory: Path, offset: int,
+                  meta: dict[str, Any] | None = None) -> Path:
     """Write ``state`` and the next offset to read into ``directory``, atomically.
 
-    The frames go to a fresh generation folder (``gen-<offset>-<pid>``); then a ``CURRENT`` pointer (JSON:
-    offset, folder, meta) is written to a temporary file and moved into place with ``os.replace``. A crash at
-    any point leaves the previous snapshot intact. Older generations are removed afterwards.
+    The frames go to a fresh generation folder (``gen-<offset>-<pid>-<time>``); then a ``CURRENT`` pointer
+    (JSON: offset, folder, meta) is written to a temporary file and moved into place with ``os.replace``. A crash
+    at any point leaves the previous snapshot intact. Older generations are removed afterwards.
+
+    Given :class:`StateParts` whose main frames the current snapshot already holds (same ``main_id``), the new
+    generation hard-links those files and writes only the tail and the tombstones: at a million patients that
+    is a few milliseconds instead of seconds of CPU. One writer per folder at a time.
     """
     directory.mkdir(parents=True, exist_ok=True)
     gen = f"gen-{offset}-{os.getpid()}-{datetime.now(UTC).strftime('%Y%m%d%H%M%S%f')}"
     tmp_gen = directory / f".{gen}.tmp"
     tmp_gen.mkdir()
-    state.persons.write_parquet(tmp_gen / "persons.parquet", compression="zstd", statistics=False)
-    state.facts.write_parquet(tmp_gen / "facts.parquet", compression="zstd", statistics=False)
-    state.retracted.write_parquet(tmp_gen / "retracted.parquet", compression="zstd", statistics=False)
+    main_id = state.main_id if isinstance(state, StateParts) else None
+    previous = _current(directory)
+    reuse = (
+        previous is not None and main_id is not None and previous.get("main_id") == main_id
+        and all((directory / str(previous["generation"]) / f).exists() for f in _MAIN_FILES)
+    )
+    if reuse:
+        assert previous is not None
+        for f in _MAIN_FILES:
+            os.link(directory / str(previous["generation"]) / f, tmp_gen / f)
+    else:
+        _write(state.persons, tmp_gen / "persons.parquet")
+        _write(state.facts, tmp_gen / "facts.parquet")
+    if isinstance(state, StateParts) and state.tail_ids.len():
+        _write(state.tail_persons, tmp_gen / "tail-persons.parquet")
+        _write(state.tail_facts, tmp_gen / "tail-facts.parquet")
+        _write(state.tail_ids.to_frame(), tmp_gen / "tail-ids.parquet")
+    _write(state.retracted, tmp_gen / "retracted.parquet")
     os.replace(tmp_gen, directory / gen)
     pointer = directory / f".{_CURRENT}.{os.getpid()}.tmp"
     with open(pointer, "w") as fh:
-        json.dump({"offset": offset, "generation": gen, "meta": meta or {}}, fh)
+        json.dump({"offset": offset, "generation": gen, "meta": meta or {}, "main_id": main_id}, fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(pointer, directory / _CURRENT)
@@ -627,19 +679,56 @@ def save_snapshot(state: PatientState, directory: Path, offset: int, meta: dict[
     return directory / gen
 
 
+_MAIN_FILES = ("persons.parquet", "facts.parquet")
+
+
+def _write(frame: pl.DataFrame, path: Path) -> None:
+    frame.write_parquet(path, compression="zstd", statistics=False)
+
+
+def _current(directory: Path) -> dict[str, Any] | None:
+    try:
+        pointer = json.loads((directory / _CURRENT).read_text())
+    except (OSError, ValueError):
+        return None
+    return pointer if isinstance(pointer, dict) else None
+
+
 def load_snapshot(directory: Path) -> tuple[PatientState, int, dict[str, Any]] | None:
     """The last complete snapshot in ``directory`` as (state, next offset, meta), or ``None`` when there is
     none or it cannot be read (the caller then rebuilds by replaying)."""
+    loaded = load_snapshot_parts(directory)
+    if loaded is None:
+        return None
+    parts, offset, meta = loaded
+    return parts.state(), offset, meta
+
+
+def load_snapshot_parts(directory: Path) -> tuple[StateParts, int, dict[str, Any]] | None:
+    """:func:`load_snapshot` as :class:`StateParts` (for :meth:`LiveState.from_parts`: no re-sorting, and the
+    next snapshot can reuse the main frames' files)."""
     try:
-        pointer = json.loads((directory / _CURRENT).read_text())
+        pointer = _current(directory)
+        if pointer is None:
+            return None
         gen = directory / str(pointer["generation"])
         persons = pl.read_parquet(gen / "persons.parquet")
         facts = pl.read_parquet(gen / "facts.parquet")
         tombs = gen / "retracted.parquet"
         retracted = pl.read_parquet(tombs) if tombs.exists() else _empty(RETRACTED_SCHEMA)
+        if (gen / "tail-ids.parquet").exists():
+            tail_persons = pl.read_parquet(gen / "tail-persons.parquet")
+            tail_facts = pl.read_parquet(gen / "tail-facts.parquet")
+            tail_ids = pl.read_parquet(gen / "tail-ids.parquet")["patient_id"]
+        else:
+            tail_persons, tail_facts = _empty(PERSONS_SCHEMA), _empty(FACTS_SCHEMA)
+            tail_ids = pl.Series("patient_id", [], dtype=pl.String)
     except (OSError, ValueError, KeyError, pl.exceptions.PolarsError):
         return None
-    if dict(persons.schema) != PERSONS_SCHEMA or dict(facts.schema) != FACTS_SCHEMA:
-        return None
-    state = PatientState(persons=persons, facts=facts, retracted=retracted)
-    return state, int(pointer["offset"]), dict(pointer.get("meta") or {})
+    for frame, schema in ((persons, PERSONS_SCHEMA), (tail_persons, PERSONS_SCHEMA), (facts, FACTS_SCHEMA),
+                          (tail_facts, FACTS_SCHEMA)):
+        if dict(frame.schema) != schema:
+            return None
+    parts = StateParts(persons, facts, tail_persons, tail_facts, tail_ids, retracted,
+                       str(pointer.get("main_id") or ""))
+    return parts, int(pointer["offset"]), dict(pointer.get("meta") or {})

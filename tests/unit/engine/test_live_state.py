@@ -7,6 +7,8 @@ apply_frames, and the state it holds (whole, or selected for any patients) is th
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -95,3 +97,44 @@ def test_a_restored_state_is_indexed_and_answers_like_the_original(make_event: A
     assert live.select(["P1"]).facts.height == 0
     assert live.select(["P9"]).facts["code"].to_list() == ["E10"]
     assert live.to_state().facts["event_id"].sort().to_list() == ["a", "c", "d"]
+
+
+def test_snapshots_of_parts_reuse_unchanged_main_files_and_restore_the_same_live_state(make_event: Any,
+                                                                                      tmp_path: Path) -> None:
+    import os
+
+    from screener.state import load_snapshot, load_snapshot_parts, save_snapshot
+
+    first = [make_event(patient_id=f"P{i}", event_id=f"a{i}", code={"system": "ICD10", "value": "I10"})
+             for i in range(6)]
+    live = LiveState()
+    live.apply(*events_to_frames(first))
+    live.compact()  # main frames: P0..P5
+    save_snapshot(live.parts(), tmp_path, 10)
+    gen1 = tmp_path / json.loads((tmp_path / "CURRENT").read_text())["generation"]
+    inode = os.stat(gen1 / "facts.parquet").st_ino
+    # Later batches only reach the tail: the next snapshot links the main files and writes the tail.
+    live.apply(*events_to_frames([
+        make_event(patient_id="P2", event_id="b1", code={"system": "ICD10", "value": "E11.9"}),
+        make_event(patient_id="P9", event_id="b2", corrects="a4", code={"system": "ICD10", "value": "E10"}),
+    ]))
+    save_snapshot(live.parts(), tmp_path, 12, {"rules": "x"})
+    gen2 = tmp_path / json.loads((tmp_path / "CURRENT").read_text())["generation"]
+    assert gen2 != gen1 and not gen1.exists()
+    assert os.stat(gen2 / "facts.parquet").st_ino == inode
+    assert (gen2 / "tail-facts.parquet").exists()
+    loaded = load_snapshot_parts(tmp_path)
+    assert loaded is not None
+    parts, offset, meta = loaded
+    assert (offset, meta) == (12, {"rules": "x"})
+    restored = LiveState.from_parts(parts)
+    _same(restored.to_state(), live.to_state())
+    assert (restored.patient_count, restored.fact_count) == (7, 7)
+    plain = load_snapshot(tmp_path)
+    assert plain is not None
+    _same(plain[0], live.to_state())
+    # After a compaction the main frames change, so the next snapshot writes them again.
+    live.compact()
+    save_snapshot(live.parts(), tmp_path, 13)
+    gen3 = tmp_path / json.loads((tmp_path / "CURRENT").read_text())["generation"]
+    assert os.stat(gen3 / "facts.parquet").st_ino != inode and not (gen3 / "tail-facts.parquet").exists()
