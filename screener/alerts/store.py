@@ -359,17 +359,14 @@ class SqlStore:
             return
         m = t.matches.c
         now = self.clock()
-        by_study: dict[str, list[str]] = {}
-        for study_id, patient_id in keys:
-            by_study.setdefault(study_id, []).append(patient_id)
+        pairs = list(dict.fromkeys(keys))
         try:
             with self.engine.begin() as conn:
-                for study_id, pids in by_study.items():
-                    for i in range(0, len(pids), _CHUNK):
-                        conn.execute(t.matches.update()
-                                     .where(m.study_id == study_id, m.patient_id.in_(pids[i:i + _CHUNK]),
-                                            m.published_at.is_(None))
-                                     .values(published_at=now))
+                for i in range(0, len(pairs), _CHUNK):
+                    conn.execute(t.matches.update()
+                                 .where(sa.tuple_(m.study_id, m.patient_id).in_(pairs[i:i + _CHUNK]),
+                                        m.published_at.is_(None))
+                                 .values(published_at=now))
         except sa.exc.SQLAlchemyError as exc:
             raise DeliveryError(f"cannot mark matches published: {exc}", channel="store") from exc
 
