@@ -343,8 +343,11 @@ class SqlStore:
              .order_by(m.id).limit(limit))
         if settled_before is not None:
             q = q.where(m.updated_at < settled_before)
-        with self.engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(q).mappings()]
+        try:
+            with self.engine.connect() as conn:
+                rows = [dict(r) for r in conn.execute(q).mappings()]
+        except sa.exc.SQLAlchemyError as exc:
+            raise DeliveryError(f"cannot read unpublished matches: {exc}", channel="store") from exc
         schema: dict[str, pl.DataType] = {
             "study_id": pl.String(), "patient_id": pl.String(), "outcome": pl.String(), "rule_hash": pl.String(),
             "criteria": pl.String(), "matched_at": pl.Datetime("us", "UTC"), "setting": pl.String(),
