@@ -230,39 +230,36 @@ def decode_batch(payloads: Sequence[bytes | None]) -> DecodedBatch:
     return DecodedBatch(persons, facts, control, keys, rejects, slow=len(slow_idx))
 
 
+_CODE_TYPE = pl.Struct({"system": pl.String(), "value": pl.String()})
+_PERSON_TYPE = pl.Struct({n: pl.Int64() if n == "imd_decile" else pl.String() for n in _PERSON_FIELDS})
+#: How :func:`_columns` reads the lean dicts (``value`` is read apart: a number or a text).
+_ROW_SCHEMA: dict[str, pl.DataType] = {
+    **{c: pl.String() for c in ("event_id", "source", "kind", "patient_id", "occurred_at", "recorded_at")},
+    "code": _CODE_TYPE, "unit": pl.String(), "status": pl.String(), "setting": pl.String(), "site": pl.String(),
+    "person": _PERSON_TYPE, "corrects": pl.String(),
+}
+
+
 def _columns(rows: list[dict[str, Any]], index: list[int]) -> pl.DataFrame:
-    """Column-wise frame of the lean-validated dicts (strings still raw; timestamps still text)."""
-    codes = [r.get("code") for r in rows]
-    people = [r.get("person") for r in rows]
+    """Column-wise frame of the lean-validated dicts (strings still raw; timestamps still text). Polars reads the
+    dicts in Rust (``from_dicts``); their types are already pydantic's, so nothing is coerced here."""
     values = [r.get("value") for r in rows]
-    cols: dict[str, Any] = {
-        "index": index,
-        "event_id": [r["event_id"] for r in rows],
-        "source": [r["source"] for r in rows],
-        "kind": [r["kind"] for r in rows],
-        "patient_id": [r["patient_id"] for r in rows],
-        "occurred_at": [r["occurred_at"] for r in rows],
-        "recorded_at": [r.get("recorded_at") for r in rows],
-        "has_code": [c is not None for c in codes],
-        "system": [c["system"] if c is not None else None for c in codes],
-        "code": [c["value"] if c is not None else None for c in codes],
-        "value": [v if v.__class__ is float else None for v in values],
-        "text": [v if v.__class__ is str else None for v in values],
-        "unit": [r.get("unit") for r in rows],
-        "status": [r.get("status", "active") for r in rows],
-        "setting": [r.get("setting") for r in rows],
-        "site": [r.get("site") for r in rows],
-        "corrects": [r.get("corrects") for r in rows],
-        "has_person": [p is not None for p in people],
-    }
-    for name in _PERSON_FIELDS:
-        cols[name] = [p.get(name) if p is not None else None for p in people]
-    schema: dict[str, pl.DataType] = {
-        c: pl.String() for c in cols if c not in ("index", "has_code", "value", "has_person", "imd_decile")
-    }
-    schema.update({"index": pl.Int64(), "has_code": pl.Boolean(), "value": pl.Float64(),
-                   "has_person": pl.Boolean(), "imd_decile": pl.Int64()})
-    return pl.DataFrame(cols, schema={c: schema[c] for c in cols})
+    df = pl.from_dicts(rows, schema=_ROW_SCHEMA) if rows else pl.DataFrame(schema=_ROW_SCHEMA)
+    code, person = pl.col("code"), pl.col("person")
+    return df.select(
+        pl.Series("index", index, dtype=pl.Int64),
+        "event_id", "source", "kind", "patient_id", "occurred_at", "recorded_at",
+        code.is_not_null().alias("has_code"),
+        code.struct.field("system").alias("system"),
+        code.struct.field("value").alias("code"),
+        pl.Series("value", [v if v.__class__ is float else None for v in values], dtype=pl.Float64),
+        pl.Series("text", [v if v.__class__ is str else None for v in values], dtype=pl.String),
+        "unit",
+        pl.col("status").fill_null("active"),  # the lean schema rejects an explicit null: only absent is null
+        "setting", "site", "corrects",
+        person.is_not_null().alias("has_person"),
+        *[person.struct.field(n).alias(n) for n in _PERSON_FIELDS],
+    )
 
 
 def _check(df: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
