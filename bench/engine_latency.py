@@ -92,7 +92,7 @@ def main() -> None:
         registry = CollectorRegistry()
         engine = Engine(settings, store, metrics=Metrics(registry)).start()
         stop = threading.Event()
-        runner = threading.Thread(target=lambda: [engine.step() for _ in iter(stop.is_set, True)], daemon=True)
+        runner = threading.Thread(target=engine.run, args=(stop,), daemon=True)  # the service's own loop
         # Group join and snapshot restore first, so the clock starts with a ready engine.
         while not engine.caught_up:
             engine.step()
@@ -121,7 +121,6 @@ def main() -> None:
               f" ms, p99 {percentile(lat, 99) * 1000:.0f} ms, max {max(lat, default=float('nan')) * 1000:.0f} ms")
         stages = {k: round(v / max(engine.batches, 1) * 1000, 1) for k, v in engine.stage_seconds.items()}
         print(f"mean ms per batch by stage: {stages}")
-        engine.close()
         store.inner.close()
 
 

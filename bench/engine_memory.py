@@ -48,7 +48,7 @@ def restart(config: str) -> None:
     base = _rss()
     engine = Engine(settings, MemoryStore(), metrics=Metrics(CollectorRegistry())).start()
     while not (engine.caught_up and engine.records_processed >= cfg["new_events"]):
-        engine.step()
+        engine.step(overlap=True)
     steady = time.monotonic() - t0
     rss = _rss()
     state = engine.state()

@@ -11,6 +11,7 @@ worklist, timing from the first processed batch to the last record (the ~5 s gro
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -25,7 +26,9 @@ def main() -> None:
     ap.add_argument("--studies", type=int, default=50)
     ap.add_argument("--batch", type=int, default=50_000)
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--profile", action="store_true", help="cProfile the engine phase")
+    ap.add_argument("--profile", action="store_true", help="cProfile the engine phase (implies --sequential)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="process each batch before polling the next (the service overlaps them)")
     args = ap.parse_args()
 
     from kafka import KafkaConsumer, TopicPartition
@@ -34,6 +37,7 @@ def main() -> None:
     from screener.alerts.store import SqlStore
     from screener.bus import EmbeddedBroker, ensure_service_topics, make_producer
     from screener.engine import Engine
+    from screener.ingest import decode_batch
     from screener.logging import configure_logging
     from screener.metrics import Metrics
     from screener.settings import Settings
@@ -74,36 +78,62 @@ def main() -> None:
             for recs in consumer.poll(timeout_ms=1000, max_records=args.batch).values():
                 n += len(recs)
         raw_s = time.perf_counter() - t
-        consumer.close()
         print(f"kafka-python raw consume: {n} records in {raw_s:.2f}s = {n / raw_s:,.0f} records/s")
+        # The most any engine that validates every event could do here: the same consume plus decode_batch.
+        consumer.seek_to_beginning(*tps)
+        n = 0
+        t = time.perf_counter()
+        while n < len(payloads):
+            for recs in consumer.poll(timeout_ms=1000, max_records=args.batch).values():
+                decode_batch([rec.value for rec in recs])
+                n += len(recs)
+        decode_s = time.perf_counter() - t
+        consumer.close()
+        print(f"kafka-python consume + decode_batch: {n} records in {decode_s:.2f}s = {n / decode_s:,.0f} records/s")
 
         store = SqlStore(settings.database_url)
         engine = Engine(settings, store, metrics=Metrics(CollectorRegistry())).start()
         while engine.records_processed == 0:
-            engine.step()
+            engine.step(overlap=True)
         first = engine.records_processed
         t = time.perf_counter()
+        cpu0, broker0 = os.times(), _cpu_seconds(broker.pid)
         profiler = None
         if args.profile:
             import cProfile
 
             profiler = cProfile.Profile()
             profiler.enable()
+        overlap = not (args.sequential or args.profile)
         while engine.records_processed < len(payloads):
-            engine.step()
+            engine.step(overlap=overlap)
         if profiler is not None:
             import pstats
 
             profiler.disable()
             pstats.Stats(profiler).sort_stats("cumtime").print_stats(25)
         eng_s = time.perf_counter() - t
+        cpu1, broker1 = os.times(), _cpu_seconds(broker.pid)
+        engine_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
         done = engine.records_processed - first
         stages = {k: round(v, 2) for k, v in engine.stage_seconds.items()}
         print(f"engine ({args.studies} open studies, batch {args.batch}): {done} events in {eng_s:.2f}s = "
               f"{done / eng_s:,.0f} events/s; batches {engine.batches}; matches {engine.matches_recorded}; "
               f"stage seconds {stages}")
+        print(f"cores busy meanwhile: engine process {engine_cpu / eng_s:.2f}, "
+              f"broker {(broker1 - broker0) / eng_s:.2f} "
+              f"(of {os.cpu_count()})")
         engine.close()
         store.close()
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc), 0 when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
