@@ -27,6 +27,14 @@ def _conftest_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
 
 
+@pytest.fixture
+def overlap_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Overlap even the tests' small batches (the engine only overlaps batches of a backlog's size)."""
+    import screener.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "OVERLAP_MIN_RECORDS", 1)
+
+
 def adults(log: Any, make_event: Any, start: int, n: int) -> list[str]:
     """Publish ``n`` adults (one person event each, so one match each for study ADULT)."""
     ids = [f"P{i}" for i in range(start, start + n)]
@@ -54,8 +62,9 @@ def total(log: Any) -> int:
     return sum(len(v) for v in log.topics["ev"].values())
 
 
-def test_overlapped_steps_commit_each_batch_only_after_its_matches_are_stored(settings: Any, log: Any, mini: Any,
-                                                                             make_event: Any) -> None:
+def test_overlapped_steps_commit_each_batch_only_after_its_matches_are_stored(
+    settings: Any, log: Any, mini: Any, make_event: Any, overlap_small: None
+) -> None:
     from conftest import FakeConsumer
 
     store = MemoryStore()
@@ -91,7 +100,7 @@ def test_overlapped_steps_commit_each_batch_only_after_its_matches_are_stored(se
 
 
 def test_a_rebalance_waits_for_the_batch_in_flight_and_commits_it(settings: Any, log: Any, mini: Any,
-                                                                   make_event: Any) -> None:
+                                                                   make_event: Any, overlap_small: None) -> None:
     from conftest import FakeConsumer
 
     class Rebalancing(FakeConsumer):  # type: ignore[misc]
@@ -134,7 +143,7 @@ def test_a_rebalance_waits_for_the_batch_in_flight_and_commits_it(settings: Any,
 
 
 def test_a_failed_batch_voids_the_batch_polled_behind_it(settings: Any, log: Any, mini: Any,
-                                                          make_event: Any) -> None:
+                                                          make_event: Any, overlap_small: None) -> None:
     """The next batch was polled while the failed one was in flight; after the failure every partition restarts
     from its snapshot, so that batch must be read again after the failed one, not applied ahead of it."""
     store = MemoryStore()
@@ -196,3 +205,13 @@ def test_records_gathered_before_a_rebalance_in_the_follow_up_poll_are_not_used_
     assert sorted(store.matches()["patient_id"].to_list()) == sorted(ids)
     assert engine.records_processed == 9  # the first poll's records were read again, not twice
     assert committed_total(log) == 9
+
+
+def test_a_small_batch_is_not_left_in_flight(settings: Any, log: Any, mini: Any, make_event: Any) -> None:
+    """Below OVERLAP_MIN_RECORDS the engine is keeping up: the batch is done and committed when step returns."""
+    store = MemoryStore()
+    engine = build(settings, log, mini, store)
+    ids = adults(log, make_event, 0, 10)
+    assert engine.step(overlap=True) == 10
+    assert committed_total(log) == 10
+    assert sorted(store.matches()["patient_id"].to_list()) == sorted(ids)
