@@ -139,7 +139,8 @@ def _child_engine(args: argparse.Namespace) -> dict[str, Any]:
     n, deadline = 0, time.monotonic() + args.timeout
     try:
         while n < args.n and time.monotonic() < deadline:
-            n += engine.step()
+            n += engine.step(overlap=True)  # the service's loop (Engine.run)
+        engine.settle()
         end = time.perf_counter()
         matches = engine.matches_recorded
     finally:
@@ -158,7 +159,7 @@ def _child_serve(args: argparse.Namespace) -> dict[str, Any]:
     ready = False
     try:
         while not stop.exists():
-            engine.step()
+            engine.step(overlap=True)
             if not ready and engine.assigned_partitions:
                 ready = True
                 print("READY", flush=True)
