@@ -24,6 +24,15 @@ write and that acknowledgement leaves matches unpublished in the store, and a sw
 match; it may carry one twice (a crash after the acknowledgement but before the mark), so its consumers key on
 (study_id, patient_id), as the store does.
 
+Threads: the loop (:meth:`Engine.run`) overlaps a backlog's batches. Steps 1-2 run on the consumer's thread; steps
+3-6 of a batch of at least ``OVERLAP_MIN_RECORDS`` records run on a batch thread (mostly Polars, which releases
+the GIL) while the consumer's thread polls and validates the next batch, and step 7 runs back on the consumer's
+thread once the batch thread is done. Every consumer call and rebalance callback stays on the consumer's thread
+(kafka-python's consumer is not thread-safe); a rebalance, a rules change, a re-screen, the sweep, a snapshot
+and :meth:`Engine.close` first wait for the batch in flight; records polled before a seek (a failed batch's
+recovery, a rebuild) are dropped and read again from the new position. Smaller batches (a steady feed) are done
+before the next poll: overlapping them only slows each one down.
+
 State is per partition: restored from a snapshot (Parquet + offset, see :func:`screener.state.save_snapshot`)
 on assignment, or rebuilt by replaying the partition. While a partition replays records it had already
 processed, the engine only applies them; when it catches up it screens every patient touched during the replay
@@ -93,7 +102,7 @@ SWEEP_LIMIT = 10_000
 GIL_SWITCH_S = 0.0005
 #: A batch smaller than this is processed before the next poll even in the overlapped loop: small batches mean
 #: the engine keeps up, and overlapping them only slows each one down (both threads want the GIL and the cores)
-#: and holds it behind a poll (at 1k events/s, 1M patients: p99 event-to-match 718 ms overlapped, ~400 without).
+#: and holds it behind a poll (at 1k events/s, 1M patients: p99 event-to-match 718 ms overlapped, 431-441 ms not).
 OVERLAP_MIN_RECORDS = 2_000
 
 
@@ -410,9 +419,9 @@ class Engine:
         :meth:`run` does) a batch of at least ``OVERLAP_MIN_RECORDS`` records (a backlog) is left to the batch
         thread (state update, screening, the store and the matches topic: mostly Polars, which releases the GIL)
         while the next call polls and decodes the next batch on this thread; that call commits it. Whatever is due
-        besides a batch (rules, re-screens, the sweep,
-        snapshots) waits for the batch in flight first. Call it from one thread only: the consumer is not
-        thread-safe, so every consumer call (poll, commit, seek) and every rebalance callback stays here.
+        besides a batch (rules, re-screens, the sweep, snapshots) waits for the batch in flight first. Call it from
+        one thread only: the consumer is not thread-safe, so every consumer call (poll, commit, seek) and every
+        rebalance callback stays here.
         """
         self.loops += 1
         if time.monotonic() >= self._next_rules_poll:
