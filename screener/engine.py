@@ -25,7 +25,7 @@ match; it may carry one twice (a crash after the acknowledgement but before the 
 (study_id, patient_id), as the store does.
 
 Threads: the loop (:meth:`Engine.run`) overlaps a backlog's batches. Steps 1-2 run on the consumer's thread; steps
-3-6 of a batch of at least ``OVERLAP_MIN_RECORDS`` records run on a batch thread (mostly Polars, which releases
+3-6 of a batch of at least ``overlap_min_records`` records run on a batch thread (mostly Polars, which releases
 the GIL) while the consumer's thread polls and validates the next batch, and step 7 runs back on the consumer's
 thread once the batch thread is done. Every consumer call and rebalance callback stays on the consumer's thread
 (kafka-python's consumer is not thread-safe); a rebalance, a rules change, a re-screen, the sweep, a snapshot
@@ -100,10 +100,6 @@ SWEEP_LIMIT = 10_000
 #: (kafka-python and pydantic, holding it): at 5 ms a wait, the batch thread spent most of its time waiting
 #: (50 studies, bench.engine_throughput: 56k events/s at 5 ms, 62k at 0.5 ms and at 0.2 ms, 60k at 0.1 ms).
 GIL_SWITCH_S = 0.0005
-#: A batch smaller than this is processed before the next poll even in the overlapped loop: small batches mean
-#: the engine keeps up, and overlapping them only slows each one down (both threads want the GIL and the cores)
-#: and holds it behind a poll (at 1k events/s, 1M patients: p99 event-to-match 718 ms overlapped, 431-441 ms not).
-OVERLAP_MIN_RECORDS = 2_000
 
 
 
@@ -416,7 +412,7 @@ class Engine:
         """Rules poll, one micro-batch, scheduled re-screen, periodic snapshot. Returns the records polled.
 
         Without ``overlap`` the batch is fully processed and committed when this returns. With ``overlap`` (what
-        :meth:`run` does) a batch of at least ``OVERLAP_MIN_RECORDS`` records (a backlog) is left to the batch
+        :meth:`run` does) a batch of at least ``overlap_min_records`` records (a backlog) is left to the batch
         thread (state update, screening, the store and the matches topic: mostly Polars, which releases the GIL)
         while the next call polls and decodes the next batch on this thread; that call commits it. Whatever is due
         besides a batch (rules, re-screens, the sweep, snapshots) waits for the batch in flight first. Call it from
@@ -441,7 +437,10 @@ class Engine:
             if batch is not None and batch.by_part:
                 n = batch.total
                 self._inflight = (self._batch_pool().submit(self._execute, batch), batch)
-        if not overlap or n < OVERLAP_MIN_RECORDS:
+        if not overlap or n < self.settings.overlap_min_records:
+            # Small batches mean the engine keeps up: overlapping them only slows each one down (both threads
+            # want the GIL and the cores) and holds it behind a poll (at 1k events/s, 1M patients in state: p99
+            # event-to-match 718 ms overlapped, 431-441 ms not).
             self.settle()
         now = self.clock.now()
         self.metrics.studies_open.set(sum(1 for s in self.studies.values() if s.is_open(now)))

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     #: batch holds what arrived while the previous one was processed). 50,000 measured fastest at catch-up.
     batch_max_records: int = Field(default=50_000, ge=1)
     batch_max_ms: int = Field(default=200, ge=1)
+    #: A batch of at least this many records (a backlog) is screened on a second thread while the next one is
+    #: polled and validated; smaller ones (a steady feed) are finished first, which keeps their latency low.
+    overlap_min_records: int = Field(default=2_000, ge=1)
     #: How long the broker may hold a fetch request open when no new record is there. Kafka answers as soon as a
     #: record arrives, so any value works there; tansu (the embedded broker) holds the request for the whole
     #: wait, so this bounds the engine's pick-up delay (Kafka's 500 ms default measured 138 ms median there).

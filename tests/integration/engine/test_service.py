@@ -36,7 +36,9 @@ def test_published_event_becomes_a_match_in_the_store_and_on_the_matches_topic(b
 
 def test_kill_9_mid_stream_then_restart_keeps_every_match_exactly_once(bed: Any, kit: Any) -> None:
     expected = {(STUDY, f"K{i:04d}") for i in range(400)}
-    proc = bed.start_engine("a", batch_max_records=20)
+    # overlap_min_records=1: every batch is screened on the batch thread while the next is polled, so the kill
+    # and the rebalances below find batches in flight.
+    proc = bed.start_engine("a", batch_max_records=20, overlap_min_records=1)
     bed.publish([e for i in range(100) for e in kit.patient_events(f"K{i:04d}")])
     kit.wait_for(lambda: len(bed.matches()) >= 20, 60, "the first matches")
     bed.publish([e for i in range(100, 400) for e in kit.patient_events(f"K{i:04d}")])
@@ -45,7 +47,7 @@ def test_kill_9_mid_stream_then_restart_keeps_every_match_exactly_once(bed: Any,
     proc.wait(timeout=10)
     assert len(bed.matches()) < len(expected), "the engine finished before it was killed"
     # The restarted engine sweeps every second for matches the killed one stored but never saw acknowledged.
-    bed.start_engine("b", matches_sweep_interval_s=1, matches_sweep_settle_s=1)
+    bed.start_engine("b", matches_sweep_interval_s=1, matches_sweep_settle_s=1, overlap_min_records=1)
     kit.wait_for(lambda: len(bed.matches()) >= len(expected), 90, "every match after the restart")
     rows = bed.matches()
     assert set(rows) == expected and len(rows) == len(expected)
@@ -62,8 +64,8 @@ def test_kill_9_mid_stream_then_restart_keeps_every_match_exactly_once(bed: Any,
 
 
 def test_two_engines_split_partitions_and_one_takes_over_when_the_other_dies(bed: Any, kit: Any) -> None:
-    a = bed.start_engine("a", batch_max_records=20)
-    bed.start_engine("b", batch_max_records=20)
+    a = bed.start_engine("a", batch_max_records=20, overlap_min_records=1)
+    bed.start_engine("b", batch_max_records=20, overlap_min_records=1)
 
     def split() -> bool:
         def last(tag: str) -> list[int]:

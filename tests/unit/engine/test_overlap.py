@@ -28,11 +28,9 @@ def _conftest_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def overlap_small(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Overlap even the tests' small batches (the engine only overlaps batches of a backlog's size)."""
-    import screener.engine as engine_module
-
-    monkeypatch.setattr(engine_module, "OVERLAP_MIN_RECORDS", 1)
+def overlapping(settings: Any) -> Any:
+    """Overlap even the tests' small batches (by default only a backlog's batches are overlapped)."""
+    return settings.model_copy(update={"overlap_min_records": 1})
 
 
 def adults(log: Any, make_event: Any, start: int, n: int) -> list[str]:
@@ -63,8 +61,9 @@ def total(log: Any) -> int:
 
 
 def test_overlapped_steps_commit_each_batch_only_after_its_matches_are_stored(
-    settings: Any, log: Any, mini: Any, make_event: Any, overlap_small: None
+    overlapping: Any, log: Any, mini: Any, make_event: Any
 ) -> None:
+    settings = overlapping
     from conftest import FakeConsumer
 
     store = MemoryStore()
@@ -99,8 +98,9 @@ def test_overlapped_steps_commit_each_batch_only_after_its_matches_are_stored(
     assert consumer.commits >= 6
 
 
-def test_a_rebalance_waits_for_the_batch_in_flight_and_commits_it(settings: Any, log: Any, mini: Any,
-                                                                   make_event: Any, overlap_small: None) -> None:
+def test_a_rebalance_waits_for_the_batch_in_flight_and_commits_it(overlapping: Any, log: Any, mini: Any,
+                                                                   make_event: Any) -> None:
+    settings = overlapping
     from conftest import FakeConsumer
 
     class Rebalancing(FakeConsumer):  # type: ignore[misc]
@@ -142,10 +142,11 @@ def test_a_rebalance_waits_for_the_batch_in_flight_and_commits_it(settings: Any,
     assert committed_total(log) == 17
 
 
-def test_a_failed_batch_voids_the_batch_polled_behind_it(settings: Any, log: Any, mini: Any,
-                                                          make_event: Any, overlap_small: None) -> None:
+def test_a_failed_batch_voids_the_batch_polled_behind_it(overlapping: Any, log: Any, mini: Any,
+                                                          make_event: Any) -> None:
     """The next batch was polled while the failed one was in flight; after the failure every partition restarts
     from its snapshot, so that batch must be read again after the failed one, not applied ahead of it."""
+    settings = overlapping
     store = MemoryStore()
     engine = build(settings, log, mini, store)
     adults(log, make_event, 0, 4)
@@ -208,7 +209,7 @@ def test_records_gathered_before_a_rebalance_in_the_follow_up_poll_are_not_used_
 
 
 def test_a_small_batch_is_not_left_in_flight(settings: Any, log: Any, mini: Any, make_event: Any) -> None:
-    """Below OVERLAP_MIN_RECORDS the engine is keeping up: the batch is done and committed when step returns."""
+    """Below overlap_min_records the engine is keeping up: the batch is done and committed when step returns."""
     store = MemoryStore()
     engine = build(settings, log, mini, store)
     ids = adults(log, make_event, 0, 10)
