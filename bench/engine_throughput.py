@@ -2,11 +2,14 @@
 kafka-python's own consume rate on the same broker and topic.
 
     python -m bench.engine_throughput [--events 300000] [--studies 50] [--batch 50000] [--partitions 4]
+                                      [--sequential] [--profile]
 
 Publishes the events first (synthetic population), then (1) consumes them raw with kafka-python (assign +
-poll, values untouched) and (2) runs the engine over the same topic in a fresh consumer group with a SQLite
-worklist, timing from the first processed batch to the last record (the ~5 s group join is excluded).
-"""
+poll, values untouched: the raw ceiling), (2) consumes them again and validates every payload with
+``decode_batch`` (the most a validating consumer in one process can do) and (3) runs the engine over the same
+topic in a fresh consumer group with a SQLite worklist, with the service's overlapped loop (``--sequential``:
+each batch done before the next poll), timing from the first processed batch to the last record (the ~5 s group
+join is excluded). It also prints how many cores the engine process and the broker kept busy meanwhile."""
 
 from __future__ import annotations
 
