@@ -440,7 +440,7 @@ class Engine:
         if not overlap or n < self.settings.overlap_min_records:
             # Small batches mean the engine keeps up: overlapping them only slows each one down (both threads
             # want the GIL and the cores) and holds it behind a poll (at 1k events/s, 1M patients in state: p99
-            # event-to-match 718 ms overlapped, 431-441 ms not).
+            # event-to-match 718 ms overlapped, 401-441 ms not).
             self.settle()
         now = self.clock.now()
         self.metrics.studies_open.set(sum(1 for s in self.studies.values() if s.is_open(now)))
