@@ -216,3 +216,17 @@ def test_a_small_batch_is_not_left_in_flight(settings: Any, log: Any, mini: Any,
     assert engine.step(overlap=True) == 10
     assert committed_total(log) == 10
     assert sorted(store.matches()["patient_id"].to_list()) == sorted(ids)
+
+
+def test_close_finishes_commits_and_snapshots_the_batch_in_flight(overlapping: Any, log: Any, mini: Any,
+                                                                   make_event: Any) -> None:
+    settings = overlapping
+    store = MemoryStore()
+    engine = build(settings, log, mini, store)
+    ids = adults(log, make_event, 0, 8)
+    assert engine.step(overlap=True) == 8
+    assert committed_total(log) == 0  # still in flight
+    engine.close()
+    assert committed_total(log) == 8
+    assert sorted(store.matches()["patient_id"].to_list()) == sorted(ids)
+    assert sorted(p.name for p in Path(settings.state_dir).iterdir()) == ["ev-0", "ev-1"]
