@@ -27,6 +27,8 @@ Policies this module owns (the issue leaves their exact form to us):
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -887,10 +889,25 @@ def _sqlite_pragmas(engine: Engine) -> None:
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
+        try:
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            # SQLite can answer "database is locked" here without waiting on the busy timeout (while another
+            # process checkpoints or recovers the WAL index), so a new connection retries instead of failing: an
+            # engine starting next to a busy one was seen to exit on it.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                        cur.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    transient = "locked" in str(exc) or "busy" in str(exc)
+                    if not transient or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.05)
+        finally:
+            cur.close()
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:

@@ -384,3 +384,49 @@ def test_upgrading_counts_earlier_matches_as_published(store_url: str, make_fram
             command.downgrade(cfg, "0001")
     with SqlStore(store_url) as s:  # opening migrates to head again
         assert s.unpublished_matches().height == 0
+
+
+def test_a_new_sqlite_connection_retries_a_transient_lock_while_setting_wal(tmp_path: Any) -> None:
+    """SQLite can answer 'database is locked' to the journal-mode pragma without waiting on the busy timeout (while
+    another process checkpoints or recovers the WAL index): a second engine starting next to a busy one exited on
+    it. The connection now retries; any other error, or a lock that outlasts the timeout, still raises."""
+    import sqlite3
+
+    from screener.alerts.store import _sqlite_pragmas
+
+    class FlakyCursor(sqlite3.Cursor):
+        locks = 3
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql.startswith("PRAGMA journal_mode") and FlakyCursor.locks:
+                FlakyCursor.locks -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return super().execute(sql, *args)
+
+    class Flaky(sqlite3.Connection):
+        def cursor(self, factory: Any = FlakyCursor) -> Any:  # type: ignore[override]
+            return super().cursor(factory)
+
+    path = tmp_path / "w.db"
+    engine = sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(path, factory=Flaky,
+                                                                            check_same_thread=False))
+    _sqlite_pragmas(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert FlakyCursor.locks == 0
+
+    class Broken(sqlite3.Cursor):
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql.startswith("PRAGMA journal_mode"):
+                raise sqlite3.OperationalError("disk I/O error")
+            return super().execute(sql, *args)
+
+    class BrokenConnection(sqlite3.Connection):
+        def cursor(self, factory: Any = Broken) -> Any:  # type: ignore[override]
+            return super().cursor(factory)
+
+    broken = sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(tmp_path / "b.db", factory=BrokenConnection,
+                                                                            check_same_thread=False))
+    _sqlite_pragmas(broken)
+    with pytest.raises(sa.exc.OperationalError, match="disk I/O error"):
+        broken.connect()
