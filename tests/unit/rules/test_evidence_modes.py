@@ -82,23 +82,6 @@ def test_modes_agree_on_the_sample_studies(population, studies, call_size):
     assert counts.get("ineligible", 0) > 0
 
 
-def test_modes_agree_with_evidence_built_study_by_study(population, studies, monkeypatch):
-    # Many matched rows take the per-study path of evidence="matches"; force it on this small population too.
-    monkeypatch.setattr(SCREEN_MODULE, "_SMALL_UNION", 0)
-    monkeypatch.setattr(SCREEN_MODULE, "_SMALL_CALL", 0)
-    state, now = population
-    _check_modes(state, studies, now)
-
-
-def test_modes_agree_with_no_match_and_one_patient(population, studies, call_size):
-    state, now = population
-    one = state.select_patients(state.persons["patient_id"][:1])
-    _check_modes(one, studies, now)
-    empty = state.select_patients([])
-    for mode in ("all", "matches", "none", "outcomes"):
-        assert screen(empty, studies, now, evidence=mode).height == 0
-
-
 def test_unknown_mode_is_an_error(population, studies):
     state, now = population
     with pytest.raises(ValueError, match="evidence must be one of"):
@@ -168,19 +151,23 @@ def test_rows_matches_are_the_matched_rows_of_all(population, studies, call_size
     _check_rows_matches(state, studies, now)
 
 
-def test_rows_matches_with_evidence_built_study_by_study(population, studies, monkeypatch):
+@pytest.mark.parametrize("check", [_check_modes, _check_rows_matches], ids=["modes", "rows_matches"])
+def test_evidence_built_study_by_study_agrees(population, studies, monkeypatch, check):
+    # Many matched rows take the per-study path of evidence="matches"; force it on this small population too.
     monkeypatch.setattr(SCREEN_MODULE, "_SMALL_UNION", 0)
     monkeypatch.setattr(SCREEN_MODULE, "_SMALL_CALL", 0)
     state, now = population
-    _check_rows_matches(state, studies, now)
+    check(state, studies, now)
 
 
-def test_rows_matches_with_no_match_one_patient_and_none(population, studies, call_size):
+def test_one_patient_and_no_patient(population, studies, call_size):
     state, now = population
     one = state.select_patients(state.persons["patient_id"][:1])
+    _check_modes(one, studies, now)
     _check_rows_matches(one, studies, now)
     empty = state.select_patients([])
     for mode in ("all", "matches", "none", "outcomes"):
+        assert screen(empty, studies, now, evidence=mode).height == 0
         got = screen(empty, studies, now, evidence=mode, rows="matches")
         assert got.height == 0 and got.schema == screen(empty, studies, now).schema
     # Counts come from every patient, not from the returned rows.
