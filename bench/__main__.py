@@ -33,18 +33,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="10k,100k,1m", help="patient counts, e.g. 10k,100k,1m")
     p.add_argument("--studies", default="10,50,100", help="study counts, e.g. 10,50,100")
     p.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median, min, max)")
-    p.add_argument("--peer-patients", type=int, default=1000,
-                   help="patients in the subset the peers evaluate one by one (their rate is scaled)")
-    p.add_argument("--peers", default="pyjexl-raw,pyjexl-raw+all,pyjexl,rule-engine,simpleeval,zen-engine",
-                   help="peer engines; NAME+all evaluates every criterion instead of stopping at the first decisive "
-                        "one")
-    p.add_argument("--chunk", type=int, default=None,
-                   help="screen this many patients per screen() call (default: all at once)")
-    p.add_argument("--explain-limit", type=parse_count, default=5_000_000,
-                   help="run the full-explanation screen() only for cells of at most this many patient-studies")
-    p.add_argument("--explain-chunk", type=parse_count, default=50_000,
-                   help="the largest cell's screen() run (one run) passes this many patients per call, as the "
-                        "engine's full re-screen does; 0 skips it")
+    p.add_argument(
+        "--peer-patients",
+        type=int,
+        default=1000,
+        help="patients in the subset the peers evaluate one by one (their rate is scaled)",
+    )
+    p.add_argument(
+        "--peers",
+        default="pyjexl-raw,pyjexl-raw+all,pyjexl,rule-engine,simpleeval,zen-engine",
+        help="peer engines; NAME+all evaluates every criterion instead of stopping at the first decisive one",
+    )
+    p.add_argument(
+        "--chunk", type=int, default=None, help="screen this many patients per screen() call (default: all at once)"
+    )
+    p.add_argument(
+        "--explain-limit",
+        type=parse_count,
+        default=5_000_000,
+        help="run the full-explanation screen() only for cells of at most this many patient-studies",
+    )
+    p.add_argument(
+        "--explain-chunk",
+        type=parse_count,
+        default=50_000,
+        help="the largest cell's screen() run (one run) passes this many patients per call, as the "
+        "engine's full re-screen does; 0 skips it",
+    )
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--rules", type=Path, default=ROOT / "rules")
     p.add_argument("--workdir", type=Path, default=None, help="where populations and study copies go")
@@ -83,8 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="screener-bench-") as tmp:
         work = args.workdir or Path(tmp)
-        report: dict[str, Any] = {"command": command, "started": started, "machine": host, "sections": {},
-                                  "scales": scales, "study_counts": study_counts, "runs": args.runs}
+        report: dict[str, Any] = {
+            "command": command,
+            "started": started,
+            "machine": host,
+            "sections": {},
+            "scales": scales,
+            "study_counts": study_counts,
+            "runs": args.runs,
+        }
         from bench._workload import BENCH_NOW, replicate_studies, sample_rule_files, write_population
 
         report["samples"] = len(sample_rule_files(args.rules))
@@ -105,8 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench._scaling import run_cell
 
             cells: dict[tuple[int, int, str], Any] = {}
-            grid = [(p, s) for p in scales for s in study_counts] if "scaling" in sections else \
-                [(scales[-1], study_counts[-1])]
+            grid = (
+                [(p, s) for p in scales for s in study_counts]
+                if "scaling" in sections
+                else [(scales[-1], study_counts[-1])]
+            )
             wanted = [(p, s, "outcomes") for p, s in grid]
             wanted += [(p, s, "explain") for p, s in grid if p * s <= args.explain_limit]
             for p, s, mode in wanted:
@@ -116,16 +141,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             top = (scales[-1], study_counts[-1])
             if "full" in sections and args.explain_chunk and top[0] * top[1] > args.explain_limit:
                 _log(f"screen() with explanations, {fmt_count(top[0])} x {top[1]}, {args.explain_chunk:,} per call")
-                cells[(*top, "explain")] = run_cell(*populations[top[0]], study_dirs[top[1]], 1, args.explain_chunk,
-                                                    "explain")
+                cells[(*top, "explain")] = run_cell(
+                    *populations[top[0]], study_dirs[top[1]], 1, args.explain_chunk, "explain"
+                )
                 _log(f"  {cells[(*top, 'explain')].timing.median:.2f} s")
             report["cells"] = cells
             report["chunk"] = args.chunk
             report["explain_limit"] = args.explain_limit
 
             if "full" in sections:
-                report["sections"]["full"] = _full(args, populations[scales[-1]], study_dirs[study_counts[-1]],
-                                                   cells[(scales[-1], study_counts[-1], "outcomes")], peers)
+                report["sections"]["full"] = _full(
+                    args,
+                    populations[scales[-1]],
+                    study_dirs[study_counts[-1]],
+                    cells[(scales[-1], study_counts[-1], "outcomes")],
+                    peers,
+                )
             if "scaling" in sections:
                 report["sections"]["scaling"] = True
 
@@ -133,14 +164,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench._streaming import run_streaming
 
             _log("streaming")
-            report["sections"]["streaming"] = _guard(lambda: run_streaming(
-                args.streaming_events, args.runs, args.latency_rate, work / "streaming", args.rules))
+            report["sections"]["streaming"] = _guard(
+                lambda: run_streaming(
+                    args.streaming_events, args.runs, args.latency_rate, work / "streaming", args.rules
+                )
+            )
         if "backfill" in sections:
             from bench._backfill import run_backfill
 
             _log("backfill")
-            report["sections"]["backfill"] = _guard(lambda: run_backfill(args.backfill_rows, args.runs,
-                                                                        work / "backfill"))
+            report["sections"]["backfill"] = _guard(
+                lambda: run_backfill(args.backfill_rows, args.runs, work / "backfill")
+            )
 
         report["finished"] = datetime.now(UTC)
         report["load_end"] = machine()["load"]
@@ -160,8 +195,9 @@ def _guard(section: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return {"error": "".join(traceback.format_exception_only(exc)).strip()}
 
 
-def _full(args: argparse.Namespace, population: tuple[Path, Path], studies_dir: Path, cell: Any,
-          peers: Sequence[str]) -> dict[str, Any]:
+def _full(
+    args: argparse.Namespace, population: tuple[Path, Path], studies_dir: Path, cell: Any, peers: Sequence[str]
+) -> dict[str, Any]:
     import polars as pl
 
     from bench._full_screen import compare_peers
@@ -169,8 +205,9 @@ def _full(args: argparse.Namespace, population: tuple[Path, Path], studies_dir: 
     from screener.rules import load_studies
 
     sub_persons = pl.scan_parquet(population[0]).head(args.peer_patients).collect()
-    sub_facts = pl.scan_parquet(population[1]).filter(
-        pl.col("patient_id").is_in(sub_persons["patient_id"].implode())).collect()
+    sub_facts = (
+        pl.scan_parquet(population[1]).filter(pl.col("patient_id").is_in(sub_persons["patient_id"].implode())).collect()
+    )
     loaded = load_studies([studies_dir])
     if loaded.errors:
         raise SystemExit("study files failed to load:\n" + "\n".join(str(e) for e in loaded.errors))

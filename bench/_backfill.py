@@ -20,8 +20,17 @@ from typing import Any
 
 __all__ = ["render_section", "run_backfill"]
 
-_TABLES = ("person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
-           "procedure_occurrence", "measurement", "observation", "concept")
+_TABLES = (
+    "person",
+    "observation_period",
+    "visit_occurrence",
+    "condition_occurrence",
+    "drug_exposure",
+    "procedure_occurrence",
+    "measurement",
+    "observation",
+    "concept",
+)
 
 
 def _eunomia_parquet(out: Path) -> Path:
@@ -54,8 +63,14 @@ def _one(bootstrap: str, path: Path) -> tuple[int, int, float]:
     from screener.sources.kafka import KafkaSink
 
     events, dlq = fresh_topics(bootstrap)
-    with KafkaSink(bootstrap, connector="omop", events_topic=events, dlq_topic=dlq, idempotent=False,
-                   producer_options={"linger_ms": 50, "batch_size": 1024 * 1024}) as sink:
+    with KafkaSink(
+        bootstrap,
+        connector="omop",
+        events_topic=events,
+        dlq_topic=dlq,
+        idempotent=False,
+        producer_options={"linger_ms": 50, "batch_size": 1024 * 1024},
+    ) as sink:
         result = backfill(path, sink, progress=False)
     return sum(result.rows_in.values()), result.total_events, result.seconds
 
@@ -64,14 +79,18 @@ def run_backfill(rows: int, runs: int, workdir: Path) -> dict[str, Any]:
     from bench._stats import Timing
     from screener.bus import EmbeddedBroker
 
-    inputs = {"Eunomia CDM (8 tables)": _eunomia_parquet(workdir / "eunomia"),
-              f"synthetic measurement ({rows:,} rows)": _synthetic_parquet(workdir / "synthetic", rows)}
+    inputs = {
+        "Eunomia CDM (8 tables)": _eunomia_parquet(workdir / "eunomia"),
+        f"synthetic measurement ({rows:,} rows)": _synthetic_parquet(workdir / "synthetic", rows),
+    }
     out: dict[str, Any] = {"inputs": {}}
     with EmbeddedBroker() as broker:
         for label, path in inputs.items():
             results = [_one(broker.bootstrap, path) for _ in range(max(1, runs))]
             out["inputs"][label] = {
-                "rows": results[0][0], "events": results[0][1], "timing": Timing(tuple(r[2] for r in results)),
+                "rows": results[0][0],
+                "events": results[0][1],
+                "timing": Timing(tuple(r[2] for r in results)),
                 "mib": sum(p.stat().st_size for p in path.glob("*.parquet")) / 2**20,
             }
     return out
@@ -84,8 +103,17 @@ def render_section(s: dict[str, Any]) -> list[str]:
     rows = []
     for label, r in s["inputs"].items():
         t = r["timing"]
-        rows.append([label, f"{r['rows']:,}", f"{r['mib']:.1f} MiB", f"{r['events']:,}", timing_cell(t),
-                     fmt_rate(r["rows"] / t.median), f"{fmt_rate(r['rows'] / t.max)} - {fmt_rate(r['rows'] / t.min)}"])
+        rows.append(
+            [
+                label,
+                f"{r['rows']:,}",
+                f"{r['mib']:.1f} MiB",
+                f"{r['events']:,}",
+                timing_cell(t),
+                fmt_rate(r["rows"] / t.median),
+                f"{fmt_rate(r['rows'] / t.max)} - {fmt_rate(r['rows'] / t.min)}",
+            ]
+        )
     return [
         "## 4. Backfill",
         "",
@@ -94,7 +122,17 @@ def render_section(s: dict[str, Any]) -> list[str]:
         "topics of the embedded broker. Rows count the clinical tables; Eunomia's `concept` table is read too (for "
         "code mapping) but not counted.",
         "",
-        *_table(["input (Parquet)", "rows", "size", "events published", "time, median (min - max)", "rows/s",
-                 "rows/s range"], rows),
+        *_table(
+            [
+                "input (Parquet)",
+                "rows",
+                "size",
+                "events published",
+                "time, median (min - max)",
+                "rows/s",
+                "rows/s range",
+            ],
+            rows,
+        ),
         "",
     ]

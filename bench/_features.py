@@ -52,14 +52,19 @@ __all__ = [
 
 #: Person attributes and whether they are numeric.
 PERSON_ATTRIBUTES: dict[str, bool] = {
-    "age": True, "age_days": True, "sex": False, "ethnic_group": False, "imd_decile": True,
-    "imd_quintile": True, "setting": False, "site": False,
+    "age": True,
+    "age_days": True,
+    "sex": False,
+    "ethnic_group": False,
+    "imd_decile": True,
+    "imd_quintile": True,
+    "setting": False,
+    "site": False,
 }
 BOOLEAN_TRANSFORMS = frozenset({"ever", "within"})
 NEVER_UNKNOWN = frozenset({"ever", "within", "count"})
 VALUE_TRANSFORMS = frozenset({"latest", "earliest", "min", "max", "mean"})
 ALL_TRANSFORMS = BOOLEAN_TRANSFORMS | {"count", "days_since"} | VALUE_TRANSFORMS
-
 
 
 @dataclass(frozen=True)
@@ -155,14 +160,17 @@ class _Planner:
             column = _column(_FeatLike(concept, node.name, window))
             return Identifier(value=column, subject=None, relative=False)
         if isinstance(node, BinaryExpression):
-            return BinaryExpression(operator=node.operator, left=self.ast(node.left, concepts),
-                                    right=self.ast(node.right, concepts))
+            return BinaryExpression(
+                operator=node.operator, left=self.ast(node.left, concepts), right=self.ast(node.right, concepts)
+            )
         if isinstance(node, UnaryExpression):
             return UnaryExpression(operator=node.operator, right=self.ast(node.right, concepts))
         if isinstance(node, ConditionalExpression):
-            return ConditionalExpression(test=self.ast(node.test, concepts),
-                                         consequent=self.ast(node.consequent, concepts),
-                                         alternate=self.ast(node.alternate, concepts))
+            return ConditionalExpression(
+                test=self.ast(node.test, concepts),
+                consequent=self.ast(node.consequent, concepts),
+                alternate=self.ast(node.alternate, concepts),
+            )
         if isinstance(node, ArrayLiteral):
             return ArrayLiteral(value=[self.ast(v, concepts) for v in node.value])
         if isinstance(node, Identifier | Literal):
@@ -227,6 +235,7 @@ def plan_studies(studies: Sequence[Any]) -> tuple[list[StudyPlan], dict[str, Fea
 
 # --- features with Polars ---------------------------------------------------------------------------------
 
+
 def _value_expr(concept: Any) -> pl.Expr:
     """A fact's numeric value in the concept's unit; null without a value or in an unconvertible unit."""
     from screener.rules.units import conversions_to, normalise_unit_expr
@@ -257,8 +266,9 @@ def _concept_rows(facts: pl.DataFrame, concept: Any) -> pl.DataFrame:
     )
 
 
-def fact_lists(persons: pl.DataFrame, facts: pl.DataFrame, concepts: dict[str, Any], now: datetime
-               ) -> tuple[pl.DataFrame, dict[str, dict[str, tuple[list[datetime], list[float | None]]]]]:
+def fact_lists(
+    persons: pl.DataFrame, facts: pl.DataFrame, concepts: dict[str, Any], now: datetime
+) -> tuple[pl.DataFrame, dict[str, dict[str, tuple[list[datetime], list[float | None]]]]]:
     """For the raw-facts baseline: (attribute frame, ``{patient_id: {concept key: (times, values)}}``).
 
     Only concept membership and unit conversion are done here (with Polars); windows and aggregation are
@@ -267,8 +277,11 @@ def fact_lists(persons: pl.DataFrame, facts: pl.DataFrame, concepts: dict[str, A
     facts = facts.filter(pl.col("occurred_at") <= now)
     out: dict[str, dict[str, tuple[list[datetime], list[float | None]]]] = {}
     for key, concept in concepts.items():
-        grouped = _concept_rows(facts, concept).group_by("patient_id", maintain_order=True).agg(
-            pl.col("occurred_at"), pl.col("_v"))
+        grouped = (
+            _concept_rows(facts, concept)
+            .group_by("patient_id", maintain_order=True)
+            .agg(pl.col("occurred_at"), pl.col("_v"))
+        )
         for pid, times, values in grouped.iter_rows():
             out.setdefault(pid, {})[key] = (times, values)
     return _person_attributes(persons, now), out
@@ -277,21 +290,24 @@ def fact_lists(persons: pl.DataFrame, facts: pl.DataFrame, concepts: dict[str, A
 def _person_attributes(persons: pl.DataFrame, now: datetime) -> pl.DataFrame:
     today = now.date()
     bd = pl.col("birth_date")
-    before_birthday = (bd.dt.month() > today.month) | (
-        (bd.dt.month() == today.month) & (bd.dt.day() > today.day)
-    )
+    before_birthday = (bd.dt.month() > today.month) | ((bd.dt.month() == today.month) & (bd.dt.day() > today.day))
     decile = pl.col("imd_decile").cast(pl.Int64)
     return persons.select(
         "patient_id",
         (pl.lit(today.year) - bd.dt.year() - before_birthday.cast(pl.Int32)).cast(pl.Int64).alias("age"),
         (pl.lit(today) - bd).dt.total_days().cast(pl.Int64).alias("age_days"),
-        "sex", "ethnic_group", decile.alias("imd_decile"),
-        ((decile + 1) // 2).alias("imd_quintile"), "setting", "site",
+        "sex",
+        "ethnic_group",
+        decile.alias("imd_decile"),
+        ((decile + 1) // 2).alias("imd_quintile"),
+        "setting",
+        "site",
     )
 
 
-def compute_features(persons: pl.DataFrame, facts: pl.DataFrame, features: Iterable[Feature],
-                     concepts: dict[str, Any], now: datetime) -> pl.DataFrame:
+def compute_features(
+    persons: pl.DataFrame, facts: pl.DataFrame, features: Iterable[Feature], concepts: dict[str, Any], now: datetime
+) -> pl.DataFrame:
     """One row per person (in ``persons`` order): attribute columns and every feature column (null = unknown)."""
     out = _person_attributes(persons, now)
     facts = facts.filter(pl.col("occurred_at") <= now)

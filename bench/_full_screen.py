@@ -43,8 +43,14 @@ def _outcomes_only(state: Any, studies: Sequence[Any], now: datetime) -> pl.Data
     return screen(state, studies, now, evidence="outcomes").select("study_id", "patient_id", "outcome")
 
 
-def screen_outcomes(persons: pl.DataFrame, facts: pl.DataFrame, studies: Sequence[Any], now: datetime,
-                    chunk: int | None = None, mode: str = "outcomes") -> pl.DataFrame:
+def screen_outcomes(
+    persons: pl.DataFrame,
+    facts: pl.DataFrame,
+    studies: Sequence[Any],
+    now: datetime,
+    chunk: int | None = None,
+    mode: str = "outcomes",
+) -> pl.DataFrame:
     """``study_id, patient_id, outcome`` for every (study, patient), computed by screener from raw facts.
 
     ``mode="explain"`` calls :func:`screener.rules.screen` with ``evidence="all"`` (every criterion's value and
@@ -114,8 +120,14 @@ def _expected(screened: pl.DataFrame, study_ids: Sequence[str], patient_ids: Seq
     return out
 
 
-def _check(peer: str, got: list[list[str]], expected: list[list[str]], study_ids: Sequence[str],
-           patient_ids: Sequence[str], ctxs: list[list[dict[str, Any]]]) -> None:
+def _check(
+    peer: str,
+    got: list[list[str]],
+    expected: list[list[str]],
+    study_ids: Sequence[str],
+    patient_ids: Sequence[str],
+    ctxs: list[list[dict[str, Any]]],
+) -> None:
     bad: list[str] = []
     total = 0
     for s, (g_row, e_row) in enumerate(zip(got, expected, strict=True)):
@@ -123,15 +135,20 @@ def _check(peer: str, got: list[list[str]], expected: list[list[str]], study_ids
             if g != e:
                 total += 1
                 if len(bad) < 8:
-                    bad.append(f"  {study_ids[s]} / {patient_ids[p]}: {peer} says {g}, screener says {e}; "
-                               f"features {ctxs[s][p]}")
+                    bad.append(
+                        f"  {study_ids[s]} / {patient_ids[p]}: {peer} says {g}, screener says {e}; "
+                        f"features {ctxs[s][p]}"
+                    )
     if total:
-        raise MismatchError(f"{peer} disagrees with screener on {total} (study, patient) outcomes; "
-                            "no timing is reported:\n" + "\n".join(bad))
+        raise MismatchError(
+            f"{peer} disagrees with screener on {total} (study, patient) outcomes; "
+            "no timing is reported:\n" + "\n".join(bad)
+        )
 
 
-def compare_peers(persons: pl.DataFrame, facts: pl.DataFrame, studies: Sequence[Any], now: datetime,
-                  peers: Sequence[str], runs: int) -> Comparison:
+def compare_peers(
+    persons: pl.DataFrame, facts: pl.DataFrame, studies: Sequence[Any], now: datetime, peers: Sequence[str], runs: int
+) -> Comparison:
     """Check every peer against screener on this population, then time each one ``runs`` times.
 
     :raises MismatchError: when any engine's outcome differs for any (study, patient).
@@ -148,10 +165,15 @@ def compare_peers(persons: pl.DataFrame, facts: pl.DataFrame, studies: Sequence[
     screener_timing, screened = timed_runs(lambda: screen_outcomes(persons, facts, studies, now), runs)
     expected = _expected(screened, study_ids, patient_ids)
     counts = dict(screened.group_by("outcome").len().iter_rows())
-    explain_timing, explained = timed_runs(
-        lambda: screen_outcomes(persons, facts, studies, now, mode="explain"), runs)
-    _check("screen() with explanations", _expected(explained, study_ids, patient_ids), expected, study_ids,
-           patient_ids, [[{} for _ in patient_ids] for _ in study_ids])
+    explain_timing, explained = timed_runs(lambda: screen_outcomes(persons, facts, studies, now, mode="explain"), runs)
+    _check(
+        "screen() with explanations",
+        _expected(explained, study_ids, patient_ids),
+        expected,
+        study_ids,
+        patient_ids,
+        [[{} for _ in patient_ids] for _ in study_ids],
+    )
 
     results: list[PeerResult] = []
     raw: tuple[pl.DataFrame, dict[str, Any]] | None = None
@@ -167,7 +189,17 @@ def compare_peers(persons: pl.DataFrame, facts: pl.DataFrame, studies: Sequence[
         got = run_peer(peer, plans, ctxs, features, every=every)  # warm-up and correctness check, untimed
         _check(label, got, expected, study_ids, patient_ids, ctxs)
         timing, _ = timed_runs(lambda p=peer, c=ctxs, e=every: run_peer(p, plans, c, features, every=e), runs)
-        results.append(PeerResult(label, package_version(peer.package), peer.note, timing,
-                                  len(patient_ids) * len(plans), every=every, context=peer.context))
-    return Comparison(len(patient_ids), len(plans), len(features), features_seconds, screener_timing,
-                      explain_timing, results, counts)
+        results.append(
+            PeerResult(
+                label,
+                package_version(peer.package),
+                peer.note,
+                timing,
+                len(patient_ids) * len(plans),
+                every=every,
+                context=peer.context,
+            )
+        )
+    return Comparison(
+        len(patient_ids), len(plans), len(features), features_seconds, screener_timing, explain_timing, results, counts
+    )

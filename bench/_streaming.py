@@ -68,13 +68,22 @@ def _settings(bootstrap: str, topic: str, group: str, workdir: Path, rules: Path
     from screener.settings import Settings
 
     return Settings(
-        bootstrap_servers=bootstrap, events_topic=topic, dlq_topic=f"{topic}.dlq", matches_topic=f"{topic}.matches",
-        topic_partitions=PARTITIONS, group_id=group, rules_dir=rules, state_dir=workdir / "state",
-        database_url=f"sqlite:///{workdir / 'worklist.db'}", producer_idempotence=False, metrics_port=0,
+        bootstrap_servers=bootstrap,
+        events_topic=topic,
+        dlq_topic=f"{topic}.dlq",
+        matches_topic=f"{topic}.matches",
+        topic_partitions=PARTITIONS,
+        group_id=group,
+        rules_dir=rules,
+        state_dir=workdir / "state",
+        database_url=f"sqlite:///{workdir / 'worklist.db'}",
+        producer_idempotence=False,
+        metrics_port=0,
     )
 
 
 # --- subprocess entry points ----------------------------------------------------------------------------
+
 
 def _child_consume(args: argparse.Namespace) -> dict[str, Any]:
     from screener.bus import make_consumer
@@ -120,8 +129,14 @@ def _engine(args: argparse.Namespace) -> tuple[Any, list[float], Any]:
     args.workdir.mkdir(parents=True, exist_ok=True)
     s = _settings(args.bootstrap, args.topic, args.group, args.workdir, args.rules)
     store = SqlStore(s.database_url)
-    engine = Engine(s, store, metrics=Metrics(CollectorRegistry()), clock=FixedClock(BENCH_NOW),
-                    consumer=make_consumer(s, group_id=args.group), group_id=args.group)
+    engine = Engine(
+        s,
+        store,
+        metrics=Metrics(CollectorRegistry()),
+        clock=FixedClock(BENCH_NOW),
+        consumer=make_consumer(s, group_id=args.group),
+        group_id=args.group,
+    )
     assigned: list[float] = []
     on_assigned = engine._on_assigned
 
@@ -148,8 +163,13 @@ def _child_engine(args: argparse.Namespace) -> dict[str, Any]:
         store.close()
     if n < args.n or not assigned:
         raise SystemExit(f"the engine processed {n} of {args.n} records before the timeout")
-    return {"events": n, "seconds": end - assigned[0], "crc32c": _crc_impl(),
-            "batches": engine.batches, "matches": matches}
+    return {
+        "events": n,
+        "seconds": end - assigned[0],
+        "crc32c": _crc_impl(),
+        "batches": engine.batches,
+        "matches": matches,
+    }
 
 
 def _child_serve(args: argparse.Namespace) -> dict[str, Any]:
@@ -190,6 +210,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
 
 # --- the parent -------------------------------------------------------------------------------------------
 
+
 def _env(hide_crc32c: bool, workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCREENER_")}
     paths = [str(ROOT)]
@@ -202,15 +223,40 @@ def _env(hide_crc32c: bool, workdir: Path) -> dict[str, str]:
     return env
 
 
-def _run_child(mode: str, bootstrap: str, topic: str, n: int, workdir: Path, rules: Path, hide_crc32c: bool,
-               timeout: float = 1800) -> dict[str, Any]:
+def _run_child(
+    mode: str, bootstrap: str, topic: str, n: int, workdir: Path, rules: Path, hide_crc32c: bool, timeout: float = 1800
+) -> dict[str, Any]:
     run_dir = workdir / f"{mode}-{uuid.uuid4().hex[:8]}"
     run_dir.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "bench._streaming", mode, "--bootstrap", bootstrap, "--topic", topic,
-           "--group", f"bench-{run_dir.name}", "--n", str(n), "--rules", str(rules), "--workdir", str(run_dir),
-           "--timeout", str(timeout)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(hide_crc32c, workdir), capture_output=True, text=True,
-                          timeout=timeout + 120, check=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench._streaming",
+        mode,
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--group",
+        f"bench-{run_dir.name}",
+        "--n",
+        str(n),
+        "--rules",
+        str(rules),
+        "--workdir",
+        str(run_dir),
+        "--timeout",
+        str(timeout),
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env=_env(hide_crc32c, workdir),
+        capture_output=True,
+        text=True,
+        timeout=timeout + 120,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -243,8 +289,7 @@ def _payloads_once(n_events: int, seed: int, now: datetime, prefix: str) -> list
         for events in generate(n_patients, seed=seed, now=now):
             for ev in events:
                 if prefix:
-                    ev = ev.model_copy(update={"patient_id": prefix + ev.patient_id,
-                                               "event_id": prefix + ev.event_id})
+                    ev = ev.model_copy(update={"patient_id": prefix + ev.patient_id, "event_id": prefix + ev.event_id})
                 out.append((ev.patient_id.encode(), dump_event(ev)))
             if len(out) >= n_events:
                 break
@@ -292,7 +337,7 @@ def _probes(rules: Path, count: int, now: datetime) -> list[tuple[str, list[dict
             for k in range(len(events) - 1, -1, -1):
                 if events[k].kind == "person":
                     continue
-                rest = events[:k] + events[k + 1:]
+                rest = events[:k] + events[k + 1 :]
                 outcome = screen(state_from_case(rest), [study], now)["outcome"][0]
                 if outcome == "ineligible":
                     templates.append((study.id, rest, events[k]))
@@ -308,6 +353,7 @@ def _probes(rules: Path, count: int, now: datetime) -> list[tuple[str, list[dict
             d = event_dict(ev)
             d["patient_id"], d["event_id"], d["source"] = pid, f"probe-{i}-{j}", "bench"
             return d
+
         out.append((sid, [retag(e, j) for j, e in enumerate(rest)], retag(trigger, len(rest))))
     return out
 
@@ -323,8 +369,22 @@ def _latency(bootstrap: str, workdir: Path, rules: Path, rate: int, duration: fl
     ensure_topics(bootstrap, {topic: PARTITIONS, f"{topic}.dlq": PARTITIONS, f"{topic}.matches": PARTITIONS})
     run_dir = workdir / f"serve-{uuid.uuid4().hex[:8]}"
     run_dir.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "bench._streaming", "serve", "--bootstrap", bootstrap, "--topic", topic,
-           "--group", f"bench-{run_dir.name}", "--rules", str(rules), "--workdir", str(run_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench._streaming",
+        "serve",
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--group",
+        f"bench-{run_dir.name}",
+        "--rules",
+        str(rules),
+        "--workdir",
+        str(run_dir),
+    ]
     log = open(run_dir / "serve.log", "w")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(False, workdir), stdout=subprocess.PIPE, stderr=log, text=True)
     log.close()
@@ -400,12 +460,22 @@ def _latency(bootstrap: str, workdir: Path, rules: Path, rate: int, duration: fl
     if not lat:
         raise RuntimeError(f"no probe match arrived; see {run_dir / 'serve.log'}")
     q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else [lat[0]] * 99
-    return {"rate": rate, "duration": produce_seconds, "background": len(background), "probes": len(sent),
-            "matched": len(lat), "p50": statistics.median(lat), "p99": q[98], "max": lat[-1], "min": lat[0]}
+    return {
+        "rate": rate,
+        "duration": produce_seconds,
+        "background": len(background),
+        "probes": len(sent),
+        "matched": len(lat),
+        "p50": statistics.median(lat),
+        "p99": q[98],
+        "max": lat[-1],
+        "min": lat[0],
+    }
 
 
-def run_streaming(n_events: int, runs: int, latency_rate: int, workdir: Path, rules: Path,
-                  latency_seconds: float = 30.0) -> dict[str, Any]:
+def run_streaming(
+    n_events: int, runs: int, latency_rate: int, workdir: Path, rules: Path, latency_seconds: float = 30.0
+) -> dict[str, Any]:
     """Start a broker, produce the events, time each consumer kind ``runs`` times, then measure latency."""
     from bench._stats import Timing
     from bench._workload import BENCH_NOW
@@ -415,8 +485,7 @@ def run_streaming(n_events: int, runs: int, latency_rate: int, workdir: Path, ru
     payloads = _payloads(n_events, seed=12, now=BENCH_NOW)
     with EmbeddedBroker() as broker:
         topic = f"bench-events-{uuid.uuid4().hex[:8]}"
-        ensure_topics(broker.bootstrap, {topic: PARTITIONS, f"{topic}.dlq": PARTITIONS,
-                                         f"{topic}.matches": PARTITIONS})
+        ensure_topics(broker.bootstrap, {topic: PARTITIONS, f"{topic}.dlq": PARTITIONS, f"{topic}.matches": PARTITIONS})
         produce_seconds = _produce(broker.bootstrap, topic, payloads)
         n = len(payloads)
         rows: dict[str, Any] = {}
@@ -424,12 +493,20 @@ def run_streaming(n_events: int, runs: int, latency_rate: int, workdir: Path, ru
             for hide in (False, True):
                 results = [_run_child(mode, broker.bootstrap, topic, n, workdir, rules, hide) for _ in range(runs)]
                 rows[f"{mode}/{'no-crc32c' if hide else 'crc32c'}"] = {
-                    "timing": Timing(tuple(r["seconds"] for r in results)), "events": n,
-                    "crc32c": results[0]["crc32c"], "extra": results[-1],
+                    "timing": Timing(tuple(r["seconds"] for r in results)),
+                    "events": n,
+                    "crc32c": results[0]["crc32c"],
+                    "extra": results[-1],
                 }
         latency = _latency(broker.bootstrap, workdir, rules, latency_rate, latency_seconds)
-    return {"events": n, "bytes": sum(len(v) for _, v in payloads), "produce_seconds": produce_seconds,
-            "rows": rows, "latency": latency, "partitions": PARTITIONS}
+    return {
+        "events": n,
+        "bytes": sum(len(v) for _, v in payloads),
+        "produce_seconds": produce_seconds,
+        "rows": rows,
+        "latency": latency,
+        "partitions": PARTITIONS,
+    }
 
 
 def render_section(s: dict[str, Any]) -> list[str]:
@@ -443,8 +520,9 @@ def render_section(s: dict[str, Any]) -> list[str]:
     for key, r in s["rows"].items():
         mode = key.split("/")[0]
         rate = s["events"] / r["timing"].median
-        rows.append([labels[mode], r["crc32c"], timing_cell(r["timing"]), fmt_rate(rate),
-                     f"{100 * rate / ceiling_rate:.0f}%"])
+        rows.append(
+            [labels[mode], r["crc32c"], timing_cell(r["timing"]), fmt_rate(rate), f"{100 * rate / ceiling_rate:.0f}%"]
+        )
     lat = s["latency"]
     return [
         "## 3. Streaming",

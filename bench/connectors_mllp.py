@@ -23,11 +23,13 @@ from connectors_common import broker, fresh_topics
 from connectors.hl7v2 import MLLPServer, frame
 from screener.sources.kafka import KafkaSink
 
-MSG = ("MSH|^~\\&|LAB|RR8|SCREENER|RR8|20260501100000||ORU^R01|C{c}-{n}|P|2.5\r"
-       "PID|1||H{n}^^^RR8^MR~9434765919^^^NHS^NH||Smith^Jane||19610302|F\r"
-       "OBR|1|PL{n}|FIL{c}-{n}|U&E|||20260501083000\r"
-       "OBX|1|NM|EGFR^eGFR^L||41|mL/min/1.73m2|>60|L|||F|||20260501090000\r"
-       "OBX|2|NM|K^Potassium^L||4.1|mmol/L|||||F|||20260501090000\r")
+MSG = (
+    "MSH|^~\\&|LAB|RR8|SCREENER|RR8|20260501100000||ORU^R01|C{c}-{n}|P|2.5\r"
+    "PID|1||H{n}^^^RR8^MR~9434765919^^^NHS^NH||Smith^Jane||19610302|F\r"
+    "OBR|1|PL{n}|FIL{c}-{n}|U&E|||20260501083000\r"
+    "OBX|1|NM|EGFR^eGFR^L||41|mL/min/1.73m2|>60|L|||F|||20260501090000\r"
+    "OBX|2|NM|K^Potassium^L||4.1|mmol/L|||||F|||20260501090000\r"
+)
 
 
 def client(port: int, conn: int, count: int, failures: list[int]) -> None:
@@ -50,8 +52,9 @@ def main() -> None:
     args = ap.parse_args()
     with broker(args.bootstrap) as bootstrap:
         events, dlq = fresh_topics(bootstrap)
-        sink = KafkaSink(bootstrap, connector="hl7v2", events_topic=events, dlq_topic=dlq,
-                         idempotent=args.bootstrap is not None)
+        sink = KafkaSink(
+            bootstrap, connector="hl7v2", events_topic=events, dlq_topic=dlq, idempotent=args.bootstrap is not None
+        )
         server = MLLPServer(sink, host="127.0.0.1", port=0)
         loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -76,8 +79,10 @@ def main() -> None:
                 t.join()
             elapsed = time.perf_counter() - start
             total = per * conns
-            print(f"mllp connections={conns} messages={total} acked_AA={total - len(failures)} "
-                  f"seconds={elapsed:.2f} rate={total / elapsed:,.0f} msg/s")
+            print(
+                f"mllp connections={conns} messages={total} acked_AA={total - len(failures)} "
+                f"seconds={elapsed:.2f} rate={total / elapsed:,.0f} msg/s"
+            )
         sink.close()
 
 

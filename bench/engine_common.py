@@ -91,8 +91,9 @@ def seed_group_state(settings: Any, patients: int, now: datetime, seed: int = 5)
         producer.send(settings.events_topic, key=key, value=value)
     producer.flush()
     producer.close()
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
-                             enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id, enable_auto_commit=False
+    )
     tps = [TopicPartition(settings.events_topic, p) for p in range(n_parts)]
     # The log end by reading to it (tansu's ListOffsets answer is the last batch's base offset + 1).
     consumer.assign(tps)
@@ -108,8 +109,12 @@ def seed_group_state(settings: Any, patients: int, now: datetime, seed: int = 5)
         p = tp.partition
         state = PatientState(persons.filter(pl.col("_p") == p).drop("_p"), facts.filter(pl.col("_p") == p).drop("_p"))
         # As the engine writes them: the main frames sorted and named, so its next snapshots reuse their files.
-        save_snapshot(LiveState(state).parts(), Path(settings.state_dir) / f"{settings.events_topic}-{p}", ends[tp],
-                      {"rules": fingerprint})
+        save_snapshot(
+            LiveState(state).parts(),
+            Path(settings.state_dir) / f"{settings.events_topic}-{p}",
+            ends[tp],
+            {"rules": fingerprint},
+        )
     size = sum(f.stat().st_size for f in Path(settings.state_dir).rglob("*.parquet")) / 2**20
     print(f"wrote {n_parts} snapshots in {time.perf_counter() - t:.1f}s ({size:.0f} MB)")
     return {tp.partition: off for tp, off in ends.items()}

@@ -59,8 +59,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--studies", type=int, default=50)
     ap.add_argument("--batch-ms", type=int, default=200)
-    ap.add_argument("--patients", type=int, default=1_000_000,
-                    help="patients already in the engine's state when the clock starts (0: an empty state)")
+    ap.add_argument(
+        "--patients",
+        type=int,
+        default=1_000_000,
+        help="patients already in the engine's state when the clock starts (0: an empty state)",
+    )
     ap.add_argument("--dump", help="write 'wall_time latency' per match to this file")
     ap.add_argument("--log-level", default="WARNING", help="INFO logs every batch's stage timings to stderr")
     args = ap.parse_args()
@@ -81,8 +85,12 @@ def main() -> None:
     payloads = event_payloads(n_events, datetime.now(UTC), seed=11)
     with EmbeddedBroker(log_path=work / "broker.log") as broker:
         settings = Settings(
-            bootstrap_servers=broker.bootstrap, rules_dir=rules, state_dir=work / "state",
-            database_url=f"sqlite:///{work / 'worklist.db'}", batch_max_ms=args.batch_ms, group_id="bench-lat",
+            bootstrap_servers=broker.bootstrap,
+            rules_dir=rules,
+            state_dir=work / "state",
+            database_url=f"sqlite:///{work / 'worklist.db'}",
+            batch_max_ms=args.batch_ms,
+            group_id="bench-lat",
             log_level="WARNING",
         )
         ensure_service_topics(settings)
@@ -115,10 +123,14 @@ def main() -> None:
         lat = store.latencies
         if args.dump:
             Path(args.dump).write_text("\n".join(f"{t:.3f} {v:.3f}" for t, v in store.samples))
-        print(f"published {len(payloads)} events in {sent_s:.1f}s ({len(payloads) / sent_s:,.0f}/s); engine "
-              f"processed {engine.records_processed} in {engine.batches} batches; {len(lat)} new matches")
-        print(f"event-to-match latency: p50 {percentile(lat, 50) * 1000:.0f} ms, p90 {percentile(lat, 90) * 1000:.0f}"
-              f" ms, p99 {percentile(lat, 99) * 1000:.0f} ms, max {max(lat, default=float('nan')) * 1000:.0f} ms")
+        print(
+            f"published {len(payloads)} events in {sent_s:.1f}s ({len(payloads) / sent_s:,.0f}/s); engine "
+            f"processed {engine.records_processed} in {engine.batches} batches; {len(lat)} new matches"
+        )
+        print(
+            f"event-to-match latency: p50 {percentile(lat, 50) * 1000:.0f} ms, p90 {percentile(lat, 90) * 1000:.0f}"
+            f" ms, p99 {percentile(lat, 99) * 1000:.0f} ms, max {max(lat, default=float('nan')) * 1000:.0f} ms"
+        )
         stages = {k: round(v / max(engine.batches, 1) * 1000, 1) for k, v in engine.stage_seconds.items()}
         print(f"mean ms per batch by stage: {stages}")
         store.inner.close()

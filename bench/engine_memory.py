@@ -52,10 +52,18 @@ def restart(config: str) -> None:
     steady = time.monotonic() - t0
     rss = _rss()
     state = engine.state()
-    print(json.dumps({"steady_s": round(steady, 2), "patients": state.persons.height,
-                      "facts": state.facts.height, "rss_before_mb": base, "rss_mb": rss,
-                      "state_estimated_mb": round((state.persons.estimated_size() + state.facts.estimated_size())
-                                                  / 2**20, 1)}))
+    print(
+        json.dumps(
+            {
+                "steady_s": round(steady, 2),
+                "patients": state.persons.height,
+                "facts": state.facts.height,
+                "rss_before_mb": base,
+                "rss_mb": rss,
+                "state_estimated_mb": round((state.persons.estimated_size() + state.facts.estimated_size()) / 2**20, 1),
+            }
+        )
+    )
     engine.close()
 
 
@@ -80,9 +88,15 @@ def main() -> None:
     rules = make_studies(work / "rules", args.studies)
     now = datetime.now(UTC)
     with EmbeddedBroker(log_path=work / "broker.log") as broker:
-        cfg = {"bootstrap_servers": broker.bootstrap, "topic_partitions": args.partitions, "rules_dir": str(rules),
-               "state_dir": str(work / "state"), "group_id": "bench-memory", "log_level": "WARNING",
-               "batch_max_records": 5000}
+        cfg = {
+            "bootstrap_servers": broker.bootstrap,
+            "topic_partitions": args.partitions,
+            "rules_dir": str(rules),
+            "state_dir": str(work / "state"),
+            "group_id": "bench-memory",
+            "log_level": "WARNING",
+            "batch_max_records": 5000,
+        }
         settings = Settings(**cfg)
         ensure_service_topics(settings)
         seed_group_state(settings, args.patients, now)
@@ -93,18 +107,29 @@ def main() -> None:
         producer.flush()
         producer.close()
         t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "bench.engine_memory", "--restart",
-                              json.dumps({"settings": cfg, "new_events": len(new)})],
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.engine_memory",
+                "--restart",
+                json.dumps({"settings": cfg, "new_events": len(new)}),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         wall = time.perf_counter() - t
         if out.returncode != 0:
             print(out.stderr[-3000:])
             raise SystemExit(out.returncode)
         result = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"restart process: steady state after {result['steady_s']} s from process start (wall incl. "
-              f"interpreter exit {wall:.1f} s); state {result['patients']:,} patients, {result['facts']:,} facts "
-              f"(~{result['state_estimated_mb']} MB of frames); RSS after imports {result['rss_before_mb']}, "
-              f"at steady state {result['rss_mb']} MB")
+        print(
+            f"restart process: steady state after {result['steady_s']} s from process start (wall incl. "
+            f"interpreter exit {wall:.1f} s); state {result['patients']:,} patients, {result['facts']:,} facts "
+            f"(~{result['state_estimated_mb']} MB of frames); RSS after imports {result['rss_before_mb']}, "
+            f"at steady state {result['rss_mb']} MB"
+        )
 
 
 if __name__ == "__main__":

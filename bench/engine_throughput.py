@@ -30,8 +30,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=50_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--profile", action="store_true", help="cProfile the engine phase (implies --sequential)")
-    ap.add_argument("--sequential", action="store_true",
-                    help="process each batch before polling the next (the service overlaps them)")
+    ap.add_argument(
+        "--sequential",
+        action="store_true",
+        help="process each batch before polling the next (the service overlaps them)",
+    )
     args = ap.parse_args()
 
     from kafka import KafkaConsumer, TopicPartition
@@ -54,9 +57,15 @@ def main() -> None:
     print(f"generated {len(payloads)} events in {time.perf_counter() - t:.1f}s")
     with EmbeddedBroker(log_path=work / "broker.log") as broker:
         settings = Settings(
-            bootstrap_servers=broker.bootstrap, topic_partitions=args.partitions, rules_dir=rules,
-            state_dir=work / "state", database_url=f"sqlite:///{work / 'worklist.db'}",
-            batch_max_records=args.batch, batch_max_ms=1000, group_id="bench-engine", log_level="WARNING",
+            bootstrap_servers=broker.bootstrap,
+            topic_partitions=args.partitions,
+            rules_dir=rules,
+            state_dir=work / "state",
+            database_url=f"sqlite:///{work / 'worklist.db'}",
+            batch_max_records=args.batch,
+            batch_max_ms=1000,
+            group_id="bench-engine",
+            log_level="WARNING",
         )
         ensure_service_topics(settings)
         producer = make_producer(settings, linger_ms=50, batch_size=1024 * 1024)
@@ -68,10 +77,14 @@ def main() -> None:
         publish_s = time.perf_counter() - t
         print(f"published {len(payloads)} events in {publish_s:.1f}s ({len(payloads) / publish_s:,.0f}/s)")
 
-        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False,
-                                 max_poll_records=args.batch, fetch_max_bytes=64 * 1024 * 1024,
-                                 max_partition_fetch_bytes=8 * 1024 * 1024,
-                                 receive_message_max_bytes=256 * 1024 * 1024)
+        consumer = KafkaConsumer(
+            bootstrap_servers=broker.bootstrap,
+            enable_auto_commit=False,
+            max_poll_records=args.batch,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            receive_message_max_bytes=256 * 1024 * 1024,
+        )
         tps = [TopicPartition(settings.events_topic, p) for p in range(args.partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
@@ -120,12 +133,16 @@ def main() -> None:
         engine_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
         done = engine.records_processed - first
         stages = {k: round(v, 2) for k, v in engine.stage_seconds.items()}
-        print(f"engine ({args.studies} open studies, batch {args.batch}): {done} events in {eng_s:.2f}s = "
-              f"{done / eng_s:,.0f} events/s; batches {engine.batches}; matches {engine.matches_recorded}; "
-              f"stage seconds {stages}")
-        print(f"cores busy meanwhile: engine process {engine_cpu / eng_s:.2f}, "
-              f"broker {(broker1 - broker0) / eng_s:.2f} "
-              f"(of {os.cpu_count()})")
+        print(
+            f"engine ({args.studies} open studies, batch {args.batch}): {done} events in {eng_s:.2f}s = "
+            f"{done / eng_s:,.0f} events/s; batches {engine.batches}; matches {engine.matches_recorded}; "
+            f"stage seconds {stages}"
+        )
+        print(
+            f"cores busy meanwhile: engine process {engine_cpu / eng_s:.2f}, "
+            f"broker {(broker1 - broker0) / eng_s:.2f} "
+            f"(of {os.cpu_count()})"
+        )
         engine.close()
         store.close()
 

@@ -39,12 +39,13 @@ def fast(batch: list[bytes], state: PatientState) -> tuple[PatientState, float, 
     return state, t1 - t0, time.perf_counter() - t1
 
 
-def run(path: Callable[[list[bytes], PatientState], tuple[PatientState, float, float]],
-        payloads: list[bytes], batch: int) -> tuple[PatientState, float, float]:
+def run(
+    path: Callable[[list[bytes], PatientState], tuple[PatientState, float, float]], payloads: list[bytes], batch: int
+) -> tuple[PatientState, float, float]:
     state = PatientState()
     decode = apply = 0.0
     for i in range(0, len(payloads), batch):
-        state, d, a = path(payloads[i:i + batch], state)
+        state, d, a = path(payloads[i : i + batch], state)
         decode += d
         apply += a
     return state, decode, apply
@@ -60,8 +61,10 @@ def main() -> None:
     n = len(payloads)
     print(f"{n} synthetic payloads, batches of {args.batch}, best of {args.repeat}")
     results = {}
-    for name, path in (("per-event (parse_event + apply_events)", per_event),
-                       ("fast (decode_batch + apply_frames)", fast)):
+    for name, path in (
+        ("per-event (parse_event + apply_events)", per_event),
+        ("fast (decode_batch + apply_frames)", fast),
+    ):
         best: tuple[float, float] | None = None
         for _ in range(args.repeat):
             state, d, a = run(path, payloads, args.batch)
@@ -70,14 +73,15 @@ def main() -> None:
         assert best is not None
         results[name] = state
         d, a = best
-        print(f"{name:42s} decode {d / n * 1e6:5.2f} us/ev  apply {a / n * 1e6:5.2f} us/ev  "
-              f"total {(d + a) / n * 1e6:5.2f} us/ev = {n / (d + a):,.0f} events/s")
+        print(
+            f"{name:42s} decode {d / n * 1e6:5.2f} us/ev  apply {a / n * 1e6:5.2f} us/ev  "
+            f"total {(d + a) / n * 1e6:5.2f} us/ev = {n / (d + a):,.0f} events/s"
+        )
     ref, got = results.values()
     for a_, b_ in ((ref.persons, got.persons), (ref.facts, got.facts), (ref.retracted, got.retracted)):
         key = a_.columns
         assert a_.sort(key, nulls_last=True).equals(b_.sort(key, nulls_last=True)), "the two paths disagree"
-    print(f"same final state: {ref.persons.height} persons, {ref.facts.height} facts "
-          f"({pl.__name__} {pl.__version__})")
+    print(f"same final state: {ref.persons.height} persons, {ref.facts.height} facts ({pl.__name__} {pl.__version__})")
 
 
 if __name__ == "__main__":

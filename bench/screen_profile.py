@@ -77,11 +77,18 @@ def main() -> None:
     ap.add_argument("--patients", type=int)
     ap.add_argument("--studies", type=int, default=50)
     ap.add_argument("--calls", type=int, default=30)
-    ap.add_argument("--evidence", default=None, help="screen(evidence=...): all | matches | none | outcomes "
-                    "(default: small all, large matches)")
+    ap.add_argument(
+        "--evidence",
+        default=None,
+        help="screen(evidence=...): all | matches | none | outcomes (default: small all, large matches)",
+    )
     ap.add_argument("--rows", choices=("all", "matches"), default="all", help="screen(rows=...)")
-    ap.add_argument("--split", choices=("join", "filter"), default="join",
-                    help="large with --chunk: how facts are split into chunks (inside the timed part; see _chunks)")
+    ap.add_argument(
+        "--split",
+        choices=("join", "filter"),
+        default="join",
+        help="large with --chunk: how facts are split into chunks (inside the timed part; see _chunks)",
+    )
     ap.add_argument("--repeat", type=int, default=1, help="large: timed runs (the best is reported)")
     ap.add_argument("--chunk", type=int, default=0, help="large: screen this many patients per call")
     ap.add_argument("--pop-dir", type=Path, default=Path("/tmp/screener-screen-profile"))
@@ -98,8 +105,10 @@ def main() -> None:
     studies = _studies(args.studies)
     total = n * args.calls if small else n
     persons, facts = _population(args.pop_dir, max(total, 1000))
-    print(f"{len(studies)} studies, {persons.height} patients, {facts.height} facts loaded; evidence={evidence}, "
-          f"rows={args.rows}")
+    print(
+        f"{len(studies)} studies, {persons.height} patients, {facts.height} facts loaded; evidence={evidence}, "
+        f"rows={args.rows}"
+    )
     prof = cProfile.Profile() if args.profile else None
 
     if small:
@@ -110,20 +119,23 @@ def main() -> None:
         if prof:
             prof.enable()
         for k in range(args.calls):
-            part = state.select_patients(ids[k * n:(k + 1) * n])
+            part = state.select_patients(ids[k * n : (k + 1) * n])
             t0 = time.perf_counter()
             screen(part, studies, BENCH_NOW, **kw)
             times.append(time.perf_counter() - t0)
         if prof:
             prof.disable()
         times.sort()
-        print(f"screen() {n} patients x {len(studies)} studies, {args.calls} calls: "
-              f"median {statistics.median(times) * 1000:.1f} ms, p90 {times[int(0.9 * len(times))] * 1000:.1f} ms, "
-              f"mean {statistics.mean(times) * 1000:.1f} ms")
+        print(
+            f"screen() {n} patients x {len(studies)} studies, {args.calls} calls: "
+            f"median {statistics.median(times) * 1000:.1f} ms, p90 {times[int(0.9 * len(times))] * 1000:.1f} ms, "
+            f"mean {statistics.mean(times) * 1000:.1f} ms"
+        )
     else:
         persons, facts = persons.head(n), facts.filter(pl.col("patient_id").is_in(persons["patient_id"][:n].implode()))
-        warm = PatientState(persons.head(1000), facts.filter(
-            pl.col("patient_id").is_in(persons["patient_id"][:1000].implode())))
+        warm = PatientState(
+            persons.head(1000), facts.filter(pl.col("patient_id").is_in(persons["patient_id"][:1000].implode()))
+        )
         screen(warm, studies, BENCH_NOW, **kw)
         rss_before = _peak_rss_mb()  # loading and subsetting the population
         if prof:
@@ -136,11 +148,13 @@ def main() -> None:
         if prof:
             prof.disable()
         split = f" split={args.split}" if chunk else ""
-        print(f"screen() {n} patients x {len(studies)} studies ({facts.height} facts), evidence={evidence}, "
-              f"rows={args.rows}, chunk={chunk or 'none'}{split}: "
-              f"best {min(walls):.2f} s of {[round(w, 2) for w in walls]}, {rows} rows, "
-              f"outcomes {dict(sorted(outcomes.items()))}, peak RSS {_peak_rss_mb():.0f} MB "
-              f"({rss_before:.0f} MB before the timed part)")
+        print(
+            f"screen() {n} patients x {len(studies)} studies ({facts.height} facts), evidence={evidence}, "
+            f"rows={args.rows}, chunk={chunk or 'none'}{split}: "
+            f"best {min(walls):.2f} s of {[round(w, 2) for w in walls]}, {rows} rows, "
+            f"outcomes {dict(sorted(outcomes.items()))}, peak RSS {_peak_rss_mb():.0f} MB "
+            f"({rss_before:.0f} MB before the timed part)"
+        )
     if prof:
         prof.dump_stats(str(args.profile))
 
@@ -163,8 +177,9 @@ def _chunks(persons: pl.DataFrame, facts: pl.DataFrame, chunk: int, split: str) 
         yield PatientState(p, fp.get(key, facts.clear()))
 
 
-def _large(persons: pl.DataFrame, facts: pl.DataFrame, studies: list[Any], chunk: int,
-           kw: dict[str, Any], split: str = "join") -> tuple[int, dict[str, int]]:
+def _large(
+    persons: pl.DataFrame, facts: pl.DataFrame, studies: list[Any], chunk: int, kw: dict[str, Any], split: str = "join"
+) -> tuple[int, dict[str, int]]:
     from bench._workload import BENCH_NOW
     from screener.rules import screen, screen_with_counts
     from screener.state import PatientState

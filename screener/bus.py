@@ -83,9 +83,20 @@ class EmbeddedBroker:
         log = open(self.log_path, "wb")  # noqa: SIM115 - the subprocess owns it for its lifetime
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self._proc = subprocess.Popen(
-            [self.binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            [
+                self.binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -141,8 +152,11 @@ def ensure_service_topics(settings: Settings) -> None:
     bootstrap = opts.pop("bootstrap_servers")
     ensure_topics(
         bootstrap,
-        {settings.events_topic: settings.topic_partitions, settings.dlq_topic: settings.topic_partitions,
-         settings.matches_topic: settings.topic_partitions},
+        {
+            settings.events_topic: settings.topic_partitions,
+            settings.dlq_topic: settings.topic_partitions,
+            settings.matches_topic: settings.topic_partitions,
+        },
         **opts,
     )
 
@@ -206,8 +220,11 @@ class MatchesPublisher:
     def publish(self, matches: pl.DataFrame) -> int:
         import json
 
-        cols = [c for c in ("study_id", "patient_id", "outcome", "rule_hash", "matched_at", "setting", "criteria")
-                if c in matches.columns]
+        cols = [
+            c
+            for c in ("study_id", "patient_id", "outcome", "rule_hash", "matched_at", "setting", "criteria")
+            if c in matches.columns
+        ]
         for row in matches.select(cols).iter_rows(named=True):
             row["matched_at"] = row["matched_at"].isoformat() if row.get("matched_at") is not None else None
             row["criteria"] = json.loads(row["criteria"]) if row.get("criteria") else []

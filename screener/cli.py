@@ -1,13 +1,13 @@
 """The ``screener`` command line: a thin shell over the package. Each verb lives in ``screener/commands/``.
 
-    screener demo                     everything on embedded defaults, on localhost
-    screener run                      the screening service
-    screener rules check|test|explain|render
-    screener connect NAME | --list    run a connector
-    screener backfill omop PATH       load an OMOP CDM extract
-    screener web                      the worklist web app
-    screener dnc import FILE          do-not-contact register
-    screener report                   recruitment and equity report
+screener demo                     everything on embedded defaults, on localhost
+screener run                      the screening service
+screener rules check|test|explain|render
+screener connect NAME | --list    run a connector
+screener backfill omop PATH       load an OMOP CDM extract
+screener web                      the worklist web app
+screener dnc import FILE          do-not-contact register
+screener report                   recruitment and equity report
 """
 
 from __future__ import annotations

@@ -102,7 +102,6 @@ SWEEP_LIMIT = 10_000
 GIL_SWITCH_S = 0.0005
 
 
-
 class _Log:
     """Resolves the structlog logger at call time, so configure_logging() after import still applies."""
 
@@ -213,14 +212,14 @@ def matches_from_screen(
         on="patient_id",
         how="left",
     ).with_columns(
-        (pl.col("do_not_contact").fill_null(False) | pl.col("patient_id").is_in(dnc_register.implode()))
-        .alias("_dnc"),
+        (pl.col("do_not_contact").fill_null(False) | pl.col("patient_id").is_in(dnc_register.implode())).alias("_dnc"),
         pl.col("deceased").fill_null(False).alias("_dead"),
     )
     suppressed = (
         cand.filter(pl.col("_dnc") | pl.col("_dead"))
-        .with_columns(pl.when(pl.col("_dead")).then(pl.lit("deceased")).otherwise(pl.lit("do-not-contact"))
-                      .alias("reason"))
+        .with_columns(
+            pl.when(pl.col("_dead")).then(pl.lit("deceased")).otherwise(pl.lit("do-not-contact")).alias("reason")
+        )
         .group_by("study_id", "reason")
         .agg(pl.len().alias("n"))
     )
@@ -247,9 +246,16 @@ def matches_from_screen(
 def _empty_matches() -> pl.DataFrame:
     return pl.DataFrame(
         schema={
-            "study_id": pl.String, "patient_id": pl.String, "outcome": pl.String, "rule_hash": pl.String,
-            "criteria": pl.String, "matched_at": TS, "setting": pl.String, "imd_decile": pl.Int8,
-            "ethnic_group": pl.String, "event_time": TS,
+            "study_id": pl.String,
+            "patient_id": pl.String,
+            "outcome": pl.String,
+            "rule_hash": pl.String,
+            "criteria": pl.String,
+            "matched_at": TS,
+            "setting": pl.String,
+            "imd_decile": pl.Int8,
+            "ethnic_group": pl.String,
+            "event_time": TS,
         }
     )
 
@@ -365,8 +371,12 @@ class Engine:
         self._next_rescreen = self.clock.now() + _seconds(self.settings.rescreen_interval_s)
         self._next_snapshot = time.monotonic() + self.settings.snapshot_interval_s
         self._started = True
-        log.info("engine_started", topic=self.settings.events_topic, studies=len(self.studies),
-                 group=self._group_id or self.settings.group_id)
+        log.info(
+            "engine_started",
+            topic=self.settings.events_topic,
+            studies=len(self.studies),
+            group=self._group_id or self.settings.group_id,
+        )
         return self
 
     def run(self, stop: threading.Event | None = None) -> None:
@@ -543,14 +553,23 @@ class Engine:
         for i, exc in whole.rejects:
             self._dead_letter(live[i], exc)
         keys = whole.keys
-        counts = {(source, kind): c
-                  for source, kind, c in keys.group_by("source", "kind", maintain_order=True).len().iter_rows()}
+        counts = {
+            (source, kind): c
+            for source, kind, c in keys.group_by("source", "kind", maintain_order=True).len().iter_rows()
+        }
         stamps = pl.Series("_ts", [live[i].timestamp for i in keys["index"].to_list()], dtype=pl.Int64)
         by_part = dict(zip(order, whole.split(starts) if len(starts) > 1 else [whole], strict=True))
         return _Batch(
-            number=self.batches, by_part=by_part, offsets=offsets, sizes=sizes, keys=keys, counts=counts,
-            event_stamps=pl.DataFrame([keys["patient_id"], stamps]), dead=len(whole.rejects),
-            seeks={p: self._seeks.get(p, 0) for p in order}, parse_s=time.perf_counter() - t0,
+            number=self.batches,
+            by_part=by_part,
+            offsets=offsets,
+            sizes=sizes,
+            keys=keys,
+            counts=counts,
+            event_stamps=pl.DataFrame([keys["patient_id"], stamps]),
+            dead=len(whole.rejects),
+            seeks={p: self._seeks.get(p, 0) for p in order},
+            parse_s=time.perf_counter() - t0,
         )
 
     def _execute(self, batch: _Batch) -> None:
@@ -589,9 +608,12 @@ class Engine:
         t_apply = time.perf_counter()
         if to_screen:
             event_times = (
-                batch.event_stamps.group_by("patient_id").agg(pl.col("_ts").max())
-                .select("patient_id", pl.from_epoch("_ts", time_unit="ms").dt.replace_time_zone("UTC")
-                        .cast(TS).alias("event_time"))
+                batch.event_stamps.group_by("patient_id")
+                .agg(pl.col("_ts").max())
+                .select(
+                    "patient_id",
+                    pl.from_epoch("_ts", time_unit="ms").dt.replace_time_zone("UTC").cast(TS).alias("event_time"),
+                )
             )
             batch.new = self._screen_and_record(_concat_states(to_screen), now, "event", event_times)
         t_screen = time.perf_counter()
@@ -604,8 +626,12 @@ class Engine:
         self._commit(list(batch.by_part))
         commit_s = batch.flush_s + time.perf_counter() - t0
         self.records_processed += batch.total
-        for name, secs in (("parse", batch.parse_s), ("apply", batch.apply_s), ("screen", batch.screen_s),
-                           ("commit", commit_s)):
+        for name, secs in (
+            ("parse", batch.parse_s),
+            ("apply", batch.apply_s),
+            ("screen", batch.screen_s),
+            ("commit", commit_s),
+        ):
             self.stage_seconds[name] += secs
         for (source, kind), c in batch.counts.items():
             self.metrics.events_consumed.labels(source, kind).inc(c)
@@ -613,11 +639,17 @@ class Engine:
         self.metrics.batch_size.observe(batch.total)
         self._update_gauges()
         log.info(
-            "batch", batch=batch.number, records=batch.total, dead_letters=batch.dead, new_matches=batch.new,
+            "batch",
+            batch=batch.number,
+            records=batch.total,
+            dead_letters=batch.dead,
+            new_matches=batch.new,
             partitions=sorted(batch.offsets),
             offsets={str(p): list(o) for p, o in sorted(batch.offsets.items())},
-            parse_ms=round(batch.parse_s * 1000, 1), apply_ms=round(batch.apply_s * 1000, 1),
-            screen_ms=round(batch.screen_s * 1000, 1), commit_ms=round(commit_s * 1000, 1),
+            parse_ms=round(batch.parse_s * 1000, 1),
+            apply_ms=round(batch.apply_s * 1000, 1),
+            screen_ms=round(batch.screen_s * 1000, 1),
+            commit_ms=round(commit_s * 1000, 1),
         )
 
     def _flush_matches(self) -> None:
@@ -666,7 +698,9 @@ class Engine:
             "payload": value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value),
         }
         self._producer.send(
-            self.settings.dlq_topic, key=rec.key, value=json.dumps(doc).encode(),
+            self.settings.dlq_topic,
+            key=rec.key,
+            value=json.dumps(doc).encode(),
             headers=[("reason", exc.message.encode()[:200])],
         )
         self.metrics.dead_letters.labels("validate", exc.message[:60]).inc()
@@ -757,8 +791,9 @@ class Engine:
             elapsed = time.perf_counter() - self._rescreen_t0
             self.metrics.rescreen_duration.observe(elapsed)
             self._update_gauges()
-            log.info("rescreen", new_matches=self._rescreen_new, partitions=sorted(self._parts),
-                     ms=round(elapsed * 1000, 1))
+            log.info(
+                "rescreen", new_matches=self._rescreen_new, partitions=sorted(self._parts), ms=round(elapsed * 1000, 1)
+            )
             self._rescreen_t0 = None
         return new
 
@@ -817,8 +852,9 @@ class Engine:
         self._publish_study_metrics(removed)
         with contextlib.suppress(Exception):
             self.store.sync_studies(list(loaded.values()))
-        log.info("rules_loaded", studies=len(loaded), changed=added_or_changed, removed=removed,
-                 errors=len(result.errors))
+        log.info(
+            "rules_loaded", studies=len(loaded), changed=added_or_changed, removed=removed, errors=len(result.errors)
+        )
         if added_or_changed and self._parts:
             self._rebuild_all()
         return True
@@ -906,8 +942,11 @@ class Engine:
                 continue
             self._init_partition(tp)
         self._update_gauges()
-        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned),
-                 ms=round((time.perf_counter() - t0) * 1000, 1))
+        log.info(
+            "partitions_assigned",
+            partitions=sorted(tp.partition for tp in assigned),
+            ms=round((time.perf_counter() - t0) * 1000, 1),
+        )
 
     def _init_partition(self, tp: Any) -> None:
         begin = self._beginning(tp)
@@ -928,8 +967,14 @@ class Engine:
         self._parts[tp.partition] = _Partition(state=state, offset=start, replay_until=replay_until)
         self._consumer.seek(tp, start)
         self._seeks[tp.partition] = self._seeks.get(tp.partition, 0) + 1
-        log.info("partition_restored", partition=tp.partition, source=source, offset=start,
-                 committed=committed, patients=state.patient_count)
+        log.info(
+            "partition_restored",
+            partition=tp.partition,
+            source=source,
+            offset=start,
+            committed=committed,
+            patients=state.patient_count,
+        )
 
     def _on_revoked(self, revoked: Any) -> None:
         self.settle()  # the batch in flight finishes and commits before its partitions go
@@ -974,8 +1019,9 @@ class Engine:
         except KafkaError as exc:
             # Typically a rebalance in progress: the partitions' next owner repeats the uncommitted records and
             # the store's uniqueness absorbs the repetition. Nothing is lost by carrying on.
-            log.warning("commit_failed", partitions=sorted(tp.partition for tp in offsets),
-                        error_type=type(exc).__name__)
+            log.warning(
+                "commit_failed", partitions=sorted(tp.partition for tp in offsets), error_type=type(exc).__name__
+            )
 
     def _snapshot(self, partition: int, wait: bool = True) -> None:
         """Snapshot one partition's state at its current (committed) offset.
@@ -1005,8 +1051,13 @@ class Engine:
                 part.dirty = True
                 log.warning("snapshot_failed", partition=partition, offset=offset, error_type=type(exc).__name__)
                 raise
-            log.info("snapshot", partition=partition, offset=offset, ms=round((time.perf_counter() - t0) * 1000, 1),
-                     background=not wait)
+            log.info(
+                "snapshot",
+                partition=partition,
+                offset=offset,
+                ms=round((time.perf_counter() - t0) * 1000, 1),
+                background=not wait,
+            )
 
         if wait:
             write()
@@ -1069,4 +1120,3 @@ def _end_of(d: Any) -> datetime:
     if isinstance(d, datetime):
         return d.astimezone(UTC)
     return datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=1)
-

@@ -43,9 +43,7 @@ __all__ = [
 
 SCHEMA = "screener.event/v1"
 
-Kind = Literal[
-    "person", "condition", "measurement", "drug", "procedure", "visit", "observation", "consent", "death"
-]
+Kind = Literal["person", "condition", "measurement", "drug", "procedure", "visit", "observation", "consent", "death"]
 CodeSystem = Literal["ICD10", "SNOMED", "LOINC", "DMD", "ATC", "OPCS4", "local"]
 Status = Literal["active", "resolved", "entered-in-error"]
 Setting = Literal["hospital", "community", "primary-care", "home"]

@@ -70,26 +70,28 @@ class _LeanPerson(TypedDict, total=False):
     merged_from: _s(1, 64) | None  # type: ignore[valid-type]
 
 
-_LeanEvent = with_config(_FORBID)(TypedDict(  # type: ignore[operator]
-    "_LeanEvent",
-    {
-        "schema": NotRequired[Literal["screener.event/v1"]],
-        "event_id": _s(1, 128),
-        "source": _s(1, 64),
-        "kind": Kind,
-        "patient_id": _s(1, 64),
-        "occurred_at": str,
-        "recorded_at": NotRequired[str | None],
-        "code": NotRequired[_LeanCode | None],
-        "value": NotRequired[float | str | None],
-        "unit": NotRequired[_s(hi=32) | None],
-        "status": NotRequired[Status],
-        "setting": NotRequired[Setting | None],
-        "site": NotRequired[_s(hi=64) | None],
-        "person": NotRequired[_LeanPerson | None],
-        "corrects": NotRequired[_s(1, 128) | None],
-    },
-))
+_LeanEvent = with_config(_FORBID)(
+    TypedDict(  # type: ignore[operator]
+        "_LeanEvent",
+        {
+            "schema": NotRequired[Literal["screener.event/v1"]],
+            "event_id": _s(1, 128),
+            "source": _s(1, 64),
+            "kind": Kind,
+            "patient_id": _s(1, 64),
+            "occurred_at": str,
+            "recorded_at": NotRequired[str | None],
+            "code": NotRequired[_LeanCode | None],
+            "value": NotRequired[float | str | None],
+            "unit": NotRequired[_s(hi=32) | None],
+            "status": NotRequired[Status],
+            "setting": NotRequired[Setting | None],
+            "site": NotRequired[_s(hi=64) | None],
+            "person": NotRequired[_LeanPerson | None],
+            "corrects": NotRequired[_s(1, 128) | None],
+        },
+    )
+)
 
 #: One pydantic-core call for the whole batch: a payload that fails the lean schema comes back as its bytes.
 _LEAN: TypeAdapter[list[Any]] = TypeAdapter(
@@ -106,23 +108,54 @@ _DATE_RE = r"^[12]\d{3}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"
 # Anything parse_event's whitespace stripping could touch (Unicode White_Space, plus control characters).
 _EDGE_WS = r"^[\s\x00-\x20\x7f-\xa0]|[\s\x00-\x20\x7f-\xa0]$"
 
-_STR_COLS = ("event_id", "source", "patient_id", "unit", "site", "corrects", "system", "code", "text",
-             "lsoa", "postcode_district", "merged_from")
-_PERSON_FIELDS = ("birth_date", "sex", "ethnic_group", "ethnic_category", "lsoa", "imd_decile",
-                  "postcode_district", "nhs_number", "merged_from")
+_STR_COLS = (
+    "event_id",
+    "source",
+    "patient_id",
+    "unit",
+    "site",
+    "corrects",
+    "system",
+    "code",
+    "text",
+    "lsoa",
+    "postcode_district",
+    "merged_from",
+)
+_PERSON_FIELDS = (
+    "birth_date",
+    "sex",
+    "ethnic_group",
+    "ethnic_category",
+    "lsoa",
+    "imd_decile",
+    "postcode_district",
+    "nhs_number",
+    "merged_from",
+)
 
 #: Columns of :attr:`DecodedBatch.keys`: one row per accepted event, in payload order.
 KEY_SCHEMA: dict[str, pl.DataType] = {
-    "index": pl.Int64(), "patient_id": pl.String(), "source": pl.String(), "kind": pl.String(),
-    "system": pl.String(), "code": pl.String(), "unit": pl.String(), "status": pl.String(),
+    "index": pl.Int64(),
+    "patient_id": pl.String(),
+    "source": pl.String(),
+    "kind": pl.String(),
+    "system": pl.String(),
+    "code": pl.String(),
+    "unit": pl.String(),
+    "status": pl.String(),
     "setting": pl.String(),
 }
 _UPD_SCHEMA: dict[str, pl.DataType] = {
-    "seq": pl.Int64(), **{k: v for k, v in PERSONS_SCHEMA.items() if k not in ("do_not_contact", "deceased")}
+    "seq": pl.Int64(),
+    **{k: v for k, v in PERSONS_SCHEMA.items() if k not in ("do_not_contact", "deceased")},
 }
 _FACT_SCHEMA: dict[str, pl.DataType] = {"seq": pl.Int64(), **FACTS_SCHEMA}
 _CONTROL_SCHEMA: dict[str, pl.DataType] = {
-    "seq": pl.Int64(), "patient_id": pl.String(), "op": pl.String(), "arg": pl.String()
+    "seq": pl.Int64(),
+    "patient_id": pl.String(),
+    "op": pl.String(),
+    "arg": pl.String(),
 }
 
 
@@ -174,8 +207,9 @@ class DecodedBatch:
 
         persons, facts, control = (cut(f, by_seq) for f in self.frames)
         offset = pl.lit(pl.Series(list(starts), dtype=pl.Int64)).gather(pl.col("_g"))
-        keys = cut(self.keys.with_columns(group["_g"]).with_columns((pl.col("index") - offset).alias("index")),
-                   pl.col("_g"))
+        keys = cut(
+            self.keys.with_columns(group["_g"]).with_columns((pl.col("index") - offset).alias("index")), pl.col("_g")
+        )
         return [DecodedBatch(persons[k], facts[k], control[k], keys[k], rejects[k]) for k in range(n)]
 
 
@@ -214,8 +248,7 @@ def decode_batch(payloads: Sequence[bytes | None]) -> DecodedBatch:
             rejects.append((i, exc))
     rejected = {i for i, _ in rejects}
     accepted = [i for i in range(len(raw)) if i not in rejected] if rejects else list(range(len(raw)))
-    rank = pl.DataFrame({"index": accepted, "seq": range(len(accepted))},
-                        schema={"index": pl.Int64, "seq": pl.Int64})
+    rank = pl.DataFrame({"index": accepted, "seq": range(len(accepted))}, schema={"index": pl.Int64, "seq": pl.Int64})
     fast = fast.join(rank, on="index", how="left", maintain_order="left")
     persons, facts, control = _frames(fast)
     keys = fast.select(list(KEY_SCHEMA))
@@ -235,8 +268,13 @@ _PERSON_TYPE = pl.Struct({n: pl.Int64() if n == "imd_decile" else pl.String() fo
 #: How :func:`_columns` reads the lean dicts (``value`` is read apart: a number or a text).
 _ROW_SCHEMA: dict[str, pl.DataType] = {
     **{c: pl.String() for c in ("event_id", "source", "kind", "patient_id", "occurred_at", "recorded_at")},
-    "code": _CODE_TYPE, "unit": pl.String(), "status": pl.String(), "setting": pl.String(), "site": pl.String(),
-    "person": _PERSON_TYPE, "corrects": pl.String(),
+    "code": _CODE_TYPE,
+    "unit": pl.String(),
+    "status": pl.String(),
+    "setting": pl.String(),
+    "site": pl.String(),
+    "person": _PERSON_TYPE,
+    "corrects": pl.String(),
 }
 
 
@@ -248,7 +286,12 @@ def _columns(rows: list[dict[str, Any]], index: list[int]) -> pl.DataFrame:
     code, person = pl.col("code"), pl.col("person")
     return df.select(
         pl.Series("index", index, dtype=pl.Int64),
-        "event_id", "source", "kind", "patient_id", "occurred_at", "recorded_at",
+        "event_id",
+        "source",
+        "kind",
+        "patient_id",
+        "occurred_at",
+        "recorded_at",
         code.is_not_null().alias("has_code"),
         code.struct.field("system").alias("system"),
         code.struct.field("value").alias("code"),
@@ -256,7 +299,9 @@ def _columns(rows: list[dict[str, Any]], index: list[int]) -> pl.DataFrame:
         pl.Series("text", [v if v.__class__ is str else None for v in values], dtype=pl.String),
         "unit",
         pl.col("status").fill_null("active"),  # the lean schema rejects an explicit null: only absent is null
-        "setting", "site", "corrects",
+        "setting",
+        "site",
+        "corrects",
         person.is_not_null().alias("has_person"),
         *[person.struct.field(n).alias(n) for n in _PERSON_FIELDS],
     )
@@ -267,8 +312,13 @@ def _check(df: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
     ts_fmt = "%Y-%m-%dT%H:%M:%S%.f%:z"
 
     def ts(col: str) -> pl.Expr:
-        return (pl.col(col).str.replace(r"Z$", "+00:00").str.to_datetime(ts_fmt, strict=False, time_unit="us")
-                .dt.convert_time_zone("UTC").cast(TS))
+        return (
+            pl.col(col)
+            .str.replace(r"Z$", "+00:00")
+            .str.to_datetime(ts_fmt, strict=False, time_unit="us")
+            .dt.convert_time_zone("UTC")
+            .cast(TS)
+        )
 
     df = df.with_columns(
         ts("occurred_at").alias("_occurred"),
@@ -277,10 +327,9 @@ def _check(df: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
     )
     ok = [
         pl.col("occurred_at").str.contains(_TS_RE) & pl.col("_occurred").is_not_null(),
-        pl.col("recorded_at").is_null() | (pl.col("recorded_at").str.contains(_TS_RE)
-                                           & pl.col("_recorded").is_not_null()),
-        pl.col("birth_date").is_null() | (pl.col("birth_date").str.contains(_DATE_RE)
-                                          & pl.col("_birth").is_not_null()),
+        pl.col("recorded_at").is_null()
+        | (pl.col("recorded_at").str.contains(_TS_RE) & pl.col("_recorded").is_not_null()),
+        pl.col("birth_date").is_null() | (pl.col("birth_date").str.contains(_DATE_RE) & pl.col("_birth").is_not_null()),
         pl.col("value").is_null() | pl.col("value").is_finite(),
         (pl.col("kind") != "person") | pl.col("has_person"),
         pl.col("kind").is_in(["person", "death", "visit"]) | pl.col("has_code"),
@@ -289,10 +338,15 @@ def _check(df: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
     ]
     flagged = df.with_columns(pl.all_horizontal(ok).fill_null(False).alias("_ok"))
     suspect = flagged.filter(~pl.col("_ok"))["index"].to_list()
-    good = flagged.filter(pl.col("_ok")).with_columns(
-        pl.col("_occurred").alias("occurred_at"), pl.col("_birth").alias("birth_date"),
-        pl.col("imd_decile").cast(pl.Int8),
-    ).drop("_occurred", "_recorded", "_birth", "_ok", "recorded_at")
+    good = (
+        flagged.filter(pl.col("_ok"))
+        .with_columns(
+            pl.col("_occurred").alias("occurred_at"),
+            pl.col("_birth").alias("birth_date"),
+            pl.col("imd_decile").cast(pl.Int8),
+        )
+        .drop("_occurred", "_recorded", "_birth", "_ok", "recorded_at")
+    )
     return good, suspect
 
 
@@ -303,26 +357,29 @@ def _frames(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
     person_ev = df.filter(kind == "person").select(
         "seq", "patient_id", *_PERSON_FIELDS[:7], "setting", "site", pl.col("occurred_at").alias("updated_at")
     )
-    setting_ev = df.filter(is_fact & pl.col("setting").is_not_null()).select(
-        "seq", "patient_id", "setting", "site"
+    setting_ev = df.filter(is_fact & pl.col("setting").is_not_null()).select("seq", "patient_id", "setting", "site")
+    persons = (
+        pl.concat([person_ev, setting_ev], how="diagonal_relaxed")
+        .select([pl.col(c).cast(t) for c, t in _UPD_SCHEMA.items()])
+        .sort("seq", maintain_order=True)
     )
-    persons = pl.concat([person_ev, setting_ev], how="diagonal_relaxed").select(
-        [pl.col(c).cast(t) for c, t in _UPD_SCHEMA.items()]
-    ).sort("seq", maintain_order=True)
-    facts = df.filter(is_fact).select(
-        [pl.col(c).cast(t) for c, t in _FACT_SCHEMA.items()]
-    )
+    facts = df.filter(is_fact).select([pl.col(c).cast(t) for c, t in _FACT_SCHEMA.items()])
     dnc = (pl.col("system") == DO_NOT_CONTACT_CODE[0]) & (pl.col("code") == DO_NOT_CONTACT_CODE[1])
     op = (
-        pl.when((kind == "person") & pl.col("merged_from").is_not_null()).then(pl.lit("merge"))
-        .when((kind == "consent") & dnc).then(pl.when(status == "active").then(pl.lit("dnc_on"))
-                                              .otherwise(pl.lit("dnc_off")))
-        .when((kind == "death") & (status != "entered-in-error")).then(pl.lit("death"))
-        .when(kind.is_in(list(FACT_KINDS)) & (status == "entered-in-error")).then(pl.lit("retract"))
+        pl.when((kind == "person") & pl.col("merged_from").is_not_null())
+        .then(pl.lit("merge"))
+        .when((kind == "consent") & dnc)
+        .then(pl.when(status == "active").then(pl.lit("dnc_on")).otherwise(pl.lit("dnc_off")))
+        .when((kind == "death") & (status != "entered-in-error"))
+        .then(pl.lit("death"))
+        .when(kind.is_in(list(FACT_KINDS)) & (status == "entered-in-error"))
+        .then(pl.lit("retract"))
     )
     arg = (
-        pl.when(kind == "person").then(pl.col("merged_from"))
-        .when(kind.is_in(list(FACT_KINDS))).then(pl.col("event_id"))
+        pl.when(kind == "person")
+        .then(pl.col("merged_from"))
+        .when(kind.is_in(list(FACT_KINDS)))
+        .then(pl.col("event_id"))
     )
     first = df.filter(pl.col("corrects").is_not_null()).select(
         "seq", "patient_id", pl.lit("retract").alias("op"), pl.col("corrects").alias("arg"), pl.lit(0).alias("_k")
@@ -330,15 +387,31 @@ def _frames(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
     second = df.select("seq", "patient_id", op.alias("op"), arg.alias("arg"), pl.lit(1).alias("_k")).filter(
         pl.col("op").is_not_null()
     )
-    control = pl.concat([first, second]).sort("seq", "_k").drop("_k").select(
-        [pl.col(c).cast(t) for c, t in _CONTROL_SCHEMA.items()]
+    control = (
+        pl.concat([first, second])
+        .sort("seq", "_k")
+        .drop("_k")
+        .select([pl.col(c).cast(t) for c, t in _CONTROL_SCHEMA.items()])
     )
     return persons, facts, control
 
 
 def _event_keys(events: list[tuple[int, Event]]) -> pl.DataFrame:
     return pl.DataFrame(
-        [(i, e.patient_id, e.source, e.kind, e.code.system if e.code else None, e.code.value if e.code else None,
-          e.unit, e.status, e.setting) for i, e in events],
-        schema=KEY_SCHEMA, orient="row",
+        [
+            (
+                i,
+                e.patient_id,
+                e.source,
+                e.kind,
+                e.code.system if e.code else None,
+                e.code.value if e.code else None,
+                e.unit,
+                e.status,
+                e.setting,
+            )
+            for i, e in events
+        ],
+        schema=KEY_SCHEMA,
+        orient="row",
     )

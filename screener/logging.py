@@ -19,8 +19,23 @@ REDACTED = "[redacted]"
 #: Event-dict keys whose values identify a patient. They are replaced, never logged.
 IDENTIFIER_KEYS = frozenset(
     {
-        "patient_id", "patient", "patient_ids", "nhs_number", "mrn", "name", "given", "family", "birth_date",
-        "dob", "postcode", "postcode_district", "address", "phone", "email_address", "lsoa", "merged_from",
+        "patient_id",
+        "patient",
+        "patient_ids",
+        "nhs_number",
+        "mrn",
+        "name",
+        "given",
+        "family",
+        "birth_date",
+        "dob",
+        "postcode",
+        "postcode_district",
+        "address",
+        "phone",
+        "email_address",
+        "lsoa",
+        "merged_from",
     }
 )
 #: A 10-digit run (an NHS number) inside free text is masked too.

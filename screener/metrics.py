@@ -41,33 +41,40 @@ class Metrics:
             "screener_batch_duration_seconds", "Wall time of one micro-batch", buckets=_LATENCY_BUCKETS, registry=r
         )
         self.batch_size = Histogram(
-            "screener_batch_events", "Events per micro-batch",
-            buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000), registry=r,
+            "screener_batch_events",
+            "Events per micro-batch",
+            buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000),
+            registry=r,
         )
         self.event_to_match_latency = Histogram(
             "screener_event_to_match_latency_seconds",
             "From an event's broker timestamp to its match being stored",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.consumer_lag = Gauge(
             "screener_consumer_lag_records", "Records behind the log end", ["topic", "partition"], registry=r
         )
         self.patients_in_state = Gauge("screener_patients_in_state", "Patients held in state", registry=r)
         self.facts_in_state = Gauge("screener_facts_in_state", "Facts held in state", registry=r)
-        self.screens = Counter(
-            "screener_screens_total", "Patient x study evaluations", ["trigger"], registry=r
-        )
+        self.screens = Counter("screener_screens_total", "Patient x study evaluations", ["trigger"], registry=r)
         self.rescreen_duration = Histogram(
-            "screener_rescreen_duration_seconds", "Wall time of a full re-screen",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "screener_rescreen_duration_seconds",
+            "Wall time of a full re-screen",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.do_not_contact_suppressed = Counter(
-            "screener_do_not_contact_suppressed_total", "Matches withheld for do-not-contact patients",
-            ["study"], registry=r,
+            "screener_do_not_contact_suppressed_total",
+            "Matches withheld for do-not-contact patients",
+            ["study"],
+            registry=r,
         )
         self.deceased_suppressed = Counter(
-            "screener_deceased_suppressed_total", "Matches withheld because the patient has died",
-            ["study"], registry=r,
+            "screener_deceased_suppressed_total",
+            "Matches withheld because the patient has died",
+            ["study"],
+            registry=r,
         )
         # --- rules ---------------------------------------------------------------------------------------
         self.rule_load_errors = Counter(
@@ -83,20 +90,28 @@ class Metrics:
             "screener_funnel_actions_total", "Worklist actions recorded", ["study", "setting", "stage"], registry=r
         )
         self.funnel_by_imd = Gauge(
-            "screener_funnel_imd_quintile_patients", "Patients at a funnel stage by IMD quintile",
-            ["stage", "imd_quintile"], registry=r,
+            "screener_funnel_imd_quintile_patients",
+            "Patients at a funnel stage by IMD quintile",
+            ["stage", "imd_quintile"],
+            registry=r,
         )
         self.funnel_by_ethnicity = Gauge(
-            "screener_funnel_ethnic_group_patients", "Patients at a funnel stage by ONS high-level ethnic group",
-            ["stage", "ethnic_group"], registry=r,
+            "screener_funnel_ethnic_group_patients",
+            "Patients at a funnel stage by ONS high-level ethnic group",
+            ["stage", "ethnic_group"],
+            registry=r,
         )
         self.population_ethnicity = Gauge(
-            "screener_population_ethnic_group_ratio", "Reference population share (Census 2021, West Yorkshire)",
-            ["ethnic_group"], registry=r,
+            "screener_population_ethnic_group_ratio",
+            "Reference population share (Census 2021, West Yorkshire)",
+            ["ethnic_group"],
+            registry=r,
         )
         self.population_imd = Gauge(
-            "screener_population_imd_quintile_ratio", "Reference population share by IMD quintile",
-            ["imd_quintile"], registry=r,
+            "screener_population_imd_quintile_ratio",
+            "Reference population share by IMD quintile",
+            ["imd_quintile"],
+            registry=r,
         )
         for group, share in WEST_YORKSHIRE_ETHNICITY.items():
             self.population_ethnicity.labels(group).set(share)
@@ -107,12 +122,12 @@ class Metrics:
             "screener_study_target_participants", "Recruitment target", ["study", "sponsor"], registry=r
         )
         self.study_enrolled = Gauge(
-            "screener_study_enrolled_participants", "Participants enrolled", ["study", "sponsor", "setting"],
+            "screener_study_enrolled_participants",
+            "Participants enrolled",
+            ["study", "sponsor", "setting"],
             registry=r,
         )
-        self.study_opens = Gauge(
-            "screener_study_opens_timestamp_seconds", "Study opening time", ["study"], registry=r
-        )
+        self.study_opens = Gauge("screener_study_opens_timestamp_seconds", "Study opening time", ["study"], registry=r)
         self.study_closes = Gauge(
             "screener_study_closes_timestamp_seconds", "Study closing time", ["study"], registry=r
         )

@@ -43,23 +43,43 @@ SUPPRESSED_MAX = 7
 #: Cumulative funnel: a patient at a later stage has passed every earlier one.
 FUNNEL_STAGES = ("matched", "reviewed", "approached", "consented", "enrolled")
 #: Store stage -> furthest funnel stage reached (index into FUNNEL_STAGES). Dismissals count where they happen.
-_STAGE_RANK = {"new": 0, "reviewed": 1, "not_eligible": 1, "approached": 2, "declined": 2, "consented": 3,
-               "enrolled": 4}
+_STAGE_RANK = {
+    "new": 0,
+    "reviewed": 1,
+    "not_eligible": 1,
+    "approached": 2,
+    "declined": 2,
+    "consented": 3,
+    "enrolled": 4,
+}
 COMMUNITY_TARGET = 10_000
 TIME_TARGET_GOAL = 0.80
 COMMERCIAL_GOAL = 0.07
 
-STUDY_COLUMNS = {"study_id": pl.String, "title": pl.String, "sponsor": pl.String, "target": pl.Int64,
-                 "opens": pl.Date, "closes": pl.Date}
-MATCH_COLUMNS = {"study_id": pl.String, "setting": pl.String, "stage": pl.String, "imd_decile": pl.Int64,
-                 "ethnic_group": pl.String}
+STUDY_COLUMNS = {
+    "study_id": pl.String,
+    "title": pl.String,
+    "sponsor": pl.String,
+    "target": pl.Int64,
+    "opens": pl.Date,
+    "closes": pl.Date,
+}
+MATCH_COLUMNS = {
+    "study_id": pl.String,
+    "setting": pl.String,
+    "stage": pl.String,
+    "imd_decile": pl.Int64,
+    "ethnic_group": pl.String,
+}
 
 
 def disclose(count: pl.Expr) -> pl.Expr:
     """Disclosure-controlled count: 0 stays 0, 1-7 becomes null (suppressed), the rest round to the nearest 5."""
     return (
-        pl.when(count == 0).then(0)
-        .when(count <= SUPPRESSED_MAX).then(None)
+        pl.when(count == 0)
+        .then(0)
+        .when(count <= SUPPRESSED_MAX)
+        .then(None)
         .otherwise((count + 2) // 5 * 5)
         .cast(pl.Int64)
     )
@@ -86,9 +106,7 @@ class ReportData:
 
 def _frame(rows: Sequence[dict[str, Any]] | pl.DataFrame, schema: dict[str, type[pl.DataType]]) -> pl.DataFrame:
     df = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(list(rows), infer_schema_length=None)
-    return df.select(
-        [(pl.col(c) if c in df.columns else pl.lit(None)).cast(t).alias(c) for c, t in schema.items()]
-    )
+    return df.select([(pl.col(c) if c in df.columns else pl.lit(None)).cast(t).alias(c) for c, t in schema.items()])
 
 
 @dataclass(frozen=True)
@@ -116,15 +134,22 @@ def build_report(data: ReportData, today: date, generated_at: datetime | None = 
     )
     enrolled = m.filter(pl.col("stage") == "enrolled")
 
-    funnel = pl.DataFrame({"stage": list(FUNNEL_STAGES), "rank": list(range(len(FUNNEL_STAGES)))}).join(
-        m.group_by("rank").len(), on="rank", how="left"
-    ).sort("rank", descending=True).with_columns(
-        count=pl.col("len").fill_null(0).cum_sum()  # cumulative: reached this stage or a later one
-    ).sort("rank").select("stage", disclose(pl.col("count")).alias("count"))
+    funnel = (
+        pl.DataFrame({"stage": list(FUNNEL_STAGES), "rank": list(range(len(FUNNEL_STAGES)))})
+        .join(m.group_by("rank").len(), on="rank", how="left")
+        .sort("rank", descending=True)
+        .with_columns(
+            count=pl.col("len").fill_null(0).cum_sum()  # cumulative: reached this stage or a later one
+        )
+        .sort("rank")
+        .select("stage", disclose(pl.col("count")).alias("count"))
+    )
 
     by_setting = (
-        enrolled.group_by(pl.col("setting").fill_null("unknown")).len()
-        .select("setting", disclose(pl.col("len")).alias("count")).sort("setting")
+        enrolled.group_by(pl.col("setting").fill_null("unknown"))
+        .len()
+        .select("setting", disclose(pl.col("len")).alias("count"))
+        .sort("setting")
     )
 
     per_study = enrolled.group_by("study_id").len("enrolled")
@@ -134,19 +159,25 @@ def build_report(data: ReportData, today: date, generated_at: datetime | None = 
     opens = pl.col("opens").cast(pl.Datetime("us"))
     period = (pl.col("closes").cast(pl.Datetime("us")) - opens).dt.total_seconds()
     elapsed = (pl.lit(datetime.combine(today, datetime.min.time())) - opens).dt.total_seconds()
-    studies = studies.with_columns(
-        target_recruited=pl.when(pl.col("target") > 0).then(pl.col("enrolled") / pl.col("target")),
-        time_elapsed=pl.when((period > 0) & (elapsed > 0)).then(pl.min_horizontal(elapsed / period, 1.0)),
-    ).with_columns(
-        score=pl.col("target_recruited") / pl.col("time_elapsed") - 1  # NIHR recruitment to time and target
-    ).sort("study_id")
+    studies = (
+        studies.with_columns(
+            target_recruited=pl.when(pl.col("target") > 0).then(pl.col("enrolled") / pl.col("target")),
+            time_elapsed=pl.when((period > 0) & (elapsed > 0)).then(pl.min_horizontal(elapsed / period, 1.0)),
+        )
+        .with_columns(
+            score=pl.col("target_recruited") / pl.col("time_elapsed") - 1  # NIHR recruitment to time and target
+        )
+        .sort("study_id")
+    )
 
     scored = studies.filter(pl.col("score").is_not_null())
     on_track = scored.height and scored.filter(pl.col("score") >= 0).height / scored.height
     total_enrolled = enrolled.height
-    commercial = enrolled.join(data.studies.select("study_id", "sponsor"), on="study_id", how="left").filter(
-        pl.col("sponsor") == "commercial"
-    ).height
+    commercial = (
+        enrolled.join(data.studies.select("study_id", "sponsor"), on="study_id", how="left")
+        .filter(pl.col("sponsor") == "commercial")
+        .height
+    )
     community = by_setting.filter(pl.col("setting") == "community")["count"]
 
     return Report(
@@ -170,14 +201,21 @@ def _equity(m: pl.DataFrame, column: str, population: dict[str, float]) -> pl.Da
     for stage, rows in (("matched", m), ("enrolled", m.filter(pl.col("stage") == "enrolled"))):
         counts = rows.group_by(pl.col(column).alias("group")).len()
         total = int(counts["len"].sum()) if counts.height else 0
-        frame = pl.DataFrame({"group": groups}).join(counts, on="group", how="left").with_columns(
-            stage=pl.lit(stage), count=disclose(pl.col("len").fill_null(0)),
-            total=disclose(pl.lit(total, dtype=pl.Int64)),
+        frame = (
+            pl.DataFrame({"group": groups})
+            .join(counts, on="group", how="left")
+            .with_columns(
+                stage=pl.lit(stage),
+                count=disclose(pl.col("len").fill_null(0)),
+                total=disclose(pl.lit(total, dtype=pl.Int64)),
+            )
         )
-        frames.append(frame.with_columns(
-            share=pl.when(pl.col("total") > 0).then(pl.col("count") / pl.col("total")),
-            population=pl.col("group").replace_strict(population, default=None, return_dtype=pl.Float64),
-        ).select("stage", "group", "count", "share", "population"))
+        frames.append(
+            frame.with_columns(
+                share=pl.when(pl.col("total") > 0).then(pl.col("count") / pl.col("total")),
+                population=pl.col("group").replace_strict(population, default=None, return_dtype=pl.Float64),
+            ).select("stage", "group", "count", "share", "population")
+        )
     return pl.concat(frames)
 
 
@@ -207,8 +245,14 @@ def _fmt_pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
-def _hbar_svg(title: str, categories: list[str], series: list[tuple[str, list[float | None], list[str]]],
-              *, max_value: float | None = None, zero_at: float = 0.0) -> str:
+def _hbar_svg(
+    title: str,
+    categories: list[str],
+    series: list[tuple[str, list[float | None], list[str]]],
+    *,
+    max_value: float | None = None,
+    zero_at: float = 0.0,
+) -> str:
     """Grouped horizontal bar chart. ``series``: (name, values, labels); a None value draws 'suppressed'.
 
     ``zero_at`` > 0 leaves room for negative values (diverging chart around 0).
@@ -222,13 +266,16 @@ def _hbar_svg(title: str, categories: list[str], series: list[tuple[str, list[fl
     top = max_value if max_value is not None else (max(values) if values else 1.0) or 1.0
     scale = chart_w / (top * (1 + zero_at))
     origin = label_w + chart_w * zero_at / (1 + zero_at)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{label_w + chart_w + value_w}" '
-             f'height="{height}" viewBox="0 0 {label_w + chart_w + value_w} {height}"><title>{_esc(title)}</title>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{label_w + chart_w + value_w}" '
+        f'height="{height}" viewBox="0 0 {label_w + chart_w + value_w} {height}"><title>{_esc(title)}</title>'
+    ]
     for i, (name, _, _) in enumerate(series if len(series) > 1 else []):
         x = label_w + i * 130
         colour = _COLOURS.get(name, "#4f7cac")
-        parts.append(f'<rect x="{x}" y="4" width="12" height="12" fill="{colour}"/>'
-                     f'<text x="{x + 16}" y="14">{_esc(name)}</text>')
+        parts.append(
+            f'<rect x="{x}" y="4" width="12" height="12" fill="{colour}"/><text x="{x + 16}" y="14">{_esc(name)}</text>'
+        )
     for ci, category in enumerate(categories):
         y0 = legend_h + ci * group_h
         parts.append(f'<text x="{label_w - 6}" y="{y0 + n * bar_h / 2 + 4}" text-anchor="end">{_esc(category)}</text>')
@@ -237,14 +284,17 @@ def _hbar_svg(title: str, categories: list[str], series: list[tuple[str, list[fl
             value, label = vs[ci], labels[ci]
             colour = _COLOURS.get(name, "#4f7cac")
             if value is None:
-                parts.append(f'<text x="{origin + 4}" y="{y + bar_h - 3}" class="suppressed" fill="#777">'
-                             f'{_esc(label)}</text>')
+                parts.append(
+                    f'<text x="{origin + 4}" y="{y + bar_h - 3}" class="suppressed" fill="#777">{_esc(label)}</text>'
+                )
                 continue
             w = abs(value) * scale
             x = origin - w if value < 0 else origin
             fill = "#c62828" if value < 0 else colour
-            parts.append(f'<rect x="{x:.1f}" y="{y + 1}" width="{max(w, 0.5):.1f}" height="{bar_h - 2}" '
-                         f'fill="{fill}"><title>{_esc(name)}: {_esc(label)}</title></rect>')
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y + 1}" width="{max(w, 0.5):.1f}" height="{bar_h - 2}" '
+                f'fill="{fill}"><title>{_esc(name)}: {_esc(label)}</title></rect>'
+            )
             tx = max(origin, x + w) + 4
             parts.append(f'<text x="{tx:.1f}" y="{y + bar_h - 3}">{_esc(label)}</text>')
     parts.append(f'<line x1="{origin}" y1="{legend_h}" x2="{origin}" y2="{height - 10}" stroke="#444"/></svg>')
@@ -260,24 +310,31 @@ def _equity_section(title: str, frame: pl.DataFrame, label: str) -> str:
         part = frame.filter(pl.col("stage") == stage)
         shares = part["share"].to_list()
         counts = part["count"].to_list()
-        series.append((stage, shares, [
-            "suppressed (1–7)" if c is None else f"{s:.1%} ({c:,})" if s is not None else f"({c:,})"
-            for s, c in zip(shares, counts, strict=True)
-        ]))
+        series.append(
+            (
+                stage,
+                shares,
+                [
+                    "suppressed (1–7)" if c is None else f"{s:.1%} ({c:,})" if s is not None else f"({c:,})"
+                    for s, c in zip(shares, counts, strict=True)
+                ],
+            )
+        )
     rows = "".join(
         f"<tr><td>{_esc(g)}</td><td>{_fmt_pct(p)}</td>"
         + "".join(
             f"<td>{_fmt_count(c)}</td><td>{_fmt_pct(s)}</td>"
             for stage in ("matched", "enrolled")
-            for c, s in [frame.filter((pl.col('stage') == stage) & (pl.col('group') == g))
-                         .select("count", "share").row(0)]
-        ) + "</tr>"
+            for c, s in [
+                frame.filter((pl.col("stage") == stage) & (pl.col("group") == g)).select("count", "share").row(0)
+            ]
+        )
+        + "</tr>"
         for g, p in zip(groups, pop, strict=True)
     )
     return (
         f"<h2>{_esc(title)}</h2>"
-        + _hbar_svg(title, [f"{label}{g}" if g != "unknown" else "not recorded" for g in groups], series,
-                    max_value=1.0)
+        + _hbar_svg(title, [f"{label}{g}" if g != "unknown" else "not recorded" for g in groups], series, max_value=1.0)
         + f"<table><thead><tr><th>{_esc(label.strip() or 'group')}</th><th>population</th><th>matched</th>"
         "<th>share</th><th>enrolled</th><th>share</th></tr></thead><tbody>" + rows + "</tbody></table>"
     )
@@ -299,29 +356,43 @@ def render_html(report: Report) -> str:
         f"<tr><td>{_esc(r['study_id'])}</td><td>{_esc(r['title'] or '')}</td><td>{_esc(r['sponsor'] or '')}</td>"
         f"<td>{r['enrolled']:,}</td><td>{_fmt_count(r['target']) if r['target'] is not None else ''}</td>"
         f"<td>{_fmt_pct(r['time_elapsed'])}</td>"
-        + ("<td>–</td>" if r["score"] is None else
-           f'<td class="{"ok" if r["score"] >= 0 else "behind"}">{r["score"]:+.2f}</td>')
+        + (
+            "<td>–</td>"
+            if r["score"] is None
+            else f'<td class="{"ok" if r["score"] >= 0 else "behind"}">{r["score"]:+.2f}</td>'
+        )
         + "</tr>"
         for r in s.iter_rows(named=True)
     )
     scored = s.filter(pl.col("score").is_not_null())
-    tt_chart = _hbar_svg(
-        "Recruitment to time and target", scored["study_id"].to_list(),
-        [("score", scored["score"].to_list(), [f"{v:+.2f}" for v in scored["score"].to_list()])],
-        zero_at=1.0 if (scored["score"] < 0).any() else 0.0,
-    ) if scored.height else '<p class="note">No study has both a target and a recruitment period yet.</p>'
+    tt_chart = (
+        _hbar_svg(
+            "Recruitment to time and target",
+            scored["study_id"].to_list(),
+            [("score", scored["score"].to_list(), [f"{v:+.2f}" for v in scored["score"].to_list()])],
+            zero_at=1.0 if (scored["score"] < 0).any() else 0.0,
+        )
+        if scored.height
+        else '<p class="note">No study has both a target and a recruitment period yet.</p>'
+    )
     funnel = report.funnel
     funnel_chart = _hbar_svg(
-        "Recruitment funnel", funnel["stage"].to_list(),
-        [("matched", [None if c is None else float(c) for c in funnel["count"].to_list()],
-          ["suppressed (1–7)" if c is None else f"{c:,}" for c in funnel["count"].to_list()])],
+        "Recruitment funnel",
+        funnel["stage"].to_list(),
+        [
+            (
+                "matched",
+                [None if c is None else float(c) for c in funnel["count"].to_list()],
+                ["suppressed (1–7)" if c is None else f"{c:,}" for c in funnel["count"].to_list()],
+            )
+        ],
     )
     setting_rows = "".join(
         f"<tr><td>{_esc(r['setting'])}</td><td>{_fmt_count(r['count'])}</td></tr>"
         for r in report.by_setting.iter_rows(named=True)
     )
     return (
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         "<title>screener: recruitment and equity report</title>"
         f"<style>{_CSS}</style></head><body>"
         "<h1>Recruitment and equity report</h1>"
@@ -333,7 +404,9 @@ def render_html(report: Report) -> str:
         '<p class="note">NIHR: (% of target recruited / % of time elapsed) − 1; on track when ≥ 0.</p>'
         + tt_chart
         + "<table><thead><tr><th>study</th><th>title</th><th>sponsor</th><th>enrolled</th><th>target</th>"
-        "<th>time elapsed</th><th>time and target</th></tr></thead><tbody>" + study_rows + "</tbody></table>"
+        "<th>time elapsed</th><th>time and target</th></tr></thead><tbody>"
+        + study_rows
+        + "</tbody></table>"
         + "<h2>Recruitment funnel</h2>"
         '<p class="note">Patients who reached each stage or a later one, all studies.</p>'
         + funnel_chart
@@ -363,14 +436,19 @@ def load_report_data(database: str | Any) -> ReportData:
         engine: sa.engine.Engine = sa.create_engine(database) if isinstance(database, str) else database
         with engine.connect() as conn:
             st = schema.studies.c
-            studies = [dict(r._mapping) for r in conn.execute(
-                sa.select(st.id.label("study_id"), st.title, st.sponsor, st.target, st.opens, st.closes)
-                .where(st.active.is_(True))
-            )]
+            studies = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    sa.select(st.id.label("study_id"), st.title, st.sponsor, st.target, st.opens, st.closes).where(
+                        st.active.is_(True)
+                    )
+                )
+            ]
             mt = schema.matches.c
-            matches = [dict(r._mapping) for r in conn.execute(
-                sa.select(mt.study_id, mt.setting, mt.stage, mt.imd_decile, mt.ethnic_group)
-            )]
+            matches = [
+                dict(r._mapping)
+                for r in conn.execute(sa.select(mt.study_id, mt.setting, mt.stage, mt.imd_decile, mt.ethnic_group))
+            ]
         if own:
             engine.dispose()
     except sa.exc.SQLAlchemyError as exc:
@@ -425,8 +503,7 @@ def publish_store_metrics(metrics: Metrics, data: ReportData) -> None:
 
 
 def _label_sets(gauge: Any) -> set[tuple[str, ...]]:
-    return {tuple(s.labels[name] for name in gauge._labelnames)
-            for family in gauge.collect() for s in family.samples}
+    return {tuple(s.labels[name] for name in gauge._labelnames) for family in gauge.collect() for s in family.samples}
 
 
 def write_report(database_url: str, out: Path, today: date | None = None) -> Report:

@@ -129,7 +129,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             file_values = tomllib.loads(text)
         else:
             file_values = yaml.safe_load(text) or {}
-    env_keys = {k[len("SCREENER_"):].lower() for k in os.environ if k.startswith("SCREENER_")}
+    env_keys = {k[len("SCREENER_") :].lower() for k in os.environ if k.startswith("SCREENER_")}
     merged = {k: v for k, v in file_values.items() if k not in env_keys}
     merged.update({k: v for k, v in overrides.items() if v is not None})
     try:

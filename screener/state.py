@@ -84,7 +84,13 @@ FACTS_SCHEMA: dict[str, pl.DataType] = {
 RETRACTED_SCHEMA: dict[str, pl.DataType] = {"event_id": pl.String()}
 
 _DEMOGRAPHIC_FIELDS = (
-    "birth_date", "sex", "ethnic_group", "ethnic_category", "lsoa", "imd_decile", "postcode_district",
+    "birth_date",
+    "sex",
+    "ethnic_group",
+    "ethnic_category",
+    "lsoa",
+    "imd_decile",
+    "postcode_district",
 )
 
 
@@ -172,12 +178,11 @@ def events_to_frames(events: Iterable[Event]) -> tuple[pl.DataFrame, pl.DataFram
             }
         )
         if ev.setting is not None:
-            person_rows.append(
-                {"seq": seq, "patient_id": ev.patient_id, "setting": ev.setting, "site": ev.site}
-            )
+            person_rows.append({"seq": seq, "patient_id": ev.patient_id, "setting": ev.setting, "site": ev.site})
     flags = ("do_not_contact", "deceased")
     upd_schema: dict[str, pl.DataType] = {
-        "seq": pl.Int64(), **{k: v for k, v in PERSONS_SCHEMA.items() if k not in flags}
+        "seq": pl.Int64(),
+        **{k: v for k, v in PERSONS_SCHEMA.items() if k not in flags},
     }
     persons = (
         pl.DataFrame(person_rows, schema=upd_schema, orient="row") if person_rows else pl.DataFrame(schema=upd_schema)
@@ -240,9 +245,9 @@ def apply_frames(
     if tombstones.height:
         new_facts = new_facts.filter(~pl.col("event_id").is_in(tombstones["event_id"].implode()))
     if retracted.height:
-        tombstones = pl.concat(
-            [tombstones, retracted.select(pl.col("arg").alias("event_id"))], how="vertical"
-        ).unique(maintain_order=True)
+        tombstones = pl.concat([tombstones, retracted.select(pl.col("arg").alias("event_id"))], how="vertical").unique(
+            maintain_order=True
+        )
     kept = new_facts.drop("seq")
     if isinstance(keep, FactFilter):
         kept = keep(kept)
@@ -252,8 +257,7 @@ def apply_frames(
         # Only new event ids can collide (a replayed or re-sent event): drop the older copies of those alone,
         # instead of de-duplicating the whole frame on every batch.
         kept = kept.unique(subset=["event_id"], keep="last", maintain_order=True)
-        facts = pl.concat([facts.filter(~pl.col("event_id").is_in(kept["event_id"].implode())), kept],
-                          how="vertical")
+        facts = pl.concat([facts.filter(~pl.col("event_id").is_in(kept["event_id"].implode())), kept], how="vertical")
 
     persons = state.persons
     merges = control.filter(pl.col("op") == "merge")
@@ -262,9 +266,13 @@ def apply_frames(
         facts = facts.with_columns(pl.col("patient_id").replace(mapping))
         persons = persons.filter(~pl.col("patient_id").is_in(merges["arg"].implode()))
 
-    touched = pl.concat(
-        [upd["patient_id"], new_facts["patient_id"], control["patient_id"], retracted_patients(state, retracted)]
-    ).unique().sort()
+    touched = (
+        pl.concat(
+            [upd["patient_id"], new_facts["patient_id"], control["patient_id"], retracted_patients(state, retracted)]
+        )
+        .unique()
+        .sort()
+    )
     if merges.height:
         # A retired id is gone, even when its own facts arrived in this same batch: they now belong to the
         # surviving patient, who is touched instead.
@@ -272,26 +280,39 @@ def apply_frames(
 
     # Person updates: the last non-null value per field wins.
     if upd.height:
-        latest = upd.sort("seq").group_by("patient_id", maintain_order=True).agg(
-            [pl.col(c).drop_nulls().last() for c in upd.columns if c not in ("seq", "patient_id")]
+        latest = (
+            upd.sort("seq")
+            .group_by("patient_id", maintain_order=True)
+            .agg([pl.col(c).drop_nulls().last() for c in upd.columns if c not in ("seq", "patient_id")])
         )
         persons = _upsert_persons(persons, latest)
     missing = touched.to_frame().join(persons.select("patient_id"), on="patient_id", how="anti")
     if missing.height:
-        persons = pl.concat([persons, missing.with_columns(
-            [pl.lit(None, dtype=t).alias(c) for c, t in PERSONS_SCHEMA.items() if c != "patient_id"]
-        ).with_columns(pl.lit(False).alias("do_not_contact"), pl.lit(False).alias("deceased"))
-        .select(list(PERSONS_SCHEMA))], how="vertical")
+        persons = pl.concat(
+            [
+                persons,
+                missing.with_columns(
+                    [pl.lit(None, dtype=t).alias(c) for c, t in PERSONS_SCHEMA.items() if c != "patient_id"]
+                )
+                .with_columns(pl.lit(False).alias("do_not_contact"), pl.lit(False).alias("deceased"))
+                .select(list(PERSONS_SCHEMA)),
+            ],
+            how="vertical",
+        )
 
     flags = control.filter(pl.col("op").is_in(["dnc_on", "dnc_off", "death"]))
     if flags.height:
         dnc = (
-            flags.filter(pl.col("op") != "death").sort("seq").group_by("patient_id").agg(
-                (pl.col("op").last() == "dnc_on").alias("_dnc")
-            )
+            flags.filter(pl.col("op") != "death")
+            .sort("seq")
+            .group_by("patient_id")
+            .agg((pl.col("op").last() == "dnc_on").alias("_dnc"))
         )
-        dead = flags.filter(pl.col("op") == "death").select("patient_id").unique().with_columns(
-            pl.lit(True).alias("_dead")
+        dead = (
+            flags.filter(pl.col("op") == "death")
+            .select("patient_id")
+            .unique()
+            .with_columns(pl.lit(True).alias("_dead"))
         )
         persons = (
             persons.join(dnc, on="patient_id", how="left")
@@ -450,8 +471,15 @@ class LiveState:
     def parts(self) -> StateParts:
         """The current state as its parts, without compacting. The frames are immutable, so batches applied
         afterwards do not change them: a snapshot thread can write them while the engine goes on."""
-        return StateParts(self._persons, self._facts, self._tail_persons, self._tail_facts, self._tail_ids,
-                          self._retracted, self.main_id)
+        return StateParts(
+            self._persons,
+            self._facts,
+            self._tail_persons,
+            self._tail_facts,
+            self._tail_ids,
+            self._retracted,
+            self.main_id,
+        )
 
     def to_state(self) -> PatientState:
         """The whole state as an immutable :class:`PatientState` (compacts first; shares the frames)."""
@@ -472,9 +500,18 @@ class LiveState:
         merged_away = control.filter(pl.col("op") == "merge")["arg"]
         referenced = pl.concat([control.filter(pl.col("op") == "retract")["arg"], new_facts["event_id"]])
         affected = (
-            pl.concat([upd["patient_id"], new_facts["patient_id"], control["patient_id"], merged_away,
-                       self.owners(referenced)])
-            .drop_nulls().unique().sort()
+            pl.concat(
+                [
+                    upd["patient_id"],
+                    new_facts["patient_id"],
+                    control["patient_id"],
+                    merged_away,
+                    self.owners(referenced),
+                ]
+            )
+            .drop_nulls()
+            .unique()
+            .sort()
         )
         sub, n_persons, n_facts = self._select(affected)
         new, touched = apply_frames(sub, upd, new_facts, control, keep, changed_only=changed_only)
@@ -598,7 +635,6 @@ class FactFilter:
         allowed = self._known.filter(pl.col("_keep")).select(self.keys)
         return facts.join(allowed, on=self.keys, how="semi", nulls_equal=True, maintain_order="left")
 
-
     def learn(self, facts: pl.DataFrame) -> None:
         """Judge the key combinations in ``facts`` not seen before (one evaluation of ``expr`` for all of them).
         ``facts`` needs only the key columns. The engine calls this once per batch, before the partitions."""
@@ -606,7 +642,8 @@ class FactFilter:
             return
         distinct = facts.select(self.keys).unique()
         unknown = (
-            distinct if self._known is None
+            distinct
+            if self._known is None
             else distinct.join(self._known.select(self.keys), on=self.keys, how="anti", nulls_equal=True)
         )
         if unknown.height:
@@ -614,9 +651,7 @@ class FactFilter:
             self._known = judged if self._known is None else pl.concat([self._known, judged], how="vertical")
 
 
-def prune_facts(
-    state: PatientState, keep: pl.Expr | FactFilter | None, since: datetime | None = None
-) -> PatientState:
+def prune_facts(state: PatientState, keep: pl.Expr | FactFilter | None, since: datetime | None = None) -> PatientState:
     """Keep only the facts some open study can use: those ``keep`` keeps and (when ``since`` is given) that
     occurred at or after ``since``. ``keep=None`` keeps every fact. Persons are never pruned."""
     facts = state.facts
@@ -632,8 +667,9 @@ def prune_facts(
 _CURRENT = "CURRENT"
 
 
-def save_snapshot(state: PatientState | StateParts, directory: Path, offset: int,
-                  meta: dict[str, Any] | None = None) -> Path:
+def save_snapshot(
+    state: PatientState | StateParts, directory: Path, offset: int, meta: dict[str, Any] | None = None
+) -> Path:
     """Write ``state`` and the next offset to read into ``directory``, atomically.
 
     The frames go to a fresh generation folder (``gen-<offset>-<pid>-<time>``); then a ``CURRENT`` pointer
@@ -651,7 +687,9 @@ def save_snapshot(state: PatientState | StateParts, directory: Path, offset: int
     main_id = state.main_id if isinstance(state, StateParts) else None
     previous = _current(directory)
     reuse = (
-        previous is not None and main_id is not None and previous.get("main_id") == main_id
+        previous is not None
+        and main_id is not None
+        and previous.get("main_id") == main_id
         and all((directory / str(previous["generation"]) / f).exists() for f in _MAIN_FILES)
     )
     if reuse:
@@ -725,10 +763,13 @@ def load_snapshot_parts(directory: Path) -> tuple[StateParts, int, dict[str, Any
             tail_ids = pl.Series("patient_id", [], dtype=pl.String)
     except (OSError, ValueError, KeyError, pl.exceptions.PolarsError):
         return None
-    for frame, schema in ((persons, PERSONS_SCHEMA), (tail_persons, PERSONS_SCHEMA), (facts, FACTS_SCHEMA),
-                          (tail_facts, FACTS_SCHEMA)):
+    for frame, schema in (
+        (persons, PERSONS_SCHEMA),
+        (tail_persons, PERSONS_SCHEMA),
+        (facts, FACTS_SCHEMA),
+        (tail_facts, FACTS_SCHEMA),
+    ):
         if dict(frame.schema) != schema:
             return None
-    parts = StateParts(persons, facts, tail_persons, tail_facts, tail_ids, retracted,
-                       str(pointer.get("main_id") or ""))
+    parts = StateParts(persons, facts, tail_persons, tail_facts, tail_ids, retracted, str(pointer.get("main_id") or ""))
     return parts, int(pointer["offset"]), dict(pointer.get("meta") or {})

@@ -34,8 +34,13 @@ def _command() -> click.Command:
 
     @click.command("fhir")
     @click.option("--listen", default=None, help="HOST:PORT to serve the FHIR endpoint on.")
-    @click.option("--from-file", "from_file", type=click.Path(exists=True, path_type=Path), default=None,
-                  help="A Bundle/resource .json, a bulk-data .ndjson, or a directory of them.")
+    @click.option(
+        "--from-file",
+        "from_file",
+        type=click.Path(exists=True, path_type=Path),
+        default=None,
+        help="A Bundle/resource .json, a bulk-data .ndjson, or a directory of them.",
+    )
     @connector_options
     def fhir(listen: str | None, from_file: Path | None, sink_factory: object) -> None:
         """Receive FHIR R4 resources and Bundles over HTTP, or load them from files."""
@@ -59,5 +64,4 @@ def _command() -> click.Command:
     return fhir
 
 
-connector = SimpleConnector("fhir", "FHIR R4 resources and Bundles over HTTP, or from JSON/NDJSON files",
-                            _command)
+connector = SimpleConnector("fhir", "FHIR R4 resources and Bundles over HTTP, or from JSON/NDJSON files", _command)

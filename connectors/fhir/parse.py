@@ -57,8 +57,9 @@ from screener.sources.common import (
 __all__ = ["SUPPORTED", "FHIRReject", "ParsedPayload", "parse_payload", "parse_resource"]
 
 SOURCE = "fhir"
-SUPPORTED = frozenset({"Patient", "Condition", "Observation", "MedicationRequest", "MedicationStatement",
-                       "Encounter", "Procedure"})
+SUPPORTED = frozenset(
+    {"Patient", "Condition", "Observation", "MedicationRequest", "MedicationStatement", "Encounter", "Procedure"}
+)
 BUNDLE_TYPES = frozenset({"batch", "transaction", "collection", "searchset", "history", "message"})
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 _ETHNIC_EXT = ("Extension-UKCore-EthnicCategory", "Extension-CareConnect-EthnicCategory")
@@ -75,9 +76,19 @@ _SYSTEMS: tuple[tuple[str, str], ...] = (
 )
 _PREFERENCE = {"ICD10": 0, "LOINC": 0, "DMD": 0, "ATC": 1, "OPCS4": 1, "SNOMED": 2, "local": 9}
 _GENDER = {"female": "F", "male": "M", "other": "O", "unknown": "U"}
-_ENCOUNTER_SETTING = {"IMP": "hospital", "EMER": "hospital", "ACUTE": "hospital", "NONAC": "hospital",
-                      "OBSENC": "hospital", "SS": "hospital", "PRENC": "hospital", "AMB": "hospital",
-                      "HH": "home", "VR": "home", "FLD": "community"}
+_ENCOUNTER_SETTING = {
+    "IMP": "hospital",
+    "EMER": "hospital",
+    "ACUTE": "hospital",
+    "NONAC": "hospital",
+    "OBSENC": "hospital",
+    "SS": "hospital",
+    "PRENC": "hospital",
+    "AMB": "hospital",
+    "HH": "home",
+    "VR": "home",
+    "FLD": "community",
+}
 _FHIR_DT = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
@@ -109,8 +120,9 @@ def _dt(value: Any, path: str, rtype: str) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _FHIR_DT.match(value):
-        raise FHIRReject("not a FHIR date/dateTime (YYYY[-MM[-DD[Thh:mm:ss[.sss][Z|+hh:mm]]]])", path=path,
-                         resource_type=rtype)
+        raise FHIRReject(
+            "not a FHIR date/dateTime (YYYY[-MM[-DD[Thh:mm:ss[.sss][Z|+hh:mm]]]])", path=path, resource_type=rtype
+        )
     try:
         if len(value) == 4:
             return local_to_utc(date(int(value), 1, 1))
@@ -203,19 +215,26 @@ def _make(path: str, rtype: str, **fields: Any) -> Event:
     try:
         return parse_event(fields, source=SOURCE)
     except EventError as exc:
-        raise FHIRReject(f"cannot build a {fields.get('kind')} event: {exc}", path=path, resource_type=rtype) \
-            from exc
+        raise FHIRReject(f"cannot build a {fields.get('kind')} event: {exc}", path=path, resource_type=rtype) from exc
 
 
 def _retraction(base: dict[str, Any], path: str, rtype: str) -> Event:
-    return _make(path, rtype, **{**base, "event_id": f"{base['event_id']}-eie", "corrects": base["event_id"],
-                                 "status": "entered-in-error"})
+    return _make(
+        path,
+        rtype,
+        **{**base, "event_id": f"{base['event_id']}-eie", "corrects": base["event_id"], "status": "entered-in-error"},
+    )
 
 
 # --- per resource ------------------------------------------------------------------------------------
-def parse_resource(res: Any, path: str = "$", *, full_url: str | None = None,
-                   bundle: dict[str, dict[str, Any]] | None = None,
-                   now: datetime | None = None) -> list[Event] | None:
+def parse_resource(
+    res: Any,
+    path: str = "$",
+    *,
+    full_url: str | None = None,
+    bundle: dict[str, dict[str, Any]] | None = None,
+    now: datetime | None = None,
+) -> list[Event] | None:
     """Events for one resource, or ``None`` for a resource type screener does not read.
 
     :raises FHIRReject: naming the resource type and location when the resource is invalid.
@@ -234,19 +253,23 @@ def parse_resource(res: Any, path: str = "$", *, full_url: str | None = None,
         events: list[Event] = handler(res, path, rtype, full_url, bundle or {}, now or datetime.now(UTC))
         setting, site = _tags(res)
         if setting or site:
-            events = [e.model_copy(update={"setting": e.setting or setting, "site": e.site or site})
-                      if e.kind != "person" else e for e in events]
+            events = [
+                e.model_copy(update={"setting": e.setting or setting, "site": e.site or site})
+                if e.kind != "person"
+                else e
+                for e in events
+            ]
         return events
     except FHIRReject:
         raise
     except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
         # an element of the wrong JSON type (a number where a list belongs, ...) somewhere we did not check
-        raise FHIRReject(f"malformed element ({type(exc).__name__}: {str(exc)[:80]})", path=path,
-                         resource_type=rtype) from exc
+        raise FHIRReject(
+            f"malformed element ({type(exc).__name__}: {str(exc)[:80]})", path=path, resource_type=rtype
+        ) from exc
 
 
-def _patient(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _b: Any, now: datetime
-             ) -> list[Event]:
+def _patient(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _b: Any, now: datetime) -> list[Event]:
     pid = res.get("id") or (full_url or "").removeprefix("urn:uuid:").rsplit("/", 1)[-1]
     if not pid:
         raise FHIRReject("a Patient needs an id (or a fullUrl in a Bundle)", path=f"{path}.id", resource_type=rtype)
@@ -262,8 +285,7 @@ def _patient(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _
     gender = res.get("gender")
     if gender is not None:
         if gender not in _GENDER:
-            raise FHIRReject(f"gender must be one of {sorted(_GENDER)}", path=f"{path}.gender",
-                             resource_type=rtype)
+            raise FHIRReject(f"gender must be one of {sorted(_GENDER)}", path=f"{path}.gender", resource_type=rtype)
         person["sex"] = _GENDER[gender]
     for ident in res.get("identifier") or []:
         if isinstance(ident, dict) and ident.get("system") == NHS_SYSTEM and isinstance(ident.get("value"), str):
@@ -284,12 +306,29 @@ def _patient(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _
     event_id, corrects = _ids(res, rtype, full_url)
     last = (res.get("meta") or {}).get("lastUpdated")
     when = (_dt(last, f"{path}.meta.lastUpdated", rtype) if last else None) or now
-    out = [_make(path, rtype, event_id=event_id, kind="person", patient_id=str(pid)[:64],
-                 occurred_at=when.isoformat(), person=person)]
+    out = [
+        _make(
+            path,
+            rtype,
+            event_id=event_id,
+            kind="person",
+            patient_id=str(pid)[:64],
+            occurred_at=when.isoformat(),
+            person=person,
+        )
+    ]
     if res.get("deceasedDateTime") is not None or res.get("deceasedBoolean") is True:
         died = _dt(res.get("deceasedDateTime"), f"{path}.deceasedDateTime", rtype) or when
-        out.append(_make(path, rtype, event_id=f"{event_id}-death", kind="death", patient_id=str(pid)[:64],
-                         occurred_at=died.isoformat()))
+        out.append(
+            _make(
+                path,
+                rtype,
+                event_id=f"{event_id}-death",
+                kind="death",
+                patient_id=str(pid)[:64],
+                occurred_at=died.isoformat(),
+            )
+        )
     del corrects  # person events replace demographics anyway
     return out
 
@@ -312,17 +351,22 @@ def _subject(res: dict[str, Any], path: str, rtype: str) -> str:
     return _ref_id(res.get(key), f"{path}.{key}", rtype)
 
 
-def _condition(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _b: Any, now: datetime
-               ) -> list[Event]:
+def _condition(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _b: Any, now: datetime) -> list[Event]:
     patient = _subject(res, path, rtype)
     code = _code(res.get("code"), f"{path}.code", rtype)
     when = _first_time(res, path, rtype, "onsetDateTime", "onsetPeriod", "recordedDate") or now
     clinical = _status_code(res.get("clinicalStatus"))
     verification = _status_code(res.get("verificationStatus"))
     event_id, corrects = _ids(res, rtype, full_url)
-    base = {"event_id": event_id, "corrects": corrects, "kind": "condition", "patient_id": patient,
-            "occurred_at": when.isoformat(), "code": code,
-            "status": "resolved" if clinical in ("inactive", "remission", "resolved") else "active"}
+    base = {
+        "event_id": event_id,
+        "corrects": corrects,
+        "kind": "condition",
+        "patient_id": patient,
+        "occurred_at": when.isoformat(),
+        "code": code,
+        "status": "resolved" if clinical in ("inactive", "remission", "resolved") else "active",
+    }
     if verification in ("entered-in-error", "refuted"):
         return [_retraction(base, path, rtype)]
     return [_make(path, rtype, **base)]
@@ -344,15 +388,15 @@ def _quantity(q: Any, path: str, rtype: str) -> tuple[float, str | None]:
     return float(q["value"]), (str(unit)[:32] if unit else None)
 
 
-def _observation(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _b: Any, now: datetime
-                 ) -> list[Event]:
+def _observation(
+    res: dict[str, Any], path: str, rtype: str, full_url: str | None, _b: Any, now: datetime
+) -> list[Event]:
     status = res.get("status")
     if status == "cancelled":
         return []
     patient = _subject(res, path, rtype)
     code = _code(res.get("code"), f"{path}.code", rtype)
-    when = _first_time(res, path, rtype, "effectiveDateTime", "effectivePeriod", "effectiveInstant",
-                       "issued") or now
+    when = _first_time(res, path, rtype, "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued") or now
     event_id, corrects = _ids(res, rtype, full_url)
     common = {"patient_id": patient, "occurred_at": when.isoformat()}
     rows: list[dict[str, Any]] = []
@@ -383,45 +427,59 @@ def _observation(res: dict[str, Any], path: str, rtype: str, full_url: str | Non
     out = []
     for row in rows:
         suffix = row.pop("suffix", "")
-        base = {**common, **row, "event_id": f"{event_id}{suffix}",
-                "corrects": f"{corrects}{suffix}" if corrects else None}
+        base = {
+            **common,
+            **row,
+            "event_id": f"{event_id}{suffix}",
+            "corrects": f"{corrects}{suffix}" if corrects else None,
+        }
         out.append(_retraction(base, path, rtype) if status == "entered-in-error" else _make(path, rtype, **base))
     return out
 
 
-def _medication(res: dict[str, Any], path: str, rtype: str, full_url: str | None,
-                bundle: dict[str, dict[str, Any]], now: datetime) -> list[Event]:
+def _medication(
+    res: dict[str, Any], path: str, rtype: str, full_url: str | None, bundle: dict[str, dict[str, Any]], now: datetime
+) -> list[Event]:
     patient = _subject(res, path, rtype)
     if "medicationCodeableConcept" in res:
         code = _code(res["medicationCodeableConcept"], f"{path}.medicationCodeableConcept", rtype)
     elif "medicationReference" in res:
-        ref = (res["medicationReference"] or {}).get("reference", "") if isinstance(
-            res["medicationReference"], dict) else ""
+        ref = (
+            (res["medicationReference"] or {}).get("reference", "")
+            if isinstance(res["medicationReference"], dict)
+            else ""
+        )
         med = None
         if isinstance(ref, str) and ref.startswith("#"):
-            med = next((c for c in res.get("contained") or [] if isinstance(c, dict)
-                        and c.get("id") == ref[1:]), None)
+            med = next((c for c in res.get("contained") or [] if isinstance(c, dict) and c.get("id") == ref[1:]), None)
         elif isinstance(ref, str):
             med = bundle.get(ref) or bundle.get(ref.removeprefix("urn:uuid:"))
         if not isinstance(med, dict):
-            raise FHIRReject("medicationReference cannot be resolved (send the Medication in the Bundle)",
-                             path=f"{path}.medicationReference", resource_type=rtype)
+            raise FHIRReject(
+                "medicationReference cannot be resolved (send the Medication in the Bundle)",
+                path=f"{path}.medicationReference",
+                resource_type=rtype,
+            )
         code = _code(med.get("code"), f"{path}.medicationReference(Medication).code", rtype)
     else:
         raise FHIRReject("medication[x] is required", path=f"{path}.medication[x]", resource_type=rtype)
-    keys = ("authoredOn",) if rtype == "MedicationRequest" else ("effectiveDateTime", "effectivePeriod",
-                                                                 "dateAsserted")
+    keys = ("authoredOn",) if rtype == "MedicationRequest" else ("effectiveDateTime", "effectivePeriod", "dateAsserted")
     when = _first_time(res, path, rtype, *keys) or now
     status = res.get("status")
     event_id, corrects = _ids(res, rtype, full_url)
-    base = {"event_id": event_id, "corrects": corrects, "kind": "drug", "patient_id": patient,
-            "occurred_at": when.isoformat(), "code": code,
-            "status": "resolved" if status in ("completed", "stopped", "cancelled", "not-taken") else "active"}
+    base = {
+        "event_id": event_id,
+        "corrects": corrects,
+        "kind": "drug",
+        "patient_id": patient,
+        "occurred_at": when.isoformat(),
+        "code": code,
+        "status": "resolved" if status in ("completed", "stopped", "cancelled", "not-taken") else "active",
+    }
     return [_retraction(base, path, rtype) if status == "entered-in-error" else _make(path, rtype, **base)]
 
 
-def _encounter(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _b: Any, now: datetime
-               ) -> list[Event]:
+def _encounter(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _b: Any, now: datetime) -> list[Event]:
     patient = _subject(res, path, rtype)
     cls = res.get("class")
     cls_code = cls.get("code") if isinstance(cls, dict) else None
@@ -435,15 +493,20 @@ def _encounter(res: dict[str, Any], path: str, rtype: str, full_url: str | None,
         types = res["type"] if isinstance(res["type"], list) else []
         if types:
             code = _code(types[0], f"{path}.type[0]", rtype)
-    base = {"event_id": event_id, "corrects": corrects, "kind": "visit", "patient_id": patient,
-            "occurred_at": when.isoformat(), "code": code,
-            "setting": _tags(res)[0] or _ENCOUNTER_SETTING.get(str(cls_code or "").upper()),
-            "status": "resolved" if status in ("finished", "cancelled") else "active"}
+    base = {
+        "event_id": event_id,
+        "corrects": corrects,
+        "kind": "visit",
+        "patient_id": patient,
+        "occurred_at": when.isoformat(),
+        "code": code,
+        "setting": _tags(res)[0] or _ENCOUNTER_SETTING.get(str(cls_code or "").upper()),
+        "status": "resolved" if status in ("finished", "cancelled") else "active",
+    }
     return [_retraction(base, path, rtype) if status == "entered-in-error" else _make(path, rtype, **base)]
 
 
-def _procedure(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _b: Any, now: datetime
-               ) -> list[Event]:
+def _procedure(res: dict[str, Any], path: str, rtype: str, full_url: str | None, _b: Any, now: datetime) -> list[Event]:
     status = res.get("status")
     if status == "not-done":
         return []
@@ -451,14 +514,25 @@ def _procedure(res: dict[str, Any], path: str, rtype: str, full_url: str | None,
     code = _code(res.get("code"), f"{path}.code", rtype)
     when = _first_time(res, path, rtype, "performedDateTime", "performedPeriod") or now
     event_id, corrects = _ids(res, rtype, full_url)
-    base = {"event_id": event_id, "corrects": corrects, "kind": "procedure", "patient_id": patient,
-            "occurred_at": when.isoformat(), "code": code, "status": "active"}
+    base = {
+        "event_id": event_id,
+        "corrects": corrects,
+        "kind": "procedure",
+        "patient_id": patient,
+        "occurred_at": when.isoformat(),
+        "code": code,
+        "status": "active",
+    }
     return [_retraction(base, path, rtype) if status == "entered-in-error" else _make(path, rtype, **base)]
 
 
 _HANDLERS: dict[str, Any] = {
-    "Patient": _patient, "Condition": _condition, "Observation": _observation,
-    "MedicationRequest": _medication, "MedicationStatement": _medication, "Encounter": _encounter,
+    "Patient": _patient,
+    "Condition": _condition,
+    "Observation": _observation,
+    "MedicationRequest": _medication,
+    "MedicationStatement": _medication,
+    "Encounter": _encounter,
     "Procedure": _procedure,
 }
 
@@ -480,8 +554,12 @@ def iter_entries(payload: dict[str, Any]) -> Iterator[tuple[str, Any, str | None
         return
     btype = payload.get("type")
     if not isinstance(btype, str) or btype not in BUNDLE_TYPES:
-        raise FHIRReject(f"unsupported Bundle type {str(btype)[:30]!r}; expected one of {sorted(BUNDLE_TYPES)}",
-                         path="Bundle.type", resource_type="Bundle", status=400)
+        raise FHIRReject(
+            f"unsupported Bundle type {str(btype)[:30]!r}; expected one of {sorted(BUNDLE_TYPES)}",
+            path="Bundle.type",
+            resource_type="Bundle",
+            status=400,
+        )
     entries = payload.get("entry") or []
     if not isinstance(entries, list):
         raise FHIRReject("entry must be a list", path="Bundle.entry", resource_type="Bundle", status=400)
@@ -527,8 +605,11 @@ def parse_payload(payload: Any, *, now: datetime | None = None) -> ParsedPayload
         if events is None:
             rtype = str(res.get("resourceType")) if isinstance(res, dict) else "?"
             if payload.get("resourceType") != "Bundle":
-                raise FHIRReject(f"resource type {rtype[:40]} is not supported; send one of {sorted(SUPPORTED)}",
-                                 path="$.resourceType", resource_type=rtype)
+                raise FHIRReject(
+                    f"resource type {rtype[:40]} is not supported; send one of {sorted(SUPPORTED)}",
+                    path="$.resourceType",
+                    resource_type=rtype,
+                )
             out.skipped[rtype] = out.skipped.get(rtype, 0) + 1
             continue
         out.resources += 1

@@ -43,8 +43,7 @@ log = get_logger(__name__)
 FHIR_JSON = "application/fhir+json"
 
 
-def operation_outcome(severity: str, code: str, diagnostics: str, expression: str | None = None
-                      ) -> dict[str, Any]:
+def operation_outcome(severity: str, code: str, diagnostics: str, expression: str | None = None) -> dict[str, Any]:
     issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
     if expression:
         issue["expression"] = [expression]
@@ -52,22 +51,33 @@ def operation_outcome(severity: str, code: str, diagnostics: str, expression: st
 
 
 def _error(status: int, code: str, message: str, expression: str | None = None) -> JSONResponse:
-    return JSONResponse(operation_outcome("error", code, message, expression), status_code=status,
-                        media_type=FHIR_JSON)
+    return JSONResponse(operation_outcome("error", code, message, expression), status_code=status, media_type=FHIR_JSON)
 
 
 def build_app(sink: EventSink, *, max_body_bytes: int = 32 * 1024 * 1024) -> Starlette:
     """The Starlette app. ``sink`` is called in a worker thread (publishing blocks until acknowledged)."""
 
     async def metadata(_request: Request) -> JSONResponse:
-        return JSONResponse({
-            "resourceType": "CapabilityStatement", "status": "active", "kind": "instance", "fhirVersion": "4.0.1",
-            "format": ["json"],
-            "rest": [{"mode": "server", "resource": [{"type": t, "interaction": [{"code": "create"},
-                                                                                 {"code": "update"}]}
-                                                     for t in sorted(SUPPORTED)],
-                      "interaction": [{"code": "batch"}, {"code": "transaction"}]}],
-        }, media_type=FHIR_JSON)
+        return JSONResponse(
+            {
+                "resourceType": "CapabilityStatement",
+                "status": "active",
+                "kind": "instance",
+                "fhirVersion": "4.0.1",
+                "format": ["json"],
+                "rest": [
+                    {
+                        "mode": "server",
+                        "resource": [
+                            {"type": t, "interaction": [{"code": "create"}, {"code": "update"}]}
+                            for t in sorted(SUPPORTED)
+                        ],
+                        "interaction": [{"code": "batch"}, {"code": "transaction"}],
+                    }
+                ],
+            },
+            media_type=FHIR_JSON,
+        )
 
     async def receive(request: Request) -> JSONResponse:
         position = f"{request.method} {request.url.path}"
@@ -87,8 +97,12 @@ def build_app(sink: EventSink, *, max_body_bytes: int = 32 * 1024 * 1024) -> Sta
         rtype = request.path_params.get("rtype")
         try:
             if rtype and isinstance(payload, dict) and payload.get("resourceType") != rtype:
-                raise FHIRReject(f"resourceType must be {rtype[:40]} at this URL", path="$.resourceType",
-                                 resource_type=str(payload.get("resourceType"))[:40], status=400)
+                raise FHIRReject(
+                    f"resourceType must be {rtype[:40]} at this URL",
+                    path="$.resourceType",
+                    resource_type=str(payload.get("resourceType"))[:40],
+                    status=400,
+                )
             parsed = parse_payload(payload)
         except FHIRReject as exc:
             await run_in_threadpool(_dead_letter, sink, body, position, f"{exc.status}: {exc.reason}")
@@ -101,23 +115,30 @@ def build_app(sink: EventSink, *, max_body_bytes: int = 32 * 1024 * 1024) -> Sta
             return _error(503, "transient", "events not stored: broker unavailable; retry")
         return _success(parsed)
 
-    return Starlette(routes=[
-        Route("/metadata", metadata, methods=["GET"]),
-        Route("/", receive, methods=["POST"]),
-        Route("/{rtype:str}", receive, methods=["POST"]),
-        Route("/{rtype:str}/{rid:str}", receive, methods=["PUT"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/metadata", metadata, methods=["GET"]),
+            Route("/", receive, methods=["POST"]),
+            Route("/{rtype:str}", receive, methods=["POST"]),
+            Route("/{rtype:str}/{rid:str}", receive, methods=["PUT"]),
+        ]
+    )
 
 
 def _success(parsed: ParsedPayload) -> JSONResponse:
     if parsed.bundle_type in ("batch", "transaction"):
-        return JSONResponse({
-            "resourceType": "Bundle", "type": f"{parsed.bundle_type}-response",
-            "entry": [{"response": {"status": "201 Created"}} for _ in range(parsed.entries)],
-        }, media_type=FHIR_JSON)
+        return JSONResponse(
+            {
+                "resourceType": "Bundle",
+                "type": f"{parsed.bundle_type}-response",
+                "entry": [{"response": {"status": "201 Created"}} for _ in range(parsed.entries)],
+            },
+            media_type=FHIR_JSON,
+        )
     skipped = ", ".join(f"{k} x{v}" for k, v in sorted(parsed.skipped.items()))
     text = f"{parsed.resources} resource(s) read, {len(parsed.events)} event(s) published" + (
-        f"; skipped (not read by screener): {skipped}" if skipped else "")
+        f"; skipped (not read by screener): {skipped}" if skipped else ""
+    )
     return JSONResponse(operation_outcome("information", "informational", text), media_type=FHIR_JSON)
 
 

@@ -43,8 +43,13 @@ def _command() -> click.Command:
 
     @click.command("hl7v2")
     @click.option("--listen", default="127.0.0.1:2575", show_default=True, help="HOST:PORT to accept MLLP on.")
-    @click.option("--code-map", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                  envvar="SCREENER_HL7_CODE_MAP", help="OBX local-code mapping file (YAML or CSV).")
+    @click.option(
+        "--code-map",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        envvar="SCREENER_HL7_CODE_MAP",
+        help="OBX local-code mapping file (YAML or CSV).",
+    )
     @connector_options
     def hl7v2(listen: str, code_map: Path | None, sink_factory: object) -> None:
         """Receive HL7 v2 (ADT, ORU^R01) over MLLP; ACK AA only after Kafka acknowledged the events."""

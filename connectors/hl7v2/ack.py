@@ -40,8 +40,9 @@ def _msh_fields(raw: str) -> list[str]:
     return first.split("|")
 
 
-def build_ack(raw: str, code: str, *, control_id: str = "", reason: str = "", hl7_code: str = "207",
-              location: str = "") -> str:
+def build_ack(
+    raw: str, code: str, *, control_id: str = "", reason: str = "", hl7_code: str = "207", location: str = ""
+) -> str:
     """An ACK for ``raw`` (the original message text, possibly garbage) with MSA-1 = ``code``.
 
     For AE/AR an ERR segment carries ``hl7_code``, ``location`` and ``reason``.
@@ -58,14 +59,41 @@ def build_ack(raw: str, code: str, *, control_id: str = "", reason: str = "", hl
     now = datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000")
     ack_id = f"ACK{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}{next(_counter):06d}"
     segments = [
-        "|".join(["MSH", "^~\\&", fld(5) or "SCREENER", fld(6), fld(3), fld(4), now, "",
-                  f"ACK^{trigger}^ACK" if trigger else "ACK", ack_id, fld(11) or "P", version]),
+        "|".join(
+            [
+                "MSH",
+                "^~\\&",
+                fld(5) or "SCREENER",
+                fld(6),
+                fld(3),
+                fld(4),
+                now,
+                "",
+                f"ACK^{trigger}^ACK" if trigger else "ACK",
+                ack_id,
+                fld(11) or "P",
+                version,
+            ]
+        ),
         "|".join(["MSA", code, _escape(ctrl[:199])] + ([_escape(reason[:80])] if code != "AA" else [])),
     ]
     if code != "AA":
         text = _ERROR_TEXT.get(hl7_code, "Application internal error")
-        segments.append("|".join(["ERR", "", _escape(location, cs="\x00"), f"{hl7_code}^{text}^HL70357", "E",
-                                   "", "", "", _escape(reason[:500])]))
+        segments.append(
+            "|".join(
+                [
+                    "ERR",
+                    "",
+                    _escape(location, cs="\x00"),
+                    f"{hl7_code}^{text}^HL70357",
+                    "E",
+                    "",
+                    "",
+                    "",
+                    _escape(reason[:500]),
+                ]
+            )
+        )
     return "\r".join(segments) + "\r"
 
 

@@ -75,8 +75,21 @@ _VISIT_EVENTS = {"A01": "admit", "A03": "discharge", "A04": "register"}
 _NHS_OID = "2.16.840.1.113883.2.1.4.1"
 _HOSPITAL_ID_TYPES = ("MR", "PI", "PT", "PN", "MRN")
 #: HL7 table 0001, plus the NHS Data Dictionary digits some English (and Australian) feeds send.
-_SEX = {"F": "F", "M": "M", "O": "O", "U": "U", "A": "O", "N": "U", "X": "U", "1": "M", "2": "F", "9": "O",
-        "0": "U", "3": "O", "": None}
+_SEX = {
+    "F": "F",
+    "M": "M",
+    "O": "O",
+    "U": "U",
+    "A": "O",
+    "N": "U",
+    "X": "U",
+    "1": "M",
+    "2": "F",
+    "9": "O",
+    "0": "U",
+    "3": "O",
+    "": None,
+}
 _NUMERIC_TYPES = frozenset({"NM", "SN"})
 _TEXT_TYPES = frozenset({"ST", "TX", "FT", "CE", "CWE", "CNE", "IS", "ID"})
 DEFAULT_CODE_MAP = Path(__file__).with_name("codes.yaml")
@@ -89,7 +102,12 @@ class HL7Reject(EventError):
     """
 
     def __init__(
-        self, message: str, *, ack_code: str = "AE", hl7_code: str = "207", location: str = "",
+        self,
+        message: str,
+        *,
+        ack_code: str = "AE",
+        hl7_code: str = "207",
+        location: str = "",
         control_id: str = "",
     ) -> None:
         self.ack_code = ack_code
@@ -127,8 +145,11 @@ def load_code_map(path: Path | None = None) -> CodeMap:
         if rows and not {"local_code", "loinc"} <= set(rows[0]):
             raise ConnectorError(f"{path}: CSV needs columns local_code,loinc[,unit]", connector=SOURCE)
         base = load_code_map(DEFAULT_CODE_MAP) if path != DEFAULT_CODE_MAP else CodeMap()
-        obs = {r["local_code"].strip().upper(): (r["loinc"].strip(), (r.get("unit") or "").strip() or None)
-               for r in rows if r.get("local_code")}
+        obs = {
+            r["local_code"].strip().upper(): (r["loinc"].strip(), (r.get("unit") or "").strip() or None)
+            for r in rows
+            if r.get("local_code")
+        }
         return CodeMap(obs, base.patient_class, base.location_prefix)
     try:
         data = yaml.safe_load(text) or {}
@@ -195,8 +216,7 @@ def parse_hl7_datetime(text: str, *, location: str = "") -> datetime | None:
         return None
     m = _DTM.match(text)
     if not m:
-        raise HL7Reject("not an HL7 date-time (YYYY[MM[DD[HH[MM[SS]]]]][+/-ZZZZ])", hl7_code="102",
-                        location=location)
+        raise HL7Reject("not an HL7 date-time (YYYY[MM[DD[HH[MM[SS]]]]][+/-ZZZZ])", hl7_code="102", location=location)
     y, mo, d, h, mi, s, frac, off = m.groups()
     try:
         micro = int((frac or "0").ljust(6, "0"))
@@ -293,8 +313,7 @@ def parse_message(text: str, *, code_map: CodeMap | None = None, source: str = S
         elif mtype == "ORU" and trigger == "R01":
             events = _oru(msg, ctx)
         else:
-            raise HL7Reject(f"unsupported message type {kind}", ack_code="AR", hl7_code="200",
-                            location="MSH^1^9")
+            raise HL7Reject(f"unsupported message type {kind}", ack_code="AR", hl7_code="200", location="MSH^1^9")
     except HL7Reject as exc:
         exc.control_id = control_id
         raise
@@ -360,8 +379,9 @@ def _setting(pv1: Any | None, code_map: CodeMap) -> tuple[str | None, str | None
     return code_map.patient_class.get(_get(pv1, 2).upper()), (facility or None)
 
 
-def _person_event(pid: Any, seq: int, ctx: _Ctx, patient_id: str, nhs: str | None, *, merged_from: str | None,
-                  setting: str | None) -> Event:
+def _person_event(
+    pid: Any, seq: int, ctx: _Ctx, patient_id: str, nhs: str | None, *, merged_from: str | None, setting: str | None
+) -> Event:
     loc = f"PID^{seq}"
     sex_raw = _get(pid, 8).upper()
     if sex_raw not in _SEX:
@@ -377,17 +397,30 @@ def _person_event(pid: Any, seq: int, ctx: _Ctx, patient_id: str, nhs: str | Non
     person["ethnic_group"], person["ethnic_category"] = group, letter
     person["postcode_district"] = postcode_district(_get(pid, 11, 5))
     person = {k: v for k, v in person.items() if v is not None}
-    return _event(ctx, loc, event_id=stable_id(SOURCE, ctx.facility, ctx.control_id, "person", patient_id),
-                  kind="person", patient_id=patient_id, occurred_at=ctx.msg_time.isoformat(),
-                  person=person, setting=setting)
+    return _event(
+        ctx,
+        loc,
+        event_id=stable_id(SOURCE, ctx.facility, ctx.control_id, "person", patient_id),
+        kind="person",
+        patient_id=patient_id,
+        occurred_at=ctx.msg_time.isoformat(),
+        person=person,
+        setting=setting,
+    )
 
 
 def _death_event(pid: Any, seq: int, ctx: _Ctx, patient_id: str) -> Event | None:
     when = parse_hl7_datetime(_get(pid, 29), location=f"PID^{seq}^29")
     if when is None and _get(pid, 30).upper() != "Y":
         return None
-    return _event(ctx, f"PID^{seq}^29", event_id=stable_id(SOURCE, ctx.facility, "death", patient_id),
-                  kind="death", patient_id=patient_id, occurred_at=(when or ctx.msg_time).isoformat())
+    return _event(
+        ctx,
+        f"PID^{seq}^29",
+        event_id=stable_id(SOURCE, ctx.facility, "death", patient_id),
+        kind="death",
+        patient_id=patient_id,
+        occurred_at=(when or ctx.msg_time).isoformat(),
+    )
 
 
 def _code(system_raw: str, value: str) -> dict[str, str]:
@@ -405,8 +438,7 @@ def _code(system_raw: str, value: str) -> dict[str, str]:
     return {"system": "ICD10" if not s and re.match(r"^[A-Z]\d\d", value) else "local", "value": value}
 
 
-def _diagnoses(msg: Any, ctx: _Ctx, patient_id: str, setting: str | None, site: str | None,
-               visit: str) -> list[Event]:
+def _diagnoses(msg: Any, ctx: _Ctx, patient_id: str, setting: str | None, site: str | None, visit: str) -> list[Event]:
     out = []
     for i, dg1 in enumerate(_segments(msg, "DG1"), start=1):
         code = _get(dg1, 3, 1)
@@ -414,10 +446,19 @@ def _diagnoses(msg: Any, ctx: _Ctx, patient_id: str, setting: str | None, site: 
             raise HL7Reject("DG1-3 diagnosis code is empty", hl7_code="101", location=f"DG1^{i}^3")
         when = parse_hl7_datetime(_get(dg1, 5), location=f"DG1^{i}^5") or ctx.msg_time
         coded = _code(_get(dg1, 3, 3), code)
-        out.append(_event(
-            ctx, f"DG1^{i}", event_id=stable_id(SOURCE, ctx.facility, patient_id, visit, "dg1", coded["value"]),
-            kind="condition", patient_id=patient_id, occurred_at=when.isoformat(), code=coded,
-            setting=setting, site=site))
+        out.append(
+            _event(
+                ctx,
+                f"DG1^{i}",
+                event_id=stable_id(SOURCE, ctx.facility, patient_id, visit, "dg1", coded["value"]),
+                kind="condition",
+                patient_id=patient_id,
+                occurred_at=when.isoformat(),
+                code=coded,
+                setting=setting,
+                site=site,
+            )
+        )
     return out
 
 
@@ -457,11 +498,20 @@ def _adt(msg: Any, trigger: str, ctx: _Ctx) -> list[Event]:
         evn = _segments(msg, "EVN")
         evn_time = parse_hl7_datetime(_get(evn[0], 2), location="EVN^1^2") if evn else None
         when = (discharge if trigger == "A03" else admit) or evn_time or ctx.msg_time
-        events.append(_event(
-            ctx, "PV1^1", event_id=stable_id(SOURCE, ctx.facility, patient_id, visit, "visit", trigger),
-            kind="visit", patient_id=patient_id, occurred_at=when.isoformat(),
-            code={"system": "local", "value": f"hl7v2-{_VISIT_EVENTS[trigger]}"},
-            status="resolved" if trigger == "A03" else "active", setting=setting, site=site))
+        events.append(
+            _event(
+                ctx,
+                "PV1^1",
+                event_id=stable_id(SOURCE, ctx.facility, patient_id, visit, "visit", trigger),
+                kind="visit",
+                patient_id=patient_id,
+                occurred_at=when.isoformat(),
+                code={"system": "local", "value": f"hl7v2-{_VISIT_EVENTS[trigger]}"},
+                status="resolved" if trigger == "A03" else "active",
+                setting=setting,
+                site=site,
+            )
+        )
     events.extend(_diagnoses(msg, ctx, patient_id, setting, site, visit))
     events.extend(_observations(msg, ctx, patient_id, setting, site, order_fallback=visit))
     return events
@@ -480,8 +530,9 @@ def _oru(msg: Any, ctx: _Ctx) -> list[Event]:
     return _observations(msg, ctx, patient_id, setting, site, order_fallback=ctx.control_id)
 
 
-def _observations(msg: Any, ctx: _Ctx, patient_id: str, setting: str | None, site: str | None, *,
-                  order_fallback: str) -> list[Event]:
+def _observations(
+    msg: Any, ctx: _Ctx, patient_id: str, setting: str | None, site: str | None, *, order_fallback: str
+) -> list[Event]:
     out: list[Event] = []
     order, obr_time = order_fallback, None
     obx_seq = 0
@@ -496,8 +547,16 @@ def _observations(msg: Any, ctx: _Ctx, patient_id: str, setting: str | None, sit
     return out
 
 
-def _obx(obx: Any, seq: int, ctx: _Ctx, patient_id: str, setting: str | None, site: str | None,
-         order: str, obr_time: datetime | None) -> list[Event]:
+def _obx(
+    obx: Any,
+    seq: int,
+    ctx: _Ctx,
+    patient_id: str,
+    setting: str | None,
+    site: str | None,
+    order: str,
+    obr_time: datetime | None,
+) -> list[Event]:
     loc = f"OBX^{seq}"
     status = _get(obx, 11).upper()
     if status == "X":
@@ -533,16 +592,21 @@ def _obx(obx: Any, seq: int, ctx: _Ctx, patient_id: str, setting: str | None, si
         raise HL7Reject(f"unsupported OBX value type {vtype[:5]!r}", hl7_code="102", location=f"{loc}^2")
     base = stable_id(SOURCE, ctx.facility, patient_id, order, code["value"], _get(obx, 4))
     ev: dict[str, Any] = {
-        "kind": kind, "patient_id": patient_id, "occurred_at": when.isoformat(), "code": code,
-        "value": value, "unit": unit if kind == "measurement" else None, "setting": setting, "site": site,
+        "kind": kind,
+        "patient_id": patient_id,
+        "occurred_at": when.isoformat(),
+        "code": code,
+        "value": value,
+        "unit": unit if kind == "measurement" else None,
+        "setting": setting,
+        "site": site,
     }
     # Versions of one result share an identity (`base`): the final and every correction carry event id `base`,
     # so each later version replaces the one before (the state keeps the last copy of an event id) however many
     # corrections follow; both retract the preliminary (`base-p`). W/D retracts the result, its preliminary and
     # its abnormal-flag fact. A result posted as wrong stays retracted: a later version of it is ignored.
     if status in ("W", "D"):
-        ev.update(event_id=f"{base}-w-{stable_id('m', ctx.control_id)[-12:]}", corrects=base,
-                  status="entered-in-error")
+        ev.update(event_id=f"{base}-w-{stable_id('m', ctx.control_id)[-12:]}", corrects=base, status="entered-in-error")
     elif status == "P":
         ev.update(event_id=f"{base}-p")
     else:
@@ -551,15 +615,26 @@ def _obx(obx: Any, seq: int, ctx: _Ctx, patient_id: str, setting: str | None, si
     out = [_event(ctx, loc, **ev)]
     if status in ("W", "D"):
         for suffix in ("p", "flag", "p-flag"):
-            out.append(_event(ctx, loc, **{**ev, "event_id": f"{ev['event_id']}-{suffix}",
-                                           "corrects": f"{base}-{suffix}"}))
+            out.append(
+                _event(ctx, loc, **{**ev, "event_id": f"{ev['event_id']}-{suffix}", "corrects": f"{base}-{suffix}"})
+            )
     flag = _get(obx, 8).upper()
     if flag and flag != "N" and kind == "measurement" and status not in ("W", "D"):
-        out.append(_event(
-            ctx, f"{loc}^8", event_id=f"{ev['event_id']}-flag", kind="observation", patient_id=patient_id,
-            occurred_at=when.isoformat(), code={"system": "local", "value": f"abnormal-flag:{code['value']}"},
-            value=flag[:8], setting=setting, site=site,
-            **({"corrects": f"{ev['corrects']}-flag"} if "corrects" in ev else {})))
+        out.append(
+            _event(
+                ctx,
+                f"{loc}^8",
+                event_id=f"{ev['event_id']}-flag",
+                kind="observation",
+                patient_id=patient_id,
+                occurred_at=when.isoformat(),
+                code={"system": "local", "value": f"abnormal-flag:{code['value']}"},
+                value=flag[:8],
+                setting=setting,
+                site=site,
+                **({"corrects": f"{ev['corrects']}-flag"} if "corrects" in ev else {}),
+            )
+        )
     return out
 
 

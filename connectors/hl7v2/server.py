@@ -50,8 +50,9 @@ def _decode(block: bytes) -> str:
         return block.decode("iso-8859-1")
 
 
-def process_block(block: bytes, sink: EventSink, *, code_map: CodeMap, position: str,
-                  source: str = SOURCE) -> tuple[str, list[str]]:
+def process_block(
+    block: bytes, sink: EventSink, *, code_map: CodeMap, position: str, source: str = SOURCE
+) -> tuple[str, list[str]]:
     """Handle one MLLP payload synchronously. Returns ``(response text, ack codes in message order)``.
 
     Publishes accepted events (waiting for the broker), dead-letters rejected messages, builds the ACK(s).
@@ -86,12 +87,19 @@ def process_block(block: bytes, sink: EventSink, *, code_map: CodeMap, position:
                 codes.append("AA")
                 continue
             p = HL7Reject(broker_error, hl7_code="207", control_id=p.control_id)
-        acks.append(build_ack(raw, p.ack_code, control_id=p.control_id, reason=p.reason,
-                              hl7_code=p.hl7_code, location=p.location))
+        acks.append(
+            build_ack(
+                raw, p.ack_code, control_id=p.control_id, reason=p.reason, hl7_code=p.hl7_code, location=p.location
+            )
+        )
         codes.append(p.ack_code)
         with contextlib.suppress(DeliveryError):
-            sink.dead_letter(block if len(messages) == 1 else raw.encode("utf-8"), source,
-                             f"{position} control_id={p.control_id[:40] or '-'}", f"{p.ack_code}: {p.reason}")
+            sink.dead_letter(
+                block if len(messages) == 1 else raw.encode("utf-8"),
+                source,
+                f"{position} control_id={p.control_id[:40] or '-'}",
+                f"{p.ack_code}: {p.reason}",
+            )
         log.info("hl7_rejected", ack=p.ack_code, hl7_code=p.hl7_code, location=p.location)
     if batch_kind is None and len(acks) == 1:
         return acks[0], codes
@@ -104,9 +112,17 @@ class MLLPServer:
     ``max_block_bytes`` bounds one framed payload; a longer one is answered AE and the connection closed.
     """
 
-    def __init__(self, sink: EventSink, *, host: str = "127.0.0.1", port: int = 2575,
-                 code_map: CodeMap | None = None, max_block_bytes: int = 16 * 1024 * 1024,
-                 source: str = SOURCE, on_block: Callable[[list[str]], Any] | None = None) -> None:
+    def __init__(
+        self,
+        sink: EventSink,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 2575,
+        code_map: CodeMap | None = None,
+        max_block_bytes: int = 16 * 1024 * 1024,
+        source: str = SOURCE,
+        on_block: Callable[[list[str]], Any] | None = None,
+    ) -> None:
         self.sink = sink
         self.host = host
         self.port = port
@@ -117,8 +133,7 @@ class MLLPServer:
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> MLLPServer:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port,
-                                                  limit=self.max_block_bytes + 16)
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=self.max_block_bytes + 16)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("mllp_listening", host=self.host, port=self.port)
         return self
@@ -151,14 +166,18 @@ class MLLPServer:
                     writer.write(frame(build_ack("", "AE", reason=reason, hl7_code="207")))
                     await writer.drain()
                     with contextlib.suppress(DeliveryError):
-                        await loop.run_in_executor(None, self.sink.dead_letter, b"", self.source, position,
-                                                   f"AE: {reason}")
+                        await loop.run_in_executor(
+                            None, self.sink.dead_letter, b"", self.source, position, f"AE: {reason}"
+                        )
                     return
                 start = data.find(START_BLOCK)
                 block = data[start + 1 if start >= 0 else 0 : -len(END_BLOCK)]
-                response, codes = await loop.run_in_executor(None, functools.partial(
-                    process_block, block, self.sink, code_map=self.code_map, position=position,
-                    source=self.source))
+                response, codes = await loop.run_in_executor(
+                    None,
+                    functools.partial(
+                        process_block, block, self.sink, code_map=self.code_map, position=position, source=self.source
+                    ),
+                )
                 writer.write(frame(response))
                 await writer.drain()
                 if self.on_block is not None:

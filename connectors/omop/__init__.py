@@ -39,8 +39,9 @@ def _command() -> click.Command:
                 close()
         rate = result.total_events / result.seconds if result.seconds else 0.0
         for t in wanted:
-            click.echo(f"  {t:<22} rows {result.rows_in.get(t, 0):>10}  events {result.events_out.get(t, 0):>10}",
-                       err=True)
+            click.echo(
+                f"  {t:<22} rows {result.rows_in.get(t, 0):>10}  events {result.events_out.get(t, 0):>10}", err=True
+            )
         click.echo(f"omop: {result.total_events} events in {result.seconds:.1f}s ({rate:,.0f} rows/s)", err=True)
 
     return omop

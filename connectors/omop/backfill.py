@@ -47,17 +47,44 @@ __all__ = ["TABLES", "OmopSource", "backfill", "table_events"]
 
 SOURCE = "omop"
 TABLES = (
-    "person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
-    "procedure_occurrence", "measurement", "observation",
+    "person",
+    "observation_period",
+    "visit_occurrence",
+    "condition_occurrence",
+    "drug_exposure",
+    "procedure_occurrence",
+    "measurement",
+    "observation",
 )
-_VOCAB = {"SNOMED": "SNOMED", "LOINC": "LOINC", "ICD10": "ICD10", "ICD10CM": "ICD10", "ICD10GM": "ICD10",
-          "ATC": "ATC", "OPCS4": "OPCS4", "dm+d": "DMD", "DMD": "DMD"}
+_VOCAB = {
+    "SNOMED": "SNOMED",
+    "LOINC": "LOINC",
+    "ICD10": "ICD10",
+    "ICD10CM": "ICD10",
+    "ICD10GM": "ICD10",
+    "ATC": "ATC",
+    "OPCS4": "OPCS4",
+    "dm+d": "DMD",
+    "DMD": "DMD",
+}
 _SEX = {8532: "F", 8507: "M", 8521: "O", 8551: "U", 8570: "U"}
 _RACE = {8527: "white", 8516: "black", 8515: "asian", 8557: "other", 8657: "other"}
-_ETHNIC_LETTER = {**dict.fromkeys("ABC", "white"), **dict.fromkeys("DEFG", "mixed"),
-                  **dict.fromkeys("HJKLR", "asian"), **dict.fromkeys("MNP", "black"), "S": "other"}
-_VISIT_SETTING = {9201: "hospital", 9203: "hospital", 9202: "hospital", 262: "hospital",
-                  581476: "home", 581477: "primary-care", 38004207: "primary-care"}
+_ETHNIC_LETTER = {
+    **dict.fromkeys("ABC", "white"),
+    **dict.fromkeys("DEFG", "mixed"),
+    **dict.fromkeys("HJKLR", "asian"),
+    **dict.fromkeys("MNP", "black"),
+    "S": "other",
+}
+_VISIT_SETTING = {
+    9201: "hospital",
+    9203: "hospital",
+    9202: "hospital",
+    262: "hospital",
+    581476: "home",
+    581477: "primary-care",
+    38004207: "primary-care",
+}
 
 
 @dataclass(frozen=True)
@@ -70,20 +97,49 @@ class _Spec:
 
 
 _SPECS: dict[str, _Spec] = {
-    "observation_period": _Spec("observation", "observation_period_id", None, None,
-                                ("observation_period_start_date",)),
-    "visit_occurrence": _Spec("visit", "visit_occurrence_id", "visit_concept_id", "visit_source_value",
-                              ("visit_start_datetime", "visit_start_date")),
-    "condition_occurrence": _Spec("condition", "condition_occurrence_id", "condition_concept_id",
-                                  "condition_source_value", ("condition_start_datetime", "condition_start_date")),
-    "drug_exposure": _Spec("drug", "drug_exposure_id", "drug_concept_id", "drug_source_value",
-                           ("drug_exposure_start_datetime", "drug_exposure_start_date")),
-    "procedure_occurrence": _Spec("procedure", "procedure_occurrence_id", "procedure_concept_id",
-                                  "procedure_source_value", ("procedure_datetime", "procedure_date")),
-    "measurement": _Spec("measurement", "measurement_id", "measurement_concept_id", "measurement_source_value",
-                         ("measurement_datetime", "measurement_date")),
-    "observation": _Spec("observation", "observation_id", "observation_concept_id", "observation_source_value",
-                         ("observation_datetime", "observation_date")),
+    "observation_period": _Spec("observation", "observation_period_id", None, None, ("observation_period_start_date",)),
+    "visit_occurrence": _Spec(
+        "visit",
+        "visit_occurrence_id",
+        "visit_concept_id",
+        "visit_source_value",
+        ("visit_start_datetime", "visit_start_date"),
+    ),
+    "condition_occurrence": _Spec(
+        "condition",
+        "condition_occurrence_id",
+        "condition_concept_id",
+        "condition_source_value",
+        ("condition_start_datetime", "condition_start_date"),
+    ),
+    "drug_exposure": _Spec(
+        "drug",
+        "drug_exposure_id",
+        "drug_concept_id",
+        "drug_source_value",
+        ("drug_exposure_start_datetime", "drug_exposure_start_date"),
+    ),
+    "procedure_occurrence": _Spec(
+        "procedure",
+        "procedure_occurrence_id",
+        "procedure_concept_id",
+        "procedure_source_value",
+        ("procedure_datetime", "procedure_date"),
+    ),
+    "measurement": _Spec(
+        "measurement",
+        "measurement_id",
+        "measurement_concept_id",
+        "measurement_source_value",
+        ("measurement_datetime", "measurement_date"),
+    ),
+    "observation": _Spec(
+        "observation",
+        "observation_id",
+        "observation_concept_id",
+        "observation_source_value",
+        ("observation_datetime", "observation_date"),
+    ),
 }
 
 
@@ -134,8 +190,11 @@ class OmopSource:
 
     def _scan(self, table: str) -> pl.LazyFrame:
         p = self._files[table]
-        lf = pl.scan_parquet(p) if p.name.lower().endswith(".parquet") else pl.scan_csv(
-            p, infer_schema_length=10_000, try_parse_dates=True)
+        lf = (
+            pl.scan_parquet(p)
+            if p.name.lower().endswith(".parquet")
+            else pl.scan_csv(p, infer_schema_length=10_000, try_parse_dates=True)
+        )
         return lf.rename(lambda c: c.lower())
 
     def _query(self, sql: str) -> pl.DataFrame:
@@ -175,8 +234,9 @@ class OmopSource:
                     yield lf.slice(offset, self.chunk_rows).collect()
             return
         with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) as con:
-            for df in pl.read_database(f"select * from {self._tables[table]}", con, iter_batches=True,
-                                       batch_size=self.chunk_rows):
+            for df in pl.read_database(
+                f"select * from {self._tables[table]}", con, iter_batches=True, batch_size=self.chunk_rows
+            ):
                 yield df.rename(lambda c: c.lower())
 
     def concepts(self) -> pl.DataFrame | None:
@@ -187,19 +247,23 @@ class OmopSource:
         if not frames:
             return None
         df = pl.concat(frames, how="vertical_relaxed").select(
-            pl.col("concept_id").cast(pl.Int64), pl.col("vocabulary_id").cast(pl.String),
-            pl.col("concept_code").cast(pl.String))
+            pl.col("concept_id").cast(pl.Int64),
+            pl.col("vocabulary_id").cast(pl.String),
+            pl.col("concept_code").cast(pl.String),
+        )
         vocab = pl.col("vocabulary_id")
         system = vocab.replace_strict(_VOCAB, default="local")
-        value = pl.when(system == "local").then(vocab + ":" + pl.col("concept_code")).otherwise(
-            pl.col("concept_code"))
+        value = pl.when(system == "local").then(vocab + ":" + pl.col("concept_code")).otherwise(pl.col("concept_code"))
         return df.select("concept_id", system.alias("c_system"), value.str.slice(0, 64).alias("c_value"))
 
 
 def _utc_iso(expr: pl.Expr) -> pl.Expr:
     """A date/datetime/string column -> ISO-8601 UTC text, reading naive values as Europe/London."""
-    return (expr.dt.replace_time_zone("Europe/London", ambiguous="earliest", non_existent="null")
-            .dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return (
+        expr.dt.replace_time_zone("Europe/London", ambiguous="earliest", non_existent="null")
+        .dt.convert_time_zone("UTC")
+        .dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
 
 
 def _col(df: pl.DataFrame, name: str, dtype: Any = pl.String) -> pl.Expr:
@@ -211,9 +275,11 @@ def _as_datetime(df: pl.DataFrame, name: str) -> pl.Expr:
     dtype = df.schema[name]
     col = pl.col(name)
     if dtype == pl.String:
-        return pl.coalesce(col.str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False, time_unit="us"),
-                           col.str.to_datetime("%Y-%m-%dT%H:%M:%S", strict=False, time_unit="us"),
-                           col.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")))
+        return pl.coalesce(
+            col.str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False, time_unit="us"),
+            col.str.to_datetime("%Y-%m-%dT%H:%M:%S", strict=False, time_unit="us"),
+            col.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")),
+        )
     if dtype == pl.Null:
         return pl.lit(None, pl.Datetime("us"))
     return col.cast(pl.Datetime("us"), strict=False)
@@ -237,9 +303,13 @@ def _code(df: pl.DataFrame, spec: _Spec, concepts: pl.DataFrame | None) -> tuple
     source_value = _col(df, spec.source_col or "", pl.String).str.strip_chars()
     has_concept = pl.col("c_value").is_not_null() & (pl.col("_cid") != 0)
     system = pl.when(has_concept).then(pl.col("c_system")).otherwise(pl.lit("local"))
-    value = (pl.when(has_concept).then(pl.col("c_value"))
-             .when(source_value.is_not_null() & (source_value != "")).then(source_value.str.slice(0, 64))
-             .otherwise(pl.lit("omop:") + pl.col("_cid").cast(pl.String).fill_null("none")))
+    value = (
+        pl.when(has_concept)
+        .then(pl.col("c_value"))
+        .when(source_value.is_not_null() & (source_value != ""))
+        .then(source_value.str.slice(0, 64))
+        .otherwise(pl.lit("omop:") + pl.col("_cid").cast(pl.String).fill_null("none"))
+    )
     return df, pl.struct(system.alias("system"), value.alias("value"))
 
 
@@ -255,25 +325,35 @@ def table_events(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, no
         year, month, day = (_col(df, c, pl.Int32) for c in ("year_of_birth", "month_of_birth", "day_of_birth"))
         birth = pl.date(year, month.fill_null(1), day.fill_null(1)).dt.strftime("%Y-%m-%d")
         if "birth_datetime" in df.columns:
-            birth = pl.coalesce(_as_datetime(df, "birth_datetime").dt.strftime("%Y-%m-%d"),
-                                birth)
+            birth = pl.coalesce(_as_datetime(df, "birth_datetime").dt.strftime("%Y-%m-%d"), birth)
         gender = _col(df, "gender_concept_id", pl.Int64)
         sex_src = _col(df, "gender_source_value").str.to_uppercase().str.slice(0, 1)
-        sex = pl.coalesce(gender.replace_strict(_SEX, default=None, return_dtype=pl.String),
-                          pl.when(sex_src.is_in(["F", "M", "O", "U"])).then(sex_src))
+        sex = pl.coalesce(
+            gender.replace_strict(_SEX, default=None, return_dtype=pl.String),
+            pl.when(sex_src.is_in(["F", "M", "O", "U"])).then(sex_src),
+        )
         race_src = _col(df, "race_source_value").str.strip_chars().str.to_uppercase()
         letter = pl.when(race_src.str.len_chars() == 1).then(race_src)
-        ethnic = pl.coalesce(letter.replace_strict(_ETHNIC_LETTER, default=None, return_dtype=pl.String),
-                             _col(df, "race_concept_id", pl.Int64).replace_strict(_RACE, default=None,
-                                                                                  return_dtype=pl.String))
+        ethnic = pl.coalesce(
+            letter.replace_strict(_ETHNIC_LETTER, default=None, return_dtype=pl.String),
+            _col(df, "race_concept_id", pl.Int64).replace_strict(_RACE, default=None, return_dtype=pl.String),
+        )
         category = pl.when(letter.is_in(list(_ETHNIC_LETTER))).then(letter)
-        person = pl.struct(birth.alias("birth_date"), sex.alias("sex"), ethnic.alias("ethnic_group"),
-                           category.alias("ethnic_category"))
-        out = df.select(pid.alias("key"), pl.struct(
-            *base, (pl.lit("omop-person-") + pid).alias("event_id"), pl.lit(SOURCE).alias("source"),
-            pl.lit("person").alias("kind"), pid.alias("patient_id"), pl.lit(now_iso).alias("occurred_at"),
-            person.alias("person"),
-        ).alias("value"))
+        person = pl.struct(
+            birth.alias("birth_date"), sex.alias("sex"), ethnic.alias("ethnic_group"), category.alias("ethnic_category")
+        )
+        out = df.select(
+            pid.alias("key"),
+            pl.struct(
+                *base,
+                (pl.lit("omop-person-") + pid).alias("event_id"),
+                pl.lit(SOURCE).alias("source"),
+                pl.lit("person").alias("kind"),
+                pid.alias("patient_id"),
+                pl.lit(now_iso).alias("occurred_at"),
+                person.alias("person"),
+            ).alias("value"),
+        )
     else:
         spec = _SPECS[table]
         row_id = _col(df, spec.id_col, pl.Float64).cast(pl.Int64, strict=False).cast(pl.String)
@@ -281,22 +361,41 @@ def table_events(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, no
         when = _utc_iso(start)
         # Row ids are not always unique in real extracts (Eunomia repeats drug_exposure and measurement ids
         # for different facts), so the id also carries the concept and the date: stable across re-runs.
-        concept_part = (_col(df, spec.concept_col, pl.Int64).cast(pl.String).fill_null("-")
-                        if spec.concept_col else pl.lit("-"))
-        event_id = (pl.lit(f"omop-{table}-") + row_id.fill_null("-") + "-" + concept_part + "-"
-                    + start.dt.strftime("%Y%m%d").fill_null("-"))
-        fields = [*base, event_id.alias("event_id"), pl.lit(SOURCE).alias("source"),
-                  pl.lit(spec.kind).alias("kind"), pid.alias("patient_id"), when.alias("occurred_at"),
-                  pl.lit(now_iso).alias("recorded_at")]
+        concept_part = (
+            _col(df, spec.concept_col, pl.Int64).cast(pl.String).fill_null("-") if spec.concept_col else pl.lit("-")
+        )
+        event_id = (
+            pl.lit(f"omop-{table}-")
+            + row_id.fill_null("-")
+            + "-"
+            + concept_part
+            + "-"
+            + start.dt.strftime("%Y%m%d").fill_null("-")
+        )
+        fields = [
+            *base,
+            event_id.alias("event_id"),
+            pl.lit(SOURCE).alias("source"),
+            pl.lit(spec.kind).alias("kind"),
+            pid.alias("patient_id"),
+            when.alias("occurred_at"),
+            pl.lit(now_iso).alias("recorded_at"),
+        ]
         if table == "observation_period":
-            fields += [pl.struct(pl.lit("local").alias("system"),
-                                 pl.lit("omop-observation-period").alias("value")).alias("code")]
+            fields += [
+                pl.struct(pl.lit("local").alias("system"), pl.lit("omop-observation-period").alias("value")).alias(
+                    "code"
+                )
+            ]
         else:
             df, code = _code(df, spec, concepts)
             fields.append(code.alias("code"))
         if table == "visit_occurrence":
-            fields.append(_col(df, "visit_concept_id", pl.Int64).replace_strict(
-                _VISIT_SETTING, default=None, return_dtype=pl.String).alias("setting"))
+            fields.append(
+                _col(df, "visit_concept_id", pl.Int64)
+                .replace_strict(_VISIT_SETTING, default=None, return_dtype=pl.String)
+                .alias("setting")
+            )
         if table == "condition_occurrence":
             end = _as_datetime(df, "condition_end_date") if "condition_end_date" in df.columns else pl.lit(None)
             ended = end <= pl.lit(now.astimezone(UTC).replace(tzinfo=None))
@@ -305,35 +404,49 @@ def table_events(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, no
             unit = _col(df, "unit_source_value").str.strip_chars().str.slice(0, 32)
             if concepts is not None and "unit_concept_id" in df.columns:
                 units = concepts.filter(pl.col("concept_id") != 0)
-                df = df.join(units.select(pl.col("concept_id").alias("_ucid"), pl.col("c_value").alias("_unit")),
-                             left_on=pl.col("unit_concept_id").cast(pl.Int64, strict=False), right_on="_ucid",
-                             how="left")
+                df = df.join(
+                    units.select(pl.col("concept_id").alias("_ucid"), pl.col("c_value").alias("_unit")),
+                    left_on=pl.col("unit_concept_id").cast(pl.Int64, strict=False),
+                    right_on="_ucid",
+                    how="left",
+                )
                 unit = pl.coalesce(unit, pl.col("_unit").str.slice(0, 32))
             fields.append(unit.alias("unit"))
         value_json: pl.Expr | None = None
         if table == "observation_period":
-            end = (_as_datetime(df, "observation_period_end_date") if "observation_period_end_date" in df.columns
-                   else pl.lit(None, pl.Datetime("us")))
+            end = (
+                _as_datetime(df, "observation_period_end_date")
+                if "observation_period_end_date" in df.columns
+                else pl.lit(None, pl.Datetime("us"))
+            )
             value_json = _json_text(end.dt.strftime("%Y-%m-%d"))
         elif table == "measurement":
             value_json = _json_number(_col(df, "value_as_number", pl.Float64))
         elif table == "observation":
             # the canonical value is a float or a string: a number when there is one, else the text
-            value_json = pl.coalesce(_json_number(_col(df, "value_as_number", pl.Float64)),
-                                     _json_text(_col(df, "value_as_string").str.slice(0, 1000)))
-        out = df.select(pid.alias("key"), pl.struct(*fields).alias("value"),
-                        (value_json if value_json is not None else pl.lit(None, pl.String)).alias("_v"))
+            value_json = pl.coalesce(
+                _json_number(_col(df, "value_as_number", pl.Float64)),
+                _json_text(_col(df, "value_as_string").str.slice(0, 1000)),
+            )
+        out = df.select(
+            pid.alias("key"),
+            pl.struct(*fields).alias("value"),
+            (value_json if value_json is not None else pl.lit(None, pl.String)).alias("_v"),
+        )
         out = out.filter(pl.col("value").struct.field("occurred_at").is_not_null())
         encoded = pl.col("value").struct.json_encode()
         out = out.with_columns(
-            pl.when(pl.col("_v").is_null()).then(encoded)
+            pl.when(pl.col("_v").is_null())
+            .then(encoded)
             .otherwise(encoded.str.strip_suffix("}") + ',"value":' + pl.col("_v") + "}")
-            .alias("value")).drop("_v")
+            .alias("value")
+        ).drop("_v")
         out = out.filter(pl.col("key").is_not_null())
         return out.select(pl.col("key").cast(pl.Binary), pl.col("value").cast(pl.Binary))
     out = out.filter(pl.col("key").is_not_null())
-    return out.select(pl.col("key").cast(pl.Binary),
-                      pl.col("value").struct.json_encode().cast(pl.Binary).alias("value"))
+    return out.select(
+        pl.col("key").cast(pl.Binary), pl.col("value").struct.json_encode().cast(pl.Binary).alias("value")
+    )
 
 
 def _json_number(expr: pl.Expr) -> pl.Expr:
@@ -358,8 +471,15 @@ class BackfillResult:
         return sum(self.events_out.values())
 
 
-def backfill(path: Path, sink: Any, *, tables: tuple[str, ...] = TABLES, chunk_rows: int = 200_000,
-             progress: bool = True, now: datetime | None = None) -> BackfillResult:
+def backfill(
+    path: Path,
+    sink: Any,
+    *,
+    tables: tuple[str, ...] = TABLES,
+    chunk_rows: int = 200_000,
+    progress: bool = True,
+    now: datetime | None = None,
+) -> BackfillResult:
     """Read every table and publish its events through ``sink.publish_raw`` (waits for broker acks per chunk).
 
     :raises ConnectorError: when the path cannot be read. :raises DeliveryError: when the broker fails.
@@ -382,8 +502,7 @@ def backfill(path: Path, sink: Any, *, tables: tuple[str, ...] = TABLES, chunk_r
             rows_in[table] = events_out[table] = 0
             for chunk in src.chunks(table):
                 ev = table_events(chunk, table, concepts, now)
-                events_out[table] += sink.publish_raw(zip(ev["key"].to_list(), ev["value"].to_list(),
-                                                          strict=True))
+                events_out[table] += sink.publish_raw(zip(ev["key"].to_list(), ev["value"].to_list(), strict=True))
                 rows_in[table] += chunk.height
                 bar.update(chunk.height)
     return BackfillResult(rows_in, events_out, time.perf_counter() - started)

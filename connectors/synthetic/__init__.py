@@ -112,11 +112,13 @@ def _command() -> click.Command:
     @click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same patients).")
     @click.option("--format", "fmt", type=click.Choice(FORMATS), default="canonical", show_default=True)
     @click.option("--now", default=None, help="Reference time (ISO 8601) for reproducible timestamps.")
-    @click.option("--target", default=None,
-                  help="hl7v2: HOST:PORT of an MLLP listener; fhir: base URL of a FHIR endpoint.")
+    @click.option(
+        "--target", default=None, help="hl7v2: HOST:PORT of an MLLP listener; fhir: base URL of a FHIR endpoint."
+    )
     @connector_options
-    def synthetic(n: int, rate: float, seed: int, fmt: str, now: str | None, target: str | None,
-                  sink_factory: Any) -> None:
+    def synthetic(
+        n: int, rate: float, seed: int, fmt: str, now: str | None, target: str | None, sink_factory: Any
+    ) -> None:
         """Emit a seeded synthetic population as canonical events, HL7 v2 or FHIR, at a fixed rate."""
         ref = datetime.fromisoformat(now.replace("Z", "+00:00")) if now else None
         if ref is not None and ref.tzinfo is None:
@@ -164,5 +166,6 @@ def _command() -> click.Command:
     return synthetic
 
 
-connector = SimpleConnector("synthetic", "Seeded synthetic West Yorkshire-like population (canonical/HL7/FHIR)",
-                            _command)
+connector = SimpleConnector(
+    "synthetic", "Seeded synthetic West Yorkshire-like population (canonical/HL7/FHIR)", _command
+)

@@ -76,68 +76,138 @@ CODE_SYSTEM_URIS: dict[str, str] = {
     "OPCS4": "https://digital.nhs.uk/opcs-4",
     "local": "https://screener.invalid/fhir/CodeSystem/local",
 }
-_HL7_CODING = {"ICD10": "I10", "SNOMED": "SCT", "LOINC": "LN", "OPCS4": "OPCS4", "ATC": "ATC", "DMD": "DMD",
-               "local": "L"}
+_HL7_CODING = {
+    "ICD10": "I10",
+    "SNOMED": "SCT",
+    "LOINC": "LN",
+    "OPCS4": "OPCS4",
+    "ATC": "ATC",
+    "DMD": "DMD",
+    "local": "L",
+}
 #: the unit spellings screener uses -> UCUM code (None: not a UCUM expression)
 _UCUM: dict[str, str | None] = {
-    "%": "%", "mmol/mol": "mmol/mol", "mmol/L": "mmol/L", "umol/L": "umol/L", "mg/dL": "mg/dL", "g/L": "g/L",
-    "U/L": "U/L", "pg/mL": "pg/mL", "mg/mmol": "mg/mmol", "10*9/L": "10*9/L", "kg/m2": "kg/m2",
-    "mm[Hg]": "mm[Hg]", "{score}": "{score}", "mL/min": "mL/min", "mL/min/1.73m2": "mL/min/{1.73_m2}",
+    "%": "%",
+    "mmol/mol": "mmol/mol",
+    "mmol/L": "mmol/L",
+    "umol/L": "umol/L",
+    "mg/dL": "mg/dL",
+    "g/L": "g/L",
+    "U/L": "U/L",
+    "pg/mL": "pg/mL",
+    "mg/mmol": "mg/mmol",
+    "10*9/L": "10*9/L",
+    "kg/m2": "kg/m2",
+    "mm[Hg]": "mm[Hg]",
+    "{score}": "{score}",
+    "mL/min": "mL/min",
+    "mL/min/1.73m2": "mL/min/{1.73_m2}",
 }
 _ETHNIC_TEXT = {
-    "A": "British", "B": "Irish", "C": "Any other White background", "D": "White and Black Caribbean",
-    "E": "White and Black African", "F": "White and Asian", "G": "Any other mixed background", "H": "Indian",
-    "J": "Pakistani", "K": "Bangladeshi", "L": "Any other Asian background", "M": "Caribbean", "N": "African",
-    "P": "Any other Black background", "R": "Chinese", "S": "Any other ethnic group", "Z": "Not stated",
+    "A": "British",
+    "B": "Irish",
+    "C": "Any other White background",
+    "D": "White and Black Caribbean",
+    "E": "White and Black African",
+    "F": "White and Asian",
+    "G": "Any other mixed background",
+    "H": "Indian",
+    "J": "Pakistani",
+    "K": "Bangladeshi",
+    "L": "Any other Asian background",
+    "M": "Caribbean",
+    "N": "African",
+    "P": "Any other Black background",
+    "R": "Chinese",
+    "S": "Any other ethnic group",
+    "Z": "Not stated",
 }
 _TEXT = {
-    "E11.9": "Type 2 diabetes mellitus without complications", "E11.65": "Type 2 diabetes mellitus with hyperglycaemia",
-    "E11.2": "Type 2 diabetes mellitus with renal complications", "44054006": "Diabetes mellitus type 2",
-    "E10.9": "Type 1 diabetes mellitus without complications", "46635009": "Diabetes mellitus type 1",
-    "N18.3": "Chronic kidney disease, stage 3", "N18.4": "Chronic kidney disease, stage 4",
-    "N18.5": "Chronic kidney disease, stage 5", "Z99.2": "Dependence on renal dialysis",
-    "I10": "Essential (primary) hypertension", "38341003": "Hypertensive disorder",
+    "E11.9": "Type 2 diabetes mellitus without complications",
+    "E11.65": "Type 2 diabetes mellitus with hyperglycaemia",
+    "E11.2": "Type 2 diabetes mellitus with renal complications",
+    "44054006": "Diabetes mellitus type 2",
+    "E10.9": "Type 1 diabetes mellitus without complications",
+    "46635009": "Diabetes mellitus type 1",
+    "N18.3": "Chronic kidney disease, stage 3",
+    "N18.4": "Chronic kidney disease, stage 4",
+    "N18.5": "Chronic kidney disease, stage 5",
+    "Z99.2": "Dependence on renal dialysis",
+    "I10": "Essential (primary) hypertension",
+    "38341003": "Hypertensive disorder",
     "C50.9": "Malignant neoplasm of breast, unspecified",
     "C50.4": "Malignant neoplasm of upper-outer quadrant of breast",
-    "C50.8": "Overlapping malignant lesion of breast", "254837009": "Malignant neoplasm of breast",
-    "C78.0": "Secondary malignant neoplasm of lung", "C79.5": "Secondary malignant neoplasm of bone",
-    "Z92.3": "Personal history of irradiation", "J45.9": "Asthma, unspecified",
+    "C50.8": "Overlapping malignant lesion of breast",
+    "254837009": "Malignant neoplasm of breast",
+    "C78.0": "Secondary malignant neoplasm of lung",
+    "C79.5": "Secondary malignant neoplasm of bone",
+    "Z92.3": "Personal history of irradiation",
+    "J45.9": "Asthma, unspecified",
     "J45.0": "Predominantly allergic asthma",
-    "195967001": "Asthma", "J46": "Status asthmaticus", "E84.0": "Cystic fibrosis with pulmonary manifestations",
-    "I50.0": "Congestive heart failure", "I50.9": "Heart failure, unspecified", "I50.1": "Left ventricular failure",
-    "I11.0": "Hypertensive heart disease with (congestive) heart failure", "84114007": "Heart failure",
-    "56675007": "Acute heart failure", "I63.9": "Cerebral infarction, unspecified",
+    "195967001": "Asthma",
+    "J46": "Status asthmaticus",
+    "E84.0": "Cystic fibrosis with pulmonary manifestations",
+    "I50.0": "Congestive heart failure",
+    "I50.9": "Heart failure, unspecified",
+    "I50.1": "Left ventricular failure",
+    "I11.0": "Hypertensive heart disease with (congestive) heart failure",
+    "84114007": "Heart failure",
+    "56675007": "Acute heart failure",
+    "I63.9": "Cerebral infarction, unspecified",
     "I63.5": "Cerebral infarction due to unspecified occlusion or stenosis of cerebral arteries",
-    "I63.3": "Cerebral infarction due to thrombosis of cerebral arteries", "422504002": "Ischemic stroke",
-    "I61.9": "Intracerebral haemorrhage, unspecified", "N80.0": "Endometriosis of uterus",
-    "N80.1": "Endometriosis of ovary", "N80.3": "Endometriosis of pelvic peritoneum",
+    "I63.3": "Cerebral infarction due to thrombosis of cerebral arteries",
+    "422504002": "Ischemic stroke",
+    "I61.9": "Intracerebral haemorrhage, unspecified",
+    "N80.0": "Endometriosis of uterus",
+    "N80.1": "Endometriosis of ovary",
+    "N80.3": "Endometriosis of pelvic peritoneum",
     "N80.9": "Endometriosis, unspecified",
-    "129103003": "Endometriosis", "Z34.0": "Supervision of normal first pregnancy",
+    "129103003": "Endometriosis",
+    "Z34.0": "Supervision of normal first pregnancy",
     "Z33.1": "Pregnant state, incidental",
-    "77386006": "Pregnancy", "N95.1": "Menopausal and female climacteric states", "198436008": "Menopausal syndrome",
+    "77386006": "Pregnancy",
+    "N95.1": "Menopausal and female climacteric states",
+    "198436008": "Menopausal syndrome",
     "59261-8": "Hemoglobin A1c/Hemoglobin.total in Blood by IFCC protocol",
-    "4548-4": "Hemoglobin A1c/Hemoglobin.total in Blood", "62238-1": "eGFR (CKD-EPI)", "33914-3": "eGFR (MDRD)",
-    "98979-8": "eGFR (CKD-EPI 2021)", "14682-9": "Creatinine [Moles/volume] in Serum or Plasma",
+    "4548-4": "Hemoglobin A1c/Hemoglobin.total in Blood",
+    "62238-1": "eGFR (CKD-EPI)",
+    "33914-3": "eGFR (MDRD)",
+    "98979-8": "eGFR (CKD-EPI 2021)",
+    "14682-9": "Creatinine [Moles/volume] in Serum or Plasma",
     "2160-0": "Creatinine [Mass/volume] in Serum or Plasma",
     "14958-3": "Microalbumin/Creatinine [Molar ratio] in Urine",
-    "718-7": "Hemoglobin [Mass/volume] in Blood", "2951-2": "Sodium [Moles/volume] in Serum or Plasma",
-    "2823-3": "Potassium [Moles/volume] in Serum or Plasma", "1742-6": "Alanine aminotransferase",
-    "8480-6": "Systolic blood pressure", "39156-5": "Body mass index", "89247-1": "ECOG performance status score",
-    "26449-9": "Eosinophils [#/volume] in Blood", "711-2": "Eosinophils [#/volume] in Blood by Automated count",
-    "33762-6": "NT-proBNP", "10230-1": "Left ventricular ejection fraction", "70182-1": "NIH stroke scale total score",
-    "14749-6": "Glucose [Moles/volume] in Serum or Plasma", "2345-7": "Glucose [Mass/volume] in Serum or Plasma",
-    "72514-3": "Pain severity 0-10 numeric rating", "B28.2": "Partial excision of breast",
-    "B28.3": "Wide local excision of breast", "B27.4": "Total mastectomy",
+    "718-7": "Hemoglobin [Mass/volume] in Blood",
+    "2951-2": "Sodium [Moles/volume] in Serum or Plasma",
+    "2823-3": "Potassium [Moles/volume] in Serum or Plasma",
+    "1742-6": "Alanine aminotransferase",
+    "8480-6": "Systolic blood pressure",
+    "39156-5": "Body mass index",
+    "89247-1": "ECOG performance status score",
+    "26449-9": "Eosinophils [#/volume] in Blood",
+    "711-2": "Eosinophils [#/volume] in Blood by Automated count",
+    "33762-6": "NT-proBNP",
+    "10230-1": "Left ventricular ejection fraction",
+    "70182-1": "NIH stroke scale total score",
+    "14749-6": "Glucose [Moles/volume] in Serum or Plasma",
+    "2345-7": "Glucose [Mass/volume] in Serum or Plasma",
+    "72514-3": "Pain severity 0-10 numeric rating",
+    "B28.2": "Partial excision of breast",
+    "B28.3": "Wide local excision of breast",
+    "B27.4": "Total mastectomy",
     "K59.1": "Implantation of cardioverter defibrillator",
-    "K61.1": "Implantation of dual chamber cardiac pacemaker", "Q07.4": "Total abdominal hysterectomy",
+    "K61.1": "Implantation of dual chamber cardiac pacemaker",
+    "Q07.4": "Total abdominal hysterectomy",
 }
 _VITAL_SIGNS = frozenset({"8480-6", "39156-5"})
 _SEX_FHIR = {"F": "female", "M": "male", "O": "other", "U": "unknown"}
 _POINT_OF_CARE = {"hospital": "WARD", "community": "CLINIC", "primary-care": "SURGERY", "home": "VW"}
-_DEFAULT_SITE = {"hospital": "RXX01", "community": "COMM-RXX-01", "primary-care": "GP-B83001",
-                 "home": "HOME-RXX-VW"}
-_ENCOUNTER_CLASS = {"hospital": ("IMP", "inpatient encounter"), "community": ("AMB", "ambulatory"),
-                    "primary-care": ("AMB", "ambulatory"), "home": ("HH", "home health")}
+_DEFAULT_SITE = {"hospital": "RXX01", "community": "COMM-RXX-01", "primary-care": "GP-B83001", "home": "HOME-RXX-VW"}
+_ENCOUNTER_CLASS = {
+    "hospital": ("IMP", "inpatient encounter"),
+    "community": ("AMB", "ambulatory"),
+    "primary-care": ("AMB", "ambulatory"),
+    "home": ("HH", "home health"),
+}
 _GIVEN = {
     ("white", "F"): ("Olivia", "Amelia", "Siân", "Emily", "Zoë", "Grace", "Chloé", "Margaret"),
     ("white", "M"): ("Oliver", "George", "Harry", "Jack", "Seán", "Thomas", "William", "Dáithí"),
@@ -158,8 +228,13 @@ _FAMILY = {
 
 def _escape(text: str) -> str:
     """HL7 v2 escape sequences for the encoding characters in free text."""
-    return (text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\").replace("&", "\\T\\")
-            .replace("~", "\\R\\"))
+    return (
+        text.replace("\\", "\\E\\")
+        .replace("|", "\\F\\")
+        .replace("^", "\\S\\")
+        .replace("&", "\\T\\")
+        .replace("~", "\\R\\")
+    )
 
 
 def _ts(when: datetime) -> str:
@@ -196,8 +271,10 @@ def _iso(when: datetime) -> str:
 
 
 def _msh(event: Event, message_type: str) -> str:
-    return (f"MSH|^~\\&|SYNTHETIC|RXX|SCREENER|RXX|{_ts(event.occurred_at)}||{message_type}|"
-            f"{_control_id(event.event_id)}|P|2.5|||||GBR|UNICODE UTF-8")
+    return (
+        f"MSH|^~\\&|SYNTHETIC|RXX|SCREENER|RXX|{_ts(event.occurred_at)}||{message_type}|"
+        f"{_control_id(event.event_id)}|P|2.5|||||GBR|UNICODE UTF-8"
+    )
 
 
 def _pid(event: Event, demographics: dict[str, Any] | None) -> str:
@@ -257,8 +334,10 @@ def to_hl7v2(events: Iterable[Event]) -> list[str]:
             segs = [_msh(ev, "ADT^A08^ADT_A01"), f"EVN|A08|{when}", _pid(ev, demo), _pv1(ev)]
         elif ev.kind == "condition" and ev.code is not None:
             code = ev.code
-            dg1 = (f"DG1|1||{_escape(code.value)}^{_escape(_TEXT.get(code.value, code.value))}^"
-                   f"{_HL7_CODING[code.system]}||{when}|F")
+            dg1 = (
+                f"DG1|1||{_escape(code.value)}^{_escape(_TEXT.get(code.value, code.value))}^"
+                f"{_HL7_CODING[code.system]}||{when}|F"
+            )
             segs = [_msh(ev, "ADT^A08^ADT_A01"), f"EVN|A08|{when}", _pid(ev, demo), _pv1(ev), dg1]
         elif ev.kind in ("measurement", "observation") and ev.code is not None and isinstance(ev.value, float | int):
             code = ev.code
@@ -299,13 +378,25 @@ def _patient(event: Event) -> dict[str, Any]:
     assert person is not None
     family, given = _name(event.patient_id, person.sex, person.ethnic_group)
     res: dict[str, Any] = {
-        "resourceType": "Patient", "id": event.patient_id, "meta": _meta(event),
-        "identifier": [{
-            "use": "usual",
-            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR",
-                                 "display": "Medical record number"}]},
-            "system": HOSPITAL_NUMBER_SYSTEM, "value": event.patient_id,
-        }],
+        "resourceType": "Patient",
+        "id": event.patient_id,
+        "meta": _meta(event),
+        "identifier": [
+            {
+                "use": "usual",
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                            "code": "MR",
+                            "display": "Medical record number",
+                        }
+                    ]
+                },
+                "system": HOSPITAL_NUMBER_SYSTEM,
+                "value": event.patient_id,
+            }
+        ],
         "name": [{"use": "official", "family": family, "given": [given]}],
     }
     if person.nhs_number:
@@ -318,9 +409,20 @@ def _patient(event: Event) -> dict[str, Any]:
         res["address"] = [{"use": "home", "postalCode": person.postcode_district, "country": "GB"}]
     ext: list[dict[str, Any]] = []
     if person.ethnic_category:
-        ext.append({"url": ETHNIC_CATEGORY_EXTENSION, "valueCodeableConcept": {"coding": [{
-            "system": ETHNIC_CATEGORY_CODESYSTEM, "code": person.ethnic_category,
-            "display": _ETHNIC_TEXT.get(person.ethnic_category, person.ethnic_category)}]}})
+        ext.append(
+            {
+                "url": ETHNIC_CATEGORY_EXTENSION,
+                "valueCodeableConcept": {
+                    "coding": [
+                        {
+                            "system": ETHNIC_CATEGORY_CODESYSTEM,
+                            "code": person.ethnic_category,
+                            "display": _ETHNIC_TEXT.get(person.ethnic_category, person.ethnic_category),
+                        }
+                    ]
+                },
+            }
+        )
     if person.imd_decile is not None:
         ext.append({"url": IMD_DECILE_EXTENSION, "valueInteger": person.imd_decile})
     if person.lsoa:
@@ -341,23 +443,53 @@ def _resource(event: Event) -> dict[str, Any] | None:
         return _patient(event)
     if event.kind == "condition" and code is not None:
         clinical = "resolved" if event.status == "resolved" else "active"
-        return {"resourceType": "Condition", **base,
-                "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                               "code": clinical}]},
-                "verificationStatus": {"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-                    "code": "entered-in-error" if retracts else "confirmed"}]},
-                "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
-                                          "code": "encounter-diagnosis"}]}],
-                "code": code, "subject": subject, "onsetDateTime": when, "recordedDate": when}
+        return {
+            "resourceType": "Condition",
+            **base,
+            "clinicalStatus": {
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": clinical}]
+            },
+            "verificationStatus": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                        "code": "entered-in-error" if retracts else "confirmed",
+                    }
+                ]
+            },
+            "category": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                            "code": "encounter-diagnosis",
+                        }
+                    ]
+                }
+            ],
+            "code": code,
+            "subject": subject,
+            "onsetDateTime": when,
+            "recordedDate": when,
+        }
     if event.kind in ("measurement", "observation") and code is not None:
-        category = ("vital-signs" if event.code is not None and event.code.value in _VITAL_SIGNS
-                    else "survey" if event.unit == "{score}" else "laboratory")
+        category = (
+            "vital-signs"
+            if event.code is not None and event.code.value in _VITAL_SIGNS
+            else "survey"
+            if event.unit == "{score}"
+            else "laboratory"
+        )
         res: dict[str, Any] = {
-            "resourceType": "Observation", **base, "status": "entered-in-error" if retracts else "final",
-            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                      "code": category}]}],
-            "code": code, "subject": subject, "effectiveDateTime": when,
+            "resourceType": "Observation",
+            **base,
+            "status": "entered-in-error" if retracts else "final",
+            "category": [
+                {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}
+            ],
+            "code": code,
+            "subject": subject,
+            "effectiveDateTime": when,
         }
         if isinstance(event.value, float | int):
             quantity: dict[str, Any] = {"value": event.value}
@@ -370,20 +502,36 @@ def _resource(event: Event) -> dict[str, Any] | None:
             res["valueString"] = event.value
         return res
     if event.kind == "drug" and code is not None:
-        return {"resourceType": "MedicationStatement", **base, "status": "entered-in-error" if retracts else "active",
-                "medicationCodeableConcept": code, "subject": subject, "effectiveDateTime": when,
-                "dateAsserted": when}
+        return {
+            "resourceType": "MedicationStatement",
+            **base,
+            "status": "entered-in-error" if retracts else "active",
+            "medicationCodeableConcept": code,
+            "subject": subject,
+            "effectiveDateTime": when,
+            "dateAsserted": when,
+        }
     if event.kind == "procedure" and code is not None:
-        return {"resourceType": "Procedure", **base, "status": "completed", "code": code, "subject": subject,
-                "performedDateTime": when}
+        return {
+            "resourceType": "Procedure",
+            **base,
+            "status": "completed",
+            "code": code,
+            "subject": subject,
+            "performedDateTime": when,
+        }
     if event.kind == "visit":
         setting, site = _setting(event)
         klass, display = _ENCOUNTER_CLASS[setting]
-        return {"resourceType": "Encounter", **base, "status": "finished",
-                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": klass,
-                          "display": display},
-                "subject": subject, "period": {"start": when, "end": when},
-                "location": [{"location": {"display": site}}]}
+        return {
+            "resourceType": "Encounter",
+            **base,
+            "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": klass, "display": display},
+            "subject": subject,
+            "period": {"start": when, "end": when},
+            "location": [{"location": {"display": site}}],
+        }
     return None  # consent and death events are not rendered as FHIR resources here
 
 

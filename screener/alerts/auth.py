@@ -12,8 +12,15 @@ import secrets
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-__all__ = ["ROLES", "constant_time_equal", "hash_password", "hash_token", "needs_rehash", "new_token",
-           "verify_password"]
+__all__ = [
+    "ROLES",
+    "constant_time_equal",
+    "hash_password",
+    "hash_token",
+    "needs_rehash",
+    "new_token",
+    "verify_password",
+]
 
 #: nurse: works the worklist of their teams; coordinator: the same plus the funnel summary of their teams;
 #: admin: every team, the do-not-contact register and users.

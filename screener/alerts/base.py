@@ -18,8 +18,16 @@ __all__ = ["MATCH_COLUMNS", "MatchStore"]
 #: ``criteria`` is a JSON string: a list of {name, group, result, evidence}; ``event_time`` is the broker
 #: timestamp of the newest event that led to the match (for latency), or null for scheduled re-screens.
 MATCH_COLUMNS = (
-    "study_id", "patient_id", "outcome", "rule_hash", "criteria", "matched_at", "setting", "imd_decile",
-    "ethnic_group", "event_time",
+    "study_id",
+    "patient_id",
+    "outcome",
+    "rule_hash",
+    "criteria",
+    "matched_at",
+    "setting",
+    "imd_decile",
+    "ethnic_group",
+    "event_time",
 )
 
 

@@ -34,8 +34,7 @@ def webhook_message(study_id: str, rows: Sequence[dict[str, Any]], public_url: s
     return Message(subject=text, text=text, link=worklist_link(public_url, study_id))
 
 
-def team_digest(team: str, rows: Sequence[dict[str, Any]], public_url: str,
-                recipients: Sequence[str]) -> Message:
+def team_digest(team: str, rows: Sequence[dict[str, Any]], public_url: str, recipients: Sequence[str]) -> Message:
     """One email for every pending row of one team, a line per study, most matches first."""
     per_study: dict[str, list[Any]] = {}
     for r in rows:
@@ -47,5 +46,9 @@ def team_digest(team: str, rows: Sequence[dict[str, Any]], public_url: str,
         lines.append(f"- {study_id}{f' - {title}' if title else ''}: {_plural(n)}")
         lines.append(f"  {worklist_link(public_url, study_id)}")
     lines += ["", "Patient details are only shown in the worklist, after you log in."]
-    return Message(subject=f"screener: {_plural(total)} for {team or 'your team'}", text="\n".join(lines),
-                   link=worklist_link(public_url), recipients=tuple(recipients))
+    return Message(
+        subject=f"screener: {_plural(total)} for {team or 'your team'}",
+        text="\n".join(lines),
+        link=worklist_link(public_url),
+        recipients=tuple(recipients),
+    )

@@ -58,8 +58,11 @@ class MemoryStore:
         with self._lock:
             if self._matches is None:
                 return pl.DataFrame(schema={c: pl.String for c in cols})
-            rows = [r for r in self._matches.select(cols).iter_rows(named=True)
-                    if (r["study_id"], r["patient_id"]) not in self._published and r["patient_id"] not in self._dnc]
+            rows = [
+                r
+                for r in self._matches.select(cols).iter_rows(named=True)
+                if (r["study_id"], r["patient_id"]) not in self._published and r["patient_id"] not in self._dnc
+            ]
             return pl.DataFrame(rows[:limit], schema=self._matches.select(cols).schema, orient="row")
 
     def mark_published(self, keys: Sequence[tuple[str, str]]) -> None:

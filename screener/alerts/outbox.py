@@ -73,11 +73,22 @@ class OutboxSender:
         email = None
         if settings.smtp_host:
             password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
-            email = EmailSink(settings.smtp_host, settings.smtp_port, sender=settings.smtp_from,
-                              username=settings.smtp_username, password=password,
-                              starttls=getattr(settings, "smtp_starttls", False))
-        return cls(store, public_url=settings.public_url, webhook=webhook, email=email, metrics=metrics,
-                   digest_interval_s=settings.digest_interval_s)
+            email = EmailSink(
+                settings.smtp_host,
+                settings.smtp_port,
+                sender=settings.smtp_from,
+                username=settings.smtp_username,
+                password=password,
+                starttls=getattr(settings, "smtp_starttls", False),
+            )
+        return cls(
+            store,
+            public_url=settings.public_url,
+            webhook=webhook,
+            email=email,
+            metrics=metrics,
+            digest_interval_s=settings.digest_interval_s,
+        )
 
     def backoff(self, attempts: int) -> timedelta:
         """Delay before the next try after ``attempts`` earlier failed tries (0 for the first failure)."""
@@ -109,8 +120,11 @@ class OutboxSender:
                     continue
                 recipients = self.store.team_recipients(team) if team else []
                 if not recipients:
-                    self.store.outbox_mark([r["id"] for r in rows], status="no_recipient",
-                                           error="no team mailbox and no member with an email address")
+                    self.store.outbox_mark(
+                        [r["id"] for r in rows],
+                        status="no_recipient",
+                        error="no team mailbox and no member with an email address",
+                    )
                     log.warning("digest_no_recipient", team=team, rows=len(rows))
                     continue
                 self._deliver("email", rows, team_digest(team, rows, self.public_url, recipients), now, stats)
@@ -121,8 +135,9 @@ class OutboxSender:
         claimed = self.store.outbox_claim([r["id"] for r in rows], now, self.lease)
         return [r for r in rows if r["id"] in claimed]
 
-    def _deliver(self, channel: str, rows: list[dict[str, Any]], message: Any, now: datetime,
-                 stats: dict[str, int]) -> None:
+    def _deliver(
+        self, channel: str, rows: list[dict[str, Any]], message: Any, now: datetime, stats: dict[str, int]
+    ) -> None:
         ids = [r["id"] for r in rows]
         if self.metrics is not None:
             self.metrics.delivery_attempts.labels(channel).inc()
@@ -134,8 +149,14 @@ class OutboxSender:
             self.store.outbox_mark(ids, status="pending", error=str(exc), retry_at=retry_at)
             if self.metrics is not None:
                 self.metrics.delivery_failures.labels(channel).inc()
-            log.warning("delivery_failed", channel=channel, rows=len(ids), attempt=attempts + 1,
-                        retry_at=retry_at.isoformat(), error=str(exc))
+            log.warning(
+                "delivery_failed",
+                channel=channel,
+                rows=len(ids),
+                attempt=attempts + 1,
+                retry_at=retry_at.isoformat(),
+                error=str(exc),
+            )
             stats["failed"] += 1
             return
         self.store.outbox_mark(ids, status="sent")

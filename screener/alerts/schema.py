@@ -60,7 +60,8 @@ metadata = MetaData(
 )
 
 studies = Table(
-    "studies", metadata,
+    "studies",
+    metadata,
     Column("id", String(64), primary_key=True),
     Column("title", Text, nullable=False),
     Column("summary", Text, nullable=False, default=""),
@@ -80,7 +81,8 @@ studies = Table(
 )
 
 matches = Table(
-    "matches", metadata,
+    "matches",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("token", String(32), nullable=False, unique=True),
     Column("study_id", String(64), nullable=False),
@@ -109,14 +111,16 @@ matches = Table(
 )
 
 teams = Table(
-    "teams", metadata,
+    "teams",
+    metadata,
     Column("name", String(128), primary_key=True),
     #: Shared mailbox for the team's digest; members' own addresses are used when empty.
     Column("email", String(256), nullable=True),
 )
 
 users = Table(
-    "users", metadata,
+    "users",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("username", String(128), nullable=False, unique=True),
     Column("password_hash", Text, nullable=False),
@@ -127,13 +131,15 @@ users = Table(
 )
 
 memberships = Table(
-    "memberships", metadata,
+    "memberships",
+    metadata,
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
     Column("team", String(128), ForeignKey("teams.name", ondelete="CASCADE"), primary_key=True),
 )
 
 sessions = Table(
-    "sessions", metadata,
+    "sessions",
+    metadata,
     Column("token_hash", String(64), primary_key=True),
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("csrf_token", String(64), nullable=False),
@@ -142,7 +148,8 @@ sessions = Table(
 )
 
 api_tokens = Table(
-    "api_tokens", metadata,
+    "api_tokens",
+    metadata,
     Column("token_hash", String(64), primary_key=True),
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("name", String(128), nullable=False),
@@ -150,7 +157,8 @@ api_tokens = Table(
 )
 
 actions = Table(
-    "actions", metadata,
+    "actions",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("match_id", Integer, ForeignKey("matches.id", ondelete="CASCADE"), nullable=False),
     Column("action", String(16), nullable=False),
@@ -163,7 +171,8 @@ actions = Table(
 )
 
 do_not_contact = Table(
-    "do_not_contact", metadata,
+    "do_not_contact",
+    metadata,
     Column("patient_id", String(128), primary_key=True),
     Column("added_at", DateTime(timezone=True), nullable=False),
     Column("added_by", String(128), nullable=False),
@@ -171,7 +180,8 @@ do_not_contact = Table(
 )
 
 audit_log = Table(
-    "audit_log", metadata,
+    "audit_log",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("username", String(128), nullable=False),
@@ -183,7 +193,8 @@ audit_log = Table(
 )
 
 outbox = Table(
-    "outbox", metadata,
+    "outbox",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("channel", String(16), nullable=False),  # webhook | email
     Column("team", String(128), nullable=False),

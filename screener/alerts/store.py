@@ -126,8 +126,7 @@ def _results(criteria_json: str | None) -> dict[tuple[str, str], Any]:
         items = json.loads(criteria_json or "[]")
     except ValueError:
         return {}
-    return {(str(c.get("group", "")), str(c.get("name", ""))): c.get("result") for c in items
-            if isinstance(c, dict)}
+    return {(str(c.get("group", "")), str(c.get("name", ""))): c.get("result") for c in items if isinstance(c, dict)}
 
 
 def urgency(horizon_s: float | None, closes: date | None, today: date) -> int:
@@ -238,8 +237,7 @@ class SqlStore:
         rows = [_match_row(r, now) for r in frame.to_dicts()]
         rows = [r for r in rows if r["patient_id"] not in dnc]
         existing = self._existing(conn, rows)
-        inserts = [r for r in rows if (r["study_id"], r["patient_id"]) not in existing
-                   and r["outcome"] != "ineligible"]
+        inserts = [r for r in rows if (r["study_id"], r["patient_id"]) not in existing and r["outcome"] != "ineligible"]
         new_keys: set[tuple[str, str]] = set()
         if inserts:
             for r in inserts:
@@ -252,30 +250,54 @@ class SqlStore:
                 continue
             if (old["outcome"], old["rule_hash"], old["criteria"]) == (r["outcome"], r["rule_hash"], r["criteria"]):
                 continue
-            reopen = (old["stage"] in DISMISSED_STAGES and old["rule_hash"] != r["rule_hash"]
-                      and materially_changed(old["outcome"], old["criteria"], r["outcome"], r["criteria"]))
-            updates.append({
-                "b_id": old["id"], "outcome": r["outcome"], "criteria": r["criteria"], "rule_hash": r["rule_hash"],
-                "setting": r["setting"], "imd_decile": r["imd_decile"], "ethnic_group": r["ethnic_group"],
-                "updated_at": now,
-            })
+            reopen = (
+                old["stage"] in DISMISSED_STAGES
+                and old["rule_hash"] != r["rule_hash"]
+                and materially_changed(old["outcome"], old["criteria"], r["outcome"], r["criteria"])
+            )
+            updates.append(
+                {
+                    "b_id": old["id"],
+                    "outcome": r["outcome"],
+                    "criteria": r["criteria"],
+                    "rule_hash": r["rule_hash"],
+                    "setting": r["setting"],
+                    "imd_decile": r["imd_decile"],
+                    "ethnic_group": r["ethnic_group"],
+                    "updated_at": now,
+                }
+            )
             if reopen:
                 reopened.append(old)
         if updates:
             conn.execute(
-                t.matches.update().where(t.matches.c.id == sa.bindparam("b_id")).values(
-                    outcome=sa.bindparam("outcome"), criteria=sa.bindparam("criteria"),
-                    rule_hash=sa.bindparam("rule_hash"), setting=sa.bindparam("setting"),
-                    imd_decile=sa.bindparam("imd_decile"), ethnic_group=sa.bindparam("ethnic_group"),
+                t.matches.update()
+                .where(t.matches.c.id == sa.bindparam("b_id"))
+                .values(
+                    outcome=sa.bindparam("outcome"),
+                    criteria=sa.bindparam("criteria"),
+                    rule_hash=sa.bindparam("rule_hash"),
+                    setting=sa.bindparam("setting"),
+                    imd_decile=sa.bindparam("imd_decile"),
+                    ethnic_group=sa.bindparam("ethnic_group"),
                     updated_at=sa.bindparam("updated_at"),
                 ),
                 updates,
             )
         for old in reopened:
-            conn.execute(t.matches.update().where(t.matches.c.id == old["id"]).values(
-                stage="new", reason=None, snoozed_until=None, reopened_at=now))
-            self._audit(conn, "system", "reopen", "match", old["token"],
-                        {"study": old["study_id"], "was": old["stage"], "why": "rule file changed materially"})
+            conn.execute(
+                t.matches.update()
+                .where(t.matches.c.id == old["id"])
+                .values(stage="new", reason=None, snoozed_until=None, reopened_at=now)
+            )
+            self._audit(
+                conn,
+                "system",
+                "reopen",
+                "match",
+                old["token"],
+                {"study": old["study_id"], "was": old["stage"], "why": "rule file changed materially"},
+            )
         if new_keys:
             self._enqueue(conn, [r for r in inserts if (r["study_id"], r["patient_id"]) in new_keys], now)
         return new_keys
@@ -298,7 +320,7 @@ class SqlStore:
         for study_id, pids in by_study.items():
             for i in range(0, len(pids), _CHUNK):
                 q = sa.select(m.id, m.token, m.study_id, m.patient_id, m.outcome, m.rule_hash, m.criteria, m.stage)
-                q = q.where(m.study_id == study_id, m.patient_id.in_(pids[i:i + _CHUNK]))
+                q = q.where(m.study_id == study_id, m.patient_id.in_(pids[i : i + _CHUNK]))
                 for row in conn.execute(q).mappings():
                     found[(row["study_id"], row["patient_id"])] = dict(row)
         return found
@@ -313,8 +335,9 @@ class SqlStore:
             stmt = dialect_insert(t.matches).on_conflict_do_nothing(index_elements=["study_id", "patient_id"])
             keys: set[tuple[str, str]] = set()
             for i in range(0, len(inserts), _CHUNK):
-                result = conn.execute(stmt.returning(t.matches.c.study_id, t.matches.c.patient_id),
-                                      inserts[i:i + _CHUNK])
+                result = conn.execute(
+                    stmt.returning(t.matches.c.study_id, t.matches.c.patient_id), inserts[i : i + _CHUNK]
+                )
                 keys.update((row[0], row[1]) for row in result)
             return keys
         conn.execute(t.matches.insert(), inserts)
@@ -326,13 +349,26 @@ class SqlStore:
             counts[r["study_id"]] = counts.get(r["study_id"], 0) + 1
         if not self.channels or not counts:
             return
-        teams = dict(conn.execute(sa.select(t.studies.c.id, t.studies.c.team)
-                                  .where(t.studies.c.id.in_(list(counts)))).all())
-        conn.execute(t.outbox.insert(), [
-            {"channel": ch, "team": teams.get(sid) or "", "study_id": sid, "count": n, "created_at": now,
-             "status": "pending", "attempts": 0, "next_attempt_at": now}
-            for sid, n in sorted(counts.items()) for ch in self.channels
-        ])
+        teams = dict(
+            conn.execute(sa.select(t.studies.c.id, t.studies.c.team).where(t.studies.c.id.in_(list(counts)))).all()
+        )
+        conn.execute(
+            t.outbox.insert(),
+            [
+                {
+                    "channel": ch,
+                    "team": teams.get(sid) or "",
+                    "study_id": sid,
+                    "count": n,
+                    "created_at": now,
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                }
+                for sid, n in sorted(counts.items())
+                for ch in self.channels
+            ],
+        )
 
     def unpublished_matches(self, settled_before: datetime | None = None, limit: int = 10_000) -> pl.DataFrame:
         """Stored matches not yet acknowledged on ``screening.matches`` (oldest first, at most ``limit``): the
@@ -340,9 +376,12 @@ class SqlStore:
         Only rows last written before ``settled_before`` when given (a live engine's own matches are still in
         flight), and none of a patient on the do-not-contact register."""
         m = t.matches.c
-        q = (sa.select(m.study_id, m.patient_id, m.outcome, m.rule_hash, m.criteria, m.matched_at, m.setting)
-             .where(m.published_at.is_(None), m.patient_id.not_in(sa.select(t.do_not_contact.c.patient_id)))
-             .order_by(m.id).limit(limit))
+        q = (
+            sa.select(m.study_id, m.patient_id, m.outcome, m.rule_hash, m.criteria, m.matched_at, m.setting)
+            .where(m.published_at.is_(None), m.patient_id.not_in(sa.select(t.do_not_contact.c.patient_id)))
+            .order_by(m.id)
+            .limit(limit)
+        )
         if settled_before is not None:
             q = q.where(m.updated_at < settled_before)
         try:
@@ -351,8 +390,13 @@ class SqlStore:
         except sa.exc.SQLAlchemyError as exc:
             raise DeliveryError(f"cannot read unpublished matches: {exc}", channel="store") from exc
         schema: dict[str, pl.DataType] = {
-            "study_id": pl.String(), "patient_id": pl.String(), "outcome": pl.String(), "rule_hash": pl.String(),
-            "criteria": pl.String(), "matched_at": pl.Datetime("us", "UTC"), "setting": pl.String(),
+            "study_id": pl.String(),
+            "patient_id": pl.String(),
+            "outcome": pl.String(),
+            "rule_hash": pl.String(),
+            "criteria": pl.String(),
+            "matched_at": pl.Datetime("us", "UTC"),
+            "setting": pl.String(),
         }
         for r in rows:
             r["matched_at"] = _utc(r["matched_at"])
@@ -368,10 +412,11 @@ class SqlStore:
         try:
             with self.engine.begin() as conn:
                 for i in range(0, len(pairs), _CHUNK):
-                    conn.execute(t.matches.update()
-                                 .where(sa.tuple_(m.study_id, m.patient_id).in_(pairs[i:i + _CHUNK]),
-                                        m.published_at.is_(None))
-                                 .values(published_at=now))
+                    conn.execute(
+                        t.matches.update()
+                        .where(sa.tuple_(m.study_id, m.patient_id).in_(pairs[i : i + _CHUNK]), m.published_at.is_(None))
+                        .values(published_at=now)
+                    )
         except sa.exc.SQLAlchemyError as exc:
             raise DeliveryError(f"cannot mark matches published: {exc}", channel="store") from exc
 
@@ -410,8 +455,11 @@ class SqlStore:
                     known.add(r["id"])
             gone = sorted(known - {r["id"] for r in rows})
             if gone:
-                conn.execute(t.studies.update().where(t.studies.c.id.in_(gone), t.studies.c.active.is_(True))
-                             .values(active=False, updated_at=now))
+                conn.execute(
+                    t.studies.update()
+                    .where(t.studies.c.id.in_(gone), t.studies.c.active.is_(True))
+                    .values(active=False, updated_at=now)
+                )
 
     # --- studies -----------------------------------------------------------------------------------------
     def studies(self, *, open_on: date | None = None, user: User | None = None) -> list[dict[str, Any]]:
@@ -431,8 +479,9 @@ class SqlStore:
             return out
 
     # --- users, teams, sessions ----------------------------------------------------------------------------
-    def add_user(self, username: str, password: str, role: str, teams: Iterable[str] = (),
-                 email: str | None = None) -> User:
+    def add_user(
+        self, username: str, password: str, role: str, teams: Iterable[str] = (), email: str | None = None
+    ) -> User:
         """Create a user (or reset an existing user's password, role, teams and email).
 
         :raises ValueError: unknown role or empty username/password.
@@ -447,8 +496,11 @@ class SqlStore:
             uid = conn.execute(sa.select(t.users.c.id).where(t.users.c.username == username)).scalar()
             values = {"password_hash": pw_hash, "role": role, "email": email, "active": True}
             if uid is None:
-                uid = conn.execute(t.users.insert().values(username=username, created_at=self.clock(), **values)
-                                   .returning(t.users.c.id)).scalar_one()
+                uid = conn.execute(
+                    t.users.insert()
+                    .values(username=username, created_at=self.clock(), **values)
+                    .returning(t.users.c.id)
+                ).scalar_one()
             else:
                 conn.execute(t.users.update().where(t.users.c.id == uid).values(**values))
                 conn.execute(t.memberships.delete().where(t.memberships.c.user_id == uid))
@@ -469,20 +521,28 @@ class SqlStore:
 
     def users(self) -> list[User]:
         with self.engine.connect() as conn:
-            return [self._user(conn, row) for row in conn.execute(
-                sa.select(t.users).where(t.users.c.active.is_(True)).order_by(t.users.c.username)).mappings()]
+            return [
+                self._user(conn, row)
+                for row in conn.execute(
+                    sa.select(t.users).where(t.users.c.active.is_(True)).order_by(t.users.c.username)
+                ).mappings()
+            ]
 
     @staticmethod
     def _user(conn: Connection, row: Any) -> User:
-        teams = frozenset(conn.execute(sa.select(t.memberships.c.team)
-                                       .where(t.memberships.c.user_id == row["id"])).scalars())
+        teams = frozenset(
+            conn.execute(sa.select(t.memberships.c.team).where(t.memberships.c.user_id == row["id"])).scalars()
+        )
         return User(row["id"], row["username"], row["role"], teams, row["email"])
 
     def authenticate(self, username: str, password: str) -> User | None:
         """The user when the password is right and the account active; None otherwise (same timing)."""
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(t.users).where(t.users.c.username == username,
-                                                        t.users.c.active.is_(True))).mappings().first()
+            row = (
+                conn.execute(sa.select(t.users).where(t.users.c.username == username, t.users.c.active.is_(True)))
+                .mappings()
+                .first()
+            )
             ok = auth.verify_password(row["password_hash"] if row else None, password)
             return self._user(conn, row) if ok and row else None
 
@@ -492,8 +552,15 @@ class SqlStore:
         now = self.clock()
         with self.engine.begin() as conn:
             conn.execute(t.sessions.delete().where(t.sessions.c.expires_at < now))
-            conn.execute(t.sessions.insert().values(token_hash=auth.hash_token(token), user_id=user.id,
-                                                    csrf_token=csrf, created_at=now, expires_at=now + ttl))
+            conn.execute(
+                t.sessions.insert().values(
+                    token_hash=auth.hash_token(token),
+                    user_id=user.id,
+                    csrf_token=csrf,
+                    created_at=now,
+                    expires_at=now + ttl,
+                )
+            )
         return token, csrf
 
     def session_user(self, token: str | None) -> tuple[User, str] | None:
@@ -501,11 +568,15 @@ class SqlStore:
         if not token:
             return None
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(t.sessions.c.csrf_token, t.sessions.c.expires_at, t.users)
-                .join(t.users, t.users.c.id == t.sessions.c.user_id)
-                .where(t.sessions.c.token_hash == auth.hash_token(token), t.users.c.active.is_(True))
-            ).mappings().first()
+            row = (
+                conn.execute(
+                    sa.select(t.sessions.c.csrf_token, t.sessions.c.expires_at, t.users)
+                    .join(t.users, t.users.c.id == t.sessions.c.user_id)
+                    .where(t.sessions.c.token_hash == auth.hash_token(token), t.users.c.active.is_(True))
+                )
+                .mappings()
+                .first()
+            )
             expires = _utc(row["expires_at"]) if row is not None else None
             if row is None or expires is None or expires <= self.clock():
                 return None
@@ -523,8 +594,11 @@ class SqlStore:
             uid = conn.execute(sa.select(t.users.c.id).where(t.users.c.username == username)).scalar()
             if uid is None:
                 raise ValueError(f"no such user {username!r}")
-            conn.execute(t.api_tokens.insert().values(token_hash=auth.hash_token(token), user_id=uid, name=name,
-                                                      created_at=self.clock()))
+            conn.execute(
+                t.api_tokens.insert().values(
+                    token_hash=auth.hash_token(token), user_id=uid, name=name, created_at=self.clock()
+                )
+            )
             self._audit(conn, "system", "token_create", "user", username, {"name": name})
         return token
 
@@ -532,10 +606,15 @@ class SqlStore:
         if not token:
             return None
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(t.users).join(t.api_tokens, t.api_tokens.c.user_id == t.users.c.id)
-                .where(t.api_tokens.c.token_hash == auth.hash_token(token), t.users.c.active.is_(True))
-            ).mappings().first()
+            row = (
+                conn.execute(
+                    sa.select(t.users)
+                    .join(t.api_tokens, t.api_tokens.c.user_id == t.users.c.id)
+                    .where(t.api_tokens.c.token_hash == auth.hash_token(token), t.users.c.active.is_(True))
+                )
+                .mappings()
+                .first()
+            )
             return self._user(conn, row) if row else None
 
     # --- worklist --------------------------------------------------------------------------------------------
@@ -546,8 +625,16 @@ class SqlStore:
             clauses.append(t.studies.c.team.in_(sorted(user.teams) or [""]))
         return sa.and_(*clauses)
 
-    def worklist(self, user: User, *, study: str | None = None, setting: str | None = None,
-                 outcome: str | None = None, view: str = "open", limit: int = 500) -> list[dict[str, Any]]:
+    def worklist(
+        self,
+        user: User,
+        *,
+        study: str | None = None,
+        setting: str | None = None,
+        outcome: str | None = None,
+        view: str = "open",
+        limit: int = 500,
+    ) -> list[dict[str, Any]]:
         """The user's matches, most urgent first, then newest first (see the module docstring).
 
         ``view``: ``open`` (active and not snoozed), ``snoozed``, ``closed`` (enrolled, dismissed, no longer
@@ -564,10 +651,27 @@ class SqlStore:
             (s.closes <= today + timedelta(days=CLOSING_SOON_DAYS), 1),
             else_=2,
         ).label("urgency")
-        q = (sa.select(m.token, m.study_id, m.patient_id, m.outcome, m.stage, m.reason, m.matched_at, m.setting,
-                       m.snoozed_until, m.reopened_at, m.criteria, s.title, s.team, s.closes, urgency)
-             .select_from(t.matches.join(t.studies, t.studies.c.id == m.study_id))
-             .where(self._visible(user)))
+        q = (
+            sa.select(
+                m.token,
+                m.study_id,
+                m.patient_id,
+                m.outcome,
+                m.stage,
+                m.reason,
+                m.matched_at,
+                m.setting,
+                m.snoozed_until,
+                m.reopened_at,
+                m.criteria,
+                s.title,
+                s.team,
+                s.closes,
+                urgency,
+            )
+            .select_from(t.matches.join(t.studies, t.studies.c.id == m.study_id))
+            .where(self._visible(user))
+        )
         not_snoozed = sa.or_(m.snoozed_until.is_(None), m.snoozed_until <= today)
         if view == "open":
             q = q.where(m.stage.in_(ACTIVE_STAGES), m.outcome != "ineligible", not_snoozed)
@@ -596,17 +700,29 @@ class SqlStore:
         """The match with this token if ``user`` may see it (else None: callers answer 404), with its study,
         parsed criteria (each with ``to_verify`` for unknown results) and action history, oldest first."""
         m = t.matches.c
-        q = (sa.select(t.matches, t.studies.c.title, t.studies.c.team, t.studies.c.closes, t.studies.c.summary,
-                       t.studies.c.horizon_s)
-             .select_from(t.matches.join(t.studies, t.studies.c.id == m.study_id))
-             .where(m.token == token, self._visible(user)))
+        q = (
+            sa.select(
+                t.matches,
+                t.studies.c.title,
+                t.studies.c.team,
+                t.studies.c.closes,
+                t.studies.c.summary,
+                t.studies.c.horizon_s,
+            )
+            .select_from(t.matches.join(t.studies, t.studies.c.id == m.study_id))
+            .where(m.token == token, self._visible(user))
+        )
         with self.engine.connect() as conn:
             row = conn.execute(q).mappings().first()
             if row is None:
                 return None
             d = dict(row)
-            d["history"] = [dict(a) for a in conn.execute(
-                sa.select(t.actions).where(t.actions.c.match_id == d["id"]).order_by(t.actions.c.id)).mappings()]
+            d["history"] = [
+                dict(a)
+                for a in conn.execute(
+                    sa.select(t.actions).where(t.actions.c.match_id == d["id"]).order_by(t.actions.c.id)
+                ).mappings()
+            ]
         d["criteria"] = [{**c, "to_verify": c.get("result") is None} for c in json.loads(d["criteria"] or "[]")]
         d["urgency"] = urgency(d.pop("horizon_s"), d["closes"], self.clock().date())
         for k in ("matched_at", "event_time", "reopened_at", "updated_at"):
@@ -615,8 +731,16 @@ class SqlStore:
             a["at"] = _utc(a["at"])
         return d
 
-    def record_action(self, user: User, token: str, action: str, *, reason: str | None = None,
-                      until: date | None = None, note: str | None = None) -> dict[str, Any] | None:
+    def record_action(
+        self,
+        user: User,
+        token: str,
+        action: str,
+        *,
+        reason: str | None = None,
+        until: date | None = None,
+        note: str | None = None,
+    ) -> dict[str, Any] | None:
         """Record a funnel action on a match the user can see; returns the updated match, or None when the user
         cannot see it (callers answer 404). Every action is also written to the audit log.
 
@@ -639,23 +763,42 @@ class SqlStore:
         note = (note or "").strip()[:2000] or None
         now = self.clock()
         with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(t.matches.c.id, t.matches.c.study_id, t.matches.c.setting)
-                .select_from(t.matches.join(t.studies, t.studies.c.id == t.matches.c.study_id))
-                .where(t.matches.c.token == token, self._visible(user))
-            ).mappings().first()
+            row = (
+                conn.execute(
+                    sa.select(t.matches.c.id, t.matches.c.study_id, t.matches.c.setting)
+                    .select_from(t.matches.join(t.studies, t.studies.c.id == t.matches.c.study_id))
+                    .where(t.matches.c.token == token, self._visible(user))
+                )
+                .mappings()
+                .first()
+            )
             if row is None:
                 return None
-            conn.execute(t.actions.insert().values(match_id=row["id"], action=action, reason=reason, until=until,
-                                                   note=note, username=user.username, at=now))
+            conn.execute(
+                t.actions.insert().values(
+                    match_id=row["id"],
+                    action=action,
+                    reason=reason,
+                    until=until,
+                    note=note,
+                    username=user.username,
+                    at=now,
+                )
+            )
             values: dict[str, Any] = {"updated_at": now}
             if action == "snoozed":
                 values["snoozed_until"] = until
             else:
                 values.update(stage=action, reason=reason, snoozed_until=None)
             conn.execute(t.matches.update().where(t.matches.c.id == row["id"]).values(**values))
-            self._audit(conn, user.username, "action", "match", token,
-                        {"action": action, "reason": reason, "until": until.isoformat() if until else None})
+            self._audit(
+                conn,
+                user.username,
+                "action",
+                "match",
+                token,
+                {"action": action, "reason": reason, "until": until.isoformat() if until else None},
+            )
         if self.metrics is not None:
             self.metrics.funnel_actions.labels(row["study_id"], row["setting"] or "unknown", action).inc()
         return self.get_match(user, token)
@@ -663,9 +806,13 @@ class SqlStore:
     def funnel(self, user: User) -> list[dict[str, Any]]:
         """Counts of matches by study and stage for the user's studies (no patient data)."""
         m = t.matches.c
-        q = (sa.select(m.study_id, m.stage, sa.func.count().label("n"))
-             .select_from(t.matches.join(t.studies, t.studies.c.id == m.study_id))
-             .where(self._visible(user)).group_by(m.study_id, m.stage).order_by(m.study_id, m.stage))
+        q = (
+            sa.select(m.study_id, m.stage, sa.func.count().label("n"))
+            .select_from(t.matches.join(t.studies, t.studies.c.id == m.study_id))
+            .where(self._visible(user))
+            .group_by(m.study_id, m.stage)
+            .order_by(m.study_id, m.stage)
+        )
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
@@ -679,12 +826,19 @@ class SqlStore:
         with self.engine.begin() as conn:
             present: set[str] = set()
             for i in range(0, len(ids), _CHUNK):
-                present.update(conn.execute(sa.select(t.do_not_contact.c.patient_id)
-                                            .where(t.do_not_contact.c.patient_id.in_(ids[i:i + _CHUNK]))).scalars())
+                present.update(
+                    conn.execute(
+                        sa.select(t.do_not_contact.c.patient_id).where(
+                            t.do_not_contact.c.patient_id.in_(ids[i : i + _CHUNK])
+                        )
+                    ).scalars()
+                )
             new = [p for p in ids if p not in present]
             if new:
-                conn.execute(t.do_not_contact.insert(),
-                             [{"patient_id": p, "added_at": now, "added_by": by, "source": source} for p in new])
+                conn.execute(
+                    t.do_not_contact.insert(),
+                    [{"patient_id": p, "added_at": now, "added_by": by, "source": source} for p in new],
+                )
             self._audit(conn, by, "dnc_add", "do_not_contact", None, {"count": len(new), "source": source})
         return len(new)
 
@@ -696,40 +850,73 @@ class SqlStore:
         with self.engine.begin() as conn:
             n = 0
             for i in range(0, len(ids), _CHUNK):
-                n += conn.execute(t.do_not_contact.delete()
-                                  .where(t.do_not_contact.c.patient_id.in_(ids[i:i + _CHUNK]))).rowcount
+                n += conn.execute(
+                    t.do_not_contact.delete().where(t.do_not_contact.c.patient_id.in_(ids[i : i + _CHUNK]))
+                ).rowcount
             self._audit(conn, by, "dnc_remove", "do_not_contact", None, {"count": n})
         return n
 
     def dnc_entries(self, limit: int = 1000) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(
-                sa.select(t.do_not_contact).order_by(t.do_not_contact.c.added_at.desc()).limit(limit)).mappings()]
+            return [
+                dict(r)
+                for r in conn.execute(
+                    sa.select(t.do_not_contact).order_by(t.do_not_contact.c.added_at.desc()).limit(limit)
+                ).mappings()
+            ]
 
     # --- audit -------------------------------------------------------------------------------------------------
-    def audit(self, username: str, action: str, object_type: str | None = None, object_id: str | None = None,
-              detail: dict[str, Any] | None = None) -> None:
+    def audit(
+        self,
+        username: str,
+        action: str,
+        object_type: str | None = None,
+        object_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         """Append one entry to the audit log (views, logins and anything not already audited)."""
         with self.engine.begin() as conn:
             self._audit(conn, username, action, object_type, object_id, detail)
 
-    def _audit(self, conn: Connection, username: str, action: str, object_type: str | None,
-               object_id: str | None, detail: dict[str, Any] | None) -> None:
-        conn.execute(t.audit_log.insert().values(
-            at=self.clock(), username=username, action=action, object_type=object_type, object_id=object_id,
-            detail=json.dumps(detail, sort_keys=True, default=str) if detail else None))
+    def _audit(
+        self,
+        conn: Connection,
+        username: str,
+        action: str,
+        object_type: str | None,
+        object_id: str | None,
+        detail: dict[str, Any] | None,
+    ) -> None:
+        conn.execute(
+            t.audit_log.insert().values(
+                at=self.clock(),
+                username=username,
+                action=action,
+                object_type=object_type,
+                object_id=object_id,
+                detail=json.dumps(detail, sort_keys=True, default=str) if detail else None,
+            )
+        )
 
     def failed_logins(self, username: str, within: timedelta) -> int:
         """Failed logins recorded for ``username`` in the audit log during the last ``within``."""
         a = t.audit_log.c
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(t.audit_log).where(
-                a.username == username, a.action == "login_failed", a.at >= self.clock() - within)).scalar() or 0)
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(t.audit_log)
+                    .where(a.username == username, a.action == "login_failed", a.at >= self.clock() - within)
+                ).scalar()
+                or 0
+            )
 
     def audit_entries(self, limit: int = 200) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(
-                sa.select(t.audit_log).order_by(t.audit_log.c.id.desc()).limit(limit)).mappings()]
+            rows = [
+                dict(r)
+                for r in conn.execute(sa.select(t.audit_log).order_by(t.audit_log.c.id.desc()).limit(limit)).mappings()
+            ]
         for r in rows:
             r["at"] = _utc(r["at"])
         return rows
@@ -738,9 +925,12 @@ class SqlStore:
     def outbox_due(self, channel: str, now: datetime) -> list[dict[str, Any]]:
         """Pending outbox rows of ``channel`` whose next attempt is due, oldest first, with the study title."""
         o = t.outbox.c
-        q = (sa.select(t.outbox, t.studies.c.title)
-             .select_from(t.outbox.outerjoin(t.studies, t.studies.c.id == o.study_id))
-             .where(o.channel == channel, o.status == "pending", o.next_attempt_at <= now).order_by(o.id))
+        q = (
+            sa.select(t.outbox, t.studies.c.title)
+            .select_from(t.outbox.outerjoin(t.studies, t.studies.c.id == o.study_id))
+            .where(o.channel == channel, o.status == "pending", o.next_attempt_at <= now)
+            .order_by(o.id)
+        )
         with self.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(q).mappings()]
         for r in rows:
@@ -762,13 +952,16 @@ class SqlStore:
             for i in range(0, len(ids), _CHUNK):
                 result = conn.execute(
                     t.outbox.update()
-                    .where(o.id.in_(list(ids[i:i + _CHUNK])), o.status == "pending", o.next_attempt_at <= now)
-                    .values(next_attempt_at=now + lease).returning(o.id))
+                    .where(o.id.in_(list(ids[i : i + _CHUNK])), o.status == "pending", o.next_attempt_at <= now)
+                    .values(next_attempt_at=now + lease)
+                    .returning(o.id)
+                )
                 claimed.update(int(r[0]) for r in result)
         return claimed
 
-    def outbox_mark(self, ids: Sequence[int], *, status: str = "sent", error: str | None = None,
-                    retry_at: datetime | None = None) -> None:
+    def outbox_mark(
+        self, ids: Sequence[int], *, status: str = "sent", error: str | None = None, retry_at: datetime | None = None
+    ) -> None:
         """``status='sent'`` marks rows delivered; ``status='pending'`` with ``retry_at`` records a failed attempt
         (attempts + 1, the error, the next try); ``no_recipient`` parks rows nobody can receive."""
         if not ids:
@@ -782,14 +975,16 @@ class SqlStore:
             values["next_attempt_at"] = retry_at
         with self.engine.begin() as conn:
             for i in range(0, len(ids), _CHUNK):
-                conn.execute(t.outbox.update().where(o.id.in_(list(ids[i:i + _CHUNK]))).values(**values))
+                conn.execute(t.outbox.update().where(o.id.in_(list(ids[i : i + _CHUNK]))).values(**values))
 
     def outbox_counts(self) -> dict[tuple[str, str], int]:
         """{(channel, status): rows}."""
         o = t.outbox.c
         with self.engine.connect() as conn:
-            return {(r[0], r[1]): r[2] for r in conn.execute(
-                sa.select(o.channel, o.status, sa.func.count()).group_by(o.channel, o.status))}
+            return {
+                (r[0], r[1]): r[2]
+                for r in conn.execute(sa.select(o.channel, o.status, sa.func.count()).group_by(o.channel, o.status))
+            }
 
     def team_recipients(self, team: str) -> list[str]:
         """Where a team's digest goes: the team mailbox, else the members' own addresses."""
@@ -797,10 +992,15 @@ class SqlStore:
             mailbox = conn.execute(sa.select(t.teams.c.email).where(t.teams.c.name == team)).scalar()
             if mailbox:
                 return [mailbox]
-            return sorted(e for e in conn.execute(
-                sa.select(t.users.c.email).join(t.memberships, t.memberships.c.user_id == t.users.c.id)
-                .where(t.memberships.c.team == team, t.users.c.active.is_(True), t.users.c.email.is_not(None))
-            ).scalars() if e)
+            return sorted(
+                e
+                for e in conn.execute(
+                    sa.select(t.users.c.email)
+                    .join(t.memberships, t.memberships.c.user_id == t.users.c.id)
+                    .where(t.memberships.c.team == team, t.users.c.active.is_(True), t.users.c.email.is_not(None))
+                ).scalars()
+                if e
+            )
 
 
 def _match_row(r: dict[str, Any], now: datetime) -> dict[str, Any]:

@@ -50,16 +50,29 @@ def connector_options(func: Callable[..., Any]) -> Callable[..., Any]:
     :class:`~screener.settings.Settings` (topics created if missing), or stdout with ``--dry-run``.
     """
 
-    @click.option("--bootstrap", envvar="SCREENER_BOOTSTRAP_SERVERS", default=None,
-                  help="Kafka bootstrap servers (env SCREENER_BOOTSTRAP_SERVERS).")
-    @click.option("--topic", envvar="SCREENER_EVENTS_TOPIC", default=None,
-                  help="Events topic (env SCREENER_EVENTS_TOPIC; default ehr.events).")
-    @click.option("--no-idempotence", is_flag=True, default=False,
-                  help="Plain acks=all producer (the embedded tansu broker rejects idempotent produce).")
+    @click.option(
+        "--bootstrap",
+        envvar="SCREENER_BOOTSTRAP_SERVERS",
+        default=None,
+        help="Kafka bootstrap servers (env SCREENER_BOOTSTRAP_SERVERS).",
+    )
+    @click.option(
+        "--topic",
+        envvar="SCREENER_EVENTS_TOPIC",
+        default=None,
+        help="Events topic (env SCREENER_EVENTS_TOPIC; default ehr.events).",
+    )
+    @click.option(
+        "--no-idempotence",
+        is_flag=True,
+        default=False,
+        help="Plain acks=all producer (the embedded tansu broker rejects idempotent produce).",
+    )
     @click.option("--dry-run", is_flag=True, help="Print events as JSON lines instead of publishing.")
     @functools.wraps(func)
-    def wrapper(*args: Any, bootstrap: str | None, topic: str | None, no_idempotence: bool, dry_run: bool,
-                **kwargs: Any) -> Any:
+    def wrapper(
+        *args: Any, bootstrap: str | None, topic: str | None, no_idempotence: bool, dry_run: bool, **kwargs: Any
+    ) -> Any:
         from screener.logging import configure_logging
         from screener.settings import load_settings
         from screener.sources.kafka import sink_from_settings

@@ -1,9 +1,9 @@
 """``screener rules check|test|explain|render``: work with study rule files.
 
-    screener rules check PATH...                      load and type-check; exit 1 on any error
-    screener rules test PATH...                       run each file's test cases (compiled + reference)
-    screener rules explain FILE --patient H.json      per-criterion table for one patient
-    screener rules render FILE                        plain-English Markdown
+screener rules check PATH...                      load and type-check; exit 1 on any error
+screener rules test PATH...                       run each file's test cases (compiled + reference)
+screener rules explain FILE --patient H.json      per-criterion table for one patient
+screener rules render FILE                        plain-English Markdown
 """
 
 from __future__ import annotations
@@ -88,8 +88,13 @@ def test(paths: tuple[Path, ...], verbose: bool) -> None:
 
 @rules.command("explain")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--patient", "history", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help='Patient history JSON: {"person": {...}, "events": [...]} (the test-case shape).')
+@click.option(
+    "--patient",
+    "history",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='Patient history JSON: {"person": {...}, "events": [...]} (the test-case shape).',
+)
 @click.option("--at", "at", default=None, help="Screening time, ISO 8601 (default: now, UTC).")
 def explain_cmd(file: Path, history: Path, at: str | None) -> None:
     """Per-criterion table (value and the evidence that decided it) for one patient."""
@@ -100,8 +105,10 @@ def explain_cmd(file: Path, history: Path, at: str | None) -> None:
         study = load_study(file)
         events = load_history(history)
     except (RuleError, EventError) as exc:
-        click.echo(f"{history if isinstance(exc, EventError) else ''}{': ' if isinstance(exc, EventError) else ''}"
-                   f"{exc}", err=True)
+        click.echo(
+            f"{history if isinstance(exc, EventError) else ''}{': ' if isinstance(exc, EventError) else ''}{exc}",
+            err=True,
+        )
         raise SystemExit(1) from exc
     click.echo(format_table(explain(study, events, _parse_time(at))))
 

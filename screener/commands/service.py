@@ -38,8 +38,13 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 
 @click.command("run")
-@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              envvar="SCREENER_CONFIG", help="YAML/TOML settings file (env: SCREENER_CONFIG).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="SCREENER_CONFIG",
+    help="YAML/TOML settings file (env: SCREENER_CONFIG).",
+)
 def run(config_file: Path | None) -> None:
     """Run the screening service: consume ehr.events, screen, record matches (settings from SCREENER_*)."""
     from screener.alerts.store import SqlStore
@@ -107,8 +112,9 @@ class _Feed(threading.Thread):
         producer = make_producer(self.settings, linger_ms=20)
         started = time.monotonic()
         try:
-            for patient_events in generate(self.patients, seed=self.seed, now=datetime.now(UTC),
-                                           start_index=self.start_index):
+            for patient_events in generate(
+                self.patients, seed=self.seed, now=datetime.now(UTC), start_index=self.start_index
+            ):
                 if self.stop.is_set():
                     break
                 for ev in patient_events:
@@ -123,16 +129,35 @@ class _Feed(threading.Thread):
 
 
 @click.command("demo")
-@click.option("--for", "duration", type=float, default=None, metavar="SECONDS",
-              help="Stop by itself after SECONDS (default: run until Ctrl-C).")
-@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=Path("screener-demo"),
-              show_default=True, help="Where the SQLite database, state snapshots and logs go.")
-@click.option("--patients", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Synthetic patients to stream.")
-@click.option("--rate", type=click.FloatRange(min=1), default=500.0, show_default=True,
-              help="Synthetic events per second.")
-@click.option("--rules", "rules_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("rules"),
-              show_default=True, help="Study rule files.")
+@click.option(
+    "--for",
+    "duration",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Stop by itself after SECONDS (default: run until Ctrl-C).",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("screener-demo"),
+    show_default=True,
+    help="Where the SQLite database, state snapshots and logs go.",
+)
+@click.option(
+    "--patients", type=click.IntRange(min=1), default=2000, show_default=True, help="Synthetic patients to stream."
+)
+@click.option(
+    "--rate", type=click.FloatRange(min=1), default=500.0, show_default=True, help="Synthetic events per second."
+)
+@click.option(
+    "--rules",
+    "rules_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("rules"),
+    show_default=True,
+    help="Study rule files.",
+)
 def demo(duration: float | None, workdir: Path, patients: int, rate: float, rules_dir: Path) -> None:
     """Everything on localhost: embedded broker, synthetic feed, engine, worklist web app, /metrics."""
     from prometheus_client import CollectorRegistry
@@ -144,8 +169,9 @@ def demo(duration: float | None, workdir: Path, patients: int, rate: float, rule
     from screener.metrics import Metrics
 
     if not rules_dir.is_dir():
-        raise click.ClickException(f"no rules folder at {rules_dir.resolve()}: run from the repository root or "
-                                   "pass --rules DIR")
+        raise click.ClickException(
+            f"no rules folder at {rules_dir.resolve()}: run from the repository root or pass --rules DIR"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     # The embedded broker keeps topics in memory, so state snapshots from an earlier run describe a log that no
     # longer exists; the worklist (SQLite) is kept, and each run streams new synthetic patients.
@@ -193,8 +219,10 @@ def demo(duration: float | None, workdir: Path, patients: int, rate: float, rule
         if login:
             click.echo(f"  demo login   {login}")
         click.echo(f"  metrics      {metrics_url}")
-        click.echo(f"  kafka        {broker.bootstrap} (topics {settings.events_topic}, {settings.dlq_topic}, "
-                   f"{settings.matches_topic})")
+        click.echo(
+            f"  kafka        {broker.bootstrap} (topics {settings.events_topic}, {settings.dlq_topic}, "
+            f"{settings.matches_topic})"
+        )
         click.echo(f"  rules        {rules_dir.resolve()} (edit a file: it is reloaded and screened again)")
         click.echo(f"  workdir      {workdir.resolve()} (logs: {log_file})")
         click.echo("Press Ctrl-C to stop." if duration is None else f"Stopping by itself after {duration:g} s.")

@@ -21,8 +21,9 @@ __all__ = ["COMMANDS"]
 
 COMMANDS: list[click.Command] = []
 
-_db_option = click.option("--database-url", envvar="SCREENER_DATABASE_URL", default=None,
-                          help="Worklist store [env: SCREENER_DATABASE_URL].")
+_db_option = click.option(
+    "--database-url", envvar="SCREENER_DATABASE_URL", default=None, help="Worklist store [env: SCREENER_DATABASE_URL]."
+)
 
 
 def _store(database_url: str | None, **overrides: Any) -> tuple[Any, Any]:
@@ -82,10 +83,20 @@ def users() -> None:
 @click.option("--role", type=click.Choice(["nurse", "coordinator", "admin"]), default="nurse", show_default=True)
 @click.option("--team", "teams", multiple=True, help="Team name (repeat for several); must match rule files' team.")
 @click.option("--email", default=None, help="Address for the team's email digest.")
-@click.option("--password-env", default=None, metavar="VAR",
-              help="Read the password from this environment variable instead of prompting.")
-def users_add(database_url: str | None, username: str, role: str, teams: tuple[str, ...], email: str | None,
-              password_env: str | None) -> None:
+@click.option(
+    "--password-env",
+    default=None,
+    metavar="VAR",
+    help="Read the password from this environment variable instead of prompting.",
+)
+def users_add(
+    database_url: str | None,
+    username: str,
+    role: str,
+    teams: tuple[str, ...],
+    email: str | None,
+    password_env: str | None,
+) -> None:
     """Create USERNAME (or reset their password, role, teams and email)."""
     if password_env:
         password = os.environ.get(password_env, "")

@@ -63,8 +63,9 @@ class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type in
             if key in result:
                 line, col = _pos(key_node)
                 first = result.marks[key][0]
-                raise RuleError(f"duplicate key '{key}' (first defined on line {first})",
-                                file=self.file, line=line, column=col)
+                raise RuleError(
+                    f"duplicate key '{key}' (first defined on line {first})", file=self.file, line=line, column=col
+                )
             result[key] = self.construct_object(value_node, deep=True)
             result.marks[key] = _pos(key_node)
             result.value_marks[key] = _pos(value_node)

@@ -221,16 +221,25 @@ class Compiler:
     # -- errors
     def error(self, message: str, *, token: str | None = None, suggestion: str | None = None) -> RuleError:
         line, col = self.line, self.column
-        if token and line is not None and col is not None and self.style in (None, "", '"', "'") and (
-            "\n" not in self.text
+        if (
+            token
+            and line is not None
+            and col is not None
+            and self.style in (None, "", '"', "'")
+            and ("\n" not in self.text)
         ):
             m = re.search(r"(?<![A-Za-z0-9_$])" + re.escape(token) + r"(?![A-Za-z0-9_$])", self.text)
             if m:
                 col = col + m.start() + (1 if self.style in ('"', "'") else 0)
         where = f"in '{self.criterion}': " if self.criterion else ""
         return RuleError(
-            where + message, file=self.file, line=line, column=col, study_id=self.study_id,
-            criterion=self.criterion, suggestion=suggestion,
+            where + message,
+            file=self.file,
+            line=line,
+            column=col,
+            study_id=self.study_id,
+            criterion=self.criterion,
+            suggestion=suggestion,
         )
 
     def compile(self) -> tuple[IR, Any]:
@@ -238,8 +247,9 @@ class Compiler:
         try:
             ast = parse_expression(self.text)
         except ParseError as exc:
-            raise self.error(f"cannot parse expression {self.text.strip()!r} (check quotes, brackets and "
-                             "operators)") from exc
+            raise self.error(
+                f"cannot parse expression {self.text.strip()!r} (check quotes, brackets and operators)"
+            ) from exc
         ir = self.visit(ast)
         if ir.type != BOOL:
             raise self.error(f"a criterion must be true/false, but this expression gives {_TYPE_WORDS[ir.type]}")
@@ -271,10 +281,12 @@ class Compiler:
         if name in ATTRIBUTES:
             return Attr(name, ATTRIBUTES[name][0])
         if name in self.concepts:
-            raise self.error(f"concept set '{name}' needs a transform, e.g. {name}|ever or {name}|within('90d')",
-                             token=name)
-        raise self.error(f"unknown name '{name}'", token=name,
-                         suggestion=did_you_mean(name, [*ATTRIBUTES, *self.concepts]))
+            raise self.error(
+                f"concept set '{name}' needs a transform, e.g. {name}|ever or {name}|within('90d')", token=name
+            )
+        raise self.error(
+            f"unknown name '{name}'", token=name, suggestion=did_you_mean(name, [*ATTRIBUTES, *self.concepts])
+        )
 
     def visit_Transform(self, node: jp.Transform) -> IR:
         subject = node.subject
@@ -283,28 +295,32 @@ class Compiler:
         cname = subject.value
         if cname not in self.concepts:
             if cname in ATTRIBUTES:
-                raise self.error(f"'{cname}' is a person attribute; transforms like '|{node.name}' apply to "
-                                 "concept sets", token=cname)
-            raise self.error(f"unknown concept set '{cname}'", token=cname,
-                             suggestion=did_you_mean(cname, self.concepts))
+                raise self.error(
+                    f"'{cname}' is a person attribute; transforms like '|{node.name}' apply to concept sets",
+                    token=cname,
+                )
+            raise self.error(
+                f"unknown concept set '{cname}'", token=cname, suggestion=did_you_mean(cname, self.concepts)
+            )
         if node.name not in TRANSFORMS:
-            raise self.error(f"unknown transform '{node.name}'", token=node.name,
-                             suggestion=did_you_mean(node.name, TRANSFORMS))
+            raise self.error(
+                f"unknown transform '{node.name}'", token=node.name, suggestion=did_you_mean(node.name, TRANSFORMS)
+            )
         rtype, window_rule, _numeric = TRANSFORMS[node.name]
         args = list(node.args or [])
         window: Window | None = None
         if window_rule == "none" and args:
             raise self.error(f"transform '{node.name}' takes no arguments", token=node.name)
         if window_rule == "required" and not args:
-            raise self.error(f"transform '{node.name}' needs a window, e.g. {cname}|{node.name}('90d')",
-                             token=node.name)
+            raise self.error(
+                f"transform '{node.name}' needs a window, e.g. {cname}|{node.name}('90d')", token=node.name
+            )
         if len(args) > 1:
             raise self.error(f"transform '{node.name}' takes one window argument", token=node.name)
         if args:
             arg = args[0]
             if not isinstance(arg, jp.Literal) or not isinstance(arg.value, str):
-                raise self.error(f"the window of '{node.name}' must be a quoted string such as '90d'",
-                                 token=node.name)
+                raise self.error(f"the window of '{node.name}' must be a quoted string such as '90d'", token=node.name)
             try:
                 window = parse_window(arg.value)
             except ValueError as exc:
@@ -340,8 +356,9 @@ class Compiler:
             raise self.error(f"the test of '? :' must be true/false, got {_TYPE_WORDS[test.type]}")
         a, b = self.visit(node.consequent), self.visit(node.alternate)
         if a.type != b.type or a.type == LIST:
-            raise self.error(f"both branches of '? :' must have the same type, got {_TYPE_WORDS[a.type]} and "
-                             f"{_TYPE_WORDS[b.type]}")
+            raise self.error(
+                f"both branches of '? :' must have the same type, got {_TYPE_WORDS[a.type]} and {_TYPE_WORDS[b.type]}"
+            )
         return Cond(test, a, b, a.type)
 
     def visit_BinaryExpression(self, node: jp.BinaryExpression) -> IR:
@@ -351,8 +368,10 @@ class Compiler:
         if op in _LOGIC:
             for _side, t, raw in ((left, lt, node.left), (right, rt, node.right)):
                 if t != BOOL:
-                    raise self.error(f"'{op}' needs true/false on both sides, got {_TYPE_WORDS[t]}"
-                                     f"{self._show(raw)}", token=self._token(raw))
+                    raise self.error(
+                        f"'{op}' needs true/false on both sides, got {_TYPE_WORDS[t]}{self._show(raw)}",
+                        token=self._token(raw),
+                    )
             return Bin(op, left, right, BOOL)
         if op == "in":
             if not isinstance(right, Arr):
@@ -367,14 +386,18 @@ class Compiler:
         if op in _COMPARE:
             if lt != NUM or rt != NUM:
                 bad = node.left if lt != NUM else node.right
-                raise self.error(f"cannot compare {_TYPE_WORDS[lt]} with {_TYPE_WORDS[rt]} using '{op}'"
-                                 f"{self._show(bad)}", token=self._token(bad))
+                raise self.error(
+                    f"cannot compare {_TYPE_WORDS[lt]} with {_TYPE_WORDS[rt]} using '{op}'{self._show(bad)}",
+                    token=self._token(bad),
+                )
             return Bin(op, left, right, BOOL)
         if op in _EQUALITY:
             if lt != rt:
                 bad = node.left if isinstance(right, Lit) else node.right
-                raise self.error(f"cannot compare {_TYPE_WORDS[lt]} with {_TYPE_WORDS[rt]} using '{op}'"
-                                 f"{self._show(bad)}", token=self._token(bad))
+                raise self.error(
+                    f"cannot compare {_TYPE_WORDS[lt]} with {_TYPE_WORDS[rt]} using '{op}'{self._show(bad)}",
+                    token=self._token(bad),
+                )
             if isinstance(right, Lit):
                 self._check_value(left, right.value)
             if isinstance(left, Lit):
@@ -383,8 +406,10 @@ class Compiler:
         if op in _ARITH:
             if lt != NUM or rt != NUM:
                 bad = node.left if lt != NUM else node.right
-                raise self.error(f"'{op}' needs numbers on both sides, got {_TYPE_WORDS[lt]} and {_TYPE_WORDS[rt]}"
-                                 f"{self._show(bad)}", token=self._token(bad))
+                raise self.error(
+                    f"'{op}' needs numbers on both sides, got {_TYPE_WORDS[lt]} and {_TYPE_WORDS[rt]}{self._show(bad)}",
+                    token=self._token(bad),
+                )
             return Bin(op, left, right, NUM)
         raise self.error(f"unsupported operator '{op}'")
 
@@ -393,8 +418,11 @@ class Compiler:
         if isinstance(attr, Attr) and isinstance(value, str):
             allowed = ATTRIBUTES[attr.name][1]
             if allowed is not None and value not in allowed:
-                raise self.error(f"'{value}' is not a value of {attr.name} (one of {', '.join(allowed)})",
-                                 token=value, suggestion=suggest(value, allowed))
+                raise self.error(
+                    f"'{value}' is not a value of {attr.name} (one of {', '.join(allowed)})",
+                    token=value,
+                    suggestion=suggest(value, allowed),
+                )
 
     @staticmethod
     def _token(node: Any) -> str | None:
@@ -452,9 +480,7 @@ def fmt_num(e: pl.Expr) -> pl.Expr:
 def combine(a: pl.Expr, b: pl.Expr) -> pl.Expr:
     """Join two evidence texts with '; ', dropping nulls and an exact repeat."""
     return (
-        pl.when(a.is_null()).then(b)
-        .when(b.is_null() | (a == b)).then(a)
-        .otherwise(pl.concat_str([a, pl.lit("; "), b]))
+        pl.when(a.is_null()).then(b).when(b.is_null() | (a == b)).then(a).otherwise(pl.concat_str([a, pl.lit("; "), b]))
     )
 
 
@@ -474,14 +500,23 @@ def _feature(feat: Feat, now: datetime) -> tuple[pl.Expr, pl.Expr]:
     unit = f" {c.unit}" if c.unit else ""
     if t in ("ever", "within", "days_since"):
         n = col("n").fill_null(0)
-        seen = pl.concat_str([pl.lit(f"{label} "), col("last_code").fill_null("?"), pl.lit(" on "),
-                              col("last_t").dt.strftime(fmt)])
+        seen = pl.concat_str(
+            [pl.lit(f"{label} "), col("last_code").fill_null("?"), pl.lit(" on "), col("last_t").dt.strftime(fmt)]
+        )
         if t == "days_since":
             # "now" is the ``_now`` column of the per-patient frame, so compiled expressions can be cached.
             value = (pl.col(NOW_COL) - col("last_t")).dt.total_days().cast(pl.Float64)
-            seen = pl.concat_str([pl.lit(f"last {label} "), value.cast(pl.Int64).cast(pl.String),
-                                  pl.lit(" days ago ("), col("last_code").fill_null("?"), pl.lit(" on "),
-                                  col("last_t").dt.strftime(fmt), pl.lit(")")])
+            seen = pl.concat_str(
+                [
+                    pl.lit(f"last {label} "),
+                    value.cast(pl.Int64).cast(pl.String),
+                    pl.lit(" days ago ("),
+                    col("last_code").fill_null("?"),
+                    pl.lit(" on "),
+                    col("last_t").dt.strftime(fmt),
+                    pl.lit(")"),
+                ]
+            )
         else:
             value = n > 0
         evidence = pl.when(n > 0).then(seen).otherwise(pl.lit(f"no record of {label}{_when(feat)}"))
@@ -499,23 +534,34 @@ def _feature(feat: Feat, now: datetime) -> tuple[pl.Expr, pl.Expr]:
     )
     if t == "mean":
         value = col("mean_v")
-        seen = pl.concat_str([pl.lit(f"mean {label} "), fmt_num(value), pl.lit(f"{unit} of "),
-                              col("n_num").cast(pl.String), pl.lit(f" value(s){_when(feat)}")])
+        seen = pl.concat_str(
+            [
+                pl.lit(f"mean {label} "),
+                fmt_num(value),
+                pl.lit(f"{unit} of "),
+                col("n_num").cast(pl.String),
+                pl.lit(f" value(s){_when(feat)}"),
+            ]
+        )
     else:
         value = col(f"{t}_v")
-        seen = pl.concat_str([pl.lit(f"{t} {label} "), fmt_num(value), pl.lit(f"{unit} on "),
-                              col(f"{t}_t").dt.strftime(fmt)])
-    evidence = pl.concat_str([
-        pl.when(value.is_not_null()).then(seen).otherwise(pl.lit(f"no {label} value{_when(feat)}")), suffix,
-    ])
+        seen = pl.concat_str(
+            [pl.lit(f"{t} {label} "), fmt_num(value), pl.lit(f"{unit} on "), col(f"{t}_t").dt.strftime(fmt)]
+        )
+    evidence = pl.concat_str(
+        [
+            pl.when(value.is_not_null()).then(seen).otherwise(pl.lit(f"no {label} value{_when(feat)}")),
+            suffix,
+        ]
+    )
     return value, evidence
 
 
 def _attr(name: str) -> tuple[pl.Expr, pl.Expr]:
     value = pl.col(f"_attr_{name}")
     shown = fmt_num(value) if ATTRIBUTES[name][0] == NUM else value
-    evidence = pl.when(value.is_null()).then(pl.lit(f"{name} unknown")).otherwise(
-        pl.concat_str([pl.lit(f"{name} "), shown])
+    evidence = (
+        pl.when(value.is_null()).then(pl.lit(f"{name} unknown")).otherwise(pl.concat_str([pl.lit(f"{name} "), shown]))
     )
     return value, evidence
 
@@ -624,33 +670,56 @@ def lower(ir: IR, now: datetime, plan: Plan) -> tuple[pl.Expr, pl.Expr, int]:
         if op == "&&":
             value = lv & rv
             evidence = (
-                pl.when(value == False).then(pl.when(lv == False).then(le).otherwise(re_))  # noqa: E712
-                .when(value == True).then(combine(le, re_))  # noqa: E712
-                .otherwise(pl.when(lv.is_null() & rv.is_not_null()).then(le)
-                           .when(rv.is_null() & lv.is_not_null()).then(re_).otherwise(combine(le, re_)))
+                pl.when(value.not_())
+                .then(pl.when(lv.not_()).then(le).otherwise(re_))
+                .when(value)
+                .then(combine(le, re_))
+                .otherwise(
+                    pl.when(lv.is_null() & rv.is_not_null())
+                    .then(le)
+                    .when(rv.is_null() & lv.is_not_null())
+                    .then(re_)
+                    .otherwise(combine(le, re_))
+                )
             )
             return plan.bind(value, evidence, level)
         if op == "||":
             value = lv | rv
             evidence = (
-                pl.when(value == True).then(pl.when(lv == True).then(le).otherwise(re_))  # noqa: E712
-                .when(value == False).then(combine(le, re_))  # noqa: E712
-                .otherwise(pl.when(lv.is_null() & rv.is_not_null()).then(le)
-                           .when(rv.is_null() & lv.is_not_null()).then(re_).otherwise(combine(le, re_)))
+                pl.when(value)
+                .then(pl.when(lv).then(le).otherwise(re_))
+                .when(value.not_())
+                .then(combine(le, re_))
+                .otherwise(
+                    pl.when(lv.is_null() & rv.is_not_null())
+                    .then(le)
+                    .when(rv.is_null() & lv.is_not_null())
+                    .then(re_)
+                    .otherwise(combine(le, re_))
+                )
             )
             return plan.bind(value, evidence, level)
         evidence = combine(le, re_)
         ops: dict[str, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
-            "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
-            "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
-            "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+            "==": lambda a, b: a == b,
+            "!=": lambda a, b: a != b,
+            "<": lambda a, b: a < b,
+            "<=": lambda a, b: a <= b,
+            ">": lambda a, b: a > b,
+            ">=": lambda a, b: a >= b,
+            "+": lambda a, b: a + b,
+            "-": lambda a, b: a - b,
+            "*": lambda a, b: a * b,
         }
         if op in ops:
             return plan.bind(ops[op](lv, rv), evidence, level)
         if op in ("/", "//", "%"):
             # Division by zero is unknown, never infinity.
-            raw = {"/": lambda a, b: a / b, "//": lambda a, b: (a / b).floor(),
-                   "%": lambda a, b: a - (a / b).floor() * b}[op](lv, rv)
+            raw = {
+                "/": lambda a, b: a / b,
+                "//": lambda a, b: (a / b).floor(),
+                "%": lambda a, b: a - (a / b).floor() * b,
+            }[op](lv, rv)
             return plan.bind(pl.when(rv == 0).then(None).otherwise(raw).cast(pl.Float64), evidence, level)
         if op == "^":
             return plan.bind(lv.pow(rv), evidence, level)

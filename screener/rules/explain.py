@@ -50,7 +50,10 @@ def load_history(path: str | Path) -> list[Event]:
     person = dict(doc.get("person") or {})
     pid = str(doc.get("patient_id") or "PATIENT")
     pevent: dict[str, Any] = {
-        "event_id": "person", "source": "history", "kind": "person", "patient_id": pid,
+        "event_id": "person",
+        "source": "history",
+        "kind": "person",
+        "patient_id": pid,
         "occurred_at": "1900-01-01T00:00:00+00:00",
         "person": {k: v for k, v in person.items() if k not in ("setting", "site")},
     }

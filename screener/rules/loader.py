@@ -50,8 +50,15 @@ class RuleErrors(RuleError):
     def __init__(self, errors: Sequence[RuleError]) -> None:
         self.errors = list(errors)
         first = self.errors[0]
-        super().__init__(first.message, file=first.file, line=first.line, column=first.column,
-                         study_id=first.study_id, criterion=first.criterion, suggestion=first.suggestion)
+        super().__init__(
+            first.message,
+            file=first.file,
+            line=first.line,
+            column=first.column,
+            study_id=first.study_id,
+            criterion=first.criterion,
+            suggestion=first.suggestion,
+        )
 
     def format(self) -> str:
         errors = getattr(self, "errors", None)
@@ -102,8 +109,11 @@ def load_studies(paths: Iterable[str | Path]) -> LoadResult:
             result.errors.append(exc)
             continue
         if study.id in seen:
-            result.errors.append(RuleError(f"study id '{study.id}' is also used by {seen[study.id]}",
-                                           file=str(f), line=None, study_id=study.id))
+            result.errors.append(
+                RuleError(
+                    f"study id '{study.id}' is also used by {seen[study.id]}", file=str(f), line=None, study_id=study.id
+                )
+            )
             continue
         seen[study.id] = str(f)
         result.studies.append(study)
@@ -162,11 +172,21 @@ class _Builder:
         self.extra_hash: list[bytes] = []
 
     # -- error helpers
-    def err(self, message: str, mark: tuple[int, int] | None, suggestion: str | None = None,
-            criterion: str | None = None) -> None:
+    def err(
+        self, message: str, mark: tuple[int, int] | None, suggestion: str | None = None, criterion: str | None = None
+    ) -> None:
         line, col = mark if mark else (None, None)
-        self.errors.append(RuleError(message, file=self.file, line=line, column=col, study_id=self.study_id,
-                                     criterion=criterion, suggestion=suggestion))
+        self.errors.append(
+            RuleError(
+                message,
+                file=self.file,
+                line=line,
+                column=col,
+                study_id=self.study_id,
+                criterion=criterion,
+                suggestion=suggestion,
+            )
+        )
 
     def unknown_keys(self, m: Map, allowed: Sequence[str], what: str) -> None:
         for k in m:
@@ -177,8 +197,12 @@ class _Builder:
     def build(self) -> Study:
         doc = self.doc
         if not isinstance(doc, Map):
-            raise RuleError("a rule file must be a mapping with 'study', 'concepts', 'include', ...",
-                            file=self.file, line=1, column=1)
+            raise RuleError(
+                "a rule file must be a mapping with 'study', 'concepts', 'include', ...",
+                file=self.file,
+                line=1,
+                column=1,
+            )
         self.unknown_keys(doc, _TOP_KEYS, "top-level")
         meta = self.metadata(doc)
         concepts = self.concepts(doc)
@@ -187,25 +211,47 @@ class _Builder:
         if not include and not exclude and not self.errors:
             self.err("a study needs at least one criterion under 'include' or 'exclude'", doc.mark)
         if meta.get("settings"):
-            include = (Criterion(IMPLICIT_SETTING, "include", "setting", line=doc.marks.get("study", (1, 1))[0],
-                                 column=1), *include)
+            include = (
+                Criterion(IMPLICIT_SETTING, "include", "setting", line=doc.marks.get("study", (1, 1))[0], column=1),
+                *include,
+            )
         tests = self.tests(doc, meta, {c.name for c in (*include, *exclude) for c in c.walk()})
         if self.errors:
             raise RuleErrors(self.errors) if len(self.errors) > 1 else self.errors[0]
         content_hash = hashlib.sha256(self.raw).hexdigest()
-        rule_hash = hashlib.sha256(self.raw + b"".join(self.extra_hash)).hexdigest() if self.extra_hash \
-            else content_hash
-        return Study(path=self.file, content_hash=content_hash, rule_hash=rule_hash, concepts=concepts,
-                     include=include, exclude=exclude, tests=tests, **meta)
+        rule_hash = (
+            hashlib.sha256(self.raw + b"".join(self.extra_hash)).hexdigest() if self.extra_hash else content_hash
+        )
+        return Study(
+            path=self.file,
+            content_hash=content_hash,
+            rule_hash=rule_hash,
+            concepts=concepts,
+            include=include,
+            exclude=exclude,
+            tests=tests,
+            **meta,
+        )
 
     def metadata(self, doc: Map) -> dict[str, Any]:
-        defaults: dict[str, Any] = {"id": "INVALID", "title": "", "summary": "", "sponsor": "non-commercial",
-                                    "portfolio": False, "target": 0, "opens": date(1970, 1, 1),
-                                    "closes": date(1970, 1, 1), "settings": (), "team": ""}
+        defaults: dict[str, Any] = {
+            "id": "INVALID",
+            "title": "",
+            "summary": "",
+            "sponsor": "non-commercial",
+            "portfolio": False,
+            "target": 0,
+            "opens": date(1970, 1, 1),
+            "closes": date(1970, 1, 1),
+            "settings": (),
+            "team": "",
+        }
         s = doc.get("study")
         if not isinstance(s, Map):
-            self.err("missing 'study:' mapping (id, title, sponsor, opens, closes, team, ...)",
-                     doc.marks.get("study", doc.mark))
+            self.err(
+                "missing 'study:' mapping (id, title, sponsor, opens, closes, team, ...)",
+                doc.marks.get("study", doc.mark),
+            )
             return defaults
         self.unknown_keys(s, _STUDY_KEYS, "study")
         out = dict(defaults)
@@ -219,8 +265,9 @@ class _Builder:
         sid = need("id")
         if sid is not None:
             if not isinstance(sid, str) or not _ID.match(sid):
-                self.err(f"study id {sid!r} must be capitals, digits and '-' (e.g. CKD-SGLT2-COMM)",
-                         s.value_marks["id"])
+                self.err(
+                    f"study id {sid!r} must be capitals, digits and '-' (e.g. CKD-SGLT2-COMM)", s.value_marks["id"]
+                )
             else:
                 out["id"] = sid
                 self.study_id = sid
@@ -239,8 +286,11 @@ class _Builder:
         sponsor = need("sponsor")
         if sponsor is not None:
             if sponsor not in SPONSORS:
-                self.err(f"unknown sponsor '{sponsor}' (one of {', '.join(SPONSORS)})", s.value_marks["sponsor"],
-                         did_you_mean(str(sponsor), SPONSORS))
+                self.err(
+                    f"unknown sponsor '{sponsor}' (one of {', '.join(SPONSORS)})",
+                    s.value_marks["sponsor"],
+                    did_you_mean(str(sponsor), SPONSORS),
+                )
             else:
                 out["sponsor"] = sponsor
         if "portfolio" in s:
@@ -251,8 +301,9 @@ class _Builder:
         target = need("target")
         if target is not None:
             if isinstance(target, bool) or not isinstance(target, int) or target < 1:
-                self.err(f"study 'target' must be a whole number of participants, got {target!r}",
-                         s.value_marks["target"])
+                self.err(
+                    f"study 'target' must be a whole number of participants, got {target!r}", s.value_marks["target"]
+                )
             else:
                 out["target"] = target
         for key in ("opens", "closes"):
@@ -279,8 +330,11 @@ class _Builder:
                 good = []
                 for i, v in enumerate(settings):
                     if v not in SETTINGS:
-                        self.err(f"unknown setting '{v}' (one of {', '.join(SETTINGS)})", settings.marks[i],
-                                 did_you_mean(str(v), SETTINGS))
+                        self.err(
+                            f"unknown setting '{v}' (one of {', '.join(SETTINGS)})",
+                            settings.marks[i],
+                            did_you_mean(str(v), SETTINGS),
+                        )
                     else:
                         good.append(v)
                 out["settings"] = tuple(good)
@@ -309,8 +363,9 @@ class _Builder:
                 out[name] = c
         return out
 
-    def concept(self, name: str, body: Any, mark: tuple[int, int], vmark: tuple[int, int],
-                shared: bool = False) -> ConceptSet | None:
+    def concept(
+        self, name: str, body: Any, mark: tuple[int, int], vmark: tuple[int, int], shared: bool = False
+    ) -> ConceptSet | None:
         if not isinstance(body, Map):
             self.err(f"concept '{name}' must be a mapping such as {{icd10: [E11]}}", vmark)
             return None
@@ -332,27 +387,35 @@ class _Builder:
                     continue
                 for sk, sv in value.items():
                     if str(sk).lower() not in _SYSTEM_KEYS:
-                        self.err(f"unknown code system '{sk}' in concept '{name}'", value.marks[sk],
-                                 did_you_mean(str(sk).lower(), _SYSTEM_KEYS))
+                        self.err(
+                            f"unknown code system '{sk}' in concept '{name}'",
+                            value.marks[sk],
+                            did_you_mean(str(sk).lower(), _SYSTEM_KEYS),
+                        )
                     else:
                         excludes.extend(self.codes(_SYSTEM_KEYS[str(sk).lower()], sv, value.value_marks[sk], name))
             elif key == "unit":
                 if not isinstance(value, str) or not is_known_unit(value):
-                    self.err(f"unknown unit {value!r} in concept '{name}'", valmark,
-                             did_you_mean(str(value).lower(), KNOWN_UNITS))
+                    self.err(
+                        f"unknown unit {value!r} in concept '{name}'",
+                        valmark,
+                        did_you_mean(str(value).lower(), KNOWN_UNITS),
+                    )
                 else:
                     unit = value
             elif key == "analyte":
                 if value not in ANALYTES:
-                    self.err(f"unknown analyte {value!r} in concept '{name}' (one of {', '.join(ANALYTES)})",
-                             valmark, did_you_mean(str(value), ANALYTES))
+                    self.err(
+                        f"unknown analyte {value!r} in concept '{name}' (one of {', '.join(ANALYTES)})",
+                        valmark,
+                        did_you_mean(str(value), ANALYTES),
+                    )
                 else:
                     analyte = value
             elif key == "label":
                 label = str(value)
             else:
-                self.err(f"unknown code system or key '{key}' in concept '{name}'", kmark,
-                         did_you_mean(lk, allowed))
+                self.err(f"unknown code system or key '{key}' in concept '{name}'", kmark, did_you_mean(lk, allowed))
         if not codes and len(self.errors) == errors_before:
             self.err(f"concept '{name}' lists no codes", mark)
         return ConceptSet(name, tuple(codes), tuple(excludes), unit, analyte, label, mark[0], mark[1])
@@ -387,8 +450,11 @@ class _Builder:
             self.err(f"concept '{name}' with 'ref' cannot also have '{extra[0]}'", body.marks[extra[0]])
         shared = self.shared_concepts()
         if not isinstance(ref, str) or ref not in shared:
-            self.err(f"unknown shared concept set '{ref}' (looked in {self.path.parent / 'concepts'})", vmark,
-                     did_you_mean(str(ref), shared))
+            self.err(
+                f"unknown shared concept set '{ref}' (looked in {self.path.parent / 'concepts'})",
+                vmark,
+                did_you_mean(str(ref), shared),
+            )
             return None
         c = shared[ref]
         return ConceptSet(name, c.codes, c.exclude, c.unit, c.analyte, c.label, body.mark[0], body.mark[1])
@@ -441,8 +507,9 @@ class _Builder:
                 out.append(c)
         return tuple(out)
 
-    def criterion(self, name: str, body: Any, parent: Map, group: str,
-                  concepts: dict[str, ConceptSet]) -> Criterion | None:
+    def criterion(
+        self, name: str, body: Any, parent: Map, group: str, concepts: dict[str, ConceptSet]
+    ) -> Criterion | None:
         mark = parent.marks[name]
         vmark = parent.value_marks[name]
         if not _NAME.match(name):
@@ -459,9 +526,16 @@ class _Builder:
             body = "true" if body else "false"
         if isinstance(body, str):
             try:
-                ir, ast = Compiler(body, concepts, file=self.file, line=vmark[0], column=vmark[1],
-                                   style=parent.value_styles.get(name), criterion=name,
-                                   study_id=self.study_id).compile()
+                ir, ast = Compiler(
+                    body,
+                    concepts,
+                    file=self.file,
+                    line=vmark[0],
+                    column=vmark[1],
+                    style=parent.value_styles.get(name),
+                    criterion=name,
+                    study_id=self.study_id,
+                ).compile()
             except RuleError as exc:
                 self.errors.append(exc)
                 return None
@@ -469,8 +543,11 @@ class _Builder:
         if isinstance(body, Map):
             kinds = [k for k in body if k in GROUP_KINDS]
             if len(kinds) != 1:
-                self.err(f"group '{name}' needs exactly one of any / all / at_least", mark,
-                         did_you_mean(str(next(iter(body), "")), GROUP_KINDS) if not kinds else None)
+                self.err(
+                    f"group '{name}' needs exactly one of any / all / at_least",
+                    mark,
+                    did_you_mean(str(next(iter(body), "")), GROUP_KINDS) if not kinds else None,
+                )
                 return None
             kind = kinds[0]
             n = 0
@@ -493,8 +570,11 @@ class _Builder:
                 if k not in allowed:
                     self.err(f"unknown key '{k}' in group '{name}'", body.marks[k], did_you_mean(str(k), allowed))
             if not isinstance(members, Map) or not members:
-                self.err(f"group '{name}' needs a mapping of named criteria ({kind}"
-                         f"{': N, of' if kind == 'at_least' else ''}: ...)", vmark)
+                self.err(
+                    f"group '{name}' needs a mapping of named criteria ({kind}"
+                    f"{': N, of' if kind == 'at_least' else ''}: ...)",
+                    vmark,
+                )
                 return None
             children = self.criteria_map(members, group, concepts)
             if len(children) != len(members):
@@ -526,14 +606,18 @@ class _Builder:
             if "now" in case:
                 parsed = _datetime(case["now"])
                 if parsed is None:
-                    self.err(f"test '{tname}': 'now' must be a timestamp like 2026-06-01T09:00:00Z",
-                             case.value_marks["now"])
+                    self.err(
+                        f"test '{tname}': 'now' must be a timestamp like 2026-06-01T09:00:00Z", case.value_marks["now"]
+                    )
                 else:
                     now = parsed
             expect = case.get("expect")
             if expect not in OUTCOMES:
-                self.err(f"test '{tname}': 'expect' must be one of {', '.join(OUTCOMES)}",
-                         case.value_marks.get("expect", cmark), did_you_mean(str(expect), OUTCOMES))
+                self.err(
+                    f"test '{tname}': 'expect' must be one of {', '.join(OUTCOMES)}",
+                    case.value_marks.get("expect", cmark),
+                    did_you_mean(str(expect), OUTCOMES),
+                )
             person = case.get("person") or Map()
             if not isinstance(person, Map):
                 self.err(f"test '{tname}': 'person' must be a mapping", case.value_marks["person"])
@@ -542,20 +626,27 @@ class _Builder:
             crit: dict[str, bool | None] = {}
             expected = case.get("criteria") or Map()
             if not isinstance(expected, Map):
-                self.err(f"test '{tname}': 'criteria' must be a mapping name -> true/false/unknown",
-                         case.value_marks["criteria"])
+                self.err(
+                    f"test '{tname}': 'criteria' must be a mapping name -> true/false/unknown",
+                    case.value_marks["criteria"],
+                )
                 expected = Map()
             for cname, v in expected.items():
                 if cname not in names:
-                    self.err(f"test '{tname}': unknown criterion '{cname}'", expected.marks[cname],
-                             did_you_mean(str(cname), names))
+                    self.err(
+                        f"test '{tname}': unknown criterion '{cname}'",
+                        expected.marks[cname],
+                        did_you_mean(str(cname), names),
+                    )
                 elif v is None or v == "unknown":
                     crit[str(cname)] = None
                 elif isinstance(v, bool):
                     crit[str(cname)] = v
                 else:
-                    self.err(f"test '{tname}': expected value of '{cname}' must be true, false or unknown",
-                             expected.value_marks[cname])
+                    self.err(
+                        f"test '{tname}': expected value of '{cname}' must be true, false or unknown",
+                        expected.value_marks[cname],
+                    )
             out.append(TestCase(tname, now, dict(person), tuple(events), str(expect), crit, cmark[0], cmark[1]))
         return tuple(out)
 
@@ -569,8 +660,12 @@ class _Builder:
             if isinstance(v, date):
                 pfields[k] = v.isoformat()
         pevent: dict[str, Any] = {
-            "event_id": "person", "source": "rules-test", "kind": "person", "patient_id": pid,
-            "occurred_at": datetime(1900, 1, 1, tzinfo=UTC).isoformat(), "person": pfields,
+            "event_id": "person",
+            "source": "rules-test",
+            "kind": "person",
+            "patient_id": pid,
+            "occurred_at": datetime(1900, 1, 1, tzinfo=UTC).isoformat(),
+            "person": pfields,
         }
         for k in ("setting", "site"):
             if person.get(k) is not None:

@@ -71,8 +71,11 @@ class _Patient:
     def transform(self, concept: ConceptSet, name: str, args: list[Any]) -> Value:
         window = parse_window(args[0].value) if args else None
         start = window.start(self.now) if window else None
-        hits = [f for f in self.facts if concept.matches(f["system"], f["code"])
-                and (start is None or f["occurred_at"] >= start)]
+        hits = [
+            f
+            for f in self.facts
+            if concept.matches(f["system"], f["code"]) and (start is None or f["occurred_at"] >= start)
+        ]
         hits.sort(key=lambda f: (f["occurred_at"], f["event_id"]))
         if name in ("ever", "within"):
             return len(hits) > 0
@@ -137,10 +140,19 @@ class _Patient:
             if op in ("/", "//", "%") and b == 0:
                 return None
             ops: dict[str, Callable[[], Value]] = {
-                "==": lambda: a == b, "!=": lambda: a != b, "<": lambda: a < b, "<=": lambda: a <= b,
-                ">": lambda: a > b, ">=": lambda: a >= b, "+": lambda: a + b, "-": lambda: a - b,
-                "*": lambda: a * b, "/": lambda: a / b, "//": lambda: float(math.floor(a / b)),
-                "%": lambda: a - math.floor(a / b) * b, "^": lambda: a ** b,
+                "==": lambda: a == b,
+                "!=": lambda: a != b,
+                "<": lambda: a < b,
+                "<=": lambda: a <= b,
+                ">": lambda: a > b,
+                ">=": lambda: a >= b,
+                "+": lambda: a + b,
+                "-": lambda: a - b,
+                "*": lambda: a * b,
+                "/": lambda: a / b,
+                "//": lambda: float(math.floor(a / b)),
+                "%": lambda: a - math.floor(a / b) * b,
+                "^": lambda: a**b,
             }
             return ops[op]()
         raise TypeError(f"reference evaluator: unsupported node {type(node).__name__}")
@@ -200,6 +212,7 @@ def reference_screen(state: PatientState, studies: Sequence[Study], now: datetim
     for study in studies:
         for person in state.persons.iter_rows(named=True):
             outcome, results = evaluate_patient(study, person, by_patient.get(person["patient_id"], []), now)
-            rows.append({"study_id": study.id, "patient_id": person["patient_id"], "outcome": outcome,
-                         "results": results})
+            rows.append(
+                {"study_id": study.id, "patient_id": person["patient_id"], "outcome": outcome, "results": results}
+            )
     return rows

@@ -8,14 +8,25 @@ from screener.rules.model import Criterion, Study
 __all__ = ["describe", "render_markdown"]
 
 _ATTR_WORDS = {
-    "age": "age (years)", "age_days": "age (days)", "sex": "sex", "ethnic_group": "ethnic group",
-    "imd_decile": "IMD decile (1 = most deprived)", "imd_quintile": "IMD quintile (1 = most deprived)",
-    "setting": "care setting", "site": "site",
+    "age": "age (years)",
+    "age_days": "age (days)",
+    "sex": "sex",
+    "ethnic_group": "ethnic group",
+    "imd_decile": "IMD decile (1 = most deprived)",
+    "imd_quintile": "IMD quintile (1 = most deprived)",
+    "setting": "care setting",
+    "site": "site",
 }
-_CMP = {">=": "is at least", ">": "is more than", "<=": "is at most", "<": "is less than", "==": "is",
-        "!=": "is not"}
-_ARITH = {"+": "plus", "-": "minus", "*": "times", "/": "divided by", "//": "divided by (whole)",
-          "%": "modulo", "^": "to the power"}
+_CMP = {">=": "is at least", ">": "is more than", "<=": "is at most", "<": "is less than", "==": "is", "!=": "is not"}
+_ARITH = {
+    "+": "plus",
+    "-": "minus",
+    "*": "times",
+    "/": "divided by",
+    "//": "divided by (whole)",
+    "%": "modulo",
+    "^": "to the power",
+}
 
 
 def _lit(value: object) -> str:
@@ -59,12 +70,17 @@ def describe(ir: IR, top: bool = True) -> str:
             return "not: " + inner
         return f"not ({inner})"
     if isinstance(ir, Cond):
-        return (f"if {describe(ir.test, False)} then {describe(ir.then, False)}, "
-                f"otherwise {describe(ir.other, False)}")
+        return f"if {describe(ir.test, False)} then {describe(ir.then, False)}, otherwise {describe(ir.other, False)}"
     if isinstance(ir, Bin):
         left, right = describe(ir.left, False), describe(ir.right, False)
-        if (ir.op in ("&&", "||") and isinstance(ir.left, Bin) and isinstance(ir.right, Bin)
-                and ir.left.op in _CMP and ir.right.op in _CMP and ir.left.left == ir.right.left):
+        if (
+            ir.op in ("&&", "||")
+            and isinstance(ir.left, Bin)
+            and isinstance(ir.right, Bin)
+            and ir.left.op in _CMP
+            and ir.right.op in _CMP
+            and ir.left.left == ir.right.left
+        ):
             # a range: "X is at least 25 and less than 60"
             subject = describe(ir.left.left, False)
             a, b = describe(ir.left.right, False), describe(ir.right.right, False)

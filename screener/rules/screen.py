@@ -31,8 +31,17 @@ from screener.rules.model import PREFIX_SYSTEMS, ConceptSet, Criterion, Study, n
 from screener.rules.units import conversions_to, normalise_unit_expr
 from screener.state import PatientState
 
-__all__ = ["CRITERIA_DTYPE", "EVIDENCE_MODES", "MATCH_OUTCOMES", "ROW_MODES", "Evidence", "Rows", "criteria_json",
-           "screen", "screen_with_counts"]
+__all__ = [
+    "CRITERIA_DTYPE",
+    "EVIDENCE_MODES",
+    "MATCH_OUTCOMES",
+    "ROW_MODES",
+    "Evidence",
+    "Rows",
+    "criteria_json",
+    "screen",
+    "screen_with_counts",
+]
 
 CRITERIA_DTYPE = pl.List(
     pl.Struct({"name": pl.String, "group": pl.String, "result": pl.Boolean, "evidence": pl.String})
@@ -40,9 +49,20 @@ CRITERIA_DTYPE = pl.List(
 TS = pl.Datetime("us", "UTC")
 
 _STAT_DTYPES: dict[str, pl.DataType] = {
-    "n": pl.UInt32(), "last_t": TS, "last_code": pl.String(), "latest_v": pl.Float64(), "latest_t": TS,
-    "earliest_v": pl.Float64(), "earliest_t": TS, "min_v": pl.Float64(), "min_t": TS, "max_v": pl.Float64(),
-    "max_t": TS, "mean_v": pl.Float64(), "n_num": pl.UInt32(), "n_unk": pl.UInt32(),
+    "n": pl.UInt32(),
+    "last_t": TS,
+    "last_code": pl.String(),
+    "latest_v": pl.Float64(),
+    "latest_t": TS,
+    "earliest_v": pl.Float64(),
+    "earliest_t": TS,
+    "min_v": pl.Float64(),
+    "min_t": TS,
+    "max_v": pl.Float64(),
+    "max_t": TS,
+    "mean_v": pl.Float64(),
+    "n_num": pl.UInt32(),
+    "n_unk": pl.UInt32(),
 }
 
 
@@ -61,15 +81,23 @@ def _member_table(concepts: dict[str, ConceptSet]) -> pl.DataFrame | None:
     for key, c in concepts.items():
         for excl, pairs in ((False, c.codes), (True, c.exclude)):
             for system, code in pairs:
-                rows.append({"_ckey": key, "system": system, "_code": normalise_code(code),
-                             "_prefix": system in PREFIX_SYSTEMS, "_excl": excl})
+                rows.append(
+                    {
+                        "_ckey": key,
+                        "system": system,
+                        "_code": normalise_code(code),
+                        "_prefix": system in PREFIX_SYSTEMS,
+                        "_excl": excl,
+                    }
+                )
     if not rows:
         return None
     return pl.DataFrame(rows).with_columns(pl.col("_code").str.len_chars().alias("_len"))
 
 
-def _membership(facts: pl.LazyFrame, concepts: dict[str, ConceptSet],
-                table: pl.DataFrame | None = None) -> pl.LazyFrame:
+def _membership(
+    facts: pl.LazyFrame, concepts: dict[str, ConceptSet], table: pl.DataFrame | None = None
+) -> pl.LazyFrame:
     """``(_fid, _ckey)`` pairs: fact ``_fid`` belongs to concept ``_ckey`` (exclusions applied)."""
     if table is None:
         table = _member_table(concepts)
@@ -143,8 +171,9 @@ def _feature_plan(studies: Sequence[Study]) -> _FeaturePlan:
         stats_needed.setdefault(fkey, set()).update(s for f in group for s in TRANSFORM_STATS[f.transform])
     columns = [stat_col(feats[k][0], s) for k in feats for s in sorted(stats_needed[k])]
     empty = pl.DataFrame(schema={"patient_id": pl.String, **{c: _STAT_DTYPES[c.rsplit(":", 1)[1]] for c in columns}})
-    plan = _FeaturePlan(feats, stats_needed, concepts, columns, empty, _member_table(concepts),
-                        _conversions(concepts).collect())
+    plan = _FeaturePlan(
+        feats, stats_needed, concepts, columns, empty, _member_table(concepts), _conversions(concepts).collect()
+    )
     if len(_FEATURE_PLANS) >= _FEATURE_PLANS_MAX:
         _FEATURE_PLANS.pop(next(iter(_FEATURE_PLANS)))
     _FEATURE_PLANS[key] = plan
@@ -170,7 +199,8 @@ def feature_frame(state: PatientState, studies: Sequence[Study], now: datetime) 
     pairs = _membership(codes.lazy(), concepts, fp.member_table)
     code_concepts = codes.lazy().join(pairs, on="_fid", how="inner").select("system", "code", "_ckey")
     units = (
-        state.facts.lazy().select(pl.col("unit").unique())
+        state.facts.lazy()
+        .select(pl.col("unit").unique())
         .with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
     )
     wins = pl.LazyFrame(windows, schema={"_fkey": pl.String, "_ckey": pl.String, "_start": TS})
@@ -271,8 +301,8 @@ def compile_criterion(c: Criterion, study: Study, now: datetime, plan: Plan) -> 
     if c.kind == "setting":
         s = pl.col("_attr_setting")
         value = pl.when(s.is_null()).then(None).otherwise(s.is_in(list(study.settings)))
-        evidence = pl.when(s.is_null()).then(pl.lit("setting unknown")).otherwise(
-            pl.concat_str([pl.lit("setting "), s])
+        evidence = (
+            pl.when(s.is_null()).then(pl.lit("setting unknown")).otherwise(pl.concat_str([pl.lit("setting "), s]))
         )
         return value.cast(pl.Boolean), evidence, 0
     parts = [compile_criterion(child, study, now, plan) for child in c.children]
@@ -290,16 +320,22 @@ def compile_criterion(c: Criterion, study: Study, now: datetime, plan: Plan) -> 
         true_n = pl.sum_horizontal([v.fill_null(False).cast(pl.Int32) for v in values])
         unk_n = pl.sum_horizontal([v.is_null().cast(pl.Int32) for v in values])
         value = (
-            pl.when(true_n >= c.at_least).then(pl.lit(True))
-            .when(true_n + unk_n < c.at_least).then(pl.lit(False))
+            pl.when(true_n >= c.at_least)
+            .then(pl.lit(True))
+            .when(true_n + unk_n < c.at_least)
+            .then(pl.lit(False))
             .otherwise(pl.lit(None, dtype=pl.Boolean))
         )
     shown = [
-        pl.concat_str([
-            pl.lit(f"{child.name}: "),
-            pl.when(v.is_null()).then(pl.lit("unknown")).when(v).then(pl.lit("yes")).otherwise(pl.lit("no")),
-            pl.lit(" ("), e.fill_null(""), pl.lit(")"),
-        ])
+        pl.concat_str(
+            [
+                pl.lit(f"{child.name}: "),
+                pl.when(v.is_null()).then(pl.lit("unknown")).when(v).then(pl.lit("yes")).otherwise(pl.lit("no")),
+                pl.lit(" ("),
+                e.fill_null(""),
+                pl.lit(")"),
+            ]
+        )
         for child, (v, e, _lvl) in zip(c.children, parts, strict=True)
     ]
     head = {"any": "any of", "all": "all of", "at_least": f"at least {c.at_least} of"}[c.kind]
@@ -314,7 +350,7 @@ def study_frame(base: pl.LazyFrame, study: Study, now: datetime, *, nested: bool
     plan = Plan()
     named: list[tuple[Criterion, pl.Expr, pl.Expr]] = []
     top = {id(c) for c in study.criteria}
-    for c in (study.all_criteria() if nested else list(study.criteria)):
+    for c in study.all_criteria() if nested else list(study.criteria):
         value, evidence, level = compile_criterion(c, study, now, plan)
         v, e, _ = plan.bind(value.cast(pl.Boolean), evidence.fill_null(""), level)
         named.append((c, v, e))
@@ -375,8 +411,11 @@ def _compiled(study: Study) -> _Compiled:
     reads = {r for stage in plan.evidence for e in stage for r in e.meta.root_names()} - made
     inputs = ["patient_id", outcome_col, *sorted(reads | {v for _n, _g, v, _e in criteria})]
     compiled = _Compiled(
-        values=plan.values, evidence=plan.evidence,
-        outcome=_outcome(named).alias(outcome_col), outcome_col=outcome_col, criteria=criteria,
+        values=plan.values,
+        evidence=plan.evidence,
+        outcome=_outcome(named).alias(outcome_col),
+        outcome_col=outcome_col,
+        criteria=criteria,
         evidence_inputs=list(dict.fromkeys(inputs)),
     )
     _COMPILED[study] = compiled
@@ -396,9 +435,7 @@ def _outcome(named: Sequence[tuple[Criterion, pl.Expr]]) -> pl.Expr:
             all_good.append((~v).fill_null(False))
     bad = pl.any_horizontal(inc_false) if inc_false else pl.lit(False)
     good = pl.all_horizontal(all_good) if all_good else pl.lit(True)
-    return pl.when(bad).then(pl.lit("ineligible")).when(good).then(pl.lit("eligible")).otherwise(
-        pl.lit("possible")
-    )
+    return pl.when(bad).then(pl.lit("ineligible")).when(good).then(pl.lit("eligible")).otherwise(pl.lit("possible"))
 
 
 def _staged(frame: pl.LazyFrame, stage_lists: Sequence[list[list[pl.Expr]]]) -> pl.LazyFrame:
@@ -427,15 +464,22 @@ def _result_expr(study: Study, comp: _Compiled, with_evidence: bool, criteria_li
         criteria = pl.lit(None, dtype=CRITERIA_DTYPE)
     elif comp.criteria:
         none = pl.lit(None, dtype=pl.String)
-        criteria = pl.concat_arr([
-            pl.struct(pl.lit(name).alias("name"), pl.lit(group).alias("group"), pl.col(vcol).alias("result"),
-                      (pl.col(ecol) if with_evidence else none).alias("evidence"))
-            for name, group, vcol, ecol in comp.criteria
-        ]).arr.to_list()
+        criteria = pl.concat_arr(
+            [
+                pl.struct(
+                    pl.lit(name).alias("name"),
+                    pl.lit(group).alias("group"),
+                    pl.col(vcol).alias("result"),
+                    (pl.col(ecol) if with_evidence else none).alias("evidence"),
+                )
+                for name, group, vcol, ecol in comp.criteria
+            ]
+        ).arr.to_list()
     else:
         criteria = pl.lit([], dtype=CRITERIA_DTYPE)
     return pl.struct(
-        pl.lit(study.id).alias("study_id"), pl.col(comp.outcome_col).alias("outcome"),
+        pl.lit(study.id).alias("study_id"),
+        pl.col(comp.outcome_col).alias("outcome"),
         pl.lit(study.rule_hash or study.content_hash).alias("rule_hash"),
         criteria.cast(CRITERIA_DTYPE).alias("criteria"),
     )
@@ -458,8 +502,14 @@ _SMALL_UNION = 2000
 _SMALL_CALL = 256
 
 
-def _assemble(frame: pl.DataFrame, study: Study, comp: _Compiled, with_evidence: bool,
-              keep: pl.Expr | None = None, criteria_list: bool = True) -> pl.DataFrame:
+def _assemble(
+    frame: pl.DataFrame,
+    study: Study,
+    comp: _Compiled,
+    with_evidence: bool,
+    keep: pl.Expr | None = None,
+    criteria_list: bool = True,
+) -> pl.DataFrame:
     """One study's result rows (``study_id, patient_id, outcome, rule_hash, criteria``) from a frame holding its
     value (and, if ``with_evidence``, evidence) columns; only the rows where ``keep`` is true when given.
 
@@ -492,16 +542,19 @@ def _assemble(frame: pl.DataFrame, study: Study, comp: _Compiled, with_evidence:
         flat = flat.select(
             pl.Series("name", names, dtype=pl.String).gather(index),
             pl.Series("group", [g for _n, g, _v, _e in comp.criteria], dtype=pl.String).gather(index),
-            pl.col("result").cast(pl.Boolean), pl.col("evidence").cast(pl.String),
+            pl.col("result").cast(pl.Boolean),
+            pl.col("evidence").cast(pl.String),
         )
         criteria = flat.to_struct("criteria").reshape((n, k)).arr.to_list().cast(CRITERIA_DTYPE)
-    return pl.DataFrame({
-        "study_id": pl.repeat(study.id, n, dtype=pl.String, eager=True),
-        "patient_id": part.get_column("patient_id"),
-        "outcome": part.get_column(comp.outcome_col),
-        "rule_hash": pl.repeat(study.rule_hash or study.content_hash, n, dtype=pl.String, eager=True),
-        "criteria": criteria,
-    })
+    return pl.DataFrame(
+        {
+            "study_id": pl.repeat(study.id, n, dtype=pl.String, eager=True),
+            "patient_id": part.get_column("patient_id"),
+            "outcome": part.get_column(comp.outcome_col),
+            "rule_hash": pl.repeat(study.rule_hash or study.content_hash, n, dtype=pl.String, eager=True),
+            "criteria": criteria,
+        }
+    )
 
 
 def _plain(frame: pl.DataFrame) -> pl.DataFrame:
@@ -510,8 +563,9 @@ def _plain(frame: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(frame.get_columns())
 
 
-def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
-           evidence: Evidence = "all", rows: Rows = "all") -> pl.DataFrame:
+def screen(
+    state: PatientState, studies: Sequence[Study], now: datetime, *, evidence: Evidence = "all", rows: Rows = "all"
+) -> pl.DataFrame:
     """Evaluate every patient in ``state.persons`` against every study, at time ``now`` (aware, UTC).
 
     Returns one row per (study, patient): ``study_id, patient_id, outcome, rule_hash, criteria`` (see
@@ -543,8 +597,14 @@ def screen(state: PatientState, studies: Sequence[Study], now: datetime, *,
     return _screen(state, studies, now, evidence, rows, want_counts=False)[0]
 
 
-def screen_with_counts(state: PatientState, studies: Sequence[Study], now: datetime, *,
-                       evidence: Evidence = "outcomes", rows: Rows = "matches") -> tuple[pl.DataFrame, pl.DataFrame]:
+def screen_with_counts(
+    state: PatientState,
+    studies: Sequence[Study],
+    now: datetime,
+    *,
+    evidence: Evidence = "outcomes",
+    rows: Rows = "matches",
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """:func:`screen` plus the number of patients per study and outcome, whatever ``rows`` returns.
 
     The counts frame has one row per study (in ``studies`` order): ``study_id`` (str), ``eligible``,
@@ -555,14 +615,18 @@ def screen_with_counts(state: PatientState, studies: Sequence[Study], now: datet
     return frame, counts
 
 
-def _counts_frame(studies: Sequence[Study], eligible: Sequence[int], possible: Sequence[int],
-                  patients: int) -> pl.DataFrame:
-    return pl.DataFrame({
-        "study_id": [s.id for s in studies],
-        "eligible": list(eligible),
-        "possible": list(possible),
-        "ineligible": [patients - e - p for e, p in zip(eligible, possible, strict=True)],
-    }, schema={"study_id": pl.String, "eligible": pl.UInt32, "possible": pl.UInt32, "ineligible": pl.UInt32})
+def _counts_frame(
+    studies: Sequence[Study], eligible: Sequence[int], possible: Sequence[int], patients: int
+) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "study_id": [s.id for s in studies],
+            "eligible": list(eligible),
+            "possible": list(possible),
+            "ineligible": [patients - e - p for e, p in zip(eligible, possible, strict=True)],
+        },
+        schema={"study_id": pl.String, "eligible": pl.UInt32, "possible": pl.UInt32, "ineligible": pl.UInt32},
+    )
 
 
 def _outcome_sums(full: pl.DataFrame, comps: Sequence[_Compiled]) -> tuple[list[int], list[int]]:
@@ -575,8 +639,9 @@ def _outcome_sums(full: pl.DataFrame, comps: Sequence[_Compiled]) -> tuple[list[
     return [int(x) for x in sums[:k]], [int(x) for x in sums[k:]]
 
 
-def _screen(state: PatientState, studies: Sequence[Study], now: datetime, evidence: str, rows: str,
-            want_counts: bool) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+def _screen(
+    state: PatientState, studies: Sequence[Study], now: datetime, evidence: str, rows: str, want_counts: bool
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     if evidence not in EVIDENCE_MODES:
         raise ValueError(f"evidence must be one of {', '.join(EVIDENCE_MODES)}, got {evidence!r}")
     if rows not in ROW_MODES:
@@ -584,8 +649,13 @@ def _screen(state: PatientState, studies: Sequence[Study], now: datetime, eviden
     if now.tzinfo is None:
         raise ValueError("screen() needs a timezone-aware 'now'")
     now = now.astimezone(UTC)
-    schema: dict[str, pl.DataType] = {"study_id": pl.String(), "patient_id": pl.String(), "outcome": pl.String(),
-                                      "rule_hash": pl.String(), "criteria": CRITERIA_DTYPE}
+    schema: dict[str, pl.DataType] = {
+        "study_id": pl.String(),
+        "patient_id": pl.String(),
+        "outcome": pl.String(),
+        "rule_hash": pl.String(),
+        "criteria": CRITERIA_DTYPE,
+    }
     only_matches = rows == "matches"
     if only_matches and evidence == "all":
         evidence = "matches"  # same returned rows: every match carries its evidence
@@ -616,8 +686,9 @@ def _screen(state: PatientState, studies: Sequence[Study], now: datetime, eviden
             q = _long(full.lazy(), [_result(s, c, False) for s, c in pairs])
             return (q.filter(match) if only_matches else q).collect(engine=ENGINE), counts
         keeps = [pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) if only_matches else None for c in comps]
-        return pl.concat([_assemble(full, s, c, False, keep=k) for (s, c), k in zip(pairs, keeps, strict=True)],
-                         how="vertical"), counts
+        return pl.concat(
+            [_assemble(full, s, c, False, keep=k) for (s, c), k in zip(pairs, keeps, strict=True)], how="vertical"
+        ), counts
     lists = evidence == "matches"  # "outcomes": no criteria list on the rows without evidence
     full = _plain(values.collect(engine=ENGINE))
     matched = [pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) for c in comps]
@@ -634,21 +705,25 @@ def _screen(state: PatientState, studies: Sequence[Study], now: datetime, eviden
             ev = _staged(union.select(list(need)).lazy(), [comps[i].evidence for i in hits]).collect(engine=ENGINE)
             with_ev = dict.fromkeys(hits, ev)
         else:
-            parts = [_staged(full.select(comps[i].evidence_inputs).filter(matched[i]).lazy(), [comps[i].evidence])
-                     for i in hits]
+            parts = [
+                _staged(full.select(comps[i].evidence_inputs).filter(matched[i]).lazy(), [comps[i].evidence])
+                for i in hits
+            ]
             with_ev = dict(zip(hits, pl.collect_all(parts, engine=ENGINE), strict=True))
     shared = bool(hits) and with_ev[hits[0]] is with_ev[hits[-1]]  # one evidence frame for every study
     out: list[pl.DataFrame] = []
     if only_matches:
         pass  # the rows without a match are never built
     elif small:
-        out.append(_long(full.lazy(), [_result(s, c, False, lists) for s, c in pairs]).filter(~match)
-                   .collect(engine=ENGINE))
+        out.append(
+            _long(full.lazy(), [_result(s, c, False, lists) for s, c in pairs]).filter(~match).collect(engine=ENGINE)
+        )
     elif not lists:
         out.append(_outcome_rows(full, pairs).filter(~match))
     else:
-        out += [_assemble(full, s, c, False, keep=~matched[i] if i in with_ev else None)
-                for i, (s, c) in enumerate(pairs)]
+        out += [
+            _assemble(full, s, c, False, keep=~matched[i] if i in with_ev else None) for i, (s, c) in enumerate(pairs)
+        ]
     if shared:
         ev = with_ev[hits[0]]
         out.append(_long(ev.lazy(), [_result(*pairs[i], True) for i in hits]).filter(match).collect(engine=ENGINE))
@@ -663,14 +738,17 @@ def _outcome_rows(full: pl.DataFrame, pairs: Sequence[tuple[Study, _Compiled]]) 
     """Every (study, patient) row with ``criteria`` null, study by study, built in a few whole-frame steps."""
     n, k = full.height, len(pairs)
     study_index = pl.Series(np.repeat(np.arange(k, dtype=np.uint32), n))
-    return pl.DataFrame({
-        "study_id": pl.Series([s.id for s, _c in pairs], dtype=pl.String).gather(study_index),
-        "patient_id": pl.concat([full.get_column("patient_id")] * k, rechunk=False),
-        "outcome": pl.concat([full.get_column(c.outcome_col) for _s, c in pairs], rechunk=False),
-        "rule_hash": pl.Series([s.rule_hash or s.content_hash for s, _c in pairs], dtype=pl.String)
-        .gather(study_index),
-        "criteria": pl.repeat(None, n * k, dtype=CRITERIA_DTYPE, eager=True),
-    })
+    return pl.DataFrame(
+        {
+            "study_id": pl.Series([s.id for s, _c in pairs], dtype=pl.String).gather(study_index),
+            "patient_id": pl.concat([full.get_column("patient_id")] * k, rechunk=False),
+            "outcome": pl.concat([full.get_column(c.outcome_col) for _s, c in pairs], rechunk=False),
+            "rule_hash": pl.Series([s.rule_hash or s.content_hash for s, _c in pairs], dtype=pl.String).gather(
+                study_index
+            ),
+            "criteria": pl.repeat(None, n * k, dtype=CRITERIA_DTYPE, eager=True),
+        }
+    )
 
 
 def screen_detail(state: PatientState, study: Study, now: datetime) -> pl.DataFrame:

@@ -53,25 +53,31 @@ def run_case(study: Study, case: TestCase) -> CaseResult:
     result = CaseResult(study.id, case, detail["outcome"], values, evidence)
     if detail["outcome"] != case.expect:
         why = "; ".join(
-            f"{c.name}={_word(values[c.name])} ({evidence[c.name]})" for c in study.criteria
+            f"{c.name}={_word(values[c.name])} ({evidence[c.name]})"
+            for c in study.criteria
             if (c.group == "include" and values[c.name] is not True)
             or (c.group == "exclude" and values[c.name] is not False)
         )
         result.failures.append(f"expected {case.expect}, got {detail['outcome']}" + (f": {why}" if why else ""))
     for name, want in case.criteria.items():
         if values[name] != want:
-            result.failures.append(f"criterion '{name}': expected {_word(want)}, got {_word(values[name])} "
-                                   f"({evidence[name]})")
+            result.failures.append(
+                f"criterion '{name}': expected {_word(want)}, got {_word(values[name])} ({evidence[name]})"
+            )
     person = state.persons.row(0, named=True) if state.persons.height else {}
     facts = list(state.facts.iter_rows(named=True))
     ref_outcome, ref_values = evaluate_patient(study, person, facts, case.now)
     if ref_outcome != detail["outcome"]:
-        result.failures.append(f"compiled and reference evaluators disagree on the outcome: compiled "
-                               f"{detail['outcome']}, reference {ref_outcome}")
+        result.failures.append(
+            f"compiled and reference evaluators disagree on the outcome: compiled "
+            f"{detail['outcome']}, reference {ref_outcome}"
+        )
     for name in names:
         if ref_values.get(name) != values[name]:
-            result.failures.append(f"compiled and reference evaluators disagree on '{name}': compiled "
-                                   f"{_word(values[name])}, reference {_word(ref_values.get(name))}")
+            result.failures.append(
+                f"compiled and reference evaluators disagree on '{name}': compiled "
+                f"{_word(values[name])}, reference {_word(ref_values.get(name))}"
+            )
     return result
 
 

@@ -28,9 +28,41 @@ _ALIASES: dict[str, str] = {}
 # canonical -> (family, factor to the family base, offset)
 _SCALE: dict[str, tuple[str, float, float]] = {}
 _STANDALONE = [
-    "mmol/mol", "%", "ml/min/1.73m2", "ml/min", "mmhg", "/min", "bpm", "kg/m2", "mg/mmol", "mg/g", "u/l", "iu/l",
-    "10*9/l", "10*12/l", "ng/l", "ng/ml", "pg/ml", "ug/l", "miu/l", "pmol/l", "s", "ratio", "score", "breaths/min",
-    "l", "ml", "l/min", "ml/kg/min", "weeks", "days", "years", "fl", "pg", "mm/h", "mosm/kg",
+    "mmol/mol",
+    "%",
+    "ml/min/1.73m2",
+    "ml/min",
+    "mmhg",
+    "/min",
+    "bpm",
+    "kg/m2",
+    "mg/mmol",
+    "mg/g",
+    "u/l",
+    "iu/l",
+    "10*9/l",
+    "10*12/l",
+    "ng/l",
+    "ng/ml",
+    "pg/ml",
+    "ug/l",
+    "miu/l",
+    "pmol/l",
+    "s",
+    "ratio",
+    "score",
+    "breaths/min",
+    "l",
+    "ml",
+    "l/min",
+    "ml/kg/min",
+    "weeks",
+    "days",
+    "years",
+    "fl",
+    "pg",
+    "mm/h",
+    "mosm/kg",
 ]
 
 
@@ -68,18 +100,39 @@ _family("length", {"m": 1.0, "cm": 0.01, "mm": 0.001, "in": 0.0254})
 _family("temperature", {"cel": 1.0, "degf": 5.0 / 9.0}, {"degf": -160.0 / 9.0})
 
 for _alias, _canon in {
-    "mmol/mol": "mmol/mol", "mmol/molhb": "mmol/mol", "%": "%", "percent": "%",
-    "ml/min/1.73m2": "ml/min/1.73m2", "ml/min/1.73sqm": "ml/min/1.73m2", "ml/min/1.73m*2": "ml/min/1.73m2",
+    "mmol/mol": "mmol/mol",
+    "mmol/molhb": "mmol/mol",
+    "%": "%",
+    "percent": "%",
+    "ml/min/1.73m2": "ml/min/1.73m2",
+    "ml/min/1.73sqm": "ml/min/1.73m2",
+    "ml/min/1.73m*2": "ml/min/1.73m2",
     "ml/min/1.73": "ml/min/1.73m2",
-    "c": "cel", "degc": "cel", "°c": "cel", "cel": "cel", "f": "degf", "°f": "degf", "degf": "degf",
-    "kgs": "kg", "lbs": "lb", "beats/min": "bpm", "/min": "/min", "x109/l": "10*9/l", "109/l": "10*9/l",
-    "mmhg": "mmhg", "mu/l": "miu/l",
+    "c": "cel",
+    "degc": "cel",
+    "°c": "cel",
+    "cel": "cel",
+    "f": "degf",
+    "°f": "degf",
+    "degf": "degf",
+    "kgs": "kg",
+    "lbs": "lb",
+    "beats/min": "bpm",
+    "/min": "/min",
+    "x109/l": "10*9/l",
+    "109/l": "10*9/l",
+    "mmhg": "mmhg",
+    "mu/l": "miu/l",
 }.items():
     _ALIASES[_alias] = _canon
 
 #: analyte -> molar mass (g/mol)
 ANALYTES: dict[str, float] = {
-    "creatinine": 113.12, "glucose": 180.16, "cholesterol": 386.65, "triglycerides": 885.7, "urea": 60.06,
+    "creatinine": 113.12,
+    "glucose": 180.16,
+    "cholesterol": 386.65,
+    "triglycerides": 885.7,
+    "urea": 60.06,
     "hba1c": 0.0,
 }
 

@@ -55,8 +55,14 @@ class Window:
     @property
     def upper_bound(self) -> timedelta:
         """A duration at least as long as the window (months count 31 days, years 366)."""
-        per = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),
-               "w": timedelta(weeks=1), "mo": timedelta(days=31), "y": timedelta(days=366)}[self.unit]
+        per = {
+            "m": timedelta(minutes=1),
+            "h": timedelta(hours=1),
+            "d": timedelta(days=1),
+            "w": timedelta(weeks=1),
+            "mo": timedelta(days=31),
+            "y": timedelta(days=366),
+        }[self.unit]
         return per * self.amount
 
     def describe(self) -> str:

@@ -25,10 +25,21 @@ LONDON = ZoneInfo("Europe/London")
 #: NHS Data Dictionary ethnic category (2001 census letters, still the NHS's) -> ONS 2021 high-level group.
 #: Chinese (R) is an Asian group in the 2021 census; Z (not stated) and 99 (not known) map to nothing.
 _ETHNIC: dict[str, str] = {
-    "A": "white", "B": "white", "C": "white",
-    "D": "mixed", "E": "mixed", "F": "mixed", "G": "mixed",
-    "H": "asian", "J": "asian", "K": "asian", "L": "asian", "R": "asian",
-    "M": "black", "N": "black", "P": "black",
+    "A": "white",
+    "B": "white",
+    "C": "white",
+    "D": "mixed",
+    "E": "mixed",
+    "F": "mixed",
+    "G": "mixed",
+    "H": "asian",
+    "J": "asian",
+    "K": "asian",
+    "L": "asian",
+    "R": "asian",
+    "M": "black",
+    "N": "black",
+    "P": "black",
     "S": "other",
 }
 

@@ -166,7 +166,7 @@ class KafkaSink:
                     futures.append((rec, self._producer.send(topic, key=rec[0], value=rec[1])))
             except Exception as exc:  # send() itself raises when metadata or buffer space is unavailable
                 last = exc
-                futures.extend((rec, None) for rec in pending[len(futures):])
+                futures.extend((rec, None) for rec in pending[len(futures) :])
             # flush() sends at once, ignoring linger_ms (measured faster than waiting on the futures alone,
             # even though it also waits for other threads' records)
             try:
@@ -211,8 +211,9 @@ def _reason_label(reason: str) -> str:
     return reason.split(":", 1)[0].strip()[:40] or "unknown"
 
 
-def sink_from_settings(settings: Any, connector: str, *, metrics: Metrics | None = None,
-                       producer_options: dict[str, Any] | None = None) -> KafkaSink:
+def sink_from_settings(
+    settings: Any, connector: str, *, metrics: Metrics | None = None, producer_options: dict[str, Any] | None = None
+) -> KafkaSink:
     """A :class:`KafkaSink` for ``settings`` (a :class:`screener.settings.Settings`); creates the topics.
 
     :raises ConnectorError: when no bootstrap servers are configured.
@@ -229,12 +230,16 @@ def sink_from_settings(settings: Any, connector: str, *, metrics: Metrics | None
     options = settings.kafka_options()
     bootstrap = options.pop("bootstrap_servers")
     try:
-        ensure_topics(bootstrap, {settings.events_topic: settings.topic_partitions, settings.dlq_topic: 1},
-                      **options)
+        ensure_topics(bootstrap, {settings.events_topic: settings.topic_partitions, settings.dlq_topic: 1}, **options)
     except Exception as exc:
         raise DeliveryError(f"cannot create topics on {bootstrap}: {exc}", channel="kafka") from exc
     return KafkaSink(
-        bootstrap, connector=connector, events_topic=settings.events_topic, dlq_topic=settings.dlq_topic,
-        metrics=metrics, idempotent=settings.producer_idempotence, kafka_options=options,
+        bootstrap,
+        connector=connector,
+        events_topic=settings.events_topic,
+        dlq_topic=settings.dlq_topic,
+        metrics=metrics,
+        idempotent=settings.producer_idempotence,
+        kafka_options=options,
         producer_options=producer_options,
     )

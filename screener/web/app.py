@@ -55,12 +55,18 @@ LOGIN_CSRF_COOKIE = "screener_login_csrf"
 LOCKOUT_FAILURES = 5
 LOCKOUT_WINDOW = timedelta(minutes=15)
 #: Paths served without a session. Everything else refuses anonymous requests.
-PUBLIC_PATHS = frozenset({"/login", "/studies", "/api/studies", "/healthz", "/metrics", "/openapi.json",
-                          "/static"})
+PUBLIC_PATHS = frozenset({"/login", "/studies", "/api/studies", "/healthz", "/metrics", "/openapi.json", "/static"})
 _HERE = Path(__file__).parent
 _MD = MarkdownIt("commonmark", {"html": False}).enable("table")
-STAGE_LABELS = {"new": "New", "reviewed": "Reviewed", "approached": "Approached", "consented": "Consented",
-                "enrolled": "Enrolled", "not_eligible": "Not eligible", "declined": "Declined"}
+STAGE_LABELS = {
+    "new": "New",
+    "reviewed": "Reviewed",
+    "approached": "Approached",
+    "consented": "Consented",
+    "enrolled": "Enrolled",
+    "not_eligible": "Not eligible",
+    "declined": "Declined",
+}
 URGENCY_LABELS = {0: "Acute", 1: "Closing soon", 2: ""}
 
 
@@ -194,8 +200,11 @@ def api_user(request: Request, x_csrf_token: Annotated[str | None, Header()] = N
     p = _principal(request)
     if p is None:
         raise HTTPException(401, "not authenticated", headers={"WWW-Authenticate": "Bearer"})
-    if request.method not in ("GET", "HEAD", "OPTIONS") and p.via == "session" \
-            and not auth.constant_time_equal(x_csrf_token, p.csrf):
+    if (
+        request.method not in ("GET", "HEAD", "OPTIONS")
+        and p.via == "session"
+        and not auth.constant_time_equal(x_csrf_token, p.csrf)
+    ):
         raise HTTPException(403, "missing or invalid X-CSRF-Token header")
     return p
 
@@ -220,7 +229,7 @@ def _criteria_part(markdown: str) -> str:
     if markdown.startswith("## "):
         return markdown
     at = markdown.find("\n## ")
-    return markdown[at + 1:] if at >= 0 else markdown
+    return markdown[at + 1 :] if at >= 0 else markdown
 
 
 def refresh_store_metrics(store: SqlStore) -> bool:
@@ -241,8 +250,13 @@ def refresh_store_metrics(store: SqlStore) -> bool:
 
 def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | None = None) -> FastAPI:
     """The web app over ``store``. ``registry`` is what ``/metrics`` exports (default: the global registry)."""
-    app = FastAPI(title="screener worklist", version="1", docs_url=None, redoc_url=None,
-                  description="Worklist API for research nurses. Matches are addressed by opaque tokens.")
+    app = FastAPI(
+        title="screener worklist",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        description="Worklist API for research nurses. Matches are addressed by opaque tokens.",
+    )
     app.state.store = store
     app.state.settings = settings
     app.state.registry = registry if registry is not None else REGISTRY
@@ -252,8 +266,9 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
     app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
     secure = bool(getattr(settings, "cookie_secure", False))
 
-    def render(request: Request, name: str, status: int = 200, p: Principal | None = None,
-               **context: Any) -> HTMLResponse:
+    def render(
+        request: Request, name: str, status: int = 200, p: Principal | None = None, **context: Any
+    ) -> HTMLResponse:
         context.update(user=p.user if p else None, csrf=p.csrf if p else None)
         return templates.TemplateResponse(request, name, context, status_code=status)
 
@@ -281,8 +296,14 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if request.url.path.startswith("/api/") or request.url.path == "/api":
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-        return render(request, "error.html", status=exc.status_code, p=_principal(request),
-                      code=exc.status_code, detail=exc.detail)
+        return render(
+            request,
+            "error.html",
+            status=exc.status_code,
+            p=_principal(request),
+            code=exc.status_code,
+            detail=exc.detail,
+        )
 
     # --- public --------------------------------------------------------------------------------------------
     @app.get("/healthz", include_in_schema=False)
@@ -317,13 +338,18 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
     def login_form(request: Request, failed: bool = False) -> HTMLResponse:
         token = auth.new_token()
         response = render(request, "login.html", login_csrf=token, failed=failed)
-        response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=secure,
-                            path="/login", max_age=3600)
+        response.set_cookie(
+            LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=secure, path="/login", max_age=3600
+        )
         return response
 
     @app.post("/login", include_in_schema=False)
-    def login(request: Request, username: Annotated[str, Form()], password: Annotated[str, Form()],
-              csrf_token: Annotated[str, Form()] = "") -> Response:
+    def login(
+        request: Request,
+        username: Annotated[str, Form()],
+        password: Annotated[str, Form()],
+        csrf_token: Annotated[str, Form()] = "",
+    ) -> Response:
         if not auth.constant_time_equal(csrf_token, request.cookies.get(LOGIN_CSRF_COOKIE)):
             raise HTTPException(403, "missing or invalid CSRF token; reload the login page")
         if store.failed_logins(username[:128], LOCKOUT_WINDOW) >= LOCKOUT_FAILURES:
@@ -336,14 +362,16 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
         token, _csrf = store.create_session(user)
         store.audit(user.username, "login")
         response = RedirectResponse("/worklist", status_code=303)
-        response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", secure=secure, path="/",
-                            max_age=12 * 3600)
+        response.set_cookie(
+            SESSION_COOKIE, token, httponly=True, samesite="lax", secure=secure, path="/", max_age=12 * 3600
+        )
         response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
         return response
 
     @app.post("/logout", include_in_schema=False)
-    def logout(request: Request, p: Annotated[Principal, Depends(page_user)],
-               csrf_token: Annotated[str, Form()] = "") -> Response:
+    def logout(
+        request: Request, p: Annotated[Principal, Depends(page_user)], csrf_token: Annotated[str, Form()] = ""
+    ) -> Response:
         _check_form_csrf(p, csrf_token)
         store.end_session(request.cookies.get(SESSION_COOKIE))
         store.audit(p.user.username, "logout")
@@ -362,14 +390,29 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
         return {"study": study or None, "setting": setting or None, "outcome": outcome or None, "view": view}
 
     @app.get("/worklist", response_class=HTMLResponse, include_in_schema=False)
-    def worklist_page(request: Request, p: Annotated[Principal, Depends(page_user)], study: str | None = None,
-                      setting: str | None = None, outcome: str | None = None, view: str = "open") -> HTMLResponse:
+    def worklist_page(
+        request: Request,
+        p: Annotated[Principal, Depends(page_user)],
+        study: str | None = None,
+        setting: str | None = None,
+        outcome: str | None = None,
+        view: str = "open",
+    ) -> HTMLResponse:
         f = _filters(study, setting, outcome, view)
         rows = store.worklist(p.user, **f)
         store.audit(p.user.username, "view_worklist", detail={k: v for k, v in f.items() if v} | {"n": len(rows)})
-        return render(request, "worklist.html", p=p, rows=rows, filters=f, views=VIEWS,
-                      studies=store.studies(user=p.user), settings_=("hospital", "community", "primary-care", "home"),
-                      outcomes=("eligible", "possible", "ineligible"), done=request.query_params.get("done"))
+        return render(
+            request,
+            "worklist.html",
+            p=p,
+            rows=rows,
+            filters=f,
+            views=VIEWS,
+            studies=store.studies(user=p.user),
+            settings_=("hospital", "community", "primary-care", "home"),
+            outcomes=("eligible", "possible", "ineligible"),
+            done=request.query_params.get("done"),
+        )
 
     def _match_or_404(p: Principal, token: str) -> dict[str, Any]:
         m = store.get_match(p.user, token)
@@ -382,23 +425,47 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
     @app.get("/matches/{token}", response_class=HTMLResponse, include_in_schema=False)
     def match_page(request: Request, token: str, p: Annotated[Principal, Depends(page_user)]) -> HTMLResponse:
         m = _match_or_404(p, token)
-        return render(request, "match.html", p=p, m=m, actions=ACTIONS, not_eligible=NOT_ELIGIBLE_REASONS,
-                      declined=DECLINED_REASONS, today=store.clock().date(), error=None)
+        return render(
+            request,
+            "match.html",
+            p=p,
+            m=m,
+            actions=ACTIONS,
+            not_eligible=NOT_ELIGIBLE_REASONS,
+            declined=DECLINED_REASONS,
+            today=store.clock().date(),
+            error=None,
+        )
 
     @app.post("/matches/{token}/action", include_in_schema=False)
-    def match_action(request: Request, token: str, p: Annotated[Principal, Depends(page_user)],
-                     action: Annotated[str, Form()], csrf_token: Annotated[str, Form()] = "",
-                     reason: Annotated[str, Form()] = "", until: Annotated[str, Form()] = "",
-                     note: Annotated[str, Form()] = "") -> Response:
+    def match_action(
+        request: Request,
+        token: str,
+        p: Annotated[Principal, Depends(page_user)],
+        action: Annotated[str, Form()],
+        csrf_token: Annotated[str, Form()] = "",
+        reason: Annotated[str, Form()] = "",
+        until: Annotated[str, Form()] = "",
+        note: Annotated[str, Form()] = "",
+    ) -> Response:
         _check_form_csrf(p, csrf_token)
         try:
             until_d = date.fromisoformat(until) if until else None
             m = store.record_action(p.user, token, action, reason=reason or None, until=until_d, note=note)
         except (InvalidAction, ValueError) as exc:
             m = _match_or_404(p, token)
-            return render(request, "match.html", status=422, p=p, m=m, actions=ACTIONS,
-                          not_eligible=NOT_ELIGIBLE_REASONS, declined=DECLINED_REASONS,
-                          today=store.clock().date(), error=str(exc))
+            return render(
+                request,
+                "match.html",
+                status=422,
+                p=p,
+                m=m,
+                actions=ACTIONS,
+                not_eligible=NOT_ELIGIBLE_REASONS,
+                declined=DECLINED_REASONS,
+                today=store.clock().date(),
+                error=str(exc),
+            )
         if m is None:
             raise HTTPException(404, "no such match")
         return RedirectResponse(f"/worklist?done={action}", status_code=303)
@@ -421,8 +488,12 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
         return render(request, "dnc.html", p=p, entries=store.dnc_entries(), message=request.query_params.get("msg"))
 
     @app.post("/admin/dnc", include_in_schema=False)
-    def dnc_change(p: Annotated[Principal, Depends(page_user)], op: Annotated[str, Form()],
-                   patient_ids: Annotated[str, Form()] = "", csrf_token: Annotated[str, Form()] = "") -> Response:
+    def dnc_change(
+        p: Annotated[Principal, Depends(page_user)],
+        op: Annotated[str, Form()],
+        patient_ids: Annotated[str, Form()] = "",
+        csrf_token: Annotated[str, Form()] = "",
+    ) -> Response:
         _check_form_csrf(p, csrf_token)
         _require_admin(p)
         ids = [x for x in patient_ids.replace(",", "\n").split() if x]
@@ -449,14 +520,19 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
         return {"username": p.user.username, "role": p.user.role, "teams": sorted(p.user.teams)}
 
     @app.get("/api/worklist", response_model=list[MatchSummary], tags=["worklist"])
-    def api_worklist(p: Annotated[Principal, Depends(api_user)], study: str | None = None,
-                     setting: str | None = None, outcome: str | None = None,
-                     view: Annotated[str, Query(description=" | ".join(VIEWS))] = "open") -> list[dict[str, Any]]:
+    def api_worklist(
+        p: Annotated[Principal, Depends(api_user)],
+        study: str | None = None,
+        setting: str | None = None,
+        outcome: str | None = None,
+        view: Annotated[str, Query(description=" | ".join(VIEWS))] = "open",
+    ) -> list[dict[str, Any]]:
         """The caller's worklist, most urgent then newest first (same rules as the page)."""
         f = _filters(study, setting, outcome, view)
         rows = store.worklist(p.user, **f)
-        store.audit(p.user.username, "view_worklist", detail={k: v for k, v in f.items() if v} | {"n": len(rows),
-                                                                                              "api": True})
+        store.audit(
+            p.user.username, "view_worklist", detail={k: v for k, v in f.items() if v} | {"n": len(rows), "api": True}
+        )
         return [_summary(r) for r in rows]
 
     @app.get("/api/matches/{token}", response_model=MatchDetail, tags=["worklist"])
@@ -469,8 +545,7 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
     def api_action(token: str, body: ActionIn, p: Annotated[Principal, Depends(api_user)]) -> dict[str, Any]:
         """Record a funnel action. Cookie-authenticated calls need the ``X-CSRF-Token`` header."""
         try:
-            m = store.record_action(p.user, token, body.action, reason=body.reason, until=body.until,
-                                    note=body.note)
+            m = store.record_action(p.user, token, body.action, reason=body.reason, until=body.until, note=body.note)
         except InvalidAction as exc:
             raise HTTPException(422, str(exc)) from exc
         if m is None:
@@ -491,8 +566,9 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
         return store.dnc_entries()
 
     @app.get("/api/audit", response_model=list[AuditEntry], tags=["admin"])
-    def api_audit(p: Annotated[Principal, Depends(api_user)],
-                  limit: Annotated[int, Query(ge=1, le=5000)] = 200) -> list[dict[str, Any]]:
+    def api_audit(
+        p: Annotated[Principal, Depends(api_user)], limit: Annotated[int, Query(ge=1, le=5000)] = 200
+    ) -> list[dict[str, Any]]:
         """The audit log, newest first (admins)."""
         _require_admin(p)
         entries = store.audit_entries(limit)

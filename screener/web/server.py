@@ -44,8 +44,9 @@ class WebHandle:
         self.stop()
 
 
-def serve(settings: Any, store: Any, metrics_registry: Any = None, *, run_outbox: bool = True,
-          startup_timeout_s: float = 20.0) -> WebHandle:
+def serve(
+    settings: Any, store: Any, metrics_registry: Any = None, *, run_outbox: bool = True, startup_timeout_s: float = 20.0
+) -> WebHandle:
     """Start the worklist on ``settings.web_host:web_port`` (port 0: a free port) in a daemon thread.
 
     When ``run_outbox`` and a webhook URL or SMTP host is configured, an :class:`OutboxSender` runs beside it
@@ -54,8 +55,15 @@ def serve(settings: Any, store: Any, metrics_registry: Any = None, *, run_outbox
     :raises ConfigError: the server did not start (port in use, bad host) within ``startup_timeout_s``.
     """
     app = create_app(settings, store, registry=metrics_registry)
-    config = uvicorn.Config(app, host=settings.web_host, port=settings.web_port, log_level="warning",
-                            access_log=False, lifespan="off", server_header=False)
+    config = uvicorn.Config(
+        app,
+        host=settings.web_host,
+        port=settings.web_port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="screener-web", daemon=True)
     thread.start()
@@ -63,8 +71,9 @@ def serve(settings: Any, store: Any, metrics_registry: Any = None, *, run_outbox
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             server.should_exit = True
-            raise ConfigError(f"web server did not start on {settings.web_host}:{settings.web_port}",
-                              setting="web_port")
+            raise ConfigError(
+                f"web server did not start on {settings.web_host}:{settings.web_port}", setting="web_port"
+            )
         time.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
     host = settings.web_host if settings.web_host not in ("0.0.0.0", "::") else "127.0.0.1"

@@ -24,8 +24,13 @@ def test_produce_and_consume_in_a_group(broker: EmbeddedBroker, unique_name: Any
         producer.send(topic, key=f"P{i % 5}".encode(), value=f"v{i}".encode())
     producer.flush()
     producer.close()
-    consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id=unique_name("g"),
-                             auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=broker.bootstrap,
+        group_id=unique_name("g"),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     seen: list[bytes] = []
     deadline = time.monotonic() + 30
     while len(seen) < 20 and time.monotonic() < deadline:

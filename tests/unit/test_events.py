@@ -6,9 +6,14 @@ from screener.errors import EventError
 from screener.events import dump_event, parse_event
 
 VALID = {
-    "event_id": "e1", "source": "test", "kind": "measurement", "patient_id": "P1",
-    "occurred_at": "2026-01-01T09:30:00+01:00", "code": {"system": "LOINC", "value": "62238-1"},
-    "value": 42.0, "unit": "mL/min/1.73m2",
+    "event_id": "e1",
+    "source": "test",
+    "kind": "measurement",
+    "patient_id": "P1",
+    "occurred_at": "2026-01-01T09:30:00+01:00",
+    "code": {"system": "LOINC", "value": "62238-1"},
+    "value": 42.0,
+    "unit": "mL/min/1.73m2",
 }
 
 

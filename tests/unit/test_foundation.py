@@ -26,8 +26,15 @@ def test_did_you_mean_finds_close_names_only() -> None:
 
 
 def test_event_error_names_the_position_on_the_topic() -> None:
-    err = EventError("invalid value", field="code.system", expected="ICD10", received="ICD9",
-                     topic="ehr.events", partition=2, offset=41)
+    err = EventError(
+        "invalid value",
+        field="code.system",
+        expected="ICD10",
+        received="ICD9",
+        topic="ehr.events",
+        partition=2,
+        offset=41,
+    )
     assert str(err) == "ehr.events[2]@41: field 'code.system': invalid value; expected ICD10, got 'ICD9'"
 
 
@@ -54,8 +61,11 @@ def test_secrets_are_not_printed() -> None:
 
 def test_redaction_processor_removes_identifiers_everywhere() -> None:
     event = {
-        "event": "screened", "patient_id": "RXX123", "nested": {"nhs_number": "9434765919", "count": 3},
-        "note": "called about 943 476 5919 today", "study": "CKD-SGLT2-COMM",
+        "event": "screened",
+        "patient_id": "RXX123",
+        "nested": {"nhs_number": "9434765919", "count": 3},
+        "note": "called about 943 476 5919 today",
+        "study": "CKD-SGLT2-COMM",
     }
     out = redact_identifiers(None, "info", dict(event))
     assert out["patient_id"] == REDACTED
@@ -90,7 +100,10 @@ def test_metrics_use_an_injected_registry() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     metrics.matches.labels("S1", "eligible", "community").inc()
-    assert registry.get_sample_value(
-        "screener_matches_total", {"study": "S1", "outcome": "eligible", "setting": "community"}
-    ) == 1.0
+    assert (
+        registry.get_sample_value(
+            "screener_matches_total", {"study": "S1", "outcome": "eligible", "setting": "community"}
+        )
+        == 1.0
+    )
     assert registry.get_sample_value("screener_population_ethnic_group_ratio", {"ethnic_group": "white"}) == 0.766

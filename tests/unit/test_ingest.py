@@ -38,12 +38,27 @@ def timestamps(draw: st.DrawFn) -> Any:
     aware = moment.replace(tzinfo=timezone(offset))
     form = draw(st.sampled_from(["iso"] * 5 + ["z"] * 4 + ["space", "epoch", "naive", "date", "odd"]))
     if form == "odd":  # written forms where parsers tend to differ
-        return draw(st.sampled_from([
-            "2026-01-01T09:30:00.1234567Z", "2026-01-01t09:30:00z", "2026-06-30T23:59:60Z", "2026-01-01T09:30:00+0100",
-            "2026-01-01T09:30:00+24:00", "1000-01-01T00:30:00+01:00", "2999-12-31T23:30:00-01:00",
-            "2026-01-01T09:30Z", "2026-01-01T9:30:00Z", "2026-01-01T24:00:00Z", "2026-01-01T09:30:00.Z",
-            "2026-01-01T09:30:00,5Z", "+2026-01-01T09:30:00Z", "2026-01-01T09:30:00 Z", "2026-01-01T09:30:00+01",
-        ]))
+        return draw(
+            st.sampled_from(
+                [
+                    "2026-01-01T09:30:00.1234567Z",
+                    "2026-01-01t09:30:00z",
+                    "2026-06-30T23:59:60Z",
+                    "2026-01-01T09:30:00+0100",
+                    "2026-01-01T09:30:00+24:00",
+                    "1000-01-01T00:30:00+01:00",
+                    "2999-12-31T23:30:00-01:00",
+                    "2026-01-01T09:30Z",
+                    "2026-01-01T9:30:00Z",
+                    "2026-01-01T24:00:00Z",
+                    "2026-01-01T09:30:00.Z",
+                    "2026-01-01T09:30:00,5Z",
+                    "+2026-01-01T09:30:00Z",
+                    "2026-01-01T09:30:00 Z",
+                    "2026-01-01T09:30:00+01",
+                ]
+            )
+        )
     if form == "z":
         return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if form == "space":
@@ -62,10 +77,20 @@ def persons(draw: st.DrawFn) -> dict[str, Any]:
     person: dict[str, Any] = {}
     if draw(st.booleans()):
         born = draw(st.dates(date(1920, 1, 1), date(2025, 12, 31)))
-        person["birth_date"] = draw(st.sampled_from([
-            born.isoformat(), born.isoformat(), f"{born.year}-{born.month}-{born.day}", f"{born.isoformat()}T00:00:00",
-            born.strftime("%Y%m%d"), f"{born.year}-02-29", f"{born.year}-04-31", f"{born.isoformat()}Z",
-        ]))
+        person["birth_date"] = draw(
+            st.sampled_from(
+                [
+                    born.isoformat(),
+                    born.isoformat(),
+                    f"{born.year}-{born.month}-{born.day}",
+                    f"{born.isoformat()}T00:00:00",
+                    born.strftime("%Y%m%d"),
+                    f"{born.year}-02-29",
+                    f"{born.year}-04-31",
+                    f"{born.isoformat()}Z",
+                ]
+            )
+        )
     if draw(st.booleans()):
         person["sex"] = draw(st.sampled_from(["F", "M", "O", "U"]))
     if draw(st.booleans()):
@@ -90,8 +115,11 @@ def events(draw: st.DrawFn) -> dict[str, Any]:
     """A JSON-ready event dict that Event.model_validate accepts."""
     kind = draw(st.sampled_from(KINDS))
     ev: dict[str, Any] = {
-        "event_id": draw(_EVENT_IDS), "source": draw(st.sampled_from(["synthetic", "hl7", "fhir"])),
-        "kind": kind, "patient_id": draw(_IDS), "occurred_at": draw(timestamps()),
+        "event_id": draw(_EVENT_IDS),
+        "source": draw(st.sampled_from(["synthetic", "hl7", "fhir"])),
+        "kind": kind,
+        "patient_id": draw(_IDS),
+        "occurred_at": draw(timestamps()),
     }
     if draw(st.booleans()):
         ev["schema"] = "screener.event/v1"
@@ -101,11 +129,14 @@ def events(draw: st.DrawFn) -> dict[str, Any]:
         if kind == "consent" and draw(st.booleans()):
             ev["code"] = {"system": "local", "value": "do-not-contact"}
         else:
-            ev["code"] = {"system": draw(st.sampled_from(CODE_SYSTEMS)),
-                          "value": draw(st.sampled_from(["E11.9", "4548-4", "I63", "x"]))}
+            ev["code"] = {
+                "system": draw(st.sampled_from(CODE_SYSTEMS)),
+                "value": draw(st.sampled_from(["E11.9", "4548-4", "I63", "x"])),
+            }
     if draw(st.booleans()):
-        ev["value"] = draw(st.one_of(st.floats(allow_nan=False, allow_infinity=False, width=32),
-                                     st.integers(-10**6, 10**6), _TEXT))
+        ev["value"] = draw(
+            st.one_of(st.floats(allow_nan=False, allow_infinity=False, width=32), st.integers(-(10**6), 10**6), _TEXT)
+        )
     if draw(st.booleans()):
         ev["unit"] = draw(st.sampled_from(["mmol/L", "%", "mL/min/1.73m2"]))
     if draw(st.booleans()):
@@ -122,11 +153,37 @@ def events(draw: st.DrawFn) -> dict[str, Any]:
 
 
 # --- broken events -----------------------------------------------------------------------------------------
-_ODD = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, width=32),
-                 st.just([]), st.just({}), st.just(["x"]), st.just({"a": 1}), st.text(max_size=3),
-                 st.just(" padded "), st.just(""), st.just("x" * 200))
-_FIELDS = ["schema", "event_id", "source", "kind", "patient_id", "occurred_at", "recorded_at", "code", "value",
-           "unit", "status", "setting", "site", "person", "corrects"]
+_ODD = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.floats(allow_nan=False, width=32),
+    st.just([]),
+    st.just({}),
+    st.just(["x"]),
+    st.just({"a": 1}),
+    st.text(max_size=3),
+    st.just(" padded "),
+    st.just(""),
+    st.just("x" * 200),
+)
+_FIELDS = [
+    "schema",
+    "event_id",
+    "source",
+    "kind",
+    "patient_id",
+    "occurred_at",
+    "recorded_at",
+    "code",
+    "value",
+    "unit",
+    "status",
+    "setting",
+    "site",
+    "person",
+    "corrects",
+]
 
 
 @st.composite
@@ -143,11 +200,27 @@ def mutated(draw: st.DrawFn, ev: dict[str, Any]) -> dict[str, Any]:
     elif how == "nested":
         target = ev.setdefault(draw(st.sampled_from(["code", "person"])), {})
         if isinstance(target, dict):
-            target[draw(st.sampled_from(["system", "value", "sex", "imd_decile", "birth_date", "extra",
-                                         "nhs_number", "ethnic_category", "merged_from"]))] = draw(_ODD)
+            target[
+                draw(
+                    st.sampled_from(
+                        [
+                            "system",
+                            "value",
+                            "sex",
+                            "imd_decile",
+                            "birth_date",
+                            "extra",
+                            "nhs_number",
+                            "ethnic_category",
+                            "merged_from",
+                        ]
+                    )
+                )
+            ] = draw(_ODD)
     elif how == "enum":
         ev[draw(st.sampled_from(["kind", "status", "setting", "schema"]))] = draw(
-            st.sampled_from(["vitals", "Active", "screener.event/v2", "HOSPITAL", "person "]))
+            st.sampled_from(["vitals", "Active", "screener.event/v2", "HOSPITAL", "person "])
+        )
     elif how == "naive":
         ev[draw(st.sampled_from(["occurred_at", "recorded_at"]))] = "2026-01-01T09:30:00"
     elif how == "pad":
@@ -164,15 +237,31 @@ def payloads(draw: st.DrawFn) -> bytes:
     roll = draw(st.integers(0, 9))
     if roll >= 7:
         ev = draw(mutated(ev))
-    text = json.dumps(ev, separators=draw(st.sampled_from([(",", ":"), (", ", ": ")])),
-                      ensure_ascii=draw(st.booleans()))
+    text = json.dumps(
+        ev, separators=draw(st.sampled_from([(",", ":"), (", ", ": ")])), ensure_ascii=draw(st.booleans())
+    )
     if roll == 9:
-        return draw(st.sampled_from([
-            text[: len(text) // 2].encode(), b"", b"not json", b"\xff\xfe", b"[]", b"null", b"42",
-            b'"text"', text.encode() + b" ", b" " + text.encode(), text.encode() + b"\n" + text.encode(),
-            text.replace('"kind"', '"kind": "death", "kind"', 1).encode(), text.encode()[:-1] + b',}',
-            text.replace("{", '{"value": NaN, ', 1).encode(), text.replace("{", '{"value": 1e400, ', 1).encode(),
-        ]))
+        return draw(
+            st.sampled_from(
+                [
+                    text[: len(text) // 2].encode(),
+                    b"",
+                    b"not json",
+                    b"\xff\xfe",
+                    b"[]",
+                    b"null",
+                    b"42",
+                    b'"text"',
+                    text.encode() + b" ",
+                    b" " + text.encode(),
+                    text.encode() + b"\n" + text.encode(),
+                    text.replace('"kind"', '"kind": "death", "kind"', 1).encode(),
+                    text.encode()[:-1] + b",}",
+                    text.replace("{", '{"value": NaN, ', 1).encode(),
+                    text.replace("{", '{"value": 1e400, ', 1).encode(),
+                ]
+            )
+        )
     return text.encode()
 
 
@@ -200,8 +289,23 @@ def assert_same(raw: list[bytes], base: list[Event], changed_only: bool) -> None
     for fast, ref in zip(got.frames, events_to_frames(evs), strict=True):
         assert_frame_equal(fast, ref)
     keys = pl.DataFrame(
-        [(i, e.patient_id, e.source, e.kind, e.code.system if e.code else None, e.code.value if e.code else None,
-          e.unit, e.status, e.setting) for i, e in ok], schema=KEY_SCHEMA, orient="row")
+        [
+            (
+                i,
+                e.patient_id,
+                e.source,
+                e.kind,
+                e.code.system if e.code else None,
+                e.code.value if e.code else None,
+                e.unit,
+                e.status,
+                e.setting,
+            )
+            for i, e in ok
+        ],
+        schema=KEY_SCHEMA,
+        orient="row",
+    )
     assert_frame_equal(got.keys, keys)
     state, _ = apply_events(PatientState(), base)
     if evs:
@@ -224,17 +328,36 @@ def test_fast_path_agrees_with_parse_event(raw: list[bytes], base: list[dict[str
 
 
 def test_canonical_events_take_the_fast_path_and_broken_ones_keep_their_errors() -> None:
-    good = Event.model_validate({
-        "event_id": "e1", "source": "t", "kind": "measurement", "patient_id": "P1",
-        "occurred_at": "2026-01-01T09:30:00.25+01:00", "code": {"system": "LOINC", "value": "62238-1"},
-        "value": 42, "unit": "mL", "setting": "hospital",
-    })
-    person = Event.model_validate({
-        "event_id": "p1", "source": "t", "kind": "person", "patient_id": "P1", "occurred_at": "2026-01-01T09:00:00Z",
-        "person": {"birth_date": "1950-02-03", "sex": "F", "imd_decile": 3, "merged_from": "OLD"},
-    })
-    raw = [dump_event(good), b"{oops", dump_event(person), b'{"event_id": "x"}',
-           dump_event(good).replace(b'"t"', b'" t "')]
+    good = Event.model_validate(
+        {
+            "event_id": "e1",
+            "source": "t",
+            "kind": "measurement",
+            "patient_id": "P1",
+            "occurred_at": "2026-01-01T09:30:00.25+01:00",
+            "code": {"system": "LOINC", "value": "62238-1"},
+            "value": 42,
+            "unit": "mL",
+            "setting": "hospital",
+        }
+    )
+    person = Event.model_validate(
+        {
+            "event_id": "p1",
+            "source": "t",
+            "kind": "person",
+            "patient_id": "P1",
+            "occurred_at": "2026-01-01T09:00:00Z",
+            "person": {"birth_date": "1950-02-03", "sex": "F", "imd_decile": 3, "merged_from": "OLD"},
+        }
+    )
+    raw = [
+        dump_event(good),
+        b"{oops",
+        dump_event(person),
+        b'{"event_id": "x"}',
+        dump_event(good).replace(b'"t"', b'" t "'),
+    ]
     got = decode_batch(raw)
     assert got.slow == 3  # the two broken ones and the one with whitespace to strip
     assert [i for i, _ in got.rejects] == [1, 3]

@@ -18,6 +18,11 @@ def test_ruff_reports_nothing() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_ruff_format_changes_nothing() -> None:
+    result = _run("ruff", "format", "--check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_mypy_reports_nothing() -> None:
     result = _run("mypy", "screener", "connectors")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -24,8 +24,7 @@ def test_correction_replaces_and_entered_in_error_deletes(make_event: Any) -> No
 
 def test_a_retracted_event_replayed_later_stays_retracted(make_event: Any, tmp_path: Path) -> None:
     original = make_event(event_id="m1", patient_id="A", value=40.0, **LAB)
-    retraction = make_event(event_id="m1x", patient_id="A", value=40.0, corrects="m1", status="entered-in-error",
-                            **LAB)
+    retraction = make_event(event_id="m1x", patient_id="A", value=40.0, corrects="m1", status="entered-in-error", **LAB)
     state, _ = apply_events(PatientState(), [original])
     state, _ = apply_events(state, [retraction])
     state, _ = apply_events(state, [original])  # a producer retry or a replay re-delivers the original
@@ -42,8 +41,13 @@ def test_a_retracted_event_replayed_later_stays_retracted(make_event: Any, tmp_p
 
 def test_replaying_a_batch_is_idempotent(make_event: Any) -> None:
     events = [
-        make_event(event_id="p", kind="person", patient_id="A", person={"birth_date": "1960-01-01", "sex": "F"},
-                   setting="community"),
+        make_event(
+            event_id="p",
+            kind="person",
+            patient_id="A",
+            person={"birth_date": "1960-01-01", "sex": "F"},
+            setting="community",
+        ),
         make_event(event_id="c", patient_id="A"),
         make_event(event_id="m", patient_id="B", value=41.0, setting="hospital", **LAB),
     ]
@@ -52,13 +56,15 @@ def test_replaying_a_batch_is_idempotent(make_event: Any) -> None:
     assert once.facts.sort("event_id").equals(twice.facts.sort("event_id"))
     assert once.persons.sort("patient_id").equals(twice.persons.sort("patient_id"))
     assert dict(zip(twice.persons["patient_id"], twice.persons["setting"], strict=True)) == {
-        "A": "community", "B": "hospital",
+        "A": "community",
+        "B": "hospital",
     }
 
 
 def test_person_fields_left_out_keep_their_previous_value(make_event: Any) -> None:
-    first = make_event(event_id="p1", kind="person", patient_id="A",
-                       person={"birth_date": "1960-01-01", "sex": "F", "imd_decile": 2})
+    first = make_event(
+        event_id="p1", kind="person", patient_id="A", person={"birth_date": "1960-01-01", "sex": "F", "imd_decile": 2}
+    )
     second = make_event(event_id="p2", kind="person", patient_id="A", person={"sex": "M"})
     state, _ = apply_events(PatientState(), [first, second])
     row = state.persons.row(0, named=True)
@@ -74,13 +80,19 @@ def test_merge_moves_facts_to_the_surviving_patient(make_event: Any) -> None:
 
 
 def test_do_not_contact_and_death_flags(make_event: Any) -> None:
-    opt_out = make_event(event_id="d1", kind="consent", patient_id="A",
-                         code={"system": "local", "value": "do-not-contact"})
+    opt_out = make_event(
+        event_id="d1", kind="consent", patient_id="A", code={"system": "local", "value": "do-not-contact"}
+    )
     died = make_event(event_id="x", kind="death", patient_id="B")
     state, _ = apply_events(PatientState(), [opt_out, died])
     flags = {r["patient_id"]: (r["do_not_contact"], r["deceased"]) for r in state.persons.iter_rows(named=True)}
     assert flags == {"A": (True, False), "B": (False, True)}
-    opt_in = make_event(event_id="d2", kind="consent", patient_id="A", status="resolved",
-                        code={"system": "local", "value": "do-not-contact"})
+    opt_in = make_event(
+        event_id="d2",
+        kind="consent",
+        patient_id="A",
+        status="resolved",
+        code={"system": "local", "value": "do-not-contact"},
+    )
     state, _ = apply_events(state, [opt_in])
     assert state.persons.filter(state.persons["patient_id"] == "A")["do_not_contact"].to_list() == [False]

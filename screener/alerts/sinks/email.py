@@ -15,9 +15,17 @@ __all__ = ["EmailSink"]
 class EmailSink:
     channel = "email"
 
-    def __init__(self, host: str, port: int = 25, *, sender: str = "screener@localhost",
-                 username: str | None = None, password: str | None = None, starttls: bool = False,
-                 timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int = 25,
+        *,
+        sender: str = "screener@localhost",
+        username: str | None = None,
+        password: str | None = None,
+        starttls: bool = False,
+        timeout_s: float = 30.0,
+    ) -> None:
         self.host, self.port, self.sender = host, port, sender
         self.username, self.password, self.starttls, self.timeout_s = username, password, starttls, timeout_s
 

@@ -30,8 +30,9 @@ def topics(broker: Any, unique_name: Any) -> Topics:
 @pytest.fixture
 def kafka_sink(broker: Any, topics: Topics) -> Iterator[KafkaSink]:
     # idempotent=False: tansu 0.6 (memory storage) rejects idempotent produce requests; see KafkaSink.
-    sink = KafkaSink(broker.bootstrap, connector="test", events_topic=topics.events, dlq_topic=topics.dlq,
-                     idempotent=False)
+    sink = KafkaSink(
+        broker.bootstrap, connector="test", events_topic=topics.events, dlq_topic=topics.dlq, idempotent=False
+    )
     yield sink
     sink.close()
 
@@ -40,8 +41,13 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0)
     """Every record of ``topic`` from the beginning (no consumer group), waiting until ``expected`` arrived."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
     try:
         parts = None
         deadline = time.monotonic() + timeout

@@ -24,8 +24,9 @@ DATA = Path(__file__).parents[2] / "data" / "fhir"
 @pytest.fixture
 def base_url(kafka_sink: Any) -> Iterator[str]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_app(kafka_sink), host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(build_app(kafka_sink), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
@@ -46,8 +47,17 @@ def test_post_synthea_format_bundle(base_url: str, topics: Any, reader: Any) -> 
     records = reader(topics.events, expected=9)
     events = [parse_event(r.value) for r in records]
     assert len(events) == 9
-    assert sorted(e.kind for e in events) == ["condition", "drug", "measurement", "measurement", "measurement",
-                                              "observation", "person", "procedure", "visit"]
+    assert sorted(e.kind for e in events) == [
+        "condition",
+        "drug",
+        "measurement",
+        "measurement",
+        "measurement",
+        "observation",
+        "person",
+        "procedure",
+        "visit",
+    ]
     assert {r.key for r in records} == {b"5cbc121b-cd71-4428-b8b7-31e53eba8184"}
 
 
@@ -59,9 +69,21 @@ def test_post_single_resource_to_type_endpoint(base_url: str, topics: Any, reade
 
 
 def test_bad_resource_is_422_operation_outcome_and_dead_lettered(base_url: str, topics: Any, reader: Any) -> None:
-    bad = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "eGFR"},
-                      "subject": {"reference": "Patient/1"}, "valueQuantity": {"value": "41"}}}]}
+    bad = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": "eGFR"},
+                    "subject": {"reference": "Patient/1"},
+                    "valueQuantity": {"value": "41"},
+                }
+            }
+        ],
+    }
     resp = httpx.post(f"{base_url}/", json=bad)
     assert resp.status_code == 422
     issue = resp.json()["issue"][0]
@@ -73,12 +95,15 @@ def test_bad_resource_is_422_operation_outcome_and_dead_lettered(base_url: str, 
     assert reader(topics.events, expected=0, timeout=1) == []
 
 
-@pytest.mark.parametrize(("body", "ctype", "status"), [
-    (b"{not json", "application/fhir+json", 400),
-    (b"[]", "application/json", 400),
-    (b'{"resourceType": "Claim"}', "application/json", 422),
-    (b"<Patient/>", "application/fhir+xml", 415),
-])
+@pytest.mark.parametrize(
+    ("body", "ctype", "status"),
+    [
+        (b"{not json", "application/fhir+json", 400),
+        (b"[]", "application/json", 400),
+        (b'{"resourceType": "Claim"}', "application/json", 422),
+        (b"<Patient/>", "application/fhir+xml", 415),
+    ],
+)
 def test_other_errors(base_url: str, body: bytes, ctype: str, status: int) -> None:
     resp = httpx.post(f"{base_url}/", content=body, headers={"content-type": ctype})
     assert resp.status_code == status
@@ -101,8 +126,23 @@ def test_synthetic_fhir_feed_posts_bundles(base_url: str, topics: Any, reader: A
 
     from screener.cli import main
 
-    result = CliRunner().invoke(main, ["connect", "synthetic", "--patients", "3", "--seed", "4", "--format", "fhir",
-                                       "--now", "2026-06-01T00:00:00Z", "--target", base_url])
+    result = CliRunner().invoke(
+        main,
+        [
+            "connect",
+            "synthetic",
+            "--patients",
+            "3",
+            "--seed",
+            "4",
+            "--format",
+            "fhir",
+            "--now",
+            "2026-06-01T00:00:00Z",
+            "--target",
+            base_url,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.output.strip().endswith("3 fhir records sent, 0 rejected")
     from datetime import UTC, datetime
@@ -110,8 +150,10 @@ def test_synthetic_fhir_feed_posts_bundles(base_url: str, topics: Any, reader: A
     from connectors.fhir import parse_payload
     from connectors.synthetic import population
 
-    expected = sum(len(parse_payload(population.to_fhir(evs)).events)
-                   for evs in population.generate(3, seed=4, now=datetime(2026, 6, 1, tzinfo=UTC)))
+    expected = sum(
+        len(parse_payload(population.to_fhir(evs)).events)
+        for evs in population.generate(3, seed=4, now=datetime(2026, 6, 1, tzinfo=UTC))
+    )
     events = [parse_event(r.value) for r in reader(topics.events, expected=expected)]
     assert len(events) == expected
     assert sum(e.kind == "person" for e in events) == 3 and len({e.patient_id for e in events}) == 3

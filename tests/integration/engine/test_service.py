@@ -17,8 +17,10 @@ STUDY = "TEST-ADULT-DM"
 
 def test_published_event_becomes_a_match_in_the_store_and_on_the_matches_topic(bed: Any, kit: Any) -> None:
     bed.start_engine("a")
-    bed.publish(kit.patient_events("P-MATCH-1") + kit.patient_events("P-NOMATCH-1", icd10="J45"),
-                raw=[b'{"kind": "vitals", "patient_id": "X"}'])
+    bed.publish(
+        kit.patient_events("P-MATCH-1") + kit.patient_events("P-NOMATCH-1", icd10="J45"),
+        raw=[b'{"kind": "vitals", "patient_id": "X"}'],
+    )
     kit.wait_for(lambda: bed.matches(), 60, "a match in the worklist")
     assert bed.matches() == [(STUDY, "P-MATCH-1")]
     s = bed.settings()
@@ -55,7 +57,8 @@ def test_kill_9_mid_stream_then_restart_keeps_every_match_exactly_once(bed: Any,
     want = {p for _, p in expected}
     published = kit.wait_for(
         lambda: (m := [m["patient_id"] for _, m in bed.topic_messages(topic, timeout_s=5)]) and set(m) == want and m,
-        60, "every match on the matches topic",
+        60,
+        "every match on the matches topic",
     )
     # The topic is at least once: only a kill between the broker's acknowledgement and the store's mark (a few
     # milliseconds of one batch of at most 20 records) can repeat a match, and only once.
@@ -71,6 +74,7 @@ def test_two_engines_split_partitions_and_one_takes_over_when_the_other_dies(bed
         def last(tag: str) -> list[int]:
             got = [ln["partitions"] for ln in bed.log_lines(tag) if ln.get("event") == "partitions_assigned"]
             return got[-1] if got else []
+
         pa, pb = last("a"), last("b")
         return bool(pa) and bool(pb) and sorted(pa + pb) == [0, 1, 2, 3]
 
@@ -96,8 +100,9 @@ def test_rule_added_while_running_is_screened_retrospectively_and_a_broken_edit_
     kit.wait_for(lambda: ("TEST-HTN", "R1") in bed.matches(), 60, "the retrospective match for the new study")
     # Edit to a broken file: reported and counted, the previous version keeps screening.
     (bed.rules_dir / "htn.yaml").write_text(kit.HYPERTENSION.replace("MIN_AGE", "eighteen years"))
-    kit.wait_for(lambda: any(ln.get("event") == "rule_load_error" for ln in bed.log_lines("a")), 30,
-             "the load error in the log")
+    kit.wait_for(
+        lambda: any(ln.get("event") == "rule_load_error" for ln in bed.log_lines("a")), 30, "the load error in the log"
+    )
     bed.publish(kit.patient_events("R3", icd10="I10"))
     kit.wait_for(lambda: ("TEST-HTN", "R3") in bed.matches(), 60, "a match from the previous version")
     # A valid edit (older patients only) is screened retrospectively too.

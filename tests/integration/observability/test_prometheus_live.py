@@ -85,8 +85,9 @@ class _Webhook(BaseHTTPRequestHandler):
         pass
 
 
-def _wait(what: str, check: Any, deadline_s: float, stack: Stack | None = None, interval: float = 0.5,
-          describe: Any = None) -> Any:
+def _wait(
+    what: str, check: Any, deadline_s: float, stack: Stack | None = None, interval: float = 0.5, describe: Any = None
+) -> Any:
     deadline = time.monotonic() + deadline_s
     last: Any = None
     while time.monotonic() < deadline:
@@ -99,16 +100,21 @@ def _wait(what: str, check: Any, deadline_s: float, stack: Stack | None = None, 
             if dead:
                 pytest.fail(f"process exited while waiting for {what}: {dead}\n{stack.logs()}")
         time.sleep(interval)
-    pytest.fail(f"timed out after {deadline_s:.0f}s waiting for {what} (last: {describe() if describe else last!r})"
-                + (f"\n{stack.logs()}" if stack else ""))
+    pytest.fail(
+        f"timed out after {deadline_s:.0f}s waiting for {what} (last: {describe() if describe else last!r})"
+        + (f"\n{stack.logs()}" if stack else "")
+    )
 
 
 def _prometheus_config(workdir: Path, engine_port: int, web_port: int, prom_port: int) -> Path:
     """The shipped config and rules with local targets and 1 s intervals."""
     config = yaml.safe_load((DASH / "prometheus" / "prometheus.yml").read_text())
     config["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s"})
-    targets = {"screener-engine": f"127.0.0.1:{engine_port}", "screener-web": f"127.0.0.1:{web_port}",
-               "prometheus": f"127.0.0.1:{prom_port}"}
+    targets = {
+        "screener-engine": f"127.0.0.1:{engine_port}",
+        "screener-web": f"127.0.0.1:{web_port}",
+        "prometheus": f"127.0.0.1:{prom_port}",
+    }
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
     rules_dir = workdir / "rules"
@@ -141,60 +147,103 @@ def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
     shutil.copytree(ROOT / "rules", rules)
     (rules / BROKEN_RULE).write_text("study: {id: BROKEN, title: x}\ninclude:\n  adult: age >= \n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCREENER_")}
-    env.update({
-        "SCREENER_BOOTSTRAP_SERVERS": broker.bootstrap,
-        "SCREENER_EVENTS_TOPIC": f"obs-events-{suffix}",
-        "SCREENER_DLQ_TOPIC": f"obs-dlq-{suffix}",
-        "SCREENER_MATCHES_TOPIC": f"obs-matches-{suffix}",
-        "SCREENER_TOPIC_PARTITIONS": "2",
-        # Batches of 5,000 spread the feed over several scrapes, so every rate() sees flow (with the default
-        # 50,000 the whole feed can be consumed before Prometheus's first scrape).
-        "SCREENER_BATCH_MAX_RECORDS": "5000",
-        "SCREENER_GROUP_ID": f"obs-engine-{suffix}",
-        "SCREENER_PRODUCER_IDEMPOTENCE": "false",
-        "SCREENER_RULES_DIR": str(rules),
-        "SCREENER_STATE_DIR": str(workdir / "state"),
-        "SCREENER_DATABASE_URL": f"sqlite:///{workdir / 'screener.db'}",
-        "SCREENER_METRICS_HOST": "127.0.0.1",
-        "SCREENER_METRICS_PORT": str(engine_port),
-        "SCREENER_WEB_HOST": "127.0.0.1",
-        "SCREENER_WEB_PORT": str(web_port),
-        "SCREENER_PUBLIC_URL": f"http://127.0.0.1:{web_port}",
-        "SCREENER_WEBHOOK_URL": f"http://127.0.0.1:{webhook.server_address[1]}/hook",
-        "SCREENER_OUTBOX_INTERVAL_S": "1",
-        "SCREENER_LOG_FORMAT": "json",
-    })
-    ensure_topics(broker.bootstrap, {env["SCREENER_EVENTS_TOPIC"]: 2, env["SCREENER_DLQ_TOPIC"]: 2,
-                                     env["SCREENER_MATCHES_TOPIC"]: 2})
+    env.update(
+        {
+            "SCREENER_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "SCREENER_EVENTS_TOPIC": f"obs-events-{suffix}",
+            "SCREENER_DLQ_TOPIC": f"obs-dlq-{suffix}",
+            "SCREENER_MATCHES_TOPIC": f"obs-matches-{suffix}",
+            "SCREENER_TOPIC_PARTITIONS": "2",
+            # Batches of 5,000 spread the feed over several scrapes, so every rate() sees flow (with the default
+            # 50,000 the whole feed can be consumed before Prometheus's first scrape).
+            "SCREENER_BATCH_MAX_RECORDS": "5000",
+            "SCREENER_GROUP_ID": f"obs-engine-{suffix}",
+            "SCREENER_PRODUCER_IDEMPOTENCE": "false",
+            "SCREENER_RULES_DIR": str(rules),
+            "SCREENER_STATE_DIR": str(workdir / "state"),
+            "SCREENER_DATABASE_URL": f"sqlite:///{workdir / 'screener.db'}",
+            "SCREENER_METRICS_HOST": "127.0.0.1",
+            "SCREENER_METRICS_PORT": str(engine_port),
+            "SCREENER_WEB_HOST": "127.0.0.1",
+            "SCREENER_WEB_PORT": str(web_port),
+            "SCREENER_PUBLIC_URL": f"http://127.0.0.1:{web_port}",
+            "SCREENER_WEBHOOK_URL": f"http://127.0.0.1:{webhook.server_address[1]}/hook",
+            "SCREENER_OUTBOX_INTERVAL_S": "1",
+            "SCREENER_LOG_FORMAT": "json",
+        }
+    )
+    ensure_topics(
+        broker.bootstrap,
+        {env["SCREENER_EVENTS_TOPIC"]: 2, env["SCREENER_DLQ_TOPIC"]: 2, env["SCREENER_MATCHES_TOPIC"]: 2},
+    )
     _publish_malformed(broker.bootstrap, env["SCREENER_EVENTS_TOPIC"])  # one dead letter
     # Migrate the database once before two processes open it.
     from screener.alerts.store import SqlStore
 
     SqlStore(env["SCREENER_DATABASE_URL"]).close()
 
-    st = Stack(prometheus=f"http://127.0.0.1:{prom_port}", engine_metrics=f"http://127.0.0.1:{engine_port}/metrics",
-               web=f"http://127.0.0.1:{web_port}", workdir=workdir)
+    st = Stack(
+        prometheus=f"http://127.0.0.1:{prom_port}",
+        engine_metrics=f"http://127.0.0.1:{engine_port}/metrics",
+        web=f"http://127.0.0.1:{web_port}",
+        workdir=workdir,
+    )
     screener = [str(Path(sys.executable).with_name("screener"))]  # the installed console script
     try:
         _spawn(st, "engine", [*screener, "run"], env)
         _spawn(st, "web", [*screener, "web"], env)
         # 3000 patients as fast as the broker takes them; the 5m rate windows still see the flow afterwards
-        _spawn(st, "feed", [*screener, "connect", "synthetic", "--no-idempotence", "--patients", "3000",
-                            "--rate", "0", "--seed", "6"], env)
+        _spawn(
+            st,
+            "feed",
+            [*screener, "connect", "synthetic", "--no-idempotence", "--patients", "3000", "--rate", "0", "--seed", "6"],
+            env,
+        )
         config = _prometheus_config(workdir, engine_port, web_port, prom_port)
-        _spawn(st, "prometheus", [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-                                  f"--web.listen-address=127.0.0.1:{prom_port}",
-                                  "--storage.tsdb.retention.time=1h", "--log.level=warn"], env)
-        _wait("both screener targets up", lambda: len(
-            st.query('up{job=~"screener-.*"} == 1')["result"]) == 2, STARTUP_DEADLINE_S, st)
-        _wait("80 matches in the worklist", lambda: _matches_in_store(env["SCREENER_DATABASE_URL"]) >= 80,
-              STARTUP_DEADLINE_S, st, describe=lambda: f"{_matches_in_store(env['SCREENER_DATABASE_URL'])} matches")
+        _spawn(
+            st,
+            "prometheus",
+            [
+                PROMETHEUS,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+                "--storage.tsdb.retention.time=1h",
+                "--log.level=warn",
+            ],
+            env,
+        )
+        _wait(
+            "both screener targets up",
+            lambda: len(st.query('up{job=~"screener-.*"} == 1')["result"]) == 2,
+            STARTUP_DEADLINE_S,
+            st,
+        )
+        _wait(
+            "80 matches in the worklist",
+            lambda: _matches_in_store(env["SCREENER_DATABASE_URL"]) >= 80,
+            STARTUP_DEADLINE_S,
+            st,
+            describe=lambda: f"{_matches_in_store(env['SCREENER_DATABASE_URL'])} matches",
+        )
         _nurse_actions(st, env["SCREENER_DATABASE_URL"])
-        _wait("every metric the dashboards and rules use", lambda: not (_required_metrics() - st.metric_names()),
-              60, st, describe=lambda: f"missing {sorted(_required_metrics() - st.metric_names())}")
+        _wait(
+            "every metric the dashboards and rules use",
+            lambda: not (_required_metrics() - st.metric_names()),
+            60,
+            st,
+            describe=lambda: f"missing {sorted(_required_metrics() - st.metric_names())}",
+        )
         # rate() and the recording rules need a few more scrapes and evaluations after the last change
-        _wait("recording rules evaluated", lambda: st.query("job:screener_events_consumed:rate5m")["result"]
-              and st.query("study:screener_study_time_elapsed:ratio")["result"], 30, st)
+        _wait(
+            "recording rules evaluated",
+            lambda: (
+                st.query("job:screener_events_consumed:rate5m")["result"]
+                and st.query("study:screener_study_time_elapsed:ratio")["result"]
+            ),
+            30,
+            st,
+        )
         time.sleep(3)  # a few more 1 s scrapes, so every rate() window holds the nurse actions
         yield st
     finally:
@@ -252,14 +301,19 @@ def _nurse_actions(st: Stack, url: str) -> None:
     assert len(rows) >= 80
     for i, row in enumerate(rows[:80]):
         for action in paths[i % len(paths)]:
-            r = httpx.post(f"{st.web}/api/matches/{row['token']}/actions", json={"action": action},
-                           headers=headers, timeout=30)
+            r = httpx.post(
+                f"{st.web}/api/matches/{row['token']}/actions", json={"action": action}, headers=headers, timeout=30
+            )
             assert r.status_code == 200, r.text
 
 
 def _rules() -> list[dict[str, Any]]:
-    return [r for path in sorted((DASH / "prometheus" / "rules").glob("*.yml"))
-            for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"]]
+    return [
+        r
+        for path in sorted((DASH / "prometheus" / "rules").glob("*.yml"))
+        for g in yaml.safe_load(path.read_text())["groups"]
+        for r in g["rules"]
+    ]
 
 
 def _dashboard_exprs() -> list[tuple[str, str]]:
@@ -301,7 +355,7 @@ def test_every_metric_the_dashboards_use_is_scraped_from_the_two_processes(stack
     missing = _required_metrics() - stack.metric_names()
     assert not missing, f"no process exports {sorted(missing)}"
     assert len(_required_metrics()) >= 20
-    jobs = {r["metric"]["job"] for r in stack.query("count by (job) ({__name__=~\"screener_.+\"})")["result"]}
+    jobs = {r["metric"]["job"] for r in stack.query('count by (job) ({__name__=~"screener_.+"})')["result"]}
     assert jobs == {"screener-engine", "screener-web"}
     consumed = stack.query("sum(screener_events_consumed_total)")["result"]
     assert float(consumed[0]["value"][1]) > 0
@@ -331,9 +385,11 @@ def test_every_alert_expression_parses_and_prometheus_loaded_every_rule(stack: S
     assert len(loaded) == len(_rules())
     assert all(r["health"] == "ok" for r in loaded), [r for r in loaded if r["health"] != "ok"]
     # a healthy stack fires none of the paging alerts
-    firing = [a["labels"]["alertname"] for a in
-              httpx.get(f"{stack.prometheus}/api/v1/alerts", timeout=30).json()["data"]["alerts"]
-              if a["state"] == "firing" and a["labels"].get("severity") == "page"]
+    firing = [
+        a["labels"]["alertname"]
+        for a in httpx.get(f"{stack.prometheus}/api/v1/alerts", timeout=30).json()["data"]["alerts"]
+        if a["state"] == "firing" and a["labels"].get("severity") == "page"
+    ]
     assert firing == []
 
 
@@ -359,23 +415,36 @@ def test_time_and_target_matches_the_nihr_formula(stack: Stack):
         mismatches[:] = _nihr_mismatches(stack)
         return not mismatches
 
-    _wait("the recorded time-and-target scores to match the formula", agree, 20,
-          describe=lambda: mismatches)
+    _wait("the recorded time-and-target scores to match the formula", agree, 20, describe=lambda: mismatches)
 
 
 def _nihr_mismatches(stack: Stack) -> list[str]:
     t = float(stack.query("time()")["result"][1])
-    opens = {r["metric"]["study"]: float(r["value"][1]) for r in
-             stack.query("max by (study) (screener_study_opens_timestamp_seconds)", time=t)["result"]}
-    closes = {r["metric"]["study"]: float(r["value"][1]) for r in
-              stack.query("max by (study) (screener_study_closes_timestamp_seconds)", time=t)["result"]}
-    target = {r["metric"]["study"]: float(r["value"][1]) for r in
-              stack.query("max by (study) (screener_study_target_participants)", time=t)["result"]}
-    enrolled = {r["metric"]["study"]: float(r["value"][1]) for r in stack.query(
-        "sum by (study) (max by (study, sponsor, setting) (screener_study_enrolled_participants))", time=t)["result"]}
-    scores = {r["metric"]["study"]: float(r["value"][1]) for r in stack.query(
-        "study:screener_study_target_recruited:ratio / on (study) study:screener_study_time_elapsed:ratio - 1",
-        time=t)["result"]}
+    opens = {
+        r["metric"]["study"]: float(r["value"][1])
+        for r in stack.query("max by (study) (screener_study_opens_timestamp_seconds)", time=t)["result"]
+    }
+    closes = {
+        r["metric"]["study"]: float(r["value"][1])
+        for r in stack.query("max by (study) (screener_study_closes_timestamp_seconds)", time=t)["result"]
+    }
+    target = {
+        r["metric"]["study"]: float(r["value"][1])
+        for r in stack.query("max by (study) (screener_study_target_participants)", time=t)["result"]
+    }
+    enrolled = {
+        r["metric"]["study"]: float(r["value"][1])
+        for r in stack.query(
+            "sum by (study) (max by (study, sponsor, setting) (screener_study_enrolled_participants))", time=t
+        )["result"]
+    }
+    scores = {
+        r["metric"]["study"]: float(r["value"][1])
+        for r in stack.query(
+            "study:screener_study_target_recruited:ratio / on (study) study:screener_study_time_elapsed:ratio - 1",
+            time=t,
+        )["result"]
+    }
     if not scores:
         return ["no recorded score"]
     out = []

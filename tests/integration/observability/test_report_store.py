@@ -19,9 +19,20 @@ pytestmark = pytest.mark.integration
 
 
 def _study(id_: str, sponsor: str, target: int) -> SimpleNamespace:
-    return SimpleNamespace(id=id_, title=f"Study {id_}", team="research", sponsor=sponsor, target=target,
-                           opens=date(2026, 1, 1), closes=date(2027, 1, 1), settings=["community", "hospital"],
-                           summary="", portfolio=True, content_hash="h", horizon=None)
+    return SimpleNamespace(
+        id=id_,
+        title=f"Study {id_}",
+        team="research",
+        sponsor=sponsor,
+        target=target,
+        opens=date(2026, 1, 1),
+        closes=date(2027, 1, 1),
+        settings=["community", "hospital"],
+        summary="",
+        portfolio=True,
+        content_hash="h",
+        horizon=None,
+    )
 
 
 @pytest.fixture
@@ -30,13 +41,26 @@ def store_url(tmp_path: Path) -> str:
     with SqlStore(url, channels=()) as store:
         store.sync_studies([_study("COMM-1", "commercial", 60), _study("NONC-2", "non-commercial", 500)])
         # 40 white patients and 5 black patients in COMM-1 (community), 20 asian in NONC-2 (hospital)
-        groups = [("COMM-1", "white", 3, "community", 40), ("COMM-1", "black", 8, "community", 5),
-                  ("NONC-2", "asian", 1, "hospital", 20)]
+        groups = [
+            ("COMM-1", "white", 3, "community", 40),
+            ("COMM-1", "black", 8, "community", 5),
+            ("NONC-2", "asian", 1, "hospital", 20),
+        ]
         rows = [
-            {"study_id": study, "patient_id": f"PAT-{study}-{group}-{i:03d}", "outcome": "eligible",
-             "rule_hash": "h", "criteria": "[]", "matched_at": datetime(2026, 6, 1, tzinfo=UTC),
-             "setting": setting, "imd_decile": decile, "ethnic_group": group, "event_time": None}
-            for study, group, decile, setting, n in groups for i in range(n)
+            {
+                "study_id": study,
+                "patient_id": f"PAT-{study}-{group}-{i:03d}",
+                "outcome": "eligible",
+                "rule_hash": "h",
+                "criteria": "[]",
+                "matched_at": datetime(2026, 6, 1, tzinfo=UTC),
+                "setting": setting,
+                "imd_decile": decile,
+                "ethnic_group": group,
+                "event_time": None,
+            }
+            for study, group, decile, setting, n in groups
+            for i in range(n)
         ]
         assert store.record_matches(pl.DataFrame(rows)).height == len(rows)
         admin = store.add_user("report-admin", "a-long-test-password-1", "admin")
@@ -48,8 +72,9 @@ def store_url(tmp_path: Path) -> str:
 
 def test_report_from_the_store_suppresses_a_group_of_five(store_url: str, tmp_path: Path):
     out = tmp_path / "out" / "report.html"
-    result = CliRunner().invoke(main, ["report", "--out", str(out), "--database-url", store_url,
-                                       "--date", "2026-07-01"])
+    result = CliRunner().invoke(
+        main, ["report", "--out", str(out), "--database-url", store_url, "--date", "2026-07-01"]
+    )
     assert result.exit_code == 0, result.output
     assert "2 studies" in result.output
     page = out.read_text()
@@ -69,8 +94,9 @@ def test_report_from_the_store_suppresses_a_group_of_five(store_url: str, tmp_pa
 
 
 def test_report_on_a_missing_store_fails_cleanly(tmp_path: Path):
-    result = CliRunner().invoke(main, ["report", "--out", str(tmp_path / "r.html"), "--database-url",
-                                       f"sqlite:///{tmp_path / 'nothing.db'}"])
+    result = CliRunner().invoke(
+        main, ["report", "--out", str(tmp_path / "r.html"), "--database-url", f"sqlite:///{tmp_path / 'nothing.db'}"]
+    )
     assert result.exit_code != 0
     assert "cannot read the worklist store" in result.output
     assert not (tmp_path / "r.html").exists()

@@ -30,23 +30,44 @@ def free_port() -> int:
 
 def _study(id: str, team: str) -> SimpleNamespace:
     return SimpleNamespace(
-        id=id, title=f"Study {id}", summary=f"Summary of {id}.", team=team, sponsor="non-commercial",
-        portfolio=True, target=50, opens=date(2026, 1, 1), closes=date(2099, 12, 31), settings=("hospital",),
-        horizon=timedelta(hours=6), content_hash="d" * 64, render_markdown=lambda: f"- adults in {id}")
+        id=id,
+        title=f"Study {id}",
+        summary=f"Summary of {id}.",
+        team=team,
+        sponsor="non-commercial",
+        portfolio=True,
+        target=50,
+        opens=date(2026, 1, 1),
+        closes=date(2099, 12, 31),
+        settings=("hospital",),
+        horizon=timedelta(hours=6),
+        content_hash="d" * 64,
+        render_markdown=lambda: f"- adults in {id}",
+    )
 
 
 def _frame(rows: list[tuple[str, str]]) -> pl.DataFrame:
-    crit = json.dumps([
-        {"name": "adult", "group": "include", "result": True, "evidence": "age 71"},
-        {"name": "stroke_within_6h", "group": "include", "result": None, "evidence": "onset time not recorded"},
-    ])
+    crit = json.dumps(
+        [
+            {"name": "adult", "group": "include", "result": True, "evidence": "age 71"},
+            {"name": "stroke_within_6h", "group": "include", "result": None, "evidence": "onset time not recorded"},
+        ]
+    )
     now = datetime.now(UTC)
-    return pl.DataFrame({
-        "study_id": [r[0] for r in rows], "patient_id": [r[1] for r in rows], "outcome": ["possible"] * len(rows),
-        "rule_hash": ["h1"] * len(rows), "criteria": [crit] * len(rows), "matched_at": [now] * len(rows),
-        "setting": ["hospital"] * len(rows), "imd_decile": [1] * len(rows), "ethnic_group": ["black"] * len(rows),
-        "event_time": [None] * len(rows),
-    })
+    return pl.DataFrame(
+        {
+            "study_id": [r[0] for r in rows],
+            "patient_id": [r[1] for r in rows],
+            "outcome": ["possible"] * len(rows),
+            "rule_hash": ["h1"] * len(rows),
+            "criteria": [crit] * len(rows),
+            "matched_at": [now] * len(rows),
+            "setting": ["hospital"] * len(rows),
+            "imd_decile": [1] * len(rows),
+            "ethnic_group": ["black"] * len(rows),
+            "event_time": [None] * len(rows),
+        }
+    )
 
 
 @pytest.fixture
@@ -98,8 +119,9 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                received.add({"path": self.path, "content_type": self.headers.get("content-type"),
-                              "body": json.loads(body)})
+                received.add(
+                    {"path": self.path, "content_type": self.headers.get("content-type"), "body": json.loads(body)}
+                )
                 self.send_response(200)
                 self.end_headers()
                 self.wfile.write(b"ok")
@@ -133,8 +155,13 @@ class SmtpReceiver:
 
         class Handler:
             async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
-                received.add({"from": envelope.mail_from, "to": list(envelope.rcpt_tos),
-                              "data": envelope.content.decode("utf-8", "replace")})
+                received.add(
+                    {
+                        "from": envelope.mail_from,
+                        "to": list(envelope.rcpt_tos),
+                        "data": envelope.content.decode("utf-8", "replace"),
+                    }
+                )
                 return "250 OK"
 
         self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)

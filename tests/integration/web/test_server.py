@@ -52,8 +52,12 @@ def test_real_server_access_control_and_actions(seeded: Any) -> None:
         token = nina.get("/api/worklist").json()[0]["token"]
         assert rory.get(f"/matches/{token}").status_code == 404
         assert rory.get(f"/api/matches/{token}").status_code == 404
-        assert rory.post(f"/api/matches/{token}/actions", json={"action": "reviewed"},
-                         headers={"X-CSRF-Token": rory_csrf}).status_code == 404
+        assert (
+            rory.post(
+                f"/api/matches/{token}/actions", json={"action": "reviewed"}, headers={"X-CSRF-Token": rory_csrf}
+            ).status_code
+            == 404
+        )
         assert nina.post(f"/matches/{token}/action", data={"action": "reviewed"}).status_code == 403
         r = nina.post(f"/matches/{token}/action", data={"action": "approached", "csrf_token": nina_csrf})
         assert r.status_code == 303
@@ -70,10 +74,16 @@ def test_new_matches_reach_the_webhook_and_the_email_digest_without_identifiers(
 ) -> None:
     webhook_receiver.start()
     smtp_receiver.start()
-    settings = Settings(web_port=0, webhook_url=webhook_receiver.url, smtp_host="127.0.0.1",
-                        smtp_port=smtp_receiver.port, smtp_from="screener@hospital.example",
-                        public_url="https://worklist.hospital.example", outbox_interval_s=0.1,
-                        digest_interval_s=0.5)
+    settings = Settings(
+        web_port=0,
+        webhook_url=webhook_receiver.url,
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_receiver.port,
+        smtp_from="screener@hospital.example",
+        public_url="https://worklist.hospital.example",
+        outbox_interval_s=0.1,
+        digest_interval_s=0.5,
+    )
     registry = CollectorRegistry()
     seeded.metrics = Metrics(registry=registry)
     # Written before the sender starts, so its first pass sees all of them: one message per study.
@@ -104,12 +114,17 @@ def test_outbox_retries_while_receivers_are_down_and_delivers_later(
     registry = CollectorRegistry()
     metrics = Metrics(registry=registry)
     sender = OutboxSender(
-        seeded, public_url="http://localhost:8080", metrics=metrics,
+        seeded,
+        public_url="http://localhost:8080",
+        metrics=metrics,
         webhook=WebhookSink(webhook_receiver.url, timeout_s=2),
         email=EmailSink("127.0.0.1", smtp_receiver.port, timeout_s=2),
-        digest_interval_s=0.0, base_backoff_s=0.1, max_backoff_s=0.4,
+        digest_interval_s=0.0,
+        base_backoff_s=0.1,
+        max_backoff_s=0.4,
     ).start(interval_s=0.05)
     try:
+
         def failures(channel: str) -> float:
             return registry.get_sample_value("screener_delivery_failures_total", {"channel": channel}) or 0
 

@@ -65,9 +65,18 @@ def store(store_url: str, clock: Clock) -> Iterator[SqlStore]:
 def study(id: str = "CKD-1", team: str = "renal", **kw: Any) -> SimpleNamespace:
     """A duck-typed stand-in for screener.rules.Study."""
     base: dict[str, Any] = dict(
-        id=id, title=f"Study {id}", summary=f"Summary of {id}.", team=team, sponsor="commercial", portfolio=True,
-        target=100, opens=date(2026, 1, 1), closes=date(2027, 12, 31), settings=("community", "hospital"),
-        horizon=timedelta(days=180), content_hash="c" * 64,
+        id=id,
+        title=f"Study {id}",
+        summary=f"Summary of {id}.",
+        team=team,
+        sponsor="commercial",
+        portfolio=True,
+        target=100,
+        opens=date(2026, 1, 1),
+        closes=date(2027, 12, 31),
+        settings=("community", "hospital"),
+        horizon=timedelta(days=180),
+        content_hash="c" * 64,
         render_markdown=lambda: f"## {id}\n\n- **adult**: aged 18 to 80",
     )
     base.update(kw)
@@ -75,27 +84,50 @@ def study(id: str = "CKD-1", team: str = "renal", **kw: Any) -> SimpleNamespace:
 
 
 def criteria(**results: bool | None) -> str:
-    return json.dumps([
-        {"name": name, "group": "exclude" if name.startswith("x_") else "include", "result": r,
-         "evidence": "no record" if r is None else f"{name} evidence"}
-        for name, r in results.items()
-    ])
+    return json.dumps(
+        [
+            {
+                "name": name,
+                "group": "exclude" if name.startswith("x_") else "include",
+                "result": r,
+                "evidence": "no record" if r is None else f"{name} evidence",
+            }
+            for name, r in results.items()
+        ]
+    )
 
 
 def matches_frame(rows: list[dict[str, Any]], now: datetime = datetime(2026, 6, 1, 8, tzinfo=UTC)) -> pl.DataFrame:
     """A frame with the MatchStore columns; rows give study_id, patient_id and anything to override."""
     full = []
     for r in rows:
-        base = {"outcome": "eligible", "rule_hash": "h1", "criteria": criteria(adult=True, egfr=True),
-                "matched_at": now, "setting": "community", "imd_decile": 3, "ethnic_group": "white",
-                "event_time": None}
+        base = {
+            "outcome": "eligible",
+            "rule_hash": "h1",
+            "criteria": criteria(adult=True, egfr=True),
+            "matched_at": now,
+            "setting": "community",
+            "imd_decile": 3,
+            "ethnic_group": "white",
+            "event_time": None,
+        }
         base.update(r)
         full.append(base)
-    return pl.DataFrame(full, schema={
-        "study_id": pl.String, "patient_id": pl.String, "outcome": pl.String, "rule_hash": pl.String,
-        "criteria": pl.String, "matched_at": pl.Datetime("us", "UTC"), "setting": pl.String,
-        "imd_decile": pl.Int64, "ethnic_group": pl.String, "event_time": pl.Datetime("us", "UTC"),
-    })
+    return pl.DataFrame(
+        full,
+        schema={
+            "study_id": pl.String,
+            "patient_id": pl.String,
+            "outcome": pl.String,
+            "rule_hash": pl.String,
+            "criteria": pl.String,
+            "matched_at": pl.Datetime("us", "UTC"),
+            "setting": pl.String,
+            "imd_decile": pl.Int64,
+            "ethnic_group": pl.String,
+            "event_time": pl.Datetime("us", "UTC"),
+        },
+    )
 
 
 @pytest.fixture

@@ -38,8 +38,15 @@ def setup(store: SqlStore, make_study: Any, make_frame: Any) -> Any:
     store.add_user("nina", "pw", "nurse", ["renal"], email="nina@example.org")
     store.set_team_email("respiratory", "resp@example.org")
     webhook, email = RecordingSink("webhook"), RecordingSink("email")
-    sender = OutboxSender(store, public_url="https://screener.example.org/", webhook=webhook, email=email,
-                          digest_interval_s=3600, base_backoff_s=10, max_backoff_s=300)
+    sender = OutboxSender(
+        store,
+        public_url="https://screener.example.org/",
+        webhook=webhook,
+        email=email,
+        digest_interval_s=3600,
+        base_backoff_s=10,
+        max_backoff_s=300,
+    )
     return store, sender, webhook, email, registry
 
 
@@ -56,14 +63,19 @@ def test_sinks_satisfy_the_protocol() -> None:
 def test_webhook_gets_one_message_per_study_with_count_and_link(setup: Any, make_frame: Any) -> None:
     store, sender, webhook, _email, registry = setup
     store.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": p} for p in _pids(3)]))
-    store.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "X9"},
-                                     {"study_id": "RESP-1", "patient_id": "X9"}]))
+    store.record_matches(
+        make_frame([{"study_id": "CKD-1", "patient_id": "X9"}, {"study_id": "RESP-1", "patient_id": "X9"}])
+    )
     assert sender.run_once() == {"sent": 2, "failed": 0}
     texts = sorted(m.text for m in webhook.sent)
-    assert texts == ["screener: 1 new match for RESP-1 (Study RESP-1).",
-                     "screener: 4 new matches for CKD-1 (Study CKD-1)."]
-    assert {m.link for m in webhook.sent} == {"https://screener.example.org/worklist?study=CKD-1",
-                                              "https://screener.example.org/worklist?study=RESP-1"}
+    assert texts == [
+        "screener: 1 new match for RESP-1 (Study RESP-1).",
+        "screener: 4 new matches for CKD-1 (Study CKD-1).",
+    ]
+    assert {m.link for m in webhook.sent} == {
+        "https://screener.example.org/worklist?study=CKD-1",
+        "https://screener.example.org/worklist?study=RESP-1",
+    }
     assert sender.run_once() == {"sent": 0, "failed": 0}
     assert registry.get_sample_value("screener_delivery_attempts_total", {"channel": "webhook"}) == 2
     assert registry.get_sample_value("screener_outbox_pending_messages", {"channel": "webhook"}) == 0
@@ -79,8 +91,9 @@ def test_email_digest_waits_for_the_interval_then_goes_to_each_team(setup: Any, 
     assert registry.get_sample_value("screener_outbox_pending_messages", {"channel": "email"}) == 2
     store.clock.advance(minutes=31)  # renal's oldest row is now 61 minutes old; respiratory's 31
     sender.run_once()
-    assert [(m.recipients, m.subject) for m in email.sent] == [(("nina@example.org",),
-                                                                "screener: 2 new matches for renal")]
+    assert [(m.recipients, m.subject) for m in email.sent] == [
+        (("nina@example.org",), "screener: 2 new matches for renal")
+    ]
     sender.run_once(flush_digests=True)
     assert email.sent[1].recipients == ("resp@example.org",)
     assert "RESP-1 - Study RESP-1: 1 new match" in email.sent[1].text
@@ -122,8 +135,18 @@ def test_a_team_without_recipients_is_parked_not_retried(store: SqlStore, make_s
 
 
 def test_messages_never_carry_patient_data() -> None:
-    rows = [{"study_id": "CKD-1", "title": "Kidney study", "team": "renal", "count": 2, "attempts": 0,
-             "patient_id": "MRN-1", "nhs_number": "9434765919", "name": "Jane Doe"}]
+    rows = [
+        {
+            "study_id": "CKD-1",
+            "title": "Kidney study",
+            "team": "renal",
+            "count": 2,
+            "attempts": 0,
+            "patient_id": "MRN-1",
+            "nhs_number": "9434765919",
+            "name": "Jane Doe",
+        }
+    ]
     for msg in (webhook_message("CKD-1", rows, "https://h"), team_digest("renal", rows, "https://h", ["a@b"])):
         blob = f"{msg.subject}{msg.text}{msg.link}"
         assert "MRN-1" not in blob and "9434765919" not in blob and "Jane" not in blob

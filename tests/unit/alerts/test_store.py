@@ -40,8 +40,13 @@ def test_record_matches_returns_only_new_rows_and_stores_one_per_study_and_patie
     new = synced.record_matches(first)
     assert new.columns == first.columns
     assert sorted(new["patient_id"].to_list()) == ["P1", "P2"]
-    again = make_frame([{"study_id": "CKD-1", "patient_id": "P1"}, {"study_id": "RESP-1", "patient_id": "P1"},
-                        {"study_id": "RESP-1", "patient_id": "P1"}])
+    again = make_frame(
+        [
+            {"study_id": "CKD-1", "patient_id": "P1"},
+            {"study_id": "RESP-1", "patient_id": "P1"},
+            {"study_id": "RESP-1", "patient_id": "P1"},
+        ]
+    )
     new = synced.record_matches(again)
     assert new.select("study_id", "patient_id").rows() == [("RESP-1", "P1")]
     with synced.engine.connect() as conn:
@@ -53,11 +58,25 @@ def test_record_matches_returns_only_new_rows_and_stores_one_per_study_and_patie
 def test_changed_outcome_or_rule_hash_updates_in_place_without_a_second_alert(
     synced: SqlStore, nurse: Any, make_frame: Any, crit: Any
 ) -> None:
-    synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P1", "outcome": "possible",
-                                       "criteria": crit(adult=True, egfr=None)}]))
+    synced.record_matches(
+        make_frame(
+            [{"study_id": "CKD-1", "patient_id": "P1", "outcome": "possible", "criteria": crit(adult=True, egfr=None)}]
+        )
+    )
     token = synced.worklist(nurse)[0]["token"]
-    new = synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P1", "outcome": "eligible",
-                                             "rule_hash": "h2", "criteria": crit(adult=True, egfr=True)}]))
+    new = synced.record_matches(
+        make_frame(
+            [
+                {
+                    "study_id": "CKD-1",
+                    "patient_id": "P1",
+                    "outcome": "eligible",
+                    "rule_hash": "h2",
+                    "criteria": crit(adult=True, egfr=True),
+                }
+            ]
+        )
+    )
     assert new.height == 0
     m = synced.get_match(nurse, token)
     assert (m["outcome"], m["rule_hash"]) == ("eligible", "h2")
@@ -68,8 +87,10 @@ def test_changed_outcome_or_rule_hash_updates_in_place_without_a_second_alert(
 def test_ineligible_rows_are_not_inserted_but_update_existing_matches(
     synced: SqlStore, nurse: Any, make_frame: Any
 ) -> None:
-    assert synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P9",
-                                              "outcome": "ineligible"}])).height == 0
+    assert (
+        synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P9", "outcome": "ineligible"}])).height
+        == 0
+    )
     synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P1"}]))
     synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P1", "outcome": "ineligible"}]))
     assert synced.worklist(nurse) == []
@@ -80,22 +101,39 @@ def test_ineligible_rows_are_not_inserted_but_update_existing_matches(
 @pytest.mark.parametrize(
     ("rule_hash", "outcome", "results", "reopens"),
     [
-        ("h1", "possible", {"adult": True, "egfr": None}, False),   # rule unchanged: stays dismissed
-        ("h2", "eligible", {"adult": True, "egfr": True}, False),   # rule changed, result not material
-        ("h2", "possible", {"adult": True, "egfr": None}, True),    # rule changed and outcome changed
+        ("h1", "possible", {"adult": True, "egfr": None}, False),  # rule unchanged: stays dismissed
+        ("h2", "eligible", {"adult": True, "egfr": True}, False),  # rule changed, result not material
+        ("h2", "possible", {"adult": True, "egfr": None}, True),  # rule changed and outcome changed
         ("h2", "eligible", {"adult": True, "egfr": True, "x_new": False}, True),  # a criterion was added
     ],
 )
 def test_a_dismissed_match_stays_dismissed_unless_the_rule_changes_materially(
-    synced: SqlStore, nurse: Any, make_frame: Any, crit: Any, rule_hash: str, outcome: str,
-    results: dict[str, Any], reopens: bool,
+    synced: SqlStore,
+    nurse: Any,
+    make_frame: Any,
+    crit: Any,
+    rule_hash: str,
+    outcome: str,
+    results: dict[str, Any],
+    reopens: bool,
 ) -> None:
     synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P1"}]))
     token = synced.worklist(nurse)[0]["token"]
     synced.record_action(nurse, token, "not_eligible", reason="criterion_not_met")
     assert synced.worklist(nurse) == []
-    new = synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P1", "rule_hash": rule_hash,
-                                             "outcome": outcome, "criteria": crit(**results)}]))
+    new = synced.record_matches(
+        make_frame(
+            [
+                {
+                    "study_id": "CKD-1",
+                    "patient_id": "P1",
+                    "rule_hash": rule_hash,
+                    "outcome": outcome,
+                    "criteria": crit(**results),
+                }
+            ]
+        )
+    )
     assert new.height == 0  # never a second alert
     rows = synced.worklist(nurse)
     if reopens:
@@ -125,8 +163,9 @@ def test_record_matches_is_atomic(synced: SqlStore, make_frame: Any, monkeypatch
 def test_do_not_contact_hides_existing_matches_and_blocks_new_ones(
     synced: SqlStore, nurse: Any, make_frame: Any
 ) -> None:
-    synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P1"},
-                                      {"study_id": "CKD-1", "patient_id": "P2"}]))
+    synced.record_matches(
+        make_frame([{"study_id": "CKD-1", "patient_id": "P1"}, {"study_id": "CKD-1", "patient_id": "P2"}])
+    )
     token = {r["patient_id"]: r["token"] for r in synced.worklist(nurse)}["P1"]
     assert synced.dnc_add(["P1", " P1 ", "P3"], by="admin", source="csv") == 2
     assert synced.dnc_add(["P1"], by="admin") == 0
@@ -141,8 +180,9 @@ def test_do_not_contact_hides_existing_matches_and_blocks_new_ones(
 
 
 def test_team_membership_decides_visibility(synced: SqlStore, nurse: Any, make_frame: Any) -> None:
-    synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P1"},
-                                      {"study_id": "RESP-1", "patient_id": "P2"}]))
+    synced.record_matches(
+        make_frame([{"study_id": "CKD-1", "patient_id": "P1"}, {"study_id": "RESP-1", "patient_id": "P2"}])
+    )
     resp = synced.add_user("rory", "pw", "nurse", ["respiratory"])
     admin = synced.add_user("ada", "pw", "admin", [])
     mine = synced.worklist(nurse)
@@ -158,21 +198,27 @@ def test_worklist_orders_by_urgency_then_newest_and_filters(
     store: SqlStore, make_study: Any, make_frame: Any, clock: Any
 ) -> None:
     today = clock().date()
-    store.sync_studies([
-        make_study("SLOW", horizon=timedelta(days=365)),
-        make_study("ACUTE", horizon=timedelta(hours=6)),
-        make_study("CLOSING", closes=today + timedelta(days=10)),
-        make_study("ALLHIST", horizon=None),
-    ])
+    store.sync_studies(
+        [
+            make_study("SLOW", horizon=timedelta(days=365)),
+            make_study("ACUTE", horizon=timedelta(hours=6)),
+            make_study("CLOSING", closes=today + timedelta(days=10)),
+            make_study("ALLHIST", horizon=None),
+        ]
+    )
     user = store.add_user("n", "pw", "nurse", ["renal"])
     t0 = clock()
-    store.record_matches(make_frame([
-        {"study_id": "SLOW", "patient_id": "A", "matched_at": t0 - timedelta(hours=1)},
-        {"study_id": "SLOW", "patient_id": "B", "matched_at": t0, "setting": "hospital", "outcome": "possible"},
-        {"study_id": "ACUTE", "patient_id": "C", "matched_at": t0 - timedelta(days=2)},
-        {"study_id": "CLOSING", "patient_id": "D", "matched_at": t0 - timedelta(days=3)},
-        {"study_id": "ALLHIST", "patient_id": "E", "matched_at": t0 - timedelta(minutes=5)},
-    ]))
+    store.record_matches(
+        make_frame(
+            [
+                {"study_id": "SLOW", "patient_id": "A", "matched_at": t0 - timedelta(hours=1)},
+                {"study_id": "SLOW", "patient_id": "B", "matched_at": t0, "setting": "hospital", "outcome": "possible"},
+                {"study_id": "ACUTE", "patient_id": "C", "matched_at": t0 - timedelta(days=2)},
+                {"study_id": "CLOSING", "patient_id": "D", "matched_at": t0 - timedelta(days=3)},
+                {"study_id": "ALLHIST", "patient_id": "E", "matched_at": t0 - timedelta(minutes=5)},
+            ]
+        )
+    )
     rows = store.worklist(user)
     assert [r["patient_id"] for r in rows] == ["C", "D", "B", "E", "A"]
     assert [r["urgency"] for r in rows] == [0, 1, 2, 2, 2]
@@ -188,9 +234,15 @@ def test_actions_move_the_funnel_and_are_validated(synced: SqlStore, nurse: Any,
     synced.metrics = Metrics(registry=registry)
     synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P1"}]))
     token = synced.worklist(nurse)[0]["token"]
-    for bad in [("maybe", {}), ("not_eligible", {}), ("declined", {"reason": "criterion_not_met"}),
-                ("reviewed", {"reason": "other"}), ("snoozed", {}),
-                ("snoozed", {"until": synced.clock().date()}), ("approached", {"until": date(2030, 1, 1)})]:
+    for bad in [
+        ("maybe", {}),
+        ("not_eligible", {}),
+        ("declined", {"reason": "criterion_not_met"}),
+        ("reviewed", {"reason": "other"}),
+        ("snoozed", {}),
+        ("snoozed", {"until": synced.clock().date()}),
+        ("approached", {"until": date(2030, 1, 1)}),
+    ]:
         with pytest.raises(InvalidAction):
             synced.record_action(nurse, token, bad[0], **bad[1])
     for action in ("reviewed", "approached", "consented", "enrolled"):
@@ -228,10 +280,20 @@ def test_sync_studies_upserts_and_tolerates_a_failing_markdown_renderer(
     def broken() -> str:
         raise RuntimeError("renderer not ready")
 
-    store.sync_studies([make_study("A", opens=date(2026, 7, 1)), make_study("B", render_markdown=broken),
-                        make_study("C", closes=date(2026, 5, 1))])
-    store.sync_studies([make_study("A", title="Renamed", opens=date(2026, 1, 1)),
-                        make_study("B", render_markdown=broken), make_study("C", closes=date(2026, 5, 1))])
+    store.sync_studies(
+        [
+            make_study("A", opens=date(2026, 7, 1)),
+            make_study("B", render_markdown=broken),
+            make_study("C", closes=date(2026, 5, 1)),
+        ]
+    )
+    store.sync_studies(
+        [
+            make_study("A", title="Renamed", opens=date(2026, 1, 1)),
+            make_study("B", render_markdown=broken),
+            make_study("C", closes=date(2026, 5, 1)),
+        ]
+    )
     got = {s["id"]: s for s in store.studies()}
     assert got["A"]["title"] == "Renamed" and got["B"]["criteria_markdown"] is None
     assert got["A"]["settings"] == ["community", "hospital"] and got["A"]["horizon_s"] == 180 * 86400
@@ -239,11 +301,17 @@ def test_sync_studies_upserts_and_tolerates_a_failing_markdown_renderer(
 
 
 def test_outbox_rows_carry_study_team_and_count_never_a_patient(synced: SqlStore, make_frame: Any) -> None:
-    synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": f"P{i}"} for i in range(3)]
-                                     + [{"study_id": "RESP-1", "patient_id": "P0"}]))
+    synced.record_matches(
+        make_frame(
+            [{"study_id": "CKD-1", "patient_id": f"P{i}"} for i in range(3)]
+            + [{"study_id": "RESP-1", "patient_id": "P0"}]
+        )
+    )
     due = synced.outbox_due("email", synced.clock())
-    assert [(r["study_id"], r["team"], r["count"]) for r in due] == [("CKD-1", "renal", 3),
-                                                                     ("RESP-1", "respiratory", 1)]
+    assert [(r["study_id"], r["team"], r["count"]) for r in due] == [
+        ("CKD-1", "renal", 3),
+        ("RESP-1", "respiratory", 1),
+    ]
     assert due[0]["title"] == "Study CKD-1"
     assert not any("P0" in json.dumps(r, default=str) for r in due)
     assert len(synced.outbox_due("webhook", synced.clock())) == 2
@@ -332,12 +400,18 @@ def test_a_study_whose_rule_file_was_removed_leaves_the_public_list_but_keeps_it
 
 
 def test_funnel_failed_logins_and_register_listing(synced: SqlStore, nurse: Any, make_frame: Any, clock: Any) -> None:
-    synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": f"P{i}"} for i in range(3)]
-                                     + [{"study_id": "RESP-1", "patient_id": "P0"}]))
+    synced.record_matches(
+        make_frame(
+            [{"study_id": "CKD-1", "patient_id": f"P{i}"} for i in range(3)]
+            + [{"study_id": "RESP-1", "patient_id": "P0"}]
+        )
+    )
     token = synced.worklist(nurse)[0]["token"]
     synced.record_action(nurse, token, "approached")
-    assert synced.funnel(nurse) == [{"study_id": "CKD-1", "stage": "approached", "n": 1},
-                                    {"study_id": "CKD-1", "stage": "new", "n": 2}]
+    assert synced.funnel(nurse) == [
+        {"study_id": "CKD-1", "stage": "approached", "n": 1},
+        {"study_id": "CKD-1", "stage": "new", "n": 2},
+    ]
     for _ in range(3):
         synced.audit("nina", "login_failed")
     clock.advance(minutes=20)
@@ -349,13 +423,21 @@ def test_funnel_failed_logins_and_register_listing(synced: SqlStore, nurse: Any,
     assert [u.username for u in synced.users()] == ["nina"]
 
 
-def test_unpublished_matches_until_marked_settled_and_never_do_not_contact(synced: SqlStore, make_frame: Any,
-                                                                           clock: Any) -> None:
+def test_unpublished_matches_until_marked_settled_and_never_do_not_contact(
+    synced: SqlStore, make_frame: Any, clock: Any
+) -> None:
     synced.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": p} for p in ("P1", "P2", "P3")]))
     unpublished = synced.unpublished_matches()
     assert unpublished.select("study_id", "patient_id").rows() == [("CKD-1", "P1"), ("CKD-1", "P2"), ("CKD-1", "P3")]
-    assert set(unpublished.columns) == {"study_id", "patient_id", "outcome", "rule_hash", "criteria", "matched_at",
-                                        "setting"}
+    assert set(unpublished.columns) == {
+        "study_id",
+        "patient_id",
+        "outcome",
+        "rule_hash",
+        "criteria",
+        "matched_at",
+        "setting",
+    }
     # Rows written at or after the settle point may be another engine's, still in flight.
     assert synced.unpublished_matches(settled_before=clock.now).height == 0
     assert synced.unpublished_matches(settled_before=clock.now + timedelta(seconds=1)).height == 3
@@ -408,8 +490,9 @@ def test_a_new_sqlite_connection_retries_a_transient_lock_while_setting_wal(tmp_
             return super().cursor(factory)
 
     path = tmp_path / "w.db"
-    engine = sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(path, factory=Flaky,
-                                                                            check_same_thread=False))
+    engine = sa.create_engine(
+        "sqlite://", creator=lambda: sqlite3.connect(path, factory=Flaky, check_same_thread=False)
+    )
     _sqlite_pragmas(engine)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -425,8 +508,10 @@ def test_a_new_sqlite_connection_retries_a_transient_lock_while_setting_wal(tmp_
         def cursor(self, factory: Any = Broken) -> Any:  # type: ignore[override]
             return super().cursor(factory)
 
-    broken = sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(tmp_path / "b.db", factory=BrokenConnection,
-                                                                            check_same_thread=False))
+    broken = sa.create_engine(
+        "sqlite://",
+        creator=lambda: sqlite3.connect(tmp_path / "b.db", factory=BrokenConnection, check_same_thread=False),
+    )
     _sqlite_pragmas(broken)
     with pytest.raises(sa.exc.OperationalError, match="disk I/O error"):
         broken.connect()

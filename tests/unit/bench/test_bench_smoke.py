@@ -27,7 +27,11 @@ def test_smoke_run_writes_every_table(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--out", str(out), "--workdir", str(tmp_path / "work")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
@@ -79,8 +83,9 @@ def test_every_engine_agrees_including_unknowns(tmp_path: Path) -> None:
         pl.when(pl.int_range(pl.len()) % 7 == 0).then(None).otherwise(pl.col("birth_date")).alias("birth_date"),
         pl.when(pl.int_range(pl.len()) % 5 == 0).then(None).otherwise(pl.col("setting")).alias("setting"),
     )
-    result = compare_peers(persons, facts, studies, BENCH_NOW,
-                           ["pyjexl-raw", "pyjexl", "rule-engine", "simpleeval", "zen-engine"], runs=1)
+    result = compare_peers(
+        persons, facts, studies, BENCH_NOW, ["pyjexl-raw", "pyjexl", "rule-engine", "simpleeval", "zen-engine"], runs=1
+    )
     assert result.outcome_counts.get("possible", 0) > 0  # unknowns were exercised
     assert {p.name for p in result.peers} == {"pyjexl-raw", "pyjexl", "rule-engine", "simpleeval", "zen-engine"}
     assert all(p.timing.median > 0 for p in result.peers)
@@ -153,7 +158,12 @@ def test_translations_cover_every_construct(tmp_path: Path) -> None:
         pl.when(pl.int_range(pl.len()) % 6 == 0).then(None).otherwise(pl.col("sex")).alias("sex"),
         pl.when(pl.int_range(pl.len()) % 4 == 0).then(None).otherwise(pl.col("imd_decile")).alias("imd_decile"),
     )
-    result = compare_peers(persons, facts, loaded.studies, BENCH_NOW,
-                           ["pyjexl-raw", "pyjexl-raw+all", "pyjexl", "rule-engine", "simpleeval", "zen-engine"],
-                           runs=1)
+    result = compare_peers(
+        persons,
+        facts,
+        loaded.studies,
+        BENCH_NOW,
+        ["pyjexl-raw", "pyjexl-raw+all", "pyjexl", "rule-engine", "simpleeval", "zen-engine"],
+        runs=1,
+    )
     assert len(result.outcome_counts) >= 2, result.outcome_counts  # not a trivial all-the-same answer

@@ -49,7 +49,11 @@ def test_uk_core_bulk_ndjson(tmp_path: Path) -> None:
     person = sink.events[0].person
     assert person is not None
     assert (person.nhs_number, person.ethnic_group, person.ethnic_category, person.postcode_district) == (
-        "9434765919", "asian", "J", "BD7")
+        "9434765919",
+        "asian",
+        "J",
+        "BD7",
+    )
     egfr = sink.events[1]
     # no offset: Europe/London (BST on 1 April 2026) -> 08:00 UTC
     assert egfr.occurred_at == datetime(2026, 4, 1, 8, 0, tzinfo=UTC) and egfr.unit == "mL/min/1.73m2"
@@ -90,27 +94,51 @@ def test_unsupported_bundle_type_is_400() -> None:
 
 
 def test_invalid_entry_names_resource_and_path() -> None:
-    bad = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://loinc.org",
-                                                                                   "code": "62238-1"}]},
-           "subject": {"reference": "Patient/1"}, "valueQuantity": {"value": "forty"}}
+    bad = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "62238-1"}]},
+        "subject": {"reference": "Patient/1"},
+        "valueQuantity": {"value": "forty"},
+    }
     with pytest.raises(FHIRReject) as err:
-        parse_payload({"resourceType": "Bundle", "type": "batch", "entry": [{"resource": {"resourceType": "Patient",
-                                                                                          "id": "1"}},
-                                                                             {"resource": bad}]})
+        parse_payload(
+            {
+                "resourceType": "Bundle",
+                "type": "batch",
+                "entry": [{"resource": {"resourceType": "Patient", "id": "1"}}, {"resource": bad}],
+            }
+        )
     assert err.value.status == 422 and err.value.resource_type == "Observation"
     assert err.value.path == "Bundle.entry[1].resource.valueQuantity.value"
 
 
-@pytest.mark.parametrize(("resource", "path"), [
-    ({"resourceType": "Condition", "code": {"coding": [{"code": "E11"}]}}, "$.subject"),
-    ({"resourceType": "Condition", "subject": {"reference": "Patient/1"}}, "$.code"),
-    ({"resourceType": "Condition", "subject": {"reference": "Patient/1"}, "code": {"text": "x"},
-      "onsetDateTime": "01/02/2020"}, "$.onsetDateTime"),
-    ({"resourceType": "Patient", "id": "1", "birthDate": "1961-02-30"}, "$.birthDate"),
-    ({"resourceType": "Patient", "id": "1", "gender": "F"}, "$.gender"),
-    ({"resourceType": "MedicationRequest", "subject": {"reference": "Patient/1"},
-      "medicationReference": {"reference": "Medication/absent"}}, "$.medicationReference"),
-])
+@pytest.mark.parametrize(
+    ("resource", "path"),
+    [
+        ({"resourceType": "Condition", "code": {"coding": [{"code": "E11"}]}}, "$.subject"),
+        ({"resourceType": "Condition", "subject": {"reference": "Patient/1"}}, "$.code"),
+        (
+            {
+                "resourceType": "Condition",
+                "subject": {"reference": "Patient/1"},
+                "code": {"text": "x"},
+                "onsetDateTime": "01/02/2020",
+            },
+            "$.onsetDateTime",
+        ),
+        ({"resourceType": "Patient", "id": "1", "birthDate": "1961-02-30"}, "$.birthDate"),
+        ({"resourceType": "Patient", "id": "1", "gender": "F"}, "$.gender"),
+        (
+            {
+                "resourceType": "MedicationRequest",
+                "subject": {"reference": "Patient/1"},
+                "medicationReference": {"reference": "Medication/absent"},
+            },
+            "$.medicationReference",
+        ),
+    ],
+)
 def test_bad_resources(resource: dict[str, Any], path: str) -> None:
     with pytest.raises(FHIRReject) as err:
         parse_payload(resource)
@@ -124,38 +152,67 @@ def test_lone_unsupported_resource_is_rejected() -> None:
 
 
 def test_versions_and_entered_in_error_retract() -> None:
-    base = {"resourceType": "Observation", "id": "o1", "status": "final", "subject": {"reference": "Patient/1"},
-            "code": {"coding": [{"system": "http://loinc.org", "code": "62238-1"}]},
-            "effectiveDateTime": "2026-04-01", "valueQuantity": {"value": 41, "code": "mL/min/1.73m2"}}
+    base = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "subject": {"reference": "Patient/1"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "62238-1"}]},
+        "effectiveDateTime": "2026-04-01",
+        "valueQuantity": {"value": 41, "code": "mL/min/1.73m2"},
+    }
     v1 = parse_payload(base).events[0]
-    v2 = parse_payload({**base, "meta": {"versionId": "2"}, "status": "amended",
-                        "valueQuantity": {"value": 44}}).events[0]
+    v2 = parse_payload(
+        {**base, "meta": {"versionId": "2"}, "status": "amended", "valueQuantity": {"value": 44}}
+    ).events[0]
     v3 = parse_payload({**base, "meta": {"versionId": "3"}, "status": "entered-in-error"}).events[0]
     assert v2.corrects == v1.event_id and v2.value == 44.0
     assert v3.status == "entered-in-error" and v3.corrects == f"{v1.event_id}-v3"
 
 
 def test_medication_reference_resolved_in_bundle() -> None:
-    med = {"resourceType": "Medication", "id": "med1",
-           "code": {"coding": [{"system": "http://www.whocc.no/atc", "code": "A10AE04"}]}}
-    req = {"resourceType": "MedicationRequest", "status": "active", "subject": {"reference": "Patient/1"},
-           "medicationReference": {"reference": "urn:uuid:med-1"}, "authoredOn": "2026-01-01"}
-    parsed = parse_payload({"resourceType": "Bundle", "type": "collection",
-                            "entry": [{"fullUrl": "urn:uuid:med-1", "resource": med}, {"resource": req}]})
+    med = {
+        "resourceType": "Medication",
+        "id": "med1",
+        "code": {"coding": [{"system": "http://www.whocc.no/atc", "code": "A10AE04"}]},
+    }
+    req = {
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "subject": {"reference": "Patient/1"},
+        "medicationReference": {"reference": "urn:uuid:med-1"},
+        "authoredOn": "2026-01-01",
+    }
+    parsed = parse_payload(
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"fullUrl": "urn:uuid:med-1", "resource": med}, {"resource": req}],
+        }
+    )
     assert parsed.events[0].code is not None and parsed.events[0].code.value == "A10AE04"
 
 
 def test_refuted_condition_is_a_retraction() -> None:
-    cond = {"resourceType": "Condition", "id": "c", "subject": {"reference": "Patient/1"},
-            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9"}]},
-            "verificationStatus": {"coding": [{"code": "refuted"}]}}
+    cond = {
+        "resourceType": "Condition",
+        "id": "c",
+        "subject": {"reference": "Patient/1"},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9"}]},
+        "verificationStatus": {"coding": [{"code": "refuted"}]},
+    }
     ev = parse_payload(cond).events[0]
     assert ev.status == "entered-in-error" and ev.corrects is not None and ev.code is not None
     assert ev.code.system == "ICD10"
 
 
 def test_non_ascii_text_survives() -> None:
-    obs = {"resourceType": "Observation", "status": "final", "subject": {"reference": "Patient/Zoë"},
-           "code": {"text": "Ürin commentaire"}, "valueString": "Hämolysiert ±"}
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "subject": {"reference": "Patient/Zoë"},
+        "code": {"text": "Ürin commentaire"},
+        "valueString": "Hämolysiert ±",
+    }
     ev = parse_payload(obs).events[0]
     assert ev.patient_id == "Zoë" and ev.value == "Hämolysiert ±"

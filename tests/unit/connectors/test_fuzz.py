@@ -28,8 +28,10 @@ SEED_HL7 = [
     "MSH|^~\\&|PAS|RR8|SCR|RR8|20260501093000||ADT^A40|C2|P|2.5\rEVN|A40|20260501093000\r"
     "PID|1||H1^^^RR8^MR||Smith^Jane||19610302|F\rMRG|H9^^^RR8^MR\r",
 ]
-SEED_FHIR = [json.loads((DATA / "fhir" / "synthea_format_transaction_bundle.json").read_text()),
-             *[json.loads(line) for line in (DATA / "fhir" / "bulk_export.ndjson").read_text().splitlines()]]
+SEED_FHIR = [
+    json.loads((DATA / "fhir" / "synthea_format_transaction_bundle.json").read_text()),
+    *[json.loads(line) for line in (DATA / "fhir" / "bulk_export.ndjson").read_text().splitlines()],
+]
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -60,17 +62,17 @@ def mutated_hl7(draw: Any) -> str:
         if op in ("drop_segment", "dup_segment"):
             segs = text.split("\r")
             i = draw(st.integers(0, len(segs) - 1))
-            segs = segs[:i] + segs[i + 1:] if op == "drop_segment" else segs[: i + 1] + segs[i:]
+            segs = segs[:i] + segs[i + 1 :] if op == "drop_segment" else segs[: i + 1] + segs[i:]
             text = "\r".join(segs)
             continue
         pos = draw(st.integers(0, max(len(text) - 1, 0)))
         chunk = draw(st.text(alphabet=st.sampled_from(list("|^~\\&\r0123456789AZaz-+.é\x00 ")), max_size=5))
         if op == "delete":
-            text = text[:pos] + text[pos + len(chunk) + 1:]
+            text = text[:pos] + text[pos + len(chunk) + 1 :]
         elif op == "insert":
             text = text[:pos] + chunk + text[pos:]
         else:
-            text = text[:pos] + chunk + text[pos + len(chunk):]
+            text = text[:pos] + chunk + text[pos + len(chunk) :]
     return text
 
 
@@ -90,8 +92,16 @@ def _mutate_json(draw: Any, value: Any, depth: int = 0) -> Any:
         elif op == "recurse" and depth < 6:
             out[key] = _mutate_json(draw, value[key], depth + 1)
         else:
-            out[key] = draw(st.one_of(st.none(), st.integers(), st.text(max_size=12), st.booleans(),
-                                      st.lists(st.integers(), max_size=2), st.floats()))
+            out[key] = draw(
+                st.one_of(
+                    st.none(),
+                    st.integers(),
+                    st.text(max_size=12),
+                    st.booleans(),
+                    st.lists(st.integers(), max_size=2),
+                    st.floats(),
+                )
+            )
         return out
     if isinstance(value, list) and value:
         i = draw(st.integers(0, len(value) - 1))
@@ -121,9 +131,13 @@ def test_fhir_mutated_resources_are_parsed_or_rejected_with_a_reason(doc: Any) -
 
 
 @FAST
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-                    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids,
-                                                                              max_size=3), max_leaves=12))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+        lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=3),
+        max_leaves=12,
+    )
+)
 def test_fhir_random_json_is_rejected_with_a_reason(doc: Any) -> None:
     try:
         parse_payload(doc)
@@ -132,19 +146,39 @@ def test_fhir_random_json_is_rejected_with_a_reason(doc: Any) -> None:
 
 
 @FAST
-@given(st.lists(st.tuples(st.one_of(st.none(), st.integers(-5, 10**12)),
-                          st.one_of(st.none(), st.text(max_size=12)),
-                          st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
-                          st.one_of(st.none(), st.text(max_size=20))), min_size=1, max_size=20))
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.integers(-5, 10**12)),
+            st.one_of(st.none(), st.text(max_size=12)),
+            st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+            st.one_of(st.none(), st.text(max_size=20)),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
 def test_omop_rows_with_garbage_give_only_valid_events(rows: list[tuple[Any, ...]]) -> None:
-    df = pl.DataFrame({
-        "measurement_id": [r[0] for r in rows], "person_id": [r[0] for r in rows],
-        "measurement_concept_id": [r[0] for r in rows], "measurement_date": [r[1] for r in rows],
-        "value_as_number": [r[2] for r in rows], "unit_source_value": [r[3] for r in rows],
-        "measurement_source_value": [r[3] for r in rows],
-    }, schema={"measurement_id": pl.Int64, "person_id": pl.Int64, "measurement_concept_id": pl.Int64,
-               "measurement_date": pl.String, "value_as_number": pl.Float64, "unit_source_value": pl.String,
-               "measurement_source_value": pl.String})
+    df = pl.DataFrame(
+        {
+            "measurement_id": [r[0] for r in rows],
+            "person_id": [r[0] for r in rows],
+            "measurement_concept_id": [r[0] for r in rows],
+            "measurement_date": [r[1] for r in rows],
+            "value_as_number": [r[2] for r in rows],
+            "unit_source_value": [r[3] for r in rows],
+            "measurement_source_value": [r[3] for r in rows],
+        },
+        schema={
+            "measurement_id": pl.Int64,
+            "person_id": pl.Int64,
+            "measurement_concept_id": pl.Int64,
+            "measurement_date": pl.String,
+            "value_as_number": pl.Float64,
+            "unit_source_value": pl.String,
+            "measurement_source_value": pl.String,
+        },
+    )
     from datetime import UTC, datetime
 
     out = table_events(df, "measurement", None, datetime(2026, 5, 1, tzinfo=UTC))

@@ -29,18 +29,29 @@ def msg(*segments: str) -> str:
 
 
 MSH = "MSH|^~\\&|LAB|RR8^LTHT|SCREENER|RR8|{time}||{type}|{ctrl}|P|2.5|||AL|NE|GBR|UNICODE UTF-8"
-PID = ("PID|1||H1234567^^^RR8^MR~9434765919^^^NHS^NH||Smith^Jane^^^Mrs||19610302|F|||1 Park Lane^^Leeds^^"
-       "LS6 2AB^GBR|||||||||||J")
+PID = (
+    "PID|1||H1234567^^^RR8^MR~9434765919^^^NHS^NH||Smith^Jane^^^Mrs||19610302|F|||1 Park Lane^^Leeds^^"
+    "LS6 2AB^GBR|||||||||||J"
+)
 
 
 def adt(trigger: str, *extra: str, pid: str = PID, time: str = "20260501093000", ctrl: str = "C1") -> str:
-    return msg(MSH.format(time=time, type=f"ADT^{trigger}^ADT_A01", ctrl=ctrl), f"EVN|{trigger}|{time}", pid,
-               "PV1|1|I|WARD4^BED2^^RR8||||||||||||||||V998877|||||||||||||||||||||||||202605010800", *extra)
+    return msg(
+        MSH.format(time=time, type=f"ADT^{trigger}^ADT_A01", ctrl=ctrl),
+        f"EVN|{trigger}|{time}",
+        pid,
+        "PV1|1|I|WARD4^BED2^^RR8||||||||||||||||V998877|||||||||||||||||||||||||202605010800",
+        *extra,
+    )
 
 
 def oru(*obx: str, ctrl: str = "L1", pid: str = PID) -> str:
-    return msg(MSH.format(time="20260501100000", type="ORU^R01^ORU_R01", ctrl=ctrl), pid,
-               "OBR|1|PL1|FIL1|U&E^Renal panel^L|||20260501083000", *obx)
+    return msg(
+        MSH.format(time="20260501100000", type="ORU^R01^ORU_R01", ctrl=ctrl),
+        pid,
+        "OBR|1|PL1|FIL1|U&E^Renal panel^L|||20260501083000",
+        *obx,
+    )
 
 
 # --- real samples ---------------------------------------------------------------------------------------
@@ -50,15 +61,18 @@ def test_hl7_package_oru_sample_yields_glucose_measurements() -> None:
     measurements = [e for e in parsed.events if e.kind == "measurement"]
     assert parsed.message_type == "ORU^R01" and parsed.control_id == "CNTRL-3456"
     assert [(e.code.system, e.code.value, e.value, e.unit) for e in measurements if e.code] == [
-        ("LOINC", "1554-5", 182.0, "mg/dl"), ("LOINC", "1553-5", 182.0, "mg/dl")]
+        ("LOINC", "1554-5", 182.0, "mg/dl"),
+        ("LOINC", "1553-5", 182.0, "mg/dl"),
+    ]
     # OBR-7 200202150730 is winter: London time == UTC
     assert measurements[0].occurred_at == datetime(2002, 2, 15, 7, 30, tzinfo=UTC)
     flags = [e for e in parsed.events if e.kind == "observation"]
     assert {e.value for e in flags} == {"H"}
 
 
-@pytest.mark.parametrize("name", ["sample_batch", "sample_batch1", "sample_batch2", "sample_file",
-                                  "sample_file1", "sample_file4"])
+@pytest.mark.parametrize(
+    "name", ["sample_batch", "sample_batch1", "sample_batch2", "sample_file", "sample_file1", "sample_file4"]
+)
 def test_hl7_package_batches_and_files_split_and_parse(name: str) -> None:
     text = getattr(_samples(), name)
     messages, kind = split_batch(text)
@@ -75,8 +89,9 @@ def test_hl7_package_batches_and_files_split_and_parse(name: str) -> None:
 @pytest.mark.parametrize("name", ["sample_bad_batch", "sample_bad_file", "sample_bad_file3"])
 def test_hl7_package_bad_batches_are_rejected_with_a_reason(name: str) -> None:
     sink = MemorySink()
-    _response, codes = process_block(getattr(_samples(), name).encode(), sink, code_map=load_code_map(),
-                                     position="test")
+    _response, codes = process_block(
+        getattr(_samples(), name).encode(), sink, code_map=load_code_map(), position="test"
+    )
     assert "AE" in codes
     assert sink.rejections and all(r.reason for r in sink.rejections)
 
@@ -99,8 +114,11 @@ def test_hl7apy_custom_z_message_is_ar() -> None:
 
 # --- ADT --------------------------------------------------------------------------------------------------
 def test_adt_a01_person_visit_and_diagnoses() -> None:
-    text = adt("A01", "DG1|1||E11.9^Type 2 diabetes mellitus^I10||20260501090000|A",
-               "DG1|2||44054006^Diabetes type 2^SCT||20260501090000|A")
+    text = adt(
+        "A01",
+        "DG1|1||E11.9^Type 2 diabetes mellitus^I10||20260501090000|A",
+        "DG1|2||44054006^Diabetes type 2^SCT||20260501090000|A",
+    )
     parsed = parse_message(text)
     kinds = [e.kind for e in parsed.events]
     assert kinds == ["person", "visit", "condition", "condition"]
@@ -283,19 +301,23 @@ def test_oru_without_obx_is_rejected() -> None:
 
 
 def test_cancelled_result_is_skipped() -> None:
-    parsed = parse_message(oru("OBX|1|NM|EGFR^eGFR^L||41|mL/min/1.73m2|||||X",
-                               "OBX|2|NM|K^Potassium^L||4.1|mmol/L|||||F"))
+    parsed = parse_message(
+        oru("OBX|1|NM|EGFR^eGFR^L||41|mL/min/1.73m2|||||X", "OBX|2|NM|K^Potassium^L||4.1|mmol/L|||||F")
+    )
     assert [e.code.value for e in parsed.events if e.code] == ["2823-3"]
 
 
 # --- timestamps -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("text", "expected"), [
-    ("20260115120000", datetime(2026, 1, 15, 12, 0, tzinfo=UTC)),          # GMT
-    ("20260715120000", datetime(2026, 7, 15, 11, 0, tzinfo=UTC)),          # BST
-    ("20260715120000+0200", datetime(2026, 7, 15, 10, 0, tzinfo=UTC)),     # explicit offset wins
-    ("202607", datetime(2026, 6, 30, 23, 0, tzinfo=UTC)),                  # month precision, BST midnight
-    ("20260715120000.5", datetime(2026, 7, 15, 11, 0, 0, 500000, tzinfo=UTC)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20260115120000", datetime(2026, 1, 15, 12, 0, tzinfo=UTC)),  # GMT
+        ("20260715120000", datetime(2026, 7, 15, 11, 0, tzinfo=UTC)),  # BST
+        ("20260715120000+0200", datetime(2026, 7, 15, 10, 0, tzinfo=UTC)),  # explicit offset wins
+        ("202607", datetime(2026, 6, 30, 23, 0, tzinfo=UTC)),  # month precision, BST midnight
+        ("20260715120000.5", datetime(2026, 7, 15, 11, 0, 0, 500000, tzinfo=UTC)),
+    ],
+)
 def test_hl7_datetimes(text: str, expected: datetime) -> None:
     assert parse_hl7_datetime(text) == expected
 
@@ -308,8 +330,9 @@ def test_bad_hl7_datetimes(bad: str) -> None:
 
 # --- ACKs and batches ----------------------------------------------------------------------------------
 def test_ack_ae_has_err_segment_and_echoes_control_id() -> None:
-    ack = build_ack(adt("A01"), "AE", control_id="C1", reason="PID-7: not an HL7 date", hl7_code="102",
-                    location="PID^1^7")
+    ack = build_ack(
+        adt("A01"), "AE", control_id="C1", reason="PID-7: not an HL7 date", hl7_code="102", location="PID^1^7"
+    )
     segs = ack.split("\r")
     assert segs[0].startswith("MSH|^~\\&|SCREENER|RR8|LAB|RR8^LTHT|")
     assert segs[1].startswith("MSA|AE|C1|")

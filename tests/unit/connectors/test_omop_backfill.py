@@ -17,9 +17,16 @@ from screener.events import Event, parse_event
 
 DATA = Path(__file__).parents[2] / "data" / "omop"
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-EUNOMIA_ROWS = {"person": 2694, "observation_period": 5343, "visit_occurrence": 1037,
-                "condition_occurrence": 65332, "drug_exposure": 67707, "procedure_occurrence": 37409,
-                "measurement": 44053, "observation": 1477}
+EUNOMIA_ROWS = {
+    "person": 2694,
+    "observation_period": 5343,
+    "visit_occurrence": 1037,
+    "condition_occurrence": 65332,
+    "drug_exposure": 67707,
+    "procedure_occurrence": 37409,
+    "measurement": 44053,
+    "observation": 1477,
+}
 
 
 class RawSink:
@@ -53,10 +60,17 @@ def check_fixture_events(ev: dict[str, Event]) -> None:
     p1 = ev["omop-person-1"].person
     assert p1 is not None
     assert (p1.birth_date.isoformat(), p1.sex, p1.ethnic_group, p1.ethnic_category) == (  # type: ignore[union-attr]
-        "1961-03-02", "F", "asian", "J")
+        "1961-03-02",
+        "F",
+        "asian",
+        "J",
+    )
     p2 = ev["omop-person-2"].person
     assert p2 is not None and (p2.birth_date.isoformat(), p2.sex, p2.ethnic_group) == (  # type: ignore[union-attr]
-        "1950-01-01", "M", "white")
+        "1950-01-01",
+        "M",
+        "white",
+    )
     cond = ev["omop-condition_occurrence-10"]
     assert cond.code is not None and (cond.code.system, cond.code.value) == ("ICD10", "E11.9")
     assert cond.status == "active"

@@ -76,15 +76,23 @@ def test_connect_without_broker_says_how_to_configure(monkeypatch: pytest.Monkey
 def test_dead_letter_record_text_and_binary() -> None:
     text = json.loads(dead_letter_record("MSH|x", "hl7v2", "1.2.3.4:5 control_id=C1", "AE: PID-7: bad"))
     assert text["payload"] == "MSH|x" and text["payload_encoding"] == "utf-8"
-    assert (text["source"], text["position"], text["reason"]) == ("hl7v2", "1.2.3.4:5 control_id=C1",
-                                                                  "AE: PID-7: bad")
+    assert (text["source"], text["position"], text["reason"]) == ("hl7v2", "1.2.3.4:5 control_id=C1", "AE: PID-7: bad")
     raw = b"\xff\xfe\x00bad"
     binary = json.loads(dead_letter_record(raw, "hl7v2", "p", "r"))
     assert binary["payload_encoding"] == "base64" and base64.b64decode(binary["payload"]) == raw
 
 
-@pytest.mark.parametrize(("number", "ok"), [("9434765919", True), ("943 476 5919", True), ("9434765918", False),
-                                            ("123456789", False), ("abcdefghij", False), ("", False)])
+@pytest.mark.parametrize(
+    ("number", "ok"),
+    [
+        ("9434765919", True),
+        ("943 476 5919", True),
+        ("9434765918", False),
+        ("123456789", False),
+        ("abcdefghij", False),
+        ("", False),
+    ],
+)
 def test_nhs_number_modulus_11(number: str, ok: bool) -> None:
     assert is_valid_nhs_number(number) is ok
 

@@ -77,7 +77,8 @@ def test_frames_have_the_state_schemas(population: tuple[pl.DataFrame, pl.DataFr
 
 
 def test_routine_history_goes_back_years_but_not_into_study_windows(
-        population: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    population: tuple[pl.DataFrame, pl.DataFrame],
+) -> None:
     persons, facts = population
     years = (pl.lit(NOW) - pl.col("occurred_at")).dt.total_days() / 365.25
     old = facts.filter(years > 2)
@@ -86,16 +87,18 @@ def test_routine_history_goes_back_years_but_not_into_study_windows(
     assert adults_with_old_panels > 0.4 * persons.height
     # The routine history changes no sample study's outcome: screening without it gives the same answers.
     studies = [s for s in load_studies([RULES]).studies if s.is_open(NOW)]
-    routine = pl.col("kind").eq("visit") | pl.col("code").is_in(["718-7", "2951-2", "2823-3", "62238-1", "14682-9",
-                                                                 "2160-0", "1742-6"])
+    routine = pl.col("kind").eq("visit") | pl.col("code").is_in(
+        ["718-7", "2951-2", "2823-3", "62238-1", "14682-9", "2160-0", "1742-6"]
+    )
     few = persons.head(5_000)
     mine = facts.filter(pl.col("patient_id").is_in(few["patient_id"].implode()))
     without = mine.filter(~(routine & (years > 2)))
     assert without.height < mine.height - 4 * few.height
     full = screen(PatientState(persons=few, facts=mine), studies, NOW).sort("study_id", "patient_id")
     lean = screen(PatientState(persons=few, facts=without), studies, NOW).sort("study_id", "patient_id")
-    assert_frame_equal(full.select("study_id", "patient_id", "outcome"), lean.select("study_id", "patient_id",
-                                                                                      "outcome"))
+    assert_frame_equal(
+        full.select("study_id", "patient_id", "outcome"), lean.select("study_id", "patient_id", "outcome")
+    )
 
 
 def test_events_are_valid_person_first_then_time_order() -> None:
@@ -274,10 +277,10 @@ def test_regression_a_block_starting_with_an_unstated_ethnic_group_generates() -
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31), start=st.integers(0, 10**7), n=st.integers(0, 120),
-       block_size=st.integers(1, 40))
-def test_generation_never_fails_whatever_the_seed_size_or_batching(seed: int, start: int, n: int,
-                                                                   block_size: int) -> None:
+@given(seed=st.integers(0, 2**31), start=st.integers(0, 10**7), n=st.integers(0, 120), block_size=st.integers(1, 40))
+def test_generation_never_fails_whatever_the_seed_size_or_batching(
+    seed: int, start: int, n: int, block_size: int
+) -> None:
     persons, facts = generate_frames(n, seed=seed, now=NOW, start_index=start, block_size=block_size)
     assert persons.height == n and persons.schema == pl.Schema(PERSONS_SCHEMA)
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
@@ -300,8 +303,9 @@ def streamed() -> list[list[Event]]:
     return list(generate(4_000, seed=13, now=NOW))
 
 
-def test_opt_outs_deaths_and_corrections_at_low_rates(population: tuple[pl.DataFrame, pl.DataFrame],
-                                                      streamed: list[list[Event]]) -> None:
+def test_opt_outs_deaths_and_corrections_at_low_rates(
+    population: tuple[pl.DataFrame, pl.DataFrame], streamed: list[list[Event]]
+) -> None:
     persons, _ = population
     assert 0.006 < persons["do_not_contact"].mean() < 0.015  # type: ignore[operator]
     assert 0.004 < persons["deceased"].mean() < 0.02  # type: ignore[operator]
@@ -315,8 +319,14 @@ def test_control_events_follow_the_event_semantics(streamed: list[list[Event]]) 
     kinds = {"consent": 0, "death": 0, "retraction": 0}
     for patient in streamed:
         by_id = {e.event_id: (i, e) for i, e in enumerate(patient)}
-        last_fact = max((e.occurred_at for e in patient[1:] if e.kind not in ("consent", "death")
-                         and e.status != "entered-in-error"), default=None)
+        last_fact = max(
+            (
+                e.occurred_at
+                for e in patient[1:]
+                if e.kind not in ("consent", "death") and e.status != "entered-in-error"
+            ),
+            default=None,
+        )
         for i, ev in enumerate(patient):
             if ev.kind == "consent":
                 kinds["consent"] += 1
@@ -345,8 +355,9 @@ def test_frames_apply_opt_outs_deaths_and_retractions(streamed: list[list[Event]
     retracted = {e.corrects for p in streamed for e in p if e.corrects}
     assert retracted and not retracted & set(facts["event_id"].to_list())
     sent = {e.event_id for p in streamed for e in p if e.kind not in ("person", "consent", "death")}
-    assert set(facts["event_id"].to_list()) == sent - retracted - {e.event_id for p in streamed for e in p
-                                                                   if e.status == "entered-in-error"}
+    assert set(facts["event_id"].to_list()) == sent - retracted - {
+        e.event_id for p in streamed for e in p if e.status == "entered-in-error"
+    }
     everything = [e for p in streamed for e in p]
     state, _ = apply_events(PatientState(), everything)
     assert_frame_equal(state.persons.sort("patient_id"), persons.sort("patient_id"))
@@ -354,7 +365,7 @@ def test_frames_apply_opt_outs_deaths_and_retractions(streamed: list[list[Event]
     # the same in small batches (a retraction often arrives in a later batch than its original), and replayed
     chunked = PatientState()
     for lo in range(0, len(everything), 997):
-        chunked, _ = apply_events(chunked, everything[lo:lo + 997])
+        chunked, _ = apply_events(chunked, everything[lo : lo + 997])
     chunked, _ = apply_events(chunked, everything[: len(everything) // 2])
     assert_frame_equal(chunked.persons.sort("patient_id"), persons.sort("patient_id"))
     assert_frame_equal(chunked.facts.sort("event_id"), facts.sort("event_id"))
@@ -370,8 +381,10 @@ def test_a_retraction_survives_hl7v2_as_result_status_w(streamed: list[list[Even
     original = next(e for e in patient if e.event_id == retraction.corrects)
     parsed = [ev for m in to_hl7v2(patient) for ev in parse(m).events]
     state, _ = apply_events(PatientState(), parsed)
-    rows = state.facts.filter((pl.col("code") == original.code.value)  # type: ignore[union-attr]
-                              & (pl.col("occurred_at") == original.occurred_at))
+    rows = state.facts.filter(
+        (pl.col("code") == original.code.value)  # type: ignore[union-attr]
+        & (pl.col("occurred_at") == original.occurred_at)
+    )
     assert rows.height == 0  # the original result was retracted by the W result
     sent = [e for e in patient if e.kind == "measurement" and e.status == "active" and e.event_id != original.event_id]
     assert state.facts.filter(pl.col("kind") == "measurement").height == len(sent)
@@ -384,6 +397,8 @@ def test_a_retraction_survives_fhir_as_entered_in_error(streamed: list[list[Even
     same = [e["resource"] for e in bundle["entry"] if e["resource"]["id"] == original.event_id]
     assert [r["status"] for r in same] == ["final", "entered-in-error"]
     state, _ = apply_events(PatientState(), parse_fhir(bundle, now=NOW).events)
-    rows = state.facts.filter((pl.col("code") == original.code.value)  # type: ignore[union-attr]
-                              & (pl.col("occurred_at") == original.occurred_at))
+    rows = state.facts.filter(
+        (pl.col("code") == original.code.value)  # type: ignore[union-attr]
+        & (pl.col("occurred_at") == original.occurred_at)
+    )
     assert rows.height == 0

@@ -19,8 +19,16 @@ NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 
 def fact(e: Event) -> tuple[Any, ...]:
-    return (e.kind, e.patient_id, e.code.system if e.code else None, e.code.value if e.code else None, e.value,
-            e.unit, e.occurred_at, e.setting)
+    return (
+        e.kind,
+        e.patient_id,
+        e.code.system if e.code else None,
+        e.code.value if e.code else None,
+        e.value,
+        e.unit,
+        e.occurred_at,
+        e.setting,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +42,24 @@ def test_hl7v2_roundtrip_keeps_measurements_conditions_and_demographics(patients
         # HL7 carries measurements, text observations, conditions and deaths (drugs/visits are not sent)
         sent = Counter(fact(e) for e in events if e.kind in ("measurement", "observation", "condition"))
         # (a W result also retracts its preliminary and abnormal-flag versions: auxiliary retractions, not facts)
-        got = Counter(fact(e) for e in parsed if e.kind in ("measurement", "observation", "condition")
-                      and not (e.code and e.code.value.startswith("abnormal-flag"))
-                      and not e.event_id.endswith(("-p", "-flag")))
+        got = Counter(
+            fact(e)
+            for e in parsed
+            if e.kind in ("measurement", "observation", "condition")
+            and not (e.code and e.code.value.startswith("abnormal-flag"))
+            and not e.event_id.endswith(("-p", "-flag"))
+        )
         assert got == sent
         src = next(e.person for e in events if e.kind == "person")
         person = next(e.person for e in parsed if e.kind == "person")
         assert src is not None and person is not None
         assert (person.birth_date, person.sex, person.ethnic_group, person.nhs_number, person.postcode_district) == (
-            src.birth_date, src.sex, src.ethnic_group, src.nhs_number, src.postcode_district)
+            src.birth_date,
+            src.sex,
+            src.ethnic_group,
+            src.nhs_number,
+            src.postcode_district,
+        )
 
 
 def test_fhir_roundtrip_keeps_every_clinical_fact(patients: list[list[Event]]) -> None:
@@ -50,10 +67,12 @@ def test_fhir_roundtrip_keeps_every_clinical_fact(patients: list[list[Event]]) -
         parsed = parse_payload(population.to_fhir(events)).events
         kinds = ("measurement", "observation", "condition", "drug", "procedure")
         assert Counter(fact(e) for e in parsed if e.kind in kinds) == Counter(
-            fact(e) for e in events if e.kind in kinds)
+            fact(e) for e in events if e.kind in kinds
+        )
         visits = [e for e in parsed if e.kind == "visit"]
         assert sorted((v.occurred_at, v.setting) for v in visits) == sorted(
-            (e.occurred_at, e.setting) for e in events if e.kind == "visit")
+            (e.occurred_at, e.setting) for e in events if e.kind == "visit"
+        )
 
 
 def test_synthetic_cli_canonical_dry_run_is_reproducible() -> None:
@@ -65,8 +84,9 @@ def test_synthetic_cli_canonical_dry_run_is_reproducible() -> None:
 
 
 def test_synthetic_cli_hl7v2_to_stdout_parses() -> None:
-    result = CliRunner().invoke(main, ["connect", "synthetic", "--patients", "2", "--format", "hl7v2",
-                                       "--now", "2026-06-01T00:00:00Z"])
+    result = CliRunner().invoke(
+        main, ["connect", "synthetic", "--patients", "2", "--format", "hl7v2", "--now", "2026-06-01T00:00:00Z"]
+    )
     assert result.exit_code == 0, result.output
     messages = [line.replace("\\r", "\r") for line in result.stdout.splitlines() if line.startswith("MSH")]
     assert messages and all(parse_message(m).events for m in messages)

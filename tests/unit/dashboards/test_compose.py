@@ -30,9 +30,7 @@ def _interpolations(text: str) -> set[str]:
 
 
 def test_compose_has_the_whole_stack():
-    assert {"kafka", "kafka-init", "postgres", "engine", "web", "hl7", "fhir", "prometheus", "grafana"} <= set(
-        SERVICES
-    )
+    assert {"kafka", "kafka-init", "postgres", "engine", "web", "hl7", "fhir", "prometheus", "grafana"} <= set(SERVICES)
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
     env = _env(SERVICES["kafka"])
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
@@ -50,8 +48,9 @@ def test_screener_services_use_only_settings_fields():
         for key in _env(service):
             assert key in SETTINGS_ENV, f"{name}: {key} is not a screener.settings.Settings field"
         # and the values are valid settings (interpolations replaced by their defaults)
-        values = {k[len("SCREENER_"):].lower(): re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", v)
-                  for k, v in _env(service).items()}
+        values = {
+            k[len("SCREENER_") :].lower(): re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", v) for k, v in _env(service).items()
+        }
         Settings(**{k: v for k, v in values.items() if v != ""})
 
 
@@ -93,8 +92,11 @@ def test_every_host_path_exists():
 
 def test_dockerfile_copies_only_what_exists_and_is_not_ignored():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     for line in dockerfile.splitlines():
         if line.startswith("COPY") and "--from=" not in line:
             for source in line.split()[1:-1]:
@@ -121,7 +123,8 @@ def test_ports_agree_with_settings_prometheus_and_health_checks():
         assert command[command.index("--listen") + 1].startswith("0.0.0.0:")
         assert f"{port}:{port}" in SCREENER_SERVICES[name]["ports"]
         assert f"127.0.0.1', {port})" in str(SCREENER_SERVICES[name]["healthcheck"]["test"]) or (
-            f"127.0.0.1:{port}/" in str(SCREENER_SERVICES[name]["healthcheck"]["test"]))
+            f"127.0.0.1:{port}/" in str(SCREENER_SERVICES[name]["healthcheck"]["test"])
+        )
     assert not hl7.get("SCREENER_METRICS_PORT")
 
     prom = yaml.safe_load((ROOT / "dashboards" / "prometheus" / "prometheus.yml").read_text())

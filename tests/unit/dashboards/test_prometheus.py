@@ -20,12 +20,26 @@ ROOT = Path(__file__).resolve().parents[3]
 DASH = ROOT / "dashboards"
 RULES = sorted((DASH / "prometheus" / "rules").glob("*.yml"))
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-UIDS = {"operations.json": "screener-operations", "recruitment.json": "screener-recruitment",
-        "equity.json": "screener-equity"}
+UIDS = {
+    "operations.json": "screener-operations",
+    "recruitment.json": "screener-recruitment",
+    "equity.json": "screener-equity",
+}
 #: Grafana macros the dashboards may use, with the values the tests substitute.
 GRAFANA_MACROS = {"$__rate_interval": "1m", "$__range": "1h"}
-AGGREGATION_LABELS = ("job", "source", "kind", "topic", "channel", "study", "sponsor", "setting", "stage",
-                      "imd_quintile", "ethnic_group")
+AGGREGATION_LABELS = (
+    "job",
+    "source",
+    "kind",
+    "topic",
+    "channel",
+    "study",
+    "sponsor",
+    "setting",
+    "stage",
+    "imd_quintile",
+    "ethnic_group",
+)
 LEVEL_METRIC_OPERATIONS = re.compile(r"^[a-z_]*:[a-z_]+:[a-z0-9_]+$")
 
 
@@ -105,8 +119,14 @@ def test_promtool_unit_tests_for_alerts_pass():
 
 def test_alerts_cover_the_issue_and_carry_severity_and_summary():
     alerts = {r["alert"]: r for r in rule_entries() if "alert" in r}
-    for name in ("ScreenerNoEventsConsumed", "ScreenerConsumerLagGrowing", "ScreenerDeadLettersHigh",
-                 "ScreenerRuleLoadFailure", "ScreenerDeliveryFailures", "ScreenerStudyBehindTimeAndTarget"):
+    for name in (
+        "ScreenerNoEventsConsumed",
+        "ScreenerConsumerLagGrowing",
+        "ScreenerDeadLettersHigh",
+        "ScreenerRuleLoadFailure",
+        "ScreenerDeliveryFailures",
+        "ScreenerStudyBehindTimeAndTarget",
+    ):
         assert name in alerts
     for rule in alerts.values():
         assert rule["labels"]["severity"] in {"page", "warning", "info"}
@@ -125,7 +145,7 @@ def test_recording_rules_follow_level_metric_operations():
         while rest:  # the level is a concatenation of aggregation labels, each named in the expression
             label = next((x for x in AGGREGATION_LABELS if rest == x or rest.startswith(x + "_")), None)
             assert label is not None and label in expr, (name, rest)
-            rest = rest[len(label) + 1:]
+            rest = rest[len(label) + 1 :]
 
 
 def test_dashboards_parse_with_stable_uids_and_the_provisioned_datasource():
@@ -163,8 +183,14 @@ def test_every_dashboard_expression_parses(tmp_path):
     """promtool parses each expression as a recording rule; an error names the dashboard and panel."""
     exprs = dashboard_exprs()
     assert len(exprs) >= 30
-    rules = {"groups": [{"name": "dashboards", "rules": [
-        {"record": f"dashboard:expr_{i}:check", "expr": e} for i, (_, _, e) in enumerate(exprs)]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboards",
+                "rules": [{"record": f"dashboard:expr_{i}:check", "expr": e} for i, (_, _, e) in enumerate(exprs)],
+            }
+        ]
+    }
     path = tmp_path / "exprs.yml"
     path.write_text(yaml.safe_dump(rules))
     result = _promtool("check", "rules", str(path))
@@ -176,8 +202,18 @@ def test_every_dashboard_expression_parses(tmp_path):
 
 def test_a_bad_expression_is_caught_by_the_parse_check(tmp_path):
     path = tmp_path / "bad.yml"
-    path.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [
-        {"record": "a:b:c", "expr": "sum by (x) (rate(screener_events_consumed_total[5m])"}]}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "groups": [
+                    {
+                        "name": "g",
+                        "rules": [{"record": "a:b:c", "expr": "sum by (x) (rate(screener_events_consumed_total[5m])"}],
+                    }
+                ]
+            }
+        )
+    )
     assert _promtool("check", "rules", str(path)).returncode != 0
 
 

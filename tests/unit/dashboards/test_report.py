@@ -13,8 +13,15 @@ from screener.report import ReportData, build_report, disclose, render_html
 TODAY = date(2026, 7, 1)
 
 
-def _rows(study: str, n: int, *, stage: str = "new", setting: str = "hospital", imd: int | None = 1,
-          ethnic: str | None = "white") -> list[dict]:
+def _rows(
+    study: str,
+    n: int,
+    *,
+    stage: str = "new",
+    setting: str = "hospital",
+    imd: int | None = 1,
+    ethnic: str | None = "white",
+) -> list[dict]:
     return [{"study_id": study, "setting": setting, "stage": stage, "imd_decile": imd, "ethnic_group": ethnic}] * n
 
 
@@ -22,12 +29,30 @@ def _rows(study: str, n: int, *, stage: str = "new", setting: str = "hospital", 
 def data() -> ReportData:
     studies = [
         # opened 2026-01-01, closes 2027-01-01: 181/365 of the time elapsed on TODAY
-        {"study_id": "AHEAD", "title": "On track", "sponsor": "commercial", "target": 40,
-         "opens": date(2026, 1, 1), "closes": date(2027, 1, 1)},
-        {"study_id": "BEHIND", "title": "Behind", "sponsor": "non-commercial", "target": 400,
-         "opens": date(2026, 1, 1), "closes": date(2027, 1, 1)},
-        {"study_id": "LATER", "title": "Not open yet", "sponsor": "non-commercial", "target": 10,
-         "opens": date(2026, 9, 1), "closes": date(2027, 9, 1)},
+        {
+            "study_id": "AHEAD",
+            "title": "On track",
+            "sponsor": "commercial",
+            "target": 40,
+            "opens": date(2026, 1, 1),
+            "closes": date(2027, 1, 1),
+        },
+        {
+            "study_id": "BEHIND",
+            "title": "Behind",
+            "sponsor": "non-commercial",
+            "target": 400,
+            "opens": date(2026, 1, 1),
+            "closes": date(2027, 1, 1),
+        },
+        {
+            "study_id": "LATER",
+            "title": "Not open yet",
+            "sponsor": "non-commercial",
+            "target": 10,
+            "opens": date(2026, 9, 1),
+            "closes": date(2027, 9, 1),
+        },
     ]
     matches = (
         _rows("AHEAD", 25, stage="enrolled", setting="community", imd=1, ethnic="white")
@@ -105,10 +130,17 @@ def test_publish_store_metrics_sets_funnel_and_enrolment_gauges(data):
     metrics = Metrics(registry=registry)
     publish_store_metrics(metrics, data)
     get = registry.get_sample_value
-    assert get("screener_study_enrolled_participants",
-               {"study": "AHEAD", "sponsor": "commercial", "setting": "community"}) == 25
-    assert get("screener_study_enrolled_participants",
-               {"study": "BEHIND", "sponsor": "non-commercial", "setting": "hospital"}) == 23
+    assert (
+        get("screener_study_enrolled_participants", {"study": "AHEAD", "sponsor": "commercial", "setting": "community"})
+        == 25
+    )
+    assert (
+        get(
+            "screener_study_enrolled_participants",
+            {"study": "BEHIND", "sponsor": "non-commercial", "setting": "hospital"},
+        )
+        == 23
+    )
     # raw, cumulative: the recording rules disclose
     assert get("screener_funnel_ethnic_group_patients", {"stage": "enrolled", "ethnic_group": "black"}) == 3
     assert get("screener_funnel_ethnic_group_patients", {"stage": "matched", "ethnic_group": "white"}) == 145
@@ -119,5 +151,10 @@ def test_publish_store_metrics_sets_funnel_and_enrolment_gauges(data):
     # a label set that left the store is removed on the next publish
     publish_store_metrics(metrics, ReportData.of(data.studies, data.matches.filter(pl.col("study_id") == "AHEAD")))
     assert get("screener_funnel_ethnic_group_patients", {"stage": "enrolled", "ethnic_group": "black"}) is None
-    assert get("screener_study_enrolled_participants",
-               {"study": "BEHIND", "sponsor": "non-commercial", "setting": "hospital"}) is None
+    assert (
+        get(
+            "screener_study_enrolled_participants",
+            {"study": "BEHIND", "sponsor": "non-commercial", "setting": "hospital"},
+        )
+        is None
+    )

@@ -30,8 +30,9 @@ class Log:
         self.topics: dict[str, dict[int, list[Record]]] = {}
         self.committed: dict[tuple[str, int], int] = {}
 
-    def append(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
-               timestamp: int | None = None) -> Record:
+    def append(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None, timestamp: int | None = None
+    ) -> Record:
         parts = self.topics.setdefault(topic, {p: [] for p in range(self.partitions)})
         if partition is None:
             partition = int(hashlib.md5(key or b"").hexdigest(), 16) % self.partitions
@@ -93,7 +94,7 @@ class FakeConsumer:
         out: dict[TopicPartition, list[Record]] = {}
         n = 0
         for tp in self.assigned:
-            recs = self.log.topics[tp.topic][tp.partition][self.position[tp]:][: max_records - n]
+            recs = self.log.topics[tp.topic][tp.partition][self.position[tp] :][: max_records - n]
             if recs:
                 out[tp] = recs
                 self.position[tp] += len(recs)
@@ -144,8 +145,11 @@ class MiniStudy:
     team: str = "team"
 
     def is_open(self, at: datetime) -> bool:
-        return datetime(self.opens.year, self.opens.month, self.opens.day, tzinfo=UTC) <= at < datetime(
-            self.closes.year, self.closes.month, self.closes.day, tzinfo=UTC) + timedelta(days=1)
+        return (
+            datetime(self.opens.year, self.opens.month, self.opens.day, tzinfo=UTC)
+            <= at
+            < datetime(self.closes.year, self.closes.month, self.closes.day, tzinfo=UTC) + timedelta(days=1)
+        )
 
     def fact_filter(self) -> pl.Expr:
         if self.icd10 is None:
@@ -161,29 +165,47 @@ def mini_screen(state: Any, studies: Any, now: datetime) -> pl.DataFrame:
     frames = []
     today = now.date()
     age = (
-        pl.lit(today.year) - pl.col("birth_date").dt.year()
-        - ((pl.lit(today.month * 100 + today.day))
-           < (pl.col("birth_date").dt.month().cast(pl.Int32) * 100 + pl.col("birth_date").dt.day())).cast(pl.Int32)
+        pl.lit(today.year)
+        - pl.col("birth_date").dt.year()
+        - (
+            (pl.lit(today.month * 100 + today.day))
+            < (pl.col("birth_date").dt.month().cast(pl.Int32) * 100 + pl.col("birth_date").dt.day())
+        ).cast(pl.Int32)
     )
     for s in studies:
         if s.icd10 is None:
             has = pl.lit(True)
             p = state.persons.with_columns(has.alias("_has"))
         else:
-            with_code = state.facts.filter(
-                (pl.col("system") == "ICD10") & pl.col("code").str.starts_with(s.icd10)
-            ).select("patient_id").unique().with_columns(pl.lit(True).alias("_has"))
+            with_code = (
+                state.facts.filter((pl.col("system") == "ICD10") & pl.col("code").str.starts_with(s.icd10))
+                .select("patient_id")
+                .unique()
+                .with_columns(pl.lit(True).alias("_has"))
+            )
             p = state.persons.join(with_code, on="patient_id", how="left").with_columns(pl.col("_has").fill_null(False))
         adult = age >= s.min_age
-        frames.append(p.select(
-            pl.lit(s.id).alias("study_id"),
-            pl.col("patient_id"),
-            pl.when(adult.is_null() & pl.col("_has")).then(pl.lit("possible"))
-            .when(adult & pl.col("_has")).then(pl.lit("eligible")).otherwise(pl.lit("ineligible")).alias("outcome"),
-            pl.lit(s.content_hash).alias("rule_hash"),
-            pl.concat_list(pl.struct(pl.lit("adult").alias("name"), pl.lit("include").alias("group"),
-                                     adult.alias("result"), pl.lit("age").alias("evidence"))).alias("criteria"),
-        ))
+        frames.append(
+            p.select(
+                pl.lit(s.id).alias("study_id"),
+                pl.col("patient_id"),
+                pl.when(adult.is_null() & pl.col("_has"))
+                .then(pl.lit("possible"))
+                .when(adult & pl.col("_has"))
+                .then(pl.lit("eligible"))
+                .otherwise(pl.lit("ineligible"))
+                .alias("outcome"),
+                pl.lit(s.content_hash).alias("rule_hash"),
+                pl.concat_list(
+                    pl.struct(
+                        pl.lit("adult").alias("name"),
+                        pl.lit("include").alias("group"),
+                        adult.alias("result"),
+                        pl.lit("age").alias("evidence"),
+                    )
+                ).alias("criteria"),
+            )
+        )
     return pl.concat(frames) if frames else pl.DataFrame()
 
 
@@ -207,12 +229,17 @@ def mini_loader(paths: Any) -> LoadResult:
             text = f.read_text()
             try:
                 kv = dict(part.split("=", 1) for part in text.split())
-                studies.append(MiniStudy(
-                    id=kv["id"], min_age=int(kv.get("min_age", 18)), icd10=kv.get("icd10"),
-                    opens=date.fromisoformat(kv.get("opens", "2020-01-01")),
-                    closes=date.fromisoformat(kv.get("closes", "2030-01-01")),
-                    path=str(f), content_hash=hashlib.sha256(text.encode()).hexdigest(),
-                ))
+                studies.append(
+                    MiniStudy(
+                        id=kv["id"],
+                        min_age=int(kv.get("min_age", 18)),
+                        icd10=kv.get("icd10"),
+                        opens=date.fromisoformat(kv.get("opens", "2020-01-01")),
+                        closes=date.fromisoformat(kv.get("closes", "2030-01-01")),
+                        path=str(f),
+                        content_hash=hashlib.sha256(text.encode()).hexdigest(),
+                    )
+                )
             except (ValueError, KeyError) as exc:
                 errors.append(MiniRuleError(str(f), f"cannot read: {exc}"))
     return LoadResult(studies, errors)
@@ -228,9 +255,16 @@ def settings(tmp_path: Path) -> Settings:
     rules = tmp_path / "rules"
     rules.mkdir()
     return Settings(
-        rules_dir=rules, state_dir=tmp_path / "state", batch_max_records=1000, batch_max_ms=5,
-        rescreen_interval_s=3600, rules_poll_s=0.001, snapshot_interval_s=3600, events_topic="ev",
-        matches_topic="m", dlq_topic="dlq",
+        rules_dir=rules,
+        state_dir=tmp_path / "state",
+        batch_max_records=1000,
+        batch_max_ms=5,
+        rescreen_interval_s=3600,
+        rules_poll_s=0.001,
+        snapshot_interval_s=3600,
+        events_topic="ev",
+        matches_topic="m",
+        dlq_topic="dlq",
     )
 
 

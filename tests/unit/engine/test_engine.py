@@ -28,8 +28,14 @@ def build(settings: Any, log: Any, mini: Any, store: MemoryStore | None = None, 
     from conftest import FakeConsumer, FakeProducer  # type: ignore[import-not-found]
 
     return Engine(
-        settings, store or MemoryStore(), metrics=Metrics(CollectorRegistry()), clock=clock or FixedClock(NOW),
-        consumer=FakeConsumer(log), producer=FakeProducer(log), loader=mini["loader"], screen=mini["screen"],
+        settings,
+        store or MemoryStore(),
+        metrics=Metrics(CollectorRegistry()),
+        clock=clock or FixedClock(NOW),
+        consumer=FakeConsumer(log),
+        producer=FakeProducer(log),
+        loader=mini["loader"],
+        screen=mini["screen"],
     ).start()
 
 
@@ -70,13 +76,16 @@ def test_event_becomes_a_match_then_offsets_are_committed(settings: Any, log: An
     total = sum(len(v) for v in log.topics["ev"].values())
     assert sum(log.committed[("ev", p)] for p in range(2) if ("ev", p) in log.committed) == total
     reg = engine.metrics.registry
-    assert reg.get_sample_value("screener_matches_total", {"study": "ADULT-DM", "outcome": "eligible",
-                                                           "setting": "unknown"}) == 1
+    assert (
+        reg.get_sample_value(
+            "screener_matches_total", {"study": "ADULT-DM", "outcome": "eligible", "setting": "unknown"}
+        )
+        == 1
+    )
     assert reg.get_sample_value("screener_events_consumed_total", {"source": "test", "kind": "person"}) == 2
 
 
-def test_a_match_is_recorded_once_even_when_screened_again(settings: Any, log: Any, mini: Any,
-                                                            make_event: Any) -> None:
+def test_a_match_is_recorded_once_even_when_screened_again(settings: Any, log: Any, mini: Any, make_event: Any) -> None:
     write_rule(settings, "a", "id=ADULT min_age=18")
     store = MemoryStore()
     engine = build(settings, log, mini, store)
@@ -89,8 +98,9 @@ def test_a_match_is_recorded_once_even_when_screened_again(settings: Any, log: A
     assert len(log.values("m")) == 1
 
 
-def test_bad_event_goes_to_the_dead_letter_topic_with_reason_and_position(settings: Any, log: Any, mini: Any,
-                                                                           make_event: Any) -> None:
+def test_bad_event_goes_to_the_dead_letter_topic_with_reason_and_position(
+    settings: Any, log: Any, mini: Any, make_event: Any
+) -> None:
     write_rule(settings, "a", "id=ADULT min_age=18")
     engine = build(settings, log, mini)
     rec = log.append("ev", b"k", b'{"kind": "vitals"}', partition=1)
@@ -100,12 +110,17 @@ def test_bad_event_goes_to_the_dead_letter_topic_with_reason_and_position(settin
     assert dlq["partition"] == 1 and dlq["offset"] == rec.offset and dlq["topic"] == "ev"
     assert dlq["payload"] == '{"kind": "vitals"}' and dlq["reason"]
     assert log.committed[("ev", 1)] >= rec.offset + 1
-    assert engine.metrics.registry.get_sample_value(
-        "screener_dead_letters_total", {"stage": "validate", "reason": dlq["reason"][:60]}) == 1
+    assert (
+        engine.metrics.registry.get_sample_value(
+            "screener_dead_letters_total", {"stage": "validate", "reason": dlq["reason"][:60]}
+        )
+        == 1
+    )
 
 
-def test_do_not_contact_and_deceased_are_never_matched_and_only_counted(settings: Any, log: Any, mini: Any,
-                                                                        make_event: Any) -> None:
+def test_do_not_contact_and_deceased_are_never_matched_and_only_counted(
+    settings: Any, log: Any, mini: Any, make_event: Any
+) -> None:
     write_rule(settings, "a", "id=ADULT min_age=18")
     store = MemoryStore(do_not_contact=["P3"])
     engine = build(settings, log, mini, store)
@@ -120,8 +135,9 @@ def test_do_not_contact_and_deceased_are_never_matched_and_only_counted(settings
     assert reg.get_sample_value("screener_deceased_suppressed_total", {"study": "ADULT"}) == 1
 
 
-def test_store_failure_commits_nothing_and_the_batch_is_redone(settings: Any, log: Any, mini: Any,
-                                                               make_event: Any) -> None:
+def test_store_failure_commits_nothing_and_the_batch_is_redone(
+    settings: Any, log: Any, mini: Any, make_event: Any
+) -> None:
     write_rule(settings, "a", "id=ADULT min_age=18")
     store = MemoryStore()
     engine = build(settings, log, mini, store)
@@ -135,8 +151,9 @@ def test_store_failure_commits_nothing_and_the_batch_is_redone(settings: Any, lo
     assert store.matches()["patient_id"].to_list() == ["P1"]
 
 
-def test_patient_turning_18_is_matched_at_the_next_scheduled_rescreen(settings: Any, log: Any, mini: Any,
-                                                                      make_event: Any) -> None:
+def test_patient_turning_18_is_matched_at_the_next_scheduled_rescreen(
+    settings: Any, log: Any, mini: Any, make_event: Any
+) -> None:
     write_rule(settings, "a", "id=ADULT min_age=18")
     clock = FixedClock(datetime(2026, 6, 1, 12, tzinfo=UTC))
     store = MemoryStore()
@@ -165,8 +182,9 @@ def test_rescreen_waits_for_its_schedule(settings: Any, log: Any, mini: Any, mak
     assert store.matches().height == 1
 
 
-def test_added_rule_is_screened_retrospectively_and_broken_edit_keeps_old(settings: Any, log: Any, mini: Any,
-                                                                          make_event: Any) -> None:
+def test_added_rule_is_screened_retrospectively_and_broken_edit_keeps_old(
+    settings: Any, log: Any, mini: Any, make_event: Any
+) -> None:
     write_rule(settings, "a", "id=OLD min_age=65")
     store = MemoryStore()
     engine = build(settings, log, mini, store)
@@ -203,8 +221,7 @@ def test_study_dates_are_respected(settings: Any, log: Any, mini: Any, make_even
     assert store.matches()["patient_id"].to_list() == ["P1"]
 
 
-def test_snapshot_on_revocation_restores_without_replay(settings: Any, log: Any, mini: Any,
-                                                        make_event: Any) -> None:
+def test_snapshot_on_revocation_restores_without_replay(settings: Any, log: Any, mini: Any, make_event: Any) -> None:
     from conftest import FakeConsumer, FakeProducer
 
     write_rule(settings, "a", "id=ADULT min_age=18")
@@ -216,17 +233,25 @@ def test_snapshot_on_revocation_restores_without_replay(settings: Any, log: Any,
     engine._consumer.revoke_all()
     snaps = sorted(p.name for p in Path(settings.state_dir).iterdir())
     assert snaps == ["ev-0", "ev-1"]
-    second = Engine(settings, store, metrics=Metrics(CollectorRegistry()), clock=FixedClock(NOW),
-                    consumer=FakeConsumer(log), producer=FakeProducer(log), loader=mini["loader"],
-                    screen=mini["screen"]).start()
+    second = Engine(
+        settings,
+        store,
+        metrics=Metrics(CollectorRegistry()),
+        clock=FixedClock(NOW),
+        consumer=FakeConsumer(log),
+        producer=FakeProducer(log),
+        loader=mini["loader"],
+        screen=mini["screen"],
+    ).start()
     second.step()
     assert second.caught_up
     assert second.state().persons.height == 20
     assert store.matches().height == 20 and len(log.values("m")) == 20
 
 
-def test_restart_without_snapshot_replays_and_matches_nothing_twice(settings: Any, log: Any, mini: Any,
-                                                                    make_event: Any) -> None:
+def test_restart_without_snapshot_replays_and_matches_nothing_twice(
+    settings: Any, log: Any, mini: Any, make_event: Any
+) -> None:
     from conftest import FakeConsumer, FakeProducer
 
     write_rule(settings, "a", "id=ADULT min_age=18")
@@ -236,9 +261,16 @@ def test_restart_without_snapshot_replays_and_matches_nothing_twice(settings: An
         log.publish("ev", person(make_event, f"P{i}", "1970-01-01"))
     run_until_idle(engine)
     # "kill -9": no close, no snapshot. The next engine replays the committed records without screening.
-    second = Engine(settings, store, metrics=Metrics(CollectorRegistry()), clock=FixedClock(NOW),
-                    consumer=FakeConsumer(log), producer=FakeProducer(log), loader=mini["loader"],
-                    screen=mini["screen"]).start()
+    second = Engine(
+        settings,
+        store,
+        metrics=Metrics(CollectorRegistry()),
+        clock=FixedClock(NOW),
+        consumer=FakeConsumer(log),
+        producer=FakeProducer(log),
+        loader=mini["loader"],
+        screen=mini["screen"],
+    ).start()
     log.publish("ev", person(make_event, "P99", "1970-01-01"))
     run_until_idle(second)
     assert second.caught_up and second.state().persons.height == 11
@@ -246,9 +278,9 @@ def test_restart_without_snapshot_replays_and_matches_nothing_twice(settings: An
     assert store.matches().unique(["study_id", "patient_id"]).height == 11
 
 
-def test_full_rescreen_is_worked_off_in_chunks_between_batches(settings: Any, log: Any, mini: Any,
-                                                               make_event: Any,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_rescreen_is_worked_off_in_chunks_between_batches(
+    settings: Any, log: Any, mini: Any, make_event: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import screener.engine as engine_module
 
     monkeypatch.setattr(engine_module, "RESCREEN_CHUNK", 3)
@@ -272,8 +304,9 @@ def test_full_rescreen_is_worked_off_in_chunks_between_batches(settings: Any, lo
     assert store.matches().height == 10 and not engine._queue
 
 
-def test_a_match_whose_publish_failed_is_published_once_by_the_sweep(settings: Any, log: Any, mini: Any,
-                                                                      make_event: Any) -> None:
+def test_a_match_whose_publish_failed_is_published_once_by_the_sweep(
+    settings: Any, log: Any, mini: Any, make_event: Any
+) -> None:
     """The crash window between the worklist write and the broker's acknowledgement: the match is stored but
     not on screening.matches. Redoing the batch finds it already stored; the sweep publishes it, once."""
     from conftest import FakeConsumer, FakeProducer  # type: ignore[import-not-found]
@@ -298,8 +331,16 @@ def test_a_match_whose_publish_failed_is_published_once_by_the_sweep(settings: A
     write_rule(settings, "a", "id=ADULT min_age=18")
     store = MemoryStore()
     producer = BrokenMatchesTopic(log)
-    engine = Engine(settings, store, metrics=Metrics(CollectorRegistry()), clock=FixedClock(NOW),
-                    consumer=FakeConsumer(log), producer=producer, loader=mini["loader"], screen=mini["screen"]).start()
+    engine = Engine(
+        settings,
+        store,
+        metrics=Metrics(CollectorRegistry()),
+        clock=FixedClock(NOW),
+        consumer=FakeConsumer(log),
+        producer=producer,
+        loader=mini["loader"],
+        screen=mini["screen"],
+    ).start()
     log.publish("ev", person(make_event, "P1", "1970-01-01"))
     run_until_idle(engine)
     assert store.matches()["patient_id"].to_list() == ["P1"]  # stored...

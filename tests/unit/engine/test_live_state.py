@@ -27,13 +27,17 @@ EVENT_IDS = [f"e{i}" for i in range(10)]
 def events(draw: st.DrawFn) -> Event:
     kind = draw(st.sampled_from(["person", "condition", "measurement", "drug", "consent", "death"]))
     ev: dict[str, Any] = {
-        "event_id": draw(st.sampled_from(EVENT_IDS)), "source": "test", "kind": kind,
+        "event_id": draw(st.sampled_from(EVENT_IDS)),
+        "source": "test",
+        "kind": kind,
         "patient_id": draw(st.sampled_from(PATIENTS)),
         "occurred_at": f"2026-0{draw(st.integers(1, 9))}-1{draw(st.integers(0, 9))}T09:00:00Z",
     }
     if kind == "person":
-        ev["person"] = {"birth_date": draw(st.sampled_from([None, "1950-01-01", "2008-06-30"])),
-                        "sex": draw(st.sampled_from([None, "F", "M"]))}
+        ev["person"] = {
+            "birth_date": draw(st.sampled_from([None, "1950-01-01", "2008-06-30"])),
+            "sex": draw(st.sampled_from([None, "F", "M"])),
+        }
         if draw(st.integers(0, 3)) == 0:
             ev["person"]["merged_from"] = draw(st.sampled_from(PATIENTS))
     elif kind == "consent":
@@ -65,8 +69,9 @@ def _same(a: PatientState, b: PatientState) -> None:
     changed_only=st.booleans(),
     probe=st.lists(st.sampled_from(PATIENTS), max_size=3),
 )
-def test_live_state_is_apply_frames(batches: list[list[Event]], tail_min: int, filtered: bool,
-                                    changed_only: bool, probe: list[str]) -> None:
+def test_live_state_is_apply_frames(
+    batches: list[list[Event]], tail_min: int, filtered: bool, changed_only: bool, probe: list[str]
+) -> None:
     keep = FactFilter(pl.col("code") != "C50") if filtered else None
     ref = PatientState()
     live = LiveState()
@@ -99,14 +104,16 @@ def test_a_restored_state_is_indexed_and_answers_like_the_original(make_event: A
     assert live.to_state().facts["event_id"].sort().to_list() == ["a", "c", "d"]
 
 
-def test_snapshots_of_parts_reuse_unchanged_main_files_and_restore_the_same_live_state(make_event: Any,
-                                                                                      tmp_path: Path) -> None:
+def test_snapshots_of_parts_reuse_unchanged_main_files_and_restore_the_same_live_state(
+    make_event: Any, tmp_path: Path
+) -> None:
     import os
 
     from screener.state import load_snapshot, load_snapshot_parts, save_snapshot
 
-    first = [make_event(patient_id=f"P{i}", event_id=f"a{i}", code={"system": "ICD10", "value": "I10"})
-             for i in range(6)]
+    first = [
+        make_event(patient_id=f"P{i}", event_id=f"a{i}", code={"system": "ICD10", "value": "I10"}) for i in range(6)
+    ]
     live = LiveState()
     live.apply(*events_to_frames(first))
     live.compact()  # main frames: P0..P5
@@ -114,10 +121,14 @@ def test_snapshots_of_parts_reuse_unchanged_main_files_and_restore_the_same_live
     gen1 = tmp_path / json.loads((tmp_path / "CURRENT").read_text())["generation"]
     inode = os.stat(gen1 / "facts.parquet").st_ino
     # Later batches only reach the tail: the next snapshot links the main files and writes the tail.
-    live.apply(*events_to_frames([
-        make_event(patient_id="P2", event_id="b1", code={"system": "ICD10", "value": "E11.9"}),
-        make_event(patient_id="P9", event_id="b2", corrects="a4", code={"system": "ICD10", "value": "E10"}),
-    ]))
+    live.apply(
+        *events_to_frames(
+            [
+                make_event(patient_id="P2", event_id="b1", code={"system": "ICD10", "value": "E11.9"}),
+                make_event(patient_id="P9", event_id="b2", corrects="a4", code={"system": "ICD10", "value": "E10"}),
+            ]
+        )
+    )
     save_snapshot(live.parts(), tmp_path, 12, {"rules": "x"})
     gen2 = tmp_path / json.loads((tmp_path / "CURRENT").read_text())["generation"]
     assert gen2 != gen1 and not gen1.exists()

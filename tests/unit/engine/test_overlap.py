@@ -46,8 +46,13 @@ def build(settings: Any, log: Any, mini: Any, store: MemoryStore, consumer: Any 
 
     (Path(settings.rules_dir) / "a.yaml").write_text("id=ADULT min_age=18")
     return Engine(
-        settings, store, metrics=Metrics(CollectorRegistry()), clock=FixedClock(NOW),
-        consumer=consumer or FakeConsumer(log), producer=FakeProducer(log), loader=mini["loader"],
+        settings,
+        store,
+        metrics=Metrics(CollectorRegistry()),
+        clock=FixedClock(NOW),
+        consumer=consumer or FakeConsumer(log),
+        producer=FakeProducer(log),
+        loader=mini["loader"],
         screen=mini["screen"],
     ).start()
 
@@ -98,8 +103,9 @@ def test_overlapped_steps_commit_each_batch_only_after_its_matches_are_stored(
     assert consumer.commits >= 6
 
 
-def test_a_rebalance_waits_for_the_batch_in_flight_and_commits_it(overlapping: Any, log: Any, mini: Any,
-                                                                   make_event: Any) -> None:
+def test_a_rebalance_waits_for_the_batch_in_flight_and_commits_it(
+    overlapping: Any, log: Any, mini: Any, make_event: Any
+) -> None:
     settings = overlapping
     from conftest import FakeConsumer
 
@@ -142,8 +148,9 @@ def test_a_rebalance_waits_for_the_batch_in_flight_and_commits_it(overlapping: A
     assert committed_total(log) == 17
 
 
-def test_a_failed_batch_voids_the_batch_polled_behind_it(overlapping: Any, log: Any, mini: Any,
-                                                          make_event: Any) -> None:
+def test_a_failed_batch_voids_the_batch_polled_behind_it(
+    overlapping: Any, log: Any, mini: Any, make_event: Any
+) -> None:
     """The next batch was polled while the failed one was in flight; after the failure every partition restarts
     from its snapshot, so that batch must be read again after the failed one, not applied ahead of it."""
     settings = overlapping
@@ -218,8 +225,9 @@ def test_a_small_batch_is_not_left_in_flight(settings: Any, log: Any, mini: Any,
     assert sorted(store.matches()["patient_id"].to_list()) == sorted(ids)
 
 
-def test_close_finishes_commits_and_snapshots_the_batch_in_flight(overlapping: Any, log: Any, mini: Any,
-                                                                   make_event: Any) -> None:
+def test_close_finishes_commits_and_snapshots_the_batch_in_flight(
+    overlapping: Any, log: Any, mini: Any, make_event: Any
+) -> None:
     settings = overlapping
     store = MemoryStore()
     engine = build(settings, log, mini, store)

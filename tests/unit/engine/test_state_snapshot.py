@@ -16,8 +16,7 @@ def _state(make_event: Any) -> PatientState:
     events = [
         make_event(kind="person", patient_id="P1", person={"birth_date": "1970-01-01"}, code=None),
         make_event(patient_id="P1", code={"system": "ICD10", "value": "E11.9"}),
-        make_event(patient_id="P1", code={"system": "ICD10", "value": "I10"},
-                   occurred_at="2020-01-01T00:00:00Z"),
+        make_event(patient_id="P1", code={"system": "ICD10", "value": "I10"}, occurred_at="2020-01-01T00:00:00Z"),
     ]
     state, _ = apply_events(PatientState(), events)
     return state
@@ -34,8 +33,7 @@ def test_snapshot_round_trips_state_offset_and_meta(tmp_path: Path, make_event: 
     assert_frame_equal(restored.facts, state.facts)
 
 
-def test_a_newer_snapshot_replaces_the_older_and_a_half_written_one_is_ignored(tmp_path: Path,
-                                                                              make_event: Any) -> None:
+def test_a_newer_snapshot_replaces_the_older_and_a_half_written_one_is_ignored(tmp_path: Path, make_event: Any) -> None:
     state = _state(make_event)
     save_snapshot(PatientState(), tmp_path, 1)
     save_snapshot(state, tmp_path, 7)
@@ -66,8 +64,9 @@ def test_prune_keeps_only_usable_facts_within_the_horizon(make_event: Any) -> No
 
 def test_apply_with_keep_drops_unusable_facts_but_still_reports_the_patient(make_event: Any) -> None:
     keep = pl.col("code").str.starts_with("E11")
-    state, touched = apply_events(PatientState(), [make_event(patient_id="P9", code={"system": "ICD10",
-                                                                                     "value": "J45"})], keep=keep)
+    state, touched = apply_events(
+        PatientState(), [make_event(patient_id="P9", code={"system": "ICD10", "value": "J45"})], keep=keep
+    )
     assert state.facts.height == 0 and touched.to_list() == ["P9"] and state.persons.height == 1
 
 
@@ -82,15 +81,17 @@ def test_changed_only_leaves_out_patients_whose_usable_record_did_not_change(mak
         make_event(patient_id="A", code={"system": "ICD10", "value": "J45"}),  # dropped by keep: no change
         make_event(patient_id="B", code={"system": "ICD10", "value": "E11.9"}),  # kept: changed
         make_event(patient_id="C", code={"system": "ICD10", "value": "J45"}),  # new person row: changed
-        make_event(kind="consent", patient_id="A", code={"system": "local", "value": "do-not-contact"},
-                   status="resolved"),  # flag already off: no change
+        make_event(
+            kind="consent", patient_id="A", code={"system": "local", "value": "do-not-contact"}, status="resolved"
+        ),  # flag already off: no change
     ]
     _, touched = apply_events(state, batch, keep=keep)
     assert touched.to_list() == ["A", "B", "C"]
     _, changed = apply_events(state, batch, keep=keep, changed_only=True)
     assert changed.to_list() == ["B", "C"]
-    _, moved = apply_events(state, [make_event(kind="visit", patient_id="A", code=None, setting="community")],
-                            keep=keep, changed_only=True)
+    _, moved = apply_events(
+        state, [make_event(kind="visit", patient_id="A", code=None, setting="community")], keep=keep, changed_only=True
+    )
     assert moved.to_list() == ["A"]  # the setting changed
 
 
@@ -100,8 +101,10 @@ def test_fact_filter_equals_a_plain_filter_and_judges_each_code_once(make_event:
     expr = (pl.col("system") == "ICD10") & pl.col("code").str.starts_with("E11")
     ff = FactFilter(expr)
     assert ff.keys == ["system", "code"]
-    events = [make_event(patient_id=f"P{i}", code={"system": s, "value": c})
-              for i, (s, c) in enumerate([("ICD10", "E11.9"), ("ICD10", "I10"), ("SNOMED", "E11"), ("ICD10", "E119")])]
+    events = [
+        make_event(patient_id=f"P{i}", code={"system": s, "value": c})
+        for i, (s, c) in enumerate([("ICD10", "E11.9"), ("ICD10", "I10"), ("SNOMED", "E11"), ("ICD10", "E119")])
+    ]
     state, _ = apply_events(PatientState(), events)
     assert_frame_equal(ff(state.facts), state.facts.filter(expr))
     assert ff._known is not None and ff._known.height == 4

@@ -27,8 +27,9 @@ concepts:
 """
 
 
-def study_text(include: Any = None, exclude: Any = None, settings: list[str] | None = None,
-               concepts: str = CONCEPTS) -> str:
+def study_text(
+    include: Any = None, exclude: Any = None, settings: list[str] | None = None, concepts: str = CONCEPTS
+) -> str:
     head = (
         "study:\n  id: T-1\n  title: Test study\n  sponsor: commercial\n  target: 10\n"
         "  opens: 2026-01-01\n  closes: 2026-12-31\n  team: test-team\n"
@@ -43,8 +44,9 @@ def study_text(include: Any = None, exclude: Any = None, settings: list[str] | N
     return text
 
 
-def make_study(include: Any = None, exclude: Any = None, settings: list[str] | None = None,
-               concepts: str = CONCEPTS) -> Study:
+def make_study(
+    include: Any = None, exclude: Any = None, settings: list[str] | None = None, concepts: str = CONCEPTS
+) -> Study:
     return loads_study(study_text(include, exclude, settings, concepts), "t.yaml")
 
 
@@ -67,10 +69,10 @@ def make_state(persons: list[dict[str, Any]], facts: list[dict[str, Any]] = ()) 
     )
 
 
-def fact(patient: str, system: str, code: str, at: datetime, value: float | None = None,
-         unit: str | None = None) -> dict[str, Any]:
-    return {"patient_id": patient, "system": system, "code": code, "occurred_at": at, "value": value,
-            "unit": unit}
+def fact(
+    patient: str, system: str, code: str, at: datetime, value: float | None = None, unit: str | None = None
+) -> dict[str, Any]:
+    return {"patient_id": patient, "system": system, "code": code, "occurred_at": at, "value": value, "unit": unit}
 
 
 def evaluate(study: Study, state: PatientState, now: datetime = NOW) -> dict[str, dict[str, Any]]:
@@ -101,5 +103,13 @@ def kit() -> Any:
     """The helpers above as one fixture (test modules cannot import conftest under importlib mode)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(NOW=NOW, CONCEPTS=CONCEPTS, study_text=study_text, make_study=make_study,
-                           make_state=make_state, fact=fact, evaluate=evaluate, one=one)
+    return SimpleNamespace(
+        NOW=NOW,
+        CONCEPTS=CONCEPTS,
+        study_text=study_text,
+        make_study=make_study,
+        make_state=make_state,
+        fact=fact,
+        evaluate=evaluate,
+        one=one,
+    )

@@ -33,8 +33,9 @@ def test_test_passes_and_fails_clearly(tmp_path):
     assert ok.exit_code == 0, ok.output
     assert "3 test case(s), 0 failed" in ok.output
     wrong = tmp_path / "wrong.yaml"
-    wrong.write_text((DATA / "ckd.yaml").read_text().replace("criteria: {on_insulin: true}",
-                                                             "criteria: {on_insulin: false}"))
+    wrong.write_text(
+        (DATA / "ckd.yaml").read_text().replace("criteria: {on_insulin: true}", "criteria: {on_insulin: false}")
+    )
     out = run("test", str(wrong))
     assert out.exit_code == 1
     assert f"FAIL {wrong}:38: CKD-TEST: on insulin" in out.output
@@ -47,22 +48,39 @@ def test_test_passes_and_fails_clearly(tmp_path):
 
 def test_explain(tmp_path):
     history = tmp_path / "h.json"
-    history.write_text(json.dumps({
-        "person": {"birth_date": "1961-03-02", "sex": "F", "setting": "community"},
-        "events": [
-            {"kind": "condition", "code": {"system": "ICD10", "value": "E11.9"}, "occurred_at": "2024-05-01"},
-            {"kind": "measurement", "code": {"system": "LOINC", "value": "62238-1"}, "value": 41,
-             "unit": "mL/min/1.73m2", "occurred_at": "2026-04-01T00:00:00Z"},
-            {"kind": "measurement", "code": {"system": "LOINC", "value": "62238-1"}, "value": 4,
-             "unit": "furlongs", "occurred_at": "2026-04-02T00:00:00Z"},
-        ],
-    }))
+    history.write_text(
+        json.dumps(
+            {
+                "person": {"birth_date": "1961-03-02", "sex": "F", "setting": "community"},
+                "events": [
+                    {"kind": "condition", "code": {"system": "ICD10", "value": "E11.9"}, "occurred_at": "2024-05-01"},
+                    {
+                        "kind": "measurement",
+                        "code": {"system": "LOINC", "value": "62238-1"},
+                        "value": 41,
+                        "unit": "mL/min/1.73m2",
+                        "occurred_at": "2026-04-01T00:00:00Z",
+                    },
+                    {
+                        "kind": "measurement",
+                        "code": {"system": "LOINC", "value": "62238-1"},
+                        "value": 4,
+                        "unit": "furlongs",
+                        "occurred_at": "2026-04-02T00:00:00Z",
+                    },
+                ],
+            }
+        )
+    )
     out = run("explain", str(DATA / "ckd.yaml"), "--patient", str(history), "--at", "2026-06-01T09:00:00Z")
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
     assert lines[0] == "CKD-TEST at 2026-06-01T09:00:00+00:00"
-    assert any(line.startswith("egfr_in_range  include  true") and line.endswith(
-        "latest eGFR 41 mL/min/1.73m2 on 2026-04-01 (1 value(s) in unknown units left out)") for line in lines)
+    assert any(
+        line.startswith("egfr_in_range  include  true")
+        and line.endswith("latest eGFR 41 mL/min/1.73m2 on 2026-04-01 (1 value(s) in unknown units left out)")
+        for line in lines
+    )
     assert any(line.startswith("  albuminuria  include  unknown") for line in lines)
     assert lines[-1] == "outcome: possible"
     history.write_text(json.dumps({"person": {}, "events": [{"kind": "condition", "occurred_at": "2024-05-01"}]}))
@@ -82,9 +100,13 @@ def test_render():
 def test_render_phrases(kit):
     from screener.rules.render import describe
 
-    s = kit.make_study({"a": "glucose|latest('30d') >= 4 && glucose|latest('30d') < 7",
-                        "b": "!(sex in ['F', 'O']) || dx|count('1y') > 2",
-                        "c": "stroke|days_since <= 3"})
+    s = kit.make_study(
+        {
+            "a": "glucose|latest('30d') >= 4 && glucose|latest('30d') < 7",
+            "b": "!(sex in ['F', 'O']) || dx|count('1y') > 2",
+            "c": "stroke|days_since <= 3",
+        }
+    )
     text = [describe(c.ir) for c in s.include]
     assert text == [
         "the most recent glucose (mmol/L) in the last 30 days is at least 4 and less than 7",

@@ -57,7 +57,8 @@ def _check_modes(state: PatientState, studies, now) -> pl.DataFrame:
             assert other["outcome"] == row["outcome"], key
             assert other["rule_hash"] == row["rule_hash"]
             assert [(c["name"], c["group"], c["result"]) for c in other["criteria"]] == [
-                (c["name"], c["group"], c["result"]) for c in row["criteria"]], key
+                (c["name"], c["group"], c["result"]) for c in row["criteria"]
+            ], key
         assert all(c["evidence"] is not None for c in row["criteria"])
         assert all(c["evidence"] is None for c in n[key]["criteria"])
         if row["outcome"] in MATCH:
@@ -99,8 +100,10 @@ def test_default_keeps_person_order_within_each_study(population, studies, call_
 
 def test_cached_compilation_does_not_bake_in_now(kit):
     study = kit.make_study({"recent": "stroke|days_since <= 10", "adult": "age >= 66"})
-    state = kit.make_state([{"patient_id": "P1", "birth_date": kit.NOW.date().replace(year=1960)}],
-                           [kit.fact("P1", "ICD10", "I63.9", kit.NOW - timedelta(days=5))])
+    state = kit.make_state(
+        [{"patient_id": "P1", "birth_date": kit.NOW.date().replace(year=1960)}],
+        [kit.fact("P1", "ICD10", "I63.9", kit.NOW - timedelta(days=5))],
+    )
     for mode in ("all", "matches", "none", "outcomes"):
         early = screen(state, [study], kit.NOW, evidence=mode)
         late = screen(state, [study], kit.NOW + timedelta(days=365 * 2), evidence=mode)
@@ -185,12 +188,17 @@ def test_unknown_rows_mode_is_an_error(population, studies):
 def test_constant_criteria_and_facts_for_one_patient_of_three(kit, call_size):
     # Constant criteria fold to literals; a join leaves broadcast columns: both must size to every patient.
     study = kit.make_study({"c0": "dx|ever", "k": "true && !false"}, {"x0": "(0 < glucose|latest)", "z": "false"})
-    state = kit.make_state([{"patient_id": f"P{i}", "setting": "hospital"} for i in range(3)],
-                           [kit.fact("P2", "ICD10", "E11", kit.NOW - timedelta(minutes=30), None, "mmol/L")])
+    state = kit.make_state(
+        [{"patient_id": f"P{i}", "setting": "hospital"} for i in range(3)],
+        [kit.fact("P2", "ICD10", "E11", kit.NOW - timedelta(minutes=30), None, "mmol/L")],
+    )
     full = _check_modes(state, [study], kit.NOW)
     _check_rows_matches(state, [study], kit.NOW)
     assert dict(full.select("patient_id", "outcome").iter_rows()) == {
-        "P0": "ineligible", "P1": "ineligible", "P2": "possible"}
+        "P0": "ineligible",
+        "P1": "ineligible",
+        "P2": "possible",
+    }
 
 
 def test_one_pivot_and_a_pivot_per_statistic_build_the_same_features(population, studies, monkeypatch):

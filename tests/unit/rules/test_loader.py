@@ -36,17 +36,18 @@ def test_duplicate_key_and_syntax_errors():
 def test_sample_study_loads_with_positions():
     path = DATA / "ckd.yaml"
     s = load_study(path)
-    assert (s.id, s.sponsor, s.portfolio, s.target, s.team) == ("CKD-TEST", "commercial", True, 120,
-                                                                  "renal-research")
+    assert (s.id, s.sponsor, s.portfolio, s.target, s.team) == ("CKD-TEST", "commercial", True, 120, "renal-research")
     assert (s.opens, s.closes, s.settings) == (date(2026, 1, 5), date(2027, 6, 30), ("community", "hospital"))
     assert s.content_hash == hashlib.sha256(path.read_bytes()).hexdigest() == s.rule_hash
     assert [c.name for c in s.include] == ["in_setting", "adult", "diabetic", "egfr_in_range", "risk"]
     assert [(c.name, c.line, c.column) for c in s.include[1:]] == [
-        ("adult", 19, 3), ("diabetic", 20, 3), ("egfr_in_range", 21, 3), ("risk", 22, 3)
+        ("adult", 19, 3),
+        ("diabetic", 20, 3),
+        ("egfr_in_range", 21, 3),
+        ("risk", 22, 3),
     ]
     risk = s.include[-1]
-    assert risk.kind == "any" and [(c.name, c.line) for c in risk.children] == [("albuminuria", 24),
-                                                                               ("on_acei", 25)]
+    assert risk.kind == "any" and [(c.name, c.line) for c in risk.children] == [("albuminuria", 24), ("on_acei", 25)]
     assert s.concepts["egfr"].line == 14 and s.concepts["egfr"].unit == "mL/min/1.73m2"
     assert s.concepts["insulin"].exclude == (("ATC", "A10AE56"),)
     assert [t.line for t in s.tests] == [29, 38, 48]
@@ -66,8 +67,7 @@ def test_default_test_time_is_opening_day_noon(kit):
 
 
 def test_groups_accept_of_key(kit):
-    s = kit.make_study({"g": {"any": {"of": {"a": "age > 3", "b": "age < 1"}}},
-                        "h": {"all": {"c": "age > 3"}}})
+    s = kit.make_study({"g": {"any": {"of": {"a": "age > 3", "b": "age < 1"}}}, "h": {"all": {"c": "age > 3"}}})
     assert [c.name for c in s.include[0].children] == ["a", "b"]
     assert s.include[1].kind == "all"
 
@@ -78,12 +78,14 @@ def test_yaml_hints_for_unquoted_expressions(kit):
     base = (DATA / "ckd.yaml").read_text()
     with pytest.raises(RuleError) as info:
         loads_study(base.replace("  diabetic:      t2dm|ever", "  diabetic:      !t2dm|ever"), "x.yaml")
-    assert str(info.value) == ("x.yaml:20:23: error: YAML syntax: expected ' ', but found '|' (quote an expression "
-                               "that starts with '!', e.g. \"!x|ever\")")
+    assert str(info.value) == (
+        "x.yaml:20:23: error: YAML syntax: expected ' ', but found '|' (quote an expression "
+        "that starts with '!', e.g. \"!x|ever\")"
+    )
     with pytest.raises(RuleError) as info:
         loads_study(base.replace("  diabetic:      t2dm|ever", "  diabetic:      t2dm|ever ? true : false"), "x.yaml")
     assert str(info.value).startswith("x.yaml:20:35: error: YAML syntax: mapping values are not allowed here (quote")
-    quoted = loads_study(base.replace("  diabetic:      t2dm|ever", "  diabetic:      \"!t2dm|ever ? false : true\""))
+    quoted = loads_study(base.replace("  diabetic:      t2dm|ever", '  diabetic:      "!t2dm|ever ? false : true"'))
     assert quoted.include[2].expression == "!t2dm|ever ? false : true"
 
 

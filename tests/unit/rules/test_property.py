@@ -31,14 +31,29 @@ _opt_win = st.one_of(st.just(""), _win)
 bool_atom = st.one_of(
     st.sampled_from(EXIST_CONCEPTS).map(lambda c: f"{c}|ever"),
     st.builds(lambda c, w: f"{c}|within{w}", st.sampled_from(EXIST_CONCEPTS), _win),
-    st.sampled_from(["(sex == 'F')", "(sex != 'M')", "(ethnic_group in ['asian', 'white'])",
-                     "(setting == 'hospital')", "(site == 'A')", "true", "false", "(age in [60, 65])",
-                     "(imd_quintile in [1, 2])", "(drug|count('1y') in [1, 2])"]),
+    st.sampled_from(
+        [
+            "(sex == 'F')",
+            "(sex != 'M')",
+            "(ethnic_group in ['asian', 'white'])",
+            "(setting == 'hospital')",
+            "(site == 'A')",
+            "true",
+            "false",
+            "(age in [60, 65])",
+            "(imd_quintile in [1, 2])",
+            "(drug|count('1y') in [1, 2])",
+        ]
+    ),
 )
 num_atom = st.one_of(
     st.sampled_from(["age", "age_days", "imd_decile", "imd_quintile"]),
-    st.builds(lambda c, t, w: f"{c}|{t}{w}", st.sampled_from(NUM_CONCEPTS),
-              st.sampled_from(["latest", "earliest", "min", "max", "mean"]), _opt_win),
+    st.builds(
+        lambda c, t, w: f"{c}|{t}{w}",
+        st.sampled_from(NUM_CONCEPTS),
+        st.sampled_from(["latest", "earliest", "min", "max", "mean"]),
+        _opt_win,
+    ),
     st.builds(lambda c, w: f"{c}|count{w}", st.sampled_from(EXIST_CONCEPTS), _opt_win),
     st.sampled_from(EXIST_CONCEPTS).map(lambda c: f"{c}|days_since"),
     st.integers(0, 120).map(str),
@@ -58,8 +73,12 @@ def _num(depth: int) -> st.SearchStrategy[str]:
 
 
 def _bool(depth: int) -> st.SearchStrategy[str]:
-    compare = st.builds(lambda a, op, b: f"({a} {op} {b})", _num(max(depth - 1, 0)),
-                        st.sampled_from(["<", "<=", ">", ">=", "==", "!="]), _num(max(depth - 1, 0)))
+    compare = st.builds(
+        lambda a, op, b: f"({a} {op} {b})",
+        _num(max(depth - 1, 0)),
+        st.sampled_from(["<", "<=", ">", ">=", "==", "!="]),
+        _num(max(depth - 1, 0)),
+    )
     if depth <= 0:
         return st.one_of(bool_atom, compare)
     sub = _bool(depth - 1)
@@ -103,8 +122,10 @@ concepts:
 
 
 def rule_text(include: dict[str, Any], exclude: dict[str, Any] | None, settings_: list[str] | None) -> str:
-    text = ("study:\n  id: PROP-1\n  title: t\n  sponsor: commercial\n  target: 1\n  opens: 2026-01-01\n"
-            "  closes: 2026-12-31\n  team: t\n")
+    text = (
+        "study:\n  id: PROP-1\n  title: t\n  sponsor: commercial\n  target: 1\n  opens: 2026-01-01\n"
+        "  closes: 2026-12-31\n  team: t\n"
+    )
     if settings_:
         text += f"  settings: {json.dumps(settings_)}\n"
     text += CONCEPTS + f"include: {json.dumps(include)}\n"
@@ -114,10 +135,25 @@ def rule_text(include: dict[str, Any], exclude: dict[str, Any] | None, settings_
 
 
 CODES = [
-    ("ICD10", "E11"), ("ICD10", "E11.9"), ("ICD10", "e119"), ("ICD10", "E11.65"), ("ICD10", "E1165"),
-    ("ICD10", "E13.1"), ("ICD10", "E13.2"), ("ICD10", "E10"), ("ICD10", "I63.9"), ("ATC", "A10BA02"),
-    ("ATC", "A10AB01"), ("DMD", "12345678"), ("DMD", "123456789"), ("SNOMED", "230690007"),
-    ("LOINC", "2345-7"), ("LOINC", "4548-4"), ("LOINC", "72133-2"), ("LOINC", "1234-5"), (None, None),
+    ("ICD10", "E11"),
+    ("ICD10", "E11.9"),
+    ("ICD10", "e119"),
+    ("ICD10", "E11.65"),
+    ("ICD10", "E1165"),
+    ("ICD10", "E13.1"),
+    ("ICD10", "E13.2"),
+    ("ICD10", "E10"),
+    ("ICD10", "I63.9"),
+    ("ATC", "A10BA02"),
+    ("ATC", "A10AB01"),
+    ("DMD", "12345678"),
+    ("DMD", "123456789"),
+    ("SNOMED", "230690007"),
+    ("LOINC", "2345-7"),
+    ("LOINC", "4548-4"),
+    ("LOINC", "72133-2"),
+    ("LOINC", "1234-5"),
+    (None, None),
 ]
 UNITS = ["mmol/L", "mg/dL", "mmol/mol", "%", None, "furlongs", "MMOL/L", "µmol/L", "1"]
 
@@ -134,27 +170,44 @@ def populations(draw: Any, now: Any) -> tuple[list[dict[str, Any]], list[dict[st
     persons, facts = [], []
     for i in range(draw(st.integers(1, 6))):
         pid = f"P{i}"
-        persons.append({
-            "patient_id": pid,
-            "birth_date": draw(st.one_of(st.none(), st.dates(date(1930, 1, 1), date(2026, 6, 1)))),
-            "sex": draw(st.sampled_from(["F", "M", "O", "U", None])),
-            "ethnic_group": draw(st.sampled_from(["asian", "black", "white", None])),
-            "imd_decile": draw(st.one_of(st.none(), st.integers(1, 10))),
-            "setting": draw(st.sampled_from(["hospital", "community", None])),
-            "site": draw(st.sampled_from(["A", "B", None])),
-        })
+        persons.append(
+            {
+                "patient_id": pid,
+                "birth_date": draw(st.one_of(st.none(), st.dates(date(1930, 1, 1), date(2026, 6, 1)))),
+                "sex": draw(st.sampled_from(["F", "M", "O", "U", None])),
+                "ethnic_group": draw(st.sampled_from(["asian", "black", "white", None])),
+                "imd_decile": draw(st.one_of(st.none(), st.integers(1, 10))),
+                "setting": draw(st.sampled_from(["hospital", "community", None])),
+                "site": draw(st.sampled_from(["A", "B", None])),
+            }
+        )
         for j in range(draw(st.integers(0, 8))):
             system, code = draw(st.sampled_from(CODES))
-            at = draw(st.one_of(st.sampled_from(edges),
-                                st.integers(0, 3 * 365 * 24 * 60).map(lambda m: now - timedelta(minutes=m))))
+            at = draw(
+                st.one_of(
+                    st.sampled_from(edges), st.integers(0, 3 * 365 * 24 * 60).map(lambda m: now - timedelta(minutes=m))
+                )
+            )
             value = draw(st.one_of(st.none(), st.integers(0, 200).map(float), st.sampled_from([7.5, 0.5, 53.0])))
-            facts.append({"patient_id": pid, "event_id": f"{pid}-{j}", "system": system, "code": code,
-                          "occurred_at": at, "value": value, "unit": draw(st.sampled_from(UNITS))})
+            facts.append(
+                {
+                    "patient_id": pid,
+                    "event_id": f"{pid}-{j}",
+                    "system": system,
+                    "code": code,
+                    "occurred_at": at,
+                    "value": value,
+                    "unit": draw(st.sampled_from(UNITS)),
+                }
+            )
     return persons, facts
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                             HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 @given(data=st.data())
 def test_compiled_equals_reference(data, kit):
     include = data.draw(criteria_maps(), label="include")
@@ -191,7 +244,10 @@ def test_compiled_equals_reference(data, kit):
                 assert all(c["evidence"] is None for c in other[pid]["criteria"]), (mode, pid)
     # rows="matches": exactly the eligible/possible rows of rows="all" (evidence "all" = "matches" there).
     for mode in ("all", "matches", "none", "outcomes"):
-        every = compiled if mode == "all" else {
-            r["patient_id"]: r for r in screen(state, [study], now, evidence=mode).to_dicts()}
+        every = (
+            compiled
+            if mode == "all"
+            else {r["patient_id"]: r for r in screen(state, [study], now, evidence=mode).to_dicts()}
+        )
         got = {r["patient_id"]: r for r in screen(state, [study], now, evidence=mode, rows="matches").to_dicts()}
         assert got == {pid: r for pid, r in every.items() if r["outcome"] != "ineligible"}, mode

@@ -51,8 +51,10 @@ def test_count(kit):
 )
 def test_numeric_transforms(kit, transform, expected, evidence):
     now = kit.NOW
-    facts = [kit.fact("P1", "LOINC", "2345-7", now - k * D, v, "mmol/L")
-             for k, v in ((10, 5.0), (5, 4.5), (3, 9.0), (1, 7.0))]
+    facts = [
+        kit.fact("P1", "LOINC", "2345-7", now - k * D, v, "mmol/L")
+        for k, v in ((10, 5.0), (5, 4.5), (3, 9.0), (1, 7.0))
+    ]
     facts.append(kit.fact("P1", "LOINC", "2345-7", now - 60 * D, 100.0, "mmol/L"))  # outside the window
     st = kit.make_state([person()], facts)
     value, ev = kit.one(f"glucose|{transform}('30d') == {expected}", st)
@@ -76,10 +78,13 @@ def test_days_since(kit):
 def test_latest_tie_break_is_latest_event_id(kit):
     now = kit.NOW
     t = now - D
-    st = kit.make_state([person()], [
-        {**kit.fact("P1", "LOINC", "2345-7", t, 5.0, "mmol/L"), "event_id": "a"},
-        {**kit.fact("P1", "LOINC", "2345-7", t, 8.0, "mmol/L"), "event_id": "b"},
-    ])
+    st = kit.make_state(
+        [person()],
+        [
+            {**kit.fact("P1", "LOINC", "2345-7", t, 5.0, "mmol/L"), "event_id": "a"},
+            {**kit.fact("P1", "LOINC", "2345-7", t, 8.0, "mmol/L"), "event_id": "b"},
+        ],
+    )
     assert kit.one("glucose|latest == 8", st)[0] is True
     assert kit.one("glucose|earliest == 5", st)[0] is True
 
@@ -96,8 +101,14 @@ def test_future_facts_are_ignored(kit):
 @pytest.mark.parametrize(
     ("system", "code", "member"),
     [
-        ("ICD10", "E11", True), ("ICD10", "E11.9", True), ("ICD10", "e119", True), ("ICD10", "E11.65", False),
-        ("ICD10", "E1165", False), ("ICD10", "E10.9", False), ("ICD10", "E1", False), ("SNOMED", "E11", False),
+        ("ICD10", "E11", True),
+        ("ICD10", "E11.9", True),
+        ("ICD10", "e119", True),
+        ("ICD10", "E11.65", False),
+        ("ICD10", "E1165", False),
+        ("ICD10", "E10.9", False),
+        ("ICD10", "E1", False),
+        ("SNOMED", "E11", False),
     ],
 )
 def test_prefix_match_and_exclusion(kit, system, code, member):
@@ -114,10 +125,15 @@ def test_exact_systems_do_not_prefix_match(kit):
 
 def test_fact_filter_and_horizon(kit):
     study = kit.make_study({"a": "dx|within('90d')", "b": "glucose|latest('6mo') > 5"})
-    facts = kit.make_state([person()], [
-        kit.fact("P1", "ICD10", "E11.65", kit.NOW), kit.fact("P1", "LOINC", "2345-7", kit.NOW),
-        kit.fact("P1", "LOINC", "4548-4", kit.NOW), kit.fact("P1", "ATC", "A10BA02", kit.NOW),
-    ]).facts
+    facts = kit.make_state(
+        [person()],
+        [
+            kit.fact("P1", "ICD10", "E11.65", kit.NOW),
+            kit.fact("P1", "LOINC", "2345-7", kit.NOW),
+            kit.fact("P1", "LOINC", "4548-4", kit.NOW),
+            kit.fact("P1", "ATC", "A10BA02", kit.NOW),
+        ],
+    ).facts
     kept = facts.filter(study.fact_filter())["code"].to_list()
     assert kept == ["E11.65", "2345-7"]  # a superset: exclusions are applied at screening time
     assert study.horizon == timedelta(days=186)  # 6 months counted as 31 days each (an upper bound)
@@ -130,8 +146,12 @@ def test_fact_filter_and_horizon(kit):
 
 @pytest.mark.parametrize(
     ("window", "delta"),
-    [("30m", timedelta(minutes=30)), ("6h", timedelta(hours=6)), ("90d", timedelta(days=90)),
-     ("2w", timedelta(weeks=2))],
+    [
+        ("30m", timedelta(minutes=30)),
+        ("6h", timedelta(hours=6)),
+        ("90d", timedelta(days=90)),
+        ("2w", timedelta(weeks=2)),
+    ],
 )
 def test_window_edges_are_inclusive(kit, window, delta):
     """A fact exactly `w` before now is inside; one microsecond earlier is outside."""
@@ -203,11 +223,14 @@ def test_reverse_conversions():
 
 def test_unknown_units_are_left_out_and_counted(kit):
     now = kit.NOW
-    st = kit.make_state([person()], [
-        kit.fact("P1", "LOINC", "2345-7", now - 2 * D, 6.0, "mmol/L"),
-        kit.fact("P1", "LOINC", "2345-7", now - D, 999.0, "furlongs"),
-        kit.fact("P1", "LOINC", "2345-7", now - D, 500.0, None),  # a number without a unit is not comparable
-    ])
+    st = kit.make_state(
+        [person()],
+        [
+            kit.fact("P1", "LOINC", "2345-7", now - 2 * D, 6.0, "mmol/L"),
+            kit.fact("P1", "LOINC", "2345-7", now - D, 999.0, "furlongs"),
+            kit.fact("P1", "LOINC", "2345-7", now - D, 500.0, None),  # a number without a unit is not comparable
+        ],
+    )
     value, evidence = kit.one("glucose|latest < 7", st)
     assert value is True
     assert evidence == "latest glucose 6 mmol/L on 2026-05-30 (2 value(s) in unknown units left out)"
@@ -221,10 +244,13 @@ def test_unknown_units_are_left_out_and_counted(kit):
 
 def test_dimensionless_concept_takes_only_unitless_values(kit):
     now = kit.NOW
-    st = kit.make_state([person()], [
-        kit.fact("P1", "LOINC", "72133-2", now - 2 * D, 4.0, None),
-        kit.fact("P1", "LOINC", "72133-2", now - D, 9.0, "mmHg"),
-    ])
+    st = kit.make_state(
+        [person()],
+        [
+            kit.fact("P1", "LOINC", "72133-2", now - 2 * D, 4.0, None),
+            kit.fact("P1", "LOINC", "72133-2", now - D, 9.0, "mmHg"),
+        ],
+    )
     assert kit.one("score|latest == 4", st)[0] is True
 
 
@@ -284,11 +310,14 @@ def test_evidence_names_the_deciding_operand(kit):
 def test_nested_groups(kit):
     now = kit.NOW
     include = {
-        "g": {"at_least": 2, "of": {
-            "a": "dx|ever",
-            "b": {"any": {"b1": "drug|ever", "b2": "glucose|latest > 7"}},
-            "c": {"all": {"c1": "age > 18", "c2": "sex == 'F'"}},
-        }},
+        "g": {
+            "at_least": 2,
+            "of": {
+                "a": "dx|ever",
+                "b": {"any": {"b1": "drug|ever", "b2": "glucose|latest > 7"}},
+                "c": {"all": {"c1": "age > 18", "c2": "sex == 'F'"}},
+            },
+        },
     }
     study = kit.make_study(include)
     st = kit.make_state(
@@ -313,16 +342,28 @@ def test_outcomes_and_screen_frame(kit):
     now = kit.NOW
     study = kit.make_study({"adult": "age >= 18"}, {"on_drug": "drug|within('90d')"}, settings=["community"])
     st = kit.make_state(
-        [person("E"), person("I1", birth_date=date(2015, 1, 1)), person("I2"), person("P", birth_date=None),
-         person("H", setting="hospital"), person("S", setting=None)],
+        [
+            person("E"),
+            person("I1", birth_date=date(2015, 1, 1)),
+            person("I2"),
+            person("P", birth_date=None),
+            person("H", setting="hospital"),
+            person("S", setting=None),
+        ],
         [kit.fact("I2", "ATC", "A10BA02", now - D)],
     )
     out = screen(st, [study], now)
     assert out.schema["criteria"] == CRITERIA_DTYPE
     assert out.columns == ["study_id", "patient_id", "outcome", "rule_hash", "criteria"]
     got = dict(zip(out["patient_id"], out["outcome"], strict=True))
-    assert got == {"E": "eligible", "I1": "ineligible", "I2": "ineligible", "P": "possible", "H": "ineligible",
-                   "S": "possible"}
+    assert got == {
+        "E": "eligible",
+        "I1": "ineligible",
+        "I2": "ineligible",
+        "P": "possible",
+        "H": "ineligible",
+        "S": "possible",
+    }
     assert set(out["rule_hash"]) == {study.content_hash}
     first = out.filter(pl.col("patient_id") == "H")["criteria"][0]
     assert [c["name"] for c in first] == ["in_setting", "adult", "on_drug"]
@@ -347,9 +388,15 @@ def test_screen_many_studies_and_empty_inputs(kit):
 @pytest.mark.parametrize(
     ("src", "dst", "value", "expected"),
     [
-        ("lb", "kg", 220.0, 99.79), ("g", "kg", 1500.0, 1.5), ("in", "cm", 70.0, 177.8), ("mm", "m", 1750.0, 1.75),
-        ("degF", "Cel", 98.6, 37.0), ("g/dL", "g/L", 13.5, 135.0), ("mg/L", "mg/dL", 50.0, 5.0),
-        ("nmol/L", "umol/L", 500.0, 0.5), ("mg/dL", "mmol/L", 200.0, 11.1),
+        ("lb", "kg", 220.0, 99.79),
+        ("g", "kg", 1500.0, 1.5),
+        ("in", "cm", 70.0, 177.8),
+        ("mm", "m", 1750.0, 1.75),
+        ("degF", "Cel", 98.6, 37.0),
+        ("g/dL", "g/L", 13.5, 135.0),
+        ("mg/L", "mg/dL", 50.0, 5.0),
+        ("nmol/L", "umol/L", 500.0, 0.5),
+        ("mg/dL", "mmol/L", 200.0, 11.1),
     ],
 )
 def test_scale_conversions(src, dst, value, expected):

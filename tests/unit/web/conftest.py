@@ -26,20 +26,33 @@ PATIENT_B = "MRN-B-0077"
 
 
 def _study(id: str, team: str, **kw: Any) -> SimpleNamespace:
-    base = dict(id=id, title=f"Study {id}", summary=f"Summary of {id}.", team=team, sponsor="commercial",
-                portfolio=True, target=100, opens=date(2026, 1, 1), closes=date(2027, 12, 31),
-                settings=("community",), horizon=timedelta(days=180), content_hash="c" * 64,
-                render_markdown=lambda: f"**Who can take part in {id}**\n\n- adults aged 18 to 80\n- <b>raw</b>")
+    base = dict(
+        id=id,
+        title=f"Study {id}",
+        summary=f"Summary of {id}.",
+        team=team,
+        sponsor="commercial",
+        portfolio=True,
+        target=100,
+        opens=date(2026, 1, 1),
+        closes=date(2027, 12, 31),
+        settings=("community",),
+        horizon=timedelta(days=180),
+        content_hash="c" * 64,
+        render_markdown=lambda: f"**Who can take part in {id}**\n\n- adults aged 18 to 80\n- <b>raw</b>",
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 
 
 def _criteria() -> str:
-    return json.dumps([
-        {"name": "adult", "group": "include", "result": True, "evidence": "age 64"},
-        {"name": "egfr_25_to_59", "group": "include", "result": None, "evidence": "no eGFR in 180 days"},
-        {"name": "on_insulin", "group": "exclude", "result": False, "evidence": "no record"},
-    ])
+    return json.dumps(
+        [
+            {"name": "adult", "group": "include", "result": True, "evidence": "age 64"},
+            {"name": "egfr_25_to_59", "group": "include", "result": None, "evidence": "no eGFR in 180 days"},
+            {"name": "on_insulin", "group": "exclude", "result": False, "evidence": "no record"},
+        ]
+    )
 
 
 @pytest.fixture
@@ -47,14 +60,25 @@ def seeded(tmp_path: Any) -> Iterator[SqlStore]:
     registry = CollectorRegistry()
     store = SqlStore(f"sqlite:///{tmp_path / 'web.db'}", metrics=Metrics(registry=registry), clock=lambda: NOW)
     store.registry = registry  # type: ignore[attr-defined]
-    store.sync_studies([_study("RENAL-1", "renal"), _study("RESP-1", "respiratory"),
-                        _study("OLD-1", "renal", closes=date(2026, 3, 1))])
-    store.record_matches(pl.DataFrame({
-        "study_id": ["RENAL-1", "RESP-1"], "patient_id": [PATIENT_A, PATIENT_B],
-        "outcome": ["possible", "eligible"], "rule_hash": ["h1", "h1"], "criteria": [_criteria()] * 2,
-        "matched_at": [NOW - timedelta(hours=1)] * 2, "setting": ["community", "hospital"],
-        "imd_decile": [2, 7], "ethnic_group": ["asian", "white"], "event_time": [None, None],
-    }))
+    store.sync_studies(
+        [_study("RENAL-1", "renal"), _study("RESP-1", "respiratory"), _study("OLD-1", "renal", closes=date(2026, 3, 1))]
+    )
+    store.record_matches(
+        pl.DataFrame(
+            {
+                "study_id": ["RENAL-1", "RESP-1"],
+                "patient_id": [PATIENT_A, PATIENT_B],
+                "outcome": ["possible", "eligible"],
+                "rule_hash": ["h1", "h1"],
+                "criteria": [_criteria()] * 2,
+                "matched_at": [NOW - timedelta(hours=1)] * 2,
+                "setting": ["community", "hospital"],
+                "imd_decile": [2, 7],
+                "ethnic_group": ["asian", "white"],
+                "event_time": [None, None],
+            }
+        )
+    )
     store.add_user("nina", "nina-pw", "nurse", ["renal"])
     store.add_user("rory", "rory-pw", "nurse", ["respiratory"])
     store.add_user("ada", "ada-pw", "admin", [])
@@ -82,8 +106,10 @@ def csrf_of(html: str) -> str:
 
 def do_login(client: TestClient, username: str, password: str | None = None) -> TestClient:
     page = client.get("/login")
-    r = client.post("/login", data={"username": username, "password": password or f"{username}-pw",
-                                    "csrf_token": csrf_of(page.text)})
+    r = client.post(
+        "/login",
+        data={"username": username, "password": password or f"{username}-pw", "csrf_token": csrf_of(page.text)},
+    )
     assert r.status_code == 303 and r.headers["location"] == "/worklist", r.text
     return client
 

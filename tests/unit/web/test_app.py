@@ -114,8 +114,12 @@ def test_state_changes_without_a_valid_csrf_token_are_refused(
     other = login(make_client(), "cora")
     token = _token_for(seeded, "nina")
     other_csrf = csrf(other.get("/worklist").text)
-    for data in ({"action": "reviewed"}, {"action": "reviewed", "csrf_token": ""},
-                 {"action": "reviewed", "csrf_token": "x" * 43}, {"action": "reviewed", "csrf_token": other_csrf}):
+    for data in (
+        {"action": "reviewed"},
+        {"action": "reviewed", "csrf_token": ""},
+        {"action": "reviewed", "csrf_token": "x" * 43},
+        {"action": "reviewed", "csrf_token": other_csrf},
+    ):
         assert nina.post(f"/matches/{token}/action", data=data).status_code == 403
     assert nina.post(f"/api/matches/{token}/actions", json={"action": "reviewed"}).status_code == 403
     assert nina.post("/logout", data={}).status_code == 403
@@ -137,8 +141,9 @@ def test_no_patient_identifier_appears_in_any_url(seeded: Any, make_client: Any,
     assert PATIENT_A not in r.headers["location"]
     admin = login(make_client(), "ada")
     pages.append(admin.get("/worklist").text)
-    r = admin.post("/admin/dnc", data={"op": "add", "patient_ids": PATIENT_B,
-                                       "csrf_token": csrf(admin.get("/admin/dnc").text)})
+    r = admin.post(
+        "/admin/dnc", data={"op": "add", "patient_ids": PATIENT_B, "csrf_token": csrf(admin.get("/admin/dnc").text)}
+    )
     assert PATIENT_B not in r.headers["location"]
     pages.append(admin.get(r.headers["location"]).text)
     for html in pages:
@@ -147,9 +152,7 @@ def test_no_patient_identifier_appears_in_any_url(seeded: Any, make_client: Any,
     assert PATIENT_A in pages[1]  # the match page does show the hospital id to the nurse
 
 
-def test_match_page_shows_every_criterion_and_what_to_verify(
-    seeded: Any, make_client: Any, login: Any
-) -> None:
+def test_match_page_shows_every_criterion_and_what_to_verify(seeded: Any, make_client: Any, login: Any) -> None:
     nina = login(make_client(), "nina")
     html = nina.get(f"/matches/{_token_for(seeded, 'nina')}").text
     for text in ("adult", "age 64", "egfr 25 to 59", "no eGFR in 180 days", "on insulin", "exclusion"):
@@ -172,15 +175,25 @@ def test_actions_update_the_worklist_funnel_metrics_and_audit(
     nina.post(f"/matches/{token}/action", data={"action": "snoozed", "until": "2026-06-10", "csrf_token": page_csrf})
     assert PATIENT_A not in nina.get("/worklist").text
     assert PATIENT_A in nina.get("/worklist?view=snoozed").text
-    r = nina.post(f"/api/matches/{token}/actions", json={"action": "not_eligible", "reason": "too_unwell"},
-                  headers={"X-CSRF-Token": page_csrf})
+    r = nina.post(
+        f"/api/matches/{token}/actions",
+        json={"action": "not_eligible", "reason": "too_unwell"},
+        headers={"X-CSRF-Token": page_csrf},
+    )
     assert r.status_code == 200 and r.json()["stage"] == "not_eligible"
     assert [a["action"] for a in r.json()["history"]] == ["reviewed", "snoozed", "not_eligible"]
-    assert nina.post(f"/api/matches/{token}/actions", json={"action": "declined", "reason": "bogus"},
-                     headers={"X-CSRF-Token": page_csrf}).status_code == 422
+    assert (
+        nina.post(
+            f"/api/matches/{token}/actions",
+            json={"action": "declined", "reason": "bogus"},
+            headers={"X-CSRF-Token": page_csrf},
+        ).status_code
+        == 422
+    )
     assert PATIENT_A in nina.get("/worklist?view=closed").text
     metric = seeded.registry.get_sample_value(
-        "screener_funnel_actions_total", {"study": "RENAL-1", "setting": "community", "stage": "not_eligible"})
+        "screener_funnel_actions_total", {"study": "RENAL-1", "setting": "community", "stage": "not_eligible"}
+    )
     assert metric == 1.0
     actions = [e["action"] for e in seeded.audit_entries() if e["username"] == "nina"]
     assert actions.count("action") == 3 and "view_match" in actions and "view_worklist" in actions
@@ -204,24 +217,28 @@ def test_bearer_tokens_work_without_csrf_and_filters_apply(seeded: Any, make_cli
     assert c.get("/worklist", headers=h).status_code == 303  # pages need a browser session
 
 
-def test_do_not_contact_is_admin_only_and_hides_matches(
-    seeded: Any, make_client: Any, login: Any, csrf: Any
-) -> None:
+def test_do_not_contact_is_admin_only_and_hides_matches(seeded: Any, make_client: Any, login: Any, csrf: Any) -> None:
     nina = login(make_client(), "nina")
     assert nina.get("/admin/dnc").status_code == 403
-    assert nina.post("/admin/dnc", data={"op": "add", "patient_ids": PATIENT_A,
-                                         "csrf_token": csrf(nina.get("/worklist").text)}).status_code == 403
+    assert (
+        nina.post(
+            "/admin/dnc", data={"op": "add", "patient_ids": PATIENT_A, "csrf_token": csrf(nina.get("/worklist").text)}
+        ).status_code
+        == 403
+    )
     admin = login(make_client(), "ada")
     page = admin.get("/admin/dnc")
-    r = admin.post("/admin/dnc", data={"op": "add", "patient_ids": f"{PATIENT_A}, OTHER-1",
-                                       "csrf_token": csrf(page.text)})
+    r = admin.post(
+        "/admin/dnc", data={"op": "add", "patient_ids": f"{PATIENT_A}, OTHER-1", "csrf_token": csrf(page.text)}
+    )
     assert admin.get(r.headers["location"]).text.count("MRN-A-0042") == 1
     assert PATIENT_A not in nina.get("/worklist").text
     assert nina.get("/api/worklist").json() == []
     admin.post("/admin/dnc", data={"op": "remove", "patient_ids": PATIENT_A, "csrf_token": csrf(page.text)})
     assert PATIENT_A in nina.get("/worklist").text
-    r = admin.post("/api/dnc", json={"add": ["Z1", "Z2"], "remove": ["OTHER-1"]},
-                   headers={"X-CSRF-Token": csrf(page.text)})
+    r = admin.post(
+        "/api/dnc", json={"add": ["Z1", "Z2"], "remove": ["OTHER-1"]}, headers={"X-CSRF-Token": csrf(page.text)}
+    )
     assert r.json() == {"added": 2, "removed": 1, "total": 2}
     assert sorted(e["patient_id"] for e in admin.get("/api/dnc").json()) == ["Z1", "Z2"]
     assert nina.get("/api/dnc").status_code == 403 and nina.get("/api/audit").status_code == 403

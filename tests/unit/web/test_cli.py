@@ -18,8 +18,22 @@ def _run(*args: str, env: dict[str, str]) -> Any:
 def test_users_dnc_and_outbox_commands(tmp_path: Any) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     env = {"SCREENER_DATABASE_URL": url, "NURSE_PW": "s3cret"}
-    r = _run("users", "add", "nina", "--role", "nurse", "--team", "renal", "--team", "stroke",
-             "--email", "nina@example.org", "--password-env", "NURSE_PW", env=env)
+    r = _run(
+        "users",
+        "add",
+        "nina",
+        "--role",
+        "nurse",
+        "--team",
+        "renal",
+        "--team",
+        "stroke",
+        "--email",
+        "nina@example.org",
+        "--password-env",
+        "NURSE_PW",
+        env=env,
+    )
     assert r.exit_code == 0 and "teams renal, stroke" in r.output
     assert _run("users", "add", "x", "--password-env", "UNSET_VAR", env=env).exit_code != 0
     r = _run("users", "list", env=env)

@@ -107,9 +107,7 @@ def upgrade() -> None:
         sa.Column("user_id", sa.Integer, nullable=False),
         sa.Column("name", sa.String(128), nullable=False),
         sa.Column("created_at", _TZ, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name="fk_api_tokens_user_id_users", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_api_tokens_user_id_users", ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("token_hash", name="pk_api_tokens"),
     )
     op.create_table(
@@ -122,9 +120,7 @@ def upgrade() -> None:
         sa.Column("note", sa.Text, nullable=True),
         sa.Column("username", sa.String(128), nullable=False),
         sa.Column("at", _TZ, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["match_id"], ["matches.id"], name="fk_actions_match_id_matches", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["match_id"], ["matches.id"], name="fk_actions_match_id_matches", ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name="pk_actions"),
     )
     op.create_index("ix_actions_match_id", "actions", ["match_id"])
@@ -169,8 +165,19 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     _append_only_triggers(create=False)
-    for name in ("outbox", "audit_log", "do_not_contact", "actions", "api_tokens", "sessions", "memberships",
-                 "users", "teams", "matches", "studies"):
+    for name in (
+        "outbox",
+        "audit_log",
+        "do_not_contact",
+        "actions",
+        "api_tokens",
+        "sessions",
+        "memberships",
+        "users",
+        "teams",
+        "matches",
+        "studies",
+    ):
         op.drop_table(name)
 
 
