@@ -43,11 +43,28 @@ class _StdoutSink:
         sys.stdout.flush()
 
 
+class _SinkFactory:
+    """``sink_factory(name, **producer_options)`` -> an EventSink; ``.settings`` are the effective settings
+    (command-line overrides applied) and ``.dry_run`` says the sink is stdout (no broker: no health probe)."""
+
+    def __init__(self, settings: Any, *, dry_run: bool) -> None:
+        self.settings = settings
+        self.dry_run = dry_run
+
+    def __call__(self, name: str, **producer_options: Any) -> Any:
+        if self.dry_run:
+            return _StdoutSink()
+        from screener.sources.kafka import sink_from_settings
+
+        return sink_from_settings(self.settings, name, producer_options=producer_options or None)
+
+
 def connector_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator for connector commands: ``--bootstrap``, ``--topic``, ``--dry-run``; passes ``sink_factory``.
 
     ``sink_factory(name, **producer_options)`` returns an EventSink: a Kafka sink built from
-    :class:`~screener.settings.Settings` (topics created if missing), or stdout with ``--dry-run``.
+    :class:`~screener.settings.Settings` (topics created if missing), or stdout with ``--dry-run``;
+    ``sink_factory.settings`` are those settings (listener limits, health) and ``sink_factory.dry_run`` the flag.
     """
 
     @click.option(
@@ -75,21 +92,15 @@ def connector_options(func: Callable[..., Any]) -> Callable[..., Any]:
     ) -> Any:
         from screener.logging import configure_logging
         from screener.settings import load_settings
-        from screener.sources.kafka import sink_from_settings
 
         base = load_settings()
         configure_logging(base.log_level, base.log_format)
 
-        def sink_factory(name: str, **producer_options: Any) -> Any:
-            if dry_run:
-                return _StdoutSink()
-            overrides: dict[str, Any] = {"bootstrap_servers": bootstrap, "events_topic": topic}
-            if no_idempotence:
-                overrides["producer_idempotence"] = False
-            settings = load_settings(**overrides)
-            return sink_from_settings(settings, name, producer_options=producer_options or None)
-
+        overrides: dict[str, Any] = {"bootstrap_servers": bootstrap, "events_topic": topic}
+        if no_idempotence:
+            overrides["producer_idempotence"] = False
         try:
+            sink_factory = _SinkFactory(load_settings(**overrides), dry_run=dry_run)
             return func(*args, sink_factory=sink_factory, **kwargs)
         except ScreenerError as exc:
             raise click.ClickException(str(exc)) from exc
