@@ -24,6 +24,7 @@ __all__ = [
     "MLLPServer",
     "ParsedMessage",
     "ServerThread",
+    "close_sink",
     "connector",
     "frame",
     "load_code_map",
@@ -41,7 +42,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
-def _close(sink: object) -> None:
+def close_sink(sink: object) -> None:
     """Close the sink within a bounded time (a producer facing a dead broker gives up after 2 s)."""
     from screener.sources.kafka import KafkaSink
 
@@ -97,7 +98,7 @@ def _command() -> click.Command:
         finally:
             if isinstance(health, BrokerHealth):
                 health.stop()
-            _close(sink)
+            close_sink(sink)
         click.echo("hl7v2: stopped", err=True)
 
     return hl7v2
