@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
@@ -134,7 +135,7 @@ def build_app(
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > max_body_bytes):
             if not declared.isdigit():
-                return _error(400, "invalid", "Content-Length is not a number")
+                return await reject(400, "invalid", "Content-Length is not a number", b"", position, None)
             return await too_large(await _read_prefix(request, PREFIX_BYTES), position)
         body = await _read_limited(request, max_body_bytes)
         if isinstance(body, _TooLarge):
@@ -145,7 +146,7 @@ def build_app(
                 415, "not-supported", f"content type {ctype[:60]} is not FHIR JSON", body, position, None
             )
         try:
-            payload = json.loads(body)
+            payload = await run_in_threadpool(json.loads, body)  # a 32 MB body must not stall /healthz
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return await reject(400, "invalid", f"not valid JSON: {exc}"[:200], body, position, "$")
         except RecursionError:
@@ -159,7 +160,7 @@ def build_app(
                     resource_type=str(payload.get("resourceType"))[:40],
                     status=400,
                 )
-            parsed = parse_payload(payload)
+            parsed = await run_in_threadpool(parse_payload, payload)
         except FHIRReject as exc:
             code = "invalid" if exc.status == 400 else "processing"
             return await reject(exc.status, code, exc.reason, body, position, exc.path)
