@@ -122,9 +122,10 @@ def test_ports_agree_with_settings_prometheus_and_health_checks():
         port = command[command.index("--listen") + 1].rsplit(":", 1)[1]
         assert command[command.index("--listen") + 1].startswith("0.0.0.0:")
         assert f"{port}:{port}" in SCREENER_SERVICES[name]["ports"]
-        assert f"127.0.0.1', {port})" in str(SCREENER_SERVICES[name]["healthcheck"]["test"]) or (
-            f"127.0.0.1:{port}/" in str(SCREENER_SERVICES[name]["healthcheck"]["test"])
-        )
+        # the health check asks /healthz (503 while the broker is unreachable): the FHIR endpoint's own, and the
+        # MLLP listener's on SCREENER_MLLP_HEALTH_LISTEN
+        health_port = _env(SCREENER_SERVICES[name]).get("SCREENER_MLLP_HEALTH_LISTEN", f":{port}").rsplit(":", 1)[1]
+        assert f"127.0.0.1:{health_port}/healthz" in str(SCREENER_SERVICES[name]["healthcheck"]["test"])
     assert not hl7.get("SCREENER_METRICS_PORT")
 
     prom = yaml.safe_load((ROOT / "dashboards" / "prometheus" / "prometheus.yml").read_text())
