@@ -88,7 +88,8 @@ class MLLPServer:
     """Serve MLLP on ``host:port``; ``port=0`` picks a free port (read ``.port`` after :meth:`start`).
 
     ``health`` (a :class:`~screener.sources.health.BrokerHealth`) makes sink calls fail fast while the broker is
-    down; ``metrics`` counts connections and drops. Both are optional.
+    down and gives them up after ``publish_timeout_s``; without it (tests, in-memory sinks) the sink is called
+    directly. ``metrics`` counts connections and drops. Both are optional.
     """
 
     def __init__(
@@ -113,6 +114,8 @@ class MLLPServer:
         self.source = source
         self.on_block = on_block
         self.health: Health = health or AlwaysHealthy()
+        #: sink calls go through the guard (fail fast, time out) only when there is a broker probe to heed
+        self._guard: Health | None = health
         self.publish_timeout_s = publish_timeout_s
         self.metrics = metrics
         self.connections = 0
@@ -227,7 +230,7 @@ class _Connection:
             await self._answer(build_ack("", "AE", reason=reason, hl7_code="207"))
         if payload_prefix is not None:
             loop = asyncio.get_running_loop()
-            call = functools.partial(call_sink, health=srv.health, timeout_s=srv.publish_timeout_s)
+            call = functools.partial(call_sink, health=srv._guard, timeout_s=srv.publish_timeout_s)
             try:
                 await loop.run_in_executor(
                     _BLOCKS, call, srv.sink.dead_letter, payload_prefix, srv.source, self.position, f"AE: {reason}"
@@ -302,7 +305,7 @@ class _Connection:
                     code_map=srv.code_map,
                     position=self.position,
                     source=srv.source,
-                    health=srv.health,
+                    health=srv._guard,
                     publish_timeout_s=srv.publish_timeout_s,
                 ),
             )

@@ -41,29 +41,40 @@ log = get_logger(__name__)
 
 
 class DaemonPool(concurrent.futures.Executor):
-    """A fixed pool of daemon worker threads: unlike ``ThreadPoolExecutor`` it never holds up interpreter exit,
-    so a sink call stuck on a dead broker cannot stop a SIGTERM'd connector from exiting."""
+    """A pool of at most ``workers`` daemon threads, started as work arrives: unlike ``ThreadPoolExecutor`` it
+    never holds up interpreter exit, so a sink call stuck on a dead broker cannot stop a SIGTERM'd connector
+    from exiting."""
 
     def __init__(self, workers: int, name: str) -> None:
         self._queue: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]]
         self._queue = queue.SimpleQueue()
-        for i in range(workers):
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
+        self._max = workers
+        self._name = name
+        self._lock = threading.Lock()
+        self._started = 0
+        self._idle = 0
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if self._idle == 0 and self._started < self._max:
+                self._started += 1
+                threading.Thread(target=self._work, name=f"{self._name}-{self._started}", daemon=True).start()
+            else:
+                self._idle = max(0, self._idle - 1)  # that worker is about to take this item
         self._queue.put((future, functools.partial(fn, **kwargs) if kwargs else fn, args))
         return future
 
     def _work(self) -> None:
         while True:
             future, fn, args = self._queue.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # handed to the waiter, like ThreadPoolExecutor does
-                future.set_exception(exc)
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # handed to the waiter, like ThreadPoolExecutor does
+                    future.set_exception(exc)
+            with self._lock:
+                self._idle += 1
 
 
 _POOL = DaemonPool(32, "sink-call")
