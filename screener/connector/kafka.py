@@ -21,14 +21,18 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from screener.errors import DeliveryError
 from screener.events import Event, dump_event
 from screener.logging import get_logger
 from screener.metrics import Metrics
+
+if TYPE_CHECKING:
+    from screener._kafka import Producer, SendFuture
+    from screener.settings import Settings
 
 __all__ = ["KafkaSink", "dead_letter_record", "sink_from_settings"]
 
@@ -78,8 +82,8 @@ class KafkaSink:
         timeout_s: float = 30.0,
         attempts: int = 3,
         idempotent: bool = True,
-        kafka_options: dict[str, Any] | None = None,
-        producer_options: dict[str, Any] | None = None,
+        kafka_options: Mapping[str, object] | None = None,
+        producer_options: Mapping[str, object] | None = None,
     ) -> None:
         from kafka import KafkaProducer
 
@@ -89,7 +93,7 @@ class KafkaSink:
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.attempts = max(1, attempts)
-        options: dict[str, Any] = {
+        options: dict[str, object] = {
             "bootstrap_servers": bootstrap,
             "acks": "all",
             "enable_idempotence": idempotent,
@@ -106,7 +110,7 @@ class KafkaSink:
         options.update(kafka_options or {})
         options.update(producer_options or {})
         try:
-            self._producer = KafkaProducer(**options)
+            self._producer: Producer = KafkaProducer(**options)
         except Exception as exc:
             raise DeliveryError(f"cannot connect a producer to {bootstrap}: {exc}", channel="kafka") from exc
 
@@ -140,11 +144,11 @@ class KafkaSink:
             self.metrics.events_published.labels(connector=self.connector).inc(len(batch))
         return len(batch)
 
-    def send_nowait(self, key: bytes, value: bytes) -> Any:
+    def send_nowait(self, key: bytes, value: bytes) -> SendFuture:
         """Queue one event without waiting; returns the kafka-python future. Call :meth:`flush` later."""
         return self._producer.send(self.events_topic, key=key, value=value)
 
-    def flush(self, futures: Sequence[Any] = ()) -> None:
+    def flush(self, futures: Sequence[SendFuture] = ()) -> None:
         """Flush the producer and check the given futures.
 
         :raises DeliveryError: naming the first failure.
@@ -159,7 +163,7 @@ class KafkaSink:
     def _send_all(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
         pending = list(records)
         for attempt in range(1, self.attempts + 1):
-            futures: list[tuple[tuple[bytes, bytes], Any]] = []
+            futures: list[tuple[tuple[bytes, bytes], SendFuture | None]] = []
             last: Exception | None = None
             try:
                 for rec in pending:
@@ -212,9 +216,13 @@ def _reason_label(reason: str) -> str:
 
 
 def sink_from_settings(
-    settings: Any, connector: str, *, metrics: Metrics | None = None, producer_options: dict[str, Any] | None = None
+    settings: Settings,
+    connector: str,
+    *,
+    metrics: Metrics | None = None,
+    producer_options: Mapping[str, object] | None = None,
 ) -> KafkaSink:
-    """A :class:`KafkaSink` for ``settings`` (a :class:`screener.settings.Settings`); creates the topics.
+    """A :class:`KafkaSink` for ``settings``; creates the topics.
 
     :raises ConnectorError: when no bootstrap servers are configured.
     :raises DeliveryError: when the broker cannot be reached.

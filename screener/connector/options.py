@@ -11,7 +11,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
 
@@ -77,7 +77,7 @@ def connector_options(func: Callable[..., R]) -> Callable[..., R]:
     @click.option("--dry-run", is_flag=True, help="Print events as JSON lines instead of publishing.")
     @functools.wraps(func)
     def wrapper(
-        *args: Any, bootstrap: str | None, topic: str | None, no_idempotence: bool, dry_run: bool, **kwargs: Any
+        *args: object, bootstrap: str | None, topic: str | None, no_idempotence: bool, dry_run: bool, **kwargs: object
     ) -> R:
         from screener.connector.kafka import sink_from_settings
         from screener.logging import configure_logging

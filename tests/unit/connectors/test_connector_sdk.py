@@ -4,6 +4,7 @@ check, connector_options' sink choice, and the old ``screener.sources`` name sti
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from itertools import islice
 
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 
 import screener.connector as sdk
 from screener.errors import ConnectorError
+from screener.events import Event
 
 
 def test_the_demo_feed_is_found_through_the_registry_and_honours_its_arguments() -> None:
@@ -60,7 +62,7 @@ def test_the_check_digit_and_the_synthetic_population_use_the_same_check() -> No
     assert population.nhs_check_digit is sdk.nhs_check_digit
 
 
-def test_connector_options_dry_run_prints_events_and_rejections(make_event) -> None:  # type: ignore[no-untyped-def]
+def test_connector_options_dry_run_prints_events_and_rejections(make_event: Callable[..., Event]) -> None:
     event = make_event(patient_id="P9")
 
     @click.command()
