@@ -16,7 +16,7 @@ default:
 lint:
     {{ python }} -m ruff check .
     {{ python }} -m ruff format --check .
-    {{ python }} -m mypy screener connectors
+    {{ python }} -m mypy screener connectors bench
     {{ lint_imports }}
 
 # fix what ruff can fix and format the tree

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from pyjexl import JEXL
@@ -38,6 +38,9 @@ from pyjexl.parser import (
 )
 
 from screener.rules.windows import parse_window
+
+if TYPE_CHECKING:
+    from screener.rules.model import ConceptSet
 
 __all__ = [
     "BOOLEAN_TRANSFORMS",
@@ -236,19 +239,22 @@ def plan_studies(studies: Sequence[Any]) -> tuple[list[StudyPlan], dict[str, Fea
 # --- features with Polars ---------------------------------------------------------------------------------
 
 
-def _value_expr(concept: Any) -> pl.Expr:
+def _value_expr(concept: ConceptSet) -> pl.Expr:
     """A fact's numeric value in the concept's unit; null without a value or in an unconvertible unit."""
     from screener.rules.units import conversions_to, normalise_unit_expr
 
     table = conversions_to(concept.unit, concept.analyte)
     unit = normalise_unit_expr(pl.col("unit"))
-    expr: pl.Expr | pl.When | pl.Then = pl
-    for spelling, (a, b) in sorted(table.items()):
-        expr = expr.when(unit == spelling).then(pl.col("value") * a + b)  # type: ignore[union-attr]
-    return expr.otherwise(None) if table else pl.lit(None, dtype=pl.Float64)  # type: ignore[union-attr]
+    if not table:
+        return pl.lit(None, dtype=pl.Float64)
+    # value * a + b with (a, b) looked up by the normalised unit; an unknown unit gives null (as the compiler).
+    spellings = sorted(table)
+    scale = unit.replace_strict(spellings, [float(table[s][0]) for s in spellings], default=None)
+    offset = unit.replace_strict(spellings, [float(table[s][1]) for s in spellings], default=None)
+    return pl.col("value") * scale + offset
 
 
-def _member_expr(concept: Any) -> pl.Expr:
+def _member_expr(concept: ConceptSet) -> pl.Expr:
     from screener.rules.model import ConceptSet
 
     expr = concept.fact_expr()

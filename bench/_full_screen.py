@@ -10,6 +10,7 @@ cheaper to obtain than hours of real runs.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -188,7 +189,7 @@ def compare_peers(
             ctxs = [contexts(frame, plan, features, encoded=peer.context == "encoded") for plan in plans]
         got = run_peer(peer, plans, ctxs, features, every=every)  # warm-up and correctness check, untimed
         _check(label, got, expected, study_ids, patient_ids, ctxs)
-        timing, _ = timed_runs(lambda p=peer, c=ctxs, e=every: run_peer(p, plans, c, features, every=e), runs)
+        timing, _ = timed_runs(functools.partial(run_peer, peer, plans, ctxs, features, every=every), runs)
         results.append(
             PeerResult(
                 label,

@@ -93,7 +93,7 @@ def _child_consume(args: argparse.Namespace) -> dict[str, Any]:
 
     assigned: list[float] = []
 
-    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python ships no types: the base is Any
         def on_partitions_revoked(self, revoked: Any) -> None:
             pass
 
@@ -137,15 +137,16 @@ def _engine(args: argparse.Namespace) -> tuple[Any, list[float], Any]:
         consumer=make_consumer(s, group_id=args.group),
         group_id=args.group,
     )
-    assigned: list[float] = []
+    assigned_at: list[float] = []
     on_assigned = engine._on_assigned
 
-    def timed(partitions: Any) -> None:
-        on_assigned(partitions)
-        assigned.append(time.perf_counter())  # after the engine set its partitions up; records come next
+    def timed(assigned: Any) -> None:
+        on_assigned(assigned)
+        assigned_at.append(time.perf_counter())  # after the engine set its partitions up; records come next
 
+    # The engine has no public rebalance hook; wrapping its private one timestamps the assignment.
     engine._on_assigned = timed  # type: ignore[method-assign]
-    return engine, assigned, store
+    return engine, assigned_at, store
 
 
 def _child_engine(args: argparse.Namespace) -> dict[str, Any]:
@@ -259,7 +260,8 @@ def _run_child(
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def _payloads(n_events: int, seed: int, now: datetime, prefix: str = "") -> list[tuple[bytes, bytes]]:
