@@ -54,6 +54,27 @@ class Settings(BaseSettings):
     #: HL7 v2 local-code mapping file for OBX codes (YAML or CSV); empty = the shipped default.
     hl7_code_map: Path | None = None
 
+    # --- connector listeners (limits and health) --------------------------------------------------------
+    #: An MLLP connection is closed when no complete block arrived within this many seconds of connecting or of
+    #: the previous ACK (a quiet connection and a sender trickling bytes alike; senders reconnect).
+    mllp_idle_timeout_s: float = Field(default=120.0, gt=0)
+    #: Concurrent MLLP connections at most; one more is closed at once (and counted).
+    mllp_max_connections: int = Field(default=64, ge=1)
+    #: Bytes of one MLLP block at most (per connection); a longer block is answered AE and dead-lettered with
+    #: a prefix of its payload, and the connection closed.
+    mllp_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: Bytes buffered by all MLLP connections together at most; a connection that would pass it gets AE
+    #: ("busy") and is closed, so memory stays bounded whatever the senders do.
+    mllp_max_buffered_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    #: ``HOST:PORT`` of the MLLP listener's health endpoint (``GET /healthz``); empty = not served.
+    mllp_health_listen: str = ""
+    #: Bytes of one FHIR request body at most (checked on Content-Length and while streaming).
+    fhir_max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    #: Seconds between the connectors' broker probes (``/healthz``; requests fail fast while it is down).
+    connector_health_interval_s: float = Field(default=2.0, gt=0)
+    #: Seconds a connector waits for the broker's acknowledgement before answering "unavailable" (503 / AE).
+    connector_publish_timeout_s: float = Field(default=20.0, gt=0)
+
     # --- engine ------------------------------------------------------------------------------------------
     rules_dir: Path = Path("rules")
     state_dir: Path = Path(".screener/state")

@@ -13,7 +13,7 @@ import click
 from screener.connector import SimpleConnector
 
 from .parse import SUPPORTED, FHIRReject, ParsedPayload, parse_payload, parse_resource
-from .server import build_app, load_path, operation_outcome
+from .server import build_app, load_path, operation_outcome, serve
 
 __all__ = [
     "SUPPORTED",
@@ -29,7 +29,6 @@ __all__ = [
 
 
 def _command() -> click.Command:
-    from connectors.hl7v2 import parse_listen
     from screener.connector import connector_options
 
     @click.command("fhir")
@@ -52,14 +51,11 @@ def _command() -> click.Command:
                 resources, events = load_path(from_file, sink, progress=True)
                 click.echo(f"fhir: {resources} resources -> {events} events", err=True)
                 return
-            import uvicorn
-
-            host, port = parse_listen(listen or "")
-            uvicorn.run(build_app(sink), host=host, port=port, log_level="warning", access_log=False)
+            serve(sink, listen or "", sink_factory.settings, dry_run=sink_factory.dry_run)  # type: ignore[attr-defined]
         finally:
-            close = getattr(sink, "close", None)
-            if close:
-                close()
+            from connectors.hl7v2 import close_sink
+
+            close_sink(sink)
 
     return fhir
 

@@ -9,9 +9,10 @@
   ids, Europe/London times.
 
 Besides this package a connector may import :mod:`screener.events` (the canonical event), :mod:`screener.vocab`,
-:mod:`screener.errors`, :mod:`screener.logging`, :mod:`screener.testing` and :mod:`screener.clock`; the import
-contract ``connectors-use-the-sdk`` in pyproject.toml enforces the list. ``screener.sources`` is this package's
-old name, kept as a re-exporting alias.
+:mod:`screener.errors`, :mod:`screener.logging`, :mod:`screener.metrics`, :mod:`screener.state` (the frame
+schemas), :mod:`screener.testing` and :mod:`screener.clock`; the import contract ``connectors-use-the-sdk`` in
+pyproject.toml enforces the list. ``screener.sources`` is this package's old name, kept as a re-exporting alias
+(``screener.sources.health``, the broker health probe, still lives there).
 """
 
 from __future__ import annotations

@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import click
 
 from screener.events import Event
+
+if TYPE_CHECKING:
+    from screener.settings import Settings
 
 __all__ = [
     "Connector",
@@ -66,7 +69,15 @@ class SinkFactory(Protocol):
 
     ``name`` is the connector's name (metric label, dead-letter key); ``producer_options`` override the
     Kafka producer's throughput defaults (``linger_ms``, ``batch_size``, ...) and are ignored by ``--dry-run``.
+    ``settings`` are the effective settings (command-line overrides applied); ``dry_run`` is true when the sink
+    is stdout (no broker, so no health probe).
     """
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def dry_run(self) -> bool: ...
 
     def __call__(self, name: str, /, **producer_options: object) -> PublishingSink: ...
 

@@ -11,13 +11,16 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from screener.connector.base import PublishingSink
 from screener.errors import ScreenerError
 from screener.events import Event, dump_event
+
+if TYPE_CHECKING:
+    from screener.settings import Settings
 
 __all__ = ["connector_options"]
 
@@ -47,13 +50,30 @@ class _StdoutSink:
         sys.stdout.flush()
 
 
+class _SinkFactory:
+    """The :class:`~screener.connector.base.SinkFactory` ``connector_options`` passes: Kafka, or stdout."""
+
+    def __init__(self, settings: Settings, *, dry_run: bool) -> None:
+        self.settings = settings
+        self.dry_run = dry_run
+
+    def __call__(self, name: str, /, **producer_options: object) -> PublishingSink:
+        if self.dry_run:
+            return _StdoutSink()
+        from screener.connector.kafka import sink_from_settings
+
+        return sink_from_settings(self.settings, name, producer_options=producer_options or None)
+
+
 def connector_options(func: Callable[..., R]) -> Callable[..., R]:
     """Decorator for connector commands: ``--bootstrap``, ``--topic``, ``--dry-run``; passes ``sink_factory``.
 
     ``sink_factory(name, **producer_options)`` returns a :class:`~screener.connector.base.PublishingSink`: a
     Kafka sink built from :class:`~screener.settings.Settings` (topics created if missing), or stdout with
-    ``--dry-run``. A :class:`~screener.errors.ScreenerError` raised by the command becomes a click error
-    (message on stderr, exit status 1) instead of a traceback.
+    ``--dry-run``; ``sink_factory.settings`` are those settings (command-line overrides applied: listener
+    limits, health) and ``sink_factory.dry_run`` the flag. A :class:`~screener.errors.ScreenerError` raised by
+    the command (an invalid setting included) becomes a click error (message on stderr, exit status 1) instead
+    of a traceback.
     """
 
     @click.option(
@@ -79,23 +99,17 @@ def connector_options(func: Callable[..., R]) -> Callable[..., R]:
     def wrapper(
         *args: object, bootstrap: str | None, topic: str | None, no_idempotence: bool, dry_run: bool, **kwargs: object
     ) -> R:
-        from screener.connector.kafka import sink_from_settings
         from screener.logging import configure_logging
         from screener.settings import load_settings
 
         base = load_settings()
         configure_logging(base.log_level, base.log_format)
 
-        def sink_factory(name: str, /, **producer_options: object) -> PublishingSink:
-            if dry_run:
-                return _StdoutSink()
-            overrides: dict[str, str | bool | None] = {"bootstrap_servers": bootstrap, "events_topic": topic}
-            if no_idempotence:
-                overrides["producer_idempotence"] = False
-            settings = load_settings(None, **overrides)
-            return sink_from_settings(settings, name, producer_options=producer_options or None)
-
+        overrides: dict[str, str | bool | None] = {"bootstrap_servers": bootstrap, "events_topic": topic}
+        if no_idempotence:
+            overrides["producer_idempotence"] = False
         try:
+            sink_factory = _SinkFactory(load_settings(None, **overrides), dry_run=dry_run)
             return func(*args, sink_factory=sink_factory, **kwargs)
         except ScreenerError as exc:
             raise click.ClickException(str(exc)) from exc

@@ -68,6 +68,8 @@ def test_connector_options_dry_run_prints_events_and_rejections(make_event: Call
     @click.command()
     @sdk.connector_options
     def cmd(sink_factory: sdk.SinkFactory) -> None:
+        assert sink_factory.dry_run is True
+        assert sink_factory.settings.events_topic == "ehr.events"
         sink = sink_factory("test", linger_ms=50)
         assert isinstance(sink, sdk.PublishingSink)
         sink.publish([event])
