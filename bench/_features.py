@@ -40,7 +40,9 @@ from pyjexl.parser import (
 from screener.rules.windows import parse_window
 
 if TYPE_CHECKING:
-    from screener.rules.model import ConceptSet
+    from screener.rules.compiler import Feat
+    from screener.rules.model import ConceptSet, Criterion, Study
+    from screener.rules.windows import Window
 
 __all__ = [
     "BOOLEAN_TRANSFORMS",
@@ -118,7 +120,7 @@ class StudyPlan:
     concepts: dict[str, str] = field(default_factory=dict)  # concept name in the study -> concept key
 
 
-def _column(feat: Any) -> str:
+def _column(feat: Feat | _FeatLike) -> str:
     window = feat.window.text if feat.window is not None else None
     return f"{feat.transform}_{window}_{feat.concept.key}" if window else f"{feat.transform}_{feat.concept.key}"
 
@@ -126,9 +128,9 @@ def _column(feat: Any) -> str:
 @dataclass
 class _Planner:
     features: dict[str, Feature] = field(default_factory=dict)
-    concepts: dict[str, Any] = field(default_factory=dict)  # concept key -> ConceptSet
+    concepts: dict[str, ConceptSet] = field(default_factory=dict)  # concept key -> ConceptSet
 
-    def feature(self, feat: Any) -> Feature:
+    def feature(self, feat: Feat | _FeatLike) -> Feature:
         self.concepts[feat.concept.key] = feat.concept
         column = _column(feat)
         window = feat.window.text if feat.window is not None else None
@@ -180,8 +182,9 @@ class _Planner:
             return node
         raise ValueError(f"unsupported expression node {type(node).__name__}")
 
-    def criterion(self, c: Any, study: Any, used: set[str]) -> Leaf | Group:
+    def criterion(self, c: Criterion, study: Study, used: set[str]) -> Leaf | Group:
         if c.kind == "expr":
+            assert c.expression is not None, c.name  # the loader gives every "expr" criterion its text
             return Leaf(c.name, c.expression, self.ast(c.ast, study.concepts), self.ir(c.ir, used), c.ast)
         if c.kind in ("any", "all", "at_least"):
             return Group(c.name, c.kind, c.at_least, tuple(self.criterion(k, study, used) for k in c.children))
@@ -199,9 +202,9 @@ class _Planner:
 
 @dataclass(frozen=True)
 class _FeatLike:
-    concept: Any
+    concept: ConceptSet
     transform: str
-    window: Any
+    window: Window | None
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,7 @@ class FeatureRef:
         return "bool" if self.boolean else "num"
 
 
-def plan_studies(studies: Sequence[Any]) -> tuple[list[StudyPlan], dict[str, Feature], dict[str, Any]]:
+def plan_studies(studies: Sequence[Study]) -> tuple[list[StudyPlan], dict[str, Feature], dict[str, ConceptSet]]:
     """Plans for loaded :class:`screener.rules.Study` objects: (plans, features by column, concept sets by key)."""
     planner = _Planner()
     plans: list[StudyPlan] = []
@@ -263,7 +266,7 @@ def _member_expr(concept: ConceptSet) -> pl.Expr:
     return expr
 
 
-def _concept_rows(facts: pl.DataFrame, concept: Any) -> pl.DataFrame:
+def _concept_rows(facts: pl.DataFrame, concept: ConceptSet) -> pl.DataFrame:
     """The facts in ``concept`` (exclusions applied), with ``_v`` in its unit, sorted by patient, time, id."""
     return (
         facts.filter(_member_expr(concept))

@@ -15,13 +15,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from bench._features import compute_features, fact_lists, plan_studies
 from bench._peers import PEERS, contexts, pyjexl_raw, raw_contexts, run_peer
 from bench._stats import Timing, timed_runs
+
+if TYPE_CHECKING:
+    from screener.rules import Study
+    from screener.state import PatientState
 
 __all__ = ["MismatchError", "PeerResult", "compare_peers", "screen_outcomes"]
 
@@ -33,7 +37,7 @@ class MismatchError(AssertionError):
 MODES = ("outcomes", "explain")
 
 
-def _outcomes_only(state: Any, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
+def _outcomes_only(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
     """Screener's public ``screen(..., evidence="outcomes")``: what the engine runs.
 
     Every (study, patient) gets its outcome and every criterion's result is computed; the criteria lists and

@@ -35,7 +35,12 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from screener.alerts.store import SqlStore
+    from screener.engine import Engine
+    from screener.settings import Settings
 
 __all__ = ["render_section", "run_streaming"]
 
@@ -64,7 +69,7 @@ def _crc_impl() -> str:
     return "C extension (crc32c)" if util.crc32c_c is not None else "pure Python (kafka.record._crc32c)"
 
 
-def _settings(bootstrap: str, topic: str, group: str, workdir: Path, rules: Path) -> Any:
+def _settings(bootstrap: str, topic: str, group: str, workdir: Path, rules: Path) -> Settings:
     from screener.settings import Settings
 
     return Settings(
@@ -115,7 +120,7 @@ def _child_consume(args: argparse.Namespace) -> dict[str, Any]:
     return {"events": n, "seconds": end - assigned[0], "crc32c": _crc_impl()}
 
 
-def _engine(args: argparse.Namespace) -> tuple[Any, list[float], Any]:
+def _engine(args: argparse.Namespace) -> tuple[Engine, list[float], SqlStore]:
     """An engine on the bench topic; the list receives the time its partitions were first assigned."""
     from prometheus_client import CollectorRegistry
 
