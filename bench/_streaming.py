@@ -149,8 +149,7 @@ def _engine(args: argparse.Namespace) -> tuple[Engine, list[float], SqlStore]:
         on_assigned(assigned)
         assigned_at.append(time.perf_counter())  # after the engine set its partitions up; records come next
 
-    # The engine has no public rebalance hook; wrapping its private one timestamps the assignment.
-    engine._on_assigned = timed  # type: ignore[method-assign]
+    engine._on_assigned = timed  # type: ignore[method-assign]  # no public rebalance hook: wrap the private one
     return engine, assigned_at, store
 
 
