@@ -24,7 +24,7 @@ fmt:
     {{ python }} -m ruff check --fix .
     {{ python }} -m ruff format .
 
-# the unit tests: seconds, nothing running, nothing installed beyond `pip install -e ".[test]"`
+# the unit tests: nothing running, nothing installed beyond `pip install -e ".[test]"` (-x, -k ... pass through)
 test-unit *args:
     {{ python }} -m pytest -q tests/unit {{ args }}
 
