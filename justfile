@@ -10,7 +10,7 @@ lint_imports := python + " -c 'from importlinter.cli import lint_imports_command
 
 # list the recipes
 default:
-    @just --list --unsorted
+    @{{ just_executable() }} --list --unsorted
 
 # ruff check, ruff format --check, mypy, and the import contracts (pyproject.toml [tool.importlinter])
 lint:
