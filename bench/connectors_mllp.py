@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from connectors_common import broker, fresh_topics
 
 from connectors.hl7v2 import MLLPClient, MLLPServer, ServerThread
-from screener.sources.kafka import KafkaSink
+from screener.connector.kafka import KafkaSink
 
 MSG = (
     "MSH|^~\\&|LAB|RR8|SCREENER|RR8|20260501100000||ORU^R01|C{c}-{n}|P|2.5\r"

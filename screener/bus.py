@@ -22,6 +22,7 @@ from screener.errors import ConnectorError, DeliveryError
 if TYPE_CHECKING:
     import polars as pl
 
+    from screener._kafka import Producer, SendFuture
     from screener.settings import Settings
 
 __all__ = [
@@ -194,7 +195,7 @@ class EmbeddedBroker:
         self.stop()
 
 
-def ensure_topics(bootstrap: str | list[str], topics: dict[str, int], **kafka_options: Any) -> None:
+def ensure_topics(bootstrap: str | list[str], topics: dict[str, int], **kafka_options: object) -> None:
     """Create the topics (name -> partitions) that do not exist yet. Existing topics are left alone."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
@@ -276,10 +277,10 @@ class MatchesPublisher:
     :class:`~screener.errors.DeliveryError` (the engine then does not commit its offsets).
     """
 
-    def __init__(self, producer: Any, topic: str) -> None:
+    def __init__(self, producer: Producer, topic: str) -> None:
         self.producer = producer
         self.topic = topic
-        self._futures: list[Any] = []
+        self._futures: list[SendFuture] = []
         self._keys: list[tuple[str, str]] = []
 
     def publish(self, matches: pl.DataFrame) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError
@@ -16,7 +16,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from screener.errors import ConfigError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["KafkaOptions", "Settings", "load_settings"]
+
+
+class KafkaOptions(TypedDict, total=False):
+    """The kafka-python client options :meth:`Settings.kafka_options` gives (connection and security only)."""
+
+    bootstrap_servers: list[str]
+    security_protocol: str
+    sasl_mechanism: str
+    sasl_plain_username: str | None
+    sasl_plain_password: str | None
+    ssl_cafile: str
 
 
 class Settings(BaseSettings):
@@ -117,9 +128,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
-    def kafka_options(self) -> dict[str, Any]:
+    def kafka_options(self) -> KafkaOptions:
         """Options passed through to kafka-python clients (security included)."""
-        opts: dict[str, Any] = {
+        opts: KafkaOptions = {
             "bootstrap_servers": self.bootstrap_servers.split(","),
             "security_protocol": self.security_protocol,
         }
@@ -132,7 +143,7 @@ class Settings(BaseSettings):
         return opts
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
     """Build settings from overrides, the environment and an optional YAML/TOML file.
 
     :raises ConfigError: naming the first invalid setting and its environment variable.

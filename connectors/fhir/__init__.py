@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from screener.sources.base import SimpleConnector
+from screener.connector import SimpleConnector
 
 from .parse import SUPPORTED, FHIRReject, ParsedPayload, parse_payload, parse_resource
 from .server import build_app, load_path, operation_outcome, serve
@@ -29,7 +29,7 @@ __all__ = [
 
 
 def _command() -> click.Command:
-    from screener.commands.connect import connector_options
+    from screener.connector import connector_options
 
     @click.command("fhir")
     @click.option("--listen", default=None, help="HOST:PORT to serve the FHIR endpoint on.")

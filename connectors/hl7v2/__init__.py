@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from screener.sources.base import SimpleConnector
+from screener.connector import SimpleConnector
 
 from .mllp import MLLPClient, ServerThread, frame
 from .parse import CodeMap, HL7Reject, ParsedMessage, load_code_map, parse_message, split_batch
@@ -53,7 +53,7 @@ def close_sink(sink: object) -> None:
 
 
 def _command() -> click.Command:
-    from screener.commands.connect import connector_options
+    from screener.connector import connector_options
 
     @click.command("hl7v2")
     @click.option("--listen", default="127.0.0.1:2575", show_default=True, help="HOST:PORT to accept MLLP on.")

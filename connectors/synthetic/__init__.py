@@ -25,9 +25,9 @@ from typing import Any
 import click
 
 from connectors.hl7v2.mllp import MLLPClient
+from screener.connector import SimpleConnector
 from screener.errors import ConnectorError
 from screener.events import Event
-from screener.sources.base import SimpleConnector
 
 __all__ = ["RateLimiter", "connector", "patients", "render"]
 
@@ -54,11 +54,11 @@ class RateLimiter:
             self.sleep(delay)
 
 
-def patients(n: int, seed: int, now: datetime | None = None) -> Iterator[list[Event]]:
+def patients(n: int, seed: int, now: datetime | None = None, start_index: int = 0) -> Iterator[list[Event]]:
     """Each synthetic patient's canonical events (person first), from H2's population generator."""
     from . import population
 
-    return population.generate(n, seed=seed, now=now)
+    return population.generate(n, seed=seed, now=now, start_index=start_index)
 
 
 def render(events: list[Event], fmt: str) -> list[str] | dict[str, Any] | list[Event]:
@@ -82,7 +82,7 @@ def render(events: list[Event], fmt: str) -> list[str] | dict[str, Any] | list[E
 
 
 def _command() -> click.Command:
-    from screener.commands.connect import connector_options
+    from screener.connector import connector_options
 
     @click.command("synthetic")
     @click.option("--patients", "n", default=1000, show_default=True, help="How many patients.")
@@ -145,5 +145,5 @@ def _command() -> click.Command:
 
 
 connector = SimpleConnector(
-    "synthetic", "Seeded synthetic West Yorkshire-like population (canonical/HL7/FHIR)", _command
+    "synthetic", "Seeded synthetic West Yorkshire-like population (canonical/HL7/FHIR)", _command, feed=patients
 )
