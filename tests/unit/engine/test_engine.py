@@ -281,7 +281,7 @@ def test_restart_without_snapshot_replays_and_matches_nothing_twice(
 def test_full_rescreen_is_worked_off_in_chunks_between_batches(
     settings: Any, log: Any, mini: Any, make_event: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import screener.engine as engine_module
+    import screener.engine.rescreen as engine_module
 
     monkeypatch.setattr(engine_module, "RESCREEN_CHUNK", 3)
     write_rule(settings, "a", "id=ADULT min_age=18")
