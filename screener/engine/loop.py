@@ -113,7 +113,7 @@ class Engine(PartitionsRole, RulesRole, RescreenRole, MatchesRole):
             self._consumer = make_consumer(self.settings, group_id=self._group_id)
         self._consumer.subscribe([self.settings.events_topic], listener=_Listener(self))
         self._next_rescreen = self.clock.now() + _seconds(self.settings.rescreen_interval_s)
-        self._next_snapshot = time.monotonic() + self.settings.snapshot_interval_s
+        self._next_snapshot = self.clock.monotonic() + self.settings.snapshot_interval_s
         self._started = True
         log.info(
             "engine_started",
@@ -174,7 +174,7 @@ class Engine(PartitionsRole, RulesRole, RescreenRole, MatchesRole):
         rebalance callback stays here.
         """
         self.loops += 1
-        if time.monotonic() >= self._next_rules_poll:
+        if self.clock.monotonic() >= self._next_rules_poll:
             self.reload_rules()
         if self._inflight is not None:
             # Something is being screened: wait for new records only briefly, so a quiet topic does not hold
@@ -208,12 +208,12 @@ class Engine(PartitionsRole, RulesRole, RescreenRole, MatchesRole):
                 self._drain(budget_s=self.settings.batch_max_ms / 1000)
             except ScreenerError as exc:
                 log.error("rescreen_failed", error_type=type(exc).__name__)
-        if time.monotonic() >= self._next_sweep:
+        if self.clock.monotonic() >= self._next_sweep:
             self.settle()
             self._sweep_unpublished()
-        if time.monotonic() >= self._next_snapshot:
+        if self.clock.monotonic() >= self._next_snapshot:
             self.settle()
-            self._next_snapshot = time.monotonic() + self.settings.snapshot_interval_s
+            self._next_snapshot = self.clock.monotonic() + self.settings.snapshot_interval_s
             for p in list(self._parts):
                 if self._parts[p].dirty:
                     self._snapshot(p, wait=False)

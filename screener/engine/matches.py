@@ -133,7 +133,7 @@ class MatchesRole(EngineBase):
         """Publish stored matches no broker acknowledged, left by a crash (or a failed publish) between the
         worklist write and the acknowledgement, once ``matches_sweep_settle_s`` old (younger ones may be
         another engine's, still in flight). Returns how many were published."""
-        self._next_sweep = time.monotonic() + self.settings.matches_sweep_interval_s
+        self._next_sweep = self.clock.monotonic() + self.settings.matches_sweep_interval_s
         if self._publisher is None:
             return 0
         settled = datetime.now(UTC) - _seconds(self.settings.matches_sweep_settle_s)

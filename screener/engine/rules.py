@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +38,7 @@ class RulesRole(EngineBase):
         logged and counted in ``screener_rule_load_errors_total``. An added or changed study triggers a rebuild
         of every assigned partition (which screens everyone against it).
         """
-        self._next_rules_poll = time.monotonic() + self.settings.rules_poll_s
+        self._next_rules_poll = self.clock.monotonic() + self.settings.rules_poll_s
         sig = self._rules_signature()
         if not force and sig == self._rules_sig:
             return False

@@ -56,7 +56,7 @@ def write_rule(settings: Any, name: str, text: str) -> None:
 
 def run_until_idle(engine: Engine, steps: int = 5) -> None:
     for _ in range(steps):
-        time.sleep(0.002)  # longer than rules_poll_s, so every step also checks the rules
+        engine.clock.advance(0.002)  # type: ignore[attr-defined]  # past rules_poll_s: every step checks the rules
         engine.step()
 
 
@@ -347,10 +347,10 @@ def test_a_match_whose_publish_failed_is_published_once_by_the_sweep(
     assert log.values("m") == []  # ...but never acknowledged
     assert store.unpublished_matches()["patient_id"].to_list() == ["P1"]
     producer.down = False
-    time.sleep(0.06)
+    engine.clock.advance(0.06)  # type: ignore[attr-defined]
     run_until_idle(engine)
     assert [(p["study_id"], p["patient_id"]) for p in log.values("m")] == [("ADULT", "P1")]
     assert store.unpublished_matches().height == 0
-    time.sleep(0.06)
+    engine.clock.advance(0.06)  # type: ignore[attr-defined]
     run_until_idle(engine)  # later sweeps find nothing to send
     assert len(log.values("m")) == 1
