@@ -20,10 +20,12 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -42,6 +44,7 @@ __all__ = [
     "Record",
     "SentFuture",
     "partition_for",
+    "s3_server",
 ]
 
 
@@ -195,3 +198,35 @@ class InMemoryConsumer:
 
     def close(self, autocommit: bool = True) -> None:
         self.closed = True
+
+
+@contextlib.contextmanager
+def s3_server(bucket: str = "screener") -> Iterator[dict[str, str]]:
+    """A real S3-compatible server on loopback (``moto``'s server mode: the ``test`` extra) with ``bucket``
+    created. Yields the ``storage_options`` for :func:`screener.history.open_store` (also usable as ``AWS_*``
+    environment variables, upper-cased, for a subprocess); stops the server on exit."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {
+        "aws_endpoint_url": f"http://{host}:{port}",
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+        "aws_region": "us-east-1",
+        "aws_allow_http": "true",
+    }
+    try:
+        boto3.client(
+            "s3",
+            endpoint_url=options["aws_endpoint_url"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        ).create_bucket(Bucket=bucket)
+        yield options
+    finally:
+        server.stop()
