@@ -41,6 +41,8 @@ class _Log:
 log = _Log()
 
 Loader = Callable[[Sequence[Path]], Any]
+#: One decoded batch of a partition as :func:`screener.ingest.decode_batch` splits it: (upd, facts, control).
+Frames = tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
 ScreenFn = Callable[[PatientState, Sequence[Any], datetime], pl.DataFrame]
 
 
@@ -54,6 +56,15 @@ class _Partition:
     replay_until: int | None = None
     pending: list[pl.Series] = field(default_factory=list)
     dirty: bool = False
+    #: Decoded frames applied since the last history append (the batch thread adds, a history job takes them).
+    unsaved: list[Frames] = field(default_factory=list)
+    #: The offset after the last batch in ``unsaved`` (set with it, under ``lock``).
+    unsaved_offset: int | None = None
+    #: The offset the history store holds this partition up to (``None``: nothing there yet).
+    saved_offset: int | None = None
+    #: While a rule change rebuilds the hot view: the frames applied since the store view it builds from.
+    catch_up: list[Frames] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def replaying(self) -> bool:
@@ -162,6 +173,8 @@ class EngineBase:
     _batch_executor: ThreadPoolExecutor | None
     _seeks: dict[int, int]
     stage_seconds: dict[str, float]
+    _history: Any
+    _rebuild: Any
 
     def settle(self) -> None:
         raise NotImplementedError
@@ -213,4 +226,33 @@ class EngineBase:
         raise NotImplementedError
 
     def _beginning(self, tp: Any) -> int:
+        raise NotImplementedError
+
+    def _compile_pruning(self) -> None:
+        raise NotImplementedError
+
+    def _snapshot_dir(self, partition: int) -> Path:
+        raise NotImplementedError
+
+    def _keep_frames(self, part: _Partition, frames: Frames | None, offset: int) -> None:
+        raise NotImplementedError
+
+    def _history_job(self, partition: int) -> Any:
+        raise NotImplementedError
+
+    def _restore(self, partition: int, begin: int, committed: int | None) -> tuple[LiveState, int, str]:
+        raise NotImplementedError
+
+    def _start_rebuild(
+        self,
+        studies: dict[str, Any],
+        keep: FactFilter | None,
+        horizon: Any,
+        fingerprint: str,
+        changed: Sequence[str],
+        removed: list[str],
+    ) -> None:
+        raise NotImplementedError
+
+    def _finish_rebuild(self, wait: bool = False) -> bool:
         raise NotImplementedError

@@ -18,24 +18,27 @@ from screener.bus import MatchesPublisher
 from screener.clock import Clock, SystemClock
 from screener.engine import rescreen as _rescreen
 from screener.engine._base import GIL_SWITCH_S, Loader, ScreenFn, _Batch, _concat_states, _Partition, _seconds, log
+from screener.engine.history import HistoryRole
 from screener.engine.matches import MatchesRole, _default_loader, _default_screen
 from screener.engine.partitions import PartitionsRole, _Listener
 from screener.engine.rescreen import RescreenRole
 from screener.engine.rules import RulesRole
 from screener.errors import ScreenerError
+from screener.history import HistoryStore
 from screener.ingest import decode_batch
 from screener.metrics import Metrics
 from screener.settings import Settings
 from screener.state import TS, FactFilter, PatientState
 
 
-class Engine(PartitionsRole, RulesRole, RescreenRole, MatchesRole):
+class Engine(PartitionsRole, HistoryRole, RulesRole, RescreenRole, MatchesRole):
     """One screening engine (one consumer-group member). Thread-compatible: drive it from one thread.
 
     ``consumer`` and ``producer`` default to :func:`screener.bus.make_consumer`/``make_producer`` built from
     ``settings``. ``loader`` and ``screen`` default to :func:`screener.rules.load_studies` and
     :func:`screener.rules.screen`. ``clock`` decides "now" for screening, study dates and the re-screen
-    schedule; rule polling and snapshots use the monotonic clock.
+    schedule; its ``monotonic()`` times rule polling, snapshots and the sweep. ``history`` is the history store
+    (default: :func:`screener.history.open_store` of ``settings.history_url()``).
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class Engine(PartitionsRole, RulesRole, RescreenRole, MatchesRole):
         loader: Loader | None = None,
         screen: ScreenFn | None = None,
         group_id: str | None = None,
+        history: HistoryStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -60,6 +64,8 @@ class Engine(PartitionsRole, RulesRole, RescreenRole, MatchesRole):
         self._loader = loader or _default_loader
         self._screen = screen or _default_screen
         self._group_id = group_id
+        self._history = history
+        self._rebuild = None
         self._parts: dict[int, _Partition] = {}
         self.studies: dict[str, Any] = {}
         self._rules_sig: tuple[tuple[str, int, int], ...] | None = None
@@ -146,6 +152,10 @@ class Engine(PartitionsRole, RulesRole, RescreenRole, MatchesRole):
         if self._batch_executor is not None:
             self._batch_executor.shutdown(wait=True)
             self._batch_executor = None
+        self._rebuild = None  # a rule change still loading is redone at the next start
+        if self._rebuild_pool is not None:
+            self._rebuild_pool.shutdown(wait=False, cancel_futures=True)
+            self._rebuild_pool = None
         with contextlib.suppress(Exception):
             self._commit(list(self._parts))
             for p in list(self._parts):
@@ -196,6 +206,8 @@ class Engine(PartitionsRole, RulesRole, RescreenRole, MatchesRole):
             # want the GIL and the cores) and holds it behind a poll (at 1k events/s, 1M patients in state: p99
             # event-to-match 718 ms overlapped, 401-441 ms not).
             self.settle()
+        if self._rebuild is not None:
+            self._finish_rebuild()  # swaps in the new rules' views once the rebuild thread has them
         now = self.clock.now()
         self.metrics.studies_open.set(sum(1 for s in self.studies.values() if s.is_open(now)))
         if self._next_rescreen is not None and now >= self._next_rescreen:
@@ -216,7 +228,9 @@ class Engine(PartitionsRole, RulesRole, RescreenRole, MatchesRole):
             self._next_snapshot = self.clock.monotonic() + self.settings.snapshot_interval_s
             for p in list(self._parts):
                 if self._parts[p].dirty:
-                    self._snapshot(p, wait=False)
+                    self._snapshot(p, wait=False)  # the history append first, then the snapshot
+                elif (job := self._history_job(p)) is not None:
+                    self._snapshot_pool_().submit(job)
         return n
 
     def settle(self) -> None:
@@ -362,6 +376,12 @@ class Engine(PartitionsRole, RulesRole, RescreenRole, MatchesRole):
             batch.new = self._screen_and_record(_concat_states(to_screen), now, "event", event_times)
         t_screen = time.perf_counter()
         self._flush_matches()
+        for p, decoded in batch.by_part.items():
+            # Screened and recorded: the batch may now go to the history store (a crash before this point
+            # leaves it to be read again from the topic).
+            part = self._parts.get(p)
+            if part is not None:
+                self._keep_frames(part, decoded.frames if decoded.accepted else None, batch.offsets[p][1])
         batch.apply_s, batch.screen_s, batch.flush_s = t_apply - t0, t_screen - t_apply, time.perf_counter() - t_screen
 
     def _finish(self, batch: _Batch) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from screener.engine._base import EngineBase, _concat_states, _Partition, log
-from screener.state import LiveState, PatientState, load_snapshot_parts, save_snapshot
+from screener.state import PatientState, save_snapshot
 
 
 class _Listener:
@@ -58,24 +58,23 @@ class PartitionsRole(EngineBase):
         )
 
     def _init_partition(self, tp: Any) -> None:
+        """Take a partition on: its state from the local snapshot, the history store or a replay
+        (:meth:`HistoryRole._restore`), then read on from there. Records below the group's committed offset were
+        screened before: they are only applied (``replay_until``) and the patients they touch screened once at
+        the end."""
+        t0 = time.perf_counter()
         begin = self._beginning(tp)
         committed = None
         with contextlib.suppress(Exception):
             committed = self._consumer.committed(tp)
-        snap = load_snapshot_parts(self._snapshot_dir(tp.partition))
-        state, start, source = LiveState(), begin, "replay"
-        if snap is not None:
-            s_parts, s_offset, meta = snap
-            # Snapshots are taken after the commit, so a usable one is never ahead of the group's committed
-            # offset; one that is (or a group with no offsets) belongs to another incarnation of the topic or
-            # group, and replaying is the safe answer. (Log-end offsets are not used: tansu reports them wrong.)
-            usable = committed is not None and begin <= s_offset <= committed
-            if meta.get("rules") == self._rules_fingerprint and usable:
-                state, start, source = LiveState.from_parts(s_parts), s_offset, "snapshot"
+        state, start, source = self._restore(tp.partition, begin, committed)
         replay_until = committed if committed is not None and committed > start else None
-        self._parts[tp.partition] = _Partition(state=state, offset=start, replay_until=replay_until)
+        part = _Partition(state=state, offset=start, replay_until=replay_until)
+        part.saved_offset = start if source != "replay" else None
+        self._parts[tp.partition] = part
         self._consumer.seek(tp, start)
         self._seeks[tp.partition] = self._seeks.get(tp.partition, 0) + 1
+        self.metrics.partition_restores.labels(source).inc()
         log.info(
             "partition_restored",
             partition=tp.partition,
@@ -83,6 +82,7 @@ class PartitionsRole(EngineBase):
             offset=start,
             committed=committed,
             patients=state.patient_count,
+            ms=round((time.perf_counter() - t0) * 1000, 1),
         )
 
     def _on_revoked(self, revoked: Any) -> None:
@@ -140,7 +140,16 @@ class PartitionsRole(EngineBase):
         the GIL); a partition whose previous background snapshot is still being written is skipped this time.
         """
         part = self._parts.get(partition)
-        if part is None or part.replaying or any(q[0] == partition for q in self._queue):
+        if part is None:
+            return
+        history = self._history_job(partition)  # the store first: a snapshot is used only at the store's offset
+        if history is not None:
+            if wait:
+                self._wait_snapshots()
+                history()
+            else:
+                self._snapshot_pool_().submit(history)
+        if part.replaying or any(q[0] == partition for q in self._queue):
             return  # a snapshot must not hide screening still owed to its patients
         pending = self._snapshot_jobs.get(partition)
         if pending is not None and not pending.done():
@@ -171,14 +180,21 @@ class PartitionsRole(EngineBase):
         if wait:
             write()
             return
+        self._snapshot_jobs[partition] = self._snapshot_pool_().submit(write)
+
+    def _snapshot_pool_(self) -> ThreadPoolExecutor:
+        """The snapshot thread: history appends and snapshots of a partition run on it in the order submitted."""
         if self._snapshot_pool is None:
             self._snapshot_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="screener-snapshot")
-        self._snapshot_jobs[partition] = self._snapshot_pool.submit(write)
+        return self._snapshot_pool
 
     def _wait_snapshots(self) -> None:
+        """Wait until the snapshot thread has done everything submitted so far (history appends included)."""
         for job in list(self._snapshot_jobs.values()):
             with contextlib.suppress(Exception):
                 job.result()
+        if self._snapshot_pool is not None:
+            self._snapshot_pool.submit(lambda: None).result()  # one worker, first in first out
         self._snapshot_jobs.clear()
 
     def _update_gauges(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import polars as pl
 
 from screener.engine._base import EngineBase, _end_of, _start_of, log
 from screener.errors import ScreenerError
-from screener.state import FactFilter, LiveState
+from screener.state import FactFilter
 
 
 class RulesRole(EngineBase):
@@ -35,8 +34,9 @@ class RulesRole(EngineBase):
         """Reload ``rules_dir`` if any file changed (or ``force``). Returns True when the study set changed.
 
         A study whose file still exists but no longer loads keeps its previous version; each load error is
-        logged and counted in ``screener_rule_load_errors_total``. An added or changed study triggers a rebuild
-        of every assigned partition (which screens everyone against it).
+        logged and counted in ``screener_rule_load_errors_total``. An added or changed study makes every assigned
+        partition build its new view from the history store in the background (:mod:`screener.engine.history`);
+        at the swap everyone is screened against the added or changed studies only.
         """
         self._next_rules_poll = self.clock.monotonic() + self.settings.rules_poll_s
         sig = self._rules_signature()
@@ -63,28 +63,41 @@ class RulesRole(EngineBase):
                 if old.id not in loaded and old_path in present and old_path not in loaded_paths:
                     loaded[old.id] = old
                     log.warning("rule_kept_previous_version", study=old.id, file=old_path)
-        before = {sid: s.content_hash for sid, s in self.studies.items()}
+        pending = self._rebuild
+        current = pending.studies if pending is not None else self.studies
+        before = {sid: s.content_hash for sid, s in current.items()}
         after = {sid: s.content_hash for sid, s in loaded.items()}
         if before == after and not force:
             return False
         added_or_changed = sorted(sid for sid, h in after.items() if before.get(sid) != h)
         removed = sorted(set(before) - set(after))
-        self.studies = loaded
         self.rule_reloads += 1
-        self._compile_pruning()
-        self._publish_study_metrics(removed)
+        keep, horizon, fingerprint = self._pruning_for(loaded)
+        self._publish_study_metrics(loaded, removed)
         with contextlib.suppress(Exception):
             self.store.sync_studies(list(loaded.values()))
         log.info(
             "rules_loaded", studies=len(loaded), changed=added_or_changed, removed=removed, errors=len(result.errors)
         )
-        if added_or_changed and self._parts:
-            self._rebuild_all()
+        if (added_or_changed or pending is not None) and self._parts:
+            # Pruned facts may be needed by the new rules: the new view comes from the history store, in the
+            # background; until it is ready, batches are screened with the studies and view they had.
+            changed = set(added_or_changed) | (set(pending.changed) if pending is not None else set())
+            self._start_rebuild(loaded, keep, horizon, fingerprint, sorted(changed & set(loaded)), removed)
+        else:
+            self._rebuild = None  # nothing assigned to rebuild: the new rules apply from the next batch
+            self.studies, self._keep, self._horizon, self._rules_fingerprint = loaded, keep, horizon, fingerprint
         return True
 
     def _compile_pruning(self) -> None:
+        """Install the fact filter, horizon and fingerprint of the loaded studies."""
+        self._keep, self._horizon, self._rules_fingerprint = self._pruning_for(self.studies)
+
+    def _pruning_for(self, studies: dict[str, Any]) -> tuple[FactFilter, Any, str]:
+        """The fact filter (facts some study open now or later can use), the time horizon (the longest window)
+        and the fingerprint of ``studies``."""
         now = self.clock.now()
-        relevant = [s for s in self.studies.values() if s.closes is None or _end_of(s.closes) >= now]
+        relevant = [s for s in studies.values() if s.closes is None or _end_of(s.closes) >= now]
         filters: list[pl.Expr] = []
         horizons: list[Any] = []
         unbounded = False
@@ -108,17 +121,15 @@ class RulesRole(EngineBase):
             expr = pl.any_horizontal([f.fill_null(False) for f in filters])
         else:
             expr = None
-        self._horizon = None if unbounded or not horizons else max(horizons)
+        horizon = None if unbounded or not horizons else max(horizons)
         # The cut-off is fixed at compile time: as time moves on it keeps a little more than needed, never less.
-        self._keep = FactFilter(expr, now - self._horizon if self._horizon is not None else None)
-        digest = hashlib.sha256(
-            json.dumps(sorted((s.id, s.content_hash) for s in self.studies.values())).encode()
-        ).hexdigest()
-        self._rules_fingerprint = digest
+        keep = FactFilter(expr, now - horizon if horizon is not None else None)
+        digest = hashlib.sha256(json.dumps(sorted((s.id, s.content_hash) for s in studies.values())).encode())
+        return keep, horizon, digest.hexdigest()
 
-    def _publish_study_metrics(self, removed: Sequence[str]) -> None:
-        self.metrics.rules_loaded.set(len(self.studies))
-        for s in self.studies.values():
+    def _publish_study_metrics(self, studies: dict[str, Any], removed: Sequence[str]) -> None:
+        self.metrics.rules_loaded.set(len(studies))
+        for s in studies.values():
             self.metrics.study_target.labels(s.id, s.sponsor).set(s.target or 0)
             if s.opens is not None:
                 self.metrics.study_opens.labels(s.id).set(_start_of(s.opens).timestamp())
@@ -128,21 +139,3 @@ class RulesRole(EngineBase):
             for g in (self.metrics.study_opens, self.metrics.study_closes):
                 with contextlib.suppress(KeyError):
                     g.remove(sid)
-
-    def _rebuild_all(self) -> None:
-        """Reset every assigned partition and replay it from the beginning (then screen everyone in it)."""
-        from kafka import TopicPartition
-
-        for p, part in self._parts.items():
-            tp = TopicPartition(self.settings.events_topic, p)
-            begin = self._beginning(tp)
-            target = max(part.offset, part.replay_until or 0)
-            part.state = LiveState()
-            part.pending = []
-            part.dirty = False
-            part.offset = begin
-            part.replay_until = target if target > begin else None
-            self._consumer.seek(tp, begin)
-            self._seeks[p] = self._seeks.get(p, 0) + 1
-            self._queue = deque(q for q in self._queue if q[0] != p)
-            log.info("partition_rebuild", partition=p, from_offset=begin, until=target)

@@ -240,4 +240,4 @@ def test_close_finishes_commits_and_snapshots_the_batch_in_flight(
     engine.close()
     assert committed_total(log) == 8
     assert sorted(store.matches()["patient_id"].to_list()) == sorted(ids)
-    assert sorted(p.name for p in Path(settings.state_dir).iterdir()) == ["ev-0", "ev-1"]
+    assert sorted(p.name for p in Path(settings.state_dir).iterdir()) == ["ev-0", "ev-1", "history"]
