@@ -17,7 +17,15 @@ from typing import Any
 import polars as pl
 
 from screener.errors import ScreenerError
-from screener.state import FACTS_SCHEMA, PERSONS_SCHEMA, RETRACTED_SCHEMA, PatientState, StateParts
+from screener.state import (
+    FACTS_SCHEMA,
+    PERSONS_SCHEMA,
+    RETRACTED_SCHEMA,
+    PatientState,
+    StateParts,
+    upgrade_facts,
+    upgrade_persons,
+)
 
 __all__ = ["SnapshotError", "load_snapshot", "load_snapshot_parts", "save_snapshot"]
 
@@ -148,6 +156,9 @@ def _load_parts(directory: Path) -> tuple[StateParts, int, dict[str, Any]] | Non
             tail_ids = pl.Series("patient_id", [], dtype=pl.String)
     except (OSError, ValueError, KeyError, pl.exceptions.PolarsError) as exc:
         raise SnapshotError(directory, f"unreadable ({type(exc).__name__})") from exc
+    # A snapshot written before a column existed is upgraded (new columns null), not thrown away.
+    persons, tail_persons = upgrade_persons(persons), upgrade_persons(tail_persons)
+    facts, tail_facts = upgrade_facts(facts), upgrade_facts(tail_facts)
     for name, frame, schema in (
         ("persons", persons, PERSONS_SCHEMA),
         ("tail-persons", tail_persons, PERSONS_SCHEMA),

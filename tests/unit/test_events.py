@@ -27,7 +27,7 @@ def test_round_trip_is_lossless_and_normalises_time_to_utc() -> None:
     ("change", "field", "text"),
     [
         ({"occurred_at": "2026-01-01T09:30:00"}, "occurred_at", "timezone"),
-        ({"code": {"system": "ICD9", "value": "250"}}, "code.system", "ICD9"),
+        ({"code": {"system": "ICD11", "value": "250"}}, "code.system", "ICD11"),
         ({"kind": "vitals"}, "kind", "vitals"),
         ({"surprise": 1}, "surprise", "unknown field"),
         ({"code": None}, "code", "needs a code"),
