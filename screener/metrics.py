@@ -169,3 +169,8 @@ class Metrics:
         self.health = Gauge(
             "screener_engine_healthy", "1 while the engine reaches the broker and holds its group, else 0", registry=r
         )
+        self.matches_closed = Counter(
+            "screener_matches_ruled_out_total",
+            "Ineligible rows sent for known matches that a re-screen ruled out (closed as no longer eligible)",
+            registry=r,
+        )

@@ -116,6 +116,11 @@ def _concat_states(states: Sequence[PatientState]) -> PatientState:
     )
 
 
+def _owners(ids: pl.Series, partition: int) -> pl.DataFrame:
+    """``patient_id, partition`` for ``ids`` of one partition."""
+    return ids.rename("patient_id").to_frame().with_columns(pl.lit(partition, dtype=pl.Int32).alias("partition"))
+
+
 def _seconds(s: float) -> timedelta:
     return timedelta(seconds=s)
 
@@ -189,6 +194,7 @@ class EngineBase:
         trigger: str,
         event_times: pl.DataFrame | None = None,
         only: frozenset[str] | None = None,
+        owners: pl.DataFrame | None = None,
     ) -> int:
         raise NotImplementedError
 
@@ -255,4 +261,22 @@ class EngineBase:
         raise NotImplementedError
 
     def _finish_rebuild(self, wait: bool = False) -> bool:
+        raise NotImplementedError
+
+    def history(self) -> Any:
+        raise NotImplementedError
+
+    def _ruled_out(self, state: Any, result: pl.DataFrame, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def _note_pairs(self, matched: pl.DataFrame, closed: pl.DataFrame, owners: pl.DataFrame | None) -> None:
+        raise NotImplementedError
+
+    def _save_pairs(self, partition: int) -> None:
+        raise NotImplementedError
+
+    def _load_pairs(self, partition: int) -> None:
+        raise NotImplementedError
+
+    def _forget_pairs(self, partition: int) -> None:
         raise NotImplementedError

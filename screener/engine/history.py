@@ -108,6 +108,7 @@ class HistoryRole(EngineBase):
                 else:
                     store.mark(partition, offset)
                 part.saved_offset = offset
+                self._save_pairs(partition)
                 self.metrics.history_writes.labels("ok").inc()
                 if store.segments(partition) >= limit:
                     store.compact(partition)

@@ -17,7 +17,18 @@ from screener.alerts.base import MatchStore
 from screener.bus import MatchesPublisher
 from screener.clock import Clock, SystemClock
 from screener.engine import rescreen as _rescreen
-from screener.engine._base import GIL_SWITCH_S, Loader, ScreenFn, _Batch, _concat_states, _Partition, _seconds, log
+from screener.engine._base import (
+    GIL_SWITCH_S,
+    Loader,
+    ScreenFn,
+    _Batch,
+    _concat_states,
+    _owners,
+    _Partition,
+    _seconds,
+    log,
+)
+from screener.engine.follow import PAIRS_SCHEMA, FollowRole, _default_screen_all
 from screener.engine.history import HistoryRole
 from screener.engine.matches import MatchesRole, _default_loader, _default_screen
 from screener.engine.partitions import PartitionsRole, _Listener
@@ -31,7 +42,7 @@ from screener.settings import Settings
 from screener.state import TS, FactFilter, PatientState
 
 
-class Engine(PartitionsRole, HistoryRole, RulesRole, RescreenRole, MatchesRole):
+class Engine(PartitionsRole, HistoryRole, RulesRole, RescreenRole, MatchesRole, FollowRole):
     """One screening engine (one consumer-group member). Thread-compatible: drive it from one thread.
 
     ``consumer`` and ``producer`` default to :func:`screener.bus.make_consumer`/``make_producer`` built from
@@ -66,6 +77,8 @@ class Engine(PartitionsRole, HistoryRole, RulesRole, RescreenRole, MatchesRole):
         self._group_id = group_id
         self._history = history
         self._rebuild = None
+        self._matched = pl.DataFrame(schema=PAIRS_SCHEMA)
+        self._screen_all = screen or _default_screen_all
         self._parts: dict[int, _Partition] = {}
         self.studies: dict[str, Any] = {}
         self._rules_sig: tuple[tuple[str, int, int], ...] | None = None
@@ -340,6 +353,7 @@ class Engine(PartitionsRole, HistoryRole, RulesRole, RescreenRole, MatchesRole):
             # Judge new codes once for the whole batch rather than once per partition.
             self._keep.learn(batch.keys.select(FactFilter.KEY_COLUMNS))
         to_screen: list[PatientState] = []
+        owners: list[pl.DataFrame] = []
         for p, decoded in batch.by_part.items():
             part = self._parts.get(p)
             if part is None:
@@ -361,8 +375,10 @@ class Engine(PartitionsRole, HistoryRole, RulesRole, RescreenRole, MatchesRole):
                         self._enqueue(p, everyone, "replay")
                     elif everyone.len():
                         to_screen.append(part.state.select(everyone))
+                        owners.append(_owners(everyone, p))
             elif touched.len():
                 to_screen.append(part.state.select(touched))
+                owners.append(_owners(touched, p))
         t_apply = time.perf_counter()
         if to_screen:
             event_times = (
@@ -373,7 +389,9 @@ class Engine(PartitionsRole, HistoryRole, RulesRole, RescreenRole, MatchesRole):
                     pl.from_epoch("_ts", time_unit="ms").dt.replace_time_zone("UTC").cast(TS).alias("event_time"),
                 )
             )
-            batch.new = self._screen_and_record(_concat_states(to_screen), now, "event", event_times)
+            batch.new = self._screen_and_record(
+                _concat_states(to_screen), now, "event", event_times, owners=pl.concat(owners)
+            )
         t_screen = time.perf_counter()
         self._flush_matches()
         for p, decoded in batch.by_part.items():

@@ -50,14 +50,15 @@ def matches_from_screen(
     dnc_register: pl.Series,
     now: datetime,
     event_times: pl.DataFrame | None = None,
+    outcomes: Sequence[str] = MATCH_OUTCOMES,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Turn a screen result into match rows (``MATCH_COLUMNS``) and per-study suppression counts.
 
-    Keeps outcomes ``eligible``/``possible``; drops patients flagged do-not-contact (state flag or the
+    Keeps outcomes ``eligible``/``possible`` (or ``outcomes``); drops patients flagged do-not-contact (state flag or the
     register) or deceased. Returns ``(matches, suppressed)`` where ``suppressed`` has columns
     ``study_id, reason ('do-not-contact'|'deceased'), n``. Pure.
     """
-    cand = result.filter(pl.col("outcome").is_in(MATCH_OUTCOMES))
+    cand = result.filter(pl.col("outcome").is_in(list(outcomes)))
     empty_supp = pl.DataFrame(schema={"study_id": pl.String, "reason": pl.String, "n": pl.UInt32})
     if cand.height == 0:
         return _empty_matches(), empty_supp
@@ -177,32 +178,43 @@ class MatchesRole(EngineBase):
         trigger: str,
         event_times: pl.DataFrame | None = None,
         only: frozenset[str] | None = None,
+        owners: pl.DataFrame | None = None,
     ) -> int:
-        """Screen ``state`` against the open studies (``only`` those ids, when given), store the matches, publish
-        the new ones (not flushed)."""
+        """Screen ``state`` against the open studies (``only`` those ids, when given), store the matches and the
+        ``ineligible`` rows of known matches now ruled out (:mod:`screener.engine.follow`), publish the new
+        matches (not flushed). ``owners`` (``patient_id, partition``) says whose pairs these are."""
         studies = [s for s in self.studies.values() if s.is_open(now) and (only is None or s.id in only)]
         if not studies or state.persons.height == 0:
             return 0
         result = self._screen(state, studies, now)
         # Every patient is evaluated against every study, whatever rows the screen function returns.
         self.metrics.screens.labels(trigger).inc(state.persons.height * len(studies))
-        if result.filter(pl.col("outcome").is_in(MATCH_OUTCOMES)).height == 0:
+        closed_rows = self._ruled_out(state, result, studies, now)
+        if result.filter(pl.col("outcome").is_in(MATCH_OUTCOMES)).height == 0 and closed_rows.height == 0:
             return 0
         dnc = self.store.do_not_contact()
         matches, suppressed = matches_from_screen(result, state.persons, dnc, now, event_times)
+        if closed_rows.height:
+            closed, _ = matches_from_screen(closed_rows, state.persons, dnc, now, event_times, outcomes=("ineligible",))
+            self.metrics.matches_closed.inc(closed.height)
+        else:
+            closed = matches.clear()
         for study, reason, n in suppressed.iter_rows():
             if reason == "deceased":
                 self.metrics.deceased_suppressed.labels(study).inc(n)
             else:
                 self.metrics.do_not_contact_suppressed.labels(study).inc(n)
-        if matches.height == 0:
+        if matches.height == 0 and closed.height == 0:
             return 0
         try:
-            new = self.store.record_matches(matches.select(list(MATCH_COLUMNS)))
+            sent = pl.concat([matches, closed]) if closed.height else matches
+            new = self.store.record_matches(sent.select(list(MATCH_COLUMNS)))
         except ScreenerError:
             raise
         except Exception as exc:
             raise DeliveryError(f"recording matches failed: {type(exc).__name__}", channel="store") from exc
+        self._note_pairs(matches, closed, owners)
+        new = new.filter(pl.col("outcome").is_in(MATCH_OUTCOMES))  # a closed match is never alerted
         if new.height:
             counts = new.group_by("study_id", "outcome", pl.col("setting").fill_null("unknown")).agg(pl.len())
             for study, outcome, setting, n in counts.iter_rows():

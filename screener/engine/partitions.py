@@ -72,6 +72,9 @@ class PartitionsRole(EngineBase):
         part = _Partition(state=state, offset=start, replay_until=replay_until)
         part.saved_offset = start if source != "replay" else None
         self._parts[tp.partition] = part
+        self._forget_pairs(tp.partition)
+        if source != "replay":
+            self._load_pairs(tp.partition)
         self._consumer.seek(tp, start)
         self._seeks[tp.partition] = self._seeks.get(tp.partition, 0) + 1
         self.metrics.partition_restores.labels(source).inc()
@@ -95,6 +98,7 @@ class PartitionsRole(EngineBase):
             with contextlib.suppress(Exception):
                 self._snapshot(p)
             self._parts.pop(p, None)
+            self._forget_pairs(p)
         self._queue = deque(q for q in self._queue if q[0] not in parts)
         for p in parts:
             with contextlib.suppress(KeyError):

@@ -7,7 +7,7 @@ from collections import deque
 
 import polars as pl
 
-from screener.engine._base import EngineBase, log
+from screener.engine._base import EngineBase, _owners, log
 from screener.errors import ScreenerError
 
 #: Patients per chunk in a full re-screen: bounds the patient x study result frame and the time between two
@@ -53,7 +53,9 @@ class RescreenRole(EngineBase):
             if part is None or part.replaying:
                 continue
             try:
-                new += self._screen_and_record(part.state.select(ids), self.clock.now(), trigger, only=only)
+                new += self._screen_and_record(
+                    part.state.select(ids), self.clock.now(), trigger, only=only, owners=_owners(ids, p)
+                )
             except ScreenerError:
                 self._queue.appendleft((p, ids, trigger, only))
                 raise

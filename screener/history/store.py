@@ -377,6 +377,17 @@ class HistoryStore:
         doc = self.manifest(partition)
         return 0 if doc is None else len(doc["segments"])
 
+    def put_object(self, partition: int, name: str, data: bytes) -> None:
+        """Store a small side object of the partition (e.g. the engine's matched pairs), replacing it."""
+        obstore.put(self._store, f"{self._dir(partition)}/{name}", data)
+
+    def get_object(self, partition: int, name: str) -> bytes | None:
+        """A side object of the partition, or ``None`` when there is none."""
+        try:
+            return bytes(obstore.get(self._store, f"{self._dir(partition)}/{name}").bytes())
+        except FileNotFoundError:
+            return None
+
     def drop(self, partition: int) -> None:
         """Forget a partition's history (its manifest first, so a reader sees none rather than part)."""
         with self._lock(partition):
