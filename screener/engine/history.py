@@ -199,7 +199,9 @@ class HistoryRole(EngineBase):
                 except StoreError as exc:
                     log.warning("history_unreadable", partition=p, error=str(exc)[:200])
                     got = None
-                out[p] = (LiveState(got[0]), got[1]) if got is not None and got[1] == offset else None
+                # The store may have moved on meanwhile (periodic appends): the catch-up frames re-apply what it
+                # already holds, which changes nothing (applying is idempotent per event id).
+                out[p] = (LiveState(got[0]), got[1]) if got is not None and got[1] >= offset >= 0 else None
             return out
 
         if self._rebuild_pool is None:
@@ -245,7 +247,7 @@ class HistoryRole(EngineBase):
         try:
             views = rb.future.result()
         except Exception as exc:
-            log.error("rules_rebuild_failed", error_type=type(exc).__name__)
+            log.error("rules_rebuild_failed", error_type=type(exc).__name__, error=str(exc)[:300])
             views = {}
         self.studies, self._keep, self._horizon, self._rules_fingerprint = (
             rb.studies,
@@ -275,6 +277,9 @@ class HistoryRole(EngineBase):
             self._parts.pop(p, None)
             self._queue = deque(q for q in self._queue if q[0] != p)
             self._init_partition(TopicPartition(self.settings.events_topic, p))
+            again = self._parts[p]
+            if not again.replaying:  # a replay screens everyone it touched at its end; otherwise do it now
+                self._enqueue(p, again.state.patient_ids(), "rules", only=rb.changed)
         elapsed = time.perf_counter() - rb.started
         self.metrics.rules_rebuild_duration.observe(elapsed)
         self._rescreen_t0, self._rescreen_new = time.perf_counter(), 0
