@@ -21,7 +21,6 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import threading
@@ -60,8 +59,13 @@ class Record(NamedTuple):
 
 
 def partition_for(key: bytes | None, partitions: int) -> int:
-    """The partition :class:`InMemoryLog` puts a keyed record in (stable; not Kafka's murmur2)."""
-    return int(hashlib.md5(key or b"").hexdigest(), 16) % partitions
+    """The partition :class:`InMemoryLog` puts a keyed record in: kafka-python's default partitioner (murmur2),
+    as the connectors' producers do (a record without a key goes to partition 0)."""
+    if key is None:
+        return 0
+    from kafka.partitioner.default import murmur2
+
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 class InMemoryLog:

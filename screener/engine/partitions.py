@@ -75,6 +75,10 @@ class PartitionsRole(EngineBase):
         self._forget_pairs(tp.partition)
         if source != "replay":
             self._load_pairs(tp.partition)
+            if committed is None or committed < start:
+                # The store holds records this group never screened (a backfill, or a crash between a batch's
+                # history append and its commit): everyone in the partition is screened once.
+                self._enqueue(tp.partition, state.patient_ids(), "restore")
         self._consumer.seek(tp, start)
         self._seeks[tp.partition] = self._seeks.get(tp.partition, 0) + 1
         self.metrics.partition_restores.labels(source).inc()

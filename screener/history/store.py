@@ -200,6 +200,8 @@ class HistoryStore:
         persons: pl.DataFrame,
         control: pl.DataFrame,
         offset: int,
+        *,
+        same_offset: bool = False,
     ) -> bool:
         """Append one segment: the decoded frames of the records up to ``offset`` (exclusive), unpruned.
 
@@ -207,12 +209,12 @@ class HistoryStore:
         ``control`` (``seq, patient_id, op, arg``: retractions, merges, do-not-contact, deaths) are the frames of
         :func:`screener.ingest.decode_batch` (several batches concatenated with increasing ``seq``). An append
         whose ``offset`` is not past the store's is a repetition (a replay, a zombie owner) and is ignored:
-        returns False. Files first, manifest last: a crash in between leaves unreferenced files, not a torn
-        history.
+        returns False (``same_offset`` accepts one at the store's offset: a backfill's many segments). Files
+        first, manifest last: a crash in between leaves unreferenced files, not a torn history.
         """
         with self._lock(partition):
             doc = self.manifest(partition) or {"version": 1, "offset": -1, "base": None, "segments": [], "next": 0}
-            if offset <= int(doc["offset"]):
+            if offset < int(doc["offset"]) or (offset == int(doc["offset"]) and not same_offset):
                 return False
             n = int(doc.get("next", 0))
             seg = f"seg-{n:08d}-{offset}-{uuid.uuid4().hex[:8]}"
