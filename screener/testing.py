@@ -142,6 +142,17 @@ class InMemoryConsumer:
         self.fetched: dict[int, list[int]] = {}
         self._fresh: set[int] = set()
         self.closed = False
+        #: Set these to False to play a broker outage or a lost group (see :meth:`health`).
+        self.broker_up = True
+        self.group_held = True
+
+    def health(self) -> tuple[bool, str | None]:
+        """The link to the broker and group, as :func:`screener.engine.health.consumer_health` reads it."""
+        if not self.broker_up:
+            return False, "broker unreachable (in-memory consumer told so)"
+        if not self.group_held:
+            return False, "consumer group lost (in-memory consumer told so)"
+        return True, None
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         self.topic = topics[0]
@@ -187,7 +198,7 @@ class InMemoryConsumer:
     def committed(self, tp: Any) -> int | None:
         return self.log.committed.get((tp.topic, tp.partition))
 
-    def commit(self, offsets: Any = None) -> None:
+    def commit(self, offsets: Any = None, timeout_ms: int | None = None) -> None:
         for tp, om in (offsets or {}).items():
             self.log.committed[(tp.topic, tp.partition)] = om.offset
 

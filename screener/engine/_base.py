@@ -178,6 +178,7 @@ class EngineBase:
     _batch_executor: ThreadPoolExecutor | None
     _seeks: dict[int, int]
     stage_seconds: dict[str, float]
+    _health_state: tuple[bool, str | None]
     _history: Any
     _rebuild: Any
 

@@ -29,6 +29,7 @@ from screener.engine._base import (
     log,
 )
 from screener.engine.follow import PAIRS_SCHEMA, FollowRole, _default_screen_all
+from screener.engine.health import HealthRole
 from screener.engine.history import HistoryRole
 from screener.engine.matches import MatchesRole, _default_loader, _default_screen
 from screener.engine.partitions import PartitionsRole, _Listener
@@ -42,7 +43,7 @@ from screener.settings import Settings
 from screener.state import TS, FactFilter, PatientState
 
 
-class Engine(PartitionsRole, HistoryRole, RulesRole, RescreenRole, MatchesRole, FollowRole):
+class Engine(PartitionsRole, HistoryRole, RulesRole, RescreenRole, MatchesRole, FollowRole, HealthRole):
     """One screening engine (one consumer-group member). Thread-compatible: drive it from one thread.
 
     ``consumer`` and ``producer`` default to :func:`screener.bus.make_consumer`/``make_producer`` built from
@@ -205,6 +206,7 @@ class Engine(PartitionsRole, HistoryRole, RulesRole, RescreenRole, MatchesRole, 
             records = self._poll_batch(self.settings.fetch_max_wait_ms + 10)
         else:
             records = self._poll_batch(self.settings.batch_max_ms)
+        self._check_health()
         n = 0
         if records:
             batch = self._prepare(records)

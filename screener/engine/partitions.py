@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -132,7 +133,7 @@ class PartitionsRole(EngineBase):
         from kafka.errors import KafkaError
 
         try:
-            self._consumer.commit(offsets=offsets)
+            self._consumer.commit(offsets=offsets, timeout_ms=int(self.settings.health_broker_timeout_s * 1000))
         except KafkaError as exc:
             # Typically a rebalance in progress: the partitions' next owner repeats the uncommitted records and
             # the store's uniqueness absorbs the repetition. Nothing is lost by carrying on.
@@ -215,8 +216,9 @@ class PartitionsRole(EngineBase):
             high = None
             with contextlib.suppress(Exception):
                 high = self._consumer.highwater(tp)
-            if high is not None:
-                self.metrics.consumer_lag.labels(self.settings.events_topic, str(p)).set(max(0, high - part.offset))
+            # Unknown (NaN) rather than 0 when the log end is not known or the broker is out of reach.
+            lag = math.nan if high is None or not self._health_state[0] else max(0, high - part.offset)
+            self.metrics.consumer_lag.labels(self.settings.events_topic, str(p)).set(lag)
 
     # --- introspection for tests and the demo ---------------------------------------------------------------
     @property

@@ -127,3 +127,47 @@ def test_a_rule_edit_while_events_stream_is_built_from_the_store_and_live_events
         stop.set()
         thread.join(timeout=30)
         store.close()
+
+
+def test_healthz_says_503_while_the_broker_is_down_and_sigterm_still_exits_in_time(
+    bed: Any, kit: Any, tmp_path: Any
+) -> None:
+    """Issue 17: with the broker down for 20 s /healthz stayed 200 and `screener run` ignored SIGTERM for 7 s+."""
+    import json
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from screener.bus import EmbeddedBroker, ensure_topics
+
+    own = EmbeddedBroker(log_path=tmp_path / "own-broker.log")
+    own.start()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    try:
+        s = bed.settings(bootstrap_servers=own.bootstrap)
+        ensure_topics(own.bootstrap, {s.events_topic: 4, s.dlq_topic: 4, s.matches_topic: 4})
+        proc = bed.start_engine(
+            "h", bootstrap_servers=own.bootstrap, metrics_port=port, health_broker_timeout_s=2.0, stop_timeout_s=5.0
+        )
+
+        def health() -> tuple[int, dict[str, Any]] | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+            except OSError:
+                return None
+
+        kit.wait_for(lambda: (h := health()) and h[0] == 200 and h[1]["partitions"], 60, "a healthy engine")
+        own.stop()
+        _, doc = kit.wait_for(lambda: (h := health()) and h[0] == 503 and h, 30, "/healthz to say 503")
+        assert doc["status"] == "unavailable" and "broker" in doc["reason"]
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert time.monotonic() - sent < 5.0 + 3.0, "the stop is bounded by stop_timeout_s"
+    finally:
+        own.stop()

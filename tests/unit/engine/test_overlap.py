@@ -78,7 +78,7 @@ def test_overlapped_steps_commit_each_batch_only_after_its_matches_are_stored(
 
         commits = 0
 
-        def commit(self, offsets: dict[Any, Any]) -> None:
+        def commit(self, offsets: dict[Any, Any], timeout_ms: int | None = None) -> None:
             matched = set(store.matches()["patient_id"].to_list()) if store.matches().height else set()
             for tp, om in offsets.items():
                 below = {r.key.decode() for r in self.log.topics[tp.topic][tp.partition][: om.offset]}
