@@ -33,19 +33,28 @@ and :meth:`Engine.close` first wait for the batch in flight; records polled befo
 recovery, a rebuild) are dropped and read again from the new position. Smaller batches (a steady feed) are done
 before the next poll: overlapping them only slows each one down.
 
-State is per partition: restored from a snapshot (Parquet + offset, see :func:`screener.state.save_snapshot`)
-on assignment, or rebuilt by replaying the partition. While a partition replays records it had already
-processed, the engine only applies them; when it catches up it screens every patient touched during the replay
-once, so a half-rebuilt history never produces a match. Snapshots are taken on revocation, on close and every
-``snapshot_interval_s``, always *after* the commit, so a snapshot's offset never runs ahead of the group's. The
-periodic ones are written by a background thread from an immutable view of the state, so batches do not wait
-for Parquet; a snapshot rewrites the main frames only after they were compacted, otherwise it writes the tail
-(patients changed since) and hard-links the rest from the previous snapshot.
+State is per partition, and every applied fact is kept in the history store (:mod:`screener.history`, at
+``SCREENER_STATE_URL``; :mod:`screener.engine.history`): a batch goes there once it is screened and recorded, at
+the next snapshot time, on the snapshot thread. On assignment a partition is restored from its local snapshot (when
+it is at the store's offset and of the same rules), else from the store (a lazy scan pruned to the current rules),
+else, when the store has nothing for it or is damaged, by replaying the topic from its beginning (logged and
+counted in ``screener_history_replays_total``). Records below the group's committed offset are only applied; when
+the partition catches up, every patient they touched is screened once, so a half-restored history never produces a
+match (and a partition whose store is ahead of the group's offset, as after a backfill, is screened once whole).
+Snapshots are taken on revocation, on close and every ``snapshot_interval_s``, always *after* the commit; the
+periodic ones are written by a background thread from an immutable view of the state (tail files and hard links).
 
 Time: every ``rescreen_interval_s`` of the engine's clock the whole state is screened (birthdays, windows
 expiring, studies opening). ``rules_dir`` is polled every ``rules_poll_s``; a file that fails to load is
 logged and counted and the study keeps its previous version; an added or changed study makes every assigned
-partition rebuild by replay (pruned facts may be needed by the new rule), which screens everyone against it.
+partition build its new view from the history store on a background thread while batches go on under the old
+studies and view; at the swap everyone is screened against only the added or changed studies. Matches follow the
+patient (:mod:`screener.engine.follow`): a known match that a re-screen rules out is sent as ``ineligible``.
+
+Roles (mixins of :class:`Engine`, one module each): ``loop`` (the micro-batch loop), ``partitions``
+(assignment, revocation, commits, snapshots), ``history`` (the store), ``rules`` (hot reload, pruning),
+``rescreen`` (chunked re-screens), ``matches`` (the worklist store and matches topic), ``follow`` (ineligible rows)
+and ``health`` (``/healthz``). ``base`` holds the :class:`Consumer`/:class:`Producer` protocols at the edge.
 
 Choices where the issue is silent: facts are kept for studies that are open *or not yet open* (so a study that
 opens tomorrow has history), and dropped for closed ones; the time horizon is the longest window of those
