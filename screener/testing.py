@@ -76,6 +76,8 @@ class InMemoryLog:
         self.topics: dict[str, dict[int, list[Record]]] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
+        #: Notified on every append (a consumer's poll waits on it, as a broker fetch does).
+        self.appended = threading.Condition(self._lock)
 
     def append(
         self, topic: str, key: bytes | None, value: bytes, partition: int | None = None, timestamp: int | None = None
@@ -89,6 +91,7 @@ class InMemoryLog:
             stamp = timestamp or int(datetime.now(UTC).timestamp() * 1000)
             rec = Record(topic, partition, len(recs), stamp, key, value)
             recs.append(rec)
+            self.appended.notify_all()
             return rec
 
     def publish(self, topic: str, event: Any) -> Record:
@@ -163,6 +166,11 @@ class InMemoryConsumer:
         if not self.assigned:
             self.assign_all()
         limit = max_records if max_records is not None else 500
+        if timeout_ms and not self._available():
+            # Like a broker fetch: wait up to timeout_ms for a record rather than return at once (a loop polling
+            # an idle log would otherwise spin).
+            with self.log.appended:
+                self.log.appended.wait_for(self._available, timeout=timeout_ms / 1000)
         out: dict[Any, list[Record]] = {}
         n = 0
         for tp in self.assigned:
@@ -175,6 +183,9 @@ class InMemoryConsumer:
                 self.position[tp] += len(recs)
                 n += len(recs)
         return out
+
+    def _available(self) -> bool:
+        return any(len(self.log.topics[tp.topic][tp.partition]) > self.position[tp] for tp in self.assigned)
 
     def assign_all(self) -> None:
         """Take every partition (positions from the committed offsets) and tell the listener."""

@@ -228,6 +228,26 @@ class HistoryStore:
             self._put_manifest(partition, doc)
             return True
 
+    def write_base(
+        self, partition: int, persons: pl.DataFrame, facts: pl.DataFrame, retracted: pl.DataFrame, offset: int
+    ) -> None:
+        """Replace the partition's history with an already folded state (a bulk load: a backfill from state
+        frames, a benchmark), sorted by patient, at ``offset``. Earlier segments and base are dropped."""
+        with self._lock(partition):
+            doc = self.manifest(partition)
+            d = self._dir(partition)
+            base = f"base-{uuid.uuid4().hex[:12]}"
+            self._put_frame(f"{d}/{base}/persons.parquet", conform(persons, PERSONS_SCHEMA).sort("patient_id"))
+            facts = conform(facts, FACTS_SCHEMA).sort("patient_id", maintain_order=True)
+            self._put_frame(f"{d}/{base}/facts.parquet", facts)
+            self._put_frame(f"{d}/{base}/retracted.parquet", conform(retracted, RETRACTED_SCHEMA))
+            new = {"version": 1, "offset": offset, "base": base, "segments": [], "next": 0}
+            self._put_manifest(partition, new)
+            if doc is not None:
+                for name in [doc.get("base"), *doc["segments"]]:
+                    if name:
+                        self._delete_prefix(f"{d}/{name}/")
+
     def mark(self, partition: int, offset: int) -> None:
         """Record that the partition's history is complete up to ``offset`` with nothing to add (an empty
         stretch of the topic, or a backfill's start)."""
@@ -317,7 +337,13 @@ class HistoryStore:
         if isinstance(keep, FactFilter):
             if keep.since is not None:
                 facts = facts.filter(pl.col("occurred_at") >= pl.lit(keep.since).cast(FACTS_SCHEMA["occurred_at"]))
-            if keep.expr is not None:
+            if keep.expr is not None and keep.keys is not None:
+                # The rules' filter reads only the low-cardinality key columns: judge each distinct combination
+                # once (a scan of those columns alone) and keep the facts by a semi-join, as FactFilter does.
+                distinct = facts.select(keep.keys).unique().collect()
+                allowed = FactFilter(keep.expr)(distinct)
+                facts = facts.join(allowed.lazy(), on=keep.keys, how="semi", nulls_equal=True)
+            elif keep.expr is not None:
                 facts = facts.filter(keep.expr.fill_null(False))
         elif keep is not None:
             facts = facts.filter(keep.fill_null(False))
