@@ -191,10 +191,10 @@ def main() -> None:
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
         time.sleep(5)  # a steady feed before the edit
-        reloads = engine.rule_reloads
+        swaps = engine.rule_swaps
         edited = time.time()
         shutil.copy(ROOT / "rules" / args.added, rules / args.added)
-        while engine.rule_reloads == reloads or engine.rebuilding or engine._queue:
+        while engine.rule_swaps == swaps or any(q[2] == "rules" for q in list(engine._queue)):
             time.sleep(0.05)
         done = time.time()
         time.sleep(1)

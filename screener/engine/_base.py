@@ -167,6 +167,7 @@ class EngineBase:
     rescreens: int
     matches_recorded: int
     rule_reloads: int
+    rule_swaps: int
     records_processed: int
     _queue: deque[tuple[int, pl.Series, str, frozenset[str] | None]]
     _rescreen_t0: float | None

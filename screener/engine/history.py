@@ -129,6 +129,11 @@ class HistoryRole(EngineBase):
             held = store.offset(partition)
         except StoreError as exc:
             return self._replay_instead(partition, begin, "damaged", exc)
+        if held is None and committed is None:
+            # A partition this group never processed and the store never saw: reading it from the start is
+            # the normal first run, not a replay to count.
+            log.info("history_empty", partition=partition, offset=begin)
+            return LiveState(), begin, "replay"
         if held is None or held < begin:
             return self._replay_instead(partition, begin, "missing" if held is None else "behind", None)
         try:
@@ -281,6 +286,7 @@ class HistoryRole(EngineBase):
             if not again.replaying:  # a replay screens everyone it touched at its end; otherwise do it now
                 self._enqueue(p, again.state.patient_ids(), "rules", only=rb.changed)
         elapsed = time.perf_counter() - rb.started
+        self.rule_swaps += 1
         self.metrics.rules_rebuild_duration.observe(elapsed)
         self._rescreen_t0, self._rescreen_new = time.perf_counter(), 0
         log.info(

@@ -98,6 +98,8 @@ class Engine(PartitionsRole, HistoryRole, RulesRole, RescreenRole, MatchesRole, 
         self.rescreens = 0
         self.matches_recorded = 0
         self.rule_reloads = 0
+        #: Rule changes whose new views were swapped in (see screener.engine.history).
+        self.rule_swaps = 0
         self.records_processed = 0
         #: Chunks of patients waiting to be screened: (partition, patient ids, trigger).
         self._queue: deque[tuple[int, pl.Series, str, frozenset[str] | None]] = deque()
