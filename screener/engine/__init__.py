@@ -51,7 +51,7 @@ partition build its new view from the history store on a background thread while
 studies and view; at the swap everyone is screened against only the added or changed studies. Matches follow the
 patient (:mod:`screener.engine.follow`): a known match that a re-screen rules out is sent as ``ineligible``.
 
-Roles (mixins of :class:`Engine`, one module each): ``loop`` (the micro-batch loop), ``partitions``
+Roles (mixins of :class:`Engine`, one module each): ``loop`` (the loop), ``batch`` (one micro-batch), ``partitions``
 (assignment, revocation, commits, snapshots), ``history`` (the store), ``rules`` (hot reload, pruning),
 ``rescreen`` (chunked re-screens), ``matches`` (the worklist store and matches topic), ``follow`` (ineligible rows)
 and ``health`` (``/healthz``). ``base`` holds the :class:`Consumer`/:class:`Producer` protocols at the edge.
