@@ -13,6 +13,8 @@ from screener.errors import ScreenerError
 #: Patients per chunk in a full re-screen: bounds the patient x study result frame and the time between two
 #: polls of the consumer (a full re-screen is worked off a chunk per loop iteration, between micro-batches).
 RESCREEN_CHUNK = 20_000
+#: The smallest chunk the adaptive sizing (:meth:`RescreenRole._chunk_limit`) goes down to.
+MIN_CHUNK = 500
 
 
 class RescreenRole(EngineBase):
@@ -42,6 +44,23 @@ class RescreenRole(EngineBase):
         for start in range(0, ids.len(), RESCREEN_CHUNK):
             self._queue.append((partition, ids.slice(start, RESCREEN_CHUNK), trigger, only))
 
+    _screen_rate: float | None = None
+
+    def _chunk_limit(self, n_studies: int) -> int:
+        """Patients per chunk: what the measured screening rate does in about ``batch_max_ms`` (at least
+        ``MIN_CHUNK``, at most ``RESCREEN_CHUNK``); ``RESCREEN_CHUNK`` until a rate is known."""
+        if self._screen_rate is None:
+            return RESCREEN_CHUNK
+        target = self.settings.batch_max_ms / 1000
+        return max(MIN_CHUNK, min(RESCREEN_CHUNK, int(self._screen_rate * target / n_studies)))
+
+    def _learn_rate(self, pairs: int, seconds: float) -> None:
+        """Patient x study evaluations per second, smoothed over chunks (chunks too small to time are ignored)."""
+        if pairs < MIN_CHUNK or seconds <= 0:
+            return
+        rate = pairs / seconds
+        self._screen_rate = rate if self._screen_rate is None else 0.7 * self._screen_rate + 0.3 * rate
+
     def _drain(self, budget_s: float | None) -> int:
         """Screen queued chunks until the queue is empty or ``budget_s`` has passed (at least one chunk).
         A chunk whose screening fails goes back to the front of the queue."""
@@ -52,6 +71,13 @@ class RescreenRole(EngineBase):
             part = self._parts.get(p)
             if part is None or part.replaying:
                 continue
+            n_studies = len(only) if only is not None else max(1, len(self.studies))
+            limit = self._chunk_limit(n_studies)
+            if ids.len() > limit:
+                # Keep each chunk near one batch's time, so live batches never wait long behind a re-screen.
+                self._queue.appendleft((p, ids.slice(limit), trigger, only))
+                ids = ids.slice(0, limit)
+            started = time.perf_counter()
             try:
                 new += self._screen_and_record(
                     part.state.select(ids), self.clock.now(), trigger, only=only, owners=_owners(ids, p)
@@ -59,6 +85,7 @@ class RescreenRole(EngineBase):
             except ScreenerError:
                 self._queue.appendleft((p, ids, trigger, only))
                 raise
+            self._learn_rate(ids.len() * n_studies, time.perf_counter() - started)
             if budget_s is not None and time.perf_counter() - t0 >= budget_s:
                 break
         self._flush_matches()
