@@ -368,15 +368,15 @@ def test_a_rescreen_chunk_is_cut_to_about_one_batch_time_at_the_measured_rate(
     write_rule(settings, "a", "id=ADULT min_age=18")
     store = MemoryStore()
     engine = build(settings, log, mini, store)
-    for i in range(1200):
+    for i in range(4800):
         log.publish("ev", person(make_event, f"C{i:04d}", "1970-01-01"))
     run_until_idle(engine)
     engine.rescreen_all(wait=False)
     queued = sum(q[1].len() for q in engine._queue)
-    assert queued == 1200 and len(engine._queue) == 2  # one chunk per partition (RESCREEN_CHUNK is 20,000)
+    assert queued == 4800 and len(engine._queue) == 2  # one chunk per partition (RESCREEN_CHUNK is 20,000)
     engine._screen_rate = 1.0  # pairs per second: far below any real rate, so the floor applies
     first = engine._queue[0][1].len()
     engine._drain(budget_s=0)
     assert engine._queue[0][1].len() == first - MIN_CHUNK, "the rest of the chunk waits at the front"
-    assert sum(q[1].len() for q in engine._queue) == 1200 - MIN_CHUNK
+    assert sum(q[1].len() for q in engine._queue) == 4800 - MIN_CHUNK
     assert engine._screen_rate is not None and engine._screen_rate > 1.0, "the rate was measured again"
