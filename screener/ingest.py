@@ -373,21 +373,21 @@ def _check(df: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
     """Parse timestamps and dates; split off the rows the fast path cannot accept with certainty."""
     ts_fmt = "%Y-%m-%dT%H:%M:%S%.f%:z"
 
-    def ts(col: str) -> pl.Expr:
+    def ts(text: pl.Expr) -> pl.Expr:
         return (
-            pl.col(col)
-            .str.replace(r"Z$", "+00:00")
+            text.str.replace(r"Z$", "+00:00")
             .str.to_datetime(ts_fmt, strict=False, time_unit="us")
             .dt.convert_time_zone("UTC")
             .cast(TS)
         )
 
     def event_time(col: str) -> tuple[pl.Expr, pl.Expr]:
-        """(the instant, is it a calendar date): a date is midnight UTC of it, as in parse_event."""
-        is_date = pl.col(col).str.contains(_DATE_RE)
-        day = pl.col(col).str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-        timed = pl.col(col).str.contains(_TS_RE)
-        return pl.when(is_date).then(day).when(timed).then(ts(col)).cast(TS), is_date
+        """(the instant, is it a calendar date): a date is midnight UTC of it, as in parse_event. A date is
+        written out as that midnight first, so one regex and one parse serve both forms."""
+        raw = pl.col(col)
+        is_date = raw.str.len_bytes() == 10
+        text = pl.when(is_date).then(raw + "T00:00:00Z").otherwise(raw)
+        return pl.when(text.str.contains(_TS_RE)).then(ts(text)), is_date
 
     occurred, occurred_is_date = event_time("occurred_at")
     ended, ended_is_date = event_time("ended_at")
@@ -396,7 +396,7 @@ def _check(df: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
         occurred_is_date.fill_null(False).alias("_date_only"),
         ended.alias("_ended"),
         ended_is_date.alias("_ended_date"),
-        ts("recorded_at").alias("_recorded"),
+        ts(pl.col("recorded_at")).alias("_recorded"),
         pl.col("birth_date").str.to_date("%Y-%m-%d", strict=False).alias("_birth"),
     )
     # parse_event judges a birth date against today's UTC date; within a day of either bound, let it decide.
