@@ -1,0 +1,225 @@
+"""History store figures at N synthetic patients (default 200,000), in one process, without a broker:
+
+    python -m bench.history_rules [--patients 200000] [--rate 50] [--partitions 4]
+
+1. **Store**: the population's state frames (``generate_frames``: every fact, unpruned) written as one base per
+   partition (murmur2 partitioning) into a local store; bytes on disk per million facts.
+2. **Failover**: a fresh engine (the sample studies, an in-memory consumer and a SQLite worklist) takes every
+   partition over from the store: seconds from ``start()`` to every partition restored and caught up (the group
+   join of a real broker, a few seconds on tansu, is not included).
+3. **Rule edit**: with a live feed of probe patients (a person and a type 2 diabetes diagnosis each, ``--rate``
+   events/s, matched by a small probe study), one sample study is added to the rules folder: seconds from the edit
+   to everyone screened against it (rebuild from the store on the background thread, swap, screen), and the
+   event-to-match latency of the probes sent meanwhile (p50/p99/max: publish time to the match being stored).
+
+Keep it small on a shared machine: one run, ``--patients`` as needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.engine_common import ROOT, percentile
+
+PROBE_STUDY = """\
+study:
+  id: BENCH-PROBE
+  title: "Probe patients (adults with type 2 diabetes)"
+  summary: "Measures live latency during a rule edit."
+  sponsor: non-commercial
+  portfolio: false
+  target: 100
+  opens: 2020-01-01
+  closes: 2035-12-31
+  settings: [community, hospital]
+  team: bench
+concepts:
+  t2dm: {icd10: [E11]}
+include:
+  adult: age >= 18
+  diabetic: t2dm|ever
+"""
+
+
+class Timing:
+    """Wraps the worklist store: records when each new match of a probe patient was stored."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.stored: dict[str, float] = {}
+
+    def record_matches(self, matches: Any) -> Any:
+        new = self.inner.record_matches(matches)
+        wall = time.time()
+        for pid in new["patient_id"].to_list():
+            if pid.startswith("PROBE-"):
+                self.stored.setdefault(pid, wall)
+        return new
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--patients", type=int, default=200_000)
+    ap.add_argument("--rate", type=float, default=50.0, help="probe events per second during the edit")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--added", default="ckd-sglt2-comm.yaml", help="the sample study added by the edit")
+    args = ap.parse_args()
+
+    import polars as pl
+    from prometheus_client import CollectorRegistry
+
+    from connectors.synthetic.population import generate_frames
+    from screener.alerts.store import SqlStore
+    from screener.engine import Engine
+    from screener.events import parse_event
+    from screener.history import open_store
+    from screener.history.backfill import kafka_partitions
+    from screener.metrics import Metrics
+    from screener.settings import Settings
+    from screener.testing import InMemoryConsumer, InMemoryLog, InMemoryProducer
+
+    now = datetime.now(UTC)
+    work = Path(tempfile.mkdtemp(prefix="bench-history-"))
+    try:
+        rules = work / "rules"
+        rules.mkdir()
+        shutil.copytree(ROOT / "rules" / "concepts", rules / "concepts")
+        for f in sorted((ROOT / "rules").glob("*.yaml")):
+            if f.name != args.added:
+                shutil.copy(f, rules / f.name)
+        (rules / "probe.yaml").write_text(PROBE_STUDY)
+
+        t = time.perf_counter()
+        persons, facts = generate_frames(args.patients, seed=3, now=now)
+        print(f"generated {persons.height:,} patients, {facts.height:,} facts in {time.perf_counter() - t:.1f}s")
+        store = open_store(work / "history")
+        where = kafka_partitions(persons["patient_id"], args.partitions)
+        part = pl.DataFrame({"patient_id": persons["patient_id"], "_p": where})
+        t = time.perf_counter()
+        pf = persons.join(part, on="patient_id")
+        ff = facts.join(part, on="patient_id")
+        for p in range(args.partitions):
+            store.write_base(
+                p,
+                pf.filter(pl.col("_p") == p).drop("_p"),
+                ff.filter(pl.col("_p") == p).drop("_p"),
+                pl.DataFrame(schema={"event_id": pl.String}),
+                0,
+            )
+        write_s = time.perf_counter() - t
+        size = store.size_bytes()
+        print(
+            f"store: {size / 2**20:.1f} MB for {facts.height:,} facts = {size / facts.height * 1e6 / 2**20:.1f} MB per "
+            f"million facts (written in {write_s:.1f}s, {facts.height / write_s:,.0f} facts/s)"
+        )
+        del persons, facts, pf, ff
+
+        settings = Settings(
+            rules_dir=rules,
+            state_dir=work / "state",
+            database_url=f"sqlite:///{work / 'worklist.db'}",
+            events_topic="ev",
+            matches_topic="m",
+            dlq_topic="dlq",
+            topic_partitions=args.partitions,
+            rules_poll_s=0.2,
+            snapshot_interval_s=3600,
+            batch_max_ms=20,
+        )
+        log = InMemoryLog(args.partitions)
+        for p in range(args.partitions):
+            log.committed[("ev", p)] = 0  # the group had processed what the store holds: a failover, not a backfill
+        consumer = InMemoryConsumer(log)
+        sql = SqlStore(settings.database_url)
+        worklist = Timing(sql)
+        engine = Engine(
+            settings,
+            worklist,  # type: ignore[arg-type]
+            metrics=Metrics(CollectorRegistry()),
+            consumer=consumer,
+            producer=InMemoryProducer(log),
+            history=store,
+        )
+        engine.start()
+        t = time.perf_counter()
+        engine.step()  # assignment: every partition restored from the store
+        restore_s = time.perf_counter() - t
+        assert engine.caught_up
+        print(
+            f"failover: {args.partitions} partitions, {engine.state().persons.height:,} patients, "
+            f"{engine.state().facts.height:,} facts in the hot view, taken over from the store in {restore_s:.1f}s"
+        )
+        stop = threading.Event()
+        loop = threading.Thread(target=engine.run, args=(stop,), daemon=True)
+        loop.start()
+        sent: dict[str, float] = {}
+        feeding = threading.Event()
+        feeding.set()
+
+        def feed() -> None:
+            i = 0
+            while feeding.is_set():
+                pid = f"PROBE-{i:05d}"
+                for ev in (
+                    {"kind": "person", "person": {"birth_date": "1970-01-01"}},
+                    {"kind": "condition", "code": {"system": "ICD10", "value": "E11.9"}},
+                ):
+                    event = parse_event(
+                        {
+                            "event_id": f"{pid}-{ev['kind']}",
+                            "source": "bench",
+                            "patient_id": pid,
+                            "occurred_at": now.isoformat(),
+                            **ev,
+                        }
+                    )
+                    log.publish("ev", event)
+                sent[pid] = time.time()
+                i += 1
+                time.sleep(2 / args.rate)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        time.sleep(5)  # a steady feed before the edit
+        swaps = engine.rule_swaps
+        edited = time.time()
+        shutil.copy(ROOT / "rules" / args.added, rules / args.added)
+        while engine.rule_swaps == swaps or any(q[2] == "rules" for q in list(engine._queue)):
+            time.sleep(0.05)
+        done = time.time()
+        time.sleep(1)
+        feeding.clear()
+        feeder.join()
+        time.sleep(1)
+        before = [worklist.stored[p] - s for p, s in sent.items() if s < edited and p in worklist.stored]
+        during = [worklist.stored[p] - s for p, s in sent.items() if edited <= s <= done and p in worklist.stored]
+        print(
+            f"steady feed before the edit: {len(before)} probe matches, p50 {percentile(before, 50) * 1000:.0f} ms, "
+            f"p99 {percentile(before, 99) * 1000:.0f} ms"
+        )
+        missing = [p for p, s in sent.items() if edited <= s <= done and p not in worklist.stored]
+        print(
+            f"rule edit ({args.added}): everyone screened against it {done - edited:.1f}s after the edit; "
+            f"{len(during)} probe matches meanwhile: p50 {percentile(during, 50) * 1000:.0f} ms, "
+            f"p99 {percentile(during, 99) * 1000:.0f} ms, max {max(during, default=float('nan')) * 1000:.0f} ms"
+            + (f"; {len(missing)} probes not matched" if missing else "")
+        )
+        stop.set()
+        loop.join(timeout=60)
+        sql.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""One micro-batch: decoded on the consumer's thread (:meth:`BatchRole._prepare`), applied, screened and recorded
+on the batch thread (:meth:`BatchRole._execute`), committed back on the consumer's thread
+(:meth:`BatchRole._finish`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import polars as pl
+
+from screener.engine import rescreen as _rescreen
+from screener.engine._base import EngineBase, _Batch, _concat_states, _owners, log
+from screener.ingest import decode_batch
+from screener.state import TS, FactFilter, PatientState
+
+
+class BatchRole(EngineBase):
+    """The three stages of a micro-batch."""
+
+    # --- the batch ------------------------------------------------------------------------------------------
+    def _prepare(self, records: dict[Any, list[Any]]) -> _Batch | None:
+        """On the consumer's thread: validate and decode the polled records (one decode for the whole batch, cut
+        back by partition), dead-letter the bad ones. Rejects carry parse_event's own error."""
+        t0 = time.perf_counter()
+        live: list[Any] = []
+        starts: list[int] = []
+        order: list[int] = []
+        offsets: dict[int, tuple[int, int]] = {}
+        sizes: dict[int, int] = {}
+        inflight = self._inflight[1].offsets if self._inflight is not None else {}
+        for tp, recs in records.items():
+            part = self._parts.get(tp.partition)
+            if part is None or not recs:
+                continue  # revoked while the batch was being gathered: the new owner reads it
+            floor = inflight[tp.partition][1] if tp.partition in inflight else part.offset
+            starts.append(len(live))
+            order.append(tp.partition)
+            taken = [rec for rec in recs if rec.offset >= floor]
+            live.extend(taken)
+            sizes[tp.partition] = len(taken)
+            offsets[tp.partition] = (recs[0].offset, recs[-1].offset + 1)
+        if not order:
+            return None
+        self.batches += 1
+        whole = decode_batch([rec.value for rec in live])
+        for i, exc in whole.rejects:
+            self._dead_letter(live[i], exc)
+        keys = whole.keys
+        counts = {
+            (source, kind): c
+            for source, kind, c in keys.group_by("source", "kind", maintain_order=True).len().iter_rows()
+        }
+        stamps = pl.Series("_ts", [live[i].timestamp for i in keys["index"].to_list()], dtype=pl.Int64)
+        by_part = dict(zip(order, whole.split(starts) if len(starts) > 1 else [whole], strict=True))
+        return _Batch(
+            number=self.batches,
+            by_part=by_part,
+            offsets=offsets,
+            sizes=sizes,
+            keys=keys,
+            counts=counts,
+            event_stamps=pl.DataFrame([keys["patient_id"], stamps]),
+            dead=len(whole.rejects),
+            seeks={p: self._seeks.get(p, 0) for p in order},
+            parse_s=time.perf_counter() - t0,
+        )
+
+    def _execute(self, batch: _Batch) -> None:
+        """On the batch thread: apply the batch to the partitions' state, screen the touched patients, record
+        and publish the new matches and wait for the broker's acknowledgement. Commits are left to
+        :meth:`settle`, on the consumer's thread."""
+        t0 = time.perf_counter()
+        now = self.clock.now()
+        if self._keep is not None and self._keep.keys:
+            # Judge new codes once for the whole batch rather than once per partition.
+            self._keep.learn(batch.keys.select(FactFilter.KEY_COLUMNS))
+        to_screen: list[PatientState] = []
+        owners: list[pl.DataFrame] = []
+        for p, decoded in batch.by_part.items():
+            part = self._parts.get(p)
+            if part is None:
+                continue
+            if decoded.accepted:
+                touched = part.state.apply(*decoded.frames, keep=self._keep, changed_only=True)
+                part.dirty = True
+            else:
+                touched = pl.Series("patient_id", [], dtype=pl.String)
+            part.offset = batch.offsets[p][1]
+            if part.replaying:
+                part.pending.append(touched)
+                assert part.replay_until is not None
+                if part.offset >= part.replay_until:
+                    everyone = pl.concat(part.pending).unique()
+                    part.replay_until, part.pending = None, []
+                    log.info("replay_complete", partition=p, offset=part.offset, patients=everyone.len())
+                    if everyone.len() > _rescreen.RESCREEN_CHUNK:
+                        self._enqueue(p, everyone, "replay")
+                    elif everyone.len():
+                        to_screen.append(part.state.select(everyone))
+                        owners.append(_owners(everyone, p))
+            elif touched.len():
+                to_screen.append(part.state.select(touched))
+                owners.append(_owners(touched, p))
+        t_apply = time.perf_counter()
+        if to_screen:
+            event_times = (
+                batch.event_stamps.group_by("patient_id")
+                .agg(pl.col("_ts").max())
+                .select(
+                    "patient_id",
+                    pl.from_epoch("_ts", time_unit="ms").dt.replace_time_zone("UTC").cast(TS).alias("event_time"),
+                )
+            )
+            batch.new = self._screen_and_record(
+                _concat_states(to_screen), now, "event", event_times, owners=pl.concat(owners)
+            )
+        t_screen = time.perf_counter()
+        self._flush_matches()
+        for p, decoded in batch.by_part.items():
+            # Screened and recorded: the batch may now go to the history store (a crash before this point
+            # leaves it to be read again from the topic).
+            part = self._parts.get(p)
+            if part is not None:
+                self._keep_frames(part, decoded.frames if decoded.accepted else None, batch.offsets[p][1])
+        batch.apply_s, batch.screen_s, batch.flush_s = t_apply - t0, t_screen - t_apply, time.perf_counter() - t_screen
+
+    def _finish(self, batch: _Batch) -> None:
+        """On the consumer's thread, once :meth:`_execute` is done: commit, then count and log the batch."""
+        t0 = time.perf_counter()
+        self._commit(list(batch.by_part))
+        commit_s = batch.flush_s + time.perf_counter() - t0
+        self.records_processed += batch.total
+        for name, secs in (
+            ("parse", batch.parse_s),
+            ("apply", batch.apply_s),
+            ("screen", batch.screen_s),
+            ("commit", commit_s),
+        ):
+            self.stage_seconds[name] += secs
+        for (source, kind), c in batch.counts.items():
+            self.metrics.events_consumed.labels(source, kind).inc(c)
+        self.metrics.batch_duration.observe(batch.parse_s + batch.apply_s + batch.screen_s + commit_s)
+        self.metrics.batch_size.observe(batch.total)
+        self._update_gauges()
+        log.info(
+            "batch",
+            batch=batch.number,
+            records=batch.total,
+            dead_letters=batch.dead,
+            new_matches=batch.new,
+            partitions=sorted(batch.offsets),
+            offsets={str(p): list(o) for p, o in sorted(batch.offsets.items())},
+            parse_ms=round(batch.parse_s * 1000, 1),
+            apply_ms=round(batch.apply_s * 1000, 1),
+            screen_ms=round(batch.screen_s * 1000, 1),
+            commit_ms=round(commit_s * 1000, 1),
+        )
