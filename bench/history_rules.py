@@ -144,7 +144,7 @@ def main() -> None:
         worklist = Timing(sql)
         engine = Engine(
             settings,
-            worklist,  # type: ignore[arg-type]
+            worklist,
             metrics=Metrics(CollectorRegistry()),
             consumer=consumer,
             producer=InMemoryProducer(log),

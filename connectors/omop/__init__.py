@@ -5,6 +5,8 @@ See :mod:`connectors.omop.backfill` for the tables, the concept mapping and the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -47,4 +49,22 @@ def _command() -> click.Command:
     return omop
 
 
-connector = SimpleConnector("omop", "OMOP CDM v5.4 backfill from CSV/Parquet, DuckDB or SQLite", _command)
+def _history_frames(path: Path, *, tables: str, chunk_rows: int, now: datetime) -> Iterator[object]:
+    """The event frames of every wanted table, chunk by chunk (``screener backfill omop --into-store``)."""
+    wanted = tuple(t.strip().lower() for t in tables.split(",") if t.strip())
+    unknown = [t for t in wanted if t not in TABLES]
+    if unknown:
+        raise click.BadParameter(f"unknown table(s) {unknown}; known: {', '.join(TABLES)}", param_hint="--tables")
+    src = OmopSource(path, chunk_rows=chunk_rows)
+    concepts = src.concepts()
+    for t in wanted:
+        for chunk in src.chunks(t):
+            yield table_events(chunk, t, concepts, now)
+
+
+connector = SimpleConnector(
+    "omop",
+    "OMOP CDM v5.4 backfill from CSV/Parquet, DuckDB or SQLite",
+    _command,
+    history_source=_history_frames,
+)

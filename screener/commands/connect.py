@@ -6,6 +6,8 @@ each contributes its own click command, loaded only when it is run.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from screener.connector.options import connector_options  # re-exported: its home before the connector SDK
@@ -99,20 +101,15 @@ def _with_into_store(command: click.Command) -> click.Command:
 def _omop_into_store(url: str, partitions: int | None, path: Any, tables: str, chunk_rows: int) -> None:
     from datetime import UTC, datetime
 
-    from connectors.omop import TABLES, OmopSource, table_events
+    from screener.connector.registry import load_history_source
     from screener.history import open_store
     from screener.history.backfill import backfill_frames
     from screener.settings import load_settings
 
-    wanted = tuple(t.strip().lower() for t in tables.split(",") if t.strip())
-    unknown = [t for t in wanted if t not in TABLES]
-    if unknown:
-        raise click.BadParameter(f"unknown table(s) {unknown}; known: {', '.join(TABLES)}", param_hint="--tables")
+    source = load_history_source("omop")
     settings = load_settings()
     count, starts = _topic_positions(settings, partitions)
-    src = OmopSource(path, chunk_rows=chunk_rows)
-    concepts, now = src.concepts(), datetime.now(UTC)
-    frames = (table_events(chunk, t, concepts, now) for t in wanted for chunk in src.chunks(t))
+    frames = source(path, tables=tables, chunk_rows=chunk_rows, now=datetime.now(UTC))
     result = backfill_frames(open_store(url), frames, partitions=count, start_offsets=starts)
     click.echo(
         f"omop -> {url}: {result.accepted} events ({result.rejected} rejected) in {result.seconds:.1f}s "

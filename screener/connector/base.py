@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import click
 
@@ -113,12 +113,18 @@ class SimpleConnector:
 
     ``feed``: optional, for a connector that can also generate events in process (found with
     :func:`screener.connector.registry.load_feed`).
+    ``history_source``: optional, for a connector that can write a backfill straight into the history store
+    (``screener backfill NAME PATH --into-store URL``; found with
+    :func:`screener.connector.registry.load_history_source`): called as ``history_source(path, tables=...,
+    chunk_rows=..., now=...)``, it yields the event frames (:func:`screener.ingest` shape) chunk by chunk and raises
+    ``click.BadParameter`` for a bad option.
     """
 
     name: str
     summary: str
     factory: Callable[[], click.Command]
     feed: Feed | None = None
+    history_source: Callable[..., Iterable[Any]] | None = None
 
     def command(self) -> click.Command:
         return self.factory()

@@ -6,12 +6,14 @@ A hospital adds its own connector by shipping a package with an entry point in t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
+from typing import Any
 
 from screener.connector.base import Connector, Feed
 from screener.errors import ConnectorError, did_you_mean
 
-__all__ = ["GROUP", "available", "load_connector", "load_feed"]
+__all__ = ["GROUP", "available", "load_connector", "load_feed", "load_history_source"]
 
 GROUP = "screener.connectors"
 
@@ -53,3 +55,16 @@ def load_feed(name: str) -> Feed:
     if feed is None or not callable(feed):
         raise ConnectorError(f"connector '{name}' has no in-process feed (a 'feed' attribute)", connector=name)
     return feed
+
+
+def load_history_source(name: str) -> Callable[..., Iterable[Any]]:
+    """The history-store backfill source of the connector registered as ``name`` (its ``history_source``).
+
+    How ``screener backfill omop PATH --into-store URL`` reads the extract without importing ``connectors``.
+
+    :raises ConnectorError: when no such connector is installed, or it cannot write into the store.
+    """
+    source: Callable[..., Iterable[Any]] | None = getattr(load_connector(name), "history_source", None)
+    if source is None or not callable(source):
+        raise ConnectorError(f"connector '{name}' cannot backfill into the history store", connector=name)
+    return source
