@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from screener.rules.compiler import IR, Arr, Attr, Bin, Cond, Feat, Lit, Not
+from screener.rules.ir import IR, Arr, Attr, Bin, Cond, Feat, Lit, Not
 from screener.rules.model import Criterion, Study
 
 __all__ = ["describe", "render_markdown"]

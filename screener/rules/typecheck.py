@@ -1,0 +1,326 @@
+"""Type-check JEXL criteria: a visitor over pyjexl's AST that builds the IR (:mod:`screener.rules.ir`).
+
+:class:`Compiler` has one ``visit_<Node>`` per pyjexl node type; an unknown node is a :class:`RuleError`,
+never a silent ``None``. It type-checks as it goes so a wrong type is a load-time error with the file
+position of the criterion (and, where the offending name can be found in the text, its column).
+
+Operator precedence: ``&&`` binds tighter than ``||`` (as in most languages; pyjexl's default gives them equal
+precedence). Comparisons and ``in`` bind tighter than both; arithmetic tighter still.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pyjexl
+from pyjexl import parser as jp
+from pyjexl.exceptions import ParseError
+
+from screener.errors import RuleError, did_you_mean
+from screener.rules.concepts import ConceptSet
+from screener.rules.ir import (
+    _ARITH,
+    _COMPARE,
+    _EQUALITY,
+    _LOGIC,
+    ATTRIBUTES,
+    BOOL,
+    IR,
+    LIST,
+    NUM,
+    STR,
+    TRANSFORMS,
+    TYPE_WORDS,
+    Arr,
+    Attr,
+    Bin,
+    Cond,
+    Feat,
+    Lit,
+    Not,
+)
+from screener.rules.windows import Window, parse_window
+
+__all__ = ["Compiler", "jexl", "parse_expression", "suggest"]
+
+
+def jexl() -> pyjexl.JEXL:
+    """The JEXL configuration screener uses (``&&`` binds tighter than ``||``)."""
+    j = pyjexl.JEXL()
+    j.add_binary_operator("&&", 15, lambda a, b: a and b)
+    return j
+
+
+_JEXL = jexl()
+
+
+def suggest(name: str, candidates: Any) -> str | None:
+    """A case-insensitive exact match first ('f' -> 'F'), else the closest name."""
+    options = list(candidates)
+    for c in options:
+        if str(c).lower() == name.lower():
+            return str(c)
+    return did_you_mean(name, options)
+
+
+def parse_expression(text: str) -> Any:
+    """Parse JEXL text to pyjexl's AST. :raises ParseError: on a syntax error."""
+    return _JEXL.parse(text)
+
+
+# ---------------------------------------------------------------- the visitor
+
+
+class Compiler:
+    """Compile one criterion's expression text. Errors carry the file and the criterion's position.
+
+    :param text: the JEXL source.
+    :param concepts: the study's concept sets by name.
+    :param file, line, column: where the expression's value starts; ``style`` is its YAML scalar style
+        (``None`` plain, ``'"'``/``"'"`` quoted, ``'|'``/``'>'`` block) so a name can be pointed at.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        concepts: dict[str, ConceptSet],
+        *,
+        file: str,
+        line: int | None,
+        column: int | None,
+        style: str | None = None,
+        criterion: str | None = None,
+        study_id: str | None = None,
+    ) -> None:
+        self.text = text
+        self.concepts = concepts
+        self.file = file
+        self.line = line
+        self.column = column
+        self.style = style
+        self.criterion = criterion
+        self.study_id = study_id
+
+    # -- errors
+    def error(self, message: str, *, token: str | None = None, suggestion: str | None = None) -> RuleError:
+        line, col = self.line, self.column
+        if (
+            token
+            and line is not None
+            and col is not None
+            and self.style in (None, "", '"', "'")
+            and ("\n" not in self.text)
+        ):
+            m = re.search(r"(?<![A-Za-z0-9_$])" + re.escape(token) + r"(?![A-Za-z0-9_$])", self.text)
+            if m:
+                col = col + m.start() + (1 if self.style in ('"', "'") else 0)
+        where = f"in '{self.criterion}': " if self.criterion else ""
+        return RuleError(
+            where + message,
+            file=self.file,
+            line=line,
+            column=col,
+            study_id=self.study_id,
+            criterion=self.criterion,
+            suggestion=suggestion,
+        )
+
+    def compile(self) -> tuple[IR, Any]:
+        """Parse and compile; the result must be true/false. Returns ``(ir, ast)``."""
+        try:
+            ast = parse_expression(self.text)
+        except ParseError as exc:
+            raise self.error(
+                f"cannot parse expression {self.text.strip()!r} (check quotes, brackets and operators)"
+            ) from exc
+        ir = self.visit(ast)
+        if ir.type != BOOL:
+            raise self.error(f"a criterion must be true/false, but this expression gives {TYPE_WORDS[ir.type]}")
+        return ir, ast
+
+    def visit(self, node: Any) -> IR:
+        method: Callable[[Any], IR] | None = getattr(self, f"visit_{type(node).__name__}", None)
+        if method is None:
+            raise self.error(f"unsupported expression element {type(node).__name__}")
+        return method(node)
+
+    # -- nodes
+    def visit_Literal(self, node: jp.Literal) -> IR:
+        v = node.value
+        if isinstance(v, bool):
+            return Lit(v, BOOL)
+        if isinstance(v, int | float):
+            return Lit(float(v), NUM)
+        if isinstance(v, str):
+            return Lit(v, STR)
+        raise self.error(f"unsupported literal {v!r}")
+
+    def visit_Identifier(self, node: jp.Identifier) -> IR:
+        if node.subject is not None:
+            raise self.error(f"'.{node.value}': attribute access is not supported", token=node.value)
+        if node.relative:
+            raise self.error(f"relative identifier '.{node.value}' is not supported", token=node.value)
+        name = node.value
+        if name in ATTRIBUTES:
+            return Attr(name, ATTRIBUTES[name][0])
+        if name in self.concepts:
+            raise self.error(
+                f"concept set '{name}' needs a transform, e.g. {name}|ever or {name}|within('90d')", token=name
+            )
+        raise self.error(
+            f"unknown name '{name}'", token=name, suggestion=did_you_mean(name, [*ATTRIBUTES, *self.concepts])
+        )
+
+    def visit_Transform(self, node: jp.Transform) -> IR:
+        subject = node.subject
+        if not isinstance(subject, jp.Identifier) or subject.subject is not None or subject.relative:
+            raise self.error(f"'|{node.name}' must follow a concept set name", token=node.name)
+        cname = subject.value
+        if cname not in self.concepts:
+            if cname in ATTRIBUTES:
+                raise self.error(
+                    f"'{cname}' is a person attribute; transforms like '|{node.name}' apply to concept sets",
+                    token=cname,
+                )
+            raise self.error(
+                f"unknown concept set '{cname}'", token=cname, suggestion=did_you_mean(cname, self.concepts)
+            )
+        if node.name not in TRANSFORMS:
+            raise self.error(
+                f"unknown transform '{node.name}'", token=node.name, suggestion=did_you_mean(node.name, TRANSFORMS)
+            )
+        rtype, window_rule, _numeric = TRANSFORMS[node.name]
+        args = list(node.args or [])
+        window: Window | None = None
+        if window_rule == "none" and args:
+            raise self.error(f"transform '{node.name}' takes no arguments", token=node.name)
+        if window_rule == "required" and not args:
+            raise self.error(
+                f"transform '{node.name}' needs a window, e.g. {cname}|{node.name}('90d')", token=node.name
+            )
+        if len(args) > 1:
+            raise self.error(f"transform '{node.name}' takes one window argument", token=node.name)
+        if args:
+            arg = args[0]
+            if not isinstance(arg, jp.Literal) or not isinstance(arg.value, str):
+                raise self.error(f"the window of '{node.name}' must be a quoted string such as '90d'", token=node.name)
+            try:
+                window = parse_window(arg.value)
+            except ValueError as exc:
+                raise self.error(str(exc), token=arg.value) from exc
+        return Feat(self.concepts[cname], node.name, window, rtype)
+
+    def visit_ArrayLiteral(self, node: jp.ArrayLiteral) -> IR:
+        items = [self.visit(v) for v in node.value]
+        if not items:
+            raise self.error("an empty list can never match")
+        if not all(isinstance(i, Lit) for i in items):
+            raise self.error("list items must be literal numbers, strings or true/false")
+        types = {i.type for i in items}
+        if len(types) > 1:
+            raise self.error("list items must all have the same type")
+        return Arr(tuple(i.value for i in items if isinstance(i, Lit)), types.pop())
+
+    def visit_ObjectLiteral(self, node: jp.ObjectLiteral) -> IR:
+        raise self.error("object literals {...} are not supported")
+
+    def visit_FilterExpression(self, node: jp.FilterExpression) -> IR:
+        raise self.error("filter expressions [...] are not supported")
+
+    def visit_UnaryExpression(self, node: jp.UnaryExpression) -> IR:
+        operand = self.visit(node.right)
+        if operand.type != BOOL:
+            raise self.error(f"'!' needs true/false, got {TYPE_WORDS[operand.type]}{self._show(node.right)}")
+        return Not(operand)
+
+    def visit_ConditionalExpression(self, node: jp.ConditionalExpression) -> IR:
+        test = self.visit(node.test)
+        if test.type != BOOL:
+            raise self.error(f"the test of '? :' must be true/false, got {TYPE_WORDS[test.type]}")
+        a, b = self.visit(node.consequent), self.visit(node.alternate)
+        if a.type != b.type or a.type == LIST:
+            raise self.error(
+                f"both branches of '? :' must have the same type, got {TYPE_WORDS[a.type]} and {TYPE_WORDS[b.type]}"
+            )
+        return Cond(test, a, b, a.type)
+
+    def visit_BinaryExpression(self, node: jp.BinaryExpression) -> IR:
+        op = node.operator.symbol
+        left, right = self.visit(node.left), self.visit(node.right)
+        lt, rt = left.type, right.type
+        if op in _LOGIC:
+            for _side, t, raw in ((left, lt, node.left), (right, rt, node.right)):
+                if t != BOOL:
+                    raise self.error(
+                        f"'{op}' needs true/false on both sides, got {TYPE_WORDS[t]}{self._show(raw)}",
+                        token=self._token(raw),
+                    )
+            return Bin(op, left, right, BOOL)
+        if op == "in":
+            if not isinstance(right, Arr):
+                raise self.error("'in' needs a list literal on the right, e.g. sex in ['F', 'O']")
+            if lt != right.elem:
+                raise self.error(f"'in' compares {TYPE_WORDS[lt]} with a list of {TYPE_WORDS[right.elem]}")
+            for v in right.values:
+                self._check_value(left, v)
+            return Bin(op, left, right, BOOL)
+        if LIST in (lt, rt):
+            raise self.error(f"a list can only be used on the right of 'in' (found with '{op}')")
+        if op in _COMPARE:
+            if lt != NUM or rt != NUM:
+                bad = node.left if lt != NUM else node.right
+                raise self.error(
+                    f"cannot compare {TYPE_WORDS[lt]} with {TYPE_WORDS[rt]} using '{op}'{self._show(bad)}",
+                    token=self._token(bad),
+                )
+            return Bin(op, left, right, BOOL)
+        if op in _EQUALITY:
+            if lt != rt:
+                bad = node.left if isinstance(right, Lit) else node.right
+                raise self.error(
+                    f"cannot compare {TYPE_WORDS[lt]} with {TYPE_WORDS[rt]} using '{op}'{self._show(bad)}",
+                    token=self._token(bad),
+                )
+            if isinstance(right, Lit):
+                self._check_value(left, right.value)
+            if isinstance(left, Lit):
+                self._check_value(right, left.value)
+            return Bin(op, left, right, BOOL)
+        if op in _ARITH:
+            if lt != NUM or rt != NUM:
+                bad = node.left if lt != NUM else node.right
+                raise self.error(
+                    f"'{op}' needs numbers on both sides, got {TYPE_WORDS[lt]} and {TYPE_WORDS[rt]}{self._show(bad)}",
+                    token=self._token(bad),
+                )
+            return Bin(op, left, right, NUM)
+        raise self.error(f"unsupported operator '{op}'")
+
+    # -- helpers
+    def _check_value(self, attr: IR, value: Any) -> None:
+        if isinstance(attr, Attr) and isinstance(value, str):
+            allowed = ATTRIBUTES[attr.name][1]
+            if allowed is not None and value not in allowed:
+                raise self.error(
+                    f"'{value}' is not a value of {attr.name} (one of {', '.join(allowed)})",
+                    token=value,
+                    suggestion=suggest(value, allowed),
+                )
+
+    @staticmethod
+    def _token(node: Any) -> str | None:
+        if isinstance(node, jp.Transform):
+            return str(node.subject.value) if isinstance(node.subject, jp.Identifier) else str(node.name)
+        if isinstance(node, jp.Identifier):
+            return str(node.value)
+        return None
+
+    @staticmethod
+    def _show(node: Any) -> str:
+        if isinstance(node, jp.Transform) and isinstance(node.subject, jp.Identifier):
+            return f" ({node.subject.value}|{node.name})"
+        if isinstance(node, jp.Identifier):
+            return f" ({node.value})"
+        return ""
