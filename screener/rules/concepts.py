@@ -42,7 +42,8 @@ class ConceptSet:
 
     @property
     def display(self) -> str:
-        return self.label or self.name
+        """What people read: the ``label``, else the name with underscores as spaces."""
+        return self.label or self.name.replace("_", " ")
 
     @cached_property
     def key(self) -> str:

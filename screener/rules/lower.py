@@ -14,7 +14,9 @@ from datetime import datetime
 
 import polars as pl
 
-from screener.rules.ir import ATTRIBUTES, BOOL, IR, NUM, STR, Arr, Attr, Bin, Cond, Feat, Lit, Not
+from screener.rules._facts import arith
+from screener.rules._leaves import NOW_COL, TRANSFORM_STATS, attr_leaf, feature_leaf, fmt_num, stat_col
+from screener.rules.ir import BOOL, IR, NUM, STR, Arr, Attr, Bin, Cond, Feat, Lit, Not
 
 __all__ = ["NOW_COL", "TRANSFORM_STATS", "Plan", "combine", "fmt_num", "lower", "stat_col"]
 
@@ -22,125 +24,12 @@ __all__ = ["NOW_COL", "TRANSFORM_STATS", "Plan", "combine", "fmt_num", "lower", 
 
 _NONE = pl.lit(None, dtype=pl.String)
 
-#: column of the per-patient frame holding the screening instant (Datetime us UTC)
-NOW_COL = "_now"
-
-
-def stat_col(feat: Feat, stat: str) -> str:
-    """Name of the per-patient column holding ``stat`` of ``feat``'s (concept, window) group."""
-    return f"{feat.key}:{stat}"
-
-
-#: the statistics a transform needs from the aggregated facts
-TRANSFORM_STATS: dict[str, tuple[str, ...]] = {
-    "ever": ("n", "last_t", "last_code"),
-    "within": ("n", "last_t", "last_code"),
-    "count": ("n",),
-    "latest": ("latest_v", "latest_t", "n_unk"),
-    "earliest": ("earliest_v", "earliest_t", "n_unk"),
-    "min": ("min_v", "min_t", "n_unk"),
-    "max": ("max_v", "max_t", "n_unk"),
-    "mean": ("mean_v", "n_num", "n_unk"),
-    "days_since": ("n", "last_t", "last_code"),
-}
-
-
-def fmt_num(e: pl.Expr) -> pl.Expr:
-    """A number as short text: whole numbers without '.0', others to at most 2 decimals."""
-    return (
-        pl.when(e.round(0) == e)
-        .then(e.cast(pl.Int64, strict=False).cast(pl.String))
-        .otherwise(e.round(2).cast(pl.String))
-    )
-
 
 def combine(a: pl.Expr, b: pl.Expr) -> pl.Expr:
     """Join two evidence texts with '; ', dropping nulls and an exact repeat."""
     return (
         pl.when(a.is_null()).then(b).when(b.is_null() | (a == b)).then(a).otherwise(pl.concat_str([a, pl.lit("; "), b]))
     )
-
-
-def _when(feat: Feat) -> str:
-    return f" in the last {feat.window.describe()}" if feat.window else ""
-
-
-def _feature(feat: Feat, now: datetime) -> tuple[pl.Expr, pl.Expr]:
-    c = feat.concept
-    label = c.display
-    fmt = "%Y-%m-%d %H:%M" if feat.window is not None and feat.window.fine else "%Y-%m-%d"
-
-    def col(stat: str) -> pl.Expr:
-        return pl.col(stat_col(feat, stat))
-
-    t = feat.transform
-    unit = f" {c.unit}" if c.unit else ""
-    if t in ("ever", "within", "days_since"):
-        n = col("n").fill_null(0)
-        seen = pl.concat_str(
-            [pl.lit(f"{label} "), col("last_code").fill_null("?"), pl.lit(" on "), col("last_t").dt.strftime(fmt)]
-        )
-        if t == "days_since":
-            # "now" is the ``_now`` column of the per-patient frame, so compiled expressions can be cached.
-            value = (pl.col(NOW_COL) - col("last_t")).dt.total_days().cast(pl.Float64)
-            seen = pl.concat_str(
-                [
-                    pl.lit(f"last {label} "),
-                    value.cast(pl.Int64).cast(pl.String),
-                    pl.lit(" days ago ("),
-                    col("last_code").fill_null("?"),
-                    pl.lit(" on "),
-                    col("last_t").dt.strftime(fmt),
-                    pl.lit(")"),
-                ]
-            )
-        else:
-            value = n > 0
-        evidence = pl.when(n > 0).then(seen).otherwise(pl.lit(f"no record of {label}{_when(feat)}"))
-        return value, evidence
-    if t == "count":
-        n = col("n").fill_null(0)
-        value = n.cast(pl.Float64)
-        evidence = pl.concat_str([n.cast(pl.String), pl.lit(f" {label} record(s){_when(feat)}")])
-        return value, evidence
-    unk = col("n_unk").fill_null(0)
-    suffix = (
-        pl.when(unk > 0)
-        .then(pl.concat_str([pl.lit(" ("), unk.cast(pl.String), pl.lit(" value(s) in unknown units left out)")]))
-        .otherwise(pl.lit(""))
-    )
-    if t == "mean":
-        value = col("mean_v")
-        seen = pl.concat_str(
-            [
-                pl.lit(f"mean {label} "),
-                fmt_num(value),
-                pl.lit(f"{unit} of "),
-                col("n_num").cast(pl.String),
-                pl.lit(f" value(s){_when(feat)}"),
-            ]
-        )
-    else:
-        value = col(f"{t}_v")
-        seen = pl.concat_str(
-            [pl.lit(f"{t} {label} "), fmt_num(value), pl.lit(f"{unit} on "), col(f"{t}_t").dt.strftime(fmt)]
-        )
-    evidence = pl.concat_str(
-        [
-            pl.when(value.is_not_null()).then(seen).otherwise(pl.lit(f"no {label} value{_when(feat)}")),
-            suffix,
-        ]
-    )
-    return value, evidence
-
-
-def _attr(name: str) -> tuple[pl.Expr, pl.Expr]:
-    value = pl.col(f"_attr_{name}")
-    shown = fmt_num(value) if ATTRIBUTES[name][0] == NUM else value
-    evidence = (
-        pl.when(value.is_null()).then(pl.lit(f"{name} unknown")).otherwise(pl.concat_str([pl.lit(f"{name} "), shown]))
-    )
-    return value, evidence
 
 
 def _fold(expr: pl.Expr) -> pl.Expr:
@@ -218,10 +107,10 @@ def lower(ir: IR, now: datetime, plan: Plan) -> tuple[pl.Expr, pl.Expr, int]:
         dtype = {BOOL: pl.Boolean, NUM: pl.Float64, STR: pl.String}[ir.type]
         return pl.lit(ir.value, dtype=dtype), _NONE, 0
     if isinstance(ir, Attr):
-        value, evidence = _attr(ir.name)
+        value, evidence = attr_leaf(ir.name)
         return value, plan.leaf(evidence), 1
     if isinstance(ir, Feat):
-        value, evidence = _feature(ir, now)
+        value, evidence = feature_leaf(ir)
         return value, plan.leaf(evidence), 1
     if isinstance(ir, Not):
         v, e, lvl = lower(ir.operand, now, plan)
@@ -284,20 +173,9 @@ def lower(ir: IR, now: datetime, plan: Plan) -> tuple[pl.Expr, pl.Expr, int]:
             "<=": lambda a, b: a <= b,
             ">": lambda a, b: a > b,
             ">=": lambda a, b: a >= b,
-            "+": lambda a, b: a + b,
-            "-": lambda a, b: a - b,
-            "*": lambda a, b: a * b,
         }
         if op in ops:
             return plan.bind(ops[op](lv, rv), evidence, level)
-        if op in ("/", "//", "%"):
-            # Division by zero is unknown, never infinity.
-            raw = {
-                "/": lambda a, b: a / b,
-                "//": lambda a, b: (a / b).floor(),
-                "%": lambda a, b: a - (a / b).floor() * b,
-            }[op](lv, rv)
-            return plan.bind(pl.when(rv == 0).then(None).otherwise(raw).cast(pl.Float64), evidence, level)
-        if op == "^":
-            return plan.bind(lv.pow(rv), evidence, level)
+        # Overflow and division by zero are unknown, never infinity.
+        return plan.bind(arith(op, lv, rv), evidence, level)
     raise TypeError(f"cannot lower {ir!r}")

@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 
 from screener.rules.concepts import PREFIX_SYSTEMS, ConceptSet, normalise_code, normalise_code_expr
-from screener.rules.ir import IR, Feat, collect_features
+from screener.rules.ir import IR, LOOKBACK, Feat, collect_attributes, collect_features, filter_fields
 
 __all__ = [
     "PREFIX_SYSTEMS",
@@ -121,17 +121,34 @@ class Study:
                 out.extend(collect_features(c.ir))
         return out
 
+    def attributes(self) -> set[str]:
+        """Every person attribute the criteria read (inside filters too)."""
+        out: set[str] = set()
+        for c in self.all_criteria():
+            if c.ir is not None:
+                out |= collect_attributes(c.ir)
+        return out
+
     def used_concepts(self) -> list[ConceptSet]:
+        """The concept sets whose facts some criterion reads (both sides of ``after``/``before``)."""
         seen: dict[str, ConceptSet] = {}
         for f in self.features():
             seen.setdefault(f.concept.name, f.concept)
+            if f.other is not None:
+                seen.setdefault(f.other.concept.name, f.other.concept)
         return list(seen.values())
 
     def fact_filter(self) -> pl.Expr:
-        """True for facts some criterion of this study can use (code in a used concept set)."""
+        """True for facts some criterion of this study can use: code in a used concept set, visits when a
+        filter reads ``.encounter``, registrations when a criterion reads ``registered_days``."""
         out = pl.lit(False)
         for c in self.used_concepts():
             out = out | c.fact_expr()
+        feats = self.features()
+        if any("encounter" in filter_fields(s.filter) for f in feats for s in (f.source, f.other) if s and s.filter):
+            out = out | (pl.col("kind") == "visit")
+        if "registered_days" in self.attributes():
+            out = out | (pl.col("kind") == "registration")
         return out
 
     @property
@@ -142,7 +159,9 @@ class Study:
             return timedelta(0)
         longest = timedelta(0)
         for f in feats:
-            if f.window is None:
+            if f.transform == "upcoming":
+                continue  # reads only facts from now on
+            if f.window is None or f.transform not in LOOKBACK:
                 return None
             longest = max(longest, f.window.upper_bound)
         return longest

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
+from screener.rules._facts import ensure_columns
 from screener.rules.criteria import compiled, staged, study_frame
 from screener.rules.features import ENGINE, attributes, feature_frame
 from screener.rules.model import Study
@@ -52,6 +53,13 @@ _SMALL_UNION = 2000
 #: up to this many patients, result rows are built by one query for all studies (:func:`_long`), above it study
 #: by study (:func:`_assemble`, cheaper per row but with a fixed cost per study)
 _SMALL_CALL = 256
+
+
+def _registrations(state: PatientState, studies: Sequence[Study]) -> pl.DataFrame | None:
+    """The facts to read ``registered_days`` from, when some study uses it (else ``None``: no scan)."""
+    if any("registered_days" in s.attributes() for s in studies):
+        return ensure_columns(state.facts)
+    return None
 
 
 def screen(
@@ -132,7 +140,9 @@ def _screen(
     n_persons = state.persons.height
     comps = [compiled(s) for s in studies]
     wide = feature_frame(state, studies, now)
-    base = attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left", maintain_order="left")
+    base = attributes(state.persons, now, _registrations(state, studies)).join(
+        wide.lazy(), on="patient_id", how="left", maintain_order="left"
+    )
     base = _plain(base.collect(engine=ENGINE)).lazy()
     pairs = list(zip(studies, comps, strict=True))
     small = n_persons <= _SMALL_CALL
@@ -211,5 +221,7 @@ def screen_detail(state: PatientState, study: Study, now: datetime) -> pl.DataFr
         raise ValueError("screen_detail() needs a timezone-aware 'now'")
     now = now.astimezone(UTC)
     wide = feature_frame(state, [study], now)
-    base = attributes(state.persons, now).join(wide.lazy(), on="patient_id", how="left", maintain_order="left")
+    base = attributes(state.persons, now, _registrations(state, [study])).join(
+        wide.lazy(), on="patient_id", how="left", maintain_order="left"
+    )
     return study_frame(base, study, now, nested=True).collect()

@@ -19,6 +19,7 @@ from pyjexl import parser as jp
 from pyjexl.exceptions import ParseError
 
 from screener.errors import RuleError, did_you_mean
+from screener.rules._checks import field_not_carried, never_true, transform_usage
 from screener.rules.concepts import ConceptSet
 from screener.rules.ir import (
     _ARITH,
@@ -27,6 +28,8 @@ from screener.rules.ir import (
     _LOGIC,
     ATTRIBUTES,
     BOOL,
+    FIELD_VALUES,
+    FIELDS,
     IR,
     LIST,
     NUM,
@@ -38,8 +41,12 @@ from screener.rules.ir import (
     Bin,
     Cond,
     Feat,
+    Field,
     Lit,
     Not,
+    QualIn,
+    Source,
+    collect_features,
 )
 from screener.rules.windows import Window, parse_window
 
@@ -102,6 +109,8 @@ class Compiler:
         self.style = style
         self.criterion = criterion
         self.study_id = study_id
+        #: the concept set whose filter is being compiled (fact fields are allowed), else None
+        self.filtering: ConceptSet | None = None
 
     # -- errors
     def error(self, message: str, *, token: str | None = None, suggestion: str | None = None) -> RuleError:
@@ -160,9 +169,22 @@ class Compiler:
     def visit_Identifier(self, node: jp.Identifier) -> IR:
         if node.subject is not None:
             raise self.error(f"'.{node.value}': attribute access is not supported", token=node.value)
-        if node.relative:
-            raise self.error(f"relative identifier '.{node.value}' is not supported", token=node.value)
         name = node.value
+        if node.relative:
+            if self.filtering is None:
+                raise self.error(
+                    f"'.{name}' is a fact field: use it inside a filter, e.g. set[.{name} ...]|ever", token=name
+                )
+            if name not in FIELDS:
+                raise self.error(
+                    f"unknown fact field '.{name}' (one of {', '.join('.' + f for f in FIELDS)})",
+                    token=name,
+                    suggestion=did_you_mean(name, FIELDS),
+                )
+            problem = field_not_carried(name, self.filtering)
+            if problem:
+                raise self.error(problem, token=name)
+            return Field(name, FIELDS[name])
         if name in ATTRIBUTES:
             return Attr(name, ATTRIBUTES[name][0])
         if name in self.concepts:
@@ -173,44 +195,81 @@ class Compiler:
             f"unknown name '{name}'", token=name, suggestion=did_you_mean(name, [*ATTRIBUTES, *self.concepts])
         )
 
-    def visit_Transform(self, node: jp.Transform) -> IR:
-        subject = node.subject
-        if not isinstance(subject, jp.Identifier) or subject.subject is not None or subject.relative:
-            raise self.error(f"'|{node.name}' must follow a concept set name", token=node.name)
-        cname = subject.value
+    def _concept(self, node: Any, transform: str) -> ConceptSet:
+        if not isinstance(node, jp.Identifier) or node.subject is not None or node.relative:
+            raise self.error(f"'|{transform}' must follow a concept set name", token=transform)
+        cname = node.value
         if cname not in self.concepts:
             if cname in ATTRIBUTES:
                 raise self.error(
-                    f"'{cname}' is a person attribute; transforms like '|{node.name}' apply to concept sets",
+                    f"'{cname}' is a person attribute; transforms like '|{transform}' apply to concept sets",
                     token=cname,
                 )
             raise self.error(
                 f"unknown concept set '{cname}'", token=cname, suggestion=did_you_mean(cname, self.concepts)
             )
-        if node.name not in TRANSFORMS:
-            raise self.error(
-                f"unknown transform '{node.name}'", token=node.name, suggestion=did_you_mean(node.name, TRANSFORMS)
-            )
-        rtype, window_rule, _numeric = TRANSFORMS[node.name]
-        args = list(node.args or [])
-        window: Window | None = None
-        if window_rule == "none" and args:
-            raise self.error(f"transform '{node.name}' takes no arguments", token=node.name)
-        if window_rule == "required" and not args:
-            raise self.error(
-                f"transform '{node.name}' needs a window, e.g. {cname}|{node.name}('90d')", token=node.name
-            )
-        if len(args) > 1:
-            raise self.error(f"transform '{node.name}' takes one window argument", token=node.name)
-        if args:
-            arg = args[0]
-            if not isinstance(arg, jp.Literal) or not isinstance(arg.value, str):
-                raise self.error(f"the window of '{node.name}' must be a quoted string such as '90d'", token=node.name)
+        return self.concepts[cname]
+
+    def _source(self, node: Any, transform: str) -> Source:
+        """A concept set, optionally filtered: ``name`` or ``name[PRED]``."""
+        if isinstance(node, jp.FilterExpression):
+            concept = self._concept(node.subject, transform)
+            saved, self.filtering = self.filtering, concept
             try:
-                window = parse_window(arg.value)
-            except ValueError as exc:
-                raise self.error(str(exc), token=arg.value) from exc
-        return Feat(self.concepts[cname], node.name, window, rtype)
+                pred = self.visit(node.expression)
+            finally:
+                self.filtering = saved
+            if pred.type != BOOL:
+                raise self.error(
+                    f"the filter of '{concept.name}[...]' must be true/false, got {TYPE_WORDS[pred.type]}",
+                    token=concept.name,
+                )
+            if collect_features(pred):
+                raise self.error("a filter cannot contain a transform (compare the fact's own fields)")
+            return Source(concept, pred)
+        return Source(self._concept(node, transform))
+
+    def _window(self, arg: Any, transform: str, what: str = "window") -> Window:
+        if not isinstance(arg, jp.Literal) or not isinstance(arg.value, str):
+            raise self.error(f"the {what} of '{transform}' must be a quoted string such as '90d'", token=transform)
+        try:
+            return parse_window(arg.value)
+        except ValueError as exc:
+            raise self.error(str(exc).replace("window", what, 1), token=arg.value) from exc
+
+    def visit_Transform(self, node: jp.Transform) -> IR:
+        name = node.name
+        if name not in TRANSFORMS:
+            raise self.error(f"unknown transform '{name}'", token=name, suggestion=did_you_mean(name, TRANSFORMS))
+        source = self._source(node.subject, name)
+        cname = source.concept.name
+        rtype, spec, numeric = TRANSFORMS[name]
+        args = list(node.args or [])
+        required = [a for a in spec if not a.endswith("?")]
+        if not spec and args:
+            raise self.error(f"transform '{name}' takes no arguments", token=name)
+        if spec == ("w",) and not args:
+            raise self.error(f"transform '{name}' needs a window, e.g. {cname}|{name}('90d')", token=name)
+        if spec == ("w?",) and len(args) > 1:
+            raise self.error(f"transform '{name}' takes one window argument", token=name)
+        if len(args) < len(required) or len(args) > len(spec):
+            raise self.error(f"transform '{name}' takes {transform_usage(cname, name)}", token=name)
+        window = gap = None
+        other: Source | None = None
+        for kind, arg in zip(spec, args, strict=False):
+            if kind == "src":
+                other = self._source(arg, name)
+            elif kind == "gap":
+                gap = self._window(arg, name, "gap")
+            else:
+                window = self._window(arg, name)
+        if numeric and not source.concept.unit:
+            raise self.error(
+                f"'{cname}|{name}' reads values, but concept set '{cname}' has no unit: every value would be "
+                f"unknown (give the set a unit, e.g. unit: mmol/L, or unit: '{{score}}' for a score)",
+                token=cname,
+            )
+        return Feat(source.concept, name, window, rtype, source.filter, gap, other)
 
     def visit_ArrayLiteral(self, node: jp.ArrayLiteral) -> IR:
         items = [self.visit(v) for v in node.value]
@@ -227,7 +286,13 @@ class Compiler:
         raise self.error("object literals {...} are not supported")
 
     def visit_FilterExpression(self, node: jp.FilterExpression) -> IR:
-        raise self.error("filter expressions [...] are not supported")
+        if isinstance(node.subject, jp.Transform):
+            raise self.error(
+                f"a filter goes on the concept set, before the transform: set[...]|{node.subject.name}",
+                token=node.subject.name,
+            )
+        name = node.subject.value if isinstance(node.subject, jp.Identifier) else "set"
+        raise self.error(f"a filtered concept set needs a transform, e.g. {name}[...]|ever", token=name)
 
     def visit_UnaryExpression(self, node: jp.UnaryExpression) -> IR:
         operand = self.visit(node.right)
@@ -248,6 +313,8 @@ class Compiler:
 
     def visit_BinaryExpression(self, node: jp.BinaryExpression) -> IR:
         op = node.operator.symbol
+        if op == "in" and isinstance(node.right, jp.Identifier) and node.right.relative:
+            return self._qualifier_in(node)
         left, right = self.visit(node.left), self.visit(node.right)
         lt, rt = left.type, right.type
         if op in _LOGIC:
@@ -268,6 +335,10 @@ class Compiler:
             return Bin(op, left, right, BOOL)
         if LIST in (lt, rt):
             raise self.error(f"a list can only be used on the right of 'in' (found with '{op}')")
+        if op in _COMPARE or op in _EQUALITY:
+            problem = never_true(op, left, right)
+            if problem:
+                raise self.error(problem, token=self._token(node.left) or self._token(node.right))
         if op in _COMPARE:
             if lt != NUM or rt != NUM:
                 bad = node.left if lt != NUM else node.right
@@ -298,11 +369,33 @@ class Compiler:
             return Bin(op, left, right, NUM)
         raise self.error(f"unsupported operator '{op}'")
 
+    def _qualifier_in(self, node: jp.BinaryExpression) -> IR:
+        if node.right.value != "qualifiers" or self.filtering is None:
+            self.visit(node.right)  # the error for a misplaced or unknown field
+            raise self.error(f"'in .{node.right.value}' is not supported; 'SET in .qualifiers' is")
+        left = node.left
+        if not isinstance(left, jp.Identifier) or left.relative or left.value not in self.concepts:
+            raise self.error(
+                "the left of 'in .qualifiers' must be a concept set name, e.g. post_bd in .qualifiers",
+                token=self._token(left),
+                suggestion=did_you_mean(str(getattr(left, "value", "")), self.concepts),
+            )
+        return QualIn(self.concepts[left.value])
+
     # -- helpers
     def _check_value(self, attr: IR, value: Any) -> None:
+        if isinstance(attr, Field) and isinstance(value, str) and attr.name in FIELD_VALUES:
+            allowed = FIELD_VALUES[attr.name]
+            if value not in allowed:
+                raise self.error(
+                    f"'{value}' is not a value of .{attr.name} (one of {', '.join(allowed)})",
+                    token=value,
+                    suggestion=suggest(value, allowed),
+                )
         if isinstance(attr, Attr) and isinstance(value, str):
-            allowed = ATTRIBUTES[attr.name][1]
-            if allowed is not None and value not in allowed:
+            choices = ATTRIBUTES[attr.name][1]
+            if choices is not None and value not in choices:
+                allowed = choices
                 raise self.error(
                     f"'{value}' is not a value of {attr.name} (one of {', '.join(allowed)})",
                     token=value,

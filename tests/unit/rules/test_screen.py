@@ -7,6 +7,7 @@ from datetime import date, timedelta
 import polars as pl
 import pytest
 
+from screener.errors import RuleError
 from screener.rules import CRITERIA_DTYPE, criteria_json, screen
 
 D = timedelta(days=1)
@@ -242,8 +243,13 @@ def test_unknown_units_are_left_out_and_counted(kit):
     assert kit.one("glucose|ever", only_bad)[0] is True
 
 
-def test_dimensionless_concept_takes_only_unitless_values(kit):
+def test_score_concept_takes_unitless_values_and_a_unitless_set_is_rejected(kit):
     now = kit.NOW
+    unitless = kit.CONCEPTS + '  bare:    {loinc: ["72133-2"]}\n'
+    with pytest.raises(
+        RuleError, match=r"'bare\|latest' reads values, but concept set 'bare' has no unit.*'\{score\}'"
+    ):
+        kit.make_study({"c": "bare|latest == 4"}, concepts=unitless)
     st = kit.make_state(
         [person()],
         [
