@@ -11,6 +11,7 @@ Outcomes and every criterion's value must be identical.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from datetime import date, timedelta
 from typing import Any
@@ -26,7 +27,10 @@ from screener.rules.screen import screen, screen_detail
 from screener.rules.windows import parse_window
 from screener.state import FACTS_SCHEMA
 
-pytestmark = pytest.mark.skipif("qualifiers" not in FACTS_SCHEMA, reason="fact frame v2 (helper record) not merged")
+pytestmark = pytest.mark.skipif(
+    "qualifiers" not in FACTS_SCHEMA or importlib.util.find_spec("screener.rules.ir") is None,
+    reason="fact frame v2 (helper record) or rule language v2 (helper rules) not merged",
+)
 
 WINDOWS = ["6h", "1d", "7d", "14d", "30d", "90d", "6mo", "1y"]
 GAPS = ["1d", "7d", "14d", "30d"]
