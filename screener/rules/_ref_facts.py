@@ -42,10 +42,12 @@ def value_of(f: dict[str, Any], concept: ConceptSet, column: str = "value") -> f
 
 def period_end(f: dict[str, Any], now: datetime) -> datetime:
     """``ended_at``; else ``occurred_at`` when stopped/completed; else now."""
-    if f.get("ended_at") is not None:
-        return f["ended_at"]
+    end: datetime | None = f.get("ended_at")
+    if end is not None:
+        return end
     if f.get("status") in ("stopped", "completed"):
-        return f["occurred_at"]
+        start: datetime = f["occurred_at"]
+        return start
     return now
 
 

@@ -42,22 +42,20 @@ def _or(a: Value, b: Value) -> Value:
     return False
 
 
-_NOT_A_NUMBER = (bool, str, list)
-
-
 def _arith(op: str, a: Value, b: Value) -> Value:
     if op in ("/", "//", "%") and b == 0:
         return None
+    ops: dict[str, Callable[[], Value]] = {
+        "+": lambda: a + b,
+        "-": lambda: a - b,
+        "*": lambda: a * b,
+        "/": lambda: a / b,
+        "//": lambda: float(math.floor(a / b)),
+        "%": lambda: a - math.floor(a / b) * b,
+        "^": lambda: a**b,
+    }
     try:
-        out = {
-            "+": lambda: a + b,
-            "-": lambda: a - b,
-            "*": lambda: a * b,
-            "/": lambda: a / b,
-            "//": lambda: float(math.floor(a / b)),
-            "%": lambda: a - math.floor(a / b) * b,
-            "^": lambda: a**b,
-        }[op]()
+        out = ops[op]()
     except (OverflowError, ZeroDivisionError, ValueError):
         return None  # arithmetic overflow is unknown, never a crash
     return finite(float(out) if isinstance(out, int) and not isinstance(out, bool) else out)
