@@ -20,6 +20,7 @@ from pyjexl.exceptions import ParseError
 
 from screener.errors import RuleError, did_you_mean
 from screener.rules._checks import field_not_carried, never_true, transform_usage
+from screener.rules._limits import excerpt, expression_problem
 from screener.rules.concepts import ConceptSet
 from screener.rules.ir import (
     _ARITH,
@@ -126,6 +127,8 @@ class Compiler:
             if m:
                 col = col + m.start() + (1 if self.style in ('"', "'") else 0)
         where = f"in '{self.criterion}': " if self.criterion else ""
+        if len(message) > 400:  # never echo a long value back
+            message = message[:397] + "..."
         return RuleError(
             where + message,
             file=self.file,
@@ -138,13 +141,21 @@ class Compiler:
 
     def compile(self) -> tuple[IR, Any]:
         """Parse and compile; the result must be true/false. Returns ``(ir, ast)``."""
+        problem = expression_problem(self.text)
+        if problem is not None:
+            raise self.error(problem)
         try:
             ast = parse_expression(self.text)
         except ParseError as exc:
             raise self.error(
-                f"cannot parse expression {self.text.strip()!r} (check quotes, brackets and operators)"
+                f"cannot parse expression {excerpt(self.text.strip())!r} (check quotes, brackets and operators)"
             ) from exc
-        ir = self.visit(ast)
+        except (RecursionError, ValueError, OverflowError, MemoryError) as exc:
+            raise self.error(f"cannot parse expression {excerpt(self.text.strip())!r}: too complex") from exc
+        try:
+            ir = self.visit(ast)
+        except RecursionError as exc:
+            raise self.error("expression is nested too deeply") from exc
         if ir.type != BOOL:
             raise self.error(f"a criterion must be true/false, but this expression gives {TYPE_WORDS[ir.type]}")
         return ir, ast
