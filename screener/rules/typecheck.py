@@ -14,12 +14,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import pyjexl
 from pyjexl import parser as jp
 from pyjexl.exceptions import ParseError
 
 from screener.errors import RuleError, did_you_mean
 from screener.rules._checks import field_not_carried, never_true, transform_usage
+from screener.rules._jexl import jexl, parse_expression, suggest
 from screener.rules._limits import excerpt, expression_problem
 from screener.rules.concepts import ConceptSet
 from screener.rules.ir import (
@@ -52,30 +52,6 @@ from screener.rules.ir import (
 from screener.rules.windows import Window, parse_window
 
 __all__ = ["Compiler", "jexl", "parse_expression", "suggest"]
-
-
-def jexl() -> pyjexl.JEXL:
-    """The JEXL configuration screener uses (``&&`` binds tighter than ``||``)."""
-    j = pyjexl.JEXL()
-    j.add_binary_operator("&&", 15, lambda a, b: a and b)
-    return j
-
-
-_JEXL = jexl()
-
-
-def suggest(name: str, candidates: Any) -> str | None:
-    """A case-insensitive exact match first ('f' -> 'F'), else the closest name."""
-    options = list(candidates)
-    for c in options:
-        if str(c).lower() == name.lower():
-            return str(c)
-    return did_you_mean(name, options)
-
-
-def parse_expression(text: str) -> Any:
-    """Parse JEXL text to pyjexl's AST. :raises ParseError: on a syntax error."""
-    return _JEXL.parse(text)
 
 
 # ---------------------------------------------------------------- the visitor
