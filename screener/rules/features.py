@@ -137,7 +137,7 @@ def _feature_plan(studies: Sequence[Study]) -> _FeaturePlan:
         conversions(concepts).collect(),
         filters,
         attrs,
-        _fact_columns(selections),
+        _fact_columns(selections, feats),
         encounters,
         ahead,
     )
@@ -157,14 +157,14 @@ _FIELD_COLUMNS = {
 _BASE_COLUMNS = ("patient_id", "event_id", "system", "code", "value", "unit", "occurred_at", "status")
 
 
-def _fact_columns(selections: Sequence[_Selection]) -> list[str]:
+def _fact_columns(selections: Sequence[_Selection], feats: dict[str, list[Feat]]) -> list[str]:
     """Only the fact columns these features read (fewer columns through the joins)."""
     need = set(_BASE_COLUMNS)
+    if any(f.transform == "latest_code" for group in feats.values() for f in group):
+        need.add("value_code")
     for s in selections:
         if s.mode in ("period", "continuous"):
             need.add("ended_at")
-        if s.feat.transform == "latest_code":
-            need.add("value_code")
         if s.source.filter is not None:
             for name in filter_fields(s.source.filter):
                 need.update(_FIELD_COLUMNS.get(name, (name,)))

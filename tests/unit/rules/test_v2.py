@@ -244,3 +244,10 @@ def test_age_months_and_registered_days(kit):
     assert run(kit, "age_months == 23", [], persons=[person(birth_date=date(2024, 6, 2))])[0] is True
     assert run(kit, "age_months == 24", [], persons=[person(birth_date=date(2024, 6, 1))])[0] is True
     assert run(kit, "registered_days > 1", [])[0] is None  # no registration covers now
+
+
+def test_transforms_sharing_a_feature_read_every_column_they_need(kit):
+    """latest_code after another transform of the same (set, window) still reads value_code."""
+    now = kit.NOW
+    facts = [f(kit, "ICD10", "I21.4", now - 40 * D, kind="condition", value_code="X")]
+    assert run(kit, "mi|within('1y') && mi|latest_code('1y') == 'X'", facts)[0] is True
