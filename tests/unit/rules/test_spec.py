@@ -31,7 +31,7 @@ SPECS = GEN.load_specs()
 CASES = [(s, c) for s in SPECS for c in s.cases]
 #: spec files (or "file: title" cases) the implementation does not satisfy yet -> reason (reported to `rules`)
 PENDING: dict[str, str] = {
-    name: "rule language v2 (helper rules) not merged yet"
+    name: "rule language v2 of the reference evaluator (helper rules) not merged yet"
     for name in [
         "codes",
         "episodes",
