@@ -9,7 +9,7 @@ from screener.rules._context import _CODE_PATTERNS, _CONCEPT_KEYS, _NAME, _SYSTE
 from screener.rules._yaml import Map, Seq, load_yaml
 from screener.rules.concepts import PREFIX_SYSTEMS, ConceptSet
 from screener.rules.ir import ATTRIBUTES
-from screener.rules.units import ANALYTES, KNOWN_UNITS, is_known_unit
+from screener.rules.units import ANALYTES, KNOWN_UNITS, is_known_unit, loinc_table, loinc_units, normalise_unit
 
 __all__ = ["ConceptsMixin"]
 
@@ -91,7 +91,24 @@ class ConceptsMixin(Context):
                 self.err(f"unknown code system or key '{key}' in concept '{name}'", kmark, did_you_mean(lk, allowed))
         if not codes and len(self.errors) == errors_before:
             self.err(f"concept '{name}' lists no codes", mark)
+        if unit is not None:
+            self.check_loinc_unit(name, unit, codes, body.value_marks.get("unit", mark))
         return ConceptSet(name, tuple(codes), tuple(excludes), unit, analyte, label, mark[0], mark[1])
+
+    def check_loinc_unit(self, name: str, unit: str, codes: list[tuple[str, str]], mark: tuple[int, int]) -> None:
+        """A unit no value of one of the set's LOINC codes can be in (``mmol/L`` on eGFR) is an error."""
+        for system, code in codes:
+            allowed = loinc_units(code) if system == "LOINC" else None
+            if allowed is None or normalise_unit(unit) in allowed:
+                continue
+            row = loinc_table()[code.strip()]
+            written = ", ".join(dict.fromkeys([row.unit, *row.others]))
+            self.err(
+                f"unit '{unit}' of concept '{name}' is impossible for LOINC {code} ({row.name}): its values are in "
+                f"{written} or a unit that converts to it",
+                mark,
+            )
+            return
 
     def codes(self, system: str, value: Any, mark: tuple[int, int], name: str) -> list[tuple[str, str]]:
         if isinstance(value, str | int):

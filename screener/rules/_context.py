@@ -17,7 +17,10 @@ SPONSORS = ("commercial", "non-commercial")
 OUTCOMES = ("eligible", "possible", "ineligible")
 _SYSTEM_KEYS = {s.lower(): s for s in CODE_SYSTEMS}
 _CONCEPT_KEYS = ("unit", "exclude", "ref", "analyte", "label")
-_STUDY_KEYS = ("id", "title", "summary", "sponsor", "portfolio", "target", "opens", "closes", "settings", "team")
+_STUDY_KEYS = (
+    *("id", "title", "summary", "sponsor", "portfolio", "target", "opens", "closes", "settings", "team"),
+    *("lay_summary", "contacts", "protocol_url", "pis_url", "sites", "alert"),
+)
 _TOP_KEYS = ("study", "concepts", "include", "exclude", "tests")
 _ID = re.compile(r"^[A-Z0-9][A-Z0-9-]*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

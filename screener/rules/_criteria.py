@@ -49,23 +49,33 @@ class CriteriaMixin(Context):
         self.names[name] = mark[0]
         if isinstance(body, bool):
             body = "true" if body else "false"
-        if isinstance(body, str):
-            try:
-                ir, ast = Compiler(
-                    body,
-                    concepts,
-                    file=self.file,
-                    line=vmark[0],
-                    column=vmark[1],
-                    style=parent.value_styles.get(name),
-                    criterion=name,
-                    study_id=self.study_id,
-                ).compile()
-            except RuleError as exc:
-                self.errors.append(exc)
+        label = None
+        if isinstance(body, Map) and "label" in body:
+            label = body.get("label")
+            if not isinstance(label, str) or not label.strip():
+                self.err(f"the label of criterion '{name}' must be text", body.value_marks["label"])
                 return None
-            return Criterion(name, group, "expr", expression=body, ir=ir, ast=ast, line=mark[0], column=mark[1])
+            label = label.strip()
+        if isinstance(body, Map) and "expr" in body:
+            extra = [k for k in body if k not in ("expr", "label")]
+            if extra:
+                self.err(
+                    f"unknown key '{extra[0]}' in criterion '{name}' (a criterion takes expr and label)",
+                    body.marks[extra[0]],
+                    did_you_mean(str(extra[0]), ("expr", "label")),
+                )
+                return None
+            expr = body["expr"]
+            if isinstance(expr, bool):
+                expr = "true" if expr else "false"
+            if not isinstance(expr, str):
+                self.err(f"the expr of criterion '{name}' must be an expression", body.value_marks["expr"])
+                return None
+            return self.expression(name, group, expr, concepts, body, "expr", mark, label)
+        if isinstance(body, str):
+            return self.expression(name, group, body, concepts, parent, name, mark, None)
         if isinstance(body, Map):
+            body = _without_label(body)
             kinds = [k for k in body if k in GROUP_KINDS]
             if len(kinds) != 1:
                 self.err(
@@ -107,6 +117,53 @@ class CriteriaMixin(Context):
             if kind == "at_least" and n > len(children):
                 self.err(f"group '{name}' needs at least {n} of only {len(children)} criteria", body.value_marks[kind])
                 return None
-            return Criterion(name, group, kind, at_least=n, children=children, line=mark[0], column=mark[1])
+            return Criterion(
+                name, group, kind, at_least=n, children=children, line=mark[0], column=mark[1], label=label
+            )
         self.err(f"criterion '{name}' must be an expression or a group (any / all / at_least)", vmark)
         return None
+
+    def expression(
+        self,
+        name: str,
+        group: str,
+        text: str,
+        concepts: dict[str, ConceptSet],
+        parent: Map,
+        key: str,
+        mark: tuple[int, int],
+        label: str | None,
+    ) -> Criterion | None:
+        """Compile one criterion's expression (``parent[key]`` is its text, for positions)."""
+        vmark = parent.value_marks[key]
+        try:
+            ir, ast = Compiler(
+                text,
+                concepts,
+                file=self.file,
+                line=vmark[0],
+                column=vmark[1],
+                style=parent.value_styles.get(key),
+                criterion=name,
+                study_id=self.study_id,
+            ).compile()
+        except RuleError as exc:
+            self.errors.append(exc)
+            return None
+        return Criterion(
+            name, group, "expr", expression=text, ir=ir, ast=ast, line=mark[0], column=mark[1], label=label
+        )
+
+
+def _without_label(body: Map) -> Map:
+    if "label" not in body:
+        return body
+    out = Map()
+    out.mark = body.mark
+    for k, v in body.items():
+        if k != "label":
+            out[k] = v
+            out.marks[k] = body.marks[k]
+            out.value_marks[k] = body.value_marks[k]
+            out.value_styles[k] = body.value_styles.get(k)
+    return out

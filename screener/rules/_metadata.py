@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Any
 
@@ -9,6 +10,12 @@ from screener.errors import did_you_mean
 from screener.events import SETTINGS
 from screener.rules._context import _ID, _STUDY_KEYS, SPONSORS, Context
 from screener.rules._yaml import Map, Seq
+from screener.rules.model import Contact
+
+ALERTS = ("digest", "immediate")
+_CONTACT_KEYS = ("name", "role", "email", "phone")
+_URL = re.compile(r"^https://[^\s/$.?#][^\s]*$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 __all__ = ["MetadataMixin"]
 
@@ -26,6 +33,12 @@ class MetadataMixin(Context):
             "closes": date(1970, 1, 1),
             "settings": (),
             "team": "",
+            "lay_summary": None,
+            "contacts": (),
+            "protocol_url": None,
+            "pis_url": None,
+            "sites": (),
+            "alert": None,
         }
         s = doc.get("study")
         if not isinstance(s, Map):
@@ -119,4 +132,72 @@ class MetadataMixin(Context):
                     else:
                         good.append(v)
                 out["settings"] = tuple(good)
+        self.metadata_v2(s, out)
         return out
+
+    def metadata_v2(self, s: Map, out: dict[str, Any]) -> None:
+        """lay_summary, contacts, protocol_url, pis_url, sites, alert (all optional)."""
+        if "lay_summary" in s:
+            v = s["lay_summary"]
+            if not isinstance(v, str) or not v.strip():
+                self.err("study 'lay_summary' must be text (plain words for patients)", s.value_marks["lay_summary"])
+            else:
+                out["lay_summary"] = v.strip()
+        for key in ("protocol_url", "pis_url"):
+            if key in s and s[key] is not None:
+                v = s[key]
+                if not isinstance(v, str) or not _URL.match(v.strip()):
+                    self.err(f"study '{key}' must be an https:// address, got {_short(v)}", s.value_marks[key])
+                else:
+                    out[key] = v.strip()
+        if "sites" in s:
+            v = s["sites"]
+            if not isinstance(v, Seq) or not all(isinstance(x, str) and x.strip() for x in v):
+                self.err("study 'sites' must be a list of site names", s.value_marks["sites"])
+            else:
+                out["sites"] = tuple(x.strip() for x in v)
+        if "alert" in s:
+            v = s["alert"]
+            if v not in ALERTS:
+                self.err(
+                    f"study 'alert' must be one of {', '.join(ALERTS)}, got {_short(v)}",
+                    s.value_marks["alert"],
+                    did_you_mean(str(v), ALERTS),
+                )
+            else:
+                out["alert"] = v
+        if "contacts" in s:
+            out["contacts"] = self.contacts(s["contacts"], s.value_marks["contacts"])
+
+    def contacts(self, value: Any, mark: tuple[int, int]) -> tuple[Contact, ...]:
+        if not isinstance(value, Seq):
+            self.err("study 'contacts' must be a list of {name, role, email, phone}", mark)
+            return ()
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, Map):
+                self.err("a contact must be a mapping such as {name: Dr A Jones, role: PI}", value.marks[i])
+                continue
+            for k in item:
+                if k not in _CONTACT_KEYS:
+                    self.err(f"unknown contact key '{k}'", item.marks[k], did_you_mean(str(k), _CONTACT_KEYS))
+            fields = {k: item.get(k) for k in _CONTACT_KEYS}
+            bad = [k for k, v in fields.items() if v is not None and (not isinstance(v, str) or not v.strip())]
+            if not isinstance(fields["name"], str) or not fields["name"].strip():
+                self.err("a contact needs a 'name'", value.marks[i])
+                continue
+            if bad:
+                self.err(f"contact '{bad[0]}' must be text", item.value_marks[bad[0]])
+                continue
+            email = fields["email"]
+            if email is not None and not _EMAIL.match(email.strip()):
+                self.err(f"contact email {_short(email)} is not an email address", item.value_marks["email"])
+                continue
+            clean = {k: (v.strip() if isinstance(v, str) else None) for k, v in fields.items()}
+            out.append(Contact(clean["name"] or "", clean["role"], clean["email"], clean["phone"]))
+        return tuple(out)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -11,13 +11,24 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import polars as pl
 
-from screener.rules.lower import Plan, lower
+from screener.rules.ir import collect_features
+from screener.rules.lower import Plan, lower, stat_col
 from screener.rules.model import Criterion, Study
 
-__all__ = ["Compiled", "compile_criterion", "compiled", "outcome_expr", "staged", "study_frame"]
+__all__ = [
+    "Compiled",
+    "CriterionColumns",
+    "compile_criterion",
+    "compiled",
+    "expires_expr",
+    "outcome_expr",
+    "staged",
+    "study_frame",
+]
 
 
 def compile_criterion(c: Criterion, study: Study, now: datetime, plan: Plan) -> tuple[pl.Expr, pl.Expr, int]:
@@ -88,20 +99,60 @@ def study_frame(base: pl.LazyFrame, study: Study, now: datetime, *, nested: bool
     return plan.apply(base).select(cols)
 
 
+class CriterionColumns(NamedTuple):
+    """Where one top-level criterion's result lives in the staged frame, and what people call it."""
+
+    name: str
+    group: str
+    value: str
+    evidence: str
+    #: the ``expires_at`` column (an evidence stage), or ``None`` when no closing window decides it
+    expires: str | None
+    label: str
+
+
+#: the statistic holding the time of the fact that decides a windowed transform
+_DECIDING_TIME = {
+    "within": "last_t",
+    "latest": "latest_t",
+    "earliest": "earliest_t",
+    "min": "min_t",
+    "max": "max_t",
+    "latest_code": "latest_ct",
+}
+
+
+def expires_expr(c: Criterion, value: pl.Expr) -> pl.Expr | None:
+    """When a true criterion stops being true as its window closes: the earliest (deciding fact time + window)
+    over its windowed transforms (``within``, ``latest``, ...), null when it is not true. ``None`` when the
+    criterion has no such transform."""
+    times = []
+    for node in c.walk():
+        if node.ir is None:
+            continue
+        for f in collect_features(node.ir):
+            stat = _DECIDING_TIME.get(f.transform)
+            if stat is not None and f.window is not None:
+                times.append(pl.col(stat_col(f, stat)).dt.offset_by(f.window.offset(1)))
+    if not times:
+        return None
+    return pl.when(value.fill_null(False)).then(pl.min_horizontal(times)).otherwise(None)
+
+
 @dataclass
 class Compiled:
     """One study's criteria compiled once, independent of ``now`` and of the patients (cached per study).
 
     Column names carry a prefix unique to the study object, so every study's stages can share one frame.
     ``values[level]``/``evidence[level]`` are :class:`Plan` stages; ``outcome`` is aliased ``<prefix>outcome``;
-    ``criteria`` is ``(name, group, value column, evidence column)`` per top-level criterion.
+    ``criteria`` names the columns of each top-level criterion (:class:`CriterionColumns`).
     """
 
     values: list[list[pl.Expr]]
     evidence: list[list[pl.Expr]]
     outcome: pl.Expr
     outcome_col: str
-    criteria: list[tuple[str, str, str, str]]
+    criteria: list[CriterionColumns]
     #: columns of the values frame the evidence stages and the result rows read
     evidence_inputs: list[str]
     #: :func:`_result` expressions by (with evidence, with criteria list)
@@ -125,10 +176,21 @@ def compiled(study: Study) -> Compiled:
         v, _e, _ = plan.bind(value.cast(pl.Boolean), evidence.fill_null(""), level)
         named.append((c, v))
     outcome_col = f"{prefix}outcome"
-    criteria = [(c.name, c.group, v.meta.output_name(), v.meta.output_name()[:-1] + "e") for c, v in named]
+    expiries: list[pl.Expr] = []
+    criteria: list[CriterionColumns] = []
+    for c, v in named:
+        vcol = v.meta.output_name()
+        expiry = expires_expr(c, v)
+        if expiry is not None:
+            expiries.append(expiry.alias(vcol[:-1] + "t"))
+        tcol = vcol[:-1] + "t" if expiry is not None else None
+        criteria.append(CriterionColumns(c.name, c.group, vcol, vcol[:-1] + "e", tcol, c.display))
+    if expiries:  # a stage of their own: they read the criteria's value columns
+        plan.values.append([])
+        plan.evidence.append(expiries)
     made = {e.meta.output_name() for stage in plan.evidence for e in stage}
     reads = {r for stage in plan.evidence for e in stage for r in e.meta.root_names()} - made
-    inputs = ["patient_id", outcome_col, *sorted(reads | {v for _n, _g, v, _e in criteria})]
+    inputs = ["patient_id", outcome_col, *sorted(reads | {c.value for c in criteria})]
     compiled = Compiled(
         values=plan.values,
         evidence=plan.evidence,

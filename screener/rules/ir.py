@@ -11,18 +11,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from screener.events import ETHNIC_GROUPS, SETTINGS
 from screener.rules.concepts import ConceptSet
 from screener.rules.windows import Window
-
-try:  # the shared vocabulary (helper `record`); the same names until it lands
-    from screener.vocab import FACT_KINDS, ROUTES, STATUSES  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # pragma: no cover - removed once screener.vocab is merged
-    FACT_KINDS = ("condition", "measurement", "drug", "procedure", "visit", "observation", "allergy")
-    FACT_KINDS += ("immunization", "registration")
-    ROUTES = ("oral", "inhaled", "intravenous", "intramuscular", "subcutaneous", "transdermal", "topical")
-    ROUTES += ("rectal", "vaginal", "nasal", "sublingual", "ophthalmic", "other")
-    STATUSES = ("active", "resolved", "planned", "ordered", "completed", "stopped", "entered-in-error")
+from screener.vocab import ETHNIC_GROUPS, FACT_KINDS, NOT_DONE_STATUSES, ROUTES, SETTINGS, STATUSES
 
 __all__ = [
     "ATTRIBUTES",
@@ -155,7 +146,7 @@ SYSTEM_KINDS: dict[str, frozenset[str]] = {
     "RXNORM": frozenset(["drug", "immunization", "allergy"]),
 }
 #: statuses that are not (yet) done: skipped by every transform but ``upcoming`` unless a filter reads ``.status``
-NOT_DONE = ("planned", "ordered")
+NOT_DONE = NOT_DONE_STATUSES
 
 #: the range a number can take (for the "can never be true" check); ``None`` = unbounded on that side
 RANGES: dict[str, tuple[float | None, float | None]] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from screener.errors import RuleError
@@ -20,6 +21,7 @@ from screener.rules._criteria import CriteriaMixin
 from screener.rules._metadata import MetadataMixin
 from screener.rules._yaml import Map, load_yaml
 from screener.rules.criteria import compiled
+from screener.rules.ir import collect_features
 from screener.rules.model import Criterion, Study
 
 __all__ = [
@@ -158,7 +160,14 @@ class _Builder(MetadataMixin, ConceptsMixin, CriteriaMixin, CasesMixin):
             self.err("a study needs at least one criterion under 'include' or 'exclude'", doc.mark)
         if meta.get("settings"):
             include = (
-                Criterion(IMPLICIT_SETTING, "include", "setting", line=doc.marks.get("study", (1, 1))[0], column=1),
+                Criterion(
+                    IMPLICIT_SETTING,
+                    "include",
+                    "setting",
+                    line=doc.marks.get("study", (1, 1))[0],
+                    column=1,
+                    label=f"seen in a {' or '.join(meta['settings'])} setting",
+                ),
                 *include,
             )
         tests = self.tests(doc, meta, {c.name for c in (*include, *exclude) for c in c.walk()})
@@ -168,6 +177,8 @@ class _Builder(MetadataMixin, ConceptsMixin, CriteriaMixin, CasesMixin):
         rule_hash = (
             hashlib.sha256(self.raw + b"".join(self.extra_hash)).hexdigest() if self.extra_hash else content_hash
         )
+        if meta.get("alert") is None:
+            meta["alert"] = default_alert(include, exclude)
         study = Study(
             path=self.file,
             content_hash=content_hash,
@@ -181,3 +192,20 @@ class _Builder(MetadataMixin, ConceptsMixin, CriteriaMixin, CasesMixin):
         # Lowered to Polars now, so a lowering problem is a load-time error, never a mid-batch one.
         compiled(study)
         return study
+
+
+#: a study whose shortest window is this long or shorter alerts immediately by default
+IMMEDIATE_WITHIN = timedelta(hours=24)
+
+
+def default_alert(include: Sequence[Criterion], exclude: Sequence[Criterion]) -> str:
+    """``"immediate"`` when the study's shortest window is 24 h or less, else ``"digest"``."""
+    spans = [
+        f.window.upper_bound
+        for top in (*include, *exclude)
+        for c in top.walk()
+        if c.ir is not None
+        for f in collect_features(c.ir)
+        if f.window is not None
+    ]
+    return "immediate" if spans and min(spans) <= IMMEDIATE_WITHIN else "digest"

@@ -19,12 +19,45 @@ from screener.rules.ir import IR, LOOKBACK, Feat, collect_attributes, collect_fe
 __all__ = [
     "PREFIX_SYSTEMS",
     "ConceptSet",
+    "Contact",
     "Criterion",
     "Study",
     "TestCase",
+    "humanise",
     "normalise_code",
     "normalise_code_expr",
 ]
+
+
+#: words written in capitals (or their usual mixed case) when a name is humanised
+_ACRONYMS = {
+    w.lower(): w
+    for w in (
+        *("eGFR", "HbA1c", "BMI", "COPD", "NIHSS", "ACR", "ICS", "HF", "CKD", "T2DM", "T1DM", "MI", "PCI", "ICH"),
+        *("IMD", "ALT", "AST", "ULN", "FEV1", "FVC", "LVEF", "NYHA", "HRT", "SGLT2", "GLP1", "BP", "ECG", "INR"),
+        *("GCS", "mRS", "NHS", "GP", "ICU", "ED", "HIV", "RSV", "COVID", "UTI", "DVT", "PE", "AF", "IV"),
+    )
+}
+
+
+def humanise(name: str) -> str:
+    """``egfr_25_to_59`` -> ``eGFR 25 to 59``: underscores to spaces, known acronyms in their usual case, the
+    first letter in capitals."""
+    words = [_ACRONYMS.get(w.lower(), w) for w in name.split("_") if w]
+    text = " ".join(words)
+    if words and words[0] not in _ACRONYMS.values():
+        text = text[:1].upper() + text[1:]
+    return text
+
+
+@dataclass(frozen=True)
+class Contact:
+    """A person to ask about a study (``name`` required; the rest optional)."""
+
+    name: str
+    role: str | None = None
+    email: str | None = None
+    phone: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +78,13 @@ class Criterion:
     children: tuple[Criterion, ...] = ()
     line: int | None = None
     column: int | None = None
+    #: plain words for people (the rule file's ``label:``), or ``None``
+    label: str | None = None
+
+    @property
+    def display(self) -> str:
+        """The label, or the name humanised: ``egfr_25_to_59`` -> ``eGFR 25 to 59``."""
+        return self.label or humanise(self.name)
 
     def walk(self) -> list[Criterion]:
         """This criterion and every nested one, depth first."""
@@ -95,6 +135,20 @@ class Study:
     tests: tuple[TestCase, ...] = ()
     #: sha256 over the file bytes and the bytes of any shared concept files it references.
     rule_hash: str = ""
+    #: plain words for patients (the public page)
+    lay_summary: str | None = None
+    contacts: tuple[Contact, ...] = ()
+    protocol_url: str | None = None
+    pis_url: str | None = None
+    sites: tuple[str, ...] = ()
+    #: ``"immediate"`` or ``"digest"`` (default from the shortest window: immediate when it is 24 h or less)
+    alert: str = "digest"
+
+    @property
+    def shortest_window(self) -> timedelta | None:
+        """The shortest window any criterion uses (``None`` when none has one)."""
+        spans = [f.window.upper_bound for f in self.features() if f.window is not None]
+        return min(spans) if spans else None
 
     def is_open(self, at: datetime) -> bool:
         """True when ``at`` (UTC) falls on or between the opening and closing dates."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -14,8 +15,20 @@ from screener.rules.model import Study
 
 __all__ = ["CRITERIA_DTYPE", "EVIDENCE_MODES", "MATCH_OUTCOMES", "ROW_MODES", "Evidence", "Rows", "criteria_json"]
 
+TS = pl.Datetime("us", "UTC")
+#: one row's criteria: name, include/exclude, three-valued result, evidence text, when a true windowed
+#: criterion's window closes (``expires_at``, null otherwise) and the words people read (``label``)
 CRITERIA_DTYPE = pl.List(
-    pl.Struct({"name": pl.String, "group": pl.String, "result": pl.Boolean, "evidence": pl.String})
+    pl.Struct(
+        {
+            "name": pl.String,
+            "group": pl.String,
+            "result": pl.Boolean,
+            "evidence": pl.String,
+            "expires_at": TS,
+            "label": pl.String,
+        }
+    )
 )
 
 Evidence = Literal["all", "matches", "none", "outcomes"]
@@ -44,12 +57,14 @@ def _result_expr(study: Study, comp: Compiled, with_evidence: bool, criteria_lis
         criteria = pl.concat_arr(
             [
                 pl.struct(
-                    pl.lit(name).alias("name"),
-                    pl.lit(group).alias("group"),
-                    pl.col(vcol).alias("result"),
-                    (pl.col(ecol) if with_evidence else none).alias("evidence"),
+                    pl.lit(c.name).alias("name"),
+                    pl.lit(c.group).alias("group"),
+                    pl.col(c.value).alias("result"),
+                    (pl.col(c.evidence) if with_evidence else none).alias("evidence"),
+                    (pl.col(c.expires) if with_evidence and c.expires else pl.lit(None, dtype=TS)).alias("expires_at"),
+                    pl.lit(c.label, dtype=pl.String).alias("label"),
                 )
-                for name, group, vcol, ecol in comp.criteria
+                for c in comp.criteria
             ]
         ).arr.to_list()
     else:
@@ -88,13 +103,15 @@ def _assemble(
     the study's short lists, then one struct column cut into rows of ``k``. Building the structs per row from
     broadcast literals costs several times more.
     """
-    names = [n for n, _g, _v, _e in comp.criteria]
-    vcols = [v for _n, _g, v, _e in comp.criteria]
-    ecols = [e for _n, _g, _v, e in comp.criteria] if with_evidence else []
+    names = [c.name for c in comp.criteria]
+    vcols = [c.value for c in comp.criteria]
+    ecols = [c.evidence for c in comp.criteria] if with_evidence else []
+    tcols = [c.expires for c in comp.criteria if c.expires] if with_evidence else []
     if not criteria_list:
         vcols = []
+        tcols = []
     # Columns picked by name (a select on the wide frame would plan over every column of it).
-    names_in = ["patient_id", comp.outcome_col, *dict.fromkeys([*vcols, *ecols])]
+    names_in = ["patient_id", comp.outcome_col, *dict.fromkeys([*vcols, *ecols, *tcols])]
     part = pl.DataFrame([frame.get_column(c) for c in names_in])
     if keep is not None:
         part = part.filter(keep)
@@ -104,16 +121,20 @@ def _assemble(
     elif k == 0 or n == 0:
         criteria = pl.Series("criteria", [[]] * n, dtype=CRITERIA_DTYPE)
     else:
+        times = [pl.col(c.expires) if c.expires and tcols else pl.lit(None, dtype=TS) for c in comp.criteria]
         flat = part.select(
             pl.concat_arr(vcols).reshape((-1,)).alias("result"),
             (pl.concat_arr(ecols).reshape((-1,)) if ecols else pl.lit(None, dtype=pl.String)).alias("evidence"),
+            (pl.concat_arr(times).reshape((-1,)) if tcols else pl.lit(None, dtype=TS)).alias("expires_at"),
         )
         index = pl.Series(np.tile(np.arange(k, dtype=np.uint32), n))
         flat = flat.select(
             pl.Series("name", names, dtype=pl.String).gather(index),
-            pl.Series("group", [g for _n, g, _v, _e in comp.criteria], dtype=pl.String).gather(index),
+            pl.Series("group", [c.group for c in comp.criteria], dtype=pl.String).gather(index),
             pl.col("result").cast(pl.Boolean),
             pl.col("evidence").cast(pl.String),
+            pl.col("expires_at").cast(TS),
+            pl.Series("label", [c.label for c in comp.criteria], dtype=pl.String).gather(index),
         )
         criteria = flat.to_struct("criteria").reshape((n, k)).arr.to_list().cast(CRITERIA_DTYPE)
     return pl.DataFrame(
@@ -175,11 +196,23 @@ def _outcome_rows(full: pl.DataFrame, pairs: Sequence[tuple[Study, Compiled]]) -
 
 
 def criteria_json(criteria: Sequence[dict[str, Any]] | pl.Series | None) -> str:
-    """Serialise one row's ``criteria`` list to JSON (``result`` null stays null) for storage."""
+    """Serialise one row's ``criteria`` list to JSON for storage: ``name, group, result`` (null stays null),
+    ``evidence``, ``label`` and ``expires_at`` (ISO 8601 UTC, or null). Items without the last two (an older
+    row) get ``label`` null and ``expires_at`` null."""
     if criteria is None:
         return "[]"
     items = criteria.to_list() if isinstance(criteria, pl.Series) else list(criteria)
-    return json.dumps(
-        [{"name": c["name"], "group": c["group"], "result": c["result"], "evidence": c["evidence"]} for c in items],
-        separators=(",", ":"),
-    )
+    out = []
+    for c in items:
+        expires = c.get("expires_at")
+        out.append(
+            {
+                "name": c["name"],
+                "group": c["group"],
+                "result": c["result"],
+                "evidence": c["evidence"],
+                "label": c.get("label"),
+                "expires_at": expires.isoformat() if isinstance(expires, datetime) else expires,
+            }
+        )
+    return json.dumps(out, separators=(",", ":"))

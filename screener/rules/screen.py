@@ -156,7 +156,7 @@ def _screen(
     values = staged(base, [c.values for c in comps]).with_columns([c.outcome for c in comps])
     match = pl.col("outcome").is_in(MATCH_OUTCOMES)
     if evidence == "none":
-        keep = ["patient_id", *(c.outcome_col for c in comps), *(v for c in comps for _n, _g, v, _e in c.criteria)]
+        keep = ["patient_id", *(c.outcome_col for c in comps), *(k.value for c in comps for k in c.criteria)]
         full = _plain(values.select(list(dict.fromkeys(keep))).collect(engine=ENGINE))
         counts = _counts_frame(studies, *_outcome_sums(full, comps), n_persons) if want_counts else None
         if small:

@@ -373,7 +373,14 @@ def test_outcomes_and_screen_frame(kit):
     assert set(out["rule_hash"]) == {study.content_hash}
     first = out.filter(pl.col("patient_id") == "H")["criteria"][0]
     assert [c["name"] for c in first] == ["in_setting", "adult", "on_drug"]
-    assert first[0] == {"name": "in_setting", "group": "include", "result": False, "evidence": "setting hospital"}
+    assert first[0] == {
+        "name": "in_setting",
+        "group": "include",
+        "result": False,
+        "evidence": "setting hospital",
+        "expires_at": None,
+        "label": "seen in a community setting",
+    }
     assert '"name":"in_setting"' in criteria_json(first)
 
 
