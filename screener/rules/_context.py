@@ -54,6 +54,8 @@ class Context:
         self, message: str, mark: tuple[int, int] | None, suggestion: str | None = None, criterion: str | None = None
     ) -> None:
         line, col = mark if mark else (None, None)
+        if len(message) > 400:  # never echo a long value back
+            message = message[:397] + "..."
         self.errors.append(
             RuleError(
                 message,

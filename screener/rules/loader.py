@@ -18,6 +18,7 @@ from screener.rules._cases import CasesMixin
 from screener.rules._concepts import ConceptsMixin
 from screener.rules._context import _TOP_KEYS, IMPLICIT_SETTING, OUTCOMES, SPONSORS
 from screener.rules._criteria import CriteriaMixin
+from screener.rules._limits import excerpt
 from screener.rules._metadata import MetadataMixin
 from screener.rules._yaml import Map, load_yaml
 from screener.rules.criteria import compiled
@@ -100,6 +101,9 @@ def load_studies(paths: Iterable[str | Path]) -> LoadResult:
         except RuleError as exc:
             result.errors.append(exc)
             continue
+        except Exception as exc:
+            result.errors.append(unexpected(exc, f))
+            continue
         if study.id in seen:
             result.errors.append(
                 RuleError(
@@ -110,6 +114,17 @@ def load_studies(paths: Iterable[str | Path]) -> LoadResult:
         seen[study.id] = str(f)
         result.studies.append(study)
     return result
+
+
+def unexpected(exc: BaseException, path: str | Path) -> RuleError:
+    """A :class:`RuleError` for a failure no check caught (a bug, or an input beyond a limit)."""
+    if isinstance(exc, RecursionError):
+        what = "the file is nested too deeply"
+    elif isinstance(exc, MemoryError):
+        what = "the file is too large to load"
+    else:
+        what = f"cannot load the file ({type(exc).__name__}: {excerpt(str(exc), 120)})"
+    return RuleError(what, file=str(path))
 
 
 def load_study(path: str | Path) -> Study:
@@ -127,8 +142,16 @@ def load_study(path: str | Path) -> Study:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RuleError("rule file is not UTF-8 text", file=file) from exc
-    doc = load_yaml(text, file)
-    return _Builder(path, raw, doc).build()
+    return _build(path, raw, text)
+
+
+def _build(path: Path, raw: bytes, text: str) -> Study:
+    try:
+        return _Builder(path, raw, load_yaml(text, str(path))).build()
+    except RuleError:
+        raise
+    except Exception as exc:
+        raise unexpected(exc, path) from exc
 
 
 def loads_study(text: str, path: str | Path = "<string>") -> Study:
@@ -136,7 +159,7 @@ def loads_study(text: str, path: str | Path = "<string>") -> Study:
 
     :raises RuleError: as :func:`load_study`.
     """
-    return _Builder(Path(path), text.encode("utf-8"), load_yaml(text, str(path))).build()
+    return _build(Path(path), text.encode("utf-8"), text)
 
 
 class _Builder(MetadataMixin, ConceptsMixin, CriteriaMixin, CasesMixin):

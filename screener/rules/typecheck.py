@@ -14,12 +14,13 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import pyjexl
 from pyjexl import parser as jp
 from pyjexl.exceptions import ParseError
 
 from screener.errors import RuleError, did_you_mean
 from screener.rules._checks import field_not_carried, never_true, transform_usage
+from screener.rules._jexl import jexl, parse_expression, suggest
+from screener.rules._limits import excerpt, expression_problem
 from screener.rules.concepts import ConceptSet
 from screener.rules.ir import (
     _ARITH,
@@ -51,30 +52,6 @@ from screener.rules.ir import (
 from screener.rules.windows import Window, parse_window
 
 __all__ = ["Compiler", "jexl", "parse_expression", "suggest"]
-
-
-def jexl() -> pyjexl.JEXL:
-    """The JEXL configuration screener uses (``&&`` binds tighter than ``||``)."""
-    j = pyjexl.JEXL()
-    j.add_binary_operator("&&", 15, lambda a, b: a and b)
-    return j
-
-
-_JEXL = jexl()
-
-
-def suggest(name: str, candidates: Any) -> str | None:
-    """A case-insensitive exact match first ('f' -> 'F'), else the closest name."""
-    options = list(candidates)
-    for c in options:
-        if str(c).lower() == name.lower():
-            return str(c)
-    return did_you_mean(name, options)
-
-
-def parse_expression(text: str) -> Any:
-    """Parse JEXL text to pyjexl's AST. :raises ParseError: on a syntax error."""
-    return _JEXL.parse(text)
 
 
 # ---------------------------------------------------------------- the visitor
@@ -126,6 +103,8 @@ class Compiler:
             if m:
                 col = col + m.start() + (1 if self.style in ('"', "'") else 0)
         where = f"in '{self.criterion}': " if self.criterion else ""
+        if len(message) > 400:  # never echo a long value back
+            message = message[:397] + "..."
         return RuleError(
             where + message,
             file=self.file,
@@ -138,13 +117,21 @@ class Compiler:
 
     def compile(self) -> tuple[IR, Any]:
         """Parse and compile; the result must be true/false. Returns ``(ir, ast)``."""
+        problem = expression_problem(self.text)
+        if problem is not None:
+            raise self.error(problem)
         try:
             ast = parse_expression(self.text)
         except ParseError as exc:
             raise self.error(
-                f"cannot parse expression {self.text.strip()!r} (check quotes, brackets and operators)"
+                f"cannot parse expression {excerpt(self.text.strip())!r} (check quotes, brackets and operators)"
             ) from exc
-        ir = self.visit(ast)
+        except (RecursionError, ValueError, OverflowError, MemoryError) as exc:
+            raise self.error(f"cannot parse expression {excerpt(self.text.strip())!r}: too complex") from exc
+        try:
+            ir = self.visit(ast)
+        except RecursionError as exc:
+            raise self.error("expression is nested too deeply") from exc
         if ir.type != BOOL:
             raise self.error(f"a criterion must be true/false, but this expression gives {TYPE_WORDS[ir.type]}")
         return ir, ast
