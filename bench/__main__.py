@@ -109,13 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         from bench._workload import BENCH_NOW, replicate_studies, sample_rule_files, write_population
 
-        report["samples"] = len(sample_rule_files(args.rules))
+        # the peers cannot run the rule language v2 constructs: the full-screen and scaling sections replicate
+        # the samples written in the first language (the engine's streaming section reads every sample)
+        report["samples"] = len(sample_rule_files(args.rules, peer_translatable=True))
 
         if {"full", "scaling"} & set(sections):
             study_dirs = {}
             for n in study_counts:
                 study_dirs[n] = work / f"studies-{n}"
-                replicate_studies(args.rules, n, study_dirs[n])
+                replicate_studies(args.rules, n, study_dirs[n], peer_translatable=True)
             populations = {}
             for n in scales:
                 _log(f"population {fmt_count(n)}")

@@ -314,12 +314,18 @@ def _person_attributes(persons: pl.DataFrame, now: datetime) -> pl.DataFrame:
     )
 
 
+#: The transforms :func:`compute_features` gives the peers (the first rule language).
+PEER_TRANSFORMS = frozenset({"ever", "within", "count", "latest", "earliest", "min", "max", "mean", "days_since"})
+
+
 def compute_features(
     persons: pl.DataFrame, facts: pl.DataFrame, features: Iterable[Feature], concepts: dict[str, Any], now: datetime
 ) -> pl.DataFrame:
     """One row per person (in ``persons`` order): attribute columns and every feature column (null = unknown)."""
     out = _person_attributes(persons, now)
     facts = facts.filter(pl.col("occurred_at") <= now)
+    if "status" in facts.columns:  # planned and ordered facts are not done: screener's transforms skip them
+        facts = facts.filter(~pl.col("status").is_in(["planned", "ordered"]).fill_null(False))
     by_concept: dict[str, list[Feature]] = {}
     for f in features:
         by_concept.setdefault(f.concept_key, []).append(f)

@@ -46,9 +46,28 @@ _NUMBER = re.compile(r"(?<![\w.$'\"])(\d+(?:\.\d+)?)(?![\w.$'\"])")
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
-def sample_rule_files(rules_dir: Path) -> list[Path]:
-    """The study files in ``rules_dir`` (not ``concepts/``), sorted by name."""
-    return sorted(p for p in rules_dir.glob("*.yaml") if p.is_file())
+def sample_rule_files(rules_dir: Path, peer_translatable: bool = False) -> list[Path]:
+    """The study files in ``rules_dir`` (not ``concepts/``), sorted by name.
+
+    ``peer_translatable``: only the studies the peer engines can be given (``bench._features.plan_studies``
+    translates them): the rule language v2 constructs (per-fact filters, relations, episodes, exposures, trends)
+    have no peer translation, so the peer comparison keeps to the samples written in the first language.
+    """
+    files = sorted(p for p in rules_dir.glob("*.yaml") if p.is_file())
+    if not peer_translatable:
+        return files
+    from bench._features import PEER_TRANSFORMS, plan_studies
+    from screener.rules import load_study
+
+    keep = []
+    for path in files:
+        try:
+            _plans, features, _concepts = plan_studies([load_study(path)])
+        except Exception:  # any construct the translator does not know: not a peer workload
+            continue
+        if all(f.transform in PEER_TRANSFORMS for f in features.values()):
+            keep.append(path)
+    return keep
 
 
 def _scale_literals(expr: str, factor: float) -> str:
@@ -82,12 +101,14 @@ def _scale_criteria(node: Any, factor: float) -> Any:
     return node
 
 
-def replicate_studies(rules_dir: Path, count: int, out_dir: Path) -> list[Path]:
+def replicate_studies(rules_dir: Path, count: int, out_dir: Path, peer_translatable: bool = False) -> list[Path]:
     """Write ``count`` study files built from the samples in ``rules_dir`` into ``out_dir``; return their paths.
+
+    ``peer_translatable``: replicate only the samples the peers can run (see :func:`sample_rule_files`).
 
     :raises ValueError: when ``rules_dir`` holds no study file.
     """
-    samples = sample_rule_files(rules_dir)
+    samples = sample_rule_files(rules_dir, peer_translatable)
     if not samples:
         raise ValueError(f"no study files in {rules_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ def _workload(tmp_path: Path, n_patients: int = 150) -> tuple[object, object, li
     from bench._workload import BENCH_NOW, generate_population, replicate_studies
     from screener.rules import load_studies
 
-    replicate_studies(ROOT / "rules", 14, tmp_path / "studies")
+    replicate_studies(ROOT / "rules", 14, tmp_path / "studies", peer_translatable=True)  # the 7 first-language samples
     loaded = load_studies([tmp_path / "studies"])
     assert not loaded.errors
     persons, facts = generate_population(n_patients, seed=3, now=BENCH_NOW)
