@@ -23,6 +23,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from connectors._common import record_unmapped
 from screener.errors import DeliveryError
 from screener.logging import get_logger
 from screener.sources.base import EventSink
@@ -83,6 +84,7 @@ def process_block(
     for raw, p in zip(messages, parsed, strict=True):
         if isinstance(p, ParsedMessage):
             if broker_error is None:
+                record_unmapped(sink, source, p.unmapped)  # segment types not read: counted, never silent
                 acks.append(build_ack(raw, "AA", control_id=p.control_id))
                 codes.append("AA")
                 continue
