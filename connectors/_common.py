@@ -7,6 +7,7 @@ not, and then only the returned summary shows the counts).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = [
     "route_from_hl7",
     "route_from_snomed",
     "route_from_text",
+    "strict_ethnic_category",
 ]
 
 #: HL7 v2 table 0162 (route of administration) -> canonical route.
@@ -150,3 +152,21 @@ def record_unmapped(sink: Any, source: str, counts: Mapping[str, int]) -> None:
     for rtype, n in counts.items():
         if n:
             counter.labels(source=source, type=rtype[:40]).inc(n)
+
+
+#: NHS Data Dictionary ethnic category: a letter (national code) or that letter and one more character (the
+#: extended local codes such as ``A1`` or ``CA``); Z is "not stated". Anything else is not a category.
+_ETHNIC_CODE = re.compile(r"^[A-HJ-NPRSZ][A-Z0-9]?$")
+
+
+def strict_ethnic_category(raw: str | None) -> tuple[str | None, str | None]:
+    """``(ONS group, NHS letter)`` for an exact NHS ethnic category code; ``(None, None)`` for anything else.
+
+    Never reads a longer value by its first letter (``HIS`` is not category H).
+    """
+    from screener.sources.common import ethnic_group_for_category
+
+    code = (raw or "").strip().upper()
+    if not _ETHNIC_CODE.match(code):
+        return None, None
+    return ethnic_group_for_category(code)

@@ -49,10 +49,9 @@ from typing import Any
 
 import hl7
 
-from connectors._common import birth_date_problem
+from connectors._common import birth_date_problem, strict_ethnic_category
 from screener.events import Event
 from screener.sources.common import (
-    ethnic_group_for_category,
     is_valid_nhs_number,
     normalise_nhs_number,
     postcode_district,
@@ -103,9 +102,6 @@ _SEX = {
     "3": "O",
     "": None,
 }
-#: NHS Data Dictionary ethnic category: a letter (national code), or that letter and one more character
-#: (the extended local codes such as ``A1`` or ``CA``); Z is "not stated".
-_ETHNIC_CODE = re.compile(r"^[A-HJ-NPRSZ][A-Z0-9]?$")
 _READ_SEGMENTS = frozenset({"MSH", "EVN", "PID", "PV1", "PD1", "DG1", "AL1", "MRG", "OBR", "OBX"} | PHARMACY_SEGMENTS)
 _BATCH_SEGMENTS = frozenset({"FHS", "BHS", "BTS", "FTS"})
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
@@ -251,10 +247,10 @@ def _ethnic(pid: Any, loc: str, ctx: Ctx) -> tuple[str | None, str | None]:
     raw = get(pid, 22, 1).upper()
     if not raw:
         return None, None
-    if not _ETHNIC_CODE.match(raw):
+    group, letter = strict_ethnic_category(raw)
+    if group is None and not raw.startswith("Z"):
         ctx.warnings.append(f"{loc}^22: not an NHS ethnic category code; read as unknown")
-        return None, None
-    return ethnic_group_for_category(raw)
+    return group, letter
 
 
 def _person_event(
@@ -266,7 +262,7 @@ def _person_event(
         ctx.warnings.append(f"{loc}^8: unknown administrative sex read as U")
         sex_raw = "U"
     birth = parse_date(get(pid, 7), f"{loc}^7")
-    if birth is not None and (problem := birth_date_problem(birth)) is not None:
+    if birth is not None and (problem := birth_date_problem(birth, ctx.msg_time)) is not None:
         raise HL7Reject(problem, hl7_code="102", location=f"{loc}^7")
     person: dict[str, Any] = {
         "birth_date": birth.isoformat() if birth else None,
