@@ -13,7 +13,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 __all__ = [
+    "HL7_ROUTES",
     "MAX_BIRTH_AGE_YEARS",
+    "SNOMED_ROUTES",
+    "TEXT_ROUTES",
     "birth_date_problem",
     "format_unmapped",
     "merge_counts",
@@ -25,7 +28,7 @@ __all__ = [
 ]
 
 #: HL7 v2 table 0162 (route of administration) -> canonical route.
-_HL7_ROUTES = {
+HL7_ROUTES = {
     "PO": "oral",
     "MTH": "oral",
     "B": "oral",  # buccal
@@ -53,7 +56,7 @@ _HL7_ROUTES = {
     "IO": "ophthalmic",
 }
 #: SNOMED CT route concepts (the FHIR/UK Core dosage route value set) -> canonical route.
-_SNOMED_ROUTES = {
+SNOMED_ROUTES = {
     "26643006": "oral",
     "54471007": "oral",  # buccal
     "18679011000001101": "inhaled",
@@ -70,7 +73,7 @@ _SNOMED_ROUTES = {
     "54485002": "ophthalmic",
     "372449004": "topical",  # dental
 }
-_TEXT_ROUTES = {
+TEXT_ROUTES = {
     "oral": "oral",
     "by mouth": "oral",
     "inhaled": "inhaled",
@@ -97,18 +100,18 @@ def route_from_hl7(code: str) -> str | None:
     code = code.strip().upper()
     if not code:
         return None
-    return _HL7_ROUTES.get(code, route_from_text(code) or "other")
+    return HL7_ROUTES.get(code, route_from_text(code) or "other")
 
 
 def route_from_snomed(code: str) -> str | None:
     """SNOMED CT route concept id -> canonical route, or None when it is not one we know."""
-    return _SNOMED_ROUTES.get(code.strip())
+    return SNOMED_ROUTES.get(code.strip())
 
 
 def route_from_text(text: str) -> str | None:
     """A route written in words (``"Oral"``, ``"Inhalation route"``) -> canonical route, else None."""
     low = text.strip().lower().removesuffix(" route").removesuffix(" use")
-    return _TEXT_ROUTES.get(low)
+    return TEXT_ROUTES.get(low)
 
 
 #: Birth dates further back than this (or in the future) are rejected, as the canonical event does.
