@@ -135,8 +135,10 @@ def _observation(
     elif "valueCodeableConcept" in res:
         vc = res["valueCodeableConcept"]
         value_code = code(vc, f"{path}.valueCodeableConcept", rtype)
-        text = concept_text(vc) or value_code["value"]
-        rows.append({"kind": "observation", "code": obs_code, "value": text[:1000], "value_code": value_code})
+        text = concept_text(vc)  # the code travels in value_code; the value is the answer's text, if any
+        rows.append(
+            {"kind": "observation", "code": obs_code, "value": text[:1000] if text else None, "value_code": value_code}
+        )
     elif any(k in res for k in ("valueString", "valueBoolean", "valueInteger")):
         raw = res.get("valueString", res.get("valueBoolean", res.get("valueInteger")))
         kind = "measurement" if isinstance(raw, int) and not isinstance(raw, bool) else "observation"

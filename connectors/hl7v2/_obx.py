@@ -127,7 +127,8 @@ def _obx(
     elif vtype in _TEXT_TYPES or not vtype:
         if vtype in _CODED_TYPES:
             value_code = coded(obx, 5)
-            text = get(obx, 5, 2) or get(obx, 5)
+            # the code travels in value_code; the value is the answer's text (the identifier only when uncoded)
+            text = get(obx, 5, 2) if value_code is not None else get(obx, 5)
         else:
             text = get(obx, 5)
         value, kind = text[:1000] or None, "observation"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._base import HOUR, MINUTE, YEAR, _Rand
-from ._facts import _ago, _events_at, _expand, _Facts, _issues, _People
+from ._facts import WARDS, _ago, _events_at, _expand, _Facts, _issues, _People
 
 
 def _asthma(f: _Facts, r: _Rand, p: _People, now_us: int) -> None:
@@ -188,6 +188,15 @@ def _stroke(f: _Facts, r: _Rand, p: _People, acute: np.ndarray, now_us: int) -> 
         r.uniform(si, "stroke.h2", 6.7, 23),
     )
     onset = now_us - np.round(hours * HOUR).astype(np.int64)
+    # the admission in progress (no end yet): every hospital fact of the acute stroke belongs to it
+    f.add(
+        pos,
+        onset,
+        "visit",
+        ("local", "encounter", None),
+        setting="hospital",
+        location=np.full(len(pos), WARDS.index("STROKE-UNIT")),
+    )
     f.add(
         pos,
         onset,

@@ -188,4 +188,14 @@ def _nhs_numbers(idx: np.ndarray, seed: int) -> np.ndarray:
 # Fact assembly: numpy parts, one registry of (system, code, unit) triples, one Polars frame per block.
 
 Code = tuple[str, str, str | None]  # (system, code, unit)
-_KINDS = ("condition", "measurement", "drug", "procedure", "visit", "observation")
+_KINDS = (
+    "condition",
+    "measurement",
+    "drug",
+    "procedure",
+    "visit",
+    "observation",
+    "allergy",
+    "immunization",
+    "registration",
+)

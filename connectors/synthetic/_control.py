@@ -32,6 +32,26 @@ _EVENT_COLUMNS = (
     "setting",
     "site",
     "corrects",
+    # v2 fields
+    "end",
+    "ref_low",
+    "ref_high",
+    "dose_value",
+    "dose_unit",
+    "route",
+    "value_system",
+    "value_code",
+    "encounter_id",
+    "location",
+)
+#: The v2 columns a consent or death event leaves empty.
+_V2_NULLS = (
+    pl.lit(None, pl.Int64).alias("end"),
+    *(pl.lit(None, pl.Float64).alias(c) for c in ("ref_low", "ref_high", "dose_value")),
+    *(
+        pl.lit(None, pl.String).alias(c)
+        for c in ("dose_unit", "route", "value_system", "value_code", "encounter_id", "location")
+    ),
 )
 #: Share of patients on the national data opt-out / local do-not-contact register (a ``consent`` event).
 DO_NOT_CONTACT_SHARE = 0.01
@@ -70,6 +90,7 @@ def _control_events(
         pl.lit("active").alias("status"),
         pl.lit(None, dtype=pl.String).alias("corrects"),
         pl.lit(order_ctl).alias("order"),
+        *_V2_NULLS,
     )
     # death
     p_death = np.select([age < 60, age < 80], [0.001, 0.015], 0.06)
@@ -89,6 +110,7 @@ def _control_events(
         pl.lit("active").alias("status"),
         pl.lit(None, dtype=pl.String).alias("corrects"),
         pl.lit(order_ctl + 1).alias("order"),
+        *_V2_NULLS,
     )
     # entered-in-error: pick one measurement of the chosen patients
     chosen = np.flatnonzero(r.u(idx, "eie") < CORRECTION_SHARE)

@@ -352,6 +352,14 @@ def to_hl7v2(events: Iterable[Event]) -> list[str]:
             obr = f"OBR|1|P{order}|F{order}|{ident}|||{when}"
             obx = f"OBX|1|NM|{ident}||{_num(ev.value)}|{unit}|||||{'W' if retracts else 'F'}|||{when}"
             segs = [_msh(ev, "ORU^R01^ORU_R01"), _pid(ev, demo), _pv1(ev), obr, obx]
+        elif ev.kind == "observation" and ev.code is not None and ev.value_code is not None:
+            code, coded = ev.code, ev.value_code
+            ident = f"{_escape(code.value)}^{_escape(_TEXT.get(code.value, code.value))}^{_HL7_CODING[code.system]}"
+            answer = f"{_escape(coded.value)}^{_escape(_TEXT.get(coded.value, ''))}^{_HL7_CODING[coded.system]}"
+            order = _control_id(ev.event_id)[:16]
+            obr = f"OBR|1|P{order}|F{order}|{ident}|||{when}"
+            obx = f"OBX|1|CWE|{ident}||{answer}||||||F|||{when}"
+            segs = [_msh(ev, "ORU^R01^ORU_R01"), _pid(ev, demo), _pv1(ev), obr, obx]
         else:
             continue
         messages.append("\r".join(segs))
@@ -369,6 +377,8 @@ def _coding(system: str, value: str) -> dict[str, Any]:
 
 
 def _meta(event: Event) -> dict[str, Any]:
+    if event.setting is None and event.kind != "person":  # e.g. a planned procedure: no care setting yet
+        return {}
     setting, site = _setting(event)
     return {"tag": [{"system": SETTING_TAG_SYSTEM, "code": setting}, {"system": SITE_TAG_SYSTEM, "code": site}]}
 
@@ -471,6 +481,8 @@ def _resource(event: Event) -> dict[str, Any] | None:
             "subject": subject,
             "onsetDateTime": when,
             "recordedDate": when,
+            **({"abatementDateTime": _iso(event.ended_at)} if event.ended_at is not None else {}),
+            **_encounter_ref(event),
         }
     if event.kind in ("measurement", "observation") and code is not None:
         category = (
@@ -498,41 +510,92 @@ def _resource(event: Event) -> dict[str, Any] | None:
                 if (ucum := _UCUM.get(event.unit)) is not None:
                     quantity.update(system=UCUM, code=ucum)
             res["valueQuantity"] = quantity
+        elif event.value_code is not None:
+            res["valueCodeableConcept"] = {"coding": [_coding(event.value_code.system, event.value_code.value)]}
         elif isinstance(event.value, str):
             res["valueString"] = event.value
+        if event.ref_low is not None or event.ref_high is not None:
+            bounds = {"low": event.ref_low, "high": event.ref_high}
+            res["referenceRange"] = [{k: {"value": v, "unit": event.unit} for k, v in bounds.items() if v is not None}]
+        res.update(_encounter_ref(event))
         return res
     if event.kind == "drug" and code is not None:
-        return {
+        statement: dict[str, Any] = {
             "resourceType": "MedicationStatement",
             **base,
-            "status": "entered-in-error" if retracts else "active",
+            "status": "entered-in-error" if retracts else ("completed" if event.status == "completed" else "active"),
             "medicationCodeableConcept": code,
             "subject": subject,
-            "effectiveDateTime": when,
+            "effectivePeriod": {"start": when, **({"end": _iso(event.ended_at)} if event.ended_at else {})},
             "dateAsserted": when,
         }
+        dosage: dict[str, Any] = {}
+        if event.route is not None:
+            dosage["route"] = {"text": event.route}
+        if event.dose is not None:
+            dosage["doseAndRate"] = [{"doseQuantity": {"value": event.dose.value, "unit": event.dose.unit}}]
+        if dosage:
+            statement["dosage"] = [dosage]
+        return statement
     if event.kind == "procedure" and code is not None:
         return {
             "resourceType": "Procedure",
             **base,
-            "status": "completed",
+            "status": "preparation" if event.status == "planned" else "completed",
             "code": code,
             "subject": subject,
             "performedDateTime": when,
+            **_encounter_ref(event),
+        }
+    if event.kind == "allergy" and code is not None:
+        severity = {"255604002": "mild", "6736007": "moderate", "24484000": "severe"}
+        sev = next((severity[q.value] for q in event.qualifiers or () if q.value in severity), None)
+        allergy: dict[str, Any] = {
+            "resourceType": "AllergyIntolerance",
+            **base,
+            "clinicalStatus": {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active"}
+                ]
+            },
+            "code": code,
+            "patient": subject,
+            "recordedDate": when,
+        }
+        if sev:
+            allergy["reaction"] = [{"manifestation": [{"text": "reaction"}], "severity": sev}]
+        return allergy
+    if event.kind == "immunization" and code is not None:
+        return {
+            "resourceType": "Immunization",
+            **base,
+            "status": "completed",
+            "vaccineCode": code,
+            "patient": subject,
+            "occurrenceDateTime": when,
+            **_encounter_ref(event),
         }
     if event.kind == "visit":
         setting, site = _setting(event)
         klass, display = _ENCOUNTER_CLASS[setting]
+        end = _iso(event.ended_at) if event.ended_at is not None else None
         return {
             "resourceType": "Encounter",
             **base,
-            "status": "finished",
+            "status": "finished" if end else "in-progress",
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": klass, "display": display},
             "subject": subject,
-            "period": {"start": when, "end": when},
-            "location": [{"location": {"display": site}}],
+            "period": {"start": when, **({"end": end} if end else {})},
+            "location": [{"location": {"display": event.location or site}}],
         }
-    return None  # consent and death events are not rendered as FHIR resources here
+    return None  # consent, death and registration events are not rendered as FHIR resources here
+
+
+def _encounter_ref(event: Event) -> dict[str, Any]:
+    """``encounter`` pointing at the visit's Encounter (whose id is the visit's event id), when there is one."""
+    if event.encounter_id is None or event.kind == "visit":
+        return {}
+    return {"encounter": {"reference": f"Encounter/{event.encounter_id}"}}
 
 
 def to_fhir(events: Sequence[Event] | Iterable[Event], *, bundle_type: str = "transaction") -> dict[str, Any]:

@@ -8,29 +8,11 @@ Two entry points that describe the *same* patients:
                                              directly, vectorised, for benchmarks of a million patients.
 
 ``apply_events(PatientState(), <all events of generate(n)>)`` equals ``generate_frames(n)`` row for row.
-from ._acute import _asthma, _heart_failure, _stroke, _womens_health
-from ._base import (
-    _GROUPS,
-    _HOME_SITE,
-    _SETTINGS,
-    CENSUS_ETHNIC_MIX,
-    DAY,
-    HOUR,
-    MINUTE,
-    SOURCE,
-    YEAR,
-    _nhs_numbers,
-    _Rand,
-    is_valid_nhs_number,
-    nhs_check_digit,
-)
-from ._chronic import _breast, _diabetes, _routine
-from ._control import _EVENT_COLUMNS, _control_events, _merge
-from ._facts import _ago, _expand, _Facts, _labels, _people
 
 Reproducibility: every random draw is a counter-based hash of ``(seed, patient index, stream, k)``, so patient
 ``i`` is identical whatever the batch size, ``start_index`` or ``n``; pass ``now`` explicitly for identical
-timestamps (the default is the current time, whole seconds). All clinical times are before ``now``.
+timestamps (the default is the current time, whole seconds). All clinical times are before ``now`` except
+planned procedures.
 
 The mix (documented choices):
 
@@ -42,9 +24,15 @@ The mix (documented choices):
 - Ages 0-95 from a West Yorkshire-like pyramid; sex F 50.7 %, M 49.15 %, U 0.15 %.
 - Settings: hospital, community and primary care (and home for some heart-failure patients); a patient's
   setting is where their latest record came from (as the state frames compute it).
-- Records: about 20 facts per patient on average (19.7 at seed 0): recent care plus routine history, visits
+- Records: about 23 facts per patient on average (22.7 at seed 0): recent care plus routine history, visits
   3-10 years ago and blood panels (Hb, sodium, potassium, creatinine/eGFR, ALT) 2-6 years ago, older than
   any sample study's look-back, so they make records realistic without moving any study's outcome.
+- Event v2 content: repeat prescriptions are 28-day exposure periods (``ended_at``, ``completed`` once over;
+  issues ~56 days apart leave gaps) with dose and route; most labs carry the laboratory's reference range;
+  visits have an end, hospital ones are admissions (a ward as ``location``) or clinics, and hospital facts
+  during a hospital visit carry its ``encounter_id`` (an acute stroke's admission is still open); plus GP
+  registrations, allergies, immunizations, resolved acute episodes, planned procedures (after ``now``, no
+  setting) and a coded smoking status (``value_code``): see :mod:`connectors.synthetic._records`.
 - Control events (``_control_events``): ~1 % on the do-not-contact register (a ``consent`` event, code
   ``local/do-not-contact``, status ``active``); deaths by age (~0.6 % overall, 6 % of the over-80s), a
   ``death`` event 1-90 days after the last record; ~1.2 % of patients with one lab result later marked
@@ -92,7 +80,8 @@ from ._base import (
 )
 from ._chronic import _breast, _diabetes, _routine
 from ._control import _EVENT_COLUMNS, _control_events, _merge
-from ._facts import _ago, _expand, _Facts, _labels, _people
+from ._facts import NO_SETTING, STATUS, _ago, _expand, _Facts, _labels, _people
+from ._records import records
 
 __all__ = [
     "CENSUS_ETHNIC_MIX",
@@ -105,6 +94,69 @@ __all__ = [
     "to_fhir",
     "to_hl7v2",
 ]
+
+
+def _visits(
+    f: _Facts,
+    r: _Rand,
+    idx: np.ndarray,
+    rows: np.ndarray,
+    k: np.ndarray,
+    t: np.ndarray,
+    hospital: np.ndarray,
+    now_us: int,
+    stream: str,
+) -> None:
+    """Visits at ``t``: hospital ones are admissions (with a ward) or clinics; others short contacts."""
+    gi = idx[rows]
+    admitted = hospital & (r.u(gi, stream + ".admit", k) < 0.3)
+    hours = np.where(
+        admitted,
+        r.uniform(gi, stream + ".los", 24, 240, k),
+        np.where(hospital, r.uniform(gi, stream + ".clinic", 1, 3, k), r.uniform(gi, stream + ".len", 0.25, 0.5, k)),
+    )
+    end = t + np.round(hours * HOUR).astype(np.int64)
+    status = np.where(end < now_us, STATUS.index("completed"), STATUS.index("active"))
+    ward = np.where(
+        admitted,
+        (r.u(gi, stream + ".ward", k) * 4).astype(np.int64),
+        4 + (r.u(gi, stream + ".opd", k) * 3).astype(np.int64),
+    )
+    code = ("local", "encounter", None)
+    f.add(
+        rows[hospital],
+        t[hospital],
+        "visit",
+        code,
+        setting="hospital",
+        end=end[hospital],
+        status=status[hospital],
+        location=ward[hospital],
+    )
+    f.add(rows[~hospital], t[~hospital], "visit", code, end=end[~hospital], status=status[~hospital])
+
+
+def _link_encounters(facts: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """``encounter_id``: a visit's own event id; a hospital fact during a hospital visit gets that visit's id.
+
+    ``facts`` is sorted by patient and time and has ``ordinal`` (the event id's number): one as-of join.
+    """
+    is_visit = pl.col("kind") == "visit"
+    visits = facts.filter(is_visit & (pl.col("setting") == "hospital")).select(
+        "pos", pl.col("t").alias("_v_t"), pl.col("end").alias("_v_end"), pl.col("ordinal").alias("_v_ord")
+    )
+    linked = facts.join_asof(
+        visits, left_on="t", right_on="_v_t", by="pos", strategy="backward", check_sortedness=False
+    )
+    during = (
+        ~is_visit
+        & (pl.col("setting") == "hospital")
+        & pl.col("_v_ord").is_not_null()
+        & (pl.col("_v_end").is_null() | (pl.col("t") <= pl.col("_v_end")))
+    )
+    ordinal = pl.when(is_visit).then(pl.col("ordinal")).when(during).then(pl.col("_v_ord"))
+    encounter = pl.format("syn{}-{}-f{}", pl.lit(seed), pl.col("patient_id"), ordinal)
+    return linked.with_columns(encounter.alias("encounter_id")).drop("_v_t", "_v_end", "_v_ord")
 
 
 def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
@@ -124,26 +176,20 @@ def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFram
     override = np.full(m, -1, dtype=np.int64)  # a module may move a patient's care setting
 
     # -- everyone: visits --------------------------------------------------------------------------------
+    # A hospital visit is an admission (30 %: 1-10 days, on a ward) or an outpatient clinic (1-3 hours); other
+    # contacts last 15-30 minutes. Each visit's event id is its encounter id; hospital facts during it link to it.
     n_visits = 1 + r.poisson(idx, "visit.n", 2.5)
     rows, k = _expand(n_visits)
     vdays = r.u(idx[rows], "visit.t", k) * np.minimum(3 * YEAR, np.maximum(age[rows] * YEAR - 1, 0.0))
     hosp_visit = r.u(idx[rows], "visit.where", k) < 0.25
-    f.add(rows[hosp_visit], _ago(now_us, vdays[hosp_visit]), "visit", ("local", "encounter", None), setting="hospital")
-    f.add(rows[~hosp_visit], _ago(now_us, vdays[~hosp_visit]), "visit", ("local", "encounter", None))
+    _visits(f, r, idx, rows, k, _ago(now_us, vdays), hosp_visit, now_us, "visit")
     # Older routine contacts, 3-10 years ago (never before birth): history no sample study looks back to.
     n_old = r.poisson(idx, "visit.old.n", np.where(age >= 60, 3.0, 2.0))
     rows, k = _expand(n_old)
     odays = r.uniform(idx[rows], "visit.old.t", 3 * YEAR, 10 * YEAR, k)
     born = odays < age[rows] * YEAR - 1
     hosp_old = r.u(idx[rows], "visit.old.where", k) < 0.2
-    f.add(
-        rows[born & hosp_old],
-        _ago(now_us, odays[born & hosp_old]),
-        "visit",
-        ("local", "encounter", None),
-        setting="hospital",
-    )
-    f.add(rows[born & ~hosp_old], _ago(now_us, odays[born & ~hosp_old]), "visit", ("local", "encounter", None))
+    _visits(f, r, idx, rows[born], k[born], _ago(now_us, odays[born]), hosp_old[born], now_us, "visit.old")
 
     # -- type 2 / type 1 diabetes and kidney function -------------------------------------------------------
     p_dm = np.select([age < 30, age < 45, age < 65], [0.002, 0.035, 0.10], 0.16)
@@ -178,6 +224,9 @@ def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFram
 
     # -- women's health --------------------------------------------------------------------------------
     _womens_health(f, r, p, now_us)
+
+    # -- registrations, allergies, immunizations, resolved episodes, planned procedures, smoking status -----
+    records(f, r, p, now_us)
 
     # -- frames --------------------------------------------------------------------------------------------
     setting = np.where(override >= 0, override, p.setting)
@@ -221,7 +270,17 @@ def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFram
     )
     facts = f.frame()
     # Every fact happens before `now` (a record in the future would be a data error, not a near miss).
-    facts = facts.with_columns((pl.col("t") // 1_000_000 * 1_000_000).clip(upper_bound=now_us - MINUTE))
+    # A planned procedure is the only fact after `now` (that is what makes it planned).
+    planned = pl.col("status").is_in(["planned", "ordered"])
+    whole = pl.col("t") // 1_000_000 * 1_000_000
+    facts = facts.with_columns(
+        pl.when(planned).then(whole).otherwise(whole.clip(upper_bound=now_us - MINUTE)).alias("t")
+    )
+    facts = facts.with_columns(
+        pl.when(pl.col("end").is_not_null())
+        .then(pl.max_horizontal(pl.col("end") // 1_000_000 * 1_000_000, "t"))
+        .alias("end")
+    )
     facts = (
         facts.join(
             persons.select(
@@ -232,7 +291,11 @@ def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFram
         )
         .with_columns(
             pl.when(pl.col("setting") >= 0)
-            .then(pl.col("setting").replace_strict(list(range(4)), list(_SETTINGS), return_dtype=pl.String))
+            .then(
+                pl.col("setting").replace_strict(list(range(4)), list(_SETTINGS), return_dtype=pl.String, default=None)
+            )
+            .when(pl.col("setting") == NO_SETTING)
+            .then(pl.lit(None, pl.String))
             .otherwise(pl.col("home_setting"))
             .alias("setting")
         )
@@ -243,25 +306,28 @@ def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFram
             .then(pl.col("site_community"))
             .when(pl.col("setting") == "primary-care")
             .then(pl.col("site_primary-care"))
-            .otherwise(pl.col("site_home"))
+            .when(pl.col("setting") == "home")
+            .then(pl.col("site_home"))
             .alias("site")
         )
         .sort(["pos", "t", "kind", "code", "value"], maintain_order=True, nulls_last=True)
         .with_columns(pl.int_range(1, pl.len() + 1).over("pos").alias("ordinal"))
         .with_columns(
             pl.format("syn{}-{}-f{}", pl.lit(seed), pl.col("patient_id"), pl.col("ordinal")).alias("event_id"),
-            pl.lit("active").alias("status"),
             pl.lit(None, dtype=pl.String).alias("corrects"),
         )
+        .pipe(_link_encounters, seed)
         .select(_EVENT_COLUMNS)
     )
     # The person's setting and site are those of their latest fact (consent, death and entered-in-error events
     # do not move a patient, as in screener.state); a retracted fact still counted when it arrived.
+    # A fact with no setting (a planned procedure) does not move the patient; its time is not a "last record".
     last = facts.group_by("pos").agg(
         pl.col("t").min().alias("first_t"),
-        pl.col("t").max().alias("last_t"),
-        pl.col("setting").last(),
-        pl.col("site").last(),
+        pl.col("t").filter(pl.col("status") != "planned").max().alias("last_t"),
+        pl.col("setting").drop_nulls().last(),
+        pl.col("site").filter(pl.col("setting").is_not_null()).last(),
+        pl.col("location").drop_nulls().last(),
     )
     persons = persons.join(last, on="pos", how="left").with_columns(
         pl.coalesce("setting", "home_setting").alias("setting"),
@@ -334,6 +400,7 @@ def _blocks(
 def _event_frame(events: pl.DataFrame) -> pl.DataFrame:
     return events.with_columns(
         pl.from_epoch("t", time_unit="us").dt.replace_time_zone("UTC").alias("occurred_at"),
+        pl.from_epoch("end", time_unit="us").dt.replace_time_zone("UTC").alias("ended_at"),
         pl.lit(None, dtype=pl.String).alias("text"),
         pl.lit(False).alias("date_only"),  # synthetic times are instants
     ).pipe(lambda f: upgrade_facts(f).cast(pl.Schema(FACTS_SCHEMA)).hstack(f.select("site", "corrects")))
@@ -411,19 +478,28 @@ def _person_event(row: dict[str, Any], seed: int) -> Event:
 
 def _fact_event(row: dict[str, Any]) -> Event:
     code = {"system": row["system"], "value": row["code"]} if row["code"] is not None else None
-    return Event.model_validate(
-        {
-            "event_id": row["event_id"],
-            "source": SOURCE,
-            "kind": row["kind"],
-            "patient_id": row["patient_id"],
-            "occurred_at": row["occurred_at"],
-            "code": code,
-            "value": row["value"],
-            "unit": row["unit"],
-            "status": row["status"],
-            "setting": row["setting"],
-            "site": row["site"],
-            "corrects": row["corrects"],
-        }
-    )
+    fields = {
+        "event_id": row["event_id"],
+        "source": SOURCE,
+        "kind": row["kind"],
+        "patient_id": row["patient_id"],
+        "occurred_at": row["occurred_at"],
+        "code": code,
+        "value": row["value"],
+        "unit": row["unit"],
+        "status": row["status"],
+        "setting": row["setting"],
+        "site": row["site"],
+        "corrects": row["corrects"],
+        "ended_at": row["ended_at"],
+        "ref_low": row["ref_low"],
+        "ref_high": row["ref_high"],
+        "route": row["route"],
+        "encounter_id": row["encounter_id"],
+        "location": row["location"],
+    }
+    if row["dose_value"] is not None:
+        fields["dose"] = {"value": row["dose_value"], "unit": row["dose_unit"]}
+    if row["value_code"] is not None:
+        fields["value_code"] = {"system": row["value_system"], "value": row["value_code"]}
+    return Event.model_validate({k: v for k, v in fields.items() if v is not None})
