@@ -59,7 +59,7 @@ import numpy as np
 import polars as pl
 
 from connectors.synthetic._formats import to_fhir, to_hl7v2
-from screener.events import Event, Person
+from screener.events import Event
 from screener.state import FACTS_SCHEMA, PERSONS_SCHEMA, upgrade_facts, upgrade_persons
 
 from ._acute import _asthma, _heart_failure, _stroke, _womens_health
@@ -80,8 +80,10 @@ from ._base import (
 )
 from ._chronic import _breast, _diabetes, _routine
 from ._control import _EVENT_COLUMNS, _control_events, _merge
-from ._facts import NO_SETTING, STATUS, _ago, _expand, _Facts, _labels, _people
+from ._events import _fact_event, _person_event
+from ._facts import NO_SETTING, _ago, _expand, _Facts, _labels, _people
 from ._records import records
+from ._visits import _link_encounters, _visits
 
 __all__ = [
     "CENSUS_ETHNIC_MIX",
@@ -94,69 +96,6 @@ __all__ = [
     "to_fhir",
     "to_hl7v2",
 ]
-
-
-def _visits(
-    f: _Facts,
-    r: _Rand,
-    idx: np.ndarray,
-    rows: np.ndarray,
-    k: np.ndarray,
-    t: np.ndarray,
-    hospital: np.ndarray,
-    now_us: int,
-    stream: str,
-) -> None:
-    """Visits at ``t``: hospital ones are admissions (with a ward) or clinics; others short contacts."""
-    gi = idx[rows]
-    admitted = hospital & (r.u(gi, stream + ".admit", k) < 0.3)
-    hours = np.where(
-        admitted,
-        r.uniform(gi, stream + ".los", 24, 240, k),
-        np.where(hospital, r.uniform(gi, stream + ".clinic", 1, 3, k), r.uniform(gi, stream + ".len", 0.25, 0.5, k)),
-    )
-    end = t + np.round(hours * HOUR).astype(np.int64)
-    status = np.where(end < now_us, STATUS.index("completed"), STATUS.index("active"))
-    ward = np.where(
-        admitted,
-        (r.u(gi, stream + ".ward", k) * 4).astype(np.int64),
-        4 + (r.u(gi, stream + ".opd", k) * 3).astype(np.int64),
-    )
-    code = ("local", "encounter", None)
-    f.add(
-        rows[hospital],
-        t[hospital],
-        "visit",
-        code,
-        setting="hospital",
-        end=end[hospital],
-        status=status[hospital],
-        location=ward[hospital],
-    )
-    f.add(rows[~hospital], t[~hospital], "visit", code, end=end[~hospital], status=status[~hospital])
-
-
-def _link_encounters(facts: pl.DataFrame, seed: int) -> pl.DataFrame:
-    """``encounter_id``: a visit's own event id; a hospital fact during a hospital visit gets that visit's id.
-
-    ``facts`` is sorted by patient and time and has ``ordinal`` (the event id's number): one as-of join.
-    """
-    is_visit = pl.col("kind") == "visit"
-    visits = facts.filter(is_visit & (pl.col("setting") == "hospital")).select(
-        "pos", pl.col("t").alias("_v_t"), pl.col("end").alias("_v_end"), pl.col("ordinal").alias("_v_ord")
-    )
-    linked = facts.join_asof(
-        visits, left_on="t", right_on="_v_t", by="pos", strategy="backward", check_sortedness=False
-    )
-    during = (
-        ~is_visit
-        & (pl.col("setting") == "hospital")
-        & pl.col("_v_ord").is_not_null()
-        & (pl.col("_v_end").is_null() | (pl.col("t") <= pl.col("_v_end")))
-    )
-    ordinal = pl.when(is_visit).then(pl.col("ordinal")).when(during).then(pl.col("_v_ord"))
-    encounter = pl.format("syn{}-{}-f{}", pl.lit(seed), pl.col("patient_id"), ordinal)
-    return linked.with_columns(encounter.alias("encounter_id")).drop("_v_t", "_v_end", "_v_ord")
 
 
 def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
@@ -451,55 +390,3 @@ def generate(
             out = [_person_event(person, seed)]
             out.extend(_fact_event(row) for row in by_patient.get(pid, ()))
             yield out
-
-
-def _person_event(row: dict[str, Any], seed: int) -> Event:
-    demographics = Person(
-        birth_date=row["birth_date"],
-        sex=row["sex"],
-        ethnic_group=row["ethnic_group"],
-        ethnic_category=row["ethnic_category"],
-        lsoa=row["lsoa"],
-        imd_decile=row["imd_decile"],
-        postcode_district=row["postcode_district"],
-        nhs_number=row["nhs_number"],
-    )
-    return Event(
-        event_id=f"syn{seed}-{row['patient_id']}-p",
-        source=SOURCE,
-        kind="person",
-        patient_id=row["patient_id"],
-        occurred_at=row["updated_at"],
-        person=demographics,
-        setting=row["home_setting"],
-        site=row["home_site"],
-    )
-
-
-def _fact_event(row: dict[str, Any]) -> Event:
-    code = {"system": row["system"], "value": row["code"]} if row["code"] is not None else None
-    fields = {
-        "event_id": row["event_id"],
-        "source": SOURCE,
-        "kind": row["kind"],
-        "patient_id": row["patient_id"],
-        "occurred_at": row["occurred_at"],
-        "code": code,
-        "value": row["value"],
-        "unit": row["unit"],
-        "status": row["status"],
-        "setting": row["setting"],
-        "site": row["site"],
-        "corrects": row["corrects"],
-        "ended_at": row["ended_at"],
-        "ref_low": row["ref_low"],
-        "ref_high": row["ref_high"],
-        "route": row["route"],
-        "encounter_id": row["encounter_id"],
-        "location": row["location"],
-    }
-    if row["dose_value"] is not None:
-        fields["dose"] = {"value": row["dose_value"], "unit": row["dose_unit"]}
-    if row["value_code"] is not None:
-        fields["value_code"] = {"system": row["value_system"], "value": row["value_code"]}
-    return Event.model_validate({k: v for k, v in fields.items() if v is not None})
