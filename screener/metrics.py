@@ -34,6 +34,12 @@ class Metrics:
         self.events_published = Counter(
             "screener_events_published_total", "Events published by connectors", ["connector"], registry=r
         )
+        self.connector_unmapped = Counter(
+            "screener_connector_unmapped_total",
+            "Source resources, segments or rows a connector did not map, by type (never silently skipped)",
+            ["source", "type"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "screener_dead_letters_total", "Inputs sent to the dead-letter topic", ["stage", "reason"], registry=r
         )

@@ -10,17 +10,21 @@ from pathlib import Path
 
 import click
 
+from connectors._common import format_unmapped
 from screener.connector import SimpleConnector
 
+from .files import LoadResult, load_files
 from .parse import SUPPORTED, FHIRReject, ParsedPayload, parse_payload, parse_resource
 from .server import build_app, load_path, operation_outcome, serve
 
 __all__ = [
     "SUPPORTED",
     "FHIRReject",
+    "LoadResult",
     "ParsedPayload",
     "build_app",
     "connector",
+    "load_files",
     "load_path",
     "operation_outcome",
     "parse_payload",
@@ -48,8 +52,14 @@ def _command() -> click.Command:
         sink = sink_factory("fhir")  # type: ignore[operator]
         try:
             if from_file is not None:
-                resources, events = load_path(from_file, sink, progress=True)
-                click.echo(f"fhir: {resources} resources -> {events} events", err=True)
+                result = load_files(from_file, sink, progress=True)
+                click.echo(
+                    f"fhir: {result.resources} resources -> {result.events} events, {result.rejected} rejected; "
+                    f"{format_unmapped(result.unmapped)}",
+                    err=True,
+                )
+                if result.rejected:
+                    raise SystemExit(1)  # something went to the dead-letter topic: the load is not complete
                 return
             serve(sink, listen or "", sink_factory.settings, dry_run=sink_factory.dry_run)  # type: ignore[attr-defined]
         finally:

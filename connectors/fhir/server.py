@@ -17,17 +17,15 @@ HTTP contract:
   without a traceback, and the body is dead-lettered.
 - ``GET /metadata``: a minimal CapabilityStatement. ``GET /healthz``: ``200 ok`` or ``503`` with the reason.
 
-File loading (``--from-file``): a ``.json`` file (resource or Bundle), an ``.ndjson`` file (bulk data export,
-one resource per line), or a directory of them. A bad line or file is dead-lettered with ``path:line`` and
-loading continues.
+File loading (``--from-file``) lives in :mod:`connectors.fhir.files`. A refused entry of a batch/collection
+Bundle (see :mod:`connectors.fhir.parse`) is dead-lettered on its own and answered ``422`` in the batch-response;
+the rest of the Bundle is accepted.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -36,13 +34,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
+from connectors._common import record_unmapped
 from screener.errors import DeliveryError
-from screener.events import Event
 from screener.logging import get_logger
 from screener.sources.base import EventSink
 from screener.sources.health import AlwaysHealthy, Health, guarded_call_async
 
-from .parse import SOURCE, SUPPORTED, FHIRReject, ParsedPayload, parse_payload, parse_resource
+from .files import dead_letter_rejected, load_path  # load_path: re-exported for existing imports
+from .parse import SOURCE, SUPPORTED, FHIRReject, ParsedPayload, parse_payload
 
 __all__ = ["build_app", "load_path", "operation_outcome", "serve"]
 
@@ -170,12 +169,15 @@ def build_app(
             log.exception("fhir_parser_crash", error_type=type(exc).__name__)
             await dead_letter(body, position, f"500: internal error while parsing: {type(exc).__name__}")
             return _error(500, "exception", f"internal error while parsing: {type(exc).__name__}")
-        if parsed.events:
-            try:
+        if parsed.rejected and isinstance(payload, dict):  # refused entries of a batch/collection: each one DLQ'd
+            await run_in_threadpool(dead_letter_rejected, sink, payload, parsed, position)
+        try:
+            if parsed.events:
                 await guarded_call_async(sink.publish, parsed.events, health=status, timeout_s=publish_timeout_s)
-            except DeliveryError as exc:
-                log.error("publish_failed", error=str(exc))
-                return _error(503, "transient", "events not stored: broker unavailable; retry")
+            record_unmapped(sink, SOURCE, parsed.skipped)
+        except DeliveryError as exc:
+            log.error("publish_failed", error=str(exc))
+            return _error(503, "transient", "events not stored: broker unavailable; retry")
         return _success(parsed)
 
     return Starlette(
@@ -240,18 +242,24 @@ def serve(sink: EventSink, listen: str, settings: Any, *, dry_run: bool = False,
 
 
 def _success(parsed: ParsedPayload) -> JSONResponse:
+    refused = dict(parsed.rejected)
     if parsed.bundle_type in ("batch", "transaction"):
         return JSONResponse(
             {
                 "resourceType": "Bundle",
                 "type": f"{parsed.bundle_type}-response",
-                "entry": [{"response": {"status": "201 Created"}} for _ in range(parsed.entries)],
+                "entry": [
+                    {"response": {"status": f"{refused[i].status} Rejected" if i in refused else "201 Created"}}
+                    for i in range(parsed.entries)
+                ],
             },
             media_type=FHIR_JSON,
         )
     skipped = ", ".join(f"{k} x{v}" for k, v in sorted(parsed.skipped.items()))
-    text = f"{parsed.resources} resource(s) read, {len(parsed.events)} event(s) published" + (
-        f"; skipped (not read by screener): {skipped}" if skipped else ""
+    text = (
+        f"{parsed.resources} resource(s) read, {len(parsed.events)} event(s) published"
+        + (f"; skipped (not read by screener): {skipped}" if skipped else "")
+        + (f"; {len(parsed.rejected)} entr(y/ies) refused and dead-lettered" if parsed.rejected else "")
     )
     return JSONResponse(operation_outcome("information", "informational", text), media_type=FHIR_JSON)
 
@@ -261,73 +269,3 @@ def _dead_letter(sink: EventSink, payload: bytes, position: str, reason: str) ->
         sink.dead_letter(payload, SOURCE, position, reason)
     except DeliveryError as exc:
         log.error("dead_letter_failed", error=str(exc))
-
-
-# --- files -------------------------------------------------------------------------------------------
-def _files(path: Path) -> Iterator[Path]:
-    if path.is_dir():
-        for p in sorted(path.rglob("*")):
-            if p.suffix.lower() in (".json", ".ndjson") and p.is_file():
-                yield p
-    else:
-        yield path
-
-
-def iter_file_events(path: Path, sink: EventSink) -> Iterator[tuple[list[Event], int]]:
-    """(events, resources read) per resource line or per JSON file; rejects go to ``sink.dead_letter``."""
-    for file in _files(path):
-        if file.suffix.lower() == ".ndjson":
-            with file.open("rb") as fh:
-                for lineno, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    position = f"{file}:{lineno}"
-                    try:
-                        res = json.loads(line)
-                        events = parse_resource(res, f"{file.name}:{lineno}")
-                    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                        _dead_letter(sink, line, position, f"400: not valid JSON: {exc}"[:200])
-                        continue
-                    except RecursionError:
-                        _dead_letter(sink, line, position, "400: JSON nested too deeply")
-                        continue
-                    except FHIRReject as exc:
-                        _dead_letter(sink, line, position, f"{exc.status}: {exc.reason}")
-                        continue
-                    yield (events or []), 1 if events is not None else 0
-        else:
-            body = file.read_bytes()
-            try:
-                parsed = parse_payload(json.loads(body))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                _dead_letter(sink, body, str(file), f"400: not valid JSON: {exc}"[:200])
-                continue
-            except RecursionError:
-                _dead_letter(sink, body, str(file), "400: JSON nested too deeply")
-                continue
-            except FHIRReject as exc:
-                _dead_letter(sink, body, str(file), f"{exc.status}: {exc.reason}")
-                continue
-            yield parsed.events, parsed.resources
-
-
-def load_path(path: Path, sink: EventSink, *, chunk: int = 5000, progress: bool = False) -> tuple[int, int]:
-    """Load files into ``sink`` in chunks of ``chunk`` events. Returns ``(resources, events)``."""
-    from tqdm import tqdm
-
-    resources = events_n = 0
-    buffer: list[Event] = []
-    bar = tqdm(desc="fhir", unit=" resources", disable=not progress)
-    for events, n in iter_file_events(path, sink):
-        resources += n
-        buffer.extend(events)
-        bar.update(n)
-        if len(buffer) >= chunk:
-            sink.publish(buffer)
-            events_n += len(buffer)
-            buffer = []
-    if buffer:
-        sink.publish(buffer)
-        events_n += len(buffer)
-    bar.close()
-    return resources, events_n

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from connectors._common import record_unmapped
 from screener.errors import DeliveryError
 from screener.logging import get_logger
 from screener.sources.base import EventSink
@@ -74,6 +75,7 @@ def process_block(
     for raw, p in zip(messages, parsed, strict=True):
         if isinstance(p, ParsedMessage):
             if broker_error is None:
+                record_unmapped(sink, source, p.unmapped)  # segment types not read: counted, never silent
                 acks.append(build_ack(raw, "AA", control_id=p.control_id))
                 codes.append("AA")
                 continue

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from connectors._common import format_unmapped
 from screener.connector import SimpleConnector
 
 from .backfill import TABLES, BackfillResult, OmopSource, backfill, table_events
@@ -44,7 +45,11 @@ def _command() -> click.Command:
             click.echo(
                 f"  {t:<22} rows {result.rows_in.get(t, 0):>10}  events {result.events_out.get(t, 0):>10}", err=True
             )
-        click.echo(f"omop: {result.total_events} events in {result.seconds:.1f}s ({rate:,.0f} rows/s)", err=True)
+        click.echo(
+            f"omop: {result.total_events} events in {result.seconds:.1f}s ({rate:,.0f} rows/s); "
+            f"{format_unmapped(result.unmapped)}",
+            err=True,
+        )
 
     return omop
 

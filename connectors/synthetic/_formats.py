@@ -35,9 +35,8 @@ split it when a server insists. ``consent`` and ``death`` events are not rendere
 from __future__ import annotations
 
 import hashlib
-import uuid
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -352,205 +351,18 @@ def to_hl7v2(events: Iterable[Event]) -> list[str]:
             obr = f"OBR|1|P{order}|F{order}|{ident}|||{when}"
             obx = f"OBX|1|NM|{ident}||{_num(ev.value)}|{unit}|||||{'W' if retracts else 'F'}|||{when}"
             segs = [_msh(ev, "ORU^R01^ORU_R01"), _pid(ev, demo), _pv1(ev), obr, obx]
+        elif ev.kind == "observation" and ev.code is not None and ev.value_code is not None:
+            code, coded = ev.code, ev.value_code
+            ident = f"{_escape(code.value)}^{_escape(_TEXT.get(code.value, code.value))}^{_HL7_CODING[code.system]}"
+            answer = f"{_escape(coded.value)}^{_escape(_TEXT.get(coded.value, ''))}^{_HL7_CODING[coded.system]}"
+            order = _control_id(ev.event_id)[:16]
+            obr = f"OBR|1|P{order}|F{order}|{ident}|||{when}"
+            obx = f"OBX|1|CWE|{ident}||{answer}||||||F|||{when}"
+            segs = [_msh(ev, "ORU^R01^ORU_R01"), _pid(ev, demo), _pv1(ev), obr, obx]
         else:
             continue
         messages.append("\r".join(segs))
     return messages
 
 
-# -- FHIR R4 ---------------------------------------------------------------------------------------------
-
-
-def _coding(system: str, value: str) -> dict[str, Any]:
-    coding: dict[str, Any] = {"system": CODE_SYSTEM_URIS[system], "code": value}
-    if value in _TEXT:
-        coding["display"] = _TEXT[value]
-    return coding
-
-
-def _meta(event: Event) -> dict[str, Any]:
-    setting, site = _setting(event)
-    return {"tag": [{"system": SETTING_TAG_SYSTEM, "code": setting}, {"system": SITE_TAG_SYSTEM, "code": site}]}
-
-
-def _patient(event: Event) -> dict[str, Any]:
-    person = event.person
-    assert person is not None
-    family, given = _name(event.patient_id, person.sex, person.ethnic_group)
-    res: dict[str, Any] = {
-        "resourceType": "Patient",
-        "id": event.patient_id,
-        "meta": _meta(event),
-        "identifier": [
-            {
-                "use": "usual",
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
-                            "code": "MR",
-                            "display": "Medical record number",
-                        }
-                    ]
-                },
-                "system": HOSPITAL_NUMBER_SYSTEM,
-                "value": event.patient_id,
-            }
-        ],
-        "name": [{"use": "official", "family": family, "given": [given]}],
-    }
-    if person.nhs_number:
-        res["identifier"].append({"use": "official", "system": NHS_NUMBER_SYSTEM, "value": person.nhs_number})
-    if person.sex:
-        res["gender"] = _SEX_FHIR[person.sex]
-    if person.birth_date:
-        res["birthDate"] = person.birth_date.isoformat()
-    if person.postcode_district:
-        res["address"] = [{"use": "home", "postalCode": person.postcode_district, "country": "GB"}]
-    ext: list[dict[str, Any]] = []
-    if person.ethnic_category:
-        ext.append(
-            {
-                "url": ETHNIC_CATEGORY_EXTENSION,
-                "valueCodeableConcept": {
-                    "coding": [
-                        {
-                            "system": ETHNIC_CATEGORY_CODESYSTEM,
-                            "code": person.ethnic_category,
-                            "display": _ETHNIC_TEXT.get(person.ethnic_category, person.ethnic_category),
-                        }
-                    ]
-                },
-            }
-        )
-    if person.imd_decile is not None:
-        ext.append({"url": IMD_DECILE_EXTENSION, "valueInteger": person.imd_decile})
-    if person.lsoa:
-        ext.append({"url": LSOA_EXTENSION, "valueString": person.lsoa})
-    if ext:
-        res["extension"] = ext
-    return res
-
-
-def _resource(event: Event) -> dict[str, Any] | None:
-    subject = {"reference": f"Patient/{event.patient_id}"}
-    retracts = event.status == "entered-in-error" and event.corrects is not None
-    # A retraction is the original resource (same id) with status entered-in-error.
-    base = {"id": event.corrects if retracts else event.event_id, "meta": _meta(event)}
-    when = _iso(event.occurred_at)
-    code = {"coding": [_coding(event.code.system, event.code.value)]} if event.code is not None else None
-    if event.kind == "person":
-        return _patient(event)
-    if event.kind == "condition" and code is not None:
-        clinical = "resolved" if event.status == "resolved" else "active"
-        return {
-            "resourceType": "Condition",
-            **base,
-            "clinicalStatus": {
-                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": clinical}]
-            },
-            "verificationStatus": {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-                        "code": "entered-in-error" if retracts else "confirmed",
-                    }
-                ]
-            },
-            "category": [
-                {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/condition-category",
-                            "code": "encounter-diagnosis",
-                        }
-                    ]
-                }
-            ],
-            "code": code,
-            "subject": subject,
-            "onsetDateTime": when,
-            "recordedDate": when,
-        }
-    if event.kind in ("measurement", "observation") and code is not None:
-        category = (
-            "vital-signs"
-            if event.code is not None and event.code.value in _VITAL_SIGNS
-            else "survey"
-            if event.unit == "{score}"
-            else "laboratory"
-        )
-        res: dict[str, Any] = {
-            "resourceType": "Observation",
-            **base,
-            "status": "entered-in-error" if retracts else "final",
-            "category": [
-                {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}
-            ],
-            "code": code,
-            "subject": subject,
-            "effectiveDateTime": when,
-        }
-        if isinstance(event.value, float | int):
-            quantity: dict[str, Any] = {"value": event.value}
-            if event.unit:
-                quantity["unit"] = event.unit
-                if (ucum := _UCUM.get(event.unit)) is not None:
-                    quantity.update(system=UCUM, code=ucum)
-            res["valueQuantity"] = quantity
-        elif isinstance(event.value, str):
-            res["valueString"] = event.value
-        return res
-    if event.kind == "drug" and code is not None:
-        return {
-            "resourceType": "MedicationStatement",
-            **base,
-            "status": "entered-in-error" if retracts else "active",
-            "medicationCodeableConcept": code,
-            "subject": subject,
-            "effectiveDateTime": when,
-            "dateAsserted": when,
-        }
-    if event.kind == "procedure" and code is not None:
-        return {
-            "resourceType": "Procedure",
-            **base,
-            "status": "completed",
-            "code": code,
-            "subject": subject,
-            "performedDateTime": when,
-        }
-    if event.kind == "visit":
-        setting, site = _setting(event)
-        klass, display = _ENCOUNTER_CLASS[setting]
-        return {
-            "resourceType": "Encounter",
-            **base,
-            "status": "finished",
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": klass, "display": display},
-            "subject": subject,
-            "period": {"start": when, "end": when},
-            "location": [{"location": {"display": site}}],
-        }
-    return None  # consent and death events are not rendered as FHIR resources here
-
-
-def to_fhir(events: Sequence[Event] | Iterable[Event], *, bundle_type: str = "transaction") -> dict[str, Any]:
-    """A FHIR R4 Bundle (``transaction`` of PUTs, or ``collection``) for the events; see the module docstring."""
-    if bundle_type not in ("transaction", "collection"):
-        raise ValueError("bundle_type must be 'transaction' or 'collection'")
-    entries: list[dict[str, Any]] = []
-    for ev in events:
-        res = _resource(ev)
-        if res is None:
-            continue
-        rtype, rid = res["resourceType"], res["id"]
-        entry: dict[str, Any] = {"fullUrl": f"urn:uuid:{_uuid(f'{rtype}/{rid}')}", "resource": res}
-        if bundle_type == "transaction":
-            entry["request"] = {"method": "PUT", "url": f"{rtype}/{rid}"}
-        entries.append(entry)
-    return {"resourceType": "Bundle", "type": bundle_type, "entry": entries}
-
-
-def _uuid(name: str) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:screener:synthetic:" + name))
+from ._fhir import to_fhir  # noqa: E402  (the FHIR half, re-exported: it reads the constants above)

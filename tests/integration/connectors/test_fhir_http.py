@@ -71,7 +71,7 @@ def test_post_single_resource_to_type_endpoint(base_url: str, topics: Any, reade
 def test_bad_resource_is_422_operation_outcome_and_dead_lettered(base_url: str, topics: Any, reader: Any) -> None:
     bad = {
         "resourceType": "Bundle",
-        "type": "batch",
+        "type": "transaction",  # atomic: one bad entry rejects the whole Bundle
         "entry": [
             {
                 "resource": {
@@ -93,6 +93,19 @@ def test_bad_resource_is_422_operation_outcome_and_dead_lettered(base_url: str, 
     assert letter["source"] == "fhir" and json.loads(letter["payload"]) == bad
     assert letter["reason"].startswith("422: Observation at Bundle.entry[0]")
     assert reader(topics.events, expected=0, timeout=1) == []
+
+
+def test_batch_refuses_only_the_bad_entry(base_url: str, topics: Any, reader: Any) -> None:
+    good = json.loads((DATA / "bulk_export.ndjson").read_text().splitlines()[1])
+    bad = {**good, "id": "bad-1", "valueQuantity": {"value": "41"}}
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": bad}, {"resource": good}]}
+    resp = httpx.post(f"{base_url}/", json=batch)
+    assert resp.status_code == 200
+    statuses = [e["response"]["status"] for e in resp.json()["entry"]]
+    assert statuses == ["422 Rejected", "201 Created"]
+    [letter] = [json.loads(r.value) for r in reader(topics.dlq, expected=1)]
+    assert json.loads(letter["payload"]) == bad and "Bundle.entry[0].resource.valueQuantity.value" in letter["position"]
+    assert len(reader(topics.events, expected=1)) == 1
 
 
 @pytest.mark.parametrize(

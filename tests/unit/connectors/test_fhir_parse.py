@@ -37,8 +37,11 @@ def test_synthea_format_transaction_bundle_loads() -> None:
     assert measurements == {"4548-4": (7.2, "%"), "8462-4": (82.0, "mm[Hg]"), "8480-6": (131.0, "mm[Hg]")}
     assert by_kind["observation"][0].value == "Never smoker"
     drug = by_kind["drug"][0]
-    assert drug.code is not None and (drug.code.system, drug.code.value) == ("local", "rxnorm:860975")
-    assert by_kind["visit"][0].setting == "hospital" and by_kind["visit"][0].status == "resolved"
+    # fidelity (issue 13): RxNorm is a code system now; the old parser sent ("local", "rxnorm:860975")
+    assert drug.code is not None and (drug.code.system, drug.code.value) == ("RXNORM", "860975")
+    assert by_kind["visit"][0].setting == "hospital" and by_kind["visit"][0].status == "completed"
+    encounter = by_kind["visit"][0].encounter_id
+    assert encounter is not None and drug.encounter_id == encounter  # facts point at their Encounter
     assert by_kind["procedure"][0].occurred_at == datetime(2019, 3, 4, 15, 8, 24, tzinfo=UTC)
 
 
@@ -101,16 +104,18 @@ def test_invalid_entry_names_resource_and_path() -> None:
         "subject": {"reference": "Patient/1"},
         "valueQuantity": {"value": "forty"},
     }
-    with pytest.raises(FHIRReject) as err:
-        parse_payload(
-            {
-                "resourceType": "Bundle",
-                "type": "batch",
-                "entry": [{"resource": {"resourceType": "Patient", "id": "1"}}, {"resource": bad}],
-            }
-        )
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": {"resourceType": "Patient", "id": "1"}}, {"resource": bad}],
+    }
+    with pytest.raises(FHIRReject) as err:  # a transaction is atomic
+        parse_payload(bundle)
     assert err.value.status == 422 and err.value.resource_type == "Observation"
     assert err.value.path == "Bundle.entry[1].resource.valueQuantity.value"
+    parsed = parse_payload({**bundle, "type": "batch"})  # a batch refuses only the bad entry
+    assert [e.kind for e in parsed.events] == ["person"]
+    assert [(i, e.path) for i, e in parsed.rejected] == [(1, "Bundle.entry[1].resource.valueQuantity.value")]
 
 
 @pytest.mark.parametrize(

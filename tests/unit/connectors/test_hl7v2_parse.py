@@ -73,17 +73,25 @@ def test_hl7_package_oru_sample_yields_glucose_measurements() -> None:
 @pytest.mark.parametrize(
     "name", ["sample_batch", "sample_batch1", "sample_batch2", "sample_file", "sample_file1", "sample_file4"]
 )
-def test_hl7_package_batches_and_files_split_and_parse(name: str) -> None:
+def test_hl7_package_batches_split_and_their_year_1013_birth_date_is_rejected(name: str) -> None:
+    # Fidelity (issue 17): the VINAH samples' PID-7 is 10131113, a birth date in the year 1013. The old parser
+    # accepted it; it is now AE naming PID-7 (more than 120 years before the message), never a person event.
     text = getattr(_samples(), name)
     messages, kind = split_batch(text)
     assert messages and all(m.startswith("MSH") for m in messages)
     assert kind in ("BHS", "FHS", None)
     for m in messages:
-        parsed = parse_message(m)
-        assert parsed.message_type == "ADT^A04"
-        person = parsed.events[0]
-        assert person.kind == "person" and person.patient_id == "0000112234"
-        assert person.setting == "hospital"  # PV1-2 "O" (outpatient)
+        with pytest.raises(HL7Reject) as err:
+            parse_message(m)
+        assert err.value.location == "PID^1^7" and err.value.ack_code == "AE"
+        assert "120 years" in err.value.reason and "1013" not in err.value.reason
+    fixed = messages[0].replace("|10131113|", "|19131113|")
+    parsed = parse_message(fixed)
+    assert parsed.message_type == "ADT^A04"
+    person = parsed.events[0]
+    assert person.kind == "person" and person.patient_id == "0000112234"
+    assert person.setting == "hospital"  # PV1-2 "O" (outpatient)
+    assert parsed.unmapped == {"NK1": 1}  # NK1 (next of kin) is not read, and counted
 
 
 @pytest.mark.parametrize("name", ["sample_bad_batch", "sample_bad_file", "sample_bad_file3"])
@@ -150,7 +158,7 @@ def test_other_adt_triggers_are_accepted(trigger: str) -> None:
     assert parsed.message_type == f"ADT^{trigger}"
     assert parsed.events[0].kind == "person"
     if trigger == "A03":
-        assert parsed.events[1].kind == "visit" and parsed.events[1].status == "resolved"
+        assert parsed.events[1].kind == "visit" and parsed.events[1].status == "completed"
 
 
 def test_a40_merge_is_a_person_event_with_merged_from() -> None:

