@@ -1,0 +1,106 @@
+"""The JSON API's models (its OpenAPI description)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from screener.alerts.store import ACTIONS
+
+
+class Criterion(BaseModel):
+    name: str
+    group: str = Field(description="include | exclude")
+    result: bool | None = Field(description="true, false, or null when unknown (the nurse must verify)")
+    evidence: str | None = None
+    to_verify: bool
+
+
+class ActionRecord(BaseModel):
+    action: str
+    reason: str | None = None
+    until: date | None = None
+    note: str | None = None
+    username: str
+    at: Any
+
+
+class MatchSummary(BaseModel):
+    token: str = Field(description="Opaque match id used in URLs")
+    study_id: str
+    title: str
+    patient_id: str = Field(description="Hospital patient id, for the logged-in team member only")
+    outcome: str
+    stage: str
+    urgency: int = Field(description="0 acute, 1 study closing soon, 2 other")
+    setting: str | None = None
+    matched_at: Any
+    snoozed_until: date | None = None
+    reopened_at: Any = None
+    to_verify: list[str]
+
+
+class MatchDetail(MatchSummary):
+    rule_hash: str
+    reason: str | None = None
+    criteria: list[Criterion]
+    history: list[ActionRecord]
+
+
+class ActionIn(BaseModel):
+    action: str = Field(description=" | ".join(ACTIONS))
+    reason: str | None = Field(default=None, description="coded reason for not_eligible and declined")
+    until: date | None = Field(default=None, description="snooze until this date (after today)")
+    note: str | None = None
+
+
+class DncChange(BaseModel):
+    add: list[str] = []
+    remove: list[str] = []
+
+
+class DncResult(BaseModel):
+    added: int
+    removed: int
+    total: int
+
+
+class DncEntry(BaseModel):
+    patient_id: str
+    added_at: Any
+    added_by: str
+    source: str | None = None
+
+
+class AuditEntry(BaseModel):
+    at: Any
+    username: str
+    action: str
+    object_type: str | None = None
+    object_id: str | None = None
+    detail: str | None = Field(default=None, description="JSON")
+
+
+class StudyOut(BaseModel):
+    id: str
+    title: str
+    summary: str
+    sponsor: str | None
+    settings: list[str]
+    opens: date | None
+    closes: date | None
+    criteria_markdown: str | None
+
+
+class Me(BaseModel):
+    username: str
+    role: str
+    teams: list[str]
+
+
+class FunnelRow(BaseModel):
+    study_id: str
+    stage: str
+    n: int

@@ -1,0 +1,147 @@
+"""Routes without a session: health, metrics, the public open-studies page and its API, login and logout."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from markdown_it import MarkdownIt
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from screener.alerts import auth
+from screener.alerts.store import SqlStore
+from screener.logging import get_logger
+from screener.web.deps import (
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    Principal,
+    Store,
+    check_form_csrf,
+    page_user,
+    render,
+)
+from screener.web.models import (
+    StudyOut,
+)
+
+log = get_logger("screener.web")
+router = APIRouter()
+
+#: Five failed logins for one username within 15 minutes lock that username out for the rest of the window.
+LOCKOUT_FAILURES = 5
+LOCKOUT_WINDOW = timedelta(minutes=15)
+_MD = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+def _secure(request: Request) -> bool:
+    return bool(getattr(request.app.state.settings, "cookie_secure", False))
+
+
+def _criteria_part(markdown: str) -> str:
+    """The criteria from ``Study.render_markdown()``: from its first level-2 heading on (the page already shows
+    the title, summary and dates above it); the whole text when it has no such heading."""
+    if markdown.startswith("## "):
+        return markdown
+    at = markdown.find("\n## ")
+    return markdown[at + 1 :] if at >= 0 else markdown
+
+
+def refresh_store_metrics(store: SqlStore) -> bool:
+    """Set the store-derived gauges (enrolment, funnel by IMD quintile and ethnic group) on ``store.metrics``
+    from the worklist, via :func:`screener.report.publish_store_metrics`. Returns False when there is nothing to
+    do (no metrics) or it failed (logged; a scrape must not fail because of it)."""
+    if getattr(store, "metrics", None) is None:
+        return False
+    try:
+        from screener.report import load_report_data, publish_store_metrics
+
+        publish_store_metrics(store.metrics, load_report_data(store.engine))
+    except Exception as exc:  # observability must never take the worklist down
+        log.warning("store_metrics_failed", error=str(exc))
+        return False
+    return True
+
+
+@router.get("/healthz", include_in_schema=False)
+def healthz() -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(st: Store, request: Request) -> Response:
+    now = time.monotonic()
+    if now - request.app.state.metrics_refreshed > 5.0:  # at most every 5 s, however often it is scraped
+        request.app.state.metrics_refreshed = now
+        refresh_store_metrics(st)
+    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def open_studies(st: SqlStore) -> list[dict[str, Any]]:
+    return st.studies(open_on=st.clock().date())
+
+
+@router.get("/studies", response_class=HTMLResponse, include_in_schema=False)
+def studies_page(st: Store, request: Request) -> HTMLResponse:
+    rows = open_studies(st)
+    for s in rows:
+        s["criteria_html"] = _MD.render(_criteria_part(s["criteria_markdown"])) if s["criteria_markdown"] else None
+    return render(request, "studies.html", studies=rows, p=None)
+
+
+@router.get("/api/studies", response_model=list[StudyOut], tags=["public"])
+def studies_api(st: Store) -> list[dict[str, Any]]:
+    """Studies open today, with plain-English criteria (Markdown). No login, no patient data."""
+    return open_studies(st)
+
+
+# --- login ---------------------------------------------------------------------------------------------
+@router.get("/login", response_class=HTMLResponse, include_in_schema=False)
+def login_form(request: Request, failed: bool = False) -> HTMLResponse:
+    token = auth.new_token()
+    response = render(request, "login.html", login_csrf=token, failed=failed)
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=_secure(request), path="/login", max_age=3600
+    )
+    return response
+
+
+@router.post("/login", include_in_schema=False)
+def login(
+    st: Store,
+    request: Request,
+    username: Annotated[str, Form()],
+    password: Annotated[str, Form()],
+    csrf_token: Annotated[str, Form()] = "",
+) -> Response:
+    if not auth.constant_time_equal(csrf_token, request.cookies.get(LOGIN_CSRF_COOKIE)):
+        raise HTTPException(403, "missing or invalid CSRF token; reload the login page")
+    if st.failed_logins(username[:128], LOCKOUT_WINDOW) >= LOCKOUT_FAILURES:
+        st.audit(username[:128] or "?", "login_locked")
+        raise HTTPException(429, "too many failed logins for this user; try again in 15 minutes")
+    user = st.authenticate(username, password)
+    if user is None:
+        st.audit(username[:128] or "?", "login_failed")
+        return RedirectResponse("/login?failed=1", status_code=303)
+    token, _csrf = st.create_session(user)
+    st.audit(user.username, "login")
+    response = RedirectResponse("/worklist", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE, token, httponly=True, samesite="lax", secure=_secure(request), path="/", max_age=12 * 3600
+    )
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return response
+
+
+@router.post("/logout", include_in_schema=False)
+def logout(
+    st: Store, request: Request, p: Annotated[Principal, Depends(page_user)], csrf_token: Annotated[str, Form()] = ""
+) -> Response:
+    check_form_csrf(p, csrf_token)
+    st.end_session(request.cookies.get(SESSION_COOKIE))
+    st.audit(p.user.username, "logout")
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
