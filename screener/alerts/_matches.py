@@ -20,8 +20,30 @@ from screener.alerts._common import (
     _utc,
     materially_changed,
 )
+from screener.alerts._follow import followed
 from screener.alerts.base import MATCH_COLUMNS
 from screener.errors import DeliveryError
+
+#: What the recording step reads of a stored match to decide how a new screen changes it.
+_OLD_COLUMNS = (
+    "id",
+    "token",
+    "study_id",
+    "patient_id",
+    "outcome",
+    "rule_hash",
+    "criteria",
+    "stage",
+    "setting",
+    "imd_decile",
+    "ethnic_group",
+    "location",
+    "previous_outcome",
+    "changed_at",
+    "closed_at",
+    "upgraded_at",
+)
+_OLD_COLUMNS_SQL = tuple(f"m.{c}" for c in _OLD_COLUMNS)
 
 
 class MatchesPart(StoreBase):
@@ -30,7 +52,9 @@ class MatchesPart(StoreBase):
         """Insert matches idempotently: one row per (study_id, patient_id), ever. See the module docstring.
 
         Returns the rows of ``matches`` that were new (the ones to alert on), with the input's columns. Rows for
-        patients on the do-not-contact register and new rows whose outcome is ``ineligible`` are not stored.
+        patients on the do-not-contact register and new rows whose outcome is ``ineligible`` are not stored; an
+        ``ineligible`` row for an existing match closes it as no longer eligible, and possible -> eligible is an
+        upgrade (:mod:`screener.alerts._follow`). An optional ``location`` column is stored with the match.
         Atomic: if it raises (:class:`DeliveryError`), nothing was written.
         """
         if matches.height == 0:
@@ -61,47 +85,35 @@ class MatchesPart(StoreBase):
             for r in inserts:
                 r["token"] = auth.new_token(16)
             new_keys = self._insert_new(conn, inserts)
-        updates, reopened = [], []
+        updates, reopened, events = [], [], []
         for r in rows:
             old = existing.get((r["study_id"], r["patient_id"]))
             if old is None:
                 continue
-            if (old["outcome"], old["rule_hash"], old["criteria"]) == (r["outcome"], r["rule_hash"], r["criteria"]):
+            values, followed_event = followed(old, r, now)
+            if values is None:
                 continue
             reopen = (
                 old["stage"] in DISMISSED_STAGES
+                and r["outcome"] != "ineligible"
                 and old["rule_hash"] != r["rule_hash"]
                 and materially_changed(old["outcome"], old["criteria"], r["outcome"], r["criteria"])
             )
-            updates.append(
-                {
-                    "b_id": old["id"],
-                    "outcome": r["outcome"],
-                    "criteria": r["criteria"],
-                    "rule_hash": r["rule_hash"],
-                    "setting": r["setting"],
-                    "imd_decile": r["imd_decile"],
-                    "ethnic_group": r["ethnic_group"],
-                    "updated_at": now,
-                }
-            )
+            updates.append({"b_id": old["id"], **values})
             if reopen:
                 reopened.append(old)
+            if followed_event is not None:
+                events.append((old, followed_event, r["outcome"]))
         if updates:
             conn.execute(
                 t.matches.update()
                 .where(t.matches.c.id == sa.bindparam("b_id"))
-                .values(
-                    outcome=sa.bindparam("outcome"),
-                    criteria=sa.bindparam("criteria"),
-                    rule_hash=sa.bindparam("rule_hash"),
-                    setting=sa.bindparam("setting"),
-                    imd_decile=sa.bindparam("imd_decile"),
-                    ethnic_group=sa.bindparam("ethnic_group"),
-                    updated_at=sa.bindparam("updated_at"),
-                ),
+                .values(**{k: sa.bindparam(k) for k in updates[0] if k != "b_id"}),
                 updates,
             )
+        for old, what, outcome in events:
+            detail = {"study": old["study_id"], "from": old["outcome"], "to": outcome}
+            self._audit(conn, "system", what, "match", old["token"], detail)
         for old in reopened:
             conn.execute(
                 t.matches.update()
@@ -129,7 +141,7 @@ class MatchesPart(StoreBase):
         if conn.dialect.name == "postgresql" and rows:
             # One round trip: join against the keys as arrays (an IN list per chunk costs ~30 ms a query).
             keys = sa.text(
-                "SELECT m.id, m.token, m.study_id, m.patient_id, m.outcome, m.rule_hash, m.criteria, m.stage "
+                f"SELECT {', '.join(_OLD_COLUMNS_SQL)} "
                 "FROM matches m JOIN unnest(CAST(:s AS text[]), CAST(:p AS text[])) AS k(study_id, patient_id) "
                 "ON m.study_id = k.study_id AND m.patient_id = k.patient_id"
             )
@@ -137,7 +149,7 @@ class MatchesPart(StoreBase):
             return {(row["study_id"], row["patient_id"]): dict(row) for row in result.mappings()}
         for study_id, pids in by_study.items():
             for i in range(0, len(pids), _CHUNK):
-                q = sa.select(m.id, m.token, m.study_id, m.patient_id, m.outcome, m.rule_hash, m.criteria, m.stage)
+                q = sa.select(*(m[c] for c in _OLD_COLUMNS))
                 q = q.where(m.study_id == study_id, m.patient_id.in_(pids[i : i + _CHUNK]))
                 for row in conn.execute(q).mappings():
                     found[(row["study_id"], row["patient_id"])] = dict(row)
@@ -228,6 +240,7 @@ def _match_row(r: dict[str, Any], now: datetime) -> dict[str, Any]:
         "setting": r.get("setting"),
         "imd_decile": int(imd) if imd is not None else None,
         "ethnic_group": r.get("ethnic_group"),
+        "location": (str(r["location"])[:64] or None) if r.get("location") is not None else None,
         "stage": "new",
         "updated_at": now,
     }

@@ -24,6 +24,10 @@ from screener.alerts._common import (
     _utc,
     urgency,
 )
+from screener.alerts._follow import KEPT_VISIBLE_STAGES, ruled_out_by
+
+#: Worklist orders (see :meth:`WorklistPart.worklist`).
+SORTS = ("urgency", "newest", "oldest", "study")
 
 
 class WorklistPart(StoreBase):
@@ -35,6 +39,56 @@ class WorklistPart(StoreBase):
             clauses.append(t.studies.c.team.in_(sorted(user.teams) or [""]))
         return sa.and_(*clauses)
 
+    def _worklist_query(
+        self,
+        user: User,
+        columns: list[Any],
+        *,
+        study: str | None,
+        setting: str | None,
+        outcome: str | None,
+        view: str,
+    ) -> Any:
+        if view not in VIEWS:
+            raise ValueError(f"unknown view {view!r}; expected one of {list(VIEWS)}")
+        today = self.clock().date()
+        m = t.matches.c
+        q = (
+            sa.select(*columns)
+            .select_from(t.matches.join(t.studies, t.studies.c.id == m.study_id))
+            .where(self._visible(user))
+        )
+        not_snoozed = sa.or_(m.snoozed_until.is_(None), m.snoozed_until <= today)
+        # A match no longer eligible leaves the open list, unless the nurse is already talking to the patient.
+        still_open = sa.or_(m.outcome != "ineligible", m.stage.in_(KEPT_VISIBLE_STAGES))
+        if view == "open":
+            q = q.where(m.stage.in_(ACTIVE_STAGES), still_open, not_snoozed)
+        elif view == "snoozed":
+            q = q.where(m.stage.in_(ACTIVE_STAGES), m.snoozed_until > today)
+        elif view == "closed":
+            q = q.where(sa.or_(m.stage.in_(CLOSED_STAGES), sa.not_(still_open)))
+        if study:
+            q = q.where(m.study_id == study)
+        if setting:
+            q = q.where(m.setting == setting)
+        if outcome:
+            q = q.where(m.outcome == outcome)
+        return q
+
+    def worklist_count(
+        self,
+        user: User,
+        *,
+        study: str | None = None,
+        setting: str | None = None,
+        outcome: str | None = None,
+        view: str = "open",
+    ) -> int:
+        """How many matches :meth:`worklist` would list with these filters over all pages."""
+        q = self._worklist_query(user, [sa.func.count()], study=study, setting=setting, outcome=outcome, view=view)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar() or 0)
+
     def worklist(
         self,
         user: User,
@@ -43,17 +97,24 @@ class WorklistPart(StoreBase):
         setting: str | None = None,
         outcome: str | None = None,
         view: str = "open",
+        sort: str = "urgency",
         limit: int = 500,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
-        """The user's matches, most urgent first, then newest first (see the module docstring).
+        """The user's matches, one page of ``limit`` rows from ``offset`` (see the module docstring for urgency).
 
-        ``view``: ``open`` (active and not snoozed), ``snoozed``, ``closed`` (enrolled, dismissed, no longer
-        eligible) or ``all``. Each row has ``token`` (the opaque id for URLs), study fields, ``outcome``,
-        ``stage``, ``urgency`` (0 acute, 1 closing soon, 2 other), ``unknowns`` (criteria to verify) and
-        ``patient_id`` (for display to the logged-in team member only).
+        ``view``: ``open`` (active and not snoozed; a match no longer eligible stays only when approached or
+        consented, flagged ``no_longer_eligible``), ``snoozed``, ``closed`` (enrolled, dismissed, no longer
+        eligible) or ``all``. ``sort``: ``urgency`` (most urgent, then newest; the default), ``newest``,
+        ``oldest`` or ``study`` (title, then newest). Each row has ``token`` (the opaque id for URLs), study
+        fields, ``outcome``, ``stage``, ``urgency`` (0 acute, 1 closing soon, 2 other), ``unknowns`` (criteria to
+        verify), ``location``, ``upgraded_at``, ``closed_at``, ``changed_at`` and ``patient_id`` (for display to
+        the logged-in team member only).
+
+        :raises ValueError: unknown view or sort.
         """
-        if view not in VIEWS:
-            raise ValueError(f"unknown view {view!r}; expected one of {list(VIEWS)}")
+        if sort not in SORTS:
+            raise ValueError(f"unknown sort {sort!r}; expected one of {list(SORTS)}")
         today = self.clock().date()
         m, s = t.matches.c, t.studies.c
         urgency = sa.case(
@@ -61,49 +122,44 @@ class WorklistPart(StoreBase):
             (s.closes <= today + timedelta(days=CLOSING_SOON_DAYS), 1),
             else_=2,
         ).label("urgency")
-        q = (
-            sa.select(
-                m.token,
-                m.study_id,
-                m.patient_id,
-                m.outcome,
-                m.stage,
-                m.reason,
-                m.matched_at,
-                m.setting,
-                m.snoozed_until,
-                m.reopened_at,
-                m.criteria,
-                s.title,
-                s.team,
-                s.closes,
-                urgency,
-            )
-            .select_from(t.matches.join(t.studies, t.studies.c.id == m.study_id))
-            .where(self._visible(user))
-        )
-        not_snoozed = sa.or_(m.snoozed_until.is_(None), m.snoozed_until <= today)
-        if view == "open":
-            q = q.where(m.stage.in_(ACTIVE_STAGES), m.outcome != "ineligible", not_snoozed)
-        elif view == "snoozed":
-            q = q.where(m.stage.in_(ACTIVE_STAGES), m.snoozed_until > today)
-        elif view == "closed":
-            q = q.where(sa.or_(m.stage.in_(CLOSED_STAGES), m.outcome == "ineligible"))
-        if study:
-            q = q.where(m.study_id == study)
-        if setting:
-            q = q.where(m.setting == setting)
-        if outcome:
-            q = q.where(m.outcome == outcome)
-        q = q.order_by(urgency, m.matched_at.desc(), m.id.desc()).limit(limit)
+        columns = [
+            m.token,
+            m.study_id,
+            m.patient_id,
+            m.outcome,
+            m.stage,
+            m.reason,
+            m.matched_at,
+            m.setting,
+            m.location,
+            m.snoozed_until,
+            m.reopened_at,
+            m.upgraded_at,
+            m.closed_at,
+            m.changed_at,
+            m.criteria,
+            s.title,
+            s.team,
+            s.closes,
+            urgency,
+        ]
+        q = self._worklist_query(user, columns, study=study, setting=setting, outcome=outcome, view=view)
+        order = {
+            "urgency": (urgency, m.matched_at.desc(), m.id.desc()),
+            "newest": (m.matched_at.desc(), m.id.desc()),
+            "oldest": (m.matched_at, m.id),
+            "study": (s.title, m.matched_at.desc(), m.id.desc()),
+        }[sort]
+        q = q.order_by(*order).limit(max(0, limit)).offset(max(0, offset))
         with self.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(q).mappings()]
         for r in rows:
-            r["matched_at"] = _utc(r["matched_at"])
-            r["reopened_at"] = _utc(r["reopened_at"])
+            for k in ("matched_at", "reopened_at", "upgraded_at", "closed_at", "changed_at"):
+                r[k] = _utc(r[k])
             crit = json.loads(r.pop("criteria") or "[]")
             r["unknowns"] = [c.get("name") for c in crit if c.get("result") is None]
             r["snooze_ended"] = r["snoozed_until"] is not None and r["snoozed_until"] <= today
+            r["no_longer_eligible"] = r["outcome"] == "ineligible"
         return rows
 
     def get_match(self, user: User, token: str) -> dict[str, Any] | None:
@@ -135,7 +191,9 @@ class WorklistPart(StoreBase):
             ]
         d["criteria"] = [{**c, "to_verify": c.get("result") is None} for c in json.loads(d["criteria"] or "[]")]
         d["urgency"] = urgency(d.pop("horizon_s"), d["closes"], self.clock().date())
-        for k in ("matched_at", "event_time", "reopened_at", "updated_at"):
+        d["no_longer_eligible"] = d["outcome"] == "ineligible"
+        d["ruled_out"] = ruled_out_by(d["criteria"]) if d["no_longer_eligible"] else []
+        for k in ("matched_at", "event_time", "reopened_at", "updated_at", "changed_at", "closed_at", "upgraded_at"):
             d[k] = _utc(d[k])
         for a in d["history"]:
             a["at"] = _utc(a["at"])

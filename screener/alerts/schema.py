@@ -104,6 +104,16 @@ matches = Table(
     #: When the broker acknowledged the match on ``screening.matches``; null until then (the engine's sweep
     #: publishes what a crash left unpublished).
     Column("published_at", DateTime(timezone=True), nullable=True),
+    #: Ward/bed/clinic of the patient's latest visit, as the engine last passed it.
+    Column("location", String(64), nullable=True),
+    #: The outcome before the engine's last change of it (``possible`` for an upgrade).
+    Column("previous_outcome", String(16), nullable=True),
+    #: When the engine last changed the outcome or the evidence (the page's "changed since you last looked").
+    Column("changed_at", DateTime(timezone=True), nullable=True),
+    #: When a later screen found the patient no longer eligible (outcome ``ineligible``); null while it holds.
+    Column("closed_at", DateTime(timezone=True), nullable=True),
+    #: When the match went from possible to eligible.
+    Column("upgraded_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("study_id", "patient_id"),
     Index(None, "study_id", "stage"),
     Index(None, "patient_id"),
