@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from screener.errors import ConfigError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["DEFAULT_SECRET_KEY", "Settings", "load_settings"]
+
+#: The secret key a fresh install has; accepted only with ``SCREENER_DEMO=true`` (:meth:`Settings.check_secrets`).
+DEFAULT_SECRET_KEY = "change-me-in-production"
 
 
 class Settings(BaseSettings):
@@ -76,7 +79,7 @@ class Settings(BaseSettings):
     web_port: int = Field(default=8080, ge=0, le=65535)
     #: Absolute base URL used in outbound links (no patient identifiers ever appear in them).
     public_url: str = "http://127.0.0.1:8080"
-    secret_key: SecretStr = SecretStr("change-me-in-production")
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
     cookie_secure: bool = False
     webhook_url: str | None = None
     smtp_host: str | None = None
@@ -89,6 +92,42 @@ class Settings(BaseSettings):
     #: Seconds between outbox delivery passes (webhook messages; digests wait for digest_interval_s).
     outbox_interval_s: float = Field(default=10.0, gt=0)
     digest_interval_s: float = Field(default=3600.0, gt=0)
+    #: A second webhook for page/SMS-style alerts: studies with ``alert: immediate`` post here too, on the next
+    #: delivery pass (never a patient identifier: a count and a link).
+    pager_webhook_url: str | None = None
+    #: The time zone every page shows times in (IANA name).
+    timezone: str = "Europe/London"
+    #: Rows per worklist page.
+    worklist_page_size: int = Field(default=50, ge=1, le=500)
+    #: Seconds between the worklist page's own refreshes (an HTML meta refresh; 0 turns it off).
+    worklist_refresh_s: int = Field(default=60, ge=0)
+    #: Demographic counts (funnel by IMD quintile and ethnic group) below this are not exported on the worklist
+    #: port's public /metrics (they are suppressed to 0 and flagged).
+    metrics_min_count: int = Field(default=8, ge=1)
+    #: Demo mode: the only mode in which the default secret key and passwords are accepted.
+    demo: bool = False
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/London)") from exc
+        return value
+
+    def check_secrets(self) -> None:
+        """Refuse the shipped default secret key outside demo mode.
+
+        :raises ConfigError: ``SCREENER_SECRET_KEY`` is the default and ``SCREENER_DEMO`` is not true."""
+        if not self.demo and self.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
+            raise ConfigError(
+                "SCREENER_SECRET_KEY is the shipped default; set a long random value "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(32))'), or SCREENER_DEMO=true to try it",
+                setting="secret_key",
+            )
 
     # --- observability -----------------------------------------------------------------------------------
     metrics_host: str = "127.0.0.1"

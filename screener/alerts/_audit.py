@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -72,3 +72,12 @@ class AuditPart(StoreBase):
         for r in rows:
             r["at"] = _utc(r["at"])
         return rows
+
+    def last_viewed(self, username: str, token: str) -> datetime | None:
+        """When ``username`` last opened the match ``token`` (from the audit log), or None if never."""
+        a = t.audit_log.c
+        q = sa.select(sa.func.max(a.at)).where(
+            a.username == username, a.action == "view_match", a.object_type == "match", a.object_id == token
+        )
+        with self.engine.connect() as conn:
+            return _utc(conn.execute(q).scalar())

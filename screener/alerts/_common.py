@@ -42,6 +42,29 @@ VIEWS = ("open", "snoozed", "closed", "all")
 ACUTE_HORIZON_S = 72 * 3600.0
 CLOSING_SOON_DAYS = 30
 _CHUNK = 500
+#: A study whose windows are all this short or shorter alerts immediately unless its rule file says otherwise.
+IMMEDIATE_HORIZON = timedelta(hours=24)
+#: Words written in capitals or mixed case when a criterion name is humanised.
+_WORDS = {
+    "egfr": "eGFR",
+    "hba1c": "HbA1c",
+    "bmi": "BMI",
+    "nihss": "NIHSS",
+    "copd": "COPD",
+    "ckd": "CKD",
+    "fev1": "FEV1",
+}
+
+
+def humanise(name: str) -> str:
+    """A criterion or concept name in words: ``egfr_25_to_59`` -> ``eGFR 25 to 59``, ``on_insulin`` ->
+    ``On insulin``."""
+    words = [_WORDS.get(w.lower(), w) for w in name.replace("-", " ").replace("_", " ").split()]
+    if not words:
+        return name
+    if words[0] == words[0].lower():
+        words[0] = words[0][:1].upper() + words[0][1:]
+    return " ".join(words)
 
 
 class InvalidAction(ValueError):

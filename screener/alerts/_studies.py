@@ -10,10 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from screener.alerts import schema as t
-from screener.alerts._common import (
-    StoreBase,
-    User,
-)
+from screener.alerts._common import IMMEDIATE_HORIZON, StoreBase, User, humanise
 from screener.logging import get_logger
 
 log = get_logger("screener.alerts.store")
@@ -65,6 +62,8 @@ class StudiesPart(StoreBase):
             for row in conn.execute(q).mappings():
                 d = dict(row)
                 d["settings"] = json.loads(d["settings"] or "[]")
+                for k in ("contacts", "sites", "criteria_plain"):
+                    d[k] = json.loads(d[k] or "[]")
                 out.append(d)
             return out
 
@@ -96,6 +95,34 @@ def _study_row(s: object, now: datetime) -> dict[str, Any]:
         "horizon_s": horizon.total_seconds() if isinstance(horizon, timedelta) else None,
         "content_hash": get("content_hash"),
         "criteria_markdown": markdown,
+        "lay_summary": get("lay_summary"),
+        "contacts": json.dumps([_contact(c) for c in get("contacts") or ()]),
+        "protocol_url": get("protocol_url"),
+        "pis_url": get("pis_url"),
+        "sites": json.dumps([str(x) for x in get("sites") or ()]),
+        "criteria_plain": json.dumps(
+            [{"group": g, "label": _plain_label(c)} for g in ("include", "exclude") for c in get(g) or ()]
+        ),
+        "alert": _alert_mode(get("alert"), horizon),
         "active": True,
         "updated_at": now,
     }
+
+
+def _contact(c: Any) -> dict[str, Any]:
+    if isinstance(c, dict):
+        return {k: c.get(k) for k in ("name", "role", "email", "phone")}
+    return {k: getattr(c, k, None) for k in ("name", "role", "email", "phone")}
+
+
+def _plain_label(c: Any) -> str:
+    """The criterion in words: its ``display`` (label, or name humanised), else the name humanised here."""
+    return str(getattr(c, "display", None) or getattr(c, "label", None) or humanise(str(getattr(c, "name", c))))
+
+
+def _alert_mode(alert: Any, horizon: Any) -> str:
+    """The rule file's ``alert``; without one, ``immediate`` when every window is 24 hours or less (the contract's
+    default counts the shortest window; until the loader gives ``alert`` the longest, ``horizon``, is used)."""
+    if alert in ("immediate", "digest"):
+        return str(alert)
+    return "immediate" if isinstance(horizon, timedelta) and horizon <= IMMEDIATE_HORIZON else "digest"

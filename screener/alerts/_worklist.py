@@ -174,6 +174,11 @@ class WorklistPart(StoreBase):
                 t.studies.c.closes,
                 t.studies.c.summary,
                 t.studies.c.horizon_s,
+                t.studies.c.lay_summary,
+                t.studies.c.contacts,
+                t.studies.c.protocol_url,
+                t.studies.c.pis_url,
+                t.studies.c.sites,
             )
             .select_from(t.matches.join(t.studies, t.studies.c.id == m.study_id))
             .where(m.token == token, self._visible(user))
@@ -192,6 +197,8 @@ class WorklistPart(StoreBase):
         d["criteria"] = [{**c, "to_verify": c.get("result") is None} for c in json.loads(d["criteria"] or "[]")]
         d["urgency"] = urgency(d.pop("horizon_s"), d["closes"], self.clock().date())
         d["no_longer_eligible"] = d["outcome"] == "ineligible"
+        d["contacts"] = json.loads(d["contacts"] or "[]")
+        d["sites"] = json.loads(d["sites"] or "[]")
         d["ruled_out"] = ruled_out_by(d["criteria"]) if d["no_longer_eligible"] else []
         for k in ("matched_at", "event_time", "reopened_at", "updated_at", "changed_at", "closed_at", "upgraded_at"):
             d[k] = _utc(d[k])
@@ -217,17 +224,19 @@ class WorklistPart(StoreBase):
         """
         reason = reason or None
         if action not in ACTIONS:
-            raise InvalidAction(f"unknown action {action!r}; expected one of {list(ACTIONS)}")
+            known = ", ".join(a.replace("_", " ") for a in ACTIONS)
+            raise InvalidAction(f"'{action}' is not something that can be recorded here; choose one of: {known}.")
         codes = {"not_eligible": NOT_ELIGIBLE_REASONS, "declined": DECLINED_REASONS}.get(action)
         if codes is not None and reason not in codes:
-            raise InvalidAction(f"{action} needs a coded reason, one of {list(codes)}")
+            what = "is not eligible" if action == "not_eligible" else "declined"
+            raise InvalidAction(f"Choose a reason why the patient {what}: {', '.join(codes.values())}.")
         if codes is None and reason is not None:
-            raise InvalidAction(f"{action} takes no reason")
+            raise InvalidAction(f"A reason is only recorded with 'not eligible' or 'declined', not with '{action}'.")
         today = self.clock().date()
         if action == "snoozed" and (until is None or until <= today):
-            raise InvalidAction("snoozed needs an 'until' date after today")
+            raise InvalidAction("Give the date to snooze until: a day after today, for example 15/06/2026.")
         if action != "snoozed" and until is not None:
-            raise InvalidAction(f"{action} takes no 'until' date")
+            raise InvalidAction(f"A snooze date is only recorded with 'snooze', not with '{action}'.")
         note = (note or "").strip()[:2000] or None
         now = self.clock()
         with self.engine.begin() as conn:

@@ -77,6 +77,16 @@ studies = Table(
     Column("content_hash", String(64), nullable=True),
     Column("criteria_markdown", Text, nullable=True),
     Column("active", Boolean, nullable=False, default=True),  # present in the last sync
+    #: What the public page and the match page show (rule-file metadata, all optional).
+    Column("lay_summary", Text, nullable=True),
+    Column("contacts", Text, nullable=True),  # JSON list of {name, role, email, phone}
+    Column("protocol_url", Text, nullable=True),
+    Column("pis_url", Text, nullable=True),
+    Column("sites", Text, nullable=True),  # JSON list of site names
+    #: JSON list of {group: include|exclude, label}: the criteria in plain words, for patients.
+    Column("criteria_plain", Text, nullable=True),
+    #: ``immediate`` (alerted on the next delivery pass, and to the pager webhook) or ``digest``.
+    Column("alert", String(16), nullable=False, default="digest", server_default="digest"),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 

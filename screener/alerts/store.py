@@ -48,6 +48,7 @@ from screener.alerts._common import (
     User,
     _now,
     _utc,
+    humanise,
     materially_changed,
     urgency,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "User",
     "_sqlite_pragmas",
     "_utc",
+    "humanise",
     "materially_changed",
     "urgency",
 ]

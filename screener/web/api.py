@@ -14,6 +14,7 @@ from screener.web.deps import (
     require_admin,
     summary,
 )
+from screener.web.match import _match_or_404
 from screener.web.models import (
     ActionIn,
     AuditEntry,
@@ -25,7 +26,7 @@ from screener.web.models import (
     MatchSummary,
     Me,
 )
-from screener.web.pages import _filters, _match_or_404
+from screener.web.pages import _filters
 
 router = APIRouter()
 

@@ -34,8 +34,9 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from screener.alerts.store import SqlStore
-from screener.web import api, pages, public
+from screener.web import api, match, pages, public
 from screener.web.deps import SESSION_COOKIE, STAGE_LABELS, LoginRequired, _principal, render
+from screener.web.present import install_filters
 from screener.web.public import refresh_store_metrics
 
 __all__ = ["PUBLIC_PATHS", "SESSION_COOKIE", "create_app", "refresh_store_metrics"]
@@ -62,6 +63,7 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
     app.state.metrics_refreshed = float("-inf")
     templates = Jinja2Templates(directory=str(_HERE / "templates"))
     templates.env.globals.update(stage_labels=STAGE_LABELS, urgency_labels=URGENCY_LABELS)
+    install_filters(templates.env, str(getattr(settings, "timezone", "Europe/London")))
     app.state.templates = templates
     app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
     secure = bool(getattr(settings, "cookie_secure", False))
@@ -98,5 +100,6 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
 
     app.include_router(public.router)
     app.include_router(pages.router)
+    app.include_router(match.router)
     app.include_router(api.router)
     return app

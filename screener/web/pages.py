@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from screener.alerts.store import ACTIONS, DECLINED_REASONS, NOT_ELIGIBLE_REASONS, VIEWS, InvalidAction, SqlStore
+from screener.alerts.store import VIEWS, SqlStore
 from screener.web.deps import (
     STAGE_LABELS,
     Principal,
@@ -33,6 +33,25 @@ def _filters(study: str | None, setting: str | None, outcome: str | None, view: 
     return {"study": study or None, "setting": setting or None, "outcome": outcome or None, "view": view}
 
 
+VIEW_LABELS = {"open": "Open", "snoozed": "Snoozed", "closed": "Closed or no longer eligible", "all": "All"}
+SORT_LABELS = {"urgency": "Most urgent first", "newest": "Newest first", "oldest": "Oldest first", "study": "By study"}
+OUTCOME_LABELS = {"eligible": "Eligible", "possible": "Possibly eligible"}
+SETTINGS = ("hospital", "community", "primary-care", "home")
+
+
+def _empty_state(st: SqlStore, p: Principal, f: dict[str, Any], studies: list[dict[str, Any]]) -> dict[str, Any]:
+    """Why the page has no rows, in words: no studies loaded yet, no matches yet (the feed may still be starting),
+    or nothing with these filters (with how many are snoozed or closed)."""
+    if not studies:
+        return {"kind": "no_studies"}
+    counts = {v: st.worklist_count(p.user, view=v) for v in ("all", "snoozed", "closed")}
+    if counts["all"] == 0:
+        started = max((s["updated_at"] for s in studies if s.get("updated_at")), default=None)
+        return {"kind": "no_matches", "since": started}
+    filtered = any(f.get(k) for k in ("study", "setting", "outcome"))
+    return {"kind": "filtered" if filtered else "none_open", **counts}
+
+
 @router.get("/worklist", response_class=HTMLResponse, include_in_schema=False)
 def worklist_page(
     st: Store,
@@ -42,82 +61,46 @@ def worklist_page(
     setting: str | None = None,
     outcome: str | None = None,
     view: str = "open",
+    sort: str = "urgency",
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
+    """One page of the worklist; ``?page=N`` and ``?sort=`` page and order it. The page refreshes itself with an
+    HTML meta refresh every ``settings.worklist_refresh_s`` seconds (no script: the CSP allows none)."""
     f = _filters(study, setting, outcome, view)
-    rows = st.worklist(p.user, **f)
+    if sort not in SORT_LABELS:
+        raise HTTPException(422, f"sort must be one of: {', '.join(SORT_LABELS)}")
+    settings = request.app.state.settings
+    size = int(getattr(settings, "worklist_page_size", 50))
+    total = st.worklist_count(p.user, **f)
+    pages = max(1, -(-total // size))
+    page = min(page, pages)
+    rows = st.worklist(p.user, **f, sort=sort, limit=size, offset=(page - 1) * size)
     st.audit(p.user.username, "view_worklist", detail={k: v for k, v in f.items() if v} | {"n": len(rows)})
+    studies = st.studies(user=p.user)
+    query = {
+        k: v for k, v in {**f, "sort": sort}.items() if v and (k, v) not in (("view", "open"), ("sort", "urgency"))
+    }
     return render(
         request,
         "worklist.html",
         p=p,
         rows=rows,
         filters=f,
-        views=VIEWS,
-        studies=st.studies(user=p.user),
-        settings_=("hospital", "community", "primary-care", "home"),
-        outcomes=("eligible", "possible", "ineligible"),
+        sort=sort,
+        views=VIEW_LABELS,
+        sorts=SORT_LABELS,
+        studies=studies,
+        settings_=SETTINGS,
+        outcomes=OUTCOME_LABELS,
         done=request.query_params.get("done"),
+        page=page,
+        pages=pages,
+        total=total,
+        first=(page - 1) * size + 1,
+        query=urlencode(query),
+        refresh_s=int(getattr(settings, "worklist_refresh_s", 60)),
+        empty=None if rows else _empty_state(st, p, f, studies),
     )
-
-
-def _match_or_404(st: SqlStore, p: Principal, token: str) -> dict[str, Any]:
-    m = st.get_match(p.user, token)
-    if m is None:
-        st.audit(p.user.username, "view_match_denied", "match", token[:64])
-        raise HTTPException(404, "no such match")
-    st.audit(p.user.username, "view_match", "match", token)
-    return m
-
-
-@router.get("/matches/{token}", response_class=HTMLResponse, include_in_schema=False)
-def match_page(st: Store, request: Request, token: str, p: Annotated[Principal, Depends(page_user)]) -> HTMLResponse:
-    m = _match_or_404(st, p, token)
-    return render(
-        request,
-        "match.html",
-        p=p,
-        m=m,
-        actions=ACTIONS,
-        not_eligible=NOT_ELIGIBLE_REASONS,
-        declined=DECLINED_REASONS,
-        today=st.clock().date(),
-        error=None,
-    )
-
-
-@router.post("/matches/{token}/action", include_in_schema=False)
-def match_action(
-    st: Store,
-    request: Request,
-    token: str,
-    p: Annotated[Principal, Depends(page_user)],
-    action: Annotated[str, Form()],
-    csrf_token: Annotated[str, Form()] = "",
-    reason: Annotated[str, Form()] = "",
-    until: Annotated[str, Form()] = "",
-    note: Annotated[str, Form()] = "",
-) -> Response:
-    check_form_csrf(p, csrf_token)
-    try:
-        until_d = date.fromisoformat(until) if until else None
-        m = st.record_action(p.user, token, action, reason=reason or None, until=until_d, note=note)
-    except (InvalidAction, ValueError) as exc:
-        m = _match_or_404(st, p, token)
-        return render(
-            request,
-            "match.html",
-            status=422,
-            p=p,
-            m=m,
-            actions=ACTIONS,
-            not_eligible=NOT_ELIGIBLE_REASONS,
-            declined=DECLINED_REASONS,
-            today=st.clock().date(),
-            error=str(exc),
-        )
-    if m is None:
-        raise HTTPException(404, "no such match")
-    return RedirectResponse(f"/worklist?done={action}", status_code=303)
 
 
 @router.get("/funnel", response_class=HTMLResponse, include_in_schema=False)

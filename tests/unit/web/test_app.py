@@ -68,11 +68,16 @@ def test_public_pages_need_no_login_and_carry_no_patient_data(client: Any) -> No
 def test_login_uses_csrf_and_sets_a_secure_session_cookie(seeded: Any, make_client: Any, csrf: Any) -> None:
     c = make_client()
     page = c.get("/login")
-    assert c.post("/login", data={"username": "nina", "password": "nina-pw"}).status_code == 403
-    assert c.post("/login", data={"username": "nina", "password": "nina-pw", "csrf_token": "forged"}).status_code == 403
+    assert c.post("/login", data={"username": "nina", "password": "nina-long-password"}).status_code == 403
+    assert (
+        c.post(
+            "/login", data={"username": "nina", "password": "nina-long-password", "csrf_token": "forged"}
+        ).status_code
+        == 403
+    )
     bad = c.post("/login", data={"username": "nina", "password": "wrong", "csrf_token": csrf(page.text)})
     assert bad.headers["location"] == "/login?failed=1"
-    ok = c.post("/login", data={"username": "nina", "password": "nina-pw", "csrf_token": csrf(page.text)})
+    ok = c.post("/login", data={"username": "nina", "password": "nina-long-password", "csrf_token": csrf(page.text)})
     cookie = next(v for k, v in ok.headers.multi_items() if k == "set-cookie" and v.startswith("screener_session="))
     assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Secure" not in cookie
     assert {e["action"] for e in seeded.audit_entries()} >= {"login", "login_failed"}
@@ -82,7 +87,9 @@ def test_login_uses_csrf_and_sets_a_secure_session_cookie(seeded: Any, make_clie
 
     with TestClient(secure_app, base_url="https://testserver", follow_redirects=False) as s:
         page = s.get("/login")
-        ok = s.post("/login", data={"username": "nina", "password": "nina-pw", "csrf_token": csrf(page.text)})
+        ok = s.post(
+            "/login", data={"username": "nina", "password": "nina-long-password", "csrf_token": csrf(page.text)}
+        )
         cookie = next(v for k, v in ok.headers.multi_items() if v.startswith("screener_session="))
         assert "Secure" in cookie
 
@@ -157,10 +164,11 @@ def test_no_patient_identifier_appears_in_any_url(seeded: Any, make_client: Any,
 def test_match_page_shows_every_criterion_and_what_to_verify(seeded: Any, make_client: Any, login: Any) -> None:
     nina = login(make_client(), "nina")
     html = nina.get(f"/matches/{_token_for(seeded, 'nina')}").text
-    for text in ("adult", "age 64", "egfr 25 to 59", "no eGFR in 180 days", "on insulin", "exclusion"):
+    for text in ("Adult", "age 64", "eGFR 25 to 59", "no eGFR in 180 days", "On insulin", "must not have"):
         assert text in html
+    assert "egfr_25_to_59" not in html and "on_insulin" not in html  # no internal names
     assert 'id="to-verify"' in html and html.lower().count("to verify") >= 2
-    assert re.search(r'<tr class="verify">\s*<td>egfr 25 to 59</td>', html)
+    assert re.search(r'<tr class="verify">\s*<td>eGFR 25 to 59</td>', html)
 
 
 def test_actions_update_the_worklist_funnel_metrics_and_audit(
@@ -173,7 +181,8 @@ def test_actions_update_the_worklist_funnel_metrics_and_audit(
     assert r.headers["location"] == "/worklist?done=reviewed"
     assert re.search(r'data-stage="reviewed"', nina.get("/worklist").text)
     bad = nina.post(f"/matches/{token}/action", data={"action": "not_eligible", "csrf_token": page_csrf})
-    assert bad.status_code == 422 and "coded reason" in bad.text
+    assert bad.status_code == 422 and "Choose a reason why the patient is not eligible" in bad.text
+    assert "['" not in bad.text  # no Python list of codes
     nina.post(f"/matches/{token}/action", data={"action": "snoozed", "until": "2026-06-10", "csrf_token": page_csrf})
     assert PATIENT_A not in nina.get("/worklist").text
     assert PATIENT_A in nina.get("/worklist?view=snoozed").text
@@ -319,7 +328,7 @@ def test_repeated_failed_logins_lock_the_username_out(seeded: Any, make_client: 
     for _ in range(5):
         r = c.post("/login", data={"username": "nina", "password": "guess", "csrf_token": token})
         assert r.headers["location"] == "/login?failed=1"
-    r = c.post("/login", data={"username": "nina", "password": "nina-pw", "csrf_token": token})
+    r = c.post("/login", data={"username": "nina", "password": "nina-long-password", "csrf_token": token})
     assert r.status_code == 429
     other = c.post("/login", data={"username": "rory", "password": "rory-pw", "csrf_token": token})
     assert other.status_code == 303
