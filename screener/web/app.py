@@ -42,7 +42,9 @@ from screener.web.public import refresh_store_metrics
 __all__ = ["PUBLIC_PATHS", "SESSION_COOKIE", "create_app", "refresh_store_metrics"]
 
 #: Paths served without a session. Everything else refuses anonymous requests.
-PUBLIC_PATHS = frozenset({"/login", "/studies", "/api/studies", "/healthz", "/metrics", "/openapi.json", "/static"})
+PUBLIC_PATHS = frozenset(
+    {"/login", "/studies", "/api/studies", "/healthz", "/metrics", "/openapi.json", "/static", "/docs", "/docs/assets"}
+)
 _HERE = Path(__file__).parent
 URGENCY_LABELS = {0: "Acute", 1: "Closing soon", 2: ""}
 CSP = "default-src 'self'; style-src 'self'; script-src 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -66,6 +68,7 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
     install_filters(templates.env, str(getattr(settings, "timezone", "Europe/London")))
     app.state.templates = templates
     app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
+    _mount_docs_assets(app)
     secure = bool(getattr(settings, "cookie_secure", False))
 
     @app.middleware("http")
@@ -77,7 +80,7 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
         response.headers.setdefault("Content-Security-Policy", CSP)
         if secure:
             response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-        if not request.url.path.startswith(("/static", "/studies")):
+        if not request.url.path.startswith(("/static", "/studies", "/docs")):
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
@@ -103,3 +106,13 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
     app.include_router(match.router)
     app.include_router(api.router)
     return app
+
+
+def _mount_docs_assets(app: FastAPI) -> None:
+    """Serve Swagger UI's files from the installed ``swagger-ui-bundle`` package (no CDN); without the package
+    /docs still answers, and says so in the browser console."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return
+    app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")

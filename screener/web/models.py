@@ -83,6 +83,13 @@ class AuditEntry(BaseModel):
     detail: str | None = Field(default=None, description="JSON")
 
 
+class ContactOut(BaseModel):
+    name: str | None = None
+    role: str | None = None
+    email: str | None = None
+    phone: str | None = None
+
+
 class StudyOut(BaseModel):
     id: str
     title: str
@@ -91,7 +98,13 @@ class StudyOut(BaseModel):
     settings: list[str]
     opens: date | None
     closes: date | None
-    criteria_markdown: str | None
+    criteria_markdown: str | None = Field(description="The rule file rendered for staff (codes included)")
+    lay_summary: str | None = None
+    who_can_take_part: list[str] = Field(default=[], description="Inclusion criteria in plain words")
+    who_cannot_take_part: list[str] = Field(default=[], description="Exclusion criteria in plain words")
+    sites: list[str] = []
+    contacts: list[ContactOut] = []
+    pis_url: str | None = None
 
 
 class Me(BaseModel):

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
-from markdown_it import MarkdownIt
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from screener.alerts import auth
@@ -33,20 +32,10 @@ router = APIRouter()
 #: Five failed logins for one username within 15 minutes lock that username out for the rest of the window.
 LOCKOUT_FAILURES = 5
 LOCKOUT_WINDOW = timedelta(minutes=15)
-_MD = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
 def _secure(request: Request) -> bool:
     return bool(getattr(request.app.state.settings, "cookie_secure", False))
-
-
-def _criteria_part(markdown: str) -> str:
-    """The criteria from ``Study.render_markdown()``: from its first level-2 heading on (the page already shows
-    the title, summary and dates above it); the whole text when it has no such heading."""
-    if markdown.startswith("## "):
-        return markdown
-    at = markdown.find("\n## ")
-    return markdown[at + 1 :] if at >= 0 else markdown
 
 
 def refresh_store_metrics(store: SqlStore) -> bool:
@@ -80,15 +69,37 @@ def metrics(st: Store, request: Request) -> Response:
 
 
 def open_studies(st: SqlStore) -> list[dict[str, Any]]:
-    return st.studies(open_on=st.clock().date())
+    rows = st.studies(open_on=st.clock().date())
+    for s in rows:
+        s["who_can_take_part"] = [c["label"] for c in s["criteria_plain"] if c.get("group") == "include"]
+        s["who_cannot_take_part"] = [c["label"] for c in s["criteria_plain"] if c.get("group") == "exclude"]
+    return rows
+
+
+DOCS_HTML = """<!doctype html>
+<html lang="en-GB"><head><meta charset="utf-8"><title>screener worklist API</title>
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script><script src="/static/docs-init.js"></script></body></html>
+"""
+#: /docs may run the bundled Swagger UI scripts from this server (every other page allows no script at all).
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
+
+@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+def docs() -> HTMLResponse:
+    """Swagger UI for the API from the ``swagger-ui-bundle`` package's files (served under /docs/assets)."""
+    return HTMLResponse(DOCS_HTML, headers={"Content-Security-Policy": DOCS_CSP})
 
 
 @router.get("/studies", response_class=HTMLResponse, include_in_schema=False)
 def studies_page(st: Store, request: Request) -> HTMLResponse:
-    rows = open_studies(st)
-    for s in rows:
-        s["criteria_html"] = _MD.render(_criteria_part(s["criteria_markdown"])) if s["criteria_markdown"] else None
-    return render(request, "studies.html", studies=rows, p=None)
+    """For patients: each open study's lay summary, who can and cannot take part in words (criterion labels, never
+    codes), where, and how to ask. Printable (the print style sheet drops navigation)."""
+    return render(request, "studies.html", studies=open_studies(st), p=None)
 
 
 @router.get("/api/studies", response_model=list[StudyOut], tags=["public"])

@@ -27,7 +27,7 @@ def _login(base: str, username: str) -> tuple[httpx.Client, str]:
     c = httpx.Client(base_url=base, follow_redirects=False, timeout=10)
     page = c.get("/login")
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    r = c.post("/login", data={"username": username, "password": f"{username}-pw", "csrf_token": token})
+    r = c.post("/login", data={"username": username, "password": f"{username}-long-password", "csrf_token": token})
     assert r.status_code == 303 and r.headers["location"] == "/worklist"
     html = c.get("/worklist").text
     return c, re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)

@@ -194,3 +194,37 @@ def test_an_empty_worklist_says_the_feed_may_still_be_starting(tmp_path: Any, ma
         store.sync_studies([_study("RENAL-1", "renal")])
         assert "No matches yet" in c.get("/worklist").text and "still be starting" in c.get("/worklist").text
     store.close()
+
+
+def test_docs_are_served_from_local_assets_without_a_cdn(client: Any) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200 and "https://" not in page.text and "http://" not in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    for asset in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css", "/static/docs-init.js"):
+        assert asset in page.text
+        assert client.get(asset).status_code == 200, asset
+    assert "script-src 'none'" in client.get("/studies").headers["content-security-policy"]
+
+
+def test_the_public_page_speaks_plain_words(seeded: SqlStore, client: Any) -> None:
+    seeded.sync_studies(
+        [
+            _study(
+                "CKD-1",
+                "renal",
+                title="Kidney study",
+                lay_summary="Testing a tablet that may protect the kidneys.",
+                include=(SimpleNamespace(name="egfr_25_to_59", display="Kidney function (eGFR) between 25 and 59"),),
+                exclude=(SimpleNamespace(name="on_insulin"),),
+                sites=("Royal Infirmary",),
+                contacts=({"name": "Research office", "phone": "0161 555 0199"},),
+            )
+        ]
+    )
+    html = client.get("/studies").text
+    assert "Testing a tablet that may protect the kidneys." in html
+    assert "Kidney function (eGFR) between 25 and 59" in html and "On insulin" in html
+    assert "egfr_25_to_59" not in html and "on_insulin" not in html
+    assert "Royal Infirmary" in html and "0161 555 0199" in html
+    api = {s["id"]: s for s in client.get("/api/studies").json()}
+    assert api["CKD-1"]["who_cannot_take_part"] == ["On insulin"]
