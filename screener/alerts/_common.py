@@ -37,7 +37,8 @@ DECLINED_REASONS = {
 ACTIVE_STAGES = ("new", "reviewed", "approached", "consented")
 CLOSED_STAGES = ("enrolled", "not_eligible", "declined")
 DISMISSED_STAGES = ("not_eligible", "declined")
-CHANNELS = ("webhook", "email")
+#: Outbound channels. ``pager`` (a second webhook, page/SMS style) only carries studies with ``alert: immediate``.
+CHANNELS = ("webhook", "email", "pager")
 VIEWS = ("open", "snoozed", "closed", "all")
 ACUTE_HORIZON_S = 72 * 3600.0
 CLOSING_SOON_DAYS = 30

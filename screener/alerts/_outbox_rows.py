@@ -24,33 +24,37 @@ class OutboxPart(StoreBase):
             counts[r["study_id"]] = counts.get(r["study_id"], 0) + 1
         if not self.channels or not counts:
             return
-        teams = dict(
-            conn.execute(sa.select(t.studies.c.id, t.studies.c.team).where(t.studies.c.id.in_(list(counts)))).all()
-        )
-        conn.execute(
-            t.outbox.insert(),
-            [
-                {
-                    "channel": ch,
-                    "team": teams.get(sid) or "",
-                    "study_id": sid,
-                    "count": n,
-                    "created_at": now,
-                    "status": "pending",
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                }
-                for sid, n in sorted(counts.items())
-                for ch in self.channels
-            ],
-        )
+        meta = {
+            sid: (team, alert)
+            for sid, team, alert in conn.execute(
+                sa.select(t.studies.c.id, t.studies.c.team, t.studies.c.alert).where(t.studies.c.id.in_(list(counts)))
+            )
+        }
+        rows = [
+            {
+                "channel": ch,
+                "team": meta.get(sid, ("", None))[0] or "",
+                "study_id": sid,
+                "count": n,
+                "created_at": now,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+            }
+            for sid, n in sorted(counts.items())
+            for ch in self.channels
+            if ch != "pager" or meta.get(sid, ("", None))[1] == "immediate"
+        ]
+        if rows:
+            conn.execute(t.outbox.insert(), rows)
 
     # --- outbox ------------------------------------------------------------------------------------------------
     def outbox_due(self, channel: str, now: datetime) -> list[dict[str, Any]]:
-        """Pending outbox rows of ``channel`` whose next attempt is due, oldest first, with the study title."""
+        """Pending outbox rows of ``channel`` whose next attempt is due, oldest first, with the study's title and
+        ``alert`` mode (``immediate`` or ``digest``)."""
         o = t.outbox.c
         q = (
-            sa.select(t.outbox, t.studies.c.title)
+            sa.select(t.outbox, t.studies.c.title, t.studies.c.alert)
             .select_from(t.outbox.outerjoin(t.studies, t.studies.c.id == o.study_id))
             .where(o.channel == channel, o.status == "pending", o.next_attempt_at <= now)
             .order_by(o.id)

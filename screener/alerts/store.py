@@ -115,7 +115,12 @@ class SqlStore(MatchesPart, StudiesPart, WorklistPart, AccountsPart, RegisterPar
     @classmethod
     def from_settings(cls, settings: Any, *, metrics: Any = None) -> SqlStore:
         """A store on ``settings.database_url`` whose outbox feeds the channels the settings configure."""
-        channels = [c for c, on in (("webhook", settings.webhook_url), ("email", settings.smtp_host)) if on]
+        configured = (
+            ("webhook", settings.webhook_url),
+            ("email", settings.smtp_host),
+            ("pager", getattr(settings, "pager_webhook_url", None)),
+        )
+        channels = [c for c, on in configured if on]
         return cls(settings.database_url, metrics=metrics, channels=channels)
 
     def close(self) -> None:
