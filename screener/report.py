@@ -475,9 +475,11 @@ def funnel_by_group(data: ReportData) -> tuple[pl.DataFrame, pl.DataFrame]:
     )
 
 
-def publish_store_metrics(metrics: Metrics, data: ReportData) -> None:
+def publish_store_metrics(metrics: Metrics, data: ReportData, *, min_count: int = 1) -> None:
     """Set the store-derived gauges: enrolled per study/sponsor/setting and the funnel by IMD quintile and
     ethnic group. Called by the process that owns the store (the web app) on a timer or before a scrape.
+    Demographic cells (IMD quintile, ethnic group) with fewer than ``min_count`` patients get no series at all:
+    the web app passes 8, because its /metrics needs no login (small counts are disclosive).
 
     Label sets that vanished from the store are removed. Values are raw counts (no patient-level labels);
     the Grafana dashboards read them only through the disclosure-controlled recording rules.
@@ -489,7 +491,7 @@ def publish_store_metrics(metrics: Metrics, data: ReportData) -> None:
         .len("patients")
     )
     # a study with nobody enrolled has no series; the recording rules count it as 0 against its target
-    imd, ethnic = funnel_by_group(data)
+    imd, ethnic = (f.filter(pl.col("patients") >= min_count) for f in funnel_by_group(data))
     for gauge, frame, cols in (
         (metrics.study_enrolled, enrolled, ("study_id", "sponsor", "setting")),
         (metrics.funnel_by_imd, imd, ("stage", "imd_quintile")),

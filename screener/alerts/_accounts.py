@@ -25,12 +25,14 @@ class AccountsPart(StoreBase):
     ) -> User:
         """Create a user (or reset an existing user's password, role, teams and email).
 
-        :raises ValueError: unknown role or empty username/password.
+        :raises ValueError: unknown role, empty username, or a password the policy refuses
+            (:func:`screener.alerts.auth.check_password_policy`: 12 characters at least, not a common one).
         """
         if role not in auth.ROLES:
             raise ValueError(f"unknown role {role!r}; expected one of {list(auth.ROLES)}")
         if not username:
             raise ValueError("username must not be empty")
+        auth.check_password_policy(password, username)
         teams = sorted(set(teams))
         pw_hash = auth.hash_password(password)
         with self.engine.begin() as conn:
@@ -157,3 +159,36 @@ class AccountsPart(StoreBase):
                 .first()
             )
             return self._user(conn, row) if row else None
+
+    def disable_user(self, username: str, *, by: str = "system") -> bool:
+        """Deactivate ``username``: no login, and its sessions and API tokens stop working at once (both
+        lookups require an active user; sessions are also deleted). Returns False when there is no such user."""
+        return self._set_active(username, False, by)
+
+    def enable_user(self, username: str, *, by: str = "system") -> bool:
+        """Reactivate a disabled user. Returns False when there is no such user."""
+        return self._set_active(username, True, by)
+
+    def _set_active(self, username: str, active: bool, by: str) -> bool:
+        with self.engine.begin() as conn:
+            uid = conn.execute(sa.select(t.users.c.id).where(t.users.c.username == username)).scalar()
+            if uid is None:
+                return False
+            conn.execute(t.users.update().where(t.users.c.id == uid).values(active=active))
+            if not active:
+                conn.execute(t.sessions.delete().where(t.sessions.c.user_id == uid))
+            self._audit(conn, by, "user_enable" if active else "user_disable", "user", username, None)
+        return True
+
+    def remove_user(self, username: str, *, by: str = "system") -> bool:
+        """Delete the account with its sessions, tokens and memberships; actions and audit entries keep the name.
+        Returns False when there is no such user."""
+        with self.engine.begin() as conn:
+            uid = conn.execute(sa.select(t.users.c.id).where(t.users.c.username == username)).scalar()
+            if uid is None:
+                return False
+            for table in (t.sessions, t.api_tokens, t.memberships):
+                conn.execute(table.delete().where(table.c.user_id == uid))
+            conn.execute(t.users.delete().where(t.users.c.id == uid))
+            self._audit(conn, by, "user_remove", "user", username, None)
+        return True

@@ -81,3 +81,22 @@ class AuditPart(StoreBase):
         )
         with self.engine.connect() as conn:
             return _utc(conn.execute(q).scalar())
+
+    def login_failures(self, username: str, client: str, within: timedelta) -> tuple[int, datetime | None]:
+        """(failed logins, time of the latest) for ``username`` from ``client`` during the last ``within``; a
+        success from that client resets the count (failures before it are not counted)."""
+        a = t.audit_log.c
+        since = self.clock() - within
+        with self.engine.connect() as conn:
+            last_ok = conn.execute(
+                sa.select(sa.func.max(a.at)).where(a.username == username, a.action == "login", a.at >= since)
+            ).scalar()
+            q = sa.select(sa.func.count(), sa.func.max(a.at)).where(
+                a.username == username,
+                a.action == "login_failed",
+                a.object_type == "client",
+                a.object_id == client,
+                a.at >= (_utc(last_ok) or since),
+            )
+            n, last = conn.execute(q).one()
+        return int(n or 0), _utc(last)

@@ -47,6 +47,7 @@ def web(database_url: str | None, host: str | None, port: int | None, no_outbox:
 
     try:  # configure logging before importing the modules that create loggers
         early = load_settings(database_url=database_url, web_host=host, web_port=port)
+        early.check_secrets()  # a service never runs on the shipped default secret outside demo mode
     except ScreenerError as exc:
         raise click.ClickException(str(exc)) from exc
     configure_logging(early.log_level, early.log_format)
@@ -114,6 +115,47 @@ def users_add(
     finally:
         store.close()
     click.echo(f"user {user.username}: {user.role}, teams {', '.join(sorted(user.teams)) or '(none)'}")
+
+
+def _set_active(database_url: str | None, username: str, op: str) -> None:
+    _settings, store = _store(database_url)
+    try:
+        done = {"disable": store.disable_user, "enable": store.enable_user, "remove": store.remove_user}[op](
+            username, by="cli"
+        )
+    finally:
+        store.close()
+    if not done:
+        raise click.ClickException(f"no user {username!r} (see `screener users list --all`)")
+
+
+@users.command("disable")
+@_db_option
+@click.argument("username")
+def users_disable(database_url: str | None, username: str) -> None:
+    """Stop USERNAME logging in (someone who has left): their sessions and API tokens stop working at once;
+    their actions stay in the history and the audit log."""
+    _set_active(database_url, username, "disable")
+    click.echo(f"user {username} disabled")
+
+
+@users.command("enable")
+@_db_option
+@click.argument("username")
+def users_enable(database_url: str | None, username: str) -> None:
+    """Let a disabled USERNAME log in again (with the password they had)."""
+    _set_active(database_url, username, "enable")
+    click.echo(f"user {username} enabled")
+
+
+@users.command("remove")
+@_db_option
+@click.argument("username")
+@click.confirmation_option(prompt="Remove the account? Its actions stay in the history under its name.")
+def users_remove(database_url: str | None, username: str) -> None:
+    """Delete USERNAME's account, sessions, tokens and team memberships (the history keeps the name)."""
+    _set_active(database_url, username, "remove")
+    click.echo(f"user {username} removed")
 
 
 @users.command("list")

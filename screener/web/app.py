@@ -92,14 +92,11 @@ def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | Non
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if request.url.path.startswith("/api/") or request.url.path == "/api":
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-        return render(
-            request,
-            "error.html",
-            status=exc.status_code,
-            p=_principal(request),
-            code=exc.status_code,
-            detail=exc.detail,
-        )
+        p = _principal(request)
+        page = render(request, "error.html", status=exc.status_code, p=p, code=exc.status_code, detail=exc.detail)
+        for name, value in (exc.headers or {}).items():  # Retry-After on 429, WWW-Authenticate on 401
+            page.headers[name] = value
+        return page
 
     app.include_router(public.router)
     app.include_router(pages.router)

@@ -29,25 +29,40 @@ from screener.web.models import (
 log = get_logger("screener.web")
 router = APIRouter()
 
-#: Five failed logins for one username within 15 minutes lock that username out for the rest of the window.
-LOCKOUT_FAILURES = 5
+#: Login throttling, per username AND client address (so nobody elsewhere can lock a nurse out): the first
+#: LOCKOUT_FREE_FAILURES failures within LOCKOUT_WINDOW cost nothing; after that each further attempt from that
+#: address for that username must wait LOCKOUT_BASE_DELAY * 2**(failures - free) since the last failure (1 s,
+#: 2 s, 4 s, ... at most LOCKOUT_MAX_DELAY), answered 429 with Retry-After meanwhile.
+LOCKOUT_FREE_FAILURES = 3
 LOCKOUT_WINDOW = timedelta(minutes=15)
+LOCKOUT_BASE_DELAY = timedelta(seconds=1)
+LOCKOUT_MAX_DELAY = timedelta(minutes=15)
+
+
+def login_delay(failures: int) -> timedelta:
+    """How long after the last failure the next attempt must wait, given the failures in the window."""
+    if failures < LOCKOUT_FREE_FAILURES:
+        return timedelta(0)
+    factor = 1 << min(failures - LOCKOUT_FREE_FAILURES, 20)
+    return min(LOCKOUT_MAX_DELAY, LOCKOUT_BASE_DELAY * factor)
 
 
 def _secure(request: Request) -> bool:
     return bool(getattr(request.app.state.settings, "cookie_secure", False))
 
 
-def refresh_store_metrics(store: SqlStore) -> bool:
+def refresh_store_metrics(store: SqlStore, *, min_count: int = 8) -> bool:
     """Set the store-derived gauges (enrolment, funnel by IMD quintile and ethnic group) on ``store.metrics``
-    from the worklist, via :func:`screener.report.publish_store_metrics`. Returns False when there is nothing to
-    do (no metrics) or it failed (logged; a scrape must not fail because of it)."""
+    from the worklist, via :func:`screener.report.publish_store_metrics`. This endpoint needs no login, so the
+    demographic cells below ``min_count`` patients (``settings.metrics_min_count``, default 8) are not exported
+    at all. Returns False when there is nothing to do (no metrics) or it failed (logged; a scrape must not fail
+    because of it)."""
     if getattr(store, "metrics", None) is None:
         return False
     try:
         from screener.report import load_report_data, publish_store_metrics
 
-        publish_store_metrics(store.metrics, load_report_data(store.engine))
+        publish_store_metrics(store.metrics, load_report_data(store.engine), min_count=min_count)
     except Exception as exc:  # observability must never take the worklist down
         log.warning("store_metrics_failed", error=str(exc))
         return False
@@ -64,7 +79,7 @@ def metrics(st: Store, request: Request) -> Response:
     now = time.monotonic()
     if now - request.app.state.metrics_refreshed > 5.0:  # at most every 5 s, however often it is scraped
         request.app.state.metrics_refreshed = now
-        refresh_store_metrics(st)
+        refresh_store_metrics(st, min_count=int(getattr(request.app.state.settings, "metrics_min_count", 8)))
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -129,12 +144,21 @@ def login(
 ) -> Response:
     if not auth.constant_time_equal(csrf_token, request.cookies.get(LOGIN_CSRF_COOKIE)):
         raise HTTPException(403, "missing or invalid CSRF token; reload the login page")
-    if st.failed_logins(username[:128], LOCKOUT_WINDOW) >= LOCKOUT_FAILURES:
-        st.audit(username[:128] or "?", "login_locked")
-        raise HTTPException(429, "too many failed logins for this user; try again in 15 minutes")
+    name = username[:128] or "?"
+    client = (request.client.host if request.client else "unknown")[:128]
+    failures, last = st.login_failures(name, client, LOCKOUT_WINDOW)
+    wait = (last + login_delay(failures) - st.clock()) if last is not None else timedelta(0)
+    if wait > timedelta(0):
+        st.audit(name, "login_throttled", "client", client)
+        seconds = max(1, int(wait.total_seconds() + 0.999))
+        raise HTTPException(
+            429,
+            f"Too many failed logins for this user from here; wait {seconds} s and try again.",
+            headers={"Retry-After": str(seconds)},
+        )
     user = st.authenticate(username, password)
     if user is None:
-        st.audit(username[:128] or "?", "login_failed")
+        st.audit(name, "login_failed", "client", client)
         return RedirectResponse("/login?failed=1", status_code=303)
     token, _csrf = st.create_session(user)
     st.audit(user.username, "login")

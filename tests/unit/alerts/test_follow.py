@@ -19,7 +19,7 @@ def synced(store: SqlStore, make_study: Any) -> SqlStore:
 
 @pytest.fixture
 def nurse(synced: SqlStore) -> Any:
-    return synced.add_user("nina", "pw-nina-long-enough", "nurse", ["renal"])
+    return synced.add_user("nina", "violet-harbour-17", "nurse", ["renal"])
 
 
 def _outbox_rows(store: SqlStore) -> int:
@@ -133,3 +133,41 @@ def test_the_memory_store_never_creates_a_match_from_an_ineligible_row(make_fram
     mem = MemoryStore()
     assert mem.record_matches(make_frame([{"study_id": "S", "patient_id": "P1", "outcome": "ineligible"}])).height == 0
     assert mem.matches().height == 0
+
+
+@pytest.mark.parametrize(
+    ("password", "refused"),
+    [
+        ("x", "too short"),
+        ("eleven-char", "too short"),
+        ("password1234", "most common"),
+        ("Qwerty123456", "most common"),
+        ("aaaaaaaaaaaaaaaa", "most common"),
+        ("maintenance-nina", None),
+    ],
+)
+def test_the_password_policy_wants_12_characters_and_not_a_common_one(
+    store: SqlStore, password: str, refused: str | None
+) -> None:
+    """Failing today's code: a one-character password was accepted."""
+    if refused is None:
+        assert store.add_user("nina", password, "nurse").username == "nina"
+        assert store.authenticate("nina", password) is not None
+    else:
+        with pytest.raises(ValueError, match=refused):
+            store.add_user("nina", password, "nurse")
+        assert store.users() == []
+
+
+def test_disable_enable_and_remove_a_user(store: SqlStore) -> None:
+    user = store.add_user("nina", "violet-harbour-17", "nurse", ["renal"])
+    session, _csrf = store.create_session(user)
+    token = store.create_api_token("nina")
+    assert store.disable_user("nina")
+    assert store.authenticate("nina", "violet-harbour-17") is None
+    assert store.session_user(session) is None and store.token_user(token) is None
+    assert store.enable_user("nina") and store.authenticate("nina", "violet-harbour-17") is not None
+    assert store.token_user(token) is not None  # tokens come back with the account; sessions were ended
+    assert store.remove_user("nina") and store.users() == [] and store.token_user(token) is None
+    assert not store.disable_user("nobody")
+    assert {"user_disable", "user_enable", "user_remove"} <= {e["action"] for e in store.audit_entries()}

@@ -17,7 +17,7 @@ def _run(*args: str, env: dict[str, str]) -> Any:
 
 def test_users_dnc_and_outbox_commands(tmp_path: Any) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    env = {"SCREENER_DATABASE_URL": url, "NURSE_PW": "s3cret"}
+    env = {"SCREENER_DATABASE_URL": url, "NURSE_PW": "s3cret-violet-harbour"}
     r = _run(
         "users",
         "add",
@@ -57,8 +57,29 @@ def test_users_dnc_and_outbox_commands(tmp_path: Any) -> None:
 
     with SqlStore(url) as store:
         assert sorted(store.do_not_contact().to_list()) == ["P2", "P3", "P4", "P9"]
-        assert store.authenticate("nina", "s3cret").teams == {"renal", "stroke"}
+        assert store.authenticate("nina", "s3cret-violet-harbour").teams == {"renal", "stroke"}
         assert store.token_user(token).username == "nina"
         assert store.team_recipients("renal") == ["renal@example.org"]
         sources = {e["source"] for e in store.dnc_entries()}
         assert sources == {"import:dnc.csv", "import:plain.csv", "cli"}
+
+
+def test_users_disable_enable_remove(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    env = {"SCREENER_DATABASE_URL": url, "PW": "a-long-enough-password"}
+    assert _run("users", "add", "nina", "--password-env", "PW", env=env).exit_code == 0
+    short = _run("users", "add", "rory", "--password-env", "SHORT", env={**env, "SHORT": "pw"})
+    assert short.exit_code != 0 and "at least 12 characters" in short.output
+    assert "disabled" in _run("users", "disable", "nina", env=env).output
+    with SqlStore(url) as store:
+        assert store.authenticate("nina", "a-long-enough-password") is None
+    assert "enabled" in _run("users", "enable", "nina", env=env).output
+    assert _run("users", "remove", "nina", "--yes", env=env).exit_code == 0
+    missing = _run("users", "disable", "nina", env=env)
+    assert missing.exit_code != 0 and "no user 'nina'" in missing.output
+
+
+def test_web_refuses_the_default_secret_outside_demo_mode(tmp_path: Any) -> None:
+    env = {"SCREENER_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}"}
+    r = _run("web", "--port", "0", env=env)
+    assert r.exit_code != 0 and "SCREENER_SECRET_KEY is the shipped default" in r.output
