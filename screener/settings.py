@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+    #: Client certificate and key (PEM) for mutual TLS (security_protocol SSL or SASL_SSL); the key's passphrase.
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    #: Check that the broker's certificate names the host connected to (turn off only for a test CA).
+    ssl_check_hostname: bool = True
     #: Connectors' producers use enable_idempotence (acks=all always). The embedded tansu broker rejects
     #: idempotent produce requests, so the demo and tests turn this off.
     producer_idempotence: bool = True
@@ -147,6 +153,14 @@ class Settings(BaseSettings):
             opts["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
         if self.ssl_cafile:
             opts["ssl_cafile"] = str(self.ssl_cafile)
+        if self.ssl_certfile:
+            opts["ssl_certfile"] = str(self.ssl_certfile)
+        if self.ssl_keyfile:
+            opts["ssl_keyfile"] = str(self.ssl_keyfile)
+        if self.ssl_password:
+            opts["ssl_password"] = self.ssl_password.get_secret_value()
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            opts["ssl_check_hostname"] = self.ssl_check_hostname
         return opts
 
 

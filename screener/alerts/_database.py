@@ -15,6 +15,38 @@ from sqlalchemy.pool import StaticPool
 from screener.errors import ConfigError, DeliveryError
 
 
+def _config() -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    return cfg
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The worklist schema's Alembic revision (``0003``...), or None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        rev: str | None = MigrationContext.configure(conn).get_current_revision()
+        return rev
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Migrate the worklist schema down to ``revision`` (before rolling back to a release that only knows it).
+
+    :raises DeliveryError: the database cannot be reached or the downgrade failed."""
+    from alembic import command
+
+    cfg = _config()
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+    except sa.exc.SQLAlchemyError as exc:
+        raise DeliveryError(f"cannot downgrade the worklist database: {exc}", channel="store") from exc
+
+
 def migrate(engine: Engine) -> None:
     """Run the Alembic migrations in ``migrations/`` up to head (under an advisory lock on PostgreSQL, an immediate
     transaction on SQLite). :raises DeliveryError: the database cannot be reached or migrated."""

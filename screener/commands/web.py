@@ -73,6 +73,44 @@ def web(database_url: str | None, host: str | None, port: int | None, no_outbox:
         store.close()
 
 
+@click.group("db")
+def db() -> None:
+    """The worklist database's schema version (for upgrades and rollbacks; see docs/operating.md)."""
+
+
+@db.command("current")
+@_db_option
+def db_current(database_url: str | None) -> None:
+    """Print the schema revision (opening the store migrates it to this release's head first)."""
+    from screener.alerts._database import current_revision
+
+    _settings, store = _store(database_url)
+    try:
+        click.echo(current_revision(store.engine) or "(empty)")
+    finally:
+        store.close()
+
+
+@db.command("downgrade")
+@_db_option
+@click.argument("revision")
+def db_downgrade(database_url: str | None, revision: str) -> None:
+    """Migrate the schema down to REVISION (e.g. 0002) before installing the release that only knows it."""
+    from sqlalchemy import create_engine
+
+    from screener.alerts._database import current_revision, downgrade
+
+    settings = load_settings(database_url=database_url)
+    engine = create_engine(settings.database_url)  # not SqlStore: opening it would migrate back up
+    try:
+        downgrade(engine, revision)
+        click.echo(f"worklist schema now at {current_revision(engine)}")
+    except ScreenerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        engine.dispose()
+
+
 @click.group("users")
 def users() -> None:
     """Worklist users: roles nurse, coordinator, admin; team membership decides which studies they see."""
@@ -287,4 +325,4 @@ def outbox_send(database_url: str | None, flush: bool) -> None:
     click.echo(f"sent {stats['sent']}, failed {stats['failed']}, pending {pending or 0}")
 
 
-COMMANDS.extend([web, users, dnc, outbox])
+COMMANDS.extend([web, users, dnc, outbox, db])

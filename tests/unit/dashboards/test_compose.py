@@ -219,3 +219,24 @@ def test_no_service_starts_with_a_default_secret_outside_demo_mode():
         Settings(secret_key=DEFAULT_SECRET_KEY, demo=False).check_secrets()
     Settings(secret_key=DEFAULT_SECRET_KEY, demo=True).check_secrets()
     Settings(secret_key="a-long-random-value-from-the-env-file", demo=False).check_secrets()
+
+
+def test_the_operating_guides_kafka_configurations_are_valid_settings(tmp_path):
+    """docs/operating.md's worked TLS/mTLS and SASL files load as settings and reach every Kafka client."""
+    from screener.settings import load_settings
+
+    text = (ROOT / "docs" / "operating.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"kafka-{i}.yaml"
+        path.write_text(block)
+        opts = load_settings(config_file=path, ssl_password="secret", sasl_password="secret").kafka_options()
+        assert opts["security_protocol"] in ("SSL", "SASL_SSL") and opts["ssl_cafile"].endswith(".pem")
+        assert opts["ssl_check_hostname"] is True
+    mtls = yaml.safe_load(blocks[0])
+    opts = load_settings(config_file=tmp_path / "kafka-0.yaml", ssl_password="pass").kafka_options()
+    assert opts["ssl_certfile"] == mtls["ssl_certfile"] and opts["ssl_keyfile"] == mtls["ssl_keyfile"]
+    assert opts["ssl_password"] == "pass"
+    scram = load_settings(config_file=tmp_path / "kafka-1.yaml", sasl_password="pw").kafka_options()
+    assert scram["sasl_mechanism"] == "SCRAM-SHA-512" and scram["sasl_plain_password"] == "pw"

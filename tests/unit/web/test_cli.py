@@ -83,3 +83,32 @@ def test_web_refuses_the_default_secret_outside_demo_mode(tmp_path: Any) -> None
     env = {"SCREENER_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}"}
     r = _run("web", "--port", "0", env=env)
     assert r.exit_code != 0 and "SCREENER_SECRET_KEY is the shipped default" in r.output
+
+
+def test_report_finds_the_demos_database_or_names_the_paths_it_tried(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    env: dict[str, Any] = {"SCREENER_DATABASE_URL": None, "SCREENER_CONFIG": None}
+    r = CliRunner().invoke(main, ["report"], env=env)
+    assert r.exit_code != 0
+    assert (
+        str(tmp_path / ".screener" / "screener.db") in r.output
+        and str(tmp_path / "screener-demo" / "screener.db") in r.output
+    )
+    assert "sqlalchemy" not in r.output.lower()
+    with SqlStore(f"sqlite:///{tmp_path / 'screener-demo' / 'screener.db'}"):
+        pass
+    r = CliRunner().invoke(main, ["report", "--out", "r.html"], env=env)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "r.html").exists() and not (tmp_path / ".screener").exists()
+    missing = CliRunner().invoke(main, ["report", "--database-url", "sqlite:///nowhere/x.db"], env=env)
+    assert missing.exit_code != 0 and str(tmp_path / "nowhere" / "x.db") in missing.output
+
+
+def test_db_current_and_downgrade_for_a_rollback(tmp_path: Any) -> None:
+    env = {"SCREENER_DATABASE_URL": f"sqlite:///{tmp_path / 'db.db'}"}
+    assert _run("db", "current", env=env).output.strip() == "0003"
+    r = _run("db", "downgrade", "0002", env=env)
+    assert r.exit_code == 0 and "now at 0002" in r.output
+    with SqlStore(env["SCREENER_DATABASE_URL"]):  # this release opens it and migrates it up again
+        pass
+    assert _run("db", "current", env=env).output.strip() == "0003"
