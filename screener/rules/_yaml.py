@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from screener.errors import RuleError
+from screener.rules._limits import MAX_FILE_BYTES, excerpt, yaml_problem
 
 __all__ = ["Map", "Mark", "Seq", "load_yaml"]
 
@@ -102,23 +103,33 @@ def load_yaml(text: str, file: str) -> Any:
 
     :raises RuleError: ``FILE:LINE:COL`` for a syntax error or a duplicate key.
     """
+    if len(text) > MAX_FILE_BYTES:
+        raise RuleError(f"rule file is {len(text)} characters long; the limit is {MAX_FILE_BYTES}", file=file)
     loader = _Loader(text)
     loader.file = file
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        too_big = yaml_problem(node)
+        if too_big is not None:
+            message, where = too_big
+            at = _pos(where)
+            raise RuleError(message, file=file, line=at[0], column=at[1])
+        return loader.construct_document(node)
     except RuleError:
         raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         col = mark.column + 1 if mark else None
-        problem = exc.problem or exc.context or "invalid YAML"
+        problem = excerpt(exc.problem or exc.context or "invalid YAML", 200)
         if "constructor for the tag '!" in problem or "scanning a tag" in str(exc.context or ""):
             problem += " (quote an expression that starts with '!', e.g. \"!x|ever\")"
         elif "mapping values are not allowed here" in problem:
             problem += " (quote an expression that contains ': ', such as a ternary a ? b : c)"
         raise RuleError(f"YAML syntax: {problem}", file=file, line=line, column=col) from exc
     except yaml.YAMLError as exc:
-        raise RuleError(f"YAML syntax: {exc}", file=file) from exc
+        raise RuleError(f"YAML syntax: {excerpt(str(exc), 200)}", file=file) from exc
     finally:
         loader.dispose()

@@ -1,103 +1,63 @@
 """The loaded form of a rule file: a :class:`Study` with its concept sets and criteria.
 
 Everything here is immutable and built once by :mod:`screener.rules.loader`; the compiled expression of
-each criterion is an intermediate representation (:mod:`screener.rules.compiler`) that lowers to Polars.
+each criterion is an intermediate representation (:mod:`screener.rules.ir`) that lowers to Polars
+(:mod:`screener.rules.lower`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 
-from screener.rules.units import normalise_unit
+from screener.rules.concepts import PREFIX_SYSTEMS, ConceptSet, normalise_code, normalise_code_expr
+from screener.rules.ir import IR, LOOKBACK, Feat, collect_attributes, collect_features, filter_fields
 
-if TYPE_CHECKING:
-    from screener.rules.compiler import IR
+__all__ = [
+    "PREFIX_SYSTEMS",
+    "ConceptSet",
+    "Contact",
+    "Criterion",
+    "Study",
+    "TestCase",
+    "humanise",
+    "normalise_code",
+    "normalise_code_expr",
+]
 
-__all__ = ["PREFIX_SYSTEMS", "ConceptSet", "Criterion", "Study", "TestCase", "normalise_code"]
 
-#: Code systems whose codes are hierarchical prefixes: E11 matches E11.9 and E119.
-PREFIX_SYSTEMS = ("ICD10", "ATC", "OPCS4")
+#: words written in capitals (or their usual mixed case) when a name is humanised
+_ACRONYMS = {
+    w.lower(): w
+    for w in (
+        *("eGFR", "HbA1c", "BMI", "COPD", "NIHSS", "ACR", "ICS", "HF", "CKD", "T2DM", "T1DM", "MI", "PCI", "ICH"),
+        *("IMD", "ALT", "AST", "ULN", "FEV1", "FVC", "LVEF", "NYHA", "HRT", "SGLT2", "GLP1", "BP", "ECG", "INR"),
+        *("GCS", "mRS", "NHS", "GP", "ICU", "ED", "HIV", "RSV", "COVID", "UTI", "DVT", "PE", "AF", "IV"),
+    )
+}
 
 
-def normalise_code(code: str) -> str:
-    """Comparison key of a code: dots and surrounding spaces removed, upper case (E11.9 -> E119)."""
-    return code.strip().replace(".", "").upper()
-
-
-def normalise_code_expr(col: pl.Expr) -> pl.Expr:
-    """Vectorised :func:`normalise_code`."""
-    return col.str.strip_chars().str.replace_all(".", "", literal=True).str.to_uppercase()
+def humanise(name: str) -> str:
+    """``egfr_25_to_59`` -> ``eGFR 25 to 59``: underscores to spaces, known acronyms in their usual case, the
+    first letter in capitals."""
+    words = [_ACRONYMS.get(w.lower(), w) for w in name.split("_") if w]
+    text = " ".join(words)
+    if words and words[0] not in _ACRONYMS.values():
+        text = text[:1].upper() + text[1:]
+    return text
 
 
 @dataclass(frozen=True)
-class ConceptSet:
-    """A named set of codes. ``codes``/``exclude`` are ``(system, code)`` pairs as written."""
+class Contact:
+    """A person to ask about a study (``name`` required; the rest optional)."""
 
     name: str
-    codes: tuple[tuple[str, str], ...]
-    exclude: tuple[tuple[str, str], ...] = ()
-    unit: str | None = None
-    analyte: str | None = None
-    label: str | None = None
-    line: int | None = None
-    column: int | None = None
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
-
-    @cached_property
-    def key(self) -> str:
-        """Identity of the set's meaning (not its name): equal sets in two studies share one key."""
-        payload = json.dumps(
-            [sorted(self.codes), sorted(self.exclude), normalise_unit(self.unit), self.analyte], sort_keys=True
-        )
-        return "c" + hashlib.sha1(payload.encode()).hexdigest()[:12]
-
-    def matches(self, system: str | None, code: str | None) -> bool:
-        """Reference membership test for one fact (used by the reference evaluator and tests)."""
-        if system is None or code is None:
-            return False
-        c = normalise_code(code)
-
-        def hit(pairs: tuple[tuple[str, str], ...]) -> bool:
-            for sys_, value in pairs:
-                if sys_ != system:
-                    continue
-                v = normalise_code(value)
-                if (system in PREFIX_SYSTEMS and c.startswith(v)) or c == v:
-                    return True
-            return False
-
-        return hit(self.codes) and not hit(self.exclude)
-
-    def fact_expr(self) -> pl.Expr:
-        """Boolean expression over a facts frame: the fact's code is in the set (exclusions ignored)."""
-        code = normalise_code_expr(pl.col("code"))
-        terms: list[pl.Expr] = []
-        by_system: dict[str, list[str]] = {}
-        for sys_, value in self.codes:
-            by_system.setdefault(sys_, []).append(normalise_code(value))
-        for sys_, values in sorted(by_system.items()):
-            if sys_ in PREFIX_SYSTEMS:
-                lengths = sorted({len(v) for v in values})
-                match = pl.lit(False)
-                for n in lengths:
-                    match = match | code.str.slice(0, n).is_in([v for v in values if len(v) == n])
-            else:
-                match = code.is_in(sorted(set(values)))
-            terms.append((pl.col("system") == sys_) & match)
-        out = pl.lit(False)
-        for t in terms:
-            out = out | t
-        return out.fill_null(False)
+    role: str | None = None
+    email: str | None = None
+    phone: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,6 +78,13 @@ class Criterion:
     children: tuple[Criterion, ...] = ()
     line: int | None = None
     column: int | None = None
+    #: plain words for people (the rule file's ``label:``), or ``None``
+    label: str | None = None
+
+    @property
+    def display(self) -> str:
+        """The label, or the name humanised: ``egfr_25_to_59`` -> ``eGFR 25 to 59``."""
+        return self.label or humanise(self.name)
 
     def walk(self) -> list[Criterion]:
         """This criterion and every nested one, depth first."""
@@ -168,6 +135,20 @@ class Study:
     tests: tuple[TestCase, ...] = ()
     #: sha256 over the file bytes and the bytes of any shared concept files it references.
     rule_hash: str = ""
+    #: plain words for patients (the public page)
+    lay_summary: str | None = None
+    contacts: tuple[Contact, ...] = ()
+    protocol_url: str | None = None
+    pis_url: str | None = None
+    sites: tuple[str, ...] = ()
+    #: ``"immediate"`` or ``"digest"`` (default from the shortest window: immediate when it is 24 h or less)
+    alert: str = "digest"
+
+    @property
+    def shortest_window(self) -> timedelta | None:
+        """The shortest window any criterion uses (``None`` when none has one)."""
+        spans = [f.window.upper_bound for f in self.features() if f.window is not None]
+        return min(spans) if spans else None
 
     def is_open(self, at: datetime) -> bool:
         """True when ``at`` (UTC) falls on or between the opening and closing dates."""
@@ -186,27 +167,42 @@ class Study:
             out.extend(c.walk())
         return out
 
-    def features(self) -> list[Any]:
+    def features(self) -> list[Feat]:
         """Every concept-set feature (transform application) the criteria use."""
-        from screener.rules.compiler import collect_features
-
-        out: list[Any] = []
+        out: list[Feat] = []
         for c in self.all_criteria():
             if c.ir is not None:
                 out.extend(collect_features(c.ir))
         return out
 
+    def attributes(self) -> set[str]:
+        """Every person attribute the criteria read (inside filters too)."""
+        out: set[str] = set()
+        for c in self.all_criteria():
+            if c.ir is not None:
+                out |= collect_attributes(c.ir)
+        return out
+
     def used_concepts(self) -> list[ConceptSet]:
+        """The concept sets whose facts some criterion reads (both sides of ``after``/``before``)."""
         seen: dict[str, ConceptSet] = {}
         for f in self.features():
             seen.setdefault(f.concept.name, f.concept)
+            if f.other is not None:
+                seen.setdefault(f.other.concept.name, f.other.concept)
         return list(seen.values())
 
     def fact_filter(self) -> pl.Expr:
-        """True for facts some criterion of this study can use (code in a used concept set)."""
+        """True for facts some criterion of this study can use: code in a used concept set, visits when a
+        filter reads ``.encounter``, registrations when a criterion reads ``registered_days``."""
         out = pl.lit(False)
         for c in self.used_concepts():
             out = out | c.fact_expr()
+        feats = self.features()
+        if any("encounter" in filter_fields(s.filter) for f in feats for s in (f.source, f.other) if s and s.filter):
+            out = out | (pl.col("kind") == "visit")
+        if "registered_days" in self.attributes():
+            out = out | (pl.col("kind") == "registration")
         return out
 
     @property
@@ -217,7 +213,9 @@ class Study:
             return timedelta(0)
         longest = timedelta(0)
         for f in feats:
-            if f.window is None:
+            if f.transform == "upcoming":
+                continue  # reads only facts from now on
+            if f.window is None or f.transform not in LOOKBACK:
                 return None
             longest = max(longest, f.window.upper_bound)
         return longest

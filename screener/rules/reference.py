@@ -15,10 +15,11 @@ from typing import Any
 
 from pyjexl import parser as jp
 
+from screener.rules._ref_facts import Facts, calendar_months, finite, value_of, whole_years
 from screener.rules.model import ConceptSet, Criterion, Study
-from screener.rules.units import conversion
 from screener.rules.windows import parse_window
 from screener.state import PatientState
+from screener.vocab import NOT_DONE_STATUSES
 
 __all__ = ["evaluate_patient", "outcome_of", "reference_screen"]
 
@@ -41,12 +42,42 @@ def _or(a: Value, b: Value) -> Value:
     return False
 
 
+def _arith(op: str, a: Value, b: Value) -> Value:
+    if op in ("/", "//", "%") and b == 0:
+        return None
+    ops: dict[str, Callable[[], Value]] = {
+        "+": lambda: a + b,
+        "-": lambda: a - b,
+        "*": lambda: a * b,
+        "/": lambda: a / b,
+        "//": lambda: float(math.floor(a / b)),
+        "%": lambda: a - math.floor(a / b) * b,
+        "^": lambda: a**b,
+    }
+    try:
+        out = ops[op]()
+    except (OverflowError, ZeroDivisionError, ValueError):
+        return None  # arithmetic overflow is unknown, never a crash
+    return finite(float(out) if isinstance(out, int) and not isinstance(out, bool) else out)
+
+
+def _reads_status(node: Any) -> bool:
+    if node is None or isinstance(node, jp.Literal):
+        return False
+    if isinstance(node, jp.Identifier):
+        return bool(node.relative and node.value == "status")
+    return any(_reads_status(getattr(node, k, None)) for k in ("left", "right", "test", "consequent", "alternate"))
+
+
 class _Patient:
     def __init__(self, study: Study, person: dict[str, Any], facts: list[dict[str, Any]], now: datetime) -> None:
         self.study = study
         self.person = person
-        self.facts = [f for f in facts if f["occurred_at"] <= now]
+        self.all_facts = facts
         self.now = now
+        #: the fact a filter is being evaluated on, and its concept set
+        self.fact: dict[str, Any] | None = None
+        self.fact_concept: ConceptSet | None = None
 
     # -- attributes
     def attribute(self, name: str) -> Value:
@@ -54,58 +85,95 @@ class _Patient:
         today = self.now.date()
         birth: date | None = p.get("birth_date")
         if name == "age":
-            if birth is None:
-                return None
-            return float(today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day)))
+            return None if birth is None else whole_years(birth, today)
         if name == "age_days":
             return None if birth is None else float((today - birth).days)
+        if name == "age_months":
+            return None if birth is None else calendar_months(birth, today)
         if name == "imd_decile":
             d = p.get("imd_decile")
             return None if d is None else float(d)
         if name == "imd_quintile":
             d = p.get("imd_decile")
             return None if d is None else float(math.floor((d + 1) / 2))
+        if name == "registered_days":
+            starts = [
+                f["occurred_at"]
+                for f in self.all_facts
+                if f.get("kind") == "registration"
+                and f["occurred_at"] <= self.now
+                and (f.get("ended_at") is None or f["ended_at"] >= self.now)
+                and f.get("status") not in NOT_DONE_STATUSES
+            ]
+            return float((self.now - min(starts)) // timedelta(days=1)) if starts else None
         return p.get(name)
 
-    # -- concept sets
-    def transform(self, concept: ConceptSet, name: str, args: list[Any]) -> Value:
-        window = parse_window(args[0].value) if args else None
-        start = window.start(self.now) if window else None
-        hits = [
-            f
-            for f in self.facts
-            if concept.matches(f["system"], f["code"]) and (start is None or f["occurred_at"] >= start)
-        ]
-        hits.sort(key=lambda f: (f["occurred_at"], f["event_id"]))
-        if name in ("ever", "within"):
-            return len(hits) > 0
-        if name == "count":
-            return float(len(hits))
-        if name == "days_since":
-            if not hits:
-                return None
-            return float((self.now - hits[-1]["occurred_at"]) // timedelta(days=1))
-        values = []
-        for f in hits:
-            if f["value"] is None:
+    # -- facts
+    def field(self, name: str) -> Value:
+        f, concept = self.fact, self.fact_concept
+        assert f is not None and concept is not None
+        if name in ("value", "ref_low", "ref_high"):
+            return value_of(f, concept, name)
+        if name == "dose":
+            return f.get("dose_value")
+        if name == "encounter":
+            return f.get("encounter_id")
+        if name == "duration_days":
+            end = f.get("ended_at")
+            return None if end is None else (end - f["occurred_at"]) / timedelta(days=1)
+        return f.get(name)
+
+    def current_encounters(self) -> set[str]:
+        return {
+            f.get("encounter_id") or f["event_id"]
+            for f in self.all_facts
+            if f.get("kind") == "visit"
+            and f["occurred_at"] <= self.now
+            and (f.get("ended_at") is None or f["ended_at"] >= self.now)
+        }
+
+    def source(self, node: Any, upcoming: bool = False) -> Facts:
+        """The facts of ``name`` or ``name[PRED]`` (a fact whose PRED is not true is left out)."""
+        pred = None
+        if isinstance(node, jp.FilterExpression):
+            node, pred = node.subject, node.expression
+        concept = self.study.concepts[node.value]
+        skip_not_done = not upcoming and (pred is None or not _reads_status(pred))
+        hits = []
+        for f in self.all_facts:
+            if not concept.matches(f["system"], f["code"]):
                 continue
-            conv = conversion(f["unit"], concept.unit, concept.analyte)
-            if conv is None:
-                continue  # unknown unit: left out
-            values.append(f["value"] * conv[0] + conv[1])
-        if not values:
-            return None
-        if name == "latest":
-            return values[-1]
-        if name == "earliest":
-            return values[0]
-        if name == "min":
-            return min(values)
-        if name == "max":
-            return max(values)
-        if name == "mean":
-            return sum(values) / len(values)
-        raise ValueError(f"unknown transform {name}")
+            if skip_not_done and f.get("status") in NOT_DONE_STATUSES:
+                continue
+            if pred is not None:
+                self.fact, self.fact_concept = f, concept
+                try:
+                    keep = self.eval(pred)
+                finally:
+                    self.fact = self.fact_concept = None
+                if keep is not True:
+                    continue
+            hits.append(f)
+        return Facts(hits, self.now, self.person)
+
+    def transform(self, node: jp.Transform) -> Value:
+        subject = node.subject
+        name = node.name
+        cname = subject.subject.value if isinstance(subject, jp.FilterExpression) else subject.value
+        concept = self.study.concepts[cname]
+        args = list(node.args or [])
+        window = gap = None
+        other = None
+        if name in ("after", "before"):
+            other, window = self.source(args[0]), parse_window(args[1].value)
+        elif name == "episodes":
+            gap = parse_window(args[0].value)
+            window = parse_window(args[1].value) if len(args) > 1 else None
+        elif name == "continuous":
+            window, gap = parse_window(args[0].value), parse_window(args[1].value)
+        elif args:
+            window = parse_window(args[0].value)
+        return self.source(subject, upcoming=name == "upcoming").transform(concept, name, window, gap, other)
 
     # -- expressions
     def eval(self, node: Any) -> Value:
@@ -113,9 +181,9 @@ class _Patient:
             v = node.value
             return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
         if isinstance(node, jp.Identifier):
-            return self.attribute(node.value)
+            return self.field(node.value) if node.relative else self.attribute(node.value)
         if isinstance(node, jp.Transform):
-            return self.transform(self.study.concepts[node.subject.value], node.name, list(node.args or []))
+            return self.transform(node)
         if isinstance(node, jp.ArrayLiteral):
             return [self.eval(v) for v in node.value]
         if isinstance(node, jp.UnaryExpression):
@@ -128,7 +196,26 @@ class _Patient:
             return self.eval(node.consequent) if t else self.eval(node.alternate)
         if isinstance(node, jp.BinaryExpression):
             op = node.operator.symbol
-            a, b = self.eval(node.left), self.eval(node.right)
+            right = node.right
+            if op == "in" and isinstance(right, jp.Identifier) and right.relative:  # SET in .qualifiers
+                quals = self.field("qualifiers")
+                if quals is None:
+                    return None
+                concept = self.study.concepts[node.left.value]
+                return any(concept.matches(*[*q.split("|", 1), None][:2]) for q in quals)
+            for a_node, b_node in ((node.left, right), (right, node.left)):
+                if (
+                    op in ("==", "!=")
+                    and isinstance(a_node, jp.Identifier)
+                    and a_node.relative
+                    and a_node.value == "encounter"
+                    and isinstance(b_node, jp.Literal)
+                    and b_node.value == "current"
+                ):
+                    enc = self.field("encounter")
+                    here = None if enc is None else enc in self.current_encounters()
+                    return here if here is None or op == "==" else not here
+            a, b = self.eval(node.left), self.eval(right)
             if op == "&&":
                 return _and(a, b)
             if op == "||":
@@ -137,24 +224,17 @@ class _Patient:
                 return None
             if op == "in":
                 return a in b
-            if op in ("/", "//", "%") and b == 0:
-                return None
-            ops: dict[str, Callable[[], Value]] = {
+            compare: dict[str, Callable[[], Value]] = {
                 "==": lambda: a == b,
                 "!=": lambda: a != b,
                 "<": lambda: a < b,
                 "<=": lambda: a <= b,
                 ">": lambda: a > b,
                 ">=": lambda: a >= b,
-                "+": lambda: a + b,
-                "-": lambda: a - b,
-                "*": lambda: a * b,
-                "/": lambda: a / b,
-                "//": lambda: float(math.floor(a / b)),
-                "%": lambda: a - math.floor(a / b) * b,
-                "^": lambda: a**b,
             }
-            return ops[op]()
+            if op in compare:
+                return compare[op]()
+            return _arith(op, a, b)
         raise TypeError(f"reference evaluator: unsupported node {type(node).__name__}")
 
     def criterion(self, c: Criterion, out: dict[str, Value]) -> Value:

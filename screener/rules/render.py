@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from screener.rules.compiler import IR, Arr, Attr, Bin, Cond, Feat, Lit, Not
+from screener.rules._leaves import unit_text
+from screener.rules.concepts import ConceptSet
+from screener.rules.ir import IR, Arr, Attr, Bin, Cond, Feat, Field, Lit, Not, QualIn
 from screener.rules.model import Criterion, Study
 
 __all__ = ["describe", "render_markdown"]
@@ -16,6 +18,25 @@ _ATTR_WORDS = {
     "imd_quintile": "IMD quintile (1 = most deprived)",
     "setting": "care setting",
     "site": "site",
+    "age_months": "age (months)",
+    "registered_days": "days registered with the practice",
+}
+_FIELD_WORDS = {
+    "value": "value",
+    "ref_low": "lower limit of its reference range",
+    "ref_high": "upper limit of its reference range",
+    "dose": "dose",
+    "dose_unit": "dose unit",
+    "route": "route",
+    "status": "status",
+    "setting": "care setting",
+    "location": "location",
+    "kind": "kind of record",
+    "code": "code",
+    "value_code": "coded result",
+    "duration_days": "duration (days)",
+    "encounter": "visit",
+    "qualifiers": "qualifiers",
 }
 _CMP = {">=": "is at least", ">": "is more than", "<=": "is at most", "<": "is less than", "==": "is", "!=": "is not"}
 _ARITH = {
@@ -37,10 +58,18 @@ def _lit(value: object) -> str:
     return str(value)
 
 
+def _source(concept: ConceptSet, pred: IR | None) -> str:
+    label = concept.display
+    return f"{label} ({describe(pred, False)})" if pred is not None else label
+
+
 def _feat(f: Feat) -> str:
-    label = f.concept.label or f.concept.name.replace("_", " ")
-    when = f" in the last {f.window.describe()}" if f.window else ""
-    unit = f" ({f.concept.unit.strip('{}')})" if f.concept.unit else ""
+    label = _source(f.concept, f.filter)
+    w = f.window.describe() if f.window else ""
+    when = f" in the last {w}" if f.window else ""
+    unit = f" ({unit_text(f.concept.unit)})" if f.concept.unit else ""
+    gap = f.gap.describe() if f.gap else ""
+    other = _source(f.other.concept, f.other.filter) if f.other else ""
     return {
         "ever": f"has ever had a record of {label}",
         "within": f"has a record of {label}{when}",
@@ -51,6 +80,19 @@ def _feat(f: Feat) -> str:
         "max": f"the highest {label}{unit}{when}",
         "mean": f"the average {label}{unit}{when}",
         "days_since": f"days since the last record of {label}",
+        "days_since_first": f"days since the first record of {label}",
+        "age_at_first": f"age at the first record of {label}",
+        "count_days": f"the number of days with a record of {label}{when}",
+        "episodes": f"the number of episodes of {label}{when} (a new episode after {gap} without one)",
+        "change": f"the change in {label}{unit}{when} (latest minus earliest)",
+        "pct_change": f"the change in {label}{when} in per cent of the earliest value",
+        "exposure_days": f"the number of days on {label}{when}",
+        "on_now": f"is currently on {label}",
+        "continuous": f"has been on {label} without a break of more than {gap} for the last {w}",
+        "after": f"has a record of {label} within {w} after {other}",
+        "before": f"has a record of {label} within {w} before {other}",
+        "latest_code": f"the most recent coded {label}",
+        "upcoming": f"has {label} planned in the next {w}",
     }[f.transform]
 
 
@@ -60,6 +102,10 @@ def describe(ir: IR, top: bool = True) -> str:
         return _lit(ir.value)
     if isinstance(ir, Attr):
         return _ATTR_WORDS[ir.name]
+    if isinstance(ir, Field):
+        return f"its {_FIELD_WORDS[ir.name]}"
+    if isinstance(ir, QualIn):
+        return f"qualified as {ir.concept.display}"
     if isinstance(ir, Feat):
         return _feat(ir)
     if isinstance(ir, Arr):
@@ -101,12 +147,14 @@ def describe(ir: IR, top: bool = True) -> str:
 def _criterion(c: Criterion, study: Study, depth: int) -> list[str]:
     pad = "  " * depth
     if c.kind == "setting":
-        return [f"{pad}- **{c.name}**: seen in a {' or '.join(study.settings)} setting"]
+        return [f"{pad}- Seen in a {' or '.join(study.settings)} setting"]
     if c.kind == "expr":
         assert c.ir is not None
-        return [f"{pad}- **{c.name}**: {describe(c.ir)}"]
+        if c.label:
+            return [f"{pad}- **{c.label[:1].upper() + c.label[1:]}** ({describe(c.ir)})"]
+        return [f"{pad}- **{c.display}**: {describe(c.ir)}"]
     head = {"any": "any of", "all": "all of", "at_least": f"at least {c.at_least} of"}[c.kind]
-    lines = [f"{pad}- **{c.name}**: {head}:"]
+    lines = [f"{pad}- **{c.display}**: {head}:"]
     for child in c.children:
         lines.extend(_criterion(child, study, depth + 1))
     return lines
@@ -115,6 +163,8 @@ def _criterion(c: Criterion, study: Study, depth: int) -> list[str]:
 def render_markdown(study: Study) -> str:
     """Markdown: title, summary, key facts, who can take part, who cannot, and the code lists used."""
     lines = [f"# {study.title}", "", f"`{study.id}`", ""]
+    if study.lay_summary:
+        lines += [study.lay_summary, ""]
     if study.summary:
         lines += [study.summary, ""]
     lines += [
@@ -123,7 +173,16 @@ def render_markdown(study: Study) -> str:
     ]
     if study.settings:
         lines.append(f"- Where: {', '.join(study.settings)}")
-    lines += [f"- Research team: {study.team}", "", "## Who can take part", ""]
+    if study.sites:
+        lines.append(f"- Sites: {', '.join(study.sites)}")
+    for title, url in (("Protocol", study.protocol_url), ("Participant information sheet", study.pis_url)):
+        if url:
+            lines.append(f"- {title}: <{url}>")
+    lines.append(f"- Research team: {study.team}")
+    for contact in study.contacts:
+        parts = [contact.name, contact.role, contact.email, contact.phone]
+        lines.append("- Contact: " + ", ".join(p for p in parts if p))
+    lines += ["", "## Who can take part", ""]
     lines += [line for c in study.include for line in _criterion(c, study, 0)] or ["- anyone"]
     lines += ["", "## Who cannot take part", ""]
     lines += [line for c in study.exclude for line in _criterion(c, study, 0)] or ["- no exclusions"]
@@ -133,7 +192,7 @@ def render_markdown(study: Study) -> str:
         for c in used:
             codes = ", ".join(f"{s} {v}" for s, v in c.codes)
             excl = ", ".join(f"{s} {v}" for s, v in c.exclude) or "-"
-            lines.append(f"| {c.label or c.name.replace('_', ' ')} | {codes} | {excl} | {c.unit or '-'} |")
+            lines.append(f"| {c.display} | {codes} | {excl} | {unit_text(c.unit) or '-'} |")
         lines += ["", "ICD-10, ATC and OPCS-4 codes include every code below them (E11 includes E11.9)."]
     lines += ["", "Patients are never contacted directly from a match: a research nurse checks every match first."]
     return "\n".join(lines) + "\n"

@@ -37,15 +37,23 @@ class Window:
 
     def start(self, now: datetime) -> datetime:
         """The earliest instant inside the window ending at ``now`` (inclusive)."""
-        if self.unit == "m":
-            return now - timedelta(minutes=self.amount)
-        if self.unit == "h":
-            return now - timedelta(hours=self.amount)
-        if self.unit == "d":
-            return now - timedelta(days=self.amount)
-        if self.unit == "w":
-            return now - timedelta(weeks=self.amount)
-        months = self.amount * (12 if self.unit == "y" else 1)
+        return self.shift(now, -1)
+
+    def end(self, now: datetime) -> datetime:
+        """The last instant of the look-ahead window starting at ``now`` (inclusive): ``now + w``."""
+        return self.shift(now, 1)
+
+    def offset(self, sign: int) -> str:
+        """The Polars ``dt.offset_by`` spelling of ``sign * w`` (same calendar arithmetic as :meth:`shift`)."""
+        return f"{'-' if sign < 0 else ''}{self.amount}{self.unit}"
+
+    def shift(self, t: datetime, sign: int) -> datetime:
+        """``t + sign * w``: exact for minutes to weeks; months and years by the calendar, the day clamped."""
+        step = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+        if self.unit in step:
+            return t + sign * self.amount * step[self.unit]
+        now = t
+        months = sign * -1 * self.amount * (12 if self.unit == "y" else 1)
         total = now.year * 12 + (now.month - 1) - months
         year, month = divmod(total, 12)
         month += 1

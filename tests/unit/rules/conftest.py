@@ -22,7 +22,7 @@ concepts:
   glucose: {loinc: ["2345-7"], unit: mmol/L}
   hba1c:   {loinc: ["4548-4"], unit: mmol/mol}
   creat:   {loinc: ["2160-0"], unit: umol/L}
-  score:   {loinc: ["72133-2"]}
+  score:   {loinc: ["72133-2"], unit: "{score}"}
   stroke:  {icd10: [I63], snomed: ["230690007"]}
 """
 

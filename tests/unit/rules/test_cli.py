@@ -92,9 +92,30 @@ def test_render():
     out = run("render", str(DATA / "ckd.yaml"))
     assert out.exit_code == 0
     assert out.output.startswith("# SGLT2 inhibitor in diabetic CKD, community clinics\n")
-    assert "- **adult**: age (years) is at least 18 and at most 80" in out.output
-    assert "  - **on_acei**: has a record of acei in the last 90 days" in out.output
+    assert "- **Adult**: age (years) is at least 18 and at most 80" in out.output
+    assert "  - **On acei**: has a record of acei in the last 90 days" in out.output
+    assert "on_acei" not in out.output  # names are humanised, never shown raw
     assert "| insulin | ATC A10A | ATC A10AE56 | - |" in out.output
+
+
+def test_render_uses_labels_metadata_and_v2_phrases(kit):
+    from screener.rules.render import describe
+
+    concepts = kit.CONCEPTS + "  pci:     {opcs4: [K75], label: coronary stent}\n"
+    s = kit.make_study(
+        {
+            "a": {"expr": "stroke[.encounter == 'current']|within('6h')", "label": "stroke in this admission"},
+            "b": "stroke|after(pci[.status == 'completed'], '30d')",
+            "c": "drug|continuous('90d', '7d')",
+        },
+        concepts=concepts,
+    )
+    text = s.render_markdown()
+    assert "- **Stroke in this admission** (has a record of stroke (its visit is current) in the last 6 hours)" in text
+    assert [describe(c.ir) for c in s.include[1:]] == [
+        "has a record of stroke within 30 days after coronary stent (its status is completed)",
+        "has been on drug without a break of more than 7 days for the last 90 days",
+    ]
 
 
 def test_render_phrases(kit):

@@ -121,8 +121,8 @@ def test_group_errors():
     ("concept", "expected"),
     [
         (
-            "x: {icd9: [250]}",
-            "s.yaml:12:7: error: unknown code system or key 'icd9' in concept 'x' (did you mean 'icd10'?)",
+            "x: {icd11: [250]}",
+            "s.yaml:12:7: error: unknown code system or key 'icd11' in concept 'x' (did you mean 'icd10'?)",
         ),
         (
             "x: {icd10: [E11], exclude: {snowmed: ['1234567']}}",

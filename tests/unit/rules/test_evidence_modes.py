@@ -19,6 +19,7 @@ from screener.state import PatientState
 
 RULES = Path(__file__).resolve().parents[3] / "rules"
 SCREEN_MODULE = sys.modules[screen.__module__]
+FEATURES_MODULE = sys.modules["screener.rules.features"]
 MATCH = ("eligible", "possible")
 
 
@@ -205,12 +206,12 @@ def test_one_pivot_and_a_pivot_per_statistic_build_the_same_features(population,
     """feature_frame widens small aggregates with one pivot and large ones with a pivot per statistic."""
     state, now = population
     small = SCREEN_MODULE.feature_frame(state, studies, now)
-    monkeypatch.setattr(SCREEN_MODULE, "_ONE_PIVOT", 0)
+    monkeypatch.setattr(FEATURES_MODULE, "_ONE_PIVOT", 0)
     large = SCREEN_MODULE.feature_frame(state, studies, now)
     assert small.height > 100 and small.width > 20
     assert small.sort("patient_id").equals(large.sort("patient_id"))
     one_study = [s for s in studies if s.id.startswith("STROKE")]  # windows and counts: few statistics
-    monkeypatch.setattr(SCREEN_MODULE, "_ONE_PIVOT", 20_000)
+    monkeypatch.setattr(FEATURES_MODULE, "_ONE_PIVOT", 20_000)
     small = SCREEN_MODULE.feature_frame(state, one_study, now)
-    monkeypatch.setattr(SCREEN_MODULE, "_ONE_PIVOT", 0)
+    monkeypatch.setattr(FEATURES_MODULE, "_ONE_PIVOT", 0)
     assert small.sort("patient_id").equals(SCREEN_MODULE.feature_frame(state, one_study, now).sort("patient_id"))

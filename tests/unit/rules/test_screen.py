@@ -7,6 +7,7 @@ from datetime import date, timedelta
 import polars as pl
 import pytest
 
+from screener.errors import RuleError
 from screener.rules import CRITERIA_DTYPE, criteria_json, screen
 
 D = timedelta(days=1)
@@ -242,8 +243,13 @@ def test_unknown_units_are_left_out_and_counted(kit):
     assert kit.one("glucose|ever", only_bad)[0] is True
 
 
-def test_dimensionless_concept_takes_only_unitless_values(kit):
+def test_score_concept_takes_unitless_values_and_a_unitless_set_is_rejected(kit):
     now = kit.NOW
+    unitless = kit.CONCEPTS + '  bare:    {loinc: ["72133-2"]}\n'
+    with pytest.raises(
+        RuleError, match=r"'bare\|latest' reads values, but concept set 'bare' has no unit.*'\{score\}'"
+    ):
+        kit.make_study({"c": "bare|latest == 4"}, concepts=unitless)
     st = kit.make_state(
         [person()],
         [
@@ -333,7 +339,7 @@ def test_nested_groups(kit):
     assert (rows["P3"]["c"], rows["P3"]["g"]) == (False, None)
     # P4: a false, b unknown, c true -> unknown
     assert rows["P4"]["g"] is None
-    assert rows["P1"]["g:evidence"].startswith("at least 2 of: a: yes (dx E11 on 2026-05-31); b: unknown")
+    assert rows["P1"]["g:evidence"].startswith("at least 2 of: A: yes (dx E11 on 2026-05-31); B: unknown")
     st5 = kit.make_state([person("P5", sex="M")])
     assert kit.evaluate(study, st5)["P5"]["g"] is False  # a false, c false: at most 1 can be true
 
@@ -367,7 +373,14 @@ def test_outcomes_and_screen_frame(kit):
     assert set(out["rule_hash"]) == {study.content_hash}
     first = out.filter(pl.col("patient_id") == "H")["criteria"][0]
     assert [c["name"] for c in first] == ["in_setting", "adult", "on_drug"]
-    assert first[0] == {"name": "in_setting", "group": "include", "result": False, "evidence": "setting hospital"}
+    assert first[0] == {
+        "name": "in_setting",
+        "group": "include",
+        "result": False,
+        "evidence": "setting hospital",
+        "expires_at": None,
+        "label": "seen in a community setting",
+    }
     assert '"name":"in_setting"' in criteria_json(first)
 
 

@@ -1,0 +1,218 @@
+"""Result rows: ``study_id, patient_id, outcome, rule_hash, criteria`` built from the staged value frames."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from screener.rules.criteria import Compiled
+from screener.rules.model import Study
+
+__all__ = ["CRITERIA_DTYPE", "EVIDENCE_MODES", "MATCH_OUTCOMES", "ROW_MODES", "Evidence", "Rows", "criteria_json"]
+
+TS = pl.Datetime("us", "UTC")
+#: one row's criteria: name, include/exclude, three-valued result, evidence text, when a true windowed
+#: criterion's window closes (``expires_at``, null otherwise) and the words people read (``label``)
+CRITERIA_DTYPE = pl.List(
+    pl.Struct(
+        {
+            "name": pl.String,
+            "group": pl.String,
+            "result": pl.Boolean,
+            "evidence": pl.String,
+            "expires_at": TS,
+            "label": pl.String,
+        }
+    )
+)
+
+Evidence = Literal["all", "matches", "none", "outcomes"]
+EVIDENCE_MODES: tuple[str, ...] = ("all", "matches", "none", "outcomes")
+#: outcomes whose rows get evidence in ``evidence="matches"`` mode (the ones the engine stores)
+MATCH_OUTCOMES: tuple[str, ...] = ("eligible", "possible")
+Rows = Literal["all", "matches"]
+ROW_MODES: tuple[str, ...] = ("all", "matches")
+
+
+def _result(study: Study, comp: Compiled, with_evidence: bool, criteria_list: bool = True) -> pl.Expr:
+    """One study's result as a struct expression (``study_id, outcome, rule_hash, criteria``): the small-call
+    counterpart of :func:`_assemble` (one query for every study; per-row structs of literals). Cached."""
+    key = (with_evidence, criteria_list)
+    hit = comp.results.get(key)
+    if hit is None:
+        hit = comp.results[key] = _result_expr(study, comp, with_evidence, criteria_list)
+    return hit
+
+
+def _result_expr(study: Study, comp: Compiled, with_evidence: bool, criteria_list: bool) -> pl.Expr:
+    if not criteria_list:
+        criteria = pl.lit(None, dtype=CRITERIA_DTYPE)
+    elif comp.criteria:
+        none = pl.lit(None, dtype=pl.String)
+        criteria = pl.concat_arr(
+            [
+                pl.struct(
+                    pl.lit(c.name).alias("name"),
+                    pl.lit(c.group).alias("group"),
+                    pl.col(c.value).alias("result"),
+                    (pl.col(c.evidence) if with_evidence else none).alias("evidence"),
+                    (pl.col(c.expires) if with_evidence and c.expires else pl.lit(None, dtype=TS)).alias("expires_at"),
+                    pl.lit(c.label, dtype=pl.String).alias("label"),
+                )
+                for c in comp.criteria
+            ]
+        ).arr.to_list()
+    else:
+        criteria = pl.lit([], dtype=CRITERIA_DTYPE)
+    return pl.struct(
+        pl.lit(study.id).alias("study_id"),
+        pl.col(comp.outcome_col).alias("outcome"),
+        pl.lit(study.rule_hash or study.content_hash).alias("rule_hash"),
+        criteria.cast(CRITERIA_DTYPE).alias("criteria"),
+    )
+
+
+def _long(frame: pl.LazyFrame, results: Sequence[pl.Expr]) -> pl.LazyFrame:
+    """Study-major result rows from one struct column per study (patients in frame order within a study)."""
+    return (
+        frame.select(pl.col("patient_id"), *(r.alias(f"_r{i}") for i, r in enumerate(results)))
+        .unpivot(index="patient_id", value_name="_r")
+        .select(pl.col("patient_id"), pl.col("_r").struct.unnest())
+        .select(["study_id", "patient_id", "outcome", "rule_hash", "criteria"])
+    )
+
+
+def _assemble(
+    frame: pl.DataFrame,
+    study: Study,
+    comp: Compiled,
+    with_evidence: bool,
+    keep: pl.Expr | None = None,
+    criteria_list: bool = True,
+) -> pl.DataFrame:
+    """One study's result rows (``study_id, patient_id, outcome, rule_hash, criteria``) from a frame holding its
+    value (and, if ``with_evidence``, evidence) columns; only the rows where ``keep`` is true when given.
+
+    The criteria lists are built flat and reshaped (criterion-major within a row): every criterion's result
+    (and evidence) interleaved into one column of ``rows x criteria`` values, names and groups gathered from
+    the study's short lists, then one struct column cut into rows of ``k``. Building the structs per row from
+    broadcast literals costs several times more.
+    """
+    names = [c.name for c in comp.criteria]
+    vcols = [c.value for c in comp.criteria]
+    ecols = [c.evidence for c in comp.criteria] if with_evidence else []
+    tcols = [c.expires for c in comp.criteria if c.expires] if with_evidence else []
+    if not criteria_list:
+        vcols = []
+        tcols = []
+    # Columns picked by name (a select on the wide frame would plan over every column of it).
+    names_in = ["patient_id", comp.outcome_col, *dict.fromkeys([*vcols, *ecols, *tcols])]
+    part = pl.DataFrame([frame.get_column(c) for c in names_in])
+    if keep is not None:
+        part = part.filter(keep)
+    n, k = part.height, len(names)
+    if not criteria_list:
+        criteria = pl.repeat(None, n, dtype=CRITERIA_DTYPE, eager=True).alias("criteria")
+    elif k == 0 or n == 0:
+        criteria = pl.Series("criteria", [[]] * n, dtype=CRITERIA_DTYPE)
+    else:
+        times = [pl.col(c.expires) if c.expires and tcols else pl.lit(None, dtype=TS) for c in comp.criteria]
+        flat = part.select(
+            pl.concat_arr(vcols).reshape((-1,)).alias("result"),
+            (pl.concat_arr(ecols).reshape((-1,)) if ecols else pl.lit(None, dtype=pl.String)).alias("evidence"),
+            (pl.concat_arr(times).reshape((-1,)) if tcols else pl.lit(None, dtype=TS)).alias("expires_at"),
+        )
+        index = pl.Series(np.tile(np.arange(k, dtype=np.uint32), n))
+        flat = flat.select(
+            pl.Series("name", names, dtype=pl.String).gather(index),
+            pl.Series("group", [c.group for c in comp.criteria], dtype=pl.String).gather(index),
+            pl.col("result").cast(pl.Boolean),
+            pl.col("evidence").cast(pl.String),
+            pl.col("expires_at").cast(TS),
+            pl.Series("label", [c.label for c in comp.criteria], dtype=pl.String).gather(index),
+        )
+        criteria = flat.to_struct("criteria").reshape((n, k)).arr.to_list().cast(CRITERIA_DTYPE)
+    return pl.DataFrame(
+        {
+            "study_id": pl.repeat(study.id, n, dtype=pl.String, eager=True),
+            "patient_id": part.get_column("patient_id"),
+            "outcome": part.get_column(comp.outcome_col),
+            "rule_hash": pl.repeat(study.rule_hash or study.content_hash, n, dtype=pl.String, eager=True),
+            "criteria": criteria,
+        }
+    )
+
+
+def _plain(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with every column a plain Series: the in-memory engine mis-sizes expressions over broadcast
+    ("scalar") columns, e.g. a literal carried through a join (length 1 against the frame's height)."""
+    return pl.DataFrame(frame.get_columns())
+
+
+def _counts_frame(
+    studies: Sequence[Study], eligible: Sequence[int], possible: Sequence[int], patients: int
+) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "study_id": [s.id for s in studies],
+            "eligible": list(eligible),
+            "possible": list(possible),
+            "ineligible": [patients - e - p for e, p in zip(eligible, possible, strict=True)],
+        },
+        schema={"study_id": pl.String, "eligible": pl.UInt32, "possible": pl.UInt32, "ineligible": pl.UInt32},
+    )
+
+
+def _outcome_sums(full: pl.DataFrame, comps: Sequence[Compiled]) -> tuple[list[int], list[int]]:
+    """Per study: the number of ``eligible`` and of ``possible`` rows of the values frame (one pass)."""
+    k = len(comps)
+    sums = full.select(
+        *((pl.col(c.outcome_col) == "eligible").sum().alias(f"e{i}") for i, c in enumerate(comps)),
+        *((pl.col(c.outcome_col) == "possible").sum().alias(f"p{i}") for i, c in enumerate(comps)),
+    ).row(0)
+    return [int(x) for x in sums[:k]], [int(x) for x in sums[k:]]
+
+
+def _outcome_rows(full: pl.DataFrame, pairs: Sequence[tuple[Study, Compiled]]) -> pl.DataFrame:
+    """Every (study, patient) row with ``criteria`` null, study by study, built in a few whole-frame steps."""
+    n, k = full.height, len(pairs)
+    study_index = pl.Series(np.repeat(np.arange(k, dtype=np.uint32), n))
+    return pl.DataFrame(
+        {
+            "study_id": pl.Series([s.id for s, _c in pairs], dtype=pl.String).gather(study_index),
+            "patient_id": pl.concat([full.get_column("patient_id")] * k, rechunk=False),
+            "outcome": pl.concat([full.get_column(c.outcome_col) for _s, c in pairs], rechunk=False),
+            "rule_hash": pl.Series([s.rule_hash or s.content_hash for s, _c in pairs], dtype=pl.String).gather(
+                study_index
+            ),
+            "criteria": pl.repeat(None, n * k, dtype=CRITERIA_DTYPE, eager=True),
+        }
+    )
+
+
+def criteria_json(criteria: Sequence[dict[str, Any]] | pl.Series | None) -> str:
+    """Serialise one row's ``criteria`` list to JSON for storage: ``name, group, result`` (null stays null),
+    ``evidence``, ``label`` and ``expires_at`` (ISO 8601 UTC, or null). Items without the last two (an older
+    row) get ``label`` null and ``expires_at`` null."""
+    if criteria is None:
+        return "[]"
+    items = criteria.to_list() if isinstance(criteria, pl.Series) else list(criteria)
+    out = []
+    for c in items:
+        expires = c.get("expires_at")
+        out.append(
+            {
+                "name": c["name"],
+                "group": c["group"],
+                "result": c["result"],
+                "evidence": c["evidence"],
+                "label": c.get("label"),
+                "expires_at": expires.isoformat() if isinstance(expires, datetime) else expires,
+            }
+        )
+    return json.dumps(out, separators=(",", ":"))
