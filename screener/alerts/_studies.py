@@ -101,7 +101,12 @@ def _study_row(s: object, now: datetime) -> dict[str, Any]:
         "pis_url": get("pis_url"),
         "sites": json.dumps([str(x) for x in get("sites") or ()]),
         "criteria_plain": json.dumps(
-            [{"group": g, "label": _plain_label(c)} for g in ("include", "exclude") for c in get(g) or ()]
+            [
+                {"group": g, "label": _plain_label(c)}
+                for g in ("include", "exclude")
+                for c in get(g) or ()
+                if getattr(c, "kind", None) != "setting"  # the implicit setting check: the page says where
+            ]
         ),
         "alert": _alert_mode(get("alert"), horizon),
         "active": True,
