@@ -44,10 +44,16 @@ def api_worklist(
     setting: str | None = None,
     outcome: str | None = None,
     view: Annotated[str, Query(description=" | ".join(VIEWS))] = "open",
+    sort: Annotated[str, Query(description="urgency | newest | oldest | study")] = "urgency",
+    limit: Annotated[int, Query(ge=1, le=500)] = 500,
+    offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
-    """The caller's worklist, most urgent then newest first (same rules as the page)."""
+    """The caller's worklist, most urgent then newest first (same rules as the page); ``limit``/``offset`` page it."""
     f = _filters(study, setting, outcome, view)
-    rows = st.worklist(p.user, **f)
+    try:
+        rows = st.worklist(p.user, **f, sort=sort, limit=limit, offset=offset)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
     st.audit(p.user.username, "view_worklist", detail={k: v for k, v in f.items() if v} | {"n": len(rows), "api": True})
     return [summary(r) for r in rows]
 

@@ -12,6 +12,8 @@ from screener.alerts.store import ACTIONS
 
 class Criterion(BaseModel):
     name: str
+    label: str | None = Field(default=None, description="The criterion in plain words (rule file label)")
+    expires_at: Any = Field(default=None, description="When a windowed criterion that holds stops holding")
     group: str = Field(description="include | exclude")
     result: bool | None = Field(description="true, false, or null when unknown (the nurse must verify)")
     evidence: str | None = None
@@ -40,12 +42,19 @@ class MatchSummary(BaseModel):
     snoozed_until: date | None = None
     reopened_at: Any = None
     to_verify: list[str]
+    location: str | None = Field(default=None, description="Ward, bed or clinic of the latest visit")
+    no_longer_eligible: bool = Field(default=False, description="A later screen ruled the patient out")
+    upgraded_at: Any = Field(default=None, description="When the match went from possible to eligible")
+    closed_at: Any = Field(default=None, description="When the patient was found no longer eligible")
+    changed_at: Any = Field(default=None, description="When the engine last changed the outcome or evidence")
 
 
 class MatchDetail(MatchSummary):
     rule_hash: str
     reason: str | None = None
+    previous_outcome: str | None = None
     criteria: list[Criterion]
+    ruled_out: list[Criterion] = Field(default=[], description="The criteria that make it no longer eligible")
     history: list[ActionRecord]
 
 

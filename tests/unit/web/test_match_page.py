@@ -228,3 +228,17 @@ def test_the_public_page_speaks_plain_words(seeded: SqlStore, client: Any) -> No
     assert "Royal Infirmary" in html and "0161 555 0199" in html
     api = {s["id"]: s for s in client.get("/api/studies").json()}
     assert api["CKD-1"]["who_cannot_take_part"] == ["On insulin"]
+
+
+def test_the_api_pages_sorts_and_carries_location_deadline_fields(stroke: SqlStore, make_client: Any) -> None:
+    api_token = stroke.create_api_token("nina")
+    c = make_client()
+    h = {"Authorization": f"Bearer {api_token}"}
+    rows = c.get("/api/worklist?sort=newest", headers=h).json()
+    assert [r["study_id"] for r in rows] == ["STROKE-6H", "RENAL-1"] and rows[0]["location"] == "Stroke unit, bed 4"
+    assert [r["study_id"] for r in c.get("/api/worklist?sort=oldest&limit=1", headers=h).json()] == ["RENAL-1"]
+    assert c.get("/api/worklist?offset=1&sort=newest", headers=h).json()[0]["study_id"] == "RENAL-1"
+    assert c.get("/api/worklist?sort=bogus", headers=h).status_code == 422
+    detail = c.get(f"/api/matches/{rows[0]['token']}", headers=h).json()
+    assert detail["criteria"][0]["label"] == "Stroke started within the last 6 hours"
+    assert detail["criteria"][0]["expires_at"].startswith("2026-06-01T10:16")
