@@ -82,6 +82,20 @@ class AuditPart(StoreBase):
         with self.engine.connect() as conn:
             return _utc(conn.execute(q).scalar())
 
+    def last_viewed_many(self, username: str, tokens: list[str]) -> dict[str, datetime]:
+        """{token: when ``username`` last opened it} for the tokens they have opened (one query)."""
+        if not tokens:
+            return {}
+        a = t.audit_log.c
+        q = (
+            sa.select(a.object_id, sa.func.max(a.at))
+            .where(a.username == username, a.action == "view_match", a.object_type == "match")
+            .where(a.object_id.in_(tokens))
+            .group_by(a.object_id)
+        )
+        with self.engine.connect() as conn:
+            return {str(tok): at for tok, at in ((r[0], _utc(r[1])) for r in conn.execute(q)) if at is not None}
+
     def login_failures(self, username: str, client: str, within: timedelta) -> tuple[int, datetime | None]:
         """(failed logins, time of the latest) for ``username`` from ``client`` during the last ``within``; a
         success from that client resets the count (failures before it are not counted)."""

@@ -75,6 +75,9 @@ def worklist_page(
     pages = max(1, -(-total // size))
     page = min(page, pages)
     rows = st.worklist(p.user, **f, sort=sort, limit=size, offset=(page - 1) * size)
+    seen = st.last_viewed_many(p.user.username, [r["token"] for r in rows])
+    for r in rows:  # "changed": the engine changed it after this user last opened it
+        r["changed"] = bool(r["token"] in seen and r["changed_at"] and r["changed_at"] > seen[r["token"]])
     st.audit(p.user.username, "view_worklist", detail={k: v for k, v in f.items() if v} | {"n": len(rows)})
     studies = st.studies(user=p.user)
     query = {

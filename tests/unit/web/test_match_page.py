@@ -146,8 +146,10 @@ def test_changed_since_you_last_looked(stroke: SqlStore, make_client: Any, login
     stroke.clock = lambda: clock_now + timedelta(minutes=1)
     nina_user = next(u for u in stroke.users() if u.username == "nina")
     (closed,) = [r for r in stroke.worklist(nina_user, view="closed") if r["study_id"] == "STROKE-6H"]
+    assert "changed since you looked" in nina.get("/worklist?view=closed").text
     html = nina.get(f"/matches/{closed['token']}").text
     assert 'id="changed"' in html and "the result was eligible" in html
+    assert "changed since you looked" not in nina.get("/worklist?view=closed").text  # seen now
     assert 'id="no-longer-eligible"' in html and "On thrombolysis" in html
 
 
