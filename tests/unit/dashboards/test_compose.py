@@ -240,3 +240,15 @@ def test_the_operating_guides_kafka_configurations_are_valid_settings(tmp_path):
     assert opts["ssl_password"] == "pass"
     scram = load_settings(config_file=tmp_path / "kafka-1.yaml", sasl_password="pw").kafka_options()
     assert scram["sasl_mechanism"] == "SCRAM-SHA-512" and scram["sasl_plain_password"] == "pw"
+
+
+def test_the_image_build_has_what_the_wheel_force_includes():
+    """pyproject.toml builds rules/ into the wheel; the Dockerfile's build stage must copy it before `pip wheel`."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    included = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    build_stage = (ROOT / "Dockerfile").read_text().split("RUN pip wheel")[0]
+    for source in included:
+        assert f"COPY {source} ./{source}" in build_stage, source
+        assert (ROOT / source).is_dir()
