@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
@@ -55,7 +56,7 @@ def _page(
         reason_labels=REASON_LABELS,
         not_eligible=NOT_ELIGIBLE_REASONS,
         declined=DECLINED_REASONS,
-        example_day=f"{now:%d/%m/%Y}",
+        example_day=f"{now + timedelta(days=7):%d/%m/%Y}",
         deadline=due,
         time_left=time_left(due[0], now) if due else None,
         changed=changed,
