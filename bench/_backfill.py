@@ -8,7 +8,7 @@ Two inputs, both Parquet directories:
 ``synthetic`` a generated ``measurement.parquet`` of ``--backfill-rows`` rows (``bench/connectors_omop.py``'s
               generator, H3's), to show the rate over a million rows.
 
-Each run publishes into fresh topics of the embedded broker through :class:`screener.sources.kafka.KafkaSink`
+Each run publishes into fresh topics of the embedded broker through :class:`screener.connector.kafka.KafkaSink`
 (the producer settings of ``bench/connectors_omop.py``); every chunk waits for the broker's acknowledgement,
 so the time covers reading, mapping to canonical JSON and delivery.
 """
@@ -60,7 +60,7 @@ def _one(bootstrap: str, path: Path) -> tuple[int, int, float]:
     """(rows in, events out, seconds) of one backfill into fresh topics."""
     from bench.connectors_common import fresh_topics
     from connectors.omop import backfill
-    from screener.sources.kafka import KafkaSink
+    from screener.connector.kafka import KafkaSink
 
     events, dlq = fresh_topics(bootstrap)
     with KafkaSink(

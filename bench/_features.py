@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from pyjexl import JEXL
@@ -38,6 +38,11 @@ from pyjexl.parser import (
 )
 
 from screener.rules.windows import parse_window
+
+if TYPE_CHECKING:
+    from screener.rules.compiler import Feat
+    from screener.rules.model import ConceptSet, Criterion, Study
+    from screener.rules.windows import Window
 
 __all__ = [
     "BOOLEAN_TRANSFORMS",
@@ -115,7 +120,7 @@ class StudyPlan:
     concepts: dict[str, str] = field(default_factory=dict)  # concept name in the study -> concept key
 
 
-def _column(feat: Any) -> str:
+def _column(feat: Feat | _FeatLike) -> str:
     window = feat.window.text if feat.window is not None else None
     return f"{feat.transform}_{window}_{feat.concept.key}" if window else f"{feat.transform}_{feat.concept.key}"
 
@@ -123,9 +128,9 @@ def _column(feat: Any) -> str:
 @dataclass
 class _Planner:
     features: dict[str, Feature] = field(default_factory=dict)
-    concepts: dict[str, Any] = field(default_factory=dict)  # concept key -> ConceptSet
+    concepts: dict[str, ConceptSet] = field(default_factory=dict)  # concept key -> ConceptSet
 
-    def feature(self, feat: Any) -> Feature:
+    def feature(self, feat: Feat | _FeatLike) -> Feature:
         self.concepts[feat.concept.key] = feat.concept
         column = _column(feat)
         window = feat.window.text if feat.window is not None else None
@@ -177,8 +182,9 @@ class _Planner:
             return node
         raise ValueError(f"unsupported expression node {type(node).__name__}")
 
-    def criterion(self, c: Any, study: Any, used: set[str]) -> Leaf | Group:
+    def criterion(self, c: Criterion, study: Study, used: set[str]) -> Leaf | Group:
         if c.kind == "expr":
+            assert c.expression is not None, c.name  # the loader gives every "expr" criterion its text
             return Leaf(c.name, c.expression, self.ast(c.ast, study.concepts), self.ir(c.ir, used), c.ast)
         if c.kind in ("any", "all", "at_least"):
             return Group(c.name, c.kind, c.at_least, tuple(self.criterion(k, study, used) for k in c.children))
@@ -196,9 +202,9 @@ class _Planner:
 
 @dataclass(frozen=True)
 class _FeatLike:
-    concept: Any
+    concept: ConceptSet
     transform: str
-    window: Any
+    window: Window | None
 
 
 @dataclass(frozen=True)
@@ -214,7 +220,7 @@ class FeatureRef:
         return "bool" if self.boolean else "num"
 
 
-def plan_studies(studies: Sequence[Any]) -> tuple[list[StudyPlan], dict[str, Feature], dict[str, Any]]:
+def plan_studies(studies: Sequence[Study]) -> tuple[list[StudyPlan], dict[str, Feature], dict[str, ConceptSet]]:
     """Plans for loaded :class:`screener.rules.Study` objects: (plans, features by column, concept sets by key)."""
     planner = _Planner()
     plans: list[StudyPlan] = []
@@ -236,19 +242,22 @@ def plan_studies(studies: Sequence[Any]) -> tuple[list[StudyPlan], dict[str, Fea
 # --- features with Polars ---------------------------------------------------------------------------------
 
 
-def _value_expr(concept: Any) -> pl.Expr:
+def _value_expr(concept: ConceptSet) -> pl.Expr:
     """A fact's numeric value in the concept's unit; null without a value or in an unconvertible unit."""
     from screener.rules.units import conversions_to, normalise_unit_expr
 
     table = conversions_to(concept.unit, concept.analyte)
     unit = normalise_unit_expr(pl.col("unit"))
-    expr: pl.Expr | pl.When | pl.Then = pl
-    for spelling, (a, b) in sorted(table.items()):
-        expr = expr.when(unit == spelling).then(pl.col("value") * a + b)  # type: ignore[union-attr]
-    return expr.otherwise(None) if table else pl.lit(None, dtype=pl.Float64)  # type: ignore[union-attr]
+    if not table:
+        return pl.lit(None, dtype=pl.Float64)
+    # value * a + b with (a, b) looked up by the normalised unit; an unknown unit gives null (as the compiler).
+    spellings = sorted(table)
+    scale = unit.replace_strict(spellings, [float(table[s][0]) for s in spellings], default=None)
+    offset = unit.replace_strict(spellings, [float(table[s][1]) for s in spellings], default=None)
+    return pl.col("value") * scale + offset
 
 
-def _member_expr(concept: Any) -> pl.Expr:
+def _member_expr(concept: ConceptSet) -> pl.Expr:
     from screener.rules.model import ConceptSet
 
     expr = concept.fact_expr()
@@ -257,7 +266,7 @@ def _member_expr(concept: Any) -> pl.Expr:
     return expr
 
 
-def _concept_rows(facts: pl.DataFrame, concept: Any) -> pl.DataFrame:
+def _concept_rows(facts: pl.DataFrame, concept: ConceptSet) -> pl.DataFrame:
     """The facts in ``concept`` (exclusions applied), with ``_v`` in its unit, sorted by patient, time, id."""
     return (
         facts.filter(_member_expr(concept))

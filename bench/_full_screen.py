@@ -10,17 +10,22 @@ cheaper to obtain than hours of real runs.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from bench._features import compute_features, fact_lists, plan_studies
 from bench._peers import PEERS, contexts, pyjexl_raw, raw_contexts, run_peer
 from bench._stats import Timing, timed_runs
+
+if TYPE_CHECKING:
+    from screener.rules import Study
+    from screener.state import PatientState
 
 __all__ = ["MismatchError", "PeerResult", "compare_peers", "screen_outcomes"]
 
@@ -32,7 +37,7 @@ class MismatchError(AssertionError):
 MODES = ("outcomes", "explain")
 
 
-def _outcomes_only(state: Any, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
+def _outcomes_only(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
     """Screener's public ``screen(..., evidence="outcomes")``: what the engine runs.
 
     Every (study, patient) gets its outcome and every criterion's result is computed; the criteria lists and
@@ -188,7 +193,7 @@ def compare_peers(
             ctxs = [contexts(frame, plan, features, encoded=peer.context == "encoded") for plan in plans]
         got = run_peer(peer, plans, ctxs, features, every=every)  # warm-up and correctness check, untimed
         _check(label, got, expected, study_ids, patient_ids, ctxs)
-        timing, _ = timed_runs(lambda p=peer, c=ctxs, e=every: run_peer(p, plans, c, features, every=e), runs)
+        timing, _ = timed_runs(functools.partial(run_peer, peer, plans, ctxs, features, every=every), runs)
         results.append(
             PeerResult(
                 label,

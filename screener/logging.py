@@ -8,10 +8,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any
 
 import structlog
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 __all__ = ["REDACTED", "configure_logging", "get_logger", "redact_identifiers"]
 
@@ -42,7 +41,7 @@ IDENTIFIER_KEYS = frozenset(
 _NHS_NUMBER = re.compile(r"(?<!\d)\d{3}[ -]?\d{3}[ -]?\d{4}(?!\d)")
 
 
-def _scrub(value: Any) -> Any:
+def _scrub(value: object) -> object:
     if isinstance(value, str):
         return _NHS_NUMBER.sub(REDACTED, value)
     if isinstance(value, dict):
@@ -52,7 +51,7 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def redact_identifiers(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def redact_identifiers(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
     """structlog processor: replace identifier-valued keys and mask NHS-number-like digit runs."""
     for key in list(event_dict):
         if key in IDENTIFIER_KEYS:
@@ -64,7 +63,7 @@ def redact_identifiers(_logger: Any, _name: str, event_dict: MutableMapping[str,
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Configure structlog (and the stdlib root logger) to write one line per event to stderr."""
-    renderer: Any = (
+    renderer: Processor = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
@@ -83,10 +82,11 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
 
-def get_logger(name: str) -> Any:
+def get_logger(name: str) -> FilteringBoundLogger:
     """A lazy logger: it picks up the configuration in force when it first logs, not when it was created.
 
     (Calling ``.bind()`` here would freeze the configuration at import time, before ``configure_logging`` has
     installed the redaction processor.)
     """
-    return structlog.get_logger(name, component=name)
+    logger: FilteringBoundLogger = structlog.get_logger(name, component=name)  # a lazy proxy with its methods
+    return logger

@@ -141,3 +141,17 @@ class Metrics:
         self.outbox_pending = Gauge(
             "screener_outbox_pending_messages", "Outbound messages waiting", ["channel"], registry=r
         )
+        # --- connector listeners -------------------------------------------------------------------------
+        self.mllp_connections = Gauge("screener_mllp_connections", "Open MLLP connections", registry=r)
+        self.mllp_buffered = Gauge(
+            "screener_mllp_buffered_bytes", "Bytes buffered by all MLLP connections together", registry=r
+        )
+        self.mllp_dropped = Counter(
+            "screener_mllp_connections_dropped_total",
+            "MLLP connections closed by a listener limit (idle, oversize, busy, max_connections, slow_reader)",
+            ["reason"],
+            registry=r,
+        )
+        self.broker_up = Gauge(
+            "screener_connector_broker_up", "1 when the connector's last broker probe succeeded, else 0", registry=r
+        )

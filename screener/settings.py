@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -16,10 +16,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from screener.errors import ConfigError
 
-__all__ = ["DEFAULT_SECRET_KEY", "Settings", "load_settings"]
+__all__ = ["DEFAULT_SECRET_KEY", "KafkaOptions", "Settings", "load_settings"]
 
 #: The secret key a fresh install has; accepted only with ``SCREENER_DEMO=true`` (:meth:`Settings.check_secrets`).
 DEFAULT_SECRET_KEY = "change-me-in-production"
+
+
+class KafkaOptions(TypedDict, total=False):
+    """The kafka-python client options :meth:`Settings.kafka_options` gives (connection and security only)."""
+
+    bootstrap_servers: list[str]
+    security_protocol: str
+    sasl_mechanism: str
+    sasl_plain_username: str | None
+    sasl_plain_password: str | None
+    ssl_cafile: str
+    ssl_certfile: str
+    ssl_keyfile: str
+    ssl_password: str
+    ssl_check_hostname: bool
 
 
 class Settings(BaseSettings):
@@ -51,6 +66,27 @@ class Settings(BaseSettings):
     producer_idempotence: bool = True
     #: HL7 v2 local-code mapping file for OBX codes (YAML or CSV); empty = the shipped default.
     hl7_code_map: Path | None = None
+
+    # --- connector listeners (limits and health) --------------------------------------------------------
+    #: An MLLP connection is closed when no complete block arrived within this many seconds of connecting or of
+    #: the previous ACK (a quiet connection and a sender trickling bytes alike; senders reconnect).
+    mllp_idle_timeout_s: float = Field(default=120.0, gt=0)
+    #: Concurrent MLLP connections at most; one more is closed at once (and counted).
+    mllp_max_connections: int = Field(default=64, ge=1)
+    #: Bytes of one MLLP block at most (per connection); a longer block is answered AE and dead-lettered with
+    #: a prefix of its payload, and the connection closed.
+    mllp_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: Bytes buffered by all MLLP connections together at most; a connection that would pass it gets AE
+    #: ("busy") and is closed, so memory stays bounded whatever the senders do.
+    mllp_max_buffered_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    #: ``HOST:PORT`` of the MLLP listener's health endpoint (``GET /healthz``); empty = not served.
+    mllp_health_listen: str = ""
+    #: Bytes of one FHIR request body at most (checked on Content-Length and while streaming).
+    fhir_max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    #: Seconds between the connectors' broker probes (``/healthz``; requests fail fast while it is down).
+    connector_health_interval_s: float = Field(default=2.0, gt=0)
+    #: Seconds a connector waits for the broker's acknowledgement before answering "unavailable" (503 / AE).
+    connector_publish_timeout_s: float = Field(default=20.0, gt=0)
 
     # --- engine ------------------------------------------------------------------------------------------
     rules_dir: Path = Path("rules")
@@ -141,9 +177,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
-    def kafka_options(self) -> dict[str, Any]:
+    def kafka_options(self) -> KafkaOptions:
         """Options passed through to kafka-python clients (security included)."""
-        opts: dict[str, Any] = {
+        opts: KafkaOptions = {
             "bootstrap_servers": self.bootstrap_servers.split(","),
             "security_protocol": self.security_protocol,
         }
@@ -164,7 +200,7 @@ class Settings(BaseSettings):
         return opts
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
     """Build settings from overrides, the environment and an optional YAML/TOML file.
 
     :raises ConfigError: naming the first invalid setting and its environment variable.

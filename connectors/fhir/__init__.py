@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from screener.sources.base import SimpleConnector
+from screener.connector import SimpleConnector
 
 from .parse import SUPPORTED, FHIRReject, ParsedPayload, parse_payload, parse_resource
-from .server import build_app, load_path, operation_outcome
+from .server import build_app, load_path, operation_outcome, serve
 
 __all__ = [
     "SUPPORTED",
@@ -29,8 +29,7 @@ __all__ = [
 
 
 def _command() -> click.Command:
-    from connectors.hl7v2 import parse_listen
-    from screener.commands.connect import connector_options
+    from screener.connector import connector_options
 
     @click.command("fhir")
     @click.option("--listen", default=None, help="HOST:PORT to serve the FHIR endpoint on.")
@@ -52,14 +51,11 @@ def _command() -> click.Command:
                 resources, events = load_path(from_file, sink, progress=True)
                 click.echo(f"fhir: {resources} resources -> {events} events", err=True)
                 return
-            import uvicorn
-
-            host, port = parse_listen(listen or "")
-            uvicorn.run(build_app(sink), host=host, port=port, log_level="warning", access_log=False)
+            serve(sink, listen or "", sink_factory.settings, dry_run=sink_factory.dry_run)  # type: ignore[attr-defined]
         finally:
-            close = getattr(sink, "close", None)
-            if close:
-                close()
+            from connectors.hl7v2 import close_sink
+
+            close_sink(sink)
 
     return fhir
 

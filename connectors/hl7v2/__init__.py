@@ -6,21 +6,25 @@ Europe/London time) and :mod:`connectors.hl7v2.server` for the ACK contract (AA 
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import click
 
-from screener.sources.base import SimpleConnector
+from screener.connector import SimpleConnector
 
+from .mllp import MLLPClient, ServerThread, frame
 from .parse import CodeMap, HL7Reject, ParsedMessage, load_code_map, parse_message, split_batch
-from .server import MLLPServer, frame, process_block
+from .server import MLLPLimits, MLLPServer, process_block
 
 __all__ = [
     "CodeMap",
     "HL7Reject",
+    "MLLPClient",
+    "MLLPLimits",
     "MLLPServer",
     "ParsedMessage",
+    "ServerThread",
+    "close_sink",
     "connector",
     "frame",
     "load_code_map",
@@ -38,8 +42,18 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+def close_sink(sink: object) -> None:
+    """Close the sink within a bounded time (a producer facing a dead broker gives up after 2 s)."""
+    from screener.sources.kafka import KafkaSink
+
+    if isinstance(sink, KafkaSink):
+        sink.close(timeout_s=2.0)
+    elif (close := getattr(sink, "close", None)) is not None:
+        close()
+
+
 def _command() -> click.Command:
-    from screener.commands.connect import connector_options
+    from screener.connector import connector_options
 
     @click.command("hl7v2")
     @click.option("--listen", default="127.0.0.1:2575", show_default=True, help="HOST:PORT to accept MLLP on.")
@@ -53,18 +67,39 @@ def _command() -> click.Command:
     @connector_options
     def hl7v2(listen: str, code_map: Path | None, sink_factory: object) -> None:
         """Receive HL7 v2 (ADT, ORU^R01) over MLLP; ACK AA only after Kafka acknowledged the events."""
+        from screener.metrics import Metrics
+        from screener.sources.health import AlwaysHealthy, BrokerHealth
+
+        from .service import run_listener
+
         host, port = parse_listen(listen)
+        settings = sink_factory.settings  # type: ignore[attr-defined]
+        health_at = parse_listen(settings.mllp_health_listen) if settings.mllp_health_listen else None
         sink = sink_factory("hl7v2")  # type: ignore[operator]
-        server = MLLPServer(sink, host=host, port=port, code_map=load_code_map(code_map))
+        metrics = Metrics()
+        health = (
+            AlwaysHealthy()
+            if sink_factory.dry_run  # type: ignore[attr-defined]
+            else BrokerHealth.from_settings(settings, on_change=metrics.broker_up.set).start()
+        )
+        server = MLLPServer(
+            sink,
+            host=host,
+            port=port,
+            code_map=load_code_map(code_map),
+            limits=MLLPLimits.from_settings(settings),
+            health=health,
+            publish_timeout_s=settings.connector_publish_timeout_s,
+            metrics=metrics,
+        )
         click.echo(f"hl7v2: listening for MLLP on {host}:{port}", err=True)
         try:
-            asyncio.run(server.serve_forever())
-        except KeyboardInterrupt:
-            pass
+            run_listener(server, health=health, health_listen=health_at, grace_s=3.0)
         finally:
-            close = getattr(sink, "close", None)
-            if close:
-                close()
+            if isinstance(health, BrokerHealth):
+                health.stop()
+            close_sink(sink)
+        click.echo("hl7v2: stopped", err=True)
 
     return hl7v2
 

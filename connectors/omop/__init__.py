@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from screener.sources.base import SimpleConnector
+from screener.connector import SimpleConnector
 
 from .backfill import TABLES, BackfillResult, OmopSource, backfill, table_events
 
@@ -17,7 +17,7 @@ __all__ = ["TABLES", "BackfillResult", "OmopSource", "backfill", "connector", "t
 
 
 def _command() -> click.Command:
-    from screener.commands.connect import connector_options
+    from screener.connector import connector_options
 
     @click.command("omop")
     @click.argument("path", type=click.Path(exists=True, path_type=Path))

@@ -16,7 +16,6 @@ The same ``--seed`` (and ``--now``) always gives the same patients.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -25,9 +24,10 @@ from typing import Any
 
 import click
 
+from connectors.hl7v2.mllp import MLLPClient
+from screener.connector import SimpleConnector
 from screener.errors import ConnectorError
 from screener.events import Event
-from screener.sources.base import SimpleConnector
 
 __all__ = ["RateLimiter", "connector", "patients", "render"]
 
@@ -54,11 +54,11 @@ class RateLimiter:
             self.sleep(delay)
 
 
-def patients(n: int, seed: int, now: datetime | None = None) -> Iterator[list[Event]]:
+def patients(n: int, seed: int, now: datetime | None = None, start_index: int = 0) -> Iterator[list[Event]]:
     """Each synthetic patient's canonical events (person first), from H2's population generator."""
     from . import population
 
-    return population.generate(n, seed=seed, now=now)
+    return population.generate(n, seed=seed, now=now, start_index=start_index)
 
 
 def render(events: list[Event], fmt: str) -> list[str] | dict[str, Any] | list[Event]:
@@ -81,30 +81,8 @@ def render(events: list[Event], fmt: str) -> list[str] | dict[str, Any] | list[E
     return result  # type: ignore[no-any-return]
 
 
-class _MLLPClient:
-    """A blocking MLLP client: send one message, wait for its ACK."""
-
-    def __init__(self, target: str) -> None:
-        host, _, port = target.rpartition(":")
-        self.sock = socket.create_connection((host or "127.0.0.1", int(port)), timeout=30)
-        self.buf = b""
-
-    def send(self, message: str) -> str:
-        self.sock.sendall(b"\x0b" + message.encode() + b"\x1c\x0d")
-        while b"\x1c\x0d" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectorError("MLLP peer closed the connection", connector="synthetic")
-            self.buf += chunk
-        frame, _, self.buf = self.buf.partition(b"\x1c\x0d")
-        return frame.lstrip(b"\x0b").decode("utf-8", "replace")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def _command() -> click.Command:
-    from screener.commands.connect import connector_options
+    from screener.connector import connector_options
 
     @click.command("synthetic")
     @click.option("--patients", "n", default=1000, show_default=True, help="How many patients.")
@@ -125,7 +103,7 @@ def _command() -> click.Command:
             ref = ref.replace(tzinfo=UTC)
         pacer = RateLimiter(rate)
         sink = sink_factory("synthetic") if fmt == "canonical" else None
-        client = _MLLPClient(target) if fmt == "hl7v2" and target else None
+        client = MLLPClient.connect(target) if fmt == "hl7v2" and target else None
         http = None
         if fmt == "fhir" and target:
             import httpx
@@ -167,5 +145,5 @@ def _command() -> click.Command:
 
 
 connector = SimpleConnector(
-    "synthetic", "Seeded synthetic West Yorkshire-like population (canonical/HL7/FHIR)", _command
+    "synthetic", "Seeded synthetic West Yorkshire-like population (canonical/HL7/FHIR)", _command, feed=patients
 )

@@ -54,6 +54,7 @@ import numpy as np
 import polars as pl
 
 from connectors.synthetic._formats import to_fhir, to_hl7v2
+from screener.connector.common import is_valid_nhs_number, nhs_check_digit  # re-exported (the one NHS check)
 from screener.events import Event, Person
 from screener.state import FACTS_SCHEMA, PERSONS_SCHEMA, upgrade_facts, upgrade_persons
 
@@ -213,20 +214,6 @@ class _Rand:
             np.searchsorted(cum / cum[-1], self.u(idx, stream, k), side="right"), len(probs) - 1
         )
         return out
-
-
-def nhs_check_digit(nine: str) -> int | None:
-    """The modulus 11 check digit of a 9-digit NHS number body, or ``None`` when the body is unusable (10)."""
-    total = sum(int(d) * w for d, w in zip(nine, range(10, 1, -1), strict=True))
-    check = 11 - total % 11
-    if check == 11:
-        return 0
-    return None if check == 10 else check
-
-
-def is_valid_nhs_number(number: str) -> bool:
-    """True when ``number`` is 10 digits whose last digit is the modulus 11 check digit of the first nine."""
-    return len(number) == 10 and number.isdigit() and nhs_check_digit(number[:9]) == int(number[9])
 
 
 def _nhs_numbers(idx: np.ndarray, seed: int) -> np.ndarray:

@@ -1,112 +1,29 @@
 """``screener connect NAME [OPTIONS]``, ``screener connect --list`` and ``screener backfill omop PATH``.
 
-Connectors are found through the ``screener.connectors`` entry-point group (:mod:`screener.sources.registry`);
+Connectors are found through the ``screener.connectors`` entry-point group (:mod:`screener.connector.registry`);
 each contributes its own click command, loaded only when it is run.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import sys
-from collections.abc import Callable, Sequence
-from typing import Any
-
 import click
 
+from screener.connector.options import connector_options  # re-exported: its home before the connector SDK
 from screener.errors import ScreenerError
-from screener.events import Event, dump_event
 
 __all__ = ["COMMANDS", "backfill", "connect", "connector_options"]
-
-
-class _StdoutSink:
-    """``--dry-run``: events as JSON lines on stdout, rejections as JSON lines on stderr."""
-
-    def publish(self, events: Sequence[Event]) -> None:
-        out = sys.stdout.buffer
-        for ev in events:
-            out.write(dump_event(ev) + b"\n")
-        out.flush()
-
-    def publish_raw(self, records: Any) -> int:
-        n = 0
-        for _key, value in records:
-            sys.stdout.buffer.write(value + b"\n")
-            n += 1
-        return n
-
-    def dead_letter(self, payload: bytes | str, source: str, position: str, reason: str) -> None:
-        click.echo(json.dumps({"source": source, "position": position, "reason": reason}), err=True)
-
-    def close(self) -> None:
-        sys.stdout.flush()
-
-
-def connector_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator for connector commands: ``--bootstrap``, ``--topic``, ``--dry-run``; passes ``sink_factory``.
-
-    ``sink_factory(name, **producer_options)`` returns an EventSink: a Kafka sink built from
-    :class:`~screener.settings.Settings` (topics created if missing), or stdout with ``--dry-run``.
-    """
-
-    @click.option(
-        "--bootstrap",
-        envvar="SCREENER_BOOTSTRAP_SERVERS",
-        default=None,
-        help="Kafka bootstrap servers (env SCREENER_BOOTSTRAP_SERVERS).",
-    )
-    @click.option(
-        "--topic",
-        envvar="SCREENER_EVENTS_TOPIC",
-        default=None,
-        help="Events topic (env SCREENER_EVENTS_TOPIC; default ehr.events).",
-    )
-    @click.option(
-        "--no-idempotence",
-        is_flag=True,
-        default=False,
-        help="Plain acks=all producer (the embedded tansu broker rejects idempotent produce).",
-    )
-    @click.option("--dry-run", is_flag=True, help="Print events as JSON lines instead of publishing.")
-    @functools.wraps(func)
-    def wrapper(
-        *args: Any, bootstrap: str | None, topic: str | None, no_idempotence: bool, dry_run: bool, **kwargs: Any
-    ) -> Any:
-        from screener.logging import configure_logging
-        from screener.settings import load_settings
-        from screener.sources.kafka import sink_from_settings
-
-        base = load_settings()
-        configure_logging(base.log_level, base.log_format)
-
-        def sink_factory(name: str, **producer_options: Any) -> Any:
-            if dry_run:
-                return _StdoutSink()
-            overrides: dict[str, Any] = {"bootstrap_servers": bootstrap, "events_topic": topic}
-            if no_idempotence:
-                overrides["producer_idempotence"] = False
-            settings = load_settings(**overrides)
-            return sink_from_settings(settings, name, producer_options=producer_options or None)
-
-        try:
-            return func(*args, sink_factory=sink_factory, **kwargs)
-        except ScreenerError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper
 
 
 class _ConnectorGroup(click.Group):
     """Sub-commands come from installed connectors, imported only when asked for."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        from screener.sources.registry import available
+        from screener.connector.registry import available
 
         return [n for n in available() if n != "omop"]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        from screener.sources.registry import load_connector
+        from screener.connector.registry import load_connector
 
         try:
             return load_connector(cmd_name).command()
@@ -120,7 +37,7 @@ class _ConnectorGroup(click.Group):
 def connect(ctx: click.Context, list_: bool) -> None:
     """Run an EHR connector: screener connect NAME [OPTIONS] (see --list)."""
     if list_:
-        from screener.sources.registry import available, load_connector
+        from screener.connector.registry import available, load_connector
 
         for name, target in available().items():
             try:
@@ -140,7 +57,7 @@ class _BackfillGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name != "omop":
             return None
-        from screener.sources.registry import load_connector
+        from screener.connector.registry import load_connector
 
         return load_connector("omop").command()
 

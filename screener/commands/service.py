@@ -105,7 +105,9 @@ class _Feed(threading.Thread):
             self.error = exc
 
     def _run(self) -> None:
-        from connectors.synthetic.population import generate
+        from screener.connector.registry import load_feed
+
+        generate = load_feed("synthetic")  # found through the connector registry, like any connector
         from screener.bus import make_producer
         from screener.events import dump_event
 

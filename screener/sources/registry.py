@@ -1,42 +1,4 @@
-"""Discover connectors through the ``screener.connectors`` entry-point group.
+"""Old name of :mod:`screener.connector.registry` (the connector SDK), kept for imports written before the rename."""
 
-A hospital adds its own connector by shipping a package with an entry point in that group whose object is a
-:class:`~screener.sources.base.Connector` (or a zero-argument callable returning one).
-"""
-
-from __future__ import annotations
-
-from importlib.metadata import entry_points
-
-from screener.errors import ConnectorError, did_you_mean
-from screener.sources.base import Connector
-
-__all__ = ["GROUP", "available", "load_connector"]
-
-GROUP = "screener.connectors"
-
-
-def available() -> dict[str, str]:
-    """Installed connector names mapped to their entry-point target (``module:attr``), sorted by name."""
-    return {ep.name: ep.value for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name)}
-
-
-def load_connector(name: str) -> Connector:
-    """Import and return the connector registered as ``name``.
-
-    :raises ConnectorError: when no such connector is installed (with the closest name) or it fails to import.
-    """
-    eps = {ep.name: ep for ep in entry_points(group=GROUP)}
-    if name not in eps:
-        hint = did_you_mean(name, eps)
-        extra = f" (did you mean '{hint}'?)" if hint else f"; installed: {', '.join(sorted(eps)) or 'none'}"
-        raise ConnectorError(f"no connector named '{name}'{extra}", connector=name)
-    try:
-        obj = eps[name].load()
-    except Exception as exc:
-        raise ConnectorError(f"cannot import {eps[name].value}: {exc}", connector=name) from exc
-    if not isinstance(obj, Connector) and callable(obj):
-        obj = obj()
-    if not isinstance(obj, Connector):
-        raise ConnectorError(f"{eps[name].value} is not a Connector", connector=name)
-    return obj
+from screener.connector.registry import *  # noqa: F403
+from screener.connector.registry import __all__ as __all__

@@ -49,3 +49,39 @@ def test_stopped_broker_refuses_connections() -> None:
     b.stop()
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass
+
+
+def test_a_port_held_by_another_process_is_an_error_not_ready() -> None:
+    """Failed before: start() connected to whatever listened on the port and called it ready."""
+    import subprocess
+    import sys
+
+    from screener.bus import _listening_pids, free_port
+    from screener.errors import ConnectorError
+
+    port = free_port()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket,sys,time\n"
+            f"s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen(); print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"ready"
+        assert _listening_pids(port) == {holder.pid}
+        started = time.monotonic()
+        with pytest.raises(ConnectorError, match="already in use by another process"):
+            EmbeddedBroker(port=port).start(timeout=10)
+        assert time.monotonic() - started < 2
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_started_broker_is_the_one_answering(broker: EmbeddedBroker) -> None:
+    from screener.bus import _listening_pids
+
+    assert broker.pid is not None and _listening_pids(broker.port) == {broker.pid}

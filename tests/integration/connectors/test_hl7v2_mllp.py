@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from connectors.hl7v2 import MLLPServer, frame
+from connectors.hl7v2 import MLLPClient, MLLPServer, ServerThread
 from screener.events import parse_event
 
 pytestmark = pytest.mark.integration
@@ -44,40 +41,19 @@ class TimedSink:
 @pytest.fixture
 def server(kafka_sink: Any) -> Iterator[tuple[MLLPServer, TimedSink]]:
     sink = TimedSink(kafka_sink)
-    srv = MLLPServer(sink, host="127.0.0.1", port=0)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(srv.start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    yield srv, sink
-    asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with ServerThread(MLLPServer(sink, host="127.0.0.1", port=0)) as srv:
+        yield srv, sink
 
 
-def send(port: int, payload: bytes) -> tuple[str, float]:
-    """Send one framed payload; return the ACK text and the time it arrived."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(payload)
-        buf = b""
-        while b"\x1c\x0d" not in buf:
-            chunk = sock.recv(65536)
-            assert chunk, "server closed before the ACK"
-            buf += chunk
-        return buf.split(b"\x1c\x0d")[0].lstrip(b"\x0b").decode(), time.monotonic()
+def send(port: int, payload: str | bytes) -> tuple[str, float]:
+    """Send one message; return the ACK text and the time it arrived."""
+    with MLLPClient("127.0.0.1", port) as client:
+        return client.send(payload), time.monotonic()
 
 
 def test_message_is_on_the_topic_before_the_ack(server: Any, topics: Any, reader: Any) -> None:
     srv, sink = server
-    ack, ack_at = send(srv.port, frame(GOOD.format(n=1)))
+    ack, ack_at = send(srv.port, GOOD.format(n=1))
     assert "MSA|AA|CTRL-1" in ack
     assert sink.acked_at and sink.acked_at[0] <= ack_at  # the broker acked before the ACK left
     records = reader(topics.events, expected=2)
@@ -91,7 +67,7 @@ def test_message_is_on_the_topic_before_the_ack(server: Any, topics: Any, reader
 
 def test_malformed_message_gets_ae_and_lands_on_the_dlq(server: Any, topics: Any, reader: Any) -> None:
     srv, _sink = server
-    ack, _ = send(srv.port, frame(BAD))
+    ack, _ = send(srv.port, BAD)
     segments = ack.split("\r")
     assert segments[1].startswith("MSA|AE|CTRL-BAD")
     assert segments[2].startswith("ERR||PID^1^7|102^Data type error^HL70357|E")
@@ -103,7 +79,7 @@ def test_malformed_message_gets_ae_and_lands_on_the_dlq(server: Any, topics: Any
 
 def test_garbage_bytes_get_ae_and_base64_dead_letter(server: Any, topics: Any, reader: Any) -> None:
     srv, _sink = server
-    ack, _ = send(srv.port, frame(b"\xff\xfe\x00 not hl7 at all"))
+    ack, _ = send(srv.port, b"\xff\xfe\x00 not hl7 at all")
     assert "|AE|" in ack
     [letter] = [json.loads(r.value) for r in reader(topics.dlq, expected=1)]
     assert letter["payload_encoding"] in ("utf-8", "base64") and letter["reason"].startswith("AE:")
@@ -111,19 +87,14 @@ def test_garbage_bytes_get_ae_and_base64_dead_letter(server: Any, topics: Any, r
 
 def test_unsupported_type_gets_ar(server: Any, topics: Any, reader: Any) -> None:
     srv, _sink = server
-    ack, _ = send(srv.port, frame("MSH|^~\\&|A|B|C|D|20260501||SIU^S12|S1|P|2.5\rPID|1||H1\r"))
+    ack, _ = send(srv.port, "MSH|^~\\&|A|B|C|D|20260501||SIU^S12|S1|P|2.5\rPID|1||H1\r")
     assert "MSA|AR|S1" in ack and "200^Unsupported message type" in ack
     assert len(reader(topics.dlq, expected=1)) == 1
 
 
 def test_several_messages_on_one_connection_in_order(server: Any, topics: Any, reader: Any) -> None:
     srv, _sink = server
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
-        buf = b""
+    with MLLPClient("127.0.0.1", srv.port) as client:
         for n in range(5):
-            sock.sendall(frame(GOOD.format(n=n)))
-            while b"\x1c\x0d" not in buf:
-                buf += sock.recv(65536)
-            ack, _, buf = buf.partition(b"\x1c\x0d")
-            assert f"MSA|AA|CTRL-{n}".encode() in ack
+            assert f"MSA|AA|CTRL-{n}" in client.send(GOOD.format(n=n))
     assert len(reader(topics.events, expected=10)) == 10

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from connectors.hl7v2 import MLLPServer
+from connectors.hl7v2 import MLLPServer, ServerThread
 from screener.cli import main
 from screener.events import parse_event
 
@@ -46,20 +44,7 @@ def test_canonical_feed_to_the_broker(broker: Any, topics: Any, reader: Any) -> 
 
 
 def test_hl7v2_feed_over_mllp(kafka_sink: Any, topics: Any, reader: Any) -> None:
-    srv = MLLPServer(kafka_sink, host="127.0.0.1", port=0)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(srv.start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
+    with ServerThread(MLLPServer(kafka_sink, host="127.0.0.1", port=0)) as srv:
         result = CliRunner().invoke(
             main,
             [
@@ -80,10 +65,6 @@ def test_hl7v2_feed_over_mllp(kafka_sink: Any, topics: Any, reader: Any) -> None
         assert result.exit_code == 0, result.output
         assert result.output.strip().endswith("0 rejected")
         messages = int(result.output.split("patients, ")[1].split()[0])
-    finally:
-        asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
     # every message yields at least one event (ORU results also add abnormal-flag observations)
     events = [parse_event(r.value) for r in reader(topics.events, expected=messages)]
     assert len(events) >= messages

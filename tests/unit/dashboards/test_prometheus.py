@@ -1,13 +1,12 @@
-"""What dashboards/ ships: Prometheus config and rules pass promtool, alerts behave (promtool test rules),
-every dashboard parses with a stable uid, and every PromQL expression parses and names only real metrics."""
+"""What dashboards/ ships, checked without Prometheus: every dashboard parses with a stable uid, the committed
+JSON is what the generator writes, alert and recording rules are well formed, and every PromQL expression names
+only real metrics. ``tests/tooling/dashboards/test_promtool.py`` runs ``promtool`` over the same files."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from screener.metrics import Metrics
 ROOT = Path(__file__).resolve().parents[3]
 DASH = ROOT / "dashboards"
 RULES = sorted((DASH / "prometheus" / "rules").glob("*.yml"))
-PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 UIDS = {
     "operations.json": "screener-operations",
     "recruitment.json": "screener-recruitment",
@@ -49,10 +47,6 @@ def _load_module(path: Path, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
 def dashboard_exprs() -> list[tuple[str, str, str]]:
@@ -85,36 +79,6 @@ def exported_metric_names() -> set[str]:
         else:
             names.add(family.name)
     return names
-
-
-def test_promtool_check_config_passes_on_shipped_config():
-    result = _promtool("check", "config", str(DASH / "prometheus" / "prometheus.yml"))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
-
-
-def test_promtool_check_config_with_the_rules_it_loads(tmp_path):
-    """The shipped config with rule_files pointed at the repo, so check config also checks the rules."""
-    config = yaml.safe_load((DASH / "prometheus" / "prometheus.yml").read_text())
-    assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
-    config["rule_files"] = [str(DASH / "prometheus" / "rules" / "*.yml")]
-    path = tmp_path / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
-    result = _promtool("check", "config", str(path))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(RULES)} rule files found" in result.stdout
-
-
-def test_promtool_check_rules_passes():
-    assert {p.name for p in RULES} == {"alerts.yml", "recording.yml"}
-    result = _promtool("check", "rules", *map(str, RULES))
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_promtool_unit_tests_for_alerts_pass():
-    result = _promtool("test", "rules", "alerts_test.yml", cwd=Path(__file__).parent)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
 
 
 def test_alerts_cover_the_issue_and_carry_severity_and_summary():
@@ -177,44 +141,6 @@ def test_committed_dashboards_match_the_generator():
         assert (DASH / "grafana" / "dashboards" / name).read_text() == text, (
             f"{name} is stale: run python dashboards/generate.py"
         )
-
-
-def test_every_dashboard_expression_parses(tmp_path):
-    """promtool parses each expression as a recording rule; an error names the dashboard and panel."""
-    exprs = dashboard_exprs()
-    assert len(exprs) >= 30
-    rules = {
-        "groups": [
-            {
-                "name": "dashboards",
-                "rules": [{"record": f"dashboard:expr_{i}:check", "expr": e} for i, (_, _, e) in enumerate(exprs)],
-            }
-        ]
-    }
-    path = tmp_path / "exprs.yml"
-    path.write_text(yaml.safe_dump(rules))
-    result = _promtool("check", "rules", str(path))
-    if result.returncode != 0:
-        bad = re.findall(r"group \"dashboards\", rule (\d+)", result.stdout + result.stderr)
-        where = [exprs[int(i) - 1][:2] for i in bad]
-        pytest.fail(f"{where}: {result.stdout}{result.stderr}")
-
-
-def test_a_bad_expression_is_caught_by_the_parse_check(tmp_path):
-    path = tmp_path / "bad.yml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "groups": [
-                    {
-                        "name": "g",
-                        "rules": [{"record": "a:b:c", "expr": "sum by (x) (rate(screener_events_consumed_total[5m])"}],
-                    }
-                ]
-            }
-        )
-    )
-    assert _promtool("check", "rules", str(path)).returncode != 0
 
 
 @pytest.mark.parametrize("source", ["dashboards", "rules"])

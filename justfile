@@ -1,0 +1,41 @@
+# One command each: `just lint`, `just test-unit`, `just test`, `just bench-smoke` (`just` alone lists them).
+# `just` comes with the test extra (`pip install -e ".[test]"`, PyPI package rust-just); `make` users can run
+# the recipe lines by hand. Tools run from the project's .venv when there is one, else from the active Python.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+python := env("PYTHON", if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } else { "python3" })
+# import-linter has no `python -m` entry point; this runs its `lint-imports` command with the same Python.
+lint_imports := python + " -c 'from importlinter.cli import lint_imports_command; lint_imports_command()'"
+
+# list the recipes
+default:
+    @{{ just_executable() }} --list --unsorted
+
+# ruff check, ruff format --check, mypy, and the import contracts (pyproject.toml [tool.importlinter])
+lint:
+    {{ python }} -m ruff check .
+    {{ python }} -m ruff format --check .
+    {{ python }} -m mypy screener connectors bench
+    {{ lint_imports }}
+
+# fix what ruff can fix and format the tree
+fmt:
+    {{ python }} -m ruff check --fix .
+    {{ python }} -m ruff format .
+
+# the unit tests: nothing running, nothing installed beyond `pip install -e ".[test]"` (-x, -k ... pass through)
+test-unit *args:
+    {{ python }} -m pytest -q tests/unit {{ args }}
+
+# the tooling checks: lint, types and import contracts, promtool, the benchmark harness (needs promtool)
+test-tooling *args:
+    {{ python }} -m pytest -q tests/tooling {{ args }}
+
+# everything, as CI runs it (installs system packages when root; see scripts/test)
+test *args:
+    scripts/test {{ args }}
+
+# the benchmark harness at a tiny scale: checks that it runs and agrees, not the speed (writes to a temp dir)
+bench-smoke:
+    out="$(mktemp -d)"; {{ python }} -m bench --smoke --out "$out/BENCHMARKS.md" --workdir "$out/work" && echo "bench-smoke: $out/BENCHMARKS.md"
