@@ -6,6 +6,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY screener ./screener
 COPY connectors ./connectors
+# the sample rule files are built into the wheel (screener/sample_rules: `screener demo` from an empty folder)
+COPY rules ./rules
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[postgres]"
 
 FROM python:3.11-slim

@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from screener.errors import ConfigError
 
-__all__ = ["KafkaOptions", "Settings", "load_settings"]
+__all__ = ["DEFAULT_SECRET_KEY", "KafkaOptions", "Settings", "load_settings"]
+
+#: The secret key a fresh install has; accepted only with ``SCREENER_DEMO=true`` (:meth:`Settings.check_secrets`).
+DEFAULT_SECRET_KEY = "change-me-in-production"
 
 
 class KafkaOptions(TypedDict, total=False):
@@ -28,6 +31,10 @@ class KafkaOptions(TypedDict, total=False):
     sasl_plain_username: str | None
     sasl_plain_password: str | None
     ssl_cafile: str
+    ssl_certfile: str
+    ssl_keyfile: str
+    ssl_password: str
+    ssl_check_hostname: bool
 
 
 class Settings(BaseSettings):
@@ -48,6 +55,12 @@ class Settings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+    #: Client certificate and key (PEM) for mutual TLS (security_protocol SSL or SASL_SSL); the key's passphrase.
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    #: Check that the broker's certificate names the host connected to (turn off only for a test CA).
+    ssl_check_hostname: bool = True
     #: Connectors' producers use enable_idempotence (acks=all always). The embedded tansu broker rejects
     #: idempotent produce requests, so the demo and tests turn this off.
     producer_idempotence: bool = True
@@ -108,7 +121,7 @@ class Settings(BaseSettings):
     web_port: int = Field(default=8080, ge=0, le=65535)
     #: Absolute base URL used in outbound links (no patient identifiers ever appear in them).
     public_url: str = "http://127.0.0.1:8080"
-    secret_key: SecretStr = SecretStr("change-me-in-production")
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
     cookie_secure: bool = False
     webhook_url: str | None = None
     smtp_host: str | None = None
@@ -121,6 +134,42 @@ class Settings(BaseSettings):
     #: Seconds between outbox delivery passes (webhook messages; digests wait for digest_interval_s).
     outbox_interval_s: float = Field(default=10.0, gt=0)
     digest_interval_s: float = Field(default=3600.0, gt=0)
+    #: A second webhook for page/SMS-style alerts: studies with ``alert: immediate`` post here too, on the next
+    #: delivery pass (never a patient identifier: a count and a link).
+    pager_webhook_url: str | None = None
+    #: The time zone every page shows times in (IANA name).
+    timezone: str = "Europe/London"
+    #: Rows per worklist page.
+    worklist_page_size: int = Field(default=50, ge=1, le=500)
+    #: Seconds between the worklist page's own refreshes (an HTML meta refresh; 0 turns it off).
+    worklist_refresh_s: int = Field(default=60, ge=0)
+    #: Demographic counts (funnel by IMD quintile and ethnic group) below this are not exported on the worklist
+    #: port's public /metrics (they are suppressed to 0 and flagged).
+    metrics_min_count: int = Field(default=8, ge=1)
+    #: Demo mode: the only mode in which the default secret key and passwords are accepted.
+    demo: bool = False
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/London)") from exc
+        return value
+
+    def check_secrets(self) -> None:
+        """Refuse the shipped default secret key outside demo mode.
+
+        :raises ConfigError: ``SCREENER_SECRET_KEY`` is the default and ``SCREENER_DEMO`` is not true."""
+        if not self.demo and self.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
+            raise ConfigError(
+                "SCREENER_SECRET_KEY is the shipped default; set a long random value "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(32))'), or SCREENER_DEMO=true to try it",
+                setting="secret_key",
+            )
 
     # --- observability -----------------------------------------------------------------------------------
     metrics_host: str = "127.0.0.1"
@@ -156,6 +205,14 @@ class Settings(BaseSettings):
             opts["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
         if self.ssl_cafile:
             opts["ssl_cafile"] = str(self.ssl_cafile)
+        if self.ssl_certfile:
+            opts["ssl_certfile"] = str(self.ssl_certfile)
+        if self.ssl_keyfile:
+            opts["ssl_keyfile"] = str(self.ssl_keyfile)
+        if self.ssl_password:
+            opts["ssl_password"] = self.ssl_password.get_secret_value()
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            opts["ssl_check_hostname"] = self.ssl_check_hostname
         return opts
 
 

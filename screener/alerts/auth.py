@@ -8,12 +8,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from functools import cache
+from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 __all__ = [
+    "MIN_PASSWORD_LENGTH",
     "ROLES",
+    "check_password_policy",
     "constant_time_equal",
     "hash_password",
     "hash_token",
@@ -26,9 +30,33 @@ __all__ = [
 #: admin: every team, the do-not-contact register and users.
 ROLES = ("nurse", "coordinator", "admin")
 
+#: Passwords shorter than this are refused (NCSC and NIST SP 800-63B both favour length over complexity rules).
+MIN_PASSWORD_LENGTH = 12
+_COMMON_FILE = Path(__file__).with_name("common_passwords.txt")
+
 _hasher = PasswordHasher()
 #: Verified against when a username does not exist, so a login takes as long either way.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+@cache
+def _common_passwords() -> frozenset[str]:
+    lines = _COMMON_FILE.read_text(encoding="utf-8").splitlines()
+    return frozenset(x.strip().lower() for x in lines if x.strip() and not x.startswith("#"))
+
+
+def check_password_policy(password: str, username: str = "") -> None:
+    """Refuse a weak password, saying why in words: shorter than :data:`MIN_PASSWORD_LENGTH`, on the shipped list
+    of common passwords (``common_passwords.txt``), one character repeated, or the username itself.
+
+    :raises ValueError: the reason."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"the password is too short: use at least {MIN_PASSWORD_LENGTH} characters (a few words)")
+    lowered = password.lower()
+    if lowered in _common_passwords() or len(set(lowered)) == 1:
+        raise ValueError("that password is one of the most common ones; choose another (a few unrelated words)")
+    if username and lowered == username.lower():
+        raise ValueError("the password must not be the username")
 
 
 def hash_password(password: str) -> str:

@@ -38,6 +38,8 @@ class MatchStore(Protocol):
 
         Returns the rows that were new (the ones to alert on). A row already present is not inserted again; if
         its outcome or rule hash changed, it is updated in place and is *not* returned (no second alert).
+        Rows with outcome ``ineligible`` never create a match: for an existing one they close it as "no longer
+        eligible" (contract "Matches follow the patient"). An optional ``location`` column is stored too.
         Must be atomic per call: if it raises, nothing was written and the caller must not commit offsets.
         """
         ...

@@ -30,7 +30,8 @@ def webhook_message(study_id: str, rows: Sequence[dict[str, Any]], public_url: s
     n = sum(int(r["count"]) for r in rows)
     title = next((r.get("title") for r in rows if r.get("title")), None)
     named = f"{study_id} ({title})" if title else study_id
-    text = f"screener: {_plural(n)} for {named}."
+    urgent = "URGENT: " if any(r.get("alert") == "immediate" for r in rows) else ""
+    text = f"{urgent}screener: {_plural(n)} for {named}."
     return Message(subject=text, text=text, link=worklist_link(public_url, study_id))
 
 
@@ -41,13 +42,14 @@ def team_digest(team: str, rows: Sequence[dict[str, Any]], public_url: str, reci
         entry = per_study.setdefault(r["study_id"], [0, r.get("title")])
         entry[0] += int(r["count"])
     total = sum(v[0] for v in per_study.values())
+    urgent = any(r.get("alert") == "immediate" for r in rows)
     lines = [f"screener digest for team {team or '(no team)'}: {_plural(total)} waiting for review.", ""]
     for study_id, (n, title) in sorted(per_study.items(), key=lambda kv: (-kv[1][0], kv[0])):
         lines.append(f"- {study_id}{f' - {title}' if title else ''}: {_plural(n)}")
         lines.append(f"  {worklist_link(public_url, study_id)}")
     lines += ["", "Patient details are only shown in the worklist, after you log in."]
     return Message(
-        subject=f"screener: {_plural(total)} for {team or 'your team'}",
+        subject=f"{'URGENT: ' if urgent else ''}screener: {_plural(total)} for {team or 'your team'}",
         text="\n".join(lines),
         link=worklist_link(public_url),
         recipients=tuple(recipients),

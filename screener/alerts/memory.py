@@ -44,7 +44,10 @@ class MemoryStore:
             if self._matches is None:
                 self._matches = incoming.clear()
             keys = self._matches.select("study_id", "patient_id")
-            new = incoming.join(keys, on=["study_id", "patient_id"], how="anti")
+            # An ineligible row only ever updates an existing match (the contract: it never creates one).
+            new = incoming.join(keys, on=["study_id", "patient_id"], how="anti").filter(
+                pl.col("outcome") != "ineligible"
+            )
             old = incoming.join(keys, on=["study_id", "patient_id"], how="semi")
             current = self._matches
             if old.height:

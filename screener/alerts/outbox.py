@@ -10,6 +10,9 @@ Contract:
   ``attempts + 1``, the error and ``next_attempt_at = now + min(max_backoff, base_backoff * 2**attempts)``
   (exponential backoff, no cap on the number of attempts: a message is never dropped).
 - Webhook: every pass sends one message per study for all its due rows (a burst of matches is one message).
+- Immediate alerts: a study with ``alert: immediate`` (acute: its windows close within hours) is also posted to
+  the pager webhook (``pager_webhook_url``, a page/SMS-style gateway) on the next pass, and its team's email goes
+  out on the next pass instead of waiting for the digest interval. Its messages start with "URGENT".
 - Email: one digest per team, sent once the team's oldest pending row is ``digest_interval_s`` old (or when
   flushed); recipients are the team mailbox, else its members' addresses; a team nobody can receive for is
   parked as ``no_recipient`` (logged, counted) instead of retried forever.
@@ -44,6 +47,7 @@ class OutboxSender:
         public_url: str,
         webhook: Sink | None = None,
         email: Sink | None = None,
+        pager: Sink | None = None,
         metrics: Any = None,
         digest_interval_s: float = 3600.0,
         base_backoff_s: float = 5.0,
@@ -53,7 +57,9 @@ class OutboxSender:
     ) -> None:
         self.store = store
         self.public_url = public_url
-        self.sinks = {s.channel: s for s in (webhook, email) if s is not None}
+        self.sinks: dict[str, Sink] = {c: s for c, s in (("webhook", webhook), ("email", email)) if s is not None}
+        if pager is not None:
+            self.sinks["pager"] = pager
         self.metrics = metrics if metrics is not None else getattr(store, "metrics", None)
         self.digest_interval = timedelta(seconds=digest_interval_s)
         self.base_backoff_s = base_backoff_s
@@ -70,6 +76,8 @@ class OutboxSender:
         from screener.alerts.sinks.webhook import WebhookSink
 
         webhook = WebhookSink(settings.webhook_url) if settings.webhook_url else None
+        pager_url = getattr(settings, "pager_webhook_url", None)
+        pager = WebhookSink(pager_url, channel="pager") if pager_url else None
         email = None
         if settings.smtp_host:
             password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
@@ -86,6 +94,7 @@ class OutboxSender:
             public_url=settings.public_url,
             webhook=webhook,
             email=email,
+            pager=pager,
             metrics=metrics,
             digest_interval_s=settings.digest_interval_s,
         )
@@ -100,20 +109,23 @@ class OutboxSender:
         failure (the rows stay pending); a database error propagates."""
         now = self.clock()
         stats = {"sent": 0, "failed": 0}
-        if "webhook" in self.sinks:
+        for channel in ("webhook", "pager"):
+            if channel not in self.sinks:
+                continue
             groups: dict[str, list[dict[str, Any]]] = {}
-            for row in self._claim(self.store.outbox_due("webhook", now), now):
+            for row in self._claim(self.store.outbox_due(channel, now), now):
                 groups.setdefault(row["study_id"], []).append(row)
             for study_id, rows in groups.items():
-                self._deliver("webhook", rows, webhook_message(study_id, rows, self.public_url), now, stats)
+                self._deliver(channel, rows, webhook_message(study_id, rows, self.public_url), now, stats)
         if "email" in self.sinks:
             teams: dict[str, list[dict[str, Any]]] = {}
             for row in self.store.outbox_due("email", now):
                 teams.setdefault(row["team"], []).append(row)
             for team, rows in teams.items():
                 retrying = any(r["attempts"] > 0 for r in rows)
+                urgent = any(r.get("alert") == "immediate" for r in rows)
                 oldest = min(r["created_at"] for r in rows)
-                if not (flush_digests or retrying or oldest + self.digest_interval <= now):
+                if not (flush_digests or retrying or urgent or oldest + self.digest_interval <= now):
                     continue
                 rows = self._claim(rows, now)
                 if not rows:
@@ -167,7 +179,7 @@ class OutboxSender:
         if self.metrics is None:
             return
         counts = self.store.outbox_counts()
-        for channel in ("webhook", "email"):
+        for channel in ("webhook", "email", "pager"):
             self.metrics.outbox_pending.labels(channel).set(counts.get((channel, "pending"), 0))
 
     # --- background loop --------------------------------------------------------------------------------

@@ -77,6 +77,16 @@ studies = Table(
     Column("content_hash", String(64), nullable=True),
     Column("criteria_markdown", Text, nullable=True),
     Column("active", Boolean, nullable=False, default=True),  # present in the last sync
+    #: What the public page and the match page show (rule-file metadata, all optional).
+    Column("lay_summary", Text, nullable=True),
+    Column("contacts", Text, nullable=True),  # JSON list of {name, role, email, phone}
+    Column("protocol_url", Text, nullable=True),
+    Column("pis_url", Text, nullable=True),
+    Column("sites", Text, nullable=True),  # JSON list of site names
+    #: JSON list of {group: include|exclude, label}: the criteria in plain words, for patients.
+    Column("criteria_plain", Text, nullable=True),
+    #: ``immediate`` (alerted on the next delivery pass, and to the pager webhook) or ``digest``.
+    Column("alert", String(16), nullable=False, default="digest", server_default="digest"),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -104,6 +114,16 @@ matches = Table(
     #: When the broker acknowledged the match on ``screening.matches``; null until then (the engine's sweep
     #: publishes what a crash left unpublished).
     Column("published_at", DateTime(timezone=True), nullable=True),
+    #: Ward/bed/clinic of the patient's latest visit, as the engine last passed it.
+    Column("location", String(64), nullable=True),
+    #: The outcome before the engine's last change of it (``possible`` for an upgrade).
+    Column("previous_outcome", String(16), nullable=True),
+    #: When the engine last changed the outcome or the evidence (the page's "changed since you last looked").
+    Column("changed_at", DateTime(timezone=True), nullable=True),
+    #: When a later screen found the patient no longer eligible (outcome ``ineligible``); null while it holds.
+    Column("closed_at", DateTime(timezone=True), nullable=True),
+    #: When the match went from possible to eligible.
+    Column("upgraded_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("study_id", "patient_id"),
     Index(None, "study_id", "stage"),
     Index(None, "patient_id"),

@@ -185,11 +185,10 @@ class _Feed(threading.Thread):
     "--rules",
     "rules_dir",
     type=click.Path(path_type=Path, file_okay=False),
-    default=Path("rules"),
-    show_default=True,
-    help="Study rule files.",
+    default=None,
+    help="Study rule files [default: ./rules when present, else the sample studies shipped with screener].",
 )
-def demo(duration: float | None, workdir: Path, patients: int, rate: float, rules_dir: Path) -> None:
+def demo(duration: float | None, workdir: Path, patients: int, rate: float, rules_dir: Path | None) -> None:
     """Everything on localhost: embedded broker, synthetic feed, engine, worklist web app, /metrics."""
     from prometheus_client import CollectorRegistry
 
@@ -199,10 +198,9 @@ def demo(duration: float | None, workdir: Path, patients: int, rate: float, rule
     from screener.logging import configure_logging
     from screener.metrics import Metrics
 
+    rules_dir = rules_dir or _default_rules()
     if not rules_dir.is_dir():
-        raise click.ClickException(
-            f"no rules folder at {rules_dir.resolve()}: run from the repository root or pass --rules DIR"
-        )
+        raise click.ClickException(f"no rules folder at {rules_dir.resolve()}: pass --rules DIR")
     workdir.mkdir(parents=True, exist_ok=True)
     # The embedded broker keeps topics in memory, so state snapshots from an earlier run describe a log that no
     # longer exists; the worklist (SQLite) is kept, and each run streams new synthetic patients.
@@ -275,6 +273,18 @@ def demo(duration: float | None, workdir: Path, patients: int, rate: float, rule
             with contextlib.suppress(Exception):
                 step()
         click.echo("stopped")
+
+
+def _default_rules() -> Path:
+    """./rules when it exists; else the sample rule files the wheel ships (``screener/sample_rules``); else the
+    repository's ``rules/`` beside the package (a source checkout)."""
+    import screener
+
+    here = Path(screener.__file__).parent
+    for candidate in (Path("rules"), here / "sample_rules", here.parent / "rules"):
+        if candidate.is_dir():
+            return candidate
+    return Path("rules")
 
 
 def _start_web(settings: Settings, store: Any, registry: Any, cleanup: list[Any]) -> tuple[str, str | None]:

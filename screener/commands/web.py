@@ -47,6 +47,7 @@ def web(database_url: str | None, host: str | None, port: int | None, no_outbox:
 
     try:  # configure logging before importing the modules that create loggers
         early = load_settings(database_url=database_url, web_host=host, web_port=port)
+        early.check_secrets()  # a service never runs on the shipped default secret outside demo mode
     except ScreenerError as exc:
         raise click.ClickException(str(exc)) from exc
     configure_logging(early.log_level, early.log_format)
@@ -70,6 +71,44 @@ def web(database_url: str | None, host: str | None, port: int | None, no_outbox:
     finally:
         handle.stop()
         store.close()
+
+
+@click.group("db")
+def db() -> None:
+    """The worklist database's schema version (for upgrades and rollbacks; see docs/operating.md)."""
+
+
+@db.command("current")
+@_db_option
+def db_current(database_url: str | None) -> None:
+    """Print the schema revision (opening the store migrates it to this release's head first)."""
+    from screener.alerts._database import current_revision
+
+    _settings, store = _store(database_url)
+    try:
+        click.echo(current_revision(store.engine) or "(empty)")
+    finally:
+        store.close()
+
+
+@db.command("downgrade")
+@_db_option
+@click.argument("revision")
+def db_downgrade(database_url: str | None, revision: str) -> None:
+    """Migrate the schema down to REVISION (e.g. 0002) before installing the release that only knows it."""
+    from sqlalchemy import create_engine
+
+    from screener.alerts._database import current_revision, downgrade
+
+    settings = load_settings(database_url=database_url)
+    engine = create_engine(settings.database_url)  # not SqlStore: opening it would migrate back up
+    try:
+        downgrade(engine, revision)
+        click.echo(f"worklist schema now at {current_revision(engine)}")
+    except ScreenerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        engine.dispose()
 
 
 @click.group("users")
@@ -114,6 +153,47 @@ def users_add(
     finally:
         store.close()
     click.echo(f"user {user.username}: {user.role}, teams {', '.join(sorted(user.teams)) or '(none)'}")
+
+
+def _set_active(database_url: str | None, username: str, op: str) -> None:
+    _settings, store = _store(database_url)
+    try:
+        done = {"disable": store.disable_user, "enable": store.enable_user, "remove": store.remove_user}[op](
+            username, by="cli"
+        )
+    finally:
+        store.close()
+    if not done:
+        raise click.ClickException(f"no user {username!r} (see `screener users list --all`)")
+
+
+@users.command("disable")
+@_db_option
+@click.argument("username")
+def users_disable(database_url: str | None, username: str) -> None:
+    """Stop USERNAME logging in (someone who has left): their sessions and API tokens stop working at once;
+    their actions stay in the history and the audit log."""
+    _set_active(database_url, username, "disable")
+    click.echo(f"user {username} disabled")
+
+
+@users.command("enable")
+@_db_option
+@click.argument("username")
+def users_enable(database_url: str | None, username: str) -> None:
+    """Let a disabled USERNAME log in again (with the password they had)."""
+    _set_active(database_url, username, "enable")
+    click.echo(f"user {username} enabled")
+
+
+@users.command("remove")
+@_db_option
+@click.argument("username")
+@click.confirmation_option(prompt="Remove the account? Its actions stay in the history under its name.")
+def users_remove(database_url: str | None, username: str) -> None:
+    """Delete USERNAME's account, sessions, tokens and team memberships (the history keeps the name)."""
+    _set_active(database_url, username, "remove")
+    click.echo(f"user {username} removed")
 
 
 @users.command("list")
@@ -245,4 +325,4 @@ def outbox_send(database_url: str | None, flush: bool) -> None:
     click.echo(f"sent {stats['sent']}, failed {stats['failed']}, pending {pending or 0}")
 
 
-COMMANDS.extend([web, users, dnc, outbox])
+COMMANDS.extend([web, users, dnc, outbox, db])

@@ -83,16 +83,24 @@ def serve(
         from screener.alerts.outbox import OutboxSender
 
         sender = OutboxSender.from_settings(settings, store).start(getattr(settings, "outbox_interval_s", 10.0))
-    refresher = _Refresher(store, interval_s=30.0).start() if getattr(store, "metrics", None) is not None else None
+    refresher = (
+        _Refresher(store, interval_s=30.0, min_count=_min_count(settings)).start()
+        if getattr(store, "metrics", None) is not None
+        else None
+    )
     log.info("web_started", url=url, outbox=sender is not None)
     return WebHandle(url=url, server=server, thread=thread, sender=sender, app=app, refresher=refresher)
+
+
+def _min_count(settings: Any) -> int:
+    return int(getattr(settings, "metrics_min_count", 8))
 
 
 class _Refresher:
     """Refresh the store-derived gauges on a timer, for a Prometheus that scrapes another /metrics endpoint."""
 
-    def __init__(self, store: Any, interval_s: float) -> None:
-        self.store, self.interval_s = store, interval_s
+    def __init__(self, store: Any, interval_s: float, min_count: int = 8) -> None:
+        self.store, self.interval_s, self.min_count = store, interval_s, min_count
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="screener-store-metrics", daemon=True)
 
@@ -102,7 +110,7 @@ class _Refresher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            refresh_store_metrics(self.store)
+            refresh_store_metrics(self.store, min_count=self.min_count)
             self._stop.wait(self.interval_s)
 
     def stop(self) -> None:

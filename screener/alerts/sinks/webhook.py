@@ -14,8 +14,10 @@ __all__ = ["WebhookSink"]
 class WebhookSink:
     channel = "webhook"
 
-    def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 10.0, channel: str = "webhook") -> None:
         self.url = url
+        #: ``webhook`` for the team chat, ``pager`` for the page/SMS-style gateway of immediate alerts.
+        self.channel = channel
         self.timeout_s = timeout_s
 
     def payload(self, message: Message) -> dict[str, str]:

@@ -158,6 +158,7 @@ def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
             # 50,000 the whole feed can be consumed before Prometheus's first scrape).
             "SCREENER_BATCH_MAX_RECORDS": "5000",
             "SCREENER_GROUP_ID": f"obs-engine-{suffix}",
+            "SCREENER_DEMO": "true",  # `screener web` refuses the default secret key otherwise
             "SCREENER_PRODUCER_IDEMPOTENCE": "false",
             "SCREENER_RULES_DIR": str(rules),
             "SCREENER_STATE_DIR": str(workdir / "state"),

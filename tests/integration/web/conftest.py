@@ -43,6 +43,20 @@ def _study(id: str, team: str) -> SimpleNamespace:
         horizon=timedelta(hours=6),
         content_hash="d" * 64,
         render_markdown=lambda: f"- adults in {id}",
+        lay_summary=f"A study of a new treatment ({id}). Taking part means three visits over a month.",
+        contacts=(
+            SimpleNamespace(
+                name="Dr Priya Shah", role="Principal investigator", email="p.shah@example.org", phone="0161 555 0100"
+            ),
+        ),
+        protocol_url="https://example.org/protocol.pdf",
+        pis_url="https://example.org/pis.pdf",
+        sites=("Salford Royal",),
+        include=(
+            SimpleNamespace(name="adult", display="Aged 18 or over"),
+            SimpleNamespace(name="stroke_within_6h", display="Had a stroke in the last 6 hours"),
+        ),
+        exclude=(SimpleNamespace(name="on_anticoagulant", display="Taking blood-thinning medicine"),),
     )
 
 
@@ -51,6 +65,14 @@ def _frame(rows: list[tuple[str, str]]) -> pl.DataFrame:
         [
             {"name": "adult", "group": "include", "result": True, "evidence": "age 71"},
             {"name": "stroke_within_6h", "group": "include", "result": None, "evidence": "onset time not recorded"},
+            {
+                "name": "nihss_over_5",
+                "label": "NIHSS over 5 within 6 hours",
+                "group": "include",
+                "result": True,
+                "evidence": "latest nihss 18 {score}",
+                "expires_at": (datetime.now(UTC) + timedelta(hours=2, minutes=30)).isoformat(),
+            },
         ]
     )
     now = datetime.now(UTC)
@@ -66,6 +88,7 @@ def _frame(rows: list[tuple[str, str]]) -> pl.DataFrame:
             "imd_decile": [1] * len(rows),
             "ethnic_group": ["black"] * len(rows),
             "event_time": [None] * len(rows),
+            "location": ["Stroke unit, bed 4"] * len(rows),
         }
     )
 
@@ -79,8 +102,8 @@ def make_matches() -> Any:
 def seeded(tmp_path: Any) -> Iterator[SqlStore]:
     store = SqlStore(f"sqlite:///{tmp_path / 'worklist.db'}")
     store.sync_studies([_study("STROKE-1", "stroke"), _study("RESP-1", "respiratory")])
-    store.add_user("nina", "nina-pw", "nurse", ["stroke"], email="nina@example.org")
-    store.add_user("rory", "rory-pw", "nurse", ["respiratory"], email="rory@example.org")
+    store.add_user("nina", "nina-long-password", "nurse", ["stroke"], email="nina@example.org")
+    store.add_user("rory", "rory-long-password", "nurse", ["respiratory"], email="rory@example.org")
     store.record_matches(_frame([("STROKE-1", PATIENT_A), ("RESP-1", PATIENT_B)]))
     yield store
     store.close()

@@ -27,7 +27,7 @@ def _login(base: str, username: str) -> tuple[httpx.Client, str]:
     c = httpx.Client(base_url=base, follow_redirects=False, timeout=10)
     page = c.get("/login")
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    r = c.post("/login", data={"username": username, "password": f"{username}-pw", "csrf_token": token})
+    r = c.post("/login", data={"username": username, "password": f"{username}-long-password", "csrf_token": token})
     assert r.status_code == 303 and r.headers["location"] == "/worklist"
     html = c.get("/worklist").text
     return c, re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
@@ -94,8 +94,8 @@ def test_new_matches_reach_the_webhook_and_the_email_digest_without_identifiers(
         mails = smtp_receiver.received.wait_for(2)
     texts = sorted(h["body"]["text"] for h in hooks)
     assert all(h["content_type"] == "application/json" and set(h["body"]) == {"text"} for h in hooks)
-    assert texts[0].startswith("screener: 1 new match for RESP-1 (Study RESP-1).")
-    assert texts[1].startswith("screener: 3 new matches for STROKE-1 (Study STROKE-1).")
+    assert texts[0].startswith("URGENT: screener: 1 new match for RESP-1 (Study RESP-1).")  # 6-hour windows
+    assert texts[1].startswith("URGENT: screener: 3 new matches for STROKE-1 (Study STROKE-1).")
     assert "https://worklist.hospital.example/worklist?study=STROKE-1" in texts[1]
     by_rcpt = {tuple(m["to"]): m["data"] for m in mails}
     assert set(by_rcpt) == {("nina@example.org",), ("rory@example.org",)}
@@ -144,3 +144,52 @@ def test_outbox_retries_while_receivers_are_down_and_delivers_later(
     for blob in [h["body"]["text"] for h in hooks] + [m["data"] for m in mails]:
         for secret in FORBIDDEN:
             assert secret not in blob
+
+
+def test_an_acute_study_reaches_the_webhook_and_the_pager_within_one_delivery_pass(
+    tmp_path: Any, webhook_receiver: Any, smtp_receiver: Any
+) -> None:
+    """STROKE-1's windows are 6 hours (``alert`` defaults to immediate): one pass posts it to the team webhook and
+    to the pager webhook and mails the team at once; the 180-day study waits for its digest and never pages."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from screener.alerts.store import SqlStore
+    from tests.integration.web.conftest import WebhookReceiver, _frame, _study, free_port
+
+    pager = WebhookReceiver(free_port()).start()
+    webhook_receiver.start()
+    smtp_receiver.start()
+    try:
+        store = SqlStore(f"sqlite:///{tmp_path / 'w.db'}", channels=("webhook", "email", "pager"))
+        slow = _study("RESP-1", "stroke")
+        slow.horizon = timedelta(days=180)
+        store.sync_studies([_study("STROKE-1", "stroke"), SimpleNamespace(**{**vars(slow), "alert": None})])
+        store.add_user("nina", "nina-long-password", "nurse", ["stroke"], email="nina@example.org")
+        store.record_matches(_frame([("STROKE-1", PATIENT_A), ("RESP-1", PATIENT_B)]))
+        sender = OutboxSender(
+            store,
+            public_url="http://worklist.example",
+            webhook=WebhookSink(webhook_receiver.url),
+            pager=WebhookSink(pager.url, channel="pager"),
+            email=EmailSink("127.0.0.1", smtp_receiver.port, sender="screener@example.org"),
+            digest_interval_s=3600,
+        )
+        stats = sender.run_once()  # one pass, nothing flushed
+        hooks = webhook_receiver.received.wait_for(2, timeout_s=5)
+        pages = pager.received.wait_for(1, timeout_s=5)
+        mails = smtp_receiver.received.wait_for(1, timeout_s=5)
+        assert stats["failed"] == 0
+        texts = sorted(h["body"]["text"] for h in hooks)
+        assert any(t.startswith("URGENT: screener: 1 new match for STROKE-1") for t in texts)
+        assert [p["body"]["text"].split("\n")[0] for p in pages] == [
+            "URGENT: screener: 1 new match for STROKE-1 (Study STROKE-1)."
+        ]
+        assert len(mails) == 1 and "URGENT" in mails[0]["data"] and "STROKE-1" in mails[0]["data"]
+        for item in [*hooks, *pages, *mails]:
+            for secret in FORBIDDEN:
+                assert secret not in str(item)
+        assert store.outbox_counts().get(("pager", "sent")) == 1 and ("pager", "pending") not in store.outbox_counts()
+        store.close()
+    finally:
+        pager.stop()

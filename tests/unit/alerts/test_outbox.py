@@ -35,7 +35,7 @@ def setup(store: SqlStore, make_study: Any, make_frame: Any) -> Any:
     registry = CollectorRegistry()
     store.metrics = Metrics(registry=registry)
     store.sync_studies([make_study("CKD-1", team="renal"), make_study("RESP-1", team="respiratory")])
-    store.add_user("nina", "pw", "nurse", ["renal"], email="nina@example.org")
+    store.add_user("nina", "violet-harbour-17", "nurse", ["renal"], email="nina@example.org")
     store.set_team_email("respiratory", "resp@example.org")
     webhook, email = RecordingSink("webhook"), RecordingSink("email")
     sender = OutboxSender(

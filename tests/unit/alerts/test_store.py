@@ -26,7 +26,7 @@ def synced(store: SqlStore, make_study: Any) -> SqlStore:
 
 @pytest.fixture
 def nurse(synced: SqlStore) -> Any:
-    return synced.add_user("nina", "pw-nina", "nurse", ["renal"], email="nina@example.org")
+    return synced.add_user("nina", "violet-harbour-17", "nurse", ["renal"], email="nina@example.org")
 
 
 def test_store_satisfies_the_protocol(store: SqlStore) -> None:
@@ -183,8 +183,8 @@ def test_team_membership_decides_visibility(synced: SqlStore, nurse: Any, make_f
     synced.record_matches(
         make_frame([{"study_id": "CKD-1", "patient_id": "P1"}, {"study_id": "RESP-1", "patient_id": "P2"}])
     )
-    resp = synced.add_user("rory", "pw", "nurse", ["respiratory"])
-    admin = synced.add_user("ada", "pw", "admin", [])
+    resp = synced.add_user("rory", "amber-lantern-42", "nurse", ["respiratory"])
+    admin = synced.add_user("ada", "copper-meadow-93", "admin", [])
     mine = synced.worklist(nurse)
     theirs = synced.worklist(resp)
     assert [r["study_id"] for r in mine] == ["CKD-1"] and [r["study_id"] for r in theirs] == ["RESP-1"]
@@ -206,7 +206,7 @@ def test_worklist_orders_by_urgency_then_newest_and_filters(
             make_study("ALLHIST", horizon=None),
         ]
     )
-    user = store.add_user("n", "pw", "nurse", ["renal"])
+    user = store.add_user("n", "silver-orchard-58", "nurse", ["renal"])
     t0 = clock()
     store.record_matches(
         make_frame(
@@ -326,7 +326,7 @@ def test_users_sessions_and_tokens(store: SqlStore, clock: Any) -> None:
     assert store.authenticate("nina", "wrong") is None and store.authenticate("nobody", "x") is None
     assert store.authenticate("nina", "correct horse").teams == {"renal", "resp"}
     with pytest.raises(ValueError, match="unknown role"):
-        store.add_user("x", "pw", "superuser")
+        store.add_user("x", "silver-orchard-58", "superuser")
     token, csrf = store.create_session(u, ttl=timedelta(hours=1))
     user, got_csrf = store.session_user(token)
     assert user.username == "nina" and got_csrf == csrf

@@ -30,7 +30,18 @@ def _interpolations(text: str) -> set[str]:
 
 
 def test_compose_has_the_whole_stack():
-    assert {"kafka", "kafka-init", "postgres", "engine", "web", "hl7", "fhir", "prometheus", "grafana"} <= set(SERVICES)
+    assert {
+        "kafka",
+        "kafka-init",
+        "postgres",
+        "engine",
+        "web",
+        "hl7",
+        "fhir",
+        "prometheus",
+        "grafana",
+        "mailpit",
+    } <= set(SERVICES)
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
     env = _env(SERVICES["kafka"])
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
@@ -56,9 +67,14 @@ def test_screener_services_use_only_settings_fields():
 
 def test_interpolated_screener_variables_are_settings_fields():
     text = (ROOT / "compose.yaml").read_text()
+    required = {"SCREENER_SECRET_KEY", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
     for var in _interpolations(text):
         assert var in SETTINGS_ENV or not var.startswith("SCREENER_"), var
-        assert re.search(r"\$\{" + var + r":-", text), f"${{{var}}} has no default: compose up would fail"
+        if var in required:  # secrets have no default: compose refuses to start without them, saying which
+            assert re.search(r"\$\{" + var + r":\?set " + var, text), f"${{{var}}} must be required"
+            assert not re.search(r"\$\{" + var + r":-", text), f"${{{var}}} has a default"
+        else:
+            assert re.search(r"\$\{" + var + r":-", text), f"${{{var}}} has no default: compose up would fail"
 
 
 def test_topics_created_are_the_ones_screener_uses():
@@ -169,3 +185,71 @@ def test_screener_commands_are_real_cli_verbs(service):
     assert result.exit_code == 0, result.output
     for option in (a for a in command[2:] if a.startswith("--")):
         assert option in result.output, (service, option)
+
+
+def test_every_service_that_writes_or_delivers_matches_has_the_alert_settings():
+    """The engine writes the outbox rows (only for the channels its settings configure) and the web app delivers
+    them: both need the webhook, pager and SMTP settings, and SMTP reaches the mail catcher by default."""
+    alert = {
+        "SCREENER_WEBHOOK_URL",
+        "SCREENER_PAGER_WEBHOOK_URL",
+        "SCREENER_SMTP_HOST",
+        "SCREENER_SMTP_PORT",
+        "SCREENER_SMTP_FROM",
+        "SCREENER_PUBLIC_URL",
+    }
+    for name in ("engine", "web"):
+        env = _env(SCREENER_SERVICES[name])
+        assert alert <= set(env), f"{name} lacks {sorted(alert - set(env))}"
+        assert env["SCREENER_SMTP_HOST"] == "${SCREENER_SMTP_HOST:-mailpit}"
+        assert env["SCREENER_SMTP_PORT"] == "${SCREENER_SMTP_PORT:-1025}"
+    assert SERVICES["mailpit"]["image"].startswith("axllent/mailpit:")
+    assert "8025:8025" in SERVICES["mailpit"]["ports"]
+
+
+def test_no_service_starts_with_a_default_secret_outside_demo_mode():
+    from screener.errors import ConfigError
+    from screener.settings import DEFAULT_SECRET_KEY
+
+    for name in ("engine", "web"):
+        env = _env(SCREENER_SERVICES[name])
+        assert env["SCREENER_SECRET_KEY"].startswith("${SCREENER_SECRET_KEY:?")
+        assert env["SCREENER_DEMO"] == "${SCREENER_DEMO:-false}"
+    assert "admin}" not in str(SERVICES["grafana"]["environment"])  # no admin/admin
+    with pytest.raises(ConfigError, match="SCREENER_SECRET_KEY is the shipped default"):
+        Settings(secret_key=DEFAULT_SECRET_KEY, demo=False).check_secrets()
+    Settings(secret_key=DEFAULT_SECRET_KEY, demo=True).check_secrets()
+    Settings(secret_key="a-long-random-value-from-the-env-file", demo=False).check_secrets()
+
+
+def test_the_operating_guides_kafka_configurations_are_valid_settings(tmp_path):
+    """docs/operating.md's worked TLS/mTLS and SASL files load as settings and reach every Kafka client."""
+    from screener.settings import load_settings
+
+    text = (ROOT / "docs" / "operating.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"kafka-{i}.yaml"
+        path.write_text(block)
+        opts = load_settings(config_file=path, ssl_password="secret", sasl_password="secret").kafka_options()
+        assert opts["security_protocol"] in ("SSL", "SASL_SSL") and opts["ssl_cafile"].endswith(".pem")
+        assert opts["ssl_check_hostname"] is True
+    mtls = yaml.safe_load(blocks[0])
+    opts = load_settings(config_file=tmp_path / "kafka-0.yaml", ssl_password="pass").kafka_options()
+    assert opts["ssl_certfile"] == mtls["ssl_certfile"] and opts["ssl_keyfile"] == mtls["ssl_keyfile"]
+    assert opts["ssl_password"] == "pass"
+    scram = load_settings(config_file=tmp_path / "kafka-1.yaml", sasl_password="pw").kafka_options()
+    assert scram["sasl_mechanism"] == "SCRAM-SHA-512" and scram["sasl_plain_password"] == "pw"
+
+
+def test_the_image_build_has_what_the_wheel_force_includes():
+    """pyproject.toml builds rules/ into the wheel; the Dockerfile's build stage must copy it before `pip wheel`."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    included = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    build_stage = (ROOT / "Dockerfile").read_text().split("RUN pip wheel")[0]
+    for source in included:
+        assert f"COPY {source} ./{source}" in build_stage, source
+        assert (ROOT / source).is_dir()

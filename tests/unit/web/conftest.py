@@ -79,10 +79,10 @@ def seeded(tmp_path: Any) -> Iterator[SqlStore]:
             }
         )
     )
-    store.add_user("nina", "nina-pw", "nurse", ["renal"])
-    store.add_user("rory", "rory-pw", "nurse", ["respiratory"])
-    store.add_user("ada", "ada-pw", "admin", [])
-    store.add_user("cora", "cora-pw", "coordinator", ["renal"])
+    store.add_user("nina", "nina-long-password", "nurse", ["renal"])
+    store.add_user("rory", "rory-long-password", "nurse", ["respiratory"])
+    store.add_user("ada", "ada-long-password", "admin", [])
+    store.add_user("cora", "cora-long-password", "coordinator", ["renal"])
     yield store
     store.close()
 
@@ -108,7 +108,11 @@ def do_login(client: TestClient, username: str, password: str | None = None) -> 
     page = client.get("/login")
     r = client.post(
         "/login",
-        data={"username": username, "password": password or f"{username}-pw", "csrf_token": csrf_of(page.text)},
+        data={
+            "username": username,
+            "password": password or f"{username}-long-password",
+            "csrf_token": csrf_of(page.text),
+        },
     )
     assert r.status_code == 303 and r.headers["location"] == "/worklist", r.text
     return client
