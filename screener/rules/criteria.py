@@ -67,7 +67,7 @@ def compile_criterion(c: Criterion, study: Study, now: datetime, plan: Plan) -> 
     shown = [
         pl.concat_str(
             [
-                pl.lit(f"{child.name}: "),
+                pl.lit(f"{child.display}: "),
                 pl.when(v.is_null()).then(pl.lit("unknown")).when(v).then(pl.lit("yes")).otherwise(pl.lit("no")),
                 pl.lit(" ("),
                 e.fill_null(""),

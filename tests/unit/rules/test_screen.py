@@ -339,7 +339,7 @@ def test_nested_groups(kit):
     assert (rows["P3"]["c"], rows["P3"]["g"]) == (False, None)
     # P4: a false, b unknown, c true -> unknown
     assert rows["P4"]["g"] is None
-    assert rows["P1"]["g:evidence"].startswith("at least 2 of: a: yes (dx E11 on 2026-05-31); b: unknown")
+    assert rows["P1"]["g:evidence"].startswith("at least 2 of: A: yes (dx E11 on 2026-05-31); B: unknown")
     st5 = kit.make_state([person("P5", sex="M")])
     assert kit.evaluate(study, st5)["P5"]["g"] is False  # a false, c false: at most 1 can be true
 
