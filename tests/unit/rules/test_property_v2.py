@@ -11,12 +11,10 @@ Outcomes and every criterion's value must be identical.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from datetime import date, timedelta
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -25,12 +23,6 @@ from screener.rules import loads_study
 from screener.rules.reference import reference_screen
 from screener.rules.screen import screen, screen_detail
 from screener.rules.windows import parse_window
-from screener.state import FACTS_SCHEMA
-
-pytestmark = pytest.mark.skipif(
-    "qualifiers" not in FACTS_SCHEMA or importlib.util.find_spec("screener.rules.ir") is None,
-    reason="fact frame v2 (helper record) or rule language v2 (helper rules) not merged",
-)
 
 WINDOWS = ["6h", "1d", "7d", "14d", "30d", "90d", "6mo", "1y"]
 GAPS = ["1d", "7d", "14d", "30d"]
@@ -87,8 +79,21 @@ def filtered(draw: Any, concept: str) -> str:
     return f"{concept}[{pred}]"
 
 
-def _win() -> st.SearchStrategy[str]:
-    return st.sampled_from(WINDOWS).map(lambda w: f"'{w}'")
+class Ctx:
+    """What one example's rules and histories share, so that pairs of facts land exactly on the windows and gaps
+    the rules use (and one second either side): the steps (windows/gaps) and the concept sets in focus."""
+
+    def __init__(self, steps: list[str], focus: list[str]) -> None:
+        self.steps, self.focus = steps, focus
+
+    def concept(self) -> st.SearchStrategy[str]:
+        return st.one_of(st.sampled_from(self.focus), st.sampled_from(ALL_SETS))
+
+    def win(self) -> st.SearchStrategy[str]:
+        return st.one_of(st.sampled_from(self.steps), st.sampled_from(WINDOWS)).map(lambda w: f"'{w}'")
+
+    def gap(self) -> st.SearchStrategy[str]:
+        return st.one_of(st.sampled_from(self.steps), st.sampled_from(GAPS))
 
 
 def _opt(w: str) -> str:
@@ -96,11 +101,11 @@ def _opt(w: str) -> str:
 
 
 @st.composite
-def bool_atom(draw: Any) -> str:
-    c = draw(st.sampled_from(ALL_SETS))
+def bool_atom(draw: Any, ctx: Ctx) -> str:
+    c = draw(ctx.concept())
     f = draw(filtered(c))
-    w, g = draw(_win()), draw(st.sampled_from(GAPS))
-    other = draw(filtered(draw(st.sampled_from(ALL_SETS))))
+    w, g = draw(ctx.win()), draw(ctx.gap())
+    other = draw(filtered(draw(ctx.concept())))
     return draw(
         st.sampled_from(
             [
@@ -119,11 +124,11 @@ def bool_atom(draw: Any) -> str:
 
 
 @st.composite
-def num_atom(draw: Any) -> str:
-    c = draw(st.sampled_from(ALL_SETS))
+def num_atom(draw: Any, ctx: Ctx) -> str:
+    c = draw(ctx.concept())
     f = draw(filtered(c))
-    w = draw(st.one_of(st.just(""), _win()))
-    g = draw(st.sampled_from(GAPS))
+    w = draw(st.one_of(st.just(""), ctx.win()))
+    g = draw(ctx.gap())
     choices = [
         f"{f}|count{_opt(w)}",
         f"{f}|days_since",
@@ -143,28 +148,28 @@ def num_atom(draw: Any) -> str:
 
 
 @st.composite
-def criterion(draw: Any) -> str:
+def criterion(draw: Any, ctx: Ctx) -> str:
     if draw(st.booleans()):
-        return draw(bool_atom())
-    left = draw(num_atom())
+        return draw(bool_atom(ctx))
+    left = draw(num_atom(ctx))
     op = draw(st.sampled_from(["<", "<=", ">", ">=", "==", "!="]))
-    right = draw(st.one_of(st.sampled_from(["0", "1", "2", "7", "10", "30", "53", "-20", "365"]), num_atom()))
+    right = draw(st.one_of(st.sampled_from(["0", "1", "2", "7", "10", "30", "53", "-20", "365"]), num_atom(ctx)))
     expr = f"({left} {op} {right})"
     if draw(st.integers(0, 3)) == 0:
-        expr = f"{expr} {draw(st.sampled_from(['&&', '||']))} {draw(bool_atom())}"
+        expr = f"{expr} {draw(st.sampled_from(['&&', '||']))} {draw(bool_atom(ctx))}"
     return expr
 
 
 @st.composite
-def criteria_maps(draw: Any, prefix: str = "c") -> dict[str, Any]:
+def criteria_maps(draw: Any, ctx: Ctx, prefix: str = "c") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for i in range(draw(st.integers(1, 3))):
         name = f"{prefix}{i}"
         if draw(st.integers(0, 4)) == 0:
-            members = {f"{name}_{j}": draw(criterion()) for j in range(draw(st.integers(1, 3)))}
+            members = {f"{name}_{j}": draw(criterion(ctx)) for j in range(draw(st.integers(1, 3)))}
             out[name] = {draw(st.sampled_from(["any", "all"])): members}
         else:
-            out[name] = draw(criterion())
+            out[name] = draw(criterion(ctx))
     return out
 
 
@@ -192,12 +197,22 @@ CODES = [
     ("LOINC", "1742-6", "measurement"),
     ("LOINC", "72133-2", "observation"),
 ]
+#: the codes of CODES that each concept set matches
+SET_CODES = {
+    "dx": [CODES[0]],
+    "stroke": [CODES[2], CODES[3]],
+    "drug": [CODES[4]],
+    "statin": [CODES[5], CODES[6]],
+    "glucose": [CODES[7]],
+    "alt": [CODES[8]],
+    "score": [CODES[9]],
+}
 UNITS = {"2345-7": ["mmol/L", "mg/dL", None, "furlongs"], "1742-6": ["U/L", "IU/L", None], "72133-2": [None, "{score}"]}
 STATUSES = ["active", "active", "resolved", "completed", "stopped", "planned", "ordered"]
 
 
 @st.composite
-def populations(draw: Any, now: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def populations(draw: Any, now: Any, ctx: Ctx) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     edges = [now, now + timedelta(days=30), now + timedelta(seconds=1)]
     for w in WINDOWS + GAPS:
         start = parse_window(w).start(now)
@@ -243,9 +258,19 @@ def populations(draw: Any, now: Any) -> tuple[list[dict[str, Any]], list[dict[st
             end = draw(st.sampled_from([None, now, now - timedelta(days=1), now + timedelta(days=5)]))
             add({"kind": "registration", "system": "local", "code": "gms", "occurred_at": start,
                  "ended_at": end if end is None or end >= start else None})  # fmt: skip
+        times: list[Any] = []
+        # most facts of a patient have codes of the sets in focus, so pairs of them form
+        themed = [c for c in CODES if any(c in SET_CODES[f] for f in ctx.focus)] or CODES
         for _ in range(draw(st.integers(0, 8))):
-            system, code, kind = draw(st.sampled_from(CODES))
-            at = draw(at_strategy)
+            system, code, kind = draw(st.one_of(st.sampled_from(themed), st.sampled_from(CODES)))
+            if times and draw(st.booleans()):  # exactly a window/gap before or after an earlier fact, or 1 s off
+                base = draw(st.one_of(st.just(times[-1]), st.sampled_from(times)))  # chains of exact steps
+                step = parse_window(draw(st.one_of(st.sampled_from(ctx.steps), st.sampled_from(WINDOWS + GAPS))))
+                at = step.start(base) if draw(st.integers(0, 3)) else step.end(base)
+                at += draw(st.sampled_from([timedelta(0), timedelta(0), timedelta(seconds=1), -timedelta(seconds=1)]))
+            else:
+                at = draw(at_strategy)
+            times.append(at)
             duration = draw(durations)
             row: dict[str, Any] = {
                 "kind": kind,
@@ -271,6 +296,8 @@ def populations(draw: Any, now: Any) -> tuple[list[dict[str, Any]], list[dict[st
                 row["dose_unit"] = draw(st.sampled_from([None, "mg"]))
                 row["route"] = draw(st.sampled_from([None, "oral", "inhaled"]))
             add(row)
+            if row["ended_at"] is not None:
+                times.append(row["ended_at"])
     return persons, facts
 
 
@@ -281,15 +308,17 @@ def populations(draw: Any, now: Any) -> tuple[list[dict[str, Any]], list[dict[st
 )
 @given(data=st.data())
 def test_v2_compiled_equals_reference(data, kit):
-    include = data.draw(criteria_maps(), label="include")
-    exclude = data.draw(st.one_of(st.none(), criteria_maps("x")), label="exclude")
+    steps = data.draw(st.lists(st.sampled_from(WINDOWS + GAPS), min_size=1, max_size=2, unique=True), label="steps")
+    ctx = Ctx(steps, data.draw(st.lists(st.sampled_from(ALL_SETS), min_size=1, max_size=2, unique=True)))
+    include = data.draw(criteria_maps(ctx), label="include")
+    exclude = data.draw(st.one_of(st.none(), criteria_maps(ctx, "x")), label="exclude")
     try:
         study = loads_study(rule_text(include, exclude), "prop2.yaml")
     except RuleError as exc:  # a generated comparison that can never be true is an error by design
         assume("can never be true" not in str(exc))
         raise
     now = kit.NOW + timedelta(minutes=data.draw(st.integers(0, 60 * 24 * 30)))
-    persons, facts = data.draw(populations(now), label="population")
+    persons, facts = data.draw(populations(now, ctx), label="population")
     state = kit.make_state(persons, facts)
 
     detail = {r["patient_id"]: r for r in screen_detail(state, study, now).to_dicts()}
