@@ -127,4 +127,12 @@ def render(file: Path) -> None:
     click.echo(study.render_markdown(), nl=False)
 
 
+def _add_diff() -> None:
+    from screener.commands.feasibility import diff
+
+    rules.add_command(diff)
+
+
+_add_diff()
+
 COMMANDS: list[click.Command] = [rules]
