@@ -13,8 +13,10 @@ How (one Rust call, then Polars):
    the type coercions are pydantic's own, so a value accepted here has the value ``parse_event`` would give;
 2. the accepted rows become columns, and the rest of the contract is checked vectorised: no leading or trailing
    whitespace in any string (``parse_event`` strips it), timestamps in a strict ISO-8601 form with an offset
-   (parsed and converted to UTC by Polars), ISO birth dates, finite values and the kind rules (a person event
-   carries ``person``, a clinical event a ``code``, nothing else ``person``);
+   (parsed and converted to UTC by Polars) or a calendar date (``date_only``), ISO birth dates in the plausible
+   range, finite numbers, ``ended_at`` not before ``occurred_at``, an ordered reference range, no v2 field on a v1
+   event, and the kind rules (a person event carries ``person``, a clinical event a ``code``, nothing else
+   ``person``);
 3. every payload the lean schema rejects or a vectorised check flags, or that the fast path cannot judge with
    certainty, goes through :func:`screener.events.parse_event` one by one: a rejection there is the same error as
    on the per-event path, and an event it accepts (e.g. one with whitespace to strip) joins the frames in order.
@@ -29,20 +31,34 @@ import bisect
 import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, NotRequired
+from datetime import UTC, datetime
+from typing import Annotated, Any, NotRequired
 
 import polars as pl
 from pydantic import ConfigDict, Field, Json, TypeAdapter, with_config
 from typing_extensions import TypedDict  # pydantic needs this one below Python 3.12
 
 from screener.errors import EventError
-from screener.events import CodeSystem, EthnicGroup, Event, Kind, Setting, Sex, Status, parse_event
-from screener.state import DO_NOT_CONTACT_CODE, FACT_KINDS, FACTS_SCHEMA, PERSONS_SCHEMA, TS, events_to_frames
+from screener.events import CODELESS_KINDS, MAX_BIRTH_AGE_YEARS, V2_FIELDS, Event, parse_event
+from screener.state import DO_NOT_CONTACT_CODE, FACTS_SCHEMA, PERSONS_SCHEMA, events_to_frames
+from screener.vocab import (
+    FACT_KINDS,
+    SCHEMA_V1,
+    TS,
+    CodeSystem,
+    EthnicGroup,
+    Kind,
+    Route,
+    SchemaName,
+    Setting,
+    Sex,
+    Status,
+)
 
 __all__ = ["KEY_SCHEMA", "DecodedBatch", "decode_batch"]
 
-# The vocabularies (Kind, CodeSystem, Status, Setting, Sex, EthnicGroup) are the full model's own, imported from
-# screener.events, so the fast path can never drift from it.
+# The vocabularies (Kind, CodeSystem, Status, Setting, Route, Sex, EthnicGroup) are the full model's own, imported
+# from screener.vocab, so the fast path can never drift from it.
 
 _FORBID = ConfigDict(extra="forbid")
 
@@ -55,6 +71,15 @@ def _s(lo: int | None = None, hi: int | None = None, pattern: str | None = None)
 class _LeanCode(TypedDict):
     system: CodeSystem
     value: _s(1, 64)  # type: ignore[valid-type]
+
+
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+@with_config(_FORBID)
+class _LeanDose(TypedDict):
+    value: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    unit: NotRequired[_s(1, 32) | None]  # type: ignore[valid-type]
 
 
 @with_config(_FORBID)
@@ -74,7 +99,7 @@ _LeanEvent = with_config(_FORBID)(
     TypedDict(  # type: ignore[operator]
         "_LeanEvent",
         {
-            "schema": NotRequired[Literal["screener.event/v1"]],
+            "schema": NotRequired[SchemaName],
             "event_id": _s(1, 128),
             "source": _s(1, 64),
             "kind": Kind,
@@ -89,6 +114,15 @@ _LeanEvent = with_config(_FORBID)(
             "site": NotRequired[_s(hi=64) | None],
             "person": NotRequired[_LeanPerson | None],
             "corrects": NotRequired[_s(1, 128) | None],
+            "qualifiers": NotRequired[Annotated[list[_LeanCode], Field(max_length=16)] | None],
+            "ended_at": NotRequired[str | None],
+            "dose": NotRequired[_LeanDose | None],
+            "route": NotRequired[Route | None],
+            "ref_low": NotRequired[_Finite | None],
+            "ref_high": NotRequired[_Finite | None],
+            "value_code": NotRequired[_LeanCode | None],
+            "encounter_id": NotRequired[_s(1, 64) | None],
+            "location": NotRequired[_s(1, 64) | None],
         },
     )
 )
@@ -121,6 +155,10 @@ _STR_COLS = (
     "lsoa",
     "postcode_district",
     "merged_from",
+    "dose_unit",
+    "value_code",
+    "encounter_id",
+    "location",
 )
 _PERSON_FIELDS = (
     "birth_date",
@@ -268,6 +306,7 @@ _PERSON_TYPE = pl.Struct({n: pl.Int64() if n == "imd_decile" else pl.String() fo
 #: How :func:`_columns` reads the lean dicts (``value`` is read apart: a number or a text).
 _ROW_SCHEMA: dict[str, pl.DataType] = {
     **{c: pl.String() for c in ("event_id", "source", "kind", "patient_id", "occurred_at", "recorded_at")},
+    "schema": pl.String(),
     "code": _CODE_TYPE,
     "unit": pl.String(),
     "status": pl.String(),
@@ -275,6 +314,15 @@ _ROW_SCHEMA: dict[str, pl.DataType] = {
     "site": pl.String(),
     "person": _PERSON_TYPE,
     "corrects": pl.String(),
+    "qualifiers": pl.List(_CODE_TYPE),
+    "ended_at": pl.String(),
+    "dose": pl.Struct({"value": pl.Float64(), "unit": pl.String()}),
+    "route": pl.String(),
+    "ref_low": pl.Float64(),
+    "ref_high": pl.Float64(),
+    "value_code": _CODE_TYPE,
+    "encounter_id": pl.String(),
+    "location": pl.String(),
 }
 
 
@@ -283,9 +331,10 @@ def _columns(rows: list[dict[str, Any]], index: list[int]) -> pl.DataFrame:
     dicts in Rust (``from_dicts``); their types are already pydantic's, so nothing is coerced here."""
     values = [r.get("value") for r in rows]
     df = pl.from_dicts(rows, schema=_ROW_SCHEMA) if rows else pl.DataFrame(schema=_ROW_SCHEMA)
-    code, person = pl.col("code"), pl.col("person")
+    code, person, dose, coded = pl.col("code"), pl.col("person"), pl.col("dose"), pl.col("value_code")
     return df.select(
         pl.Series("index", index, dtype=pl.Int64),
+        "schema",
         "event_id",
         "source",
         "kind",
@@ -304,6 +353,19 @@ def _columns(rows: list[dict[str, Any]], index: list[int]) -> pl.DataFrame:
         "corrects",
         person.is_not_null().alias("has_person"),
         *[person.struct.field(n).alias(n) for n in _PERSON_FIELDS],
+        "qualifiers",
+        "ended_at",
+        dose.is_not_null().alias("has_dose"),
+        dose.struct.field("value").alias("dose_value"),
+        dose.struct.field("unit").alias("dose_unit"),
+        "route",
+        "ref_low",
+        "ref_high",
+        coded.is_not_null().alias("has_value_code"),
+        coded.struct.field("system").alias("value_system"),
+        coded.struct.field("value").alias("value_code"),
+        "encounter_id",
+        "location",
     )
 
 
@@ -320,32 +382,72 @@ def _check(df: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
             .cast(TS)
         )
 
+    def event_time(col: str) -> tuple[pl.Expr, pl.Expr]:
+        """(the instant, is it a calendar date): a date is midnight UTC of it, as in parse_event."""
+        is_date = pl.col(col).str.contains(_DATE_RE)
+        day = pl.col(col).str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+        timed = pl.col(col).str.contains(_TS_RE)
+        return pl.when(is_date).then(day).when(timed).then(ts(col)).cast(TS), is_date
+
+    occurred, occurred_is_date = event_time("occurred_at")
+    ended, ended_is_date = event_time("ended_at")
     df = df.with_columns(
-        ts("occurred_at").alias("_occurred"),
+        occurred.alias("_occurred"),
+        occurred_is_date.fill_null(False).alias("_date_only"),
+        ended.alias("_ended"),
+        ended_is_date.alias("_ended_date"),
         ts("recorded_at").alias("_recorded"),
         pl.col("birth_date").str.to_date("%Y-%m-%d", strict=False).alias("_birth"),
     )
+    # parse_event judges a birth date against today's UTC date; within a day of either bound, let it decide.
+    today = pl.lit(datetime.now(UTC).date())
+    born = pl.col("_birth")
+    # dose and value_code are structs: their presence columns stand for them.
+    present = {"dose": ~pl.col("has_dose"), "value_code": ~pl.col("has_value_code")}
+    v1_clean = pl.all_horizontal([present.get(f, pl.col(f).is_null()) for f in V2_FIELDS])
+    ends_after = (
+        pl.when(pl.col("_ended_date"))
+        .then(pl.col("_ended").dt.date() >= pl.col("_occurred").dt.date())
+        .otherwise(pl.col("_ended") >= pl.col("_occurred"))
+    )
     ok = [
-        pl.col("occurred_at").str.contains(_TS_RE) & pl.col("_occurred").is_not_null(),
+        pl.col("_occurred").is_not_null(),
         pl.col("recorded_at").is_null()
         | (pl.col("recorded_at").str.contains(_TS_RE) & pl.col("_recorded").is_not_null()),
-        pl.col("birth_date").is_null() | (pl.col("birth_date").str.contains(_DATE_RE) & pl.col("_birth").is_not_null()),
+        pl.col("ended_at").is_null() | (pl.col("_ended").is_not_null() & ends_after),
+        pl.col("birth_date").is_null()
+        | (
+            pl.col("birth_date").str.contains(_DATE_RE)
+            & (born > today.dt.offset_by(f"-{MAX_BIRTH_AGE_YEARS}y").dt.offset_by("1d"))
+            & (born < today)
+        ),
         pl.col("value").is_null() | pl.col("value").is_finite(),
+        pl.col("ref_low").is_null() | pl.col("ref_high").is_null() | (pl.col("ref_low") <= pl.col("ref_high")),
+        (pl.col("schema") != SCHEMA_V1) | pl.col("schema").is_null() | v1_clean,
         (pl.col("kind") != "person") | pl.col("has_person"),
-        pl.col("kind").is_in(["person", "death", "visit"]) | pl.col("has_code"),
+        pl.col("kind").is_in(list(CODELESS_KINDS)) | pl.col("has_code"),
         (pl.col("kind") == "person") | ~pl.col("has_person"),
         *[pl.col(c).is_null() | ~pl.col(c).str.contains(_EDGE_WS) for c in _STR_COLS],
+        pl.col("qualifiers").is_null()
+        | ~pl.col("qualifiers").list.eval(pl.element().struct.field("value").str.contains(_EDGE_WS)).list.any(),
     ]
     flagged = df.with_columns(pl.all_horizontal(ok).fill_null(False).alias("_ok"))
     suspect = flagged.filter(~pl.col("_ok"))["index"].to_list()
+    element = pl.element().struct
     good = (
         flagged.filter(pl.col("_ok"))
         .with_columns(
             pl.col("_occurred").alias("occurred_at"),
+            pl.col("_recorded").alias("recorded_at"),
+            pl.col("_ended").alias("ended_at"),
+            pl.col("_date_only").alias("date_only"),
             pl.col("_birth").alias("birth_date"),
             pl.col("imd_decile").cast(pl.Int8),
+            pl.col("qualifiers").list.eval(
+                pl.concat_str([element.field("system"), pl.lit("|"), element.field("value")])
+            ),
         )
-        .drop("_occurred", "_recorded", "_birth", "_ok", "recorded_at")
+        .drop("_occurred", "_recorded", "_ended", "_ended_date", "_date_only", "_birth", "_ok")
     )
     return good, suspect
 
@@ -357,7 +459,11 @@ def _frames(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
     person_ev = df.filter(kind == "person").select(
         "seq", "patient_id", *_PERSON_FIELDS[:7], "setting", "site", pl.col("occurred_at").alias("updated_at")
     )
-    setting_ev = df.filter(is_fact & pl.col("setting").is_not_null()).select("seq", "patient_id", "setting", "site")
+    has_setting = pl.col("setting").is_not_null()
+    visit_location = pl.when(kind == "visit").then(pl.col("location"))
+    setting_ev = df.filter(is_fact & (has_setting | visit_location.is_not_null())).select(
+        "seq", "patient_id", "setting", pl.when(has_setting).then(pl.col("site")).alias("site"), visit_location
+    )
     persons = (
         pl.concat([person_ev, setting_ev], how="diagonal_relaxed")
         .select([pl.col(c).cast(t) for c, t in _UPD_SCHEMA.items()])

@@ -4,9 +4,14 @@ Two frames, both keyed by ``patient_id``:
 
 ``persons``  one row per patient: demographics, the setting they were last seen in, the do-not-contact flag
              and whether they have died.
-``facts``    one row per clinical fact (condition, measurement, drug, procedure, visit, observation), long
-             format: patient, event id, kind, code system, code, numeric value, text value, unit, time, status,
-             setting.
+``facts``    one row per clinical fact (the kinds in :data:`FACT_KINDS`), long format: patient, event id,
+             kind, code system, code, numeric value, text value, unit, time, status, setting, then the v2
+             columns (recorded and end times, the date-only flag, qualifiers as ``SYSTEM|value`` strings, dose,
+             route, reference range, coded value, encounter, location). Absent in the event = null.
+
+``persons.location`` is the location of the patient's latest visit (in arrival order, like ``setting``) that
+carried one. A frame written before a column existed (an old snapshot) is brought to the current schema by
+:func:`upgrade_facts` / :func:`upgrade_persons` (the new columns null).
 
 :func:`apply_events` is pure: it takes a state and a batch of events and returns the new state plus the ids of
 the patients whose records changed (the ones the engine must re-screen). It applies the correction semantics
@@ -28,12 +33,14 @@ from typing import Any
 import polars as pl
 
 from screener.events import Event
+from screener.vocab import FACT_KINDS, TS
 
 __all__ = [
     "DO_NOT_CONTACT_CODE",
     "FACTS_SCHEMA",
     "FACT_KINDS",
     "PERSONS_SCHEMA",
+    "TS",
     "FactFilter",
     "LiveState",
     "PatientState",
@@ -45,10 +52,10 @@ __all__ = [
     "load_snapshot_parts",
     "prune_facts",
     "save_snapshot",
+    "upgrade_facts",
+    "upgrade_persons",
 ]
 
-TS = pl.Datetime("us", "UTC")
-FACT_KINDS = ("condition", "measurement", "drug", "procedure", "visit", "observation")
 DO_NOT_CONTACT_CODE = ("local", "do-not-contact")
 
 PERSONS_SCHEMA: dict[str, pl.DataType] = {
@@ -62,6 +69,7 @@ PERSONS_SCHEMA: dict[str, pl.DataType] = {
     "postcode_district": pl.String(),
     "setting": pl.String(),
     "site": pl.String(),
+    "location": pl.String(),
     "do_not_contact": pl.Boolean(),
     "deceased": pl.Boolean(),
     "updated_at": TS,
@@ -79,6 +87,20 @@ FACTS_SCHEMA: dict[str, pl.DataType] = {
     "occurred_at": TS,
     "status": pl.String(),
     "setting": pl.String(),
+    # v2 (screener.event/v2): null when the event did not carry them.
+    "recorded_at": TS,
+    "ended_at": TS,
+    "date_only": pl.Boolean(),
+    "qualifiers": pl.List(pl.String()),
+    "dose_value": pl.Float64(),
+    "dose_unit": pl.String(),
+    "route": pl.String(),
+    "ref_low": pl.Float64(),
+    "ref_high": pl.Float64(),
+    "value_system": pl.String(),
+    "value_code": pl.String(),
+    "encounter_id": pl.String(),
+    "location": pl.String(),
 }
 
 RETRACTED_SCHEMA: dict[str, pl.DataType] = {"event_id": pl.String()}
@@ -96,6 +118,24 @@ _DEMOGRAPHIC_FIELDS = (
 
 def _empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
+
+
+def _conform(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    missing = [pl.lit(None, dtype=t).alias(c) for c, t in schema.items() if c not in frame.columns]
+    if not missing and list(frame.columns) == list(schema):
+        return frame
+    return frame.with_columns(missing).select(list(schema))
+
+
+def upgrade_facts(frame: pl.DataFrame) -> pl.DataFrame:
+    """A facts frame written before some :data:`FACTS_SCHEMA` columns existed, with those columns added (null)
+    and the columns in schema order. A current frame is returned unchanged. Other columns are left out."""
+    return _conform(frame, FACTS_SCHEMA)
+
+
+def upgrade_persons(frame: pl.DataFrame) -> pl.DataFrame:
+    """:func:`upgrade_facts` for a persons frame (:data:`PERSONS_SCHEMA`)."""
+    return _conform(frame, PERSONS_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -160,25 +200,13 @@ def events_to_frames(events: Iterable[Event]) -> tuple[pl.DataFrame, pl.DataFram
             # An entered-in-error fact without `corrects` retracts any earlier copy of itself.
             control_rows.append({"seq": seq, "patient_id": ev.patient_id, "op": "retract", "arg": ev.event_id})
             continue
-        numeric = ev.value if isinstance(ev.value, float | int) and not isinstance(ev.value, bool) else None
-        fact_rows.append(
-            {
-                "seq": seq,
-                "patient_id": ev.patient_id,
-                "event_id": ev.event_id,
-                "kind": ev.kind,
-                "system": ev.code.system if ev.code else None,
-                "code": ev.code.value if ev.code else None,
-                "value": float(numeric) if numeric is not None else None,
-                "text": ev.value if isinstance(ev.value, str) else None,
-                "unit": ev.unit,
-                "occurred_at": ev.occurred_at,
-                "status": ev.status,
-                "setting": ev.setting,
-            }
-        )
-        if ev.setting is not None:
-            person_rows.append({"seq": seq, "patient_id": ev.patient_id, "setting": ev.setting, "site": ev.site})
+        fact_rows.append(_fact_row(seq, ev))
+        location = ev.location if ev.kind == "visit" else None
+        if ev.setting is not None or location is not None:
+            site = ev.site if ev.setting is not None else None
+            person_rows.append(
+                {"seq": seq, "patient_id": ev.patient_id, "setting": ev.setting, "site": site, "location": location}
+            )
     flags = ("do_not_contact", "deceased")
     upd_schema: dict[str, pl.DataType] = {
         "seq": pl.Int64(),
@@ -197,6 +225,38 @@ def events_to_frames(events: Iterable[Event]) -> tuple[pl.DataFrame, pl.DataFram
         schema={"seq": pl.Int64, "patient_id": pl.String, "op": pl.String, "arg": pl.String},
     )
     return persons, facts, control
+
+
+def _fact_row(seq: int, ev: Event) -> dict[str, object]:
+    """One facts row (plus ``seq``) of a clinical event: the :data:`FACTS_SCHEMA` columns."""
+    numeric = ev.value if isinstance(ev.value, float | int) and not isinstance(ev.value, bool) else None
+    return {
+        "seq": seq,
+        "patient_id": ev.patient_id,
+        "event_id": ev.event_id,
+        "kind": ev.kind,
+        "system": ev.code.system if ev.code else None,
+        "code": ev.code.value if ev.code else None,
+        "value": float(numeric) if numeric is not None else None,
+        "text": ev.value if isinstance(ev.value, str) else None,
+        "unit": ev.unit,
+        "occurred_at": ev.occurred_at,
+        "status": ev.status,
+        "setting": ev.setting,
+        "recorded_at": ev.recorded_at,
+        "ended_at": ev.ended_at,
+        "date_only": ev.date_only,
+        "qualifiers": [q.key() for q in ev.qualifiers] if ev.qualifiers is not None else None,
+        "dose_value": ev.dose.value if ev.dose else None,
+        "dose_unit": ev.dose.unit if ev.dose else None,
+        "route": ev.route,
+        "ref_low": ev.ref_low,
+        "ref_high": ev.ref_high,
+        "value_system": ev.value_code.system if ev.value_code else None,
+        "value_code": ev.value_code.value if ev.value_code else None,
+        "encounter_id": ev.encounter_id,
+        "location": ev.location,
+    }
 
 
 def apply_events(
@@ -763,6 +823,9 @@ def load_snapshot_parts(directory: Path) -> tuple[StateParts, int, dict[str, Any
             tail_ids = pl.Series("patient_id", [], dtype=pl.String)
     except (OSError, ValueError, KeyError, pl.exceptions.PolarsError):
         return None
+    # A snapshot written before a column existed is upgraded (new columns null), not thrown away.
+    persons, tail_persons = upgrade_persons(persons), upgrade_persons(tail_persons)
+    facts, tail_facts = upgrade_facts(facts), upgrade_facts(tail_facts)
     for frame, schema in (
         (persons, PERSONS_SCHEMA),
         (tail_persons, PERSONS_SCHEMA),

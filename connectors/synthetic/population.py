@@ -55,7 +55,7 @@ import polars as pl
 
 from connectors.synthetic._formats import to_fhir, to_hl7v2
 from screener.events import Event, Person
-from screener.state import FACTS_SCHEMA, PERSONS_SCHEMA
+from screener.state import FACTS_SCHEMA, PERSONS_SCHEMA, upgrade_facts, upgrade_persons
 
 __all__ = [
     "CENSUS_ETHNIC_MIX",
@@ -1357,7 +1357,7 @@ def _blocks(
     for lo in range(start_index, stop, block_size):
         persons, facts, control = _block(lo, min(lo + block_size, stop), seed, at)
         yield (
-            persons.select([pl.col(c).cast(t) for c, t in PERSONS_SCHEMA.items()] + list(_PERSON_EXTRA)),
+            upgrade_persons(persons).cast(PERSONS_SCHEMA).hstack(persons.select(_PERSON_EXTRA)),
             facts,
             control,
         )
@@ -1367,7 +1367,8 @@ def _event_frame(events: pl.DataFrame) -> pl.DataFrame:
     return events.with_columns(
         pl.from_epoch("t", time_unit="us").dt.replace_time_zone("UTC").alias("occurred_at"),
         pl.lit(None, dtype=pl.String).alias("text"),
-    ).select([pl.col(c).cast(t) for c, t in FACTS_SCHEMA.items()] + ["site", "corrects"])
+        pl.lit(False).alias("date_only"),  # synthetic times are instants
+    ).pipe(lambda f: upgrade_facts(f).cast(FACTS_SCHEMA).hstack(f.select("site", "corrects")))
 
 
 def generate_frames(

@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal, assert_series_equal
 
 from screener.errors import EventError
-from screener.events import CODE_SYSTEMS, ETHNIC_GROUPS, KINDS, SETTINGS, STATUSES, Event, dump_event, parse_event
+from screener.events import Event, dump_event, parse_event
 from screener.ingest import KEY_SCHEMA, decode_batch
 from screener.state import PatientState, apply_events, apply_frames, events_to_frames
+from screener.vocab import CODE_SYSTEMS, ETHNIC_GROUPS, KINDS, ROUTES, SCHEMAS, SETTINGS, STATUSES
 
 # --- valid events ------------------------------------------------------------------------------------------
 _TEXT = st.text(alphabet=st.sampled_from(list("abcXYZ019-_.é中 ")), min_size=1, max_size=10)
@@ -122,7 +123,7 @@ def events(draw: st.DrawFn) -> dict[str, Any]:
         "occurred_at": draw(timestamps()),
     }
     if draw(st.booleans()):
-        ev["schema"] = "screener.event/v1"
+        ev["schema"] = draw(st.sampled_from(SCHEMAS))
     if kind == "person":
         ev["person"] = draw(persons())
     elif kind not in ("death", "visit") or draw(st.booleans()):
@@ -149,6 +150,42 @@ def events(draw: st.DrawFn) -> dict[str, Any]:
         ev["recorded_at"] = draw(timestamps())
     if draw(st.integers(0, 5)) == 0:
         ev["corrects"] = draw(_EVENT_IDS)
+    if ev.get("schema") != "screener.event/v1" and draw(st.booleans()):
+        ev.update(draw(v2_fields()))
+    return ev
+
+
+_CODES = st.fixed_dictionaries(
+    {"system": st.sampled_from(CODE_SYSTEMS), "value": st.sampled_from(["24623002", "260385009", "x", "E11"])}
+)
+_NUMBERS = st.one_of(st.floats(allow_nan=False, allow_infinity=False, width=32), st.integers(-1000, 1000))
+
+
+@st.composite
+def v2_fields(draw: st.DrawFn) -> dict[str, Any]:
+    """Some of the v2 fields, each valid alone (an end before the start or a reversed range is still possible)."""
+    ev: dict[str, Any] = {}
+    if draw(st.booleans()):
+        ev["qualifiers"] = draw(st.lists(_CODES, max_size=3))
+    if draw(st.booleans()):
+        ev["ended_at"] = draw(timestamps())
+    if draw(st.booleans()):
+        dose: dict[str, Any] = {"value": draw(st.one_of(st.floats(0, 1e6, width=32), st.integers(0, 1000)))}
+        if draw(st.booleans()):
+            dose["unit"] = draw(st.sampled_from(["mg", "mL", "puff"]))
+        ev["dose"] = dose
+    if draw(st.booleans()):
+        ev["route"] = draw(st.sampled_from(ROUTES))
+    if draw(st.booleans()):
+        ev["ref_low"] = draw(_NUMBERS)
+    if draw(st.booleans()):
+        ev["ref_high"] = draw(_NUMBERS)
+    if draw(st.booleans()):
+        ev["value_code"] = draw(_CODES)
+    if draw(st.booleans()):
+        ev["encounter_id"] = draw(st.sampled_from(["V1", "V2", "enc-9"]))
+    if draw(st.booleans()):
+        ev["location"] = draw(st.sampled_from(["Ward 7", "Bed 3", "ED"]))
     return ev
 
 
@@ -183,13 +220,24 @@ _FIELDS = [
     "site",
     "person",
     "corrects",
+    "qualifiers",
+    "ended_at",
+    "dose",
+    "route",
+    "ref_low",
+    "ref_high",
+    "value_code",
+    "encounter_id",
+    "location",
 ]
 
 
 @st.composite
 def mutated(draw: st.DrawFn, ev: dict[str, Any]) -> dict[str, Any]:
     ev = json.loads(json.dumps(ev))
-    how = draw(st.sampled_from(["type", "missing", "unknown", "nested", "enum", "naive", "pad", "kind"]))
+    how = draw(
+        st.sampled_from(["type", "missing", "unknown", "nested", "enum", "naive", "pad", "kind", "v2", "nonfinite"])
+    )
     name = draw(st.sampled_from(_FIELDS))
     if how == "type":
         ev[name] = draw(_ODD)
@@ -198,7 +246,7 @@ def mutated(draw: st.DrawFn, ev: dict[str, Any]) -> dict[str, Any]:
     elif how == "unknown":
         ev[draw(st.sampled_from(["surprise", "schema_", "Event_id", "codes"]))] = draw(_ODD)
     elif how == "nested":
-        target = ev.setdefault(draw(st.sampled_from(["code", "person"])), {})
+        target = ev.setdefault(draw(st.sampled_from(["code", "person", "dose", "value_code"])), {})
         if isinstance(target, dict):
             target[
                 draw(
@@ -213,19 +261,33 @@ def mutated(draw: st.DrawFn, ev: dict[str, Any]) -> dict[str, Any]:
                             "nhs_number",
                             "ethnic_category",
                             "merged_from",
+                            "unit",
                         ]
                     )
                 )
             ] = draw(_ODD)
     elif how == "enum":
-        ev[draw(st.sampled_from(["kind", "status", "setting", "schema"]))] = draw(
-            st.sampled_from(["vitals", "Active", "screener.event/v2", "HOSPITAL", "person "])
+        ev[draw(st.sampled_from(["kind", "status", "setting", "schema", "route"]))] = draw(
+            st.sampled_from(["vitals", "Active", "screener.event/v3", "HOSPITAL", "person ", "oral "])
         )
     elif how == "naive":
-        ev[draw(st.sampled_from(["occurred_at", "recorded_at"]))] = "2026-01-01T09:30:00"
+        ev[draw(st.sampled_from(["occurred_at", "recorded_at", "ended_at"]))] = "2026-01-01T09:30:00"
+    elif how == "v2":  # a v2 field on a v1 event, or a v2 event with them
+        ev["schema"] = draw(st.sampled_from(SCHEMAS))
+        ev.update(draw(v2_fields()))
+    elif how == "nonfinite":  # in a dict the lean schema sees a float; in JSON, NaN/Infinity literals
+        ev[draw(st.sampled_from(["value", "ref_low", "ref_high"]))] = draw(
+            st.sampled_from([1e400, -1e400, float("nan")])
+        )
     elif how == "pad":
+        pad = draw(st.sampled_from([" ", "\t", "\u00a0", "\u2003", "\n"]))
         if isinstance(ev.get(name), str):
-            ev[name] = draw(st.sampled_from([" ", "\t", "\u00a0", "\u2003", "\n"])) + ev[name]
+            ev[name] = pad + ev[name]
+        elif name in ("qualifiers", "value_code", "dose") and ev.get(name):
+            target = ev[name][0] if name == "qualifiers" else ev[name]
+            key = "unit" if name == "dose" else "value"
+            if isinstance(target, dict) and isinstance(target.get(key), str):
+                target[key] += pad
     else:
         ev["kind"] = draw(st.sampled_from(KINDS))
     return ev
@@ -259,6 +321,8 @@ def payloads(draw: st.DrawFn) -> bytes:
                     text.encode()[:-1] + b",}",
                     text.replace("{", '{"value": NaN, ', 1).encode(),
                     text.replace("{", '{"value": 1e400, ', 1).encode(),
+                    text.replace("{", '{"ref_low": -Infinity, ', 1).encode(),
+                    text.replace("{", '{"dose": {"value": NaN}, ', 1).encode(),
                 ]
             )
         )
