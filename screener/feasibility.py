@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import polars as pl
 
@@ -102,6 +102,15 @@ class Feasibility:
     monthly: list[tuple[datetime, int]]
     #: dimension -> {group -> eligible or possible patients now}; groups with no patient are left out
     breakdown: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: the study's closing day (None: not given)
+    closes: date | None = None
+
+    def months_left(self) -> float | None:
+        """Calendar months from ``at`` to the end of the closing day (None without one; 0 when closed)."""
+        if self.closes is None:
+            return None
+        days = (self.closes - self.at.date()).days + 1
+        return max(days, 0) / (365.25 / 12)
 
     @property
     def new_eligible(self) -> int:
@@ -137,6 +146,8 @@ class Feasibility:
             "rate_per_month": self.rate_per_month(),
             "conversion": conversion,
             "months_to_target": self.months_to_target(conversion),
+            "closes": self.closes.isoformat() if self.closes else None,
+            "months_left": self.months_left(),
             "breakdown": {
                 dim: {group: disclosed(n) for group, n in groups.items()} for dim, groups in self.breakdown.items()
             },
@@ -188,6 +199,7 @@ def feasibility(
         possible=now_rows.filter(pl.col("outcome") == "possible").height,
         monthly=monthly,
         breakdown=breakdown,
+        closes=study.closes,
     )
 
 
@@ -269,7 +281,7 @@ def render_feasibility_markdown(result: Feasibility, conversion: float = 1.0) ->
     data = result.to_json(conversion)
 
     def fmt(n: object) -> str:
-        return "fewer than 8" if n is None else str(n)
+        return f"1-{SUPPRESSED_MAX}" if n is None else str(n)
 
     lines = [
         f"# Feasibility: {result.title} ({result.study_id})",
@@ -290,6 +302,11 @@ def render_feasibility_markdown(result: Feasibility, conversion: float = 1.0) ->
             f"if {conversion:.0%} of them enrol"
             + (" (an upper bound: pass --conversion for a realistic share)" if conversion >= 1 else "")
         )
+    left = result.months_left()
+    if left is not None and result.closes is not None:
+        months = result.months_to_target(conversion)
+        verdict = "" if months is None else (" - on track" if months <= left else " - the target is out of reach")
+        lines.append(f"- The study closes on {result.closes.isoformat()}, {left:.1f} months away{verdict}")
     lines += ["", "| period ending | newly eligible |", "|---|---|"]
     lines += [f"| {t.date().isoformat()} | {fmt(disclosed(n))} |" for t, n in result.monthly]
     for dim, groups in result.breakdown.items():
