@@ -128,4 +128,12 @@ def render(file: Path, public: bool) -> None:
     click.echo(study.render_markdown(public=public), nl=False)
 
 
+def _add_diff() -> None:
+    from screener.commands.feasibility import diff
+
+    rules.add_command(diff)
+
+
+_add_diff()
+
 COMMANDS: list[click.Command] = [rules]
