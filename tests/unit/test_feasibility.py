@@ -241,3 +241,38 @@ def test_cli_feasibility_and_diff_from_an_events_file(tmp_path: Path) -> None:
     out = runner.invoke(main, ["feasibility", str(new), "--events", str(bad)])
     assert out.exit_code != 0
     assert "bad.ndjson:1" in out.output
+
+
+def test_cli_reads_the_history_store(tmp_path: Path) -> None:
+    """`--store URL` reads what the engine wrote: the same figures as from the frames themselves."""
+    from screener.events import parse_event as parse
+    from screener.history import open_store
+    from screener.state import events_to_frames
+
+    events = []
+    for k in range(12):
+        pid = f"s{k:02d}"
+        events += [
+            _event(pid, 0, kind="person", occurred_at="2020-01-01T00:00:00Z", person={"birth_date": "1960-01-01"}),
+            _event(pid, 1, kind="condition", code={"system": "ICD10", "value": "E11"}, occurred_at="2026-10-01"),
+            _event(
+                pid,
+                2,
+                kind="measurement",
+                code={"system": "LOINC", "value": "4548-4"},
+                value=60,
+                unit="mmol/mol",
+                occurred_at="2026-10-01T10:00:00Z",
+            ),
+        ]
+    persons_upd, facts, control = events_to_frames([parse(e) for e in events])
+    store = open_store(tmp_path / "store")
+    assert store.append(0, facts, persons_upd, control, offset=len(events))
+    rule = tmp_path / "s.yaml"
+    rule.write_text(STUDY.format(threshold=58, target=100))
+    out = CliRunner().invoke(
+        main,
+        ["feasibility", str(rule), "--store", str(tmp_path / "store"), "--at=2026-11-30T12:00:00Z", "--format", "json"],
+    )
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["eligible"] == 10  # 12 patients, rounded to the nearest 5
