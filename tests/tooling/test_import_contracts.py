@@ -6,7 +6,6 @@ copy of the tree, so a contract that cannot fail (a typo in a module name, a too
 
 from __future__ import annotations
 
-import ast
 import shutil
 import subprocess
 import sys
@@ -21,20 +20,7 @@ CONTRACTS = (
     "events-state-no-paths",
     "connectors-use-the-sdk",
 )
-#: The contracts about state.py wait for the history store branch, which moves the snapshot I/O out of it.
-STATE_CONTRACTS = {"pure-core-no-io", "events-state-no-paths"}
 LINT_IMPORTS = "from importlinter.cli import lint_imports_command; lint_imports_command()"
-
-
-def _top_level_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    return names
-
-
-def _state_does_file_io() -> bool:
-    return bool(_top_level_imports(ROOT / "screener" / "state.py") & {"os", "shutil", "pathlib"})
 
 
 def lint_imports(cwd: Path, *contracts: str) -> subprocess.CompletedProcess[str]:
@@ -50,20 +36,7 @@ def lint_imports(cwd: Path, *contracts: str) -> subprocess.CompletedProcess[str]
     )
 
 
-@pytest.mark.parametrize(
-    "contract",
-    [
-        pytest.param(
-            c,
-            marks=pytest.mark.xfail(
-                c in STATE_CONTRACTS and _state_does_file_io(),
-                reason="screener/state.py still writes snapshots (os, shutil, pathlib) until the history store lands",
-                strict=True,
-            ),
-        )
-        for c in CONTRACTS
-    ],
-)
+@pytest.mark.parametrize("contract", CONTRACTS)
 def test_the_tree_keeps_the_contract(contract: str) -> None:
     result = lint_imports(ROOT, contract)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
