@@ -1,0 +1,159 @@
+"""The fact side of the SQL lowering (:mod:`screener.rules.sql`): membership, unit conversion, per-feature stats.
+
+Everything is DuckDB-flavoured SQL text that :mod:`sqlglot` parses and transpiles. Facts are read once: one
+``GROUP BY patient_id`` whose aggregates carry ``FILTER (WHERE ...)`` clauses select each feature's facts
+(concept membership, look-back window inclusive at both ends, planned/ordered facts skipped), as
+:mod:`screener.rules.features` does with joins.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from screener.errors import RuleError
+from screener.rules.concepts import PREFIX_SYSTEMS, ConceptSet, normalise_code
+from screener.rules.ir import NOT_DONE, Feat
+from screener.rules.units import _DROP, conversions_to
+
+__all__ = ["SUPPORTED_TRANSFORMS", "FeatureSQL", "q", "ts"]
+
+#: the transforms the SQL lowering supports (others raise a RuleError naming the construct)
+SUPPORTED_TRANSFORMS = frozenset(
+    ["ever", "within", "count", "latest", "earliest", "min", "max", "mean", "days_since", "days_since_first"]
+)
+_DAY_US = 86_400_000_000
+
+
+def q(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def ts(t: datetime) -> str:
+    """A UTC instant as a SQL TIMESTAMPTZ literal (microsecond precision)."""
+    return f"CAST({q(t.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f+00:00'))} AS TIMESTAMPTZ)"
+
+
+def _norm_code(col: str) -> str:
+    return f"upper(replace(trim({col}), '.', ''))"
+
+
+def _norm_unit(col: str) -> str:
+    text = f"replace(replace(lower(trim({col})), 'µ', 'u'), 'μ', 'u')"
+    for ch in _DROP:
+        text = f"replace({text}, {q(ch)}, '')"
+    return f"coalesce(CASE WHEN {text} = '1' THEN '' ELSE {text} END, '')"
+
+
+def _hit(pairs: tuple[tuple[str, str], ...]) -> str:
+    by_system: dict[str, list[str]] = {}
+    for system, code in pairs:
+        by_system.setdefault(system, []).append(normalise_code(code))
+    terms = []
+    for system, codes in sorted(by_system.items()):
+        if system in PREFIX_SYSTEMS:
+            match = " OR ".join(f"starts_with(_nc, {q(c)})" for c in sorted(set(codes)))
+        else:
+            match = f"_nc IN ({', '.join(q(c) for c in sorted(set(codes)))})"
+        terms.append(f"(system = {q(system)} AND ({match}))")
+    return " OR ".join(terms) if terms else "FALSE"
+
+
+def membership(c: ConceptSet) -> str:
+    """True when the fact row (with ``_nc``, its normalised code) is in ``c``, exclusions applied; never null."""
+    inside = _hit(c.codes)
+    if c.exclude:
+        inside = f"({inside}) AND NOT ({_hit(c.exclude)})"
+    return f"coalesce({inside}, FALSE)"
+
+
+def converted(c: ConceptSet) -> str:
+    """The fact's value in ``c``'s unit (null: no value, or a unit that does not convert)."""
+    arms = " ".join(
+        f"WHEN {q(u)} THEN value * {a!r} + {b!r}" for u, (a, b) in sorted(conversions_to(c.unit, c.analyte).items())
+    )
+    return f"CASE _nu {arms} END"
+
+
+class FeatureSQL:
+    """Collects the features of a set of studies (shared by key) and writes the facts aggregation."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.concepts: dict[str, tuple[int, ConceptSet]] = {}
+        self.feats: dict[str, tuple[int, Feat]] = {}
+        self.stats: dict[str, str] = {}  # column -> aggregate
+
+    def _concept(self, c: ConceptSet) -> int:
+        if c.key not in self.concepts:
+            self.concepts[c.key] = (len(self.concepts), c)
+        return self.concepts[c.key][0]
+
+    def leaf(self, feat: Feat, where: str) -> str:
+        """The SQL value of ``feat`` over the per-patient frame (its statistics become columns of ``agg``)."""
+        t = feat.transform
+        if t not in SUPPORTED_TRANSFORMS:
+            raise RuleError(f"{where}: the SQL lowering does not support the transform '{t}' yet")
+        if feat.filter is not None:
+            raise RuleError(f"{where}: the SQL lowering does not support fact filters ('{feat.concept.name}[...]') yet")
+        if feat.key not in self.feats:
+            self.feats[feat.key] = (len(self.feats), feat)
+        i = self.feats[feat.key][0]
+        ci = self._concept(feat.concept)
+        w = feat.window
+        sel = f"_m{ci} AND _done"
+        if w is not None:
+            sel += f" AND occurred_at >= {ts(w.start(self.now))}"
+        val = f"{sel} AND _v{ci} IS NOT NULL"
+        order = "struct_pack(t := occurred_at, e := event_id)"
+        now_us = f"epoch_us({ts(self.now)})"
+        aggs = {
+            "n": f"count(*) FILTER (WHERE {sel})",
+            "last": f"max(occurred_at) FILTER (WHERE {sel})",
+            "first": f"min(occurred_at) FILTER (WHERE {sel})",
+            "latest": f"arg_max(_v{ci}, {order}) FILTER (WHERE {val})",
+            "earliest": f"arg_min(_v{ci}, {order}) FILTER (WHERE {val})",
+            "min": f"min(_v{ci}) FILTER (WHERE {val})",
+            "max": f"max(_v{ci}) FILTER (WHERE {val})",
+            "mean": f"avg(_v{ci}) FILTER (WHERE {val})",
+        }
+        stat = {"ever": "n", "within": "n", "count": "n", "days_since": "last", "days_since_first": "first"}.get(t, t)
+        col = f"_f{i}_{stat}"
+        self.stats[col] = aggs[stat]
+        if t in ("ever", "within"):
+            return f"(coalesce({col}, 0) > 0)"
+        if t == "count":
+            return f"CAST(coalesce({col}, 0) AS DOUBLE)"
+        if t in ("days_since", "days_since_first"):
+            return f"floor(CAST({now_us} - epoch_us({col}) AS DOUBLE) / {_DAY_US})"
+        return col
+
+    def rows_sql(self, facts: str) -> str:
+        """The fact rows some feature can read, with ``_m<i>`` (membership), ``_v<i>`` (converted value)
+        and ``_done`` (not planned/ordered)."""
+        cols = [f"{membership(c)} AS _m{i}" for i, c in self.concepts.values()]
+        cols += [f"{converted(c)} AS _v{i}" for i, c in self.concepts.values()]
+        not_done = ", ".join(q(s) for s in sorted(NOT_DONE))
+        inner = (
+            f"SELECT patient_id, event_id, system, value, occurred_at, {_norm_code('code')} AS _nc, "
+            f"{_norm_unit('unit')} AS _nu, (status IS NULL OR status NOT IN ({not_done})) AS _done "
+            f"FROM {facts} WHERE occurred_at <= {ts(self.now)} AND code IS NOT NULL"
+        )
+        return f"SELECT patient_id, event_id, occurred_at, _done, {', '.join(cols)} FROM ({inner}) AS _f"
+
+    def agg_sql(self) -> str:
+        """``patient_id`` and one column per statistic, over ``_rows``."""
+        any_member = " OR ".join(f"_m{i}" for i, _ in self.concepts.values())
+        stats = ", ".join(f"{a} AS {c}" for c, a in self.stats.items())
+        return f"SELECT patient_id, {stats} FROM _rows WHERE {any_member} GROUP BY patient_id"
+
+    def registrations_sql(self, facts: str) -> str:
+        """``(patient_id, _reg_days)``: whole days since the earliest registration covering now."""
+        now = ts(self.now)
+        not_done = ", ".join(q(s) for s in sorted(NOT_DONE))
+        return (
+            f"SELECT patient_id, floor(CAST(epoch_us({now}) - epoch_us(min(occurred_at)) AS DOUBLE) / {_DAY_US}) "
+            f"AS _reg_days FROM {facts} WHERE kind = 'registration' AND occurred_at <= {now} "
+            f"AND (ended_at IS NULL OR ended_at >= {now}) AND (status IS NULL OR status NOT IN ({not_done})) "
+            "GROUP BY patient_id"
+        )
