@@ -139,13 +139,16 @@ class FeatureSQL:
             f"{_norm_unit('unit')} AS _nu, (status IS NULL OR status NOT IN ({not_done})) AS _done "
             f"FROM {facts} WHERE occurred_at <= {ts(self.now)} AND code IS NOT NULL"
         )
-        return f"SELECT patient_id, event_id, occurred_at, _done, {', '.join(cols)} FROM ({inner}) AS _f"
+        any_member = " OR ".join(f"_m{i}" for i, _ in self.concepts.values())
+        return (
+            f"SELECT * FROM (SELECT patient_id, event_id, occurred_at, _done, {', '.join(cols)} FROM ({inner}) AS _f) "
+            f"AS _g WHERE {any_member}"
+        )
 
     def agg_sql(self) -> str:
         """``patient_id`` and one column per statistic, over ``_rows``."""
-        any_member = " OR ".join(f"_m{i}" for i, _ in self.concepts.values())
         stats = ", ".join(f"{a} AS {c}" for c, a in self.stats.items())
-        return f"SELECT patient_id, {stats} FROM _rows WHERE {any_member} GROUP BY patient_id"
+        return f"SELECT patient_id, {stats} FROM _rows GROUP BY patient_id"
 
     def registrations_sql(self, facts: str) -> str:
         """``(patient_id, _reg_days)``: whole days since the earliest registration covering now."""

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import sqlglot
+from sqlglot import exp
 
 from screener.errors import RuleError
 from screener.rules._sql_facts import FeatureSQL, q, ts
@@ -32,8 +33,10 @@ _CMP = ("==", "!=", "<", "<=", ">", ">=")
 
 #: the person attributes the SQL lowering supports
 SQL_ATTRIBUTES = frozenset(
-    ["age", "age_days", "age_months", "sex", "ethnic_group", "imd_decile", "imd_quintile", "setting", "site"]
-    + ["registered_days"]
+    [
+        *("age", "age_days", "age_months", "sex", "ethnic_group", "imd_decile", "imd_quintile", "setting"),
+        *("site", "registered_days"),
+    ]
 )
 
 
@@ -119,7 +122,9 @@ class _Lowering:
                     raise RuleError(f"{where}: the SQL lowering supports 'in' on a literal list only")
                 v, lvl = self.expr(ir.left, where)
                 items = [_literal(x, ir.right.elem, where) for x in ir.right.values]
-                return (f"({v} IN ({', '.join(items)}))" if items else f"CASE WHEN {v} IS NULL THEN NULL ELSE FALSE END"), lvl
+                return (
+                    f"({v} IN ({', '.join(items)}))" if items else f"CASE WHEN {v} IS NULL THEN NULL ELSE FALSE END"
+                ), lvl
             (a, l1), (b, l2) = self.expr(ir.left, where), self.expr(ir.right, where)
             level = max(l1, l2)
             if ir.op == "&&":
@@ -146,8 +151,9 @@ class _Lowering:
         if raw is None:
             raise RuleError(f"{where}: the SQL lowering does not support the operator '{op}'")
         col, lvl = self.stages.bind(raw, level)
-        # Non-finite (overflow, a negative base to a fractional power) is unknown, like Polars' path.
-        return self.stages.bind(f"CASE WHEN isfinite({col}) THEN {col} END", lvl)
+        # Non-finite (overflow, a negative base to a fractional power) is unknown, like Polars' path (NaN sorts
+        # above every number in DuckDB and Spark, so the test is false for NaN and infinities alike).
+        return self.stages.bind(f"CASE WHEN abs({col}) <= 1.7976931348623157e308 THEN {col} END", lvl)
 
     def criterion(self, c: Criterion, cols: dict[str, tuple[str, int]]) -> tuple[str, int]:
         where = self.where(c)
@@ -240,7 +246,7 @@ def to_sql(
     joins = ""
     stat_cols = ""
     if features.stats:
-        ctes += [f"_rows AS ({features.rows_sql(facts)})", f"_agg AS ({features.agg_sql()})"]
+        ctes += [f"_rows AS MATERIALIZED ({features.rows_sql(facts)})", f"_agg AS ({features.agg_sql()})"]
         joins += " LEFT JOIN _agg AS g ON g.patient_id = p.patient_id"
         stat_cols = ", " + ", ".join(f"g.{c}" for c in features.stats)
     if any("registered_days" in s.attributes() for s in studies):
@@ -248,11 +254,24 @@ def to_sql(
         joins += " LEFT JOIN _reg AS r ON r.patient_id = p.patient_id"
         attrs = _attributes(now)
     else:
-        attrs = [a if not a.startswith("r.") else "CAST(NULL AS DOUBLE) AS _a_registered_days" for a in _attributes(now)]
-    ctes.append(
-        f"_base AS MATERIALIZED (SELECT p.patient_id, {ts(now)} AS _now, {', '.join(attrs)}{stat_cols} FROM {persons} AS p{joins})"
-    )
+        attrs = [
+            a if not a.startswith("r.") else "CAST(NULL AS DOUBLE) AS _a_registered_days" for a in _attributes(now)
+        ]
+    head = f"SELECT p.patient_id, {ts(now)} AS _now, {', '.join(attrs)}{stat_cols}"
+    ctes.append(f"_base AS MATERIALIZED ({head} FROM {persons} AS p{joins})")
     for study_ctes, _ in bodies:
         ctes += study_ctes
     text = "WITH " + ", ".join(ctes) + " " + " UNION ALL ".join(final for _, final in bodies)
-    return sqlglot.transpile(text, read="duckdb", write=dialect, pretty=pretty)[0]
+    tree = sqlglot.parse_one(text, read="duckdb")
+    if dialect != "duckdb":
+        tree = tree.transform(_portable)
+    return tree.sql(dialect=dialect, pretty=pretty)
+
+
+def _portable(node: exp.Expression) -> exp.Expression:
+    """DuckDB-only spellings SQLGlot keeps as they are, rewritten for other engines."""
+    if isinstance(node, exp.CTE) and node.args.get("materialized"):
+        node.set("materialized", None)  # a hint only; Spark has no such syntax
+    if isinstance(node, exp.Anonymous) and str(node.this).lower() == "epoch_us":
+        return exp.UnixMicros(this=node.expressions[0])
+    return node
