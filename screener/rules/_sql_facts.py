@@ -67,12 +67,13 @@ def membership(c: ConceptSet) -> str:
     return f"coalesce({inside}, FALSE)"
 
 
-def converted(c: ConceptSet) -> str:
-    """The fact's value in ``c``'s unit (null: no value, or a unit that does not convert)."""
-    arms = " ".join(
-        f"WHEN {q(u)} THEN value * {a!r} + {b!r}" for u, (a, b) in sorted(conversions_to(c.unit, c.analyte).items())
-    )
-    return f"CASE _nu {arms} END"
+def factors(c: ConceptSet) -> tuple[str, str]:
+    """``(a, b)`` over a unit row (``_nu``, its normalised spelling): the value in ``c``'s unit is
+    ``value * a + b``; both null for a unit that does not convert."""
+    table = sorted(conversions_to(c.unit, c.analyte).items())
+    a = " ".join(f"WHEN {q(u)} THEN {x!r}" for u, (x, _) in table)
+    b = " ".join(f"WHEN {q(u)} THEN {y!r}" for u, (_, y) in table)
+    return f"CASE _nu {a} END", f"CASE _nu {b} END"
 
 
 class FeatureSQL:
@@ -128,22 +129,37 @@ class FeatureSQL:
             return f"floor(CAST({now_us} - epoch_us({col}) AS DOUBLE) / {_DAY_US})"
         return col
 
-    def rows_sql(self, facts: str) -> str:
-        """The fact rows some feature can read, with ``_m<i>`` (membership), ``_v<i>`` (converted value)
-        and ``_done`` (not planned/ordered)."""
-        cols = [f"{membership(c)} AS _m{i}" for i, c in self.concepts.values()]
-        cols += [f"{converted(c)} AS _v{i}" for i, c in self.concepts.values()]
-        not_done = ", ".join(q(s) for s in sorted(NOT_DONE))
-        inner = (
-            f"SELECT patient_id, event_id, system, value, occurred_at, {_norm_code('code')} AS _nc, "
-            f"{_norm_unit('unit')} AS _nu, (status IS NULL OR status NOT IN ({not_done})) AS _done "
-            f"FROM {facts} WHERE occurred_at <= {ts(self.now)} AND code IS NOT NULL"
-        )
+    def rows_ctes(self, facts: str) -> list[str]:
+        """CTEs ending in ``_rows``: the fact rows some feature can read, with ``_m<i>`` (membership),
+        ``_v<i>`` (value converted to the concept's unit) and ``_done`` (not planned/ordered).
+
+        Membership and units are decided once per distinct (system, code) and unit spelling, not per fact."""
+        members = ", ".join(f"{membership(c)} AS _m{i}" for i, c in self.concepts.values())
         any_member = " OR ".join(f"_m{i}" for i, _ in self.concepts.values())
-        return (
-            f"SELECT * FROM (SELECT patient_id, event_id, occurred_at, _done, {', '.join(cols)} FROM ({inner}) AS _f) "
-            f"AS _g WHERE {any_member}"
+        # ``_nc`` is an aggregate so that DuckDB cannot push the membership filter below the grouping (it
+        # would then test every fact row instead of every distinct code).
+        distinct = (
+            f"_dcodes AS MATERIALIZED (SELECT system, code, min({_norm_code('code')}) AS _nc FROM {facts} "
+            "WHERE code IS NOT NULL GROUP BY system, code)"
         )
+        codes = f"_codes AS MATERIALIZED (SELECT * FROM (SELECT system, code, {members} FROM _dcodes) AS _e WHERE {any_member})"
+        ab = [(i, *factors(c)) for i, c in self.concepts.values()]
+        unit_cols = ", ".join(f"{a} AS _a{i}, {b} AS _b{i}" for i, a, b in ab)
+        dunits = f"_dunits AS MATERIALIZED (SELECT DISTINCT unit, {_norm_unit('unit')} AS _nu FROM {facts})"
+        units = f"_units AS MATERIALIZED (SELECT unit, {unit_cols} FROM _dunits)"
+        not_done = ", ".join(q(s) for s in sorted(NOT_DONE))
+        cols = ", ".join(
+            [f"c._m{i}" for i, _ in self.concepts.values()]
+            + [f"f.value * u._a{i} + u._b{i} AS _v{i}" for i, _ in self.concepts.values()]
+        )
+        rows = (
+            f"_rows AS MATERIALIZED (SELECT f.patient_id, f.event_id, f.occurred_at, "
+            f"(f.status IS NULL OR f.status NOT IN ({not_done})) AS _done, {cols} FROM {facts} AS f "
+            "JOIN _codes AS c ON c.system = f.system AND c.code = f.code "
+            "LEFT JOIN _units AS u ON f.unit IS NOT DISTINCT FROM u.unit "
+            f"WHERE f.occurred_at <= {ts(self.now)})"
+        )
+        return [distinct, codes, dunits, units, rows]
 
     def agg_sql(self) -> str:
         """``patient_id`` and one column per statistic, over ``_rows``."""

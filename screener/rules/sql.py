@@ -246,7 +246,7 @@ def to_sql(
     joins = ""
     stat_cols = ""
     if features.stats:
-        ctes += [f"_rows AS MATERIALIZED ({features.rows_sql(facts)})", f"_agg AS ({features.agg_sql()})"]
+        ctes += [*features.rows_ctes(facts), f"_agg AS ({features.agg_sql()})"]
         joins += " LEFT JOIN _agg AS g ON g.patient_id = p.patient_id"
         stat_cols = ", " + ", ".join(f"g.{c}" for c in features.stats)
     if any("registered_days" in s.attributes() for s in studies):
