@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -18,7 +19,7 @@ from screener.rules.model import Study
 from screener.rules.sql import to_sql
 from screener.state import PatientState
 
-__all__ = ["RESULT_SCHEMA", "duckdb_screen", "run_parquet", "write_parquet"]
+__all__ = ["RESULT_SCHEMA", "connect", "duckdb_screen", "parquet_sql", "run_parquet", "write_parquet"]
 
 RESULT_SCHEMA: dict[str, pl.DataType] = {
     "study_id": pl.String(),
@@ -37,22 +38,33 @@ def write_parquet(state: PatientState, folder: str | Path) -> tuple[Path, Path]:
     return facts, persons
 
 
+def _rel(p: Path) -> str:
+    return "read_parquet('" + str(p).replace("'", "''") + "')"
+
+
+def parquet_sql(studies: Sequence[Study], now: datetime, facts: Path, persons: Path) -> str:
+    """:func:`to_sql` over the two Parquet files (DuckDB dialect)."""
+    return to_sql(studies, now, "duckdb", facts=_rel(facts), persons=_rel(persons))
+
+
+def connect(threads: int | None = None) -> Any:
+    """A fresh in-memory DuckDB connection (progress bar off, ``threads`` when given)."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    if threads is not None:
+        con.execute(f"SET threads = {int(threads)}")
+    return con
+
+
 def run_parquet(
     studies: Sequence[Study], now: datetime, facts: Path, persons: Path, *, threads: int | None = None
 ) -> pl.DataFrame:
     """The generated SQL's rows (:data:`RESULT_SCHEMA`) over the two Parquet files, on a fresh DuckDB."""
-    import duckdb
-
-    def rel(p: Path) -> str:
-        return "read_parquet('" + str(p).replace("'", "''") + "')"
-
-    sql = to_sql(studies, now, "duckdb", facts=rel(facts), persons=rel(persons))
-    con = duckdb.connect()
+    con = connect(threads)
     try:
-        con.execute("SET enable_progress_bar = false")
-        if threads is not None:
-            con.execute(f"SET threads = {int(threads)}")
-        rows = con.execute(sql).fetchall()
+        rows = con.execute(parquet_sql(studies, now, facts, persons)).fetchall()
     finally:
         con.close()
     return pl.DataFrame(rows, schema=RESULT_SCHEMA, orient="row")

@@ -102,21 +102,20 @@ class FeatureSQL:
         i = self.feats[feat.key][0]
         ci = self._concept(feat.concept)
         w = feat.window
-        sel = f"_m{ci} AND _done"
+        sel = f"_ck = {ci} AND _done"
         if w is not None:
             sel += f" AND occurred_at >= {ts(w.start(self.now))}"
-        val = f"{sel} AND _v{ci} IS NOT NULL"
-        order = "struct_pack(t := occurred_at, e := event_id)"
+        val = f"{sel} AND _v IS NOT NULL"
         now_us = f"epoch_us({ts(self.now)})"
         aggs = {
             "n": f"count(*) FILTER (WHERE {sel})",
             "last": f"max(occurred_at) FILTER (WHERE {sel})",
             "first": f"min(occurred_at) FILTER (WHERE {sel})",
-            "latest": f"arg_max(_v{ci}, {order}) FILTER (WHERE {val})",
-            "earliest": f"arg_min(_v{ci}, {order}) FILTER (WHERE {val})",
-            "min": f"min(_v{ci}) FILTER (WHERE {val})",
-            "max": f"max(_v{ci}) FILTER (WHERE {val})",
-            "mean": f"avg(_v{ci}) FILTER (WHERE {val})",
+            "latest": f"arg_max(_v, _ord) FILTER (WHERE {val})",
+            "earliest": f"arg_min(_v, _ord) FILTER (WHERE {val})",
+            "min": f"min(_v) FILTER (WHERE {val})",
+            "max": f"max(_v) FILTER (WHERE {val})",
+            "mean": f"avg(_v) FILTER (WHERE {val})",
         }
         stat = {"ever": "n", "within": "n", "count": "n", "days_since": "last", "days_since_first": "first"}.get(t, t)
         col = f"_f{i}_{stat}"
@@ -130,36 +129,36 @@ class FeatureSQL:
         return col
 
     def rows_ctes(self, facts: str) -> list[str]:
-        """CTEs ending in ``_rows``: the fact rows some feature can read, with ``_m<i>`` (membership),
-        ``_v<i>`` (value converted to the concept's unit) and ``_done`` (not planned/ordered).
+        """CTEs ending in ``_rows``: one row per (fact, concept it belongs to) that some feature can read, with
+        ``_ck`` (the concept), ``_v`` (the value in the concept's unit), ``_done`` (not planned/ordered) and
+        ``_ord`` (the position in (occurred_at, event_id) order: latest/earliest break ties as Polars does).
 
         Membership and units are decided once per distinct (system, code) and unit spelling, not per fact."""
-        members = ", ".join(f"{membership(c)} AS _m{i}" for i, c in self.concepts.values())
-        any_member = " OR ".join(f"_m{i}" for i, _ in self.concepts.values())
-        # ``_nc`` is an aggregate so that DuckDB cannot push the membership filter below the grouping (it
-        # would then test every fact row instead of every distinct code).
+        # ``_nc`` is an aggregate so that DuckDB cannot push a membership filter below the grouping (it would
+        # then test every fact row instead of every distinct code).
         distinct = (
             f"_dcodes AS MATERIALIZED (SELECT system, code, min({_norm_code('code')}) AS _nc FROM {facts} "
             "WHERE code IS NOT NULL GROUP BY system, code)"
         )
-        codes = f"_codes AS MATERIALIZED (SELECT * FROM (SELECT system, code, {members} FROM _dcodes) AS _e WHERE {any_member})"
-        ab = [(i, *factors(c)) for i, c in self.concepts.values()]
-        unit_cols = ", ".join(f"{a} AS _a{i}, {b} AS _b{i}" for i, a, b in ab)
-        dunits = f"_dunits AS MATERIALIZED (SELECT DISTINCT unit, {_norm_unit('unit')} AS _nu FROM {facts})"
-        units = f"_units AS MATERIALIZED (SELECT unit, {unit_cols} FROM _dunits)"
-        not_done = ", ".join(q(s) for s in sorted(NOT_DONE))
-        cols = ", ".join(
-            [f"c._m{i}" for i, _ in self.concepts.values()]
-            + [f"f.value * u._a{i} + u._b{i} AS _v{i}" for i, _ in self.concepts.values()]
+        codes = " UNION ALL ".join(
+            f"SELECT system, code, {i} AS _ck FROM _dcodes WHERE {membership(c)}" for i, c in self.concepts.values()
         )
+        dunits = f"_dunits AS MATERIALIZED (SELECT unit, min({_norm_unit('unit')}) AS _nu FROM {facts} GROUP BY unit)"
+        units = " UNION ALL ".join(
+            f"SELECT * FROM (SELECT unit, {i} AS _ck, {fa} AS _a, {fb} AS _b FROM _dunits) AS _u WHERE _a IS NOT NULL"
+            for i, c in self.concepts.values()
+            for fa, fb in [factors(c)]
+        )
+        not_done = ", ".join(q(s) for s in sorted(NOT_DONE))
         rows = (
-            f"_rows AS MATERIALIZED (SELECT f.patient_id, f.event_id, f.occurred_at, "
-            f"(f.status IS NULL OR f.status NOT IN ({not_done})) AS _done, {cols} FROM {facts} AS f "
-            "JOIN _codes AS c ON c.system = f.system AND c.code = f.code "
-            "LEFT JOIN _units AS u ON f.unit IS NOT DISTINCT FROM u.unit "
+            "_rows AS MATERIALIZED (SELECT f.patient_id, c._ck, f.occurred_at, "
+            f"(f.status IS NULL OR f.status NOT IN ({not_done})) AS _done, f.value * u._a + u._b AS _v, "
+            "row_number() OVER (ORDER BY f.occurred_at, f.event_id) AS _ord "
+            f"FROM {facts} AS f JOIN _codes AS c ON c.system = f.system AND c.code = f.code "
+            "LEFT JOIN _units AS u ON u._ck = c._ck AND f.unit IS NOT DISTINCT FROM u.unit "
             f"WHERE f.occurred_at <= {ts(self.now)})"
         )
-        return [distinct, codes, dunits, units, rows]
+        return [distinct, f"_codes AS MATERIALIZED ({codes})", dunits, f"_units AS MATERIALIZED ({units})", rows]
 
     def agg_sql(self) -> str:
         """``patient_id`` and one column per statistic, over ``_rows``."""
