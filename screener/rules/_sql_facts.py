@@ -19,7 +19,10 @@ __all__ = ["SUPPORTED_TRANSFORMS", "FeatureSQL", "q", "ts"]
 
 #: the transforms the SQL lowering supports (others raise a RuleError naming the construct)
 SUPPORTED_TRANSFORMS = frozenset(
-    ["ever", "within", "count", "latest", "earliest", "min", "max", "mean", "days_since", "days_since_first"]
+    [
+        *("ever", "within", "count", "latest", "earliest", "min", "max", "mean", "days_since", "days_since_first"),
+        *("change", "pct_change", "latest_code"),
+    ]
 )
 _DAY_US = 86_400_000_000
 
@@ -116,10 +119,21 @@ class FeatureSQL:
             "min": f"min(_v) FILTER (WHERE {val})",
             "max": f"max(_v) FILTER (WHERE {val})",
             "mean": f"avg(_v) FILTER (WHERE {val})",
+            "n_num": f"count(_v) FILTER (WHERE {val})",
+            "latest_code": f"arg_max(_lc, _ord) FILTER (WHERE {sel})",
         }
-        stat = {"ever": "n", "within": "n", "count": "n", "days_since": "last", "days_since_first": "first"}.get(t, t)
-        col = f"_f{i}_{stat}"
-        self.stats[col] = aggs[stat]
+
+        def stat(name: str) -> str:
+            self.stats[f"_f{i}_{name}"] = aggs[name]
+            return f"_f{i}_{name}"
+
+        if t in ("change", "pct_change"):
+            first, last, n = stat("earliest"), stat("latest"), stat("n_num")
+            if t == "change":
+                return f"CASE WHEN coalesce({n}, 0) >= 2 THEN {last} - {first} END"
+            return f"CASE WHEN coalesce({n}, 0) >= 2 AND {first} <> 0 THEN 100 * ({last} - {first}) / {first} END"
+        names = {"ever": "n", "within": "n", "count": "n", "days_since": "last", "days_since_first": "first"}
+        col = stat(names.get(t, t))
         if t in ("ever", "within"):
             return f"(coalesce({col}, 0) > 0)"
         if t == "count":
@@ -153,6 +167,7 @@ class FeatureSQL:
         rows = (
             "_rows AS MATERIALIZED (SELECT f.patient_id, c._ck, f.occurred_at, "
             f"(f.status IS NULL OR f.status NOT IN ({not_done})) AS _done, f.value * u._a + u._b AS _v, "
+            "coalesce(nullif(f.value_code, ''), f.code) AS _lc, "
             "row_number() OVER (ORDER BY f.occurred_at, f.event_id) AS _ord "
             f"FROM {facts} AS f JOIN _codes AS c ON c.system = f.system AND c.code = f.code "
             "LEFT JOIN _units AS u ON u._ck = c._ck AND f.unit IS NOT DISTINCT FROM u.unit "
