@@ -141,3 +141,36 @@ class Metrics:
         self.outbox_pending = Gauge(
             "screener_outbox_pending_messages", "Outbound messages waiting", ["channel"], registry=r
         )
+        # --- history store and partition restores (appended by the history work) -------------------------
+        self.partition_restores = Counter(
+            "screener_partition_restores_total",
+            "Partitions taken on, by where their state came from (snapshot, history, replay)",
+            ["source"],
+            registry=r,
+        )
+        self.history_replays = Counter(
+            "screener_history_replays_total",
+            "Partitions replayed from Kafka because their history store was missing or damaged",
+            ["reason"],
+            registry=r,
+        )
+        self.snapshots_skipped = Counter(
+            "screener_snapshots_skipped_total", "Snapshots found but not used, by reason", ["reason"], registry=r
+        )
+        self.history_writes = Counter(
+            "screener_history_appends_total", "Segments appended to the history store", ["outcome"], registry=r
+        )
+        self.rules_rebuild_duration = Histogram(
+            "screener_rules_rebuild_seconds",
+            "Rule change: building the new hot view from the history store (background)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.health = Gauge(
+            "screener_engine_healthy", "1 while the engine reaches the broker and holds its group, else 0", registry=r
+        )
+        self.matches_closed = Counter(
+            "screener_matches_ruled_out_total",
+            "Ineligible rows sent for known matches that a re-screen ruled out (closed as no longer eligible)",
+            registry=r,
+        )

@@ -96,6 +96,22 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
+    # --- history store (appended by the history work) ---------------------------------------------------
+    #: Where every applied fact is kept, per partition (screener.history): a local folder, or
+    #: ``s3://bucket/prefix`` (credentials and endpoint from the usual ``AWS_*`` variables). Empty: the folder
+    #: ``history`` under ``state_dir``. Shared object storage lets any engine take a partition over without replay.
+    state_url: str = ""
+    #: Segments a partition's history collects before the engine compacts it (folds them into its base).
+    history_compact_segments: int = Field(default=16, ge=1)
+    #: Seconds the engine's ``/healthz`` tolerates without reaching the broker before it reports 503.
+    health_broker_timeout_s: float = Field(default=10.0, gt=0)
+    #: Seconds ``screener run`` waits for a clean stop after SIGTERM before it exits anyway.
+    stop_timeout_s: float = Field(default=10.0, gt=0)
+
+    def history_url(self) -> str:
+        """``state_url``, or the default folder under ``state_dir``."""
+        return self.state_url or str(Path(self.state_dir) / "history")
+
     def kafka_options(self) -> dict[str, Any]:
         """Options passed through to kafka-python clients (security included)."""
         opts: dict[str, Any] = {

@@ -1357,7 +1357,7 @@ def _blocks(
     for lo in range(start_index, stop, block_size):
         persons, facts, control = _block(lo, min(lo + block_size, stop), seed, at)
         yield (
-            upgrade_persons(persons).cast(PERSONS_SCHEMA).hstack(persons.select(_PERSON_EXTRA)),
+            upgrade_persons(persons).cast(pl.Schema(PERSONS_SCHEMA)).hstack(persons.select(_PERSON_EXTRA)),
             facts,
             control,
         )
@@ -1368,7 +1368,7 @@ def _event_frame(events: pl.DataFrame) -> pl.DataFrame:
         pl.from_epoch("t", time_unit="us").dt.replace_time_zone("UTC").alias("occurred_at"),
         pl.lit(None, dtype=pl.String).alias("text"),
         pl.lit(False).alias("date_only"),  # synthetic times are instants
-    ).pipe(lambda f: upgrade_facts(f).cast(FACTS_SCHEMA).hstack(f.select("site", "corrects")))
+    ).pipe(lambda f: upgrade_facts(f).cast(pl.Schema(FACTS_SCHEMA)).hstack(f.select("site", "corrects")))
 
 
 def generate_frames(

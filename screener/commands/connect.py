@@ -142,12 +142,100 @@ class _BackfillGroup(click.Group):
             return None
         from screener.sources.registry import load_connector
 
-        return load_connector("omop").command()
+        return _with_into_store(load_connector("omop").command())
+
+
+def _with_into_store(command: click.Command) -> click.Command:
+    """The connector's command with ``--into-store URL``: write the extract straight into the history store
+    (:func:`screener.history.backfill.backfill_frames`) instead of publishing it."""
+    command.params.append(
+        click.Option(
+            ["--into-store", "into_store"],
+            metavar="URL",
+            default=None,
+            help="Write into the history store at URL (a folder or s3://bucket/prefix) instead of Kafka; the "
+            "engine starts reading the topic at its end offsets (or 0 without a broker). [env SCREENER_STATE_URL "
+            "is the engine's store]",
+        )
+    )
+    command.params.append(
+        click.Option(
+            ["--partitions", "partitions"],
+            type=int,
+            default=None,
+            help="Partitions of the events topic (default: the topic's, or SCREENER_TOPIC_PARTITIONS).",
+        )
+    )
+    original = command.callback
+    assert original is not None
+
+    def callback(**kwargs: Any) -> Any:
+        into, partitions = kwargs.pop("into_store"), kwargs.pop("partitions")
+        if into is None:
+            return original(**kwargs)
+        return _omop_into_store(into, partitions, kwargs["path"], kwargs["tables"], kwargs["chunk_rows"])
+
+    command.callback = callback
+    return command
+
+
+def _omop_into_store(url: str, partitions: int | None, path: Any, tables: str, chunk_rows: int) -> None:
+    from datetime import UTC, datetime
+
+    from connectors.omop import TABLES, OmopSource, table_events
+    from screener.history import open_store
+    from screener.history.backfill import backfill_frames
+    from screener.settings import load_settings
+
+    wanted = tuple(t.strip().lower() for t in tables.split(",") if t.strip())
+    unknown = [t for t in wanted if t not in TABLES]
+    if unknown:
+        raise click.BadParameter(f"unknown table(s) {unknown}; known: {', '.join(TABLES)}", param_hint="--tables")
+    settings = load_settings()
+    count, starts = _topic_positions(settings, partitions)
+    src = OmopSource(path, chunk_rows=chunk_rows)
+    concepts, now = src.concepts(), datetime.now(UTC)
+    frames = (table_events(chunk, t, concepts, now) for t in wanted for chunk in src.chunks(t))
+    result = backfill_frames(open_store(url), frames, partitions=count, start_offsets=starts)
+    click.echo(
+        f"omop -> {url}: {result.accepted} events ({result.rejected} rejected) in {result.seconds:.1f}s "
+        f"({result.rate:,.0f} rows/s), {count} partitions, {result.bytes_stored / 1e6:.1f} MB; "
+        f"the engine starts at offsets {dict(sorted(starts.items()))}",
+        err=True,
+    )
+    for reason in result.reasons:
+        click.echo(f"  rejected: {reason}", err=True)
+
+
+def _topic_positions(settings: Any, partitions: int | None) -> tuple[int, dict[int, int]]:
+    """The events topic's partition count and end offsets, from the broker when one is configured and reachable;
+    otherwise ``partitions`` (or the setting) and offset 0 everywhere."""
+    count = partitions or settings.topic_partitions
+    if not settings.bootstrap_servers:
+        return count, dict.fromkeys(range(count), 0)
+    try:
+        from kafka import TopicPartition
+
+        from screener.bus import make_consumer
+
+        consumer = make_consumer(settings, group_id=None)
+        try:
+            known = consumer.partitions_for_topic(settings.events_topic)
+            if known:
+                count = len(known)
+            tps = [TopicPartition(settings.events_topic, p) for p in range(count)]
+            ends = consumer.end_offsets(tps) if known else {}
+            return count, {tp.partition: int(ends.get(tp, 0)) for tp in tps}
+        finally:
+            consumer.close()
+    except Exception as exc:
+        raise click.ClickException(f"cannot read the end offsets of {settings.events_topic}: {exc}") from exc
 
 
 @click.group("backfill", cls=_BackfillGroup)
 def backfill() -> None:
-    """Load a historical extract into Kafka (screener backfill omop PATH)."""
+    """Load a historical extract into Kafka, or straight into the history store with --into-store URL
+    (screener backfill omop PATH [--into-store URL])."""
 
 
 COMMANDS: list[click.Command] = [connect, backfill]

@@ -3,7 +3,7 @@
 screener rules check PATH...                      load and type-check; exit 1 on any error
 screener rules test PATH...                       run each file's test cases (compiled + reference)
 screener rules explain FILE --patient H.json      per-criterion table for one patient
-screener rules render FILE                        plain-English Markdown
+screener rules render FILE [--public]             plain-English Markdown (--public: for patients)
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def explain_cmd(file: Path, history: Path, at: str | None) -> None:
 
 @rules.command("render")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def render(file: Path) -> None:
+@click.option("--public", is_flag=True, help="For patients: lay summary, no study id, no code lists.")
+def render(file: Path, public: bool) -> None:
     """Print the study and its criteria as plain-English Markdown."""
     from screener.rules import load_study
 
@@ -124,7 +125,7 @@ def render(file: Path) -> None:
     except RuleError as exc:
         click.echo(str(exc), err=True)
         raise SystemExit(1) from exc
-    click.echo(study.render_markdown(), nl=False)
+    click.echo(study.render_markdown(public=public), nl=False)
 
 
 COMMANDS: list[click.Command] = [rules]

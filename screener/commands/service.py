@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,27 @@ def _start_metrics_server(settings: Settings, registry: Any) -> tuple[Any, str]:
     return server, f"http://{settings.metrics_host}:{port}/metrics"
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+def _force_exit(timeout_s: float) -> None:
+    from screener.logging import get_logger
+
+    get_logger("screener.service").error("stop_timeout", seconds=timeout_s)
+    os._exit(2)
+
+
+def _stop_on_signals(
+    stop: threading.Event, timeout_s: float | None = None, on_timeout: Callable[[float], None] = _force_exit
+) -> None:
+    """SIGINT/SIGTERM set ``stop``; with ``timeout_s``, a process still running that long after the first signal
+    is ended by ``on_timeout`` (default: logged, exit status 2), so a stop never hangs on an unreachable broker."""
+    watchdog: list[threading.Timer] = []
+
     def handler(signum: int, _frame: Any) -> None:
         stop.set()
+        if timeout_s is not None and not watchdog:
+            timer = threading.Timer(timeout_s, on_timeout, args=(timeout_s,))
+            timer.daemon = True
+            watchdog.append(timer)
+            timer.start()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread
@@ -64,15 +84,24 @@ def run(config_file: Path | None) -> None:
         raise click.ClickException(
             "bootstrap_servers (SCREENER_BOOTSTRAP_SERVERS) is required; `screener demo` starts an embedded broker"
         )
+    stop = threading.Event()
+    _stop_on_signals(stop, timeout_s=settings.stop_timeout_s)  # from here on a stop is bounded, even while starting
     ensure_service_topics(settings)
     metrics = Metrics()
     store = SqlStore.from_settings(settings, metrics=metrics)
-    server, metrics_url = _start_metrics_server(settings, metrics.registry)
-    log.info("service_started", metrics_url=metrics_url, topic=settings.events_topic, group=settings.group_id)
-    stop = threading.Event()
-    _stop_on_signals(stop)
+    from screener.engine.health import serve_health
+
+    engine = Engine(settings, store, metrics=metrics)
+    server, base_url = serve_health(engine, metrics.registry, settings.metrics_host, settings.metrics_port)
+    log.info(
+        "service_started",
+        metrics_url=f"{base_url}/metrics",
+        health_url=f"{base_url}/healthz",
+        topic=settings.events_topic,
+        group=settings.group_id,
+    )
     try:
-        Engine(settings, store, metrics=metrics).run(stop)
+        engine.run(stop)
     finally:
         if server is not None:
             server.shutdown()

@@ -1,6 +1,11 @@
-"""Study rule files: loading, compiling to Polars, screening, explaining.
+"""Study rule files: loading, type-checking to an IR, lowering to Polars, screening, explaining.
 
-Public API (see ``briefs/rules-spec.md`` and the README section "Authoring a rule file")::
+One module per step: ``loader`` (+ ``_metadata``, ``_concepts``, ``_criteria``, ``_cases``: the YAML blocks),
+``typecheck`` (pyjexl AST -> ``ir``), ``lower`` and ``criteria`` (IR -> Polars, at load), ``features`` (+
+``_facts``, ``_aggregate``: facts -> per-patient statistics), ``results`` (result rows), ``screen`` (the entry
+points), ``reference`` (the independent per-patient evaluator), ``render`` (plain English).
+
+Public API (see the README section "Authoring a rule file" and ``docs/rules.md``)::
 
     load_studies(paths) -> LoadResult      load_study(path) -> Study
     screen(state, studies, now) -> pl.DataFrame
@@ -9,12 +14,13 @@ Public API (see ``briefs/rules-spec.md`` and the README section "Authoring a rul
 """
 
 from screener.rules.loader import LoadResult, RuleErrors, load_studies, load_study, loads_study
-from screener.rules.model import ConceptSet, Criterion, Study, TestCase
+from screener.rules.model import ConceptSet, Contact, Criterion, Study, TestCase
 from screener.rules.screen import CRITERIA_DTYPE, criteria_json, screen, screen_with_counts
 
 __all__ = [
     "CRITERIA_DTYPE",
     "ConceptSet",
+    "Contact",
     "Criterion",
     "LoadResult",
     "RuleErrors",

@@ -195,4 +195,6 @@ def aggregate(
         )
         if funk.height:
             out = out.join(funk, on=_GROUP, how="full", coalesce=True)
-    return out
+    # every wanted statistic is a column, even when no row produced it (e.g. no fact with an unknown filter)
+    missing = [pl.lit(None, dtype=STAT_DTYPES[k]).alias(k) for k in sorted(wanted) if k not in out.columns]
+    return out.with_columns(missing) if missing else out

@@ -127,9 +127,12 @@ class CasesMixin(Context):
                 continue
             d: dict[str, Any] = {"event_id": f"e{j + 1}", "source": "rules-test", "patient_id": pid}
             for k, v in ev.items():
-                if k in ("occurred_at", "recorded_at"):
-                    ts = parse_datetime(v)
-                    d[k] = ts.isoformat() if ts else v
+                if k in ("occurred_at", "recorded_at", "ended_at"):
+                    if isinstance(v, date) and not isinstance(v, datetime):
+                        d[k] = v.isoformat()  # a calendar date stays one (the event is flagged date_only)
+                    else:
+                        ts = parse_datetime(v)
+                        d[k] = ts.isoformat() if ts else v
                 elif isinstance(v, Map):
                     d[k] = {kk: (str(vv) if kk == "value" else vv) for kk, vv in v.items()}
                 else:

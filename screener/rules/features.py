@@ -33,7 +33,7 @@ from screener.rules._facts import (
     uses,
 )
 from screener.rules.concepts import ConceptSet
-from screener.rules.ir import NOT_DONE, Feat, Field, Source, collect_attributes
+from screener.rules.ir import NOT_DONE, Feat, Field, Source, collect_attributes, filter_fields
 from screener.rules.lower import TRANSFORM_STATS, stat_col
 from screener.rules.model import Study
 from screener.rules.units import normalise_unit_expr
@@ -86,6 +86,7 @@ class _FeaturePlan:
     conversions: pl.DataFrame
     filters: dict[str, pl.Expr]
     filter_attrs: list[str]
+    fact_columns: list[str]
     needs_encounters: bool
     look_ahead: timedelta
 
@@ -136,6 +137,7 @@ def _feature_plan(studies: Sequence[Study]) -> _FeaturePlan:
         conversions(concepts).collect(),
         filters,
         attrs,
+        _fact_columns(selections, feats),
         encounters,
         ahead,
     )
@@ -143,6 +145,32 @@ def _feature_plan(studies: Sequence[Study]) -> _FeaturePlan:
         _FEATURE_PLANS.pop(next(iter(_FEATURE_PLANS)))
     _FEATURE_PLANS[key] = plan
     return plan
+
+
+#: the fact columns a filter field reads
+_FIELD_COLUMNS = {
+    "value": ("value",),
+    "dose": ("dose_value",),
+    "duration_days": ("ended_at",),
+    "encounter": ("encounter_id", "kind"),
+}
+_BASE_COLUMNS = ("patient_id", "event_id", "system", "code", "value", "unit", "occurred_at", "status")
+
+
+def _fact_columns(selections: Sequence[_Selection], feats: dict[str, list[Feat]]) -> list[str]:
+    """Only the fact columns these features read (fewer columns through the joins)."""
+    need = set(_BASE_COLUMNS)
+    if any(f.transform == "latest_code" for group in feats.values() for f in group):
+        need.add("value_code")
+    for s in selections:
+        if s.mode in ("period", "continuous"):
+            need.add("ended_at")
+        if s.source.filter is not None:
+            for name in filter_fields(s.source.filter):
+                need.update(_FIELD_COLUMNS.get(name, (name,)))
+    if any(s.mode == "period" for s in selections):
+        need.add("ended_at")
+    return [c for c in FACT_COLUMNS if c in need]
 
 
 def _filter_attrs(source: Source) -> set[str]:
@@ -192,57 +220,63 @@ def _fact_rows(state: PatientState, fp: _FeaturePlan, now: datetime) -> pl.LazyF
     units = (
         facts.lazy().select(pl.col("unit").unique()).with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
     )
+    modes = {sel.mode for sel in fp.selections}
+    periods = bool(modes & {"period", "continuous"})
     status_nd = pl.col("status").is_in(NOT_DONE).fill_null(False)
-    ended = pl.col("ended_at")
-    pend = (
-        pl.when(ended.is_not_null())
-        .then(ended)
-        .when(pl.col("status").is_in(("stopped", "completed")).fill_null(False))
-        .then(pl.col("occurred_at"))
-        .otherwise(pl.lit(now, dtype=TS))
-    )
     t = pl.col("occurred_at")
     start = pl.col("_start")
-    selected = (t <= pl.col("_end")) & (
-        pl.when(pl.col("_future"))
-        .then(status_nd & (t >= start))
-        .otherwise(
-            (~pl.col("_skip") | ~status_nd)
-            & (start.is_null() | pl.when(pl.col("_byend")).then(pl.col("_pend") >= start).otherwise(t >= start))
-        )
+    done = (~pl.col("_skip") | ~status_nd) & (
+        start.is_null() | (pl.when(pl.col("_byend")).then(pl.col("_pend") >= start).otherwise(t >= start))
+        if "period" in modes
+        else start.is_null() | (t >= start)
     )
+    selected = (t <= pl.col("_end")) & (
+        pl.when(pl.col("_future")).then(status_nd & (t >= start)).otherwise(done) if "upcoming" in modes else done
+    )
+    derived = [
+        (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
+        (pl.col("value").is_not_null() & pl.col("_a").is_null()).alias("_unk"),
+    ]
+    if periods:
+        ended = pl.col("ended_at")
+        pend = (
+            pl.when(ended.is_not_null())
+            .then(ended)
+            .when(pl.col("status").is_in(("stopped", "completed")).fill_null(False))
+            .then(pl.col("occurred_at"))
+            .otherwise(pl.lit(now, dtype=TS))
+        )
+        derived.append(pend.alias("_pend"))
     rows = (
         facts.lazy()
         .filter(pl.col("occurred_at") <= now + fp.look_ahead)
-        .select(list(FACT_COLUMNS))
+        .select(fp.fact_columns)
         .join(code_concepts, on=["system", "code"], how="inner")
         # Units normalised once per distinct spelling, like codes.
         .join(units, on="unit", how="left", nulls_equal=True)
         .join(fp.conversions.lazy(), on=["_ckey", "_unit"], how="left")
-        .with_columns(
-            (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
-            (pl.col("value").is_not_null() & pl.col("_a").is_null()).alias("_unk"),
-            pend.alias("_pend"),
-        )
+        .with_columns(derived)
         .join(_windows(fp, now), on="_ckey", how="inner")
         .filter(selected)
     )
-    if fp.filters:
-        if fp.filter_attrs:
-            attrs = attributes(state.persons, now).select("patient_id", *(f"_attr_{a}" for a in fp.filter_attrs))
-            rows = rows.join(attrs, on="patient_id", how="left")
-        if fp.needs_encounters:
-            rows = rows.join(current_encounters(facts.lazy(), now), on=["patient_id", "encounter_id"], how="left")
-        keep: Any = pl.lit(True)
-        chain: Any = None
-        for key, expr in fp.filters.items():
-            chain = (pl.when(pl.col("_fkey") == key) if chain is None else chain.when(pl.col("_fkey") == key)).then(
-                expr.cast(pl.Boolean)
-            )
-        keep = chain.otherwise(pl.lit(True)) if chain is not None else keep
-        rows = rows.with_columns(keep.alias("_keep"))
-    else:
-        rows = rows.with_columns(pl.lit(True).alias("_keep"))
+    if not fp.filters:
+        return rows.with_columns(pl.lit(True).alias("_keep")).sort(["occurred_at", "event_id"])
+    # Each filter runs on its own feature's rows only (a when/then chain would run every filter on every row).
+    joined = rows.collect(engine=ENGINE)
+    keys = list(fp.filters)
+    plain = joined.filter(~pl.col("_fkey").is_in(keys)).with_columns(pl.lit(True).alias("_keep"))
+    sub = joined.filter(pl.col("_fkey").is_in(keys)).lazy()
+    if fp.filter_attrs:
+        attrs = attributes(state.persons, now).select("patient_id", *(f"_attr_{a}" for a in fp.filter_attrs))
+        sub = sub.join(attrs, on="patient_id", how="left")
+    if fp.needs_encounters:
+        sub = sub.join(current_encounters(facts.lazy(), now), on=["patient_id", "encounter_id"], how="left")
+    parts = sub.collect(engine=ENGINE).partition_by("_fkey", as_dict=True)
+    kept = pl.collect_all(
+        [part.lazy().with_columns(fp.filters[key[0]].cast(pl.Boolean).alias("_keep")) for key, part in parts.items()],
+        engine=ENGINE,
+    )
+    rows = pl.concat([plain, *kept], how="diagonal_relaxed").lazy()
     # Rows keep their order inside each group, so one sort by time makes first/last mean earliest/latest.
     return rows.sort(["occurred_at", "event_id"])
 

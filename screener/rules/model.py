@@ -220,8 +220,9 @@ class Study:
             longest = max(longest, f.window.upper_bound)
         return longest
 
-    def render_markdown(self) -> str:
-        """Plain-English Markdown of the study and its criteria."""
+    def render_markdown(self, *, public: bool = False) -> str:
+        """Plain-English Markdown of the study and its criteria; ``public=True`` for patients (no code lists,
+        no study id, the lay summary instead of the technical one)."""
         from screener.rules.render import render_markdown
 
-        return render_markdown(self)
+        return render_markdown(self, public=public)

@@ -160,12 +160,16 @@ def _criterion(c: Criterion, study: Study, depth: int) -> list[str]:
     return lines
 
 
-def render_markdown(study: Study) -> str:
-    """Markdown: title, summary, key facts, who can take part, who cannot, and the code lists used."""
-    lines = [f"# {study.title}", "", f"`{study.id}`", ""]
+def render_markdown(study: Study, *, public: bool = False) -> str:
+    """Markdown: title, summary, key facts, who can take part, who cannot, and the code lists used.
+
+    ``public``: for patients: the lay summary (else the summary), no study id and no code lists."""
+    lines = [f"# {study.title}", ""]
+    if not public:
+        lines += [f"`{study.id}`", ""]
     if study.lay_summary:
         lines += [study.lay_summary, ""]
-    if study.summary:
+    if study.summary and not (public and study.lay_summary):
         lines += [study.summary, ""]
     lines += [
         f"- Sponsor: {study.sponsor}{' (NIHR portfolio)' if study.portfolio else ''}",
@@ -186,7 +190,7 @@ def render_markdown(study: Study) -> str:
     lines += [line for c in study.include for line in _criterion(c, study, 0)] or ["- anyone"]
     lines += ["", "## Who cannot take part", ""]
     lines += [line for c in study.exclude for line in _criterion(c, study, 0)] or ["- no exclusions"]
-    used = study.used_concepts()
+    used = [] if public else study.used_concepts()
     if used:
         lines += ["", "## Code lists", "", "| Name | Codes | Except | Unit |", "|---|---|---|---|"]
         for c in used:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from screener.state import PatientState, apply_events, load_snapshot, save_snapshot
+from screener.history.snapshots import load_snapshot, save_snapshot
+from screener.state import PatientState, apply_events
 
 LAB = {"kind": "measurement", "code": {"system": "LOINC", "value": "62238-1"}, "unit": "mL/min/1.73m2"}
 

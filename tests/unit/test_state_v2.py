@@ -12,6 +12,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from screener.events import V2_FIELDS, dump_event, parse_event
+from screener.history.snapshots import load_snapshot, save_snapshot
 from screener.ingest import decode_batch
 from screener.rules import load_study, screen
 from screener.state import (
@@ -20,8 +21,6 @@ from screener.state import (
     PatientState,
     apply_events,
     events_to_frames,
-    load_snapshot,
-    save_snapshot,
     upgrade_facts,
     upgrade_persons,
 )

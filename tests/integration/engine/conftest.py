@@ -144,11 +144,14 @@ class Bed:
             env[f"SCREENER_{key.upper()}"] = str(value)
         return env
 
-    def start_engine(self, tag: str, config: str | None = None, **extra: Any) -> subprocess.Popen[bytes]:
+    def start_engine(
+        self, tag: str, config: str | None = None, env: dict[str, str] | None = None, **extra: Any
+    ) -> subprocess.Popen[bytes]:
+        """``screener run`` as a child process (its own session); ``env`` adds environment variables."""
         log = open(self.root / f"engine-{tag}.log", "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
             [sys.executable, "-c", "from screener.cli import main; main()", "run"],
-            env=self.env(config, **extra),
+            env={**self.env(config, **extra), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -244,6 +247,16 @@ def bed(broker: Any, tmp_path: Path) -> Iterator[Bed]:
         yield b
     finally:
         b.stop_all()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[dict[str, str]]:
+    """A real S3-compatible server (moto) on loopback for the session, with bucket ``screener``: its storage
+    options (``aws_*`` keys; upper-cased they are the environment variables a child process reads)."""
+    from screener.testing import s3_server
+
+    with s3_server(bucket="screener") as options:
+        yield options
 
 
 @pytest.fixture

@@ -1,12 +1,10 @@
-"""Small real stand-ins for the engine's edges: an in-memory partitioned log with the kafka-python consumer and
-producer surface, and a tiny study type with a Polars screen function (so the engine's own logic is tested
-without the broker or the rule compiler)."""
+"""Small real stand-ins for the engine's edges: the in-memory partitioned log with the kafka-python consumer and
+producer surface (shipped in :mod:`screener.testing`), and a tiny study type with a Polars screen function (so the
+engine's own logic is tested without the broker or the rule compiler)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections import namedtuple
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -14,118 +12,15 @@ from typing import Any
 
 import polars as pl
 import pytest
-from kafka.structs import TopicPartition
 
-from screener.events import dump_event
 from screener.settings import Settings
+from screener.testing import InMemoryConsumer, InMemoryLog, InMemoryProducer, SentFuture
 
-Record = namedtuple("Record", "topic partition offset timestamp key value")
-
-
-class Log:
-    """Topics -> partitions -> records; committed offsets per group."""
-
-    def __init__(self, partitions: int = 2) -> None:
-        self.partitions = partitions
-        self.topics: dict[str, dict[int, list[Record]]] = {}
-        self.committed: dict[tuple[str, int], int] = {}
-
-    def append(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None, timestamp: int | None = None
-    ) -> Record:
-        parts = self.topics.setdefault(topic, {p: [] for p in range(self.partitions)})
-        if partition is None:
-            partition = int(hashlib.md5(key or b"").hexdigest(), 16) % self.partitions
-        recs = parts[partition]
-        rec = Record(topic, partition, len(recs), timestamp or int(datetime.now(UTC).timestamp() * 1000), key, value)
-        recs.append(rec)
-        return rec
-
-    def publish(self, topic: str, event: Any) -> Record:
-        return self.append(topic, event.patient_id.encode(), dump_event(event))
-
-    def values(self, topic: str) -> list[dict[str, Any]]:
-        parts = self.topics.get(topic, {})
-        return [json.loads(r.value) for p in sorted(parts) for r in parts[p]]
-
-
-class Future:
-    def get(self, timeout: float | None = None) -> None:
-        return None
-
-
-class FakeProducer:
-    def __init__(self, log: Log) -> None:
-        self.log = log
-        self.closed = False
-
-    def send(self, topic: str, key: bytes | None = None, value: bytes = b"", headers: Any = None) -> Future:
-        self.log.append(topic, key, value)
-        return Future()
-
-    def flush(self, timeout: float | None = None) -> None:
-        pass
-
-    def close(self, timeout: float | None = None) -> None:
-        self.closed = True
-
-
-class FakeConsumer:
-    """Assigns every partition of the subscribed topic to itself at the first poll."""
-
-    def __init__(self, log: Log) -> None:
-        self.log = log
-        self.listener: Any = None
-        self.topic = ""
-        self.assigned: list[TopicPartition] = []
-        self.position: dict[TopicPartition, int] = {}
-
-    def subscribe(self, topics: list[str], listener: Any = None) -> None:
-        self.topic = topics[0]
-        self.listener = listener
-        self.log.topics.setdefault(self.topic, {p: [] for p in range(self.log.partitions)})
-
-    def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
-        if not self.assigned:
-            self.assigned = [TopicPartition(self.topic, p) for p in range(self.log.partitions)]
-            for tp in self.assigned:
-                self.position[tp] = self.log.committed.get((tp.topic, tp.partition), 0)
-            self.listener.on_partitions_assigned(self.assigned)
-        out: dict[TopicPartition, list[Record]] = {}
-        n = 0
-        for tp in self.assigned:
-            recs = self.log.topics[tp.topic][tp.partition][self.position[tp] :][: max_records - n]
-            if recs:
-                out[tp] = recs
-                self.position[tp] += len(recs)
-                n += len(recs)
-        return out
-
-    def revoke_all(self) -> None:
-        self.listener.on_partitions_revoked(self.assigned)
-        self.assigned = []
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.position[tp] = offset
-
-    def committed(self, tp: TopicPartition) -> int | None:
-        return self.log.committed.get((tp.topic, tp.partition))
-
-    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
-        for tp, om in offsets.items():
-            self.log.committed[(tp.topic, tp.partition)] = om.offset
-
-    def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return dict.fromkeys(tps, 0)
-
-    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: len(self.log.topics[tp.topic][tp.partition]) for tp in tps}
-
-    def highwater(self, tp: TopicPartition) -> int:
-        return len(self.log.topics[tp.topic][tp.partition])
-
-    def close(self, autocommit: bool = False) -> None:
-        pass
+# The in-memory log, consumer and producer are the shipped ones (screener.testing); the old names stay for the tests.
+Log = InMemoryLog
+FakeProducer = InMemoryProducer
+FakeConsumer = InMemoryConsumer
+Future = SentFuture
 
 
 @dataclass(frozen=True)

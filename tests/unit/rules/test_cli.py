@@ -134,3 +134,17 @@ def test_render_phrases(kit):
         "not (sex is one of: F, O) or the number of dx records in the last 1 year is more than 2",
         "days since the last record of stroke is at most 3",
     ]
+
+
+def test_public_render_has_no_codes_ids_or_internal_names(kit):
+    s = kit.make_study({"recent_stroke": "stroke|within('6h')"})
+    public = s.render_markdown(public=True)
+    assert "- **Recent stroke**: has a record of stroke in the last 6 hours" in public
+    assert "T-1" not in public and "I63" not in public and "Code lists" not in public
+    assert "I63" in s.render_markdown()  # the full rendering keeps the code lists
+
+
+def test_render_public_flag():
+    out = run("render", "--public", str(DATA / "ckd.yaml"))
+    assert out.exit_code == 0
+    assert "CKD-TEST" not in out.output and "## Code lists" not in out.output

@@ -29,22 +29,6 @@ def _gen() -> Any:
 GEN = _gen()
 SPECS = GEN.load_specs()
 CASES = [(s, c) for s in SPECS for c in s.cases]
-#: spec files (or "file: title" cases) the implementation does not satisfy yet -> reason (reported to `rules`)
-PENDING: dict[str, str] = {
-    name: "rule language v2 (helper rules) not merged yet"
-    for name in [
-        "codes",
-        "episodes",
-        "errors",
-        "exposure",
-        "filters",
-        "first",
-        "person",
-        "relations",
-        "status",
-        "trends",
-    ]
-}
 
 
 def _id(item: Any) -> str:
@@ -55,18 +39,6 @@ def _id(item: Any) -> str:
 @pytest.mark.parametrize("item", CASES, ids=[_id(i) for i in CASES])
 def test_spec_case(item):
     spec, case = item
-    key = _id(item)
-    pending = PENDING.get(key) or PENDING.get(spec.path.stem)
-    if pending:
-        try:
-            _run(spec, case)
-        except (AssertionError, RuleError, pytest.fail.Exception) as exc:
-            pytest.xfail(f"{pending}: {str(exc).splitlines()[0]}")
-        return
-    _run(spec, case)
-
-
-def _run(spec: Any, case: Any) -> None:
     if case.error is not None:
         with pytest.raises(RuleError) as info:
             loads_study(GEN.rule_text(case), f"{spec.path.stem}.yaml")

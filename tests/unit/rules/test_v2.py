@@ -244,3 +244,19 @@ def test_age_months_and_registered_days(kit):
     assert run(kit, "age_months == 23", [], persons=[person(birth_date=date(2024, 6, 2))])[0] is True
     assert run(kit, "age_months == 24", [], persons=[person(birth_date=date(2024, 6, 1))])[0] is True
     assert run(kit, "registered_days > 1", [])[0] is None  # no registration covers now
+
+
+def test_transforms_sharing_a_feature_read_every_column_they_need(kit):
+    """latest_code after another transform of the same (set, window) still reads value_code."""
+    now = kit.NOW
+    facts = [f(kit, "ICD10", "I21.4", now - 40 * D, kind="condition", value_code="X")]
+    assert run(kit, "mi|within('1y') && mi|latest_code('1y') == 'X'", facts)[0] is True
+
+
+def test_the_pivot_per_statistic_path_with_filters_and_no_unknown_fact(kit, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["screener.rules.features"], "_ONE_PIVOT", 0)
+    now = kit.NOW
+    facts = [f(kit, "LOINC", "4548-4", now - 30 * D, 50.0, "mmol/mol")]
+    assert run(kit, "hba1c[.value >= 48]|count('1y') == 1", facts) == (True, "1 HbA1c record(s) in the last 1 year")

@@ -308,7 +308,7 @@ def test_public_page_renders_the_real_rule_files(tmp_path: Any) -> None:
     for s in open_now:
         assert s.summary.split()[0] in html
     assert html.count("Who can take part") >= len(open_now)
-    assert "<strong>adult</strong>" in html
+    assert "<strong>Adult</strong>" in html  # criterion names are humanised (rules v2 labels)
 
 
 def test_repeated_failed_logins_lock_the_username_out(seeded: Any, make_client: Any, csrf: Any) -> None:

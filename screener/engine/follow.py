@@ -1,0 +1,104 @@
+"""Matches follow the patient (engine side; CONTRACT "Matches follow the patient").
+
+The engine keeps, per partition, the (study, patient) pairs it knows have a match: every eligible/possible row it
+has sent to the store. When a re-screen of such a patient (a new result, a correction, a rule change, the clock)
+no longer finds the pair eligible or possible, the engine sends an ``ineligible`` row for it, with the criteria
+and evidence that ruled it out, and forgets the pair; the store closes the match as "no longer eligible" (or ignores
+a row for a pair it has no match for). Pairs of patients suppressed for do-not-contact or death are not closed
+here (they are not ruled out). ``ineligible`` rows are never published to the matches topic (no alert).
+
+The pairs are written with each history append (``matched.parquet`` beside the partition's manifest) and read back
+when a partition is restored, so an engine that takes a partition over still closes matches made before.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+
+from screener.engine._base import EngineBase, log
+
+PAIRS_SCHEMA: dict[str, pl.DataType] = {"study_id": pl.String(), "patient_id": pl.String(), "partition": pl.Int32()}
+
+
+def _default_screen_all(state: Any, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
+    from screener.rules import screen
+
+    return screen(state, studies, now, evidence="all", rows="all")
+
+
+class FollowRole(EngineBase):
+    """The known matched pairs, and the ``ineligible`` rows for those a re-screen rules out."""
+
+    _matched: pl.DataFrame
+    _screen_all: Any
+
+    def _ruled_out(self, state: Any, result: pl.DataFrame, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
+        """Rows (``study_id, patient_id, outcome='ineligible', rule_hash, criteria``, criteria still a list) for
+        the known pairs among ``state``'s patients that ``result`` no longer has as eligible or possible."""
+        empty = pl.DataFrame(
+            schema={"study_id": pl.String, "patient_id": pl.String, "outcome": pl.String, "rule_hash": pl.String}
+        )
+        if self._matched.height == 0 or state.persons.height == 0:
+            return empty
+        ids = [s.id for s in studies]
+        known = self._matched.filter(pl.col("study_id").is_in(ids)).join(
+            state.persons.select("patient_id"), on="patient_id", how="semi"
+        )
+        if known.height == 0:
+            return empty
+        still = result.filter(pl.col("outcome").is_in(("eligible", "possible"))).select("study_id", "patient_id")
+        gone = known.select("study_id", "patient_id").join(still, on=["study_id", "patient_id"], how="anti")
+        flags = state.persons.filter(pl.col("do_not_contact").fill_null(False) | pl.col("deceased").fill_null(False))
+        gone = gone.join(flags.select("patient_id"), on="patient_id", how="anti")
+        if gone.height == 0:
+            return empty
+        which = set(gone["study_id"].unique().to_list())
+        sub = state.select_patients(gone["patient_id"].unique())
+        full: pl.DataFrame = self._screen_all(sub, [s for s in studies if s.id in which], now)
+        return full.join(gone, on=["study_id", "patient_id"], how="semi").filter(pl.col("outcome") == "ineligible")
+
+    def _note_pairs(self, matched: pl.DataFrame, closed: pl.DataFrame, owners: pl.DataFrame | None) -> None:
+        """Remember the pairs just sent as eligible/possible and forget the ones just closed."""
+        if closed.height:
+            self._matched = self._matched.join(
+                closed.select("study_id", "patient_id"), on=["study_id", "patient_id"], how="anti"
+            )
+        if matched.height and owners is not None and owners.height:
+            pairs = (
+                matched.select("study_id", "patient_id")
+                .join(owners, on="patient_id", how="inner")
+                .select(list(PAIRS_SCHEMA))
+                .cast(PAIRS_SCHEMA)  # type: ignore[arg-type]
+            )
+            self._matched = pl.concat([self._matched, pairs]).unique(["study_id", "patient_id"], keep="last")
+
+    def _pairs_of(self, partition: int) -> pl.DataFrame:
+        return self._matched.filter(pl.col("partition") == partition)
+
+    def _forget_pairs(self, partition: int) -> None:
+        self._matched = self._matched.filter(pl.col("partition") != partition)
+
+    def _save_pairs(self, partition: int) -> None:
+        """Write the partition's pairs to the history store (on the snapshot thread, after its append)."""
+        buf = io.BytesIO()
+        self._pairs_of(partition).write_parquet(buf)
+        self.history().put_object(partition, "matched.parquet", buf.getvalue())
+
+    def _load_pairs(self, partition: int) -> None:
+        """Read the partition's pairs back from the history store (none when it has none)."""
+        try:
+            data = self.history().get_object(partition, "matched.parquet")
+        except Exception as exc:
+            log.warning("matched_pairs_unreadable", partition=partition, error_type=type(exc).__name__)
+            return
+        if data is None:
+            return
+        pairs = pl.read_parquet(io.BytesIO(data)).cast(PAIRS_SCHEMA)  # type: ignore[arg-type]
+        self._forget_pairs(partition)
+        mine = pairs.with_columns(pl.lit(partition, dtype=pl.Int32).alias("partition"))
+        self._matched = pl.concat([self._matched, mine])

@@ -1,0 +1,74 @@
+"""Full and retrospective re-screens, worked off in chunks between micro-batches."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import polars as pl
+
+from screener.engine._base import EngineBase, _owners, log
+from screener.errors import ScreenerError
+
+#: Patients per chunk in a full re-screen: bounds the patient x study result frame and the time between two
+#: polls of the consumer (a full re-screen is worked off a chunk per loop iteration, between micro-batches).
+RESCREEN_CHUNK = 20_000
+
+
+class RescreenRole(EngineBase):
+    """The queue of patients owed a screen, worked off between micro-batches."""
+
+    # --- full and retrospective screens ---------------------------------------------------------------------
+    def rescreen_all(self, trigger: str = "schedule", wait: bool = True) -> int:
+        """Screen every patient of every caught-up partition again, in chunks of ``RESCREEN_CHUNK`` patients,
+        after pruning facts older than the longest window. With ``wait`` the chunks are worked off now and the
+        number of new matches is returned; otherwise :meth:`step` works them off between micro-batches."""
+        self.settle()
+        now = self.clock.now()
+        self.rescreens += 1
+        since = now - self._horizon if self._horizon is not None else None
+        self._queue = deque(q for q in self._queue if q[2] != trigger)
+        for p, part in self._parts.items():
+            if part.replaying:
+                continue
+            if since is not None:
+                part.state.prune(None, since)
+            self._enqueue(p, part.state.patient_ids(), trigger)
+        self._rescreen_t0, self._rescreen_new = time.perf_counter(), 0
+        return self._drain(budget_s=None) if wait else 0
+
+    def _enqueue(self, partition: int, ids: pl.Series, trigger: str, only: frozenset[str] | None = None) -> None:
+        """Queue ``ids`` of ``partition`` for screening against the open studies (``only`` those, when given)."""
+        for start in range(0, ids.len(), RESCREEN_CHUNK):
+            self._queue.append((partition, ids.slice(start, RESCREEN_CHUNK), trigger, only))
+
+    def _drain(self, budget_s: float | None) -> int:
+        """Screen queued chunks until the queue is empty or ``budget_s`` has passed (at least one chunk).
+        A chunk whose screening fails goes back to the front of the queue."""
+        t0 = time.perf_counter()
+        new = 0
+        while self._queue:
+            p, ids, trigger, only = self._queue.popleft()
+            part = self._parts.get(p)
+            if part is None or part.replaying:
+                continue
+            try:
+                new += self._screen_and_record(
+                    part.state.select(ids), self.clock.now(), trigger, only=only, owners=_owners(ids, p)
+                )
+            except ScreenerError:
+                self._queue.appendleft((p, ids, trigger, only))
+                raise
+            if budget_s is not None and time.perf_counter() - t0 >= budget_s:
+                break
+        self._flush_matches()
+        self._rescreen_new += new
+        if not self._queue and self._rescreen_t0 is not None:
+            elapsed = time.perf_counter() - self._rescreen_t0
+            self.metrics.rescreen_duration.observe(elapsed)
+            self._update_gauges()
+            log.info(
+                "rescreen", new_matches=self._rescreen_new, partitions=sorted(self._parts), ms=round(elapsed * 1000, 1)
+            )
+            self._rescreen_t0 = None
+        return new

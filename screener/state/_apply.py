@@ -1,0 +1,233 @@
+"""Applying a batch to the patient state: the pure core (corrections, retractions, merges, flags, idempotence)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import polars as pl
+
+from screener.events import Event
+from screener.state._filter import FactFilter
+from screener.state._frames import FACTS_SCHEMA, PERSONS_SCHEMA, RETRACTED_SCHEMA, _empty, events_to_frames
+from screener.vocab import TS
+
+
+@dataclass(frozen=True)
+class PatientState:
+    """Immutable pair of frames. Build an empty one with ``PatientState()``."""
+
+    persons: pl.DataFrame = field(default_factory=lambda: _empty(PERSONS_SCHEMA))
+    facts: pl.DataFrame = field(default_factory=lambda: _empty(FACTS_SCHEMA))
+    #: Tombstones: event ids that a correction or an entered-in-error event retracted. A re-sent or replayed
+    #: copy of a retracted event arriving later is ignored instead of coming back to life.
+    retracted: pl.DataFrame = field(default_factory=lambda: _empty(RETRACTED_SCHEMA))
+
+    @property
+    def patient_count(self) -> int:
+        return self.persons.height
+
+    def select_patients(self, patient_ids: pl.Series | Sequence[str]) -> PatientState:
+        """The state restricted to the given patients (used to re-screen only the touched ones)."""
+        ids = pl.Series("patient_id", list(patient_ids), dtype=pl.String)
+        return PatientState(
+            persons=self.persons.filter(pl.col("patient_id").is_in(ids.implode())),
+            facts=self.facts.filter(pl.col("patient_id").is_in(ids.implode())),
+            retracted=self.retracted,
+        )
+
+
+def apply_events(
+    state: PatientState,
+    events: Sequence[Event],
+    keep: pl.Expr | FactFilter | None = None,
+    *,
+    changed_only: bool = False,
+) -> tuple[PatientState, pl.Series]:
+    """Apply a batch of events; return the new state and the touched patient ids (unique, sorted).
+
+    Idempotent per ``event_id``: replaying a batch yields the same state. Patients who appear only in facts
+    get a person row with unknown demographics, so every fact has a person. ``keep`` (an expression over the
+    facts frame) drops new facts no study can use; their patients still count as touched, unless
+    ``changed_only``: then the returned ids are only the patients whose kept facts or person row (demographics,
+    setting, flags) actually changed, the ones whose screening result can differ.
+    """
+    if not events:
+        return state, pl.Series("patient_id", [], dtype=pl.String)
+    upd, new_facts, control = events_to_frames(events)
+    return apply_frames(state, upd, new_facts, control, keep, changed_only=changed_only)
+
+
+def apply_frames(
+    state: PatientState,
+    upd: pl.DataFrame,
+    new_facts: pl.DataFrame,
+    control: pl.DataFrame,
+    keep: pl.Expr | FactFilter | None = None,
+    *,
+    changed_only: bool = False,
+) -> tuple[PatientState, pl.Series]:
+    """:func:`apply_events` on a batch already split into frames: ``(upd, new_facts, control)`` as
+    :func:`events_to_frames` (or :func:`screener.ingest.decode_batch`) builds them. Same contract."""
+    facts = state.facts
+    # Retractions (corrections and entered-in-error) remove earlier facts by event id.
+    retracted = control.filter(pl.col("op") == "retract")
+    if retracted.height:
+        facts = facts.filter(~pl.col("event_id").is_in(retracted["arg"].implode()))
+        # A later fact in the same batch may itself be retracted by a still-later correction.
+        later = new_facts.join(
+            retracted.select(pl.col("arg").alias("event_id"), pl.col("seq").alias("rseq")), on="event_id", how="left"
+        )
+        new_facts = later.filter(pl.col("rseq").is_null() | (pl.col("rseq") < pl.col("seq"))).drop("rseq")
+    tombstones = state.retracted
+    if tombstones.height:
+        new_facts = new_facts.filter(~pl.col("event_id").is_in(tombstones["event_id"].implode()))
+    if retracted.height:
+        tombstones = pl.concat([tombstones, retracted.select(pl.col("arg").alias("event_id"))], how="vertical").unique(
+            maintain_order=True
+        )
+    kept = new_facts.drop("seq")
+    if isinstance(keep, FactFilter):
+        kept = keep(kept)
+    elif keep is not None:
+        kept = kept.filter(keep.fill_null(False))
+    if kept.height:
+        # Only new event ids can collide (a replayed or re-sent event): drop the older copies of those alone,
+        # instead of de-duplicating the whole frame on every batch.
+        kept = kept.unique(subset=["event_id"], keep="last", maintain_order=True)
+        facts = pl.concat([facts.filter(~pl.col("event_id").is_in(kept["event_id"].implode())), kept], how="vertical")
+
+    persons = state.persons
+    merges = control.filter(pl.col("op") == "merge")
+    if merges.height:
+        mapping = dict(zip(merges["arg"].to_list(), merges["patient_id"].to_list(), strict=True))
+        facts = facts.with_columns(pl.col("patient_id").replace(mapping))
+        persons = persons.filter(~pl.col("patient_id").is_in(merges["arg"].implode()))
+
+    touched = (
+        pl.concat(
+            [upd["patient_id"], new_facts["patient_id"], control["patient_id"], retracted_patients(state, retracted)]
+        )
+        .unique()
+        .sort()
+    )
+    if merges.height:
+        # A retired id is gone, even when its own facts arrived in this same batch: they now belong to the
+        # surviving patient, who is touched instead.
+        touched = touched.filter(~touched.is_in(merges["arg"].implode()))
+
+    # Person updates: the last non-null value per field wins.
+    if upd.height:
+        latest = (
+            upd.sort("seq")
+            .group_by("patient_id", maintain_order=True)
+            .agg([pl.col(c).drop_nulls().last() for c in upd.columns if c not in ("seq", "patient_id")])
+        )
+        persons = _upsert_persons(persons, latest)
+    missing = touched.to_frame().join(persons.select("patient_id"), on="patient_id", how="anti")
+    if missing.height:
+        persons = pl.concat(
+            [
+                persons,
+                missing.with_columns(
+                    [pl.lit(None, dtype=t).alias(c) for c, t in PERSONS_SCHEMA.items() if c != "patient_id"]
+                )
+                .with_columns(pl.lit(False).alias("do_not_contact"), pl.lit(False).alias("deceased"))
+                .select(list(PERSONS_SCHEMA)),
+            ],
+            how="vertical",
+        )
+
+    flags = control.filter(pl.col("op").is_in(["dnc_on", "dnc_off", "death"]))
+    if flags.height:
+        dnc = (
+            flags.filter(pl.col("op") != "death")
+            .sort("seq")
+            .group_by("patient_id")
+            .agg((pl.col("op").last() == "dnc_on").alias("_dnc"))
+        )
+        dead = (
+            flags.filter(pl.col("op") == "death")
+            .select("patient_id")
+            .unique()
+            .with_columns(pl.lit(True).alias("_dead"))
+        )
+        persons = (
+            persons.join(dnc, on="patient_id", how="left")
+            .join(dead, on="patient_id", how="left")
+            .with_columns(
+                pl.coalesce("_dnc", "do_not_contact").alias("do_not_contact"),
+                pl.coalesce("_dead", "deceased").alias("deceased"),
+            )
+            .drop("_dnc", "_dead")
+        )
+    if changed_only:
+        fact_side = [kept["patient_id"], retracted_patients(state, retracted)]
+        if merges.height:
+            fact_side.append(merges["patient_id"])
+        ids = touched.implode()
+        before = state.persons.filter(pl.col("patient_id").is_in(ids))
+        after = persons.filter(pl.col("patient_id").is_in(ids))
+        person_side = after.join(before, on=list(PERSONS_SCHEMA), how="anti", nulls_equal=True)["patient_id"]
+        touched = pl.concat([*fact_side, person_side]).unique().sort()
+    return PatientState(persons=persons, facts=facts, retracted=tombstones), touched
+
+
+@dataclass(frozen=True)
+class StateParts:
+    """A :class:`LiveState` taken apart (see :meth:`LiveState.parts`): the main frames (sorted by patient,
+    named by ``main_id``), the tail (every row of the patients in ``tail_ids``, which replace theirs in the main
+    frames) and the tombstones."""
+
+    persons: pl.DataFrame
+    facts: pl.DataFrame
+    tail_persons: pl.DataFrame
+    tail_facts: pl.DataFrame
+    tail_ids: pl.Series
+    retracted: pl.DataFrame
+    main_id: str
+
+    def state(self) -> PatientState:
+        """The whole state these parts hold."""
+        if not self.tail_ids.len():
+            return PatientState(persons=self.persons, facts=self.facts, retracted=self.retracted)
+        gone = self.tail_ids.implode()
+        return PatientState(
+            persons=pl.concat([self.persons.filter(~pl.col("patient_id").is_in(gone)), self.tail_persons]),
+            facts=pl.concat([self.facts.filter(~pl.col("patient_id").is_in(gone)), self.tail_facts]),
+            retracted=self.retracted,
+        )
+
+
+def retracted_patients(state: PatientState, retracted: pl.DataFrame) -> pl.Series:
+    """Patients who owned a retracted fact (a correction may arrive under the same patient id)."""
+    if not retracted.height:
+        return pl.Series("patient_id", [], dtype=pl.String)
+    return state.facts.filter(pl.col("event_id").is_in(retracted["arg"].implode()))["patient_id"]
+
+
+def _upsert_persons(persons: pl.DataFrame, latest: pl.DataFrame) -> pl.DataFrame:
+    cols = [c for c in latest.columns if c != "patient_id"]
+    joined = persons.join(latest, on="patient_id", how="full", coalesce=True, suffix="_new")
+    return joined.with_columns(
+        [pl.coalesce(f"{c}_new", c).alias(c) for c in cols]
+        + [pl.col("do_not_contact").fill_null(False), pl.col("deceased").fill_null(False)]
+    ).select(list(PERSONS_SCHEMA))
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def prune_facts(state: PatientState, keep: pl.Expr | FactFilter | None, since: datetime | None = None) -> PatientState:
+    """Keep only the facts some open study can use: those ``keep`` keeps and (when ``since`` is given) that
+    occurred at or after ``since``. ``keep=None`` keeps every fact. Persons are never pruned."""
+    facts = state.facts
+    if since is not None:
+        facts = facts.filter(pl.col("occurred_at") >= pl.lit(since).cast(TS))
+    if isinstance(keep, FactFilter):
+        facts = keep(facts)
+    elif keep is not None:
+        facts = facts.filter(keep.fill_null(False))
+    return PatientState(persons=state.persons, facts=facts, retracted=state.retracted)
