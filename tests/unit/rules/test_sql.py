@@ -28,8 +28,21 @@ from screener.state import PERSONS_SCHEMA, PatientState
 
 ROOT = Path(__file__).resolve().parents[3]
 STUDIES = load_studies(sorted((ROOT / "rules").glob("*.yaml"))).studies
-#: sample studies the SQL lowering does not support yet -> the reason (none today; listed, never skipped silently)
-UNSUPPORTED_SAMPLES: dict[str, str] = {}
+_FILTERS = "does not support fact filters"
+#: sample studies the SQL lowering does not support yet -> the reason (listed, never skipped silently; the test
+#: checks each still raises exactly this, so a study that becomes lowerable must move out of this list)
+UNSUPPORTED_SAMPLES: dict[str, str] = {
+    "DAPA-HF-R": _FILTERS,
+    "MONARCHE-EBC": _FILTERS,
+    "PARIS-BRONCHIOLITIS": _FILTERS,
+    "SKYLIGHT-VMS": _FILTERS,
+    "TICH-3-R": _FILTERS,
+    "EMPA-KIDNEY-R": "transform 'on_now'",
+    "OPTIMISE-BP-R": "transform 'on_now'",
+    "RECOVERY-FLU-R": "transform 'on_now'",
+    "NAVIGATOR-R": "transform 'continuous'",
+    "SOUL-T2DM-R": "transform 'upcoming'",
+}
 INSTANTS = [datetime(2026, 6, 1, 12, tzinfo=UTC), datetime(2025, 11, 30, 23, 59, 59, tzinfo=UTC)]
 
 
