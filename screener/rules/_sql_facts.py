@@ -21,7 +21,7 @@ __all__ = ["SUPPORTED_TRANSFORMS", "FeatureSQL", "q", "ts"]
 SUPPORTED_TRANSFORMS = frozenset(
     [
         *("ever", "within", "count", "latest", "earliest", "min", "max", "mean", "days_since", "days_since_first"),
-        *("change", "pct_change", "latest_code"),
+        *("change", "pct_change", "latest_code", "on_now"),
     ]
 )
 _DAY_US = 86_400_000_000
@@ -121,6 +121,9 @@ class FeatureSQL:
             "mean": f"avg(_v) FILTER (WHERE {val})",
             "n_num": f"count(_v) FILTER (WHERE {val})",
             "latest_code": f"arg_max(_lc, _ord) FILTER (WHERE {sel})",
+            # on_now: a period still open now (ended later, or no end and active or no status)
+            "on": f"count(*) FILTER (WHERE {sel} AND (ended_at >= {ts(self.now)} OR (ended_at IS NULL AND "
+            "coalesce(status, 'active') = 'active')))",
         }
 
         def stat(name: str) -> str:
@@ -132,6 +135,8 @@ class FeatureSQL:
             if t == "change":
                 return f"CASE WHEN coalesce({n}, 0) >= 2 THEN {last} - {first} END"
             return f"CASE WHEN coalesce({n}, 0) >= 2 AND {first} <> 0 THEN 100 * ({last} - {first}) / {first} END"
+        if t == "on_now":
+            return f"(coalesce({stat('on')}, 0) > 0)"
         names = {"ever": "n", "within": "n", "count": "n", "days_since": "last", "days_since_first": "first"}
         col = stat(names.get(t, t))
         if t in ("ever", "within"):
@@ -167,7 +172,7 @@ class FeatureSQL:
         rows = (
             "_rows AS MATERIALIZED (SELECT f.patient_id, c._ck, f.occurred_at, "
             f"(f.status IS NULL OR f.status NOT IN ({not_done})) AS _done, f.value * u._a + u._b AS _v, "
-            "coalesce(nullif(f.value_code, ''), f.code) AS _lc, "
+            "coalesce(f.value_code, f.code) AS _lc, f.ended_at, f.status, "
             "row_number() OVER (ORDER BY f.occurred_at, f.event_id) AS _ord "
             f"FROM {facts} AS f JOIN _codes AS c ON c.system = f.system AND c.code = f.code "
             "LEFT JOIN _units AS u ON u._ck = c._ck AND f.unit IS NOT DISTINCT FROM u.unit "

@@ -37,9 +37,8 @@ UNSUPPORTED_SAMPLES: dict[str, str] = {
     "PARIS-BRONCHIOLITIS": _FILTERS,
     "SKYLIGHT-VMS": _FILTERS,
     "TICH-3-R": _FILTERS,
-    "EMPA-KIDNEY-R": "transform 'on_now'",
-    "OPTIMISE-BP-R": "transform 'on_now'",
-    "RECOVERY-FLU-R": "transform 'on_now'",
+    "EMPA-KIDNEY-R": _FILTERS,
+    "RECOVERY-FLU-R": _FILTERS,
     "NAVIGATOR-R": "transform 'continuous'",
     "SOUL-T2DM-R": "transform 'upcoming'",
 }
