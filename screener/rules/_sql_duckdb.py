@@ -1,0 +1,79 @@
+"""Run the generated SQL (:func:`screener.rules.sql.to_sql`) on DuckDB over the state frames written as Parquet.
+
+DuckDB reads Polars frames through Arrow; without pyarrow installed, Parquet is the common ground (and what a
+data team would hand it). Used by the tests (the third evaluator) and the side-by-side bench.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from screener.rules._facts import ensure_columns
+from screener.rules.model import Study
+from screener.rules.sql import to_sql
+from screener.state import PatientState
+
+__all__ = ["RESULT_SCHEMA", "connect", "duckdb_screen", "parquet_sql", "run_parquet", "write_parquet"]
+
+RESULT_SCHEMA: dict[str, pl.DataType] = {
+    "study_id": pl.String(),
+    "patient_id": pl.String(),
+    "outcome": pl.String(),
+    "criteria": pl.List(pl.Boolean()),
+}
+
+
+def write_parquet(state: PatientState, folder: str | Path) -> tuple[Path, Path]:
+    """``(facts.parquet, persons.parquet)`` in ``folder`` (facts with every rule column)."""
+    folder = Path(folder)
+    facts, persons = folder / "facts.parquet", folder / "persons.parquet"
+    ensure_columns(state.facts).write_parquet(facts)
+    state.persons.write_parquet(persons)
+    return facts, persons
+
+
+def _rel(p: Path) -> str:
+    return "read_parquet('" + str(p).replace("'", "''") + "')"
+
+
+def parquet_sql(studies: Sequence[Study], now: datetime, facts: Path, persons: Path) -> str:
+    """:func:`to_sql` over the two Parquet files (DuckDB dialect)."""
+    return to_sql(studies, now, "duckdb", facts=_rel(facts), persons=_rel(persons))
+
+
+def connect(threads: int | None = None) -> Any:
+    """A fresh in-memory DuckDB connection (progress bar off, ``threads`` when given)."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    if threads is not None:
+        con.execute(f"SET threads = {int(threads)}")
+    return con
+
+
+def run_parquet(
+    studies: Sequence[Study], now: datetime, facts: Path, persons: Path, *, threads: int | None = None
+) -> pl.DataFrame:
+    """The generated SQL's rows (:data:`RESULT_SCHEMA`) over the two Parquet files, on a fresh DuckDB."""
+    con = connect(threads)
+    try:
+        rows = con.execute(parquet_sql(studies, now, facts, persons)).fetchall()
+    finally:
+        con.close()
+    return pl.DataFrame(rows, schema=RESULT_SCHEMA, orient="row")
+
+
+def duckdb_screen(
+    state: PatientState, studies: Sequence[Study], now: datetime, *, threads: int | None = None
+) -> pl.DataFrame:
+    """:func:`run_parquet` on ``state`` written to a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="screener-sql-") as tmp:
+        facts, persons = write_parquet(state, tmp)
+        return run_parquet(studies, now, facts, persons, threads=threads)

@@ -1,0 +1,234 @@
+"""The SQL lowering (screener.rules.sql) on DuckDB: a third evaluator that must agree with screen() and the
+reference evaluator on every outcome and criterion value (sample studies over a synthetic population at two
+instants, and every spec case whose constructs the lowering supports)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+pytest.importorskip("duckdb", reason="duckdb is not installed")
+pytest.importorskip("sqlglot", reason="sqlglot is not installed")
+
+from connectors.synthetic.population import generate_frames
+from screener.errors import RuleError
+from screener.rules import load_studies, loads_study, screen
+from screener.rules._sql_duckdb import duckdb_screen, run_parquet, write_parquet
+from screener.rules.reference import evaluate_patient
+from screener.rules.screen import screen_detail
+from screener.rules.sql import criterion_names, to_sql
+from screener.rules.testcases import state_from_case
+from screener.state import PERSONS_SCHEMA, PatientState
+
+ROOT = Path(__file__).resolve().parents[3]
+STUDIES = load_studies(sorted((ROOT / "rules").glob("*.yaml"))).studies
+_FILTERS = "does not support fact filters"
+#: sample studies the SQL lowering does not support yet -> the reason (listed, never skipped silently; the test
+#: checks each still raises exactly this, so a study that becomes lowerable must move out of this list)
+UNSUPPORTED_SAMPLES: dict[str, str] = {
+    "DAPA-HF-R": _FILTERS,
+    "MONARCHE-EBC": _FILTERS,
+    "PARIS-BRONCHIOLITIS": _FILTERS,
+    "SKYLIGHT-VMS": _FILTERS,
+    "TICH-3-R": _FILTERS,
+    "EMPA-KIDNEY-R": _FILTERS,
+    "RECOVERY-FLU-R": _FILTERS,
+    "NAVIGATOR-R": "transform 'continuous'",
+    "SOUL-T2DM-R": "transform 'upcoming'",
+}
+INSTANTS = [datetime(2026, 6, 1, 12, tzinfo=UTC), datetime(2025, 11, 30, 23, 59, 59, tzinfo=UTC)]
+
+
+def _supported() -> list[Any]:
+    return [s for s in STUDIES if s.id not in UNSUPPORTED_SAMPLES]
+
+
+def test_every_sample_study_is_lowered_or_listed_with_its_reason():
+    assert len(STUDIES) >= 7
+    for s in STUDIES:
+        if s.id in UNSUPPORTED_SAMPLES:
+            with pytest.raises(RuleError, match=UNSUPPORTED_SAMPLES[s.id]):
+                to_sql([s], INSTANTS[0])
+        else:
+            sql = to_sql([s], INSTANTS[0])
+            assert f"'{s.id}' AS study_id" in sql
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory):
+    persons, facts = generate_frames(3000, seed=7, now=INSTANTS[0])
+    state = PatientState(persons=persons, facts=facts)
+    folder = tmp_path_factory.mktemp("sqlpop")
+    return state, write_parquet(state, folder)
+
+
+def _by_key(frame: pl.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["study_id"], r["patient_id"]): r for r in frame.iter_rows(named=True)}
+
+
+@pytest.mark.parametrize("now", INSTANTS, ids=["2026-06-01", "2025-11-30"])
+def test_sample_studies_agree_with_screen_on_every_outcome_and_criterion(population, now):
+    state, (facts, persons) = population
+    studies = _supported()
+    got = _by_key(run_parquet(studies, now, facts, persons, threads=2))
+    want = screen(state, studies, now, evidence="none")
+    assert len(got) == want.height == state.persons.height * len(studies)
+    outcomes = set()
+    for s in studies:
+        names = criterion_names(s)
+        detail = screen_detail(state, s, now)
+        for row in detail.iter_rows(named=True):
+            mine = got[(s.id, row["patient_id"])]
+            assert mine["outcome"] == row["outcome"], (s.id, row["patient_id"])
+            values = dict(zip(names, mine["criteria"], strict=True))
+            wrong = {n: (values[n], row[n]) for n in names if values[n] != row[n]}
+            assert not wrong, (s.id, row["patient_id"], wrong)
+            outcomes.add(row["outcome"])
+    for row in want.iter_rows(named=True):  # the engine's path, top-level criteria
+        mine = got[(row["study_id"], row["patient_id"])]
+        assert mine["outcome"] == row["outcome"]
+        values = dict(
+            zip(criterion_names(next(s for s in studies if s.id == row["study_id"])), mine["criteria"], strict=True)
+        )
+        assert all(values[c["name"]] == c["result"] for c in row["criteria"])
+    # the population exercises every outcome, so agreement is not vacuous
+    assert outcomes == {"eligible", "possible", "ineligible"}
+
+
+# ---------------------------------------------------------------- the spec cases through DuckDB
+
+
+def _gen() -> Any:
+    spec = importlib.util.spec_from_file_location("gen_rules_docs", ROOT / "scripts" / "gen_rules_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gen_rules_docs"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+GEN = _gen()
+SPEC_CASES = [(s, c) for s in GEN.load_specs() for c in s.cases if c.error is None]
+
+
+@pytest.mark.parametrize("item", SPEC_CASES, ids=[f"{s.path.stem}: {c.title}" for s, c in SPEC_CASES])
+def test_spec_case_on_duckdb(item):
+    spec, case = item
+    failures = []
+    for patient in case.patients:
+        study = loads_study(GEN.rule_text(case, patient), f"{spec.path.stem}.yaml")
+        try:
+            to_sql([study], datetime(2026, 1, 1, tzinfo=UTC))
+        except RuleError as exc:
+            pytest.skip(f"not lowered to SQL yet: {str(exc).splitlines()[0]}")
+        for tc in study.tests:
+            state = state_from_case(tc.events)
+            if state.persons.height == 0:
+                continue
+            row = duckdb_screen(state, [study], tc.now).row(0, named=True)
+            values = dict(zip(criterion_names(study), row["criteria"], strict=True))
+            person = state.persons.row(0, named=True)
+            ref_outcome, ref_values = evaluate_patient(study, person, list(state.facts.iter_rows(named=True)), tc.now)
+            if row["outcome"] != tc.expect or row["outcome"] != ref_outcome:
+                failures.append(f"{patient.id}: SQL {row['outcome']}, expected {tc.expect}, reference {ref_outcome}")
+            for name, want in tc.criteria.items():
+                if values[name] != want:
+                    failures.append(f"{patient.id}: '{name}' SQL {values[name]}, expected {want}")
+            failures += [
+                f"{patient.id}: '{n}' SQL {values[n]}, reference {ref_values.get(n)}"
+                for n in values
+                if values[n] != ref_values.get(n)
+            ]
+    assert not failures, "\n".join(failures)
+
+
+def test_a_good_share_of_spec_sections_runs_on_duckdb():
+    """Guards against the spec cases above skipping everything: most cases must lower to SQL."""
+    lowered = 0
+    for _spec, case in SPEC_CASES:
+        try:
+            to_sql([loads_study(GEN.rule_text(case, case.patients[0]), "x.yaml")], INSTANTS[0])
+            lowered += 1
+        except RuleError:
+            pass
+    assert lowered >= 20, lowered
+
+
+# ---------------------------------------------------------------- constructs and errors
+
+_HEAD = """
+study:
+  id: T-SQL
+  title: t
+  summary: s
+  sponsor: commercial
+  portfolio: false
+  target: 1
+  opens: 2026-01-01
+  closes: 2026-12-31
+  settings: [community]
+  team: t
+concepts:
+  t2dm: {icd10: [E11]}
+  hba1c: {loinc: [4548-4], unit: "%"}
+"""
+
+
+def _study(include: str) -> Any:
+    return loads_study(_HEAD + "include:\n" + include, "t.yaml")
+
+
+def test_an_unsupported_construct_raises_a_rule_error_naming_it():
+    study = _study("  spells: t2dm|episodes('30d') >= 2\n")
+    with pytest.raises(RuleError, match="transform 'episodes'") as info:
+        to_sql([study], INSTANTS[0])
+    assert "t.yaml" in str(info.value) and "criterion 'spells'" in str(info.value)
+    filtered = _study("  high: hba1c[.value > 7]|ever\n")
+    with pytest.raises(RuleError, match=r"fact filters \('hba1c\[...\]'\)"):
+        to_sql([filtered], INSTANTS[0])
+
+
+def test_kleene_logic_division_by_zero_and_unknown_values():
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    person = {"patient_id": "P1", "birth_date": date(1960, 1, 1), "sex": "F", "setting": "community"}
+    persons = pl.DataFrame([person]).with_columns(
+        [pl.lit(None, dtype=t).alias(c) for c, t in PERSONS_SCHEMA.items() if c not in person]
+    )
+    study = _study(
+        "  a: hba1c|latest > 7 || t2dm|ever == false\n"  # unknown || true -> true
+        "  b: hba1c|latest > 7 && true\n"  # unknown && true -> unknown
+        "  c: hba1c|latest > 7 && false\n"  # unknown && false -> false
+        "  d: (age / 0) > 1 || false\n"  # division by zero is unknown
+        '  e: "!(hba1c|latest > 7)"\n'
+        '  f: "(hba1c|latest > 7 ? 1 : 2) == 2"\n'
+        "  g: (age ^ 400) > 1 || false\n"  # overflow is unknown, never infinity
+        "  h: (age - 66) * 2 == 0 && age % 7 == 3\n"
+    )
+    state = PatientState(persons=persons.select(list(PERSONS_SCHEMA)).cast(PERSONS_SCHEMA))
+    row = duckdb_screen(state, [study], now).row(0, named=True)
+    values = dict(zip(criterion_names(study), row["criteria"], strict=True))
+    assert values == {
+        "in_setting": True,
+        "a": True,
+        "b": None,
+        "c": False,
+        "d": None,
+        "e": None,
+        "f": None,
+        "g": None,
+        "h": True,
+    }
+    assert row["outcome"] == "ineligible"
+    want = screen_detail(state, study, now).row(0, named=True)
+    assert {n: want[n] for n in values} == values
+
+
+def test_spark_dialect_is_generated():
+    sql = to_sql(_supported(), INSTANTS[0], "spark")
+    assert "MAX_BY(" in sql and "ARRAY(" in sql and "MATERIALIZED" not in sql
