@@ -189,6 +189,11 @@ class Metrics:
         self.health = Gauge(
             "screener_engine_healthy", "1 while the engine reaches the broker and holds its group, else 0", registry=r
         )
+        self.dead_letters_replayed = Counter(
+            "screener_dead_letters_replayed_total",
+            "Invalid records read again below the group's committed offset: not dead-lettered a second time",
+            registry=r,
+        )
         self.matches_closed = Counter(
             "screener_matches_ruled_out_total",
             "Ineligible rows sent for known matches that a re-screen ruled out (closed as no longer eligible)",

@@ -45,7 +45,14 @@ class BatchRole(EngineBase):
         self.batches += 1
         whole = decode_batch([rec.value for rec in live])
         for i, exc in whole.rejects:
-            self._dead_letter(live[i], exc)
+            rec = live[i]
+            seen = self._parts[rec.partition].replay_until
+            if seen is not None and rec.offset < seen:
+                # processed before (a replay after a lost store, or a new owner catching up to the group's
+                # offset): its dead letter was written then, so a replay never repeats it
+                self.metrics.dead_letters_replayed.inc()
+                continue
+            self._dead_letter(rec, exc)
         keys = whole.keys
         counts = {
             (source, kind): c

@@ -185,3 +185,28 @@ def test_a_corrupt_snapshot_is_logged_counted_and_the_store_used_instead(
     assert counter(second, "screener_snapshots_skipped_total", {"reason": "unreadable"}) == 2
     assert counter(second, "screener_partition_restores_total", {"source": "history"}) == 2
     assert second.state().persons.height == 8
+
+
+def test_a_replay_does_not_dead_letter_a_bad_record_twice(
+    settings: Any, rules: Path, mini: Any, make_event: Any, tmp_path: Path
+) -> None:
+    """Failing before: a partition replayed from the topic (its store lost) wrote every dead letter again."""
+    log, store = InMemoryLog(2), MemoryStore()
+    first = make_engine(settings, log, mini, store, open_store(tmp_path / "h"))
+    bad = log.append("ev", b"k", b'{"kind": "vitals"}', partition=0)
+    publish_people(log, make_event, [f"P{i}" for i in range(6)])
+    drain(first)
+    snapshot_time(first)
+    assert len(log.values("dlq")) == 1
+    for manifest in (tmp_path / "h").glob("p-*/manifest.json"):
+        manifest.write_text("{broken")
+    other = settings.model_copy(update={"state_dir": tmp_path / "other-disk"})
+    second = make_engine(other, log, mini, store, open_store(tmp_path / "h"))
+    drain(second)
+    assert second.state().persons.height == 6
+    (dlq,) = log.values("dlq")  # still exactly one
+    assert dlq["offset"] == bad.offset
+    assert counter(second, "screener_dead_letters_replayed_total", {}) == 1
+    later = log.append("ev", b"k", b'{"kind": "vitals"}', partition=0)
+    drain(second)
+    assert [d["offset"] for d in log.values("dlq")] == [bad.offset, later.offset]  # a new bad record still is
