@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     from connectors.synthetic.population import generate_frames
     from screener.errors import RuleError
     from screener.rules import load_studies, screen
-    from screener.rules._sql_duckdb import connect, parquet_sql, run_parquet, write_parquet
     from screener.rules.sql import to_sql
+    from screener.sql_duckdb import connect, parquet_sql, run_parquet, write_parquet
     from screener.state import PatientState
 
     if pl.thread_pool_size() != args.threads:

@@ -20,9 +20,9 @@ if shutil.which("java") is None:  # pragma: no cover
 
 from connectors.synthetic.population import generate_frames  # noqa: E402
 from screener.rules import load_studies  # noqa: E402
-from screener.rules._sql_duckdb import write_parquet  # noqa: E402
 from screener.rules.screen import screen_detail  # noqa: E402
 from screener.rules.sql import criterion_names, to_sql  # noqa: E402
+from screener.sql_duckdb import write_parquet  # noqa: E402
 from screener.state import PatientState  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

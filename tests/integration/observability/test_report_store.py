@@ -98,5 +98,5 @@ def test_report_on_a_missing_store_fails_cleanly(tmp_path: Path):
         main, ["report", "--out", str(tmp_path / "r.html"), "--database-url", f"sqlite:///{tmp_path / 'nothing.db'}"]
     )
     assert result.exit_code != 0
-    assert "cannot read the worklist store" in result.output
+    assert "no worklist database at" in result.output and "nothing.db" in result.output
     assert not (tmp_path / "r.html").exists()

@@ -19,11 +19,11 @@ pytest.importorskip("sqlglot", reason="sqlglot is not installed")
 from connectors.synthetic.population import generate_frames
 from screener.errors import RuleError
 from screener.rules import load_studies, loads_study, screen
-from screener.rules._sql_duckdb import duckdb_screen, run_parquet, write_parquet
 from screener.rules.reference import evaluate_patient
 from screener.rules.screen import screen_detail
 from screener.rules.sql import criterion_names, to_sql
 from screener.rules.testcases import state_from_case
+from screener.sql_duckdb import duckdb_screen, run_parquet, write_parquet
 from screener.state import PERSONS_SCHEMA, PatientState
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -1,7 +1,8 @@
 """Run the generated SQL (:func:`screener.rules.sql.to_sql`) on DuckDB over the state frames written as Parquet.
 
 DuckDB reads Polars frames through Arrow; without pyarrow installed, Parquet is the common ground (and what a
-data team would hand it). Used by the tests (the third evaluator) and the side-by-side bench.
+data team would hand it). Used by the tests (the third evaluator) and the side-by-side bench. It lives outside
+``screener.rules`` because it writes files: the rule core only builds the SQL text (an import contract).
 """
 
 from __future__ import annotations
