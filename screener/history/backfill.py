@@ -1,8 +1,13 @@
-"""Backfill straight into the history store: canonical events (as a connector's ``key``/``value`` frames) validated
-with the engine's own decoder and appended per partition, partitioned exactly as the producer would have sent them
-(kafka-python's default partitioner: ``murmur2(key) & 0x7fffffff % partitions``), so the engine reads them as if
-it had consumed them. Each partition's store offset is set to the offset the engine should start reading the topic
-from (normally the topic's end offsets at backfill time), so the live feed only carries new events.
+"""Backfill straight into the history store: canonical events validated with the engine's own checks and
+appended per partition, partitioned exactly as the producer would have sent them (kafka-python's default
+partitioner: ``murmur2(patient id) & 0x7fffffff % partitions``), so the engine reads them as if it had consumed
+them. Each partition's store offset is set to the offset the engine should start reading the topic from
+(normally the topic's end offsets at backfill time), so the live feed only carries new events.
+
+Two forms of input frame, told apart by their columns: JSON (``key``, ``value``: one canonical event each,
+judged by :func:`screener.ingest.decode_batch`; any source) or event *rows*
+(:data:`screener.history.rows.ROW_SCHEMA`, built column-wise by a bulk source such as the OMOP connector and
+judged column-wise by :func:`screener.history.rows.decode_rows`: the same frames and rejects, no JSON).
 
 The history then holds the facts; matches for them come from the engine's first screen of those patients: a
 partition restored from a store that is ahead of the group's committed offset (or with no committed offset) is
@@ -18,7 +23,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from screener.history.store import HistoryStore
-from screener.ingest import decode_batch
+from screener.ingest import DecodedBatch, decode_batch
 
 __all__ = ["StoreBackfill", "backfill_frames", "kafka_partitions"]
 
@@ -63,7 +68,7 @@ def backfill_frames(
     start_offsets: Mapping[int, int],
     compact: bool = True,
 ) -> StoreBackfill:
-    """Append every frame's events (columns ``key``, ``value``: canonical JSON) to ``store``, one segment per frame
+    """Append every frame's events (JSON ``key``/``value`` or event rows) to ``store``, one segment per frame
     and partition, then set each partition's offset to ``start_offsets[p]`` (0 when absent) and compact.
 
     Rejected events are counted (not dead-lettered: there is no topic position to name). The store must not
@@ -75,10 +80,11 @@ def backfill_frames(
         if frame.height == 0:
             continue
         out.events_in += frame.height
-        where = kafka_partitions(frame["key"], partitions)
+        as_rows = "event_id" in frame.columns
+        where = kafka_partitions(frame["patient_id" if as_rows else "key"], partitions)
         for p in where.unique().sort().to_list():
             rows = frame.filter(where == p)
-            decoded = decode_batch(rows["value"].to_list())
+            decoded = _decode(rows, as_rows)
             out.rejected += len(decoded.rejects)
             if decoded.rejects and len(out.reasons) < 5:
                 out.reasons.extend(exc.message for _, exc in decoded.rejects[: 5 - len(out.reasons)])
@@ -95,3 +101,11 @@ def backfill_frames(
     out.bytes_stored = store.size_bytes()
     out.seconds = time.perf_counter() - started
     return out
+
+
+def _decode(rows: pl.DataFrame, as_rows: bool) -> DecodedBatch:
+    if as_rows:
+        from screener.history.rows import decode_rows
+
+        return decode_rows(rows)
+    return decode_batch(rows["value"].to_list())
