@@ -20,26 +20,61 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
 from screener.history.store import HistoryStore
 from screener.ingest import DecodedBatch, decode_batch
 
-__all__ = ["StoreBackfill", "backfill_frames", "kafka_partitions"]
+__all__ = ["StoreBackfill", "backfill_frames", "kafka_partitions", "murmur2"]
 
 
 def kafka_partitions(keys: pl.Series, partitions: int) -> pl.Series:
     """The partition kafka-python's default partitioner sends each key to (keys as String or Binary).
 
-    murmur2 is evaluated once per distinct key (in Python: kafka-python's own function), then joined back.
+    kafka-python's ``murmur2``, vectorised with NumPy (:func:`murmur2`), is evaluated once per distinct key, then
+    joined back.
     """
-    from kafka.partitioner.default import murmur2
-
     as_bytes = keys.cast(pl.Binary) if keys.dtype != pl.Binary else keys
     distinct = as_bytes.unique()
-    parts = pl.Series("partition", [(murmur2(k) & 0x7FFFFFFF) % partitions for k in distinct.to_list()], dtype=pl.Int32)
+    hashes = murmur2(distinct.to_list())
+    parts = pl.Series("partition", (hashes & 0x7FFFFFFF) % partitions, dtype=pl.Int32)
     table = pl.DataFrame({"key": distinct, "partition": parts})
     return as_bytes.rename("key").to_frame().join(table, on="key", how="left", maintain_order="left")["partition"]
+
+
+def murmur2(keys: list[bytes | None]) -> np.ndarray:
+    """kafka-python's ``kafka.partitioner.default.murmur2`` of every key (a None key hashes as empty), as
+    uint64 holding the unsigned 32-bit result: the keys are grouped by length and hashed a 4-byte block at a time
+    over the whole group."""
+    m, mask = np.uint64(0x5BD1E995), np.uint64(0xFFFFFFFF)
+    data = [k or b"" for k in keys]
+    lengths = np.fromiter((len(k) for k in data), dtype=np.int64, count=len(data))
+    out = np.zeros(len(data), dtype=np.uint64)
+    for length in np.unique(lengths).tolist():
+        idx = np.flatnonzero(lengths == length)
+        raw = np.frombuffer(b"".join(data[i] for i in idx.tolist()), dtype=np.uint8)
+        block = raw.reshape(len(idx), length).astype(np.uint64)
+        h = np.full(len(idx), (0x9747B28C ^ length) & 0xFFFFFFFF, dtype=np.uint64)
+        for i in range(length // 4):
+            b = block[:, 4 * i : 4 * i + 4]
+            k = b[:, 0] | (b[:, 1] << np.uint64(8)) | (b[:, 2] << np.uint64(16)) | (b[:, 3] << np.uint64(24))
+            k = (k * m) & mask
+            k ^= k >> np.uint64(24)
+            k = (k * m) & mask
+            h = ((h * m) & mask) ^ k
+        tail, base = length % 4, length & ~3
+        if tail >= 3:
+            h ^= block[:, base + 2] << np.uint64(16)
+        if tail >= 2:
+            h ^= block[:, base + 1] << np.uint64(8)
+        if tail >= 1:
+            h = ((h ^ block[:, base]) * m) & mask
+        h ^= h >> np.uint64(13)
+        h = (h * m) & mask
+        h ^= h >> np.uint64(15)
+        out[idx] = h
+    return out
 
 
 @dataclass

@@ -100,3 +100,20 @@ def test_eunomia_store_is_the_event_paths_store(tmp_path: Path) -> None:
         assert facts_a.height > 10_000 and facts_a.equals(facts_b)
         persons_a, persons_b = (x.collect().sort("patient_id") for x in (pa, pb))
         assert persons_a.height > 500 and persons_a.equals(persons_b)
+
+
+def test_vectorised_murmur2_is_kafka_pythons() -> None:
+    from kafka.partitioner.default import murmur2 as reference
+
+    from screener.history.backfill import murmur2
+
+    keys = [
+        b"",
+        b"a",
+        b"ab",
+        b"abc",
+        b"abcd",
+        b"\xff\xfe\x00\x80xyz",
+        *(str(i).encode() * (i % 9) for i in range(3000)),
+    ]
+    assert murmur2(keys).tolist() == [reference(k) for k in keys]
