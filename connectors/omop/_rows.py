@@ -17,8 +17,9 @@ __all__ = ["table_rows"]
 
 
 def table_rows(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, now: datetime) -> pl.DataFrame:
-    """One :data:`~screener.history.rows.ROW_SCHEMA` row per event ``table_events`` would give for ``df``
-    (rows without a person id or a usable date are dropped, as there)."""
+    """One :data:`~screener.history.rows.ROW_SCHEMA` row per row of ``df``: the event ``table_events`` gives for
+    it; a row without a person id or a usable start date (which ``table_events`` drops) is kept, so the backfill
+    rejects and counts it with the event model's reason (``patient_id`` / ``occurred_at`` missing)."""
     if table == "person":
         return rows_from_structs(person_struct(df, now))
     return rows_from_structs(table_struct(df, table, concepts, now), number="_vnum", text="_vtext")

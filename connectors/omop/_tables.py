@@ -254,9 +254,10 @@ def table_events(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, no
     Rows without a person id or a usable date are dropped (counted by the caller as rows in - rows out).
     """
     if table == "person":
-        out = person_struct(df, now)
+        out = person_struct(df, now).filter(pl.col("key").is_not_null())
         return out.select(pl.col("key").cast(pl.Binary), pl.col("value").struct.json_encode().cast(pl.Binary))
     out = table_struct(df, table, concepts, now)
+    out = out.filter(pl.col("value").struct.field("occurred_at").is_not_null() & pl.col("key").is_not_null())
     # the canonical value is a float or a string: a number when there is one (finite), else the text
     value_json = pl.coalesce(_json_number(pl.col("_vnum")), _json_text(pl.col("_vtext")))
     encoded = pl.col("value").struct.json_encode()
@@ -270,17 +271,19 @@ def table_events(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, no
 
 
 def person_struct(df: pl.DataFrame, now: datetime) -> pl.DataFrame:
-    """The person table's events before encoding: ``key`` (String) and ``value`` (the event as a struct)."""
+    """The person table's events before encoding: ``key`` (String) and ``value`` (the event as a struct); rows
+    without a person id are kept (null ``key``)."""
     now_iso = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     pid = _col(df, "person_id", pl.Int64).cast(pl.String)
-    return _person(df, pid, now_iso).filter(pl.col("key").is_not_null())
+    return _person(df, pid, now_iso)
 
 
 def table_struct(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, now: datetime) -> pl.DataFrame:
     """A clinical table's events before encoding (shared by :func:`table_events` and the column-wise
     :func:`connectors.omop._rows.table_rows`): ``key`` (String), ``value`` (the event as a struct, without its
     ``value`` field), ``_vnum`` (Float64, the raw number) and ``_vtext`` (String, the text when there is one).
-    The event's ``value`` is ``_vnum`` when finite, else ``_vtext``."""
+    The event's ``value`` is ``_vnum`` when finite, else ``_vtext``. Rows without a person id or a start date are
+    kept (null ``key`` / ``occurred_at``): the caller drops and counts them, or lets validation reject them."""
     now_iso = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     now_naive = pl.lit(now.astimezone(UTC).replace(tzinfo=None))
     pid = _col(df, "person_id", pl.Int64).cast(pl.String)
@@ -370,4 +373,4 @@ def table_struct(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, no
     if table == "observation":
         vtext = _col(df, "value_as_string").str.slice(0, 1000)
     out = df.select(pid.alias("key"), pl.struct(*fields).alias("value"), vnum.alias("_vnum"), vtext.alias("_vtext"))
-    return out.filter(pl.col("value").struct.field("occurred_at").is_not_null() & pl.col("key").is_not_null())
+    return out

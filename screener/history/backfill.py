@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from screener.history.store import HistoryStore
+from screener.errors import EventError
 from screener.ingest import DecodedBatch, decode_batch
 
 __all__ = ["StoreBackfill", "backfill_frames", "kafka_partitions", "murmur2"]
@@ -116,13 +117,14 @@ def backfill_frames(
             continue
         out.events_in += frame.height
         as_rows = "event_id" in frame.columns
-        where = kafka_partitions(frame["patient_id" if as_rows else "key"], partitions)
+        # a row without a patient id has no partition: it is judged (and rejected) with partition 0's rows
+        where = kafka_partitions(frame["patient_id" if as_rows else "key"], partitions).fill_null(0)
         for p in where.unique().sort().to_list():
             rows = frame.filter(where == p)
             decoded = _decode(rows, as_rows)
             out.rejected += len(decoded.rejects)
             if decoded.rejects and len(out.reasons) < 5:
-                out.reasons.extend(exc.message for _, exc in decoded.rejects[: 5 - len(out.reasons)])
+                out.reasons.extend(_reason(exc) for _, exc in decoded.rejects[: 5 - len(out.reasons)])
             if not decoded.accepted:
                 continue
             upd, facts, control = decoded.frames
@@ -144,3 +146,8 @@ def _decode(rows: pl.DataFrame, as_rows: bool) -> DecodedBatch:
 
         return decode_rows(rows)
     return decode_batch(rows["value"].to_list())
+
+
+def _reason(exc: EventError) -> str:
+    """The field and what is wrong with it (never the offending value: it may be a patient identifier)."""
+    return f"{exc.field}: {exc.message}" if exc.field else exc.message
