@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from screener.history.store import HistoryStore
 from screener.errors import EventError
+from screener.history.store import HistoryStore
 from screener.ingest import DecodedBatch, decode_batch
 
 __all__ = ["StoreBackfill", "backfill_frames", "kafka_partitions", "murmur2"]
