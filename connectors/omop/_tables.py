@@ -21,7 +21,7 @@ from connectors._common import SNOMED_ROUTES, TEXT_ROUTES
 
 from .source import SOURCE
 
-__all__ = ["SPECS", "Spec", "table_events"]
+__all__ = ["SPECS", "Spec", "person_struct", "table_events", "table_struct"]
 
 _SEX = {8532: "F", 8507: "M", 8521: "O", 8551: "U", 8570: "U"}
 _RACE = {8527: "white", 8516: "black", 8515: "asian", 8557: "other", 8657: "other"}
@@ -244,9 +244,7 @@ def _person(df: pl.DataFrame, pid: pl.Expr, now_iso: str) -> pl.DataFrame:
             pid.alias("patient_id"),
             pl.lit(now_iso).alias("occurred_at"),
             person.alias("person"),
-        )
-        .struct.json_encode()
-        .alias("value"),
+        ).alias("value"),
     )
 
 
@@ -255,14 +253,40 @@ def table_events(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, no
 
     Rows without a person id or a usable date are dropped (counted by the caller as rows in - rows out).
     """
+    if table == "person":
+        out = person_struct(df, now).filter(pl.col("key").is_not_null())
+        return out.select(pl.col("key").cast(pl.Binary), pl.col("value").struct.json_encode().cast(pl.Binary))
+    out = table_struct(df, table, concepts, now)
+    out = out.filter(pl.col("value").struct.field("occurred_at").is_not_null() & pl.col("key").is_not_null())
+    # the canonical value is a float or a string: a number when there is one (finite), else the text
+    value_json = pl.coalesce(_json_number(pl.col("_vnum")), _json_text(pl.col("_vtext")))
+    encoded = pl.col("value").struct.json_encode()
+    out = out.with_columns(
+        pl.when(value_json.is_null())
+        .then(encoded)
+        .otherwise(encoded.str.strip_suffix("}") + ',"value":' + value_json + "}")
+        .alias("value")
+    )
+    return out.select(pl.col("key").cast(pl.Binary), pl.col("value").cast(pl.Binary))
+
+
+def person_struct(df: pl.DataFrame, now: datetime) -> pl.DataFrame:
+    """The person table's events before encoding: ``key`` (String) and ``value`` (the event as a struct); rows
+    without a person id are kept (null ``key``)."""
+    now_iso = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pid = _col(df, "person_id", pl.Int64).cast(pl.String)
+    return _person(df, pid, now_iso)
+
+
+def table_struct(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, now: datetime) -> pl.DataFrame:
+    """A clinical table's events before encoding (shared by :func:`table_events` and the column-wise
+    :func:`connectors.omop._rows.table_rows`): ``key`` (String), ``value`` (the event as a struct, without its
+    ``value`` field), ``_vnum`` (Float64, the raw number) and ``_vtext`` (String, the text when there is one).
+    The event's ``value`` is ``_vnum`` when finite, else ``_vtext``. Rows without a person id or a start date are
+    kept (null ``key`` / ``occurred_at``): the caller drops and counts them, or lets validation reject them."""
     now_iso = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     now_naive = pl.lit(now.astimezone(UTC).replace(tzinfo=None))
     pid = _col(df, "person_id", pl.Int64).cast(pl.String)
-    if table == "person":
-        out = _person(df, pid, now_iso)
-        return out.filter(pl.col("key").is_not_null()).select(
-            pl.col("key").cast(pl.Binary), pl.col("value").cast(pl.Binary)
-        )
     spec = SPECS[table]
     row_id = _col(df, spec.id_col, pl.Float64).cast(pl.Int64, strict=False).cast(pl.String)
     start = _first(df, spec.date_cols)
@@ -343,26 +367,10 @@ def table_events(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, no
             pl.when(ordered).then(low).alias("ref_low"),
             pl.when(ordered).then(high).alias("ref_high"),
         ]
-    value_json: pl.Expr | None = None
-    if table == "measurement":
-        value_json = _json_number(_col(df, "value_as_number", pl.Float64))
-    elif table == "observation":
-        # the canonical value is a float or a string: a number when there is one, else the text
-        value_json = pl.coalesce(
-            _json_number(_col(df, "value_as_number", pl.Float64)),
-            _json_text(_col(df, "value_as_string").str.slice(0, 1000)),
-        )
-    out = df.select(
-        pid.alias("key"),
-        pl.struct(*fields).alias("value"),
-        (value_json if value_json is not None else pl.lit(None, pl.String)).alias("_v"),
-    )
-    out = out.filter(pl.col("value").struct.field("occurred_at").is_not_null() & pl.col("key").is_not_null())
-    encoded = pl.col("value").struct.json_encode()
-    out = out.with_columns(
-        pl.when(pl.col("_v").is_null())
-        .then(encoded)
-        .otherwise(encoded.str.strip_suffix("}") + ',"value":' + pl.col("_v") + "}")
-        .alias("value")
-    ).drop("_v")
-    return out.select(pl.col("key").cast(pl.Binary), pl.col("value").cast(pl.Binary))
+    vnum, vtext = pl.lit(None, pl.Float64), pl.lit(None, pl.String)
+    if table in ("measurement", "observation"):
+        vnum = _col(df, "value_as_number", pl.Float64)
+    if table == "observation":
+        vtext = _col(df, "value_as_string").str.slice(0, 1000)
+    out = df.select(pid.alias("key"), pl.struct(*fields).alias("value"), vnum.alias("_vnum"), vtext.alias("_vtext"))
+    return out

