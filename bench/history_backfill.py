@@ -148,7 +148,7 @@ def main() -> None:
             rows_in = sum(c.height for tb in TABLES for c in src.chunks(tb))
             for label, build in (("eunomia JSON path", table_events), ("eunomia rows path", table_rows)):
                 concepts = src.concepts()
-                frames = (build(c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
+                frames: Iterator[pl.DataFrame] = (build(c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
                 run(work, "eunomia", frames, rows_in, args.partitions, f"{label} (reading DuckDB included)")
         if args.omop_rows:
             t = time.perf_counter()

@@ -9,7 +9,7 @@ from datetime import datetime
 
 import polars as pl
 
-from screener.history.rows import rows_from_structs
+from screener.connector.rows import rows_from_structs
 
 from ._tables import person_struct, table_struct
 
