@@ -29,6 +29,7 @@ from screener.rules.units import normalise_unit
 from screener.state import FACTS_SCHEMA, PERSONS_SCHEMA, PatientState, apply_events
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+LOCAL_SYSTEM = "https://screener.invalid/fhir/CodeSystem/local"
 RULES = Path(__file__).resolve().parents[3] / "rules"
 
 
@@ -185,7 +186,8 @@ def test_hl7v2_messages_follow_v25() -> None:
         assert "PID" in names and "PV1" in names
         if msh[8].startswith("ORU"):
             obx = next(s for s in segs if s.startswith("OBX")).split("|")
-            assert obx[2] in ("NM", "CWE") and obx[3].endswith("^LN") and obx[11] == "F"
+            # LOINC, or a local code (an ACQ-6 score, a hot-flush diary) flagged "L" as local feeds do
+            assert obx[2] in ("NM", "CWE") and obx[3].endswith(("^LN", "^L")) and obx[11] == "F"
             assert obx[14].endswith("+0000")
             assert obx[6] or obx[2] == "CWE"  # units in OBX-6 (a coded smoking status has none)
         if msh[8] == "ADT^A08^ADT_A01":
@@ -233,7 +235,8 @@ def test_fhir_bundle_is_an_r4_transaction() -> None:
         if res["resourceType"] == "Observation":
             assert res["status"] == "final"
             assert "value" in res.get("valueQuantity", {}) or res["valueCodeableConcept"]["coding"]
-            assert res["code"]["coding"][0]["system"] == "http://loinc.org"
+            # LOINC, or the screener's local code system (an ACQ-6 score, a hot-flush diary)
+            assert res["code"]["coding"][0]["system"] in ("http://loinc.org", LOCAL_SYSTEM)
     collection = to_fhir(patient, bundle_type="collection")
     assert collection["type"] == "collection" and all("request" not in e for e in collection["entry"])
 
