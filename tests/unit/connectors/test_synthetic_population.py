@@ -265,6 +265,12 @@ def test_fhir_round_trips_through_the_fhir_connector() -> None:
         assert sum(e.kind == "visit" for e in parsed) == sum(e.kind == "visit" for e in patient)
 
 
+#: Studies whose every criterion is known from the record (an admission, a test, a diagnosis and allergies:
+#: each either there or not), so a patient is "possible" only when the care setting is unknown, which a
+#: synthetic patient always has.
+ONLY_POSSIBLE_WITHOUT_A_SETTING = {"RECOVERY-FLU-R"}
+
+
 def test_every_open_sample_study_finds_eligible_possible_and_ineligible_patients() -> None:
     loaded = load_studies([RULES])
     assert not loaded.errors
@@ -276,8 +282,10 @@ def test_every_open_sample_study_finds_eligible_possible_and_ineligible_patients
     for study in open_studies:
         got = dict(counts.filter(pl.col("study_id") == study.id).select("outcome", "len").iter_rows())
         assert got.get("eligible", 0) > 0, study.id
-        assert got.get("possible", 0) > 0, study.id
+        assert got.get("possible", 0) > 0 or study.id in ONLY_POSSIBLE_WITHOUT_A_SETTING, study.id
         assert got.get("ineligible", 0) > 0, study.id
+        # worklist noise: no study marks more than 5 % of the population "possible"
+        assert got.get("possible", 0) <= 0.05 * persons.height, study.id
 
 
 def test_regression_a_block_starting_with_an_unstated_ethnic_group_generates() -> None:
