@@ -155,6 +155,10 @@ def period_end(res: dict[str, Any], key: str, path: str, rtype: str) -> str | No
     return None
 
 
+#: The code system URI the screener's own renderers give ``local`` codes (``connectors.synthetic``).
+SCREENER_LOCAL_SYSTEM = "https://screener.invalid/fhir/CodeSystem/local"
+
+
 def _system(uri: str) -> str:
     low = uri.lower()
     for needle, name in _SYSTEMS:
@@ -167,7 +171,8 @@ def code(concept: Any, path: str, rtype: str) -> dict[str, str]:
     """The best coding of a CodeableConcept as a canonical code (ICD-10/LOINC/dm+d first, SNOMED, then local).
 
     A coding in an unknown system travels as ``local`` ``<last path segment of the system>:<code>``
-    (``cvx:140``); a concept with text only is ``local`` text.
+    (``cvx:140``), except the screener's own local system (``SCREENER_LOCAL_SYSTEM``); a concept with text
+    only is ``local`` text.
     """
     if not isinstance(concept, dict):
         raise FHIRReject("a CodeableConcept is required", path=path, resource_type=rtype)
@@ -180,7 +185,7 @@ def code(concept: Any, path: str, rtype: str) -> dict[str, str]:
             continue
         system = _system(str(c.get("system", "")))
         value = c["code"].strip()
-        if system == "local":
+        if system == "local" and c.get("system") != SCREENER_LOCAL_SYSTEM:  # our own local codes travel as they are
             tail = str(c.get("system", "")).rstrip("/").rsplit("/", 1)[-1]
             value = f"{tail}:{value}" if tail else value
         candidate = (_PREFERENCE[system], {"system": system, "value": value[:64]})

@@ -274,6 +274,7 @@ def _breast(f: _Facts, r: _Rand, p: _People, recent: np.ndarray, now_us: int) ->
         [("OPCS4", "B28.2", None), ("OPCS4", "B28.3", None), ("OPCS4", "B27.4", None)],
         np.where(mastectomy, 2, r.choice(bi, "bc.bcs", [0.4, 0.6]))[operated],
         setting="hospital",
+        status="completed",
     )
     ecog = r.u(bi, "ecog")
     ecog_days = np.where(ecog < 0.65, r.uniform(bi, "ecog.t0", 1, 85), r.uniform(bi, "ecog.t1", 95, 150))

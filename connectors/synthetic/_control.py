@@ -43,6 +43,7 @@ _EVENT_COLUMNS = (
     "value_code",
     "encounter_id",
     "location",
+    "qualifier",
 )
 #: The v2 columns a consent or death event leaves empty.
 _V2_NULLS = (
@@ -50,7 +51,7 @@ _V2_NULLS = (
     *(pl.lit(None, pl.Float64).alias(c) for c in ("ref_low", "ref_high", "dose_value")),
     *(
         pl.lit(None, pl.String).alias(c)
-        for c in ("dose_unit", "route", "value_system", "value_code", "encounter_id", "location")
+        for c in ("dose_unit", "route", "value_system", "value_code", "encounter_id", "location", "qualifier")
     ),
 )
 #: Share of patients on the national data opt-out / local do-not-contact register (a ``consent`` event).

@@ -58,6 +58,8 @@ def _fact_event(row: dict[str, Any]) -> Event:
     }
     if row["dose_value"] is not None:
         fields["dose"] = {"value": row["dose_value"], "unit": row["dose_unit"]}
+    if row.get("qualifiers"):
+        fields["qualifiers"] = [dict(zip(("system", "value"), q.split("|", 1), strict=True)) for q in row["qualifiers"]]
     if row["value_code"] is not None:
         fields["value_code"] = {"system": row["value_system"], "value": row["value_code"]}
     return Event.model_validate({k: v for k, v in fields.items() if v is not None})

@@ -55,6 +55,10 @@ REF_RANGES: dict[tuple[str, str, str | None], tuple[float | None, float | None]]
     ("LOINC", "1988-5", "mg/L"): (None, 5.0),
     ("LOINC", "14749-6", "mmol/L"): (3.5, 7.8),
     ("LOINC", "2345-7", "mg/dL"): (70.0, 140.0),
+    ("LOINC", "59408-5", "%"): (94.0, 100.0),
+    ("LOINC", "2708-6", "%"): (94.0, 100.0),
+    ("LOINC", "15067-2", "IU/L"): (1.5, 12.4),
+    ("LOINC", "20152-5", "%"): (80.0, None),
 }
 #: Dose per administration and route of the drugs the population is prescribed, by (system, code).
 DRUG_DOSES: dict[tuple[str, str], tuple[float, str, str]] = {
@@ -87,13 +91,18 @@ DRUG_DOSES: dict[tuple[str, str], tuple[float, str, str]] = {
     ("ATC", "L02AE03"): (3.6, "mg", "subcutaneous"),
     ("ATC", "R03AC03"): (500.0, "ug", "inhaled"),
     ("ATC", "R03BA05"): (250.0, "ug", "inhaled"),
+    ("ATC", "R03BA01"): (1000.0, "ug", "inhaled"),
+    ("ATC", "R03DC03"): (10.0, "mg", "oral"),
+    ("ATC", "C03BA11"): (2.5, "mg", "oral"),
+    ("ATC", "L02BG04"): (2.5, "mg", "oral"),
+    ("ATC", "L02BA01"): (20.0, "mg", "oral"),
 }
 
 
 @dataclass
 class _Facts:
     """Facts of one block as numpy parts. A code option is ``(system, code, unit)`` or, for a coded value,
-    ``(system, code, unit, (value system, value code))``."""
+    ``(system, code, unit, (value system, value code))``; a fifth element is a qualifier key (``SYSTEM|value``)."""
 
     registry: dict[tuple[Any, ...], int] = field(default_factory=dict)
     parts: list[dict[str, np.ndarray]] = field(default_factory=list)
@@ -166,8 +175,9 @@ class _Facts:
                 "dose_value": [d[0] if d else None for d in doses],
                 "dose_unit": [d[1] if d else None for d in doses],
                 "route": [d[2] if d else None for d in doses],
-                "value_system": [c[3][0] if len(c) > 3 else None for c in keys],
-                "value_code": [c[3][1] if len(c) > 3 else None for c in keys],
+                "value_system": [c[3][0] if len(c) > 3 and c[3] else None for c in keys],
+                "value_code": [c[3][1] if len(c) > 3 and c[3] else None for c in keys],
+                "qualifier": [c[4] if len(c) > 4 else None for c in keys],
             },
             schema={
                 "code_id": pl.Int32,
@@ -181,6 +191,7 @@ class _Facts:
                 "route": pl.String,
                 "value_system": pl.String,
                 "value_code": pl.String,
+                "qualifier": pl.String,
             },
         )
         kind = pl.col("kind").replace_strict(list(range(len(_KINDS))), list(_KINDS), return_dtype=pl.String)

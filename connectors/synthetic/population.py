@@ -81,7 +81,9 @@ from ._chronic import _breast, _diabetes, _routine
 from ._control import _EVENT_COLUMNS, _control_events, _merge
 from ._events import _fact_event, _person_event
 from ._facts import NO_SETTING, _ago, _expand, _Facts, _labels, _people
+from ._inpatient import inpatients
 from ._records import records
+from ._trials import trials
 from ._visits import _link_encounters, _visits
 
 __all__ = [
@@ -162,6 +164,10 @@ def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFram
 
     # -- women's health --------------------------------------------------------------------------------
     _womens_health(f, r, p, now_us)
+
+    # -- the detail the v2 sample studies read; admissions in progress now ---------------------------------
+    trials(f, r, p, hf, recent_bc, now_us)
+    override[inpatients(f, r, p, now_us)] = 0
 
     # -- registrations, allergies, immunizations, resolved episodes, planned procedures, smoking status -----
     records(f, r, p, now_us)
@@ -341,6 +347,7 @@ def _event_frame(events: pl.DataFrame) -> pl.DataFrame:
         pl.from_epoch("end", time_unit="us").dt.replace_time_zone("UTC").alias("ended_at"),
         pl.lit(None, dtype=pl.String).alias("text"),
         pl.lit(False).alias("date_only"),  # synthetic times are instants
+        pl.when(pl.col("qualifier").is_not_null()).then(pl.concat_list("qualifier")).alias("qualifiers"),
     ).pipe(lambda f: upgrade_facts(f).cast(pl.Schema(FACTS_SCHEMA)).hstack(f.select("site", "corrects")))
 
 
