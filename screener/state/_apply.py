@@ -117,6 +117,26 @@ def apply_frames(
         # surviving patient, who is touched instead.
         touched = touched.filter(~touched.is_in(merges["arg"].implode()))
 
+    # A fact seen before (a replayed or re-sent event) must not move the patient back to the setting, site or
+    # location it carried: its person update is dropped with it (person events have their own rows, other seqs).
+    if upd.height and new_facts.height and state.facts.height:
+        seen = new_facts.filter(pl.col("event_id").is_in(state.facts["event_id"].implode()))
+        if seen.height:
+            upd = upd.join(seen.select("seq"), on="seq", how="anti")
+    # A person event older than the demographics held (a replay, or an update that arrived out of order) changes
+    # nothing; one of the same time (a replay of the event that set them) keeps the setting, site and location
+    # that later facts may have moved.
+    if upd.height and persons.height and "updated_at" in upd.columns:
+        held = persons.select("patient_id", pl.col("updated_at").alias("_held"))
+        upd = upd.join(held, on="patient_id", how="left")
+        is_person, known = pl.col("updated_at").is_not_null(), pl.col("_held").is_not_null()
+        same = is_person & known & (pl.col("updated_at") == pl.col("_held"))
+        moved = [c for c in ("setting", "site", "location") if c in upd.columns]
+        upd = (
+            upd.filter(~(is_person & known & (pl.col("updated_at") < pl.col("_held"))))
+            .with_columns([pl.when(same).then(None).otherwise(pl.col(c)).alias(c) for c in moved])
+            .drop("_held")
+        )
     # Person updates: the last non-null value per field wins.
     if upd.height:
         latest = (
