@@ -309,21 +309,6 @@ _MEASUREMENT = {
 }
 
 
-def _nan_accepted() -> bool:
-    """True while the canonical boundary still accepts a NaN value (a known finding; see the xfail below)."""
-    try:
-        parse_event({**_MEASUREMENT, "value": math.nan})
-    except EventError:
-        return False
-    return True
-
-
-@pytest.mark.xfail(
-    condition=_nan_accepted(),
-    reason="finding on main: value NaN is accepted and dumped as null (issue 17 item 2, helper record's branch "
-    "rejects non-finite numbers); the mark goes away by itself once that is merged",
-    strict=True,
-)
 @FUZZ
 @given(event_docs())
 @example({**_MEASUREMENT, "value": math.nan})
@@ -416,17 +401,6 @@ def test_rule_loader_returns_or_raises_rule_error_on_generated_expressions(expr:
 _SEED_RULES = sorted(RULES.glob("*.yaml"))
 
 
-def _deep_nesting_crashes() -> bool:
-    """True while 60 nested parentheses still raise RecursionError (a known finding; see the xfail below)."""
-    try:
-        loads_study(_BASE_RULE % json.dumps("(" * 60 + "age >= 18" + ")" * 60), RULES / "deep.yaml")
-    except RecursionError:
-        return True
-    except RuleError:
-        return False
-    return False
-
-
 @st.composite
 def mutated_rule_files(draw: Any) -> str:
     text = draw(st.sampled_from(_SEED_RULES)).read_text()
@@ -452,13 +426,6 @@ def test_rule_loader_returns_or_raises_rule_error_on_mutated_files(text: str) ->
         loads_study(text, RULES / "mutated.yaml")
 
 
-@pytest.mark.xfail(
-    condition=_deep_nesting_crashes(),
-    reason="finding on main: RecursionError from the JEXL parser (issue 17 item 1, helper rules); the mark goes "
-    "away by itself once rule loading is total",
-    raises=RecursionError,
-    strict=True,
-)
 @pytest.mark.parametrize("depth", [60, 200])
 def test_rule_loader_on_deeply_nested_expressions(depth: int) -> None:
     """Issue 17: ~60 nested parentheses raised an uncaught RecursionError."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -23,11 +24,14 @@ class RecordingSink:
         self.channel = channel
         self.sent: list[Message] = []
         self.down = False
+        #: set on every delivery, so a test waits for a background sender on an event, not a sleep
+        self.delivered = threading.Event()
 
     def send(self, message: Message) -> None:
         if self.down:
             raise DeliveryError("receiver down", channel=self.channel)
         self.sent.append(message)
+        self.delivered.set()
 
 
 @pytest.fixture
@@ -154,15 +158,11 @@ def test_messages_never_carry_patient_data() -> None:
 
 
 def test_sender_thread_delivers_in_the_background(setup: Any, make_frame: Any) -> None:
-    import time
-
     store, sender, webhook, _email, _registry = setup
     store.record_matches(make_frame([{"study_id": "CKD-1", "patient_id": "P1"}]))
     sender.start(interval_s=0.05)
     try:
-        deadline = time.monotonic() + 10
-        while not webhook.sent and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert webhook.delivered.wait(timeout=10)
     finally:
         sender.stop()
     assert len(webhook.sent) == 1
