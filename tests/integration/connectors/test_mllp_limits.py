@@ -163,7 +163,9 @@ def test_thirty_unterminated_15_mb_blocks_keep_memory_bounded(serve: Any) -> Non
     print(f"rss growth {growth_mb:.0f} MB; outcomes {sorted(outcome)}")  # the figure in the report
     assert len(outcome) == 30 and "open" not in outcome, outcome  # every connection was dropped in the end
     assert outcome.count("busy") + outcome.count("reset") >= 15, outcome  # most were refused as over the total
-    assert growth_mb < 200, f"RSS grew {growth_mb:.0f} MB"
+    # unbounded, the 450 MB sent would all be held (main: 474 MB of growth); bounded, at most the 128 MiB total plus
+    # the copies a read makes (measured 156-215 MB across runs: this process also runs the senders and the sampler)
+    assert growth_mb < 320, f"RSS grew {growth_mb:.0f} MB"
     assert srv.buffered_bytes == 0 and srv.connections == 0
     with MLLPClient("127.0.0.1", srv.port) as client:  # and the listener still serves
         assert "MSA|AA|CTRL-9" in client.send(GOOD.format(n=9))
