@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from screener.vocab import FACT_KINDS
+
 SOURCE = "synthetic"
 DAY = 86_400_000_000  # microseconds
 HOUR = 3_600_000_000
@@ -174,14 +176,4 @@ def _nhs_numbers(idx: np.ndarray, seed: int) -> np.ndarray:
 # Fact assembly: numpy parts, one registry of (system, code, unit) triples, one Polars frame per block.
 
 Code = tuple[str, str, str | None]  # (system, code, unit)
-_KINDS = (
-    "condition",
-    "measurement",
-    "drug",
-    "procedure",
-    "visit",
-    "observation",
-    "allergy",
-    "immunization",
-    "registration",
-)
+_KINDS = FACT_KINDS  # the facts frame's kinds, from the shared vocabulary

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
 from screener.alerts import schema as t
 from screener.alerts._common import (
@@ -29,26 +27,6 @@ class AuditPart(StoreBase):
         """Append one entry to the audit log (views, logins and anything not already audited)."""
         with self.engine.begin() as conn:
             self._audit(conn, username, action, object_type, object_id, detail)
-
-    def _audit(
-        self,
-        conn: Connection,
-        username: str,
-        action: str,
-        object_type: str | None,
-        object_id: str | None,
-        detail: dict[str, Any] | None,
-    ) -> None:
-        conn.execute(
-            t.audit_log.insert().values(
-                at=self.clock(),
-                username=username,
-                action=action,
-                object_type=object_type,
-                object_id=object_id,
-                detail=json.dumps(detail, sort_keys=True, default=str) if detail else None,
-            )
-        )
 
     def failed_logins(self, username: str, within: timedelta) -> int:
         """Failed logins recorded for ``username`` in the audit log during the last ``within``."""
