@@ -24,9 +24,11 @@ fmt:
     {{ python }} -m ruff check --fix .
     {{ python }} -m ruff format .
 
-# the unit tests: nothing running, nothing installed beyond `pip install -e ".[test]"` (-x, -k ... pass through)
+# Hypothesis runs its `dev` profile here: a tenth of each property suite's examples (tests/hypothesis_profiles.py).
+# Full counts: `just test-unit --hypothesis-profile=ci` (derandomized, as CI runs them), or any plain pytest run.
+# the unit tests, fast profile: nothing running, nothing beyond `pip install -e ".[test]"` (-x, -k ... pass through)
 test-unit *args:
-    {{ python }} -m pytest -q tests/unit {{ args }}
+    {{ python }} -m pytest -q tests/unit --hypothesis-profile=dev {{ args }}
 
 # the tooling checks: lint, types and import contracts, promtool, the benchmark harness (needs promtool)
 test-tooling *args:

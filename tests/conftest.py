@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import settings as hypothesis_settings
 
+# Registers the hypothesis profiles (`ci` when CI is set, `dev` for `just test-unit`) before any test module is
+# imported, so the suites' `examples(n)` counts see the profile in force. See tests/hypothesis_profiles.py.
+import tests.hypothesis_profiles  # noqa: F401  (imported for its side effect)
 from screener.events import Event, parse_event
-
-# CI runs property and fuzz tests derandomized, so a landing never depends on luck; local runs keep exploring new
-# examples (and keep the failures they find in .hypothesis/), which is where new bugs are found.
-hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
-if os.environ.get("CI"):
-    hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from screener.events import Event, dump_event, parse_event
 from screener.ingest import KEY_SCHEMA, decode_batch
 from screener.state import PatientState, apply_events, apply_frames, events_to_frames
 from screener.vocab import CODE_SYSTEMS, ETHNIC_GROUPS, KINDS, ROUTES, SCHEMAS, SETTINGS, STATUSES
+from tests.hypothesis_profiles import examples
 
 # --- valid events ------------------------------------------------------------------------------------------
 _TEXT = st.text(alphabet=st.sampled_from(list("abcXYZ019-_.é中 ")), min_size=1, max_size=10)
@@ -381,7 +382,7 @@ def assert_same(raw: list[bytes], base: list[Event], changed_only: bool) -> None
         assert_series_equal(t1, t2)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=st.lists(payloads(), max_size=25), base=st.lists(events(), max_size=6), changed_only=st.booleans())
 def test_fast_path_agrees_with_parse_event(raw: list[bytes], base: list[dict[str, Any]], changed_only: bool) -> None:
     base_events = []
@@ -444,7 +445,7 @@ def test_empty_batch_and_none_payloads() -> None:
     assert got.rejects[0][1].message == "not valid JSON"
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lists=st.lists(st.lists(payloads(), max_size=8), min_size=1, max_size=4))
 def test_one_decode_split_back_equals_a_decode_per_list(lists: list[list[bytes]]) -> None:
     starts, raw = [], []

@@ -16,6 +16,7 @@ from connectors.hl7v2.parse import load_code_map
 from connectors.omop import table_events
 from screener.events import Event, parse_event
 from screener.sources.base import MemorySink
+from tests.hypothesis_profiles import examples
 
 DATA = Path(__file__).parents[2] / "data"
 CODE_MAP = load_code_map()
@@ -32,7 +33,7 @@ SEED_FHIR = [
     json.loads((DATA / "fhir" / "synthea_format_transaction_bundle.json").read_text()),
     *[json.loads(line) for line in (DATA / "fhir" / "bulk_export.ndjson").read_text().splitlines()],
 ]
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _check_hl7(text: str) -> None:

@@ -27,6 +27,7 @@ from screener.events import Event, dump_event, parse_event
 from screener.rules import load_studies, screen
 from screener.rules.units import normalise_unit
 from screener.state import FACTS_SCHEMA, PERSONS_SCHEMA, PatientState, apply_events
+from tests.hypothesis_profiles import examples
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 LOCAL_SYSTEM = "https://screener.invalid/fhir/CodeSystem/local"
@@ -296,7 +297,7 @@ def test_regression_a_block_starting_with_an_unstated_ethnic_group_generates() -
     assert sum(1 for _ in generate(5_000, seed=23, now=NOW)) == 5_000
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(seed=st.integers(0, 2**31), start=st.integers(0, 10**7), n=st.integers(0, 120), block_size=st.integers(1, 40))
 def test_generation_never_fails_whatever_the_seed_size_or_batching(
     seed: int, start: int, n: int, block_size: int

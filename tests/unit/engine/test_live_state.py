@@ -18,6 +18,7 @@ from polars.testing import assert_frame_equal, assert_series_equal
 
 from screener.events import Event, parse_event
 from screener.state import FactFilter, LiveState, PatientState, apply_frames, events_to_frames
+from tests.hypothesis_profiles import examples
 
 PATIENTS = ["P1", "P2", "P3", "P4", "P5"]
 EVENT_IDS = [f"e{i}" for i in range(10)]
@@ -61,7 +62,7 @@ def _same(a: PatientState, b: PatientState) -> None:
     assert sorted(a.retracted["event_id"].to_list()) == sorted(b.retracted["event_id"].to_list())
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batches=st.lists(st.lists(events(), max_size=8), max_size=8),
     tail_min=st.integers(0, 6),

@@ -21,6 +21,7 @@ from screener.rules import loads_study
 from screener.rules.reference import reference_screen
 from screener.rules.screen import screen, screen_detail
 from screener.rules.windows import parse_window
+from tests.hypothesis_profiles import examples
 
 WINDOWS = ["30m", "6h", "1d", "7d", "90d", "2w", "1mo", "6mo", "1y"]
 EXIST_CONCEPTS = ["dx", "drug", "stroke", "glucose", "hba1c"]
@@ -215,7 +216,7 @@ def _load_or_reject(text: str) -> Any:
 
 
 @settings(
-    max_examples=120,
+    max_examples=examples(120),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )

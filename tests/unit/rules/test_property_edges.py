@@ -20,6 +20,7 @@ from screener.rules import loads_study
 from screener.rules.reference import reference_screen
 from screener.rules.screen import screen_detail
 from screener.rules.windows import parse_window
+from tests.hypothesis_profiles import examples
 
 STEPS = ["6h", "1d", "7d", "14d", "30d", "1mo", "90d"]
 CONCEPTS = """\
@@ -93,7 +94,7 @@ def histories(draw: Any, now: Any, w: str, g: str) -> tuple[list[dict[str, Any]]
 
 
 @settings(
-    max_examples=200,
+    max_examples=examples(200),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )

@@ -23,6 +23,7 @@ from screener.rules import loads_study
 from screener.rules.reference import reference_screen
 from screener.rules.screen import screen, screen_detail
 from screener.rules.windows import parse_window
+from tests.hypothesis_profiles import examples
 
 WINDOWS = ["6h", "1d", "7d", "14d", "30d", "90d", "6mo", "1y"]
 GAPS = ["1d", "7d", "14d", "30d"]
@@ -302,7 +303,7 @@ def populations(draw: Any, now: Any, ctx: Ctx) -> tuple[list[dict[str, Any]], li
 
 
 @settings(
-    max_examples=150,
+    max_examples=examples(150),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )

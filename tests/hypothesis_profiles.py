@@ -1,0 +1,40 @@
+"""Hypothesis settings profiles, and the example counts the property suites ask for.
+
+Profiles (registered when this module is imported, which ``tests/conftest.py`` does):
+
+- ``ci``: loaded when ``CI`` is set. Full example counts, derandomized (a landing never depends on luck), and the
+  reproduction blob printed on failure.
+- ``dev``: the edit-test loop (``just test-unit`` passes ``--hypothesis-profile=dev``). Each suite runs a tenth of
+  its examples, at least :data:`DEV_MIN_EXAMPLES`, and keeps exploring new ones (failures found are kept in
+  ``.hypothesis/`` and replayed first on the next run).
+- ``default`` (hypothesis' own): a plain ``pytest`` without ``CI``. Full counts, randomized.
+
+A suite states its full strength once, ``@settings(max_examples=examples(300), ...)``; only ``dev`` scales it down.
+The profile must be loaded before test modules are imported: ``--hypothesis-profile`` is applied by hypothesis'
+pytest plugin at configure time, and ``CI`` when this module is imported from the root conftest, both before
+collection.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import settings
+
+__all__ = ["DEV_MIN_EXAMPLES", "DEV_PROFILE", "examples"]
+
+DEV_PROFILE = "dev"
+#: The fewest examples a suite runs under ``dev``: enough to exercise every strategy branch at least once or twice.
+DEV_MIN_EXAMPLES = 10
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile(DEV_PROFILE, max_examples=DEV_MIN_EXAMPLES)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
+
+
+def examples(n: int) -> int:
+    """The example count for a suite whose full strength is ``n``: ``n``, or ``max(10, n // 10)`` under ``dev``."""
+    if settings.get_current_profile_name() == DEV_PROFILE:
+        return max(DEV_MIN_EXAMPLES, n // 10)
+    return n
