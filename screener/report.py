@@ -24,6 +24,7 @@ import polars as pl
 
 from screener._report_html import COMMERCIAL_GOAL, COMMUNITY_TARGET, TIME_TARGET_GOAL, render_html
 from screener.metrics import WEST_YORKSHIRE_ETHNICITY, WEST_YORKSHIRE_IMD_QUINTILE, Metrics
+from screener.vocab import FUNNEL_STAGES, Stage
 
 __all__ = [
     "COMMERCIAL_GOAL",
@@ -43,10 +44,9 @@ __all__ = [
 
 #: Counts from 1 to this value are suppressed.
 SUPPRESSED_MAX = 7
-#: Cumulative funnel: a patient at a later stage has passed every earlier one.
-FUNNEL_STAGES = ("matched", "reviewed", "approached", "consented", "enrolled")
-#: Store stage -> furthest funnel stage reached (index into FUNNEL_STAGES). Dismissals count where they happen.
-_STAGE_RANK = {
+#: Store stage -> furthest funnel stage reached (index into FUNNEL_STAGES, which is cumulative: a patient at a later
+#: stage has passed every earlier one). Dismissals count where they happen. Every store stage has a rank.
+_STAGE_RANK: dict[Stage, int] = {
     "new": 0,
     "reviewed": 1,
     "not_eligible": 1,

@@ -14,25 +14,33 @@ from typing import Final, Literal, get_args
 import polars as pl
 
 __all__ = [
+    "ACTIONS",
     "ACTIVE_STAGES",
     "CLOSED_STAGES",
     "CODE_SYSTEMS",
     "DISMISSED_STAGES",
+    "ELIGIBLE",
     "ETHNIC_GROUPS",
     "FACT_KINDS",
     "FUNNEL_STAGES",
+    "INELIGIBLE",
+    "KEPT_VISIBLE_STAGES",
     "KINDS",
     "MATCH_OUTCOMES",
+    "NEW_STAGE",
     "NOT_DONE_STATUSES",
     "OUTCOMES",
+    "POSSIBLE",
     "ROUTES",
     "SCHEMAS",
     "SCHEMA_V1",
     "SCHEMA_V2",
     "SETTINGS",
     "SEXES",
+    "STAGES",
     "STATUSES",
     "TS",
+    "Action",
     "CodeSystem",
     "EthnicGroup",
     "FactKind",
@@ -44,6 +52,7 @@ __all__ = [
     "SchemaName",
     "Setting",
     "Sex",
+    "Stage",
     "Status",
 ]
 
@@ -109,6 +118,16 @@ Outcome = Literal["eligible", "possible", "ineligible"]
 MatchOutcome = Literal["eligible", "possible"]
 #: The recruitment funnel, in order (the research office's report and dashboards).
 FunnelStage = Literal["matched", "reviewed", "approached", "consented", "enrolled"]
+#: A worklist match's stage (the store's own states): ``new`` when recorded, then what the team did.
+Stage = Literal["new", "reviewed", "approached", "consented", "enrolled", "not_eligible", "declined"]
+#: What the team can do to a match, in funnel order. ``snoozed`` needs an ``until`` date; the two dismissals need a
+#: reason. Every action but ``snoozed`` moves the match to the stage of the same name.
+Action = Literal["reviewed", "not_eligible", "approached", "consented", "declined", "enrolled", "snoozed"]
+
+ELIGIBLE: Final = "eligible"
+POSSIBLE: Final = "possible"
+#: The outcome of a match that a re-screen ruled out (closes it as "no longer eligible").
+INELIGIBLE: Final = "ineligible"
 
 KINDS: tuple[str, ...] = get_args(Kind)
 FACT_KINDS: tuple[str, ...] = get_args(FactKind)
@@ -123,7 +142,14 @@ ETHNIC_GROUPS: tuple[str, ...] = get_args(EthnicGroup)
 OUTCOMES: tuple[str, ...] = get_args(Outcome)
 MATCH_OUTCOMES: tuple[str, ...] = get_args(MatchOutcome)
 FUNNEL_STAGES: tuple[str, ...] = get_args(FunnelStage)
+STAGES: tuple[str, ...] = get_args(Stage)
+ACTIONS: tuple[str, ...] = get_args(Action)
+#: The stage of a match when it is recorded (and when a closed match is reopened).
+NEW_STAGE: Final = "new"
 #: Worklist stages (the store's own states): still in play, closed, and closed by a dismissal.
 ACTIVE_STAGES: tuple[str, ...] = ("new", "reviewed", "approached", "consented")
 CLOSED_STAGES: tuple[str, ...] = ("enrolled", "not_eligible", "declined")
 DISMISSED_STAGES: tuple[str, ...] = ("not_eligible", "declined")
+#: Stages in which a match that is no longer eligible stays on the open worklist (with a warning): the patient has
+#: been approached or has consented, so someone must act on it rather than see it vanish.
+KEPT_VISIBLE_STAGES: tuple[str, ...] = ("approached", "consented")

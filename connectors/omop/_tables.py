@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from connectors._common import SNOMED_ROUTES, TEXT_ROUTES
+from screener.vocab import SEXES
 
 from .source import SOURCE
 
@@ -222,7 +223,7 @@ def _person(df: pl.DataFrame, pid: pl.Expr, now_iso: str) -> pl.DataFrame:
     sex_src = _col(df, "gender_source_value").str.to_uppercase().str.slice(0, 1)
     sex = pl.coalesce(
         gender.replace_strict(_SEX, default=None, return_dtype=pl.String),
-        pl.when(sex_src.is_in(["F", "M", "O", "U"])).then(sex_src),
+        pl.when(sex_src.is_in(SEXES)).then(sex_src),
     )
     race_src = _col(df, "race_source_value").str.strip_chars().str.to_uppercase()
     letter = pl.when(race_src.str.len_chars() == 1).then(race_src)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from screener.vocab import FACT_KINDS
+from screener.vocab import FACT_KINDS, SETTINGS
 
 SOURCE = "synthetic"
 DAY = 86_400_000_000  # microseconds
@@ -18,7 +18,7 @@ YEAR = 365.25
 
 #: ONS 2021 high-level groups among those with a stated group (West Yorkshire, Census 2021).
 CENSUS_ETHNIC_MIX: dict[str, float] = {"white": 0.766, "asian": 0.158, "black": 0.031, "mixed": 0.025, "other": 0.020}
-_GROUPS = ("white", "asian", "black", "mixed", "other")
+_GROUPS = tuple(CENSUS_ETHNIC_MIX)  # drawn with the weights above, in this order
 _NOT_STATED = 0.01
 #: NHS Data Dictionary ethnic category letters within each group, with West Yorkshire-like weights.
 _CATEGORIES: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
@@ -51,7 +51,7 @@ _AGE_BANDS = (  # (lowest age, width in years, weight)
     (85, 5, 1.4),
     (90, 6, 0.7),
 )
-_SETTINGS = ("hospital", "community", "primary-care", "home")
+_SETTINGS = SETTINGS  # a setting is drawn and stored as its index in this tuple
 _HOSPITAL_SITES = ("RXX01", "RXX02")
 _COMMUNITY_SITES = ("COMM-RXX-01", "COMM-RXX-02", "COMM-RXX-03", "COMM-RXX-04")
 _GP_SITES = ("GP-B83001", "GP-B83005", "GP-B82018", "GP-B86010", "GP-B87003", "GP-B85011")

@@ -62,6 +62,7 @@ from connectors.synthetic._formats import to_fhir, to_hl7v2
 from screener.connector.common import is_valid_nhs_number, nhs_check_digit  # re-exported (the one NHS check)
 from screener.events import Event
 from screener.state import FACTS_SCHEMA, PERSONS_SCHEMA, upgrade_facts, upgrade_persons
+from screener.vocab import NOT_DONE_STATUSES
 
 from ._acute import _asthma, _heart_failure, _stroke, _womens_health
 from ._base import (
@@ -215,7 +216,7 @@ def _block(start: int, stop: int, seed: int, now: datetime) -> tuple[pl.DataFram
     facts = f.frame()
     # Every fact happens before `now` (a record in the future would be a data error, not a near miss).
     # A planned procedure is the only fact after `now` (that is what makes it planned).
-    planned = pl.col("status").is_in(["planned", "ordered"])
+    planned = pl.col("status").is_in(NOT_DONE_STATUSES)
     whole = pl.col("t") // 1_000_000 * 1_000_000
     facts = facts.with_columns(
         pl.when(planned).then(whole).otherwise(whole.clip(upper_bound=now_us - MINUTE)).alias("t")

@@ -13,8 +13,6 @@ from sqlalchemy.engine import Connection, Engine
 
 from screener.alerts import schema as t
 
-#: Worklist actions, in funnel order. ``snoozed`` needs an ``until`` date; the two dismissals need a reason.
-ACTIONS = ("reviewed", "not_eligible", "approached", "consented", "declined", "enrolled", "snoozed")
 NOT_ELIGIBLE_REASONS = {
     "criterion_not_met": "A criterion is not met on review",
     "clinical_judgement": "Not appropriate in the clinician's judgement",
@@ -34,9 +32,6 @@ DECLINED_REASONS = {
     "no_reason": "No reason given",
     "other": "Other",
 }
-ACTIVE_STAGES = ("new", "reviewed", "approached", "consented")
-CLOSED_STAGES = ("enrolled", "not_eligible", "declined")
-DISMISSED_STAGES = ("not_eligible", "declined")
 #: Outbound channels. ``pager`` (a second webhook, page/SMS style) only carries studies with ``alert: immediate``.
 CHANNELS = ("webhook", "email", "pager")
 VIEWS = ("open", "snoozed", "closed", "all")

@@ -19,10 +19,10 @@ import json
 from datetime import datetime
 from typing import Any
 
+from screener.vocab import ELIGIBLE, INELIGIBLE, KEPT_VISIBLE_STAGES, POSSIBLE
+
 __all__ = ["KEPT_VISIBLE_STAGES", "followed", "ruled_out_by"]
 
-#: Stages at which a match that is no longer eligible stays on the open worklist, with a warning.
-KEPT_VISIBLE_STAGES = ("approached", "consented")
 _KEEP_WHEN_NULL = ("setting", "imd_decile", "ethnic_group", "location")
 
 
@@ -38,16 +38,16 @@ def followed(old: dict[str, Any], row: dict[str, Any], now: datetime) -> tuple[d
     outcome_changed = old["outcome"] != row["outcome"]
     event: str | None = None
     closed_at, upgraded_at = old.get("closed_at"), old.get("upgraded_at")
-    if row["outcome"] == "ineligible":
-        if old["outcome"] != "ineligible":
+    if row["outcome"] == INELIGIBLE:
+        if old["outcome"] != INELIGIBLE:
             closed_at, upgraded_at, event = now, None, "no_longer_eligible"
     else:
-        if old["outcome"] == "ineligible":
+        if old["outcome"] == INELIGIBLE:
             event = "eligible_again"
         closed_at = None
-        if old["outcome"] == "possible" and row["outcome"] == "eligible":
+        if old["outcome"] == POSSIBLE and row["outcome"] == ELIGIBLE:
             upgraded_at, event = now, "upgraded"
-        elif row["outcome"] == "possible":
+        elif row["outcome"] == POSSIBLE:
             upgraded_at = None
     values = {
         "outcome": row["outcome"],

@@ -13,16 +13,11 @@ from sqlalchemy.engine import Connection
 
 from screener.alerts import auth
 from screener.alerts import schema as t
-from screener.alerts._common import (
-    _CHUNK,
-    DISMISSED_STAGES,
-    StoreBase,
-    _utc,
-    materially_changed,
-)
+from screener.alerts._common import _CHUNK, StoreBase, _utc, materially_changed
 from screener.alerts._follow import followed
 from screener.alerts.base import MATCH_COLUMNS
 from screener.errors import DeliveryError
+from screener.vocab import DISMISSED_STAGES, INELIGIBLE, NEW_STAGE
 
 #: What the recording step reads of a stored match to decide how a new screen changes it.
 _OLD_COLUMNS = (
@@ -79,7 +74,7 @@ class MatchesPart(StoreBase):
         rows = [_match_row(r, now) for r in frame.to_dicts()]
         rows = [r for r in rows if r["patient_id"] not in dnc]
         existing = self._existing(conn, rows)
-        inserts = [r for r in rows if (r["study_id"], r["patient_id"]) not in existing and r["outcome"] != "ineligible"]
+        inserts = [r for r in rows if (r["study_id"], r["patient_id"]) not in existing and r["outcome"] != INELIGIBLE]
         new_keys: set[tuple[str, str]] = set()
         if inserts:
             for r in inserts:
@@ -95,7 +90,7 @@ class MatchesPart(StoreBase):
                 continue
             reopen = (
                 old["stage"] in DISMISSED_STAGES
-                and r["outcome"] != "ineligible"
+                and r["outcome"] != INELIGIBLE
                 and old["rule_hash"] != r["rule_hash"]
                 and materially_changed(old["outcome"], old["criteria"], r["outcome"], r["criteria"])
             )
@@ -118,7 +113,7 @@ class MatchesPart(StoreBase):
             conn.execute(
                 t.matches.update()
                 .where(t.matches.c.id == old["id"])
-                .values(stage="new", reason=None, snoozed_until=None, reopened_at=now)
+                .values(stage=NEW_STAGE, reason=None, snoozed_until=None, reopened_at=now)
             )
             self._audit(
                 conn,
@@ -241,6 +236,6 @@ def _match_row(r: dict[str, Any], now: datetime) -> dict[str, Any]:
         "imd_decile": int(imd) if imd is not None else None,
         "ethnic_group": r.get("ethnic_group"),
         "location": (str(r["location"])[:64] or None) if r.get("location") is not None else None,
-        "stage": "new",
+        "stage": NEW_STAGE,
         "updated_at": now,
     }

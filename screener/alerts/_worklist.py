@@ -10,10 +10,7 @@ import sqlalchemy as sa
 
 from screener.alerts import schema as t
 from screener.alerts._common import (
-    ACTIONS,
-    ACTIVE_STAGES,
     ACUTE_HORIZON_S,
-    CLOSED_STAGES,
     CLOSING_SOON_DAYS,
     DECLINED_REASONS,
     NOT_ELIGIBLE_REASONS,
@@ -24,7 +21,8 @@ from screener.alerts._common import (
     _utc,
     urgency,
 )
-from screener.alerts._follow import KEPT_VISIBLE_STAGES, ruled_out_by
+from screener.alerts._follow import ruled_out_by
+from screener.vocab import ACTIONS, ACTIVE_STAGES, CLOSED_STAGES, INELIGIBLE, KEPT_VISIBLE_STAGES
 
 #: Worklist orders (see :meth:`WorklistPart.worklist`).
 SORTS = ("urgency", "newest", "oldest", "study")
@@ -60,7 +58,7 @@ class WorklistPart(StoreBase):
         )
         not_snoozed = sa.or_(m.snoozed_until.is_(None), m.snoozed_until <= today)
         # A match no longer eligible leaves the open list, unless the nurse is already talking to the patient.
-        still_open = sa.or_(m.outcome != "ineligible", m.stage.in_(KEPT_VISIBLE_STAGES))
+        still_open = sa.or_(m.outcome != INELIGIBLE, m.stage.in_(KEPT_VISIBLE_STAGES))
         if view == "open":
             q = q.where(m.stage.in_(ACTIVE_STAGES), still_open, not_snoozed)
         elif view == "snoozed":
@@ -159,7 +157,7 @@ class WorklistPart(StoreBase):
             crit = json.loads(r.pop("criteria") or "[]")
             r["unknowns"] = [c.get("name") for c in crit if c.get("result") is None]
             r["snooze_ended"] = r["snoozed_until"] is not None and r["snoozed_until"] <= today
-            r["no_longer_eligible"] = r["outcome"] == "ineligible"
+            r["no_longer_eligible"] = r["outcome"] == INELIGIBLE
         return rows
 
     def get_match(self, user: User, token: str) -> dict[str, Any] | None:
@@ -196,7 +194,7 @@ class WorklistPart(StoreBase):
             ]
         d["criteria"] = [{**c, "to_verify": c.get("result") is None} for c in json.loads(d["criteria"] or "[]")]
         d["urgency"] = urgency(d.pop("horizon_s"), d["closes"], self.clock().date())
-        d["no_longer_eligible"] = d["outcome"] == "ineligible"
+        d["no_longer_eligible"] = d["outcome"] == INELIGIBLE
         d["contacts"] = json.loads(d["contacts"] or "[]")
         d["sites"] = json.loads(d["sites"] or "[]")
         d["ruled_out"] = ruled_out_by(d["criteria"]) if d["no_longer_eligible"] else []

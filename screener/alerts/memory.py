@@ -13,6 +13,7 @@ from datetime import datetime
 import polars as pl
 
 from screener.alerts.base import MATCH_COLUMNS
+from screener.vocab import INELIGIBLE
 
 __all__ = ["MemoryStore"]
 
@@ -45,9 +46,7 @@ class MemoryStore:
                 self._matches = incoming.clear()
             keys = self._matches.select("study_id", "patient_id")
             # An ineligible row only ever updates an existing match (the contract: it never creates one).
-            new = incoming.join(keys, on=["study_id", "patient_id"], how="anti").filter(
-                pl.col("outcome") != "ineligible"
-            )
+            new = incoming.join(keys, on=["study_id", "patient_id"], how="anti").filter(pl.col("outcome") != INELIGIBLE)
             old = incoming.join(keys, on=["study_id", "patient_id"], how="semi")
             current = self._matches
             if old.height:

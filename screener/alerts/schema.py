@@ -35,6 +35,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from screener.vocab import NEW_STAGE
+
 __all__ = [
     "actions",
     "api_tokens",
@@ -105,8 +107,9 @@ matches = Table(
     Column("setting", String(32), nullable=True),
     Column("imd_decile", Integer, nullable=True),
     Column("ethnic_group", String(16), nullable=True),
-    #: Funnel stage: new | reviewed | approached | consented | enrolled | not_eligible | declined.
-    Column("stage", String(16), nullable=False, default="new"),
+    #: Worklist stage, one of screener.vocab.STAGES (new | reviewed | approached | consented | enrolled |
+    #: not_eligible | declined).
+    Column("stage", String(16), nullable=False, default=NEW_STAGE),
     Column("reason", String(64), nullable=True),  # coded reason of the dismissing action
     Column("snoozed_until", Date, nullable=True),
     Column("reopened_at", DateTime(timezone=True), nullable=True),

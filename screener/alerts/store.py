@@ -37,10 +37,7 @@ from typing import Any
 from screener.alerts._accounts import AccountsPart
 from screener.alerts._audit import AuditPart
 from screener.alerts._common import (
-    ACTIONS,
-    ACTIVE_STAGES,
     CHANNELS,
-    CLOSED_STAGES,
     DECLINED_REASONS,
     NOT_ELIGIBLE_REASONS,
     VIEWS,
@@ -60,6 +57,7 @@ from screener.alerts._register import RegisterPart
 from screener.alerts._studies import StudiesPart
 from screener.alerts._worklist import WorklistPart
 from screener.errors import ConfigError
+from screener.vocab import ACTIONS, ACTIVE_STAGES, CLOSED_STAGES
 
 __all__ = [
     "ACTIONS",

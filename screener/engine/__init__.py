@@ -63,6 +63,7 @@ studies. Logs carry batch numbers, partitions, offsets, counts and timings, neve
 
 from screener.engine.base import Consumer, Producer
 from screener.engine.loop import Engine
-from screener.engine.matches import MATCH_OUTCOMES, _default_screen, matches_from_screen
+from screener.engine.matches import _default_screen, matches_from_screen
+from screener.vocab import MATCH_OUTCOMES  # re-exported (the engine stores these outcomes)
 
 __all__ = ["MATCH_OUTCOMES", "Consumer", "Engine", "Producer", "_default_screen", "matches_from_screen"]

@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from screener.engine._base import EngineBase, log
+from screener.vocab import INELIGIBLE, MATCH_OUTCOMES
 
 PAIRS_SCHEMA: dict[str, pl.DataType] = {"study_id": pl.String(), "patient_id": pl.String(), "partition": pl.Int32()}
 
@@ -51,7 +52,7 @@ class FollowRole(EngineBase):
         )
         if known.height == 0:
             return empty
-        still = result.filter(pl.col("outcome").is_in(("eligible", "possible"))).select("study_id", "patient_id")
+        still = result.filter(pl.col("outcome").is_in(MATCH_OUTCOMES)).select("study_id", "patient_id")
         gone = known.select("study_id", "patient_id").join(still, on=["study_id", "patient_id"], how="anti")
         flags = state.persons.filter(pl.col("do_not_contact").fill_null(False) | pl.col("deceased").fill_null(False))
         gone = gone.join(flags.select("patient_id"), on="patient_id", how="anti")
@@ -60,7 +61,7 @@ class FollowRole(EngineBase):
         which = set(gone["study_id"].unique().to_list())
         sub = state.select_patients(gone["patient_id"].unique())
         full: pl.DataFrame = self._screen_all(sub, [s for s in studies if s.id in which], now)
-        return full.join(gone, on=["study_id", "patient_id"], how="semi").filter(pl.col("outcome") == "ineligible")
+        return full.join(gone, on=["study_id", "patient_id"], how="semi").filter(pl.col("outcome") == INELIGIBLE)
 
     def _note_pairs(self, matched: pl.DataFrame, closed: pl.DataFrame, owners: pl.DataFrame | None) -> None:
         """Remember the pairs just sent as eligible/possible and forget the ones just closed."""

@@ -14,9 +14,9 @@ import polars as pl
 from screener.alerts.base import MATCH_COLUMNS
 from screener.engine._base import EngineBase, _seconds, log
 from screener.errors import DeliveryError, EventError, ScreenerError
-from screener.state import TS, PatientState
+from screener.state import PatientState
+from screener.vocab import INELIGIBLE, MATCH_OUTCOMES, TS
 
-MATCH_OUTCOMES = ("eligible", "possible")
 #: Matches per sweep page.
 SWEEP_LIMIT = 10_000
 
@@ -195,7 +195,7 @@ class MatchesRole(EngineBase):
         dnc = self.store.do_not_contact()
         matches, suppressed = matches_from_screen(result, state.persons, dnc, now, event_times)
         if closed_rows.height:
-            closed, _ = matches_from_screen(closed_rows, state.persons, dnc, now, event_times, outcomes=("ineligible",))
+            closed, _ = matches_from_screen(closed_rows, state.persons, dnc, now, event_times, outcomes=(INELIGIBLE,))
             self.metrics.matches_closed.inc(closed.height)
         else:
             closed = matches.clear()

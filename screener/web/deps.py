@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 
 from screener.alerts import auth
 from screener.alerts.store import SqlStore, User
+from screener.vocab import Stage
 
 __all__ = [
     "LOGIN_CSRF_COOKIE",
@@ -27,7 +28,7 @@ __all__ = [
 
 SESSION_COOKIE = "screener_session"
 LOGIN_CSRF_COOKIE = "screener_login_csrf"
-STAGE_LABELS = {
+STAGE_LABELS: dict[Stage, str] = {
     "new": "New",
     "reviewed": "Reviewed",
     "approached": "Approached",

@@ -9,14 +9,15 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from screener.alerts.store import DECLINED_REASONS, NOT_ELIGIBLE_REASONS, InvalidAction, SqlStore
+from screener.vocab import ACTIONS, DISMISSED_STAGES, Action
 from screener.web.deps import Principal, Store, check_form_csrf, page_user, render
 from screener.web.present import deadline, parse_day, time_left
 
 router = APIRouter()
 
-#: Actions without a reason or a date, recorded from the first form.
-SIMPLE_ACTIONS = ("reviewed", "approached", "consented", "enrolled")
-ACTION_LABELS = {
+#: Actions without a reason or a date, recorded from the first form (in funnel order).
+SIMPLE_ACTIONS = tuple(a for a in ACTIONS if a not in DISMISSED_STAGES and a != "snoozed")
+ACTION_LABELS: dict[Action, str] = {
     "reviewed": "Reviewed",
     "approached": "Approached the patient",
     "consented": "Consented",

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from screener.alerts.store import VIEWS, SqlStore
+from screener.vocab import SETTINGS, MatchOutcome
 from screener.web.deps import (
     STAGE_LABELS,
     Principal,
@@ -35,8 +36,7 @@ def _filters(study: str | None, setting: str | None, outcome: str | None, view: 
 
 VIEW_LABELS = {"open": "Open", "snoozed": "Snoozed", "closed": "Closed or no longer eligible", "all": "All"}
 SORT_LABELS = {"urgency": "Most urgent first", "newest": "Newest first", "oldest": "Oldest first", "study": "By study"}
-OUTCOME_LABELS = {"eligible": "Eligible", "possible": "Possibly eligible"}
-SETTINGS = ("hospital", "community", "primary-care", "home")
+OUTCOME_LABELS: dict[MatchOutcome, str] = {"eligible": "Eligible", "possible": "Possibly eligible"}
 
 
 def _empty_state(st: SqlStore, p: Principal, f: dict[str, Any], studies: list[dict[str, Any]]) -> dict[str, Any]:
