@@ -15,6 +15,24 @@ import tests.hypothesis_profiles  # noqa: F401  (imported for its side effect)
 from screener.events import Event, parse_event
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cheap_password_hashing() -> Iterator[Any]:
+    """Passwords are hashed with argon2id at argon2-cffi's ``CHEAPEST`` parameters (its profile "for tests")
+    instead of the production cost (about 0.25 CPU-second a hash or a check; a seeded web test adds four users and
+    logs in). The algorithm, the hash format and every check stay real. Yields the production hasher, whose
+    parameters a test checks (tests/unit/alerts/test_store.py)."""
+    from argon2 import PasswordHasher, profiles
+
+    from screener.alerts import auth
+
+    cheap = PasswordHasher.from_parameters(profiles.CHEAPEST)
+    production = auth._hasher
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(auth, "_hasher", cheap)
+        mp.setattr(auth, "_DUMMY_HASH", cheap.hash("not-a-real-password"))
+        yield production
+
+
 @pytest.fixture
 def make_event() -> Any:
     """Factory: a valid canonical event with defaults; keyword arguments override fields."""

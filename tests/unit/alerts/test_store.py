@@ -317,6 +317,22 @@ def test_outbox_rows_carry_study_team_and_count_never_a_patient(synced: SqlStore
     assert len(synced.outbox_due("webhook", synced.clock())) == 2
 
 
+def test_production_passwords_cost_what_argon2_cffi_recommends(cheap_password_hashing: Any) -> None:
+    """The tests hash at argon2's cheapest parameters (tests/conftest.py); production keeps argon2-cffi's defaults
+    (RFC 9106's low-memory recommendation: argon2id, 3 passes over 64 MiB, 4 lanes)."""
+    from argon2 import PasswordHasher, Type
+
+    production, default = cheap_password_hashing, PasswordHasher()
+    assert production.type == Type.ID
+    assert (production.time_cost, production.memory_cost, production.parallelism) == (3, 65536, 4)
+    assert (production.time_cost, production.memory_cost, production.parallelism, production.hash_len) == (
+        default.time_cost,
+        default.memory_cost,
+        default.parallelism,
+        default.hash_len,
+    )
+
+
 def test_users_sessions_and_tokens(store: SqlStore, clock: Any) -> None:
     u = store.add_user("nina", "correct horse", "coordinator", ["renal", "renal", "resp"], email="n@x.org")
     assert u.teams == {"renal", "resp"}
