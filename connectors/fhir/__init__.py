@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from connectors._common import format_unmapped
-from screener.connector import SimpleConnector
+from screener.connector import SimpleConnector, SinkFactory
 
 from .files import LoadResult, load_files
 from .parse import SUPPORTED, FHIRReject, ParsedPayload, parse_payload, parse_resource
@@ -45,11 +45,11 @@ def _command() -> click.Command:
         help="A Bundle/resource .json, a bulk-data .ndjson, or a directory of them.",
     )
     @connector_options
-    def fhir(listen: str | None, from_file: Path | None, sink_factory: object) -> None:
+    def fhir(listen: str | None, from_file: Path | None, sink_factory: SinkFactory) -> None:
         """Receive FHIR R4 resources and Bundles over HTTP, or load them from files."""
         if (listen is None) == (from_file is None):
             raise click.UsageError("give exactly one of --listen HOST:PORT or --from-file PATH")
-        sink = sink_factory("fhir")  # type: ignore[operator]
+        sink = sink_factory("fhir")
         try:
             if from_file is not None:
                 result = load_files(from_file, sink, progress=True)
@@ -61,7 +61,7 @@ def _command() -> click.Command:
                 if result.rejected:
                     raise SystemExit(1)  # something went to the dead-letter topic: the load is not complete
                 return
-            serve(sink, listen or "", sink_factory.settings, dry_run=sink_factory.dry_run)  # type: ignore[attr-defined]
+            serve(sink, listen or "", sink_factory.settings, dry_run=sink_factory.dry_run)
         finally:
             from connectors.hl7v2 import close_sink
 

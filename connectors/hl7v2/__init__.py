@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from screener.connector import SimpleConnector
+from screener.connector import SimpleConnector, SinkFactory
 
 from .mllp import MLLPClient, ServerThread, frame
 from .parse import CodeMap, HL7Reject, ParsedMessage, load_code_map, parse_message, split_batch
@@ -65,7 +65,7 @@ def _command() -> click.Command:
         help="OBX local-code mapping file (YAML or CSV).",
     )
     @connector_options
-    def hl7v2(listen: str, code_map: Path | None, sink_factory: object) -> None:
+    def hl7v2(listen: str, code_map: Path | None, sink_factory: SinkFactory) -> None:
         """Receive HL7 v2 (ADT, ORU^R01) over MLLP; ACK AA only after Kafka acknowledged the events."""
         from screener.metrics import Metrics
         from screener.sources.health import AlwaysHealthy, BrokerHealth
@@ -73,13 +73,13 @@ def _command() -> click.Command:
         from .service import run_listener
 
         host, port = parse_listen(listen)
-        settings = sink_factory.settings  # type: ignore[attr-defined]
+        settings = sink_factory.settings
         health_at = parse_listen(settings.mllp_health_listen) if settings.mllp_health_listen else None
-        sink = sink_factory("hl7v2")  # type: ignore[operator]
+        sink = sink_factory("hl7v2")
         metrics = Metrics()
         health = (
             AlwaysHealthy()
-            if sink_factory.dry_run  # type: ignore[attr-defined]
+            if sink_factory.dry_run
             else BrokerHealth.from_settings(settings, on_change=metrics.broker_up.set).start()
         )
         server = MLLPServer(

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from connectors._common import format_unmapped
-from screener.connector import SimpleConnector
+from screener.connector import SimpleConnector, SinkFactory
 
 from ._rows import table_rows
 from .backfill import TABLES, BackfillResult, OmopSource, backfill, table_events
@@ -28,13 +28,13 @@ def _command() -> click.Command:
     @click.option("--tables", default=",".join(TABLES), show_default=True, help="Comma-separated tables to load.")
     @click.option("--chunk-rows", default=200_000, show_default=True, help="Rows read and published per batch.")
     @connector_options
-    def omop(path: Path, tables: str, chunk_rows: int, sink_factory: object) -> None:
+    def omop(path: Path, tables: str, chunk_rows: int, sink_factory: SinkFactory) -> None:
         """Load an OMOP CDM v5.4 extract into Kafka (one canonical event per row)."""
         wanted = tuple(t.strip().lower() for t in tables.split(",") if t.strip())
         unknown = [t for t in wanted if t not in TABLES]
         if unknown:
             raise click.BadParameter(f"unknown table(s) {unknown}; known: {', '.join(TABLES)}", param_hint="--tables")
-        sink = sink_factory("omop", linger_ms=50, batch_size=1024 * 1024)  # type: ignore[operator]
+        sink = sink_factory("omop", linger_ms=50, batch_size=1024 * 1024)
         try:
             result = backfill(path, sink, tables=wanted, chunk_rows=chunk_rows)
         finally:

@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from connectors.hl7v2.mllp import MLLPClient
-from screener.connector import SimpleConnector
+from screener.connector import SimpleConnector, SinkFactory
 from screener.errors import ConnectorError
 from screener.events import Event
 
@@ -68,17 +68,25 @@ def render(events: list[Event], fmt: str) -> list[str] | dict[str, Any] | list[E
     """
     if fmt == "canonical":
         return events
+    if fmt == "hl7v2":
+        return render_hl7v2(events)
+    if fmt == "fhir":
+        return render_fhir(events)
+    raise ConnectorError(f"no renderer for the format {fmt!r} (one of {', '.join(FORMATS)})", connector="synthetic")
+
+
+def render_hl7v2(events: list[Event]) -> list[str]:
+    """One patient's events as HL7 v2.5 messages (ADT first, then results)."""
     from . import population
 
-    fn = getattr(population, "to_hl7v2" if fmt == "hl7v2" else "to_fhir", None)
-    if fn is None:
-        raise ConnectorError(f"the population module has no renderer for {fmt}", connector="synthetic")
-    result = fn(events)
-    if fmt == "hl7v2" and isinstance(result, str):
-        return [result]
-    if fmt == "hl7v2":
-        return list(result)
-    return result  # type: ignore[no-any-return]
+    return population.to_hl7v2(events)
+
+
+def render_fhir(events: list[Event]) -> dict[str, Any]:
+    """One patient's events as a FHIR R4 transaction Bundle."""
+    from . import population
+
+    return population.to_fhir(events)
 
 
 def _command() -> click.Command:
@@ -95,7 +103,7 @@ def _command() -> click.Command:
     )
     @connector_options
     def synthetic(
-        n: int, rate: float, seed: int, fmt: str, now: str | None, target: str | None, sink_factory: Any
+        n: int, rate: float, seed: int, fmt: str, now: str | None, target: str | None, sink_factory: SinkFactory
     ) -> None:
         """Emit a seeded synthetic population as canonical events, HL7 v2 or FHIR, at a fixed rate."""
         ref = datetime.fromisoformat(now.replace("Z", "+00:00")) if now else None
@@ -116,15 +124,15 @@ def _command() -> click.Command:
                     sink.publish(events)
                     sent += len(events)
                 elif fmt == "hl7v2":
-                    for message in render(events, fmt):
+                    for message in render_hl7v2(events):
                         if client is not None:
-                            ack = client.send(message)  # type: ignore[arg-type]
+                            ack = client.send(message)
                             rejected += "MSA|AA" not in ack
                         else:
-                            sys.stdout.write(message.replace("\r", "\\r") + "\n")  # type: ignore[union-attr]
+                            sys.stdout.write(message.replace("\r", "\\r") + "\n")
                         sent += 1
                 else:
-                    bundle = render(events, fmt)
+                    bundle = render_fhir(events)
                     if http is not None:
                         resp = http.post("/", json=bundle, headers={"content-type": "application/fhir+json"})
                         rejected += resp.status_code >= 300

@@ -39,6 +39,19 @@ def test_cli_connect_list() -> None:
     assert [line.split()[0] for line in result.output.splitlines()] == ["fhir", "hl7v2", "omop", "synthetic"]
 
 
+@pytest.mark.parametrize("fmt", ["hl7v2", "fhir"])
+def test_cli_synthetic_writes_hl7v2_messages_or_fhir_bundles_to_stdout_without_a_target(fmt: str) -> None:
+    args = ["connect", "synthetic", "--patients", "2", "--format", fmt, "--now", "2026-06-01T09:00:00Z"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line]
+    if fmt == "hl7v2":  # one message a line, segments separated by a visible \r
+        assert len(lines) > 2 and all(line.startswith("MSH|^~\\&|") and "\\rPID|" in line for line in lines)
+    else:  # one transaction Bundle a patient
+        assert [json.loads(line)["resourceType"] for line in lines] == ["Bundle", "Bundle"]
+    assert f"synthetic: 2 patients, {len(lines)} {fmt} records sent, 0 rejected" in result.stderr
+
+
 def test_cli_unknown_connector_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["connect", "hl7"])
     assert result.exit_code == 2 and "did you mean 'hl7v2'" in result.output
