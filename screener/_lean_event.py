@@ -44,7 +44,7 @@ def _s(lo: int | None = None, hi: int | None = None, pattern: str | None = None)
 @with_config(_FORBID)
 class _LeanCode(TypedDict):
     system: CodeSystem
-    value: _s(1, 64)  # type: ignore[valid-type]
+    value: _s(1, 64)  # type: ignore[valid-type]  # _s(): a call that builds a type
 
 
 _Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -53,7 +53,7 @@ _Finite = Annotated[float, Field(allow_inf_nan=False)]
 @with_config(_FORBID)
 class _LeanDose(TypedDict):
     value: Annotated[float, Field(ge=0, allow_inf_nan=False)]
-    unit: NotRequired[_s(1, 32) | None]  # type: ignore[valid-type]
+    unit: NotRequired[_s(1, 32) | None]  # type: ignore[valid-type]  # _s(): a call that builds a type
 
 
 @with_config(_FORBID)
@@ -61,16 +61,16 @@ class _LeanPerson(TypedDict, total=False):
     birth_date: str | None
     sex: Sex | None
     ethnic_group: EthnicGroup | None
-    ethnic_category: _s(pattern=r"^[A-Z]$") | None  # type: ignore[valid-type]
-    lsoa: _s(hi=16) | None  # type: ignore[valid-type]
+    ethnic_category: _s(pattern=r"^[A-Z]$") | None  # type: ignore[valid-type]  # _s(): a call that builds a type
+    lsoa: _s(hi=16) | None  # type: ignore[valid-type]  # _s(): a call that builds a type
     imd_decile: Annotated[int, Field(ge=1, le=10)] | None
-    postcode_district: _s(hi=8) | None  # type: ignore[valid-type]
-    nhs_number: _s(pattern=r"^\d{10}$") | None  # type: ignore[valid-type]
-    merged_from: _s(1, 64) | None  # type: ignore[valid-type]
+    postcode_district: _s(hi=8) | None  # type: ignore[valid-type]  # _s(): a call that builds a type
+    nhs_number: _s(pattern=r"^\d{10}$") | None  # type: ignore[valid-type]  # _s(): a call that builds a type
+    merged_from: _s(1, 64) | None  # type: ignore[valid-type]  # _s(): a call that builds a type
 
 
 _LeanEvent = with_config(_FORBID)(
-    TypedDict(  # type: ignore[operator]
+    TypedDict(  # type: ignore[operator]  # the functional TypedDict form, wrapped by with_config: mypy wants a class
         "_LeanEvent",
         {
             "schema": NotRequired[SchemaName],
@@ -103,6 +103,7 @@ _LeanEvent = with_config(_FORBID)(
 
 #: One pydantic-core call for the whole batch: a payload that fails the lean schema comes back as its bytes.
 LEAN: TypeAdapter[list[Any]] = TypeAdapter(
+    # _LeanEvent is a variable (the TypedDict that with_config returns), which mypy does not accept as a type
     list[Annotated[Json[_LeanEvent] | bytes, Field(union_mode="left_to_right")]]  # type: ignore[valid-type]
 )
 

@@ -24,13 +24,13 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from screener.alerts.memory import MemoryStore
 from screener.clock import FixedClock
-from screener.engine.base import Partition
+from screener.engine.base import CommitOffset, Partition, RebalanceListener
 from screener.events import dump_event
 
 __all__ = [
@@ -121,8 +121,15 @@ class InMemoryProducer:
         self.log = log
         self.closed = False
 
-    def send(self, topic: str, key: bytes | None = None, value: bytes = b"", headers: Any = None) -> SentFuture:
-        self.log.append(topic, key, value)
+    def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> SentFuture:
+        """Append ``value`` (an empty payload when None) under ``key``; headers are not kept."""
+        self.log.append(topic, key, value if value is not None else b"")
         return SentFuture()
 
     def flush(self, timeout: float | None = None) -> None:
@@ -137,10 +144,10 @@ class InMemoryConsumer:
 
     def __init__(self, log: InMemoryLog) -> None:
         self.log = log
-        self.listener: Any = None
+        self.listener: RebalanceListener | None = None
         self.topic = ""
         self.assigned: list[Partition] = []
-        self.position: dict[Any, int] = {}
+        self.position: dict[Partition, int] = {}
         #: Per partition: the first offset fetched after each assignment or seek, in order.
         self.fetched: dict[int, list[int]] = {}
         self._fresh: set[int] = set()
@@ -157,12 +164,12 @@ class InMemoryConsumer:
             return False, "consumer group lost (in-memory consumer told so)"
         return True, None
 
-    def subscribe(self, topics: list[str], listener: Any = None) -> None:
+    def subscribe(self, topics: list[str], listener: RebalanceListener | None = None) -> None:
         self.topic = topics[0]
         self.listener = listener
         self.log.topics.setdefault(self.topic, {p: [] for p in range(self.log.partitions)})
 
-    def poll(self, timeout_ms: int = 0, max_records: int | None = 500) -> dict[Any, list[Record]]:
+    def poll(self, timeout_ms: int = 0, max_records: int | None = 500) -> dict[Partition, list[Record]]:
         if not self.assigned:
             self.assign_all()
         limit = max_records if max_records is not None else 500
@@ -171,7 +178,7 @@ class InMemoryConsumer:
             # an idle log would otherwise spin).
             with self.log.appended:
                 self.log.appended.wait_for(self._available, timeout=timeout_ms / 1000)
-        out: dict[Any, list[Record]] = {}
+        out: dict[Partition, list[Record]] = {}
         n = 0
         for tp in self.assigned:
             recs = self.log.topics[tp.topic][tp.partition][self.position[tp] :][: limit - n]
@@ -202,24 +209,24 @@ class InMemoryConsumer:
             self.listener.on_partitions_revoked(self.assigned)
         self.assigned = []
 
-    def seek(self, tp: Any, offset: int) -> None:
+    def seek(self, tp: Partition, offset: int) -> None:
         self.position[tp] = offset
         self._fresh.add(tp.partition)
 
-    def committed(self, tp: Any) -> int | None:
+    def committed(self, tp: Partition) -> int | None:
         return self.log.committed.get((tp.topic, tp.partition))
 
-    def commit(self, offsets: Any = None, timeout_ms: int | None = None) -> None:
+    def commit(self, offsets: Mapping[Partition, CommitOffset] | None = None, timeout_ms: int | None = None) -> None:
         for tp, om in (offsets or {}).items():
             self.log.committed[(tp.topic, tp.partition)] = om.offset
 
-    def beginning_offsets(self, tps: Sequence[Any]) -> dict[Any, int]:
+    def beginning_offsets(self, tps: Sequence[Partition]) -> dict[Partition, int]:
         return dict.fromkeys(tps, 0)
 
-    def end_offsets(self, tps: Sequence[Any]) -> dict[Any, int]:
+    def end_offsets(self, tps: Sequence[Partition]) -> dict[Partition, int]:
         return {tp: len(self.log.topics[tp.topic][tp.partition]) for tp in tps}
 
-    def highwater(self, tp: Any) -> int | None:
+    def highwater(self, tp: Partition) -> int | None:
         return len(self.log.topics[tp.topic][tp.partition])
 
     def close(self, autocommit: bool = True) -> None:
@@ -256,3 +263,10 @@ def s3_server(bucket: str = "screener") -> Iterator[dict[str, str]]:
         yield options
     finally:
         server.stop()
+
+
+if TYPE_CHECKING:  # mypy checks here that the fakes keep satisfying the engine's edge protocols
+    from screener.engine.base import Consumer, Producer
+
+    def _fakes_satisfy_the_engine_protocols(log: InMemoryLog) -> tuple[Consumer, Producer]:
+        return InMemoryConsumer(log), InMemoryProducer(log)

@@ -129,6 +129,8 @@ class _Facts:
         ``no_setting`` leaves the care setting and site empty (a planned procedure does not move the patient);
         ``location`` indexes ``WARDS`` (-1: none).
         """
+        # one code (a tuple whose first item is its system) or a sequence of them: the isinstance test on the
+        # first item is what tells them apart, which mypy cannot narrow the union by
         options: list[tuple[Any, ...]] = [codes] if isinstance(codes[0], str) else list(codes)  # type: ignore[list-item, arg-type]
         ids = np.array([self.registry.setdefault(tuple(c), len(self.registry)) for c in options], dtype=np.int32)
         n = len(pos)

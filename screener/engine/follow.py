@@ -23,7 +23,7 @@ import polars as pl
 from screener.engine._base import EngineBase, log
 from screener.vocab import INELIGIBLE, MATCH_OUTCOMES
 
-PAIRS_SCHEMA: dict[str, pl.DataType] = {"study_id": pl.String(), "patient_id": pl.String(), "partition": pl.Int32()}
+PAIRS_SCHEMA = pl.Schema({"study_id": pl.String(), "patient_id": pl.String(), "partition": pl.Int32()})
 
 
 def _default_screen_all(state: Any, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
@@ -74,7 +74,7 @@ class FollowRole(EngineBase):
                 matched.select("study_id", "patient_id")
                 .join(owners, on="patient_id", how="inner")
                 .select(list(PAIRS_SCHEMA))
-                .cast(PAIRS_SCHEMA)  # type: ignore[arg-type]
+                .cast(PAIRS_SCHEMA)
             )
             self._matched = pl.concat([self._matched, pairs]).unique(["study_id", "patient_id"], keep="last")
 
@@ -99,7 +99,7 @@ class FollowRole(EngineBase):
             return
         if data is None:
             return
-        pairs = pl.read_parquet(io.BytesIO(data)).cast(PAIRS_SCHEMA)  # type: ignore[arg-type]
+        pairs = pl.read_parquet(io.BytesIO(data)).cast(PAIRS_SCHEMA)
         self._forget_pairs(partition)
         mine = pairs.with_columns(pl.lit(partition, dtype=pl.Int32).alias("partition"))
         self._matched = pl.concat([self._matched, mine])

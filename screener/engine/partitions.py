@@ -21,7 +21,7 @@ class _Listener:
     def __new__(cls, engine: Any) -> Any:
         from kafka import ConsumerRebalanceListener
 
-        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped: its base is Any
             def on_partitions_revoked(self, revoked: Any) -> None:
                 engine._on_revoked(revoked)
 

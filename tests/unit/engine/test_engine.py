@@ -318,12 +318,12 @@ def test_a_match_whose_publish_failed_is_published_once_by_the_sweep(
 
         down = True
 
-        def send(self, topic: str, key: bytes | None = None, value: bytes = b"", headers: Any = None) -> Any:
+        def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, headers: Any = None) -> Any:
             if topic == "m" and self.down:
                 from conftest import Future  # type: ignore[import-not-found]
 
                 return Future()
-            return super().send(topic, key, value, headers)
+            return super().send(topic, value, key, headers)
 
         def flush(self, timeout: float | None = None) -> None:
             if self.down:
