@@ -25,12 +25,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from screener.alerts.digest import team_digest, webhook_message
 from screener.alerts.sinks.base import Sink
 from screener.errors import DeliveryError
 from screener.logging import get_logger
+
+if TYPE_CHECKING:
+    from screener.alerts.store import SqlStore
+    from screener.metrics import Metrics
+    from screener.settings import Settings
 
 __all__ = ["OutboxSender"]
 
@@ -42,13 +47,13 @@ class OutboxSender:
 
     def __init__(
         self,
-        store: Any,
+        store: SqlStore,
         *,
         public_url: str,
         webhook: Sink | None = None,
         email: Sink | None = None,
         pager: Sink | None = None,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
         digest_interval_s: float = 3600.0,
         base_backoff_s: float = 5.0,
         max_backoff_s: float = 3600.0,
@@ -71,7 +76,7 @@ class OutboxSender:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any, store: Any, *, metrics: Any = None) -> OutboxSender:
+    def from_settings(cls, settings: Settings, store: SqlStore, *, metrics: Metrics | None = None) -> OutboxSender:
         from screener.alerts.sinks.email import EmailSink
         from screener.alerts.sinks.webhook import WebhookSink
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Any
+from datetime import date, datetime
 
 from pydantic import BaseModel, Field
 
@@ -13,7 +12,7 @@ from screener.alerts.store import ACTIONS
 class Criterion(BaseModel):
     name: str
     label: str | None = Field(default=None, description="The criterion in plain words (rule file label)")
-    expires_at: Any = Field(default=None, description="When a windowed criterion that holds stops holding")
+    expires_at: datetime | None = Field(default=None, description="When a windowed criterion that holds stops holding")
     group: str = Field(description="include | exclude")
     result: bool | None = Field(description="true, false, or null when unknown (the nurse must verify)")
     evidence: str | None = None
@@ -26,7 +25,7 @@ class ActionRecord(BaseModel):
     until: date | None = None
     note: str | None = None
     username: str
-    at: Any
+    at: datetime
 
 
 class MatchSummary(BaseModel):
@@ -38,15 +37,15 @@ class MatchSummary(BaseModel):
     stage: str
     urgency: int = Field(description="0 acute, 1 study closing soon, 2 other")
     setting: str | None = None
-    matched_at: Any
+    matched_at: datetime
     snoozed_until: date | None = None
-    reopened_at: Any = None
+    reopened_at: datetime | None = None
     to_verify: list[str]
     location: str | None = Field(default=None, description="Ward, bed or clinic of the latest visit")
     no_longer_eligible: bool = Field(default=False, description="A later screen ruled the patient out")
-    upgraded_at: Any = Field(default=None, description="When the match went from possible to eligible")
-    closed_at: Any = Field(default=None, description="When the patient was found no longer eligible")
-    changed_at: Any = Field(default=None, description="When the engine last changed the outcome or evidence")
+    upgraded_at: datetime | None = Field(default=None, description="When the match went from possible to eligible")
+    closed_at: datetime | None = Field(default=None, description="When the patient was found no longer eligible")
+    changed_at: datetime | None = Field(default=None, description="When the engine last changed outcome or evidence")
 
 
 class MatchDetail(MatchSummary):
@@ -78,13 +77,13 @@ class DncResult(BaseModel):
 
 class DncEntry(BaseModel):
     patient_id: str
-    added_at: Any
+    added_at: datetime
     added_by: str
     source: str | None = None
 
 
 class AuditEntry(BaseModel):
-    at: Any
+    at: datetime
     username: str
     action: str
     object_type: str | None = None

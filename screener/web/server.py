@@ -5,13 +5,21 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from screener.errors import ConfigError
 from screener.logging import get_logger
 from screener.web.app import create_app, refresh_store_metrics
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from prometheus_client import CollectorRegistry
+
+    from screener.alerts.outbox import OutboxSender
+    from screener.alerts.store import SqlStore
+    from screener.settings import Settings
 
 __all__ = ["WebHandle", "serve"]
 
@@ -25,9 +33,9 @@ class WebHandle:
     url: str
     server: uvicorn.Server
     thread: threading.Thread
-    sender: Any = None
-    app: Any = field(default=None, repr=False)
-    refresher: Any = None
+    sender: OutboxSender | None = None
+    app: FastAPI | None = field(default=None, repr=False)
+    refresher: _Refresher | None = None
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the outbox sender (if any) and the server; returns once the thread ended (or the timeout)."""
@@ -45,7 +53,12 @@ class WebHandle:
 
 
 def serve(
-    settings: Any, store: Any, metrics_registry: Any = None, *, run_outbox: bool = True, startup_timeout_s: float = 20.0
+    settings: Settings,
+    store: SqlStore,
+    metrics_registry: CollectorRegistry | None = None,
+    *,
+    run_outbox: bool = True,
+    startup_timeout_s: float = 20.0,
 ) -> WebHandle:
     """Start the worklist on ``settings.web_host:web_port`` (port 0: a free port) in a daemon thread.
 
@@ -92,14 +105,14 @@ def serve(
     return WebHandle(url=url, server=server, thread=thread, sender=sender, app=app, refresher=refresher)
 
 
-def _min_count(settings: Any) -> int:
+def _min_count(settings: Settings) -> int:
     return int(getattr(settings, "metrics_min_count", 8))
 
 
 class _Refresher:
     """Refresh the store-derived gauges on a timer, for a Prometheus that scrapes another /metrics endpoint."""
 
-    def __init__(self, store: Any, interval_s: float, min_count: int = 8) -> None:
+    def __init__(self, store: SqlStore, interval_s: float, min_count: int = 8) -> None:
         self.store, self.interval_s, self.min_count = store, interval_s, min_count
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="screener-store-metrics", daemon=True)
