@@ -18,13 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from screener._report_html import COMMERCIAL_GOAL, COMMUNITY_TARGET, TIME_TARGET_GOAL, render_html
 from screener.metrics import WEST_YORKSHIRE_ETHNICITY, WEST_YORKSHIRE_IMD_QUINTILE, Metrics
 from screener.vocab import FUNNEL_STAGES, Stage
+
+if TYPE_CHECKING:
+    from prometheus_client import Gauge
+    from sqlalchemy.engine import Engine
 
 __all__ = [
     "COMMERCIAL_GOAL",
@@ -222,7 +226,7 @@ def _equity(m: pl.DataFrame, column: str, population: dict[str, float]) -> pl.Da
 # --- rendering ------------------------------------------------------------------------------------------------
 
 
-def load_report_data(database: str | Any) -> ReportData:
+def load_report_data(database: str | Engine) -> ReportData:
     """Read study metadata and the aggregate columns of every match from the worklist store.
 
     ``database`` is a SQLAlchemy URL or an existing ``Engine`` (the web app passes ``store.engine``). Reads only
@@ -307,7 +311,7 @@ def publish_store_metrics(metrics: Metrics, data: ReportData, *, min_count: int 
             gauge.labels(*labels).set(value)
 
 
-def _label_sets(gauge: Any) -> set[tuple[str, ...]]:
+def _label_sets(gauge: Gauge) -> set[tuple[str, ...]]:
     return {tuple(s.labels[name] for name in gauge._labelnames) for family in gauge.collect() for s in family.samples}
 
 

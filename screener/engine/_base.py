@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -23,6 +23,9 @@ from screener.logging import get_logger
 from screener.metrics import Metrics
 from screener.settings import Settings
 from screener.state import FactFilter, LiveState, PatientState
+
+if TYPE_CHECKING:
+    from screener.rules import Study
 
 #: The interpreter's GIL switch interval while an engine runs (Python's default is 5 ms). The batch thread is a
 #: chain of Polars calls, each of which gives the GIL back and must win it again from the consumer's thread
@@ -268,7 +271,9 @@ class EngineBase:
     def history(self) -> Any:
         raise NotImplementedError
 
-    def _ruled_out(self, state: Any, result: pl.DataFrame, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
+    def _ruled_out(
+        self, state: PatientState, result: pl.DataFrame, studies: Sequence[Study], now: datetime
+    ) -> pl.DataFrame:
         raise NotImplementedError
 
     def _note_pairs(self, matched: pl.DataFrame, closed: pl.DataFrame, owners: pl.DataFrame | None) -> None:

@@ -16,17 +16,21 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from screener.engine._base import EngineBase, log
+from screener.engine._base import EngineBase, ScreenFn, log
+from screener.state import PatientState
 from screener.vocab import INELIGIBLE, MATCH_OUTCOMES
+
+if TYPE_CHECKING:
+    from screener.rules import Study
 
 PAIRS_SCHEMA = pl.Schema({"study_id": pl.String(), "patient_id": pl.String(), "partition": pl.Int32()})
 
 
-def _default_screen_all(state: Any, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
+def _default_screen_all(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
     from screener.rules import screen
 
     return screen(state, studies, now, evidence="all", rows="all")
@@ -36,9 +40,11 @@ class FollowRole(EngineBase):
     """The known matched pairs, and the ``ineligible`` rows for those a re-screen rules out."""
 
     _matched: pl.DataFrame
-    _screen_all: Any
+    _screen_all: ScreenFn
 
-    def _ruled_out(self, state: Any, result: pl.DataFrame, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
+    def _ruled_out(
+        self, state: PatientState, result: pl.DataFrame, studies: Sequence[Study], now: datetime
+    ) -> pl.DataFrame:
         """Rows (``study_id, patient_id, outcome='ineligible', rule_hash, criteria``, criteria still a list) for
         the known pairs among ``state``'s patients that ``result`` no longer has as eligible or possible."""
         empty = pl.DataFrame(
