@@ -114,18 +114,18 @@ def _study_row(s: object, now: datetime) -> dict[str, Any]:
     }
 
 
-def _contact(c: Any) -> dict[str, Any]:
+def _contact(c: object) -> dict[str, Any]:
     if isinstance(c, dict):
         return {k: c.get(k) for k in ("name", "role", "email", "phone")}
     return {k: getattr(c, k, None) for k in ("name", "role", "email", "phone")}
 
 
-def _plain_label(c: Any) -> str:
+def _plain_label(c: object) -> str:
     """The criterion in words: its ``display`` (label, or name humanised), else the name humanised here."""
     return str(getattr(c, "display", None) or getattr(c, "label", None) or humanise(str(getattr(c, "name", c))))
 
 
-def _alert_mode(alert: Any, horizon: Any) -> str:
+def _alert_mode(alert: object, horizon: object) -> str:
     """The rule file's ``alert``; without one, ``immediate`` when every window is 24 hours or less (the contract's
     default counts the shortest window; until the loader gives ``alert`` the longest, ``horizon``, is used)."""
     if alert in ("immediate", "digest"):
