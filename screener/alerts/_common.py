@@ -6,12 +6,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from screener.alerts import schema as t
+
+if TYPE_CHECKING:
+    from screener.metrics import Metrics
 
 NOT_ELIGIBLE_REASONS = {
     "criterion_not_met": "A criterion is not met on review",
@@ -121,7 +124,7 @@ class StoreBase:
 
     engine: Engine
     clock: Callable[[], datetime]
-    metrics: Any
+    metrics: Metrics | None
     channels: tuple[str, ...]
 
     def _audit(

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from screener.alerts._accounts import AccountsPart
 from screener.alerts._audit import AuditPart
@@ -58,6 +58,10 @@ from screener.alerts._studies import StudiesPart
 from screener.alerts._worklist import WorklistPart
 from screener.errors import ConfigError
 from screener.vocab import ACTIONS, ACTIVE_STAGES, CLOSED_STAGES
+
+if TYPE_CHECKING:
+    from screener.metrics import Metrics
+    from screener.settings import Settings
 
 __all__ = [
     "ACTIONS",
@@ -95,7 +99,7 @@ class SqlStore(MatchesPart, StudiesPart, WorklistPart, AccountsPart, RegisterPar
         self,
         url: str,
         *,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
         channels: Sequence[str] = CHANNELS,
         clock: Callable[[], datetime] = _now,
     ) -> None:
@@ -111,7 +115,7 @@ class SqlStore(MatchesPart, StudiesPart, WorklistPart, AccountsPart, RegisterPar
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     @classmethod
-    def from_settings(cls, settings: Any, *, metrics: Any = None) -> SqlStore:
+    def from_settings(cls, settings: Settings, *, metrics: Metrics | None = None) -> SqlStore:
         """A store on ``settings.database_url`` whose outbox feeds the channels the settings configure."""
         configured = (
             ("webhook", settings.webhook_url),

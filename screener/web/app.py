@@ -24,7 +24,7 @@ Security contract:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -39,6 +39,9 @@ from screener.web.deps import SESSION_COOKIE, STAGE_LABELS, LoginRequired, _prin
 from screener.web.present import install_filters
 from screener.web.public import refresh_store_metrics
 
+if TYPE_CHECKING:
+    from screener.settings import Settings
+
 __all__ = ["PUBLIC_PATHS", "SESSION_COOKIE", "create_app", "refresh_store_metrics"]
 
 #: Paths served without a session. Everything else refuses anonymous requests.
@@ -50,7 +53,7 @@ URGENCY_LABELS = {0: "Acute", 1: "Closing soon", 2: ""}
 CSP = "default-src 'self'; style-src 'self'; script-src 'none'; form-action 'self'; frame-ancestors 'none'"
 
 
-def create_app(settings: Any, store: SqlStore, registry: CollectorRegistry | None = None) -> FastAPI:
+def create_app(settings: Settings, store: SqlStore, registry: CollectorRegistry | None = None) -> FastAPI:
     """The web app over ``store``. ``registry`` is what ``/metrics`` exports (default: the global registry)."""
     app = FastAPI(
         title="screener worklist",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -25,6 +25,9 @@ from screener.web.deps import (
 from screener.web.models import (
     StudyOut,
 )
+
+if TYPE_CHECKING:
+    from screener.metrics import Metrics
 
 log = get_logger("screener.web")
 router = APIRouter()
@@ -57,12 +60,13 @@ def refresh_store_metrics(store: SqlStore, *, min_count: int = 8) -> bool:
     demographic cells below ``min_count`` patients (``settings.metrics_min_count``, default 8) are not exported
     at all. Returns False when there is nothing to do (no metrics) or it failed (logged; a scrape must not fail
     because of it)."""
-    if getattr(store, "metrics", None) is None:
+    metrics: Metrics | None = getattr(store, "metrics", None)
+    if metrics is None:
         return False
     try:
         from screener.report import load_report_data, publish_store_metrics
 
-        publish_store_metrics(store.metrics, load_report_data(store.engine), min_count=min_count)
+        publish_store_metrics(metrics, load_report_data(store.engine), min_count=min_count)
     except Exception as exc:  # observability must never take the worklist down
         log.warning("store_metrics_failed", error=str(exc))
         return False
