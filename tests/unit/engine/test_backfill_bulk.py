@@ -5,11 +5,13 @@ patient lands in the partition the producer would have sent its events to."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 from kafka.partitioner.default import DefaultPartitioner
 
 from screener.events import dump_event
@@ -178,3 +180,21 @@ def test_bulk_base_is_one_file_sorted_by_patient(make_event: Any, tmp_path: Path
     assert files == ["facts.parquet", "persons.parquet", "retracted.parquet"]
     ids = store.scan([0])[1].collect()["patient_id"]
     assert ids.is_sorted()
+
+
+@pytest.fixture(scope="module")
+def s3_options() -> Iterator[dict[str, str]]:
+    from screener.testing import s3_server
+
+    with s3_server(bucket="bulk-unit") as options:
+        yield options
+
+
+def test_bulk_into_s3_equals_the_general_path(s3_options: dict[str, str], make_event: Any, tmp_path: Path) -> None:
+    """The base is streamed to the object store through Polars' own cloud writer (a real S3 server on loopback)."""
+    stores = [open_store(f"s3://bulk-unit/{name}", s3_options) for name in ("general", "bulk")]
+    for store, bulk in zip(stores, (False, True), strict=True):
+        backfill_frames(store, omop_rows(100), partitions=2, start_offsets={0: 1}, bulk=bulk)
+        backfill_frames(store, mixed_history(make_event), partitions=2, start_offsets={0: 1}, bulk=bulk)
+    assert_same_store(stores[0], stores[1], 2)
+    assert stores[1].scan()[1].select(pl.len()).collect().item() > 900
