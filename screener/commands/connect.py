@@ -163,7 +163,10 @@ def _into_store(name: str, url: str, partitions: int | None, path: Any, *, table
     if tables is not None:
         options["tables"] = tables
     frames = source(path, **options)
-    result = backfill_frames(open_store(url), frames, partitions=count, start_offsets=starts)
+    try:
+        result = backfill_frames(open_store(url), frames, partitions=count, start_offsets=starts)
+    except ScreenerError as exc:
+        raise click.ClickException(str(exc)) from exc
     unread = int(getattr(frames, "rejected", 0) or 0)
     unmapped: dict[str, int] = dict(getattr(frames, "unmapped", {}) or {})
     skipped = ", ".join(f"{k} x{v}" for k, v in sorted(unmapped.items())) or "none"

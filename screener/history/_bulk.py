@@ -23,12 +23,35 @@ from pathlib import Path
 
 import polars as pl
 
-from screener.history.store import CONTROL_SCHEMA, HistoryStore, _fact_rows_schema, _upd_schema, conform
+from screener.history.store import (
+    CONTROL_SCHEMA,
+    HistoryStore,
+    StoreError,
+    _fact_rows_schema,
+    _upd_schema,
+    conform,
+)
 from screener.state import RETRACTED_SCHEMA, PatientState, apply_frames
 
-__all__ = ["BulkLoad"]
+__all__ = ["BulkLoad", "ahead_of"]
 
 _FOLDING_OPS = ("retract", "merge")
+
+
+def ahead_of(store: HistoryStore, partition: int, doc: dict[str, object] | None, offset: int) -> None:
+    """Refuse a backfill at ``offset`` into a partition the store already holds past it (an engine has written
+    live events there): its events would be ignored as a replay, so say so instead of dropping them.
+
+    :raises StoreError: naming the partition and both offsets.
+    """
+    held = -1 if doc is None else int(str(doc["offset"]))
+    if held > offset:
+        raise StoreError(
+            f"the store is at offset {held}, past the backfill's start {offset}: start the backfill with the broker "
+            "reachable (it starts at the topic's end) or into an empty store",
+            url=store.url,
+            partition=partition,
+        )
 
 
 class BulkLoad:
@@ -92,7 +115,8 @@ class BulkLoad:
             list(_fact_rows_schema())
         )
         doc = self._store.manifest(p)
-        empty = doc is None or (not doc.get("base") and not doc["segments"] and int(doc["offset"]) <= offset)
+        ahead_of(self._store, p, doc, offset)
+        empty = doc is None or (not doc.get("base") and not doc["segments"])
         if p in self._folds or not empty:
             self._store.append(p, facts.collect(), upd, control, offset, same_offset=True)
             self._store.compact(p)

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from screener.errors import EventError
-from screener.history._bulk import BulkLoad
+from screener.history._bulk import BulkLoad, ahead_of
 from screener.history.store import HistoryStore
 from screener.ingest import decode_batch
 
@@ -127,13 +127,16 @@ def backfill_frames(
     ``bulk`` (the default): one fold straight to each partition's compacted base (:class:`BulkLoad`; memory
     bounded by one chunk for pure appends). ``bulk=False``: the store's general path, one segment per frame and
     partition, then compaction unless ``compact=False``; both give the same history.
-    Rejected events are counted (not dead-lettered: there is no topic position to name). The store must not
-    already hold the partitions with a later offset (a backfill goes first).
+    Rejected events are counted (not dead-lettered: there is no topic position to name).
+
+    :raises StoreError: a partition of the store is already past its start offset (nothing is written then).
     """
     started = time.perf_counter()
     out = StoreBackfill()
     cache = _PartitionCache(partitions)
     starts = {p: start_offsets.get(p, 0) for p in range(partitions)}
+    for p in range(partitions):
+        ahead_of(store, p, store.manifest(p), starts[p])
     with BulkLoad(store, starts) as load:
         for frame in frames:
             if frame.height == 0:

@@ -15,7 +15,7 @@ import pytest
 from kafka.partitioner.default import DefaultPartitioner
 
 from screener.events import dump_event
-from screener.history import HistoryStore, open_store
+from screener.history import HistoryStore, StoreError, open_store
 from screener.history.backfill import backfill_frames
 from screener.testing import InMemoryLog, InMemoryProducer
 
@@ -198,3 +198,14 @@ def test_bulk_into_s3_equals_the_general_path(s3_options: dict[str, str], make_e
         backfill_frames(store, mixed_history(make_event), partitions=2, start_offsets={0: 1}, bulk=bulk)
     assert_same_store(stores[0], stores[1], 2)
     assert stores[1].scan()[1].select(pl.len()).collect().item() > 900
+
+
+def test_a_store_already_past_the_start_offset_is_refused_not_dropped(make_event: Any, tmp_path: Path) -> None:
+    store = open_store(tmp_path / "s")
+    store.mark(1, 500)  # an engine has consumed partition 1 up to 500
+    for bulk in (True, False):
+        with pytest.raises(StoreError, match=r"partition 1: the store is at offset 500, past the backfill's start 0"):
+            backfill_frames(store, mixed_history(make_event), partitions=3, start_offsets={}, bulk=bulk)
+    assert store.manifest(0) is None and store.offset(1) == 500  # nothing written
+    backfill_frames(store, mixed_history(make_event), partitions=3, start_offsets={1: 500})
+    assert store.scan([1])[0].collect().height > 5
