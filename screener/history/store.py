@@ -99,9 +99,10 @@ def conform(frame: _F, schema: dict[str, pl.DataType]) -> _F:
     return frame.select([pl.col(c).cast(t) if c in have else pl.lit(None, dtype=t).alias(c) for c, t in schema.items()])
 
 
-#: Parquet as the store writes it: zstd, and row groups small enough that a filter on ``patient_id`` (files are
-#: sorted by patient) or on a fact's kind and code skips most of a large base by the row groups' statistics.
-PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3, "row_group_size": 122_880}
+#: Parquet as the store writes it: zstd level 1 (as small as level 3 on these columns, a third faster to write),
+#: and row groups small enough that a filter on ``patient_id`` (files are sorted by patient) or on a fact's kind
+#: and code skips most of a large base by the row groups' statistics.
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 1, "row_group_size": 122_880}
 
 
 class HistoryStore:
