@@ -51,7 +51,8 @@ class FileHistory:
             if len(buffer) >= self.chunk_rows:
                 yield _frame(buffer)
                 buffer = []
-            self._note(sink, result)
+            if sink.rejections:
+                self._note(sink, result)
         if buffer:
             yield _frame(buffer)
         self._note(sink, result)
