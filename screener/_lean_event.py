@@ -234,7 +234,11 @@ def check(df: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
         raw = pl.col(col)
         is_date = raw.str.len_bytes() == 10
         text = pl.when(is_date).then(raw + "T00:00:00Z").otherwise(raw)
-        return pl.when(text.str.contains(_TS_RE)).then(ts(text)), is_date
+        # a calendar date parses as a date (a third of the cost of the instant parser on the padded text)
+        midnight = raw.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+        return pl.when(text.str.contains(_TS_RE)).then(
+            pl.when(is_date).then(midnight.cast(TS)).otherwise(ts(raw))
+        ), is_date
 
     occurred, occurred_is_date = event_time("occurred_at")
     ended, ended_is_date = event_time("ended_at")

@@ -70,4 +70,15 @@ def _command() -> click.Command:
     return fhir
 
 
-connector = SimpleConnector("fhir", "FHIR R4 resources and Bundles over HTTP, or from JSON/NDJSON files", _command)
+def _history_frames(path: Path, **options: object) -> object:
+    from .history import history_frames
+
+    return history_frames(path, **options)  # type: ignore[arg-type]
+
+
+connector = SimpleConnector(
+    "fhir",
+    "FHIR R4 resources and Bundles over HTTP, or from JSON/NDJSON files",
+    _command,
+    history_source=_history_frames,  # type: ignore[arg-type]
+)

@@ -1,4 +1,5 @@
-"""``screener connect NAME [OPTIONS]``, ``screener connect --list`` and ``screener backfill omop PATH``.
+"""``screener connect NAME [OPTIONS]``, ``screener connect --list``, ``screener backfill omop PATH`` and
+``screener backfill fhir PATH --into-store URL``.
 
 Connectors are found through the ``screener.connectors`` entry-point group (:mod:`screener.connector.registry`);
 each contributes its own click command, loaded only when it is run.
@@ -6,6 +7,7 @@ each contributes its own click command, loaded only when it is run.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -53,15 +55,56 @@ def connect(ctx: click.Context, list_: bool) -> None:
 
 
 class _BackfillGroup(click.Group):
+    """``omop`` (the connector's own command, to Kafka or ``--into-store``) and every other installed connector
+    with a ``history_source`` (files straight into the history store: ``screener backfill fhir PATH
+    --into-store URL``)."""
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return ["omop"]
+        from screener.connector.registry import available, load_connector
+
+        names = []
+        for name in available():
+            try:
+                if getattr(load_connector(name), "history_source", None) is not None:
+                    names.append(name)
+            except ScreenerError:
+                continue
+        return names
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name != "omop":
-            return None
         from screener.connector.registry import load_connector
 
-        return _with_into_store(load_connector("omop").command())
+        try:
+            connector = load_connector(cmd_name)
+        except ScreenerError as exc:
+            raise click.UsageError(str(exc), ctx) from exc
+        if cmd_name == "omop":
+            return _with_into_store(connector.command())
+        if getattr(connector, "history_source", None) is None:
+            raise click.UsageError(f"connector '{cmd_name}' cannot backfill into the history store", ctx)
+        return _files_into_store(cmd_name)
+
+
+def _files_into_store(name: str) -> click.Command:
+    @click.command(name)
+    @click.argument("path", type=click.Path(exists=True, path_type=Path))
+    @click.option(
+        "--into-store",
+        "into_store",
+        metavar="URL",
+        required=True,
+        help="The history store (a folder or s3://bucket/prefix; the engine's SCREENER_STATE_URL).",
+    )
+    @click.option("--partitions", type=int, default=None, help="Partitions of the events topic (default: the topic's).")
+    @click.option("--chunk-rows", "chunk_rows", type=int, default=50_000, show_default=True, help="Events per chunk.")
+    def command(path: Path, into_store: str, partitions: int | None, chunk_rows: int) -> None:
+        _into_store(name, into_store, partitions, path, tables=None, chunk_rows=chunk_rows)
+
+    command.help = (
+        f"Write {name} files straight into the history store (to publish them to Kafka instead: screener connect "
+        f"{name}). PATH is a file or a folder; the engine then reads the topic from its current end."
+    )
+    return command
 
 
 def _with_into_store(command: click.Command) -> click.Command:
@@ -99,6 +142,13 @@ def _with_into_store(command: click.Command) -> click.Command:
 
 
 def _omop_into_store(url: str, partitions: int | None, path: Any, tables: str, chunk_rows: int) -> None:
+    _into_store("omop", url, partitions, path, tables=tables, chunk_rows=chunk_rows)
+
+
+def _into_store(name: str, url: str, partitions: int | None, path: Any, *, tables: str | None, chunk_rows: int) -> None:
+    """Backfill the connector's ``history_source`` frames into the store at ``url``. A source may report, after
+    iteration, inputs it could not read (``rejected``, ``reasons``, ``unmapped`` attributes): they are printed, and
+    any rejected input makes the command exit 1 (the backfill is not complete)."""
     from datetime import UTC, datetime
 
     from screener.connector.registry import load_history_source
@@ -106,19 +156,32 @@ def _omop_into_store(url: str, partitions: int | None, path: Any, tables: str, c
     from screener.history.backfill import backfill_frames
     from screener.settings import load_settings
 
-    source = load_history_source("omop")
+    source = load_history_source(name)
     settings = load_settings()
     count, starts = _topic_positions(settings, partitions)
-    frames = source(path, tables=tables, chunk_rows=chunk_rows, now=datetime.now(UTC))
-    result = backfill_frames(open_store(url), frames, partitions=count, start_offsets=starts)
+    options: dict[str, Any] = {"chunk_rows": chunk_rows, "now": datetime.now(UTC)}
+    if tables is not None:
+        options["tables"] = tables
+    frames = source(path, **options)
+    try:
+        result = backfill_frames(open_store(url), frames, partitions=count, start_offsets=starts)
+    except ScreenerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    unread = int(getattr(frames, "rejected", 0) or 0)
+    unmapped: dict[str, int] = dict(getattr(frames, "unmapped", {}) or {})
+    skipped = ", ".join(f"{k} x{v}" for k, v in sorted(unmapped.items())) or "none"
     click.echo(
-        f"omop -> {url}: {result.accepted} events ({result.rejected} rejected) in {result.seconds:.1f}s "
-        f"({result.rate:,.0f} rows/s), {count} partitions, {result.bytes_stored / 1e6:.1f} MB; "
+        f"{name} -> {url}: {result.accepted} events ({result.rejected} rejected"
+        + (f", {unread} inputs unreadable" if unread else "")
+        + f") in {result.seconds:.1f}s ({result.rate:,.0f} rows/s), {count} partitions, "
+        f"{result.bytes_stored / 1e6:.1f} MB; unmapped: {skipped}; "
         f"the engine starts at offsets {dict(sorted(starts.items()))}",
         err=True,
     )
-    for reason in result.reasons:
+    for reason in [*result.reasons, *list(getattr(frames, "reasons", []) or [])]:
         click.echo(f"  rejected: {reason}", err=True)
+    if unread:
+        raise SystemExit(1)
 
 
 def _topic_positions(settings: Any, partitions: int | None) -> tuple[int, dict[int, int]]:
@@ -149,7 +212,7 @@ def _topic_positions(settings: Any, partitions: int | None) -> tuple[int, dict[i
 @click.group("backfill", cls=_BackfillGroup)
 def backfill() -> None:
     """Load a historical extract into Kafka, or straight into the history store with --into-store URL
-    (screener backfill omop PATH [--into-store URL])."""
+    (screener backfill omop PATH [--into-store URL]; screener backfill fhir PATH --into-store URL)."""
 
 
 COMMANDS: list[click.Command] = [connect, backfill]

@@ -17,31 +17,47 @@ screened as a whole once (see :meth:`screener.engine.Engine` restore), so nobody
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 
 from screener.errors import EventError
+from screener.history._bulk import BulkLoad, ahead_of
 from screener.history.store import HistoryStore
-from screener.ingest import DecodedBatch, decode_batch
+from screener.ingest import decode_batch
 
 __all__ = ["StoreBackfill", "backfill_frames", "kafka_partitions", "murmur2"]
 
 
-def kafka_partitions(keys: pl.Series, partitions: int) -> pl.Series:
+def kafka_partitions(keys: pl.Series, partitions: int, cache: _PartitionCache | None = None) -> pl.Series:
     """The partition kafka-python's default partitioner sends each key to (keys as String or Binary).
 
-    kafka-python's ``murmur2``, vectorised with NumPy (:func:`murmur2`), is evaluated once per distinct key, then
-    joined back.
+    kafka-python's ``murmur2``, vectorised with NumPy (:func:`murmur2`), is evaluated once per distinct key (once
+    per backfill with a ``cache``), then joined back.
     """
     as_bytes = keys.cast(pl.Binary) if keys.dtype != pl.Binary else keys
-    distinct = as_bytes.unique()
-    hashes = murmur2(distinct.to_list())
-    parts = pl.Series("partition", (hashes & 0x7FFFFFFF) % partitions, dtype=pl.Int32)
-    table = pl.DataFrame({"key": distinct, "partition": parts})
-    return as_bytes.rename("key").to_frame().join(table, on="key", how="left", maintain_order="left")["partition"]
+    frame = as_bytes.rename("key").to_frame()
+    table = (cache or _PartitionCache(partitions)).lookup(as_bytes)
+    return frame.join(table, on="key", how="left", maintain_order="left")["partition"]
+
+
+class _PartitionCache:
+    """Key -> partition for the keys seen so far (a backfill meets each patient in many chunks)."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self._table = pl.DataFrame(schema={"key": pl.Binary, "partition": pl.Int32})
+
+    def lookup(self, keys: pl.Series) -> pl.DataFrame:
+        distinct = keys.rename("key").unique().to_frame()
+        new = distinct.join(self._table, on="key", how="anti")["key"]
+        if new.len():
+            hashes = murmur2(new.to_list())
+            parts = pl.Series("partition", (hashes & 0x7FFFFFFF) % self.partitions, dtype=pl.Int32)
+            self._table = pl.concat([self._table, pl.DataFrame({"key": new, "partition": parts})])
+        return self._table
 
 
 def murmur2(keys: list[bytes | None]) -> np.ndarray:
@@ -103,49 +119,101 @@ def backfill_frames(
     partitions: int,
     start_offsets: Mapping[int, int],
     compact: bool = True,
+    bulk: bool = True,
 ) -> StoreBackfill:
-    """Append every frame's events (JSON ``key``/``value`` or event rows) to ``store``, one segment per frame
-    and partition, then set each partition's offset to ``start_offsets[p]`` (0 when absent) and compact.
+    """Write every frame's events (JSON ``key``/``value`` or event rows) into ``store``, then set each
+    partition's offset to ``start_offsets[p]`` (0 when absent).
 
-    Rejected events are counted (not dead-lettered: there is no topic position to name). The store must not
-    already hold the partitions with a later offset (a backfill goes first).
+    ``bulk`` (the default): one fold straight to each partition's compacted base (:class:`BulkLoad`; memory
+    bounded by one chunk for pure appends). ``bulk=False``: the store's general path, one segment per frame and
+    partition, then compaction unless ``compact=False``; both give the same history.
+    Rejected events are counted (not dead-lettered: there is no topic position to name).
+
+    :raises StoreError: a partition of the store is already past its start offset (nothing is written then).
     """
     started = time.perf_counter()
     out = StoreBackfill()
-    for frame in frames:
-        if frame.height == 0:
-            continue
-        out.events_in += frame.height
-        as_rows = "event_id" in frame.columns
-        # a row without a patient id has no partition: it is judged (and rejected) with partition 0's rows
-        where = kafka_partitions(frame["patient_id" if as_rows else "key"], partitions).fill_null(0)
-        for p in where.unique().sort().to_list():
-            rows = frame.filter(where == p)
-            decoded = _decode(rows, as_rows)
-            out.rejected += len(decoded.rejects)
-            if decoded.rejects and len(out.reasons) < 5:
-                out.reasons.extend(_reason(exc) for _, exc in decoded.rejects[: 5 - len(out.reasons)])
-            if not decoded.accepted:
-                continue
-            upd, facts, control = decoded.frames
-            store.append(p, facts, upd, control, start_offsets.get(p, 0), same_offset=True)
-            out.accepted += decoded.accepted
-            out.per_partition[p] = out.per_partition.get(p, 0) + decoded.accepted
+    cache = _PartitionCache(partitions)
+    starts = {p: start_offsets.get(p, 0) for p in range(partitions)}
     for p in range(partitions):
-        store.mark(p, start_offsets.get(p, 0))
-        if compact:
-            store.compact(p)
+        ahead_of(store, p, store.manifest(p), starts[p])
+    with BulkLoad(store, starts) as load:
+        for frame in frames:
+            if frame.height == 0:
+                continue
+            out.events_in += frame.height
+            for part in _decoded_parts(frame, cache):
+                p = part.partition
+                out.rejected += len(part.rejects)
+                if part.rejects and len(out.reasons) < 5:
+                    out.reasons.extend(_reason(exc) for _, exc in part.rejects[: 5 - len(out.reasons)])
+                if not part.accepted:
+                    continue
+                if bulk:
+                    load.add(p, part.upd, part.facts, part.control)
+                else:
+                    store.append(p, part.facts, part.upd, part.control, starts[p], same_offset=True)
+                out.accepted += part.accepted
+                out.per_partition[p] = out.per_partition.get(p, 0) + part.accepted
+        if bulk:
+            load.finish()
+    if not bulk:
+        for p in range(partitions):
+            store.mark(p, starts[p])
+            if compact:
+                store.compact(p)
     out.bytes_stored = store.size_bytes()
     out.seconds = time.perf_counter() - started
     return out
 
 
-def _decode(rows: pl.DataFrame, as_rows: bool) -> DecodedBatch:
-    if as_rows:
-        from screener.history.rows import decode_rows
+@dataclass(frozen=True)
+class _Part:
+    """One partition's share of a decoded frame."""
 
-        return decode_rows(rows)
-    return decode_batch(rows["value"].to_list())
+    partition: int
+    upd: pl.DataFrame
+    facts: pl.DataFrame
+    control: pl.DataFrame
+    accepted: int
+    rejects: list[tuple[int, EventError]]
+
+
+def _decoded_parts(frame: pl.DataFrame, cache: _PartitionCache) -> Iterator[_Part]:
+    """The frame decoded, per partition. Event rows are decoded at once and the frames split by patient (each
+    decoded row keeps its event's patient id); JSON is split by key first (the key is what the producer hashes).
+    A row without a patient id has no partition: it is judged (and rejected) with partition 0's rows."""
+    if "event_id" not in frame.columns:
+        where = kafka_partitions(frame["key"], cache.partitions, cache).fill_null(0)
+        for p in where.unique().sort().to_list():
+            d = decode_batch(frame.filter(where == p)["value"].to_list())
+            yield _Part(p, d.persons, d.facts, d.control, d.accepted, d.rejects)
+        return
+    from screener.history.rows import decode_rows
+
+    decoded = decode_rows(frame)
+    upd, facts, control = decoded.frames
+    ids = pl.concat([upd["patient_id"], facts["patient_id"], control["patient_id"]]).drop_nulls()
+    table = cache.lookup(ids.cast(pl.Binary)).select(pl.col("key").cast(pl.String).alias("patient_id"), "partition")
+
+    def split(x: pl.DataFrame) -> dict[int, pl.DataFrame]:
+        tagged = x.join(table, on="patient_id", how="left", maintain_order="left")
+        groups = tagged.with_columns(pl.col("partition").fill_null(0)).group_by("partition", maintain_order=True)
+        return {int(k[0]): g.drop("partition") for k, g in groups}
+
+    u, f, c = split(upd), split(facts), split(control)
+    parts = sorted({*u, *f, *c}) or [0]
+    # an accepted event gives rows of one seq (a person update, a fact, a control row, or several of these)
+    counts = {
+        p: pl.concat([x[p]["seq"] for x in (u, f, c) if p in x]).n_unique() if p in u or p in f or p in c else 0
+        for p in parts
+    }
+    counts[parts[0]] += decoded.accepted - sum(counts.values())
+    for i, p in enumerate(parts):
+        empty = upd.clear(), facts.clear(), control.clear()
+        yield _Part(
+            p, u.get(p, empty[0]), f.get(p, empty[1]), c.get(p, empty[2]), counts[p], decoded.rejects if i == 0 else []
+        )
 
 
 def _reason(exc: EventError) -> str:

@@ -34,7 +34,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from screener.alerts.store import SqlStore
-from screener.web import api, match, pages, public
+from screener.web import api, feasibility, match, pages, public
 from screener.web.deps import SESSION_COOKIE, STAGE_LABELS, LoginRequired, _principal, render
 from screener.web.present import install_filters
 from screener.web.public import refresh_store_metrics
@@ -104,6 +104,7 @@ def create_app(settings: Settings, store: SqlStore, registry: CollectorRegistry 
     app.include_router(public.router)
     app.include_router(pages.router)
     app.include_router(match.router)
+    app.include_router(feasibility.router)
     app.include_router(api.router)
     return app
 

@@ -1,0 +1,211 @@
+"""The bulk backfill (one fold straight to each partition's base) writes the history the store's general path
+(one segment per chunk and partition, then compaction) writes: same persons, facts (in order), tombstones and
+offsets, for pure appends and for a history with corrections, retractions, merges, flags and replays; and every
+patient lands in the partition the producer would have sent its events to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from kafka.partitioner.default import DefaultPartitioner
+
+from screener.events import dump_event
+from screener.history import HistoryStore, StoreError, open_store
+from screener.history.backfill import backfill_frames
+from screener.testing import InMemoryLog, InMemoryProducer
+
+DATA = Path(__file__).parents[2] / "data" / "omop"
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def json_frame(events: list[Any]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"key": [e.patient_id.encode() for e in events], "value": [dump_event(e) for e in events]},
+        schema={"key": pl.Binary, "value": pl.Binary},
+    )
+
+
+def assert_same_store(a: HistoryStore, b: HistoryStore, partitions: int) -> None:
+    for p in range(partitions):
+        assert a.offset(p) == b.offset(p)
+        assert a.segments(p) == b.segments(p) == 0
+        va, vb = a.view(p), b.view(p)
+        assert va is not None and vb is not None
+        persons_a, facts_a = pl.collect_all([va[0], va[1]])
+        persons_b, facts_b = pl.collect_all([vb[0], vb[1]])
+        assert persons_a.equals(persons_b), p
+        assert facts_a.equals(facts_b), p  # same rows in the same order
+        assert va[2].sort("event_id").equals(vb[2].sort("event_id"))
+
+
+def mixed_history(make_event: Any) -> list[pl.DataFrame]:
+    """Three chunks: a pure-append population, then corrections, an entered-in-error, a replay, flags, a merge."""
+    people = [f"M{i}" for i in range(40)]
+    first = [make_event(kind="person", patient_id=p, person={"birth_date": "1960-02-03"}, code=None) for p in people]
+    first += [
+        make_event(event_id=f"f-{p}-{k}", patient_id=p, code={"system": "ICD10", "value": f"E1{k}.9"})
+        for p in people
+        for k in range(3)
+    ]
+    first.append(make_event(event_id="q1-fact", patient_id="Q1", code={"system": "ICD10", "value": "N18.3"}))
+    second = [
+        make_event(event_id="f-M1-0-fix", patient_id="M1", corrects="f-M1-0", code={"system": "ICD10", "value": "I10"}),
+        make_event(
+            event_id="f-M2-1", patient_id="M2", status="entered-in-error", code={"system": "ICD10", "value": "E11.9"}
+        ),
+        make_event(event_id="f-M3-2", patient_id="M3", code={"system": "ICD10", "value": "J45"}),  # a re-send
+        make_event(kind="consent", patient_id="M4", code={"system": "local", "value": "do-not-contact"}),
+        # partition 2 stays pure appends (no retraction or merge): a re-send and a flag there take the fast fold
+        make_event(event_id="f-M7-0", patient_id="M7", code={"system": "ICD10", "value": "K21.9"}),
+        make_event(kind="consent", patient_id="M9", code={"system": "local", "value": "do-not-contact"}),
+        make_event(kind="person", patient_id="M5", person={"birth_date": "1961-01-01", "sex": "F"}, code=None),
+    ]
+    # M6 and Q1 (facts only) share partition 0 of 3 (a merge is folded within a partition)
+    third = [make_event(kind="person", patient_id="M6", person={"birth_date": "1960-02-03", "merged_from": "Q1"})]
+    return [json_frame(first), json_frame(second), json_frame(third)]
+
+
+def test_bulk_equals_segments_and_compaction_on_a_mixed_history(make_event: Any, tmp_path: Path) -> None:
+    chunks = mixed_history(make_event)
+    starts = {0: 12, 1: 0, 2: 40}
+    stores = [open_store(tmp_path / name) for name in ("general", "bulk")]
+    general = backfill_frames(stores[0], chunks, partitions=3, start_offsets=starts, bulk=False)
+    bulk = backfill_frames(stores[1], chunks, partitions=3, start_offsets=starts)
+    assert (bulk.accepted, bulk.rejected, bulk.per_partition) == (general.accepted, 0, general.per_partition)
+    assert_same_store(stores[0], stores[1], 3)
+    persons, facts = stores[1].scan()
+    got_p, got_f = persons.collect(), facts.collect()
+    # the fold really happened: correction, retraction, replay, flag, merge
+    ids = set(got_f["event_id"])
+    assert "f-M1-0" not in ids and "f-M1-0-fix" in ids and "f-M2-1" not in ids
+    assert got_f.filter(pl.col("event_id") == "f-M3-2")["code"].to_list() == ["J45"]
+    assert "Q1" not in set(got_p["patient_id"]) and got_p.height == 40
+    assert got_f.filter(pl.col("event_id") == "q1-fact")["patient_id"].to_list() == ["M6"]
+    assert got_p.filter(pl.col("patient_id").is_in(["M4", "M9"]))["do_not_contact"].to_list() == [True, True]
+    assert got_f.filter(pl.col("event_id") == "f-M7-0")["code"].to_list() == ["K21.9"]  # the last copy, once
+    assert got_p.filter(pl.col("patient_id") == "M5")["sex"].to_list() == ["F"]
+    assert [stores[1].offset(p) for p in range(3)] == [12, 0, 40]
+
+
+def omop_rows(chunk: int) -> list[pl.DataFrame]:
+    """Event-row frames (the OMOP connector's column-wise path) of 600 conditions and 300 measurements over 60
+    persons, ``chunk`` source rows a frame, a person's rows spread over several frames."""
+    from connectors.omop import table_rows
+
+    concepts = pl.DataFrame(
+        {
+            "concept_id": [1, 2, 3],
+            "c_system": ["SNOMED", "SNOMED", "LOINC"],
+            "c_value": ["44054006", "38341003", "2160-0"],
+        }
+    )
+    i = pl.int_range(600, dtype=pl.Int64, eager=True)
+    cond = pl.DataFrame(
+        {
+            "condition_occurrence_id": i,
+            "person_id": i % 60 + 1,
+            "condition_concept_id": i % 2 + 1,
+            "condition_start_date": pl.date_range(pl.date(2020, 1, 1), pl.date(2021, 8, 22), eager=True).head(600),
+        }
+    )
+    meas = pl.DataFrame(
+        {
+            "measurement_id": i.head(300) + 10_000,
+            "person_id": i.head(300) % 60 + 1,
+            "measurement_concept_id": [3] * 300,
+            "measurement_date": [date(2022, 5, 1)] * 300,
+            "value_as_number": (i.head(300) % 90 + 40).cast(pl.Float64),
+            "unit_source_value": ["umol/L"] * 300,
+        }
+    )
+    person = pl.DataFrame(
+        {
+            "person_id": pl.int_range(1, 61, eager=True),
+            "gender_concept_id": [8507, 8532] * 30,
+            "year_of_birth": [1950] * 60,
+        }
+    )
+    out = []
+    for name, df in (("person", person), ("condition_occurrence", cond), ("measurement", meas)):
+        out += [table_rows(df.slice(k, chunk), name, concepts, NOW) for k in range(0, df.height, chunk)]
+    return out
+
+
+def test_bulk_equals_the_general_path_on_omop_rows_and_on_a_second_backfill(make_event: Any, tmp_path: Path) -> None:
+    stores = [open_store(tmp_path / name) for name in ("general", "bulk")]
+    for store, bulk in zip(stores, (False, True), strict=True):
+        result = backfill_frames(store, omop_rows(70), partitions=4, start_offsets={1: 3}, bulk=bulk)
+        assert (result.accepted, result.rejected) == (960, 0)
+    assert_same_store(stores[0], stores[1], 4)
+    assert stores[1].scan()[1].select(pl.len()).collect().item() == 900
+    # a second backfill into a store that already holds history folds over it (the general path, inside bulk)
+    for store, bulk in zip(stores, (False, True), strict=True):
+        backfill_frames(store, mixed_history(make_event), partitions=4, start_offsets={1: 3}, bulk=bulk)
+    assert_same_store(stores[0], stores[1], 4)
+    assert stores[1].scan()[0].collect().height == 60 + 41
+
+
+def test_every_patient_is_in_the_partition_its_live_events_go_to(tmp_path: Path) -> None:
+    """The engine owning partition p reads store partition p: each backfilled patient must be there, where the
+    connectors' producer (key = patient id, kafka-python's default partitioner) sends that patient's events."""
+    store = open_store(tmp_path / "s")
+    backfill_frames(store, omop_rows(50), partitions=5, start_offsets={})
+    log, partitioner = InMemoryLog(5), DefaultPartitioner()
+    producer = InMemoryProducer(log)
+    seen = 0
+    for p in range(5):
+        for pid in store.scan([p])[0].collect()["patient_id"].to_list():
+            key = pid.encode()
+            assert partitioner(key, list(range(5)), list(range(5))) == p, pid
+            producer.send("ev", key=key, value=b"{}")
+            seen += 1
+    assert seen == 60 and len({p for p in range(5) if store.scan([p])[0].collect().height}) > 1
+    producer.flush()
+    for p in range(5):
+        keys = {r.key.decode() for r in log.topics["ev"][p] if r.key is not None}
+        assert keys == set(store.scan([p])[0].collect()["patient_id"].to_list())
+
+
+def test_bulk_base_is_one_file_sorted_by_patient(make_event: Any, tmp_path: Path) -> None:
+    store = open_store(tmp_path / "s")
+    backfill_frames(store, mixed_history(make_event), partitions=1, start_offsets={})
+    doc = store.manifest(0)
+    assert doc is not None and doc["segments"] == [] and doc["base"]
+    files = sorted(p.name for p in (tmp_path / "s" / "p-00000" / doc["base"]).iterdir())
+    assert files == ["facts.parquet", "persons.parquet", "retracted.parquet"]
+    ids = store.scan([0])[1].collect()["patient_id"]
+    assert ids.is_sorted()
+
+
+@pytest.fixture(scope="module")
+def s3_options() -> Iterator[dict[str, str]]:
+    from screener.testing import s3_server
+
+    with s3_server(bucket="bulk-unit") as options:
+        yield options
+
+
+def test_bulk_into_s3_equals_the_general_path(s3_options: dict[str, str], make_event: Any, tmp_path: Path) -> None:
+    """The base is streamed to the object store through Polars' own cloud writer (a real S3 server on loopback)."""
+    stores = [open_store(f"s3://bulk-unit/{name}", s3_options) for name in ("general", "bulk")]
+    for store, bulk in zip(stores, (False, True), strict=True):
+        backfill_frames(store, omop_rows(100), partitions=2, start_offsets={0: 1}, bulk=bulk)
+        backfill_frames(store, mixed_history(make_event), partitions=2, start_offsets={0: 1}, bulk=bulk)
+    assert_same_store(stores[0], stores[1], 2)
+    assert stores[1].scan()[1].select(pl.len()).collect().item() > 900
+
+
+def test_a_store_already_past_the_start_offset_is_refused_not_dropped(make_event: Any, tmp_path: Path) -> None:
+    store = open_store(tmp_path / "s")
+    store.mark(1, 500)  # an engine has consumed partition 1 up to 500
+    for bulk in (True, False):
+        with pytest.raises(StoreError, match=r"partition 1: the store is at offset 500, past the backfill's start 0"):
+            backfill_frames(store, mixed_history(make_event), partitions=3, start_offsets={}, bulk=bulk)
+    assert store.manifest(0) is None and store.offset(1) == 500  # nothing written
+    backfill_frames(store, mixed_history(make_event), partitions=3, start_offsets={1: 500})
+    assert store.scan([1])[0].collect().height > 5
