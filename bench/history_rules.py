@@ -151,6 +151,16 @@ def main() -> None:
             history=store,
         )
         engine.start()
+        steps: list[tuple[float, float]] = []  # (wall time at the end, seconds) of every step of the loop
+        inner_step = engine.step
+
+        def timed_step(*a: Any, **k: Any) -> int:
+            t0 = time.perf_counter()
+            n = inner_step(*a, **k)
+            steps.append((time.time(), time.perf_counter() - t0))
+            return n
+
+        engine.step = timed_step  # type: ignore[method-assign]
         t = time.perf_counter()
         engine.step()  # assignment: every partition restored from the store
         restore_s = time.perf_counter() - t
@@ -194,9 +204,13 @@ def main() -> None:
         swaps = engine.rule_swaps
         edited = time.time()
         shutil.copy(ROOT / "rules" / args.added, rules / args.added)
+        swapped = None
         while engine.rule_swaps == swaps or any(q[2] == "rules" for q in list(engine._queue)):
+            if swapped is None and engine.rule_swaps != swaps:
+                swapped = time.time()
             time.sleep(0.05)
         done = time.time()
+        swapped = swapped or done
         time.sleep(1)
         feeding.clear()
         feeder.join()
@@ -214,6 +228,13 @@ def main() -> None:
             f"p99 {percentile(during, 99) * 1000:.0f} ms, max {max(during, default=float('nan')) * 1000:.0f} ms"
             + (f"; {len(missing)} probes not matched" if missing else "")
         )
+        for name, lo, hi in (("rebuild", edited, swapped), ("swap+rescreen", swapped, done)):
+            lat = [worklist.stored[p] - s for p, s in sent.items() if lo <= s < hi and p in worklist.stored]
+            longest = max((d for end, d in steps if lo <= end <= hi + 1), default=float("nan"))
+            print(
+                f"  {name} ({hi - lo:.1f}s): {len(lat)} probes, p50 {percentile(lat, 50) * 1000:.0f} ms, "
+                f"p99 {percentile(lat, 99) * 1000:.0f} ms; longest loop step {longest * 1000:.0f} ms"
+            )
         stop.set()
         loop.join(timeout=60)
         sql.close()

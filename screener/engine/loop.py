@@ -31,6 +31,7 @@ from screener.engine.health import HealthRole
 from screener.engine.history import HistoryRole
 from screener.engine.matches import MatchesRole, _default_loader, _default_screen
 from screener.engine.partitions import PartitionsRole, _Listener
+from screener.engine.rebuild import RebuildRole
 from screener.engine.rescreen import RescreenRole
 from screener.engine.rules import RulesRole
 from screener.errors import ScreenerError
@@ -40,7 +41,17 @@ from screener.settings import Settings
 from screener.state import FactFilter
 
 
-class Engine(BatchRole, PartitionsRole, HistoryRole, RulesRole, RescreenRole, MatchesRole, FollowRole, HealthRole):
+class Engine(
+    BatchRole,
+    PartitionsRole,
+    HistoryRole,
+    RebuildRole,
+    RulesRole,
+    RescreenRole,
+    MatchesRole,
+    FollowRole,
+    HealthRole,
+):
     """One screening engine (one consumer-group member). Thread-compatible: drive it from one thread.
 
     ``consumer`` and ``producer`` default to :func:`screener.bus.make_consumer`/``make_producer`` built from
@@ -165,10 +176,7 @@ class Engine(BatchRole, PartitionsRole, HistoryRole, RulesRole, RescreenRole, Ma
         if self._batch_executor is not None:
             self._batch_executor.shutdown(wait=True)
             self._batch_executor = None
-        self._rebuild = None  # a rule change still loading is redone at the next start
-        if self._rebuild_pool is not None:
-            self._rebuild_pool.shutdown(wait=False, cancel_futures=True)
-            self._rebuild_pool = None
+        self._close_rebuild()  # a rule change still loading is redone at the next start
         with contextlib.suppress(Exception):
             self._commit(list(self._parts))
             for p in list(self._parts):

@@ -116,9 +116,11 @@ def test_a_rule_change_builds_from_the_store_while_batches_go_on_under_the_old_r
     log, store = InMemoryLog(2), MemoryStore()
     history = SlowStore(str(tmp_path / "h"))
     engine = make_engine(settings, log, mini, store, history)
+    engine.rebuild_in_process = False  # the loads are held by this thread's event
     diabetic = [f"D{i}" for i in range(6)]
     publish_people(log, make_event, diabetic, diabetic=True)
     drain(engine)
+    snapshot_time(engine)  # the store holds both partitions: the rebuild loads them
     assert set(store.matches()["study_id"]) == {"ADULT"}
     consumer = engine._consumer
     assert isinstance(consumer, InMemoryConsumer)
@@ -142,6 +144,77 @@ def test_a_rule_change_builds_from_the_store_while_batches_go_on_under_the_old_r
     assert all(0 not in v[len(fetched_before.get(p, [])) :] for p, v in consumer.fetched.items())
     assert counter(engine, "screener_history_replays_total", {"reason": "rebuild"}) == 0
     assert store.matches().unique(["study_id", "patient_id"]).height == store.matches().height
+
+
+def test_in_the_worker_process_the_view_is_the_store_plus_what_came_since_and_the_swap_does_not_compact(
+    settings: Any, rules: Path, mini: Any, make_event: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from screener.state import LiveState
+
+    log, store = InMemoryLog(2), MemoryStore()
+    engine = make_engine(settings, log, mini, store, open_store(tmp_path / "h"))
+    assert engine.rebuild_in_process
+    saved = [f"S{i}" for i in range(6)]
+    publish_people(log, make_event, saved, diabetic=True)
+    drain(engine)
+    snapshot_time(engine)
+    unsaved = [f"U{i}" for i in range(4)]  # applied, not yet in the store when the rule changes
+    publish_people(log, make_event, unsaved, diabetic=True)
+    drain(engine)
+    assert any(part.unsaved for part in engine._parts.values())
+    (rules / "b.yaml").write_text("id=DM min_age=18 icd10=E11")
+    drain(engine, 1)
+    assert engine.rebuilding
+    publish_people(log, make_event, ["LIVE"], diabetic=True)  # applied while the worker starts and loads
+    drain(engine, 1)
+    rb = engine._rebuild
+    assert rb is not None
+    rb.future.result(timeout=120)
+    pool = engine._view_loader._pool  # type: ignore[union-attr]
+    assert pool is not None
+    workers = list(pool._processes)  # type: ignore[attr-defined]
+    assert workers and all(os.getpriority(os.PRIO_PROCESS, pid) == 19 for pid in workers)
+    compactions: list[int] = []
+    real_compact = LiveState.compact
+    monkeypatch.setattr(LiveState, "compact", lambda self: compactions.append(1) or real_compact(self))
+    swaps = engine.rule_swaps
+    for _ in range(5):
+        drain(engine, 1)
+        if engine.rule_swaps > swaps:
+            break
+    assert engine.rule_swaps == swaps + 1 and compactions == [], "swapped, without compacting a view"
+    monkeypatch.undo()
+    drain(engine)
+    dm = store.matches().filter(pl.col("study_id") == "DM")
+    assert sorted(dm["patient_id"]) == sorted([*saved, *unsaved, "LIVE"])
+    assert counter(engine, "screener_screens_total", {"trigger": "rules"}) == 11, "only the new study, once each"
+    assert engine.state().persons.height == 11
+    assert counter(engine, "screener_history_replays_total", {"reason": "damaged"}) == 0
+    assert not list((Path(settings.state_dir) / "rebuild").glob("*/*")), "the worker's files are removed"
+    engine.close()
+    assert engine._view_loader is None
+
+
+def test_a_rule_change_before_the_store_holds_a_partition_builds_its_view_from_the_frames_applied(
+    settings: Any, rules: Path, mini: Any, make_event: Any, tmp_path: Path
+) -> None:
+    log, store = InMemoryLog(2), MemoryStore()
+    engine = make_engine(settings, log, mini, store, open_store(tmp_path / "h"))
+    consumer = engine._consumer
+    assert isinstance(consumer, InMemoryConsumer)
+    people = [f"D{i}" for i in range(6)]
+    publish_people(log, make_event, people, diabetic=True)
+    drain(engine)
+    assert all(part.saved_offset is None for part in engine._parts.values())
+    fetched_before = {p: list(v) for p, v in consumer.fetched.items()}
+    (rules / "b.yaml").write_text("id=DM min_age=18 icd10=E11")
+    drain(engine, 2)
+    assert engine.finish_rebuild(timeout=60) or engine.rule_swaps == 1
+    drain(engine)
+    assert sorted(store.matches().filter(pl.col("study_id") == "DM")["patient_id"]) == sorted(people)
+    assert all(0 not in v[len(fetched_before.get(p, [])) :] for p, v in consumer.fetched.items()), "no replay"
 
 
 def test_a_damaged_store_is_replayed_from_the_topic_logged_and_counted(
