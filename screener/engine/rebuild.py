@@ -6,7 +6,8 @@ old studies and view, then swapped in without holding the consumer for long.
    store (``unsaved``), and every batch applied from now on, are its *catch-up*. The loads run on the rebuild
    thread, each in the low-priority worker process (:class:`screener.engine.views.ViewLoader`).
 2. Catching up (:meth:`RebuildRole._catch_up`, consumer's thread, between batches): once loaded, the new views
-   get their catch-up frames applied, for at most ``CATCH_UP_S`` per step.
+   get their catch-up frames applied (a partition's frames concatenated, one apply), for about ``CATCH_UP_S``
+   per step.
 3. The swap (:meth:`RebuildRole._finish_rebuild`): when only the last batch is left to catch up, studies and
    views are swapped (O(partitions)) and everyone is queued for the added or changed studies only, screened in
    chunks between batches (:mod:`screener.engine.rescreen`). The patients queued are the view's as loaded plus
@@ -32,6 +33,7 @@ from typing import Any
 import polars as pl
 
 from screener.engine._base import EngineBase, log
+from screener.engine.history import concat_frames
 from screener.engine.views import ViewLoader
 from screener.history import StoreError
 from screener.state import FactFilter, LiveState
@@ -68,7 +70,7 @@ class RebuildRole(EngineBase):
     #: Load the views in a worker process at low priority (see :mod:`screener.engine.views`); ``False``: in the
     #: rebuild thread of this process (the store object itself is used: tests that hold its loads do this).
     rebuild_in_process = True
-    #: The most time one step spends applying catch-up frames to the new views (at least one batch's frames).
+    #: The time after which a step stops catching up views (it does at least one partition).
     CATCH_UP_S = 0.1
 
     _rebuild_pool: ThreadPoolExecutor | None = None
@@ -160,8 +162,10 @@ class RebuildRole(EngineBase):
         return self._finish_rebuild(wait=True)
 
     def _catch_up(self, rb: _Rebuild, budget_s: float | None) -> bool:
-        """Apply catch-up frames to the loaded views (for about ``budget_s``; ``None``: all of them). Returns
-        True when some are left. Each view is touched only here, on the consumer's thread."""
+        """Apply the catch-up frames to the loaded views, all of a partition's at once (one apply of their
+        concatenation: a per-batch apply made a 60 s rebuild's 867 batches cost 43 s), partition after partition
+        until ``budget_s`` has passed (``None``: every partition). Returns True when some are left. Each view is
+        touched only here, on the consumer's thread."""
         assert rb.views is not None
         t0 = time.perf_counter()
         left = False
@@ -169,19 +173,16 @@ class RebuildRole(EngineBase):
             part = self._parts.get(p)
             if view is None or part is None:
                 continue
+            if budget_s is not None and time.perf_counter() - t0 >= budget_s:
+                left = True
+                break
             with part.lock:
                 if part.catch_up is None:
                     continue  # assigned again during the rebuild: restored at the swap
                 frames, part.catch_up = part.catch_up, []
-            for i, batch in enumerate(frames):
-                if budget_s is not None and i and time.perf_counter() - t0 >= budget_s:
-                    with part.lock:
-                        assert part.catch_up is not None
-                        part.catch_up[:0] = frames[i:]
-                    left = True
-                    break
-                view.ids.append(view.state.apply(*batch, keep=rb.keep))
-                rb.caught_up += 1
+            if frames:
+                view.ids.append(view.state.apply(*concat_frames(frames), keep=rb.keep))
+                rb.caught_up += len(frames)
         return left
 
     def _finish_rebuild(self, wait: bool = False) -> bool:

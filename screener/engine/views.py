@@ -4,7 +4,7 @@ at low CPU priority (the default), or the calling thread.
 Why a process. Polars has one thread pool per process and its size cannot be set per query. A rebuild's scans
 and pruning (seconds per partition) fill that pool, and every Polars call of the batch thread then waits behind
 them: at 200k patients on 2 cores the live events' p99 went from 0.3 s to 4.5-6.3 s during a rebuild, although
-both threads release the GIL. In a child process the rebuild has a pool of its own, and at ``nice`` 19 the OS
+both threads release the GIL. In a child process the rebuild has a pool of its own, and at ``nice`` 10 the OS
 gives the engine's threads the cores whenever they want them (the rebuild takes what is left).
 
 The child opens the store itself (the store's class, URL and options: nothing is shared but files), loads the
@@ -28,8 +28,10 @@ import polars as pl
 from screener.history import HistoryStore, StoreError
 from screener.state import FactFilter, PatientState
 
-#: The rebuild worker's niceness: the lowest priority, so it only uses the cores the engine leaves idle.
-REBUILD_NICE = 19
+#: The rebuild worker's niceness. Against the engine's threads (nice 0) it gets about a tenth of a busy core
+#: (CFS weights 110 vs 1024); 19 (weight 15) let unrelated work on a shared host starve it: a 200k rebuild's
+#: loads took 58 s instead of 29 s, for no gain in live latency.
+REBUILD_NICE = 10
 
 #: One view as the worker returns it: the IPC files of persons, facts and retracted, and the store's offset.
 ViewFiles = tuple[str, str, str, int]

@@ -151,6 +151,7 @@ def test_in_the_worker_process_the_view_is_the_store_plus_what_came_since_and_th
 ) -> None:
     import os
 
+    from screener.engine.views import REBUILD_NICE
     from screener.state import LiveState
 
     log, store = InMemoryLog(2), MemoryStore()
@@ -175,7 +176,8 @@ def test_in_the_worker_process_the_view_is_the_store_plus_what_came_since_and_th
     pool = engine._view_loader._pool  # type: ignore[union-attr]
     assert pool is not None
     workers = list(pool._processes)  # type: ignore[attr-defined]
-    assert workers and all(os.getpriority(os.PRIO_PROCESS, pid) == 19 for pid in workers)
+    nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + REBUILD_NICE)
+    assert workers and all(os.getpriority(os.PRIO_PROCESS, pid) == nice for pid in workers)
     compactions: list[int] = []
     real_compact = LiveState.compact
     monkeypatch.setattr(LiveState, "compact", lambda self: compactions.append(1) or real_compact(self))
