@@ -149,9 +149,10 @@ def main() -> None:
                 shutil.copy(f, rules / f.name)
         (rules / "probe.yaml").write_text(PROBE_STUDY)
 
-        store = population_store(
-            Path(args.store) if args.store else work / "store", args.patients, args.partitions, now
-        )
+        kept = population_store(Path(args.store) if args.store else work / "store", args.patients, args.partitions, now)
+        # The engine writes to its store: each run works on a copy, so a kept store stays as it was built.
+        shutil.copytree(kept.url, work / "history")
+        store = open_store(work / "history")
 
         settings = Settings(
             rules_dir=rules,
