@@ -259,8 +259,21 @@ def main() -> None:
             f"p99 {percentile(during, 99) * 1000:.0f} ms, max {max(during, default=float('nan')) * 1000:.0f} ms"
             + (f"; {len(missing)} probes not matched" if missing else "")
         )
-        added = {sid: n for sid, n in worklist.new.items() if sid not in known}
-        print(f"  new matches of the added study: {added}")
+        import sqlalchemy as sa
+
+        with sa.create_engine(settings.database_url).connect() as conn:
+            rows, people, probes = conn.execute(
+                sa.text(
+                    "select count(*), count(distinct patient_id), sum(patient_id like 'PROBE-%') from matches"
+                    " where study_id = :sid"
+                ),
+                {"sid": next(iter(set(worklist.new) - known), "")},
+            ).one()
+        print(
+            f"  the added study: {rows} matches, {people} distinct patients ({rows - probes} of the population, "
+            f"{probes} probes: every probe is 'possible' for it); probes sent {len(sent)}, matched "
+            f"{len(worklist.stored)}"
+        )
         for name, lo, hi in (("rebuild", edited, swapped), ("swap+rescreen", swapped, done)):
             lat = [worklist.stored[p] - s for p, s in sent.items() if lo <= s < hi and p in worklist.stored]
             longest = max((d for end, d in steps if lo <= end <= hi + 1), default=float("nan"))
