@@ -34,7 +34,7 @@ import polars as pl
 
 from screener.engine._base import EngineBase, log
 from screener.engine.history import concat_frames
-from screener.engine.views import ViewLoader
+from screener.engine.views import ViewLoader, lower_priority
 from screener.history import StoreError
 from screener.state import FactFilter, LiveState
 
@@ -107,6 +107,9 @@ class RebuildRole(EngineBase):
         loader = self._loader_for_views()
 
         def load_all() -> dict[int, _View | None]:
+            # This thread (its reading of the views) and the worker it starts (from its first import on) run at
+            # low priority.
+            lower_priority(thread=True)
             out: dict[int, _View | None] = {}
             for p, offset in targets.items():
                 if offset is None:  # the store has nothing of it yet: everything applied is in the catch-up

@@ -19,6 +19,7 @@ import contextlib
 import multiprocessing
 import os
 import shutil
+import threading
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -37,9 +38,13 @@ REBUILD_NICE = 10
 ViewFiles = tuple[str, str, str, int]
 
 
-def _lower_priority() -> None:
-    with contextlib.suppress(OSError):
-        os.nice(REBUILD_NICE)
+def lower_priority(thread: bool = False) -> None:
+    """Run at niceness ``REBUILD_NICE`` at least: the calling thread only (``thread``; Linux keeps a niceness per
+    thread, and a process it starts inherits it), else the whole process."""
+    with contextlib.suppress(OSError, AttributeError):
+        who = threading.get_native_id() if thread else 0
+        if os.getpriority(os.PRIO_PROCESS, who) < REBUILD_NICE:
+            os.setpriority(os.PRIO_PROCESS, who, REBUILD_NICE)
 
 
 def _write(frame: pl.DataFrame, path: Path) -> str:
@@ -107,7 +112,7 @@ class ViewLoader:
             return self.store.load(partition, keep=keep)
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority
             )
         self.scratch.mkdir(parents=True, exist_ok=True)
         store = self.store

@@ -70,10 +70,11 @@ def test_kill_9_of_one_of_two_engines_the_other_takes_over_from_the_store_withou
 
 
 class BusyLoads(HistoryStore):
-    """A store whose loads, once ``MARKER`` exists in its folder, first keep every core busy with Polars work for
-    ``HOLD_S / 4`` seconds: a stand-in for a large history's scans and pruning (what starved live batches). A
-    marker file, not an attribute, because the engine loads a rule change's views in a worker process that opens
-    the store again from its class and URL."""
+    """A store whose loads, once ``MARKER`` exists in its folder, first hold every thread of Polars' pool for
+    ``HOLD_S / 4`` seconds (one query, an expression per thread, each waiting): a stand-in for a large history's
+    scans and pruning, which is what starved live batches (Polars has one pool per process). A marker file, not
+    an attribute, because the engine loads a rule change's views in a worker process that opens the store again
+    from its class and URL."""
 
     HOLD_S = 6.0
     MARKER = "BUSY"
@@ -82,9 +83,13 @@ class BusyLoads(HistoryStore):
         if (Path(self.url) / self.MARKER).exists():
             import polars as pl
 
-            end = time.monotonic() + self.HOLD_S / 4  # four partitions: about HOLD_S in all
-            while time.monotonic() < end:
-                pl.select(pl.int_range(0, 3_000_000).shuffle(seed=partition).sort().sum())
+            def hold(s: pl.Series) -> pl.Series:
+                time.sleep(self.HOLD_S / 4)  # four partitions: about HOLD_S in all
+                return s
+
+            width = pl.thread_pool_size()
+            frame = pl.DataFrame({f"c{i}": [i] for i in range(width)})
+            frame.select(pl.col(f"c{i}").map_batches(hold, return_dtype=pl.Int64) for i in range(width))
         return super().load(partition, keep)
 
 
