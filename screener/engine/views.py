@@ -87,7 +87,7 @@ def load_view_files(
 
 
 def read_view_files(files: ViewFiles) -> tuple[PatientState, int]:
-    """In the engine: the state the worker wrote (memory-mapped), its files removed."""
+    """In the engine: the state the worker wrote, its files removed."""
     persons, facts, retracted, offset = files
     try:
         frames = [pl.read_ipc(f) for f in (persons, facts, retracted)]
@@ -111,6 +111,7 @@ class ViewLoader:
         if not self.process:
             return self.store.load(partition, keep=keep)
         if self._pool is None:
+            shutil.rmtree(self.scratch, ignore_errors=True)  # what a worker of a crashed engine left
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority
             )
