@@ -22,6 +22,7 @@ import shutil
 import threading
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import polars as pl
@@ -110,17 +111,24 @@ class ViewLoader:
         """The partition's view and offset, ``None`` when the store has none. :raises StoreError: unreadable."""
         if not self.process:
             return self.store.load(partition, keep=keep)
-        if self._pool is None:
-            shutil.rmtree(self.scratch, ignore_errors=True)  # what a worker of a crashed engine left
-            self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority
-            )
-        self.scratch.mkdir(parents=True, exist_ok=True)
         store = self.store
-        job = self._pool.submit(
-            load_view_files, type(store), store.url, store.storage_options, partition, keep, str(self.scratch)
-        )
-        got = job.result()
+        for attempt in range(2):
+            if self._pool is None:
+                shutil.rmtree(self.scratch, ignore_errors=True)  # what a worker of a crashed engine left
+                self._pool = ProcessPoolExecutor(
+                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority
+                )
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            try:
+                got = self._pool.submit(
+                    load_view_files, type(store), store.url, store.storage_options, partition, keep, str(self.scratch)
+                ).result()
+                break
+            except BrokenProcessPool:
+                # The worker died (killed, out of memory): a new one is started, once.
+                self.close()
+                if attempt:
+                    raise
         if isinstance(got, str):
             raise StoreError(
                 f"history unreadable in the rebuild worker: {got[:200]}", url=self.store.url, partition=partition

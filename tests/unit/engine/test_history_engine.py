@@ -287,3 +287,35 @@ def test_a_replay_does_not_dead_letter_a_bad_record_twice(
     later = log.append("ev", b"k", b'{"kind": "vitals"}', partition=0)
     drain(second)
     assert [d["offset"] for d in log.values("dlq")] == [bad.offset, later.offset]  # a new bad record still is
+
+
+def test_the_view_loader_reads_in_its_worker_and_starts_a_new_one_when_the_worker_died(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from screener.engine.views import ViewLoader
+    from screener.state import FactFilter
+
+    history = open_store(tmp_path / "h")
+    persons = pl.DataFrame({"patient_id": ["B", "A"]})
+    facts = pl.DataFrame(
+        {"patient_id": ["B", "A", "A"], "event_id": ["e1", "e2", "e3"], "kind": ["condition"] * 3, "code": ["X"] * 3}
+    )
+    history.write_base(0, persons, facts, pl.DataFrame(schema={"event_id": pl.String}), 7)
+    loader = ViewLoader(history, tmp_path / "scratch")
+    keep = FactFilter(pl.col("event_id") != "e3")
+    try:
+        state, offset = loader.load(0, keep) or (None, None)
+        assert offset == 7 and state is not None
+        assert state.persons["patient_id"].to_list() == ["A", "B"], "sorted by patient"
+        assert state.facts["event_id"].to_list() == ["e2", "e1"], "pruned with the new filter, sorted"
+        assert loader.load(1, keep) is None, "nothing stored for partition 1"
+        assert not list((tmp_path / "scratch").iterdir()), "the files are removed once read"
+        assert loader._pool is not None
+        (pid,) = list(loader._pool._processes)  # type: ignore[attr-defined]
+        os.kill(pid, signal.SIGKILL)
+        again = loader.load(0, None)
+        assert again is not None and again[0].facts.height == 3, "a new worker read it"
+        assert list(loader._pool._processes) != [pid]  # type: ignore[attr-defined]
+    finally:
+        loader.close()
