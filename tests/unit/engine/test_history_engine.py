@@ -319,3 +319,36 @@ def test_the_view_loader_reads_in_its_worker_and_starts_a_new_one_when_the_worke
         assert list(loader._pool._processes) != [pid]  # type: ignore[attr-defined]
     finally:
         loader.close()
+
+
+def test_under_run_changed_rule_files_are_read_on_the_rules_thread_while_events_are_screened(
+    settings: Any, rules: Path, mini: Any, make_event: Any, tmp_path: Path
+) -> None:
+    gate = threading.Event()
+    gate.set()
+
+    def slow_loader(paths: Any) -> Any:
+        assert gate.wait(10)
+        return mini["loader"](paths)
+
+    log, store = InMemoryLog(2), MemoryStore()
+    engine = make_engine(settings, log, {**mini, "loader": slow_loader}, store, open_store(tmp_path / "h"))
+    gate.clear()  # from now on the rules folder takes until released to read
+    (rules / "b.yaml").write_text("id=DM min_age=18 icd10=E11")
+    publish_people(log, make_event, ["LIVE"], diabetic=True)
+    for _ in range(3):
+        engine.clock.advance(0.002)  # type: ignore[attr-defined]
+        engine.step(overlap=True)
+    assert store.matches()["study_id"].to_list() == ["ADULT"], "screened meanwhile, under the rules in force"
+    assert set(engine.studies) == {"ADULT"} and not engine.rebuilding
+    loading = engine._rules_loading
+    assert loading is not None, "the load is on the rules thread"
+    gate.set()
+    loading[0].result(timeout=10)
+    engine.clock.advance(0.002)  # type: ignore[attr-defined]
+    engine.step(overlap=True)  # applies the loaded rules: the rule change starts
+    assert engine._rules_loading is None and engine.rule_reloads == 2
+    assert engine.finish_rebuild(timeout=60) or "DM" in engine.studies
+    drain(engine)
+    assert sorted(store.matches()["study_id"]) == ["ADULT", "DM"]
+    engine.close()
