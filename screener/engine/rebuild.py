@@ -224,7 +224,8 @@ class RebuildRole(EngineBase):
                 continue
             part.state = view.state
             part.dirty = True
-            ids = pl.concat(view.ids).unique() if view.ids else pl.Series("patient_id", [], dtype=pl.String)
+            # Sorted, so each chunk of the re-screen reads one run of the partition's sorted frames.
+            ids = pl.concat(view.ids).unique().sort() if view.ids else pl.Series("patient_id", [], dtype=pl.String)
             self._enqueue(p, ids, "rules", only=rb.changed)
         for p in replay:
             # Assigned during the rebuild, or its store view failed: restored again under the new rules (from the
