@@ -52,10 +52,10 @@ class RescreenRole(EngineBase):
 
     def _chunk_limit(self, n_studies: int) -> int:
         """Patients per chunk: what the measured screening rate does in about ``batch_max_ms`` (at least
-        ``MIN_CHUNK_S``; at least ``MIN_CHUNK`` patients, at most ``RESCREEN_CHUNK``); ``RESCREEN_CHUNK`` until a rate
-        is known."""
+        ``MIN_CHUNK_S``; at least ``MIN_CHUNK`` patients, at most ``RESCREEN_CHUNK``); ``MIN_CHUNK`` until a rate is
+        known (a first chunk of ``RESCREEN_CHUNK`` held a live batch for 2 s at 200k patients on a loaded host)."""
         if self._screen_rate is None:
-            return RESCREEN_CHUNK
+            return min(MIN_CHUNK, RESCREEN_CHUNK)
         target = max(MIN_CHUNK_S, self.settings.batch_max_ms / 1000)
         return max(MIN_CHUNK, min(RESCREEN_CHUNK, int(self._screen_rate * target / n_studies)))
 
