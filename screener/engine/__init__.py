@@ -47,12 +47,14 @@ periodic ones are written by a background thread from an immutable view of the s
 Time: every ``rescreen_interval_s`` of the engine's clock the whole state is screened (birthdays, windows
 expiring, studies opening). ``rules_dir`` is polled every ``rules_poll_s``; a file that fails to load is
 logged and counted and the study keeps its previous version; an added or changed study makes every assigned
-partition build its new view from the history store on a background thread while batches go on under the old
-studies and view; at the swap everyone is screened against only the added or changed studies. Matches follow the
+partition build its new view from the history store in a low-priority worker process while batches go on under
+the old studies and view (:mod:`screener.engine.rebuild`); at the swap everyone is screened against only the
+added or changed studies. Matches follow the
 patient (:mod:`screener.engine.follow`): a known match that a re-screen rules out is sent as ``ineligible``.
 
 Roles (mixins of :class:`Engine`, one module each): ``loop`` (the loop), ``batch`` (one micro-batch), ``partitions``
-(assignment, revocation, commits, snapshots), ``history`` (the store), ``rules`` (hot reload, pruning),
+(assignment, revocation, commits, snapshots), ``history`` (the store), ``rebuild`` (a rule change's new views,
+loaded by ``views``), ``rules`` (hot reload, pruning),
 ``rescreen`` (chunked re-screens), ``matches`` (the worklist store and matches topic), ``follow`` (ineligible rows)
 and ``health`` (``/healthz``). ``base`` holds the :class:`Consumer`/:class:`Producer` protocols at the edge.
 

@@ -1,5 +1,4 @@
-"""The engine's side of the history store: what it writes there, how a partition is restored from it, and how a
-rule change builds the new hot view from it in the background.
+"""The engine's side of the history store: what it writes there and how a partition is restored from it.
 
 Writing: every decoded batch a partition applies (unpruned: the store keeps every fact) is kept in memory until
 the next snapshot time, then appended as one segment at the partition's offset, always *after* the commit (so the
@@ -11,41 +10,20 @@ the same rules; else the store's view pruned with the current rules (a lazy scan
 when the store has nothing for the partition or it is damaged, a replay from the topic's beginning (logged,
 counted in ``screener_history_replays_total{reason}``), which also writes the store again.
 
-Rule changes (:meth:`HistoryRole._start_rebuild`): the new view of every partition is loaded from the store on a
-background thread while batches go on under the old studies and view; the frames applied meanwhile are kept and
-applied to the new view at the swap (:meth:`HistoryRole._finish_rebuild`, on the consumer's thread), and then
-everyone is screened against only the added or changed studies.
+Rule changes build their new views from the store too: see :mod:`screener.engine.rebuild`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
 from screener.engine._base import EngineBase, Frames, _Partition, log
 from screener.history import HistoryStore, SnapshotError, StoreError, load_snapshot_parts, open_store
-from screener.state import FactFilter, LiveState
-
-
-@dataclass
-class _Rebuild:
-    """A rule change whose new hot views are being loaded from the store."""
-
-    future: Future[dict[int, tuple[LiveState, int] | None]]
-    studies: dict[str, Any]
-    keep: FactFilter | None
-    horizon: Any
-    fingerprint: str
-    changed: frozenset[str]
-    removed: list[str]
-    started: float
+from screener.state import LiveState
 
 
 def concat_frames(frames: Sequence[Frames]) -> Frames:
@@ -64,9 +42,7 @@ def concat_frames(frames: Sequence[Frames]) -> Frames:
 
 
 class HistoryRole(EngineBase):
-    """Writes the history store, restores partitions from it and rebuilds views from it on a rule change."""
-
-    _rebuild_pool: ThreadPoolExecutor | None = None
+    """Writes the history store and restores partitions from it."""
 
     def history(self) -> HistoryStore:
         """The store (opened at first use from ``settings.history_url()`` unless one was given)."""
@@ -168,132 +144,3 @@ class HistoryRole(EngineBase):
         with contextlib.suppress(Exception):
             self.history().drop(partition)  # written again, whole, from the replay
         return LiveState(), begin, "replay"
-
-    # --- rule changes -----------------------------------------------------------------------------------
-    def _start_rebuild(
-        self,
-        studies: dict[str, Any],
-        keep: FactFilter | None,
-        horizon: Any,
-        fingerprint: str,
-        changed: Sequence[str],
-        removed: list[str],
-    ) -> None:
-        """Flush every partition's history, then load the new views on the rebuild thread. Batches go on under
-        the current studies and view until :meth:`_finish_rebuild` swaps them."""
-        self.settle()
-        self._wait_snapshots()
-        for p in list(self._parts):
-            job = self._history_job(p)
-            if job is not None:
-                job()
-        store = self.history()
-        targets = {p: part.offset for p, part in self._parts.items()}
-        for p in targets:
-            part = self._parts[p]
-            with part.lock:
-                # A partition whose store missed this flush is rebuilt by replay at the swap.
-                part.catch_up = [] if part.saved_offset == part.offset and not part.unsaved else None
-                targets[p] = part.offset if part.catch_up is not None else -1
-
-        def load_all() -> dict[int, tuple[LiveState, int] | None]:
-            out: dict[int, tuple[LiveState, int] | None] = {}
-            for p, offset in targets.items():
-                try:
-                    got = store.load(p, keep=keep)
-                except StoreError as exc:
-                    log.warning("history_unreadable", partition=p, error=str(exc)[:200])
-                    got = None
-                # The store may have moved on meanwhile (periodic appends): the catch-up frames re-apply what it
-                # already holds, which changes nothing (applying is idempotent per event id).
-                out[p] = (LiveState(got[0]), got[1]) if got is not None and got[1] >= offset >= 0 else None
-            return out
-
-        if self._rebuild_pool is None:
-            self._rebuild_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="screener-rebuild")
-        self._rebuild = _Rebuild(
-            future=self._rebuild_pool.submit(load_all),
-            studies=studies,
-            keep=keep,
-            horizon=horizon,
-            fingerprint=fingerprint,
-            changed=frozenset(changed),
-            removed=removed,
-            started=time.perf_counter(),
-        )
-        log.info("rules_rebuild_started", partitions=sorted(targets), changed=sorted(changed))
-
-    @property
-    def rebuilding(self) -> bool:
-        """True while a rule change's new views are being loaded (batches still use the previous rules)."""
-        return self._rebuild is not None
-
-    def finish_rebuild(self, timeout: float | None = None) -> bool:
-        """Wait (up to ``timeout`` seconds) for a rule change's new views and swap them in now. Returns True
-        when a rule change was swapped in. For tests and the demo; :meth:`step` swaps by itself."""
-        rb = self._rebuild
-        if rb is None:
-            return False
-        try:
-            rb.future.result(timeout=timeout)
-        except Exception:
-            if not rb.future.done():
-                return False
-        return self._finish_rebuild(wait=True)
-
-    def _finish_rebuild(self, wait: bool = False) -> bool:
-        """On the consumer's thread: when the new views are loaded, apply the frames that arrived meanwhile, swap
-        studies and views, and queue everyone for the added or changed studies. Returns True once swapped."""
-        rb = self._rebuild
-        if rb is None or (not wait and not rb.future.done()):
-            return False
-        self.settle()
-        self._rebuild = None
-        try:
-            views = rb.future.result()
-        except Exception as exc:
-            log.error("rules_rebuild_failed", error_type=type(exc).__name__, error=str(exc)[:300])
-            views = {}
-        self.studies, self._keep, self._horizon, self._rules_fingerprint = (
-            rb.studies,
-            rb.keep,
-            rb.horizon,
-            rb.fingerprint,
-        )
-        replay: list[int] = []
-        for p, part in list(self._parts.items()):
-            view = views.get(p)
-            with part.lock:
-                catch_up, part.catch_up = part.catch_up, None
-            if view is None or catch_up is None:
-                replay.append(p)
-                continue
-            live, _ = view
-            for frames in catch_up:
-                live.apply(*frames, keep=rb.keep)
-            part.state = live
-            part.dirty = True
-            self._enqueue(p, live.patient_ids(), "rules", only=rb.changed)
-        for p in replay:
-            # Assigned during the rebuild, or its store view failed: restored again under the new rules (from the
-            # store when it can be, else by replay); the records since are read again.
-            from kafka import TopicPartition
-
-            self._parts.pop(p, None)
-            self._queue = deque(q for q in self._queue if q[0] != p)
-            self._init_partition(TopicPartition(self.settings.events_topic, p))
-            again = self._parts[p]
-            if not again.replaying:  # a replay screens everyone it touched at its end; otherwise do it now
-                self._enqueue(p, again.state.patient_ids(), "rules", only=rb.changed)
-        elapsed = time.perf_counter() - rb.started
-        self.rule_swaps += 1
-        self.metrics.rules_rebuild_duration.observe(elapsed)
-        self._rescreen_t0, self._rescreen_new = time.perf_counter(), 0
-        log.info(
-            "rules_rebuilt",
-            partitions=sorted(self._parts),
-            replayed=sorted(replay),
-            changed=sorted(rb.changed),
-            ms=round(elapsed * 1000, 1),
-        )
-        return True

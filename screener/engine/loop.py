@@ -31,6 +31,7 @@ from screener.engine.health import HealthRole
 from screener.engine.history import HistoryRole
 from screener.engine.matches import MatchesRole, _default_loader, _default_screen
 from screener.engine.partitions import PartitionsRole, _Listener
+from screener.engine.rebuild import RebuildRole
 from screener.engine.rescreen import RescreenRole
 from screener.engine.rules import RulesRole
 from screener.errors import ScreenerError
@@ -40,7 +41,17 @@ from screener.settings import Settings
 from screener.state import FactFilter
 
 
-class Engine(BatchRole, PartitionsRole, HistoryRole, RulesRole, RescreenRole, MatchesRole, FollowRole, HealthRole):
+class Engine(
+    BatchRole,
+    PartitionsRole,
+    HistoryRole,
+    RebuildRole,
+    RulesRole,
+    RescreenRole,
+    MatchesRole,
+    FollowRole,
+    HealthRole,
+):
     """One screening engine (one consumer-group member). Thread-compatible: drive it from one thread.
 
     ``consumer`` and ``producer`` default to :func:`screener.bus.make_consumer`/``make_producer`` built from
@@ -165,10 +176,11 @@ class Engine(BatchRole, PartitionsRole, HistoryRole, RulesRole, RescreenRole, Ma
         if self._batch_executor is not None:
             self._batch_executor.shutdown(wait=True)
             self._batch_executor = None
-        self._rebuild = None  # a rule change still loading is redone at the next start
-        if self._rebuild_pool is not None:
-            self._rebuild_pool.shutdown(wait=False, cancel_futures=True)
-            self._rebuild_pool = None
+        self._close_rebuild()  # a rule change still loading is redone at the next start
+        if self._rules_pool is not None:
+            self._rules_pool.shutdown(wait=False, cancel_futures=True)
+            self._rules_pool = None
+            self._rules_loading = None
         with contextlib.suppress(Exception):
             self._commit(list(self._parts))
             for p in list(self._parts):
@@ -188,17 +200,19 @@ class Engine(BatchRole, PartitionsRole, HistoryRole, RulesRole, RescreenRole, Ma
     def step(self, *, overlap: bool = False) -> int:
         """Rules poll, one micro-batch, scheduled re-screen, periodic snapshot. Returns the records polled.
 
-        Without ``overlap`` the batch is fully processed and committed when this returns. With ``overlap`` (what
-        :meth:`run` does) a batch of at least ``overlap_min_records`` records (a backlog) is left to the batch
-        thread (state update, screening, the store and the matches topic: mostly Polars, which releases the GIL)
-        while the next call polls and decodes the next batch on this thread; that call commits it. Whatever is due
+        Without ``overlap`` the batch is fully processed and committed when this returns (and changed rule files
+        are read before it). With ``overlap`` (what :meth:`run` does) changed rule files are read on the rules
+        thread and applied at the first step after, and a batch of at least ``overlap_min_records`` records (a
+        backlog) is left to the batch thread (state update, screening, the store and the matches topic: mostly
+        Polars, which releases the GIL) while the next call polls and decodes the next batch on this thread; that
+        call commits it. Whatever is due
         besides a batch (rules, re-screens, the sweep, snapshots) waits for the batch in flight first. Call it from
         one thread only: the consumer is not thread-safe, so every consumer call (poll, commit, seek) and every
         rebalance callback stays here.
         """
         self.loops += 1
-        if self.clock.monotonic() >= self._next_rules_poll:
-            self.reload_rules()
+        if self._rules_loading is not None or self.clock.monotonic() >= self._next_rules_poll:
+            self.reload_rules(background=overlap)  # under run(), rule files are read on the rules thread
         if self._inflight is not None:
             # Something is being screened: wait for new records only briefly, so a quiet topic does not hold
             # the commit (and the maintenance below) of the batch in flight for a whole batch_max_ms.

@@ -16,8 +16,9 @@ RESCREEN_CHUNK = 20_000
 #: The smallest chunk the adaptive sizing (:meth:`RescreenRole._chunk_limit`) goes down to.
 MIN_CHUNK = 2_000
 #: The least time a chunk is sized for: smaller chunks pay their fixed cost (selecting, the store round trip) too
-#: often (200k patients at 500 a chunk: 120 s instead of about 25 s).
-MIN_CHUNK_S = 0.25
+#: often (200k patients at 500 a chunk: 120 s instead of about 25 s); larger ones hold a live batch that long
+#: (a rule change's re-screen runs a chunk per step, between batches).
+MIN_CHUNK_S = 0.2
 
 
 class RescreenRole(EngineBase):
@@ -51,10 +52,10 @@ class RescreenRole(EngineBase):
 
     def _chunk_limit(self, n_studies: int) -> int:
         """Patients per chunk: what the measured screening rate does in about ``batch_max_ms`` (at least
-        ``MIN_CHUNK_S``; at least ``MIN_CHUNK`` patients, at most ``RESCREEN_CHUNK``); ``RESCREEN_CHUNK`` until a rate
-        is known."""
+        ``MIN_CHUNK_S``; at least ``MIN_CHUNK`` patients, at most ``RESCREEN_CHUNK``); ``MIN_CHUNK`` until a rate is
+        known (a first chunk of ``RESCREEN_CHUNK`` held a live batch for 2 s at 200k patients on a loaded host)."""
         if self._screen_rate is None:
-            return RESCREEN_CHUNK
+            return min(MIN_CHUNK, RESCREEN_CHUNK)
         target = max(MIN_CHUNK_S, self.settings.batch_max_ms / 1000)
         return max(MIN_CHUNK, min(RESCREEN_CHUNK, int(self._screen_rate * target / n_studies)))
 

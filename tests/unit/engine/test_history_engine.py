@@ -116,9 +116,11 @@ def test_a_rule_change_builds_from_the_store_while_batches_go_on_under_the_old_r
     log, store = InMemoryLog(2), MemoryStore()
     history = SlowStore(str(tmp_path / "h"))
     engine = make_engine(settings, log, mini, store, history)
+    engine.rebuild_in_process = False  # the loads are held by this thread's event
     diabetic = [f"D{i}" for i in range(6)]
     publish_people(log, make_event, diabetic, diabetic=True)
     drain(engine)
+    snapshot_time(engine)  # the store holds both partitions: the rebuild loads them
     assert set(store.matches()["study_id"]) == {"ADULT"}
     consumer = engine._consumer
     assert isinstance(consumer, InMemoryConsumer)
@@ -142,6 +144,81 @@ def test_a_rule_change_builds_from_the_store_while_batches_go_on_under_the_old_r
     assert all(0 not in v[len(fetched_before.get(p, [])) :] for p, v in consumer.fetched.items())
     assert counter(engine, "screener_history_replays_total", {"reason": "rebuild"}) == 0
     assert store.matches().unique(["study_id", "patient_id"]).height == store.matches().height
+
+
+def test_in_the_worker_process_the_view_is_the_store_plus_what_came_since_and_the_swap_does_not_compact(
+    settings: Any, rules: Path, mini: Any, make_event: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from screener.engine.views import REBUILD_NICE
+    from screener.state import LiveState
+
+    log, store = InMemoryLog(2), MemoryStore()
+    engine = make_engine(settings, log, mini, store, open_store(tmp_path / "h"))
+    assert engine.rebuild_in_process
+    saved = [f"S{i}" for i in range(6)]
+    publish_people(log, make_event, saved, diabetic=True)
+    drain(engine)
+    snapshot_time(engine)
+    unsaved = [f"U{i}" for i in range(4)]  # applied, not yet in the store when the rule changes
+    publish_people(log, make_event, unsaved, diabetic=True)
+    drain(engine)
+    assert any(part.unsaved for part in engine._parts.values())
+    (rules / "b.yaml").write_text("id=DM min_age=18 icd10=E11")
+    drain(engine, 1)
+    assert engine.rebuilding
+    publish_people(log, make_event, ["LIVE"], diabetic=True)  # applied while the worker starts and loads
+    drain(engine, 1)
+    rb = engine._rebuild
+    assert rb is not None
+    rb.future.result(timeout=120)
+    pool = engine._view_loader._pool  # type: ignore[union-attr]
+    assert pool is not None
+    workers = list(pool._processes)  # type: ignore[attr-defined]
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    nice = max(REBUILD_NICE, own)
+    assert workers and all(os.getpriority(os.PRIO_PROCESS, pid) == nice for pid in workers)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == own, "the engine's threads keep their priority"
+    compactions: list[int] = []
+    real_compact = LiveState.compact
+    monkeypatch.setattr(LiveState, "compact", lambda self: compactions.append(1) or real_compact(self))
+    swaps = engine.rule_swaps
+    for _ in range(5):
+        drain(engine, 1)
+        if engine.rule_swaps > swaps:
+            break
+    assert engine.rule_swaps == swaps + 1 and compactions == [], "swapped, without compacting a view"
+    monkeypatch.undo()
+    drain(engine)
+    dm = store.matches().filter(pl.col("study_id") == "DM")
+    assert sorted(dm["patient_id"]) == sorted([*saved, *unsaved, "LIVE"])
+    assert counter(engine, "screener_screens_total", {"trigger": "rules"}) == 11, "only the new study, once each"
+    assert engine.state().persons.height == 11
+    assert counter(engine, "screener_history_replays_total", {"reason": "damaged"}) == 0
+    assert not list((Path(settings.state_dir) / "rebuild").glob("*/*")), "the worker's files are removed"
+    engine.close()
+    assert engine._view_loader is None
+
+
+def test_a_rule_change_before_the_store_holds_a_partition_builds_its_view_from_the_frames_applied(
+    settings: Any, rules: Path, mini: Any, make_event: Any, tmp_path: Path
+) -> None:
+    log, store = InMemoryLog(2), MemoryStore()
+    engine = make_engine(settings, log, mini, store, open_store(tmp_path / "h"))
+    consumer = engine._consumer
+    assert isinstance(consumer, InMemoryConsumer)
+    people = [f"D{i}" for i in range(6)]
+    publish_people(log, make_event, people, diabetic=True)
+    drain(engine)
+    assert all(part.saved_offset is None for part in engine._parts.values())
+    fetched_before = {p: list(v) for p, v in consumer.fetched.items()}
+    (rules / "b.yaml").write_text("id=DM min_age=18 icd10=E11")
+    drain(engine, 2)
+    assert engine.finish_rebuild(timeout=60) or engine.rule_swaps == 1
+    drain(engine)
+    assert sorted(store.matches().filter(pl.col("study_id") == "DM")["patient_id"]) == sorted(people)
+    assert all(0 not in v[len(fetched_before.get(p, [])) :] for p, v in consumer.fetched.items()), "no replay"
 
 
 def test_a_damaged_store_is_replayed_from_the_topic_logged_and_counted(
@@ -210,3 +287,68 @@ def test_a_replay_does_not_dead_letter_a_bad_record_twice(
     later = log.append("ev", b"k", b'{"kind": "vitals"}', partition=0)
     drain(second)
     assert [d["offset"] for d in log.values("dlq")] == [bad.offset, later.offset]  # a new bad record still is
+
+
+def test_the_view_loader_reads_in_its_worker_and_starts_a_new_one_when_the_worker_died(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from screener.engine.views import ViewLoader
+    from screener.state import FactFilter
+
+    history = open_store(tmp_path / "h")
+    persons = pl.DataFrame({"patient_id": ["B", "A"]})
+    facts = pl.DataFrame(
+        {"patient_id": ["B", "A", "A"], "event_id": ["e1", "e2", "e3"], "kind": ["condition"] * 3, "code": ["X"] * 3}
+    )
+    history.write_base(0, persons, facts, pl.DataFrame(schema={"event_id": pl.String}), 7)
+    loader = ViewLoader(history, tmp_path / "scratch")
+    keep = FactFilter(pl.col("event_id") != "e3")
+    try:
+        state, offset = loader.load(0, keep) or (None, None)
+        assert offset == 7 and state is not None
+        assert state.persons["patient_id"].to_list() == ["A", "B"], "sorted by patient"
+        assert state.facts["event_id"].to_list() == ["e2", "e1"], "pruned with the new filter, sorted"
+        assert loader.load(1, keep) is None, "nothing stored for partition 1"
+        assert not list((tmp_path / "scratch").iterdir()), "the files are removed once read"
+        assert loader._pool is not None
+        (pid,) = list(loader._pool._processes)  # type: ignore[attr-defined]
+        os.kill(pid, signal.SIGKILL)
+        again = loader.load(0, None)
+        assert again is not None and again[0].facts.height == 3, "a new worker read it"
+        assert list(loader._pool._processes) != [pid]  # type: ignore[attr-defined]
+    finally:
+        loader.close()
+
+
+def test_under_run_changed_rule_files_are_read_on_the_rules_thread_while_events_are_screened(
+    settings: Any, rules: Path, mini: Any, make_event: Any, tmp_path: Path
+) -> None:
+    gate = threading.Event()
+    gate.set()
+
+    def slow_loader(paths: Any) -> Any:
+        assert gate.wait(10)
+        return mini["loader"](paths)
+
+    log, store = InMemoryLog(2), MemoryStore()
+    engine = make_engine(settings, log, {**mini, "loader": slow_loader}, store, open_store(tmp_path / "h"))
+    gate.clear()  # from now on the rules folder takes until released to read
+    (rules / "b.yaml").write_text("id=DM min_age=18 icd10=E11")
+    publish_people(log, make_event, ["LIVE"], diabetic=True)
+    for _ in range(3):
+        engine.clock.advance(0.002)  # type: ignore[attr-defined]
+        engine.step(overlap=True)
+    assert store.matches()["study_id"].to_list() == ["ADULT"], "screened meanwhile, under the rules in force"
+    assert set(engine.studies) == {"ADULT"} and not engine.rebuilding
+    loading = engine._rules_loading
+    assert loading is not None, "the load is on the rules thread"
+    gate.set()
+    loading[0].result(timeout=10)
+    engine.clock.advance(0.002)  # type: ignore[attr-defined]
+    engine.step(overlap=True)  # applies the loaded rules: the rule change starts
+    assert engine._rules_loading is None and engine.rule_reloads == 2
+    assert engine.finish_rebuild(timeout=60) or "DM" in engine.studies
+    drain(engine)
+    assert sorted(store.matches()["study_id"]) == ["ADULT", "DM"]
+    engine.close()

@@ -1,0 +1,264 @@
+"""Rule changes: every partition's new hot view is built from the history store while batches go on under the
+old studies and view, then swapped in without holding the consumer for long.
+
+1. :meth:`RebuildRole._start_rebuild` (consumer's thread, no I/O): a partition's new view starts from what the
+   store holds (``saved_offset``; nothing yet: an empty view); the frames applied since then and not yet in the
+   store (``unsaved``), and every batch applied from now on, are its *catch-up*. The loads run on the rebuild
+   thread, each in the low-priority worker process (:class:`screener.engine.views.ViewLoader`).
+2. Catching up (:meth:`RebuildRole._catch_up`, consumer's thread, between batches): once loaded, the new views
+   get their catch-up frames applied (a partition's frames concatenated, one apply), for about ``CATCH_UP_S``
+   per step.
+3. The swap (:meth:`RebuildRole._finish_rebuild`): when only the last batch is left to catch up, studies and
+   views are swapped (O(partitions)) and everyone is queued for the added or changed studies only, screened in
+   chunks between batches (:mod:`screener.engine.rescreen`). The patients queued are the view's as loaded plus
+   those the catch-up touched, so the new view is not compacted at the swap (a sort of the whole partition:
+   at 200k patients, listing the four views stalled the consumer for 5.6 s).
+
+Semantics: the view equals the store's history plus the catch-up (applying is idempotent per event id, so a
+store that moved on meanwhile changes nothing); no event is lost (a partition whose view could not be built,
+or that was assigned during the rebuild, is restored again under the new rules at the swap, from the store or
+by replay); the matches store never alerts twice for a (study, patient) pair.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from screener.engine._base import EngineBase, log
+from screener.engine.history import concat_frames
+from screener.engine.views import ViewLoader, lower_priority
+from screener.history import StoreError
+from screener.state import FactFilter, LiveState
+
+
+@dataclass
+class _View:
+    """A partition's new hot view and the patients to screen against the changed studies once it is swapped in."""
+
+    state: LiveState
+    ids: list[pl.Series]
+
+
+@dataclass
+class _Rebuild:
+    """A rule change whose new hot views are being loaded from the store, then caught up."""
+
+    future: Future[dict[int, _View | None]]
+    studies: dict[str, Any]
+    keep: FactFilter | None
+    horizon: Any
+    fingerprint: str
+    changed: frozenset[str]
+    removed: list[str]
+    started: float
+    #: The loaded views (set on the consumer's thread once ``future`` is done).
+    views: dict[int, _View | None] | None = None
+    caught_up: int = field(default=0)
+
+
+class RebuildRole(EngineBase):
+    """Builds the new hot views of a rule change from the history store and swaps them in."""
+
+    #: Load the views in a worker process at low priority (see :mod:`screener.engine.views`); ``False``: in the
+    #: rebuild thread of this process (the store object itself is used: tests that hold its loads do this).
+    rebuild_in_process = True
+    #: The time after which a step stops catching up views (it does at least one partition).
+    CATCH_UP_S = 0.1
+
+    _rebuild_pool: ThreadPoolExecutor | None = None
+    _view_loader: ViewLoader | None = None
+
+    def _loader_for_views(self) -> ViewLoader:
+        store = self.history()
+        loader = self._view_loader
+        if loader is None or loader.store is not store:
+            if loader is not None:
+                loader.close()
+            loader = self._view_loader = ViewLoader(store, Path(self.settings.state_dir) / "rebuild")
+        loader.process = self.rebuild_in_process
+        return loader
+
+    def _start_rebuild(
+        self,
+        studies: dict[str, Any],
+        keep: FactFilter | None,
+        horizon: Any,
+        fingerprint: str,
+        changed: Sequence[str],
+        removed: list[str],
+    ) -> None:
+        """Note where each partition's new view starts and load the views on the rebuild thread. Batches go on
+        under the current studies and view until :meth:`_finish_rebuild` swaps them."""
+        self.settle()
+        self._wait_snapshots()  # a history append in flight has taken frames the catch-up needs
+        targets: dict[int, int | None] = {}
+        for p, part in self._parts.items():
+            with part.lock:
+                part.catch_up = list(part.unsaved)
+                targets[p] = part.saved_offset
+        loader = self._loader_for_views()
+
+        def load_all() -> dict[int, _View | None]:
+            # This thread (its reading of the views) and the worker it starts (from its first import on) run at
+            # low priority.
+            lower_priority(thread=True)
+            out: dict[int, _View | None] = {}
+            for p, offset in targets.items():
+                if offset is None:  # the store has nothing of it yet: everything applied is in the catch-up
+                    out[p] = _View(LiveState(), [])
+                    continue
+                try:
+                    got = loader.load(p, keep)
+                except StoreError as exc:
+                    log.warning("history_unreadable", partition=p, error=str(exc)[:200])
+                    got = None
+                if got is None or got[1] < offset:
+                    out[p] = None
+                    continue
+                state, _ = got
+                out[p] = _View(LiveState(state), [state.persons["patient_id"]])
+            return out
+
+        if self._rebuild_pool is None:
+            self._rebuild_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="screener-rebuild")
+        self._rebuild = _Rebuild(
+            future=self._rebuild_pool.submit(load_all),
+            studies=studies,
+            keep=keep,
+            horizon=horizon,
+            fingerprint=fingerprint,
+            changed=frozenset(changed),
+            removed=removed,
+            started=time.perf_counter(),
+        )
+        log.info(
+            "rules_rebuild_started",
+            partitions=sorted(targets),
+            changed=sorted(changed),
+            worker="process" if loader.process else "thread",
+        )
+
+    @property
+    def rebuilding(self) -> bool:
+        """True while a rule change's new views are being loaded (batches still use the previous rules)."""
+        return self._rebuild is not None
+
+    def finish_rebuild(self, timeout: float | None = None) -> bool:
+        """Wait (up to ``timeout`` seconds) for a rule change's new views and swap them in now. Returns True
+        when a rule change was swapped in. For tests and the demo; :meth:`step` swaps by itself."""
+        rb = self._rebuild
+        if rb is None:
+            return False
+        try:
+            rb.future.result(timeout=timeout)
+        except Exception:
+            if not rb.future.done():
+                return False
+        return self._finish_rebuild(wait=True)
+
+    def _catch_up(self, rb: _Rebuild, budget_s: float | None) -> bool:
+        """Apply the catch-up frames to the loaded views, all of a partition's at once (one apply of their
+        concatenation: a per-batch apply made a 60 s rebuild's 867 batches cost 43 s), partition after partition
+        until ``budget_s`` has passed (``None``: every partition). Returns True when some are left. Each view is
+        touched only here, on the consumer's thread."""
+        assert rb.views is not None
+        t0 = time.perf_counter()
+        left = False
+        for p, view in rb.views.items():
+            part = self._parts.get(p)
+            if view is None or part is None:
+                continue
+            if budget_s is not None and time.perf_counter() - t0 >= budget_s:
+                left = True
+                break
+            with part.lock:
+                if part.catch_up is None:
+                    continue  # assigned again during the rebuild: restored at the swap
+                frames, part.catch_up = part.catch_up, []
+            if frames:
+                view.ids.append(view.state.apply(*concat_frames(frames), keep=rb.keep))
+                rb.caught_up += len(frames)
+        return left
+
+    def _finish_rebuild(self, wait: bool = False) -> bool:
+        """On the consumer's thread: once the new views are loaded, catch them up (a little per call, unless
+        ``wait``), then swap studies and views and queue everyone for the added or changed studies. Returns True
+        once swapped."""
+        rb = self._rebuild
+        if rb is None or (not wait and not rb.future.done()):
+            return False
+        if rb.views is None:
+            try:
+                rb.views = rb.future.result()
+            except Exception as exc:
+                log.error("rules_rebuild_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+                rb.views = {}
+            log.info("rules_rebuild_loaded", ms=round((time.perf_counter() - rb.started) * 1000, 1))
+        if self._catch_up(rb, None if wait else self.CATCH_UP_S) and not wait:
+            return False
+        self.settle()
+        self._catch_up(rb, None)  # the batch that was in flight
+        t_swap = time.perf_counter()
+        self._rebuild = None
+        self.studies, self._keep, self._horizon, self._rules_fingerprint = (
+            rb.studies,
+            rb.keep,
+            rb.horizon,
+            rb.fingerprint,
+        )
+        replay: list[int] = []
+        for p, part in list(self._parts.items()):
+            view = rb.views.get(p)
+            with part.lock:
+                catch_up, part.catch_up = part.catch_up, None
+            if view is None or catch_up is None:
+                replay.append(p)
+                continue
+            part.state = view.state
+            part.dirty = True
+            # Sorted, so each chunk of the re-screen reads one run of the partition's sorted frames.
+            ids = pl.concat(view.ids).unique().sort() if view.ids else pl.Series("patient_id", [], dtype=pl.String)
+            self._enqueue(p, ids, "rules", only=rb.changed)
+        for p in replay:
+            # Assigned during the rebuild, or its store view failed: restored again under the new rules (from the
+            # store when it can be, else by replay); the records since are read again.
+            from kafka import TopicPartition
+
+            self._parts.pop(p, None)
+            self._queue = deque(q for q in self._queue if q[0] != p)
+            self._init_partition(TopicPartition(self.settings.events_topic, p))
+            again = self._parts[p]
+            if not again.replaying:  # a replay screens everyone it touched at its end; otherwise do it now
+                self._enqueue(p, again.state.patient_ids(), "rules", only=rb.changed)
+        elapsed = time.perf_counter() - rb.started
+        self.rule_swaps += 1
+        self.metrics.rules_rebuild_duration.observe(elapsed)
+        self._rescreen_t0, self._rescreen_new = time.perf_counter(), 0
+        log.info(
+            "rules_rebuilt",
+            partitions=sorted(self._parts),
+            replayed=sorted(replay),
+            changed=sorted(rb.changed),
+            caught_up_batches=rb.caught_up,
+            swap_ms=round((time.perf_counter() - t_swap) * 1000, 1),
+            ms=round(elapsed * 1000, 1),
+        )
+        return True
+
+    def _close_rebuild(self) -> None:
+        """Drop a rule change still loading (redone at the next start) and stop its threads and worker."""
+        self._rebuild = None
+        if self._rebuild_pool is not None:
+            self._rebuild_pool.shutdown(wait=False, cancel_futures=True)
+            self._rebuild_pool = None
+        if self._view_loader is not None:
+            self._view_loader.close()
+            self._view_loader = None
