@@ -1,0 +1,209 @@
+"""Fact rows for the feature aggregation: each fact joined to the features that select it.
+
+Everything is keyed by small integers so the joins, the sort and the ``group_by`` of :mod:`screener.rules._aggregate`
+never hash a string per row: ``_pid`` (the patient's row in ``state.persons``), ``_ck`` (the concept set's index)
+and ``_fid`` (the selection's index in :attr:`FeaturePlan.selections`; ``_own`` is the feature a relation's other
+side belongs to).
+
+1. Concept membership once per distinct ``(system, code)``, unit normalisation once per distinct spelling.
+2. The facts in some concept, sorted by ``(occurred_at, event_id)`` once: every later step keeps that order, so
+   first/last mean earliest/latest inside each (patient, feature) group without another sort.
+3. The window join runs on a narrow frame (row number, concept, times, status); only the selected rows gather the
+   fact columns.
+4. Per-fact filters run on their own feature's rows only and are scattered back into ``_keep`` (order kept).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from screener.rules._attributes import attributes
+from screener.rules._facts import current_encounters, ensure_columns, membership
+from screener.rules.ir import NOT_DONE, Feat, Source
+from screener.rules.units import normalise_unit_expr
+from screener.state import PatientState
+
+__all__ = ["MODES", "Selection", "fact_rows", "windows"]
+
+TS = pl.Datetime("us", "UTC")
+ENGINE: Any = "in-memory"
+
+#: how a selection picks fact rows (:attr:`screener.rules.ir.Feat.mode`, plus ``other``: a relation's other side)
+MODES = ("plain", "period", "continuous", "upcoming", "after", "before", "other")
+MODE = pl.Enum(MODES)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How one feature (or the other side of a relation) selects fact rows."""
+
+    key: str
+    source: Source
+    mode: str
+    feat: Feat
+    own: int  # the index of the feature this selection's rows count for (itself, or the relation it is a side of)
+
+
+def windows(selections: Sequence[Selection], ckeys: dict[str, int], now: datetime) -> pl.DataFrame:
+    """One row per selection: ``_fid, _own, _ck, _mode`` and the bounds and flags :func:`fact_rows` reads."""
+    rows: list[dict[str, Any]] = []
+    for i, s in enumerate(selections):
+        f, mode = s.feat, s.mode
+        w = f.window
+        row: dict[str, Any] = {
+            "_fid": i,
+            "_own": s.own,
+            "_ck": ckeys[s.source.concept.key],
+            "_mode": mode,
+            "_start": None,
+            "_end": now,
+            "_future": mode == "upcoming",
+            "_byend": mode == "period",
+            "_skip": not s.source.reads_status,
+            "_wneg": w.offset(-1) if w else None,
+            "_wpos": w.offset(1) if w else None,
+            "_cov": w.start(now) if w and mode == "continuous" else None,
+        }
+        if mode == "upcoming" and w is not None:
+            row["_start"], row["_end"] = now, w.end(now)
+        elif mode in ("plain", "period") and w is not None:
+            row["_start"] = w.start(now)
+        rows.append(row)
+    schema: dict[str, Any] = {
+        "_fid": pl.UInt32, "_own": pl.UInt32, "_ck": pl.UInt32, "_mode": MODE, "_start": TS, "_end": TS,
+        "_future": pl.Boolean, "_byend": pl.Boolean, "_skip": pl.Boolean, "_wneg": pl.String, "_wpos": pl.String,
+        "_cov": TS,
+    }  # fmt: skip
+    return pl.DataFrame(rows, schema=schema)
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """What :func:`fact_rows` needs from the feature plan (built once per study set)."""
+
+    selections: Sequence[Selection]
+    concepts: dict[str, Any]
+    ckeys: dict[str, int]
+    member_table: pl.DataFrame | None
+    conversions: pl.DataFrame  # _ck, _unit, _a, _b
+    filters: dict[int, pl.Expr]  # _fid -> the filter over fact rows
+    filter_attrs: Sequence[str]
+    fact_columns: Sequence[str]
+    needs_encounters: bool
+    look_ahead: timedelta
+
+
+def _code_concepts(facts: pl.DataFrame, rp: RowPlan) -> pl.LazyFrame:
+    """``(system, code, _ck)`` for every distinct code of ``facts`` in some concept."""
+    codes = facts.select("system", "code").unique().with_row_index("_fid")
+    pairs = membership(codes.lazy(), rp.concepts, rp.member_table)
+    ck = pl.col("_ckey").replace_strict(rp.ckeys, return_dtype=pl.UInt32).alias("_ck")
+    return codes.lazy().join(pairs, on="_fid", how="inner").select("system", "code", ck)
+
+
+def _concept_facts(state: PatientState, rp: RowPlan, now: datetime, periods: bool) -> pl.DataFrame:
+    """The facts in some concept (one row per fact and concept), with ``_pid``, ``_ck``, the converted value
+    ``_v``, ``_unk`` (a value in an unknown unit) and, for periods, ``_pend``; sorted by time then event id."""
+    facts = ensure_columns(state.facts)
+    units = (
+        facts.lazy().select(pl.col("unit").unique()).with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
+    )
+    pids = state.persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
+    derived = [
+        (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
+        (pl.col("value").is_not_null() & pl.col("_a").is_null()).alias("_unk"),
+    ]
+    if periods:
+        ended = pl.col("ended_at")
+        pend = (
+            pl.when(ended.is_not_null())
+            .then(ended)
+            .when(pl.col("status").is_in(("stopped", "completed")).fill_null(False))
+            .then(pl.col("occurred_at"))
+            .otherwise(pl.lit(now, dtype=TS))
+        )
+        derived.append(pend.alias("_pend"))
+    keep = [c for c in rp.fact_columns if c not in ("patient_id", "unit")]
+    return (
+        facts.lazy()
+        .filter(pl.col("occurred_at") <= now + rp.look_ahead)
+        .select(rp.fact_columns)
+        .join(_code_concepts(facts, rp), on=["system", "code"], how="inner")
+        .join(pids, on="patient_id", how="inner")
+        .join(units, on="unit", how="left", nulls_equal=True)
+        .join(rp.conversions.lazy(), on=["_ck", "_unit"], how="left")
+        .with_columns(derived)
+        .select("_pid", "_ck", *keep, "_a", "_b", "_v", "_unk", *(["_pend"] if periods else []))
+        .sort(["occurred_at", "event_id"])
+        .collect(engine=ENGINE)
+    )
+
+
+def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
+    """Fact rows joined to the selections that select them, in time order, with ``_keep`` (the selection's
+    filter: true without one, null = unknown)."""
+    modes = {sel.mode for sel in rp.selections}
+    periods = bool(modes & {"period", "continuous"})
+    cf = _concept_facts(state, rp, now, periods)
+    status_nd = pl.col("status").is_in(NOT_DONE).fill_null(False)
+    t = pl.col("occurred_at")
+    start = pl.col("_start")
+    done = (~pl.col("_skip") | ~status_nd) & (
+        start.is_null() | (pl.when(pl.col("_byend")).then(pl.col("_pend") >= start).otherwise(t >= start))
+        if "period" in modes
+        else start.is_null() | (t >= start)
+    )
+    selected = (t <= pl.col("_end")) & (
+        pl.when(pl.col("_future")).then(status_nd & (t >= start)).otherwise(done) if "upcoming" in modes else done
+    )
+    win = windows(rp.selections, rp.ckeys, now)
+    extra = [c for c in ("_wneg", "_wpos") if modes & {"after", "before"}]
+    extra += (["_start"] if "period" in modes else []) + (["_cov"] if "continuous" in modes else [])
+    narrow = cf.lazy().select(
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("_r"),
+        "_ck",
+        "occurred_at",
+        "status",
+        *(["_pend"] if periods else []),
+    )
+    picked = (
+        narrow.join(win.lazy(), on="_ck", how="inner", maintain_order="left")
+        .filter(selected)
+        .select("_r", "_fid", "_own", "_mode", *extra)
+        .collect(engine=ENGINE)
+    )
+    rows = pl.concat([cf[picked["_r"]], picked.drop("_r")], how="horizontal")
+    if not rp.filters:
+        return rows.with_columns(pl.lit(True).alias("_keep"))
+    return rows.with_columns(_keep_column(rows, state, rp, now))
+
+
+def _keep_column(rows: pl.DataFrame, state: PatientState, rp: RowPlan, now: datetime) -> pl.Series:
+    """``_keep``: each filter evaluated on its own selection's rows only (a when/then chain would run every
+    filter on every row), scattered back to the rows' positions."""
+    keys = list(rp.filters)
+    sub = rows.with_row_index("_i").filter(pl.col("_fid").is_in(keys)).lazy()
+    if rp.filter_attrs:
+        attrs = attributes(state.persons, now).select(
+            pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"), *(f"_attr_{a}" for a in rp.filter_attrs)
+        )
+        sub = sub.join(attrs, on="_pid", how="left")
+    if rp.needs_encounters:
+        pids = state.persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
+        enc = current_encounters(ensure_columns(state.facts).lazy(), now).join(pids, on="patient_id").drop("patient_id")
+        sub = sub.join(enc, on=["_pid", "encounter_id"], how="left")
+    parts = sub.collect(engine=ENGINE).partition_by("_fid", as_dict=True)
+    kept = pl.collect_all(
+        [p.lazy().select("_i", rp.filters[k[0]].cast(pl.Boolean).alias("_keep")) for k, p in parts.items()],
+        engine=ENGINE,
+    )
+    keep = pl.repeat(True, rows.height, dtype=pl.Boolean, eager=True).alias("_keep")
+    if kept:
+        scattered = pl.concat(kept, how="vertical")
+        keep.scatter(scattered["_i"], scattered["_keep"])
+    return keep
