@@ -93,63 +93,82 @@ class RowPlan:
     conversions: pl.DataFrame  # _ck, _unit, _a, _b
     filters: dict[int, pl.Expr]  # _fid -> the filter over fact rows
     filter_attrs: Sequence[str]
-    fact_columns: Sequence[str]
+    filter_columns: Sequence[str]  # the fact columns some filter reads
+    value_code: bool  # some feature reads ``value_code`` (``latest_code``)
     needs_encounters: bool
     look_ahead: timedelta
 
 
-def _code_concepts(facts: pl.DataFrame, rp: RowPlan) -> pl.LazyFrame:
-    """``(system, code, _ck)`` for every distinct code of ``facts`` in some concept."""
-    codes = facts.select("system", "code").unique().with_row_index("_fid")
+def _code_concepts(facts: pl.DataFrame, rp: RowPlan) -> pl.DataFrame:
+    """``(_cid, system, code, _ck)`` for every distinct code of ``facts`` in some concept (decided on the distinct codes
+    paired with every system a concept lists: one string ``unique`` over the facts, not a two-column one)."""
+    systems = sorted({system for c in rp.concepts.values() for system, _ in c.codes})
+    codes = (
+        facts.select(pl.col("code").unique())
+        .join(pl.DataFrame({"system": systems}, schema={"system": pl.String}), how="cross")
+        .with_row_index("_fid")
+    )
     pairs = membership(codes.lazy(), rp.concepts, rp.member_table)
     ck = pl.col("_ckey").replace_strict(rp.ckeys, return_dtype=pl.UInt32).alias("_ck")
-    return codes.lazy().join(pairs, on="_fid", how="inner").select("system", "code", ck)
-
-
-def _concept_facts(state: PatientState, rp: RowPlan, now: datetime, periods: bool) -> pl.DataFrame:
-    """The facts in some concept (one row per fact and concept), with ``_pid``, ``_ck``, the converted value
-    ``_v``, ``_unk`` (a value in an unknown unit) and, for periods, ``_pend``; sorted by time then event id."""
-    facts = ensure_columns(state.facts)
-    units = (
-        facts.lazy().select(pl.col("unit").unique()).with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
-    )
-    pids = state.persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
-    derived = [
-        (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
-        (pl.col("value").is_not_null() & pl.col("_a").is_null()).alias("_unk"),
-    ]
-    if periods:
-        ended = pl.col("ended_at")
-        pend = (
-            pl.when(ended.is_not_null())
-            .then(ended)
-            .when(pl.col("status").is_in(("stopped", "completed")).fill_null(False))
-            .then(pl.col("occurred_at"))
-            .otherwise(pl.lit(now, dtype=TS))
-        )
-        derived.append(pend.alias("_pend"))
-    keep = [c for c in rp.fact_columns if c not in ("patient_id", "unit")]
     return (
-        facts.lazy()
-        .filter(pl.col("occurred_at") <= now + rp.look_ahead)
-        .select(rp.fact_columns)
-        .join(_code_concepts(facts, rp), on=["system", "code"], how="inner")
-        .join(pids, on="patient_id", how="inner")
-        .join(units, on="unit", how="left", nulls_equal=True)
-        .join(rp.conversions.lazy(), on=["_ck", "_unit"], how="left")
-        .with_columns(derived)
-        .select("_pid", "_ck", *keep, "_a", "_b", "_v", "_unk", *(["_pend"] if periods else []))
-        .sort(["occurred_at", "event_id"])
+        codes.lazy()
+        .join(pairs, on="_fid", how="inner")
+        .select("system", "code", ck)
+        .with_row_index("_cid")
         .collect(engine=ENGINE)
     )
 
 
+def _pend(now: datetime) -> pl.Expr:
+    """A period's end: ``ended_at``, else the start when stopped/completed (one day), else now."""
+    ended = pl.col("ended_at")
+    return (
+        pl.when(ended.is_not_null())
+        .then(ended)
+        .when(pl.col("status").is_in(("stopped", "completed")).fill_null(False))
+        .then(pl.col("occurred_at"))
+        .otherwise(pl.lit(now, dtype=TS))
+        .alias("_pend")
+    )
+
+
+def _concept_facts(
+    facts: pl.DataFrame, persons: pl.DataFrame, cc: pl.DataFrame, rp: RowPlan, now: datetime, periods: bool
+) -> pl.LazyFrame:
+    """The facts in some concept (one row per fact and concept), narrow: ``_r0`` (the fact's row in ``facts``),
+    ``_pid``, ``_ck``, ``_cid`` (the row of its code in ``cc``), the unit conversion ``_a``/``_b``,
+    ``occurred_at``, ``status``, ``value`` and, for periods, ``ended_at`` and ``_pend``; sorted by time then event
+    id. Other fact columns are gathered later, for the rows that need them only (a random gather of strings
+    costs more than everything else here)."""
+    units = (
+        facts.lazy().select(pl.col("unit").unique()).with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
+    )
+    pids = persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
+    cols = ["patient_id", "system", "code", "unit", "occurred_at", "event_id", "status", "value"]
+    return (
+        facts.lazy()
+        .select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_r0"), *cols, *(["ended_at"] if periods else []))
+        # a one-column membership test first: most facts are in no concept, and the join below hashes two
+        .filter(pl.col("code").is_in(cc["code"].unique().implode()) & (pl.col("occurred_at") <= now + rp.look_ahead))
+        .join(cc.lazy(), on=["system", "code"], how="inner")
+        .join(pids, on="patient_id", how="inner")
+        .join(units, on="unit", how="left", nulls_equal=True)
+        .join(rp.conversions.lazy(), on=["_ck", "_unit"], how="left")
+        .sort(["occurred_at", "event_id"])
+        .select(_NARROW + (["ended_at", _pend(now)] if periods else []))
+    )
+
+
+_NARROW: list[str | pl.Expr] = ["_r0", "_pid", "_ck", "_cid", "_a", "_b", "occurred_at", "status", "value"]
+
+
 def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
     """Fact rows joined to the selections that select them, in time order, with ``_keep`` (the selection's
-    filter: true without one, null = unknown)."""
+    filter: true without one, null = unknown), the converted value ``_v`` and ``_unk`` (a value in an unknown
+    unit)."""
     modes = {sel.mode for sel in rp.selections}
     periods = bool(modes & {"period", "continuous"})
-    cf = _concept_facts(state, rp, now, periods)
+    facts = ensure_columns(state.facts)
     status_nd = pl.col("status").is_in(NOT_DONE).fill_null(False)
     t = pl.col("occurred_at")
     start = pl.col("_start")
@@ -164,20 +183,22 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
     win = windows(rp.selections, rp.ckeys, now)
     extra = [c for c in ("_wneg", "_wpos") if modes & {"after", "before"}]
     extra += (["_start"] if "period" in modes else []) + (["_cov"] if "continuous" in modes else [])
-    narrow = cf.lazy().select(
-        pl.int_range(pl.len(), dtype=pl.UInt32).alias("_r"),
-        "_ck",
-        "occurred_at",
-        "status",
-        *(["_pend"] if periods else []),
-    )
-    picked = (
-        narrow.join(win.lazy(), on="_ck", how="inner", maintain_order="left")
+    cc = _code_concepts(facts, rp)
+    rows = (
+        _concept_facts(facts, state.persons, cc, rp, now, periods)
+        .join(win.lazy(), on="_ck", how="inner", maintain_order="left")
         .filter(selected)
-        .select("_r", "_fid", "_own", "_mode", *extra)
+        .select(pl.exclude("_ck", "_start", "_end", "_future", "_byend", "_skip", "_wneg", "_wpos", "_cov"), *extra)
+        .with_columns(
+            (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
+            (pl.col("value").is_not_null() & pl.col("_a").is_null()).alias("_unk"),
+        )
         .collect(engine=ENGINE)
     )
-    rows = pl.concat([cf[picked["_r"]], picked.drop("_r")], how="horizontal")
+    # the code from the small code table, not from the facts (a gather from a few hundred strings is cheap)
+    rows = rows.with_columns(cc["code"].gather(rows["_cid"]).alias("code"))
+    if rp.value_code:
+        rows = rows.with_columns(facts["value_code"].gather(rows["_r0"]))
     if not rp.filters:
         return rows.with_columns(pl.lit(True).alias("_keep"))
     return rows.with_columns(_keep_column(rows, state, rp, now))
@@ -187,7 +208,10 @@ def _keep_column(rows: pl.DataFrame, state: PatientState, rp: RowPlan, now: date
     """``_keep``: each filter evaluated on its own selection's rows only (a when/then chain would run every
     filter on every row), scattered back to the rows' positions."""
     keys = list(rp.filters)
-    sub = rows.with_row_index("_i").filter(pl.col("_fid").is_in(keys)).lazy()
+    found = rows.with_row_index("_i").filter(pl.col("_fid").is_in(keys))
+    facts = ensure_columns(state.facts)
+    gather = [c for c in rp.filter_columns if c not in found.columns]
+    sub = (pl.concat([found, facts.select(gather)[found["_r0"]]], how="horizontal") if gather else found).lazy()
     if rp.filter_attrs:
         attrs = attributes(state.persons, now).select(
             pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"), *(f"_attr_{a}" for a in rp.filter_attrs)
@@ -195,7 +219,7 @@ def _keep_column(rows: pl.DataFrame, state: PatientState, rp: RowPlan, now: date
         sub = sub.join(attrs, on="_pid", how="left")
     if rp.needs_encounters:
         pids = state.persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
-        enc = current_encounters(ensure_columns(state.facts).lazy(), now).join(pids, on="patient_id").drop("patient_id")
+        enc = current_encounters(facts.lazy(), now).join(pids, on="patient_id").drop("patient_id")
         sub = sub.join(enc, on=["_pid", "encounter_id"], how="left")
     parts = sub.collect(engine=ENGINE).partition_by("_fid", as_dict=True)
     kept = pl.collect_all(

@@ -115,7 +115,8 @@ def _feature_plan(studies: Sequence[Study]) -> _FeaturePlan:
         conv,
         {i: filter_expr(s.source.filter) for i, s in enumerate(selections) if s.source.filter is not None},
         attrs,
-        _fact_columns(selections, feats),
+        _filter_columns(selections),
+        any(f.transform == "latest_code" for group in feats.values() for f in group),
         encounters,
         ahead,
     )
@@ -164,22 +165,15 @@ _FIELD_COLUMNS = {
     "duration_days": ("ended_at",),
     "encounter": ("encounter_id", "kind"),
 }
-_BASE_COLUMNS = ("patient_id", "event_id", "system", "code", "value", "unit", "occurred_at", "status")
 
 
-def _fact_columns(selections: Sequence[Selection], feats: dict[str, list[Feat]]) -> list[str]:
-    """Only the fact columns these features read (fewer columns through the joins)."""
-    need = set(_BASE_COLUMNS)
-    if any(f.transform == "latest_code" for group in feats.values() for f in group):
-        need.add("value_code")
+def _filter_columns(selections: Sequence[Selection]) -> list[str]:
+    """The fact columns some filter reads (gathered for the filtered rows only)."""
+    need: set[str] = set()
     for s in selections:
-        if s.mode in ("period", "continuous"):
-            need.add("ended_at")
         if s.source.filter is not None:
             for name in filter_fields(s.source.filter):
                 need.update(_FIELD_COLUMNS.get(name, (name,)))
-    if any(s.mode == "period" for s in selections):
-        need.add("ended_at")
     return [c for c in FACT_COLUMNS if c in need]
 
 
