@@ -98,7 +98,7 @@ def _period_aggs(now: datetime) -> dict[str, pl.Expr]:
     t = pl.col("occurred_at")
     nowl = pl.lit(now, dtype=TS)
     ended = pl.col("ended_at")
-    ongoing = (ended >= nowl) | (ended.is_null() & (pl.col("status").fill_null("active") == "active"))
+    ongoing = (ended >= nowl) | (ended.is_null() & pl.col("_active"))
     start_day = pl.max_horizontal(t, pl.col("_start")).dt.date().cast(pl.Int32)
     end_day = pl.min_horizontal(pl.col("_pend"), nowl).dt.date().cast(pl.Int32)
     # union of day ranges, rows sorted by start: each adds the days after the furthest end seen so far

@@ -137,7 +137,8 @@ def _concept_facts(
 ) -> pl.LazyFrame:
     """The facts in some concept (one row per fact and concept), narrow: ``_r0`` (the fact's row in ``facts``),
     ``_pid``, ``_ck``, ``_cid`` (the row of its code in ``cc``), the unit conversion ``_a``/``_b``,
-    ``occurred_at``, ``status``, ``value`` and, for periods, ``ended_at`` and ``_pend``; sorted by time then event
+    ``occurred_at``, ``_nd`` (planned or ordered: not done), ``value`` and, for periods, ``ended_at``,
+    ``_active`` and ``_pend``; sorted by time then event
     id. Other fact columns are gathered later, for the rows that need them only (a random gather of strings
     costs more than everything else here)."""
     units = (
@@ -155,11 +156,14 @@ def _concept_facts(
         .join(units, on="unit", how="left", nulls_equal=True)
         .join(rp.conversions.lazy(), on=["_ck", "_unit"], how="left")
         .sort(["occurred_at", "event_id"])
-        .select(_NARROW + (["ended_at", _pend(now)] if periods else []))
+        .select(_NARROW + ([*_PERIOD, _pend(now)] if periods else []))
     )
 
 
-_NARROW: list[str | pl.Expr] = ["_r0", "_pid", "_ck", "_cid", "_a", "_b", "occurred_at", "status", "value"]
+_ND = pl.col("status").is_in(NOT_DONE).fill_null(False).alias("_nd")
+_NARROW: list[str | pl.Expr] = ["_r0", "_pid", "_ck", "_cid", "_a", "_b", "occurred_at", _ND, "value"]
+#: for periods: the end, and whether the fact is active (no status counts as active)
+_PERIOD = ["ended_at", (pl.col("status").fill_null("active") == "active").alias("_active")]
 
 
 def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
@@ -169,7 +173,7 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
     modes = {sel.mode for sel in rp.selections}
     periods = bool(modes & {"period", "continuous"})
     facts = ensure_columns(state.facts)
-    status_nd = pl.col("status").is_in(NOT_DONE).fill_null(False)
+    status_nd = pl.col("_nd")
     t = pl.col("occurred_at")
     start = pl.col("_start")
     done = (~pl.col("_skip") | ~status_nd) & (
@@ -184,16 +188,21 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
     extra = [c for c in ("_wneg", "_wpos") if modes & {"after", "before"}]
     extra += (["_start"] if "period" in modes else []) + (["_cov"] if "continuous" in modes else [])
     cc = _code_concepts(facts, rp)
-    rows = (
-        _concept_facts(facts, state.persons, cc, rp, now, periods)
-        .join(win.lazy(), on="_ck", how="inner", maintain_order="left")
+    cf = _concept_facts(facts, state.persons, cc, rp, now, periods).with_row_index("_row").collect(engine=ENGINE)
+    # The window join multiplies rows (a fact per feature of its concept): it runs on the columns it reads only,
+    # and the selected rows, put back in time order by their row number, gather the rest (a forward scan).
+    picked = (
+        cf.lazy()
+        .select("_row", "_ck", "occurred_at", "_nd", *(["_pend"] if periods else []))
+        .join(win.lazy(), on="_ck", how="inner")
         .filter(selected)
-        .select(pl.exclude("_ck", "_start", "_end", "_future", "_byend", "_skip", "_wneg", "_wpos", "_cov"), *extra)
-        .with_columns(
-            (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
-            (pl.col("value").is_not_null() & pl.col("_a").is_null()).alias("_unk"),
-        )
+        .select("_row", "_fid", "_own", "_mode", *extra)
+        .sort("_row")
         .collect(engine=ENGINE)
+    )
+    rows = pl.concat([cf.drop("_row", "_ck")[picked["_row"]], picked.drop("_row")], how="horizontal").with_columns(
+        (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
+        (pl.col("value").is_not_null() & pl.col("_a").is_null()).alias("_unk"),
     )
     # the code from the small code table, not from the facts (a gather from a few hundred strings is cheap)
     rows = rows.with_columns(cc["code"].gather(rows["_cid"]).alias("code"))
