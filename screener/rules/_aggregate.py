@@ -1,6 +1,7 @@
 """Per (patient, feature) statistics over the selected fact rows of :mod:`screener.rules.features`.
 
-The rows arrive sorted by time. Plain features (look-backs, ``upcoming``) share one ``group_by``; periods
+The rows arrive sorted by time, keyed by ``_pid`` (patient) and ``_fid`` (feature). Plain features (look-backs,
+``upcoming``) needing the same statistics share a ``group_by``; periods
 (``exposure_days``, ``on_now``), ``continuous`` and the relations (``after``/``before``, one ``join_asof`` on
 patient and time per direction) each have their own, only when some study uses them.
 
@@ -10,13 +11,13 @@ is stopped/completed (one day), else now (``_pend``), clipped to now.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import polars as pl
 
-__all__ = ["STAT_DTYPES", "aggregate"]
+__all__ = ["PLAIN_STATS", "STAT_DTYPES", "AggPlan", "aggregate"]
 
 TS = pl.Datetime("us", "UTC")
 
@@ -55,14 +56,14 @@ STAT_DTYPES: dict[str, pl.DataType] = {
     "n_funk": pl.UInt32(),
 }
 
-_GROUP = ["patient_id", "_fkey"]
+_GROUP = ["_pid", "_fid"]
 
 
-def _plain_aggs() -> dict[str, pl.Expr]:
+def _plain_aggs(gneg: str | None) -> dict[str, pl.Expr]:
     v = pl.col("_v")
     t = pl.col("occurred_at")
     has_v = v.is_not_null()
-    return {
+    aggs = {
         "n": pl.len().cast(pl.UInt32),
         "last_t": t.max(),
         "last_code": pl.col("code").last(),
@@ -80,18 +81,24 @@ def _plain_aggs() -> dict[str, pl.Expr]:
         "first_t": t.min(),
         "first_code": pl.col("code").first(),
         "n_days": t.dt.date().n_unique().cast(pl.UInt32),
-        # a new episode starts when the time since the previous fact is >= gap (prev <= t - gap)
-        "n_ep": ((t.shift(1) <= t.dt.offset_by(pl.col("_gneg"))).sum() + 1).cast(pl.UInt32),
         "latest_c": pl.coalesce("value_code", "code").last(),
         "latest_ct": t.last(),
     }
+    if gneg is not None:
+        # a new episode starts when the time since the previous fact is >= gap (prev <= t - gap)
+        aggs["n_ep"] = ((t.shift(1) <= t.dt.offset_by(gneg)).sum() + 1).cast(pl.UInt32)
+    return aggs
+
+
+#: the statistics of the plain (look-back, ``upcoming``) group_by
+PLAIN_STATS = frozenset([*_plain_aggs("-1d"), "n_ep"])
 
 
 def _period_aggs(now: datetime) -> dict[str, pl.Expr]:
     t = pl.col("occurred_at")
     nowl = pl.lit(now, dtype=TS)
     ended = pl.col("ended_at")
-    ongoing = (ended >= nowl) | (ended.is_null() & (pl.col("status").fill_null("active") == "active"))
+    ongoing = (ended >= nowl) | (ended.is_null() & pl.col("_active"))
     start_day = pl.max_horizontal(t, pl.col("_start")).dt.date().cast(pl.Int32)
     end_day = pl.min_horizontal(pl.col("_pend"), nowl).dt.date().cast(pl.Int32)
     # union of day ranges, rows sorted by start: each adds the days after the furthest end seen so far
@@ -104,13 +111,13 @@ def _period_aggs(now: datetime) -> dict[str, pl.Expr]:
     }
 
 
-def _continuous(rows: pl.LazyFrame, now: datetime) -> pl.LazyFrame:
+def _continuous(rows: pl.LazyFrame, now: datetime, gneg: str) -> pl.LazyFrame:
     """``cont``: after merging periods whose gap is <= the feature's gap, one covers all of [now - w, now]."""
     t = pl.col("occurred_at")
     nowl = pl.lit(now, dtype=TS)
     end = pl.min_horizontal(pl.col("_pend"), nowl)
     prev = end.cum_max().shift(1).over(_GROUP)
-    new = prev.is_null() | (t.dt.offset_by(pl.col("_gneg")) > prev)
+    new = prev.is_null() | (t.dt.offset_by(gneg) > prev)
     blocks = (
         rows.with_columns(new.cast(pl.UInt32).cum_sum().over(_GROUP).alias("_blk"), end.alias("_pe"))
         .group_by([*_GROUP, "_blk"])
@@ -125,10 +132,10 @@ def _relations(rows: pl.LazyFrame, mode: str) -> pl.LazyFrame:
     0 <= u - t <= w (before): the nearest other fact on the right side of t, by ``join_asof``."""
     this = rows.filter(pl.col("_mode") == mode).select(*_GROUP, "occurred_at", "code", "_wneg", "_wpos")
     other = (
-        rows.filter((pl.col("_mode") == "other") & pl.col("_fkey").str.ends_with("~other"))
+        rows.filter(pl.col("_mode") == "other")
         .select(
-            "patient_id",
-            pl.col("_fkey").str.strip_suffix("~other"),
+            "_pid",
+            pl.col("_own").alias("_fid"),
             pl.col("occurred_at").alias("_u"),
             pl.col("code").alias("_ocode"),
         )
@@ -154,47 +161,59 @@ def _relations(rows: pl.LazyFrame, mode: str) -> pl.LazyFrame:
     )
 
 
-def aggregate(
-    rows: pl.LazyFrame, selections: Sequence[Any], wanted: set[str], now: datetime, engine: Any
-) -> pl.DataFrame:
-    """``patient_id, _fkey`` and the ``wanted`` statistics, one row per (patient, feature) with a fact."""
-    modes = {s.mode for s in selections}
-    kept = rows.filter(pl.col("_keep").fill_null(False))
+@dataclass(frozen=True)
+class AggPlan:
+    """Which group_bys :func:`aggregate` runs (built once per study set).
+
+    ``plain``: ``(fids, stats, gap offset)`` groups of plain/upcoming features that need the same statistics
+    (each row belongs to one feature, so each is aggregated once, for only the statistics it needs);
+    ``continuous``: ``(fids, gap offset)``; ``period``/``relations``: whether those modes occur; ``funk``: whether
+    some feature counts facts whose filter is unknown.
+    """
+
+    plain: tuple[tuple[tuple[int, ...], tuple[str, ...], str | None], ...]
+    continuous: tuple[tuple[tuple[int, ...], str], ...]
+    period: bool
+    relations: tuple[str, ...]
+    funk: bool
+    wanted: frozenset[str]
+
+
+def aggregate(rows: pl.DataFrame, plan: AggPlan, now: datetime, engine: Any) -> pl.DataFrame:
+    """``_pid, _fid`` and the statistics, one row per (patient, feature) with a fact."""
+    lazy = rows.lazy()
+    kept = lazy.filter(pl.col("_keep").fill_null(False))
     parts: list[pl.LazyFrame] = []
-    plain = [k for k, e in _plain_aggs().items() if k in wanted]
-    if modes & {"plain", "upcoming"} and plain:
-        exprs = _plain_aggs()
-        parts.append(
-            kept.filter(pl.col("_mode").is_in(["plain", "upcoming"]))
-            .group_by(_GROUP)
-            .agg(exprs[k].alias(k) for k in plain)
-        )
-    if "period" in modes:
+    for fids, stats, gneg in plan.plain:
+        exprs = _plain_aggs(gneg)
+        parts.append(kept.filter(pl.col("_fid").is_in(fids)).group_by(_GROUP).agg(exprs[k].alias(k) for k in stats))
+    if plan.period:
         exprs = _period_aggs(now)
         parts.append(
             kept.filter(pl.col("_mode") == "period").group_by(_GROUP).agg(e.alias(k) for k, e in exprs.items())
         )
-    if "continuous" in modes:
-        parts.append(_continuous(kept.filter(pl.col("_mode") == "continuous"), now))
-    for mode in ("after", "before"):
-        if mode in modes:
-            parts.append(_relations(kept, mode))
+    for fids, gneg in plan.continuous:
+        parts.append(_continuous(kept.filter(pl.col("_fid").is_in(fids)), now, gneg))
+    for mode in plan.relations:
+        parts.append(_relations(kept, mode))
+    if plan.funk:
+        parts.append(
+            lazy.filter(pl.col("_keep").is_null())
+            .group_by("_pid", pl.col("_own").alias("_fid"))
+            .agg(pl.len().cast(pl.UInt32).alias("n_funk"))
+        )
     frames = pl.collect_all(parts, engine=engine) if parts else []
+    funk = frames.pop() if plan.funk else None
+    schema: dict[str, pl.DataType] = {"_pid": pl.UInt32(), "_fid": pl.UInt32()}
+    schema.update((k, STAT_DTYPES[k]) for k in sorted(plan.wanted))
+    frames = [f for f in frames if f.height]
     out = (
         pl.concat(frames, how="diagonal_relaxed")
         if frames
-        else pl.DataFrame(schema={"patient_id": pl.String, "_fkey": pl.String})
+        else pl.DataFrame(schema={"_pid": pl.UInt32, "_fid": pl.UInt32})
     )
-    if "n_funk" in wanted:
-        funk = (
-            rows.filter(pl.col("_keep").is_null())
-            .with_columns(pl.col("_fkey").str.strip_suffix("~other"))
-            .group_by(_GROUP)
-            .agg(pl.len().cast(pl.UInt32).alias("n_funk"))
-            .collect(engine=engine)
-        )
-        if funk.height:
-            out = out.join(funk, on=_GROUP, how="full", coalesce=True)
-    # every wanted statistic is a column, even when no row produced it (e.g. no fact with an unknown filter)
-    missing = [pl.lit(None, dtype=STAT_DTYPES[k]).alias(k) for k in sorted(wanted) if k not in out.columns]
+    if funk is not None and funk.height:
+        out = out.join(funk, on=_GROUP, how="full", coalesce=True)
+    # every statistic is a column, even when no row produced it (e.g. no fact with an unknown filter)
+    missing = [pl.lit(None, dtype=t).alias(k) for k, t in schema.items() if k not in out.columns]
     return out.with_columns(missing) if missing else out

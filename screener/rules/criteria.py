@@ -93,7 +93,7 @@ def study_frame(base: pl.LazyFrame, study: Study, now: datetime, *, nested: bool
         v, e, _ = plan.bind(value.cast(pl.Boolean), evidence.fill_null(""), level)
         named.append((c, v, e))
     outcome = outcome_expr([(c, v) for c, v, _e in named if id(c) in top])
-    cols = [pl.col("patient_id"), outcome.alias("outcome")]
+    cols = [pl.col("patient_id"), outcome.cast(pl.String).alias("outcome")]
     for c, v, e in named:
         cols += [v.alias(c.name), e.alias(f"{c.name}:evidence")]
     return plan.apply(base).select(cols)
@@ -203,8 +203,13 @@ def compiled(study: Study) -> Compiled:
     return compiled
 
 
+#: the outcome column's type inside a screen (one byte a row, not a string); result rows carry it as a string
+OUTCOME = pl.Enum(["eligible", "possible", "ineligible"])
+
+
 def outcome_expr(named: Sequence[tuple[Criterion, pl.Expr]]) -> pl.Expr:
-    """``eligible``/``possible``/``ineligible`` from the top-level criteria's values (three-valued)."""
+    """``eligible``/``possible``/``ineligible`` (:data:`OUTCOME`) from the top-level criteria's values
+    (three-valued)."""
     inc_false: list[pl.Expr] = []
     all_good: list[pl.Expr] = []
     for c, v in named:
@@ -216,7 +221,8 @@ def outcome_expr(named: Sequence[tuple[Criterion, pl.Expr]]) -> pl.Expr:
             all_good.append((~v).fill_null(False))
     bad = pl.any_horizontal(inc_false) if inc_false else pl.lit(False)
     good = pl.all_horizontal(all_good) if all_good else pl.lit(True)
-    return pl.when(bad).then(pl.lit("ineligible")).when(good).then(pl.lit("eligible")).otherwise(pl.lit("possible"))
+    out = pl.when(bad).then(pl.lit("ineligible", dtype=OUTCOME))
+    return out.when(good).then(pl.lit("eligible", dtype=OUTCOME)).otherwise(pl.lit("possible", dtype=OUTCOME))
 
 
 def staged(frame: pl.LazyFrame, stage_lists: Sequence[list[list[pl.Expr]]]) -> pl.LazyFrame:

@@ -71,7 +71,7 @@ def _result_expr(study: Study, comp: Compiled, with_evidence: bool, criteria_lis
         criteria = pl.lit([], dtype=CRITERIA_DTYPE)
     return pl.struct(
         pl.lit(study.id).alias("study_id"),
-        pl.col(comp.outcome_col).alias("outcome"),
+        pl.col(comp.outcome_col).cast(pl.String).alias("outcome"),
         pl.lit(study.rule_hash or study.content_hash).alias("rule_hash"),
         criteria.cast(CRITERIA_DTYPE).alias("criteria"),
     )
@@ -141,7 +141,7 @@ def _assemble(
         {
             "study_id": pl.repeat(study.id, n, dtype=pl.String, eager=True),
             "patient_id": part.get_column("patient_id"),
-            "outcome": part.get_column(comp.outcome_col),
+            "outcome": part.get_column(comp.outcome_col).cast(pl.String),
             "rule_hash": pl.repeat(study.rule_hash or study.content_hash, n, dtype=pl.String, eager=True),
             "criteria": criteria,
         }
@@ -186,7 +186,7 @@ def _outcome_rows(full: pl.DataFrame, pairs: Sequence[tuple[Study, Compiled]]) -
         {
             "study_id": pl.Series([s.id for s, _c in pairs], dtype=pl.String).gather(study_index),
             "patient_id": pl.concat([full.get_column("patient_id")] * k, rechunk=False),
-            "outcome": pl.concat([full.get_column(c.outcome_col) for _s, c in pairs], rechunk=False),
+            "outcome": pl.concat([full.get_column(c.outcome_col) for _s, c in pairs], rechunk=False).cast(pl.String),
             "rule_hash": pl.Series([s.rule_hash or s.content_hash for s, _c in pairs], dtype=pl.String).gather(
                 study_index
             ),

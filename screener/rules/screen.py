@@ -62,6 +62,13 @@ def _registrations(state: PatientState, studies: Sequence[Study]) -> pl.DataFram
     return None
 
 
+def _base(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
+    """One row per person (``state.persons`` order): the attributes, then every feature statistic."""
+    attrs = attributes(state.persons, now, _registrations(state, studies)).collect(engine=ENGINE)
+    wide = feature_frame(state, studies, now)
+    return pl.concat([attrs, wide.drop("patient_id")], how="horizontal")
+
+
 def screen(
     state: PatientState, studies: Sequence[Study], now: datetime, *, evidence: Evidence = "all", rows: Rows = "all"
 ) -> pl.DataFrame:
@@ -139,11 +146,7 @@ def _screen(
         return pl.DataFrame(schema=schema), (_counts_frame(studies, zeros, zeros, 0) if want_counts else None)
     n_persons = state.persons.height
     comps = [compiled(s) for s in studies]
-    wide = feature_frame(state, studies, now)
-    base = attributes(state.persons, now, _registrations(state, studies)).join(
-        wide.lazy(), on="patient_id", how="left", maintain_order="left"
-    )
-    base = _plain(base.collect(engine=ENGINE)).lazy()
+    base = _plain(_base(state, studies, now)).lazy()
     pairs = list(zip(studies, comps, strict=True))
     small = n_persons <= _SMALL_CALL
     if evidence == "all":
@@ -220,8 +223,4 @@ def screen_detail(state: PatientState, study: Study, now: datetime) -> pl.DataFr
     if now.tzinfo is None:
         raise ValueError("screen_detail() needs a timezone-aware 'now'")
     now = now.astimezone(UTC)
-    wide = feature_frame(state, [study], now)
-    base = attributes(state.persons, now, _registrations(state, [study])).join(
-        wide.lazy(), on="patient_id", how="left", maintain_order="left"
-    )
-    return study_frame(base, study, now, nested=True).collect()
+    return study_frame(_base(state, [study], now).lazy(), study, now, nested=True).collect()

@@ -19,7 +19,6 @@ from screener.state import PatientState
 
 RULES = Path(__file__).resolve().parents[3] / "rules"
 SCREEN_MODULE = sys.modules[screen.__module__]
-FEATURES_MODULE = sys.modules["screener.rules.features"]
 MATCH = ("eligible", "possible")
 
 
@@ -202,16 +201,15 @@ def test_constant_criteria_and_facts_for_one_patient_of_three(kit, call_size):
     }
 
 
-def test_one_pivot_and_a_pivot_per_statistic_build_the_same_features(population, studies, monkeypatch):
-    """feature_frame widens small aggregates with one pivot and large ones with a pivot per statistic."""
+def test_feature_frame_has_one_row_per_person_in_order(population, studies):
+    """feature_frame scatters each (patient, feature) statistic to the patient's row: one row per person, in
+    ``state.persons`` order, and a patient's statistics do not depend on where the patient sits."""
     state, now = population
-    small = SCREEN_MODULE.feature_frame(state, studies, now)
-    monkeypatch.setattr(FEATURES_MODULE, "_ONE_PIVOT", 0)
-    large = SCREEN_MODULE.feature_frame(state, studies, now)
-    assert small.height > 100 and small.width > 20
-    assert small.sort("patient_id").equals(large.sort("patient_id"))
-    one_study = [s for s in studies if s.id.startswith("STROKE")]  # windows and counts: few statistics
-    monkeypatch.setattr(FEATURES_MODULE, "_ONE_PIVOT", 20_000)
-    small = SCREEN_MODULE.feature_frame(state, one_study, now)
-    monkeypatch.setattr(FEATURES_MODULE, "_ONE_PIVOT", 0)
-    assert small.sort("patient_id").equals(SCREEN_MODULE.feature_frame(state, one_study, now).sort("patient_id"))
+    wide = SCREEN_MODULE.feature_frame(state, studies, now)
+    assert wide["patient_id"].equals(state.persons["patient_id"])
+    assert wide.width > 20 and wide.select(pl.any_horizontal(pl.exclude("patient_id").is_not_null())).sum().item() > 100
+    flipped = PatientState(state.persons.reverse(), state.facts.reverse())
+    assert SCREEN_MODULE.feature_frame(flipped, studies, now).reverse().equals(wide)
+    half = state.persons.height // 2
+    tail = state.select_patients(state.persons["patient_id"][half:])
+    assert SCREEN_MODULE.feature_frame(tail, studies, now).equals(wide.slice(half))

@@ -253,10 +253,8 @@ def test_transforms_sharing_a_feature_read_every_column_they_need(kit):
     assert run(kit, "mi|within('1y') && mi|latest_code('1y') == 'X'", facts)[0] is True
 
 
-def test_the_pivot_per_statistic_path_with_filters_and_no_unknown_fact(kit, monkeypatch):
-    import sys
-
-    monkeypatch.setattr(sys.modules["screener.rules.features"], "_ONE_PIVOT", 0)
+def test_a_filtered_feature_with_no_unknown_fact(kit):
+    """No row has an unknown filter value, so no ``n_funk`` statistic is produced: the column still exists."""
     now = kit.NOW
     facts = [f(kit, "LOINC", "4548-4", now - 30 * D, 50.0, "mmol/mol")]
     assert run(kit, "hba1c[.value >= 48]|count('1y') == 1", facts) == (True, "1 HbA1c record(s) in the last 1 year")

@@ -1,0 +1,242 @@
+"""Fact rows for the feature aggregation: each fact joined to the features that select it.
+
+Everything is keyed by small integers so the joins, the sort and the ``group_by`` of :mod:`screener.rules._aggregate`
+never hash a string per row: ``_pid`` (the patient's row in ``state.persons``), ``_ck`` (the concept set's index)
+and ``_fid`` (the selection's index in :attr:`FeaturePlan.selections`; ``_own`` is the feature a relation's other
+side belongs to).
+
+1. Concept membership once per distinct ``(system, code)``, unit normalisation once per distinct spelling.
+2. The facts in some concept, sorted by ``(occurred_at, event_id)`` once: every later step keeps that order, so
+   first/last mean earliest/latest inside each (patient, feature) group without another sort.
+3. The window join runs on a narrow frame (row number, concept, times, status); only the selected rows gather the
+   fact columns.
+4. Per-fact filters run on their own feature's rows only and are scattered back into ``_keep`` (order kept).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from screener.rules._attributes import attributes
+from screener.rules._facts import current_encounters, ensure_columns, membership
+from screener.rules.ir import NOT_DONE, Feat, Source
+from screener.rules.units import normalise_unit_expr
+from screener.state import PatientState
+
+__all__ = ["MODES", "Selection", "fact_rows", "windows"]
+
+TS = pl.Datetime("us", "UTC")
+ENGINE: Any = "in-memory"
+
+#: how a selection picks fact rows (:attr:`screener.rules.ir.Feat.mode`, plus ``other``: a relation's other side)
+MODES = ("plain", "period", "continuous", "upcoming", "after", "before", "other")
+MODE = pl.Enum(MODES)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How one feature (or the other side of a relation) selects fact rows."""
+
+    key: str
+    source: Source
+    mode: str
+    feat: Feat
+    own: int  # the index of the feature this selection's rows count for (itself, or the relation it is a side of)
+
+
+def windows(selections: Sequence[Selection], ckeys: dict[str, int], now: datetime) -> pl.DataFrame:
+    """One row per selection: ``_fid, _own, _ck, _mode`` and the bounds and flags :func:`fact_rows` reads."""
+    rows: list[dict[str, Any]] = []
+    for i, s in enumerate(selections):
+        f, mode = s.feat, s.mode
+        w = f.window
+        row: dict[str, Any] = {
+            "_fid": i,
+            "_own": s.own,
+            "_ck": ckeys[s.source.concept.key],
+            "_mode": mode,
+            "_start": None,
+            "_end": now,
+            "_future": mode == "upcoming",
+            "_byend": mode == "period",
+            "_skip": not s.source.reads_status,
+            "_wneg": w.offset(-1) if w else None,
+            "_wpos": w.offset(1) if w else None,
+            "_cov": w.start(now) if w and mode == "continuous" else None,
+        }
+        if mode == "upcoming" and w is not None:
+            row["_start"], row["_end"] = now, w.end(now)
+        elif mode in ("plain", "period") and w is not None:
+            row["_start"] = w.start(now)
+        rows.append(row)
+    schema: dict[str, Any] = {
+        "_fid": pl.UInt32, "_own": pl.UInt32, "_ck": pl.UInt32, "_mode": MODE, "_start": TS, "_end": TS,
+        "_future": pl.Boolean, "_byend": pl.Boolean, "_skip": pl.Boolean, "_wneg": pl.String, "_wpos": pl.String,
+        "_cov": TS,
+    }  # fmt: skip
+    return pl.DataFrame(rows, schema=schema)
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """What :func:`fact_rows` needs from the feature plan (built once per study set)."""
+
+    selections: Sequence[Selection]
+    concepts: dict[str, Any]
+    ckeys: dict[str, int]
+    member_table: pl.DataFrame | None
+    conversions: pl.DataFrame  # _ck, _unit, _a, _b
+    filters: dict[int, pl.Expr]  # _fid -> the filter over fact rows
+    filter_attrs: Sequence[str]
+    filter_columns: Sequence[str]  # the fact columns some filter reads
+    value_code: bool  # some feature reads ``value_code`` (``latest_code``)
+    needs_encounters: bool
+    look_ahead: timedelta
+
+
+def _code_concepts(facts: pl.DataFrame, rp: RowPlan) -> pl.DataFrame:
+    """``(_cid, system, code, _ck)`` for every distinct code of ``facts`` in some concept (decided on the distinct codes
+    paired with every system a concept lists: one string ``unique`` over the facts, not a two-column one)."""
+    systems = sorted({system for c in rp.concepts.values() for system, _ in c.codes})
+    codes = (
+        facts.select(pl.col("code").unique())
+        .join(pl.DataFrame({"system": systems}, schema={"system": pl.String}), how="cross")
+        .with_row_index("_fid")
+    )
+    pairs = membership(codes.lazy(), rp.concepts, rp.member_table)
+    ck = pl.col("_ckey").replace_strict(rp.ckeys, return_dtype=pl.UInt32).alias("_ck")
+    return (
+        codes.lazy()
+        .join(pairs, on="_fid", how="inner")
+        .select("system", "code", ck)
+        .with_row_index("_cid")
+        .collect(engine=ENGINE)
+    )
+
+
+def _pend(now: datetime) -> pl.Expr:
+    """A period's end: ``ended_at``, else the start when stopped/completed (one day), else now."""
+    ended = pl.col("ended_at")
+    return (
+        pl.when(ended.is_not_null())
+        .then(ended)
+        .when(pl.col("status").is_in(("stopped", "completed")).fill_null(False))
+        .then(pl.col("occurred_at"))
+        .otherwise(pl.lit(now, dtype=TS))
+        .alias("_pend")
+    )
+
+
+def _concept_facts(
+    facts: pl.DataFrame, persons: pl.DataFrame, cc: pl.DataFrame, rp: RowPlan, now: datetime, periods: bool
+) -> pl.LazyFrame:
+    """The facts in some concept (one row per fact and concept), narrow: ``_r0`` (the fact's row in ``facts``),
+    ``_pid``, ``_ck``, ``_cid`` (the row of its code in ``cc``), the unit conversion ``_a``/``_b``,
+    ``occurred_at``, ``_nd`` (planned or ordered: not done), ``value`` and, for periods, ``ended_at``,
+    ``_active`` and ``_pend``; sorted by time then event
+    id. Other fact columns are gathered later, for the rows that need them only (a random gather of strings
+    costs more than everything else here)."""
+    units = (
+        facts.lazy().select(pl.col("unit").unique()).with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
+    )
+    pids = persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
+    cols = ["patient_id", "system", "code", "unit", "occurred_at", "event_id", "status", "value"]
+    return (
+        facts.lazy()
+        .select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_r0"), *cols, *(["ended_at"] if periods else []))
+        # a one-column membership test first: most facts are in no concept, and the join below hashes two
+        .filter(pl.col("code").is_in(cc["code"].unique().implode()) & (pl.col("occurred_at") <= now + rp.look_ahead))
+        .join(cc.lazy(), on=["system", "code"], how="inner")
+        .join(pids, on="patient_id", how="inner")
+        .join(units, on="unit", how="left", nulls_equal=True)
+        .join(rp.conversions.lazy(), on=["_ck", "_unit"], how="left")
+        .sort(["occurred_at", "event_id"])
+        .select(_NARROW + ([*_PERIOD, _pend(now)] if periods else []))
+    )
+
+
+_ND = pl.col("status").is_in(NOT_DONE).fill_null(False).alias("_nd")
+_NARROW: list[str | pl.Expr] = ["_r0", "_pid", "_ck", "_cid", "_a", "_b", "occurred_at", _ND, "value"]
+#: for periods: the end, and whether the fact is active (no status counts as active)
+_PERIOD = ["ended_at", (pl.col("status").fill_null("active") == "active").alias("_active")]
+
+
+def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
+    """Fact rows joined to the selections that select them, in time order, with ``_keep`` (the selection's
+    filter: true without one, null = unknown), the converted value ``_v`` and ``_unk`` (a value in an unknown
+    unit)."""
+    modes = {sel.mode for sel in rp.selections}
+    periods = bool(modes & {"period", "continuous"})
+    facts = ensure_columns(state.facts)
+    status_nd = pl.col("_nd")
+    t = pl.col("occurred_at")
+    start = pl.col("_start")
+    done = (~pl.col("_skip") | ~status_nd) & (
+        start.is_null() | (pl.when(pl.col("_byend")).then(pl.col("_pend") >= start).otherwise(t >= start))
+        if "period" in modes
+        else start.is_null() | (t >= start)
+    )
+    selected = (t <= pl.col("_end")) & (
+        pl.when(pl.col("_future")).then(status_nd & (t >= start)).otherwise(done) if "upcoming" in modes else done
+    )
+    win = windows(rp.selections, rp.ckeys, now)
+    extra = [c for c in ("_wneg", "_wpos") if modes & {"after", "before"}]
+    extra += (["_start"] if "period" in modes else []) + (["_cov"] if "continuous" in modes else [])
+    cc = _code_concepts(facts, rp)
+    cf = _concept_facts(facts, state.persons, cc, rp, now, periods).with_row_index("_row").collect(engine=ENGINE)
+    # The window join multiplies rows (a fact per feature of its concept): it runs on the columns it reads only,
+    # and the selected rows, put back in time order by their row number, gather the rest (a forward scan).
+    picked = (
+        cf.lazy()
+        .select("_row", "_ck", "occurred_at", "_nd", *(["_pend"] if periods else []))
+        .join(win.lazy(), on="_ck", how="inner")
+        .filter(selected)
+        .select("_row", "_fid", "_own", "_mode", *extra)
+        .sort("_row")
+        .collect(engine=ENGINE)
+    )
+    rows = pl.concat([cf.drop("_row", "_ck")[picked["_row"]], picked.drop("_row")], how="horizontal").with_columns(
+        (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
+        (pl.col("value").is_not_null() & pl.col("_a").is_null()).alias("_unk"),
+    )
+    # the code from the small code table, not from the facts (a gather from a few hundred strings is cheap)
+    rows = rows.with_columns(cc["code"].gather(rows["_cid"]).alias("code"))
+    if rp.value_code:
+        rows = rows.with_columns(facts["value_code"].gather(rows["_r0"]))
+    if not rp.filters:
+        return rows.with_columns(pl.lit(True).alias("_keep"))
+    return rows.with_columns(_keep_column(rows, state, rp, now))
+
+
+def _keep_column(rows: pl.DataFrame, state: PatientState, rp: RowPlan, now: datetime) -> pl.Series:
+    """``_keep``: each filter evaluated on its own selection's rows only (a when/then chain would run every
+    filter on every row), scattered back to the rows' positions."""
+    keys = list(rp.filters)
+    found = rows.with_row_index("_i").filter(pl.col("_fid").is_in(keys))
+    facts = ensure_columns(state.facts)
+    gather = [c for c in rp.filter_columns if c not in found.columns]
+    sub = (pl.concat([found, facts.select(gather)[found["_r0"]]], how="horizontal") if gather else found).lazy()
+    if rp.filter_attrs:
+        attrs = attributes(state.persons, now).select(
+            pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"), *(f"_attr_{a}" for a in rp.filter_attrs)
+        )
+        sub = sub.join(attrs, on="_pid", how="left")
+    if rp.needs_encounters:
+        pids = state.persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
+        enc = current_encounters(facts.lazy(), now).join(pids, on="patient_id").drop("patient_id")
+        sub = sub.join(enc, on=["_pid", "encounter_id"], how="left")
+    parts = sub.collect(engine=ENGINE).partition_by("_fid", as_dict=True)
+    kept = pl.collect_all(
+        [p.lazy().select("_i", rp.filters[k[0]].cast(pl.Boolean).alias("_keep")) for k, p in parts.items()],
+        engine=ENGINE,
+    )
+    keep = pl.repeat(True, rows.height, dtype=pl.Boolean, eager=True).alias("_keep")
+    if kept:
+        scattered = pl.concat(kept, how="vertical")
+        keep.scatter(scattered["_i"], scattered["_keep"])
+    return keep
