@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 
 from screener.engine import rescreen as _rescreen
+from screener.engine._affects import AffectsIndex
 from screener.engine._base import EngineBase, _Batch, _concat_states, _owners, log
 from screener.ingest import decode_batch
 from screener.state import TS, FactFilter, PatientState
@@ -82,16 +83,20 @@ class BatchRole(EngineBase):
         if self._keep is not None and self._keep.keys:
             # Judge new codes once for the whole batch rather than once per partition.
             self._keep.learn(batch.keys.select(FactFilter.KEY_COLUMNS))
-        to_screen: list[PatientState] = []
-        owners: list[pl.DataFrame] = []
+        index = self._affects_index()
+        index.learn(batch.keys.select(index.keys or []))
+        open_ids = [sid for sid, s in self.studies.items() if s.is_open(now)]
+        to_screen: list[tuple[PatientState, frozenset[str] | None, int]] = []
         for p, decoded in batch.by_part.items():
             part = self._parts.get(p)
             if part is None:
                 continue
             if decoded.accepted:
-                touched = part.state.apply(*decoded.frames, keep=self._keep, changed_only=True)
+                changes = part.state.apply_changes(*decoded.frames, keep=self._keep)
+                touched = changes.touched
                 part.dirty = True
             else:
+                changes = None
                 touched = pl.Series("patient_id", [], dtype=pl.String)
             part.offset = batch.offsets[p][1]
             if part.replaying:
@@ -104,11 +109,11 @@ class BatchRole(EngineBase):
                     if everyone.len() > _rescreen.RESCREEN_CHUNK:
                         self._enqueue(p, everyone, "replay")
                     elif everyone.len():
-                        to_screen.append(part.state.select(everyone))
-                        owners.append(_owners(everyone, p))
-            elif touched.len():
-                to_screen.append(part.state.select(touched))
-                owners.append(_owners(touched, p))
+                        to_screen.append((part.state.select(everyone), None, p))
+            elif changes is not None and touched.len():
+                plan = index.plan(changes, open_ids) if self.screen_affected_only else [(touched, None)]
+                for ids, only in plan:
+                    to_screen.append((part.state.select(ids), only, p))
         t_apply = time.perf_counter()
         if to_screen:
             event_times = (
@@ -119,9 +124,17 @@ class BatchRole(EngineBase):
                     pl.from_epoch("_ts", time_unit="ms").dt.replace_time_zone("UTC").cast(TS).alias("event_time"),
                 )
             )
-            batch.new = self._screen_and_record(
-                _concat_states(to_screen), now, "event", event_times, owners=pl.concat(owners)
-            )
+            # One screen per study set (every open study, or the union a batch's facts reach), all partitions
+            # together: the screen's cost is per call and per patient x study.
+            groups: dict[frozenset[str] | None, list[tuple[PatientState, int]]] = {}
+            for sub, only, p in to_screen:
+                groups.setdefault(only, []).append((sub, p))
+            batch.new = 0
+            for only, subs in groups.items():
+                owners = pl.concat([_owners(sub.persons["patient_id"], p) for sub, p in subs])
+                batch.new += self._screen_and_record(
+                    _concat_states([sub for sub, _ in subs]), now, "event", event_times, only=only, owners=owners
+                )
         t_screen = time.perf_counter()
         self._flush_matches()
         for p, decoded in batch.by_part.items():
@@ -131,6 +144,18 @@ class BatchRole(EngineBase):
             if part is not None:
                 self._keep_frames(part, decoded.frames if decoded.accepted else None, batch.offsets[p][1])
         batch.apply_s, batch.screen_s, batch.flush_s = t_apply - t0, t_screen - t_apply, time.perf_counter() - t_screen
+
+    _affects: AffectsIndex | None = None
+    #: Screen a touched patient only against the studies its changes can affect (:mod:`screener.engine._affects`);
+    #: False screens every touched patient against every open study (the reference the tests compare with).
+    screen_affected_only: bool = True
+
+    def _affects_index(self) -> AffectsIndex:
+        """The code -> studies index of the loaded studies (built again when the study set is replaced)."""
+        index = self._affects
+        if index is None or index.source is not self.studies:
+            index = self._affects = AffectsIndex(self.studies.values(), source=self.studies)
+        return index
 
     def _finish(self, batch: _Batch) -> None:
         """On the consumer's thread, once :meth:`_execute` is done: commit, then count and log the batch."""
