@@ -23,6 +23,9 @@ from screener.vocab import FACT_KINDS
 
 __all__ = ["AffectsIndex"]
 
+#: The columns a compiled study's fact filter reads (codes, and kinds whatever the code); a filter reading any
+#: other is evaluated as an expression instead.
+_CODED_ROOTS = {"kind", "system", "code"}
 _PAIR_SCHEMA = {"patient_id": pl.String, "study_id": pl.String}
 
 
@@ -50,7 +53,7 @@ class AffectsIndex:
         for s in self.studies:
             if getattr(s, "fact_filter", None) is None:
                 always.append(s.id)
-            elif hasattr(s, "used_concepts"):
+            elif hasattr(s, "used_concepts") and set(s.fact_filter().meta.root_names()) <= _CODED_ROOTS:
                 coded.append(s)
             else:
                 exprs.append((s.id, s.fact_filter()))
@@ -107,6 +110,13 @@ class AffectsIndex:
             hits = self._judge(distinct)
             self._seen = distinct if self._seen is None else pl.concat([self._seen, distinct], how="vertical")
             self._hits = hits if self._hits is None else pl.concat([self._hits, hits], how="vertical")
+
+    def keeps(self, keys: pl.DataFrame) -> pl.Series:
+        """For each row of ``keys`` (the key columns): whether some study's filter keeps it. The fast judge of
+        :class:`FactFilter` (the same answers as the OR of the studies' ``fact_filter`` expressions)."""
+        rows = keys.with_row_index("_row")
+        hit = self._judge(rows).select("_row").unique()
+        return rows.select(pl.col("_row").is_in(hit["_row"].implode()).alias("_keep"))["_keep"]
 
     def pairs(self, facts: pl.DataFrame) -> pl.DataFrame:
         """``(patient_id, study_id)``, unique: the studies each changed fact row (``patient_id`` + the key

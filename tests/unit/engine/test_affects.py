@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def studies() -> list[Any]:
 @pytest.fixture(scope="module")
 def case_events(studies: list[Any]) -> list[dict[str, Any]]:
     """Every sample test case's events, as dicts (their codes reach every study)."""
-    out = []
+    out: list[dict[str, Any]] = []
     for s in studies:
         for case in s.tests:
             out.extend(event_dict(e) for e in case.events)
@@ -55,7 +56,9 @@ def _expected(studies: list[Any], keys: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(rows).select("patient_id", "study_id").unique().sort(pl.all())
 
 
-def test_the_index_judges_every_key_as_the_fact_filters_do(studies: list[Any], case_events: list[dict]) -> None:
+def test_the_index_judges_every_key_as_the_fact_filters_do(
+    studies: list[Any], case_events: list[dict[str, Any]]
+) -> None:
     codes = [(e["kind"], e["code"]["system"], e["code"]["value"]) for e in case_events if e.get("code")]
     # Spelling variants and near misses of the same codes: dots, case, spaces, a longer and a cut prefix code.
     variants = []
@@ -78,6 +81,10 @@ def test_the_index_judges_every_key_as_the_fact_filters_do(studies: list[Any], c
     expected = _expected(studies, keys)
     assert expected.height > 100  # the keys reach the studies: the comparison is not vacuous
     assert got.equals(expected)
+    # The pruning filter's fast judge: the same answers as the OR of the expressions.
+    keep = keys.select(pl.any_horizontal([s.fact_filter().fill_null(False) for s in studies]))[:, 0]
+    assert 0 < keep.sum() < keys.height
+    assert index.keeps(keys.select("kind", "system", "code")).to_list() == keep.to_list()
 
 
 def test_person_columns_reach_the_studies_that_read_them(studies: list[Any]) -> None:
@@ -88,7 +95,7 @@ def test_person_columns_reach_the_studies_that_read_them(studies: list[Any]) -> 
     assert sex_readers and index.columns["sex"] == frozenset(sex_readers)
 
 
-def _batches(draw: st.DrawFn, studies: list[Any]) -> list[list[dict[str, Any]]]:
+def _batches(draw: Callable[..., Any], studies: list[Any]) -> list[list[dict[str, Any]]]:
     """Six patients, each given a sample test case's events (so eligible and possible matches arise), then
     noise from other cases, re-sent event ids, corrections, entered-in-error events, merges, do-not-contact and
     setting changes, shuffled and cut into batches."""
@@ -174,7 +181,7 @@ def _run(studies_dir: Path, tmp: Path, batches: list[list[dict[str, Any]]], affe
 
 
 def _recorded(engine: Engine) -> pl.DataFrame:
-    m = engine.store.matches()  # type: ignore[attr-defined]  # the memory store's test helper
+    m: pl.DataFrame = engine.store.matches()  # type: ignore[attr-defined]  # the memory store's test helper
     return m.select("study_id", "patient_id", "outcome", "criteria").sort("study_id", "patient_id")
 
 
