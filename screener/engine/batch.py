@@ -5,6 +5,7 @@ on the batch thread (:meth:`BatchRole._execute`), committed back on the consumer
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import polars as pl
@@ -13,7 +14,9 @@ from screener.engine import rescreen as _rescreen
 from screener.engine._affects import AffectsIndex
 from screener.engine._base import EngineBase, _Batch, _concat_states, _owners, log
 from screener.ingest import decode_batch
-from screener.state import TS, FactFilter, PatientState
+from screener.state import TS, Changes, FactFilter
+
+_NO_IDS = pl.Series("patient_id", [], dtype=pl.String)
 
 
 class BatchRole(EngineBase):
@@ -85,22 +88,18 @@ class BatchRole(EngineBase):
             self._keep.learn(batch.keys.select(FactFilter.KEY_COLUMNS))
         index = self._affects_index()
         index.learn(batch.keys.select(index.keys or []))
-        open_ids = [sid for sid, s in self.studies.items() if s.is_open(now)]
-        to_screen: list[tuple[PatientState, frozenset[str] | None, int]] = []
+        live: list[tuple[int, Changes]] = []
+        replayed: list[tuple[int, pl.Series]] = []
         for p, decoded in batch.by_part.items():
             part = self._parts.get(p)
             if part is None:
                 continue
-            if decoded.accepted:
-                changes = part.state.apply_changes(*decoded.frames, keep=self._keep)
-                touched = changes.touched
+            changes = part.state.apply_changes(*decoded.frames, keep=self._keep) if decoded.accepted else None
+            if changes is not None:
                 part.dirty = True
-            else:
-                changes = None
-                touched = pl.Series("patient_id", [], dtype=pl.String)
             part.offset = batch.offsets[p][1]
             if part.replaying:
-                part.pending.append(touched)
+                part.pending.append(changes.touched if changes is not None else _NO_IDS)
                 assert part.replay_until is not None
                 if part.offset >= part.replay_until:
                     everyone = pl.concat(part.pending).unique()
@@ -109,13 +108,14 @@ class BatchRole(EngineBase):
                     if everyone.len() > _rescreen.RESCREEN_CHUNK:
                         self._enqueue(p, everyone, "replay")
                     elif everyone.len():
-                        to_screen.append((part.state.select(everyone), None, p))
-            elif changes is not None and touched.len():
-                plan = index.plan(changes, open_ids) if self.screen_affected_only else [(touched, None)]
-                for ids, only in plan:
-                    to_screen.append((part.state.select(ids), only, p))
+                        replayed.append((p, everyone))
+            elif changes is not None and changes.touched.len():
+                live.append((p, changes))
         t_apply = time.perf_counter()
-        if to_screen:
+        screens = self._plan(live, now)
+        if replayed:
+            screens.append((pl.concat([_owners(ids, p) for p, ids in replayed]), None))
+        if screens:
             event_times = (
                 batch.event_stamps.group_by("patient_id")
                 .agg(pl.col("_ts").max())
@@ -124,16 +124,14 @@ class BatchRole(EngineBase):
                     pl.from_epoch("_ts", time_unit="ms").dt.replace_time_zone("UTC").cast(TS).alias("event_time"),
                 )
             )
-            # One screen per study set (every open study, or the union a batch's facts reach), all partitions
-            # together: the screen's cost is per call and per patient x study.
-            groups: dict[frozenset[str] | None, list[tuple[PatientState, int]]] = {}
-            for sub, only, p in to_screen:
-                groups.setdefault(only, []).append((sub, p))
             batch.new = 0
-            for only, subs in groups.items():
-                owners = pl.concat([_owners(sub.persons["patient_id"], p) for sub, p in subs])
+            for owners, only in screens:
+                subs = [
+                    self._parts[p].state.select(owners.filter(pl.col("partition") == p)["patient_id"])
+                    for p in owners["partition"].unique().sort().to_list()
+                ]
                 batch.new += self._screen_and_record(
-                    _concat_states([sub for sub, _ in subs]), now, "event", event_times, only=only, owners=owners
+                    _concat_states(subs), now, "event", event_times, only=only, owners=owners
                 )
         t_screen = time.perf_counter()
         self._flush_matches()
@@ -149,6 +147,26 @@ class BatchRole(EngineBase):
     #: Screen a touched patient only against the studies its changes can affect (:mod:`screener.engine._affects`);
     #: False screens every touched patient against every open study (the reference the tests compare with).
     screen_affected_only: bool = True
+
+    def _plan(self, live: list[tuple[int, Changes]], now: datetime) -> list[tuple[pl.DataFrame, frozenset[str] | None]]:
+        """The screens of a batch, all partitions together: ``(owners, studies)`` with ``owners`` the patients'
+        ``patient_id, partition`` and ``studies`` ``None`` for every open study."""
+        if not live:
+            return []
+        owners = pl.concat([_owners(c.touched, p) for p, c in live])
+        if not self.screen_affected_only:
+            return [(owners, None)]
+        changes = Changes(
+            touched=owners["patient_id"],
+            facts=pl.concat([c.facts for _, c in live], how="vertical"),
+            persons=pl.concat([c.persons for _, c in live], how="vertical"),
+            whole=pl.concat([c.whole for _, c in live]),
+        )
+        open_ids = [sid for sid, s in self.studies.items() if s.is_open(now)]
+        return [
+            (ids.to_frame().join(owners, on="patient_id", how="inner"), only)
+            for ids, only in self._affects_index().plan(changes, open_ids)
+        ]
 
     def _affects_index(self) -> AffectsIndex:
         """The code -> studies index of the loaded studies (built again when the study set is replaced)."""

@@ -262,3 +262,36 @@ def test_a_study_without_a_fact_filter_is_screened_for_every_touched_patient(stu
     )
     plan = index.plan(ch, [studies[0].id, studies[1].id, "BARE"])
     assert [(ids.to_list(), only) for ids, only in plan] == [(["P1"], frozenset({"BARE"}))]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    need=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 7)), max_size=120),
+    whole=st.lists(st.integers(31, 40), max_size=5, unique=True),
+)
+def test_the_screens_cover_every_needed_pair(need: list[tuple[int, int]], whole: list[int]) -> None:
+    from screener.engine._affects import cover
+
+    studies = [f"S{k}" for k in range(8)]
+    pairs = pl.DataFrame(
+        [(f"P{p:02d}", f"S{s}") for p, s in need], schema={"patient_id": pl.String, "study_id": pl.String}, orient="row"
+    ).unique()
+    everything = pl.Series("patient_id", [f"P{p}" for p in whole], dtype=pl.String)
+    screens = cover(pairs, everything, studies)
+    covered = {(p, s) for ids, only in screens for p in ids.to_list() for s in (only or studies)}
+    assert set(pairs.iter_rows()) <= covered
+    assert {(p, s) for p in everything.to_list() for s in studies} <= covered
+    assert all(only is None or only < frozenset(studies) for _, only in screens)
+    assert len(screens) <= len(studies) + 1
+
+
+def test_studies_needed_by_the_same_patients_share_a_screen() -> None:
+    from screener.engine._affects import cover
+
+    rows = [(f"P{p:03d}", s) for p in range(300) for s in ("A1", "A2", "A3")]  # three replicas, same patients
+    rows += [(f"Q{p:03d}", s) for p in range(300) for s in ("B1", "B2")]  # two more, other patients
+    pairs = pl.DataFrame(rows, schema={"patient_id": pl.String, "study_id": pl.String}, orient="row")
+    screens = cover(pairs, pl.Series("patient_id", [], dtype=pl.String), ["A1", "A2", "A3", "B1", "B2", "C"])
+    got = sorted((ids.len(), sorted(only or [])) for ids, only in screens)
+    # Merging the two would screen 600 patients x 5 studies instead of 300 x 3 + 300 x 2: kept apart.
+    assert got == [(300, ["A1", "A2", "A3"]), (300, ["B1", "B2"])]
