@@ -12,13 +12,15 @@ same instant (a property test holds the engine to it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
 
+from screener.engine._cover import cover
 from screener.rules.concepts import PREFIX_SYSTEMS, normalise_code, normalise_code_expr
-from screener.state import PERSONS_SCHEMA, Changes, FactFilter
+from screener.state import PERSONS_SCHEMA, Changes, FactFilter, PatientState
 from screener.vocab import FACT_KINDS
 
 __all__ = ["AffectsIndex"]
@@ -43,7 +45,12 @@ class AffectsIndex:
     one thread.
     """
 
-    def __init__(self, studies: Iterable[Any], source: object = None) -> None:
+    def __init__(
+        self,
+        studies: Iterable[Any],
+        source: object = None,
+        screen: Callable[[PatientState, list[Any], datetime], pl.DataFrame] | None = None,
+    ) -> None:
         self.studies = list(studies)
         #: What the index was built from (the engine compares it by identity to see a new rules version).
         self.source = source
@@ -72,6 +79,8 @@ class AffectsIndex:
         self._hits: pl.DataFrame | None = None
         #: person column -> the studies that read it (``None``: every study may).
         self.columns = _person_columns(self.studies)
+        #: Studies that a patient holding none of the facts they read cannot match (:func:`blank_ineligible`).
+        self.blank = blank_ineligible([s for s in coded], screen) if screen is not None else frozenset()
         self._every_column = [c for c, ids in self.columns.items() if ids is None]
         self._column_readers = pl.DataFrame(
             [(c, sid) for c, ids in self.columns.items() if ids for sid in sorted(ids)],
@@ -134,108 +143,47 @@ class AffectsIndex:
             judged = facts.select("patient_id", *self.keys).join(self._hits, on=self.keys, nulls_equal=True)
         return judged.select("patient_id", "study_id").unique()
 
-    def plan(self, changes: Changes, open_ids: Iterable[str]) -> list[tuple[pl.Series, frozenset[str] | None]]:
+    def plan(
+        self,
+        changes: Changes,
+        open_ids: Iterable[str],
+        facts_of: Callable[[pl.Series], pl.DataFrame] | None = None,
+    ) -> list[tuple[pl.Series, frozenset[str] | None]]:
         """The screens a batch needs: ``(patients, studies)`` pairs, ``None`` meaning every open study.
 
-        The patients in :attr:`Changes.whole` (merged into), with a new person row or a changed column that
-        every study reads need every study; each other touched patient needs the studies its changed facts and
-        person columns reach, plus :attr:`always`. A touched patient whose changes reach no open study is not
-        screened. The needs are then covered by a few screens (:func:`cover`): screening a patient against a
-        study it does not need gives the result it already has, so a cover may take more pairs than needed
-        when that saves a call."""
+        A touched patient needs a study when one of its added or removed facts reaches it, or when a person
+        column the study reads changed (a new person row: every column; a merge into the patient: every study)
+        unless the study is one of :attr:`blank` and the patient holds no fact it reads (``facts_of(ids)``: the
+        patients' current facts, ``patient_id`` + key columns; without it nobody is assumed to hold none): then
+        its result was and stays ineligible. A touched patient whose changes reach no open study is not
+        screened. The needs are covered by a few screens (:func:`screener.engine._cover.cover`)."""
         open_list = list(open_ids)
-        persons = changes.persons
-        everything = pl.concat(
+        persons = changes.persons.filter(~pl.col("patient_id").is_in(changes.whole.implode()))
+        every = persons.filter(pl.col("column").is_null() | pl.col("column").is_in(self._every_column))
+        studies = pl.DataFrame({"study_id": open_list}, schema={"study_id": pl.String})
+        by_column = pl.concat(
             [
-                changes.whole,
-                persons.filter(pl.col("column").is_null() | pl.col("column").is_in(self._every_column))["patient_id"],
-            ]
+                persons.join(self._column_readers, on="column", how="inner").select("patient_id", "study_id"),
+                every.select("patient_id").unique().join(studies, how="cross"),
+            ],
+            how="vertical",
         ).unique()
-        by_column = persons.join(self._column_readers, on="column", how="inner").select("patient_id", "study_id")
+        blank = [sid for sid in open_list if sid in self.blank]
+        if blank and by_column.height and facts_of is not None:
+            # A study that no patient without its facts can match: only the patients holding some fact it reads.
+            unsure = by_column.filter(pl.col("study_id").is_in(blank))
+            held = self.pairs(facts_of(unsure["patient_id"].unique())).join(unsure, on=["patient_id", "study_id"])
+            by_column = pl.concat([by_column.filter(~pl.col("study_id").is_in(blank)), held], how="vertical")
         facts = changes.facts.filter(pl.col("patient_id").is_in(changes.touched.implode()))
         pairs = pl.concat([self.pairs(facts), by_column], how="vertical")
         always = sorted(self.always & frozenset(open_list))
         if always:
-            every = changes.touched.to_frame().join(pl.DataFrame({"study_id": always}), how="cross")
-            pairs = pl.concat([pairs, every], how="vertical")
-        pairs = pairs.filter(pl.col("study_id").is_in(open_list) & ~pl.col("patient_id").is_in(everything.implode()))
-        return cover(pairs.unique(), everything, open_list)
-
-
-#: The cost model of one screen call, in patient x study evaluations: a call costs ``CALL_COST`` plus
-#: ``STUDY_COST`` per study plus one per pair (measured on the sample studies: about 10 ms a call, 2.5 ms a study
-#: and 20 us a pair).
-CALL_COST = 500
-STUDY_COST = 125
-
-
-def cover(
-    pairs: pl.DataFrame, everything: pl.Series, open_ids: list[str]
-) -> list[tuple[pl.Series, frozenset[str] | None]]:
-    """Screens ``(patients, studies)`` covering every ``(patient_id, study_id)`` of ``pairs`` and every open
-    study for the patients of ``everything`` (``None``: every open study), at about the least cost.
-
-    Studies that need the same patients form one group (replicas of a study, say); then the two groups whose
-    merge saves the most are merged (their patients and studies united: each patient is screened against the
-    other group's studies too), while a merge saves anything. Vectorised over patients; the loop is over the
-    groups (at most one per study, plus one)."""
-    groups: list[tuple[pl.Series, list[str]]] = []
-    if pairs.height:
-        families = (
-            pairs.group_by("study_id")
-            .agg(pl.col("patient_id").sort())
-            .group_by("patient_id")
-            .agg(pl.col("study_id").sort())
-            .sort(pl.col("study_id").list.first())
-        )
-        groups = [(pl.Series("patient_id", ids, dtype=pl.String), sids) for ids, sids in families.iter_rows()]
-    if everything.len():
-        groups.append((everything, list(open_ids)))
-    if len(groups) > 1:
-        groups = _merge(groups, open_ids)
-    full = frozenset(open_ids)
-    out: list[tuple[pl.Series, frozenset[str] | None]] = []
-    for ids, sids in groups:
-        only = frozenset(sids)
-        out.append((ids.unique().sort(), None if only == full else only))
-    return out
-
-
-def _merge(groups: list[tuple[pl.Series, list[str]]], open_ids: list[str]) -> list[tuple[pl.Series, list[str]]]:
-    """Greedy merging of ``groups`` under the cost model (numpy over the patient x group incidence)."""
-    import numpy as np
-
-    patients = pl.concat([ids for ids, _ in groups]).unique()
-    code = {sid: k for k, sid in enumerate(open_ids)}
-    n = len(groups)
-    members = np.zeros((patients.len(), n), dtype=np.float64)
-    studies = np.zeros((n, len(open_ids)), dtype=np.float64)
-    lookup = patients.to_frame().with_row_index("_i")
-    for g, (ids, sids) in enumerate(groups):
-        rows = ids.to_frame().join(lookup, on="patient_id", how="inner")["_i"].to_numpy()
-        members[rows, g] = 1.0
-        studies[g, [code[s] for s in sids]] = 1.0
-    alive = list(range(n))
-    while len(alive) > 1:
-        m, t = members[:, alive], studies[alive]
-        p, s = m.sum(axis=0), t.sum(axis=1)
-        cost = CALL_COST + STUDY_COST * s + p * s
-        pu = p[:, None] + p[None, :] - m.T @ m
-        su = s[:, None] + s[None, :] - t @ t.T
-        saving = cost[:, None] + cost[None, :] - (CALL_COST + STUDY_COST * su + pu * su)
-        np.fill_diagonal(saving, -np.inf)
-        a, b = np.unravel_index(int(np.argmax(saving)), saving.shape)
-        if saving[a, b] <= 0:
-            break
-        ga, gb = alive[a], alive[b]
-        members[:, ga] = np.maximum(members[:, ga], members[:, gb])
-        studies[ga] = np.maximum(studies[ga], studies[gb])
-        alive.remove(gb)
-    out = []
-    for g in alive:
-        ids = patients.filter(pl.Series(members[:, g] > 0))
-        out.append((ids, [sid for sid, k in code.items() if studies[g, k] > 0]))
-    return out
+            pairs = pl.concat(
+                [pairs, changes.touched.to_frame().join(pl.DataFrame({"study_id": always}), how="cross")],
+                how="vertical",
+            )
+        pairs = pairs.filter(pl.col("study_id").is_in(open_list) & ~pl.col("patient_id").is_in(changes.whole.implode()))
+        return cover(pairs.unique(), changes.whole.unique(), open_list)
 
 
 #: attribute -> the person column it is computed from (``registered_days`` comes from facts)
@@ -308,3 +256,23 @@ def _code_tables(studies: list[Any]) -> tuple[pl.DataFrame, dict[int, pl.DataFra
     ]
     kind_table = pl.concat(found) if found else pl.DataFrame(schema={"kind": pl.String, "study_id": pl.String})
     return exact, by_len, kind_table
+
+
+def blank_ineligible(
+    studies: list[Any], screen: Callable[[PatientState, list[Any], datetime], pl.DataFrame]
+) -> frozenset[str]:
+    """The studies ``screen`` finds ineligible for a patient with no facts and every person attribute unknown.
+
+    Such a study is ineligible for any patient holding none of the facts it reads, whatever the person's
+    attributes: the criteria are three-valued (Kleene), so an include that is false (or an exclude that is true)
+    while the attributes are unknown stays so once they are known, and with no fact every feature has its
+    no-record value. The engine need not screen such a patient against it when only the person row changed."""
+    if not studies:
+        return frozenset()
+    person = {c: [None] for c in PERSONS_SCHEMA} | {"patient_id": ["blank"], "do_not_contact": [False]}
+    persons = pl.DataFrame(person | {"deceased": [False]}, schema=PERSONS_SCHEMA)
+    result = screen(PatientState(persons=persons), studies, datetime.now(UTC))
+    ruled_out = result.filter(pl.col("outcome") == "ineligible")["study_id"].to_list()
+    # A study missing from the result (a screen that returns only matches) was not eligible or possible.
+    returned = set(result["study_id"].to_list())
+    return frozenset(ruled_out) | frozenset(s.id for s in studies if s.id not in returned)

@@ -163,16 +163,29 @@ class BatchRole(EngineBase):
             whole=pl.concat([c.whole for _, c in live]),
         )
         open_ids = [sid for sid, s in self.studies.items() if s.is_open(now)]
+        index = self._affects_index()
+
+        def facts_of(ids: pl.Series) -> pl.DataFrame:
+            mine = ids.to_frame().join(owners, on="patient_id", how="inner")
+            cols = ["patient_id", *(index.keys or [])]
+            return pl.concat(
+                [
+                    self._parts[p].state.select(mine.filter(pl.col("partition") == p)["patient_id"]).facts.select(cols)
+                    for p in mine["partition"].unique().to_list()
+                ]
+                or [pl.DataFrame(schema={c: pl.String for c in cols})]
+            )
+
         return [
             (ids.to_frame().join(owners, on="patient_id", how="inner"), only)
-            for ids, only in self._affects_index().plan(changes, open_ids)
+            for ids, only in index.plan(changes, open_ids, facts_of)
         ]
 
     def _affects_index(self) -> AffectsIndex:
         """The code -> studies index of the loaded studies (built again when the study set is replaced)."""
         index = self._affects
         if index is None or index.source is not self.studies:
-            index = self._affects = AffectsIndex(self.studies.values(), source=self.studies)
+            index = self._affects = AffectsIndex(self.studies.values(), source=self.studies, screen=self._screen)
         return index
 
     def _finish(self, batch: _Batch) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def studies() -> list[Any]:
-    return [s for s in load_studies([ROOT / "rules"]).studies if s.is_open(NOW)]
+    return [s for s in _loader([ROOT / "rules"]).studies if s.is_open(NOW)]
 
 
 @pytest.fixture(scope="module")
@@ -140,13 +140,42 @@ def _batches(draw: Callable[..., Any], studies: list[Any]) -> list[list[dict[str
     return [events[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
 
 
+_DEMO = """study:
+  id: {id}
+  title: t
+  summary: s
+  sponsor: non-commercial
+  portfolio: false
+  target: 1
+  opens: 2020-01-01
+  closes: 2035-12-31
+  settings: [primary-care]
+  team: t
+concepts:
+  htn: {{icd10: [I10]}}
+include:
+  old: {include}
+exclude:
+  htn_ever: htn|ever
+"""
+
+
 _LOADED: dict[str, Any] = {}
 
 
 def _loader(paths: Any) -> Any:
-    """The sample rules, loaded once for the module (loading them again for every engine would take seconds)."""
+    """The sample rules and two studies that match on demographics alone, loaded once for the module (loading
+    them again for every engine would take seconds)."""
     if "rules" not in _LOADED:
-        _LOADED["rules"] = load_studies(paths)
+        import shutil
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp()) / "rules"
+        shutil.copytree(ROOT / "rules", folder)
+        (folder / "demo-a.yaml").write_text(_DEMO.format(id="DEMO-A", include="age >= 60"))
+        (folder / "demo-b.yaml").write_text(_DEMO.format(id="DEMO-B", include="sex == 'F' || imd_decile <= 3"))
+        _LOADED["rules"] = load_studies([folder])
+        assert not _LOADED["rules"].errors, _LOADED["rules"].errors
     return _LOADED["rules"]
 
 
@@ -270,7 +299,7 @@ def test_a_study_without_a_fact_filter_is_screened_for_every_touched_patient(stu
     whole=st.lists(st.integers(31, 40), max_size=5, unique=True),
 )
 def test_the_screens_cover_every_needed_pair(need: list[tuple[int, int]], whole: list[int]) -> None:
-    from screener.engine._affects import cover
+    from screener.engine._cover import cover
 
     studies = [f"S{k}" for k in range(8)]
     pairs = pl.DataFrame(
@@ -286,7 +315,7 @@ def test_the_screens_cover_every_needed_pair(need: list[tuple[int, int]], whole:
 
 
 def test_studies_needed_by_the_same_patients_share_a_screen() -> None:
-    from screener.engine._affects import cover
+    from screener.engine._cover import cover
 
     rows = [(f"P{p:03d}", s) for p in range(300) for s in ("A1", "A2", "A3")]  # three replicas, same patients
     rows += [(f"Q{p:03d}", s) for p in range(300) for s in ("B1", "B2")]  # two more, other patients
@@ -295,3 +324,33 @@ def test_studies_needed_by_the_same_patients_share_a_screen() -> None:
     got = sorted((ids.len(), sorted(only or [])) for ids, only in screens)
     # Merging the two would screen 600 patients x 5 studies instead of 300 x 3 + 300 x 2: kept apart.
     assert got == [(300, ["A1", "A2", "A3"]), (300, ["B1", "B2"])]
+
+
+def _demographic_studies() -> list[Any]:
+    return [s for s in _loader([ROOT / "rules"]).studies if s.id.startswith("DEMO")]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    birth=st.one_of(st.none(), st.dates(min_value=date(1920, 1, 1), max_value=date(2026, 11, 1))),
+    sex=st.sampled_from([None, "F", "M", "O", "U"]),
+    imd=st.one_of(st.none(), st.integers(1, 10)),
+    setting=st.sampled_from([None, "primary-care", "inpatient", "outpatient", "emergency", "community"]),
+    ethnic=st.sampled_from([None, "white", "asian", "black", "mixed", "other"]),
+)
+def test_a_blank_ineligible_study_rules_out_every_patient_without_its_facts(
+    birth: date | None, sex: str | None, imd: int | None, setting: str | None, ethnic: str | None
+) -> None:
+    from screener.engine._affects import blank_ineligible
+    from screener.state import PERSONS_SCHEMA, PatientState
+
+    studies = _loader([ROOT / "rules"]).studies
+    assert len(_demographic_studies()) == 2
+    blank = blank_ineligible(studies, lambda st_, ss, now: screen(st_, ss, now))
+    # Every sample needs some fact; the two demographic studies can match on the person alone.
+    assert blank == frozenset(s.id for s in studies if not s.id.startswith("DEMO"))
+    row = {c: None for c in PERSONS_SCHEMA} | {"patient_id": "Q", "do_not_contact": False, "deceased": False}
+    row |= {"birth_date": birth, "sex": sex, "imd_decile": imd, "setting": setting, "ethnic_group": ethnic}
+    person = pl.DataFrame([row], schema=PERSONS_SCHEMA)
+    result = screen(PatientState(persons=person), [s for s in studies if s.id in blank], NOW)
+    assert set(result["outcome"].to_list()) == {"ineligible"}
