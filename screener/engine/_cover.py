@@ -9,8 +9,8 @@ __all__ = ["CALL_COST", "STUDY_COST", "cover"]
 #: The cost model of one screen call, in patient x study evaluations: a call costs ``CALL_COST`` plus
 #: ``STUDY_COST`` per study plus one per pair (measured on the sample studies: about 10 ms a call, 2.5 ms a study
 #: and 20 us a pair).
-CALL_COST = 1500
-STUDY_COST = 500
+CALL_COST = 500
+STUDY_COST = 125
 
 
 def cover(
