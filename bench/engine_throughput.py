@@ -2,14 +2,17 @@
 kafka-python's own consume rate on the same broker and topic.
 
     python -m bench.engine_throughput [--events 300000] [--studies 50] [--batch 50000] [--partitions 4]
-                                      [--sequential] [--profile]
+                                      [--sequential] [--profile] [--latency-rate 1000 --latency-seconds 20]
 
 Publishes the events first (synthetic population), then (1) consumes them raw with kafka-python (assign +
 poll, values untouched: the raw ceiling), (2) consumes them again and validates every payload with
 ``decode_batch`` (the most a validating consumer in one process can do) and (3) runs the engine over the same
 topic in a fresh consumer group with a SQLite worklist, with the service's overlapped loop (``--sequential``:
 each batch done before the next poll), timing from the first processed batch to the last record (the ~5 s group
-join is excluded). It also prints how many cores the engine process and the broker kept busy meanwhile."""
+join is excluded). It also prints how many cores the engine process and the broker kept busy meanwhile. With
+``--latency-rate`` it then runs the engine as a service on a fresh topic with that background rate and sends the
+probes of :mod:`bench._streaming` (a sample study's eligible case, its deciding event a second later), printing the
+event-to-match latency (p50, p99)."""
 
 from __future__ import annotations
 
@@ -30,6 +33,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=50_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--profile", action="store_true", help="cProfile the engine phase (implies --sequential)")
+    ap.add_argument(
+        "--latency-rate",
+        type=int,
+        default=0,
+        help="then measure event-to-match latency at this many events/s (bench._streaming's probes; 0: skip)",
+    )
+    ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument(
         "--sequential",
         action="store_true",
@@ -145,6 +155,15 @@ def main() -> None:
         )
         engine.close()
         store.close()
+        if args.latency_rate:
+            from bench._streaming import _latency
+
+            lat = _latency(broker.bootstrap, work, rules, args.latency_rate, args.latency_seconds)
+            print(
+                f"latency at {lat['rate']} events/s for {lat['duration']:.0f}s ({args.studies} studies): "
+                f"{lat['matched']} of {lat['probes']} probes matched; p50 {lat['p50'] * 1000:.0f} ms, "
+                f"p99 {lat['p99'] * 1000:.0f} ms, max {lat['max'] * 1000:.0f} ms"
+            )
 
 
 def _cpu_seconds(pid: int | None) -> float:

@@ -5,14 +5,18 @@ on the batch thread (:meth:`BatchRole._execute`), committed back on the consumer
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import polars as pl
 
 from screener.engine import rescreen as _rescreen
+from screener.engine._affects import AffectsIndex
 from screener.engine._base import EngineBase, _Batch, _concat_states, _owners, log
 from screener.ingest import decode_batch
-from screener.state import TS, FactFilter, PatientState
+from screener.state import TS, Changes, FactFilter
+
+_NO_IDS = pl.Series("patient_id", [], dtype=pl.String)
 
 
 class BatchRole(EngineBase):
@@ -82,20 +86,20 @@ class BatchRole(EngineBase):
         if self._keep is not None and self._keep.keys:
             # Judge new codes once for the whole batch rather than once per partition.
             self._keep.learn(batch.keys.select(FactFilter.KEY_COLUMNS))
-        to_screen: list[PatientState] = []
-        owners: list[pl.DataFrame] = []
+        index = self._affects_index()
+        index.learn(batch.keys.select(index.keys or []))
+        live: list[tuple[int, Changes]] = []
+        replayed: list[tuple[int, pl.Series]] = []
         for p, decoded in batch.by_part.items():
             part = self._parts.get(p)
             if part is None:
                 continue
-            if decoded.accepted:
-                touched = part.state.apply(*decoded.frames, keep=self._keep, changed_only=True)
+            changes = part.state.apply_changes(*decoded.frames, keep=self._keep) if decoded.accepted else None
+            if changes is not None:
                 part.dirty = True
-            else:
-                touched = pl.Series("patient_id", [], dtype=pl.String)
             part.offset = batch.offsets[p][1]
             if part.replaying:
-                part.pending.append(touched)
+                part.pending.append(changes.touched if changes is not None else _NO_IDS)
                 assert part.replay_until is not None
                 if part.offset >= part.replay_until:
                     everyone = pl.concat(part.pending).unique()
@@ -104,13 +108,14 @@ class BatchRole(EngineBase):
                     if everyone.len() > _rescreen.RESCREEN_CHUNK:
                         self._enqueue(p, everyone, "replay")
                     elif everyone.len():
-                        to_screen.append(part.state.select(everyone))
-                        owners.append(_owners(everyone, p))
-            elif touched.len():
-                to_screen.append(part.state.select(touched))
-                owners.append(_owners(touched, p))
+                        replayed.append((p, everyone))
+            elif changes is not None and changes.touched.len():
+                live.append((p, changes))
         t_apply = time.perf_counter()
-        if to_screen:
+        screens = self._plan(live, now)
+        if replayed:
+            screens.append((pl.concat([_owners(ids, p) for p, ids in replayed]), None))
+        if screens:
             event_times = (
                 batch.event_stamps.group_by("patient_id")
                 .agg(pl.col("_ts").max())
@@ -119,9 +124,15 @@ class BatchRole(EngineBase):
                     pl.from_epoch("_ts", time_unit="ms").dt.replace_time_zone("UTC").cast(TS).alias("event_time"),
                 )
             )
-            batch.new = self._screen_and_record(
-                _concat_states(to_screen), now, "event", event_times, owners=pl.concat(owners)
-            )
+            batch.new = 0
+            for owners, only in screens:
+                subs = [
+                    self._parts[p].state.select(owners.filter(pl.col("partition") == p)["patient_id"])
+                    for p in owners["partition"].unique().sort().to_list()
+                ]
+                batch.new += self._screen_and_record(
+                    _concat_states(subs), now, "event", event_times, only=only, owners=owners
+                )
         t_screen = time.perf_counter()
         self._flush_matches()
         for p, decoded in batch.by_part.items():
@@ -131,6 +142,51 @@ class BatchRole(EngineBase):
             if part is not None:
                 self._keep_frames(part, decoded.frames if decoded.accepted else None, batch.offsets[p][1])
         batch.apply_s, batch.screen_s, batch.flush_s = t_apply - t0, t_screen - t_apply, time.perf_counter() - t_screen
+
+    _affects: AffectsIndex | None = None
+    #: Screen a touched patient only against the studies its changes can affect (:mod:`screener.engine._affects`);
+    #: False screens every touched patient against every open study (the reference the tests compare with).
+    screen_affected_only: bool = True
+
+    def _plan(self, live: list[tuple[int, Changes]], now: datetime) -> list[tuple[pl.DataFrame, frozenset[str] | None]]:
+        """The screens of a batch, all partitions together: ``(owners, studies)`` with ``owners`` the patients'
+        ``patient_id, partition`` and ``studies`` ``None`` for every open study."""
+        if not live:
+            return []
+        owners = pl.concat([_owners(c.touched, p) for p, c in live])
+        if not self.screen_affected_only:
+            return [(owners, None)]
+        changes = Changes(
+            touched=owners["patient_id"],
+            facts=pl.concat([c.facts for _, c in live], how="vertical"),
+            persons=pl.concat([c.persons for _, c in live], how="vertical"),
+            whole=pl.concat([c.whole for _, c in live]),
+        )
+        open_ids = [sid for sid, s in self.studies.items() if s.is_open(now)]
+        index = self._affects_index()
+
+        def facts_of(ids: pl.Series) -> pl.DataFrame:
+            mine = ids.to_frame().join(owners, on="patient_id", how="inner")
+            cols = ["patient_id", *(index.keys or [])]
+            return pl.concat(
+                [
+                    self._parts[p].state.select(mine.filter(pl.col("partition") == p)["patient_id"]).facts.select(cols)
+                    for p in mine["partition"].unique().to_list()
+                ]
+                or [pl.DataFrame(schema={c: pl.String for c in cols})]
+            )
+
+        return [
+            (ids.to_frame().join(owners, on="patient_id", how="inner"), only)
+            for ids, only in index.plan(changes, open_ids, facts_of)
+        ]
+
+    def _affects_index(self) -> AffectsIndex:
+        """The code -> studies index of the loaded studies (built again when the study set is replaced)."""
+        index = self._affects
+        if index is None or index.source is not self.studies:
+            index = self._affects = AffectsIndex(self.studies.values(), source=self.studies, screen=self._screen)
+        return index
 
     def _finish(self, batch: _Batch) -> None:
         """On the consumer's thread, once :meth:`_execute` is done: commit, then count and log the batch."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import polars as pl
 
+from screener.engine._affects import AffectsIndex
 from screener.engine._base import EngineBase, _end_of, _start_of, log
 from screener.errors import ScreenerError
 from screener.state import FactFilter
@@ -141,7 +142,9 @@ class RulesRole(EngineBase):
             expr = None
         horizon = None if unbounded or not horizons else max(horizons)
         # The cut-off is fixed at compile time: as time moves on it keeps a little more than needed, never less.
-        keep = FactFilter(expr, now - horizon if horizon is not None else None)
+        # Keys are judged by joins on the studies' code tables, not by planning the large expression (_affects).
+        judge = AffectsIndex(relevant).keeps if filters else None
+        keep = FactFilter(expr, now - horizon if horizon is not None else None, judge=judge)
         digest = hashlib.sha256(json.dumps(sorted((s.id, s.content_hash) for s in studies.values())).encode())
         return keep, horizon, digest.hexdigest()
 

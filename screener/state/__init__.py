@@ -23,8 +23,10 @@ from __future__ import annotations
 from typing import Any
 
 from screener.state._apply import (
+    Changes,
     PatientState,
     StateParts,
+    apply_changes,
     apply_events,
     apply_frames,
     now_utc,
@@ -51,10 +53,12 @@ __all__ = [
     "PERSONS_SCHEMA",
     "RETRACTED_SCHEMA",
     "TS",
+    "Changes",
     "FactFilter",
     "LiveState",
     "PatientState",
     "StateParts",
+    "apply_changes",
     "apply_events",
     "apply_frames",
     "events_to_frames",

@@ -59,6 +59,26 @@ def apply_events(
     return apply_frames(state, upd, new_facts, control, keep, changed_only=changed_only)
 
 
+@dataclass(frozen=True)
+class Changes:
+    """What a batch changed, for the engine to re-screen only what can differ (:func:`apply_changes`).
+
+    ``touched``  the patients whose kept facts or person row changed (``changed_only`` of :func:`apply_frames`).
+    ``facts``    one row per fact added or removed (retracted, replaced by a re-sent event id), with its
+                 patient and the key columns of :attr:`FactFilter.KEY_COLUMNS`; a study whose result for a
+                 patient can change through facts reads one of these rows.
+    ``persons``  ``(patient_id, column)``: the person columns that changed, ``column`` null for a new person
+                 row (a study reading any column can change).
+    ``whole``    the patients for whom any study may change: a merge into them. Every patient of ``persons``
+                 and ``whole`` is in ``touched``.
+    """
+
+    touched: pl.Series
+    facts: pl.DataFrame
+    persons: pl.DataFrame
+    whole: pl.Series
+
+
 def apply_frames(
     state: PatientState,
     upd: pl.DataFrame,
@@ -70,6 +90,34 @@ def apply_frames(
 ) -> tuple[PatientState, pl.Series]:
     """:func:`apply_events` on a batch already split into frames: ``(upd, new_facts, control)`` as
     :func:`events_to_frames` (or :func:`screener.ingest.decode_batch`) builds them. Same contract."""
+    new, changes = _apply(state, upd, new_facts, control, keep, changed_only=changed_only)
+    return new, changes.touched
+
+
+def apply_changes(
+    state: PatientState,
+    upd: pl.DataFrame,
+    new_facts: pl.DataFrame,
+    control: pl.DataFrame,
+    keep: pl.Expr | FactFilter | None = None,
+) -> tuple[PatientState, Changes]:
+    """:func:`apply_frames` with ``changed_only=True``, returning the :class:`Changes` (the same state)."""
+    return _apply(state, upd, new_facts, control, keep, changed_only=True, report=True)
+
+
+_KEYS = list(FactFilter.KEY_COLUMNS)
+
+
+def _apply(
+    state: PatientState,
+    upd: pl.DataFrame,
+    new_facts: pl.DataFrame,
+    control: pl.DataFrame,
+    keep: pl.Expr | FactFilter | None,
+    *,
+    changed_only: bool,
+    report: bool = False,
+) -> tuple[PatientState, Changes]:
     facts = state.facts
     # Retractions (corrections and entered-in-error) remove earlier facts by event id.
     retracted = control.filter(pl.col("op") == "retract")
@@ -182,16 +230,60 @@ def apply_frames(
             )
             .drop("_dnc", "_dead")
         )
-    if changed_only:
-        fact_side = [kept["patient_id"], retracted_patients(state, retracted)]
-        if merges.height:
-            fact_side.append(merges["patient_id"])
-        ids = touched.implode()
-        before = state.persons.filter(pl.col("patient_id").is_in(ids))
-        after = persons.filter(pl.col("patient_id").is_in(ids))
-        person_side = after.join(before, on=list(PERSONS_SCHEMA), how="anti", nulls_equal=True)["patient_id"]
-        touched = pl.concat([*fact_side, person_side]).unique().sort()
-    return PatientState(persons=persons, facts=facts, retracted=tombstones), touched
+    new = PatientState(persons=persons, facts=facts, retracted=tombstones)
+    if not changed_only:
+        return new, _no_changes(touched, state)
+    fact_side = [kept["patient_id"], retracted_patients(state, retracted)]
+    if merges.height:
+        fact_side.append(merges["patient_id"])
+    ids = touched.implode()
+    before = state.persons.filter(pl.col("patient_id").is_in(ids))
+    after = persons.filter(pl.col("patient_id").is_in(ids))
+    person_side = after.join(before, on=list(PERSONS_SCHEMA), how="anti", nulls_equal=True)["patient_id"]
+    touched = pl.concat([*fact_side, person_side]).unique().sort()
+    if not report:
+        return new, _no_changes(touched, state)
+    # The facts that came or went: the kept rows, and the rows they replace or that a retraction removed (read
+    # from the state before the batch, under their old patient; a merge sends its survivor to ``whole``).
+    gone_ids = kept["event_id"]
+    if retracted.height:
+        gone_ids = pl.concat([gone_ids, retracted["arg"]])
+    gone = state.facts.filter(pl.col("event_id").is_in(gone_ids.implode())) if state.facts.height else state.facts
+    changed = pl.concat([kept.select("patient_id", *_KEYS), gone.select("patient_id", *_KEYS)], how="vertical")
+    whole = merges["patient_id"].unique() if merges.height else _NO_IDS
+    return new, Changes(touched, changed, _changed_columns(before, after, person_side), whole)
+
+
+_NO_IDS = pl.Series("patient_id", [], dtype=pl.String)
+
+
+def _no_changes(touched: pl.Series, state: PatientState) -> Changes:
+    none = pl.DataFrame(schema={"patient_id": pl.String, "column": pl.String})
+    return Changes(touched, state.facts.clear().select("patient_id", *_KEYS), none, _NO_IDS)
+
+
+def _changed_columns(before: pl.DataFrame, after: pl.DataFrame, ids: pl.Series) -> pl.DataFrame:
+    """``(patient_id, column)`` for the person columns of ``ids`` that differ between ``before`` and ``after``
+    (null ``column``: no row before)."""
+    cols = [c for c in PERSONS_SCHEMA if c != "patient_id"]
+    wanted = ids.implode()
+    old = before.filter(pl.col("patient_id").is_in(wanted)).rename({c: f"{c}_old" for c in cols})
+    both = after.filter(pl.col("patient_id").is_in(wanted)).join(old, on="patient_id", how="left")
+    is_new = ~pl.col("patient_id").is_in(old["patient_id"].implode())
+    flags = both.select(
+        "patient_id",
+        is_new.alias("_new"),
+        *[pl.col(c).ne_missing(pl.col(f"{c}_old")).alias(c) for c in cols],
+    )
+    new_rows = flags.filter(pl.col("_new")).select("patient_id", pl.lit(None, dtype=pl.String).alias("column"))
+    moved = (
+        flags.filter(~pl.col("_new"))
+        .drop("_new")
+        .unpivot(index="patient_id", variable_name="column", value_name="_changed")
+        .filter(pl.col("_changed"))
+        .select("patient_id", "column")
+    )
+    return pl.concat([new_rows, moved], how="vertical")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 import polars as pl
@@ -21,9 +22,17 @@ class FactFilter:
 
     KEY_COLUMNS = ("kind", "system", "code", "unit", "status", "setting")
 
-    def __init__(self, expr: pl.Expr | None, since: datetime | None = None) -> None:
+    def __init__(
+        self,
+        expr: pl.Expr | None,
+        since: datetime | None = None,
+        judge: Callable[[pl.DataFrame], pl.Series] | None = None,
+    ) -> None:
         self.expr = expr
         self.since = since
+        #: Optional fast form of ``expr`` on distinct key rows (a Boolean per row, the same answers): evaluating a
+        #: large expression costs its planning, about half a second for fifty studies, whatever the rows.
+        self.judge = judge
         roots = set(expr.meta.root_names()) if expr is not None else set()
         self.keys: list[str] | None = (
             [c for c in self.KEY_COLUMNS if c in roots] if roots and roots <= set(self.KEY_COLUMNS) else None
@@ -54,5 +63,8 @@ class FactFilter:
             else distinct.join(self._known.select(self.keys), on=self.keys, how="anti", nulls_equal=True)
         )
         if unknown.height:
-            judged = unknown.with_columns(self.expr.fill_null(False).alias("_keep"))
+            if self.judge is not None:
+                judged = unknown.with_columns(self.judge(unknown).alias("_keep"))
+            else:
+                judged = unknown.with_columns(self.expr.fill_null(False).alias("_keep"))
             self._known = judged if self._known is None else pl.concat([self._known, judged], how="vertical")

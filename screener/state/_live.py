@@ -9,7 +9,7 @@ from datetime import datetime
 
 import polars as pl
 
-from screener.state._apply import PatientState, StateParts, apply_frames, prune_facts
+from screener.state._apply import Changes, PatientState, StateParts, apply_changes, apply_frames, prune_facts
 from screener.state._filter import FactFilter
 from screener.state._frames import FACTS_SCHEMA, PERSONS_SCHEMA, _empty
 
@@ -150,6 +150,31 @@ class LiveState:
         changed_only: bool = False,
     ) -> pl.Series:
         """:func:`apply_frames` on this state, in place. Returns the touched patient ids (same contract)."""
+        if changed_only:
+            return self.apply_changes(upd, new_facts, control, keep).touched
+        return self._apply(upd, new_facts, control, keep, report=False)[1]
+
+    def apply_changes(
+        self,
+        upd: pl.DataFrame,
+        new_facts: pl.DataFrame,
+        control: pl.DataFrame,
+        keep: pl.Expr | FactFilter | None = None,
+    ) -> Changes:
+        """:func:`apply_changes` on this state, in place: what the batch changed (``changed_only`` semantics)."""
+        changes = self._apply(upd, new_facts, control, keep, report=True)[0]
+        assert changes is not None
+        return changes
+
+    def _apply(
+        self,
+        upd: pl.DataFrame,
+        new_facts: pl.DataFrame,
+        control: pl.DataFrame,
+        keep: pl.Expr | FactFilter | None,
+        *,
+        report: bool,
+    ) -> tuple[Changes | None, pl.Series]:
         merged_away = control.filter(pl.col("op") == "merge")["arg"]
         referenced = pl.concat([control.filter(pl.col("op") == "retract")["arg"], new_facts["event_id"]])
         affected = (
@@ -167,7 +192,12 @@ class LiveState:
             .sort()
         )
         sub, n_persons, n_facts = self._select(affected)
-        new, touched = apply_frames(sub, upd, new_facts, control, keep, changed_only=changed_only)
+        changes: Changes | None = None
+        if report:
+            new, changes = apply_changes(sub, upd, new_facts, control, keep)
+            touched = changes.touched
+        else:
+            new, touched = apply_frames(sub, upd, new_facts, control, keep)
         self._retracted = new.retracted
         if self._tail_ids.len():
             overlap = affected.is_in(self._tail_ids.implode())
@@ -186,7 +216,7 @@ class LiveState:
         too_many_facts = self._tail_facts.height > max(self.TAIL_MIN, self._facts.height // 32)
         if too_many_facts or self._tail_persons.height > max(self.TAIL_MIN, self._persons.height // 32):
             self.compact()
-        return touched
+        return changes, touched
 
     def compact(self) -> None:
         """Fold the tail into the main frames (one sort and one index build, O(state))."""
