@@ -3,16 +3,23 @@ the whole population.
 
     python -m bench.screen_profile small  [--patients 10] [--studies 50] [--calls 30] [--evidence MODE]
     python -m bench.screen_profile large  [--patients 20000] [--studies 50] [--evidence MODE] [--chunk N] [--repeat R]
-                                          [--rows all|matches] [--split join|filter]
+                                          [--rows all|matches] [--split join|filter] [--workload replica|realistic]
 
 ``MODE``: all | matches | none | outcomes (``screen(evidence=...)``); ``--rows``: ``screen(rows=...)`` (with
 ``matches`` the outcome counts come from :func:`screener.rules.screen_with_counts`, so ``ineligible`` is still
 counted over every (study, patient)).
 
-Studies: the samples in ``rules/`` replicated to ``--studies`` (``bench._workload.replicate_studies``).
-Population: ``connectors.synthetic.population.generate_frames`` (seed 7, ``BENCH_NOW``), cached as Parquet in
-``--pop-dir`` (default ``/tmp/screener-screen-profile``); a subset of the 1M file is used when only that
-exists. ``small`` screens consecutive slices of ``--patients`` patients and prints the per-call median, p90 and
+``--workload`` (``bench._workload.WORKLOADS``): ``replica`` (default) replicates the samples in ``rules/`` to
+``--studies`` (``bench._workload.replicate_studies``) over ``connectors.synthetic.population.generate_frames``
+(seed 7, ``BENCH_NOW``); a subset of the 100k or 1M file is used when only that exists. ``realistic`` generates
+``--studies`` distinct studies (``bench._realistic_studies``) over the realistic population of exactly
+``--patients`` (``bench._realistic_population``, seed 7). Populations are cached as Parquet in ``--pop-dir``
+(default ``/tmp/screener-screen-profile``).
+
+    python -m bench.screen_profile large --workload realistic --patients 1000000 --studies 100 \
+        --evidence outcomes --rows matches --chunk 250000 --split filter --repeat 2
+
+``small`` screens consecutive slices of ``--patients`` patients and prints the per-call median, p90 and
 mean; ``large`` screens everyone once (after one warm-up on 1000 patients) and prints the wall time and the
 process's peak RSS (VmHWM), also as it was before the timed part (loading the population). ``--profile FILE``
 writes a cProfile of the timed part.
@@ -42,8 +49,12 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def _population(pop_dir: Path, n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    from bench._workload import population_paths, subset, write_population
+def _population(pop_dir: Path, n: int, workload: str = "replica") -> tuple[pl.DataFrame, pl.DataFrame]:
+    from bench._workload import population_paths, subset, write_population, write_realistic_population
+
+    if workload == "realistic":
+        persons_path, facts_path = write_realistic_population(pop_dir, n)
+        return pl.read_parquet(persons_path), pl.read_parquet(facts_path)
 
     for size in (n, 100_000, 1_000_000):
         persons_path, facts_path = population_paths(pop_dir, size)
@@ -55,12 +66,12 @@ def _population(pop_dir: Path, n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     return pl.read_parquet(persons_path), pl.read_parquet(facts_path)
 
 
-def _studies(count: int) -> list[Any]:
-    from bench._workload import replicate_studies
+def _studies(count: int, workload: str = "replica") -> list[Any]:
+    from bench._workload import write_workload_studies
     from screener.rules import load_studies
 
     out = Path(tempfile.mkdtemp(prefix="screen-profile-rules-"))
-    replicate_studies(Path("rules"), count, out)
+    write_workload_studies(workload, count, out, Path("rules"))
     loaded = load_studies([out])
     if loaded.errors:
         raise SystemExit(f"rule errors: {loaded.errors[:3]}")
@@ -68,7 +79,7 @@ def _studies(count: int) -> list[Any]:
 
 
 def main() -> None:
-    from bench._workload import BENCH_NOW
+    from bench._workload import BENCH_NOW, WORKLOADS
     from screener.rules import screen
     from screener.state import PatientState
 
@@ -93,6 +104,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=0, help="large: screen this many patients per call")
     ap.add_argument("--pop-dir", type=Path, default=Path("/tmp/screener-screen-profile"))
     ap.add_argument("--profile", type=Path)
+    ap.add_argument("--workload", choices=WORKLOADS, default="replica", help="see the module docstring")
     args = ap.parse_args()
     small = args.what == "small"
     chunk = args.chunk
@@ -102,12 +114,12 @@ def main() -> None:
     if args.rows != "all":
         kw["rows"] = args.rows
 
-    studies = _studies(args.studies)
+    studies = _studies(args.studies, args.workload)
     total = n * args.calls if small else n
-    persons, facts = _population(args.pop_dir, max(total, 1000))
+    persons, facts = _population(args.pop_dir, max(total, 1000), args.workload)
     print(
-        f"{len(studies)} studies, {persons.height} patients, {facts.height} facts loaded; evidence={evidence}, "
-        f"rows={args.rows}"
+        f"workload={args.workload}: {len(studies)} studies, {persons.height} patients, {facts.height} facts "
+        f"loaded; evidence={evidence}, rows={args.rows}"
     )
     prof = cProfile.Profile() if args.profile else None
 
@@ -149,7 +161,8 @@ def main() -> None:
             prof.disable()
         split = f" split={args.split}" if chunk else ""
         print(
-            f"screen() {n} patients x {len(studies)} studies ({facts.height} facts), evidence={evidence}, "
+            f"workload={args.workload}: screen() {n} patients x {len(studies)} studies ({facts.height} facts), "
+            f"evidence={evidence}, "
             f"rows={args.rows}, chunk={chunk or 'none'}{split}: "
             f"best {min(walls):.2f} s of {[round(w, 2) for w in walls]}, {rows} rows, "
             f"outcomes {dict(sorted(outcomes.items()))}, peak RSS {_peak_rss_mb():.0f} MB "
