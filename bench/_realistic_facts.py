@@ -38,7 +38,8 @@ class Chunk:
         recent = rng.exponential(recent_days, k)
         history = rng.uniform(0, span_years * YEAR_DAYS, k)
         days = np.where(rng.random(k) < recent_share, recent, history)
-        return np.minimum(days, np.maximum(self.age[idx] * YEAR_DAYS - 1, 0.0))
+        out: np.ndarray = np.minimum(days, np.maximum(self.age[idx] * YEAR_DAYS - 1, 0.0))
+        return out
 
     def counts(self, who: np.ndarray, mean: float) -> tuple[np.ndarray, np.ndarray]:
         """``(patient index per fact, position of the fact among the patient's)`` for a Poisson number of facts
@@ -61,7 +62,8 @@ class Blocks:
     def _ids(self, column: str, labels: Sequence[str | None], idx: np.ndarray | int, k: int) -> np.ndarray:
         table = self.labels.setdefault(column, {})
         lut = np.array([-1 if lab is None else table.setdefault(lab, len(table)) for lab in labels], dtype=np.int32)
-        return lut[np.full(k, idx, dtype=np.int32) if isinstance(idx, int) else idx]
+        out: np.ndarray = lut[np.full(k, idx, dtype=np.int32) if isinstance(idx, int) else idx]
+        return out
 
     def add(
         self,
@@ -108,7 +110,7 @@ class Blocks:
         facts = facts[np.argsort(facts["_p"].to_numpy(), kind="stable")]  # by patient (a radix sort)
         ts = pl.Datetime("us", "UTC")
         start = pl.lit(now_us) - pl.col("_ago")
-        cols: list[pl.Expr] = [
+        cols: list[pl.Expr | pl.Series] = [
             patient_ids.gather(facts["_p"]).alias("patient_id"),
             pl.format("rw{}-{}", pl.lit(seed), pl.int_range(first_row, first_row + facts.height)).alias("event_id"),
             start.cast(ts).alias("occurred_at"),

@@ -28,16 +28,20 @@ procedures.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from bench._realistic_codes import ROUTINE, SMOKING, THEMES, Theme, background_codes
+from bench._realistic_codes import ROUTINE, SMOKING, THEMES, Drug, Theme, background_codes
 from bench._realistic_facts import YEAR_DAYS, Blocks, Chunk
 
 __all__ = ["CHUNK", "generate", "write"]
+
+#: the care setting of each fact of a block: ``(labels, index per fact)``
+Setting = Callable[[np.ndarray], tuple[list[str], np.ndarray]]
 
 CHUNK = 100_000
 SETTINGS = ("hospital", "community", "primary-care", "home")
@@ -99,7 +103,7 @@ def _pick(labels: object, col: str) -> pl.Expr:
     return pl.col(col).replace_strict(dict(enumerate(labels)), return_dtype=pl.String)  # type: ignore[arg-type]
 
 
-def _fact_setting(rng: np.random.Generator) -> object:
+def _fact_setting(rng: np.random.Generator) -> Setting:
     labels = ("hospital", "community", "primary-care")
 
     def pick(idx: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -116,7 +120,7 @@ def _theme_prob(t: Theme, age: np.ndarray) -> np.ndarray:
     return t.prevalence * np.where(age >= 18, adult, young)
 
 
-def _theme(b: Blocks, t: Theme, who: np.ndarray, setting: object) -> None:
+def _theme(b: Blocks, t: Theme, who: np.ndarray, setting: Setting) -> None:
     c = b.chunk
     rng = c.rng
     events: dict[str, tuple[str, list[str], list[str]]] = {}  # name -> (kind, systems, codes), for pairs
@@ -142,7 +146,7 @@ def _theme(b: Blocks, t: Theme, who: np.ndarray, setting: object) -> None:
             status=(["active", "resolved"], resolved.astype(np.int32)),
             _end=np.where(resolved, rng.uniform(5, 60, len(idx)), np.nan),
             qualifiers=b.qualifiers(len(idx), cond.severe),
-            setting=setting(idx),  # type: ignore[operator]
+            setting=setting(idx),
         )
     for lab in t.labs:
         b.labs(lab, who, lab.per_year, 1.6, False, setting)
@@ -175,7 +179,7 @@ def _theme(b: Blocks, t: Theme, who: np.ndarray, setting: object) -> None:
             value=rng.integers(score.lo, score.hi + 1, len(idx)).astype(np.float64),
             unit="{score}",
             status="active",
-            setting=setting(idx),  # type: ignore[operator]
+            setting=setting(idx),
         )
     for pair in t.pairs:
         has = who[rng.random(len(who)) < pair.p]
@@ -196,10 +200,7 @@ def _theme(b: Blocks, t: Theme, who: np.ndarray, setting: object) -> None:
             )
 
 
-def _drug(b: Blocks, drug: object, treated: np.ndarray, setting: object) -> None:
-    from bench._realistic_codes import Drug
-
-    assert isinstance(drug, Drug)
+def _drug(b: Blocks, drug: Drug, treated: np.ndarray, setting: Setting) -> None:
     c = b.chunk
     rng = c.rng
     idx, pos = c.counts(treated, drug.issues * 0.65)
@@ -230,13 +231,13 @@ def _drug(b: Blocks, drug: object, treated: np.ndarray, setting: object) -> None
         dose_value=dose.astype(np.float64),
         dose_unit=drug.dose_unit,
         route=drug.route,
-        setting=setting(idx),  # type: ignore[operator]
+        setting=setting(idx),
     )
     allergic = treated[rng.random(len(treated)) < 0.01]
     b.add(allergic, c.offsets(allergic, 1000, 10, 0.2), "allergy", "ATC", drug.atc, 0, status="active")
 
 
-def _everyone(b: Blocks, setting: object) -> None:
+def _everyone(b: Blocks, setting: Setting) -> None:
     c = b.chunk
     rng = c.rng
     everyone = np.arange(c.n)
@@ -360,7 +361,7 @@ def _everyone(b: Blocks, setting: object) -> None:
             status="active",
             setting=setting(idx),
             **extra,
-        )  # type: ignore[operator]
+        )
 
 
 def _chunk(n: int, first: int, seed: int, now: datetime, first_row: int) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -218,7 +218,7 @@ class _Study:
         rng = self.rng
         t = self.theme
         pick = rng.random()
-        acute = [c for c in t.conditions if c.resolved >= 0.7 and c.n >= 2]
+        acute = [c for c in t.conditions if c.resolved >= 0.7 and c.n >= 1.6]
         if t.scores and pick < 0.3:
             s = t.scores[int(rng.integers(0, len(t.scores)))]
             name = self.fixed(s.name, {s.code[0].lower(): [s.code[1]], "unit": "{score}"})
