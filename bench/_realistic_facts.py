@@ -106,24 +106,31 @@ class Blocks:
         ``rw<seed>-<row>`` numbered from ``first_row``. Strings are built at the end, one gather per column."""
         from screener.state import FACTS_SCHEMA
 
-        facts = pl.concat([pl.DataFrame(b) for b in self.blocks], how="diagonal_relaxed")
-        facts = facts[np.argsort(facts["_p"].to_numpy(), kind="stable")]  # by patient (a radix sort)
+        names = list(dict.fromkeys(c for b in self.blocks for c in b))
+        order = np.argsort(np.concatenate([b["_p"] for b in self.blocks]), kind="stable")  # by patient (radix)
+        data: dict[str, np.ndarray | pl.Series] = {}
+        for name in names:  # contiguous numpy columns, permuted once (a gather on a chunked frame is slow)
+            parts = [b[name] if name in b else _missing(name, len(b["_p"])) for b in self.blocks]
+            column = np.concatenate(parts)[order]
+            table = self.labels.get(name)
+            if table is None:
+                data[name] = column
+            else:  # ids -> labels by one gather (the null id -1 points at a trailing null)
+                labels = pl.Series(name, [*table, None], dtype=pl.String)
+                data[name] = labels.gather(np.where(column < 0, len(table), column))
+        for name in ("_end", "_adm"):
+            data.setdefault(name, np.full(len(order), np.nan))
+        facts = pl.DataFrame(data)
         ts = pl.Datetime("us", "UTC")
         start = pl.lit(now_us) - pl.col("_ago")
+        patient = patient_ids.gather(facts["_p"])
         cols: list[pl.Expr | pl.Series] = [
-            patient_ids.gather(facts["_p"]).alias("patient_id"),
+            patient.alias("patient_id"),
             pl.format("rw{}-{}", pl.lit(seed), pl.int_range(first_row, first_row + facts.height)).alias("event_id"),
             start.cast(ts).alias("occurred_at"),
             (start + (pl.col("_end").fill_nan(None) * DAY_US).cast(pl.Int64)).cast(ts).alias("ended_at"),
-            pl.when(pl.col("_adm") == 1)
-            .then(pl.lit("adm-") + patient_ids.gather(facts["_p"]))
-            .otherwise(None)
-            .alias("encounter_id"),
+            pl.when(pl.col("_adm").fill_nan(0) == 1).then(pl.lit("adm-") + patient).alias("encounter_id"),
         ]
-        for name, table in self.labels.items():
-            cols.append(
-                pl.col(name).replace_strict(list(table.values()), list(table), default=None, return_dtype=pl.String)
-            )
         numeric = [c for c in ("value", "ref_low", "ref_high", "dose_value") if c in facts.columns]
         cols += [pl.col(c).fill_nan(None) for c in numeric]
         facts = facts.with_columns(cols)
@@ -186,6 +193,16 @@ class Blocks:
         rng = self.chunk.rng
         pick = np.where(rng.random(k) < share, rng.integers(0, 3, k), 3)
         return [*(f"SNOMED|{code}" for code in QUALIFIERS.values()), None], pick
+
+
+def _missing(name: str, k: int) -> np.ndarray:
+    """The fill of a column a block does not have: null string id, NaN number, or not in an admission."""
+    if name in _FLOAT_COLUMNS:
+        return np.full(k, np.nan)
+    return np.full(k, -1, dtype=np.int32)
+
+
+_FLOAT_COLUMNS = frozenset(["value", "ref_low", "ref_high", "dose_value", "_end", "_adm"])
 
 
 def _healthy_mean(lab: Lab) -> float:

@@ -28,7 +28,7 @@ procedures.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -393,19 +393,29 @@ def generate(n: int, seed: int = 7, now: datetime | None = None) -> tuple[pl.Dat
 
 
 def write(persons_path: Path, facts_path: Path, n: int, seed: int = 7, now: datetime | None = None) -> None:
-    """Generate ``n`` patients chunk by chunk into the two Parquet files (one chunk in memory at a time)."""
+    """Generate ``n`` patients into the two Parquet files, streaming: the facts of one chunk in memory at a time
+    (a Polars IO source feeding ``sink_parquet``), each file written once, under a temporary name then renamed
+    (a half-written file is never taken for a cached population)."""
+    from polars.io.plugins import register_io_source
+
     from bench._workload import BENCH_NOW
+    from screener.state import FACTS_SCHEMA
 
     now = now or BENCH_NOW
-    parts = persons_path.parent / f".{facts_path.stem}.parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    for s in range(0, n, CHUNK):
-        p, f = _chunk(min(CHUNK, n - s), s, seed, now, s * 1000)
-        p.write_parquet(parts / f"persons-{s:010d}.parquet")
-        f.write_parquet(parts / f"facts-{s:010d}.parquet")
-        del p, f
-    pl.scan_parquet(parts / "persons-*.parquet").sink_parquet(persons_path)
-    pl.scan_parquet(parts / "facts-*.parquet").sink_parquet(facts_path)
-    for part in parts.iterdir():
-        part.unlink()
-    parts.rmdir()
+    persons: list[pl.DataFrame] = []
+
+    def chunks(
+        with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
+    ) -> Iterator[pl.DataFrame]:
+        for s in range(0, n, CHUNK):
+            p, f = _chunk(min(CHUNK, n - s), s, seed, now, s * 1000)
+            persons.append(p)
+            if with_columns is not None:
+                f = f.select(with_columns)
+            yield f if predicate is None else f.filter(predicate)
+
+    tmp_facts = facts_path.with_name(f".{facts_path.name}.tmp")
+    register_io_source(chunks, schema=FACTS_SCHEMA).sink_parquet(tmp_facts, compression="lz4")
+    pl.concat(persons).write_parquet(persons_path.with_name(f".{persons_path.name}.tmp"), compression="lz4")
+    persons_path.with_name(f".{persons_path.name}.tmp").replace(persons_path)
+    tmp_facts.replace(facts_path)
