@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bench._realistic_codes import QUALIFIERS, SMOKING, THEMES, Cond, Drug, Lab, Theme
+from bench._realistic_codes import QUALIFIERS, SMOKING, Cond, Drug, Lab, Theme
+from bench._realistic_themes import THEMES
 
 __all__ = ["write_studies"]
 
