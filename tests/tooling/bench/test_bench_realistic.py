@@ -192,3 +192,21 @@ def test_sql_peer_names_the_constructs_it_cannot_lower(tmp_path: Path, capsys: p
     assert re.search(r"^\d+ of 20 studies not lowered to SQL: .*fact filters x\d+", out, re.M), out
     assert re.search(r"^left out RW-[A-Z]+-\d{3}: .*does not support", out, re.M)
     assert "outcomes identical on all" in out and "ratio DuckDB/screener" in out
+
+
+def test_screen_profile_scan_split_gives_the_same_outcomes(tmp_path: Path) -> None:
+    import subprocess
+
+    def run(split: str) -> str:
+        cmd = [sys.executable, "-m", "bench.screen_profile", "large", "--workload", "realistic", "--patients", "2500"]
+        cmd += ["--studies", "12", "--evidence", "outcomes", "--rows", "matches", "--chunk", "1000"]
+        cmd += ["--split", split, "--pop-dir", str(tmp_path)]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        found = re.search(r"outcomes (\{.*?\})", proc.stdout)
+        assert found and "workload=realistic: screen() 2500 patients x 12 studies" in proc.stdout, proc.stdout
+        return found.group(1)
+
+    scanned = run("scan")
+    assert "'eligible'" in scanned and "'ineligible'" in scanned
+    assert scanned == run("filter")
