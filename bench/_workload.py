@@ -18,7 +18,7 @@ and shown side by side by ``python -m bench``:
 ``replica``    the above: the sample studies replicated (shared concept sets) over the synthetic connector's
                population (~23 facts per patient);
 ``realistic``  100 genuinely distinct generated studies (:mod:`bench._realistic_studies`) over a population of
-               ~62 facts per patient with a long tail and ~5,000 distinct codes (:mod:`bench._realistic_population`),
+               ~64 facts per patient with a long tail and ~5,800 distinct codes (:mod:`bench._realistic_population`),
                cached as ``persons-realistic-N-sSEED.parquet`` / ``facts-realistic-N-sSEED.parquet``.
 """
 

@@ -186,12 +186,13 @@ def test_sql_peer_names_the_constructs_it_cannot_lower(tmp_path: Path, capsys: p
     assert _construct("criterion 'b': the SQL lowering does not support the transform 'after' yet") == (
         "the transform 'after'"
     )
-    args = ["--workload", "realistic", "--patients", "600", "--runs", "1", "--studies", "20"]
+    args = ["--workload", "realistic", "--patients", "600", "--runs", "1", "--studies", "20", "--chunk", "250"]
     assert main([*args, "--pop-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^\d+ of 20 studies not lowered to SQL: .*fact filters x\d+", out, re.M), out
     assert re.search(r"^left out RW-[A-Z]+-\d{3}: .*does not support", out, re.M)
     assert "outcomes identical on all" in out and "ratio DuckDB/screener" in out
+    assert "250 patients per call" in out
 
 
 def test_screen_profile_scan_split_gives_the_same_outcomes(tmp_path: Path) -> None:
