@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
         "engine's full re-screen does; 0 skips it",
     )
     p.add_argument("--sections", default=",".join(SECTIONS))
+    p.add_argument(
+        "--workloads",
+        default="replica,realistic",
+        help="full-screen rows: replica (sample replicas, with the peers) and/or realistic (distinct generated "
+        "studies over the realistic population, screener only: the peers cannot run the v2 constructs)",
+    )
     p.add_argument("--rules", type=Path, default=ROOT / "rules")
     p.add_argument("--workdir", type=Path, default=None, help="where populations and study copies go")
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -159,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cells[(scales[-1], study_counts[-1], "outcomes")],
                     peers,
                 )
+                if "realistic" in args.workloads.split(","):
+                    report["sections"]["full"]["realistic"] = _realistic(args, work, scales[-1], study_counts[-1])
+                    report["realistic"] = report["sections"]["full"]["realistic"]
             if "scaling" in sections:
                 report["sections"]["scaling"] = True
 
@@ -195,6 +204,23 @@ def _guard(section: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     except Exception as exc:  # the report must still be written, saying what failed and why
         _log(f"  failed: {exc!r}")
         return {"error": "".join(traceback.format_exception_only(exc)).strip()}
+
+
+def _realistic(args: argparse.Namespace, work: Path, patients: int, studies: int) -> dict[str, Any]:
+    """Screener alone on the realistic workload (``bench._workload``), in its own process like a scaling cell."""
+    from bench._scaling import run_cell
+    from bench._workload import BENCH_NOW, write_realistic_population, write_workload_studies
+
+    study_dir = work / f"studies-realistic-{studies}"
+    write_workload_studies("realistic", studies, study_dir, args.rules, args.seed)
+    _log(f"realistic population {fmt_count(patients)}")
+    t0 = time.perf_counter()
+    population = write_realistic_population(work / "population", patients, args.seed, BENCH_NOW)
+    generation = time.perf_counter() - t0
+    _log(f"realistic workload: {fmt_count(patients)} patients x {studies} distinct studies (outcomes)")
+    cell = run_cell(*population, study_dir, args.runs, args.chunk, "outcomes")
+    _log(f"  {cell.timing.median:.2f} s, peak {cell.rss_peak / 2**20:.0f} MiB")
+    return {"cell": cell, "generation": generation}
 
 
 def _full(

@@ -11,6 +11,15 @@ Studies
 Population
     ``connectors.synthetic.population.generate_frames(n, seed, now)`` (the synthetic connector), written once
     per scale to Parquet so the per-cell subprocesses of the scaling table read the same patients.
+
+Two workloads (:data:`WORKLOADS`), chosen with ``--workload`` by ``bench.screen_profile``, ``bench.sql_peer``
+and shown side by side by ``python -m bench``:
+
+``replica``    the above: the sample studies replicated (shared concept sets) over the synthetic connector's
+               population (~23 facts per patient);
+``realistic``  100 genuinely distinct generated studies (:mod:`bench._realistic_studies`) over a population of
+               ~64 facts per patient with a long tail and ~5,800 distinct codes (:mod:`bench._realistic_population`),
+               cached as ``persons-realistic-N-sSEED.parquet`` / ``facts-realistic-N-sSEED.parquet``.
 """
 
 from __future__ import annotations
@@ -28,13 +37,19 @@ import yaml
 __all__ = [
     "BENCH_NOW",
     "THRESHOLD_FACTORS",
+    "WORKLOADS",
     "generate_population",
     "load_population",
     "population_paths",
+    "realistic_paths",
     "replicate_studies",
     "sample_rule_files",
     "write_population",
+    "write_realistic_population",
+    "write_workload_studies",
 ]
+
+WORKLOADS = ("replica", "realistic")
 
 #: The screening instant of every benchmark (fixed, so runs are comparable and the samples' windows hit).
 BENCH_NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
@@ -169,3 +184,33 @@ def subset(persons: pl.DataFrame, facts: pl.DataFrame, n: int) -> tuple[pl.DataF
 
 def study_ids(paths: Sequence[Path]) -> list[str]:
     return [yaml.safe_load(p.read_text())["study"]["id"] for p in paths]
+
+
+def realistic_paths(directory: Path, n: int, seed: int = 7) -> tuple[Path, Path]:
+    return directory / f"persons-realistic-{n}-s{seed}.parquet", directory / f"facts-realistic-{n}-s{seed}.parquet"
+
+
+def write_realistic_population(directory: Path, n: int, seed: int = 7, now: datetime = BENCH_NOW) -> tuple[Path, Path]:
+    """The realistic population of ``n`` patients as Parquet (generated chunk by chunk; reused when there)."""
+    from bench._realistic_population import write
+
+    directory.mkdir(parents=True, exist_ok=True)
+    persons_path, facts_path = realistic_paths(directory, n, seed)
+    if not (persons_path.exists() and facts_path.exists()):
+        write(persons_path, facts_path, n, seed, now)
+    return persons_path, facts_path
+
+
+def write_workload_studies(workload: str, count: int, out_dir: Path, rules_dir: Path, seed: int = 7) -> list[Path]:
+    """``count`` study files of ``workload`` (``replica``: :func:`replicate_studies` of ``rules_dir``;
+    ``realistic``: :func:`bench._realistic_studies.write_studies`) written into ``out_dir``.
+
+    :raises ValueError: for an unknown workload.
+    """
+    if workload == "replica":
+        return replicate_studies(rules_dir, count, out_dir)
+    if workload == "realistic":
+        from bench._realistic_studies import write_studies
+
+        return write_studies(out_dir, count, seed)
+    raise ValueError(f"unknown workload {workload!r}; expected one of {', '.join(WORKLOADS)}")

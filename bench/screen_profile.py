@@ -3,16 +3,28 @@ the whole population.
 
     python -m bench.screen_profile small  [--patients 10] [--studies 50] [--calls 30] [--evidence MODE]
     python -m bench.screen_profile large  [--patients 20000] [--studies 50] [--evidence MODE] [--chunk N] [--repeat R]
-                                          [--rows all|matches] [--split join|filter]
+                                          [--rows all|matches] [--split join|filter|scan]
+                                          [--workload replica|realistic]
 
 ``MODE``: all | matches | none | outcomes (``screen(evidence=...)``); ``--rows``: ``screen(rows=...)`` (with
 ``matches`` the outcome counts come from :func:`screener.rules.screen_with_counts`, so ``ineligible`` is still
 counted over every (study, patient)).
 
-Studies: the samples in ``rules/`` replicated to ``--studies`` (``bench._workload.replicate_studies``).
-Population: ``connectors.synthetic.population.generate_frames`` (seed 7, ``BENCH_NOW``), cached as Parquet in
-``--pop-dir`` (default ``/tmp/screener-screen-profile``); a subset of the 1M file is used when only that
-exists. ``small`` screens consecutive slices of ``--patients`` patients and prints the per-call median, p90 and
+``--workload`` (``bench._workload.WORKLOADS``): ``replica`` (default) replicates the samples in ``rules/`` to
+``--studies`` (``bench._workload.replicate_studies``) over ``connectors.synthetic.population.generate_frames``
+(seed 7, ``BENCH_NOW``); a subset of the 100k or 1M file is used when only that exists. ``realistic`` generates
+``--studies`` distinct studies (``bench._realistic_studies``) over the realistic population of exactly
+``--patients`` (``bench._realistic_population``, seed 7). Populations are cached as Parquet in ``--pop-dir``
+(default ``/tmp/screener-screen-profile``).
+
+    python -m bench.screen_profile large --workload realistic --patients 1000000 --studies 100 \
+        --evidence outcomes --rows matches --chunk 250000 --split scan --repeat 2
+
+``--split scan`` never holds the whole facts frame: each chunk's facts are read from the Parquet file when it is
+screened (a patient-id range that prunes row groups, then the exact ids), inside the timed part; use it at 1M and
+2M realistic patients (7.7 GiB of facts in memory at 1M).
+
+``small`` screens consecutive slices of ``--patients`` patients and prints the per-call median, p90 and
 mean; ``large`` screens everyone once (after one warm-up on 1000 patients) and prints the wall time and the
 process's peak RSS (VmHWM), also as it was before the timed part (loading the population). ``--profile FILE``
 writes a cProfile of the timed part.
@@ -42,8 +54,12 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def _population(pop_dir: Path, n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    from bench._workload import population_paths, subset, write_population
+def _population(pop_dir: Path, n: int, workload: str = "replica") -> tuple[pl.DataFrame, pl.DataFrame]:
+    from bench._workload import population_paths, subset, write_population, write_realistic_population
+
+    if workload == "realistic":
+        persons_path, facts_path = write_realistic_population(pop_dir, n)
+        return pl.read_parquet(persons_path), pl.read_parquet(facts_path)
 
     for size in (n, 100_000, 1_000_000):
         persons_path, facts_path = population_paths(pop_dir, size)
@@ -55,12 +71,12 @@ def _population(pop_dir: Path, n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     return pl.read_parquet(persons_path), pl.read_parquet(facts_path)
 
 
-def _studies(count: int) -> list[Any]:
-    from bench._workload import replicate_studies
+def _studies(count: int, workload: str = "replica") -> list[Any]:
+    from bench._workload import write_workload_studies
     from screener.rules import load_studies
 
     out = Path(tempfile.mkdtemp(prefix="screen-profile-rules-"))
-    replicate_studies(Path("rules"), count, out)
+    write_workload_studies(workload, count, out, Path("rules"))
     loaded = load_studies([out])
     if loaded.errors:
         raise SystemExit(f"rule errors: {loaded.errors[:3]}")
@@ -68,7 +84,7 @@ def _studies(count: int) -> list[Any]:
 
 
 def main() -> None:
-    from bench._workload import BENCH_NOW
+    from bench._workload import BENCH_NOW, WORKLOADS
     from screener.rules import screen
     from screener.state import PatientState
 
@@ -85,7 +101,7 @@ def main() -> None:
     ap.add_argument("--rows", choices=("all", "matches"), default="all", help="screen(rows=...)")
     ap.add_argument(
         "--split",
-        choices=("join", "filter"),
+        choices=("join", "filter", "scan"),
         default="join",
         help="large with --chunk: how facts are split into chunks (inside the timed part; see _chunks)",
     )
@@ -93,6 +109,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=0, help="large: screen this many patients per call")
     ap.add_argument("--pop-dir", type=Path, default=Path("/tmp/screener-screen-profile"))
     ap.add_argument("--profile", type=Path)
+    ap.add_argument("--workload", choices=WORKLOADS, default="replica", help="see the module docstring")
     args = ap.parse_args()
     small = args.what == "small"
     chunk = args.chunk
@@ -102,17 +119,26 @@ def main() -> None:
     if args.rows != "all":
         kw["rows"] = args.rows
 
-    studies = _studies(args.studies)
+    studies = _studies(args.studies, args.workload)
     total = n * args.calls if small else n
-    persons, facts = _population(args.pop_dir, max(total, 1000))
+    facts: pl.DataFrame | pl.LazyFrame
+    if not small and args.split == "scan":
+        if not chunk:
+            raise SystemExit("--split scan needs --chunk N")
+        persons_path, facts_path = _population_paths(args.pop_dir, max(total, 1000), args.workload)
+        persons, facts = pl.read_parquet(persons_path), pl.scan_parquet(facts_path)
+    else:
+        persons, facts = _population(args.pop_dir, max(total, 1000), args.workload)
+    n_facts = facts.height if isinstance(facts, pl.DataFrame) else facts.select(pl.len()).collect().item()
     print(
-        f"{len(studies)} studies, {persons.height} patients, {facts.height} facts loaded; evidence={evidence}, "
-        f"rows={args.rows}"
+        f"workload={args.workload}: {len(studies)} studies, {persons.height} patients, {n_facts} facts "
+        f"{'loaded' if isinstance(facts, pl.DataFrame) else 'to scan'}; evidence={evidence}, rows={args.rows}"
     )
     prof = cProfile.Profile() if args.profile else None
 
     if small:
         ids = persons["patient_id"]
+        assert isinstance(facts, pl.DataFrame)  # --split scan is for large only
         state = PatientState(persons, facts)
         screen(state.select_patients(ids[:n]), studies, BENCH_NOW, **kw)  # warm-up
         times = []
@@ -132,10 +158,11 @@ def main() -> None:
             f"mean {statistics.mean(times) * 1000:.1f} ms"
         )
     else:
-        persons, facts = persons.head(n), facts.filter(pl.col("patient_id").is_in(persons["patient_id"][:n].implode()))
-        warm = PatientState(
-            persons.head(1000), facts.filter(pl.col("patient_id").is_in(persons["patient_id"][:1000].implode()))
-        )
+        persons = persons.head(n)
+        if isinstance(facts, pl.DataFrame):
+            facts = facts.filter(pl.col("patient_id").is_in(persons["patient_id"].implode()))
+            n_facts = facts.height
+        warm = PatientState(persons.head(1000), _pick_facts(facts, persons.head(1000)))
         screen(warm, studies, BENCH_NOW, **kw)
         rss_before = _peak_rss_mb()  # loading and subsetting the population
         if prof:
@@ -149,7 +176,8 @@ def main() -> None:
             prof.disable()
         split = f" split={args.split}" if chunk else ""
         print(
-            f"screen() {n} patients x {len(studies)} studies ({facts.height} facts), evidence={evidence}, "
+            f"workload={args.workload}: screen() {n} patients x {len(studies)} studies ({n_facts} facts), "
+            f"evidence={evidence}, "
             f"rows={args.rows}, chunk={chunk or 'none'}{split}: "
             f"best {min(walls):.2f} s of {[round(w, 2) for w in walls]}, {rows} rows, "
             f"outcomes {dict(sorted(outcomes.items()))}, peak RSS {_peak_rss_mb():.0f} MB "
@@ -159,17 +187,45 @@ def main() -> None:
         prof.dump_stats(str(args.profile))
 
 
-def _chunks(persons: pl.DataFrame, facts: pl.DataFrame, chunk: int, split: str) -> Iterator[PatientState]:
+def _population_paths(pop_dir: Path, n: int, workload: str) -> tuple[Path, Path]:
+    """The cached Parquet files holding at least ``n`` patients of ``workload`` (generated when missing)."""
+    from bench._workload import population_paths, write_population, write_realistic_population
+
+    if workload == "realistic":
+        return write_realistic_population(pop_dir, n)
+    for size in (n, 100_000, 1_000_000):
+        paths = population_paths(pop_dir, size)
+        if size >= n and paths[0].exists() and paths[1].exists():
+            return paths
+    return write_population(pop_dir, n)
+
+
+def _pick_facts(facts: pl.DataFrame | pl.LazyFrame, persons: pl.DataFrame) -> pl.DataFrame:
+    """The facts of ``persons``; from a scan, a patient-id range first (row groups outside it are skipped)."""
+    ids = persons["patient_id"]
+    if isinstance(facts, pl.DataFrame):
+        return facts.filter(pl.col("patient_id").is_in(ids.implode()))
+    lo, hi = ids.min(), ids.max()
+    return facts.filter(
+        pl.col("patient_id").is_between(pl.lit(lo), pl.lit(hi)), pl.col("patient_id").is_in(ids.implode())
+    ).collect()
+
+
+def _chunks(
+    persons: pl.DataFrame, facts: pl.DataFrame | pl.LazyFrame, chunk: int, split: str
+) -> Iterator[PatientState]:
     """The population ``chunk`` patients at a time. ``filter``: each chunk's facts picked by one ``is_in`` when
-    it is screened (one chunk's copy alive at a time); ``join``: every fact tagged with its chunk by a join, then
+    it is screened (one chunk's copy alive at a time); ``scan``: likewise, read from the Parquet file (the whole
+    facts frame is never in memory); ``join``: every fact tagged with its chunk by a join, then
     ``partition_by`` (a copy of all facts, twice, up front: several seconds and GB at 1M patients)."""
     from screener.state import PatientState
 
-    if split == "filter":
+    if split in ("filter", "scan"):
         for start in range(0, persons.height, chunk):
             p = persons.slice(start, chunk)
-            yield PatientState(p, facts.filter(pl.col("patient_id").is_in(p["patient_id"].implode())))
+            yield PatientState(p, _pick_facts(facts, p))
         return
+    assert isinstance(facts, pl.DataFrame)
     index = persons.select("patient_id", (pl.int_range(pl.len()) // chunk).alias("_c"))
     pp = persons.join(index, on="patient_id").partition_by("_c", as_dict=True, include_key=False)
     fp = facts.join(index, on="patient_id").partition_by("_c", as_dict=True, include_key=False)
@@ -178,7 +234,12 @@ def _chunks(persons: pl.DataFrame, facts: pl.DataFrame, chunk: int, split: str) 
 
 
 def _large(
-    persons: pl.DataFrame, facts: pl.DataFrame, studies: list[Any], chunk: int, kw: dict[str, Any], split: str = "join"
+    persons: pl.DataFrame,
+    facts: pl.DataFrame | pl.LazyFrame,
+    studies: list[Any],
+    chunk: int,
+    kw: dict[str, Any],
+    split: str = "join",
 ) -> tuple[int, dict[str, int]]:
     from bench._workload import BENCH_NOW
     from screener.rules import screen, screen_with_counts
@@ -201,6 +262,7 @@ def _large(
             for o, c in part.items():
                 outcomes[o] = outcomes.get(o, 0) + c
     else:
+        assert isinstance(facts, pl.DataFrame)
         rows, outcomes = one(PatientState(persons, facts))
     return rows, outcomes
 

@@ -5,6 +5,7 @@ Nothing here measures speed; ``python -m bench --scale 10k,100k,1m`` does, by ha
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,6 +42,13 @@ def test_smoke_run_writes_every_table(tmp_path: Path) -> None:
     for peer in ("pyjexl-raw", "pyjexl", "rule-engine", "simpleeval", "zen-engine"):
         assert f"| {peer} " in text
     assert "Outcomes agree exactly" in text
+    # the realistic workload's row beside the replica row (screener only), and its population in the workload table
+    assert re.search(
+        r"^\| \*\*screener\*\*, outcomes, realistic workload \(14 distinct studies, [\d,]+ facts\) \| 400 x 14 \|",
+        text,
+        re.M,
+    )
+    assert re.search(r"^\| 400 \(realistic\) \| [\d,]+ \| \d+\.\d \|", text, re.M)
     scaling = text.split("## 2. Scaling", 1)[1]
     rows = [line for line in scaling.splitlines() if line.startswith("| 200 ") or line.startswith("| 400 ")]
     assert len(rows) == 4  # 2 populations x 2 study counts
