@@ -18,6 +18,7 @@ import polars as pl
 from screener.rules.ir import collect_features
 from screener.rules.lower import Plan, lower, stat_col
 from screener.rules.model import Criterion, Study
+from screener.vocab import OUTCOMES
 
 __all__ = [
     "Compiled",
@@ -204,7 +205,7 @@ def compiled(study: Study) -> Compiled:
 
 
 #: the outcome column's type inside a screen (one byte a row, not a string); result rows carry it as a string
-OUTCOME = pl.Enum(["eligible", "possible", "ineligible"])
+OUTCOME = pl.Enum(list(OUTCOMES))
 
 
 def outcome_expr(named: Sequence[tuple[Criterion, pl.Expr]]) -> pl.Expr:

@@ -67,9 +67,10 @@ class _FeaturePlan:
     widen: dict[int, list[tuple[str, str]]]
 
 
-#: study set (a tuple of studies, compared by identity) -> its feature plan; a few recent sets are kept
+#: study set (a tuple of studies, compared by identity) -> its feature plan; recent sets are kept (the engine
+#: screens each batch against the studies it can affect: a few dozen distinct sets per rules version)
 _FEATURE_PLANS: dict[tuple[Study, ...], _FeaturePlan] = {}
-_FEATURE_PLANS_MAX = 16
+_FEATURE_PLANS_MAX = 64
 
 
 def _feature_plan(studies: Sequence[Study]) -> _FeaturePlan:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import csv
 import io
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 import polars as pl
@@ -252,7 +252,13 @@ def conversions_to(to_unit: str | None, analyte: str | None = None) -> dict[str,
     """Every known normalised spelling that converts to ``to_unit``, with its ``(a, b)``.
 
     The unit's own normalised key is always there (an annotation is known by its own spelling only), and so is
-    ``''`` (no unit) when ``to_unit`` is an annotation."""
+    ``''`` (no unit) when ``to_unit`` is an annotation. Computed once per ``(to_unit, analyte)``: a screen of a
+    new set of studies (the engine screens the studies a batch can affect) needs it for every concept set."""
+    return dict(_conversions_to(to_unit, analyte))
+
+
+@lru_cache(maxsize=1024)
+def _conversions_to(to_unit: str | None, analyte: str | None) -> tuple[tuple[str, tuple[float, float]], ...]:
     out: dict[str, tuple[float, float]] = {}
     for spelling in sorted(_ALL_SPELLINGS | {""}):
         conv = conversion(spelling or None, to_unit, analyte)
@@ -261,7 +267,7 @@ def conversions_to(to_unit: str | None, analyte: str | None = None) -> dict[str,
     out[normalise_unit(to_unit)] = (1.0, 0.0)
     if is_annotation(to_unit):
         out[""] = (1.0, 0.0)
-    return out
+    return tuple(out.items())
 
 
 # ---------------------------------------------------------------- the LOINC table
