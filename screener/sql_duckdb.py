@@ -54,6 +54,7 @@ def connect(threads: int | None = None) -> Any:
 
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
+    con.execute("SET TimeZone = 'UTC'")  # the generated SQL takes calendar windows and dates in UTC
     if threads is not None:
         con.execute(f"SET threads = {int(threads)}")
     return con

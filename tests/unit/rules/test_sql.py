@@ -4,6 +4,7 @@ instants, and every spec case whose constructs the lowering supports)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from datetime import UTC, date, datetime
@@ -19,6 +20,7 @@ pytest.importorskip("sqlglot", reason="sqlglot is not installed")
 from connectors.synthetic.population import generate_frames
 from screener.errors import RuleError
 from screener.rules import load_studies, loads_study, screen
+from screener.rules.ir import BOOL, STR, Attr, Bin
 from screener.rules.reference import evaluate_patient
 from screener.rules.screen import screen_detail
 from screener.rules.sql import criterion_names, to_sql
@@ -28,20 +30,9 @@ from screener.state import PERSONS_SCHEMA, PatientState
 
 ROOT = Path(__file__).resolve().parents[3]
 STUDIES = load_studies(sorted((ROOT / "rules").glob("*.yaml"))).studies
-_FILTERS = "does not support fact filters"
-#: sample studies the SQL lowering does not support yet -> the reason (listed, never skipped silently; the test
-#: checks each still raises exactly this, so a study that becomes lowerable must move out of this list)
-UNSUPPORTED_SAMPLES: dict[str, str] = {
-    "DAPA-HF-R": _FILTERS,
-    "MONARCHE-EBC": _FILTERS,
-    "PARIS-BRONCHIOLITIS": _FILTERS,
-    "SKYLIGHT-VMS": _FILTERS,
-    "TICH-3-R": _FILTERS,
-    "EMPA-KIDNEY-R": _FILTERS,
-    "RECOVERY-FLU-R": _FILTERS,
-    "NAVIGATOR-R": "transform 'continuous'",
-    "SOUL-T2DM-R": "transform 'upcoming'",
-}
+#: sample studies the SQL lowering does not support -> the reason (listed, never skipped silently; the test
+#: checks each still raises exactly this). Empty: every sample study lowers.
+UNSUPPORTED_SAMPLES: dict[str, str] = {}
 INSTANTS = [datetime(2026, 6, 1, 12, tzinfo=UTC), datetime(2025, 11, 30, 23, 59, 59, tzinfo=UTC)]
 
 
@@ -125,8 +116,8 @@ def test_spec_case_on_duckdb(item):
         study = loads_study(GEN.rule_text(case, patient), f"{spec.path.stem}.yaml")
         try:
             to_sql([study], datetime(2026, 1, 1, tzinfo=UTC))
-        except RuleError as exc:
-            pytest.skip(f"not lowered to SQL yet: {str(exc).splitlines()[0]}")
+        except RuleError as exc:  # every construct lowers: one that does not is a defect, never a skip
+            pytest.fail(f"not lowered to SQL: {str(exc).splitlines()[0]}")
         for tc in study.tests:
             state = state_from_case(tc.events)
             if state.persons.height == 0:
@@ -185,13 +176,16 @@ def _study(include: str) -> Any:
 
 
 def test_an_unsupported_construct_raises_a_rule_error_naming_it():
-    study = _study("  spells: t2dm|episodes('30d') >= 2\n")
-    with pytest.raises(RuleError, match="transform 'episodes'") as info:
-        to_sql([study], INSTANTS[0])
+    """Every construct the loader accepts lowers; an IR node the lowering cannot express (here 'in' over a
+    non-literal list, which the loader never builds) raises naming the file, criterion and construct."""
+    study = _study("  spells: t2dm|episodes('30d') >= 2\n  high: hba1c[.value > 7]|ever\n")
+    assert "lag(" in to_sql([study], INSTANTS[0]).lower()
+    bad = Bin("in", Attr("sex", STR), Attr("site", STR), BOOL)
+    include = tuple(dataclasses.replace(c, ir=bad) if c.name == "spells" else c for c in study.include)
+    broken = dataclasses.replace(study, include=include)
+    with pytest.raises(RuleError, match="'in' on a literal list only") as info:
+        to_sql([broken], INSTANTS[0])
     assert "t.yaml" in str(info.value) and "criterion 'spells'" in str(info.value)
-    filtered = _study("  high: hba1c[.value > 7]|ever\n")
-    with pytest.raises(RuleError, match=r"fact filters \('hba1c\[...\]'\)"):
-        to_sql([filtered], INSTANTS[0])
 
 
 def test_kleene_logic_division_by_zero_and_unknown_values():
