@@ -17,6 +17,7 @@ criterion and construct: never a wrong answer.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlglot
@@ -28,7 +29,7 @@ from screener.rules._sql_features import FeatureSQL
 from screener.rules.ir import BOOL, IR, Arr, Attr, Bin, Cond, Feat, Lit, Not
 from screener.rules.model import Criterion, Study
 
-__all__ = ["SQL_ATTRIBUTES", "criterion_names", "to_sql"]
+__all__ = ["SQL_ATTRIBUTES", "SqlSteps", "criterion_names", "to_sql", "to_sql_steps"]
 
 _CMP = ("==", "!=", "<", "<=", ">", ">=")
 
@@ -210,20 +211,17 @@ class _Lowering:
         return ctes, final
 
 
-def to_sql(
-    studies: Sequence[Study],
-    now: datetime,
-    dialect: str = "duckdb",
-    *,
-    facts: str = "facts",
-    persons: str = "persons",
-    pretty: bool = False,
-) -> str:
-    """One query giving ``study_id, patient_id, outcome, criteria`` for every (study, patient) at ``now``.
+@dataclass(frozen=True)
+class SqlSteps:
+    """The query of :func:`to_sql` as separate statements, for engines that re-plan a CTE at every reference
+    (Spark): ``views`` in order, each ``(name, select, shared)`` (``shared``: read by several later steps, worth
+    materialising, e.g. ``CACHE TABLE name AS select``; the others can be temporary views), then ``final``."""
 
-    ``facts``/``persons`` name the relations (a table, a view, or e.g. ``read_parquet('f.parquet')`` for
-    DuckDB). Raises :class:`RuleError` for a construct the lowering does not support.
-    """
+    views: tuple[tuple[str, str, bool], ...]
+    final: str
+
+
+def _tree(studies: Sequence[Study], now: datetime, facts: str, persons: str) -> exp.Expr:
     if now.tzinfo is None:
         raise ValueError("to_sql() needs a timezone-aware 'now'")
     if not studies:
@@ -255,10 +253,49 @@ def to_sql(
     for study_ctes, _ in bodies:
         ctes += study_ctes
     text = "WITH " + ", ".join(ctes) + " " + " UNION ALL ".join(final for _, final in bodies)
-    tree = sqlglot.parse_one(text, read="duckdb")
+    return sqlglot.parse_one(text, read="duckdb")
+
+
+def to_sql(
+    studies: Sequence[Study],
+    now: datetime,
+    dialect: str = "duckdb",
+    *,
+    facts: str = "facts",
+    persons: str = "persons",
+    pretty: bool = False,
+) -> str:
+    """One query giving ``study_id, patient_id, outcome, criteria`` for every (study, patient) at ``now``.
+
+    ``facts``/``persons`` name the relations (a table, a view, or e.g. ``read_parquet('f.parquet')`` for
+    DuckDB). The session time zone must be UTC (calendar windows and dates are taken in it). Raises
+    :class:`RuleError` for a construct the lowering does not support.
+    """
+    tree = _tree(studies, now, facts, persons)
     if dialect != "duckdb":
         tree = tree.transform(_portable)
     return tree.sql(dialect=dialect, pretty=pretty)
+
+
+def to_sql_steps(
+    studies: Sequence[Study], now: datetime, dialect: str = "spark", *, facts: str = "facts", persons: str = "persons"
+) -> SqlSteps:
+    """:func:`to_sql` as :class:`SqlSteps`: each CTE up to the per-patient base (``_base``) a statement of its own
+    (shared ones marked), then the final query, which keeps the per-study CTEs (each read once) over them. CTE
+    names start with ``_``, so they never shadow ``facts`` or ``persons``."""
+    tree = _tree(studies, now, facts, persons)
+    key = "with_" if "with_" in tree.args else "with"
+    with_ = tree.args.get(key)
+    assert isinstance(with_, exp.With)
+    ctes = list(with_.expressions)
+    cut = next(i for i, cte in enumerate(ctes) if cte.alias == "_base") + 1
+    views = []
+    for cte in ctes[:cut]:
+        body = cte.this if dialect == "duckdb" else cte.this.transform(_portable)
+        views.append((cte.alias, body.sql(dialect=dialect), bool(cte.args.get("materialized"))))
+    with_.set("expressions", ctes[cut:])
+    final = tree if dialect == "duckdb" else tree.transform(_portable)
+    return SqlSteps(tuple(views), final.sql(dialect=dialect))
 
 
 def _portable(node: exp.Expression) -> exp.Expression:
