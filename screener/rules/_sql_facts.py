@@ -101,13 +101,11 @@ def member_sql(c: ConceptSet, system: str = "system", code: str = "_nc") -> str:
     return f"coalesce({inside}, FALSE)"
 
 
-def _factors(c: ConceptSet) -> tuple[str, str]:
-    """``(a, b)`` over a unit row (``_nu``, its normalised spelling): the value in ``c``'s unit is
-    ``value * a + b``; both null for a unit that does not convert."""
-    table = sorted(conversions_to(c.unit, c.analyte).items())
-    a = " ".join(f"WHEN {q(u)} THEN {x!r}" for u, (x, _) in table)
-    b = " ".join(f"WHEN {q(u)} THEN {y!r}" for u, (_, y) in table)
-    return f"CASE _nu {a} END", f"CASE _nu {b} END"
+def _values(rows: list[str], columns: str, empty: str) -> str:
+    """A literal table ``SELECT * FROM (VALUES ...) AS t(columns)`` (no row: one typed row filtered out)."""
+    if not rows:
+        return f"SELECT * FROM (VALUES ({empty})) AS t({columns}) WHERE FALSE"
+    return f"SELECT * FROM (VALUES {', '.join(rows)}) AS t({columns})"
 
 
 def rows_ctes(
@@ -134,15 +132,40 @@ def rows_ctes(
         f"_dcodes AS MATERIALIZED (SELECT system, code, min({_norm_code('code')}) AS _nc FROM {facts} "
         "WHERE code IS NOT NULL GROUP BY system, code)"
     )
-    codes = " UNION ALL ".join(
-        f"SELECT system, code, {i} AS _ck FROM _dcodes WHERE {member_sql(c)}" for i, c in concepts.items()
+    # The code lists and unit conversions are literal tables joined once (a CASE or a UNION branch per concept
+    # set costs the planners more than running the query).
+    table = sorted(
+        {
+            (system, normalise_code(code), i, system in PREFIX_SYSTEMS, excl)
+            for i, c in concepts.items()
+            for excl, pairs in ((False, c.codes), (True, c.exclude))
+            for system, code in pairs
+        }
+    )
+    ctab = _values(
+        [
+            f"({q(sy)}, {q(co)}, {i}, {'TRUE' if p else 'FALSE'}, {'TRUE' if x else 'FALSE'})"
+            for sy, co, i, p, x in table
+        ],
+        "system, _p, _ck, _prefix, _excl",
+        "CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR), 0, FALSE, FALSE",
+    )
+    codes = (
+        "SELECT system, code, _ck FROM (SELECT d.system, d.code, t._ck, t._excl FROM _dcodes AS d JOIN "
+        f"({ctab}) AS t ON d.system = t.system AND CASE WHEN t._prefix THEN starts_with(d._nc, t._p) "
+        "ELSE d._nc = t._p END) AS _h GROUP BY system, code, _ck HAVING bool_or(_excl) = FALSE"
     )
     dunits = f"_dunits AS MATERIALIZED (SELECT unit, min({_norm_unit('unit')}) AS _nu FROM {facts} GROUP BY unit)"
-    units = " UNION ALL ".join(
-        f"SELECT * FROM (SELECT unit, {i} AS _ck, {fa} AS _a, {fb} AS _b FROM _dunits) AS _u WHERE _a IS NOT NULL"
-        for i, c in concepts.items()
-        for fa, fb in [_factors(c)]
+    conv = _values(
+        [
+            f"({q(u)}, {i}, CAST({a!r} AS DOUBLE), CAST({b!r} AS DOUBLE))"
+            for i, c in concepts.items()
+            for u, (a, b) in sorted(conversions_to(c.unit, c.analyte).items())
+        ],
+        "_nu, _ck, _a, _b",
+        "CAST(NULL AS VARCHAR), 0, CAST(NULL AS DOUBLE), CAST(NULL AS DOUBLE)",
     )
+    units = f"SELECT d.unit, t._ck, t._a, t._b FROM _dunits AS d JOIN ({conv}) AS t ON d._nu = t._nu"
     not_done = ", ".join(q(s) for s in sorted(NOT_DONE))
     keep = "".join(f", CASE WHEN c._ck = {ci} THEN ({sql}) END AS _k{j}" for j, (ci, _, sql) in filters.items())
     joins = ""
