@@ -4,6 +4,7 @@ Usage::
 
     POLARS_MAX_THREADS=2 python -m bench.sql_peer --patients 100000 [--threads 2] [--runs 3] [--seed 1]
                                                   [--workload replica|realistic] [--studies N] [--chunk N]
+                                                  [--spark local[2]]
 
 ``--workload replica`` (default): the sample studies in ``rules/`` replicated to ``--studies`` (default: one copy
 of each sample, i.e. the samples themselves) over ``generate_frames(--patients, seed=--seed)`` at 2026-06-01 12:00
@@ -16,7 +17,9 @@ DuckDB's result is a table in its memory, as screen()'s is a frame). The
 SQL comes from :func:`screener.rules.sql.to_sql` for every study it can lower (no hand-written SQL); the
 others are named with the construct that stopped them, counted by construct, and left out of both sides.
 Every (study, patient) outcome must be identical before any timing counts; the best of ``--runs`` is reported
-for each side, ratio first (DuckDB time / screener time: above 1 means screener is faster).
+for each side, ratio first (DuckDB time / screener time: above 1 means screener is faster). ``--spark MASTER``
+also times the same SQL on Spark (:func:`screener.sql_spark.spark_screen`: Parquet in, Parquet out, the shared
+steps cached), after one untimed warm-up run whose outcomes must be identical too.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="screener screens this many patients per call (inside its timing; bounds its memory at 1M realistic)",
     )
+    ap.add_argument("--spark", default=None, metavar="MASTER", help="also time Spark on MASTER, e.g. local[2]")
     args = ap.parse_args(argv)
     os.environ.setdefault("POLARS_MAX_THREADS", str(args.threads))
 
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench._workload import BENCH_NOW, sample_rule_files, write_realistic_population, write_workload_studies
     from screener.rules import load_studies
-    from screener.sql_duckdb import connect, parquet_sql, run_parquet, write_parquet
+    from screener.sql_duckdb import connect, prepare, run_parquet, write_parquet
     from screener.state import PatientState
 
     if pl.thread_pool_size() != args.threads:
@@ -153,20 +157,44 @@ def main(argv: list[str] | None = None) -> int:
             _screen(state, studies, now, args.chunk)
             t_ours.append(time.perf_counter() - t)
             # DuckDB materialises its result in its own memory (as screen() returns a frame in Polars'),
-            # with the SQL generated inside the timing as screen() compiles inside its own.
+            # with the SQL generated inside the timing as screen() compiles inside its own; the query runs as
+            # its steps (shared ones as temp tables: DuckDB plans the whole query far slower than it runs it).
             con = connect(args.threads)
             t = time.perf_counter()
-            con.execute("CREATE TEMP TABLE _out AS " + parquet_sql(studies, now, fpath, ppath))
+            con.execute("CREATE TEMP TABLE _out AS " + prepare(con, studies, now, fpath, ppath))
             t_sql.append(time.perf_counter() - t)
             n = con.execute("SELECT count(*) FROM _out").fetchone()[0]
             con.close()
             assert n == a.height, (n, a.height)
+        t_spark = _spark(args, studies, now, fpath, ppath, a) if args.spark else []
     best_ours, best_sql = min(t_ours), min(t_sql)
     print(f"ratio DuckDB/screener: {best_sql / best_ours:.2f}x (above 1: screener faster)")
     per_call = f", {args.chunk:,} patients per call" if args.chunk else ""
     print(f"screener screen(evidence='none'){per_call}: best {best_ours:.2f} s of {args.runs}")
     print(f"DuckDB generated SQL over Parquet: best {best_sql:.2f} s of {args.runs}")
+    if t_spark:
+        print(f"Spark ({args.spark}) generated SQL, Parquet in and out: best {min(t_spark):.2f} s of {args.runs}")
     return 0
+
+
+def _spark(
+    args: argparse.Namespace, studies: list[Any], now: datetime, fpath: Path, ppath: Path, want: Any
+) -> list[float]:
+    from screener.sql_spark import spark_screen, spark_session
+
+    spark = spark_session(args.spark, shuffle_partitions=2 * args.threads)
+    key = ["study_id", "patient_id"]
+    got = spark_screen(spark, studies, now, fpath, ppath).select(*key, "outcome").sort(key)
+    if not got.equals(want):
+        raise SystemExit("Spark outcomes differ from screener's: no timing reported")
+    print(f"Spark outcomes identical on all {got.height:,} rows")
+    times = []
+    for _ in range(args.runs):
+        t = time.perf_counter()
+        spark_screen(spark, studies, now, fpath, ppath)
+        times.append(time.perf_counter() - t)
+    spark.stop()
+    return times
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ screener demo                     everything on embedded defaults, on localhost
 screener run                      the screening service
 screener rules check|test|explain|render|diff
 screener feasibility RULE_FILE   how many patients a study could recruit, from the history
+screener screen RULES...          batch screen of a population (--engine polars|duckdb|spark)
 screener connect NAME | --list    run a connector
 screener backfill omop PATH       load an OMOP CDM extract
 screener web                      the worklist web app
@@ -16,7 +17,7 @@ from __future__ import annotations
 import click
 
 from screener import __version__
-from screener.commands import connect, feasibility, report, rules, service, web
+from screener.commands import connect, feasibility, report, rules, screen, service, web
 
 __all__ = ["main"]
 
@@ -27,6 +28,6 @@ def main() -> None:
     """Find patients eligible for clinical studies while they are being cared for."""
 
 
-for module in (service, rules, feasibility, connect, web, report):
+for module in (service, rules, feasibility, screen, connect, web, report):
     for command in module.COMMANDS:
         main.add_command(command)

@@ -16,6 +16,7 @@ report (0 stays 0, 1-7 suppressed, the rest rounded to the nearest 5) before any
 from __future__ import annotations
 
 import calendar
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -163,13 +164,20 @@ _DIMENSIONS = {
 
 
 def feasibility(
-    persons: pl.DataFrame, facts: pl.DataFrame, study: Study, at: datetime, months: int = 12
+    persons: pl.DataFrame,
+    facts: pl.DataFrame,
+    study: Study,
+    at: datetime,
+    months: int = 12,
+    outcomes: Callable[[PatientState, Study, datetime], pl.DataFrame] | None = None,
 ) -> Feasibility:
     """Eligible/possible patients at ``at``, patients first eligible in each of the ``months`` before, by group.
 
     A patient is *first eligible* in a period when they are eligible at its end and were not eligible at the end
     of any earlier period (nor at the start), so the monthly figures add up to the distinct patients who became
     eligible during the whole span. Screening at each instant sees only what was known then (:func:`as_of`).
+    ``outcomes(state, study, at)`` screens one instant (``patient_id, outcome`` of the eligible and possible
+    patients; default: :func:`screener.rules.screen`; the CLI's ``--engine`` passes DuckDB's or Spark's).
     """
     if at.tzinfo is None:
         raise ValueError("feasibility() needs a timezone-aware instant")
@@ -178,7 +186,7 @@ def feasibility(
     eligible_at: list[pl.DataFrame] = []
     now_rows = pl.DataFrame(schema={"patient_id": pl.String, "outcome": pl.String})
     for i, t in enumerate(steps):
-        rows = _outcomes(as_of(persons, facts, t), study, t)
+        rows = (outcomes or _outcomes)(as_of(persons, facts, t), study, t)
         if i == len(steps) - 1:
             now_rows = rows
         eligible_at.append(rows.filter(pl.col("outcome") == "eligible").select("patient_id", pl.lit(i).alias("step")))

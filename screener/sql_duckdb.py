@@ -17,10 +17,10 @@ import polars as pl
 
 from screener.rules._facts import ensure_columns
 from screener.rules.model import Study
-from screener.rules.sql import to_sql
+from screener.rules.sql import to_sql, to_sql_steps
 from screener.state import PatientState
 
-__all__ = ["RESULT_SCHEMA", "connect", "duckdb_screen", "parquet_sql", "run_parquet", "write_parquet"]
+__all__ = ["RESULT_SCHEMA", "connect", "duckdb_screen", "parquet_sql", "prepare", "run_parquet", "write_parquet"]
 
 RESULT_SCHEMA: dict[str, pl.DataType] = {
     "study_id": pl.String(),
@@ -54,9 +54,22 @@ def connect(threads: int | None = None) -> Any:
 
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
+    con.execute("SET TimeZone = 'UTC'")  # the generated SQL takes calendar windows and dates in UTC
     if threads is not None:
         con.execute(f"SET threads = {int(threads)}")
     return con
+
+
+def prepare(con: Any, studies: Sequence[Study], now: datetime, facts: Path, persons: Path) -> str:
+    """Create the steps of the generated SQL (:func:`to_sql_steps`) on ``con`` as temporary tables (the shared
+    ones) and views; returns the final query over them.
+
+    One statement per step: planning the whole query at once costs DuckDB far more than running it (about
+    20 s of planning for the 17 sample studies, against 1-2 s of execution, on the loaded 2-core VM)."""
+    steps = to_sql_steps(studies, now, "duckdb", facts=_rel(facts), persons=_rel(persons))
+    for name, body, shared in steps.views:
+        con.execute(f"CREATE OR REPLACE TEMP {'TABLE' if shared else 'VIEW'} {name} AS {body}")
+    return steps.final
 
 
 def run_parquet(
@@ -65,7 +78,7 @@ def run_parquet(
     """The generated SQL's rows (:data:`RESULT_SCHEMA`) over the two Parquet files, on a fresh DuckDB."""
     con = connect(threads)
     try:
-        rows = con.execute(parquet_sql(studies, now, facts, persons)).fetchall()
+        rows = con.execute(prepare(con, studies, now, facts, persons)).fetchall()
     finally:
         con.close()
     return pl.DataFrame(rows, schema=RESULT_SCHEMA, orient="row")

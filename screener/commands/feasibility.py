@@ -119,6 +119,8 @@ _format_option = click.option(
 @_store_option
 @_events_option
 @_format_option
+@click.option("--engine", type=click.Choice(["polars", "duckdb", "spark"]), default="polars", show_default=True)
+@click.option("--spark-master", default="local[2]", show_default=True, help="Spark master URL (--engine spark).")
 def feasibility(
     rule_file: Path,
     at: str | None,
@@ -127,6 +129,8 @@ def feasibility(
     store: str | None,
     events: Path | None,
     fmt: str,
+    engine: str,
+    spark_master: str,
 ) -> None:
     """How many patients could a study recruit? Screens the history as it stood at past instants.
 
@@ -141,7 +145,12 @@ def feasibility(
     try:
         study = _load_study(rule_file)
         persons, facts = load_history(store, events)
-        result = run(persons, facts, study, _parse_time(at), months)  # type: ignore[arg-type]  # a Study
+        screen_at = None
+        if engine != "polars":
+            from screener.commands.screen import engine_outcomes
+
+            screen_at = engine_outcomes(engine, spark_master)
+        result = run(persons, facts, study, _parse_time(at), months, screen_at)  # type: ignore[arg-type]  # a Study
     except RuleError as exc:
         raise click.ClickException(exc.format()) from exc
     except ScreenerError as exc:

@@ -17,17 +17,19 @@ criterion and construct: never a wrong answer.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlglot
 from sqlglot import exp
 
 from screener.errors import RuleError
-from screener.rules._sql_facts import FeatureSQL, q, ts
-from screener.rules.ir import BOOL, IR, NUM, STR, Arr, Attr, Bin, Cond, Feat, Lit, Not
+from screener.rules._sql_facts import literal, q, ts
+from screener.rules._sql_features import FeatureSQL
+from screener.rules.ir import BOOL, IR, Arr, Attr, Bin, Cond, Feat, Lit, Not
 from screener.rules.model import Criterion, Study
 
-__all__ = ["SQL_ATTRIBUTES", "criterion_names", "to_sql"]
+__all__ = ["SQL_ATTRIBUTES", "SqlSteps", "criterion_names", "to_sql", "to_sql_steps"]
 
 _CMP = ("==", "!=", "<", "<=", ">", ">=")
 
@@ -67,6 +69,7 @@ def _attributes(now: datetime) -> list[str]:
         "p.setting AS _a_setting",
         "p.site AS _a_site",
         "r._reg_days AS _a_registered_days",
+        f"{b} AS _birth",
     ]
 
 
@@ -103,7 +106,7 @@ class _Lowering:
     def expr(self, ir: IR, where: str) -> tuple[str, int]:
         """``(sql, level)``: the SQL of ``ir`` and the first stage that can evaluate it."""
         if isinstance(ir, Lit):
-            return _literal(ir.value, ir.type, where), 0
+            return literal(ir.value, ir.type, where), 0
         if isinstance(ir, Attr):
             if ir.name not in SQL_ATTRIBUTES:
                 raise RuleError(f"{where}: the SQL lowering does not support the attribute '{ir.name}' yet")
@@ -121,7 +124,7 @@ class _Lowering:
                 if not isinstance(ir.right, Arr):
                     raise RuleError(f"{where}: the SQL lowering supports 'in' on a literal list only")
                 v, lvl = self.expr(ir.left, where)
-                items = [_literal(x, ir.right.elem, where) for x in ir.right.values]
+                items = [literal(x, ir.right.elem, where) for x in ir.right.values]
                 return (
                     f"({v} IN ({', '.join(items)}))" if items else f"CASE WHEN {v} IS NULL THEN NULL ELSE FALSE END"
                 ), lvl
@@ -208,16 +211,49 @@ class _Lowering:
         return ctes, final
 
 
-def _literal(value: object, type_: str, where: str) -> str:
-    if value is None:
-        return "NULL"
-    if type_ == BOOL:
-        return "TRUE" if value else "FALSE"
-    if type_ == NUM:
-        return f"CAST({float(value)!r} AS DOUBLE)"  # type: ignore[arg-type]
-    if type_ == STR:
-        return q(str(value))
-    raise RuleError(f"{where}: the SQL lowering does not support a {type_} literal")
+@dataclass(frozen=True)
+class SqlSteps:
+    """The query of :func:`to_sql` as separate statements, for engines that re-plan a CTE at every reference
+    (Spark): ``views`` in order, each ``(name, select, shared)`` (``shared``: read by several later steps, worth
+    materialising, e.g. ``CACHE TABLE name AS select``; the others can be temporary views), then ``final``."""
+
+    views: tuple[tuple[str, str, bool], ...]
+    final: str
+
+
+def _tree(studies: Sequence[Study], now: datetime, facts: str, persons: str) -> exp.Expr:
+    if now.tzinfo is None:
+        raise ValueError("to_sql() needs a timezone-aware 'now'")
+    if not studies:
+        raise ValueError("to_sql() needs at least one study")
+    now = now.astimezone(UTC)
+    features = FeatureSQL(now)
+    parts = [(_Lowering(s, features), f"_s{i}") for i, s in enumerate(studies)]
+    bodies = [lo.study_sql("_base", prefix) for lo, prefix in parts]
+    ctes: list[str] = []
+    if any("registered_days" in s.attributes() for s in studies):
+        ctes.append(f"_reg AS ({features.registrations_sql(facts)})")
+        attrs = _attributes(now)
+        reg = " LEFT JOIN _reg AS r ON r.patient_id = p.patient_id"
+    else:
+        attrs = [
+            a if not a.startswith("r.") else "CAST(NULL AS DOUBLE) AS _a_registered_days" for a in _attributes(now)
+        ]
+        reg = ""
+    ctes.append(f"_attrs AS MATERIALIZED (SELECT p.patient_id, {', '.join(attrs)} FROM {persons} AS p{reg})")
+    ctes += features.ctes(facts)
+    joins, cols = "", [f"{ts(now)} AS _now"]
+    if features.stats:
+        joins += " LEFT JOIN _agg AS g ON g.patient_id = a.patient_id"
+        cols += [f"g.{c}" for c in features.stats]
+    if features.wcols:
+        joins += " LEFT JOIN _wagg AS w ON w.patient_id = a.patient_id"
+        cols += [f"w.{c}" for c in features.wcols]
+    ctes.append(f"_base AS MATERIALIZED (SELECT a.*, {', '.join(cols)} FROM _attrs AS a{joins})")
+    for study_ctes, _ in bodies:
+        ctes += study_ctes
+    text = "WITH " + ", ".join(ctes) + " " + " UNION ALL ".join(final for _, final in bodies)
+    return sqlglot.parse_one(text, read="duckdb")
 
 
 def to_sql(
@@ -232,40 +268,34 @@ def to_sql(
     """One query giving ``study_id, patient_id, outcome, criteria`` for every (study, patient) at ``now``.
 
     ``facts``/``persons`` name the relations (a table, a view, or e.g. ``read_parquet('f.parquet')`` for
-    DuckDB). Raises :class:`RuleError` for a construct the lowering does not support.
+    DuckDB). The session time zone must be UTC (calendar windows and dates are taken in it). Raises
+    :class:`RuleError` for a construct the lowering does not support.
     """
-    if now.tzinfo is None:
-        raise ValueError("to_sql() needs a timezone-aware 'now'")
-    if not studies:
-        raise ValueError("to_sql() needs at least one study")
-    now = now.astimezone(UTC)
-    features = FeatureSQL(now)
-    parts = [(_Lowering(s, features), f"_s{i}") for i, s in enumerate(studies)]
-    bodies = [lo.study_sql("_base", prefix) for lo, prefix in parts]
-    ctes: list[str] = []
-    joins = ""
-    stat_cols = ""
-    if features.stats:
-        ctes += [*features.rows_ctes(facts), f"_agg AS ({features.agg_sql()})"]
-        joins += " LEFT JOIN _agg AS g ON g.patient_id = p.patient_id"
-        stat_cols = ", " + ", ".join(f"g.{c}" for c in features.stats)
-    if any("registered_days" in s.attributes() for s in studies):
-        ctes.append(f"_reg AS ({features.registrations_sql(facts)})")
-        joins += " LEFT JOIN _reg AS r ON r.patient_id = p.patient_id"
-        attrs = _attributes(now)
-    else:
-        attrs = [
-            a if not a.startswith("r.") else "CAST(NULL AS DOUBLE) AS _a_registered_days" for a in _attributes(now)
-        ]
-    head = f"SELECT p.patient_id, {ts(now)} AS _now, {', '.join(attrs)}{stat_cols}"
-    ctes.append(f"_base AS MATERIALIZED ({head} FROM {persons} AS p{joins})")
-    for study_ctes, _ in bodies:
-        ctes += study_ctes
-    text = "WITH " + ", ".join(ctes) + " " + " UNION ALL ".join(final for _, final in bodies)
-    tree = sqlglot.parse_one(text, read="duckdb")
+    tree = _tree(studies, now, facts, persons)
     if dialect != "duckdb":
         tree = tree.transform(_portable)
     return tree.sql(dialect=dialect, pretty=pretty)
+
+
+def to_sql_steps(
+    studies: Sequence[Study], now: datetime, dialect: str = "spark", *, facts: str = "facts", persons: str = "persons"
+) -> SqlSteps:
+    """:func:`to_sql` as :class:`SqlSteps`: each CTE up to the per-patient base (``_base``) a statement of its own
+    (shared ones marked), then the final query, which keeps the per-study CTEs (each read once) over them. CTE
+    names start with ``_``, so they never shadow ``facts`` or ``persons``."""
+    tree = _tree(studies, now, facts, persons)
+    key = "with_" if "with_" in tree.args else "with"
+    with_ = tree.args.get(key)
+    assert isinstance(with_, exp.With)
+    ctes = list(with_.expressions)
+    cut = next(i for i, cte in enumerate(ctes) if cte.alias == "_base") + 1
+    views = []
+    for cte in ctes[:cut]:
+        body = cte.this if dialect == "duckdb" else cte.this.transform(_portable)
+        views.append((cte.alias, body.sql(dialect=dialect), bool(cte.args.get("materialized"))))
+    with_.set("expressions", ctes[cut:])
+    final = tree if dialect == "duckdb" else tree.transform(_portable)
+    return SqlSteps(tuple(views), final.sql(dialect=dialect))
 
 
 def _portable(node: exp.Expression) -> exp.Expression:

@@ -4,6 +4,7 @@ instants, and every spec case whose constructs the lowering supports)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from datetime import UTC, date, datetime
@@ -19,6 +20,7 @@ pytest.importorskip("sqlglot", reason="sqlglot is not installed")
 from connectors.synthetic.population import generate_frames
 from screener.errors import RuleError
 from screener.rules import load_studies, loads_study, screen
+from screener.rules.ir import BOOL, STR, Attr, Bin
 from screener.rules.reference import evaluate_patient
 from screener.rules.screen import screen_detail
 from screener.rules.sql import criterion_names, to_sql
@@ -28,20 +30,9 @@ from screener.state import PERSONS_SCHEMA, PatientState
 
 ROOT = Path(__file__).resolve().parents[3]
 STUDIES = load_studies(sorted((ROOT / "rules").glob("*.yaml"))).studies
-_FILTERS = "does not support fact filters"
-#: sample studies the SQL lowering does not support yet -> the reason (listed, never skipped silently; the test
-#: checks each still raises exactly this, so a study that becomes lowerable must move out of this list)
-UNSUPPORTED_SAMPLES: dict[str, str] = {
-    "DAPA-HF-R": _FILTERS,
-    "MONARCHE-EBC": _FILTERS,
-    "PARIS-BRONCHIOLITIS": _FILTERS,
-    "SKYLIGHT-VMS": _FILTERS,
-    "TICH-3-R": _FILTERS,
-    "EMPA-KIDNEY-R": _FILTERS,
-    "RECOVERY-FLU-R": _FILTERS,
-    "NAVIGATOR-R": "transform 'continuous'",
-    "SOUL-T2DM-R": "transform 'upcoming'",
-}
+#: sample studies the SQL lowering does not support -> the reason (listed, never skipped silently; the test
+#: checks each still raises exactly this). Empty: every sample study lowers.
+UNSUPPORTED_SAMPLES: dict[str, str] = {}
 INSTANTS = [datetime(2026, 6, 1, 12, tzinfo=UTC), datetime(2025, 11, 30, 23, 59, 59, tzinfo=UTC)]
 
 
@@ -125,8 +116,8 @@ def test_spec_case_on_duckdb(item):
         study = loads_study(GEN.rule_text(case, patient), f"{spec.path.stem}.yaml")
         try:
             to_sql([study], datetime(2026, 1, 1, tzinfo=UTC))
-        except RuleError as exc:
-            pytest.skip(f"not lowered to SQL yet: {str(exc).splitlines()[0]}")
+        except RuleError as exc:  # every construct lowers: one that does not is a defect, never a skip
+            pytest.fail(f"not lowered to SQL: {str(exc).splitlines()[0]}")
         for tc in study.tests:
             state = state_from_case(tc.events)
             if state.persons.height == 0:
@@ -185,13 +176,16 @@ def _study(include: str) -> Any:
 
 
 def test_an_unsupported_construct_raises_a_rule_error_naming_it():
-    study = _study("  spells: t2dm|episodes('30d') >= 2\n")
-    with pytest.raises(RuleError, match="transform 'episodes'") as info:
-        to_sql([study], INSTANTS[0])
+    """Every construct the loader accepts lowers; an IR node the lowering cannot express (here 'in' over a
+    non-literal list, which the loader never builds) raises naming the file, criterion and construct."""
+    study = _study("  spells: t2dm|episodes('30d') >= 2\n  high: hba1c[.value > 7]|ever\n")
+    assert "lag(" in to_sql([study], INSTANTS[0]).lower()
+    bad = Bin("in", Attr("sex", STR), Attr("site", STR), BOOL)
+    include = tuple(dataclasses.replace(c, ir=bad) if c.name == "spells" else c for c in study.include)
+    broken = dataclasses.replace(study, include=include)
+    with pytest.raises(RuleError, match="'in' on a literal list only") as info:
+        to_sql([broken], INSTANTS[0])
     assert "t.yaml" in str(info.value) and "criterion 'spells'" in str(info.value)
-    filtered = _study("  high: hba1c[.value > 7]|ever\n")
-    with pytest.raises(RuleError, match=r"fact filters \('hba1c\[...\]'\)"):
-        to_sql([filtered], INSTANTS[0])
 
 
 def test_kleene_logic_division_by_zero_and_unknown_values():
@@ -232,3 +226,103 @@ def test_kleene_logic_division_by_zero_and_unknown_values():
 def test_spark_dialect_is_generated():
     sql = to_sql(_supported(), INSTANTS[0], "spark")
     assert "MAX_BY(" in sql and "ARRAY(" in sql and "MATERIALIZED" not in sql
+
+
+# ---------------------------------------------------------------- exact edges of the window functions
+
+_EDGE_CONCEPTS = """\
+concepts:
+  dx:     {icd10: [E11]}
+  drug:   {atc: [A10B]}
+  statin: {atc: [C10AA]}
+  hba1c:  {loinc: [4548-4], unit: "%"}
+"""
+
+
+def test_window_function_features_at_their_exact_edges(kit):
+    """Each pair of facts sits exactly on an inclusive edge (the broad property tests rarely build these):
+    the same values from DuckDB, the Polars path and the reference evaluator, and the values the semantics say."""
+    from datetime import timedelta
+
+    now, day = kit.NOW, timedelta(days=1)
+    include = {
+        # two periods sharing a calendar day count it once: days 1, 2, 3
+        "exposure": "statin|exposure_days == 3",
+        # the next period starts exactly the gap after the previous ends: merged, so continuous over 10 days
+        "continuous": "statin|continuous('10d', '2d')",
+        # facts exactly the gap apart start a new episode
+        "episodes": "dx|episodes('30d') == 2",
+        "after": "dx|after(drug, '7d')",
+        "before": "dx|before(drug, '7d')",
+        "not_after": "dx|after(drug, '6d') == false",
+        # a value with an unknown filter field is left out, not counted
+        "filtered": "hba1c[.value > 7]|count == 1",
+        "days": "dx|count_days == 2",
+    }
+    study = loads_study(kit.study_text(include, None, None, _EDGE_CONCEPTS), "edges.yaml")
+    t0 = now - 40 * day
+    facts = [
+        {"system": "ATC", "code": "C10AA05", "kind": "drug", "occurred_at": now - 10 * day, "ended_at": now - 5 * day},
+        {"system": "ATC", "code": "C10AA05", "kind": "drug", "occurred_at": now - 3 * day},
+        {"system": "ICD10", "code": "E11.9", "kind": "condition", "occurred_at": t0},
+        {"system": "ICD10", "code": "E11.9", "kind": "condition", "occurred_at": t0 + 30 * day},
+        {"system": "ATC", "code": "A10BA02", "kind": "drug", "occurred_at": t0 - 7 * day},
+        {"system": "ATC", "code": "A10BA02", "kind": "drug", "occurred_at": t0 + 37 * day},
+        {"system": "LOINC", "code": "4548-4", "occurred_at": now - day, "value": 8.0, "unit": "%"},
+        {"system": "LOINC", "code": "4548-4", "occurred_at": now - day, "value": 9.0, "unit": "furlongs"},
+    ]
+    exposure = [
+        {"system": "ATC", "code": "C10AA05", "kind": "drug", "occurred_at": t, "ended_at": e}
+        for t, e in [
+            (now - 9 * day, now - 8 * day + timedelta(hours=12)),
+            (now - 8 * day + timedelta(hours=18), now - 7 * day),
+        ]
+    ]
+    # a relation's two facts at the same instant: both after and before (0 <= distance <= w)
+    tie = [
+        {"system": "ICD10", "code": "E11.9", "kind": "condition", "occurred_at": now - 2 * day},
+        {"system": "ATC", "code": "A10BA02", "kind": "drug", "occurred_at": now - 2 * day},
+    ]
+    state = kit.make_state(
+        [{"patient_id": p, "birth_date": date(1960, 1, 1)} for p in ("P1", "P2", "P3")],
+        [{**f, "patient_id": "P1"} for f in facts]
+        + [{**f, "patient_id": "P2"} for f in exposure]
+        + [{**f, "patient_id": "P3"} for f in tie],
+    )
+    sql = {r["patient_id"]: r for r in duckdb_screen(state, [study], now).iter_rows(named=True)}
+    names = criterion_names(study)
+    p1 = dict(zip(names, sql["P1"]["criteria"], strict=True))
+    p2 = dict(zip(names, sql["P2"]["criteria"], strict=True))
+    assert {n: p1[n] for n in include} == {**dict.fromkeys(include, True), "exposure": False}
+    p3 = dict(zip(names, sql["P3"]["criteria"], strict=True))
+    assert p2["exposure"] is True and p2["continuous"] is False
+    assert p3["after"] is True and p3["before"] is True
+    polars = {r["patient_id"]: r for r in screen_detail(state, study, now).iter_rows(named=True)}
+    for pid, values in (("P1", p1), ("P2", p2), ("P3", p3)):
+        person = state.persons.filter(pl.col("patient_id") == pid).row(0, named=True)
+        facts_of = state.facts.filter(pl.col("patient_id") == pid).iter_rows(named=True)
+        outcome, ref = evaluate_patient(study, person, list(facts_of), now)
+        assert values == {n: ref[n] for n in names} == {n: polars[pid][n] for n in names}, pid
+        assert sql[pid]["outcome"] == outcome == polars[pid]["outcome"]
+
+
+def test_feasibility_on_duckdb_reports_what_polars_reports(population, monkeypatch):
+    """``screener feasibility --engine duckdb`` screens every instant with the generated SQL: the same report."""
+    import json
+
+    from click.testing import CliRunner
+
+    import screener.commands.feasibility as command
+    from screener.cli import main
+
+    state, _ = population
+    monkeypatch.setattr(command, "load_history", lambda store, events: (state.persons, state.facts))
+    rule = ROOT / "rules" / "ckd-sglt2-comm.yaml"
+    reports = {}
+    for engine in ("polars", "duckdb"):
+        args = ["feasibility", str(rule), "--store", "unused", "--at", "2026-06-01T12:00:00Z", "--months", "3"]
+        result = CliRunner().invoke(main, [*args, "--engine", engine, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        reports[engine] = json.loads(result.output)
+    assert reports["duckdb"] == reports["polars"]
+    assert reports["polars"]["eligible"]  # not a vacuous agreement
