@@ -34,7 +34,8 @@ if os.environ.get("CI"):
 
 
 def examples(n: int) -> int:
-    """The example count for a suite whose full strength is ``n``: ``n``, or ``max(10, n // 10)`` under ``dev``."""
+    """The example count for a suite whose full strength is ``n``: ``n``, or ``max(10, n // 10)`` under ``dev``
+    (never more than ``n``)."""
     if settings.get_current_profile_name() == DEV_PROFILE:
-        return max(DEV_MIN_EXAMPLES, n // 10)
+        return min(n, max(DEV_MIN_EXAMPLES, n // 10))
     return n

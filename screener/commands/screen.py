@@ -21,7 +21,7 @@ from screener.commands.feasibility import _parse_time, load_history
 from screener.errors import RuleError, ScreenerError
 from screener.rules.model import Study
 from screener.state import PatientState
-from screener.vocab import OUTCOMES
+from screener.vocab import MATCH_OUTCOMES, OUTCOMES
 
 __all__ = ["COMMANDS", "ENGINES", "engine_outcomes", "screen_rows"]
 
@@ -107,7 +107,7 @@ def engine_outcomes(
 
     def outcomes(state: PatientState, study: Study, at: datetime) -> pl.DataFrame:
         rows = screen_rows([study], at, engine, state=state, spark_master=spark_master)
-        return rows.filter(pl.col("outcome").is_in(["eligible", "possible"])).select("patient_id", "outcome")
+        return rows.filter(pl.col("outcome").is_in(MATCH_OUTCOMES)).select("patient_id", "outcome")
 
     return outcomes
 

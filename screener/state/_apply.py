@@ -185,6 +185,15 @@ def _apply(
             .with_columns([pl.when(same).then(None).otherwise(pl.col(c)).alias(c) for c in moved])
             .drop("_held")
         )
+    if upd.height and merges.height:
+        # A retired id's person events from before its merge, in this same batch, are gone with it (as if the
+        # batch were applied event by event); a later one brings the id back, as it would then.
+        retire = merges.group_by(pl.col("arg").alias("patient_id")).agg(pl.col("seq").max().alias("_mseq"))
+        upd = (
+            upd.join(retire, on="patient_id", how="left")
+            .filter(pl.col("_mseq").is_null() | (pl.col("seq") > pl.col("_mseq")))
+            .drop("_mseq")
+        )
     # Person updates: the last non-null value per field wins.
     if upd.height:
         latest = (

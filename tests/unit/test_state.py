@@ -80,6 +80,21 @@ def test_merge_moves_facts_to_the_surviving_patient(make_event: Any) -> None:
     assert state.persons["patient_id"].to_list() == ["NEW"]
 
 
+def test_a_person_event_and_the_merge_that_retires_it_in_one_batch(make_event: Any) -> None:
+    """The retired patient's own person event, earlier in the same batch as the merge, does not bring it back:
+    one batch gives what the events give applied one by one."""
+    old = make_event(event_id="p", kind="person", patient_id="OLD", person={"sex": "F"})
+    fact = make_event(event_id="c", patient_id="OLD")
+    merge = make_event(event_id="mg", kind="person", patient_id="NEW", person={"merged_from": "OLD"})
+    together, _ = apply_events(PatientState(), [old, fact, merge])
+    one_by_one = PatientState()
+    for event in (old, fact, merge):
+        one_by_one, _ = apply_events(one_by_one, [event])
+    assert together.persons["patient_id"].to_list() == ["NEW"]
+    assert together.persons.equals(one_by_one.persons)
+    assert together.facts["patient_id"].to_list() == ["NEW"]
+
+
 def test_do_not_contact_and_death_flags(make_event: Any) -> None:
     opt_out = make_event(
         event_id="d1", kind="consent", patient_id="A", code={"system": "local", "value": "do-not-contact"}

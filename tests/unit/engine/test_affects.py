@@ -31,6 +31,7 @@ from screener.rules import load_studies, screen
 from screener.settings import Settings
 from screener.state import LiveState
 from screener.testing import InMemoryConsumer, InMemoryLog, InMemoryProducer
+from tests.hypothesis_profiles import examples
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
@@ -214,7 +215,7 @@ def _recorded(engine: Engine) -> pl.DataFrame:
     return m.select("study_id", "patient_id", "outcome", "criteria").sort("study_id", "patient_id")
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(8), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_screening_only_affected_studies_records_the_same_matches(
     data: st.DataObject, studies: list[Any], tmp_path_factory: Any
@@ -293,7 +294,7 @@ def test_a_study_without_a_fact_filter_is_screened_for_every_touched_patient(stu
     assert [(ids.to_list(), only) for ids, only in plan] == [(["P1"], frozenset({"BARE"}))]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     need=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 7)), max_size=120),
     whole=st.lists(st.integers(31, 40), max_size=5, unique=True),
@@ -330,7 +331,7 @@ def _demographic_studies() -> list[Any]:
     return [s for s in _loader([ROOT / "rules"]).studies if s.id.startswith("DEMO")]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     birth=st.one_of(st.none(), st.dates(min_value=date(1920, 1, 1), max_value=date(2026, 11, 1))),
     sex=st.sampled_from([None, "F", "M", "O", "U"]),

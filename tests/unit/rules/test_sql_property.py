@@ -30,6 +30,7 @@ from screener.rules.reference import reference_screen
 from screener.rules.screen import screen_detail
 from screener.rules.sql import criterion_names
 from screener.sql_duckdb import duckdb_screen
+from tests.hypothesis_profiles import examples
 
 
 def _strategies(name: str) -> Any:
@@ -48,7 +49,7 @@ EDGES = _strategies("test_property_edges")
 
 
 @settings(
-    max_examples=60,
+    max_examples=examples(60),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
@@ -84,7 +85,7 @@ def _check(state: Any, study: Any, now: Any) -> None:
 
 
 @settings(
-    max_examples=80,
+    max_examples=examples(80),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
