@@ -28,7 +28,8 @@ DEV_PROFILE = "dev"
 DEV_MIN_EXAMPLES = 10
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
-settings.register_profile(DEV_PROFILE, max_examples=DEV_MIN_EXAMPLES)
+# derandomize stated: a profile registered without it inherits from the one in force when it is read (ci in CI)
+settings.register_profile(DEV_PROFILE, max_examples=DEV_MIN_EXAMPLES, derandomize=False)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
