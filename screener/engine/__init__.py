@@ -10,9 +10,10 @@ One :class:`Engine` is one member of the consumer group. Each loop iteration (:m
    :func:`screener.state.apply_frames` on just the patients the batch can affect, found through the state's
    sorted indexes, so a batch costs the same with ten patients in state or a million), keeping only the facts
    some loaded study can use;
-4. re-screens only the touched patients, each against the *open* studies (``Study.is_open(now)``) its changes can
-   affect (:mod:`screener.engine._affects`: the studies that read an added or removed fact or a changed person
-   column; time-based changes are the scheduled full re-screen's);
+4. re-screens only the touched patients against the *open* studies (``Study.is_open(now)``); with
+   ``Engine.screen_affected_only`` (off by default), each only against the studies its changes can affect
+   (:mod:`screener.engine._affects`: the studies that read an added or removed fact or a changed person column;
+   time-based changes are the scheduled full re-screen's);
 5. drops do-not-contact (the event flag or the store's register) and deceased patients (counted, never named);
 6. writes the matches (outcome ``eligible`` or ``possible``) with :meth:`MatchStore.record_matches`, which is
    idempotent per (study, patient), and publishes the new ones to ``screening.matches``;
