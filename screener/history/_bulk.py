@@ -7,9 +7,10 @@ without writing, re-reading and folding segments:
 
 * a partition whose frames are *pure appends* (no retraction, correction or merge among them) and whose store
   partition is empty: the facts are the chunks' facts in order, the last copy of each ``event_id`` kept (what
-  ``apply_frames`` does to new facts over an empty state), sorted by patient (stable), streamed from the spill
-  files into the base's Parquet file; the persons are ``apply_frames`` of the person updates and flags alone
-  over an empty state (each fact-only patient stands in as one row), so demographics fold by the engine's rules;
+  ``apply_frames`` does to new facts over an empty state), sorted by patient (stable), read back from the spill
+  files (memory: that partition's facts) and written as the base's Parquet file; the persons are
+  ``apply_frames`` of the person updates and flags alone over an empty state (each fact-only patient stands in as
+  one row), so demographics fold by the engine's rules;
 * any other partition (a retraction, a merge, or history already in the store) goes the general way: one
   segment of all its frames, then :meth:`HistoryStore.compact` (memory: that partition's frames).
 """
@@ -111,25 +112,20 @@ class BulkLoad:
         upd = pl.concat(self._upd.pop(p, [pl.DataFrame(schema=_upd_schema())]))
         control = pl.concat(self._control.pop(p, [pl.DataFrame(schema=CONTROL_SCHEMA)]))
         files = self._files.pop(p, [])
-        facts = (pl.scan_ipc(files) if files else pl.LazyFrame(schema=_fact_rows_schema())).select(
-            list(_fact_rows_schema())
-        )
+        facts = pl.concat([pl.read_ipc(f) for f in files]) if files else pl.DataFrame(schema=_fact_rows_schema())
         doc = self._store.manifest(p)
         ahead_of(self._store, p, doc, offset)
         empty = doc is None or (not doc.get("base") and not doc["segments"])
         if p in self._folds or not empty:
-            self._store.append(p, facts.collect(), upd, control, offset, same_offset=True)
+            self._store.append(p, facts, upd, control, offset, same_offset=True)
             self._store.compact(p)
         else:
             # apply_frames over an empty state keeps the last copy of each event id, in order; as many distinct
             # hashes as rows proves there is no copy (cheaper than de-duplicating the strings)
             kept = facts.drop("seq")
-            n, distinct = facts.select(pl.len(), pl.col("event_id").hash().n_unique()).collect().row(0)
-            if distinct != n:
+            if facts["event_id"].hash().n_unique() != facts.height:
                 kept = kept.unique(subset=["event_id"], keep="last", maintain_order=True)
-            stand_ins = (
-                facts.group_by("patient_id").agg(pl.col("seq").min()).collect().pipe(conform, _fact_rows_schema())
-            )
+            stand_ins = facts.group_by("patient_id").agg(pl.col("seq").min()).pipe(conform, _fact_rows_schema())
             folded, _ = apply_frames(PatientState(), upd, stand_ins, control)
             self._store.write_base(p, folded.persons, kept, pl.DataFrame(schema=RETRACTED_SCHEMA), offset)
         for f in files:

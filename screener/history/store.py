@@ -99,6 +99,13 @@ def conform(frame: _F, schema: dict[str, pl.DataType]) -> _F:
     return frame.select([pl.col(c).cast(t) if c in have else pl.lit(None, dtype=t).alias(c) for c, t in schema.items()])
 
 
+def by_patient(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` sorted by ``patient_id`` (stable, nulls first): the same order as sorting the strings, at a third
+    of the cost, by sorting the ids' ranks (an Enum of the sorted distinct ids) instead of the strings."""
+    ids = frame["patient_id"].drop_nulls().unique().sort()
+    return frame.sort(pl.col("patient_id").cast(pl.Enum(ids)), maintain_order=True)
+
+
 #: Parquet as the store writes it: zstd level 1 (as small as level 3 on these columns, a third faster to write),
 #: and row groups small enough that a filter on ``patient_id`` (files are sorted by patient) or on a fact's kind
 #: and code skips most of a large base by the row groups' statistics.
@@ -263,8 +270,7 @@ class HistoryStore:
                 lazy = conform(facts, FACTS_SCHEMA).sort("patient_id", maintain_order=True)
                 self._sink_frame(f"{d}/{base}/facts.parquet", lazy)
             else:
-                eager = conform(facts, FACTS_SCHEMA).sort("patient_id", maintain_order=True)
-                self._put_frame(f"{d}/{base}/facts.parquet", eager)
+                self._put_frame(f"{d}/{base}/facts.parquet", by_patient(conform(facts, FACTS_SCHEMA)))
             self._put_frame(f"{d}/{base}/retracted.parquet", conform(retracted, RETRACTED_SCHEMA))
             new = {"version": 1, "offset": offset, "base": base, "segments": [], "next": 0}
             self._put_manifest(partition, new)
