@@ -216,8 +216,9 @@ def columns(rows: list[dict[str, Any]], index: list[int]) -> pl.DataFrame:
     )
 
 
-def check(df: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
-    """Parse timestamps and dates; split off the rows the fast path cannot accept with certainty."""
+def _parsed_times(df: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.Expr]]:
+    """Event times as text (the event's own form): parsed into ``_occurred``, ``_date_only``, ``_ended``,
+    ``_ended_date``, ``_recorded``; and the conditions under which the parse is certainly parse_event's."""
     ts_fmt = "%Y-%m-%dT%H:%M:%S%.f%:z"
 
     def ts(text: pl.Expr) -> pl.Expr:
@@ -248,8 +249,42 @@ def check(df: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
         ended.alias("_ended"),
         ended_is_date.alias("_ended_date"),
         ts(pl.col("recorded_at")).alias("_recorded"),
-        pl.col("birth_date").str.to_date("%Y-%m-%d", strict=False).alias("_birth"),
     )
+    recorded_ok = pl.col("recorded_at").is_null() | (
+        pl.col("recorded_at").str.contains(_TS_RE) & pl.col("_recorded").is_not_null()
+    )
+    return df, [recorded_ok]
+
+
+def _typed_times(df: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.Expr]]:
+    """Event times already typed (:data:`screener.history.rows.TYPED_ROW_SCHEMA`: UTC instants, a calendar date
+    as its midnight UTC with ``date_only`` / ``ended_date_only`` set): the same columns as :func:`_parsed_times`,
+    an instant kept only where its text (``YYYY-MM-DD`` for a date, else RFC 3339 in UTC) would pass the
+    event's pattern (years 1000-2999, a date exactly at midnight); anything else goes to parse_event."""
+
+    def kept(col: str, flag: str | None) -> pl.Expr:
+        c = pl.col(col)
+        ok = c.dt.year().is_between(1000, 2999)
+        if flag is not None:
+            ok = ok & (~pl.col(flag).fill_null(False) | (c.dt.time() == pl.time(0, 0, 0)))
+        return pl.when(ok).then(c.cast(TS))
+
+    df = df.with_columns(
+        kept("occurred_at", "date_only").alias("_occurred"),
+        pl.col("date_only").fill_null(False).alias("_date_only"),
+        kept("ended_at", "ended_date_only").alias("_ended"),
+        pl.col("ended_date_only").alias("_ended_date"),
+        kept("recorded_at", None).alias("_recorded"),
+    ).drop("date_only", "ended_date_only")
+    return df, [pl.col("recorded_at").is_null() | pl.col("_recorded").is_not_null()]
+
+
+def check(df: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
+    """Parse timestamps and dates (or take them typed, :func:`_typed_times`); split off the rows the fast path
+    cannot accept with certainty."""
+    typed = isinstance(df.schema["occurred_at"], pl.Datetime)
+    df, time_ok = (_typed_times if typed else _parsed_times)(df)
+    df = df.with_columns(pl.col("birth_date").str.to_date("%Y-%m-%d", strict=False).alias("_birth"))
     # parse_event judges a birth date against today's UTC date; within a day of either bound, let it decide.
     today = pl.lit(datetime.now(UTC).date())
     born = pl.col("_birth")
@@ -263,8 +298,7 @@ def check(df: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
     )
     ok = [
         pl.col("_occurred").is_not_null(),
-        pl.col("recorded_at").is_null()
-        | (pl.col("recorded_at").str.contains(_TS_RE) & pl.col("_recorded").is_not_null()),
+        *time_ok,
         pl.col("ended_at").is_null() | (pl.col("_ended").is_not_null() & ends_after),
         pl.col("birth_date").is_null()
         | (

@@ -22,7 +22,7 @@ from screener.vocab import SEXES
 
 from .source import SOURCE
 
-__all__ = ["SPECS", "Spec", "person_struct", "table_events", "table_struct"]
+__all__ = ["SPECS", "Mapped", "Spec", "mapped", "person_struct", "table_events", "table_struct"]
 
 _SEX = {8532: "F", 8507: "M", 8521: "O", 8551: "U", 8570: "U"}
 _RACE = {8527: "white", 8516: "black", 8515: "asian", 8557: "other", 8657: "other"}
@@ -163,8 +163,8 @@ def _concept(df: pl.DataFrame, id_expr: pl.Expr, concepts: pl.DataFrame | None, 
     return df.join(renamed, on=f"{prefix}_id", how="left")
 
 
-def _code(df: pl.DataFrame, spec: Spec, concepts: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.Expr]:
-    """Join the concept table; return the frame and a struct expression {system, value}."""
+def _code(df: pl.DataFrame, spec: Spec, concepts: pl.DataFrame | None) -> tuple[pl.DataFrame, tuple[pl.Expr, pl.Expr]]:
+    """Join the concept table; return the frame and the code's (system, value) expressions."""
     df = _concept(df, _col(df, spec.concept_col or "", pl.Int64), concepts, "_c")
     source_value = _col(df, spec.source_col or "", pl.String).str.strip_chars()
     has_concept = pl.col("_c_value").is_not_null() & (pl.col("_c_id") != 0)
@@ -176,13 +176,14 @@ def _code(df: pl.DataFrame, spec: Spec, concepts: pl.DataFrame | None) -> tuple[
         .then(source_value.str.slice(0, 64))
         .otherwise(pl.lit("omop:") + pl.col("_c_id").cast(pl.String).fill_null("none"))
     )
-    return df, pl.struct(system.alias("system"), value.alias("value"))
+    return df, (system, value)
 
 
 def _value_code(df: pl.DataFrame, concepts: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.Expr]:
+    """Join the concept table on value_as_concept_id; return the frame and whether a coded value is known."""
     df = _concept(df, _col(df, "value_as_concept_id", pl.Int64), concepts, "_v")
-    known = pl.col("_v_value").is_not_null() & (pl.col("_v_id") != 0)
-    return df, pl.when(known).then(pl.struct(pl.col("_v_system").alias("system"), pl.col("_v_value").alias("value")))
+    known = (pl.col("_v_value").is_not_null() & (pl.col("_v_id") != 0)).fill_null(False)
+    return df, known
 
 
 def _route(df: pl.DataFrame, concepts: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.Expr]:
@@ -279,13 +280,71 @@ def person_struct(df: pl.DataFrame, now: datetime) -> pl.DataFrame:
     return _person(df, pid, now_iso)
 
 
+@dataclass(frozen=True)
+class Mapped:
+    """A clinical table's chunk mapped column-wise, before its event times are written as text: ``frame`` (the
+    chunk with its concept joins), ``patient_id`` and ``event_id`` (String), ``start`` and ``end`` (naive
+    datetimes: a calendar date at midnight, else Europe/London wall time; ``end`` None when the table has no end),
+    ``fields``: every other event field in the event's order, each as its event-row columns
+    (:data:`screener.history.rows.ROW_SCHEMA` names; ``code``, ``dose`` and ``value_code`` as their parts), and
+    ``number`` / ``text``: the raw value (the event's ``value`` is the number when finite, else the text)."""
+
+    frame: pl.DataFrame
+    kind: str
+    patient_id: pl.Expr
+    event_id: pl.Expr
+    start: pl.Expr
+    end: pl.Expr | None
+    fields: list[tuple[str, dict[str, pl.Expr]]]
+    number: pl.Expr
+    text: pl.Expr
+
+
+def _json_field(name: str, cols: dict[str, pl.Expr]) -> pl.Expr:
+    """One event field as the event JSON's value, from its event-row columns."""
+    if name == "code":
+        return pl.struct(cols["system"].alias("system"), cols["code"].alias("value"))
+    if name == "dose":
+        return pl.when(cols["has_dose"]).then(
+            pl.struct(cols["dose_value"].alias("value"), cols["dose_unit"].alias("unit"))
+        )
+    if name == "value_code":
+        return pl.when(cols["has_value_code"]).then(
+            pl.struct(cols["value_system"].alias("system"), cols["value_code"].alias("value"))
+        )
+    (expr,) = cols.values()
+    return expr
+
+
 def table_struct(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, now: datetime) -> pl.DataFrame:
-    """A clinical table's events before encoding (shared by :func:`table_events` and the column-wise
-    :func:`connectors.omop._rows.table_rows`): ``key`` (String), ``value`` (the event as a struct, without its
-    ``value`` field), ``_vnum`` (Float64, the raw number) and ``_vtext`` (String, the text when there is one).
-    The event's ``value`` is ``_vnum`` when finite, else ``_vtext``. Rows without a person id or a start date are
-    kept (null ``key`` / ``occurred_at``): the caller drops and counts them, or lets validation reject them."""
-    now_iso = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A clinical table's events before encoding (for :func:`table_events`): ``key`` (String), ``value`` (the
+    event as a struct, without its ``value`` field), ``_vnum`` (Float64, the raw number) and ``_vtext`` (String,
+    the text when there is one). The event's ``value`` is ``_vnum`` when finite, else ``_vtext``. Rows without a
+    person id or a start date are kept (null ``key`` / ``occurred_at``): the caller drops and counts them."""
+    m = mapped(df, table, concepts, now)
+    head = [
+        pl.lit("screener.event/v2").alias("schema"),
+        m.event_id.alias("event_id"),
+        pl.lit(SOURCE).alias("source"),
+        pl.lit(m.kind).alias("kind"),
+        m.patient_id.alias("patient_id"),
+        _event_time(m.start).alias("occurred_at"),
+        pl.lit(now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")).alias("recorded_at"),
+    ]
+    if m.end is not None:
+        head.append(_event_time(m.end).alias("ended_at"))
+    fields = [_json_field(name, cols).alias(name) for name, cols in m.fields]
+    return m.frame.select(
+        m.patient_id.alias("key"),
+        pl.struct(*head, *fields).alias("value"),
+        m.number.alias("_vnum"),
+        m.text.alias("_vtext"),
+    )
+
+
+def mapped(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, now: datetime) -> Mapped:
+    """The one mapping of a clinical table (shared by the JSON events and the typed event rows of
+    :func:`connectors.omop._rows.table_rows`), see :class:`Mapped`."""
     now_naive = pl.lit(now.astimezone(UTC).replace(tzinfo=None))
     pid = _col(df, "person_id", pl.Int64).cast(pl.String)
     spec = SPECS[table]
@@ -309,47 +368,44 @@ def table_struct(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, no
         + "-"
         + start.dt.strftime("%Y%m%d").fill_null("-")
     )
-    fields = [
-        pl.lit("screener.event/v2").alias("schema"),
-        event_id.alias("event_id"),
-        pl.lit(SOURCE).alias("source"),
-        pl.lit(spec.kind).alias("kind"),
-        pid.alias("patient_id"),
-        _event_time(start).alias("occurred_at"),
-        pl.lit(now_iso).alias("recorded_at"),
-    ]
-    if spec.end_cols or table == "drug_exposure":
-        fields.append(_event_time(end).alias("ended_at"))
+    fields: list[tuple[str, dict[str, pl.Expr]]] = []
     if table == "observation_period":
-        fields.append(
-            pl.struct(pl.lit("local").alias("system"), pl.lit("omop-observation-period").alias("value")).alias("code")
-        )
+        fields.append(("code", {"system": pl.lit("local"), "code": pl.lit("omop-observation-period")}))
     elif table != "death":
-        df, code = _code(df, spec, concepts)
-        fields.append(code.alias("code"))
+        df, (system, value) = _code(df, spec, concepts)
+        fields.append(("code", {"system": system, "code": value}))
     if table != "death" and "visit_occurrence_id" in df.columns:
         visit = _col(df, "visit_occurrence_id", pl.Float64).cast(pl.Int64, strict=False)
-        fields.append(pl.when(visit > 0).then(visit.cast(pl.String)).alias("encounter_id"))
+        fields.append(("encounter_id", {"encounter_id": pl.when(visit > 0).then(visit.cast(pl.String))}))
     if table == "visit_occurrence":
-        fields.append(
-            _col(df, "visit_concept_id", pl.Int64)
-            .replace_strict(_VISIT_SETTING, default=None, return_dtype=pl.String)
-            .alias("setting")
+        setting = _col(df, "visit_concept_id", pl.Int64).replace_strict(
+            _VISIT_SETTING, default=None, return_dtype=pl.String
         )
+        fields.append(("setting", {"setting": setting}))
     if table in ("visit_occurrence", "condition_occurrence", "drug_exposure", "procedure_occurrence"):
         ended = end <= now_naive
         done = {"condition_occurrence": "resolved"}.get(table, "completed")
-        fields.append(pl.when(ended).then(pl.lit(done)).otherwise(pl.lit("active")).alias("status"))
+        fields.append(("status", {"status": pl.when(ended).then(pl.lit(done)).otherwise(pl.lit("active"))}))
     if table == "drug_exposure":
         quantity = _finite(_col(df, "quantity", pl.Float64))
         unit = _col(df, "dose_unit_source_value").str.strip_chars().str.slice(0, 32)
-        unit = pl.when(unit != "").then(unit)
-        fields.append(pl.when(quantity > 0).then(pl.struct(quantity.alias("value"), unit.alias("unit"))).alias("dose"))
+        has = (quantity > 0).fill_null(False)
+        dose = {
+            "has_dose": has,
+            "dose_value": pl.when(has).then(quantity),
+            "dose_unit": pl.when(has & (unit != "")).then(unit),
+        }
+        fields.append(("dose", dose))
         df, route = _route(df, concepts)
-        fields.append(route.alias("route"))
+        fields.append(("route", {"route": route}))
     if table in ("measurement", "observation"):
-        df, value_code = _value_code(df, concepts)
-        fields.append(value_code.alias("value_code"))
+        df, known = _value_code(df, concepts)
+        value_code = {
+            "has_value_code": known,
+            "value_system": pl.when(known).then(pl.col("_v_system")),
+            "value_code": pl.when(known).then(pl.col("_v_value")),
+        }
+        fields.append(("value_code", value_code))
     if table == "measurement":
         unit = _col(df, "unit_source_value").str.strip_chars().str.slice(0, 32)
         if concepts is not None and "unit_concept_id" in df.columns:
@@ -364,14 +420,14 @@ def table_struct(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, no
         low, high = _finite(_col(df, "range_low", pl.Float64)), _finite(_col(df, "range_high", pl.Float64))
         ordered = low.is_null() | high.is_null() | (low <= high)  # a reversed range is not a range
         fields += [
-            unit.alias("unit"),
-            pl.when(ordered).then(low).alias("ref_low"),
-            pl.when(ordered).then(high).alias("ref_high"),
+            ("unit", {"unit": unit}),
+            ("ref_low", {"ref_low": pl.when(ordered).then(low)}),
+            ("ref_high", {"ref_high": pl.when(ordered).then(high)}),
         ]
-    vnum, vtext = pl.lit(None, pl.Float64), pl.lit(None, pl.String)
+    number, text = pl.lit(None, pl.Float64), pl.lit(None, pl.String)
     if table in ("measurement", "observation"):
-        vnum = _col(df, "value_as_number", pl.Float64)
+        number = _col(df, "value_as_number", pl.Float64)
     if table == "observation":
-        vtext = _col(df, "value_as_string").str.slice(0, 1000)
-    out = df.select(pid.alias("key"), pl.struct(*fields).alias("value"), vnum.alias("_vnum"), vtext.alias("_vtext"))
-    return out
+        text = _col(df, "value_as_string").str.slice(0, 1000)
+    has_end = bool(spec.end_cols) or table == "drug_exposure"
+    return Mapped(df, spec.kind, pid, event_id, start, end if has_end else None, fields, number, text)

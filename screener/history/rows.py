@@ -24,9 +24,9 @@ import polars as pl
 
 from screener._lean_event import PERSON_FIELDS, check
 from screener.ingest import DecodedBatch, _frames, decode_batch
-from screener.vocab import CODE_SYSTEMS, ETHNIC_GROUPS, KINDS, ROUTES, SCHEMAS, SETTINGS, SEXES, STATUSES
+from screener.vocab import CODE_SYSTEMS, ETHNIC_GROUPS, KINDS, ROUTES, SCHEMAS, SETTINGS, SEXES, STATUSES, TS
 
-__all__ = ["ROW_SCHEMA", "decode_rows", "rows_from_structs", "to_json"]
+__all__ = ["ROW_SCHEMA", "TYPED_ROW_SCHEMA", "decode_rows", "rows_from_structs", "to_json"]
 
 _CODE = pl.Struct({"system": pl.String(), "value": pl.String()})
 #: The columns of an event-rows frame, in order (``index`` is added by :func:`decode_rows`).
@@ -58,6 +58,17 @@ ROW_SCHEMA: dict[str, pl.DataType] = {
     "encounter_id": pl.String(),
     "location": pl.String(),
 }
+#: The typed form of :data:`ROW_SCHEMA` (what a source that already holds dates and instants hands over, with no
+#: text to format and parse again): the three event times are UTC instants, a calendar date is its midnight UTC
+#: with ``date_only`` (``occurred_at``) or ``ended_date_only`` (``ended_at``) set; everything else as in
+#: ``ROW_SCHEMA``. :func:`decode_rows` tells the forms apart by ``occurred_at``'s type and gives the same result
+#: for the same events.
+TYPED_ROW_SCHEMA: dict[str, pl.DataType] = {
+    **{c: TS if c in ("occurred_at", "recorded_at", "ended_at") else t for c, t in ROW_SCHEMA.items()},
+    "date_only": pl.Boolean(),
+    "ended_date_only": pl.Boolean(),
+}
+_TIMES = (("occurred_at", "date_only"), ("ended_at", "ended_date_only"), ("recorded_at", None))
 _STRUCTS = {
     "code": ("system", "code"),
     "value_code": ("value_system", "value_code"),
@@ -101,8 +112,24 @@ def rows_from_structs(events: pl.DataFrame, number: str | None = None, text: str
     return events.select([e.alias(n) for n, e in out.items()])
 
 
+def as_text(rows: pl.DataFrame) -> pl.DataFrame:
+    """Typed rows (:data:`TYPED_ROW_SCHEMA`) in the text form (:data:`ROW_SCHEMA`): a date-only time at midnight
+    as ``YYYY-MM-DD``, any other instant as RFC 3339 in UTC (``...Z``, fractional seconds only when there are)."""
+    if not isinstance(rows.schema["occurred_at"], pl.Datetime):
+        return rows
+    texts = []
+    for col, flag in _TIMES:
+        c = pl.col(col)
+        instant = c.dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S%.fZ")
+        date = (pl.col(flag).fill_null(False) & (c.dt.time() == pl.time(0, 0, 0))) if flag else pl.lit(False)
+        texts.append(pl.when(date).then(c.dt.strftime("%Y-%m-%d")).otherwise(instant).alias(col))
+    return rows.with_columns(texts).drop("date_only", "ended_date_only")
+
+
 def to_json(rows: pl.DataFrame) -> pl.Series:
-    """The rows as canonical event JSON (Binary), the form :func:`screener.ingest.decode_batch` judges."""
+    """The rows (either form) as canonical event JSON (Binary), the form :func:`screener.ingest.decode_batch`
+    judges."""
+    rows = as_text(rows)
 
     def code(a: str, b: str, has: str) -> pl.Expr:
         return pl.when(pl.col(has)).then(pl.struct(pl.col(a).alias("system"), pl.col(b).alias("value")))
@@ -131,8 +158,13 @@ def to_json(rows: pl.DataFrame) -> pl.Series:
 
 
 def _length(col: str, lo: int, hi: int | None) -> pl.Expr:
-    n = pl.col(col).str.len_chars()
-    return pl.col(col).is_null() | ((n >= lo) & (n <= hi if hi is not None else pl.lit(True)))
+    """Null, or ``lo`` to ``hi`` characters; judged on bytes (a character is at least one byte), so a text of more
+    than ``hi`` bytes but not characters is only sent to ``parse_event``, which decides."""
+    n = pl.col(col).str.len_bytes()
+    ok = [n >= lo] if lo else []
+    if hi is not None:
+        ok.append(n <= hi)
+    return pl.col(col).is_null() | pl.all_horizontal(ok) if ok else pl.lit(True)
 
 
 def _schema_ok() -> pl.Expr:
@@ -176,10 +208,13 @@ def _schema_ok() -> pl.Expr:
 
 
 def decode_rows(rows: pl.DataFrame) -> DecodedBatch:
-    """:func:`screener.ingest.decode_batch` for a :data:`ROW_SCHEMA` frame: the same frames (``seq`` is the
-    position among accepted rows, in row order) and the same rejects (row position, ``parse_event``'s error);
-    ``keys`` holds only ``index`` (the accepted rows' positions)."""
-    rows = rows.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("index"), *ROW_SCHEMA)
+    """:func:`screener.ingest.decode_batch` for a :data:`ROW_SCHEMA` (or :data:`TYPED_ROW_SCHEMA`) frame: the
+    same frames (``seq`` is the position among accepted rows, in row order) and the same rejects (row position,
+    ``parse_event``'s error); ``keys`` holds only ``index`` (the accepted rows' positions)."""
+    typed = isinstance(rows.schema["occurred_at"], pl.Datetime)
+    rows = rows.select(
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("index"), *(TYPED_ROW_SCHEMA if typed else ROW_SCHEMA)
+    )
     lean_ok = rows.select(_schema_ok().alias("_ok"))["_ok"]
     good, suspect = check(rows.filter(lean_ok))
     slow_idx = sorted(rows.filter(~lean_ok)["index"].to_list() + suspect)

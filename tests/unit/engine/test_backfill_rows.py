@@ -136,3 +136,49 @@ def test_rows_without_a_person_or_a_date_are_rejected_not_dropped() -> None:
     decoded = decode_rows(table_rows(cond, "condition_occurrence", None, NOW))
     assert decoded.accepted == 1
     assert [(i, e.field) for i, e in decoded.rejects] == [(1, "patient_id"), (2, "occurred_at")]
+
+
+def test_typed_times_are_the_event_texts_times() -> None:
+    """The rows path keeps dates and instants typed (no text): the same facts and rejects as the JSON path for
+    calendar dates, London wall times either side of the clock changes (a time in the spring gap has no instant:
+    rejected), sub-second times, a year outside 1000-2999 (judged by the event model) and ends on the day before
+    the start or the day after."""
+    from datetime import date as d
+
+    starts = [
+        datetime(2024, 5, 1),
+        datetime(2024, 5, 1, 9, 30),
+        datetime(2024, 1, 15, 23, 59, 59, 750_000),
+        datetime(2024, 3, 31, 1, 30),  # does not exist in London
+        datetime(2024, 10, 27, 1, 30),  # happens twice in London: the earlier
+        datetime(900, 6, 1),
+        datetime(2024, 7, 1, 12, 0),
+        datetime(2024, 7, 1, 12, 0),
+    ]
+    cond = pl.DataFrame(
+        {
+            "condition_occurrence_id": list(range(len(starts))),
+            "person_id": [1, 1, 2, 2, 3, 3, 4, 4],
+            "condition_concept_id": [0] * len(starts),
+            "condition_start_datetime": starts,
+            "condition_start_date": [s.date() for s in starts],
+            "condition_end_date": [None, d(2024, 5, 1), None, None, None, None, d(2024, 6, 30), d(2024, 7, 2)],
+            "condition_source_value": ["X"] * len(starts),
+        }
+    )
+    a, b = both(cond, "condition_occurrence")
+    for x, y in zip(a.frames, b.frames, strict=True):  # type: ignore[attr-defined]
+        assert x.equals(y)
+    # the JSON path's mapper drops the row with no instant (counted as unmapped); the rows path rejects it
+    assert a.accepted == b.accepted == 7 and not a.rejects  # type: ignore[attr-defined]
+    assert [(i, e.field) for i, e in b.rejects] == [(3, "occurred_at")]  # type: ignore[attr-defined]
+    assert b.slow == 2  # the gap and the year 900 (which the event model accepts)  # type: ignore[attr-defined]
+    facts = b.facts  # type: ignore[attr-defined]
+    assert facts["date_only"].to_list() == [True, False, False, False, True, False, False]
+    assert facts["occurred_at"].dt.strftime("%H:%M:%S").to_list()[:4] == [
+        "00:00:00",
+        "08:30:00",
+        "23:59:59",
+        "00:30:00",
+    ]
+    assert facts["ended_at"].to_list()[-2:] == [None, datetime(2024, 7, 2, tzinfo=UTC)]
