@@ -31,6 +31,7 @@ from screener.history.store import (
     _fact_rows_schema,
     _upd_schema,
     conform,
+    sort_by_patient,
 )
 from screener.state import RETRACTED_SCHEMA, PatientState, apply_frames
 
@@ -121,12 +122,18 @@ class BulkLoad:
             self._store.compact(p)
         else:
             # apply_frames over an empty state keeps the last copy of each event id, in order; as many distinct
-            # hashes as rows proves there is no copy (cheaper than de-duplicating the strings)
-            kept = facts.drop("seq")
+            # hashes as rows proves there is no copy (cheaper than de-duplicating the strings). Each patient's
+            # smallest seq (patient id and seq alone) stands in for the patient when the persons are folded.
             if facts["event_id"].hash().n_unique() != facts.height:
-                kept = kept.unique(subset=["event_id"], keep="last", maintain_order=True)
-            stand_ins = facts.group_by("patient_id").agg(pl.col("seq").min()).pipe(conform, _fact_rows_schema())
+                stand_ins = facts.group_by("patient_id").agg(pl.col("seq").min())
+                facts = sort_by_patient(facts.unique(subset=["event_id"], keep="last", maintain_order=True))
+            else:
+                # seq increases along the spill files, so each patient's first row (the sort is stable) holds it
+                facts = sort_by_patient(facts)
+                stand_ins = facts.filter((pl.col("patient_id") != pl.col("patient_id").shift(1)).fill_null(True))
+            stand_ins = conform(stand_ins.select("seq", "patient_id"), _fact_rows_schema())
             folded, _ = apply_frames(PatientState(), upd, stand_ins, control)
-            self._store.write_base(p, folded.persons, kept, pl.DataFrame(schema=RETRACTED_SCHEMA), offset)
+            empty_tombs = pl.DataFrame(schema=RETRACTED_SCHEMA)
+            self._store.write_base(p, folded.persons, facts.drop("seq"), empty_tombs, offset, by_patient=True)
         for f in files:
             f.unlink(missing_ok=True)

@@ -99,7 +99,7 @@ def conform(frame: _F, schema: dict[str, pl.DataType]) -> _F:
     return frame.select([pl.col(c).cast(t) if c in have else pl.lit(None, dtype=t).alias(c) for c, t in schema.items()])
 
 
-def by_patient(frame: pl.DataFrame) -> pl.DataFrame:
+def sort_by_patient(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` sorted by ``patient_id`` (stable, nulls first): the same order as sorting the strings, at a third
     of the cost, by sorting the ids' ranks (an Enum of the sorted distinct ids) instead of the strings."""
     ids = frame["patient_id"].drop_nulls().unique().sort()
@@ -257,10 +257,13 @@ class HistoryStore:
         facts: pl.DataFrame | pl.LazyFrame,
         retracted: pl.DataFrame,
         offset: int,
+        *,
+        by_patient: bool = False,
     ) -> None:
         """Replace the partition's history with an already folded state (a bulk load: a backfill, a benchmark),
         sorted by patient (stable), at ``offset``. Earlier segments and base are dropped. Lazy ``facts`` are
-        streamed into the file (Polars' ``sink_parquet``) rather than collected first."""
+        streamed into the file (Polars' ``sink_parquet``) rather than collected first; eager ``facts`` that are
+        already in that order say so with ``by_patient`` (not sorted again)."""
         with self._lock(partition):
             doc = self.manifest(partition)
             d = self._dir(partition)
@@ -270,7 +273,8 @@ class HistoryStore:
                 lazy = conform(facts, FACTS_SCHEMA).sort("patient_id", maintain_order=True)
                 self._sink_frame(f"{d}/{base}/facts.parquet", lazy)
             else:
-                self._put_frame(f"{d}/{base}/facts.parquet", by_patient(conform(facts, FACTS_SCHEMA)))
+                eager = conform(facts, FACTS_SCHEMA)
+                self._put_frame(f"{d}/{base}/facts.parquet", eager if by_patient else sort_by_patient(eager))
             self._put_frame(f"{d}/{base}/retracted.parquet", conform(retracted, RETRACTED_SCHEMA))
             new = {"version": 1, "offset": offset, "base": base, "segments": [], "next": 0}
             self._put_manifest(partition, new)
