@@ -51,6 +51,7 @@ class _PartitionCache:
         self._table = pl.DataFrame(schema={"key": pl.Binary, "partition": pl.Int32})
 
     def lookup(self, keys: pl.Series) -> pl.DataFrame:
+        """``key`` (Binary) and ``partition`` for every key seen so far, ``keys`` included."""
         distinct = keys.rename("key").unique().to_frame()
         new = distinct.join(self._table, on="key", how="anti")["key"]
         if new.len():
@@ -58,6 +59,12 @@ class _PartitionCache:
             parts = pl.Series("partition", (hashes & 0x7FFFFFFF) % self.partitions, dtype=pl.Int32)
             self._table = pl.concat([self._table, pl.DataFrame({"key": new, "partition": parts})])
         return self._table
+
+    def of_ids(self, ids: pl.Series) -> pl.DataFrame:
+        """``patient_id`` (String) and ``partition`` for just the distinct ids of ``ids`` (String)."""
+        distinct = ids.drop_nulls().unique().cast(pl.Binary).rename("key").to_frame()
+        table = distinct.join(self.lookup(distinct["key"]), on="key", how="left")
+        return table.select(pl.col("key").cast(pl.String).alias("patient_id"), "partition")
 
 
 def murmur2(keys: list[bytes | None]) -> np.ndarray:
@@ -193,13 +200,16 @@ def _decoded_parts(frame: pl.DataFrame, cache: _PartitionCache) -> Iterator[_Par
 
     decoded = decode_rows(frame)
     upd, facts, control = decoded.frames
-    ids = pl.concat([upd["patient_id"], facts["patient_id"], control["patient_id"]]).drop_nulls()
-    table = cache.lookup(ids.cast(pl.Binary)).select(pl.col("key").cast(pl.String).alias("patient_id"), "partition")
+    table = cache.of_ids(pl.concat([upd["patient_id"], facts["patient_id"], control["patient_id"]]))
 
     def split(x: pl.DataFrame) -> dict[int, pl.DataFrame]:
+        if not x.height:
+            return {}
         tagged = x.join(table, on="patient_id", how="left", maintain_order="left")
-        groups = tagged.with_columns(pl.col("partition").fill_null(0)).group_by("partition", maintain_order=True)
-        return {int(k[0]): g.drop("partition") for k, g in groups}
+        groups = tagged.with_columns(pl.col("partition").fill_null(0)).partition_by(
+            "partition", maintain_order=True, include_key=False, as_dict=True
+        )
+        return {int(k[0]): g for k, g in groups.items()}
 
     u, f, c = split(upd), split(facts), split(control)
     parts = sorted({*u, *f, *c}) or [0]
