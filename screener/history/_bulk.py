@@ -1,5 +1,5 @@
-"""A backfill's bulk load: the decoded frames of every chunk, per partition, spilled to local Arrow IPC files as
-they come (memory stays bounded by one chunk), then written once as each partition's compacted base.
+"""A backfill's bulk load: the decoded frames of every chunk, per partition, held in memory up to a budget and
+spilled to local Arrow IPC files beyond it, then written once as each partition's compacted base.
 
 The result is exactly what appending one segment per chunk and compacting gives (the store's general path,
 :meth:`HistoryStore.append` + :meth:`HistoryStore.compact`, which folds with :func:`screener.state.apply_frames`),
@@ -35,9 +35,11 @@ from screener.history.store import (
 )
 from screener.state import RETRACTED_SCHEMA, PatientState, apply_frames
 
-__all__ = ["BulkLoad", "ahead_of"]
+__all__ = ["DEFAULT_MEMORY_BYTES", "BulkLoad", "ahead_of"]
 
 _FOLDING_OPS = ("retract", "merge")
+#: Facts a bulk load holds in memory before it spills to local files (Polars' size estimate).
+DEFAULT_MEMORY_BYTES = 1 << 30
 
 
 def ahead_of(store: HistoryStore, partition: int, doc: dict[str, object] | None, offset: int) -> None:
@@ -59,15 +61,25 @@ def ahead_of(store: HistoryStore, partition: int, doc: dict[str, object] | None,
 class BulkLoad:
     """Collects a backfill's decoded frames per partition (:meth:`add`), then writes them (:meth:`finish`).
 
-    Use as a context manager: the spill folder (under ``spill_dir``, default the system's temporary folder) is
-    removed on exit, whether :meth:`finish` ran or not.
+    Facts are held in memory up to ``memory_bytes`` (Polars' estimate) and spilled beyond it, so memory stays
+    bounded by that plus one chunk while collecting, and one partition while writing. Use as a context manager:
+    the spill folder (under ``spill_dir``, default the system's temporary folder) is removed on exit, whether
+    :meth:`finish` ran or not.
     """
 
-    def __init__(self, store: HistoryStore, start_offsets: Mapping[int, int], spill_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        store: HistoryStore,
+        start_offsets: Mapping[int, int],
+        spill_dir: Path | None = None,
+        *,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    ) -> None:
         self._store = store
         self._starts = dict(start_offsets)
         self._dir = Path(tempfile.mkdtemp(prefix="screener-backfill-", dir=spill_dir))
-        self._files: dict[int, list[Path]] = {}
+        self._budget = memory_bytes
+        self._files: dict[int, list[Path | pl.DataFrame]] = {}
         self._upd: dict[int, list[pl.DataFrame]] = {}
         self._control: dict[int, list[pl.DataFrame]] = {}
         self._folds: set[int] = set()
@@ -81,14 +93,21 @@ class BulkLoad:
 
     def add(self, partition: int, upd: pl.DataFrame, facts: pl.DataFrame, control: pl.DataFrame) -> None:
         """One chunk's frames for ``partition`` (``seq`` counting from 0 in the chunk; shifted here so it keeps
-        increasing across chunks). The facts go to a spill file; person updates and control rows (small) stay."""
+        increasing across chunks). The facts stay in memory within the budget, else go to a spill file; person
+        updates and control rows (small) stay."""
         shift = self._shift.get(partition, 0)
         top = max((int(x["seq"].max()) for x in (upd, facts, control) if x.height), default=-1)  # type: ignore[arg-type]
         self._shift[partition] = shift + top + 1
         if facts.height:
-            path = self._dir / f"p{partition}-{len(self._files.get(partition, ())):06d}.arrow"
-            conform(facts.with_columns(pl.col("seq") + shift), _fact_rows_schema()).write_ipc(path)
-            self._files.setdefault(partition, []).append(path)
+            rows = conform(facts.with_columns(pl.col("seq") + shift), _fact_rows_schema())
+            size = int(rows.estimated_size())
+            if self._budget >= size:
+                self._budget -= size
+                self._files.setdefault(partition, []).append(rows)
+            else:
+                path = self._dir / f"p{partition}-{len(self._files.get(partition, ())):06d}.arrow"
+                rows.write_ipc(path)
+                self._files.setdefault(partition, []).append(path)
         if upd.height:
             self._upd.setdefault(partition, []).append(conform(upd.with_columns(pl.col("seq") + shift), _upd_schema()))
         if control.height:
@@ -113,7 +132,9 @@ class BulkLoad:
         upd = pl.concat(self._upd.pop(p, [pl.DataFrame(schema=_upd_schema())]))
         control = pl.concat(self._control.pop(p, [pl.DataFrame(schema=CONTROL_SCHEMA)]))
         files = self._files.pop(p, [])
-        facts = pl.concat([pl.read_ipc(f) for f in files]) if files else pl.DataFrame(schema=_fact_rows_schema())
+        parts = [pl.read_ipc(f) if isinstance(f, Path) else f for f in files]
+        facts = pl.concat(parts) if parts else pl.DataFrame(schema=_fact_rows_schema())
+        del parts
         doc = self._store.manifest(p)
         ahead_of(self._store, p, doc, offset)
         empty = doc is None or (not doc.get("base") and not doc["segments"])
@@ -136,4 +157,5 @@ class BulkLoad:
             empty_tombs = pl.DataFrame(schema=RETRACTED_SCHEMA)
             self._store.write_base(p, folded.persons, facts.drop("seq"), empty_tombs, offset, by_patient=True)
         for f in files:
-            f.unlink(missing_ok=True)
+            if isinstance(f, Path):
+                f.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from screener.errors import EventError
-from screener.history._bulk import BulkLoad, ahead_of
+from screener.history._bulk import DEFAULT_MEMORY_BYTES, BulkLoad, ahead_of
 from screener.history.store import HistoryStore
 from screener.ingest import decode_batch
 
@@ -127,13 +127,15 @@ def backfill_frames(
     start_offsets: Mapping[int, int],
     compact: bool = True,
     bulk: bool = True,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> StoreBackfill:
     """Write every frame's events (JSON ``key``/``value`` or event rows) into ``store``, then set each
     partition's offset to ``start_offsets[p]`` (0 when absent).
 
     ``bulk`` (the default): one fold straight to each partition's compacted base (:class:`BulkLoad`; memory
-    bounded by one chunk for pure appends). ``bulk=False``: the store's general path, one segment per frame and
-    partition, then compaction unless ``compact=False``; both give the same history.
+    bounded by ``memory_bytes`` of facts plus one chunk, the rest spilled to local files, then one partition
+    while writing). ``bulk=False``: the store's general path, one segment per frame and partition, then
+    compaction unless ``compact=False``; both give the same history.
     Rejected events are counted (not dead-lettered: there is no topic position to name).
 
     :raises StoreError: a partition of the store is already past its start offset (nothing is written then).
@@ -144,7 +146,7 @@ def backfill_frames(
     starts = {p: start_offsets.get(p, 0) for p in range(partitions)}
     for p in range(partitions):
         ahead_of(store, p, store.manifest(p), starts[p])
-    with BulkLoad(store, starts) as load:
+    with BulkLoad(store, starts, memory_bytes=memory_bytes) as load:
         for frame in frames:
             if frame.height == 0:
                 continue

@@ -209,3 +209,30 @@ def test_a_store_already_past_the_start_offset_is_refused_not_dropped(make_event
     assert store.manifest(0) is None and store.offset(1) == 500  # nothing written
     backfill_frames(store, mixed_history(make_event), partitions=3, start_offsets={1: 500})
     assert store.scan([1])[0].collect().height > 5
+
+
+def test_facts_held_in_memory_spilled_or_both_give_the_same_store(make_event: Any, tmp_path: Path) -> None:
+    """The bulk load keeps facts in memory up to its budget and spills the rest to local files: all in memory,
+    all spilled and a budget that runs out part way write the same store."""
+    from screener.history import _bulk
+
+    write_ipc = pl.DataFrame.write_ipc
+    stores, spills = [], []
+    for name, budget in (("memory", _bulk.DEFAULT_MEMORY_BYTES), ("spilled", 0), ("mixed", 40_000)):
+        files: list[int] = []
+
+        def counting(self: pl.DataFrame, *args: Any, files: list[int] = files, **kwargs: Any) -> Any:
+            files.append(self.height)
+            return write_ipc(self, *args, **kwargs)
+
+        store = open_store(tmp_path / name)
+        pl.DataFrame.write_ipc = counting  # type: ignore[method-assign]
+        try:
+            backfill_frames(store, omop_rows(70), partitions=3, start_offsets={}, memory_bytes=budget)
+        finally:
+            pl.DataFrame.write_ipc = write_ipc  # type: ignore[method-assign]
+        stores.append(store)
+        spills.append(len(files))
+    assert spills[0] == 0 and spills[1] >= 14 and 0 < spills[2] < spills[1]
+    for other in stores[1:]:
+        assert_same_store(stores[0], other, 3)
