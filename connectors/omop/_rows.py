@@ -4,7 +4,7 @@ columns instead of JSON, for the history backfill's fast path (``screener backfi
 Clinical tables give typed rows (:data:`screener.history.rows.TYPED_ROW_SCHEMA`): the dates and instants stay
 instants (a calendar date as its midnight UTC, flagged ``date_only``), never written as text to be parsed again.
 The person table gives text-form rows (:data:`~screener.history.rows.ROW_SCHEMA`; a birth date is a text in
-both forms). Both share the one mapping (:func:`~connectors.omop._tables.mapped` / ``person_struct``) with the
+both forms). Both share the one mapping (:func:`~connectors.omop._mapping.mapped` / ``person_struct``) with the
 JSON events, so codes, units, dates and the v2 fields are the same."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from screener.connector.rows import rows_from_structs
 from screener.history.rows import TYPED_ROW_SCHEMA
 from screener.vocab import TS
 
-from ._tables import mapped, person_struct
+from ._mapping import mapped
+from ._tables import person_struct
 from .source import SOURCE
 
 __all__ = ["table_rows"]
