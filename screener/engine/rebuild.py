@@ -34,7 +34,7 @@ import polars as pl
 
 from screener.engine._base import EngineBase, log
 from screener.engine.history import concat_frames
-from screener.engine.views import ViewLoader, lower_priority
+from screener.engine.views import ViewLoader, lower_priority, scratch_dir
 from screener.history import StoreError
 from screener.state import FactFilter, LiveState
 
@@ -82,7 +82,7 @@ class RebuildRole(EngineBase):
         if loader is None or loader.store is not store:
             if loader is not None:
                 loader.close()
-            loader = self._view_loader = ViewLoader(store, Path(self.settings.state_dir) / "rebuild")
+            loader = self._view_loader = ViewLoader(store, scratch_dir(Path(self.settings.state_dir)))
         loader.process = self.rebuild_in_process
         return loader
 

@@ -367,7 +367,8 @@ class HistoryStore:
                 # once (a scan of those columns alone) and keep the facts by a semi-join, as FactFilter does.
                 distinct = facts.select(keep.keys).unique().collect()
                 allowed = FactFilter(keep.expr)(distinct)
-                facts = facts.join(allowed.lazy(), on=keep.keys, how="semi", nulls_equal=True)
+                # In the base's order (sorted by patient): the engine's views then need no sort.
+                facts = facts.join(allowed.lazy(), on=keep.keys, how="semi", nulls_equal=True, maintain_order="left")
             elif keep.expr is not None:
                 facts = facts.filter(keep.expr.fill_null(False))
         elif keep is not None:
