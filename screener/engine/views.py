@@ -26,6 +26,7 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -147,6 +148,38 @@ class ViewLoader:
         """The partition's view and offset, ``None`` when the store has none. :raises StoreError: unreadable."""
         if not self.process:
             return self.store.load(partition, keep=keep)
+        got = self._run(load_view_files, partition, portable(keep))
+        if isinstance(got, str):
+            raise StoreError(
+                f"history unreadable in the rebuild worker: {got[:200]}", url=self.store.url, partition=partition
+            )
+        return None if got is None else read_view_files(got)
+
+    def load_delta(self, partition: int, old: FactFilter, new: FactFilter) -> tuple[pl.DataFrame | None, int] | None:
+        """The stored facts of the partition that ``new`` keeps and ``old`` does not, and the store's offset
+        (:func:`screener.engine._delta.load_delta_file`; the frame is ``None`` when the whole view must be
+        loaded). ``None`` when the store has nothing for it. :raises StoreError: unreadable."""
+        from screener.engine._delta import delta_facts, load_delta_file
+
+        store = self.store
+        if not self.process:
+            return delta_facts(store, partition, old, new)
+        got = self._run(load_delta_file, partition, portable(old), portable(new))
+        if isinstance(got, str):
+            raise StoreError(f"history unreadable for the delta: {got[:200]}", url=store.url, partition=partition)
+        if got is None:
+            return None
+        path, offset = got
+        if path is None:
+            return None, offset
+        try:
+            return pl.read_ipc(path), offset
+        finally:
+            shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+    def _run(self, fn: Any, partition: int, *filters: Any) -> Any:
+        """``fn(store class, url, options, partition, *filters, scratch)`` in the worker (started again, once,
+        when it died)."""
         store = self.store
         for attempt in range(2):
             if self._pool is None:
@@ -156,29 +189,18 @@ class ViewLoader:
                 )
             self.scratch.mkdir(parents=True, exist_ok=True)
             try:
-                got = self._pool.submit(
-                    load_view_files,
-                    type(store),
-                    store.url,
-                    store.storage_options,
-                    partition,
-                    portable(keep),
-                    str(self.scratch),
-                ).result()
-                break
+                args = (type(store), store.url, store.storage_options, partition, *filters, str(self.scratch))
+                return self._pool.submit(fn, *args).result()
             except BrokenProcessPool:
                 # The worker died (killed, out of memory): a new one is started, once.
                 self.close()
                 if attempt:
                     raise
-        if isinstance(got, str):
-            raise StoreError(
-                f"history unreadable in the rebuild worker: {got[:200]}", url=self.store.url, partition=partition
-            )
-        return None if got is None else read_view_files(got)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
-        """Stop the worker (a load in progress is abandoned)."""
+        """Stop the worker (a load in progress is abandoned) and remove its scratch folder."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        shutil.rmtree(self.scratch, ignore_errors=True)

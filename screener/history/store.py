@@ -156,11 +156,12 @@ class HistoryStore:
         data = obstore.get(self._store, key).bytes()
         return conform(pl.read_parquet(io.BytesIO(bytes(data))), schema)
 
-    def _scan(self, keys: Sequence[str], schema: dict[str, pl.DataType]) -> pl.LazyFrame:
+    def _scan(self, keys: Sequence[str], schema: dict[str, pl.DataType], parallel: str = "auto") -> pl.LazyFrame:
         if not keys:
             return pl.LazyFrame(schema=schema)
         return pl.scan_parquet(
             [f"{self._root}/{k}" for k in keys],
+            parallel=parallel,  # type: ignore[arg-type]
             schema=schema,
             missing_columns="insert",
             extra_columns="ignore",
@@ -282,9 +283,12 @@ class HistoryStore:
                 doc["offset"] = offset
                 self._put_manifest(partition, doc)
 
-    def view(self, partition: int) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.DataFrame, int] | None:
+    def view(
+        self, partition: int, parallel: str = "auto"
+    ) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.DataFrame, int] | None:
         """The partition's current history as ``(persons, facts, retracted, offset)``, or ``None`` when the store
-        has none: the base scanned lazily, the segments folded in for the patients they touch.
+        has none: the base scanned lazily, the segments folded in for the patients they touch. ``parallel`` is
+        the base facts' Parquet strategy (``"prefiltered"`` for a filter that keeps few rows).
 
         :raises StoreError: the manifest or a file it names is missing or unreadable.
         """
@@ -293,7 +297,7 @@ class HistoryStore:
             return None
         d = self._dir(partition)
         try:
-            return self._fold(d, doc)
+            return self._fold(d, doc, parallel)
         except StoreError:
             raise
         except Exception as exc:
@@ -301,10 +305,12 @@ class HistoryStore:
                 f"history unreadable ({type(exc).__name__}: {exc})", url=self.url, partition=partition
             ) from exc
 
-    def _fold(self, d: str, doc: dict[str, Any]) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.DataFrame, int]:
+    def _fold(
+        self, d: str, doc: dict[str, Any], parallel: str = "auto"
+    ) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.DataFrame, int]:
         base = doc.get("base")
         base_p = self._scan([f"{d}/{base}/persons.parquet"] if base else [], PERSONS_SCHEMA)
-        base_f = self._scan([f"{d}/{base}/facts.parquet"] if base else [], FACTS_SCHEMA)
+        base_f = self._scan([f"{d}/{base}/facts.parquet"] if base else [], FACTS_SCHEMA, parallel)
         base_r = (
             self._read_frame(f"{d}/{base}/retracted.parquet", RETRACTED_SCHEMA)
             if base
