@@ -25,6 +25,7 @@ from pathlib import Path
 import polars as pl
 
 from screener.history import HistoryStore, StoreError
+from screener.history.store import keys_expr
 from screener.state import FactFilter, LiveState, events_to_frames
 
 #: One delta as the worker returns it: the IPC file of the facts (``None``: load the whole view instead) and
@@ -45,26 +46,6 @@ def delta_applies(old: FactFilter | None, new: FactFilter | None) -> bool:
         and old.since is None
         and new.since is None
     )
-
-
-def keys_expr(keys: list[str], rows: pl.DataFrame) -> pl.Expr:
-    """A filter true exactly for the facts whose ``keys`` equal one of ``rows`` (nulls equal to nulls): one
-    ``is_in`` on the last key per combination of the others, so Polars can push it into the scan."""
-    if rows.height == 0:
-        return pl.lit(False)
-    *lead, last = keys
-    terms: list[pl.Expr] = []
-    groups = rows.group_by(lead, maintain_order=True).agg(pl.col(last)) if lead else None
-    for row in groups.iter_rows(named=True) if groups is not None else [{last: rows[last].to_list()}]:
-        values = row[last]
-        present = [v for v in values if v is not None]
-        hit = pl.col(last).is_in(pl.Series(present, dtype=rows.schema[last]).implode())
-        if len(present) < len(values):
-            hit = hit | pl.col(last).is_null()
-        for k in lead:
-            hit = hit & pl.col(k).eq_missing(pl.lit(row[k], dtype=rows.schema[k]))
-        terms.append(hit)
-    return pl.any_horizontal(terms) if len(terms) > 1 else terms[0]
 
 
 def delta_facts(

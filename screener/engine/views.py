@@ -134,6 +134,11 @@ def read_view_files(files: ViewFiles) -> tuple[PatientState, int]:
     return PatientState(persons=frames[0], facts=frames[1], retracted=frames[2]), offset
 
 
+def _warm() -> None:
+    """In a new worker: import what its loads use."""
+    import screener.engine._delta  # noqa: F401
+
+
 class ViewLoader:
     """Loads partitions' views from ``store`` under a new filter, in a worker process (``process=True``) or in
     the calling thread. The worker is started at the first load and kept for the next rule change."""
@@ -177,16 +182,28 @@ class ViewLoader:
         finally:
             shutil.rmtree(Path(path).parent, ignore_errors=True)
 
+    def warm(self) -> None:
+        """Start the worker now, without waiting for it (its start, imports included, took 5-10 s at nice 10 on
+        a busy host: the first partition of the first rule change paid it)."""
+        if self.process and self._pool is None:
+            self._start()
+            assert self._pool is not None
+            self._pool.submit(_warm)
+
+    def _start(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)  # what a worker of a crashed engine left
+        self._pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority
+        )
+
     def _run(self, fn: Any, partition: int, *filters: Any) -> Any:
         """``fn(store class, url, options, partition, *filters, scratch)`` in the worker (started again, once,
         when it died)."""
         store = self.store
         for attempt in range(2):
             if self._pool is None:
-                shutil.rmtree(self.scratch, ignore_errors=True)  # what a worker of a crashed engine left
-                self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority
-                )
+                self._start()
+            assert self._pool is not None
             self.scratch.mkdir(parents=True, exist_ok=True)
             try:
                 args = (type(store), store.url, store.storage_options, partition, *filters, str(self.scratch))

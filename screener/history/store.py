@@ -76,6 +76,27 @@ def _truthy(options: dict[str, str], keys: Sequence[str]) -> bool:
     return any(str(options.get(k, "")).lower() in ("1", "true", "yes") for k in keys)
 
 
+def keys_expr(keys: list[str], rows: pl.DataFrame) -> pl.Expr:
+    """A filter true exactly for the facts whose ``keys`` equal one of ``rows`` (nulls equal to nulls), the
+    semi-join's answer as an expression that Polars pushes into the Parquet scan: one ``is_in`` on the last key
+    per combination of the others."""
+    if rows.height == 0:
+        return pl.lit(False)
+    *lead, last = keys
+    terms: list[pl.Expr] = []
+    groups = rows.group_by(lead, maintain_order=True).agg(pl.col(last)) if lead else None
+    for row in groups.iter_rows(named=True) if groups is not None else [{last: rows[last].to_list()}]:
+        values = row[last]
+        present = [v for v in values if v is not None]
+        hit = pl.col(last).is_in(pl.Series(present, dtype=rows.schema[last]).implode())
+        if len(present) < len(values):
+            hit = hit | pl.col(last).is_null()
+        for k in lead:
+            hit = hit & pl.col(k).eq_missing(pl.lit(row[k], dtype=rows.schema[k]))
+        terms.append(hit)
+    return pl.any_horizontal(terms) if len(terms) > 1 else terms[0]
+
+
 class StoreError(ScreenerError):
     """The history store cannot be read or written. ``url`` and ``partition`` say where."""
 
@@ -361,7 +382,9 @@ class HistoryStore:
     def load(self, partition: int, keep: pl.Expr | FactFilter | None = None) -> tuple[PatientState, int] | None:
         """The partition's state pruned with ``keep`` (its expression and cut-off pushed down into the scan) and
         its offset, or ``None`` when the store has nothing for it. :raises StoreError: as :meth:`view`."""
-        got = self.view(partition)
+        keyed = isinstance(keep, FactFilter) and keep.expr is not None and keep.keys is not None
+        # A filter on the key columns is decided before the other columns are decoded (prefiltered).
+        got = self.view(partition, parallel="prefiltered" if keyed else "auto")
         if got is None:
             return None
         persons, facts, retracted, offset = got
@@ -373,8 +396,8 @@ class HistoryStore:
                 # once (a scan of those columns alone) and keep the facts by a semi-join, as FactFilter does.
                 distinct = facts.select(keep.keys).unique().collect()
                 allowed = FactFilter(keep.expr)(distinct)
-                # In the base's order (sorted by patient): the engine's views then need no sort.
-                facts = facts.join(allowed.lazy(), on=keep.keys, how="semi", nulls_equal=True, maintain_order="left")
+                # A filter keeps the base's order (sorted by patient): the engine's views then need no sort.
+                facts = facts.filter(keys_expr(keep.keys, allowed.select(keep.keys)))
             elif keep.expr is not None:
                 facts = facts.filter(keep.expr.fill_null(False))
         elif keep is not None:

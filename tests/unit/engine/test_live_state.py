@@ -160,6 +160,15 @@ def test_a_run_of_consecutive_patients_is_selected_as_the_same_rows_as_scattered
     )
     live = LiveState(PatientState(persons=persons, facts=facts))
     plain = PatientState(persons=persons, facts=facts)
-    for ids in (["P1", "P2", "P3"], ["P2", "P3", "P4"], ["P1", "P3"], ["P2"], ["P4", "P1"], ["P0", "P1", "P2"]):
+    runs = (
+        ["P1", "P2", "P3"],
+        ["P2", "P3", "P4"],
+        ["P1", "P3"],
+        ["P1", "P4"],
+        ["P2"],
+        ["P4", "P1"],
+        ["P0", "P1", "P2"],
+    )
+    for ids in runs:
         _same(live.select(ids), plain.select_patients(ids))
     assert live.select(["P1", "P2", "P3"]).facts["event_id"].to_list() == ["a", "b", "c"]

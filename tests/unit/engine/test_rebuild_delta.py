@@ -9,9 +9,10 @@ from pathlib import Path
 import polars as pl
 from polars.testing import assert_frame_equal
 
-from screener.engine._delta import add_delta, delta_applies, delta_facts, keys_expr
+from screener.engine._delta import add_delta, delta_applies, delta_facts
 from screener.engine.views import ViewLoader
 from screener.history import open_store
+from screener.history.store import keys_expr
 from screener.state import FactFilter, LiveState
 
 CODES = ["E11", "I10", "N18", "E11", "N18", None, "I10", "J45"]
