@@ -158,6 +158,9 @@ class Engine(
         :meth:`close`."""
         stop = stop or threading.Event()
         self.start()
+        if self.rebuild_in_process:
+            with contextlib.suppress(Exception):
+                self._loader_for_views().warm()  # ready for the first rule change
         try:
             while not stop.is_set():
                 self.step(overlap=True)

@@ -22,6 +22,7 @@ by replay); the matches store never alerts twice for a (study, patient) pair.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -33,8 +34,9 @@ from typing import Any
 import polars as pl
 
 from screener.engine._base import EngineBase, log
+from screener.engine._delta import add_delta, delta_applies
 from screener.engine.history import concat_frames
-from screener.engine.views import ViewLoader, lower_priority
+from screener.engine.views import ViewLoader, lower_priority, scratch_dir
 from screener.history import StoreError
 from screener.state import FactFilter, LiveState
 
@@ -70,6 +72,9 @@ class RebuildRole(EngineBase):
     #: Load the views in a worker process at low priority (see :mod:`screener.engine.views`); ``False``: in the
     #: rebuild thread of this process (the store object itself is used: tests that hold its loads do this).
     rebuild_in_process = True
+    #: Build a new view as the current one plus the facts only the new filter keeps, when the filters allow
+    #: (:mod:`screener.engine._delta`); ``False``: always load it whole from the store.
+    rebuild_by_delta = True
     #: The time after which a step stops catching up views (it does at least one partition).
     CATCH_UP_S = 0.1
 
@@ -82,7 +87,7 @@ class RebuildRole(EngineBase):
         if loader is None or loader.store is not store:
             if loader is not None:
                 loader.close()
-            loader = self._view_loader = ViewLoader(store, Path(self.settings.state_dir) / "rebuild")
+            loader = self._view_loader = ViewLoader(store, scratch_dir(Path(self.settings.state_dir)))
         loader.process = self.rebuild_in_process
         return loader
 
@@ -100,10 +105,17 @@ class RebuildRole(EngineBase):
         self.settle()
         self._wait_snapshots()  # a history append in flight has taken frames the catch-up needs
         targets: dict[int, int | None] = {}
+        # A copy of each current view (O(1): its frames are immutable; batches replace them, never change them)
+        # to add the new filter's delta to, when the filters allow it (see screener.engine._delta).
+        current: dict[int, LiveState] = {}
+        old_keep = self._keep
+        by_delta = self.rebuild_by_delta and delta_applies(old_keep, keep) and self._horizon is None
         for p, part in self._parts.items():
             with part.lock:
                 part.catch_up = list(part.unsaved)
                 targets[p] = part.saved_offset
+            if by_delta and part.saved_offset is not None and not part.replaying:
+                current[p] = copy.copy(part.state)
         loader = self._loader_for_views()
 
         def load_all() -> dict[int, _View | None]:
@@ -116,10 +128,15 @@ class RebuildRole(EngineBase):
                     out[p] = _View(LiveState(), [])
                     continue
                 try:
-                    got = loader.load(p, keep)
+                    view = self._delta_view(loader, p, offset, current.get(p), old_keep, keep)
+                    got = None if view is not None else loader.load(p, keep)
                 except StoreError as exc:
                     log.warning("history_unreadable", partition=p, error=str(exc)[:200])
-                    got = None
+                    out[p] = None
+                    continue
+                if view is not None:
+                    out[p] = view
+                    continue
                 if got is None or got[1] < offset:
                     out[p] = None
                     continue
@@ -145,6 +162,29 @@ class RebuildRole(EngineBase):
             changed=sorted(changed),
             worker="process" if loader.process else "thread",
         )
+
+    def _delta_view(
+        self,
+        loader: ViewLoader,
+        partition: int,
+        offset: int,
+        current: LiveState | None,
+        old: FactFilter | None,
+        keep: FactFilter | None,
+    ) -> _View | None:
+        """On the rebuild thread: the partition's new view as ``current`` plus the stored facts only the new
+        filter keeps, or ``None`` when it must be loaded whole (no copy; a filter that drops stored facts the
+        current one keeps; the store behind ``offset``)."""
+        if current is None or old is None or keep is None:
+            return None
+        got = loader.load_delta(partition, old, keep)
+        if got is None or got[0] is None or got[1] < offset:
+            return None
+        delta = got[0]
+        add_delta(current, delta, keep)
+        parts = current.parts()
+        log.info("rules_rebuild_delta", partition=partition, facts=delta.height)
+        return _View(current, [parts.persons["patient_id"], parts.tail_ids.rename("patient_id")])
 
     @property
     def rebuilding(self) -> bool:

@@ -12,9 +12,13 @@ from screener.errors import ScreenerError
 
 #: Patients per chunk in a full re-screen: bounds the patient x study result frame and the time between two
 #: polls of the consumer (a full re-screen is worked off a chunk per loop iteration, between micro-batches).
-RESCREEN_CHUNK = 20_000
+RESCREEN_CHUNK = 50_000
 #: The smallest chunk the adaptive sizing (:meth:`RescreenRole._chunk_limit`) goes down to.
 MIN_CHUNK = 2_000
+#: ... in patient x study pairs (2,000 patients x the 17 sample studies): a rule change's re-screen of one study
+#: in chunks of 2,000 patients spent its time on each chunk's fixed cost (at 1M patients: 500 chunks, each
+#: behind a live batch, over 5 minutes).
+MIN_PAIRS = 34_000
 #: The least time a chunk is sized for: smaller chunks pay their fixed cost (selecting, the store round trip) too
 #: often (200k patients at 500 a chunk: 120 s instead of about 25 s); larger ones hold a live batch that long
 #: (a rule change's re-screen runs a chunk per step, between batches).
@@ -52,12 +56,14 @@ class RescreenRole(EngineBase):
 
     def _chunk_limit(self, n_studies: int) -> int:
         """Patients per chunk: what the measured screening rate does in about ``batch_max_ms`` (at least
-        ``MIN_CHUNK_S``; at least ``MIN_CHUNK`` patients, at most ``RESCREEN_CHUNK``); ``MIN_CHUNK`` until a rate is
-        known (a first chunk of ``RESCREEN_CHUNK`` held a live batch for 2 s at 200k patients on a loaded host)."""
+        ``MIN_CHUNK_S``; at least ``MIN_CHUNK`` patients and ``MIN_PAIRS`` pairs, at most ``RESCREEN_CHUNK``); that
+        least until a rate is known (a first chunk of ``RESCREEN_CHUNK`` held a live batch for 2 s at 200k
+        patients on a loaded host, before chunks of consecutive patients were selected as slices)."""
+        least = min(RESCREEN_CHUNK, max(MIN_CHUNK, MIN_PAIRS // max(1, n_studies)))
         if self._screen_rate is None:
-            return min(MIN_CHUNK, RESCREEN_CHUNK)
+            return least
         target = max(MIN_CHUNK_S, self.settings.batch_max_ms / 1000)
-        return max(MIN_CHUNK, min(RESCREEN_CHUNK, int(self._screen_rate * target / n_studies)))
+        return max(least, min(RESCREEN_CHUNK, int(self._screen_rate * target / n_studies)))
 
     def _learn_rate(self, pairs: int, seconds: float) -> None:
         """Patient x study evaluations per second, smoothed over chunks (chunks too small to time are ignored)."""

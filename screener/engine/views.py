@@ -16,14 +16,17 @@ Errors in the child come back as a message (``StoreError`` is not rebuilt from i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import multiprocessing
 import os
+import pickle
 import shutil
 import threading
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -48,9 +51,43 @@ def lower_priority(thread: bool = False) -> None:
             os.setpriority(os.PRIO_PROCESS, who, REBUILD_NICE)
 
 
+def scratch_dir(state_dir: Path) -> Path:
+    """Where the worker hands views back: a folder in ``/dev/shm`` when the host has one (memory: at 1M
+    patients a partition's view is 1.2 GB of Arrow, which took 10 s to write to disk and 8 s to read back), named
+    after ``state_dir`` so a restarted engine clears what a crashed one left; else ``state_dir/rebuild``."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:16]
+        return shm / f"screener-rebuild-{digest}"
+    return Path(state_dir) / "rebuild"
+
+
+def portable(keep: FactFilter | None) -> FactFilter | None:
+    """``keep`` as the worker can receive it. Its ``judge`` (the fast form of ``expr`` on distinct keys, built
+    from the compiled studies) does not pickle: the rule compiler's JEXL closures are local lambdas, and every
+    rebuild failed with "Can't pickle local object" and fell back to restoring each partition on the consumer's
+    thread. The worker gets ``expr`` and ``since`` alone, which by ``judge``'s contract keep the same facts (it
+    evaluates ``expr`` once on the partition's distinct keys)."""
+    if keep is None:
+        return None
+    try:
+        pickle.dumps(keep)
+        return keep
+    except Exception:
+        return FactFilter(keep.expr, keep.since)
+
+
 def _write(frame: pl.DataFrame, path: Path) -> str:
     frame.write_ipc(path, compression="uncompressed")
     return str(path)
+
+
+def _by_patient(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` stably sorted by patient; one the store already gave in that order (a base without segments:
+    the load keeps the base's order) is not sorted again (8 s for 4M facts on a loaded host)."""
+    if frame["patient_id"].is_sorted():
+        return frame
+    return frame.sort("patient_id", maintain_order=True)
 
 
 def load_view_files(
@@ -80,8 +117,8 @@ def load_view_files(
     folder = Path(out_dir) / f"p{partition}-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True)
     return (
-        _write(state.persons.sort("patient_id", maintain_order=True), folder / "persons.arrow"),
-        _write(state.facts.sort("patient_id", maintain_order=True), folder / "facts.arrow"),
+        _write(_by_patient(state.persons), folder / "persons.arrow"),
+        _write(_by_patient(state.facts), folder / "facts.arrow"),
         _write(state.retracted, folder / "retracted.arrow"),
         offset,
     )
@@ -95,6 +132,11 @@ def read_view_files(files: ViewFiles) -> tuple[PatientState, int]:
     finally:
         shutil.rmtree(Path(persons).parent, ignore_errors=True)
     return PatientState(persons=frames[0], facts=frames[1], retracted=frames[2]), offset
+
+
+def _warm() -> None:
+    """In a new worker: import what its loads use."""
+    import screener.engine._delta  # noqa: F401
 
 
 class ViewLoader:
@@ -111,32 +153,71 @@ class ViewLoader:
         """The partition's view and offset, ``None`` when the store has none. :raises StoreError: unreadable."""
         if not self.process:
             return self.store.load(partition, keep=keep)
-        store = self.store
-        for attempt in range(2):
-            if self._pool is None:
-                shutil.rmtree(self.scratch, ignore_errors=True)  # what a worker of a crashed engine left
-                self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority
-                )
-            self.scratch.mkdir(parents=True, exist_ok=True)
-            try:
-                got = self._pool.submit(
-                    load_view_files, type(store), store.url, store.storage_options, partition, keep, str(self.scratch)
-                ).result()
-                break
-            except BrokenProcessPool:
-                # The worker died (killed, out of memory): a new one is started, once.
-                self.close()
-                if attempt:
-                    raise
+        got = self._run(load_view_files, partition, portable(keep))
         if isinstance(got, str):
             raise StoreError(
                 f"history unreadable in the rebuild worker: {got[:200]}", url=self.store.url, partition=partition
             )
         return None if got is None else read_view_files(got)
 
+    def load_delta(self, partition: int, old: FactFilter, new: FactFilter) -> tuple[pl.DataFrame | None, int] | None:
+        """The stored facts of the partition that ``new`` keeps and ``old`` does not, and the store's offset
+        (:func:`screener.engine._delta.load_delta_file`; the frame is ``None`` when the whole view must be
+        loaded). ``None`` when the store has nothing for it. :raises StoreError: unreadable."""
+        from screener.engine._delta import delta_facts, load_delta_file
+
+        store = self.store
+        if not self.process:
+            return delta_facts(store, partition, old, new)
+        got = self._run(load_delta_file, partition, portable(old), portable(new))
+        if isinstance(got, str):
+            raise StoreError(f"history unreadable for the delta: {got[:200]}", url=store.url, partition=partition)
+        if got is None:
+            return None
+        path, offset = got
+        if path is None:
+            return None, offset
+        try:
+            return pl.read_ipc(path), offset
+        finally:
+            shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+    def warm(self) -> None:
+        """Start the worker now, without waiting for it (its start, imports included, took 5-10 s at nice 10 on
+        a busy host: the first partition of the first rule change paid it)."""
+        if self.process and self._pool is None:
+            self._start()
+            assert self._pool is not None
+            self._pool.submit(_warm)
+
+    def _start(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)  # what a worker of a crashed engine left
+        self._pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority
+        )
+
+    def _run(self, fn: Any, partition: int, *filters: Any) -> Any:
+        """``fn(store class, url, options, partition, *filters, scratch)`` in the worker (started again, once,
+        when it died)."""
+        store = self.store
+        for attempt in range(2):
+            if self._pool is None:
+                self._start()
+            assert self._pool is not None
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            try:
+                args = (type(store), store.url, store.storage_options, partition, *filters, str(self.scratch))
+                return self._pool.submit(fn, *args).result()
+            except BrokenProcessPool:
+                # The worker died (killed, out of memory): a new one is started, once.
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
     def close(self) -> None:
-        """Stop the worker (a load in progress is abandoned)."""
+        """Stop the worker (a load in progress is abandoned) and remove its scratch folder."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        shutil.rmtree(self.scratch, ignore_errors=True)

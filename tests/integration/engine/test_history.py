@@ -70,7 +70,7 @@ def test_kill_9_of_one_of_two_engines_the_other_takes_over_from_the_store_withou
 
 
 class BusyLoads(HistoryStore):
-    """A store whose loads, once ``MARKER`` exists in its folder, first hold every thread of Polars' pool for
+    """A store whose reads, once ``MARKER`` exists in its folder, first hold every thread of Polars' pool for
     ``HOLD_S / 4`` seconds (one query, an expression per thread, each waiting): a stand-in for a large history's
     scans and pruning, which is what starved live batches (Polars has one pool per process). A marker file, not
     an attribute, because the engine loads a rule change's views in a worker process that opens the store again
@@ -79,7 +79,8 @@ class BusyLoads(HistoryStore):
     HOLD_S = 6.0
     MARKER = "BUSY"
 
-    def load(self, partition: int, keep: Any = None) -> Any:
+    def view(self, partition: int, parallel: str = "auto") -> Any:
+        # Every read of a partition goes through here: a whole load, and a rule change's delta.
         if (Path(self.url) / self.MARKER).exists():
             import polars as pl
 
@@ -90,7 +91,7 @@ class BusyLoads(HistoryStore):
             width = pl.thread_pool_size()
             frame = pl.DataFrame({f"c{i}": [i] for i in range(width)})
             frame.select(pl.col(f"c{i}").map_batches(hold, return_dtype=pl.Int64) for i in range(width))
-        return super().load(partition, keep)
+        return super().view(partition, parallel)
 
 
 def test_a_rule_edit_while_events_stream_is_built_from_the_store_and_live_events_keep_their_latency(

@@ -359,11 +359,13 @@ def test_a_match_whose_publish_failed_is_published_once_by_the_sweep(
 
 
 def test_a_rescreen_chunk_is_cut_to_about_one_batch_time_at_the_measured_rate(
-    settings: Any, log: Any, mini: Any, make_event: Any
+    settings: Any, log: Any, mini: Any, make_event: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Live batches wait behind at most one chunk: with a measured rate, a chunk is what it screens in about
-    batch_max_ms (never under MIN_CHUNK patients); the rest goes back to the front of the queue."""
-    from screener.engine.rescreen import MIN_CHUNK
+    batch_max_ms (never under MIN_CHUNK patients, nor MIN_PAIRS patient x study pairs); the rest goes back to
+    the front of the queue."""
+    from screener.engine import rescreen
+    from screener.engine.rescreen import MIN_CHUNK, MIN_PAIRS, RESCREEN_CHUNK
 
     write_rule(settings, "a", "id=ADULT min_age=18")
     store = MemoryStore()
@@ -373,8 +375,11 @@ def test_a_rescreen_chunk_is_cut_to_about_one_batch_time_at_the_measured_rate(
     run_until_idle(engine)
     engine.rescreen_all(wait=False)
     queued = sum(q[1].len() for q in engine._queue)
-    assert queued == 4800 and len(engine._queue) == 2  # one chunk per partition (RESCREEN_CHUNK is 20,000)
+    assert queued == 4800 and len(engine._queue) == 2  # one chunk per partition (RESCREEN_CHUNK is 50,000)
     engine._screen_rate = 1.0  # pairs per second: far below any real rate, so the floor applies
+    assert engine._chunk_limit(1) == min(RESCREEN_CHUNK, MIN_PAIRS), "one study: the floor is in pairs"
+    assert engine._chunk_limit(17) == MIN_CHUNK
+    monkeypatch.setattr(rescreen, "MIN_PAIRS", MIN_CHUNK)  # this one study's floor: MIN_CHUNK patients
     first = engine._queue[0][1].len()
     engine._drain(budget_s=0)
     assert engine._queue[0][1].len() == first - MIN_CHUNK, "the rest of the chunk waits at the front"

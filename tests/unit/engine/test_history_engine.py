@@ -321,6 +321,38 @@ def test_the_view_loader_reads_in_its_worker_and_starts_a_new_one_when_the_worke
         loader.close()
 
 
+def test_the_worker_gets_a_filter_whose_judge_does_not_pickle_and_keeps_the_same_facts(tmp_path: Path) -> None:
+    from screener.engine.views import ViewLoader, portable
+    from screener.state import FactFilter
+
+    history = open_store(tmp_path / "h")
+    persons = pl.DataFrame({"patient_id": ["A", "B"]})
+    facts = pl.DataFrame(
+        {
+            "patient_id": ["A", "A", "B"],
+            "event_id": ["e1", "e2", "e3"],
+            "kind": ["condition"] * 3,
+            "system": ["ICD10"] * 3,
+            "code": ["E11", "I10", "E11"],
+        }
+    )
+    history.write_base(0, persons, facts, pl.DataFrame(schema={"event_id": pl.String}), 3)
+    expr = pl.col("code") == "E11"
+    # The engine's filter carries the rule compiler's judge, a closure over the studies (local lambdas inside).
+    keep = FactFilter(expr, judge=lambda keys: keys.select(expr.fill_null(False)).to_series())
+    sent = portable(keep)
+    assert sent is not None and sent.judge is None and sent.expr is expr
+    plain = FactFilter(pl.col("code") == "I10")
+    assert portable(plain) is plain, "a filter that pickles is sent as it is"
+    loader = ViewLoader(history, tmp_path / "scratch")
+    try:
+        got = loader.load(0, keep)
+        assert got is not None, "the load did not fail on pickling"
+        assert got[0].facts["event_id"].to_list() == ["e1", "e3"]
+    finally:
+        loader.close()
+
+
 def test_under_run_changed_rule_files_are_read_on_the_rules_thread_while_events_are_screened(
     settings: Any, rules: Path, mini: Any, make_event: Any, tmp_path: Path
 ) -> None:

@@ -150,3 +150,25 @@ def test_snapshots_of_parts_reuse_unchanged_main_files_and_restore_the_same_live
     save_snapshot(live.parts(), tmp_path, 13)
     gen3 = tmp_path / json.loads((tmp_path / "CURRENT").read_text())["generation"]
     assert os.stat(gen3 / "facts.parquet").st_ino != inode and not (gen3 / "tail-facts.parquet").exists()
+
+
+def test_a_run_of_consecutive_patients_is_selected_as_the_same_rows_as_scattered_ones() -> None:
+    # P2 has no facts: the run P1..P3 is still one run of fact rows (the re-screen's chunks are such runs).
+    persons = pl.DataFrame({"patient_id": ["P1", "P2", "P3", "P4"]})
+    facts = pl.DataFrame(
+        {"patient_id": ["P1", "P1", "P3", "P4", "P4"], "event_id": ["a", "b", "c", "d", "e"], "code": list("ABCDE")}
+    )
+    live = LiveState(PatientState(persons=persons, facts=facts))
+    plain = PatientState(persons=persons, facts=facts)
+    runs = (
+        ["P1", "P2", "P3"],
+        ["P2", "P3", "P4"],
+        ["P1", "P3"],
+        ["P1", "P4"],
+        ["P2"],
+        ["P4", "P1"],
+        ["P0", "P1", "P2"],
+    )
+    for ids in runs:
+        _same(live.select(ids), plain.select_patients(ids))
+    assert live.select(["P1", "P2", "P3"]).facts["event_id"].to_list() == ["a", "b", "c"]

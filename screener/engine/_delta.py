@@ -1,0 +1,118 @@
+"""A rule change's new hot view from the current one plus only the facts it newly needs (the *delta*).
+
+Reading a partition's whole history again costs the decoding of every fact (at 1M patients, 6M facts and 24
+columns a partition: about 30 s of CPU for four, which a low-priority worker on a busy host took minutes to
+get). When both the current and the new fact filters judge facts by their key columns alone (the rule
+compiler's filters) and neither cuts facts by time, the new view is exactly
+
+    new filter(current view)  +  the stored facts the new filter keeps and the current one does not
+
+because the current view holds every fact the current filter keeps (nothing was pruned by time). The worker
+reads the second part with the filter pushed into the Parquet scan (``parallel="prefiltered"``: the key columns
+are decoded first, the others only for the rows kept), usually a small fraction of the partition (at 1M
+patients and an added sample study: 10k of 6M facts, 2.6 s instead of 7 s plus the hand-back). The engine
+applies it to a copy of the current view (:func:`add_delta`: the patients it touches go to the view's tail, so
+neither a sort nor a new event-id index is needed) and the catch-up (what was applied since the store's offset,
+re-applied: idempotent per event id) does the rest, as for a full load. A filter that drops stored facts the
+current one keeps (a changed or removed study) loads the whole view as before.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import polars as pl
+
+from screener.history import HistoryStore, StoreError
+from screener.history.store import keys_expr
+from screener.state import FactFilter, LiveState, events_to_frames
+
+#: One delta as the worker returns it: the IPC file of the facts (``None``: load the whole view instead) and
+#: the store's offset.
+DeltaFile = tuple[str | None, int]
+
+
+def delta_applies(old: FactFilter | None, new: FactFilter | None) -> bool:
+    """True when the new view can be built from the current one (see the module): both filters judge the same
+    key columns only, and neither cuts by time."""
+    return (
+        old is not None
+        and new is not None
+        and old.expr is not None
+        and new.expr is not None
+        and old.keys is not None
+        and old.keys == new.keys
+        and old.since is None
+        and new.since is None
+    )
+
+
+def delta_facts(
+    store: HistoryStore, partition: int, old: FactFilter, new: FactFilter
+) -> tuple[pl.DataFrame | None, int] | None:
+    """The stored facts of ``partition`` that ``new`` keeps and ``old`` does not, in the store's order (by
+    patient), and the store's offset. The frame is ``None`` when ``new`` drops some stored facts that ``old``
+    keeps (a changed or removed study: the view is then loaded whole); ``None`` when the store has nothing for
+    the partition. Both filters as :func:`delta_applies` accepts them. :raises StoreError: unreadable."""
+    assert old.expr is not None and new.expr is not None and new.keys is not None
+    got = store.view(partition, parallel="prefiltered")
+    if got is None:
+        return None
+    _, facts, _, offset = got
+    try:
+        distinct = facts.select(new.keys).unique().collect()
+        judged = distinct.select(
+            *new.keys, new.expr.fill_null(False).alias("_new"), old.expr.fill_null(False).alias("_old")
+        )
+        if judged.filter(pl.col("_old") & ~pl.col("_new")).height:
+            return None, offset
+        wanted = judged.filter(pl.col("_new") & ~pl.col("_old")).select(new.keys)
+        return facts.filter(keys_expr(new.keys, wanted)).collect(), offset
+    except Exception as exc:
+        raise StoreError(f"history unreadable ({type(exc).__name__})", url=store.url, partition=partition) from exc
+
+
+def load_delta_file(
+    store_cls: type[HistoryStore],
+    url: str,
+    options: dict[str, str],
+    partition: int,
+    old: FactFilter,
+    new: FactFilter,
+    out_dir: str,
+) -> DeltaFile | str | None:
+    """In the worker: :func:`delta_facts` with the frame written to ``out_dir`` as Arrow IPC (its path, or
+    ``None`` as there). A string: why the store could not be read (read once more on a failure: a compaction
+    replacing the files is the usual cause). The filters come without their judges (pickling)."""
+    store = store_cls(url, options)
+    error = ""
+    for _ in range(2):
+        try:
+            got = delta_facts(store, partition, old, new)
+            break
+        except StoreError as exc:
+            error = str(exc)
+    else:
+        return error or "unreadable"
+    if got is None:
+        return None
+    delta, offset = got
+    if delta is None:
+        return None, offset
+    folder = Path(out_dir) / f"d{partition}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    path = folder / "facts.arrow"
+    delta.write_ipc(path, compression="uncompressed")
+    return str(path), offset
+
+
+def add_delta(view: LiveState, delta: pl.DataFrame, keep: FactFilter) -> pl.Series:
+    """Apply ``delta`` (stored facts, already folded) to ``view`` as new facts, in place: they join the tail
+    of the patients they belong to (a tail past its threshold is folded in here, on the rebuild thread). Returns
+    those patients."""
+    if delta.height == 0:
+        return pl.Series("patient_id", [], dtype=pl.String)
+    upd, empty, control = events_to_frames([])
+    rows = delta.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("seq")).select(empty.columns)
+    return view.apply(upd, rows, control, keep=keep)
