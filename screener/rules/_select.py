@@ -28,7 +28,7 @@ from screener.rules.ir import NOT_DONE, Feat, Source
 from screener.rules.units import normalise_unit_expr
 from screener.state import PatientState
 
-__all__ = ["MODES", "Selection", "fact_rows", "windows"]
+__all__ = ["MODES", "Selection", "fact_rows", "fid_bits", "windows"]
 
 TS = pl.Datetime("us", "UTC")
 ENGINE: Any = "in-memory"
@@ -36,6 +36,11 @@ ENGINE: Any = "in-memory"
 #: how a selection picks fact rows (:attr:`screener.rules.ir.Feat.mode`, plus ``other``: a relation's other side)
 MODES = ("plain", "period", "continuous", "upcoming", "after", "before", "other")
 MODE = pl.Enum(MODES)
+
+
+def fid_bits(selections: int) -> int:
+    """The bits of ``_fid`` in the packed group key ``_g = _pid << bits | _fid``."""
+    return max(selections, 1).bit_length()
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class RowPlan:
     value_code: bool  # some feature reads ``value_code`` (``latest_code``)
     needs_encounters: bool
     look_ahead: timedelta
+    slots: Sequence[int] = ()  # per selection, the slot the rows are sorted by (:attr:`AggPlan.slots`)
 
 
 def _code_concepts(facts: pl.DataFrame, rp: RowPlan) -> pl.DataFrame:
@@ -184,20 +190,34 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
     selected = (t <= pl.col("_end")) & (
         pl.when(pl.col("_future")).then(status_nd & (t >= start)).otherwise(done) if "upcoming" in modes else done
     )
-    win = windows(rp.selections, rp.ckeys, now)
+    win = windows(rp.selections, rp.ckeys, now).with_columns(
+        pl.Series("_slot", rp.slots or [0] * len(rp.selections), dtype=pl.UInt32)
+    )
     extra = [c for c in ("_wneg", "_wpos") if modes & {"after", "before"}]
     extra += (["_start"] if "period" in modes else []) + (["_cov"] if "continuous" in modes else [])
     cc = _code_concepts(facts, rp)
     cf = _concept_facts(facts, state.persons, cc, rp, now, periods).with_row_index("_row").collect(engine=ENGINE)
     # The window join multiplies rows (a fact per feature of its concept): it runs on the columns it reads only,
     # and the selected rows, put back in time order by their row number, gather the rest (a forward scan).
+    # ``_g`` packs (patient, feature) into one integer: the group_bys of :mod:`screener.rules._aggregate` hash
+    # one column, not two. The rows are sorted by slot, then time (each aggregation reads one slice).
+    fbits = fid_bits(len(rp.selections))
+    rbits = max(cf.height, 1).bit_length()
     picked = (
         cf.lazy()
-        .select("_row", "_ck", "occurred_at", "_nd", *(["_pend"] if periods else []))
+        .select("_row", "_pid", "_ck", "occurred_at", "_nd", *(["_pend"] if periods else []))
         .join(win.lazy(), on="_ck", how="inner")
         .filter(selected)
-        .select("_row", "_fid", "_own", "_mode", *extra)
-        .sort("_row")
+        .select(
+            "_row",
+            "_fid",
+            "_own",
+            "_mode",
+            *extra,
+            (pl.col("_pid").cast(pl.UInt64) * (1 << fbits) + pl.col("_fid")).alias("_g"),
+            "_slot",
+        )
+        .sort(pl.col("_slot").cast(pl.UInt64) * (1 << rbits) + pl.col("_row"))
         .collect(engine=ENGINE)
     )
     rows = pl.concat([cf.drop("_row", "_ck")[picked["_row"]], picked.drop("_row")], how="horizontal").with_columns(
