@@ -147,8 +147,13 @@ def _concept_facts(
     ``_active`` and ``_pend``; sorted by time then event
     id. Other fact columns are gathered later, for the rows that need them only (a random gather of strings
     costs more than everything else here)."""
+    # each (concept, spelled unit) with its conversion, on the distinct spellings: one join over the facts
     units = (
-        facts.lazy().select(pl.col("unit").unique()).with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
+        facts.lazy()
+        .select(pl.col("unit").unique())
+        .with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
+        .join(rp.conversions.lazy(), on="_unit", how="inner")
+        .select("_ck", "unit", "_a", "_b")
     )
     pids = persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
     cols = ["patient_id", "system", "code", "unit", "occurred_at", "event_id", "status", "value"]
@@ -159,10 +164,11 @@ def _concept_facts(
         .filter(pl.col("code").is_in(cc["code"].unique().implode()) & (pl.col("occurred_at") <= now + rp.look_ahead))
         .join(cc.lazy(), on=["system", "code"], how="inner")
         .join(pids, on="patient_id", how="inner")
-        .join(units, on="unit", how="left", nulls_equal=True)
-        .join(rp.conversions.lazy(), on=["_ck", "_unit"], how="left")
+        .join(units, on=["_ck", "unit"], how="left", nulls_equal=True)
+        # narrow before the sort: the sort gathers every column it carries
+        .select([*_NARROW, "event_id", *([*_PERIOD, _pend(now)] if periods else [])])
         .sort(["occurred_at", "event_id"])
-        .select(_NARROW + ([*_PERIOD, _pend(now)] if periods else []))
+        .drop("event_id")
     )
 
 
@@ -237,7 +243,10 @@ def _keep_column(rows: pl.DataFrame, state: PatientState, rp: RowPlan, now: date
     """``_keep``: each filter evaluated on its own selection's rows only (a when/then chain would run every
     filter on every row), scattered back to the rows' positions."""
     keys = list(rp.filters)
-    found = rows.with_row_index("_i").filter(pl.col("_fid").is_in(keys))
+    # only the row columns some filter reads (and the keys): the filtered rows are gathered, not every column
+    reads = {name for e in rp.filters.values() for name in e.meta.root_names()}
+    cols = ["_fid", "_pid", "_r0", *(c for c in rows.columns if c in reads and c not in ("_fid", "_pid", "_r0"))]
+    found = rows.select(cols).with_row_index("_i").filter(pl.col("_fid").is_in(keys))
     facts = ensure_columns(state.facts)
     gather = [c for c in rp.filter_columns if c not in found.columns]
     sub = (pl.concat([found, facts.select(gather)[found["_r0"]]], how="horizontal") if gather else found).lazy()
