@@ -128,10 +128,15 @@ def _continuous(rows: pl.LazyFrame, now: datetime, gneg: str) -> pl.LazyFrame:
     return blocks.group_by(_GROUP).agg(covered.any().alias("cont"), pl.col("_bs").filter(covered).min().alias("cont_t"))
 
 
-def _relations(rows: pl.LazyFrame, mode: str) -> pl.LazyFrame:
+def _relations(rows: pl.LazyFrame, mode: str, offsets: pl.LazyFrame) -> pl.LazyFrame:
     """``rel``: some fact of this side at t with a fact of the other at u, 0 <= t - u <= w (after) or
     0 <= u - t <= w (before): the nearest other fact on the right side of t, by ``join_asof``."""
-    this = rows.filter(pl.col("_mode") == mode).select(*_GROUP, "occurred_at", "code", "_wneg", "_wpos")
+    this = (
+        rows.filter(pl.col("_mode") == mode)
+        .select(*_GROUP, "_fid", "occurred_at", "code")
+        .join(offsets, on="_fid", how="left")  # the window offsets: per feature, not carried on every row
+        .drop("_fid")
+    )
     other = (
         rows.filter(pl.col("_mode") == "other")
         .select(
@@ -182,6 +187,8 @@ class AggPlan:
     #: it): ``i`` for ``plain[i]``, ``len(plain) + j`` for ``continuous[j]``, then periods, then relations (both
     #: sides), then none
     slots: tuple[int, ...]
+    #: ``(fid, window offset back, window offset ahead)`` of each relation (``after``/``before``)
+    offsets: tuple[tuple[int, str | None, str | None], ...] = ()
 
 
 def aggregate(rows: pl.DataFrame, plan: AggPlan, now: datetime, engine: Any) -> list[pl.DataFrame]:
@@ -206,8 +213,11 @@ def aggregate(rows: pl.DataFrame, plan: AggPlan, now: datetime, engine: Any) -> 
         parts.append(kept(n_plain + n_cont).group_by(_GROUP).agg(e.alias(k) for k, e in exprs.items()))
     for j, (_fids, gneg) in enumerate(plan.continuous):
         parts.append(_continuous(kept(n_plain + j), now, gneg))
+    offsets = pl.LazyFrame(
+        list(plan.offsets), schema={"_fid": pl.UInt32, "_wneg": pl.String, "_wpos": pl.String}, orient="row"
+    )
     for mode in plan.relations:
-        parts.append(_relations(kept(n_plain + n_cont + 1), mode))
+        parts.append(_relations(kept(n_plain + n_cont + 1), mode, offsets))
     if plan.funk:
         parts.append(
             lazy.filter(pl.col("_keep").is_null())

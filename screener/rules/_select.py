@@ -199,8 +199,7 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
     win = windows(rp.selections, rp.ckeys, now).with_columns(
         pl.Series("_slot", rp.slots or [0] * len(rp.selections), dtype=pl.UInt32)
     )
-    extra = [c for c in ("_wneg", "_wpos") if modes & {"after", "before"}]
-    extra += (["_start"] if "period" in modes else []) + (["_cov"] if "continuous" in modes else [])
+    extra = (["_start"] if "period" in modes else []) + (["_cov"] if "continuous" in modes else [])
     cc = _code_concepts(facts, rp)
     cf = _concept_facts(facts, state.persons, cc, rp, now, periods).with_row_index("_row").collect(engine=ENGINE)
     # The window join multiplies rows (a fact per feature of its concept): it runs on the columns it reads only,

@@ -171,6 +171,11 @@ def _agg_plan(selections: Sequence[Selection], stats_needed: dict[str, set[str]]
         frozenset().union(*stats_needed.values()),
         fid_bits(len(selections)),
         tuple(slot[i] for i in range(len(selections))),
+        tuple(
+            (i, w.offset(-1) if w else None, w.offset(1) if w else None)
+            for i, (sel, w) in enumerate((s, s.feat.window) for s in selections)
+            if sel.mode in ("after", "before")
+        ),
     )
 
 
