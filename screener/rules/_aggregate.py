@@ -1,7 +1,8 @@
 """Per (patient, feature) statistics over the selected fact rows of :mod:`screener.rules.features`.
 
-The rows arrive sorted by time, keyed by ``_pid`` (patient) and ``_fid`` (feature). Plain features (look-backs,
-``upcoming``) needing the same statistics share a ``group_by``; periods
+The rows arrive sorted by ``_slot`` (:attr:`AggPlan.slots`: which ``group_by`` reads them), then by time, keyed by
+``_g`` (patient and feature packed in one integer). Each ``group_by`` reads its slot as one slice. Plain features
+(look-backs, ``upcoming``) needing the same statistics share a ``group_by``; periods
 (``exposure_days``, ``on_now``), ``continuous`` and the relations (``after``/``before``, one ``join_asof`` on
 patient and time per direction) each have their own, only when some study uses them.
 
