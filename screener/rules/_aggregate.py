@@ -1,7 +1,8 @@
 """Per (patient, feature) statistics over the selected fact rows of :mod:`screener.rules.features`.
 
-The rows arrive sorted by time, keyed by ``_pid`` (patient) and ``_fid`` (feature). Plain features (look-backs,
-``upcoming``) needing the same statistics share a ``group_by``; periods
+The rows arrive sorted by ``_slot`` (:attr:`AggPlan.slots`: which ``group_by`` reads them), then by time, keyed by
+``_g`` (patient and feature packed in one integer). Each ``group_by`` reads its slot as one slice. Plain features
+(look-backs, ``upcoming``) needing the same statistics share a ``group_by``; periods
 (``exposure_days``, ``on_now``), ``continuous`` and the relations (``after``/``before``, one ``join_asof`` on
 patient and time per direction) each have their own, only when some study uses them.
 
@@ -56,7 +57,8 @@ STAT_DTYPES: dict[str, pl.DataType] = {
     "n_funk": pl.UInt32(),
 }
 
-_GROUP = ["_pid", "_fid"]
+#: the (patient, feature) group key, packed: ``_pid << AggPlan.fid_bits | _fid`` (rows arrive sorted by it)
+_GROUP = ["_g"]
 
 
 def _plain_aggs(gneg: str | None) -> dict[str, pl.Expr]:
@@ -127,15 +129,19 @@ def _continuous(rows: pl.LazyFrame, now: datetime, gneg: str) -> pl.LazyFrame:
     return blocks.group_by(_GROUP).agg(covered.any().alias("cont"), pl.col("_bs").filter(covered).min().alias("cont_t"))
 
 
-def _relations(rows: pl.LazyFrame, mode: str) -> pl.LazyFrame:
+def _relations(rows: pl.LazyFrame, mode: str, offsets: pl.LazyFrame) -> pl.LazyFrame:
     """``rel``: some fact of this side at t with a fact of the other at u, 0 <= t - u <= w (after) or
     0 <= u - t <= w (before): the nearest other fact on the right side of t, by ``join_asof``."""
-    this = rows.filter(pl.col("_mode") == mode).select(*_GROUP, "occurred_at", "code", "_wneg", "_wpos")
+    this = (
+        rows.filter(pl.col("_mode") == mode)
+        .select(*_GROUP, "_fid", "occurred_at", "code")
+        .join(offsets, on="_fid", how="left")  # the window offsets: per feature, not carried on every row
+        .drop("_fid")
+    )
     other = (
         rows.filter(pl.col("_mode") == "other")
         .select(
-            "_pid",
-            pl.col("_own").alias("_fid"),
+            (pl.col("_g") - pl.col("_fid") + pl.col("_own")).alias("_g"),  # the group of the feature it counts for
             pl.col("occurred_at").alias("_u"),
             pl.col("code").alias("_ocode"),
         )
@@ -177,43 +183,53 @@ class AggPlan:
     relations: tuple[str, ...]
     funk: bool
     wanted: frozenset[str]
+    fid_bits: int  # the bits of ``_fid`` in the packed key ``_g`` (:func:`screener.rules._select.fid_bits`)
+    #: per selection, the slot its rows are grouped in (:func:`screener.rules._select.fact_rows` sorts the rows by
+    #: it): ``i`` for ``plain[i]``, ``len(plain) + j`` for ``continuous[j]``, then periods, then relations (both
+    #: sides), then none
+    slots: tuple[int, ...]
+    #: ``(fid, window offset back, window offset ahead)`` of each relation (``after``/``before``)
+    offsets: tuple[tuple[int, str | None, str | None], ...] = ()
 
 
-def aggregate(rows: pl.DataFrame, plan: AggPlan, now: datetime, engine: Any) -> pl.DataFrame:
-    """``_pid, _fid`` and the statistics, one row per (patient, feature) with a fact."""
+def aggregate(rows: pl.DataFrame, plan: AggPlan, now: datetime, engine: Any) -> list[pl.DataFrame]:
+    """Frames of ``_pid, _fid`` and statistics (each frame its own statistics: a (patient, feature) has a row in
+    each frame that computes a statistic it has), only for (patient, feature)s with a fact. A statistic absent
+    from every frame for a (patient, feature) is null."""
     lazy = rows.lazy()
-    kept = lazy.filter(pl.col("_keep").fill_null(False))
+    # the rows come sorted by slot: each slot's rows are one zero-copy slice (no filter over every row per group)
+    n_plain, n_cont = len(plan.plain), len(plan.continuous)
+    bounds = rows["_slot"].search_sorted(pl.Series(range(n_plain + n_cont + 3), dtype=pl.UInt32)).to_list()
+
+    def kept(slot: int) -> pl.LazyFrame:
+        lo, hi = bounds[slot], bounds[slot + 1]
+        return rows.slice(lo, hi - lo).lazy().filter(pl.col("_keep").fill_null(False))
+
     parts: list[pl.LazyFrame] = []
-    for fids, stats, gneg in plan.plain:
+    for i, (_fids, stats, gneg) in enumerate(plan.plain):
         exprs = _plain_aggs(gneg)
-        parts.append(kept.filter(pl.col("_fid").is_in(fids)).group_by(_GROUP).agg(exprs[k].alias(k) for k in stats))
+        parts.append(kept(i).group_by(_GROUP).agg(exprs[k].alias(k) for k in stats))
     if plan.period:
         exprs = _period_aggs(now)
-        parts.append(
-            kept.filter(pl.col("_mode") == "period").group_by(_GROUP).agg(e.alias(k) for k, e in exprs.items())
-        )
-    for fids, gneg in plan.continuous:
-        parts.append(_continuous(kept.filter(pl.col("_fid").is_in(fids)), now, gneg))
+        parts.append(kept(n_plain + n_cont).group_by(_GROUP).agg(e.alias(k) for k, e in exprs.items()))
+    for j, (_fids, gneg) in enumerate(plan.continuous):
+        parts.append(_continuous(kept(n_plain + j), now, gneg))
+    offsets = pl.LazyFrame(
+        list(plan.offsets), schema={"_fid": pl.UInt32, "_wneg": pl.String, "_wpos": pl.String}, orient="row"
+    )
     for mode in plan.relations:
-        parts.append(_relations(kept, mode))
+        parts.append(_relations(kept(n_plain + n_cont + 1), mode, offsets))
     if plan.funk:
         parts.append(
             lazy.filter(pl.col("_keep").is_null())
-            .group_by("_pid", pl.col("_own").alias("_fid"))
+            .group_by((pl.col("_g") - pl.col("_fid") + pl.col("_own")).alias("_g"))
             .agg(pl.len().cast(pl.UInt32).alias("n_funk"))
         )
-    frames = pl.collect_all(parts, engine=engine) if parts else []
-    funk = frames.pop() if plan.funk else None
-    schema: dict[str, pl.DataType] = {"_pid": pl.UInt32(), "_fid": pl.UInt32()}
-    schema.update((k, STAT_DTYPES[k]) for k in sorted(plan.wanted))
-    frames = [f for f in frames if f.height]
-    out = (
-        pl.concat(frames, how="diagonal_relaxed")
-        if frames
-        else pl.DataFrame(schema={"_pid": pl.UInt32, "_fid": pl.UInt32})
-    )
-    if funk is not None and funk.height:
-        out = out.join(funk, on=_GROUP, how="full", coalesce=True)
-    # every statistic is a column, even when no row produced it (e.g. no fact with an unknown filter)
-    missing = [pl.lit(None, dtype=t).alias(k) for k, t in schema.items() if k not in out.columns]
-    return out.with_columns(missing) if missing else out
+    g = pl.col("_g")
+    unpack = [
+        (g // (1 << plan.fid_bits)).cast(pl.UInt32).alias("_pid"),
+        (g % (1 << plan.fid_bits)).cast(pl.UInt32).alias("_fid"),
+        pl.exclude("_g"),
+    ]
+    frames = pl.collect_all([p.select(unpack) for p in parts], engine=engine) if parts else []
+    return [f for f in frames if f.height]

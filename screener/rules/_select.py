@@ -28,7 +28,7 @@ from screener.rules.ir import NOT_DONE, Feat, Source
 from screener.rules.units import normalise_unit_expr
 from screener.state import PatientState
 
-__all__ = ["MODES", "Selection", "fact_rows", "windows"]
+__all__ = ["MODES", "Selection", "fact_rows", "fid_bits", "windows"]
 
 TS = pl.Datetime("us", "UTC")
 ENGINE: Any = "in-memory"
@@ -36,6 +36,11 @@ ENGINE: Any = "in-memory"
 #: how a selection picks fact rows (:attr:`screener.rules.ir.Feat.mode`, plus ``other``: a relation's other side)
 MODES = ("plain", "period", "continuous", "upcoming", "after", "before", "other")
 MODE = pl.Enum(MODES)
+
+
+def fid_bits(selections: int) -> int:
+    """The bits of ``_fid`` in the packed group key ``_g = _pid << bits | _fid``."""
+    return max(selections, 1).bit_length()
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class RowPlan:
     value_code: bool  # some feature reads ``value_code`` (``latest_code``)
     needs_encounters: bool
     look_ahead: timedelta
+    slots: Sequence[int] = ()  # per selection, the slot the rows are sorted by (:attr:`AggPlan.slots`)
 
 
 def _code_concepts(facts: pl.DataFrame, rp: RowPlan) -> pl.DataFrame:
@@ -141,8 +147,13 @@ def _concept_facts(
     ``_active`` and ``_pend``; sorted by time then event
     id. Other fact columns are gathered later, for the rows that need them only (a random gather of strings
     costs more than everything else here)."""
+    # each (concept, spelled unit) with its conversion, on the distinct spellings: one join over the facts
     units = (
-        facts.lazy().select(pl.col("unit").unique()).with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
+        facts.lazy()
+        .select(pl.col("unit").unique())
+        .with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
+        .join(rp.conversions.lazy(), on="_unit", how="inner")
+        .select("_ck", "unit", "_a", "_b")
     )
     pids = persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
     cols = ["patient_id", "system", "code", "unit", "occurred_at", "event_id", "status", "value"]
@@ -153,10 +164,11 @@ def _concept_facts(
         .filter(pl.col("code").is_in(cc["code"].unique().implode()) & (pl.col("occurred_at") <= now + rp.look_ahead))
         .join(cc.lazy(), on=["system", "code"], how="inner")
         .join(pids, on="patient_id", how="inner")
-        .join(units, on="unit", how="left", nulls_equal=True)
-        .join(rp.conversions.lazy(), on=["_ck", "_unit"], how="left")
+        .join(units, on=["_ck", "unit"], how="left", nulls_equal=True)
+        # narrow before the sort: the sort gathers every column it carries
+        .select([*_NARROW, "event_id", *([*_PERIOD, _pend(now)] if periods else [])])
         .sort(["occurred_at", "event_id"])
-        .select(_NARROW + ([*_PERIOD, _pend(now)] if periods else []))
+        .drop("event_id")
     )
 
 
@@ -184,20 +196,33 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
     selected = (t <= pl.col("_end")) & (
         pl.when(pl.col("_future")).then(status_nd & (t >= start)).otherwise(done) if "upcoming" in modes else done
     )
-    win = windows(rp.selections, rp.ckeys, now)
-    extra = [c for c in ("_wneg", "_wpos") if modes & {"after", "before"}]
-    extra += (["_start"] if "period" in modes else []) + (["_cov"] if "continuous" in modes else [])
+    win = windows(rp.selections, rp.ckeys, now).with_columns(
+        pl.Series("_slot", rp.slots or [0] * len(rp.selections), dtype=pl.UInt32)
+    )
+    extra = (["_start"] if "period" in modes else []) + (["_cov"] if "continuous" in modes else [])
     cc = _code_concepts(facts, rp)
     cf = _concept_facts(facts, state.persons, cc, rp, now, periods).with_row_index("_row").collect(engine=ENGINE)
     # The window join multiplies rows (a fact per feature of its concept): it runs on the columns it reads only,
     # and the selected rows, put back in time order by their row number, gather the rest (a forward scan).
+    # ``_g`` packs (patient, feature) into one integer: the group_bys of :mod:`screener.rules._aggregate` hash
+    # one column, not two. The rows are sorted by slot, then time (each aggregation reads one slice).
+    fbits = fid_bits(len(rp.selections))
+    rbits = max(cf.height, 1).bit_length()
     picked = (
         cf.lazy()
-        .select("_row", "_ck", "occurred_at", "_nd", *(["_pend"] if periods else []))
+        .select("_row", "_pid", "_ck", "occurred_at", "_nd", *(["_pend"] if periods else []))
         .join(win.lazy(), on="_ck", how="inner")
         .filter(selected)
-        .select("_row", "_fid", "_own", "_mode", *extra)
-        .sort("_row")
+        .select(
+            "_row",
+            "_fid",
+            "_own",
+            "_mode",
+            *extra,
+            (pl.col("_pid").cast(pl.UInt64) * (1 << fbits) + pl.col("_fid")).alias("_g"),
+            "_slot",
+        )
+        .sort(pl.col("_slot").cast(pl.UInt64) * (1 << rbits) + pl.col("_row"))
         .collect(engine=ENGINE)
     )
     rows = pl.concat([cf.drop("_row", "_ck")[picked["_row"]], picked.drop("_row")], how="horizontal").with_columns(
@@ -217,7 +242,10 @@ def _keep_column(rows: pl.DataFrame, state: PatientState, rp: RowPlan, now: date
     """``_keep``: each filter evaluated on its own selection's rows only (a when/then chain would run every
     filter on every row), scattered back to the rows' positions."""
     keys = list(rp.filters)
-    found = rows.with_row_index("_i").filter(pl.col("_fid").is_in(keys))
+    # only the row columns some filter reads (and the keys): the filtered rows are gathered, not every column
+    reads = {name for e in rp.filters.values() for name in e.meta.root_names()}
+    cols = ["_fid", "_pid", "_r0", *(c for c in rows.columns if c in reads and c not in ("_fid", "_pid", "_r0"))]
+    found = rows.select(cols).with_row_index("_i").filter(pl.col("_fid").is_in(keys))
     facts = ensure_columns(state.facts)
     gather = [c for c in rp.filter_columns if c not in found.columns]
     sub = (pl.concat([found, facts.select(gather)[found["_r0"]]], how="horizontal") if gather else found).lazy()

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+import numpy as np
 import polars as pl
 
 from screener.rules._aggregate import PLAIN_STATS, STAT_DTYPES, AggPlan, aggregate
 from screener.rules._attributes import NOW_COL, attributes
 from screener.rules._facts import FACT_COLUMNS, conversions, filter_expr, member_table, uses
-from screener.rules._select import RowPlan, Selection, fact_rows
+from screener.rules._select import RowPlan, Selection, fact_rows, fid_bits
 from screener.rules.ir import Feat, Field, Source, collect_attributes, filter_fields
 from screener.rules.lower import TRANSFORM_STATS, stat_col
 from screener.rules.model import Study
@@ -108,6 +109,7 @@ def _feature_plan(studies: Sequence[Study]) -> _FeaturePlan:
     )
     conv = conversions(concepts).collect()
     conv = conv.select(pl.col("_ckey").replace_strict(ckeys, return_dtype=pl.UInt32).alias("_ck"), "_unit", "_a", "_b")
+    agg = _agg_plan(selections, stats_needed)
     rows = RowPlan(
         selections,
         concepts,
@@ -120,13 +122,14 @@ def _feature_plan(studies: Sequence[Study]) -> _FeaturePlan:
         any(f.transform == "latest_code" for group in feats.values() for f in group),
         encounters,
         ahead,
+        agg.slots,
     )
     plan = _FeaturePlan(
         feats,
         columns,
         {c: STAT_DTYPES[c.rsplit(":", 1)[1]] for c in columns},
         rows,
-        _agg_plan(selections, stats_needed),
+        agg,
         widen,
     )
     if len(_FEATURE_PLANS) >= _FEATURE_PLANS_MAX:
@@ -149,6 +152,16 @@ def _agg_plan(selections: Sequence[Selection], stats_needed: dict[str, set[str]]
             assert f.gap is not None  # the type check requires it
             cont.setdefault(f.gap.offset(-1), []).append(i)
     modes = {s.mode for s in selections}
+    # each selection's slot (:attr:`AggPlan.slots`): its plain group, its continuous group, periods, relations
+    # (both sides), or none (a plain feature needing no plain statistic)
+    slot = dict.fromkeys(range(len(selections)), len(plain) + len(cont) + 2)
+    for g, fids in enumerate([*plain.values(), *cont.values()]):
+        slot.update(dict.fromkeys(fids, g))
+    for i, sel in enumerate(selections):
+        if sel.mode == "period":
+            slot[i] = len(plain) + len(cont)
+        elif sel.mode in ("after", "before", "other"):
+            slot[i] = len(plain) + len(cont) + 1
     return AggPlan(
         tuple((tuple(fids), stats, gneg) for (stats, gneg), fids in plain.items()),
         tuple((tuple(fids), gneg) for gneg, fids in cont.items()),
@@ -156,6 +169,13 @@ def _agg_plan(selections: Sequence[Selection], stats_needed: dict[str, set[str]]
         tuple(m for m in ("after", "before") if m in modes),
         any("n_funk" in v for v in stats_needed.values()),
         frozenset().union(*stats_needed.values()),
+        fid_bits(len(selections)),
+        tuple(slot[i] for i in range(len(selections))),
+        tuple(
+            (i, w.offset(-1) if w else None, w.offset(1) if w else None)
+            for i, (sel, w) in enumerate((s, s.feat.window) for s in selections)
+            if sel.mode in ("after", "before")
+        ),
     )
 
 
@@ -188,26 +208,35 @@ def feature_frame(state: PatientState, studies: Sequence[Study], now: datetime) 
     fp = _feature_plan(studies)
     ids = state.persons["patient_id"]
     if not fp.feats or state.facts.height == 0:
-        return _widen(None, fp, ids)
+        return _widen([], fp, ids)
     rows = fact_rows(state, fp.rows, now)
     return _widen(aggregate(rows, fp.agg, now, ENGINE), fp, ids)
 
 
-def _widen(agg: pl.DataFrame | None, fp: _FeaturePlan, ids: pl.Series) -> pl.DataFrame:
+def _widen(frames: Sequence[pl.DataFrame], fp: _FeaturePlan, ids: pl.Series) -> pl.DataFrame:
     """The (patient, feature) statistics as columns: each feature's rows scattered to its patients' positions
     (no pivot: ``_pid`` is already the row)."""
     n = ids.len()
+    nulls: dict[pl.DataType, pl.Series] = {}
+
+    def null(dtype: pl.DataType) -> pl.Series:
+        if dtype not in nulls:
+            nulls[dtype] = pl.repeat(None, n, dtype=dtype, eager=True)
+        return nulls[dtype]
+
     cols: dict[str, pl.Series] = {}
-    if agg is not None and agg.height:
-        for (fid,), part in agg.partition_by("_fid", as_dict=True).items():
-            spec = fp.widen.get(int(fid))
+    for frame in frames:
+        have = set(frame.columns)
+        for (fid,), part in frame.partition_by("_fid", as_dict=True).items():
+            spec = [(stat, name) for stat, name in fp.widen.get(int(fid), ()) if stat in have]
             if not spec:
                 continue
-            idx = part["_pid"]
+            # each person's row in ``part`` (null without one): one scatter per feature, a gather per statistic
+            at = null(pl.UInt32()).clone()
+            at.scatter(part["_pid"], pl.Series(np.arange(part.height, dtype=np.uint32)))
             for stat, name in spec:
-                col = pl.repeat(None, n, dtype=fp.dtypes[name], eager=True).alias(name)
-                cols[name] = col.scatter(idx, part[stat].cast(fp.dtypes[name]))
+                cols[name] = part.get_column(stat).cast(fp.dtypes[name]).gather(at).alias(name)
     out = [ids]
     for c in fp.columns:
-        out.append(cols[c] if c in cols else pl.repeat(None, n, dtype=fp.dtypes[c], eager=True).alias(c))
+        out.append(cols[c] if c in cols else null(fp.dtypes[c]).alias(c))
     return pl.DataFrame(out)
