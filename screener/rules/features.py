@@ -23,7 +23,7 @@ import polars as pl
 
 from screener.rules._aggregate import PLAIN_STATS, STAT_DTYPES, AggPlan, aggregate
 from screener.rules._attributes import NOW_COL, attributes
-from screener.rules._facts import FACT_COLUMNS, conversions, filter_expr, member_table, uses
+from screener.rules._facts import FACT_COLUMNS, constant, conversions, filter_expr, member_table, uses
 from screener.rules._select import RowPlan, Selection, fact_rows
 from screener.rules.ir import Feat, Field, Source, collect_attributes, filter_fields
 from screener.rules.lower import TRANSFORM_STATS, stat_col
@@ -205,9 +205,8 @@ def _widen(agg: pl.DataFrame | None, fp: _FeaturePlan, ids: pl.Series) -> pl.Dat
                 continue
             idx = part["_pid"]
             for stat, name in spec:
-                col = pl.repeat(None, n, dtype=fp.dtypes[name], eager=True).alias(name)
-                cols[name] = col.scatter(idx, part[stat].cast(fp.dtypes[name]))
+                cols[name] = constant(name, None, fp.dtypes[name], n).scatter(idx, part[stat].cast(fp.dtypes[name]))
     out = [ids]
     for c in fp.columns:
-        out.append(cols[c] if c in cols else pl.repeat(None, n, dtype=fp.dtypes[c], eager=True).alias(c))
+        out.append(cols[c] if c in cols else constant(c, None, fp.dtypes[c], n))
     return pl.DataFrame(out)
