@@ -255,3 +255,12 @@ def uses(ir: IR | None, pred: Callable[[Any], bool]) -> bool:
     if pred(ir):
         return True
     return any(uses(c, pred) for c in children(ir))
+
+
+def constant(name: str, value: object, dtype: pl.DataType, n: int) -> pl.Series:
+    """``n`` copies of ``value`` (``None``: nulls) as a Series of ``dtype``, built directly: ``pl.repeat(...,
+    eager=True)`` runs a query on the thread pool per call, which a small screen paid for every column of its
+    wide frame (hundreds of calls; slow on a busy host)."""
+    if n == 0:
+        return pl.Series(name, [], dtype=dtype)
+    return pl.Series(name, [value], dtype=dtype).new_from_index(0, n)

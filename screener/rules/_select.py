@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from screener.rules._attributes import attributes
-from screener.rules._facts import current_encounters, ensure_columns, membership
+from screener.rules._facts import constant, current_encounters, ensure_columns, membership
 from screener.rules.ir import NOT_DONE, Feat, Source
 from screener.rules.units import normalise_unit_expr
 from screener.state import PatientState
@@ -263,7 +263,7 @@ def _keep_column(rows: pl.DataFrame, state: PatientState, rp: RowPlan, now: date
         [p.lazy().select("_i", rp.filters[k[0]].cast(pl.Boolean).alias("_keep")) for k, p in parts.items()],
         engine=ENGINE,
     )
-    keep = pl.repeat(True, rows.height, dtype=pl.Boolean, eager=True).alias("_keep")
+    keep = constant("_keep", True, pl.Boolean(), rows.height)
     if kept:
         scattered = pl.concat(kept, how="vertical")
         keep.scatter(scattered["_i"], scattered["_keep"])

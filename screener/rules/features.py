@@ -24,7 +24,7 @@ import polars as pl
 
 from screener.rules._aggregate import PLAIN_STATS, STAT_DTYPES, AggPlan, aggregate
 from screener.rules._attributes import NOW_COL, attributes
-from screener.rules._facts import FACT_COLUMNS, conversions, filter_expr, member_table, uses
+from screener.rules._facts import FACT_COLUMNS, constant, conversions, filter_expr, member_table, uses
 from screener.rules._select import RowPlan, Selection, fact_rows, fid_bits
 from screener.rules.ir import Feat, Field, Source, collect_attributes, filter_fields
 from screener.rules.lower import TRANSFORM_STATS, stat_col
@@ -221,7 +221,7 @@ def _widen(frames: Sequence[pl.DataFrame], fp: _FeaturePlan, ids: pl.Series) -> 
 
     def null(dtype: pl.DataType) -> pl.Series:
         if dtype not in nulls:
-            nulls[dtype] = pl.repeat(None, n, dtype=dtype, eager=True)
+            nulls[dtype] = constant("", None, dtype, n)
         return nulls[dtype]
 
     cols: dict[str, pl.Series] = {}

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from screener.rules._facts import constant
 from screener.rules.criteria import Compiled
 from screener.rules.model import Study
 
@@ -117,7 +118,7 @@ def _assemble(
         part = part.filter(keep)
     n, k = part.height, len(names)
     if not criteria_list:
-        criteria = pl.repeat(None, n, dtype=CRITERIA_DTYPE, eager=True).alias("criteria")
+        criteria = constant("criteria", None, CRITERIA_DTYPE, n)
     elif k == 0 or n == 0:
         criteria = pl.Series("criteria", [[]] * n, dtype=CRITERIA_DTYPE)
     else:
@@ -139,10 +140,10 @@ def _assemble(
         criteria = flat.to_struct("criteria").reshape((n, k)).arr.to_list().cast(CRITERIA_DTYPE)
     return pl.DataFrame(
         {
-            "study_id": pl.repeat(study.id, n, dtype=pl.String, eager=True),
+            "study_id": constant("study_id", study.id, pl.String(), n),
             "patient_id": part.get_column("patient_id"),
             "outcome": part.get_column(comp.outcome_col).cast(pl.String),
-            "rule_hash": pl.repeat(study.rule_hash or study.content_hash, n, dtype=pl.String, eager=True),
+            "rule_hash": constant("rule_hash", study.rule_hash or study.content_hash, pl.String(), n),
             "criteria": criteria,
         }
     )
@@ -190,7 +191,7 @@ def _outcome_rows(full: pl.DataFrame, pairs: Sequence[tuple[Study, Compiled]]) -
             "rule_hash": pl.Series([s.rule_hash or s.content_hash for s, _c in pairs], dtype=pl.String).gather(
                 study_index
             ),
-            "criteria": pl.repeat(None, n * k, dtype=CRITERIA_DTYPE, eager=True),
+            "criteria": constant("criteria", None, CRITERIA_DTYPE, n * k),
         }
     )
 

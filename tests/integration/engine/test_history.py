@@ -94,6 +94,7 @@ class BusyLoads(HistoryStore):
         return super().view(partition, parallel)
 
 
+@pytest.mark.exclusive
 def test_a_rule_edit_while_events_stream_is_built_from_the_store_and_live_events_keep_their_latency(
     bed: Any, kit: Any, tmp_path: Any
 ) -> None:
