@@ -81,7 +81,7 @@ class BulkLoad:
         """One chunk's frames for ``partition`` (``seq`` counting from 0 in the chunk; shifted here so it keeps
         increasing across chunks). The facts go to a spill file; person updates and control rows (small) stay."""
         shift = self._shift.get(partition, 0)
-        top = max((int(x["seq"].max()) for x in (upd, facts, control) if x.height), default=-1)  # type: ignore[arg-type]
+        top = max((int(x["seq"].max()) for x in (upd, facts, control) if x.height), default=-1)  # type: ignore[arg-type]  # polars types Series.max() as any scalar: seq is an integer column
         self._shift[partition] = shift + top + 1
         if facts.height:
             path = self._dir / f"p{partition}-{len(self._files.get(partition, ())):06d}.arrow"
