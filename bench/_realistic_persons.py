@@ -5,6 +5,7 @@ home 3 %; 2 % unknown) and its site, ~1 % do-not-contact, ~0.5 % deceased, 0.3 %
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import numpy as np
@@ -66,6 +67,6 @@ def persons(rng: np.random.Generator, n: int, first: int, now: datetime) -> tupl
     return persons.select([pl.col(c).cast(t) for c, t in PERSONS_SCHEMA.items()]), age
 
 
-def _pick(labels: object, col: str) -> pl.Expr:
+def _pick(labels: Sequence[str], col: str) -> pl.Expr:
     """The label at each row's index in column ``col``."""
-    return pl.col(col).replace_strict(dict(enumerate(labels)), return_dtype=pl.String)  # type: ignore[arg-type]
+    return pl.col(col).replace_strict(dict(enumerate(labels)), return_dtype=pl.String)

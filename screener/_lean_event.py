@@ -104,7 +104,7 @@ _LeanEvent = with_config(_FORBID)(
 #: One pydantic-core call for the whole batch: a payload that fails the lean schema comes back as its bytes.
 LEAN: TypeAdapter[list[Any]] = TypeAdapter(
     # _LeanEvent is a variable (the TypedDict that with_config returns), which mypy does not accept as a type
-    list[Annotated[Json[_LeanEvent] | bytes, Field(union_mode="left_to_right")]]  # type: ignore[valid-type]
+    list[Annotated[Json[_LeanEvent] | bytes, Field(union_mode="left_to_right")]]  # type: ignore[valid-type]  # _LeanEvent: a functional TypedDict
 )
 
 # A strict subset of what pydantic's datetime parser accepts: RFC 3339 with an explicit offset, years 1000-2999

@@ -39,7 +39,6 @@ __all__ = [
 
 #: Counts of 1 to this are suppressed when shown (NHS convention for published patient counts).
 SUPPRESSED_MAX = 7
-_MATCH = ("eligible", "possible")
 
 
 def disclosed(count: int) -> int | None:

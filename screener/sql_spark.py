@@ -79,4 +79,4 @@ def spark_screen(
             spark.catalog.dropTempView(name)
     if rows is None:
         return pl.DataFrame(schema=RESULT_SCHEMA)
-    return rows.select(list(RESULT_SCHEMA)).cast(dict(RESULT_SCHEMA))  # type: ignore[arg-type]
+    return rows.select(list(RESULT_SCHEMA)).cast(pl.Schema(RESULT_SCHEMA))

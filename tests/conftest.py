@@ -33,6 +33,19 @@ def cheap_password_hashing() -> Iterator[Any]:
         yield production
 
 
+@pytest.fixture(autouse=True)
+def restore_structlog() -> Iterator[None]:
+    """Puts structlog's configuration back after each test. ``configure_logging()`` (a test of it, or a command run
+    through click's runner) binds the ``sys.stderr`` of that moment, a capture stream that closes when the test
+    ends; a later test that logs would then write to a closed file, depending on which tests ran before it in the
+    same process (with pytest-xdist, on which worker)."""
+    import structlog
+
+    before = structlog.get_config()
+    yield
+    structlog.configure(**before)
+
+
 @pytest.fixture
 def make_event() -> Any:
     """Factory: a valid canonical event with defaults; keyword arguments override fields."""

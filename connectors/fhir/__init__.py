@@ -7,6 +7,7 @@ Timestamps without an offset are read as Europe/London time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,6 +17,9 @@ from screener.connector import SimpleConnector, SinkFactory
 from .files import LoadResult, load_files
 from .parse import SUPPORTED, FHIRReject, ParsedPayload, parse_payload, parse_resource
 from .server import build_app, load_path, operation_outcome, serve
+
+if TYPE_CHECKING:
+    from .history import FileHistory
 
 __all__ = [
     "SUPPORTED",
@@ -70,15 +74,15 @@ def _command() -> click.Command:
     return fhir
 
 
-def _history_frames(path: Path, **options: object) -> object:
+def _history_frames(path: Path, **options: Any) -> FileHistory:
     from .history import history_frames
 
-    return history_frames(path, **options)  # type: ignore[arg-type]
+    return history_frames(path, **options)
 
 
 connector = SimpleConnector(
     "fhir",
     "FHIR R4 resources and Bundles over HTTP, or from JSON/NDJSON files",
     _command,
-    history_source=_history_frames,  # type: ignore[arg-type]
+    history_source=_history_frames,
 )

@@ -46,11 +46,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
 from connectors._common import record_unmapped
+from screener.connector import RecordSink
 from screener.errors import ConnectorError
 
 from ._tables import table_events
@@ -99,7 +99,7 @@ class BackfillResult:
 
 def backfill(
     path: Path,
-    sink: Any,
+    sink: RecordSink,
     *,
     tables: tuple[str, ...] = TABLES,
     chunk_rows: int = 200_000,

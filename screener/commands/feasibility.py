@@ -10,11 +10,15 @@ import json
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import polars as pl
 
 from screener.errors import EventError, RuleError, ScreenerError
+
+if TYPE_CHECKING:
+    from screener.rules.model import Study
 
 __all__ = ["COMMANDS", "diff", "feasibility", "load_history"]
 
@@ -64,13 +68,13 @@ def load_history(store: str | None, events: Path | None) -> tuple[pl.DataFrame, 
     return persons.collect(), facts.collect()
 
 
-def _load_study(path: Path) -> object:
+def _load_study(path: Path) -> Study:
     from screener.rules import load_study
 
     return load_study(path)
 
 
-def _study_from_revision(rev: str, path: Path) -> object:
+def _study_from_revision(rev: str, path: Path) -> Study:
     """The rule file ``path`` as it was at git revision ``rev`` (loaded with its real path, for shared concepts)."""
     from screener.rules import loads_study
 
@@ -150,7 +154,7 @@ def feasibility(
             from screener.commands.screen import engine_outcomes
 
             screen_at = engine_outcomes(engine, spark_master)
-        result = run(persons, facts, study, _parse_time(at), months, screen_at)  # type: ignore[arg-type]  # a Study
+        result = run(persons, facts, study, _parse_time(at), months, screen_at)
     except RuleError as exc:
         raise click.ClickException(exc.format()) from exc
     except ScreenerError as exc:
@@ -190,7 +194,7 @@ def diff(
         old_path = Path(old)
         old_study = _load_study(old_path) if old_path.is_file() else _study_from_revision(old, new)
         persons, facts = load_history(store, events)
-        result = rules_diff(persons, facts, old_study, new_study, _parse_time(at))  # type: ignore[arg-type]
+        result = rules_diff(persons, facts, old_study, new_study, _parse_time(at))
     except RuleError as exc:
         raise click.ClickException(exc.format()) from exc
     except ScreenerError as exc:

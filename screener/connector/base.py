@@ -27,6 +27,7 @@ __all__ = [
     "Feed",
     "MemorySink",
     "PublishingSink",
+    "RecordSink",
     "Rejection",
     "SimpleConnector",
     "SinkFactory",
@@ -47,6 +48,15 @@ class EventSink(Protocol):
     def publish(self, events: Sequence[Event]) -> None: ...
 
     def dead_letter(self, payload: bytes | str, source: str, position: str, reason: str) -> None: ...
+
+
+@runtime_checkable
+class RecordSink(Protocol):
+    """What a bulk loader needs of its sink: ``publish_raw`` of pre-serialised ``(key, value)`` records (key = patient
+    id, value = the event's JSON), returning the record count once all are acknowledged. A
+    :class:`PublishingSink` is one; a test can pass a small class with only this method."""
+
+    def publish_raw(self, records: Iterable[tuple[bytes, bytes]]) -> int: ...
 
 
 @runtime_checkable

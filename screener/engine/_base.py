@@ -25,7 +25,8 @@ from screener.settings import Settings
 from screener.state import FactFilter, LiveState, PatientState
 
 if TYPE_CHECKING:
-    from screener.rules import Study
+    from screener.history import HistoryStore
+    from screener.rules import LoadResult, Study
 
 #: The interpreter's GIL switch interval while an engine runs (Python's default is 5 ms). The batch thread is a
 #: chain of Polars calls, each of which gives the GIL back and must win it again from the consumer's thread
@@ -43,10 +44,11 @@ class _Log:
 
 log = _Log()
 
-Loader = Callable[[Sequence[Path]], Any]
+#: Loads the rule files under the given paths (default: :func:`screener.rules.load_studies`).
+Loader = Callable[[Sequence[Path]], "LoadResult"]
 #: One decoded batch of a partition as :func:`screener.ingest.decode_batch` splits it: (upd, facts, control).
 Frames = tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
-ScreenFn = Callable[[PatientState, Sequence[Any], datetime], pl.DataFrame]
+ScreenFn = Callable[[PatientState, Sequence["Study"], datetime], pl.DataFrame]
 
 
 @dataclass
@@ -154,7 +156,7 @@ class EngineBase:
     _screen: ScreenFn
     _group_id: str | None
     _parts: dict[int, _Partition]
-    studies: dict[str, Any]
+    studies: dict[str, Study]
     _rules_sig: tuple[tuple[str, int, int], ...] | None
     _rules_fingerprint: str
     _next_rules_poll: float
@@ -183,7 +185,7 @@ class EngineBase:
     _seeks: dict[int, int]
     stage_seconds: dict[str, float]
     _health_state: tuple[bool, str | None]
-    _history: Any
+    _history: HistoryStore | None
     _rebuild: Any
 
     def settle(self) -> None:
@@ -256,7 +258,7 @@ class EngineBase:
 
     def _start_rebuild(
         self,
-        studies: dict[str, Any],
+        studies: dict[str, Study],
         keep: FactFilter | None,
         horizon: Any,
         fingerprint: str,
@@ -268,7 +270,7 @@ class EngineBase:
     def _finish_rebuild(self, wait: bool = False) -> bool:
         raise NotImplementedError
 
-    def history(self) -> Any:
+    def history(self) -> HistoryStore:
         raise NotImplementedError
 
     def _ruled_out(

@@ -33,7 +33,7 @@ def concat_frames(frames: Sequence[Frames]) -> Frames:
     out: list[list[pl.DataFrame]] = [[], [], []]
     shift = 0
     for batch in frames:
-        top = max((int(f["seq"].max()) for f in batch if f.height), default=-1)  # type: ignore[arg-type]
+        top = max((int(f["seq"].max()) for f in batch if f.height), default=-1)  # type: ignore[arg-type]  # polars types Series.max() as any scalar: seq is an integer column
         for i, f in enumerate(batch):
             out[i].append(f.with_columns(pl.col("seq") + shift))
         shift += top + 1

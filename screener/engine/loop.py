@@ -9,7 +9,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -39,6 +39,9 @@ from screener.history import HistoryStore
 from screener.metrics import Metrics
 from screener.settings import Settings
 from screener.state import FactFilter
+
+if TYPE_CHECKING:
+    from screener.rules import Study
 
 
 class Engine(
@@ -89,7 +92,7 @@ class Engine(
         self._matched = pl.DataFrame(schema=PAIRS_SCHEMA)
         self._screen_all = screen or _default_screen_all
         self._parts: dict[int, _Partition] = {}
-        self.studies: dict[str, Any] = {}
+        self.studies: dict[str, Study] = {}
         self._rules_sig: tuple[tuple[str, int, int], ...] | None = None
         self._rules_fingerprint = ""
         self._next_rules_poll = 0.0

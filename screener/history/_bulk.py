@@ -96,7 +96,7 @@ class BulkLoad:
         increasing across chunks). The facts stay in memory within the budget, else go to a spill file; person
         updates and control rows (small) stay."""
         shift = self._shift.get(partition, 0)
-        top = max((int(x["seq"].max()) for x in (upd, facts, control) if x.height), default=-1)  # type: ignore[arg-type]
+        top = max((int(x["seq"].max()) for x in (upd, facts, control) if x.height), default=-1)  # type: ignore[arg-type]  # polars types Series.max() as any scalar: seq is an integer column
         self._shift[partition] = shift + top + 1
         if facts.height:
             rows = conform(facts.with_columns(pl.col("seq") + shift), _fact_rows_schema())

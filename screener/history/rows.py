@@ -81,7 +81,7 @@ def rows_from_structs(events: pl.DataFrame, number: str | None = None, text: str
     names (``code``/``value_code`` as ``{system, value}``, ``dose`` as ``{value, unit}``, ``person`` as the
     person struct; absent fields are null). The event's ``value`` is column ``number`` when finite, else
     column ``text`` (either may be omitted)."""
-    fields = {f.name: f.dtype for f in events.schema["value"].fields}  # type: ignore[attr-defined]
+    fields = {f.name: f.dtype for f in events.schema["value"].fields}  # type: ignore[attr-defined]  # value is a Struct column
     ev = pl.col("value").struct
 
     def field(name: str, dtype: pl.DataType) -> pl.Expr:

@@ -143,7 +143,7 @@ class HistoryStore:
             self._root = self.url
             config = {k: v for k, v in self.storage_options.items() if k not in _CLIENT_KEYS}
             client = {"allow_http": True} if _truthy(self.storage_options, _CLIENT_KEYS) else None
-            self._store: Any = from_url(self.url, config=config or None, client_options=client)  # type: ignore[arg-type]
+            self._store: Any = from_url(self.url, config=config or None, client_options=client)  # type: ignore[arg-type]  # obstore's TypedDicts: keys are the user's
             self._polars_options: dict[str, str] | None = self.storage_options or None
         else:
             path = Path(self.url.removeprefix("file://")).resolve()
@@ -382,7 +382,7 @@ class HistoryStore:
             u = self._read_frame(f"{d}/{seg}/upd.parquet", _upd_schema())
             f = self._read_frame(f"{d}/{seg}/facts.parquet", _fact_rows_schema())
             c = self._read_frame(f"{d}/{seg}/control.parquet", CONTROL_SCHEMA)
-            top = max((int(x["seq"].max()) for x in (u, f, c) if x.height), default=-1)  # type: ignore[arg-type]
+            top = max((int(x["seq"].max()) for x in (u, f, c) if x.height), default=-1)  # type: ignore[arg-type]  # polars types Series.max() as any scalar: seq is an integer column
             upds.append(u.with_columns(pl.col("seq") + shift))
             factss.append(f.with_columns(pl.col("seq") + shift))
             controls.append(c.with_columns(pl.col("seq") + shift))

@@ -10,11 +10,11 @@ from typing import Any
 from screener.errors import RuleError, did_you_mean
 from screener.events import CODE_SYSTEMS
 from screener.rules._yaml import Map
+from screener.vocab import OUTCOMES
 
-__all__ = ["Context"]
+__all__ = ["OUTCOMES", "Context"]
 
 SPONSORS = ("commercial", "non-commercial")
-OUTCOMES = ("eligible", "possible", "ineligible")
 _SYSTEM_KEYS = {s.lower(): s for s in CODE_SYSTEMS}
 _CONCEPT_KEYS = ("unit", "exclude", "ref", "analyte", "label")
 _STUDY_KEYS = (

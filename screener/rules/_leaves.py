@@ -9,6 +9,8 @@ filter left facts out as unknown, says how many.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import polars as pl
 
 from screener.rules.ir import ATTRIBUTES, NUM, Feat, filter_fields
@@ -197,7 +199,9 @@ def _feature(feat: Feat) -> tuple[pl.Expr, pl.Expr]:
     return _numeric(feat, col, on, label, unit, when)
 
 
-def _numeric(feat: Feat, col, on, label: str, unit: str, when: str) -> tuple[pl.Expr, pl.Expr]:  # type: ignore[no-untyped-def]
+def _numeric(
+    feat: Feat, col: Callable[[str], pl.Expr], on: Callable[[str], pl.Expr], label: str, unit: str, when: str
+) -> tuple[pl.Expr, pl.Expr]:
     t = feat.transform
     unk = col("n_unk").fill_null(0)
     suffix = (

@@ -62,7 +62,7 @@ def literal(value: object, type_: str, where: str) -> str:
     if type_ == BOOL:
         return "TRUE" if value else "FALSE"
     if type_ == NUM:
-        return f"CAST({float(value)!r} AS DOUBLE)"  # type: ignore[arg-type]
+        return f"CAST({float(value)!r} AS DOUBLE)"  # type: ignore[arg-type]  # a NUM literal is an int or a float
     if type_ == STR:
         return q(str(value))
     raise RuleError(f"{where}: the SQL lowering does not support a {type_} literal")

@@ -13,7 +13,7 @@ from typing import Any
 
 from screener.rules.concepts import ConceptSet
 from screener.rules.windows import Window
-from screener.vocab import ETHNIC_GROUPS, FACT_KINDS, NOT_DONE_STATUSES, ROUTES, SETTINGS, STATUSES
+from screener.vocab import ETHNIC_GROUPS, FACT_KINDS, NOT_DONE_STATUSES, ROUTES, SETTINGS, SEXES, STATUSES
 
 __all__ = [
     "ATTRIBUTES",
@@ -56,7 +56,7 @@ ATTRIBUTES: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "age": (NUM, None),
     "age_days": (NUM, None),
     "age_months": (NUM, None),
-    "sex": (STR, ("F", "M", "O", "U")),
+    "sex": (STR, SEXES),
     "ethnic_group": (STR, ETHNIC_GROUPS),
     "imd_decile": (NUM, None),
     "imd_quintile": (NUM, None),

