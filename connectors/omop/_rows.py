@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from screener.connector.rows import rows_from_structs
-from screener.history.rows import TYPED_ROW_SCHEMA
+from screener.connector.rows import TYPED_ROW_SCHEMA, rows_from_structs
 from screener.vocab import TS
 
 from ._mapping import mapped
