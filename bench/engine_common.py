@@ -55,10 +55,12 @@ def percentile(values: list[float], q: float) -> float:
 
 def seed_group_state(settings: Any, patients: int, now: datetime, seed: int = 5) -> dict[int, int]:
     """Give ``settings.group_id`` a ready state of ``patients`` synthetic patients, as a long-running engine would
-    leave it: the population's state frames (vectorised, the patients ``generate`` would stream) pruned to the
-    facts the loaded studies can use, split by the Kafka default partitioner (murmur2 of the patient id) into
-    per-partition snapshots whose offsets equal the group's committed offsets. A few records are published first
-    so the offsets are real positions in the log. Returns the committed offset per partition."""
+    leave it: the population's state frames (vectorised, the patients ``generate`` would stream) split by the
+    Kafka default partitioner (murmur2 of the patient id), every fact in each partition's history-store base
+    (``settings.history_url()``) and the facts the loaded studies can use in per-partition snapshots, both at the
+    group's committed offsets (the engine restores from a snapshot only when it is at the store's offset; with no
+    store it replays the topic). A few records are published first so the offsets are real positions in the log.
+    Returns the committed offset per partition."""
     import polars as pl
     from kafka import KafkaConsumer, TopicPartition
     from kafka.partitioner.default import murmur2
@@ -69,6 +71,7 @@ def seed_group_state(settings: Any, patients: int, now: datetime, seed: int = 5)
     from screener.alerts.memory import MemoryStore
     from screener.bus import make_producer
     from screener.engine import Engine
+    from screener.history import open_store
     from screener.metrics import Metrics
     from screener.state import LiveState, PatientState, save_snapshot
 
@@ -79,6 +82,7 @@ def seed_group_state(settings: Any, patients: int, now: datetime, seed: int = 5)
     persons, facts = generate_frames(patients, seed=seed, now=now)
     print(f"generated {persons.height:,} patients, {facts.height:,} facts in {time.perf_counter() - t:.1f}s")
     t = time.perf_counter()
+    every = facts
     facts = keep(facts) if keep is not None else facts
     print(f"pruned to {facts.height:,} facts the studies can use in {time.perf_counter() - t:.1f}s")
     n_parts = settings.topic_partitions
@@ -86,6 +90,7 @@ def seed_group_state(settings: Any, patients: int, now: datetime, seed: int = 5)
     part = pl.DataFrame({"patient_id": ids, "_p": [(murmur2(i.encode()) & 0x7FFFFFFF) % n_parts for i in ids]})
     persons = persons.join(part, on="patient_id")
     facts = facts.join(part, on="patient_id")
+    every = every.join(part, on="patient_id")
     producer = make_producer(settings)
     for key, value in event_payloads(400, now, seed=99, start_index=5_000_000):
         producer.send(settings.events_topic, key=key, value=value)
@@ -105,8 +110,12 @@ def seed_group_state(settings: Any, patients: int, now: datetime, seed: int = 5)
     consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in tps})
     consumer.close()
     t = time.perf_counter()
+    store = open_store(settings.history_url())
     for tp in tps:
         p = tp.partition
+        mine = pl.col("_p") == p
+        retracted = pl.DataFrame(schema={"event_id": pl.String})
+        store.write_base(p, persons.filter(mine).drop("_p"), every.filter(mine).drop("_p"), retracted, ends[tp])
         state = PatientState(persons.filter(pl.col("_p") == p).drop("_p"), facts.filter(pl.col("_p") == p).drop("_p"))
         # As the engine writes them: the main frames sorted and named, so its next snapshots reuse their files.
         save_snapshot(
@@ -116,5 +125,5 @@ def seed_group_state(settings: Any, patients: int, now: datetime, seed: int = 5)
             {"rules": fingerprint},
         )
     size = sum(f.stat().st_size for f in Path(settings.state_dir).rglob("*.parquet")) / 2**20
-    print(f"wrote {n_parts} snapshots in {time.perf_counter() - t:.1f}s ({size:.0f} MB)")
+    print(f"wrote {n_parts} store bases and snapshots in {time.perf_counter() - t:.1f}s ({size:.0f} MB)")
     return {tp.partition: off for tp, off in ends.items()}
