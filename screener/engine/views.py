@@ -51,12 +51,17 @@ def lower_priority(thread: bool = False) -> None:
             os.setpriority(os.PRIO_PROCESS, who, REBUILD_NICE)
 
 
+#: The free space ``/dev/shm`` needs to hold the views handed back (one partition's view at a time).
+SHM_MIN_FREE = 4 * 2**30
+
+
 def scratch_dir(state_dir: Path) -> Path:
     """Where the worker hands views back: a folder in ``/dev/shm`` when the host has one (memory: at 1M
     patients a partition's view is 1.2 GB of Arrow, which took 10 s to write to disk and 8 s to read back), named
-    after ``state_dir`` so a restarted engine clears what a crashed one left; else ``state_dir/rebuild``."""
+    after ``state_dir`` so a restarted engine clears what a crashed one left; else ``state_dir/rebuild``. A
+    ``/dev/shm`` with less than :data:`SHM_MIN_FREE` free (a container's default is 64 MB) is not used."""
     shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
+    if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free >= SHM_MIN_FREE:
         digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:16]
         return shm / f"screener-rebuild-{digest}"
     return Path(state_dir) / "rebuild"

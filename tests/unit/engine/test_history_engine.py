@@ -4,6 +4,7 @@ or damaged store (or snapshot) is logged, counted and replayed."""
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -384,3 +385,15 @@ def test_under_run_changed_rule_files_are_read_on_the_rules_thread_while_events_
     drain(engine)
     assert sorted(store.matches()["study_id"]) == ["ADULT", "DM"]
     engine.close()
+
+
+def test_the_hand_back_folder_is_in_shared_memory_only_when_it_has_room(tmp_path: Path, monkeypatch: Any) -> None:
+    from screener.engine import views
+
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        monkeypatch.setattr(views, "SHM_MIN_FREE", 0)
+        assert views.scratch_dir(tmp_path).parent == shm
+    # a container's 64 MB /dev/shm cannot hold a partition's view: the state folder is used instead
+    monkeypatch.setattr(views, "SHM_MIN_FREE", 2**62)
+    assert views.scratch_dir(tmp_path) == tmp_path / "rebuild"
