@@ -31,7 +31,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import obstore
 import polars as pl
@@ -46,6 +46,10 @@ from screener.state import (
     PatientState,
     apply_frames,
 )
+
+#: How Polars reads a Parquet scan in parallel (its ``ParallelStrategy``; "prefiltered" decodes the filter's columns
+#: first and the others only for the rows kept).
+Parallel = Literal["auto", "columns", "row_groups", "prefiltered", "none"]
 
 __all__ = ["HistoryStore", "StoreError", "open_store"]
 
@@ -184,12 +188,12 @@ class HistoryStore:
         data = obstore.get(self._store, key).bytes()
         return conform(pl.read_parquet(io.BytesIO(bytes(data))), schema)
 
-    def _scan(self, keys: Sequence[str], schema: dict[str, pl.DataType], parallel: str = "auto") -> pl.LazyFrame:
+    def _scan(self, keys: Sequence[str], schema: dict[str, pl.DataType], parallel: Parallel = "auto") -> pl.LazyFrame:
         if not keys:
             return pl.LazyFrame(schema=schema)
         return pl.scan_parquet(
             [f"{self._root}/{k}" for k in keys],
-            parallel=parallel,  # type: ignore[arg-type]
+            parallel=parallel,
             schema=schema,
             missing_columns="insert",
             extra_columns="ignore",
@@ -315,7 +319,7 @@ class HistoryStore:
                 self._put_manifest(partition, doc)
 
     def view(
-        self, partition: int, parallel: str = "auto"
+        self, partition: int, parallel: Parallel = "auto"
     ) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.DataFrame, int] | None:
         """The partition's current history as ``(persons, facts, retracted, offset)``, or ``None`` when the store
         has none: the base scanned lazily, the segments folded in for the patients they touch. ``parallel`` is
@@ -337,7 +341,7 @@ class HistoryStore:
             ) from exc
 
     def _fold(
-        self, d: str, doc: dict[str, Any], parallel: str = "auto"
+        self, d: str, doc: dict[str, Any], parallel: Parallel = "auto"
     ) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.DataFrame, int]:
         base = doc.get("base")
         base_p = self._scan([f"{d}/{base}/persons.parquet"] if base else [], PERSONS_SCHEMA)
