@@ -24,15 +24,10 @@ from pathlib import Path
 
 import polars as pl
 
-from screener.history.store import (
-    CONTROL_SCHEMA,
-    HistoryStore,
-    StoreError,
-    _fact_rows_schema,
-    _upd_schema,
-    conform,
-    sort_by_patient,
-)
+from screener.history._frames import CONTROL_SCHEMA, conform, sort_by_patient
+from screener.history._frames import fact_rows_schema as _fact_rows_schema
+from screener.history._frames import upd_schema as _upd_schema
+from screener.history.store import HistoryStore, StoreError
 from screener.state import RETRACTED_SCHEMA, PatientState, apply_frames
 
 __all__ = ["DEFAULT_MEMORY_BYTES", "BulkLoad", "ahead_of"]

@@ -31,13 +31,23 @@ import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import obstore
 import polars as pl
 from obstore.store import LocalStore, from_url
 
 from screener.errors import ScreenerError
+from screener.history._frames import (
+    CONTROL_SCHEMA,
+    PARQUET_OPTIONS,
+    Parallel,
+    conform,
+    keys_expr,
+    sort_by_patient,
+)
+from screener.history._frames import fact_rows_schema as _fact_rows_schema
+from screener.history._frames import upd_schema as _upd_schema
 from screener.state import (
     FACTS_SCHEMA,
     PERSONS_SCHEMA,
@@ -47,30 +57,7 @@ from screener.state import (
     apply_frames,
 )
 
-#: How Polars reads a Parquet scan in parallel (its ``ParallelStrategy``; "prefiltered" decodes the filter's columns
-#: first and the others only for the rows kept).
-Parallel = Literal["auto", "columns", "row_groups", "prefiltered", "none"]
-
-__all__ = ["HistoryStore", "StoreError", "open_store"]
-
-_F = TypeVar("_F", pl.DataFrame, pl.LazyFrame)
-
-_FLAGS = ("do_not_contact", "deceased")
-CONTROL_SCHEMA: dict[str, pl.DataType] = {
-    "seq": pl.Int64(),
-    "patient_id": pl.String(),
-    "op": pl.String(),
-    "arg": pl.String(),
-}
-
-
-def _upd_schema() -> dict[str, pl.DataType]:
-    return {"seq": pl.Int64(), **{k: v for k, v in PERSONS_SCHEMA.items() if k not in _FLAGS}}
-
-
-def _fact_rows_schema() -> dict[str, pl.DataType]:
-    return {"seq": pl.Int64(), **FACTS_SCHEMA}
-
+__all__ = ["CONTROL_SCHEMA", "HistoryStore", "StoreError", "conform", "keys_expr", "open_store", "sort_by_patient"]
 
 #: Storage options that are HTTP-client settings for obstore (Polars takes them with the rest).
 _CLIENT_KEYS = ("aws_allow_http", "allow_http")
@@ -78,27 +65,6 @@ _CLIENT_KEYS = ("aws_allow_http", "allow_http")
 
 def _truthy(options: dict[str, str], keys: Sequence[str]) -> bool:
     return any(str(options.get(k, "")).lower() in ("1", "true", "yes") for k in keys)
-
-
-def keys_expr(keys: list[str], rows: pl.DataFrame) -> pl.Expr:
-    """A filter true exactly for the facts whose ``keys`` equal one of ``rows`` (nulls equal to nulls), the
-    semi-join's answer as an expression that Polars pushes into the Parquet scan: one ``is_in`` on the last key
-    per combination of the others."""
-    if rows.height == 0:
-        return pl.lit(False)
-    *lead, last = keys
-    terms: list[pl.Expr] = []
-    groups = rows.group_by(lead, maintain_order=True).agg(pl.col(last)) if lead else None
-    for row in groups.iter_rows(named=True) if groups is not None else [{last: rows[last].to_list()}]:
-        values = row[last]
-        present = [v for v in values if v is not None]
-        hit = pl.col(last).is_in(pl.Series(present, dtype=rows.schema[last]).implode())
-        if len(present) < len(values):
-            hit = hit | pl.col(last).is_null()
-        for k in lead:
-            hit = hit & pl.col(k).eq_missing(pl.lit(row[k], dtype=rows.schema[k]))
-        terms.append(hit)
-    return pl.any_horizontal(terms) if len(terms) > 1 else terms[0]
 
 
 class StoreError(ScreenerError):
@@ -115,26 +81,6 @@ def open_store(url: str | Path, storage_options: dict[str, str] | None = None) -
     """The store at ``url``: a local folder (a path or ``file://...``, created if missing) or
     ``s3://bucket/prefix``."""
     return HistoryStore(str(url), storage_options)
-
-
-def conform(frame: _F, schema: dict[str, pl.DataType]) -> _F:
-    """``frame`` (eager or lazy) with exactly ``schema``'s columns in order: missing ones null, others cast, extra
-    ones dropped."""
-    have = set(frame.collect_schema().names())
-    return frame.select([pl.col(c).cast(t) if c in have else pl.lit(None, dtype=t).alias(c) for c, t in schema.items()])
-
-
-def sort_by_patient(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` sorted by ``patient_id`` (stable, nulls first): the same order as sorting the strings, at a third
-    of the cost, by sorting the ids' ranks (an Enum of the sorted distinct ids) instead of the strings."""
-    ids = frame["patient_id"].drop_nulls().unique().sort()
-    return frame.sort(pl.col("patient_id").cast(pl.Enum(ids)), maintain_order=True)
-
-
-#: Parquet as the store writes it: zstd level 1 (as small as level 3 on these columns, a third faster to write),
-#: and row groups small enough that a filter on ``patient_id`` (files are sorted by patient) or on a fact's kind
-#: and code skips most of a large base by the row groups' statistics.
-PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 1, "row_group_size": 122_880}
 
 
 class HistoryStore:
