@@ -85,16 +85,12 @@ def load_delta_file(
     """In the worker: :func:`delta_facts` with the frame written to ``out_dir`` as Arrow IPC (its path, or
     ``None`` as there). A string: why the store could not be read (read once more on a failure: a compaction
     replacing the files is the usual cause). The filters come without their judges (pickling)."""
+    from screener.engine.views import read_twice
+
     store = store_cls(url, options)
-    error = ""
-    for _ in range(2):
-        try:
-            got = delta_facts(store, partition, old, new)
-            break
-        except StoreError as exc:
-            error = str(exc)
-    else:
-        return error or "unreadable"
+    got = read_twice(lambda: delta_facts(store, partition, old, new))
+    if isinstance(got, str):
+        return got
     if got is None:
         return None
     delta, offset = got

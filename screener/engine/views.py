@@ -23,15 +23,18 @@ import pickle
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
 from screener.history import HistoryStore, StoreError
 from screener.state import FactFilter, PatientState
+
+T = TypeVar("T")
 
 #: The rebuild worker's niceness. Against the engine's threads (nice 0) it gets about a tenth of a busy core
 #: (CFS weights 110 vs 1024); 19 (weight 15) let unrelated work on a shared host starve it: a 200k rebuild's
@@ -95,6 +98,18 @@ def _by_patient(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.sort("patient_id", maintain_order=True)
 
 
+def read_twice(read: Callable[[], T]) -> T | str:
+    """In the worker: ``read()``, once more when it raises :class:`StoreError` (a compaction that replaced the
+    files between the manifest and the scan is the usual cause); the second error's text when it fails again."""
+    error = ""
+    for _ in range(2):
+        try:
+            return read()
+        except StoreError as exc:
+            error = str(exc)
+    return error or "unreadable"
+
+
 def load_view_files(
     store_cls: type[HistoryStore],
     url: str,
@@ -107,15 +122,9 @@ def load_view_files(
     nothing for it; a string: why it could not be read). Read once more on a failure: a compaction that
     replaced the files between the manifest and the scan is the usual cause."""
     store = store_cls(url, options)
-    error = ""
-    for _ in range(2):
-        try:
-            got = store.load(partition, keep=keep)
-            break
-        except StoreError as exc:
-            error = str(exc)
-    else:
-        return error or "unreadable"
+    got = read_twice(lambda: store.load(partition, keep=keep))
+    if isinstance(got, str):
+        return got
     if got is None:
         return None
     state, offset = got

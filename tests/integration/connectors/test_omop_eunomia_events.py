@@ -11,20 +11,10 @@ import pytest
 
 from connectors.omop import backfill
 from screener.ingest import decode_batch
+from tests.integration.connectors.test_omop_eunomia import EUNOMIA_ROWS  # the CDM's row count per table
 from tests.unit.connectors.test_omop_backfill import NOW, RawSink
 
 pytestmark = pytest.mark.integration
-
-EUNOMIA_ROWS = {
-    "person": 2694,
-    "observation_period": 5343,
-    "visit_occurrence": 1037,
-    "condition_occurrence": 65332,
-    "drug_exposure": 67707,
-    "procedure_occurrence": 37409,
-    "measurement": 44053,
-    "observation": 1477,
-}
 
 
 def test_eunomia_duckdb_every_row_becomes_a_valid_event() -> None:
