@@ -21,6 +21,7 @@ from screener.errors import ConnectorError, DeliveryError
 
 if TYPE_CHECKING:
     import polars as pl
+    from kafka import KafkaConsumer, KafkaProducer
 
     from screener._kafka import Producer, SendFuture
     from screener.settings import Settings
@@ -227,8 +228,10 @@ def ensure_service_topics(settings: Settings) -> None:
     )
 
 
-def make_consumer(settings: Settings, *, group_id: str | None = None, **overrides: Any) -> Any:
-    """A kafka-python ``KafkaConsumer`` for the engine: manual commits, earliest reset, raw bytes.
+def make_consumer(settings: Settings, *, group_id: str | None = None, **overrides: Any) -> KafkaConsumer:
+    """A kafka-python ``KafkaConsumer`` for the engine: manual commits, earliest reset, raw bytes. It satisfies
+    :class:`screener.engine.base.Consumer` (what the engine uses) and offers the rest of kafka-python's surface
+    (``partitions_for_topic``, ``end_offsets``) to the commands that read the topic's shape.
 
     The caller subscribes (with its rebalance listener). Fetch sizes are raised for throughput; ``overrides``
     win over every default.
@@ -254,8 +257,9 @@ def make_consumer(settings: Settings, *, group_id: str | None = None, **override
     return KafkaConsumer(**options)
 
 
-def make_producer(settings: Settings, **overrides: Any) -> Any:
-    """A kafka-python ``KafkaProducer`` (acks=all, lz4-free defaults, small linger for batching)."""
+def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
+    """A kafka-python ``KafkaProducer`` (acks=all, lz4-free defaults, small linger for batching); it satisfies
+    :class:`screener.engine.base.Producer`."""
     from kafka import KafkaProducer
 
     options: dict[str, Any] = {

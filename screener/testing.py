@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from screener.alerts.memory import MemoryStore
 from screener.clock import FixedClock
 from screener.engine.base import CommitOffset, Partition, RebalanceListener
-from screener.events import dump_event
+from screener.events import Event, dump_event
 
 __all__ = [
     "FixedClock",
@@ -94,7 +94,7 @@ class InMemoryLog:
             self.appended.notify_all()
             return rec
 
-    def publish(self, topic: str, event: Any) -> Record:
+    def publish(self, topic: str, event: Event) -> Record:
         """Append a canonical event, keyed by its patient (as the connectors do)."""
         return self.append(topic, event.patient_id.encode(), dump_event(event))
 

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,8 @@ import polars as pl
 from screener.alerts.base import MatchStore
 from screener.bus import MatchesPublisher
 from screener.clock import Clock
-from screener.engine.base import Consumer, Producer
+from screener.engine.base import Consumer, Partition, Producer, Record
+from screener.errors import EventError
 from screener.ingest import DecodedBatch
 from screener.logging import get_logger
 from screener.metrics import Metrics
@@ -25,6 +26,7 @@ from screener.settings import Settings
 from screener.state import FactFilter, LiveState, PatientState
 
 if TYPE_CHECKING:
+    from screener.engine.rebuild import _Rebuild
     from screener.history import HistoryStore
     from screener.rules import LoadResult, Study
 
@@ -130,13 +132,13 @@ def _seconds(s: float) -> timedelta:
     return timedelta(seconds=s)
 
 
-def _start_of(d: Any) -> datetime:
+def _start_of(d: date) -> datetime:
     if isinstance(d, datetime):
         return d.astimezone(UTC)
     return datetime(d.year, d.month, d.day, tzinfo=UTC)
 
 
-def _end_of(d: Any) -> datetime:
+def _end_of(d: date) -> datetime:
     if isinstance(d, datetime):
         return d.astimezone(UTC)
     return datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=1)
@@ -164,7 +166,7 @@ class EngineBase:
     _next_rescreen: datetime | None
     _publisher: MatchesPublisher | None
     _keep: FactFilter | None
-    _horizon: Any
+    _horizon: timedelta | None
     _started: bool
     _lock: threading.RLock
     batches: int
@@ -186,7 +188,7 @@ class EngineBase:
     stage_seconds: dict[str, float]
     _health_state: tuple[bool, str | None]
     _history: HistoryStore | None
-    _rebuild: Any
+    _rebuild: _Rebuild | None
 
     def settle(self) -> None:
         raise NotImplementedError
@@ -223,13 +225,13 @@ class EngineBase:
     def _sweep_unpublished(self) -> int:
         raise NotImplementedError
 
-    def _dead_letter(self, rec: Any, exc: Any) -> None:
+    def _dead_letter(self, rec: Record, exc: EventError) -> None:
         raise NotImplementedError
 
     def reload_rules(self, force: bool = False) -> bool:
         raise NotImplementedError
 
-    def _init_partition(self, tp: Any) -> None:
+    def _init_partition(self, tp: Partition) -> None:
         raise NotImplementedError
 
     def _recover(self) -> None:
@@ -238,7 +240,7 @@ class EngineBase:
     def _wait_snapshots(self) -> None:
         raise NotImplementedError
 
-    def _beginning(self, tp: Any) -> int:
+    def _beginning(self, tp: Partition) -> int:
         raise NotImplementedError
 
     def _compile_pruning(self) -> None:
@@ -250,7 +252,7 @@ class EngineBase:
     def _keep_frames(self, part: _Partition, frames: Frames | None, offset: int) -> None:
         raise NotImplementedError
 
-    def _history_job(self, partition: int) -> Any:
+    def _history_job(self, partition: int) -> Callable[[], None] | None:
         raise NotImplementedError
 
     def _restore(self, partition: int, begin: int, committed: int | None) -> tuple[LiveState, int, str]:
@@ -260,7 +262,7 @@ class EngineBase:
         self,
         studies: dict[str, Study],
         keep: FactFilter | None,
-        horizon: Any,
+        horizon: timedelta | None,
         fingerprint: str,
         changed: Sequence[str],
         removed: list[str],

@@ -8,7 +8,7 @@ thread-safe; rebalance callbacks must also run on that thread, inside :meth:`Con
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 __all__ = ["CommitOffset", "Consumer", "Partition", "Producer", "RebalanceListener", "Record", "SendFuture"]
@@ -39,10 +39,11 @@ class Record(Protocol):
 
 
 class RebalanceListener(Protocol):
-    """Told, inside :meth:`Consumer.poll`, which partitions this consumer lost and which it got."""
+    """Told, inside :meth:`Consumer.poll`, which partitions this consumer lost and which it got (kafka-python
+    passes sets, :class:`screener.testing.InMemoryConsumer` lists)."""
 
-    def on_partitions_revoked(self, revoked: Sequence[Partition]) -> None: ...
-    def on_partitions_assigned(self, assigned: Sequence[Partition]) -> None: ...
+    def on_partitions_revoked(self, revoked: Collection[Partition]) -> None: ...
+    def on_partitions_assigned(self, assigned: Collection[Partition]) -> None: ...
 
 
 class CommitOffset(Protocol):

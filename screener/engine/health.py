@@ -14,15 +14,19 @@ import json
 import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from screener.engine._base import EngineBase, log
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["HealthRole", "consumer_health", "serve_health"]
 
 
-def consumer_health(consumer: Any) -> tuple[bool, str | None]:
-    """``(ok, reason)`` of a consumer's link to its broker and group, without any network call."""
+def consumer_health(consumer: object) -> tuple[bool, str | None]:
+    """``(ok, reason)`` of a consumer's link to its broker and group, without any network call. The consumer's
+    ``health()`` is used when it has one, else kafka-python's private client state is read when present."""
     probe = getattr(consumer, "health", None)
     if callable(probe):
         ok, reason = probe()
@@ -41,6 +45,7 @@ def consumer_health(consumer: Any) -> tuple[bool, str | None]:
 
 
 def _connected(conn: Any) -> bool:
+    """Whether a kafka-python ``BrokerConnection`` (untyped: kafka-python ships no types) is up."""
     try:
         return bool(conn.connected())
     except Exception:
@@ -74,19 +79,19 @@ class HealthRole(EngineBase):
                     self.metrics.consumer_lag.labels(self.settings.events_topic, str(p)).set(math.nan)
         self.metrics.health.set(1 if self._health_state[0] else 0)
 
-    def health(self) -> tuple[bool, dict[str, Any]]:
+    def health(self) -> tuple[bool, dict[str, object]]:
         """``(healthy, document)``: the document says ``status`` (``ok`` / ``unavailable``), the ``reason`` and
         the partitions held."""
         ok, reason = self._health_state
-        doc: dict[str, Any] = {"status": "ok" if ok else "unavailable", "partitions": sorted(self._parts)}
+        doc: dict[str, object] = {"status": "ok" if ok else "unavailable", "partitions": sorted(self._parts)}
         if not ok:
             doc["reason"] = reason
         return ok, doc
 
 
 class _Handler(BaseHTTPRequestHandler):
-    engine: Any = None
-    registry: Any = None
+    engine: HealthRole
+    registry: CollectorRegistry
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -111,7 +116,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def serve_health(engine: Any, registry: Any, host: str, port: int) -> tuple[ThreadingHTTPServer, str]:
+def serve_health(
+    engine: HealthRole, registry: CollectorRegistry, host: str, port: int
+) -> tuple[ThreadingHTTPServer, str]:
     """Serve ``/healthz`` and ``/metrics`` on ``host:port`` (0: any free port) from a daemon thread. Returns the
     server (``shutdown()`` it) and its base URL."""
     handler = type("Handler", (_Handler,), {"engine": engine, "registry": registry})

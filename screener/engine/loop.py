@@ -8,8 +8,8 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -25,6 +25,7 @@ from screener.engine._base import (
     _seconds,
     log,
 )
+from screener.engine.base import Consumer, Partition, Producer, Record
 from screener.engine.batch import BatchRole
 from screener.engine.follow import PAIRS_SCHEMA, FollowRole, _default_screen_all
 from screener.engine.health import HealthRole
@@ -71,8 +72,8 @@ class Engine(
         *,
         metrics: Metrics | None = None,
         clock: Clock | None = None,
-        consumer: Any = None,
-        producer: Any = None,
+        consumer: Consumer | None = None,
+        producer: Producer | None = None,
         loader: Loader | None = None,
         screen: ScreenFn | None = None,
         group_id: str | None = None,
@@ -82,8 +83,8 @@ class Engine(
         self.store = store
         self.metrics = metrics or Metrics()
         self.clock: Clock = clock or SystemClock()
-        self._consumer = consumer
-        self._producer = producer
+        #: The clients given (``None``: :meth:`start` makes the default one and keeps it here).
+        self._clients: tuple[Consumer | None, Producer | None] = (consumer, producer)
         self._loader = loader or _default_loader
         self._screen = screen or _default_screen
         self._group_id = group_id
@@ -100,7 +101,7 @@ class Engine(
         self._next_rescreen: datetime | None = None
         self._publisher: MatchesPublisher | None = None
         self._keep: FactFilter | None = None
-        self._horizon: Any = None
+        self._horizon: timedelta | None = None
         self._started = False
         self._lock = threading.RLock()
         #: Counters for tests and the demo banner (never patient-level).
@@ -134,16 +135,20 @@ class Engine(
             return self
         sys.setswitchinterval(GIL_SWITCH_S)
         self.reload_rules(force=True)
-        if self._producer is None:
+        consumer, producer = self._clients
+        if producer is None:
             from screener.bus import make_producer
 
-            self._producer = make_producer(self.settings)
+            producer = make_producer(self.settings)
+        self._producer = producer
         self._publisher = MatchesPublisher(self._producer, self.settings.matches_topic)
         self._sweep_unpublished()
-        if self._consumer is None:
+        if consumer is None:
             from screener.bus import make_consumer
 
-            self._consumer = make_consumer(self.settings, group_id=self._group_id)
+            consumer = make_consumer(self.settings, group_id=self._group_id)
+        self._consumer = consumer
+        self._clients = (consumer, producer)  # a restart after close() reuses them, as before
         self._consumer.subscribe([self.settings.events_topic], listener=_Listener(self))
         self._next_rescreen = self.clock.now() + _seconds(self.settings.rescreen_interval_s)
         self._next_snapshot = self.clock.monotonic() + self.settings.snapshot_interval_s
@@ -288,9 +293,9 @@ class Engine(
             self._batch_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="screener-batch")
         return self._batch_executor
 
-    def _poll_batch(self, timeout_ms: int) -> dict[Any, list[Any]]:
+    def _poll_batch(self, timeout_ms: int) -> dict[Partition, list[Record]]:
         max_records = self.settings.batch_max_records
-        out: dict[Any, list[Any]] = {}
+        out: dict[Partition, list[Record]] = {}
         seeks = dict(self._seeks)
         got = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         n = 0

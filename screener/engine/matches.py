@@ -7,27 +7,31 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from screener.alerts.base import MATCH_COLUMNS
 from screener.engine._base import EngineBase, _seconds, log
+from screener.engine.base import Record
 from screener.errors import DeliveryError, EventError, ScreenerError
 from screener.state import PatientState
 from screener.vocab import INELIGIBLE, MATCH_OUTCOMES, TS
+
+if TYPE_CHECKING:
+    from screener.rules import LoadResult, Study
 
 #: Matches per sweep page.
 SWEEP_LIMIT = 10_000
 
 
-def _default_loader(paths: Sequence[Path]) -> Any:
+def _default_loader(paths: Sequence[Path]) -> LoadResult:
     from screener.rules import load_studies
 
     return load_studies(paths)
 
 
-def _default_screen(state: PatientState, studies: Sequence[Any], now: datetime) -> pl.DataFrame:
+def _default_screen(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
     from screener.rules import screen
 
     # Only eligible/possible rows are stored, so only they are returned (with criteria and evidence texts);
@@ -151,7 +155,7 @@ class MatchesRole(EngineBase):
             self._next_sweep = 0.0  # more to do: again at the next step
         return rows.height
 
-    def _dead_letter(self, rec: Any, exc: EventError) -> None:
+    def _dead_letter(self, rec: Record, exc: EventError) -> None:
         value = rec.value or b""
         doc = {
             "reason": exc.message,

@@ -6,29 +6,28 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from screener.engine._base import EngineBase, _concat_states, _Partition, log
+from screener.engine.base import Partition, RebalanceListener
 from screener.state import PatientState, save_snapshot
 
 
-class _Listener:
-    """kafka-python ConsumerRebalanceListener adapter (built lazily so kafka is imported only when used)."""
+def _Listener(engine: PartitionsRole) -> RebalanceListener:
+    """The engine's kafka-python ``ConsumerRebalanceListener`` (a subclass is required by kafka-python; built at
+    call time, so kafka is imported only when used)."""
+    from kafka import ConsumerRebalanceListener
 
-    def __new__(cls, engine: Any) -> Any:
-        from kafka import ConsumerRebalanceListener
+    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped: its base is Any
+        def on_partitions_revoked(self, revoked: Collection[Partition]) -> None:
+            engine._on_revoked(revoked)
 
-        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped: its base is Any
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                engine._on_revoked(revoked)
+        def on_partitions_assigned(self, assigned: Collection[Partition]) -> None:
+            engine._on_assigned(assigned)
 
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                engine._on_assigned(assigned)
-
-        return Listener()
+    return Listener()
 
 
 class PartitionsRole(EngineBase):
@@ -38,13 +37,13 @@ class PartitionsRole(EngineBase):
     def _snapshot_dir(self, partition: int) -> Path:
         return Path(self.settings.state_dir) / f"{self.settings.events_topic}-{partition}"
 
-    def _beginning(self, tp: Any) -> int:
+    def _beginning(self, tp: Partition) -> int:
         try:
             return int(self._consumer.beginning_offsets([tp])[tp])
         except Exception:
             return 0
 
-    def _on_assigned(self, assigned: Any) -> None:
+    def _on_assigned(self, assigned: Collection[Partition]) -> None:
         self.settle()
         t0 = time.perf_counter()
         for tp in assigned:
@@ -58,7 +57,7 @@ class PartitionsRole(EngineBase):
             ms=round((time.perf_counter() - t0) * 1000, 1),
         )
 
-    def _init_partition(self, tp: Any) -> None:
+    def _init_partition(self, tp: Partition) -> None:
         """Take a partition on: its state from the local snapshot, the history store or a replay
         (:meth:`HistoryRole._restore`), then read on from there. Records below the group's committed offset were
         screened before: they are only applied (``replay_until``) and the patients they touch screened once at
@@ -93,7 +92,7 @@ class PartitionsRole(EngineBase):
             ms=round((time.perf_counter() - t0) * 1000, 1),
         )
 
-    def _on_revoked(self, revoked: Any) -> None:
+    def _on_revoked(self, revoked: Collection[Partition]) -> None:
         self.settle()  # the batch in flight finishes and commits before its partitions go
         parts = [tp.partition for tp in revoked if tp.partition in self._parts]
         with contextlib.suppress(Exception):
