@@ -27,10 +27,11 @@ fmt:
 # Hypothesis runs its `dev` profile here: a tenth of each property suite's examples (tests/hypothesis_profiles.py).
 # Full counts: `just test-unit --hypothesis-profile=ci` (derandomized, as CI runs them), or any plain pytest run.
 # One worker per core (pytest-xdist), each test file on one worker so its module fixtures are built once;
-# `just test-unit -n 0` runs in this process (for pdb), and -x, -k ... pass through.
+# `just test-unit -n 0` runs in this process (for pdb), and -x, -k ... pass through. schemathesis' pytest plugin
+# (only tests/robustness uses it) is not loaded: it costs about 1.5 CPU-s in every worker.
 # the unit tests, fast profile: nothing running, nothing beyond `pip install -e ".[test]"`
 test-unit *args:
-    {{ python }} -m pytest -q tests/unit --hypothesis-profile=dev -n auto --dist loadfile {{ args }}
+    {{ python }} -m pytest -q tests/unit --hypothesis-profile=dev -p no:schemathesis -n auto --dist loadfile {{ args }}
 
 # the tooling checks: lint, types and import contracts, promtool, the benchmark harness (needs promtool)
 test-tooling *args:
