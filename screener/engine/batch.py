@@ -5,14 +5,15 @@ on the batch thread (:meth:`BatchRole._execute`), committed back on the consumer
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
 
 import polars as pl
 
 from screener.engine import rescreen as _rescreen
 from screener.engine._affects import AffectsIndex
 from screener.engine._base import EngineBase, _Batch, _concat_states, _owners, log
+from screener.engine.base import Partition, Record
 from screener.ingest import decode_batch
 from screener.state import TS, Changes, FactFilter
 
@@ -23,11 +24,11 @@ class BatchRole(EngineBase):
     """The three stages of a micro-batch."""
 
     # --- the batch ------------------------------------------------------------------------------------------
-    def _prepare(self, records: dict[Any, list[Any]]) -> _Batch | None:
+    def _prepare(self, records: Mapping[Partition, Sequence[Record]]) -> _Batch | None:
         """On the consumer's thread: validate and decode the polled records (one decode for the whole batch, cut
         back by partition), dead-letter the bad ones. Rejects carry parse_event's own error."""
         t0 = time.perf_counter()
-        live: list[Any] = []
+        live: list[Record] = []
         starts: list[int] = []
         order: list[int] = []
         offsets: dict[int, tuple[int, int]] = {}
