@@ -16,8 +16,12 @@ screened as a whole once (see :meth:`screener.engine.Engine` restore), so nobody
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +33,10 @@ from screener.history.store import HistoryStore
 from screener.ingest import decode_batch
 
 __all__ = ["StoreBackfill", "backfill_frames", "kafka_partitions", "murmur2"]
+
+#: Threads that decode and split chunks while the next chunk is read (Polars releases the GIL), and that write
+#: partitions at the end: one per core, at most 4.
+WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def kafka_partitions(keys: pl.Series, partitions: int, cache: _PartitionCache | None = None) -> pl.Series:
@@ -49,16 +57,18 @@ class _PartitionCache:
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
         self._table = pl.DataFrame(schema={"key": pl.Binary, "partition": pl.Int32})
+        self._lock = threading.Lock()  # chunks are decoded on several threads
 
     def lookup(self, keys: pl.Series) -> pl.DataFrame:
         """``key`` (Binary) and ``partition`` for every key seen so far, ``keys`` included."""
         distinct = keys.rename("key").unique().to_frame()
-        new = distinct.join(self._table, on="key", how="anti")["key"]
-        if new.len():
-            hashes = murmur2(new.to_list())
-            parts = pl.Series("partition", (hashes & 0x7FFFFFFF) % self.partitions, dtype=pl.Int32)
-            self._table = pl.concat([self._table, pl.DataFrame({"key": new, "partition": parts})])
-        return self._table
+        with self._lock:
+            new = distinct.join(self._table, on="key", how="anti")["key"]
+            if new.len():
+                hashes = murmur2(new.to_list())
+                parts = pl.Series("partition", (hashes & 0x7FFFFFFF) % self.partitions, dtype=pl.Int32)
+                self._table = pl.concat([self._table, pl.DataFrame({"key": new, "partition": parts})])
+            return self._table
 
     def of_ids(self, ids: pl.Series) -> pl.DataFrame:
         """``patient_id`` (String) and ``partition`` for just the distinct ids of ``ids`` (String)."""
@@ -128,6 +138,7 @@ def backfill_frames(
     compact: bool = True,
     bulk: bool = True,
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    workers: int = WORKERS,
 ) -> StoreBackfill:
     """Write every frame's events (JSON ``key``/``value`` or event rows) into ``store``, then set each
     partition's offset to ``start_offsets[p]`` (0 when absent).
@@ -138,6 +149,10 @@ def backfill_frames(
     compaction unless ``compact=False``; both give the same history.
     Rejected events are counted (not dead-lettered: there is no topic position to name).
 
+    ``workers`` threads decode and split the chunks (the next chunk is read from ``frames`` meanwhile; at most
+    ``workers + 1`` decoded chunks wait, and they are applied in order, so the result does not depend on it) and
+    then write the partitions, ``workers`` at a time (memory while writing: that many partitions).
+
     :raises StoreError: a partition of the store is already past its start offset (nothing is written then).
     """
     started = time.perf_counter()
@@ -146,12 +161,10 @@ def backfill_frames(
     starts = {p: start_offsets.get(p, 0) for p in range(partitions)}
     for p in range(partitions):
         ahead_of(store, p, store.manifest(p), starts[p])
-    with BulkLoad(store, starts, memory_bytes=memory_bytes) as load:
-        for frame in frames:
-            if frame.height == 0:
-                continue
-            out.events_in += frame.height
-            for part in _decoded_parts(frame, cache):
+    with BulkLoad(store, starts, memory_bytes=memory_bytes, workers=workers) as load:
+        for height, parts in _decoded_in_order(frames, cache, workers):
+            out.events_in += height
+            for part in parts:
                 p = part.partition
                 out.rejected += len(part.rejects)
                 if part.rejects and len(out.reasons) < 5:
@@ -174,6 +187,28 @@ def backfill_frames(
     out.bytes_stored = store.size_bytes()
     out.seconds = time.perf_counter() - started
     return out
+
+
+def _decoded_in_order(
+    frames: Iterable[pl.DataFrame], cache: _PartitionCache, workers: int
+) -> Iterator[tuple[int, list[_Part]]]:
+    """Each non-empty frame's height and decoded parts, in the frames' order, decoded on ``workers`` threads
+    while the caller's iterator makes the next frames (at most ``workers + 1`` decoded frames wait)."""
+    pending: deque[tuple[int, Future[list[_Part]]]] = deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill-decode")
+    try:
+        for frame in frames:
+            if frame.height == 0:
+                continue
+            pending.append((frame.height, pool.submit(lambda f: list(_decoded_parts(f, cache)), frame)))
+            while len(pending) > workers or (pending and pending[0][1].done()):
+                height, future = pending.popleft()
+                yield height, future.result()
+        while pending:
+            height, future = pending.popleft()
+            yield height, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)
