@@ -57,6 +57,7 @@ class _PartitionCache:
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
         self._table = pl.DataFrame(schema={"key": pl.Binary, "partition": pl.Int32})
+        self._ids = pl.DataFrame(schema={"patient_id": pl.String, "partition": pl.Int32})
         self._lock = threading.Lock()  # chunks are decoded on several threads
 
     def lookup(self, keys: pl.Series) -> pl.DataFrame:
@@ -71,10 +72,19 @@ class _PartitionCache:
             return self._table
 
     def of_ids(self, ids: pl.Series) -> pl.DataFrame:
-        """``patient_id`` (String) and ``partition`` for just the distinct ids of ``ids`` (String)."""
-        distinct = ids.drop_nulls().unique().cast(pl.Binary).rename("key").to_frame()
-        table = distinct.join(self.lookup(distinct["key"]), on="key", how="left")
-        return table.select(pl.col("key").cast(pl.String).alias("patient_id"), "partition")
+        """``patient_id`` (String) and ``partition`` for just the distinct ids of ``ids`` (String): one join
+        against the ids seen so far (kept as strings, apart from :meth:`lookup`'s keys), murmur2 for the new ones."""
+        distinct = ids.drop_nulls().unique().rename("patient_id").to_frame()
+        with self._lock:
+            table = distinct.join(self._ids, on="patient_id", how="left")
+            new = table.filter(pl.col("partition").is_null())["patient_id"]
+            if not new.len():
+                return table
+            hashes = murmur2(new.cast(pl.Binary).to_list())
+            parts = pl.Series("partition", (hashes & 0x7FFFFFFF) % self.partitions, dtype=pl.Int32)
+            fresh = pl.DataFrame({"patient_id": new, "partition": parts})
+            self._ids = pl.concat([self._ids, fresh], rechunk=self._ids.n_chunks() > 16)
+            return pl.concat([table.filter(pl.col("partition").is_not_null()), fresh])
 
 
 def murmur2(keys: list[bytes | None]) -> np.ndarray:
@@ -251,16 +261,23 @@ def _decoded_parts(frame: pl.DataFrame, cache: _PartitionCache) -> Iterator[_Par
     u, f, c = split(upd), split(facts), split(control)
     parts = sorted({*u, *f, *c}) or [0]
     # an accepted event gives rows of one seq (a person update, a fact, a control row, or several of these)
-    counts = {
-        p: pl.concat([x[p]["seq"] for x in (u, f, c) if p in x]).n_unique() if p in u or p in f or p in c else 0
-        for p in parts
-    }
+    counts = {p: _events(*(x[p]["seq"] for x in (u, f, c) if p in x)) for p in parts}
     counts[parts[0]] += decoded.accepted - sum(counts.values())
     for i, p in enumerate(parts):
         empty = upd.clear(), facts.clear(), control.clear()
         yield _Part(
             p, u.get(p, empty[0]), f.get(p, empty[1]), c.get(p, empty[2]), counts[p], decoded.rejects if i == 0 else []
         )
+
+
+def _events(*seqs: pl.Series) -> int:
+    """The events that gave these rows (their distinct ``seq``): one frame's rows in seq order, strictly
+    increasing, are one event each (no hashing then)."""
+    if not seqs:
+        return 0
+    if len(seqs) == 1 and (seqs[0].len() < 2 or bool((seqs[0].diff().drop_nulls() > 0).all())):
+        return seqs[0].len()
+    return pl.concat(seqs).n_unique()
 
 
 def _reason(exc: EventError) -> str:
