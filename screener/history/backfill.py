@@ -32,7 +32,7 @@ from screener.history._bulk import DEFAULT_MEMORY_BYTES, BulkLoad, ahead_of
 from screener.history.store import HistoryStore
 from screener.ingest import decode_batch
 
-__all__ = ["StoreBackfill", "backfill_frames", "kafka_partitions", "murmur2"]
+__all__ = ["StoreBackfill", "backfill_frames", "kafka_partitions", "murmur2", "murmur2_strings"]
 
 #: Threads that decode and split chunks while the next chunk is read (Polars releases the GIL), and that write
 #: partitions at the end: one per core, at most 4.
@@ -52,12 +52,12 @@ def kafka_partitions(keys: pl.Series, partitions: int, cache: _PartitionCache | 
 
 
 class _PartitionCache:
-    """Key -> partition for the keys seen so far (a backfill meets each patient in many chunks)."""
+    """Key -> partition: JSON keys (:meth:`lookup`, remembered for the backfill: it meets each patient in many
+    chunks) and the patient ids of event rows (:meth:`of_ids`, hashed per chunk)."""
 
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
         self._table = pl.DataFrame(schema={"key": pl.Binary, "partition": pl.Int32})
-        self._ids = pl.DataFrame(schema={"patient_id": pl.String, "partition": pl.Int32})
         self._lock = threading.Lock()  # chunks are decoded on several threads
 
     def lookup(self, keys: pl.Series) -> pl.DataFrame:
@@ -72,53 +72,63 @@ class _PartitionCache:
             return self._table
 
     def of_ids(self, ids: pl.Series) -> pl.DataFrame:
-        """``patient_id`` (String) and ``partition`` for just the distinct ids of ``ids`` (String): one join
-        against the ids seen so far (kept as strings, apart from :meth:`lookup`'s keys), murmur2 for the new ones."""
-        distinct = ids.drop_nulls().unique().rename("patient_id").to_frame()
-        with self._lock:
-            table = distinct.join(self._ids, on="patient_id", how="left")
-            new = table.filter(pl.col("partition").is_null())["patient_id"]
-            if not new.len():
-                return table
-            hashes = murmur2(new.cast(pl.Binary).to_list())
-            parts = pl.Series("partition", (hashes & 0x7FFFFFFF) % self.partitions, dtype=pl.Int32)
-            fresh = pl.DataFrame({"patient_id": new, "partition": parts})
-            self._ids = pl.concat([self._ids, fresh], rechunk=self._ids.n_chunks() > 16)
-            return pl.concat([table.filter(pl.col("partition").is_not_null()), fresh])
+        """``patient_id`` (String) and ``partition`` for just the distinct ids of ``ids`` (String), hashed afresh
+        (:func:`murmur2_strings`): the work is the chunk's, however many patients the backfill has met (a lookup
+        in the ids seen so far would build or probe all of them for every chunk)."""
+        distinct = ids.drop_nulls().unique().rename("patient_id")
+        parts = (murmur2_strings(distinct) & 0x7FFFFFFF) % self.partitions
+        return pl.DataFrame([distinct, pl.Series("partition", parts, dtype=pl.Int32)])
 
 
 def murmur2(keys: list[bytes | None]) -> np.ndarray:
     """kafka-python's ``kafka.partitioner.default.murmur2`` of every key (a None key hashes as empty), as
     uint64 holding the unsigned 32-bit result: the keys are grouped by length and hashed a 4-byte block at a time
     over the whole group."""
-    m, mask = np.uint64(0x5BD1E995), np.uint64(0xFFFFFFFF)
     data = [k or b"" for k in keys]
     lengths = np.fromiter((len(k) for k in data), dtype=np.int64, count=len(data))
     out = np.zeros(len(data), dtype=np.uint64)
     for length in np.unique(lengths).tolist():
         idx = np.flatnonzero(lengths == length)
-        raw = np.frombuffer(b"".join(data[i] for i in idx.tolist()), dtype=np.uint8)
-        block = raw.reshape(len(idx), length).astype(np.uint64)
-        h = np.full(len(idx), (0x9747B28C ^ length) & 0xFFFFFFFF, dtype=np.uint64)
-        for i in range(length // 4):
-            b = block[:, 4 * i : 4 * i + 4]
-            k = b[:, 0] | (b[:, 1] << np.uint64(8)) | (b[:, 2] << np.uint64(16)) | (b[:, 3] << np.uint64(24))
-            k = (k * m) & mask
-            k ^= k >> np.uint64(24)
-            k = (k * m) & mask
-            h = ((h * m) & mask) ^ k
-        tail, base = length % 4, length & ~3
-        if tail >= 3:
-            h ^= block[:, base + 2] << np.uint64(16)
-        if tail >= 2:
-            h ^= block[:, base + 1] << np.uint64(8)
-        if tail >= 1:
-            h = ((h ^ block[:, base]) * m) & mask
-        h ^= h >> np.uint64(13)
-        h = (h * m) & mask
-        h ^= h >> np.uint64(15)
-        out[idx] = h
+        out[idx] = _murmur2_block(b"".join(data[i] for i in idx.tolist()), len(idx), length)
     return out
+
+
+def murmur2_strings(ids: pl.Series) -> np.ndarray:
+    """:func:`murmur2` of every id of a String series (its UTF-8 bytes; a null hashes as empty), without a Python
+    object per id: each group of ids of one byte length is joined into one text, hashed as a block."""
+    lengths = ids.str.len_bytes().fill_null(0)
+    out = np.zeros(ids.len(), dtype=np.uint64)
+    for length in lengths.unique().sort().to_list():
+        where = lengths == length
+        group = ids.filter(where).fill_null("")
+        data = str(group.str.join("").item() or "").encode()
+        out[where.arg_true().to_numpy()] = _murmur2_block(data, group.len(), length)
+    return out
+
+
+def _murmur2_block(data: bytes, n: int, length: int) -> np.ndarray:
+    """murmur2 of ``n`` keys of ``length`` bytes each, laid end to end in ``data``."""
+    m, mask = np.uint64(0x5BD1E995), np.uint64(0xFFFFFFFF)
+    block = np.frombuffer(data, dtype=np.uint8).reshape(n, length).astype(np.uint64)
+    h = np.full(n, (0x9747B28C ^ length) & 0xFFFFFFFF, dtype=np.uint64)
+    for i in range(length // 4):
+        b = block[:, 4 * i : 4 * i + 4]
+        k = b[:, 0] | (b[:, 1] << np.uint64(8)) | (b[:, 2] << np.uint64(16)) | (b[:, 3] << np.uint64(24))
+        k = (k * m) & mask
+        k ^= k >> np.uint64(24)
+        k = (k * m) & mask
+        h = ((h * m) & mask) ^ k
+    tail, base = length % 4, length & ~3
+    if tail >= 3:
+        h ^= block[:, base + 2] << np.uint64(16)
+    if tail >= 2:
+        h ^= block[:, base + 1] << np.uint64(8)
+    if tail >= 1:
+        h = ((h ^ block[:, base]) * m) & mask
+    h ^= h >> np.uint64(13)
+    h = (h * m) & mask
+    h ^= h >> np.uint64(15)
+    return h
 
 
 @dataclass
