@@ -17,7 +17,6 @@ screened as a whole once (see :meth:`screener.engine.Engine` restore), so nobody
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -32,51 +31,43 @@ from screener.history._bulk import DEFAULT_MEMORY_BYTES, BulkLoad, ahead_of
 from screener.history.store import HistoryStore
 from screener.ingest import decode_batch
 
-__all__ = ["StoreBackfill", "backfill_frames", "kafka_partitions", "murmur2", "murmur2_strings"]
+__all__ = ["StoreBackfill", "backfill_frames", "kafka_partitions", "murmur2", "murmur2_series"]
 
 #: Threads that decode and split chunks while the next chunk is read (Polars releases the GIL), and that write
 #: partitions at the end: one per core, at most 4.
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
-def kafka_partitions(keys: pl.Series, partitions: int, cache: _PartitionCache | None = None) -> pl.Series:
+def kafka_partitions(keys: pl.Series, partitions: int, cache: _Partitioner | None = None) -> pl.Series:
     """The partition kafka-python's default partitioner sends each key to (keys as String or Binary).
 
-    kafka-python's ``murmur2``, vectorised with NumPy (:func:`murmur2`), is evaluated once per distinct key (once
-    per backfill with a ``cache``), then joined back.
+    kafka-python's ``murmur2``, vectorised with NumPy (:func:`murmur2_series`), is evaluated once per distinct
+    key, then joined back.
     """
     as_bytes = keys.cast(pl.Binary) if keys.dtype != pl.Binary else keys
     frame = as_bytes.rename("key").to_frame()
-    table = (cache or _PartitionCache(partitions)).lookup(as_bytes)
+    table = (cache or _Partitioner(partitions)).lookup(as_bytes)
     return frame.join(table, on="key", how="left", maintain_order="left")["partition"]
 
 
-class _PartitionCache:
-    """Key -> partition: JSON keys (:meth:`lookup`, remembered for the backfill: it meets each patient in many
-    chunks) and the patient ids of event rows (:meth:`of_ids`, hashed per chunk)."""
+class _Partitioner:
+    """Key -> partition, hashed per chunk (the work is the chunk's, however many patients the backfill has met:
+    a lookup in the keys seen so far would build or probe all of them for every chunk): JSON keys
+    (:meth:`lookup`) and the patient ids of event rows (:meth:`of_ids`)."""
 
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
-        self._table = pl.DataFrame(schema={"key": pl.Binary, "partition": pl.Int32})
-        self._lock = threading.Lock()  # chunks are decoded on several threads
 
     def lookup(self, keys: pl.Series) -> pl.DataFrame:
-        """``key`` (Binary) and ``partition`` for every key seen so far, ``keys`` included."""
-        distinct = keys.rename("key").unique().to_frame()
-        with self._lock:
-            new = distinct.join(self._table, on="key", how="anti")["key"]
-            if new.len():
-                hashes = murmur2(new.to_list())
-                parts = pl.Series("partition", (hashes & 0x7FFFFFFF) % self.partitions, dtype=pl.Int32)
-                self._table = pl.concat([self._table, pl.DataFrame({"key": new, "partition": parts})])
-            return self._table
+        """``key`` (Binary) and ``partition`` for the distinct keys of ``keys`` (Binary)."""
+        distinct = keys.rename("key").unique()
+        hashes = murmur2_series(distinct)
+        return pl.DataFrame([distinct, pl.Series("partition", (hashes & 0x7FFFFFFF) % self.partitions, dtype=pl.Int32)])
 
     def of_ids(self, ids: pl.Series) -> pl.DataFrame:
-        """``patient_id`` (String) and ``partition`` for just the distinct ids of ``ids`` (String), hashed afresh
-        (:func:`murmur2_strings`): the work is the chunk's, however many patients the backfill has met (a lookup
-        in the ids seen so far would build or probe all of them for every chunk)."""
+        """``patient_id`` (String) and ``partition`` for the distinct ids of ``ids`` (String)."""
         distinct = ids.drop_nulls().unique().rename("patient_id")
-        parts = (murmur2_strings(distinct) & 0x7FFFFFFF) % self.partitions
+        parts = (murmur2_series(distinct) & 0x7FFFFFFF) % self.partitions
         return pl.DataFrame([distinct, pl.Series("partition", parts, dtype=pl.Int32)])
 
 
@@ -93,15 +84,17 @@ def murmur2(keys: list[bytes | None]) -> np.ndarray:
     return out
 
 
-def murmur2_strings(ids: pl.Series) -> np.ndarray:
-    """:func:`murmur2` of every id of a String series (its UTF-8 bytes; a null hashes as empty), without a Python
-    object per id: each group of ids of one byte length is joined into one text, hashed as a block."""
-    lengths = ids.str.len_bytes().fill_null(0)
-    out = np.zeros(ids.len(), dtype=np.uint64)
+def murmur2_series(keys: pl.Series) -> np.ndarray:
+    """:func:`murmur2` of every key of a String (its UTF-8 bytes) or Binary series (a null hashes as empty),
+    without a Python object per key: each group of keys of one byte length is joined into one hex text, which
+    gives the group's bytes end to end, hashed as a block."""
+    raw = keys.cast(pl.Binary) if keys.dtype != pl.Binary else keys
+    lengths = raw.bin.size().fill_null(0)
+    out = np.zeros(raw.len(), dtype=np.uint64)
     for length in lengths.unique().sort().to_list():
         where = lengths == length
-        group = ids.filter(where).fill_null("")
-        data = str(group.str.join("").item() or "").encode()
+        group = raw.filter(where).fill_null(b"")
+        data = bytes.fromhex(str(group.bin.encode("hex").str.join("").item() or ""))
         out[where.arg_true().to_numpy()] = _murmur2_block(data, group.len(), length)
     return out
 
@@ -177,7 +170,7 @@ def backfill_frames(
     """
     started = time.perf_counter()
     out = StoreBackfill()
-    cache = _PartitionCache(partitions)
+    cache = _Partitioner(partitions)
     starts = {p: start_offsets.get(p, 0) for p in range(partitions)}
     for p in range(partitions):
         ahead_of(store, p, store.manifest(p), starts[p])
@@ -210,7 +203,7 @@ def backfill_frames(
 
 
 def _decoded_in_order(
-    frames: Iterable[pl.DataFrame], cache: _PartitionCache, workers: int
+    frames: Iterable[pl.DataFrame], cache: _Partitioner, workers: int
 ) -> Iterator[tuple[int, list[_Part]]]:
     """Each non-empty frame's height and decoded parts, in the frames' order, decoded on ``workers`` threads
     while the caller's iterator makes the next frames (at most ``workers + 1`` decoded frames wait)."""
@@ -243,7 +236,7 @@ class _Part:
     rejects: list[tuple[int, EventError]]
 
 
-def _decoded_parts(frame: pl.DataFrame, cache: _PartitionCache) -> Iterator[_Part]:
+def _decoded_parts(frame: pl.DataFrame, cache: _Partitioner) -> Iterator[_Part]:
     """The frame decoded, per partition. Event rows are decoded at once and the frames split by patient (each
     decoded row keeps its event's patient id); JSON is split by key first (the key is what the producer hashes).
     A row without a patient id has no partition: it is judged (and rejected) with partition 0's rows."""
