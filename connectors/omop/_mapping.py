@@ -177,6 +177,14 @@ def _finite(expr: pl.Expr) -> pl.Expr:
     return pl.when(expr.is_finite()).then(expr)
 
 
+def _day_text(df: pl.DataFrame, instant: pl.Expr) -> pl.Expr:
+    """``instant.dt.strftime("%Y%m%d")``, formatted once per distinct day of ``df`` (a chunk spans a few thousand
+    days at most) and looked up per row: a third of the cost of formatting every row."""
+    day = instant.dt.date()
+    days = df.select(day.unique().drop_nulls().alias("d"))["d"]
+    return day.replace_strict(days, days.dt.strftime("%Y%m%d"), default=None, return_dtype=pl.String)
+
+
 @dataclass(frozen=True)
 class Mapped:
     """A clinical table's chunk mapped column-wise, before its event times are written as text: ``frame`` (the
@@ -215,13 +223,14 @@ def mapped(df: pl.DataFrame, table: str, concepts: pl.DataFrame | None, now: dat
     concept_part = (
         _col(df, spec.concept_col, pl.Int64).cast(pl.String).fill_null("-") if spec.concept_col else pl.lit("-")
     )
-    event_id = (
-        pl.lit(f"omop-{table}-")
-        + row_id.fill_null("-")
-        + "-"
-        + concept_part
-        + "-"
-        + start.dt.strftime("%Y%m%d").fill_null("-")
+    # one concat_str (a third cheaper than chaining +); every part is non-null
+    event_id = pl.concat_str(
+        pl.lit(f"omop-{table}-"),
+        row_id.fill_null("-"),
+        pl.lit("-"),
+        concept_part,
+        pl.lit("-"),
+        _day_text(df, start).fill_null("-"),
     )
     fields: list[tuple[str, dict[str, pl.Expr]]] = []
     if table == "observation_period":

@@ -138,5 +138,6 @@ def backfill(
     for table, (n, has_person) in src.census(UNREAD_TABLES).items():
         if n and has_person:
             unmapped[table] = n
+    src.close()
     record_unmapped(sink, SOURCE, unmapped)
     return BackfillResult(rows_in, events_out, time.perf_counter() - started, unmapped)

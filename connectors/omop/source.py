@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -36,11 +37,16 @@ VOCABULARIES = {
 
 
 class OmopSource:
-    """The tables of one OMOP extract, read in chunks of ``chunk_rows`` (lower-cased column names)."""
+    """The tables of one OMOP extract, read in chunks of ``chunk_rows`` (lower-cased column names).
+
+    A DuckDB file is read over one read-only connection, opened at first use and kept by the source (opening one
+    costs ~50 ms: a connection per table made Eunomia's read take a second); :meth:`close` (or the source's end)
+    closes it."""
 
     def __init__(self, path: Path, *, chunk_rows: int = 200_000) -> None:
         self.path = path
         self.chunk_rows = chunk_rows
+        self._duckdb: Any = None
         if not path.exists():
             raise ConnectorError(f"{path} does not exist", connector=SOURCE)
         if path.is_dir():
@@ -63,12 +69,23 @@ class OmopSource:
         if self.kind == "files":
             return list(self._files)
         if self.kind == "duckdb":
-            import duckdb
-
-            with duckdb.connect(str(self.path), read_only=True) as con:
-                return [r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()]
+            return [r[0] for r in self._con().execute("select table_name from information_schema.tables").fetchall()]
         with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) as con:
             return [r[0] for r in con.execute("select name from sqlite_master where type in ('table','view')")]
+
+    def _con(self) -> Any:
+        """The source's DuckDB connection (read-only), opened at first use."""
+        if self._duckdb is None:
+            import duckdb
+
+            self._duckdb = duckdb.connect(str(self.path), read_only=True)
+        return self._duckdb
+
+    def close(self) -> None:
+        """Close the DuckDB connection, if one was opened (the source opens it again when used)."""
+        if self._duckdb is not None:
+            self._duckdb.close()
+            self._duckdb = None
 
     def has(self, table: str) -> bool:
         return table in self._tables
@@ -117,11 +134,9 @@ class OmopSource:
 
     def _query(self, sql: str) -> pl.DataFrame:
         if self.kind == "duckdb":
-            import duckdb
-
-            with duckdb.connect(str(self.path), read_only=True) as con:
-                rows = con.execute(sql).fetchall()
-                names = [d[0] for d in con.description or []]
+            con = self._con()
+            rows = con.execute(sql).fetchall()
+            names = [d[0] for d in con.description or []]
             return pl.DataFrame(rows, schema=names, orient="row")
         with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) as con:
             return pl.read_database(sql, con)
@@ -137,25 +152,42 @@ class OmopSource:
                 yield lf.slice(offset, self.chunk_rows).collect()
             return
         if self.kind == "duckdb":
-            # DuckDB writes Parquet natively (no pyarrow needed); Polars then scans it lazily in chunks.
-            import tempfile
-
-            import duckdb
-
-            with tempfile.TemporaryDirectory(prefix="screener-omop-") as tmp:
-                out = Path(tmp) / f"{table}.parquet"
-                with duckdb.connect(str(self.path), read_only=True) as con:
-                    con.execute(f"COPY (SELECT * FROM {self._tables[table]}) TO '{out}' (FORMAT parquet)")
-                lf = pl.scan_parquet(out).rename(lambda c: c.lower())
-                n = int(lf.select(pl.len()).collect().item())
-                for offset in range(0, n, self.chunk_rows):
-                    yield lf.slice(offset, self.chunk_rows).collect()
+            yield from self._duckdb_chunks(self._tables[table])
             return
         with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) as con:
             for df in pl.read_database(
                 f"select * from {self._tables[table]}", con, iter_batches=True, batch_size=self.chunk_rows
             ):
                 yield df.rename(lambda c: c.lower())
+
+    def _duckdb_chunks(self, name: str) -> Iterator[pl.DataFrame]:
+        """A DuckDB table in chunks of ``rowid`` ranges (in insertion order), handed to Polars through the Arrow
+        C stream (no copy, no pyarrow); a view (no ``rowid``) is written to a local Parquet file and scanned in
+        chunks."""
+        import duckdb
+
+        con = self._con()
+        try:
+            top = con.execute(f"select max(rowid) from {name}").fetchall()[0][0]
+        except duckdb.BinderException:  # a view has no rowid
+            yield from self._duckdb_view_chunks(name)
+            return
+        for start in range(0, -1 if top is None else int(top) + 1, self.chunk_rows):
+            rel = con.sql(f"select * from {name} where rowid >= {start} and rowid < {start + self.chunk_rows}")
+            df = pl.DataFrame(rel)
+            if df.height:
+                yield df.rename(lambda c: c.lower())
+
+    def _duckdb_view_chunks(self, name: str) -> Iterator[pl.DataFrame]:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="screener-omop-") as tmp:
+            out = Path(tmp) / "view.parquet"
+            self._con().execute(f"COPY (SELECT * FROM {name}) TO '{out}' (FORMAT parquet)")
+            lf = pl.scan_parquet(out).rename(lambda c: c.lower())
+            n = int(lf.select(pl.len()).collect().item())
+            for offset in range(0, n, self.chunk_rows):
+                yield lf.slice(offset, self.chunk_rows).collect()
 
     def concepts(self) -> pl.DataFrame | None:
         """concept_id -> (system, value) for every concept, or None when there is no concept table."""

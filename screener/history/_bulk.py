@@ -20,6 +20,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -57,7 +58,8 @@ class BulkLoad:
     """Collects a backfill's decoded frames per partition (:meth:`add`), then writes them (:meth:`finish`).
 
     Facts are held in memory up to ``memory_bytes`` (Polars' estimate) and spilled beyond it, so memory stays
-    bounded by that plus one chunk while collecting, and one partition while writing. Use as a context manager:
+    bounded by that plus one chunk while collecting, and ``workers`` partitions while writing (that many are
+    written at once, on as many threads). Use as a context manager:
     the spill folder (under ``spill_dir``, default the system's temporary folder) is removed on exit, whether
     :meth:`finish` ran or not.
     """
@@ -69,11 +71,13 @@ class BulkLoad:
         spill_dir: Path | None = None,
         *,
         memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        workers: int = 1,
     ) -> None:
         self._store = store
         self._starts = dict(start_offsets)
         self._dir = Path(tempfile.mkdtemp(prefix="screener-backfill-", dir=spill_dir))
         self._budget = memory_bytes
+        self._workers = max(1, workers)
         self._files: dict[int, list[Path | pl.DataFrame]] = {}
         self._upd: dict[int, list[pl.DataFrame]] = {}
         self._control: dict[int, list[pl.DataFrame]] = {}
@@ -117,8 +121,8 @@ class BulkLoad:
 
     def finish(self) -> None:
         """Write every partition that received something, then set every known start offset (``mark``)."""
-        for p in self.partitions():
-            self._write(p)
+        with ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="backfill-write") as pool:
+            list(pool.map(self._write, self.partitions()))
         for p, offset in self._starts.items():
             self._store.mark(p, offset)
 

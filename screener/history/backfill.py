@@ -16,8 +16,11 @@ screened as a whole once (see :meth:`screener.engine.Engine` restore), so nobody
 
 from __future__ import annotations
 
+import os
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,77 +31,97 @@ from screener.history._bulk import DEFAULT_MEMORY_BYTES, BulkLoad, ahead_of
 from screener.history.store import HistoryStore
 from screener.ingest import decode_batch
 
-__all__ = ["StoreBackfill", "backfill_frames", "kafka_partitions", "murmur2"]
+__all__ = ["StoreBackfill", "backfill_frames", "kafka_partitions", "murmur2", "murmur2_series"]
+
+#: Threads that decode and split chunks while the next chunk is read (Polars releases the GIL), and that write
+#: partitions at the end: one per core, at most 4.
+WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
-def kafka_partitions(keys: pl.Series, partitions: int, cache: _PartitionCache | None = None) -> pl.Series:
+def kafka_partitions(keys: pl.Series, partitions: int, cache: _Partitioner | None = None) -> pl.Series:
     """The partition kafka-python's default partitioner sends each key to (keys as String or Binary).
 
-    kafka-python's ``murmur2``, vectorised with NumPy (:func:`murmur2`), is evaluated once per distinct key (once
-    per backfill with a ``cache``), then joined back.
+    kafka-python's ``murmur2``, vectorised with NumPy (:func:`murmur2_series`), is evaluated once per distinct
+    key, then joined back.
     """
     as_bytes = keys.cast(pl.Binary) if keys.dtype != pl.Binary else keys
     frame = as_bytes.rename("key").to_frame()
-    table = (cache or _PartitionCache(partitions)).lookup(as_bytes)
+    table = (cache or _Partitioner(partitions)).lookup(as_bytes)
     return frame.join(table, on="key", how="left", maintain_order="left")["partition"]
 
 
-class _PartitionCache:
-    """Key -> partition for the keys seen so far (a backfill meets each patient in many chunks)."""
+class _Partitioner:
+    """Key -> partition, hashed per chunk (the work is the chunk's, however many patients the backfill has met:
+    a lookup in the keys seen so far would build or probe all of them for every chunk): JSON keys
+    (:meth:`lookup`) and the patient ids of event rows (:meth:`of_ids`)."""
 
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
-        self._table = pl.DataFrame(schema={"key": pl.Binary, "partition": pl.Int32})
 
     def lookup(self, keys: pl.Series) -> pl.DataFrame:
-        """``key`` (Binary) and ``partition`` for every key seen so far, ``keys`` included."""
-        distinct = keys.rename("key").unique().to_frame()
-        new = distinct.join(self._table, on="key", how="anti")["key"]
-        if new.len():
-            hashes = murmur2(new.to_list())
-            parts = pl.Series("partition", (hashes & 0x7FFFFFFF) % self.partitions, dtype=pl.Int32)
-            self._table = pl.concat([self._table, pl.DataFrame({"key": new, "partition": parts})])
-        return self._table
+        """``key`` (Binary) and ``partition`` for the distinct keys of ``keys`` (Binary)."""
+        distinct = keys.rename("key").unique()
+        hashes = murmur2_series(distinct)
+        return pl.DataFrame([distinct, pl.Series("partition", (hashes & 0x7FFFFFFF) % self.partitions, dtype=pl.Int32)])
 
     def of_ids(self, ids: pl.Series) -> pl.DataFrame:
-        """``patient_id`` (String) and ``partition`` for just the distinct ids of ``ids`` (String)."""
-        distinct = ids.drop_nulls().unique().cast(pl.Binary).rename("key").to_frame()
-        table = distinct.join(self.lookup(distinct["key"]), on="key", how="left")
-        return table.select(pl.col("key").cast(pl.String).alias("patient_id"), "partition")
+        """``patient_id`` (String) and ``partition`` for the distinct ids of ``ids`` (String)."""
+        distinct = ids.drop_nulls().unique().rename("patient_id")
+        parts = (murmur2_series(distinct) & 0x7FFFFFFF) % self.partitions
+        return pl.DataFrame([distinct, pl.Series("partition", parts, dtype=pl.Int32)])
 
 
 def murmur2(keys: list[bytes | None]) -> np.ndarray:
     """kafka-python's ``kafka.partitioner.default.murmur2`` of every key (a None key hashes as empty), as
     uint64 holding the unsigned 32-bit result: the keys are grouped by length and hashed a 4-byte block at a time
     over the whole group."""
-    m, mask = np.uint64(0x5BD1E995), np.uint64(0xFFFFFFFF)
     data = [k or b"" for k in keys]
     lengths = np.fromiter((len(k) for k in data), dtype=np.int64, count=len(data))
     out = np.zeros(len(data), dtype=np.uint64)
     for length in np.unique(lengths).tolist():
         idx = np.flatnonzero(lengths == length)
-        raw = np.frombuffer(b"".join(data[i] for i in idx.tolist()), dtype=np.uint8)
-        block = raw.reshape(len(idx), length).astype(np.uint64)
-        h = np.full(len(idx), (0x9747B28C ^ length) & 0xFFFFFFFF, dtype=np.uint64)
-        for i in range(length // 4):
-            b = block[:, 4 * i : 4 * i + 4]
-            k = b[:, 0] | (b[:, 1] << np.uint64(8)) | (b[:, 2] << np.uint64(16)) | (b[:, 3] << np.uint64(24))
-            k = (k * m) & mask
-            k ^= k >> np.uint64(24)
-            k = (k * m) & mask
-            h = ((h * m) & mask) ^ k
-        tail, base = length % 4, length & ~3
-        if tail >= 3:
-            h ^= block[:, base + 2] << np.uint64(16)
-        if tail >= 2:
-            h ^= block[:, base + 1] << np.uint64(8)
-        if tail >= 1:
-            h = ((h ^ block[:, base]) * m) & mask
-        h ^= h >> np.uint64(13)
-        h = (h * m) & mask
-        h ^= h >> np.uint64(15)
-        out[idx] = h
+        out[idx] = _murmur2_block(b"".join(data[i] for i in idx.tolist()), len(idx), length)
     return out
+
+
+def murmur2_series(keys: pl.Series) -> np.ndarray:
+    """:func:`murmur2` of every key of a String (its UTF-8 bytes) or Binary series (a null hashes as empty),
+    without a Python object per key: each group of keys of one byte length is joined into one hex text, which
+    gives the group's bytes end to end, hashed as a block."""
+    raw = keys.cast(pl.Binary) if keys.dtype != pl.Binary else keys
+    lengths = raw.bin.size().fill_null(0)
+    out = np.zeros(raw.len(), dtype=np.uint64)
+    for length in lengths.unique().sort().to_list():
+        where = lengths == length
+        group = raw.filter(where).fill_null(b"")
+        data = bytes.fromhex(str(group.bin.encode("hex").str.join("").item() or ""))
+        out[where.arg_true().to_numpy()] = _murmur2_block(data, group.len(), length)
+    return out
+
+
+def _murmur2_block(data: bytes, n: int, length: int) -> np.ndarray:
+    """murmur2 of ``n`` keys of ``length`` bytes each, laid end to end in ``data``."""
+    m, mask = np.uint64(0x5BD1E995), np.uint64(0xFFFFFFFF)
+    block = np.frombuffer(data, dtype=np.uint8).reshape(n, length).astype(np.uint64)
+    h = np.full(n, (0x9747B28C ^ length) & 0xFFFFFFFF, dtype=np.uint64)
+    for i in range(length // 4):
+        b = block[:, 4 * i : 4 * i + 4]
+        k = b[:, 0] | (b[:, 1] << np.uint64(8)) | (b[:, 2] << np.uint64(16)) | (b[:, 3] << np.uint64(24))
+        k = (k * m) & mask
+        k ^= k >> np.uint64(24)
+        k = (k * m) & mask
+        h = ((h * m) & mask) ^ k
+    tail, base = length % 4, length & ~3
+    if tail >= 3:
+        h ^= block[:, base + 2] << np.uint64(16)
+    if tail >= 2:
+        h ^= block[:, base + 1] << np.uint64(8)
+    if tail >= 1:
+        h = ((h ^ block[:, base]) * m) & mask
+    h ^= h >> np.uint64(13)
+    h = (h * m) & mask
+    h ^= h >> np.uint64(15)
+    return h
 
 
 @dataclass
@@ -128,6 +151,7 @@ def backfill_frames(
     compact: bool = True,
     bulk: bool = True,
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    workers: int = WORKERS,
 ) -> StoreBackfill:
     """Write every frame's events (JSON ``key``/``value`` or event rows) into ``store``, then set each
     partition's offset to ``start_offsets[p]`` (0 when absent).
@@ -138,20 +162,22 @@ def backfill_frames(
     compaction unless ``compact=False``; both give the same history.
     Rejected events are counted (not dead-lettered: there is no topic position to name).
 
+    ``workers`` threads decode and split the chunks (the next chunk is read from ``frames`` meanwhile; at most
+    ``workers + 1`` decoded chunks wait, and they are applied in order, so the result does not depend on it) and
+    then write the partitions, ``workers`` at a time (memory while writing: that many partitions).
+
     :raises StoreError: a partition of the store is already past its start offset (nothing is written then).
     """
     started = time.perf_counter()
     out = StoreBackfill()
-    cache = _PartitionCache(partitions)
+    cache = _Partitioner(partitions)
     starts = {p: start_offsets.get(p, 0) for p in range(partitions)}
     for p in range(partitions):
         ahead_of(store, p, store.manifest(p), starts[p])
-    with BulkLoad(store, starts, memory_bytes=memory_bytes) as load:
-        for frame in frames:
-            if frame.height == 0:
-                continue
-            out.events_in += frame.height
-            for part in _decoded_parts(frame, cache):
+    with BulkLoad(store, starts, memory_bytes=memory_bytes, workers=workers) as load:
+        for height, parts in _decoded_in_order(frames, cache, workers):
+            out.events_in += height
+            for part in parts:
                 p = part.partition
                 out.rejected += len(part.rejects)
                 if part.rejects and len(out.reasons) < 5:
@@ -176,6 +202,28 @@ def backfill_frames(
     return out
 
 
+def _decoded_in_order(
+    frames: Iterable[pl.DataFrame], cache: _Partitioner, workers: int
+) -> Iterator[tuple[int, list[_Part]]]:
+    """Each non-empty frame's height and decoded parts, in the frames' order, decoded on ``workers`` threads
+    while the caller's iterator makes the next frames (at most ``workers + 1`` decoded frames wait)."""
+    pending: deque[tuple[int, Future[list[_Part]]]] = deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill-decode")
+    try:
+        for frame in frames:
+            if frame.height == 0:
+                continue
+            pending.append((frame.height, pool.submit(lambda f: list(_decoded_parts(f, cache)), frame)))
+            while len(pending) > workers or (pending and pending[0][1].done()):
+                height, future = pending.popleft()
+                yield height, future.result()
+        while pending:
+            height, future = pending.popleft()
+            yield height, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass(frozen=True)
 class _Part:
     """One partition's share of a decoded frame."""
@@ -188,7 +236,7 @@ class _Part:
     rejects: list[tuple[int, EventError]]
 
 
-def _decoded_parts(frame: pl.DataFrame, cache: _PartitionCache) -> Iterator[_Part]:
+def _decoded_parts(frame: pl.DataFrame, cache: _Partitioner) -> Iterator[_Part]:
     """The frame decoded, per partition. Event rows are decoded at once and the frames split by patient (each
     decoded row keeps its event's patient id); JSON is split by key first (the key is what the producer hashes).
     A row without a patient id has no partition: it is judged (and rejected) with partition 0's rows."""
@@ -216,16 +264,23 @@ def _decoded_parts(frame: pl.DataFrame, cache: _PartitionCache) -> Iterator[_Par
     u, f, c = split(upd), split(facts), split(control)
     parts = sorted({*u, *f, *c}) or [0]
     # an accepted event gives rows of one seq (a person update, a fact, a control row, or several of these)
-    counts = {
-        p: pl.concat([x[p]["seq"] for x in (u, f, c) if p in x]).n_unique() if p in u or p in f or p in c else 0
-        for p in parts
-    }
+    counts = {p: _events(*(x[p]["seq"] for x in (u, f, c) if p in x)) for p in parts}
     counts[parts[0]] += decoded.accepted - sum(counts.values())
     for i, p in enumerate(parts):
         empty = upd.clear(), facts.clear(), control.clear()
         yield _Part(
             p, u.get(p, empty[0]), f.get(p, empty[1]), c.get(p, empty[2]), counts[p], decoded.rejects if i == 0 else []
         )
+
+
+def _events(*seqs: pl.Series) -> int:
+    """The events that gave these rows (their distinct ``seq``): one frame's rows in seq order, strictly
+    increasing, are one event each (no hashing then)."""
+    if not seqs:
+        return 0
+    if len(seqs) == 1 and (seqs[0].len() < 2 or bool((seqs[0].diff().drop_nulls() > 0).all())):
+        return seqs[0].len()
+    return pl.concat(seqs).n_unique()
 
 
 def _reason(exc: EventError) -> str:

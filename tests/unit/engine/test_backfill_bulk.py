@@ -236,3 +236,15 @@ def test_facts_held_in_memory_spilled_or_both_give_the_same_store(make_event: An
     assert spills[0] == 0 and spills[1] >= 14 and 0 < spills[2] < spills[1]
     for other in stores[1:]:
         assert_same_store(stores[0], other, 3)
+
+
+def test_chunks_decoded_on_several_threads_give_the_store_one_thread_gives(make_event: Any, tmp_path: Path) -> None:
+    """Chunks are decoded on worker threads and may finish out of order; they are applied in order, so the store
+    (facts in order, persons, offsets) does not depend on the number of threads; the same for JSON frames."""
+    for name, frames in (("rows", lambda: omop_rows(40)), ("json", lambda: mixed_history(make_event))):
+        stores = []
+        for workers in (1, 3):
+            store = open_store(tmp_path / f"{name}-{workers}")
+            backfill_frames(store, frames(), partitions=3, start_offsets={}, workers=workers)
+            stores.append(store)
+        assert_same_store(stores[0], stores[1], 3)

@@ -93,6 +93,19 @@ def test_vectorised_murmur2_is_kafka_pythons() -> None:
     assert murmur2(keys).tolist() == [reference(k) for k in keys]
 
 
+def test_murmur2_of_a_series_is_kafka_pythons_of_its_bytes() -> None:
+    from kafka.partitioner.default import murmur2 as reference
+
+    from screener.history.backfill import murmur2_series
+
+    ids = ["", "a", "ab", "abc", "abcd", "é", "ñandú-7", "患者12345", None, *(str(i) * (i % 9) for i in range(3000))]
+    want = [reference((i or "").encode()) for i in ids]
+    assert murmur2_series(pl.Series(ids, dtype=pl.String)).tolist() == want
+    raw = [b"\xff\xfe\x00\x80", b"\x00", None, *((i or "").encode() for i in ids)]  # not UTF-8 too
+    assert murmur2_series(pl.Series(raw, dtype=pl.Binary)).tolist() == [reference(k or b"") for k in raw]
+    assert murmur2_series(pl.Series([], dtype=pl.String)).tolist() == []
+
+
 def test_rows_without_a_person_or_a_date_are_rejected_not_dropped() -> None:
     cond = pl.DataFrame(
         {

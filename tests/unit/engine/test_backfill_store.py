@@ -31,6 +31,9 @@ def test_partitions_are_kafka_pythons_default_partitioner() -> None:
     want = [DefaultPartitioner()(k, list(range(7)), list(range(7))) for k in keys]
     assert kafka_partitions(pl.Series(keys, dtype=pl.Binary), 7).to_list() == want
     assert kafka_partitions(pl.Series([k.decode() for k in keys]), 7).to_list() == want
+    odd = [b"\xff\xfe\x00\x80", "ñandú-患者".encode(), b"", b"patient-3"]  # not UTF-8, multi-byte, empty, repeated
+    want = [DefaultPartitioner()(k, list(range(7)), list(range(7))) for k in odd]
+    assert kafka_partitions(pl.Series(odd, dtype=pl.Binary), 7).to_list() == want
 
 
 def test_backfilled_history_restores_into_an_engine_that_screens_everyone(
