@@ -35,7 +35,9 @@ import polars as pl
 
 from screener.engine._base import EngineBase, log
 from screener.engine._delta import add_delta, delta_applies
+from screener.engine._narrow import Narrowing, narrowing
 from screener.engine.history import concat_frames
+from screener.engine.matches import _default_screen
 from screener.engine.views import ViewLoader, lower_priority, scratch_dir
 from screener.history import StoreError
 from screener.state import FactFilter, LiveState
@@ -43,10 +45,24 @@ from screener.state import FactFilter, LiveState
 
 @dataclass
 class _View:
-    """A partition's new hot view and the patients to screen against the changed studies once it is swapped in."""
+    """A partition's new hot view and the patients to screen against the changed studies once it is swapped in:
+    ``ids`` (the view's as loaded) or, when known, only ``gated`` (those of them that pass the changed studies'
+    gates, :mod:`screener.engine._narrow`), plus those the catch-up touched (``touched``)."""
 
     state: LiveState
     ids: list[pl.Series]
+    gated: pl.Series | None = None
+    touched: list[pl.Series] = field(default_factory=list)
+
+    def to_screen(self, known: pl.Series) -> pl.Series:
+        """The patients to screen, sorted (so each chunk reads one run of the partition's sorted frames);
+        ``known``: those with a known match for a changed study (screened when the gates are used: their match
+        may have to be closed)."""
+        parts = [self.gated, known] if self.gated is not None else list(self.ids)
+        parts += self.touched
+        if not parts:
+            return pl.Series("patient_id", [], dtype=pl.String)
+        return pl.concat([p.rename("patient_id") for p in parts]).unique().sort()
 
 
 @dataclass
@@ -61,6 +77,8 @@ class _Rebuild:
     changed: frozenset[str]
     removed: list[str]
     started: float
+    #: The narrowing of the re-screen against ``changed`` (built on the rebuild thread; ``None``: screen whole).
+    narrowing: Narrowing | None = None
     #: The loaded views (set on the consumer's thread once ``future`` is done).
     views: dict[int, _View | None] | None = None
     caught_up: int = field(default=0)
@@ -77,9 +95,14 @@ class RebuildRole(EngineBase):
     rebuild_by_delta = True
     #: The time after which a step stops catching up views (it does at least one partition).
     CATCH_UP_S = 0.1
+    #: Narrow a rule change's re-screen to the patients and facts the changed studies can use
+    #: (:mod:`screener.engine._narrow`); ``False``: screen every patient with the whole view (the reference).
+    narrow_rescreens = True
 
     _rebuild_pool: ThreadPoolExecutor | None = None
     _view_loader: ViewLoader | None = None
+    _matched: pl.DataFrame
+    _narrowings: tuple[object, dict[frozenset[str], Narrowing | None]] | None
 
     def _loader_for_views(self) -> ViewLoader:
         store = self.history()
@@ -117,37 +140,29 @@ class RebuildRole(EngineBase):
             if by_delta and part.saved_offset is not None and not part.replaying:
                 current[p] = copy.copy(part.state)
         loader = self._loader_for_views()
+        now = self.clock.now()
+        narrow_studies = [studies[sid] for sid in sorted(changed) if sid in studies]
+        use_narrowing = self.narrow_rescreens and self._screen is _default_screen
 
         def load_all() -> dict[int, _View | None]:
             # This thread (its reading of the views) and the worker it starts (from its first import on) run at
             # low priority.
             lower_priority(thread=True)
             out: dict[int, _View | None] = {}
+            if use_narrowing:
+                rb.narrowing = narrowing(narrow_studies, now)
+            gates = rb.narrowing.gate_exprs() if rb.narrowing is not None else None
             for p, offset in targets.items():
-                if offset is None:  # the store has nothing of it yet: everything applied is in the catch-up
-                    out[p] = _View(LiveState(), [])
-                    continue
-                try:
-                    view = self._delta_view(loader, p, offset, current.get(p), old_keep, keep)
-                    got = None if view is not None else loader.load(p, keep)
-                except StoreError as exc:
-                    log.warning("history_unreadable", partition=p, error=str(exc)[:200])
-                    out[p] = None
-                    continue
-                if view is not None:
-                    out[p] = view
-                    continue
-                if got is None or got[1] < offset:
-                    out[p] = None
-                    continue
-                state, _ = got
-                out[p] = _View(LiveState(state), [state.persons["patient_id"]])
+                out[p] = self._load_view(loader, p, offset, current.get(p), old_keep, keep)
+                view = out[p]
+                if view is not None and gates is not None and offset is not None:
+                    view.gated = self._gated(loader, p, gates)
             return out
 
         if self._rebuild_pool is None:
             self._rebuild_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="screener-rebuild")
-        self._rebuild = _Rebuild(
-            future=self._rebuild_pool.submit(load_all),
+        rb = self._rebuild = _Rebuild(
+            future=Future(),
             studies=studies,
             keep=keep,
             horizon=horizon,
@@ -156,12 +171,50 @@ class RebuildRole(EngineBase):
             removed=removed,
             started=time.perf_counter(),
         )
+        rb.future = self._rebuild_pool.submit(load_all)
         log.info(
             "rules_rebuild_started",
             partitions=sorted(targets),
             changed=sorted(changed),
             worker="process" if loader.process else "thread",
         )
+
+    def _gated(self, loader: ViewLoader, partition: int, gates: list[list[pl.Expr]]) -> pl.Series | None:
+        """On the rebuild thread: the partition's stored patients that pass the gates (``None``: unknown, every
+        patient of the view is queued)."""
+        try:
+            gated = loader.load_gated(partition, gates)
+        except (StoreError, ValueError) as exc:
+            log.warning("rules_rebuild_gates_skipped", partition=partition, error=str(exc)[:200])
+            return None
+        if gated is not None:
+            log.info("rules_rebuild_gated", partition=partition, patients=gated.len())
+        return gated
+
+    def _load_view(
+        self,
+        loader: ViewLoader,
+        p: int,
+        offset: int | None,
+        current: LiveState | None,
+        old_keep: FactFilter | None,
+        keep: FactFilter | None,
+    ) -> _View | None:
+        """On the rebuild thread: the partition's new view from the store (``None``: it could not be built)."""
+        if offset is None:  # the store has nothing of it yet: everything applied is in the catch-up
+            return _View(LiveState(), [])
+        try:
+            view = self._delta_view(loader, p, offset, current, old_keep, keep)
+            got = None if view is not None else loader.load(p, keep)
+        except StoreError as exc:
+            log.warning("history_unreadable", partition=p, error=str(exc)[:200])
+            return None
+        if view is not None:
+            return view
+        if got is None or got[1] < offset:
+            return None
+        state, _ = got
+        return _View(LiveState(state), [state.persons["patient_id"]])
 
     def _delta_view(
         self,
@@ -224,7 +277,7 @@ class RebuildRole(EngineBase):
                     continue  # assigned again during the rebuild: restored at the swap
                 frames, part.catch_up = part.catch_up, []
             if frames:
-                view.ids.append(view.state.apply(*concat_frames(frames), keep=rb.keep))
+                view.touched.append(view.state.apply(*concat_frames(frames), keep=rb.keep))
                 rb.caught_up += len(frames)
         return left
 
@@ -254,6 +307,8 @@ class RebuildRole(EngineBase):
             rb.horizon,
             rb.fingerprint,
         )
+        if rb.narrowing is not None:
+            self._narrowings = (rb.studies, {rb.changed: rb.narrowing})
         replay: list[int] = []
         for p, part in list(self._parts.items()):
             view = rb.views.get(p)
@@ -264,9 +319,9 @@ class RebuildRole(EngineBase):
                 continue
             part.state = view.state
             part.dirty = True
-            # Sorted, so each chunk of the re-screen reads one run of the partition's sorted frames.
-            ids = pl.concat(view.ids).unique().sort() if view.ids else pl.Series("patient_id", [], dtype=pl.String)
-            self._enqueue(p, ids, "rules", only=rb.changed)
+            mine = (pl.col("partition") == p) & pl.col("study_id").is_in(list(rb.changed))
+            known = self._matched.filter(mine)["patient_id"]
+            self._enqueue(p, view.to_screen(known), "rules", only=rb.changed)
         for p in replay:
             # Assigned during the rebuild, or its store view failed: restored again under the new rules (from the
             # store when it can be, else by replay); the records since are read again.

@@ -8,7 +8,9 @@ from collections import deque
 import polars as pl
 
 from screener.engine._base import EngineBase, _owners, log
+from screener.engine._narrow import Narrowing, narrowing
 from screener.errors import ScreenerError
+from screener.state import PatientState
 
 #: Patients per chunk in a full re-screen: bounds the patient x study result frame and the time between two
 #: polls of the consumer (a full re-screen is worked off a chunk per loop iteration, between micro-batches).
@@ -23,6 +25,10 @@ MIN_PAIRS = 34_000
 #: often (200k patients at 500 a chunk: 120 s instead of about 25 s); larger ones hold a live batch that long
 #: (a rule change's re-screen runs a chunk per step, between batches).
 MIN_CHUNK_S = 0.2
+#: The largest chunk of a re-screen against a few studies that is narrowed (:mod:`screener.engine._narrow`): most
+#: of its patients are skipped unscreened and it is screened with those studies' facts only, so a chunk of this
+#: many costs about what 50,000 whole ones did.
+NARROW_CHUNK = 250_000
 
 
 class RescreenRole(EngineBase):
@@ -49,28 +55,73 @@ class RescreenRole(EngineBase):
 
     def _enqueue(self, partition: int, ids: pl.Series, trigger: str, only: frozenset[str] | None = None) -> None:
         """Queue ``ids`` of ``partition`` for screening against the open studies (``only`` those, when given)."""
-        for start in range(0, ids.len(), RESCREEN_CHUNK):
-            self._queue.append((partition, ids.slice(start, RESCREEN_CHUNK), trigger, only))
+        size = NARROW_CHUNK if only is not None else RESCREEN_CHUNK
+        for start in range(0, ids.len(), size):
+            self._queue.append((partition, ids.slice(start, size), trigger, only))
 
     _screen_rate: float | None = None
 
-    def _chunk_limit(self, n_studies: int) -> int:
+    def _chunk_limit(self, n_studies: int, narrowed: bool = False) -> int:
         """Patients per chunk: what the measured screening rate does in about ``batch_max_ms`` (at least
-        ``MIN_CHUNK_S``; at least ``MIN_CHUNK`` patients and ``MIN_PAIRS`` pairs, at most ``RESCREEN_CHUNK``); that
-        least until a rate is known (a first chunk of ``RESCREEN_CHUNK`` held a live batch for 2 s at 200k
-        patients on a loaded host, before chunks of consecutive patients were selected as slices)."""
-        least = min(RESCREEN_CHUNK, max(MIN_CHUNK, MIN_PAIRS // max(1, n_studies)))
-        if self._screen_rate is None:
+        ``MIN_CHUNK_S``; at least ``MIN_CHUNK`` patients and ``MIN_PAIRS`` pairs, at most ``RESCREEN_CHUNK``, or
+        ``NARROW_CHUNK`` for a ``narrowed`` chunk, at the rate of those); that least until a rate is known (a
+        first chunk of ``RESCREEN_CHUNK`` held a live batch for 2 s at 200k patients on a loaded host, before
+        chunks of consecutive patients were selected as slices)."""
+        most = NARROW_CHUNK if narrowed else RESCREEN_CHUNK
+        least = min(most, max(MIN_CHUNK, MIN_PAIRS // max(1, n_studies)))
+        rate = self._narrow_rate if narrowed else self._screen_rate
+        if rate is None:
             return least
         target = max(MIN_CHUNK_S, self.settings.batch_max_ms / 1000)
-        return max(least, min(RESCREEN_CHUNK, int(self._screen_rate * target / n_studies)))
+        return max(least, min(most, int(rate * target / n_studies)))
 
-    def _learn_rate(self, pairs: int, seconds: float) -> None:
-        """Patient x study evaluations per second, smoothed over chunks (chunks too small to time are ignored)."""
+    _narrow_rate: float | None = None
+
+    def _learn_rate(self, pairs: int, seconds: float, narrowed: bool = False) -> None:
+        """Patient x study evaluations per second, smoothed over chunks (chunks too small to time are ignored);
+        ``narrowed`` chunks (most patients skipped) have a rate of their own."""
         if pairs < MIN_CHUNK or seconds <= 0:
             return
         rate = pairs / seconds
-        self._screen_rate = rate if self._screen_rate is None else 0.7 * self._screen_rate + 0.3 * rate
+        old = self._narrow_rate if narrowed else self._screen_rate
+        new = rate if old is None else 0.7 * old + 0.3 * rate
+        if narrowed:
+            self._narrow_rate = new
+        else:
+            self._screen_rate = new
+
+    _narrowings: tuple[object, dict[frozenset[str], Narrowing | None]] | None = None
+    _matched: pl.DataFrame
+    #: See :attr:`screener.engine.rebuild.RebuildRole.narrow_rescreens`.
+    narrow_rescreens: bool
+
+    def _narrowing(self, only: frozenset[str] | None) -> Narrowing | None:
+        """The narrowing of a re-screen against ``only`` (:mod:`screener.engine._narrow`), built once per rules
+        version (a rule change builds it on the rebuild thread); ``None``: screen the chunk whole (every open
+        study, or a screen function that is not the rules' own: a test double need not honour the studies'
+        fact filters)."""
+        from screener.engine.matches import _default_screen
+
+        if only is None or not self.narrow_rescreens or self._screen is not _default_screen:
+            return None
+        if self._narrowings is None or self._narrowings[0] is not self.studies:
+            self._narrowings = (self.studies, {})
+        cache = self._narrowings[1]
+        if only not in cache:
+            cache[only] = narrowing([s for sid, s in self.studies.items() if sid in only], self.clock.now())
+        return cache[only]
+
+    def _chunk_state(self, partition: int, ids: pl.Series, only: frozenset[str] | None) -> tuple[PatientState, bool]:
+        """The state a chunk is screened with, and whether it was narrowed."""
+        part = self._parts[partition]
+        narrow = self._narrowing(only)
+        state = part.state.select(ids)
+        if narrow is None:
+            return state, False
+        known = self._matched.filter(
+            (pl.col("partition") == partition) & pl.col("study_id").is_in(list(narrow.studies))
+        )["patient_id"]
+        return narrow.apply(state, known), True
 
     def _drain(self, budget_s: float | None) -> int:
         """Screen queued chunks until the queue is empty or ``budget_s`` has passed (at least one chunk).
@@ -83,20 +134,24 @@ class RescreenRole(EngineBase):
             if part is None or part.replaying:
                 continue
             n_studies = len(only) if only is not None else max(1, len(self.studies))
-            limit = self._chunk_limit(n_studies)
+            limit = self._chunk_limit(n_studies, narrowed=self._narrowing(only) is not None)
             if ids.len() > limit:
                 # Keep each chunk near one batch's time, so live batches never wait long behind a re-screen.
                 self._queue.appendleft((p, ids.slice(limit), trigger, only))
                 ids = ids.slice(0, limit)
             started = time.perf_counter()
             try:
-                new += self._screen_and_record(
-                    part.state.select(ids), self.clock.now(), trigger, only=only, owners=_owners(ids, p)
-                )
+                state, narrowed = self._chunk_state(p, ids, only)
+                new += self._screen_and_record(state, self.clock.now(), trigger, only=only, owners=_owners(ids, p))
             except ScreenerError:
                 self._queue.appendleft((p, ids, trigger, only))
                 raise
-            self._learn_rate(ids.len() * n_studies, time.perf_counter() - started)
+            if narrowed and ids.len() > state.persons.height:
+                # Decided without a screen (ineligible for every study): counted as evaluated all the same.
+                now = self.clock.now()
+                n_open = sum(1 for sid in only or () if sid in self.studies and self.studies[sid].is_open(now))
+                self.metrics.screens.labels(trigger).inc((ids.len() - state.persons.height) * n_open)
+            self._learn_rate(ids.len() * n_studies, time.perf_counter() - started, narrowed)
             if budget_s is not None and time.perf_counter() - t0 >= budget_s:
                 break
         self._flush_matches()

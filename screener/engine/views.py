@@ -196,6 +196,22 @@ class ViewLoader:
         finally:
             shutil.rmtree(Path(path).parent, ignore_errors=True)
 
+    def load_gated(self, partition: int, gates: list[list[pl.Expr]]) -> pl.Series | None:
+        """The partition's stored patients that pass some study's gates
+        (:func:`screener.engine._narrow.gated_patients`), ``None`` when the store has nothing for it.
+        :raises StoreError: unreadable."""
+        from screener.engine._narrow import gated_patients, load_gated
+
+        if not self.process:
+            got = self.store.view(partition, parallel="prefiltered")
+            return None if got is None else gated_patients(got[1], gates)
+        found: pl.Series | str | None = self._run(load_gated, partition, gates)
+        if isinstance(found, str):
+            raise StoreError(
+                f"history unreadable for the gates: {found[:200]}", url=self.store.url, partition=partition
+            )
+        return found
+
     def warm(self) -> None:
         """Start the worker now, without waiting for it (its start, imports included, took 5-10 s at nice 10 on
         a busy host: the first partition of the first rule change paid it)."""
