@@ -310,6 +310,8 @@ class RebuildRole(EngineBase):
         if rb.narrowing is not None:
             self._narrowings = (rb.studies, {rb.changed: rb.narrowing})
         replay: list[int] = []
+        now = self.clock.now()
+        n_open = sum(1 for sid in rb.changed if sid in self.studies and self.studies[sid].is_open(now))
         for p, part in list(self._parts.items()):
             view = rb.views.get(p)
             with part.lock:
@@ -320,8 +322,11 @@ class RebuildRole(EngineBase):
             part.state = view.state
             part.dirty = True
             mine = (pl.col("partition") == p) & pl.col("study_id").is_in(list(rb.changed))
-            known = self._matched.filter(mine)["patient_id"]
-            self._enqueue(p, view.to_screen(known), "rules", only=rb.changed)
+            ids = view.to_screen(self._matched.filter(mine)["patient_id"])
+            self._enqueue(p, ids, "rules", only=rb.changed)
+            if view.gated is not None:
+                # The gates rule out the rest without a screen: counted as evaluated all the same.
+                self.metrics.screens.labels("rules").inc(max(0, view.state.patient_count - ids.len()) * n_open)
         for p in replay:
             # Assigned during the rebuild, or its store view failed: restored again under the new rules (from the
             # store when it can be, else by replay); the records since are read again.

@@ -90,3 +90,97 @@ def test_studies_that_are_not_compiled_are_not_narrowed() -> None:
 
     assert narrowing([MiniStudy("X", icd10="E11")], NOW) is None
     assert narrowing([], NOW) is None
+
+
+def _study(sid: str, include: str) -> str:
+    return f"""\
+study:
+  id: {sid}
+  title: "t"
+  summary: "s"
+  sponsor: non-commercial
+  portfolio: false
+  target: 10
+  opens: 2020-01-01
+  closes: 2035-12-31
+  settings: [community, hospital]
+  team: t
+concepts:
+  t2dm: {{icd10: [E11]}}
+  htn: {{icd10: [I10]}}
+include:
+{include}
+"""
+
+
+def _people(log: Any, make_event: Any, codes: dict[str, list[str]]) -> None:
+    for pid, icd10 in codes.items():
+        log.publish("ev", make_event(kind="person", patient_id=pid, person={"birth_date": "1970-01-01"}, code=None))
+        for code in icd10:
+            log.publish("ev", make_event(patient_id=pid, code={"system": "ICD10", "value": code}))
+
+
+def test_a_rule_change_screens_only_the_gated_patients_and_still_closes_a_known_match(
+    settings: Any, make_event: Any, tmp_path: Path
+) -> None:
+    """The engine's wiring: the worker's gate scan of the store, the catch-up's patients, the known matches."""
+    from prometheus_client import CollectorRegistry
+    from structlog.testing import capture_logs
+
+    from screener.alerts.memory import MemoryStore
+    from screener.clock import FixedClock
+    from screener.engine import Engine
+    from screener.history import open_store
+    from screener.metrics import Metrics
+    from screener.testing import InMemoryConsumer, InMemoryLog, InMemoryProducer
+
+    rules = Path(settings.rules_dir)
+    (rules / "dm.yaml").write_text(_study("DM", "  adult: age >= 18\n  diabetic: t2dm|ever\n"))
+    log, store = InMemoryLog(2), MemoryStore()
+    engine = Engine(
+        settings,
+        store,
+        metrics=Metrics(CollectorRegistry()),
+        clock=FixedClock(NOW),
+        consumer=InMemoryConsumer(log),
+        producer=InMemoryProducer(log),
+        history=open_store(tmp_path / "h"),
+    ).start()
+
+    def drain(steps: int = 6) -> None:
+        for _ in range(steps):
+            engine.clock.advance(0.002)  # type: ignore[attr-defined]
+            engine.step()
+
+    stored = {f"S{i}": ["E11.9"] for i in range(4)} | {f"H{i}": ["I10"] for i in range(3)} | {"B0": ["E11.9", "I10"]}
+    stored |= {f"N{i}": ["J45"] for i in range(12)}  # neither: ruled out by both studies' gates
+    _people(log, make_event, stored)
+    drain()
+    engine.clock.advance(settings.snapshot_interval_s + 1)  # type: ignore[attr-defined]
+    engine.step()
+    engine._wait_snapshots()
+    assert all(part.saved_offset == part.offset for part in engine._parts.values())
+    _people(log, make_event, {"U0": ["E11.9", "I10"]})  # applied, not in the store at the rule change
+    drain()
+    dm = set(store.matches().filter(pl.col("study_id") == "DM")["patient_id"])
+    assert dm == {"S0", "S1", "S2", "S3", "B0", "U0"}
+    # DM now also needs hypertension: S0-S3 are ruled out by the new gate, without facts for it.
+    (rules / "dm.yaml").write_text(_study("DM", "  adult: age >= 18\n  diabetic: t2dm|ever\n  hyp: htn|ever\n"))
+    with capture_logs() as logs:
+        drain(1)
+        assert engine.rebuilding
+        _people(log, make_event, {"L0": ["E11.9", "I10"]})  # during the rebuild
+        drain(1)
+        assert engine.finish_rebuild(timeout=120)
+        drain()
+    assert not engine._queue
+    gated = sum(e["patients"] for e in logs if e["event"] == "rules_rebuild_gated")
+    assert gated == 1, "of the stored patients only B0 has facts for both gates (U0 and L0 come from the catch-up)"
+    rows = store.matches().filter(pl.col("study_id") == "DM")
+    outcome = dict(zip(rows["patient_id"], rows["outcome"], strict=True))
+    assert {p for p, o in outcome.items() if o in ("eligible", "possible")} == {"B0", "U0", "L0"}
+    assert {p for p, o in outcome.items() if o == "ineligible"} == {"S0", "S1", "S2", "S3"}, "closed, with reason"
+    everyone = len(stored) + 2
+    screens = engine.metrics.registry.get_sample_value("screener_screens_total", {"trigger": "rules"})
+    assert screens == everyone, "every patient counted once against the changed study, screened or ruled out"
+    engine.close()
