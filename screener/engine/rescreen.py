@@ -63,12 +63,14 @@ class RescreenRole(EngineBase):
 
     def _chunk_limit(self, n_studies: int, narrowed: bool = False) -> int:
         """Patients per chunk: what the measured screening rate does in about ``batch_max_ms`` (at least
-        ``MIN_CHUNK_S``; at least ``MIN_CHUNK`` patients and ``MIN_PAIRS`` pairs, at most ``RESCREEN_CHUNK``, or
-        ``NARROW_CHUNK`` for a ``narrowed`` chunk, at the rate of those); that least until a rate is known (a
-        first chunk of ``RESCREEN_CHUNK`` held a live batch for 2 s at 200k patients on a loaded host, before
-        chunks of consecutive patients were selected as slices)."""
+        ``MIN_CHUNK_S``; at least ``MIN_CHUNK`` patients and ``MIN_PAIRS`` pairs, at most ``RESCREEN_CHUNK``); that
+        least until a rate is known (a first chunk of ``RESCREEN_CHUNK`` held a live batch for 2 s at 200k
+        patients on a loaded host, before chunks of consecutive patients were selected as slices). A
+        ``narrowed`` chunk (:meth:`_narrowing`) has a rate of its own, at least ``MIN_CHUNK`` patients and at most
+        ``NARROW_CHUNK``: a rule change queues only the patients its gates let through, each of which costs a
+        screen, so ``MIN_PAIRS`` of them would hold a live batch for seconds."""
         most = NARROW_CHUNK if narrowed else RESCREEN_CHUNK
-        least = min(most, max(MIN_CHUNK, MIN_PAIRS // max(1, n_studies)))
+        least = MIN_CHUNK if narrowed else min(most, max(MIN_CHUNK, MIN_PAIRS // max(1, n_studies)))
         rate = self._narrow_rate if narrowed else self._screen_rate
         if rate is None:
             return least
