@@ -343,6 +343,11 @@ class HistoryStore:
         """The partition's state pruned with ``keep`` (its expression and cut-off pushed down into the scan) and
         its offset, or ``None`` when the store has nothing for it. :raises StoreError: as :meth:`view`."""
         keyed = isinstance(keep, FactFilter) and keep.expr is not None and keep.keys is not None
+        if keyed:
+            assert isinstance(keep, FactFilter)
+            folded = self._load_folded(partition, keep)
+            if folded is not None:
+                return folded
         # A filter on the key columns is decided before the other columns are decoded (prefiltered).
         got = self.view(partition, parallel="prefiltered" if keyed else "auto")
         if got is None:
@@ -367,6 +372,54 @@ class HistoryStore:
         except Exception as exc:
             raise StoreError(f"history unreadable ({type(exc).__name__})", url=self.url, partition=partition) from exc
         return PatientState(persons=p, facts=f, retracted=retracted), offset
+
+    def _load_folded(self, partition: int, keep: FactFilter) -> tuple[PatientState, int] | None:
+        """:meth:`load` with a key filter of a partition that has a base and segments, reading the base once:
+        one scan of its key columns and event ids (the distinct keys the filter judges, the owners of the event
+        ids the segments retract or send again), then one read of the rows kept or of a patient the segments
+        touch, split in memory (the fold of :meth:`view`, collected, read the base's rows twice: once for the
+        touched patients, once for the rest). ``None``: nothing to fold (no base, or no segments)."""
+        assert keep.expr is not None and keep.keys is not None
+        doc = self.manifest(partition)
+        if doc is None or not doc.get("base") or not doc["segments"]:
+            return None
+        d, base = self._dir(partition), doc["base"]
+        try:
+            base_f = self._scan([f"{d}/{base}/facts.parquet"], FACTS_SCHEMA, "prefiltered")
+            upd, facts, control = self._segments(d, doc["segments"])
+            referenced = pl.concat([control.filter(pl.col("op") == "retract")["arg"], facts["event_id"]])
+            distinct, owners = pl.collect_all(
+                [
+                    base_f.select(keep.keys).unique(),
+                    base_f.filter(pl.col("event_id").is_in(referenced.implode())).select("patient_id"),
+                ]
+            )
+            touched = [upd["patient_id"], facts["patient_id"], control["patient_id"], owners["patient_id"]]
+            merged_away = control.filter(pl.col("op") == "merge")["arg"]
+            affected = pl.concat([*touched, merged_away]).drop_nulls().unique().implode()
+            allowed = FactFilter(keep.expr)(distinct).select(keep.keys)
+            wanted = keys_expr(keep.keys, allowed)
+            if keep.since is not None:
+                wanted = wanted & (pl.col("occurred_at") >= pl.lit(keep.since).cast(FACTS_SCHEMA["occurred_at"]))
+            # The touched patients' rows unpruned: the fold needs them all, as the engine's apply does.
+            rows = base_f.filter(wanted | pl.col("patient_id").is_in(affected))
+            persons_q = self._scan([f"{d}/{base}/persons.parquet"], PERSONS_SCHEMA)
+            all_persons, rows_f = pl.collect_all([persons_q, rows])
+            retracted = self._read_frame(f"{d}/{base}/retracted.parquet", RETRACTED_SCHEMA)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"history unreadable ({type(exc).__name__})", url=self.url, partition=partition) from exc
+        mine = pl.col("patient_id").is_in(affected)
+        sub = PatientState(persons=all_persons.filter(mine), facts=rows_f.filter(mine), retracted=retracted)
+        new, _ = apply_frames(sub, upd, facts, control)
+        kept = FactFilter(keep.expr, keep.since)(new.facts)
+        state = PatientState(
+            persons=pl.concat([all_persons.filter(~mine), new.persons]),
+            facts=pl.concat([rows_f.filter(~mine), kept]),
+            retracted=new.retracted,
+        )
+        return state, int(doc["offset"])
 
     def scan(self, partitions: Sequence[int] | None = None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         """``(persons, facts)`` of the given partitions (default: all), lazily: filter and select before
