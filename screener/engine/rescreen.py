@@ -117,13 +117,14 @@ class RescreenRole(EngineBase):
         """The state a chunk is screened with, and whether it was narrowed."""
         part = self._parts[partition]
         narrow = self._narrowing(only)
-        state = part.state.select(ids)
         if narrow is None:
-            return state, False
+            return part.state.select(ids), False
         known = self._matched.filter(
             (pl.col("partition") == partition) & pl.col("study_id").is_in(list(narrow.studies))
         )["patient_id"]
-        return narrow.apply(state, known), True
+        ids = pl.Series("patient_id", ids, dtype=pl.String).drop_nulls().unique().sort()
+        narrowed = narrow.select(part.state.parts(), ids, known)
+        return (narrowed if narrowed is not None else narrow.apply(part.state.select(ids), known)), True
 
     def _drain(self, budget_s: float | None) -> int:
         """Screen queued chunks until the queue is empty or ``budget_s`` has passed (at least one chunk).

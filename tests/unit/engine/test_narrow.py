@@ -184,3 +184,30 @@ def test_a_rule_change_screens_only_the_gated_patients_and_still_closes_a_known_
     screens = engine.metrics.registry.get_sample_value("screener_screens_total", {"trigger": "rules"})
     assert screens == everyone, "every patient counted once against the changed study, screened or ruled out"
     engine.close()
+
+
+def test_selecting_from_a_live_views_parts_gives_what_selecting_then_narrowing_gives(
+    studies: dict[str, Any], population: PatientState, make_event: Any
+) -> None:
+    from screener.events import dump_event
+    from screener.ingest import decode_batch
+    from screener.state import LiveState
+
+    narrow = narrowing([studies["CKD-SGLT2-COMM"]], NOW)
+    assert narrow is not None
+    live = LiveState(population)
+    ids = population.persons["patient_id"].sort()
+    # Two patients the gate ruled out get a diagnosis: their rows are now in the view's tail.
+    before = set(narrow.apply(population).persons["patient_id"])
+    changed = [p for p in ids.slice(0, 500).to_list() if p not in before][:2]
+    events = [make_event(patient_id=p, code={"system": "ICD10", "value": "E11.9"}) for p in changed]
+    live.apply(*decode_batch([dump_event(e) for e in events]).frames)
+    assert live.parts().tail_ids.len() == 2
+    chunk = ids.slice(0, 500)
+    got = narrow.select(live.parts(), chunk)
+    assert got is not None
+    want = narrow.apply(live.select(chunk))
+    key = ["patient_id", "event_id"]
+    assert_frame_equal(got.facts.sort(key), want.facts.sort(key))
+    assert_frame_equal(got.persons.sort("patient_id"), want.persons.sort("patient_id"))
+    assert set(changed) <= set(got.persons["patient_id"]), "now diabetic: through the gate, from the tail"
