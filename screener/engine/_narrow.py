@@ -185,13 +185,24 @@ def gated_patients(facts: pl.LazyFrame, gates: list[list[pl.Expr]]) -> pl.Series
     (``gates``: per study, its gates' expressions, as :meth:`Narrowing.gate_exprs` gives them), sorted. Each
     gate is judged once per distinct key combination, the facts kept by an expression Polars pushes into the
     scan."""
+    return gated_union(pl.collect_all(gate_queries(facts, gates)))
+
+
+def gate_queries(
+    facts: pl.LazyFrame, gates: list[list[pl.Expr]], distinct: pl.DataFrame | None = None
+) -> list[pl.LazyFrame]:
+    """:func:`gated_patients` as one query per study (collect them together, then :func:`gated_union`).
+    ``distinct``: the facts' distinct key combinations when already known (on at least the gates' keys)."""
     from screener.history.store import keys_expr
 
     read = [FactFilter(e).keys for study in gates for e in study]
     if any(k is None for k in read):
         raise ValueError("a gate reads other columns than the fact keys")
-    keys = [c for c in FactFilter.KEY_COLUMNS if any(c in k for k in read if k is not None)]
-    distinct = facts.select(keys).unique().collect()
+    needed = {c for k in read if k is not None for c in k}
+    if distinct is None or not needed <= set(distinct.columns):
+        keys = [c for c in FactFilter.KEY_COLUMNS if c in needed]
+        distinct = facts.select(keys).unique().collect()
+    keys = distinct.columns
     per_study: list[pl.LazyFrame] = []
     for study in gates:
         ids: pl.LazyFrame | None = None
@@ -201,9 +212,13 @@ def gated_patients(facts: pl.LazyFrame, gates: list[list[pl.Expr]]) -> pl.Series
             ids = have if ids is None else ids.join(have, on="patient_id", how="semi")
         if ids is not None:
             per_study.append(ids)
-    if not per_study:
+    return per_study
+
+
+def gated_union(found: Sequence[pl.DataFrame]) -> pl.Series:
+    """The patients of :func:`gate_queries`' results, sorted."""
+    if not found:
         return pl.Series("patient_id", [], dtype=pl.String)
-    found = pl.collect_all(per_study)
     return pl.concat([f["patient_id"] for f in found]).unique().sort()
 
 

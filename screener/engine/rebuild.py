@@ -153,9 +153,8 @@ class RebuildRole(EngineBase):
                 rb.narrowing = narrowing(narrow_studies, now)
             gates = rb.narrowing.gate_exprs() if rb.narrowing is not None else None
             for p, offset in targets.items():
-                out[p] = self._load_view(loader, p, offset, current.get(p), old_keep, keep)
-                view = out[p]
-                if view is not None and gates is not None and offset is not None:
+                out[p] = view = self._load_view(loader, p, offset, current.get(p), old_keep, keep, gates)
+                if view is not None and view.gated is None and gates is not None and offset is not None:
                     view.gated = self._gated(loader, p, gates)
             return out
 
@@ -199,22 +198,26 @@ class RebuildRole(EngineBase):
         current: LiveState | None,
         old_keep: FactFilter | None,
         keep: FactFilter | None,
+        gates: list[list[pl.Expr]] | None = None,
     ) -> _View | None:
-        """On the rebuild thread: the partition's new view from the store (``None``: it could not be built)."""
+        """On the rebuild thread: the partition's new view from the store (``None``: it could not be built),
+        with its gated patients when the delta's read found them too."""
         if offset is None:  # the store has nothing of it yet: everything applied is in the catch-up
             return _View(LiveState(), [])
         try:
-            view = self._delta_view(loader, p, offset, current, old_keep, keep)
+            view, gated = self._delta_view(loader, p, offset, current, old_keep, keep, gates)
             got = None if view is not None else loader.load(p, keep)
         except StoreError as exc:
             log.warning("history_unreadable", partition=p, error=str(exc)[:200])
             return None
-        if view is not None:
-            return view
-        if got is None or got[1] < offset:
-            return None
-        state, _ = got
-        return _View(LiveState(state), [state.persons["patient_id"]])
+        if view is None:
+            if got is None or got[1] < offset:
+                return None
+            view = _View(LiveState(got[0]), [got[0].persons["patient_id"]])
+        if gated is not None:
+            view.gated = gated
+            log.info("rules_rebuild_gated", partition=p, patients=gated.len())
+        return view
 
     def _delta_view(
         self,
@@ -224,20 +227,24 @@ class RebuildRole(EngineBase):
         current: LiveState | None,
         old: FactFilter | None,
         keep: FactFilter | None,
-    ) -> _View | None:
+        gates: list[list[pl.Expr]] | None = None,
+    ) -> tuple[_View | None, pl.Series | None]:
         """On the rebuild thread: the partition's new view as ``current`` plus the stored facts only the new
         filter keeps, or ``None`` when it must be loaded whole (no copy; a filter that drops stored facts the
-        current one keeps; the store behind ``offset``)."""
+        current one keeps; the store behind ``offset``); and, with ``gates``, the stored patients that pass them
+        (read with the delta; ``None``: not read)."""
         if current is None or old is None or keep is None:
-            return None
-        got = loader.load_delta(partition, old, keep)
-        if got is None or got[0] is None or got[1] < offset:
-            return None
-        delta = got[0]
+            return None, None
+        got = loader.load_delta_gated(partition, old, keep, gates)
+        if got is None or got[1] < offset:
+            return None, None
+        delta, _, gated = got
+        if delta is None:
+            return None, gated
         add_delta(current, delta, keep)
         parts = current.parts()
         log.info("rules_rebuild_delta", partition=partition, facts=delta.height)
-        return _View(current, [parts.persons["patient_id"], parts.tail_ids.rename("patient_id")])
+        return _View(current, [parts.persons["patient_id"], parts.tail_ids.rename("patient_id")]), gated
 
     @property
     def rebuilding(self) -> bool:

@@ -178,21 +178,29 @@ class ViewLoader:
         """The stored facts of the partition that ``new`` keeps and ``old`` does not, and the store's offset
         (:func:`screener.engine._delta.load_delta_file`; the frame is ``None`` when the whole view must be
         loaded). ``None`` when the store has nothing for it. :raises StoreError: unreadable."""
-        from screener.engine._delta import delta_facts, load_delta_file
+        got = self.load_delta_gated(partition, old, new, None)
+        return None if got is None else (got[0], got[1])
+
+    def load_delta_gated(
+        self, partition: int, old: FactFilter, new: FactFilter, gates: list[list[pl.Expr]] | None
+    ) -> tuple[pl.DataFrame | None, int, pl.Series | None] | None:
+        """:meth:`load_delta` and, with ``gates``, the stored patients that pass them (see
+        :func:`screener.engine._delta.delta_and_gated`), in one read."""
+        from screener.engine._delta import delta_and_gated, load_delta_file
 
         store = self.store
         if not self.process:
-            return delta_facts(store, partition, old, new)
-        got = self._run(load_delta_file, partition, portable(old), portable(new))
+            return delta_and_gated(store, partition, old, new, gates)
+        got = self._run(load_delta_file, partition, portable(old), portable(new), gates)
         if isinstance(got, str):
             raise StoreError(f"history unreadable for the delta: {got[:200]}", url=store.url, partition=partition)
         if got is None:
             return None
-        path, offset = got
+        path, offset, gated = got
         if path is None:
-            return None, offset
+            return None, offset, gated
         try:
-            return pl.read_ipc(path), offset
+            return pl.read_ipc(path), offset, gated
         finally:
             shutil.rmtree(Path(path).parent, ignore_errors=True)
 
