@@ -77,13 +77,30 @@ def delta_and_gated(
         judged = distinct.select(
             *new.keys, new.expr.fill_null(False).alias("_new"), old.expr.fill_null(False).alias("_old")
         )
-        gated_q = gate_queries(facts, gates, distinct) if gates is not None else []
         if judged.filter(pl.col("_old") & ~pl.col("_new")).height:
-            found = pl.collect_all(gated_q) if gated_q else []
+            found = pl.collect_all(gate_queries(facts, gates, distinct)) if gates is not None else []
             return None, offset, gated_union(found) if gates is not None else None
         wanted = judged.filter(pl.col("_new") & ~pl.col("_old")).select(new.keys)
-        delta, *found = pl.collect_all([facts.filter(keys_expr(new.keys, wanted)), *gated_q])
-        return delta, offset, gated_union(found) if gates is not None else None
+        read = [FactFilter(e).keys for study in gates or [] for e in study]
+        if gates is None or any(k is None or not set(k) <= set(new.keys) for k in read):
+            delta, *found = pl.collect_all(
+                [facts.filter(keys_expr(new.keys, wanted)), *(gate_queries(facts, gates) if gates else [])]
+            )
+            return delta, offset, gated_union(found) if gates is not None else None
+        # One read of the rows the delta or a gate keeps (the key columns decoded once, the others only for
+        # those rows), split in memory.
+        gate_keys = [[distinct.filter(e.fill_null(False)).select(new.keys) for e in study] for study in gates]
+        every = pl.concat([wanted, *(k for study in gate_keys for k in study)]).unique()
+        rows = facts.filter(keys_expr(new.keys, every)).collect()
+        per_study = []
+        for study in gate_keys:
+            ids: pl.Series | None = None
+            for keys in study:
+                have = rows.filter(keys_expr(new.keys, keys))["patient_id"].unique()
+                ids = have if ids is None else ids.filter(ids.is_in(have.implode()))
+            if ids is not None:
+                per_study.append(ids.to_frame())
+        return rows.filter(keys_expr(new.keys, wanted)), offset, gated_union(per_study)
     except Exception as exc:
         raise StoreError(f"history unreadable ({type(exc).__name__})", url=store.url, partition=partition) from exc
 

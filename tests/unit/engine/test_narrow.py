@@ -211,3 +211,30 @@ def test_selecting_from_a_live_views_parts_gives_what_selecting_then_narrowing_g
     assert_frame_equal(got.facts.sort(key), want.facts.sort(key))
     assert_frame_equal(got.persons.sort("patient_id"), want.persons.sort("patient_id"))
     assert set(changed) <= set(got.persons["patient_id"]), "now diabetic: through the gate, from the tail"
+
+
+def test_the_workers_one_read_finds_the_same_delta_and_gated_patients(
+    studies: dict[str, Any], population: PatientState, tmp_path: Path
+) -> None:
+    from screener.engine._delta import delta_and_gated, delta_facts
+    from screener.history import open_store
+    from screener.state import FactFilter
+
+    store = open_store(tmp_path / "h")
+    store.write_base(0, population.persons, population.facts, population.retracted, 7)
+    others = [s for sid, s in studies.items() if sid != "CKD-SGLT2-COMM"]
+    old_expr = pl.lit(False)
+    for s in others:
+        old_expr = old_expr | s.fact_filter()
+    old, new = FactFilter(old_expr), FactFilter(old_expr | studies["CKD-SGLT2-COMM"].fact_filter())
+    narrow = narrowing([studies["CKD-SGLT2-COMM"]], NOW)
+    assert narrow is not None
+    gates = narrow.gate_exprs()
+    assert gates is not None
+    got = delta_and_gated(store, 0, old, new, gates)
+    want = delta_facts(store, 0, old, new)
+    assert got is not None and want is not None and want[0] is not None and got[0] is not None
+    assert want[0].height > 0 and got[1] == 7
+    assert_frame_equal(got[0], want[0])
+    assert got[2] is not None
+    assert got[2].to_list() == narrow.apply(population).persons["patient_id"].sort().to_list()
