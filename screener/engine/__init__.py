@@ -52,8 +52,7 @@ expiring, studies opening). ``rules_dir`` is polled every ``rules_poll_s``; a fi
 logged and counted and the study keeps its previous version; an added or changed study makes every assigned
 partition build its new view from the history store in a low-priority worker process while batches go on under
 the old studies and view (:mod:`screener.engine.rebuild`); at the swap everyone is screened against only the
-added or changed studies, narrowed to the patients and facts those studies can use (:mod:`screener.engine._narrow`:
-a patient with none of an inclusion criterion's facts is ineligible without a screen). Matches follow the
+added or changed studies. Matches follow the
 patient (:mod:`screener.engine.follow`): a known match that a re-screen rules out is sent as ``ineligible``.
 
 Roles (mixins of :class:`Engine`, one module each): ``loop`` (the loop), ``batch`` (one micro-batch), ``partitions``
