@@ -39,7 +39,7 @@ import polars as pl
 
 from screener.engine._base import EngineBase, log
 from screener.engine._delta import add_delta, delta_applies
-from screener.engine._narrow import Narrowing, narrowing
+from screener.engine._narrow import Narrowing, safe_narrowing
 from screener.engine.history import concat_frames
 from screener.engine.matches import _default_screen
 from screener.engine.views import ViewLoader, lower_priority, scratch_dir
@@ -154,7 +154,7 @@ class RebuildRole(EngineBase):
             lower_priority(thread=True)
             out: dict[int, _View | None] = {}
             if use_narrowing:
-                rb.narrowing = narrowing(narrow_studies, now)
+                rb.narrowing = safe_narrowing(narrow_studies, now)
             gates = rb.narrowing.gate_exprs() if rb.narrowing is not None else None
             for p, offset in targets.items():
                 out[p] = view = self._load_view(loader, p, offset, current.get(p), old_keep, keep, gates)
