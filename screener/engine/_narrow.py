@@ -39,7 +39,7 @@ import polars as pl
 from screener.history import HistoryStore, StoreError
 from screener.state import FACTS_SCHEMA, PERSONS_SCHEMA, RETRACTED_SCHEMA, FactFilter, PatientState, StateParts
 
-__all__ = ["Narrowing", "narrowing"]
+__all__ = ["Narrowing", "narrowing", "safe_narrowing"]
 
 
 @dataclass(frozen=True)
@@ -242,3 +242,15 @@ def load_gated(
             raise StoreError(f"history unreadable ({type(exc).__name__})", url=url, partition=partition) from exc
 
     return read_twice(read)
+
+
+def safe_narrowing(studies: Sequence[Any], now: datetime) -> Narrowing | None:
+    """:func:`narrowing`, or ``None`` (everything screened, logged) when building it fails: a study whose gates
+    cannot be evaluated must cost the rule change its narrowing, never the rule change."""
+    from screener.engine._base import log
+
+    try:
+        return narrowing(studies, now)
+    except Exception as exc:
+        log.warning("rescreen_narrowing_skipped", error_type=type(exc).__name__, error=str(exc)[:200])
+        return None

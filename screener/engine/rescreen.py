@@ -8,7 +8,7 @@ from collections import deque
 import polars as pl
 
 from screener.engine._base import EngineBase, _owners, log
-from screener.engine._narrow import Narrowing, narrowing
+from screener.engine._narrow import Narrowing, safe_narrowing
 from screener.errors import ScreenerError
 from screener.state import PatientState
 
@@ -110,7 +110,7 @@ class RescreenRole(EngineBase):
             self._narrowings = (self.studies, {})
         cache = self._narrowings[1]
         if only not in cache:
-            cache[only] = narrowing([s for sid, s in self.studies.items() if sid in only], self.clock.now())
+            cache[only] = safe_narrowing([s for sid, s in self.studies.items() if sid in only], self.clock.now())
         return cache[only]
 
     def _chunk_state(self, partition: int, ids: pl.Series, only: frozenset[str] | None) -> tuple[PatientState, bool]:

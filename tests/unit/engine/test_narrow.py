@@ -238,3 +238,17 @@ def test_the_workers_one_read_finds_the_same_delta_and_gated_patients(
     assert_frame_equal(got[0], want[0])
     assert got[2] is not None
     assert got[2].to_list() == narrow.apply(population).persons["patient_id"].sort().to_list()
+
+
+def test_a_narrowing_that_cannot_be_built_screens_everything(
+    studies: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import screener.engine._narrow as narrow_module
+
+    def broken(study: Any, now: datetime) -> None:
+        raise RuntimeError("a gate the rules cannot evaluate")
+
+    monkeypatch.setattr(narrow_module, "_gates", broken)
+    assert narrow_module.safe_narrowing([studies["CKD-SGLT2-COMM"]], NOW) is None
+    with pytest.raises(RuntimeError):
+        narrow_module.narrowing([studies["CKD-SGLT2-COMM"]], NOW)
