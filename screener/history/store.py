@@ -29,7 +29,7 @@ import io
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ import obstore
 import polars as pl
 from obstore.store import LocalStore, from_url
 
-from screener.errors import ScreenerError
+from screener.history import _fold
+from screener.history._errors import StoreError
 from screener.history._frames import (
     CONTROL_SCHEMA,
     PARQUET_OPTIONS,
@@ -54,7 +55,6 @@ from screener.state import (
     RETRACTED_SCHEMA,
     FactFilter,
     PatientState,
-    apply_frames,
 )
 
 __all__ = ["CONTROL_SCHEMA", "HistoryStore", "StoreError", "conform", "keys_expr", "open_store", "sort_by_patient"]
@@ -65,16 +65,6 @@ _CLIENT_KEYS = ("aws_allow_http", "allow_http")
 
 def _truthy(options: dict[str, str], keys: Sequence[str]) -> bool:
     return any(str(options.get(k, "")).lower() in ("1", "true", "yes") for k in keys)
-
-
-class StoreError(ScreenerError):
-    """The history store cannot be read or written. ``url`` and ``partition`` say where."""
-
-    def __init__(self, message: str, *, url: str, partition: int | None = None) -> None:
-        self.url = url
-        self.partition = partition
-        where = url if partition is None else f"{url} partition {partition}"
-        super().__init__(f"{where}: {message}")
 
 
 def open_store(url: str | Path, storage_options: dict[str, str] | None = None) -> HistoryStore:
@@ -278,7 +268,7 @@ class HistoryStore:
             return None
         d = self._dir(partition)
         try:
-            return self._fold(d, doc, parallel)
+            return _fold.fold(self, d, doc, parallel)
         except StoreError:
             raise
         except Exception as exc:
@@ -286,66 +276,13 @@ class HistoryStore:
                 f"history unreadable ({type(exc).__name__}: {exc})", url=self.url, partition=partition
             ) from exc
 
-    def _fold(
-        self, d: str, doc: dict[str, Any], parallel: Parallel = "auto"
-    ) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.DataFrame, int]:
-        base = doc.get("base")
-        base_p = self._scan([f"{d}/{base}/persons.parquet"] if base else [], PERSONS_SCHEMA)
-        base_f = self._scan([f"{d}/{base}/facts.parquet"] if base else [], FACTS_SCHEMA, parallel)
-        base_r = (
-            self._read_frame(f"{d}/{base}/retracted.parquet", RETRACTED_SCHEMA)
-            if base
-            else pl.DataFrame(schema=RETRACTED_SCHEMA)
-        )
-        segs = list(doc["segments"])
-        if not segs:
-            return base_p, base_f, base_r, int(doc["offset"])
-        upd, facts, control = self._segments(d, segs)
-        merged_away = control.filter(pl.col("op") == "merge")["arg"]
-        referenced = pl.concat([control.filter(pl.col("op") == "retract")["arg"], facts["event_id"]])
-        owners = (
-            base_f.filter(pl.col("event_id").is_in(referenced.implode())).select("patient_id").collect()["patient_id"]
-            if referenced.len()
-            else pl.Series("patient_id", [], dtype=pl.String)
-        )
-        affected = (
-            pl.concat([upd["patient_id"], facts["patient_id"], control["patient_id"], merged_away, owners])
-            .drop_nulls()
-            .unique()
-            .implode()
-        )
-        sub = PatientState(
-            persons=base_p.filter(pl.col("patient_id").is_in(affected)).collect(),
-            facts=base_f.filter(pl.col("patient_id").is_in(affected)).collect(),
-            retracted=base_r,
-        )
-        new, _ = apply_frames(sub, upd, facts, control)
-        persons = pl.concat([base_p.filter(~pl.col("patient_id").is_in(affected)), new.persons.lazy()])
-        facts_view = pl.concat([base_f.filter(~pl.col("patient_id").is_in(affected)), new.facts.lazy()])
-        return persons, facts_view, new.retracted, int(doc["offset"])
-
-    def _segments(self, d: str, segs: Iterable[str]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-        """Every segment's frames concatenated in order, ``seq`` renumbered to stay increasing across them."""
-        upds, factss, controls = [], [], []
-        shift = 0
-        for seg in segs:
-            u = self._read_frame(f"{d}/{seg}/upd.parquet", _upd_schema())
-            f = self._read_frame(f"{d}/{seg}/facts.parquet", _fact_rows_schema())
-            c = self._read_frame(f"{d}/{seg}/control.parquet", CONTROL_SCHEMA)
-            top = max((int(x["seq"].max()) for x in (u, f, c) if x.height), default=-1)  # type: ignore[arg-type]  # polars types Series.max() as any scalar: seq is an integer column
-            upds.append(u.with_columns(pl.col("seq") + shift))
-            factss.append(f.with_columns(pl.col("seq") + shift))
-            controls.append(c.with_columns(pl.col("seq") + shift))
-            shift += top + 1
-        return pl.concat(upds), pl.concat(factss), pl.concat(controls)
-
     def load(self, partition: int, keep: pl.Expr | FactFilter | None = None) -> tuple[PatientState, int] | None:
         """The partition's state pruned with ``keep`` (its expression and cut-off pushed down into the scan) and
         its offset, or ``None`` when the store has nothing for it. :raises StoreError: as :meth:`view`."""
         keyed = isinstance(keep, FactFilter) and keep.expr is not None and keep.keys is not None
         if keyed:
             assert isinstance(keep, FactFilter)
-            folded = self._load_folded(partition, keep)
+            folded = _fold.load_folded(self, partition, keep)
             if folded is not None:
                 return folded
         # A filter on the key columns is decided before the other columns are decoded (prefiltered).
@@ -373,54 +310,6 @@ class HistoryStore:
             raise StoreError(f"history unreadable ({type(exc).__name__})", url=self.url, partition=partition) from exc
         return PatientState(persons=p, facts=f, retracted=retracted), offset
 
-    def _load_folded(self, partition: int, keep: FactFilter) -> tuple[PatientState, int] | None:
-        """:meth:`load` with a key filter of a partition that has a base and segments, reading the base once:
-        one scan of its key columns and event ids (the distinct keys the filter judges, the owners of the event
-        ids the segments retract or send again), then one read of the rows kept or of a patient the segments
-        touch, split in memory (the fold of :meth:`view`, collected, read the base's rows twice: once for the
-        touched patients, once for the rest). ``None``: nothing to fold (no base, or no segments)."""
-        assert keep.expr is not None and keep.keys is not None
-        doc = self.manifest(partition)
-        if doc is None or not doc.get("base") or not doc["segments"]:
-            return None
-        d, base = self._dir(partition), doc["base"]
-        try:
-            base_f = self._scan([f"{d}/{base}/facts.parquet"], FACTS_SCHEMA, "prefiltered")
-            upd, facts, control = self._segments(d, doc["segments"])
-            referenced = pl.concat([control.filter(pl.col("op") == "retract")["arg"], facts["event_id"]])
-            distinct, owners = pl.collect_all(
-                [
-                    base_f.select(keep.keys).unique(),
-                    base_f.filter(pl.col("event_id").is_in(referenced.implode())).select("patient_id"),
-                ]
-            )
-            touched = [upd["patient_id"], facts["patient_id"], control["patient_id"], owners["patient_id"]]
-            merged_away = control.filter(pl.col("op") == "merge")["arg"]
-            affected = pl.concat([*touched, merged_away]).drop_nulls().unique().implode()
-            allowed = FactFilter(keep.expr)(distinct).select(keep.keys)
-            wanted = keys_expr(keep.keys, allowed)
-            if keep.since is not None:
-                wanted = wanted & (pl.col("occurred_at") >= pl.lit(keep.since).cast(FACTS_SCHEMA["occurred_at"]))
-            # The touched patients' rows unpruned: the fold needs them all, as the engine's apply does.
-            rows = base_f.filter(wanted | pl.col("patient_id").is_in(affected))
-            persons_q = self._scan([f"{d}/{base}/persons.parquet"], PERSONS_SCHEMA)
-            all_persons, rows_f = pl.collect_all([persons_q, rows])
-            retracted = self._read_frame(f"{d}/{base}/retracted.parquet", RETRACTED_SCHEMA)
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise StoreError(f"history unreadable ({type(exc).__name__})", url=self.url, partition=partition) from exc
-        mine = pl.col("patient_id").is_in(affected)
-        sub = PatientState(persons=all_persons.filter(mine), facts=rows_f.filter(mine), retracted=retracted)
-        new, _ = apply_frames(sub, upd, facts, control)
-        kept = FactFilter(keep.expr, keep.since)(new.facts)
-        state = PatientState(
-            persons=pl.concat([all_persons.filter(~mine), new.persons]),
-            facts=pl.concat([rows_f.filter(~mine), kept]),
-            retracted=new.retracted,
-        )
-        return state, int(doc["offset"])
-
     def scan(self, partitions: Sequence[int] | None = None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         """``(persons, facts)`` of the given partitions (default: all), lazily: filter and select before
         collecting and Polars reads only what it needs. :raises StoreError: as :meth:`view`."""
@@ -444,7 +333,7 @@ class HistoryStore:
             if doc is None or not doc["segments"]:
                 return False
             d = self._dir(partition)
-            persons, facts, retracted, _ = self._fold(d, doc)
+            persons, facts, retracted, _ = _fold.fold(self, d, doc)
             p, f = pl.collect_all([persons.sort("patient_id"), facts.sort("patient_id", maintain_order=True)])
             base = f"base-{uuid.uuid4().hex[:12]}"
             self._put_frame(f"{d}/{base}/persons.parquet", p)

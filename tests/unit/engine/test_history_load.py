@@ -12,7 +12,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from screener.events import dump_event
-from screener.history import open_store
+from screener.history import _fold, open_store
 from screener.ingest import decode_batch
 from screener.state import FactFilter, LiveState, PatientState
 
@@ -97,7 +97,7 @@ def test_the_load_of_a_base_with_segments_is_the_fold_of_the_whole_history_filte
     assert reads == [], "the base is read by two collect_all calls, never one query at a time"
 
     # The same as the general path (the view folded lazily, then filtered), which reads the base's rows twice.
-    monkeypatch.setattr(type(store), "_load_folded", lambda self, p, k: None)
+    monkeypatch.setattr(_fold, "load_folded", lambda store, p, k: None)
     general = store.load(0, keep=keep)
     assert general is not None
     assert_frame_equal(loaded.facts.sort(key), general[0].facts.sort(key))
