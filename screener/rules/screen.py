@@ -7,7 +7,7 @@ statistics per patient; :mod:`screener.rules.criteria` evaluates each study's cr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import polars as pl
@@ -67,6 +67,11 @@ def _base(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.Da
     attrs = attributes(state.persons, now, _registrations(state, studies)).collect(engine=ENGINE)
     wide = feature_frame(state, studies, now)
     return pl.concat([attrs, wide.drop("patient_id")], how="horizontal")
+
+
+def _columns(frame: pl.DataFrame, names: Iterable[str]) -> pl.DataFrame:
+    """``frame``'s columns ``names``, picked by name (a ``select`` on the wide frame plans over all its columns)."""
+    return pl.DataFrame([frame.get_column(c) for c in names])
 
 
 def screen(
@@ -178,15 +183,18 @@ def _screen(
     hits = [i for i, n in enumerate(match_counts) if n]
     with_ev: dict[int, pl.DataFrame] = {}
     if hits:
-        union = full.filter(pl.any_horizontal(matched[i] for i in hits))
-        if small or union.height * len(hits) <= 2 * sum(match_counts) or union.height <= _SMALL_UNION:
+        # the rows matched in some study (a mask first: filtering the wide frame would copy every column)
+        union = full.select(pl.any_horizontal(matched[i] for i in hits).alias("_m")).to_series()
+        n_union = int(union.sum())
+        if small or n_union * len(hits) <= 2 * sum(match_counts) or n_union <= _SMALL_UNION:
             # Few rows: one frame for every study with a match (a frame per study costs more than the extra rows).
             need = dict.fromkeys(col for i in hits for col in comps[i].evidence_inputs)
-            ev = staged(union.select(list(need)).lazy(), [comps[i].evidence for i in hits]).collect(engine=ENGINE)
+            rows_ev = _columns(full, need).filter(union)
+            ev = staged(rows_ev.lazy(), [comps[i].evidence for i in hits]).collect(engine=ENGINE)
             with_ev = dict.fromkeys(hits, ev)
         else:
             parts = [
-                staged(full.select(comps[i].evidence_inputs).filter(matched[i]).lazy(), [comps[i].evidence])
+                staged(_columns(full, comps[i].evidence_inputs).filter(matched[i]).lazy(), [comps[i].evidence])
                 for i in hits
             ]
             with_ev = dict(zip(hits, pl.collect_all(parts, engine=ENGINE), strict=True))
