@@ -24,9 +24,9 @@ import polars as pl
 
 from screener.rules._aggregate import PLAIN_STATS, STAT_DTYPES, AggPlan, aggregate
 from screener.rules._attributes import NOW_COL, attributes
-from screener.rules._facts import FACT_COLUMNS, constant, conversions, filter_expr, member_table, uses
+from screener.rules._facts import constant, conversions, filter_expr, member_table, uses
 from screener.rules._select import RowPlan, Selection, fact_rows, fid_bits
-from screener.rules.ir import Feat, Field, Source, collect_attributes, filter_fields
+from screener.rules.ir import Feat, Field, Source, collect_attributes
 from screener.rules.lower import TRANSFORM_STATS, stat_col
 from screener.rules.model import Study
 from screener.state import PatientState
@@ -118,7 +118,6 @@ def _feature_plan(studies: Sequence[Study]) -> _FeaturePlan:
         conv,
         {i: filter_expr(s.source.filter) for i, s in enumerate(selections) if s.source.filter is not None},
         attrs,
-        _filter_columns(selections),
         any(f.transform == "latest_code" for group in feats.values() for f in group),
         encounters,
         ahead,
@@ -177,25 +176,6 @@ def _agg_plan(selections: Sequence[Selection], stats_needed: dict[str, set[str]]
             if sel.mode in ("after", "before")
         ),
     )
-
-
-#: the fact columns a filter field reads
-_FIELD_COLUMNS = {
-    "value": ("value",),
-    "dose": ("dose_value",),
-    "duration_days": ("ended_at",),
-    "encounter": ("encounter_id", "kind"),
-}
-
-
-def _filter_columns(selections: Sequence[Selection]) -> list[str]:
-    """The fact columns some filter reads (gathered for the filtered rows only)."""
-    need: set[str] = set()
-    for s in selections:
-        if s.source.filter is not None:
-            for name in filter_fields(s.source.filter):
-                need.update(_FIELD_COLUMNS.get(name, (name,)))
-    return [c for c in FACT_COLUMNS if c in need]
 
 
 def _filter_attrs(source: Source) -> set[str]:
