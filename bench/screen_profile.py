@@ -4,7 +4,7 @@ the whole population.
     python -m bench.screen_profile small  [--patients 10] [--studies 50] [--calls 30] [--evidence MODE]
     python -m bench.screen_profile large  [--patients 20000] [--studies 50] [--evidence MODE] [--chunk N] [--repeat R]
                                           [--rows all|matches] [--split join|filter|scan]
-                                          [--workload replica|realistic]
+                                          [--workload replica|realistic] [--workers N] [--all-columns]
 
 ``MODE``: all | matches | none | outcomes (``screen(evidence=...)``); ``--rows``: ``screen(rows=...)`` (with
 ``matches`` the outcome counts come from :func:`screener.rules.screen_with_counts`, so ``ineligible`` is still
@@ -22,7 +22,10 @@ counted over every (study, patient)).
 
 ``--split scan`` never holds the whole facts frame: each chunk's facts are read from the Parquet file when it is
 screened (a patient-id range that prunes row groups, then the exact ids), inside the timed part; use it at 1M and
-2M realistic patients (7.7 GiB of facts in memory at 1M).
+2M realistic patients (7.7 GiB of facts in memory at 1M). It reads only the columns ``screen()`` reads
+(``screener.rules._facts.FACT_COLUMNS``; ``--all-columns``: every column of the file, as sessions before
+2026-12-02 session 4 did). ``--workers N`` screens N chunks at once, one thread each (Polars runs its queries
+without the GIL; N chunks in memory at a time): wall time on an idle host, the CPU-seconds stay those of one.
 
 ``small`` screens consecutive slices of ``--patients`` patients and prints the per-call median, p90 and
 mean; ``large`` screens everyone once (after one warm-up on 1000 patients) and prints the wall time, the
