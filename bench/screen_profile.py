@@ -4,7 +4,7 @@ the whole population.
     python -m bench.screen_profile small  [--patients 10] [--studies 50] [--calls 30] [--evidence MODE]
     python -m bench.screen_profile large  [--patients 20000] [--studies 50] [--evidence MODE] [--chunk N] [--repeat R]
                                           [--rows all|matches] [--split join|filter|scan]
-                                          [--workload replica|realistic]
+                                          [--workload replica|realistic] [--workers N] [--all-columns]
 
 ``MODE``: all | matches | none | outcomes (``screen(evidence=...)``); ``--rows``: ``screen(rows=...)`` (with
 ``matches`` the outcome counts come from :func:`screener.rules.screen_with_counts`, so ``ineligible`` is still
@@ -22,7 +22,10 @@ counted over every (study, patient)).
 
 ``--split scan`` never holds the whole facts frame: each chunk's facts are read from the Parquet file when it is
 screened (a patient-id range that prunes row groups, then the exact ids), inside the timed part; use it at 1M and
-2M realistic patients (7.7 GiB of facts in memory at 1M).
+2M realistic patients (7.7 GiB of facts in memory at 1M). It reads only the columns ``screen()`` reads
+(``screener.rules._facts.FACT_COLUMNS``; ``--all-columns``: every column of the file, as sessions before
+2026-12-02 session 4 did). ``--workers N`` screens N chunks at once, one thread each (Polars runs its queries
+without the GIL; N chunks in memory at a time): wall time on an idle host, the CPU-seconds stay those of one.
 
 ``small`` screens consecutive slices of ``--patients`` patients and prints the per-call median, p90 and
 mean; ``large`` screens everyone once (after one warm-up on 1000 patients) and prints the wall time, the
@@ -38,14 +41,18 @@ import cProfile
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import polars as pl
 
 if TYPE_CHECKING:
     from screener.state import PatientState
+
+T = TypeVar("T")
 
 
 def _peak_rss_mb() -> float:
@@ -87,6 +94,7 @@ def _studies(count: int, workload: str = "replica") -> list[Any]:
 def main() -> None:
     from bench._workload import BENCH_NOW, WORKLOADS
     from screener.rules import screen
+    from screener.rules._facts import FACT_COLUMNS
     from screener.state import PatientState
 
     ap = argparse.ArgumentParser()
@@ -108,6 +116,17 @@ def main() -> None:
     )
     ap.add_argument("--repeat", type=int, default=1, help="large: timed runs (the best is reported)")
     ap.add_argument("--chunk", type=int, default=0, help="large: screen this many patients per call")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="large with --chunk: screen this many chunks at once, one thread each (Polars runs without the GIL)",
+    )
+    ap.add_argument(
+        "--all-columns",
+        action="store_true",
+        help="--split scan: read every column of the facts file (default: only the columns screen() reads)",
+    )
     ap.add_argument("--pop-dir", type=Path, default=Path("/tmp/screener-screen-profile"))
     ap.add_argument("--profile", type=Path)
     ap.add_argument("--workload", choices=WORKLOADS, default="replica", help="see the module docstring")
@@ -128,6 +147,8 @@ def main() -> None:
             raise SystemExit("--split scan needs --chunk N")
         persons_path, facts_path = _population_paths(args.pop_dir, max(total, 1000), args.workload)
         persons, facts = pl.read_parquet(persons_path), pl.scan_parquet(facts_path)
+        if not args.all_columns:
+            facts = facts.select([c for c in facts.collect_schema() if c in FACT_COLUMNS])
     else:
         persons, facts = _population(args.pop_dir, max(total, 1000), args.workload)
     n_facts = facts.height if isinstance(facts, pl.DataFrame) else facts.select(pl.len()).collect().item()
@@ -171,12 +192,12 @@ def main() -> None:
         walls, cpus = [], []
         for _ in range(args.repeat):
             t0, c0 = time.perf_counter(), time.process_time()
-            rows, outcomes = _large(persons, facts, studies, chunk, kw, args.split)
+            rows, outcomes = _large(persons, facts, studies, chunk, kw, args.split, args.workers)
             walls.append(time.perf_counter() - t0)
             cpus.append(time.process_time() - c0)
         if prof:
             prof.disable()
-        split = f" split={args.split}" if chunk else ""
+        split = f" split={args.split}" + (f" workers={args.workers}" if args.workers > 1 else "") if chunk else ""
         print(
             f"workload={args.workload}: screen() {n} patients x {len(studies)} studies ({n_facts} facts), "
             f"evidence={evidence}, "
@@ -236,6 +257,36 @@ def _chunks(
         yield PatientState(p, fp.get(key, facts.clear()))
 
 
+def _each_chunk(
+    persons: pl.DataFrame,
+    facts: pl.DataFrame | pl.LazyFrame,
+    chunk: int,
+    split: str,
+    workers: int,
+    one: Callable[[PatientState], T],
+) -> Iterator[T]:
+    """``one(state)`` for each chunk, in order. With ``workers`` > 1 (``filter``/``scan`` splits), that many chunks
+    are read and screened at once, one thread each (at most ``workers`` chunks in memory)."""
+    if workers <= 1 or split == "join":
+        for state in _chunks(persons, facts, chunk, split):
+            yield one(state)
+        return
+    from screener.state import PatientState
+
+    def task(start: int) -> T:
+        p = persons.slice(start, chunk)
+        return one(PatientState(p, _pick_facts(facts, p)))
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future[T]] = deque()
+        for start in range(0, persons.height, chunk):
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+            pending.append(pool.submit(task, start))
+        while pending:
+            yield pending.popleft().result()
+
+
 def _large(
     persons: pl.DataFrame,
     facts: pl.DataFrame | pl.LazyFrame,
@@ -243,6 +294,7 @@ def _large(
     chunk: int,
     kw: dict[str, Any],
     split: str = "join",
+    workers: int = 1,
 ) -> tuple[int, dict[str, int]]:
     from bench._workload import BENCH_NOW
     from screener.rules import screen, screen_with_counts
@@ -259,8 +311,7 @@ def _large(
     if chunk:
         rows = 0
         outcomes: dict[str, int] = {}
-        for state in _chunks(persons, facts, chunk, split):
-            n, part = one(state)
+        for n, part in _each_chunk(persons, facts, chunk, split, workers, one):
             rows += n
             for o, c in part.items():
                 outcomes[o] = outcomes.get(o, 0) + c

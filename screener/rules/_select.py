@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from screener.rules._attributes import attributes
-from screener.rules._facts import constant, current_encounters, ensure_columns, membership
+from screener.rules._facts import FACT_COLUMNS, constant, current_encounters, ensure_columns, membership
 from screener.rules.ir import NOT_DONE, Feat, Source
 from screener.rules.units import normalise_unit_expr
 from screener.state import PatientState
@@ -98,7 +98,6 @@ class RowPlan:
     conversions: pl.DataFrame  # _ck, _unit, _a, _b
     filters: dict[int, pl.Expr]  # _fid -> the filter over fact rows
     filter_attrs: Sequence[str]
-    filter_columns: Sequence[str]  # the fact columns some filter reads
     value_code: bool  # some feature reads ``value_code`` (``latest_code``)
     needs_encounters: bool
     look_ahead: timedelta
@@ -240,29 +239,43 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
 
 def _keep_column(rows: pl.DataFrame, state: PatientState, rp: RowPlan, now: datetime) -> pl.Series:
     """``_keep``: each filter evaluated on its own selection's rows only (a when/then chain would run every
-    filter on every row), scattered back to the rows' positions."""
+    filter on every row), scattered back to the rows' positions. Each filter's rows gather only the fact columns
+    that filter reads (most read one or two of them)."""
     keys = list(rp.filters)
+    reads = {k: set(e.meta.root_names()) for k, e in rp.filters.items()}
     # only the row columns some filter reads (and the keys): the filtered rows are gathered, not every column
-    reads = {name for e in rp.filters.values() for name in e.meta.root_names()}
-    cols = ["_fid", "_pid", "_r0", *(c for c in rows.columns if c in reads and c not in ("_fid", "_pid", "_r0"))]
-    found = rows.select(cols).with_row_index("_i").filter(pl.col("_fid").is_in(keys))
+    row_cols = [c for c in rows.columns if c in set().union(*reads.values()) and c not in ("_fid", "_pid", "_r0")]
+    found = rows.select("_fid", "_pid", "_r0", *row_cols).with_row_index("_i").filter(pl.col("_fid").is_in(keys))
     facts = ensure_columns(state.facts)
-    gather = [c for c in rp.filter_columns if c not in found.columns]
-    sub = (pl.concat([found, facts.select(gather)[found["_r0"]]], how="horizontal") if gather else found).lazy()
+    attrs: pl.LazyFrame | None = None
     if rp.filter_attrs:
-        attrs = attributes(state.persons, now).select(
-            pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"), *(f"_attr_{a}" for a in rp.filter_attrs)
+        attrs = (
+            attributes(state.persons, now)
+            .select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"), *(f"_attr_{a}" for a in rp.filter_attrs))
+            .collect(engine=ENGINE)
+            .lazy()
         )
-        sub = sub.join(attrs, on="_pid", how="left")
+    enc: pl.LazyFrame | None = None
     if rp.needs_encounters:
         pids = state.persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
-        enc = current_encounters(facts.lazy(), now).join(pids, on="patient_id").drop("patient_id")
-        sub = sub.join(enc, on=["_pid", "encounter_id"], how="left")
-    parts = sub.collect(engine=ENGINE).partition_by("_fid", as_dict=True)
-    kept = pl.collect_all(
-        [p.lazy().select("_i", rp.filters[k[0]].cast(pl.Boolean).alias("_keep")) for k, p in parts.items()],
-        engine=ENGINE,
-    )
+        enc = (
+            current_encounters(facts.lazy(), now)
+            .join(pids, on="patient_id")
+            .drop("patient_id")
+            .collect(engine=ENGINE)
+            .lazy()
+        )
+    queries = []
+    for (fid,), part in found.partition_by("_fid", as_dict=True).items():
+        need = reads[fid]
+        gather = [c for c in FACT_COLUMNS if c in need and c not in part.columns]
+        sub = (pl.concat([part, facts.select(gather)[part["_r0"]]], how="horizontal") if gather else part).lazy()
+        if attrs is not None and any(c.startswith("_attr_") for c in need):
+            sub = sub.join(attrs, on="_pid", how="left")
+        if enc is not None and "_enc_now" in need:
+            sub = sub.join(enc, on=["_pid", "encounter_id"], how="left")
+        queries.append(sub.select("_i", rp.filters[fid].cast(pl.Boolean).alias("_keep")))
+    kept = pl.collect_all(queries, engine=ENGINE)
     keep = constant("_keep", True, pl.Boolean(), rows.height)
     if kept:
         scattered = pl.concat(kept, how="vertical")

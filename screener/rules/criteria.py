@@ -156,6 +156,8 @@ class Compiled:
     criteria: list[CriterionColumns]
     #: columns of the values frame the evidence stages and the result rows read
     evidence_inputs: list[str]
+    #: columns of the input frame (attributes, feature statistics) the value stages and the outcome read
+    value_inputs: frozenset[str] = frozenset()
     #: :func:`_result` expressions by (with evidence, with criteria list)
     results: dict[tuple[bool, bool], pl.Expr] = field(default_factory=dict)
 
@@ -192,13 +194,17 @@ def compiled(study: Study) -> Compiled:
     made = {e.meta.output_name() for stage in plan.evidence for e in stage}
     reads = {r for stage in plan.evidence for e in stage for r in e.meta.root_names()} - made
     inputs = ["patient_id", outcome_col, *sorted(reads | {c.value for c in criteria})]
+    outcome = outcome_expr(named).alias(outcome_col)
+    value_made = {e.meta.output_name() for stage in plan.values for e in stage}
+    value_reads = {r for e in (outcome, *(e for stage in plan.values for e in stage)) for r in e.meta.root_names()}
     compiled = Compiled(
         values=plan.values,
         evidence=plan.evidence,
-        outcome=outcome_expr(named).alias(outcome_col),
+        outcome=outcome,
         outcome_col=outcome_col,
         criteria=criteria,
         evidence_inputs=list(dict.fromkeys(inputs)),
+        value_inputs=frozenset(value_reads - value_made),
     )
     _COMPILED[study] = compiled
     return compiled

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -24,14 +24,14 @@ import polars as pl
 
 from screener.rules._aggregate import PLAIN_STATS, STAT_DTYPES, AggPlan, aggregate
 from screener.rules._attributes import NOW_COL, attributes
-from screener.rules._facts import FACT_COLUMNS, constant, conversions, filter_expr, member_table, uses
+from screener.rules._facts import constant, conversions, filter_expr, member_table, uses
 from screener.rules._select import RowPlan, Selection, fact_rows, fid_bits
-from screener.rules.ir import Feat, Field, Source, collect_attributes, filter_fields
+from screener.rules.ir import Feat, Field, Source, collect_attributes
 from screener.rules.lower import TRANSFORM_STATS, stat_col
 from screener.rules.model import Study
 from screener.state import PatientState
 
-__all__ = ["ENGINE", "NOW_COL", "TS", "attributes", "feature_frame"]
+__all__ = ["ENGINE", "NOW_COL", "TS", "FeatureStats", "attributes", "feature_frame", "feature_stats"]
 
 TS = pl.Datetime("us", "UTC")
 
@@ -118,7 +118,6 @@ def _feature_plan(studies: Sequence[Study]) -> _FeaturePlan:
         conv,
         {i: filter_expr(s.source.filter) for i, s in enumerate(selections) if s.source.filter is not None},
         attrs,
-        _filter_columns(selections),
         any(f.transform == "latest_code" for group in feats.values() for f in group),
         encounters,
         ahead,
@@ -179,25 +178,6 @@ def _agg_plan(selections: Sequence[Selection], stats_needed: dict[str, set[str]]
     )
 
 
-#: the fact columns a filter field reads
-_FIELD_COLUMNS = {
-    "value": ("value",),
-    "dose": ("dose_value",),
-    "duration_days": ("ended_at",),
-    "encounter": ("encounter_id", "kind"),
-}
-
-
-def _filter_columns(selections: Sequence[Selection]) -> list[str]:
-    """The fact columns some filter reads (gathered for the filtered rows only)."""
-    need: set[str] = set()
-    for s in selections:
-        if s.source.filter is not None:
-            for name in filter_fields(s.source.filter):
-                need.update(_FIELD_COLUMNS.get(name, (name,)))
-    return [c for c in FACT_COLUMNS if c in need]
-
-
 def _filter_attrs(source: Source) -> set[str]:
     return collect_attributes(source.filter) if source.filter is not None else set()
 
@@ -205,38 +185,76 @@ def _filter_attrs(source: Source) -> set[str]:
 def feature_frame(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
     """One row per person of ``state.persons``, in its order: ``patient_id`` and the ``<feature>:<stat>``
     columns (null where the patient has no fact in the feature)."""
+    return feature_stats(state, studies, now).wide()
+
+
+def feature_stats(state: PatientState, studies: Sequence[Study], now: datetime) -> FeatureStats:
+    """The statistics of :func:`feature_frame`, aggregated but not yet widened: :meth:`FeatureStats.wide` builds
+    the columns asked for, for every person or some (the evidence of a few matched rows needs few cells)."""
     fp = _feature_plan(studies)
     ids = state.persons["patient_id"]
     if not fp.feats or state.facts.height == 0:
-        return _widen([], fp, ids)
+        return FeatureStats([], fp, ids)
     rows = fact_rows(state, fp.rows, now)
-    return _widen(aggregate(rows, fp.agg, now, ENGINE), fp, ids)
+    return FeatureStats(aggregate(rows, fp.agg, now, ENGINE), fp, ids)
 
 
-def _widen(frames: Sequence[pl.DataFrame], fp: _FeaturePlan, ids: pl.Series) -> pl.DataFrame:
-    """The (patient, feature) statistics as columns: each feature's rows scattered to its patients' positions
-    (no pivot: ``_pid`` is already the row)."""
-    n = ids.len()
-    nulls: dict[pl.DataType, pl.Series] = {}
+class FeatureStats:
+    """The (patient, feature) statistics of one screen (:func:`screener.rules._aggregate.aggregate` frames),
+    widened to ``<feature>:<stat>`` columns on demand. Each feature's rows are scattered to their patients'
+    positions (no pivot: ``_pid`` is already the person's row); the scatter is kept for later calls."""
 
-    def null(dtype: pl.DataType) -> pl.Series:
-        if dtype not in nulls:
-            nulls[dtype] = constant("", None, dtype, n)
-        return nulls[dtype]
+    def __init__(self, frames: Sequence[pl.DataFrame], plan: _FeaturePlan, ids: pl.Series) -> None:
+        self._plan = plan
+        self._ids = ids
+        self._parts: list[pl.DataFrame] = []  # one feature's rows of one frame
+        self._source: dict[str, tuple[int, str]] = {}  # column name -> (its part, its statistic)
+        for frame in frames:
+            have = set(frame.columns)
+            for (fid,), part in frame.partition_by("_fid", as_dict=True).items():
+                spec = [(stat, name) for stat, name in plan.widen.get(int(fid), ()) if stat in have]
+                if spec:
+                    self._source.update((name, (len(self._parts), stat)) for stat, name in spec)
+                    self._parts.append(part)
+        self._at: dict[int, pl.Series] = {}  # part -> each person's row in it (null without one)
 
-    cols: dict[str, pl.Series] = {}
-    for frame in frames:
-        have = set(frame.columns)
-        for (fid,), part in frame.partition_by("_fid", as_dict=True).items():
-            spec = [(stat, name) for stat, name in fp.widen.get(int(fid), ()) if stat in have]
-            if not spec:
-                continue
-            # each person's row in ``part`` (null without one): one scatter per feature, a gather per statistic
-            at = null(pl.UInt32()).clone()
+    @property
+    def columns(self) -> list[str]:
+        """Every ``<feature>:<stat>`` column, in :meth:`wide` order."""
+        return self._plan.columns
+
+    def _index(self, k: int) -> pl.Series:
+        at = self._at.get(k)
+        if at is None:
+            part = self._parts[k]
+            at = constant("", None, pl.UInt32(), self._ids.len())
             at.scatter(part["_pid"], pl.Series(np.arange(part.height, dtype=np.uint32)))
-            for stat, name in spec:
-                cols[name] = part.get_column(stat).cast(fp.dtypes[name]).gather(at).alias(name)
-    out = [ids]
-    for c in fp.columns:
-        out.append(cols[c] if c in cols else null(fp.dtypes[c]).alias(c))
-    return pl.DataFrame(out)
+            self._at[k] = at
+        return at
+
+    def wide(self, columns: Collection[str] | None = None, rows: pl.Series | None = None) -> pl.DataFrame:
+        """``patient_id`` and the statistic columns (those in ``columns``, default all, in :attr:`columns`
+        order), one row per person in ``state.persons`` order, or only the persons at positions ``rows``
+        (UInt32, in that order). Null where the patient has no fact in the feature."""
+        ids = self._ids if rows is None else self._ids.gather(rows)
+        n = ids.len()
+        nulls: dict[pl.DataType, pl.Series] = {}
+        picked: dict[int, pl.Series] = {}
+        out = [ids]
+        for name in self._plan.columns:
+            if columns is not None and name not in columns:
+                continue
+            dtype = self._plan.dtypes[name]
+            hit = self._source.get(name)
+            if hit is None:
+                if dtype not in nulls:
+                    nulls[dtype] = constant("", None, dtype, n)
+                out.append(nulls[dtype].alias(name))
+                continue
+            k, stat = hit
+            at = picked.get(k)
+            if at is None:
+                at = self._index(k)
+                picked[k] = at = at if rows is None else at.gather(rows)
+            out.append(self._parts[k].get_column(stat).cast(dtype).gather(at).alias(name))
+        return pl.DataFrame(out)

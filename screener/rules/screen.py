@@ -7,14 +7,14 @@ statistics per patient; :mod:`screener.rules.criteria` evaluates each study's cr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import polars as pl
 
 from screener.rules._facts import ensure_columns
 from screener.rules.criteria import compiled, staged, study_frame
-from screener.rules.features import ENGINE, attributes, feature_frame
+from screener.rules.features import ENGINE, FeatureStats, attributes, feature_stats
 from screener.rules.model import Study
 from screener.rules.results import (
     CRITERIA_DTYPE,
@@ -62,11 +62,41 @@ def _registrations(state: PatientState, studies: Sequence[Study]) -> pl.DataFram
     return None
 
 
-def _base(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
-    """One row per person (``state.persons`` order): the attributes, then every feature statistic."""
+_Inputs = tuple[pl.DataFrame, FeatureStats]
+
+
+def _inputs(state: PatientState, studies: Sequence[Study], now: datetime) -> _Inputs:
+    """The attributes (one row per person, ``state.persons`` order) and the feature statistics."""
     attrs = attributes(state.persons, now, _registrations(state, studies)).collect(engine=ENGINE)
-    wide = feature_frame(state, studies, now)
-    return pl.concat([attrs, wide.drop("patient_id")], how="horizontal")
+    return attrs, feature_stats(state, studies, now)
+
+
+def _base(
+    state: PatientState,
+    studies: Sequence[Study],
+    now: datetime,
+    inputs: tuple[pl.DataFrame, FeatureStats] | None = None,
+) -> pl.DataFrame:
+    """One row per person (``state.persons`` order): the attributes, then every feature statistic."""
+    attrs, stats = inputs or _inputs(state, studies, now)
+    return pl.concat([attrs, stats.wide().drop("patient_id")], how="horizontal")
+
+
+def _columns(frame: pl.DataFrame, names: Iterable[str]) -> pl.DataFrame:
+    """``frame``'s columns ``names``, picked by name (a ``select`` on the wide frame plans over all its columns)."""
+    return pl.DataFrame([frame.get_column(c) for c in names])
+
+
+def _matched_rows(full: pl.DataFrame, stats: FeatureStats, names: Sequence[str], mask: pl.Series) -> pl.DataFrame:
+    """The columns ``names`` of the rows of ``full`` where ``mask`` is true: those ``full`` has, and the feature
+    statistics it was built without (only the evidence reads them), widened for these rows only."""
+    have = set(full.columns)
+    part = _columns(full, [c for c in names if c in have]).filter(mask)
+    missing = {c for c in names if c not in have}
+    if not missing:
+        return part
+    extra = stats.wide(missing, mask.arg_true())
+    return pl.concat([part, extra.drop("patient_id")], how="horizontal")
 
 
 def screen(
@@ -146,7 +176,13 @@ def _screen(
         return pl.DataFrame(schema=schema), (_counts_frame(studies, zeros, zeros, 0) if want_counts else None)
     n_persons = state.persons.height
     comps = [compiled(s) for s in studies]
-    base = _plain(_base(state, studies, now)).lazy()
+    attrs, stats = inputs = _inputs(state, studies, now)
+    if evidence == "all":
+        base = _plain(_base(state, studies, now, inputs)).lazy()
+    else:
+        # only the statistics the values read: the evidence's own are widened for the matched rows only
+        reads = set().union(*(c.value_inputs for c in comps))
+        base = _plain(pl.concat([attrs, stats.wide(reads).drop("patient_id")], how="horizontal")).lazy()
     pairs = list(zip(studies, comps, strict=True))
     small = n_persons <= _SMALL_CALL
     if evidence == "all":
@@ -178,15 +214,24 @@ def _screen(
     hits = [i for i, n in enumerate(match_counts) if n]
     with_ev: dict[int, pl.DataFrame] = {}
     if hits:
-        union = full.filter(pl.any_horizontal(matched[i] for i in hits))
-        if small or union.height * len(hits) <= 2 * sum(match_counts) or union.height <= _SMALL_UNION:
+        # the rows matched in each study and in some study (masks: filtering the wide frame would copy every column)
+        masks = full.select(
+            *(matched[i].alias(f"_m{i}") for i in hits), pl.any_horizontal(matched[i] for i in hits).alias("_m")
+        )
+        union = masks.get_column("_m")
+        n_union = int(union.sum())
+        if small or n_union * len(hits) <= 2 * sum(match_counts) or n_union <= _SMALL_UNION:
             # Few rows: one frame for every study with a match (a frame per study costs more than the extra rows).
-            need = dict.fromkeys(col for i in hits for col in comps[i].evidence_inputs)
-            ev = staged(union.select(list(need)).lazy(), [comps[i].evidence for i in hits]).collect(engine=ENGINE)
+            need = list(dict.fromkeys(col for i in hits for col in comps[i].evidence_inputs))
+            rows_ev = _matched_rows(full, stats, need, union)
+            ev = staged(rows_ev.lazy(), [comps[i].evidence for i in hits]).collect(engine=ENGINE)
             with_ev = dict.fromkeys(hits, ev)
         else:
             parts = [
-                staged(full.select(comps[i].evidence_inputs).filter(matched[i]).lazy(), [comps[i].evidence])
+                staged(
+                    _matched_rows(full, stats, comps[i].evidence_inputs, masks.get_column(f"_m{i}")).lazy(),
+                    [comps[i].evidence],
+                )
                 for i in hits
             ]
             with_ev = dict(zip(hits, pl.collect_all(parts, engine=ENGINE), strict=True))

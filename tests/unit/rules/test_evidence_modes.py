@@ -15,6 +15,7 @@ import pytest
 
 from connectors.synthetic.population import generate_frames
 from screener.rules import load_studies, screen, screen_with_counts
+from screener.rules.features import feature_frame, feature_stats
 from screener.state import PatientState
 
 RULES = Path(__file__).resolve().parents[3] / "rules"
@@ -242,11 +243,26 @@ def test_feature_frame_has_one_row_per_person_in_order(population, studies):
     """feature_frame scatters each (patient, feature) statistic to the patient's row: one row per person, in
     ``state.persons`` order, and a patient's statistics do not depend on where the patient sits."""
     state, now = population
-    wide = SCREEN_MODULE.feature_frame(state, studies, now)
+    wide = feature_frame(state, studies, now)
     assert wide["patient_id"].equals(state.persons["patient_id"])
     assert wide.width > 20 and wide.select(pl.any_horizontal(pl.exclude("patient_id").is_not_null())).sum().item() > 100
     flipped = PatientState(state.persons.reverse(), state.facts.reverse())
-    assert SCREEN_MODULE.feature_frame(flipped, studies, now).reverse().equals(wide)
+    assert feature_frame(flipped, studies, now).reverse().equals(wide)
     half = state.persons.height // 2
     tail = state.select_patients(state.persons["patient_id"][half:])
-    assert SCREEN_MODULE.feature_frame(tail, studies, now).equals(wide.slice(half))
+    assert feature_frame(tail, studies, now).equals(wide.slice(half))
+
+
+def test_feature_stats_widen_some_columns_for_some_rows(population, studies):
+    """FeatureStats.wide(columns, rows) is exactly those columns of those rows of the full wide frame (the
+    evidence of matched rows is widened this way), in the order the rows are given."""
+    state, now = population
+    stats = feature_stats(state, studies, now)
+    wide = stats.wide()
+    assert wide.equals(feature_frame(state, studies, now))
+    some = set(stats.columns[1::3])
+    rows = pl.Series([5, 0, 3, 3, state.persons.height - 1], dtype=pl.UInt32)
+    part = stats.wide(some, rows)
+    assert part.columns == ["patient_id", *(c for c in stats.columns if c in some)]
+    assert part.equals(wide.select(part.columns)[rows])
+    assert stats.wide(set(), pl.Series([], dtype=pl.UInt32)).columns == ["patient_id"]
