@@ -61,7 +61,7 @@ def main() -> None:
             log.committed[("ev", p)] = 0  # the group had processed what the store holds
         database = f"sqlite:///{work / 'worklist.db'}"
 
-        def engine(disk: str) -> tuple[Engine, Any]:
+        def engine(disk: str) -> tuple[Engine, Any, InMemoryConsumer]:
             settings = Settings(
                 rules_dir=rules,
                 state_dir=work / disk,
@@ -74,15 +74,16 @@ def main() -> None:
                 rescreen_interval_s=10**6,
             )
             sql = SqlStore(database)
+            consumer = InMemoryConsumer(log)  # kept: the engine holds its consumer only from start()
             made = Engine(
                 settings,
                 sql,
                 metrics=Metrics(CollectorRegistry()),
-                consumer=InMemoryConsumer(log),
+                consumer=consumer,
                 producer=InMemoryProducer(log),
                 history=open_store(work / "history"),
             )
-            return made, sql
+            return made, sql, consumer
 
         def run_until_end(e: Engine) -> None:
             end = {p: len(log.topics["ev"][p]) for p in range(args.partitions)}
@@ -90,7 +91,7 @@ def main() -> None:
                 e.step()
 
         payloads = event_payloads(args.events + args.gap, now, seed=11, start_index=50_000_000)
-        a, sql_a = engine("disk-a")
+        a, sql_a, _ = engine("disk-a")
         a.start()
         t = time.perf_counter()
         a.step()
@@ -114,9 +115,7 @@ def main() -> None:
         del a  # a kill -9: no close, no snapshot, no store append
         sql_a.close()
 
-        b, sql_b = engine("disk-b")
-        consumer = b._consumer
-        assert isinstance(consumer, InMemoryConsumer)
+        b, sql_b, consumer = engine("disk-b")
         b.start()  # the survivor was running already: its start (rules, clients) is not part of the takeover
         t0 = time.perf_counter()
         consumer.assign_all()  # what the group's rebalance does: every partition restored, before any fetch
