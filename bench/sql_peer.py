@@ -92,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         help="screener screens this many patients per call (inside its timing; bounds its memory at 1M realistic)",
     )
     ap.add_argument("--spark", default=None, metavar="MASTER", help="also time Spark on MASTER, e.g. local[2]")
+    ap.add_argument(
+        "--duckdb-memory",
+        default="8GB",
+        help="DuckDB's memory_limit (it spills beyond it; its own default, 80%% of RAM, got the 1M replica "
+        "run OOM-killed on a shared 24 GB machine)",
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("POLARS_MAX_THREADS", str(args.threads))
 
@@ -135,12 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     state = PatientState(persons=persons, facts=facts)
     print(
         f"workload={args.workload}: {args.patients:,} patients, {facts.height:,} facts, {len(studies)} of "
-        f"{len(loaded.studies)} studies compared, {args.threads} threads each; load {os.getloadavg()}"
+        f"{len(loaded.studies)} studies compared, {args.threads} threads each (DuckDB memory_limit "
+        f"{args.duckdb_memory}); load {os.getloadavg()}"
     )
     with tempfile.TemporaryDirectory(prefix="sql-peer-") as tmp:
         fpath, ppath = write_parquet(state, tmp)
         ours = _screen(state, studies, now, args.chunk)
-        theirs = run_parquet(studies, now, fpath, ppath, threads=args.threads)
+        theirs = run_parquet(studies, now, fpath, ppath, threads=args.threads, memory_limit=args.duckdb_memory)
         key = ["study_id", "patient_id"]
         a = ours.select(*key, "outcome").sort(key)
         b = theirs.select(*key, "outcome").sort(key)
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             # DuckDB materialises its result in its own memory (as screen() returns a frame in Polars'),
             # with the SQL generated inside the timing as screen() compiles inside its own; the query runs as
             # its steps (shared ones as temp tables: DuckDB plans the whole query far slower than it runs it).
-            con = connect(args.threads)
+            con = connect(args.threads, args.duckdb_memory)
             t = time.perf_counter()
             con.execute("CREATE TEMP TABLE _out AS " + prepare(con, studies, now, fpath, ppath))
             t_sql.append(time.perf_counter() - t)

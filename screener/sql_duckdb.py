@@ -48,8 +48,9 @@ def parquet_sql(studies: Sequence[Study], now: datetime, facts: Path, persons: P
     return to_sql(studies, now, "duckdb", facts=_rel(facts), persons=_rel(persons))
 
 
-def connect(threads: int | None = None) -> Any:
-    """A fresh in-memory DuckDB connection (progress bar off, ``threads`` when given)."""
+def connect(threads: int | None = None, memory_limit: str | None = None) -> Any:
+    """A fresh in-memory DuckDB connection (progress bar off; ``threads`` and ``memory_limit``, e.g. ``"8GB"``,
+    when given: DuckDB spills beyond the limit)."""
     import duckdb
 
     con = duckdb.connect()
@@ -57,6 +58,8 @@ def connect(threads: int | None = None) -> Any:
     con.execute("SET TimeZone = 'UTC'")  # the generated SQL takes calendar windows and dates in UTC
     if threads is not None:
         con.execute(f"SET threads = {int(threads)}")
+    if memory_limit is not None:
+        con.execute("SET memory_limit = ?", [memory_limit])
     return con
 
 
@@ -73,10 +76,16 @@ def prepare(con: Any, studies: Sequence[Study], now: datetime, facts: Path, pers
 
 
 def run_parquet(
-    studies: Sequence[Study], now: datetime, facts: Path, persons: Path, *, threads: int | None = None
+    studies: Sequence[Study],
+    now: datetime,
+    facts: Path,
+    persons: Path,
+    *,
+    threads: int | None = None,
+    memory_limit: str | None = None,
 ) -> pl.DataFrame:
     """The generated SQL's rows (:data:`RESULT_SCHEMA`) over the two Parquet files, on a fresh DuckDB."""
-    con = connect(threads)
+    con = connect(threads, memory_limit)
     try:
         # handed to Polars through the Arrow C stream (no pyarrow, no Python tuple per row: fetchall() of 1M
         # patients x 17 studies took over 20 GB)
