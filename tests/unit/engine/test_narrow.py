@@ -124,28 +124,18 @@ def test_a_rule_change_screens_only_the_gated_patients_and_still_closes_a_known_
     settings: Any, make_event: Any, tmp_path: Path
 ) -> None:
     """The engine's wiring: the worker's gate scan of the store, the catch-up's patients, the known matches."""
-    from prometheus_client import CollectorRegistry
     from structlog.testing import capture_logs
 
     from screener.alerts.memory import MemoryStore
     from screener.clock import FixedClock
-    from screener.engine import Engine
     from screener.history import open_store
-    from screener.metrics import Metrics
-    from screener.testing import InMemoryConsumer, InMemoryLog, InMemoryProducer
+    from screener.testing import InMemoryLog
+    from tests._support.engines import started_engine
 
     rules = Path(settings.rules_dir)
     (rules / "dm.yaml").write_text(_study("DM", "  adult: age >= 18\n  diabetic: t2dm|ever\n"))
     log, store = InMemoryLog(2), MemoryStore()
-    engine = Engine(
-        settings,
-        store,
-        metrics=Metrics(CollectorRegistry()),
-        clock=FixedClock(NOW),
-        consumer=InMemoryConsumer(log),
-        producer=InMemoryProducer(log),
-        history=open_store(tmp_path / "h"),
-    ).start()
+    engine = started_engine(settings, log, store, clock=FixedClock(NOW), history=open_store(tmp_path / "h"))
 
     def drain(steps: int = 6) -> None:
         for _ in range(steps):
