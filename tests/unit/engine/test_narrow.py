@@ -12,18 +12,16 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from screener.engine._narrow import gated_patients, narrowing
-from screener.rules import load_studies, screen
+from screener.rules import screen
 from screener.state import PatientState
+from tests._support.samples import sample_studies
 
-ROOT = Path(__file__).resolve().parents[3]
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
 def studies() -> dict[str, Any]:
-    loaded = load_studies([ROOT / "rules"])
-    assert not loaded.errors
-    return {s.id: s for s in loaded.studies}
+    return {s.id: s for s in sample_studies()}
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,16 @@ test_evidence_population.py (here on three patients).
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import polars as pl
 import pytest
 
 from connectors.synthetic.population import generate_frames
-from screener.rules import load_studies, loads_study, screen, screen_with_counts
+from screener.rules import loads_study, screen, screen_with_counts
 from screener.rules.features import feature_frame, feature_stats
 from screener.state import PatientState
 from tests._support.evidence import MATCH, SCREEN_MODULE, Screens, check_modes, check_rows_matches
-
-RULES = Path(__file__).resolve().parents[3] / "rules"
+from tests._support.samples import sample_studies
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +30,7 @@ def population():
 
 @pytest.fixture(scope="module")
 def studies():
-    loaded = load_studies([RULES])
-    assert not loaded.errors
-    return loaded.studies
+    return list(sample_studies())
 
 
 def _by_key(frame: pl.DataFrame) -> dict[tuple[str, str], dict]:
