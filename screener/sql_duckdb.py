@@ -65,11 +65,16 @@ def connect(threads: int | None = None, memory_limit: str | None = None) -> Any:
 
 def prepare(con: Any, studies: Sequence[Study], now: datetime, facts: Path, persons: Path) -> str:
     """Create the steps of the generated SQL (:func:`to_sql_steps`) on ``con`` as temporary tables (the shared
-    ones) and views; returns the final query over them.
+    ones) and views, over the temporary views ``facts`` and ``persons`` of the two files; returns the final
+    query over them.
 
     One statement per step: planning the whole query at once costs DuckDB far more than running it (about
-    20 s of planning for the 17 sample studies, against 1-2 s of execution, on the loaded 2-core VM)."""
-    steps = to_sql_steps(studies, now, "duckdb", facts=_rel(facts), persons=_rel(persons))
+    20 s of planning for the 17 sample studies, against 1-2 s of execution, on the loaded 2-core VM). The
+    relations are named, not spelled as ``read_parquet(path)`` in the query, so the query does not depend on
+    where the files are and its lowering is cached (:func:`screener.rules.sql.clear_cache`)."""
+    con.execute(f"CREATE OR REPLACE TEMP VIEW facts AS SELECT * FROM {_rel(facts)}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW persons AS SELECT * FROM {_rel(persons)}")
+    steps = to_sql_steps(studies, now, "duckdb", facts="facts", persons="persons")
     for name, body, shared in steps.views:
         con.execute(f"CREATE OR REPLACE TEMP {'TABLE' if shared else 'VIEW'} {name} AS {body}")
     return steps.final

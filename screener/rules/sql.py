@@ -16,6 +16,7 @@ criterion and construct: never a wrong answer.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +30,7 @@ from screener.rules._sql_features import FeatureSQL
 from screener.rules.ir import BOOL, IR, Arr, Attr, Bin, Cond, Feat, Lit, Not
 from screener.rules.model import Criterion, Study
 
-__all__ = ["SQL_ATTRIBUTES", "SqlSteps", "criterion_names", "to_sql", "to_sql_steps"]
+__all__ = ["SQL_ATTRIBUTES", "SqlSteps", "clear_cache", "criterion_names", "to_sql", "to_sql_steps"]
 
 _CMP = ("==", "!=", "<", "<=", ">", ">=")
 
@@ -221,7 +222,8 @@ class SqlSteps:
     final: str
 
 
-def _tree(studies: Sequence[Study], now: datetime, facts: str, persons: str) -> exp.Expr:
+def _text(studies: Sequence[Study], now: datetime, facts: str, persons: str) -> str:
+    """The query in DuckDB's dialect, as text (cheap: SQLGlot's parse and generation cost far more)."""
     if now.tzinfo is None:
         raise ValueError("to_sql() needs a timezone-aware 'now'")
     if not studies:
@@ -252,8 +254,34 @@ def _tree(studies: Sequence[Study], now: datetime, facts: str, persons: str) -> 
     ctes.append(f"_base AS MATERIALIZED (SELECT a.*, {', '.join(cols)} FROM _attrs AS a{joins})")
     for study_ctes, _ in bodies:
         ctes += study_ctes
-    text = "WITH " + ", ".join(ctes) + " " + " UNION ALL ".join(final for _, final in bodies)
+    return "WITH " + ", ".join(ctes) + " " + " UNION ALL ".join(final for _, final in bodies)
+
+
+#: How many lowered queries are kept (:func:`clear_cache`). SQLGlot's parse and generation take most of a
+#: lowering (about 80 ms of 90 for one sample study), and the same studies at the same instant over the same
+#: relations give the same text (a test lowers the query it then runs; a bench runs it again). Few are kept: the
+#: parsed tree of many studies is large.
+CACHE_SIZE = 16
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _parsed(text: str) -> exp.Expr:
+    """The parsed query; shared, so never changed in place (callers copy or transform it)."""
     return sqlglot.parse_one(text, read="duckdb")
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _generated(text: str, dialect: str, pretty: bool) -> str:
+    tree = _parsed(text)
+    if dialect != "duckdb":
+        tree = tree.transform(_portable)  # a copy
+    return tree.sql(dialect=dialect, pretty=pretty)
+
+
+def clear_cache() -> None:
+    """Forget the lowered queries (the cache holds at most :data:`CACHE_SIZE` of each kind)."""
+    for cached in (_parsed, _generated, _steps):
+        cached.cache_clear()
 
 
 def to_sql(
@@ -271,10 +299,7 @@ def to_sql(
     DuckDB). The session time zone must be UTC (calendar windows and dates are taken in it). Raises
     :class:`RuleError` for a construct the lowering does not support.
     """
-    tree = _tree(studies, now, facts, persons)
-    if dialect != "duckdb":
-        tree = tree.transform(_portable)
-    return tree.sql(dialect=dialect, pretty=pretty)
+    return _generated(_text(studies, now, facts, persons), dialect, pretty)
 
 
 def to_sql_steps(
@@ -283,7 +308,12 @@ def to_sql_steps(
     """:func:`to_sql` as :class:`SqlSteps`: each CTE up to the per-patient base (``_base``) a statement of its own
     (shared ones marked), then the final query, which keeps the per-study CTEs (each read once) over them. CTE
     names start with ``_``, so they never shadow ``facts`` or ``persons``."""
-    tree = _tree(studies, now, facts, persons)
+    return _steps(_text(studies, now, facts, persons), dialect)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _steps(text: str, dialect: str) -> SqlSteps:
+    tree = _parsed(text).copy()  # cut below
     key = "with_" if "with_" in tree.args else "with"
     with_ = tree.args.get(key)
     assert isinstance(with_, exp.With)

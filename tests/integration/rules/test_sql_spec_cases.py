@@ -47,8 +47,11 @@ def test_spec_case_on_duckdb(item):
     failures = []
     for patient in case.patients:
         study = loads_study(GEN.rule_text(case, patient), f"{spec.path.stem}.yaml")
+        # at each instant the cases run at: the query is then cached for duckdb_screen (screener.rules.sql)
+        instants = dict.fromkeys(tc.now for tc in study.tests) or [NOW]
         try:
-            to_sql([study], datetime(2026, 1, 1, tzinfo=UTC))
+            for at in instants:
+                to_sql([study], at)
         except RuleError as exc:  # every construct lowers: one that does not is a defect, never a skip
             pytest.fail(f"not lowered to SQL: {str(exc).splitlines()[0]}")
         for tc in study.tests:

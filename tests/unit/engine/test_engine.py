@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from screener.alerts.memory import MemoryStore
 from screener.clock import FixedClock
 from screener.engine import Engine
 from screener.errors import DeliveryError
-from screener.metrics import Metrics
+from tests._support.engines import started_engine
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 
@@ -25,18 +24,7 @@ def person(make_event: Any, pid: str, birth: str, **extra: Any) -> Any:
 
 
 def build(settings: Any, log: Any, mini: Any, store: MemoryStore | None = None, clock: Any = None) -> Engine:
-    from conftest import FakeConsumer, FakeProducer  # type: ignore[import-not-found]
-
-    return Engine(
-        settings,
-        store or MemoryStore(),
-        metrics=Metrics(CollectorRegistry()),
-        clock=clock or FixedClock(NOW),
-        consumer=FakeConsumer(log),
-        producer=FakeProducer(log),
-        loader=mini["loader"],
-        screen=mini["screen"],
-    ).start()
+    return started_engine(settings, log, store, mini=mini, clock=clock)
 
 
 @pytest.fixture(autouse=True)
@@ -224,8 +212,6 @@ def test_study_dates_are_respected(settings: Any, log: Any, mini: Any, make_even
 
 
 def test_snapshot_on_revocation_restores_without_replay(settings: Any, log: Any, mini: Any, make_event: Any) -> None:
-    from conftest import FakeConsumer, FakeProducer
-
     write_rule(settings, "a", "id=ADULT min_age=18")
     store = MemoryStore()
     engine = build(settings, log, mini, store)
@@ -235,16 +221,7 @@ def test_snapshot_on_revocation_restores_without_replay(settings: Any, log: Any,
     engine._consumer.revoke_all()
     snaps = sorted(p.name for p in Path(settings.state_dir).iterdir() if p.name != "history")
     assert snaps == ["ev-0", "ev-1"]
-    second = Engine(
-        settings,
-        store,
-        metrics=Metrics(CollectorRegistry()),
-        clock=FixedClock(NOW),
-        consumer=FakeConsumer(log),
-        producer=FakeProducer(log),
-        loader=mini["loader"],
-        screen=mini["screen"],
-    ).start()
+    second = build(settings, log, mini, store)
     second.step()
     assert second.caught_up
     assert second.state().persons.height == 20
@@ -254,8 +231,6 @@ def test_snapshot_on_revocation_restores_without_replay(settings: Any, log: Any,
 def test_restart_without_snapshot_replays_and_matches_nothing_twice(
     settings: Any, log: Any, mini: Any, make_event: Any
 ) -> None:
-    from conftest import FakeConsumer, FakeProducer
-
     write_rule(settings, "a", "id=ADULT min_age=18")
     store = MemoryStore()
     engine = build(settings, log, mini, store)
@@ -263,16 +238,7 @@ def test_restart_without_snapshot_replays_and_matches_nothing_twice(
         log.publish("ev", person(make_event, f"P{i}", "1970-01-01"))
     run_until_idle(engine)
     # "kill -9": no close, no snapshot. The next engine replays the committed records without screening.
-    second = Engine(
-        settings,
-        store,
-        metrics=Metrics(CollectorRegistry()),
-        clock=FixedClock(NOW),
-        consumer=FakeConsumer(log),
-        producer=FakeProducer(log),
-        loader=mini["loader"],
-        screen=mini["screen"],
-    ).start()
+    second = build(settings, log, mini, store)
     log.publish("ev", person(make_event, "P99", "1970-01-01"))
     run_until_idle(second)
     assert second.caught_up and second.state().persons.height == 11
@@ -311,7 +277,7 @@ def test_a_match_whose_publish_failed_is_published_once_by_the_sweep(
 ) -> None:
     """The crash window between the worklist write and the broker's acknowledgement: the match is stored but
     not on screening.matches. Redoing the batch finds it already stored; the sweep publishes it, once."""
-    from conftest import FakeConsumer, FakeProducer  # type: ignore[import-not-found]
+    from conftest import FakeProducer  # type: ignore[import-not-found]
 
     class BrokenMatchesTopic(FakeProducer):  # type: ignore[misc]
         """Loses everything sent to the matches topic, and fails the flush, while ``down``."""
@@ -333,16 +299,7 @@ def test_a_match_whose_publish_failed_is_published_once_by_the_sweep(
     write_rule(settings, "a", "id=ADULT min_age=18")
     store = MemoryStore()
     producer = BrokenMatchesTopic(log)
-    engine = Engine(
-        settings,
-        store,
-        metrics=Metrics(CollectorRegistry()),
-        clock=FixedClock(NOW),
-        consumer=FakeConsumer(log),
-        producer=producer,
-        loader=mini["loader"],
-        screen=mini["screen"],
-    ).start()
+    engine = started_engine(settings, log, store, mini=mini, producer=producer)
     log.publish("ev", person(make_event, "P1", "1970-01-01"))
     run_until_idle(engine)
     assert store.matches()["patient_id"].to_list() == ["P1"]  # stored...

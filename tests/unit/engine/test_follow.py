@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from prometheus_client import CollectorRegistry
 
 from screener.alerts.memory import MemoryStore
 from screener.clock import FixedClock
 from screener.engine import Engine
 from screener.history import open_store
-from screener.metrics import Metrics
-from screener.testing import InMemoryConsumer, InMemoryLog, InMemoryProducer
+from screener.testing import InMemoryLog
+from tests._support.engines import started_engine
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 
@@ -39,17 +38,7 @@ class SpyStore(MemoryStore):
 
 def engine_for(settings: Any, log: InMemoryLog, mini: Any, store: MemoryStore, history: Any) -> Engine:
     (Path(settings.rules_dir) / "dm.yaml").write_text("id=DM min_age=18 icd10=E11")
-    return Engine(
-        settings,
-        store,
-        metrics=Metrics(CollectorRegistry()),
-        clock=FixedClock(NOW),
-        consumer=InMemoryConsumer(log),
-        producer=InMemoryProducer(log),
-        loader=mini["loader"],
-        screen=mini["screen"],
-        history=history,
-    ).start()
+    return started_engine(settings, log, store, mini=mini, clock=FixedClock(NOW), history=history)
 
 
 def drain(engine: Engine) -> None:

@@ -12,15 +12,14 @@ from typing import Any
 
 import polars as pl
 import pytest
-from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from screener.alerts.memory import MemoryStore
 from screener.clock import FixedClock
 from screener.engine import Engine
 from screener.history import HistoryStore, open_store
-from screener.metrics import Metrics
-from screener.testing import InMemoryConsumer, InMemoryLog, InMemoryProducer
+from screener.testing import InMemoryConsumer, InMemoryLog
+from tests._support.engines import started_engine
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 
@@ -28,17 +27,7 @@ NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 def make_engine(
     settings: Any, log: InMemoryLog, mini: Any, store: MemoryStore, history: HistoryStore | None = None
 ) -> Engine:
-    return Engine(
-        settings,
-        store,
-        metrics=Metrics(CollectorRegistry()),
-        clock=FixedClock(NOW),
-        consumer=InMemoryConsumer(log),
-        producer=InMemoryProducer(log),
-        loader=mini["loader"],
-        screen=mini["screen"],
-        history=history,
-    ).start()
+    return started_engine(settings, log, store, mini=mini, clock=FixedClock(NOW), history=history)
 
 
 def drain(engine: Engine, steps: int = 6) -> None:

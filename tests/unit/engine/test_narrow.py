@@ -12,18 +12,16 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from screener.engine._narrow import gated_patients, narrowing
-from screener.rules import load_studies, screen
+from screener.rules import screen
 from screener.state import PatientState
+from tests._support.samples import sample_studies
 
-ROOT = Path(__file__).resolve().parents[3]
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
 def studies() -> dict[str, Any]:
-    loaded = load_studies([ROOT / "rules"])
-    assert not loaded.errors
-    return {s.id: s for s in loaded.studies}
+    return {s.id: s for s in sample_studies()}
 
 
 @pytest.fixture(scope="module")
@@ -124,28 +122,18 @@ def test_a_rule_change_screens_only_the_gated_patients_and_still_closes_a_known_
     settings: Any, make_event: Any, tmp_path: Path
 ) -> None:
     """The engine's wiring: the worker's gate scan of the store, the catch-up's patients, the known matches."""
-    from prometheus_client import CollectorRegistry
     from structlog.testing import capture_logs
 
     from screener.alerts.memory import MemoryStore
     from screener.clock import FixedClock
-    from screener.engine import Engine
     from screener.history import open_store
-    from screener.metrics import Metrics
-    from screener.testing import InMemoryConsumer, InMemoryLog, InMemoryProducer
+    from screener.testing import InMemoryLog
+    from tests._support.engines import started_engine
 
     rules = Path(settings.rules_dir)
     (rules / "dm.yaml").write_text(_study("DM", "  adult: age >= 18\n  diabetic: t2dm|ever\n"))
     log, store = InMemoryLog(2), MemoryStore()
-    engine = Engine(
-        settings,
-        store,
-        metrics=Metrics(CollectorRegistry()),
-        clock=FixedClock(NOW),
-        consumer=InMemoryConsumer(log),
-        producer=InMemoryProducer(log),
-        history=open_store(tmp_path / "h"),
-    ).start()
+    engine = started_engine(settings, log, store, clock=FixedClock(NOW), history=open_store(tmp_path / "h"))
 
     def drain(steps: int = 6) -> None:
         for _ in range(steps):

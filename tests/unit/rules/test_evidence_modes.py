@@ -1,26 +1,24 @@
 """screen(evidence=...): the modes agree on every outcome and criterion result; evidence only where asked.
 
 Also: compiled expressions are cached per study but never bake in the screening instant, and the default mode
-keeps patients in ``state.persons`` order within each study.
+keeps patients in ``state.persons`` order within each study. The checks are in tests/_support/evidence.py; the
+evidence built study by study on the whole population is checked in tests/integration/rules/
+test_evidence_population.py (here on three patients).
 """
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import polars as pl
 import pytest
 
 from connectors.synthetic.population import generate_frames
-from screener.rules import load_studies, screen, screen_with_counts
+from screener.rules import loads_study, screen, screen_with_counts
 from screener.rules.features import feature_frame, feature_stats
 from screener.state import PatientState
-
-RULES = Path(__file__).resolve().parents[3] / "rules"
-SCREEN_MODULE = sys.modules[screen.__module__]
-MATCH = ("eligible", "possible")
+from tests._support.evidence import MATCH, SCREEN_MODULE, Screens, check_modes, check_rows_matches
+from tests._support.samples import sample_studies
 
 
 @pytest.fixture(scope="module")
@@ -32,70 +30,17 @@ def population():
 
 @pytest.fixture(scope="module")
 def studies():
-    loaded = load_studies([RULES])
-    assert not loaded.errors
-    return loaded.studies
+    return list(sample_studies())
 
 
 def _by_key(frame: pl.DataFrame) -> dict[tuple[str, str], dict]:
     return {(r["study_id"], r["patient_id"]): r for r in frame.to_dicts()}
 
 
-KEY = ["study_id", "patient_id"]
-
-
-def _differing(got: pl.DataFrame, want: pl.DataFrame, column: str) -> list[tuple[str, str]]:
-    """The keys (at most five) of the rows whose ``column`` differs (nulls equal) between two frames of the same
-    keys in the same order: empty when the column is the same."""
-    differs = ~got[column].eq_missing(want[column])
-    return list(want.filter(differs).head(5).select(KEY).iter_rows())
-
-
-def _skeleton(frame: pl.DataFrame) -> pl.DataFrame:
-    """Each row's criteria without their evidence: a list of (name, group, result)."""
-    fields = [pl.element().struct.field(f) for f in ("name", "group", "result")]
-    return frame.select(*KEY, pl.col("criteria").list.eval(pl.struct(fields)))
-
-
-def _evidence_is(frame: pl.DataFrame, present: bool) -> pl.Series:
-    """Per row: whether every criterion's evidence is there (``present``) or missing (an empty list: true)."""
-    evidence = pl.element().struct.field("evidence")
-    test = evidence.is_not_null() if present else evidence.is_null()
-    return frame.select(pl.col("criteria").list.eval(test).list.all()).to_series()
-
-
-def _check_modes(state: PatientState, studies, now) -> pl.DataFrame:
-    """The four evidence modes give the same outcomes, rule hashes and criterion results for every (study,
-    patient); evidence texts are in every row of evidence="all", in the matched rows only of "matches", nowhere in
-    "none", and "outcomes" keeps the criteria of the matched rows only. Compared as frames sorted by study and
-    patient (one row each), not row by row in Python: that cost most of this file's time."""
-    full = screen(state, studies, now)
-    matches = screen(state, studies, now, evidence="matches")
-    none = screen(state, studies, now, evidence="none")
-    outcomes = screen(state, studies, now, evidence="outcomes")
-    for frame in (matches, none, outcomes):
-        assert frame.schema == full.schema
-        assert frame.height == full.height == state.persons.height * len(studies)
-    a, m, n, o = (frame.sort(KEY) for frame in (full, matches, none, outcomes))
-    assert a.select(KEY).is_unique().all()
-    assert all(frame["criteria"].null_count() == 0 for frame in (a, m, n))  # a list, maybe empty, in every row
-    for other in (m, n, o):
-        assert other.select(KEY).equals(a.select(KEY))
-    matched = a["outcome"].is_in(MATCH)
-    for column in ("outcome", "rule_hash"):
-        for other in (m, n, o):
-            assert not _differing(other, a, column), (column, _differing(other, a, column))
-    only_matched = a.with_columns(pl.when(matched).then(pl.col("criteria")).alias("criteria"))
-    assert not _differing(o, only_matched, "criteria"), _differing(o, only_matched, "criteria")
-    for other in (m, n):
-        assert not _differing(_skeleton(other), _skeleton(a), "criteria"), _differing(
-            _skeleton(other), _skeleton(a), "criteria"
-        )
-    assert _evidence_is(a, present=True).all()
-    assert _evidence_is(n, present=False).all()
-    assert not _differing(m.filter(matched), a.filter(matched), "criteria")
-    assert _evidence_is(m.filter(~matched), present=False).all()
-    return full
+@pytest.fixture(scope="module")
+def screens() -> Screens:
+    """The population's screens, each run once for the checks of this module that ask for it again."""
+    return Screens()
 
 
 @pytest.fixture(params=["per-study", "one-query"])
@@ -105,9 +50,9 @@ def call_size(request, monkeypatch):
     return request.param
 
 
-def test_modes_agree_on_the_sample_studies(population, studies, call_size):
+def test_modes_agree_on_the_sample_studies(population, studies, screens, call_size):
     state, now = population
-    full = _check_modes(state, studies, now)
+    full = check_modes(screens, state, studies, now)
     counts = dict(full.group_by("outcome").len().iter_rows())
     assert counts.get("eligible", 0) + counts.get("possible", 0) > 0  # the comparison covered evidence rows
     assert counts.get("ineligible", 0) > 0
@@ -145,67 +90,55 @@ def test_cached_compilation_does_not_bake_in_now(kit):
     assert late[0]["evidence"] == "last stroke 735 days ago (I63.9 on 2026-05-27)"
 
 
-def test_engine_screens_only_the_matches_with_their_evidence(population, studies):
+def test_engine_screens_only_the_matches_with_their_evidence(population, studies, screens):
     from screener.engine import _default_screen
 
     state, now = population
     result = _default_screen(state, studies, now)
-    full = screen(state, studies, now)
+    full = screens.screen(state, studies, now)
     assert result.schema == full.schema
     assert _by_key(result) == _by_key(full.filter(pl.col("outcome").is_in(MATCH)))
     assert result.height and result["criteria"].explode().struct.field("evidence").null_count() == 0
 
 
-def _same_rows(got: pl.DataFrame, want: pl.DataFrame) -> bool:
-    """The same rows (the same columns and values, nulls equal) whatever their order; a row is identified by its
-    study and patient. Compared as frames: turning thousands of rows with nested criteria into Python dicts cost
-    most of this file's time."""
-    key = ["study_id", "patient_id"]
-    return got.sort(key).equals(want.sort(key))
-
-
-def _check_rows_matches(state: PatientState, studies, now) -> None:
-    """rows="matches" returns exactly the eligible/possible rows of rows="all", in every evidence mode."""
-    expected = screen(state, studies, now).filter(pl.col("outcome").is_in(MATCH))
-    for mode in ("all", "matches", "none", "outcomes"):
-        full = screen(state, studies, now, evidence=mode)
-        got = screen(state, studies, now, evidence=mode, rows="matches")
-        assert got.schema == full.schema, mode
-        assert got.height == expected.height, mode
-        want = expected if mode == "all" else full.filter(pl.col("outcome").is_in(MATCH))
-        assert _same_rows(got, want), mode
-        frame, counts = screen_with_counts(state, studies, now, evidence=mode, rows="matches")
-        assert _same_rows(frame, want), mode
-        every = full.group_by("study_id", "outcome").len()
-        tally = {(sid, o): n for sid, o, n in every.iter_rows()}
-        assert counts["study_id"].to_list() == [s.id for s in studies]
-        for row in counts.to_dicts():
-            for o in ("eligible", "possible", "ineligible"):
-                assert row[o] == tally.get((row["study_id"], o), 0), (mode, row)
-            assert row["eligible"] + row["possible"] + row["ineligible"] == state.persons.height
-        frame_all, counts_all = screen_with_counts(state, studies, now, evidence=mode, rows="all")
-        assert _same_rows(frame_all, full) and counts_all.equals(counts), mode
-
-
-def test_rows_matches_are_the_matched_rows_of_all(population, studies, call_size):
+def test_rows_matches_are_the_matched_rows_of_all(population, studies, screens, call_size):
     state, now = population
-    _check_rows_matches(state, studies, now)
+    check_rows_matches(screens, state, studies, now)
 
 
-@pytest.mark.parametrize("check", [_check_modes, _check_rows_matches], ids=["modes", "rows_matches"])
-def test_evidence_built_study_by_study_agrees(population, studies, monkeypatch, check):
-    # Many matched rows take the per-study path of evidence="matches"; force it on this small population too.
-    monkeypatch.setattr(SCREEN_MODULE, "_SMALL_UNION", 0)
-    monkeypatch.setattr(SCREEN_MODULE, "_SMALL_CALL", 0)
-    state, now = population
-    check(state, studies, now)
+@pytest.mark.parametrize("knobs", [(256, 2000), (0, 0)], ids=["defaults", "study-by-study"])
+def test_evidence_built_study_by_study_agrees(kit, monkeypatch, knobs):
+    """Matches in different studies for different patients: evidence="matches" builds them study by study when
+    the calls and unions are not small (forced here with three patients; on the sample studies and a whole
+    population in tests/integration/rules/test_evidence_population.py)."""
+    small_call, small_union = knobs
+    monkeypatch.setattr(SCREEN_MODULE, "_SMALL_CALL", small_call)
+    monkeypatch.setattr(SCREEN_MODULE, "_SMALL_UNION", small_union)
+    studies = [
+        loads_study(kit.study_text({name: expr}).replace("id: T-1", f"id: T-{name.upper()}"), f"{name}.yaml")
+        for name, expr in (("dx", "dx|ever"), ("drug", "drug|ever"), ("stroke", "stroke|ever"))
+    ]
+    ago = kit.NOW - timedelta(days=3)
+    state = kit.make_state(
+        [{"patient_id": f"P{i}"} for i in range(4)],
+        [
+            kit.fact("P0", "ICD10", "E11.9", ago),
+            kit.fact("P1", "ATC", "A10BA02", ago),
+            kit.fact("P2", "ICD10", "I63.9", ago),
+        ],
+    )
+    run = Screens()
+    full = check_modes(run, state, studies, kit.NOW)
+    check_rows_matches(run, state, studies, kit.NOW)
+    matched = full.filter(pl.col("outcome").is_in(MATCH)).sort("patient_id")
+    assert matched.select("patient_id", "study_id").rows() == [("P0", "T-DX"), ("P1", "T-DRUG"), ("P2", "T-STROKE")]
 
 
 def test_one_patient_and_no_patient(population, studies, call_size):
     state, now = population
-    one = state.select_patients(state.persons["patient_id"][:1])
-    _check_modes(one, studies, now)
-    _check_rows_matches(one, studies, now)
+    one, run = state.select_patients(state.persons["patient_id"][:1]), Screens()
+    check_modes(run, one, studies, now)
+    check_rows_matches(run, one, studies, now)
     empty = state.select_patients([])
     for mode in ("all", "matches", "none", "outcomes"):
         assert screen(empty, studies, now, evidence=mode).height == 0
@@ -230,8 +163,9 @@ def test_constant_criteria_and_facts_for_one_patient_of_three(kit, call_size):
         [{"patient_id": f"P{i}", "setting": "hospital"} for i in range(3)],
         [kit.fact("P2", "ICD10", "E11", kit.NOW - timedelta(minutes=30), None, "mmol/L")],
     )
-    full = _check_modes(state, [study], kit.NOW)
-    _check_rows_matches(state, [study], kit.NOW)
+    run = Screens()
+    full = check_modes(run, state, [study], kit.NOW)
+    check_rows_matches(run, state, [study], kit.NOW)
     assert dict(full.select("patient_id", "outcome").iter_rows()) == {
         "P0": "ineligible",
         "P1": "ineligible",

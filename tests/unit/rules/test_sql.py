@@ -18,16 +18,16 @@ pytest.importorskip("duckdb", reason="duckdb is not installed")
 pytest.importorskip("sqlglot", reason="sqlglot is not installed")
 
 from screener.errors import RuleError
-from screener.rules import load_studies, loads_study
+from screener.rules import loads_study
 from screener.rules.ir import BOOL, STR, Attr, Bin
 from screener.rules.reference import evaluate_patient
 from screener.rules.screen import screen_detail
-from screener.rules.sql import criterion_names, to_sql
+from screener.rules.sql import clear_cache, criterion_names, to_sql, to_sql_steps
 from screener.sql_duckdb import duckdb_screen
 from screener.state import PERSONS_SCHEMA, PatientState
+from tests._support.samples import sample_studies
 
 ROOT = Path(__file__).resolve().parents[3]
-STUDIES = load_studies(sorted((ROOT / "rules").glob("*.yaml"))).studies
 #: sample studies the SQL lowering does not support -> the reason (listed, never skipped silently; the test
 #: checks each still raises exactly this). Empty: every sample study lowers.
 UNSUPPORTED_SAMPLES: dict[str, str] = {}
@@ -35,12 +35,12 @@ INSTANTS = [datetime(2026, 6, 1, 12, tzinfo=UTC), datetime(2025, 11, 30, 23, 59,
 
 
 def _supported() -> list[Any]:
-    return [s for s in STUDIES if s.id not in UNSUPPORTED_SAMPLES]
+    return [s for s in sample_studies() if s.id not in UNSUPPORTED_SAMPLES]
 
 
 def test_every_sample_study_is_lowered_or_listed_with_its_reason():
-    assert len(STUDIES) >= 7
-    for s in STUDIES:
+    assert len(sample_studies()) >= 7
+    for s in sample_studies():
         if s.id in UNSUPPORTED_SAMPLES:
             with pytest.raises(RuleError, match=UNSUPPORTED_SAMPLES[s.id]):
                 to_sql([s], INSTANTS[0])
@@ -124,6 +124,24 @@ def test_kleene_logic_division_by_zero_and_unknown_values():
 def test_spark_dialect_is_generated():
     sql = to_sql(_supported(), INSTANTS[0], "spark")
     assert "MAX_BY(" in sql and "ARRAY(" in sql and "MATERIALIZED" not in sql
+
+
+def test_a_cached_lowering_is_what_a_fresh_one_gives_whatever_was_asked_before():
+    """Lowerings are cached by query text: the steps cut the WITH of a copy of the parsed tree, a Spark query
+    transforms a copy, so what a later call gets from the shared tree is what an empty cache gives."""
+    studies, at = _supported()[:1], INSTANTS[0]
+    clear_cache()
+    steps = to_sql_steps(studies, at, "duckdb")
+    spark = to_sql(studies, at, "spark")
+    duck = to_sql(studies, at)
+    assert to_sql(studies, at) is duck and to_sql_steps(studies, at, "duckdb") is steps  # cached
+    assert "MATERIALIZED" in duck and "_base AS MATERIALIZED" in duck  # the shared tree kept its CTEs
+    clear_cache()
+    assert to_sql(studies, at) == duck and to_sql(studies, at, "spark") == spark
+    assert to_sql_steps(studies, at, "duckdb") == steps
+    # another instant or other relations are another query
+    assert to_sql(studies, INSTANTS[1]) != duck
+    assert to_sql(studies, at, facts="f", persons="p") not in (duck, to_sql(studies, at))
 
 
 # ---------------------------------------------------------------- exact edges of the window functions

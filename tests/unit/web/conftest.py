@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -55,11 +57,8 @@ def _criteria() -> str:
     )
 
 
-@pytest.fixture
-def seeded(tmp_path: Any) -> Iterator[SqlStore]:
-    registry = CollectorRegistry()
-    store = SqlStore(f"sqlite:///{tmp_path / 'web.db'}", metrics=Metrics(registry=registry), clock=lambda: NOW)
-    store.registry = registry  # type: ignore[attr-defined]
+def _seed(store: SqlStore) -> None:
+    """Two teams' studies (and a closed one), a match each, four users."""
     store.sync_studies(
         [_study("RENAL-1", "renal"), _study("RESP-1", "respiratory"), _study("OLD-1", "renal", closes=date(2026, 3, 1))]
     )
@@ -83,6 +82,25 @@ def seeded(tmp_path: Any) -> Iterator[SqlStore]:
     store.add_user("rory", "rory-long-password", "nurse", ["respiratory"])
     store.add_user("ada", "ada-long-password", "admin", [])
     store.add_user("cora", "cora-long-password", "coordinator", ["renal"])
+
+
+@pytest.fixture(scope="session")
+def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seeded SQLite file, built once per session (creating the schema and seeding took most of a web test's
+    setup); each test opens a copy of its own. Seeding touches no metric, so the copy's registry starts empty
+    as a freshly seeded store's does."""
+    path = tmp_path_factory.mktemp("web-seeded") / "web.db"
+    with SqlStore(f"sqlite:///{path}", clock=lambda: NOW) as store:
+        _seed(store)
+    return path
+
+
+@pytest.fixture
+def seeded(tmp_path: Path, seeded_template: Path) -> Iterator[SqlStore]:
+    registry = CollectorRegistry()
+    shutil.copyfile(seeded_template, tmp_path / "web.db")
+    store = SqlStore(f"sqlite:///{tmp_path / 'web.db'}", metrics=Metrics(registry=registry), clock=lambda: NOW)
+    store.registry = registry  # type: ignore[attr-defined]
     yield store
     store.close()
 
