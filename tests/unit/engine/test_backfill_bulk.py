@@ -248,3 +248,71 @@ def test_chunks_decoded_on_several_threads_give_the_store_one_thread_gives(make_
             backfill_frames(store, frames(), partitions=3, start_offsets={}, workers=workers)
             stores.append(store)
         assert_same_store(stores[0], stores[1], 3)
+
+
+# --- the allocator setting of ``screener backfill ... --into-store`` (screener._allocator, screener.cli) ---
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        (["backfill", "omop", "/x", "--into-store", "/s"], {}, True),
+        (["backfill", "fhir", "/x", "--into-store=/s"], {}, True),
+        (["backfill", "omop", "/x"], {}, False),  # to Kafka: the engine's allocator settings
+        (["screen", "rules.yaml", "--into-store", "/s"], {}, False),
+        ([], {}, False),
+        (["backfill", "omop", "/x", "--into-store", "/s"], {"_RJEM_MALLOC_CONF": "narenas:2"}, False),
+        (["backfill", "omop", "/x", "--into-store", "/s"], {"_RJEM_MALLOC_CONF": ""}, False),
+    ],
+)
+def test_backfill_into_store_keeps_freed_pages_unless_the_user_chose(
+    argv: list[str], environ: dict[str, str], expected: bool
+) -> None:
+    from screener import _allocator
+
+    env = dict(environ)
+    added = _allocator.apply(argv, env)
+    if expected:
+        assert added == {"_RJEM_MALLOC_CONF": "dirty_decay_ms:10000,muzzy_decay_ms:10000"}
+        assert env["_RJEM_MALLOC_CONF"] == "dirty_decay_ms:10000,muzzy_decay_ms:10000"
+    else:
+        assert added == {}
+        assert env == environ
+
+
+_SEEN_AT_POLARS_IMPORT = """
+import importlib.abc, os, sys
+seen = []
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "polars" and not seen:
+            seen.append(os.environ.get("_RJEM_MALLOC_CONF"))
+        return None
+sys.meta_path.insert(0, Watch())
+sys.argv = ["screener", *sys.argv[1:]]
+import screener.cli
+print(repr(seen[0]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "user", "expected"),
+    [
+        (["backfill", "omop", "/x", "--into-store", "/s"], None, "'dirty_decay_ms:10000,muzzy_decay_ms:10000'"),
+        (["backfill", "omop", "/x", "--into-store", "/s"], "narenas:2", "'narenas:2'"),
+        (["screen", "rules.yaml"], None, "None"),
+    ],
+)
+def test_the_cli_sets_the_allocator_before_polars_loads(args: list[str], user: str | None, expected: str) -> None:
+    """What jemalloc will read: the variable as it is when ``polars`` is first imported by ``screener.cli``."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    if user is not None:
+        env["_RJEM_MALLOC_CONF"] = user
+    out = subprocess.run(
+        [sys.executable, "-c", _SEEN_AT_POLARS_IMPORT, *args], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == expected
