@@ -12,32 +12,42 @@ the same run: the JSON event path (``table_events`` + ``decode_batch``, before) 
 text). ``--memory-mb``: the facts the bulk load holds in memory before spilling to local files (default 1024).
 ``--workers``: the threads that decode chunks and write partitions (default one per core, at most 4; 1 for the
 old sequential behaviour's parallelism).
-``--omop-rows N``: N synthetic OMOP rows
-(condition_occurrence, measurement, drug_exposure; 50 rows per person) through the rows path, and the JSON
-path on the first ``--json-rows`` of them (it is ~100x slower). Rows/s counts source rows in per second of
+``--omop-rows N``: N synthetic OMOP rows (condition_occurrence, measurement, drug_exposure; ``--rows-per-person``
+rows per person, default 50) through the rows path, and the JSON path on the first ``--json-rows`` of them (it is
+~100x slower). Rows/s counts source rows in per second of
 wall time, end to end (for OMOP: mapping the tables included; generating the synthetic tables excluded), and
 per CPU-second (every thread of the process: the figure that a loaded machine distorts least).
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+import os
+import sys
 
-import polars as pl
+from screener import _allocator
 
-from bench.engine_common import event_payloads
+# As ``screener backfill ... --into-store`` does, before Polars loads (a _RJEM_MALLOC_CONF you set wins: give
+# _RJEM_MALLOC_CONF=dirty_decay_ms:500,muzzy_decay_ms:1000 for Polars' own default).
+_allocator.apply(["backfill", "--into-store"], os.environ)
+MALLOC_CONF = os.environ.get(_allocator.VARIABLE, "")
+
+import argparse  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import polars as pl  # noqa: E402
+
+from bench.engine_common import event_payloads  # noqa: E402
 
 
-def synthetic_omop(n: int, seed: int = 7) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
-    """N OMOP rows (40% condition_occurrence, 40% measurement, 20% drug_exposure) over N/50 persons, and a
-    concept table of 300 SNOMED / LOINC / RxNorm concepts."""
+def synthetic_omop(n: int, seed: int = 7, rows_per_person: int = 50) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+    """N OMOP rows (40% condition_occurrence, 40% measurement, 20% drug_exposure) over N/rows_per_person persons,
+    and a concept table of 300 SNOMED / LOINC / RxNorm concepts."""
     concepts = pl.DataFrame(
         {
             "concept_id": list(range(1, 301)),
@@ -46,7 +56,7 @@ def synthetic_omop(n: int, seed: int = 7) -> tuple[dict[str, pl.DataFrame], pl.D
         },
         schema={"concept_id": pl.Int64, "c_system": pl.String, "c_value": pl.String},
     )
-    persons = max(n // 50, 1)
+    persons = max(n // rows_per_person, 1)
 
     def table(rows: int, offset: int) -> pl.DataFrame:
         i = pl.int_range(rows, dtype=pl.Int64)
@@ -148,12 +158,16 @@ def main() -> None:
     ap.add_argument("--eunomia", action="store_true")
     ap.add_argument("--omop-rows", type=int, default=0)
     ap.add_argument("--json-rows", type=int, default=200_000)
+    ap.add_argument(
+        "--rows-per-person", type=int, default=50, help="--omop-rows: source rows per person (persons = N / this)"
+    )
     ap.add_argument("--memory-mb", type=int, default=None, help="facts held in memory before spilling (MiB)")
     ap.add_argument("--workers", type=int, default=None, help="decode/write threads (default: one per core, max 4)")
     ap.add_argument(
         "--general", action="store_true", help="also run the store's general path (a segment per chunk, compaction)"
     )
     args = ap.parse_args()
+    print(f"{_allocator.VARIABLE}={MALLOC_CONF!r} (python {sys.version.split()[0]})")
     memory = None if args.memory_mb is None else args.memory_mb << 20
 
     from connectors.omop import TABLES, OmopSource, table_events, table_rows
@@ -197,7 +211,7 @@ def main() -> None:
                 run(work, "eunomia", frames, rows_in, args.partitions, label, bulk=False)
         if args.omop_rows:
             t = time.perf_counter()
-            tables, concepts = synthetic_omop(args.omop_rows)
+            tables, concepts = synthetic_omop(args.omop_rows, rows_per_person=args.rows_per_person)
             print(f"generated {args.omop_rows:,} synthetic OMOP rows in {time.perf_counter() - t:.1f}s")
             if args.json_rows:
                 head = {k: v.head(args.json_rows * v.height // args.omop_rows) for k, v in tables.items()}
