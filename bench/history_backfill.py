@@ -37,6 +37,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -106,7 +107,7 @@ def synthetic_omop(n: int, seed: int = 7, rows_per_person: int = 50) -> tuple[di
 def run(
     work: Path,
     name: str,
-    frames: Iterator[pl.DataFrame],
+    frames: Iterator[Any],
     rows_in: int,
     partitions: int,
     label: str,
@@ -144,10 +145,12 @@ def run(
 
 def chunked(
     tables: dict[str, pl.DataFrame], build: Callable[..., pl.DataFrame], concepts: Any, now: datetime, chunk: int
-) -> Iterator[pl.DataFrame]:
+) -> Iterator[Callable[[], pl.DataFrame]]:
+    """Each chunk as the function that maps it (the backfill calls it on a decode worker), as the command's
+    OMOP source gives them."""
     for name, df in tables.items():
         for i in range(0, df.height, chunk):
-            yield build(df.slice(i, chunk), name, concepts, now)
+            yield partial(build, df.slice(i, chunk), name, concepts, now)
 
 
 def main() -> None:
@@ -194,7 +197,7 @@ def main() -> None:
             rows_in = sum(c.height for tb in TABLES for c in src.chunks(tb))
             for label, build in (("eunomia JSON path", table_events), ("eunomia rows path", table_rows)):
                 concepts = src.concepts()
-                frames: Iterator[pl.DataFrame] = (build(c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
+                frames: Iterator[Any] = (partial(build, c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
                 run(
                     work,
                     "eunomia",
@@ -206,7 +209,7 @@ def main() -> None:
                 )
             if args.general:
                 concepts = src.concepts()
-                frames = (table_rows(c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
+                frames = (partial(table_rows, c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
                 label = "eunomia rows path (reading DuckDB included)"
                 run(work, "eunomia", frames, rows_in, args.partitions, label, bulk=False)
         if args.omop_rows:

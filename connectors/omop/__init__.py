@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import click
@@ -57,7 +58,9 @@ def _command() -> click.Command:
 
 def _history_frames(path: Path, *, tables: str, chunk_rows: int, now: datetime, rows: bool = True) -> Iterator[object]:
     """The events of every wanted table, chunk by chunk (``screener backfill omop --into-store``): event rows
-    (:func:`table_rows`, the column-wise fast path) or, with ``rows=False``, JSON frames (:func:`table_events`)."""
+    (:func:`table_rows`, the column-wise fast path) or, with ``rows=False``, JSON frames (:func:`table_events`).
+    Each chunk is read here and given as the function that maps it, so the backfill maps it on its decode
+    workers (beside the next chunk's read) instead of on the reading thread."""
     wanted = tuple(t.strip().lower() for t in tables.split(",") if t.strip())
     unknown = [t for t in wanted if t not in TABLES]
     if unknown:
@@ -67,7 +70,7 @@ def _history_frames(path: Path, *, tables: str, chunk_rows: int, now: datetime, 
         concepts = src.concepts()
         for t in wanted:
             for chunk in src.chunks(t):
-                yield (table_rows if rows else table_events)(chunk, t, concepts, now)
+                yield partial(table_rows if rows else table_events, chunk, t, concepts, now)
     finally:
         src.close()
 

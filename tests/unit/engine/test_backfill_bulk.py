@@ -150,6 +150,32 @@ def test_bulk_equals_the_general_path_on_omop_rows_and_on_a_second_backfill(make
     assert stores[1].scan()[0].collect().height == 60 + 41
 
 
+def test_frames_given_as_functions_are_made_on_the_decode_workers_and_give_the_same_store(
+    make_event: Any, tmp_path: Path
+) -> None:
+    """A source may give each frame as the function that makes it (the OMOP source maps its chunks so): the
+    store is the one the frames themselves give, in order, and the functions run off the reading thread."""
+    import threading
+
+    frames = [*omop_rows(70), pl.DataFrame(schema=omop_rows(70)[0].schema), *mixed_history(make_event)]
+    threads: list[str] = []
+
+    def made(frame: pl.DataFrame) -> Any:
+        def make() -> pl.DataFrame:
+            threads.append(threading.current_thread().name)
+            return frame
+
+        return make
+
+    stores = [open_store(tmp_path / name) for name in ("frames", "functions")]
+    plain = backfill_frames(stores[0], frames, partitions=4, start_offsets={1: 3}, workers=2)
+    lazy = backfill_frames(stores[1], [made(f) for f in frames], partitions=4, start_offsets={1: 3}, workers=2)
+    assert (lazy.events_in, lazy.accepted, lazy.rejected) == (plain.events_in, plain.accepted, plain.rejected)
+    assert lazy.per_partition == plain.per_partition and lazy.accepted > 960
+    assert_same_store(stores[0], stores[1], 4)
+    assert len(threads) == len(frames) and all(t.startswith("backfill-decode") for t in threads)
+
+
 def test_every_patient_is_in_the_partition_its_live_events_go_to(tmp_path: Path) -> None:
     """The engine owning partition p reads store partition p: each backfilled patient must be there, where the
     connectors' producer (key = patient id, kafka-python's default partitioner) sends that patient's events."""
