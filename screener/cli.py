@@ -14,10 +14,18 @@ screener report                   recruitment and equity report
 
 from __future__ import annotations
 
-import click
+import os
+import sys
 
-from screener import __version__
-from screener.commands import connect, feasibility, report, rules, screen, service, web
+from screener import _allocator
+
+# Before any command module imports Polars: jemalloc reads its options once, when the library loads.
+_allocator.apply(sys.argv[1:], os.environ)
+
+import click  # noqa: E402
+
+from screener import __version__  # noqa: E402
+from screener.commands import connect, feasibility, report, rules, screen, service, web  # noqa: E402
 
 __all__ = ["main"]
 

@@ -127,7 +127,8 @@ class SimpleConnector:
     (``screener backfill NAME PATH --into-store URL``; found with
     :func:`screener.connector.registry.load_history_source`): called as ``history_source(path, tables=...,
     chunk_rows=..., now=...)``, it yields the event frames (:func:`screener.ingest` shape) chunk by chunk and raises
-    ``click.BadParameter`` for a bad option.
+    ``click.BadParameter`` for a bad option. A frame may be given as the function that makes it
+    (:data:`screener.history.backfill.Frame`: the backfill calls it on a decode worker).
     """
 
     name: str

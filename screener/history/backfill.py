@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -31,7 +31,11 @@ from screener.history._bulk import DEFAULT_MEMORY_BYTES, BulkLoad, ahead_of
 from screener.history.store import HistoryStore
 from screener.ingest import decode_batch
 
-__all__ = ["StoreBackfill", "backfill_frames", "kafka_partitions", "murmur2", "murmur2_series"]
+__all__ = ["Frame", "StoreBackfill", "backfill_frames", "kafka_partitions", "murmur2", "murmur2_series"]
+
+Frame = pl.DataFrame | Callable[[], pl.DataFrame]
+"""What :func:`backfill_frames` reads: a frame, or a function that makes one (called on a decode worker, so a
+source's mapping of chunk *n+1* runs beside the decoding of chunk *n*)."""
 
 #: Threads that decode and split chunks while the next chunk is read (Polars releases the GIL), and that write
 #: partitions at the end: one per core, at most 4.
@@ -144,7 +148,7 @@ class StoreBackfill:
 
 def backfill_frames(
     store: HistoryStore,
-    frames: Iterable[pl.DataFrame],
+    frames: Iterable[Frame],
     *,
     partitions: int,
     start_offsets: Mapping[int, int],
@@ -153,7 +157,8 @@ def backfill_frames(
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
     workers: int = WORKERS,
 ) -> StoreBackfill:
-    """Write every frame's events (JSON ``key``/``value`` or event rows) into ``store``, then set each
+    """Write every frame's events (JSON ``key``/``value`` or event rows; a frame may be given as a function that
+    makes it, see :data:`Frame`) into ``store``, then set each
     partition's offset to ``start_offsets[p]`` (0 when absent).
 
     ``bulk`` (the default): one fold straight to each partition's compacted base (:class:`BulkLoad`; memory
@@ -202,24 +207,30 @@ def backfill_frames(
     return out
 
 
-def _decoded_in_order(
-    frames: Iterable[pl.DataFrame], cache: _Partitioner, workers: int
-) -> Iterator[tuple[int, list[_Part]]]:
+def _decoded_in_order(frames: Iterable[Frame], cache: _Partitioner, workers: int) -> Iterator[tuple[int, list[_Part]]]:
     """Each non-empty frame's height and decoded parts, in the frames' order, decoded on ``workers`` threads
-    while the caller's iterator makes the next frames (at most ``workers + 1`` decoded frames wait)."""
-    pending: deque[tuple[int, Future[list[_Part]]]] = deque()
+    while the caller's iterator makes the next frames (at most ``workers + 1`` decoded frames wait). A callable
+    is called on the worker that decodes its frame."""
+    pending: deque[Future[tuple[int, list[_Part]]]] = deque()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill-decode")
+
+    def decoded(item: Frame) -> tuple[int, list[_Part]]:
+        frame = item() if callable(item) else item
+        return (frame.height, list(_decoded_parts(frame, cache))) if frame.height else (0, [])
+
     try:
-        for frame in frames:
-            if frame.height == 0:
+        for item in frames:
+            if isinstance(item, pl.DataFrame) and item.height == 0:
                 continue
-            pending.append((frame.height, pool.submit(lambda f: list(_decoded_parts(f, cache)), frame)))
-            while len(pending) > workers or (pending and pending[0][1].done()):
-                height, future = pending.popleft()
-                yield height, future.result()
+            pending.append(pool.submit(decoded, item))
+            while len(pending) > workers or (pending and pending[0].done()):
+                height, parts = pending.popleft().result()
+                if height:
+                    yield height, parts
         while pending:
-            height, future = pending.popleft()
-            yield height, future.result()
+            height, parts = pending.popleft().result()
+            if height:
+                yield height, parts
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -150,6 +150,60 @@ def test_bulk_equals_the_general_path_on_omop_rows_and_on_a_second_backfill(make
     assert stores[1].scan()[0].collect().height == 60 + 41
 
 
+def test_frames_given_as_functions_are_made_on_the_decode_workers_and_give_the_same_store(
+    make_event: Any, tmp_path: Path
+) -> None:
+    """A source may give each frame as the function that makes it (the OMOP source maps its chunks so): the
+    store is the one the frames themselves give, in order, and the functions run off the reading thread."""
+    import threading
+
+    frames = [*omop_rows(70), pl.DataFrame(schema=omop_rows(70)[0].schema), *mixed_history(make_event)]
+    threads: list[str] = []
+
+    def made(frame: pl.DataFrame) -> Any:
+        def make() -> pl.DataFrame:
+            threads.append(threading.current_thread().name)
+            return frame
+
+        return make
+
+    stores = [open_store(tmp_path / name) for name in ("frames", "functions")]
+    plain = backfill_frames(stores[0], frames, partitions=4, start_offsets={1: 3}, workers=2)
+    lazy = backfill_frames(stores[1], [made(f) for f in frames], partitions=4, start_offsets={1: 3}, workers=2)
+    assert (lazy.events_in, lazy.accepted, lazy.rejected) == (plain.events_in, plain.accepted, plain.rejected)
+    assert lazy.per_partition == plain.per_partition and lazy.accepted > 960
+    assert_same_store(stores[0], stores[1], 4)
+    assert len(threads) == len(frames) and all(t.startswith("backfill-decode") for t in threads)
+
+
+@pytest.mark.parametrize("rows", [True, False])
+def test_the_omop_source_stacks_small_tables_into_one_frame_with_the_same_store(rows: bool, tmp_path: Path) -> None:
+    """Consecutive small chunks of the fixture's tables are mapped into one frame (the person table's text-form
+    rows apart from the typed ones), never more than ``chunk_rows`` rows; the store is the one a frame per row
+    gives."""
+    from connectors.omop import TABLES
+    from connectors.omop import _history_frames as history_frames
+
+    def frames(chunk_rows: int) -> list[pl.DataFrame]:
+        made = history_frames(DATA, tables=",".join(TABLES), chunk_rows=chunk_rows, now=NOW, rows=rows)
+        return [f() for f in made]  # type: ignore[operator]  # the source gives each frame as its maker
+
+    stacked, one_by_one, tens = frames(10_000), frames(1), frames(10)
+    source_rows = sum(
+        pl.read_csv(p, infer_schema_length=None).height for p in DATA.glob("*.csv") if p.stem != "concept"
+    )
+    assert len(stacked) == (2 if rows else 1) and len(one_by_one) == source_rows
+    assert len(one_by_one) > len(tens) > len(stacked) and all(f.height <= 10 for f in tens)
+    stores = [open_store(tmp_path / name) for name in ("one-by-one", "stacked", "tens")]
+    results = [
+        backfill_frames(s, f, partitions=3, start_offsets={})
+        for s, f in zip(stores, (one_by_one, stacked, tens), strict=True)
+    ]
+    assert results[0].accepted >= 16 and len({(r.accepted, r.rejected) for r in results}) == 1
+    assert_same_store(stores[0], stores[1], 3)
+    assert_same_store(stores[0], stores[2], 3)
+
+
 def test_every_patient_is_in_the_partition_its_live_events_go_to(tmp_path: Path) -> None:
     """The engine owning partition p reads store partition p: each backfilled patient must be there, where the
     connectors' producer (key = patient id, kafka-python's default partitioner) sends that patient's events."""
@@ -248,3 +302,71 @@ def test_chunks_decoded_on_several_threads_give_the_store_one_thread_gives(make_
             backfill_frames(store, frames(), partitions=3, start_offsets={}, workers=workers)
             stores.append(store)
         assert_same_store(stores[0], stores[1], 3)
+
+
+# --- the allocator setting of ``screener backfill ... --into-store`` (screener._allocator, screener.cli) ---
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        (["backfill", "omop", "/x", "--into-store", "/s"], {}, True),
+        (["backfill", "fhir", "/x", "--into-store=/s"], {}, True),
+        (["backfill", "omop", "/x"], {}, False),  # to Kafka: the engine's allocator settings
+        (["screen", "rules.yaml", "--into-store", "/s"], {}, False),
+        ([], {}, False),
+        (["backfill", "omop", "/x", "--into-store", "/s"], {"_RJEM_MALLOC_CONF": "narenas:2"}, False),
+        (["backfill", "omop", "/x", "--into-store", "/s"], {"_RJEM_MALLOC_CONF": ""}, False),
+    ],
+)
+def test_backfill_into_store_keeps_freed_pages_unless_the_user_chose(
+    argv: list[str], environ: dict[str, str], expected: bool
+) -> None:
+    from screener import _allocator
+
+    env = dict(environ)
+    added = _allocator.apply(argv, env)
+    if expected:
+        assert added == {"_RJEM_MALLOC_CONF": "dirty_decay_ms:10000,muzzy_decay_ms:10000"}
+        assert env["_RJEM_MALLOC_CONF"] == "dirty_decay_ms:10000,muzzy_decay_ms:10000"
+    else:
+        assert added == {}
+        assert env == environ
+
+
+_SEEN_AT_POLARS_IMPORT = """
+import importlib.abc, os, sys
+seen = []
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "polars" and not seen:
+            seen.append(os.environ.get("_RJEM_MALLOC_CONF"))
+        return None
+sys.meta_path.insert(0, Watch())
+sys.argv = ["screener", *sys.argv[1:]]
+import screener.cli
+print(repr(seen[0]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "user", "expected"),
+    [
+        (["backfill", "omop", "/x", "--into-store", "/s"], None, "'dirty_decay_ms:10000,muzzy_decay_ms:10000'"),
+        (["backfill", "omop", "/x", "--into-store", "/s"], "narenas:2", "'narenas:2'"),
+        (["screen", "rules.yaml"], None, "None"),
+    ],
+)
+def test_the_cli_sets_the_allocator_before_polars_loads(args: list[str], user: str | None, expected: str) -> None:
+    """What jemalloc will read: the variable as it is when ``polars`` is first imported by ``screener.cli``."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    if user is not None:
+        env["_RJEM_MALLOC_CONF"] = user
+    out = subprocess.run(
+        [sys.executable, "-c", _SEEN_AT_POLARS_IMPORT, *args], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == expected
