@@ -100,7 +100,13 @@ def _matched_rows(full: pl.DataFrame, stats: FeatureStats, names: Sequence[str],
 
 
 def screen(
-    state: PatientState, studies: Sequence[Study], now: datetime, *, evidence: Evidence = "all", rows: Rows = "all"
+    state: PatientState,
+    studies: Sequence[Study],
+    now: datetime,
+    *,
+    evidence: Evidence = "all",
+    rows: Rows = "all",
+    known: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Evaluate every patient in ``state.persons`` against every study, at time ``now`` (aware, UTC).
 
@@ -127,10 +133,14 @@ def screen(
     Every patient is still evaluated against every study; the other rows are never built. The cheapest call
     when only the matches are kept (the engine); :func:`screen_with_counts` also gives per-study counts.
 
+    ``known`` (``study_id, patient_id``; only with ``rows="matches"``) names pairs whose row is returned whatever
+    its outcome, with its criteria and evidence, as ``evidence="all"`` builds them: the engine's recorded matches,
+    so that one screen gives both the matches and the rows of the known ones it now rules out.
+
     Compiled expressions are cached per study object, and code tables per study set, so repeated calls (the
     engine's micro-batches) pay only for the patients.
     """
-    return _screen(state, studies, now, evidence, rows, want_counts=False)[0]
+    return _screen(state, studies, now, evidence, rows, want_counts=False, known=known)[0]
 
 
 def screen_with_counts(
@@ -152,8 +162,16 @@ def screen_with_counts(
 
 
 def _screen(
-    state: PatientState, studies: Sequence[Study], now: datetime, evidence: str, rows: str, want_counts: bool
+    state: PatientState,
+    studies: Sequence[Study],
+    now: datetime,
+    evidence: str,
+    rows: str,
+    want_counts: bool,
+    known: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    if known is not None and rows != "matches":
+        raise ValueError("known pairs need rows='matches'")
     if evidence not in EVIDENCE_MODES:
         raise ValueError(f"evidence must be one of {', '.join(EVIDENCE_MODES)}, got {evidence!r}")
     if rows not in ROW_MODES:
@@ -171,6 +189,8 @@ def _screen(
     only_matches = rows == "matches"
     if only_matches and evidence == "all":
         evidence = "matches"  # same returned rows: every match carries its evidence
+    if known is not None and evidence == "none":
+        evidence = "outcomes"  # the known rows carry their evidence
     if not studies or state.persons.height == 0:
         zeros = [0] * len(studies)
         return pl.DataFrame(schema=schema), (_counts_frame(studies, zeros, zeros, 0) if want_counts else None)
@@ -207,10 +227,18 @@ def _screen(
         ), counts
     lists = evidence == "matches"  # "outcomes": no criteria list on the rows without evidence
     full = _plain(values.collect(engine=ENGINE))
-    matched = [pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) for c in comps]
     eligible, possible = _outcome_sums(full, comps)
     match_counts = [e + p for e, p in zip(eligible, possible, strict=True)]
     counts_frame = _counts_frame(studies, eligible, possible, n_persons) if want_counts else None
+    kept = _known_ids(full, studies, known)  # study position -> its known patients here
+    matched = [
+        pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) | pl.col("patient_id").is_in(kept[i].implode())
+        if i in kept
+        else pl.col(c.outcome_col).is_in(MATCH_OUTCOMES)
+        for i, c in enumerate(comps)
+    ]
+    # (the known pairs' rows come with the matches, whatever their outcome)
+    match_counts = [n + (kept[i].len() if i in kept else 0) for i, n in enumerate(match_counts)]
     hits = [i for i, n in enumerate(match_counts) if n]
     with_ev: dict[int, pl.DataFrame] = {}
     if hits:
@@ -251,12 +279,35 @@ def _screen(
         ]
     if shared:
         ev = with_ev[hits[0]]
-        out.append(_long(ev.lazy(), [_result(*pairs[i], True) for i in hits]).filter(match).collect(engine=ENGINE))
+        long = _long(ev.lazy(), [_result(*pairs[i], True) for i in hits])
+        if kept:
+            assert known is not None
+            every = long.collect(engine=ENGINE)
+            pairs_k = known.select(pl.col("study_id").cast(pl.String), pl.col("patient_id").cast(pl.String))
+            rest = every.filter(~match).join(pairs_k, on=["study_id", "patient_id"], how="semi")
+            out += [every.filter(match), rest]
+        else:
+            out.append(long.filter(match).collect(engine=ENGINE))
     else:
         out += [_assemble(with_ev[i], *pairs[i], True, keep=matched[i]) for i in hits]
     if not out:
         return pl.DataFrame(schema=schema), counts_frame
     return pl.concat(out, how="vertical"), counts_frame
+
+
+def _known_ids(full: pl.DataFrame, studies: Sequence[Study], known: pl.DataFrame | None) -> dict[int, pl.Series]:
+    """Per study position, the patients of ``full`` that ``known`` names for that study (studies with none left out)."""
+    if known is None or known.height == 0:
+        return {}
+    at = {s.id: i for i, s in enumerate(studies)}
+    here = known.select(pl.col("study_id").cast(pl.String), pl.col("patient_id").cast(pl.String)).join(
+        full.select("patient_id"), on="patient_id", how="semi"
+    )
+    here = here.filter(pl.col("study_id").is_in(list(at))).unique()
+    return {
+        at[sid]: group.get_column("patient_id")
+        for (sid,), group in here.partition_by("study_id", as_dict=True, maintain_order=True).items()
+    }
 
 
 def screen_detail(state: PatientState, study: Study, now: datetime) -> pl.DataFrame:
