@@ -6,7 +6,8 @@ Runs the real :class:`screener.engine.Engine` over an in-memory log (:mod:`scree
 open studies (the samples replicated by :func:`bench._workload.replicate_studies`: distinct thresholds, shared
 concept sets), a memory worklist and a clock fixed at :data:`bench._workload.BENCH_NOW`, batch after batch with
 no overlap, and prints the engine's own stage seconds per event (``apply``: the state update; ``screen``: the
-re-screen of the touched patients and the match writes). ``--warm`` is the share of each patient's events
+re-screen of the touched patients and the match writes) and the process's CPU time per event (all threads; on a
+shared host it varies less than the wall clock). ``--warm`` is the share of each patient's events
 (its earliest) applied before the clock starts, so the measured batches touch patients already in the state, as
 a long-running engine sees them; 0 measures a cold start (every patient new). ``--profile`` prints a cProfile of
 the measured batches.
@@ -100,10 +101,10 @@ def run(events: int, studies: int, batch: int, warm: float, profile: bool) -> di
             profiler.runcall(execute, b)
 
         engine._execute = profiled  # type: ignore[method-assign,assignment]  # no public hook: wraps a batch
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     while engine.records_processed < len(first) + len(rest):
         engine.step(overlap=False)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     if profiler is not None:
         import pstats
 
@@ -114,6 +115,9 @@ def run(events: int, studies: int, batch: int, warm: float, profile: bool) -> di
         "studies": open_studies,
         "seconds": round(seconds, 3),
         "events_per_s": round(n / seconds),
+        # the process's CPU time (every thread): steadier than the wall clock on a shared host
+        "cpu_seconds": round(cpu, 3),
+        "cpu_us_per_event": round(1e6 * cpu / max(1, n), 1),
         "us_per_event": {k: round(1e6 * v / max(1, n), 2) for k, v in engine.stage_seconds.items()},
         "matches": engine.matches_recorded - matches0,
         "screens": engine.metrics.screens.labels("event")._value.get(),

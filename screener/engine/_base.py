@@ -51,6 +51,9 @@ Loader = Callable[[Sequence[Path]], "LoadResult"]
 #: One decoded batch of a partition as :func:`screener.ingest.decode_batch` splits it: (upd, facts, control).
 Frames = tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
 ScreenFn = Callable[[PatientState, Sequence["Study"], datetime], pl.DataFrame]
+#: ``(state, studies, now, known)``: the matches (as the default screen returns them) and the rows of the
+#: ``known`` pairs (``study_id, patient_id``) whatever their outcome, with their criteria and evidence
+KnownScreenFn = Callable[[PatientState, Sequence["Study"], datetime, pl.DataFrame], pl.DataFrame]
 
 
 @dataclass
@@ -156,6 +159,7 @@ class EngineBase:
     _producer: Producer
     _loader: Loader
     _screen: ScreenFn
+    _screen_known: KnownScreenFn | None
     _group_id: str | None
     _parts: dict[int, _Partition]
     studies: dict[str, Study]
@@ -275,8 +279,17 @@ class EngineBase:
     def history(self) -> HistoryStore:
         raise NotImplementedError
 
+    def _known_pairs(self, state: PatientState, studies: Sequence[Study]) -> pl.DataFrame:
+        raise NotImplementedError
+
     def _ruled_out(
-        self, state: PatientState, result: pl.DataFrame, studies: Sequence[Study], now: datetime
+        self,
+        state: PatientState,
+        result: pl.DataFrame,
+        studies: Sequence[Study],
+        now: datetime,
+        known: pl.DataFrame | None = None,
+        holds_known: bool = False,
     ) -> pl.DataFrame:
         raise NotImplementedError
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from screener.engine._base import EngineBase, ScreenFn, log
+from screener.engine._base import EngineBase, KnownScreenFn, ScreenFn, log
 from screener.state import PatientState
 from screener.vocab import INELIGIBLE, MATCH_OUTCOMES
 
@@ -36,26 +36,49 @@ def _default_screen_all(state: PatientState, studies: Sequence[Study], now: date
     return screen(state, studies, now, evidence="all", rows="all")
 
 
+def _default_screen_known(
+    state: PatientState, studies: Sequence[Study], now: datetime, known: pl.DataFrame
+) -> pl.DataFrame:
+    from screener.rules import screen
+
+    return screen(state, studies, now, evidence="outcomes", rows="matches", known=known)
+
+
 class FollowRole(EngineBase):
     """The known matched pairs, and the ``ineligible`` rows for those a re-screen rules out."""
 
     _matched: pl.DataFrame
     _screen_all: ScreenFn
+    #: The one screen that gives the matches and the rows of the known pairs (:func:`_default_screen_known`);
+    #: ``None`` (a screen function was given) screens the ruled-out pairs again with :attr:`_screen_all`.
+    _screen_known: KnownScreenFn | None = None
+
+    def _known_pairs(self, state: PatientState, studies: Sequence[Study]) -> pl.DataFrame:
+        """The known matched pairs (``study_id, patient_id, partition``) of ``state``'s patients in ``studies``."""
+        if self._matched.height == 0 or state.persons.height == 0:
+            return self._matched.clear()
+        return self._matched.filter(pl.col("study_id").is_in([s.id for s in studies])).join(
+            state.persons.select("patient_id"), on="patient_id", how="semi"
+        )
 
     def _ruled_out(
-        self, state: PatientState, result: pl.DataFrame, studies: Sequence[Study], now: datetime
+        self,
+        state: PatientState,
+        result: pl.DataFrame,
+        studies: Sequence[Study],
+        now: datetime,
+        known: pl.DataFrame | None = None,
+        holds_known: bool = False,
     ) -> pl.DataFrame:
         """Rows (``study_id, patient_id, outcome='ineligible', rule_hash, criteria``, criteria still a list) for
-        the known pairs among ``state``'s patients that ``result`` no longer has as eligible or possible."""
+        the known pairs among ``state``'s patients that ``result`` no longer has as eligible or possible.
+        ``known``: those pairs (:meth:`_known_pairs`) when already looked up; ``holds_known``: ``result`` holds
+        their rows whatever the outcome (:attr:`_screen_known`), so none is screened again."""
         empty = pl.DataFrame(
             schema={"study_id": pl.String, "patient_id": pl.String, "outcome": pl.String, "rule_hash": pl.String}
         )
-        if self._matched.height == 0 or state.persons.height == 0:
-            return empty
-        ids = [s.id for s in studies]
-        known = self._matched.filter(pl.col("study_id").is_in(ids)).join(
-            state.persons.select("patient_id"), on="patient_id", how="semi"
-        )
+        if known is None:
+            known = self._known_pairs(state, studies)
         if known.height == 0:
             return empty
         still = result.filter(pl.col("outcome").is_in(MATCH_OUTCOMES)).select("study_id", "patient_id")
@@ -64,9 +87,12 @@ class FollowRole(EngineBase):
         gone = gone.join(flags.select("patient_id"), on="patient_id", how="anti")
         if gone.height == 0:
             return empty
-        which = set(gone["study_id"].unique().to_list())
-        sub = state.select_patients(gone["patient_id"].unique())
-        full: pl.DataFrame = self._screen_all(sub, [s for s in studies if s.id in which], now)
+        if holds_known:
+            full = result
+        else:
+            which = set(gone["study_id"].unique().to_list())
+            sub = state.select_patients(gone["patient_id"].unique())
+            full = self._screen_all(sub, [s for s in studies if s.id in which], now)
         return full.join(gone, on=["study_id", "patient_id"], how="semi").filter(pl.col("outcome") == INELIGIBLE)
 
     def _note_pairs(self, matched: pl.DataFrame, closed: pl.DataFrame, owners: pl.DataFrame | None) -> None:

@@ -27,7 +27,7 @@ from screener.engine._base import (
 )
 from screener.engine.base import Consumer, Partition, Producer, Record
 from screener.engine.batch import BatchRole
-from screener.engine.follow import PAIRS_SCHEMA, FollowRole, _default_screen_all
+from screener.engine.follow import PAIRS_SCHEMA, FollowRole, _default_screen_all, _default_screen_known
 from screener.engine.health import HealthRole
 from screener.engine.history import HistoryRole
 from screener.engine.matches import MatchesRole, _default_loader, _default_screen
@@ -92,6 +92,9 @@ class Engine(
         self._rebuild = None
         self._matched = pl.DataFrame(schema=PAIRS_SCHEMA)
         self._screen_all = screen or _default_screen_all
+        #: a given screen function is also the one that rules matches out (screened again); the default one
+        #: returns the known pairs' rows with the matches
+        self._screen_known = None if screen else _default_screen_known
         self._parts: dict[int, _Partition] = {}
         self.studies: dict[str, Study] = {}
         self._rules_sig: tuple[tuple[str, int, int], ...] | None = None

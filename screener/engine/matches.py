@@ -190,10 +190,16 @@ class MatchesRole(EngineBase):
         studies = [s for s in self.studies.values() if s.is_open(now) and (only is None or s.id in only)]
         if not studies or state.persons.height == 0:
             return 0
-        result = self._screen(state, studies, now)
+        known = self._known_pairs(state, studies)
+        fused = self._screen_known is not None and known.height > 0
+        if fused:
+            assert self._screen_known is not None
+            result = self._screen_known(state, studies, now, known.select("study_id", "patient_id"))
+        else:
+            result = self._screen(state, studies, now)
         # Every patient is evaluated against every study, whatever rows the screen function returns.
         self.metrics.screens.labels(trigger).inc(state.persons.height * len(studies))
-        closed_rows = self._ruled_out(state, result, studies, now)
+        closed_rows = self._ruled_out(state, result, studies, now, known, holds_known=fused)
         if result.filter(pl.col("outcome").is_in(MATCH_OUTCOMES)).height == 0 and closed_rows.height == 0:
             return 0
         dnc = self.store.do_not_contact()

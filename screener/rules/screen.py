@@ -7,12 +7,13 @@ statistics per patient; :mod:`screener.rules.criteria` evaluates each study's cr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import polars as pl
 
 from screener.rules._facts import ensure_columns
+from screener.rules._shared import shared_stages
 from screener.rules.criteria import compiled, staged, study_frame
 from screener.rules.features import ENGINE, FeatureStats, attributes, feature_stats
 from screener.rules.model import Study
@@ -53,6 +54,13 @@ _SMALL_UNION = 2000
 #: up to this many patients, result rows are built by one query for all studies (:func:`_long`), above it study
 #: by study (:func:`_assemble`, cheaper per row but with a fixed cost per study)
 _SMALL_CALL = 256
+#: True: the studies' common expressions are evaluated once (:mod:`screener.rules._shared`); False evaluates every
+#: study's own (the reference the tests compare with)
+_SHARE = True
+#: The micro-batch queries (a few hundred rows, hundreds of expressions) cost the same per expression whatever
+#: the rows; the optimiser's passes over them cost more than they save there (about 11 % of a batch's screen, 50
+#: studies, ~170 patients). Type coercion and checks stay on: the results are the same.
+_UNOPTIMISED = pl.QueryOptFlags.none()
 
 
 def _registrations(state: PatientState, studies: Sequence[Study]) -> pl.DataFrame | None:
@@ -87,12 +95,21 @@ def _columns(frame: pl.DataFrame, names: Iterable[str]) -> pl.DataFrame:
     return pl.DataFrame([frame.get_column(c) for c in names])
 
 
-def _matched_rows(full: pl.DataFrame, stats: FeatureStats, names: Sequence[str], mask: pl.Series) -> pl.DataFrame:
-    """The columns ``names`` of the rows of ``full`` where ``mask`` is true: those ``full`` has, and the feature
-    statistics it was built without (only the evidence reads them), widened for these rows only."""
+def _matched_rows(
+    full: pl.DataFrame,
+    stats: FeatureStats,
+    names: Sequence[str],
+    mask: pl.Series,
+    sources: Mapping[str, str] | None = None,
+) -> pl.DataFrame:
+    """The columns ``names`` of the rows of ``full`` where ``mask`` is true: those ``full`` has (or holds under
+    the name ``sources`` gives, :mod:`screener.rules._shared`), and the feature statistics it was built without
+    (only the evidence reads them), widened for these rows only."""
     have = set(full.columns)
-    part = _columns(full, [c for c in names if c in have]).filter(mask)
-    missing = {c for c in names if c not in have}
+    src = sources or {}
+    picked = [c for c in names if c in have or src.get(c) in have]
+    part = pl.DataFrame([full.get_column(src.get(c, c)).alias(c) for c in picked]).filter(mask)
+    missing = {c for c in names if c not in have and src.get(c) not in have}
     if not missing:
         return part
     extra = stats.wide(missing, mask.arg_true())
@@ -100,7 +117,13 @@ def _matched_rows(full: pl.DataFrame, stats: FeatureStats, names: Sequence[str],
 
 
 def screen(
-    state: PatientState, studies: Sequence[Study], now: datetime, *, evidence: Evidence = "all", rows: Rows = "all"
+    state: PatientState,
+    studies: Sequence[Study],
+    now: datetime,
+    *,
+    evidence: Evidence = "all",
+    rows: Rows = "all",
+    known: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Evaluate every patient in ``state.persons`` against every study, at time ``now`` (aware, UTC).
 
@@ -127,10 +150,14 @@ def screen(
     Every patient is still evaluated against every study; the other rows are never built. The cheapest call
     when only the matches are kept (the engine); :func:`screen_with_counts` also gives per-study counts.
 
+    ``known`` (``study_id, patient_id``; only with ``rows="matches"``) names pairs whose row is returned whatever
+    its outcome, with its criteria and evidence, as ``evidence="all"`` builds them: the engine's recorded matches,
+    so that one screen gives both the matches and the rows of the known ones it now rules out.
+
     Compiled expressions are cached per study object, and code tables per study set, so repeated calls (the
     engine's micro-batches) pay only for the patients.
     """
-    return _screen(state, studies, now, evidence, rows, want_counts=False)[0]
+    return _screen(state, studies, now, evidence, rows, want_counts=False, known=known)[0]
 
 
 def screen_with_counts(
@@ -152,8 +179,16 @@ def screen_with_counts(
 
 
 def _screen(
-    state: PatientState, studies: Sequence[Study], now: datetime, evidence: str, rows: str, want_counts: bool
+    state: PatientState,
+    studies: Sequence[Study],
+    now: datetime,
+    evidence: str,
+    rows: str,
+    want_counts: bool,
+    known: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    if known is not None and rows != "matches":
+        raise ValueError("known pairs need rows='matches'")
     if evidence not in EVIDENCE_MODES:
         raise ValueError(f"evidence must be one of {', '.join(EVIDENCE_MODES)}, got {evidence!r}")
     if rows not in ROW_MODES:
@@ -171,6 +206,8 @@ def _screen(
     only_matches = rows == "matches"
     if only_matches and evidence == "all":
         evidence = "matches"  # same returned rows: every match carries its evidence
+    if known is not None and evidence == "none":
+        evidence = "outcomes"  # the known rows carry their evidence
     if not studies or state.persons.height == 0:
         zeros = [0] * len(studies)
         return pl.DataFrame(schema=schema), (_counts_frame(studies, zeros, zeros, 0) if want_counts else None)
@@ -206,11 +243,26 @@ def _screen(
             [_assemble(full, s, c, False, keep=k) for (s, c), k in zip(pairs, keeps, strict=True)], how="vertical"
         ), counts
     lists = evidence == "matches"  # "outcomes": no criteria list on the rows without evidence
-    full = _plain(values.collect(engine=ENGINE))
-    matched = [pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) for c in comps]
+    # The studies' common expressions computed once (:mod:`screener.rules._shared`): the outcomes and the
+    # criteria's values under their own names, any other value column under its source's.
+    kept_v = [name for c in comps for name in (c.outcome_col, *(k.value for k in c.criteria))]
+    vshared = shared_stages(comps, [[*c.values, [c.outcome]] for c in comps], kept_v, _SHARE)
+    values = base
+    for stage in vshared.stages:
+        values = values.with_columns(stage)
+    full = _plain(values.collect(engine=ENGINE, optimizations=_UNOPTIMISED))
     eligible, possible = _outcome_sums(full, comps)
     match_counts = [e + p for e, p in zip(eligible, possible, strict=True)]
     counts_frame = _counts_frame(studies, eligible, possible, n_persons) if want_counts else None
+    kept = _known_ids(full, studies, known)  # study position -> its known patients here
+    matched = [
+        pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) | pl.col("patient_id").is_in(kept[i].implode())
+        if i in kept
+        else pl.col(c.outcome_col).is_in(MATCH_OUTCOMES)
+        for i, c in enumerate(comps)
+    ]
+    # (the known pairs' rows come with the matches, whatever their outcome)
+    match_counts = [n + (kept[i].len() if i in kept else 0) for i, n in enumerate(match_counts)]
     hits = [i for i, n in enumerate(match_counts) if n]
     with_ev: dict[int, pl.DataFrame] = {}
     if hits:
@@ -222,14 +274,21 @@ def _screen(
         n_union = int(union.sum())
         if small or n_union * len(hits) <= 2 * sum(match_counts) or n_union <= _SMALL_UNION:
             # Few rows: one frame for every study with a match (a frame per study costs more than the extra rows).
-            need = list(dict.fromkeys(col for i in hits for col in comps[i].evidence_inputs))
-            rows_ev = _matched_rows(full, stats, need, union)
-            ev = staged(rows_ev.lazy(), [comps[i].evidence for i in hits]).collect(engine=ENGINE)
+            kept_e = [n for i in hits for k in comps[i].criteria for n in (k.evidence, k.expires) if n]
+            eshared = shared_stages([comps[i] for i in hits], [comps[i].evidence for i in hits], kept_e, _SHARE)
+            result_cols = [n for i in hits for n in (comps[i].outcome_col, *(k.value for k in comps[i].criteria))]
+            need = list(dict.fromkeys(["patient_id", *result_cols, *sorted(eshared.reads)]))
+            rows_ev = _matched_rows(full, stats, need, union, vshared.sources).lazy()
+            for stage in eshared.stages:
+                rows_ev = rows_ev.with_columns(stage)
+            ev = rows_ev.collect(engine=ENGINE, optimizations=_UNOPTIMISED)
             with_ev = dict.fromkeys(hits, ev)
         else:
             parts = [
                 staged(
-                    _matched_rows(full, stats, comps[i].evidence_inputs, masks.get_column(f"_m{i}")).lazy(),
+                    _matched_rows(
+                        full, stats, comps[i].evidence_inputs, masks.get_column(f"_m{i}"), vshared.sources
+                    ).lazy(),
                     [comps[i].evidence],
                 )
                 for i in hits
@@ -241,7 +300,9 @@ def _screen(
         pass  # the rows without a match are never built
     elif small:
         out.append(
-            _long(full.lazy(), [_result(s, c, False, lists) for s, c in pairs]).filter(~match).collect(engine=ENGINE)
+            _long(full.lazy(), [_result(s, c, False, lists) for s, c in pairs])
+            .filter(~match)
+            .collect(engine=ENGINE, optimizations=_UNOPTIMISED)
         )
     elif not lists:
         out.append(_outcome_rows(full, pairs).filter(~match))
@@ -251,12 +312,35 @@ def _screen(
         ]
     if shared:
         ev = with_ev[hits[0]]
-        out.append(_long(ev.lazy(), [_result(*pairs[i], True) for i in hits]).filter(match).collect(engine=ENGINE))
+        long = _long(ev.lazy(), [_result(*pairs[i], True) for i in hits])
+        if kept:
+            assert known is not None
+            every = long.collect(engine=ENGINE, optimizations=_UNOPTIMISED)
+            pairs_k = known.select(pl.col("study_id").cast(pl.String), pl.col("patient_id").cast(pl.String))
+            rest = every.filter(~match).join(pairs_k, on=["study_id", "patient_id"], how="semi")
+            out += [every.filter(match), rest]
+        else:
+            out.append(long.filter(match).collect(engine=ENGINE, optimizations=_UNOPTIMISED))
     else:
         out += [_assemble(with_ev[i], *pairs[i], True, keep=matched[i]) for i in hits]
     if not out:
         return pl.DataFrame(schema=schema), counts_frame
     return pl.concat(out, how="vertical"), counts_frame
+
+
+def _known_ids(full: pl.DataFrame, studies: Sequence[Study], known: pl.DataFrame | None) -> dict[int, pl.Series]:
+    """Per study position, the patients of ``full`` that ``known`` names for that study (studies with none left out)."""
+    if known is None or known.height == 0:
+        return {}
+    at = {s.id: i for i, s in enumerate(studies)}
+    here = known.select(pl.col("study_id").cast(pl.String), pl.col("patient_id").cast(pl.String)).join(
+        full.select("patient_id"), on="patient_id", how="semi"
+    )
+    here = here.filter(pl.col("study_id").is_in(list(at))).unique()
+    return {
+        at[sid]: group.get_column("patient_id")
+        for (sid,), group in here.partition_by("study_id", as_dict=True, maintain_order=True).items()
+    }
 
 
 def screen_detail(state: PatientState, study: Study, now: datetime) -> pl.DataFrame:
