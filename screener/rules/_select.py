@@ -156,18 +156,20 @@ def _concept_facts(
     )
     pids = persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
     cols = ["patient_id", "system", "code", "unit", "occurred_at", "event_id", "status", "value"]
+    # The patient join and the time sort run on the facts, before the concept join multiplies them (a fact in
+    # several concepts); the later joins keep that order (``maintain_order="left"``).
     return (
         facts.lazy()
         .select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_r0"), *cols, *(["ended_at"] if periods else []))
         # a one-column membership test first: most facts are in no concept, and the join below hashes two
         .filter(pl.col("code").is_in(cc["code"].unique().implode()) & (pl.col("occurred_at") <= now + rp.look_ahead))
-        .join(cc.lazy(), on=["system", "code"], how="inner")
         .join(pids, on="patient_id", how="inner")
-        .join(units, on=["_ck", "unit"], how="left", nulls_equal=True)
-        # narrow before the sort: the sort gathers every column it carries
-        .select([*_NARROW, "event_id", *([*_PERIOD, _pend(now)] if periods else [])])
+        .drop("patient_id")
         .sort(["occurred_at", "event_id"])
         .drop("event_id")
+        .join(cc.lazy(), on=["system", "code"], how="inner", maintain_order="left")
+        .join(units, on=["_ck", "unit"], how="left", nulls_equal=True, maintain_order="left")
+        .select([*_NARROW, *([*_PERIOD, _pend(now)] if periods else [])])
     )
 
 
@@ -206,24 +208,27 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
     # ``_g`` packs (patient, feature) into one integer: the group_bys of :mod:`screener.rules._aggregate` hash
     # one column, not two. The rows are sorted by slot, then time (each aggregation reads one slice).
     fbits = fid_bits(len(rp.selections))
-    rbits = max(cf.height, 1).bit_length()
-    picked = (
-        cf.lazy()
-        .select("_row", "_pid", "_ck", "occurred_at", "_nd", *(["_pend"] if periods else []))
-        .join(win.lazy(), on="_ck", how="inner")
-        .filter(selected)
-        .select(
-            "_row",
-            "_fid",
-            "_own",
-            "_mode",
-            *extra,
-            (pl.col("_pid").cast(pl.UInt64) * (1 << fbits) + pl.col("_fid")).alias("_g"),
-            "_slot",
+    narrow = cf.lazy().select("_row", "_pid", "_ck", "occurred_at", "_nd", *(["_pend"] if periods else []))
+    slots = win["_slot"]
+    # one join per slot, each keeping the time order, concatenated in slot order: no sort of the joined rows
+    parts = []
+    for slot in slots.unique().sort():
+        w = win.filter(pl.col("_slot") == slot)
+        parts.append(
+            narrow.filter(pl.col("_ck").is_in(w["_ck"].unique().implode()))
+            .join(w.lazy(), on="_ck", how="inner", maintain_order="left")
+            .filter(selected)
+            .select(
+                "_row",
+                "_fid",
+                "_own",
+                "_mode",
+                *extra,
+                (pl.col("_pid").cast(pl.UInt64) * (1 << fbits) + pl.col("_fid")).alias("_g"),
+                "_slot",
+            )
         )
-        .sort(pl.col("_slot").cast(pl.UInt64) * (1 << rbits) + pl.col("_row"))
-        .collect(engine=ENGINE)
-    )
+    picked = pl.concat(pl.collect_all(parts, engine=ENGINE), how="vertical")
     rows = pl.concat([cf.drop("_row", "_ck")[picked["_row"]], picked.drop("_row")], how="horizontal").with_columns(
         (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
         (pl.col("value").is_not_null() & pl.col("_a").is_null()).alias("_unk"),
