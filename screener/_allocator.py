@@ -2,7 +2,8 @@
 
 A backfill allocates and frees chunk-sized buffers on every thread for minutes. Polars configures jemalloc to
 return freed pages to the OS after 0.5 s (dirty) and 1 s (muzzy), so each new chunk faults them in again;
-keeping them 10 s lets the next chunks reuse them (see docs/operating.md for the measured effect).
+keeping them 10 s lets the next chunks reuse them (at the cost of a higher resident size: pages are
+returned later).
 
 jemalloc reads ``_RJEM_MALLOC_CONF`` once, when the Polars library loads (Polars appends the variable's value to
 its own defaults, and sets the variable, on import), so this module imports nothing heavy and :mod:`screener.cli`
