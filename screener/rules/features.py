@@ -201,60 +201,84 @@ def feature_stats(state: PatientState, studies: Sequence[Study], now: datetime) 
 
 class FeatureStats:
     """The (patient, feature) statistics of one screen (:func:`screener.rules._aggregate.aggregate` frames),
-    widened to ``<feature>:<stat>`` columns on demand. Each feature's rows are scattered to their patients'
-    positions (no pivot: ``_pid`` is already the person's row); the scatter is kept for later calls."""
+    widened to ``<feature>:<stat>`` columns on demand: one pivot per frame (on the feature, ``_pid`` being the
+    person's row) for the columns asked, not a Python step per column."""
 
     def __init__(self, frames: Sequence[pl.DataFrame], plan: _FeaturePlan, ids: pl.Series) -> None:
         self._plan = plan
         self._ids = ids
-        self._parts: list[pl.DataFrame] = []  # one feature's rows of one frame
-        self._source: dict[str, tuple[int, str]] = {}  # column name -> (its part, its statistic)
-        for frame in frames:
+        self._frames = list(frames)
+        self._source: dict[str, tuple[int, int, str]] = {}  # column name -> (its frame, its feature, its statistic)
+        for k, frame in enumerate(self._frames):
             have = set(frame.columns)
-            for (fid,), part in frame.partition_by("_fid", as_dict=True).items():
-                spec = [(stat, name) for stat, name in plan.widen.get(int(fid), ()) if stat in have]
-                if spec:
-                    self._source.update((name, (len(self._parts), stat)) for stat, name in spec)
-                    self._parts.append(part)
-        self._at: dict[int, pl.Series] = {}  # part -> each person's row in it (null without one)
+            for fid in frame.get_column("_fid").unique().to_list():
+                for stat, name in plan.widen.get(int(fid), ()):
+                    if stat in have:
+                        self._source[name] = (k, int(fid), stat)  # a later frame's wins, as a later scatter would
 
     @property
     def columns(self) -> list[str]:
         """Every ``<feature>:<stat>`` column, in :meth:`wide` order."""
         return self._plan.columns
 
-    def _index(self, k: int) -> pl.Series:
-        at = self._at.get(k)
-        if at is None:
-            part = self._parts[k]
-            at = constant("", None, pl.UInt32(), self._ids.len())
-            at.scatter(part["_pid"], pl.Series(np.arange(part.height, dtype=np.uint32)))
-            self._at[k] = at
-        return at
-
     def wide(self, columns: Collection[str] | None = None, rows: pl.Series | None = None) -> pl.DataFrame:
         """``patient_id`` and the statistic columns (those in ``columns``, default all, in :attr:`columns`
         order), one row per person in ``state.persons`` order, or only the persons at positions ``rows``
         (UInt32, in that order). Null where the patient has no fact in the feature."""
+        if rows is not None and rows.len() and rows.n_unique() < rows.len():  # a person asked twice
+            uniq, back = np.unique(rows.to_numpy(), return_inverse=True)
+            once = self.wide(columns, pl.Series(uniq, dtype=pl.UInt32))
+            return once[pl.Series(back.astype(np.uint32))]
         ids = self._ids if rows is None else self._ids.gather(rows)
         n = ids.len()
-        nulls: dict[pl.DataType, pl.Series] = {}
-        picked: dict[int, pl.Series] = {}
-        out = [ids]
-        for name in self._plan.columns:
-            if columns is not None and name not in columns:
-                continue
-            dtype = self._plan.dtypes[name]
+        names = [c for c in self._plan.columns if columns is None or c in columns]
+        asked: dict[int, list[tuple[str, int, str]]] = {}
+        for name in names:
             hit = self._source.get(name)
-            if hit is None:
+            if hit is not None:
+                asked.setdefault(hit[0], []).append((name, hit[1], hit[2]))
+        got: dict[str, pl.Series] = {}
+        for k, cols in asked.items():
+            got.update(self._pivot(self._frames[k], cols, n, rows))
+        nulls: dict[pl.DataType, pl.Series] = {}
+        out = [ids]
+        for name in names:
+            col = got.get(name)
+            if col is None:
+                dtype = self._plan.dtypes[name]
                 if dtype not in nulls:
                     nulls[dtype] = constant("", None, dtype, n)
-                out.append(nulls[dtype].alias(name))
-                continue
-            k, stat = hit
-            at = picked.get(k)
-            if at is None:
-                at = self._index(k)
-                picked[k] = at = at if rows is None else at.gather(rows)
-            out.append(self._parts[k].get_column(stat).cast(dtype).gather(at).alias(name))
+                col = nulls[dtype].alias(name)
+            out.append(col)
         return pl.DataFrame(out)
+
+    def _pivot(
+        self, frame: pl.DataFrame, cols: list[tuple[str, int, str]], n: int, rows: pl.Series | None
+    ) -> dict[str, pl.Series]:
+        """The columns ``cols`` (``name, feature, statistic``) of one aggregate frame, ``n`` rows (the persons,
+        or those at ``rows``): per statistic, one gather of its values into every asked column at once (a
+        column-major index, a null row appended for the persons without a row), cut into the columns."""
+        pid = frame.get_column("_pid").to_numpy().astype(np.int64)
+        fid = frame.get_column("_fid").to_numpy().astype(np.int64)
+        if rows is not None:  # the asked persons' rows, at their new positions
+            pos = np.full(self._ids.len(), -1, dtype=np.int64)
+            pos[rows.to_numpy()] = np.arange(rows.len(), dtype=np.int64)
+            pid = pos[pid]
+        by_stat: dict[str, list[tuple[str, int]]] = {}
+        for name, f, stat in cols:
+            by_stat.setdefault(stat, []).append((name, f))
+        out: dict[str, pl.Series] = {}
+        for stat, named in by_stat.items():
+            slot = np.full(int(fid.max()) + 1, -1, dtype=np.int64)
+            slot[[f for _n, f in named]] = np.arange(len(named), dtype=np.int64)
+            k = slot[np.minimum(fid, slot.size - 1)]
+            k[fid >= slot.size] = -1
+            ok = (k >= 0) & (pid >= 0)
+            index = np.full(len(named) * n, frame.height, dtype=np.uint32)  # the appended null row
+            index[k[ok] * n + pid[ok]] = np.flatnonzero(ok).astype(np.uint32)
+            values = frame.get_column(stat)
+            dtype = self._plan.dtypes[named[0][0]]
+            every = pl.concat([values, pl.Series([None], dtype=values.dtype)]).gather(index).cast(dtype)
+            for j, (name, _f) in enumerate(named):
+                out[name] = every.slice(j * n, n).alias(name)
+        return out
