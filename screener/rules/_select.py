@@ -146,37 +146,43 @@ def _concept_facts(
     ``_active`` and ``_pend``; sorted by time then event
     id. Other fact columns are gathered later, for the rows that need them only (a random gather of strings
     costs more than everything else here)."""
-    # each (concept, spelled unit) with its conversion, on the distinct spellings: one join over the facts
+    # the distinct spellings of units and (system, code) pairs get small integer keys before the sort, so the
+    # sort carries no string column but its tie-break (``event_id``)
+    spellings = facts.select(pl.col("unit").unique()).with_row_index("_u")
     units = (
-        facts.lazy()
-        .select(pl.col("unit").unique())
+        spellings.lazy()
         .with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
         .join(rp.conversions.lazy(), on="_unit", how="inner")
-        .select("_ck", "unit", "_a", "_b")
+        .select("_ck", "_u", "_a", "_b")
     )
+    pairs = cc.select("system", "code").unique().with_row_index("_sc")
+    concept_of = cc.join(pairs, on=["system", "code"]).select("_sc", "_ck", "_cid")
     pids = persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
     cols = ["patient_id", "system", "code", "unit", "occurred_at", "event_id", "status", "value"]
-    # The patient join and the time sort run on the facts, before the concept join multiplies them (a fact in
+    keyed: list[str | pl.Expr] = ["_r0", "_pid", "_sc", "_u", "occurred_at", "event_id", _ND, "value"]
+    # The key joins and the time sort run on the facts, before the concept join multiplies them (a fact in
     # several concepts); the later joins keep that order (``maintain_order="left"``).
     return (
         facts.lazy()
         .select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_r0"), *cols, *(["ended_at"] if periods else []))
         # a one-column membership test first: most facts are in no concept, and the join below hashes two
-        .filter(pl.col("code").is_in(cc["code"].unique().implode()) & (pl.col("occurred_at") <= now + rp.look_ahead))
+        .filter(pl.col("code").is_in(pairs["code"].implode()) & (pl.col("occurred_at") <= now + rp.look_ahead))
+        .join(pairs.lazy(), on=["system", "code"], how="inner")
+        .join(spellings.lazy(), on="unit", how="left", nulls_equal=True)
         .join(pids, on="patient_id", how="inner")
-        .drop("patient_id")
+        .select(*keyed, *([*_PERIOD, _pend(now)] if periods else []))
         .sort(["occurred_at", "event_id"])
         .drop("event_id")
-        .join(cc.lazy(), on=["system", "code"], how="inner", maintain_order="left")
-        .join(units, on=["_ck", "unit"], how="left", nulls_equal=True, maintain_order="left")
-        .select([*_NARROW, *([*_PERIOD, _pend(now)] if periods else [])])
+        .join(concept_of.lazy(), on="_sc", how="inner", maintain_order="left")
+        .join(units, on=["_ck", "_u"], how="left", maintain_order="left")
+        .select(_NARROW + (["ended_at", "_active", "_pend"] if periods else []))
     )
 
 
 _ND = pl.col("status").is_in(NOT_DONE).fill_null(False).alias("_nd")
-_NARROW: list[str | pl.Expr] = ["_r0", "_pid", "_ck", "_cid", "_a", "_b", "occurred_at", _ND, "value"]
+_NARROW = ["_r0", "_pid", "_ck", "_cid", "_a", "_b", "occurred_at", "_nd", "value"]
 #: for periods: the end, and whether the fact is active (no status counts as active)
-_PERIOD = ["ended_at", (pl.col("status").fill_null("active") == "active").alias("_active")]
+_PERIOD: list[str | pl.Expr] = ["ended_at", (pl.col("status").fill_null("active") == "active").alias("_active")]
 
 
 def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
@@ -204,7 +210,7 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
     cc = _code_concepts(facts, rp)
     cf = _concept_facts(facts, state.persons, cc, rp, now, periods).with_row_index("_row").collect(engine=ENGINE)
     # The window join multiplies rows (a fact per feature of its concept): it runs on the columns it reads only,
-    # and the selected rows, put back in time order by their row number, gather the rest (a forward scan).
+    # and the selected rows, in time order within each slot, gather the rest by their row number (a forward scan).
     # ``_g`` packs (patient, feature) into one integer: the group_bys of :mod:`screener.rules._aggregate` hash
     # one column, not two. The rows are sorted by slot, then time (each aggregation reads one slice).
     fbits = fid_bits(len(rp.selections))
@@ -228,7 +234,7 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
                 "_slot",
             )
         )
-    picked = pl.concat(pl.collect_all(parts, engine=ENGINE), how="vertical")
+    picked = pl.concat(pl.collect_all(parts, engine=ENGINE), how="vertical", rechunk=True)
     rows = pl.concat([cf.drop("_row", "_ck")[picked["_row"]], picked.drop("_row")], how="horizontal").with_columns(
         (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
         (pl.col("value").is_not_null() & pl.col("_a").is_null()).alias("_unk"),
