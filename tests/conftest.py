@@ -29,7 +29,8 @@ def cheap_password_hashing() -> Iterator[Any]:
     production = auth._hasher
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(auth, "_hasher", cheap)
-        mp.setattr(auth, "_DUMMY_HASH", cheap.hash("not-a-real-password"))
+        dummy = cheap.hash("not-a-real-password")
+        mp.setattr(auth, "_dummy_hash", lambda: dummy)
         yield production
 
 

@@ -35,8 +35,13 @@ MIN_PASSWORD_LENGTH = 12
 _COMMON_FILE = Path(__file__).with_name("common_passwords.txt")
 
 _hasher = PasswordHasher()
-#: Verified against when a username does not exist, so a login takes as long either way.
-_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+@cache
+def _dummy_hash() -> str:
+    """Verified against when a username does not exist, so a login takes as long either way (made on first use:
+    an argon2 hash costs about 0.3 s, which every process importing this module paid)."""
+    return _hasher.hash("not-a-real-password")
 
 
 @cache
@@ -70,7 +75,7 @@ def verify_password(password_hash: str | None, password: str) -> bool:
     """True when ``password`` matches ``password_hash``. ``None`` (unknown user) is checked against a dummy hash
     so the timing does not reveal whether the user exists; it always returns False."""
     try:
-        ok = _hasher.verify(password_hash or _DUMMY_HASH, password)
+        ok = _hasher.verify(password_hash or _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return False
     return ok and password_hash is not None
