@@ -28,6 +28,7 @@ from tests.unit.engine.test_known_screen import _sorted, _state
 ROOT = Path(__file__).resolve().parents[3]
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 _SCREEN = sys.modules["screener.rules.screen"]
+_STATES: dict[int, Any] = {}
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +60,20 @@ def test_replicas_share_expressions(replicas: list[Any]) -> None:
 @pytest.mark.parametrize("which", ["samples", "replicas"])
 @pytest.mark.parametrize("path", ["small", "per-study"])
 def test_sharing_gives_the_same_rows(
-    seed: int, which: str, path: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    seed: int,
+    which: str,
+    path: str,
+    samples: list[Any],
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     studies = request.getfixturevalue(which)
     if path == "per-study":
         monkeypatch.setattr(_SCREEN, "_SMALL_CALL", 0)
         monkeypatch.setattr(_SCREEN, "_SMALL_UNION", 0)
-    samples = [s for s in load_studies([ROOT / "rules"]).studies if s.is_open(NOW)]
-    state = _state(seed, samples).to_state()
+    if seed not in _STATES:  # the stream's state, built once per seed (the same for every case of it)
+        _STATES[seed] = _state(seed, samples).to_state()
+    state = _STATES[seed]
     full = screen(state, studies, NOW, evidence="all", rows="all")
     rng = random.Random(seed)
     pairs = list(full.select("study_id", "patient_id").iter_rows())
