@@ -159,7 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         a = ours.select(*key, "outcome").sort(key)
         if args.no_duckdb:
             del ours
+            t_ours = []
+            for _ in range(args.runs):
+                t = time.perf_counter()
+                _screen(state, studies, now, args.chunk)
+                t_ours.append(time.perf_counter() - t)
             t_spark = _spark(args, studies, now, fpath, ppath, a)
+            print(f"ratio Spark/screener: {min(t_spark) / min(t_ours):.2f}x (above 1: screener faster)")
+            per_call = f", {args.chunk:,} patients per call" if args.chunk else ""
+            print(f"screener screen(evidence='none'){per_call}: best {min(t_ours):.2f} s of {args.runs}")
             print(f"Spark ({args.spark}) generated SQL, Parquet in and out: best {min(t_spark):.2f} s of {args.runs}")
             return 0
         theirs = run_parquet(studies, now, fpath, ppath, threads=args.threads, memory_limit=args.duckdb_memory)
