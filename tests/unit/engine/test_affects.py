@@ -30,9 +30,9 @@ from screener.engine._affects import AffectsIndex
 from screener.events import event_dict
 from screener.metrics import Metrics
 from screener.rules import load_studies, screen
-from screener.settings import Settings
 from screener.state import LiveState
 from screener.testing import InMemoryConsumer, InMemoryLog, InMemoryProducer
+from tests._support.engines import still_settings
 from tests.hypothesis_profiles import examples
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -185,16 +185,7 @@ def _loader(paths: Any) -> Any:
 def _run(studies_dir: Path, tmp: Path, batches: list[list[dict[str, Any]]], affected_only: bool) -> Engine:
     log = InMemoryLog(partitions=2)
     engine = Engine(
-        Settings(
-            rules_dir=studies_dir,
-            state_dir=tmp / ("on" if affected_only else "off"),
-            rescreen_interval_s=10**9,
-            rules_poll_s=10**9,
-            snapshot_interval_s=10**9,
-            events_topic="ev",
-            matches_topic="m",
-            dlq_topic="dlq",
-        ),
+        still_settings(studies_dir, tmp / ("on" if affected_only else "off")),
         MemoryStore(),
         metrics=Metrics(CollectorRegistry()),
         clock=FixedClock(NOW),

@@ -15,21 +15,13 @@ from screener.clock import FixedClock
 from screener.engine import Engine
 from screener.history import open_store
 from screener.testing import InMemoryLog
-from tests._support.engines import started_engine
+from tests._support.engines import RecordingStore, started_engine
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 
 
-class SpyStore(MemoryStore):
-    """The current in-memory store, recording every frame the engine sends."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[pl.DataFrame] = []
-
-    def record_matches(self, matches: pl.DataFrame) -> pl.DataFrame:
-        self.sent.append(matches)
-        return super().record_matches(matches)
+class SpyStore(RecordingStore):
+    """The in-memory store, recording every frame the engine sends."""
 
     def ineligible_sent(self) -> list[tuple[str, str]]:
         rows = [r for f in self.sent for r in f.filter(pl.col("outcome") == "ineligible").iter_rows(named=True)]

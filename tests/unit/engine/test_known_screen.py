@@ -19,18 +19,15 @@ from typing import Any
 
 import polars as pl
 import pytest
-from prometheus_client import CollectorRegistry
 
-from screener.alerts.memory import MemoryStore
 from screener.clock import FixedClock
 from screener.engine import Engine
 from screener.errors import EventError
 from screener.events import parse_event
-from screener.metrics import Metrics
 from screener.rules import screen
-from screener.settings import Settings
 from screener.state import LiveState, events_to_frames
-from screener.testing import InMemoryConsumer, InMemoryLog, InMemoryProducer
+from screener.testing import InMemoryLog
+from tests._support.engines import RecordingStore, started_engine, still_settings
 from tests.unit.engine.test_affects import _loader, batches
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -96,42 +93,13 @@ def test_known_pairs_need_rows_matches(studies: list[Any]) -> None:
         screen(state, studies, NOW, known=known)
 
 
-class _Recording(MemoryStore):
-    """A memory store that keeps every frame the engine sends, in order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[pl.DataFrame] = []
-
-    def record_matches(self, matches: pl.DataFrame) -> pl.DataFrame:
-        self.sent.append(matches)
-        return super().record_matches(matches)
-
-
 def _run(tmp: Path, stream: list[list[dict[str, Any]]], fused: bool) -> Engine:
     log = InMemoryLog(partitions=2)
-    engine = Engine(
-        Settings(
-            rules_dir=ROOT / "rules",
-            state_dir=tmp / ("fused" if fused else "twice"),
-            rescreen_interval_s=10**9,
-            rules_poll_s=10**9,
-            snapshot_interval_s=10**9,
-            events_topic="ev",
-            matches_topic="m",
-            dlq_topic="dlq",
-        ),
-        _Recording(),
-        metrics=Metrics(CollectorRegistry()),
-        clock=FixedClock(NOW),
-        consumer=InMemoryConsumer(log),
-        producer=InMemoryProducer(log),
-        loader=_loader,
-    )
+    settings = still_settings(ROOT / "rules", tmp / ("fused" if fused else "twice"))
+    engine = started_engine(settings, log, RecordingStore(), clock=FixedClock(NOW), loader=_loader)
     assert engine._screen_known is not None  # the default screen: one screen gives the known pairs' rows
     if not fused:
         engine._screen_known = None  # the reference: the ruled-out pairs screened again
-    engine.start()
     for batch in stream:
         for ev in batch:
             log.append("ev", ev["patient_id"].encode(), json.dumps(ev).encode())
@@ -142,7 +110,7 @@ def _run(tmp: Path, stream: list[list[dict[str, Any]]], fused: bool) -> Engine:
 
 def _calls(engine: Engine) -> list[pl.DataFrame]:
     store = engine.store
-    assert isinstance(store, _Recording)
+    assert isinstance(store, RecordingStore)
     # (matched_at and event_time are the wall clock's: the log stamps the records as they are appended)
     return [f.drop("matched_at", "event_time").sort("study_id", "patient_id") for f in store.sent]
 
