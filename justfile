@@ -29,9 +29,11 @@ fmt:
 # One worker per core (pytest-xdist), each test file on one worker so its module fixtures are built once;
 # `just test-unit -n 0` runs in this process (for pdb), and -x, -k ... pass through. schemathesis' pytest plugin
 # (only tests/robustness uses it) is not loaded: it costs about 1.5 CPU-s in every worker.
+# Tests marked `slow` (the other seeds and sizes of a check run here once, tests/_support/marks.py) run in CI and
+# in any plain pytest run, not here.
 # the unit tests, fast profile: nothing running, nothing beyond `pip install -e ".[test]"`
 test-unit *args:
-    {{ python }} -m pytest -q tests/unit --hypothesis-profile=dev -p no:schemathesis -n auto --dist loadfile {{ args }}
+    {{ python }} -m pytest -q tests/unit --hypothesis-profile=dev -m "not slow" -p no:schemathesis -n auto --dist loadfile {{ args }}
 
 # the tooling checks: lint, types and import contracts, promtool, the benchmark harness (needs promtool)
 test-tooling *args:

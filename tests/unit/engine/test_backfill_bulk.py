@@ -18,6 +18,7 @@ from screener.events import dump_event
 from screener.history import HistoryStore, StoreError, open_store
 from screener.history.backfill import backfill_frames
 from screener.testing import InMemoryLog, InMemoryProducer
+from tests._support.marks import first_fast
 
 DATA = Path(__file__).parents[2] / "data" / "omop"
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -244,6 +245,7 @@ def s3_options() -> Iterator[dict[str, str]]:
         yield options
 
 
+@pytest.mark.slow  # the local-file cases above in the loop; this store on S3 (a real server, ~4 CPU-s) in CI
 def test_bulk_into_s3_equals_the_general_path(s3_options: dict[str, str], make_event: Any, tmp_path: Path) -> None:
     """The base is streamed to the object store through Polars' own cloud writer (a real S3 server on loopback)."""
     stores = [open_store(f"s3://bulk-unit/{name}", s3_options) for name in ("general", "bulk")]
@@ -351,11 +353,11 @@ print(repr(seen[0]))
 
 @pytest.mark.parametrize(
     ("args", "user", "expected"),
-    [
+    first_fast(  # a Python process each (~1 CPU-s): one in the loop, the others in CI (tests/_support/marks.py)
         (["backfill", "omop", "/x", "--into-store", "/s"], None, "'dirty_decay_ms:10000,muzzy_decay_ms:10000'"),
         (["backfill", "omop", "/x", "--into-store", "/s"], "narenas:2", "'narenas:2'"),
         (["screen", "rules.yaml"], None, "None"),
-    ],
+    ),
 )
 def test_the_cli_sets_the_allocator_before_polars_loads(args: list[str], user: str | None, expected: str) -> None:
     """What jemalloc will read: the variable as it is when ``polars`` is first imported by ``screener.cli``."""

@@ -28,11 +28,15 @@ from screener.rules import screen
 from screener.state import LiveState, events_to_frames
 from screener.testing import InMemoryLog
 from tests._support.engines import RecordingStore, started_engine, still_settings
+from tests._support.marks import first_fast
 from tests.unit.engine.test_affects import _loader, batches
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 SEEDS = (1, 5, 23, 42)
+#: The first seed runs in ``just test-unit``, the others in CI (tests/_support/marks.py); 42 first for the engine
+#: test: its stream rules out known matches (seed 1's closes none).
+SCREEN_SEEDS, ENGINE_SEEDS = first_fast(*SEEDS), first_fast(42, 1, 5, 23)
 _SCREEN = sys.modules["screener.rules.screen"]
 
 
@@ -59,7 +63,7 @@ def _sorted(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select("study_id", "patient_id", "outcome", "rule_hash", "criteria").sort("study_id", "patient_id")
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SCREEN_SEEDS)
 @pytest.mark.parametrize("path", ["small", "per-study"])
 def test_known_pairs_come_back_as_a_full_screen_builds_them(
     seed: int, path: str, studies: list[Any], monkeypatch: pytest.MonkeyPatch
@@ -115,17 +119,16 @@ def _calls(engine: Engine) -> list[pl.DataFrame]:
     return [f.drop("matched_at", "event_time").sort("study_id", "patient_id") for f in store.sent]
 
 
-def test_the_engine_records_the_same_rows_with_one_screen(studies: list[Any], tmp_path: Path) -> None:
-    closed = 0
-    for seed in SEEDS:
-        stream = batches(seed, studies)
-        fused, twice = _run(tmp_path / str(seed), stream, True), _run(tmp_path / str(seed), stream, False)
-        got, want = _calls(fused), _calls(twice)
-        assert len(got) == len(want)
-        for a, b in zip(got, want, strict=True):
-            assert a.equals(b)
-        closed += int(fused.metrics.matches_closed._value.get())
-        assert fused.metrics.matches_closed._value.get() == twice.metrics.matches_closed._value.get()
-        fused.close()
-        twice.close()
-    assert closed > 0  # some known match was ruled out: the closing rows were compared too
+@pytest.mark.parametrize("seed", ENGINE_SEEDS)
+def test_the_engine_records_the_same_rows_with_one_screen(seed: int, studies: list[Any], tmp_path: Path) -> None:
+    stream = batches(seed, studies)
+    fused, twice = _run(tmp_path, stream, True), _run(tmp_path, stream, False)
+    got, want = _calls(fused), _calls(twice)
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert a.equals(b)
+    closed = fused.metrics.matches_closed._value.get()
+    assert closed == twice.metrics.matches_closed._value.get()
+    assert closed > 0 or seed == 1  # a known match was ruled out: the closing rows were compared too
+    fused.close()
+    twice.close()
