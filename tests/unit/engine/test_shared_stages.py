@@ -24,6 +24,7 @@ from screener.rules import load_studies, screen
 from screener.rules._shared import shared_stages
 from screener.rules.criteria import compiled
 from tests._support.marks import first_fast
+from tests._support.samples import sample_studies
 from tests.unit.engine.test_known_screen import _sorted, _state
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -34,7 +35,7 @@ _STATES: dict[int, Any] = {}
 
 @pytest.fixture(scope="module")
 def samples() -> list[Any]:
-    return [s for s in load_studies([ROOT / "rules"]).studies if s.is_open(NOW)]
+    return [s for s in sample_studies() if s.is_open(NOW)]  # loaded once per process (tests/_support/samples.py)
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from screener.rules import load_studies
 from screener.rules.features import FeatureStats, feature_stats
+from tests._support.samples import sample_studies
 from tests.unit.engine.test_known_screen import _state
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -26,7 +26,7 @@ NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def studies() -> list[Any]:
-    return [s for s in load_studies([ROOT / "rules"]).studies if s.is_open(NOW)]
+    return [s for s in sample_studies() if s.is_open(NOW)]  # loaded once per process (tests/_support/samples.py)
 
 
 def _reference(stats: FeatureStats, rows: pl.Series | None) -> pl.DataFrame:
