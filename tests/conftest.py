@@ -5,14 +5,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 # Registers the hypothesis profiles (`ci` when CI is set, `dev` for `just test-unit`) before any test module is
 # imported, so the suites' `examples(n)` counts see the profile in force. See tests/hypothesis_profiles.py.
 import tests.hypothesis_profiles  # noqa: F401  (imported for its side effect)
-from screener.events import Event, parse_event
+
+if TYPE_CHECKING:  # imported where used: xdist's controller loads this file too, and runs no test
+    from screener.events import Event
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,6 +52,8 @@ def restore_structlog() -> Iterator[None]:
 @pytest.fixture
 def make_event() -> Any:
     """Factory: a valid canonical event with defaults; keyword arguments override fields."""
+
+    from screener.events import parse_event
 
     def _make(**fields: Any) -> Event:
         base: dict[str, Any] = {

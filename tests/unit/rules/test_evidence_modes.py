@@ -18,6 +18,7 @@ from screener.rules import loads_study, screen, screen_with_counts
 from screener.rules.features import feature_frame, feature_stats
 from screener.state import PatientState
 from tests._support.evidence import MATCH, SCREEN_MODULE, Screens, check_modes, check_rows_matches
+from tests._support.marks import first_fast
 from tests._support.samples import sample_studies
 
 
@@ -43,9 +44,11 @@ def screens() -> Screens:
     return Screens()
 
 
-@pytest.fixture(params=["per-study", "one-query"])
+@pytest.fixture(params=first_fast("per-study", "one-query"))
 def call_size(request, monkeypatch):
-    """Both ways of building the rows: study by study (large calls) and one query for all studies (small)."""
+    """Both ways of building the rows: study by study (large calls) and one query for all studies (small). The
+    loop runs the first (the one-query path of small calls runs there in tests/unit/engine/test_known_screen.py
+    and test_shared_stages.py), CI both (tests/_support/marks.py)."""
     monkeypatch.setattr(SCREEN_MODULE, "_SMALL_CALL", 0 if request.param == "per-study" else 10**9)
     return request.param
 
