@@ -52,16 +52,18 @@ def test_patient_is_the_same_whatever_the_batching() -> None:
     assert [p[0].patient_id for p in streamed] == persons["patient_id"].slice(150, 20).to_list()
 
 
-def test_events_rebuild_exactly_the_fast_path_frames() -> None:
-    persons, facts = generate_frames(250, seed=5, now=NOW)
-    events = [e for patient in generate(250, seed=5, now=NOW, block_size=64) for e in patient]
+@pytest.mark.parametrize(("start", "n"), first_fast((0, 80), (80, 170)))  # 80 patients in the loop, 170 more in CI
+def test_events_rebuild_exactly_the_fast_path_frames(start: int, n: int) -> None:
+    persons, facts = generate_frames(n, seed=5, now=NOW, start_index=start)
+    events = [e for patient in generate(n, seed=5, now=NOW, start_index=start, block_size=64) for e in patient]
     state, _ = apply_events(PatientState(), events)
     assert_frame_equal(state.persons.sort("patient_id"), persons.sort("patient_id"))
     assert_frame_equal(state.facts.sort("event_id"), facts.sort("event_id"))
 
 
-def test_events_are_valid_person_first_then_time_order() -> None:
-    for patient in generate(200, seed=11, now=NOW):
+@pytest.mark.parametrize(("start", "n"), first_fast((0, 60), (60, 140)))  # 60 patients in the loop, 140 more in CI
+def test_events_are_valid_person_first_then_time_order(start: int, n: int) -> None:
+    for patient in generate(n, seed=11, now=NOW, start_index=start):
         person, *facts = patient
         assert person.kind == "person" and person.person is not None
         assert person.person.nhs_number is not None
