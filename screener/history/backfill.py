@@ -17,19 +17,18 @@ screened as a whole once (see :meth:`screener.engine.Engine` restore), so nobody
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 import polars as pl
 
 from screener.errors import EventError
 from screener.history._bulk import DEFAULT_MEMORY_BYTES, BulkLoad, ahead_of
 from screener.history._frames import fact_rows_schema
+from screener.history._partitioner import _Partitioner, kafka_partitions, murmur2, murmur2_series
 from screener.history.store import HistoryStore
 from screener.ingest import decode_batch
 
@@ -42,121 +41,6 @@ source's mapping of chunk *n+1* runs beside the decoding of chunk *n*)."""
 #: Threads that decode and split chunks while the next chunk is read (Polars releases the GIL), and that write
 #: partitions at the end: one per core, at most 4.
 WORKERS = max(1, min(4, os.cpu_count() or 1))
-#: Patient buckets per partition (ranges of ids: see :class:`_Partitioner`); sorting a partition's facts a bucket at a
-#: time is about half the CPU of one sort of 2.5M facts.
-BUCKETS = 8
-
-
-def kafka_partitions(keys: pl.Series, partitions: int, cache: _Partitioner | None = None) -> pl.Series:
-    """The partition kafka-python's default partitioner sends each key to (keys as String or Binary).
-
-    kafka-python's ``murmur2``, vectorised with NumPy (:func:`murmur2_series`), is evaluated once per distinct
-    key, then joined back.
-    """
-    as_bytes = keys.cast(pl.Binary) if keys.dtype != pl.Binary else keys
-    frame = as_bytes.rename("key").to_frame()
-    table = (cache or _Partitioner(partitions)).lookup(as_bytes)
-    return frame.join(table, on="key", how="left", maintain_order="left")["partition"]
-
-
-class _Partitioner:
-    """Key -> partition, hashed per chunk (the work is the chunk's, however many patients the backfill has met:
-    a lookup in the keys seen so far would build or probe all of them for every chunk): JSON keys
-    (:meth:`lookup`) and the patient ids of event rows (:meth:`of_ids`); and patient id -> bucket
-    (:meth:`bucket`), ranges of ids in their sorted order, so that a partition's facts are sorted bucket by bucket
-    (each smaller, so cheaper per row to sort) and the buckets put end to end."""
-
-    def __init__(self, partitions: int, buckets: int | None = None) -> None:
-        self.partitions = partitions
-        self._buckets = BUCKETS if buckets is None else buckets
-        self._bounds: pl.Series | None = None
-        self._lock = threading.Lock()
-
-    def lookup(self, keys: pl.Series) -> pl.DataFrame:
-        """``key`` (Binary) and ``partition`` for the distinct keys of ``keys`` (Binary)."""
-        distinct = keys.rename("key").unique()
-        hashes = murmur2_series(distinct)
-        return pl.DataFrame([distinct, pl.Series("partition", (hashes & 0x7FFFFFFF) % self.partitions, dtype=pl.Int32)])
-
-    @property
-    def buckets(self) -> int:
-        return self._buckets
-
-    def of_ids(self, ids: pl.Series) -> pl.DataFrame:
-        """``patient_id`` (String), ``partition`` and ``slot`` (``partition * buckets + bucket``) for the distinct
-        ids of ``ids`` (String)."""
-        distinct = ids.drop_nulls().unique().rename("patient_id")
-        parts = pl.Series("partition", (murmur2_series(distinct) & 0x7FFFFFFF) % self.partitions, dtype=pl.Int32)
-        return pl.DataFrame([distinct, parts, (parts * self._buckets + self.bucket(distinct)).rename("slot")])
-
-    def bucket(self, ids: pl.Series) -> pl.Series:
-        """``bucket`` (Int32) of each patient id (a null is in bucket 0): the number of bounds at or below it. The
-        bounds are evenly spaced ids of the first chunk that has any (any bounds give the same order; even ones
-        give buckets of similar size), the same for every chunk after."""
-        with self._lock:
-            if self._bounds is None and ids.null_count() < ids.len():
-                seen = ids.drop_nulls().unique().sort()
-                step = max(seen.len() // self._buckets, 1)
-                self._bounds = seen.gather(list(range(step, seen.len(), step))[: self._buckets - 1])
-            bounds = self._bounds
-        if bounds is None or bounds.len() == 0:
-            return pl.Series("bucket", [0] * ids.len(), dtype=pl.Int32)
-        # a comparison per bound (a null compares as null: not counted) is cheaper than a binary search per id
-        above = [(pl.col("id") >= pl.lit(b)).cast(pl.Int32) for b in bounds.to_list()]
-        return ids.rename("id").to_frame().select(pl.sum_horizontal(above).cast(pl.Int32).alias("bucket")).to_series()
-
-
-def murmur2(keys: list[bytes | None]) -> np.ndarray:
-    """kafka-python's ``kafka.partitioner.default.murmur2`` of every key (a None key hashes as empty), as
-    uint64 holding the unsigned 32-bit result: the keys are grouped by length and hashed a 4-byte block at a time
-    over the whole group."""
-    data = [k or b"" for k in keys]
-    lengths = np.fromiter((len(k) for k in data), dtype=np.int64, count=len(data))
-    out = np.zeros(len(data), dtype=np.uint64)
-    for length in np.unique(lengths).tolist():
-        idx = np.flatnonzero(lengths == length)
-        out[idx] = _murmur2_block(b"".join(data[i] for i in idx.tolist()), len(idx), length)
-    return out
-
-
-def murmur2_series(keys: pl.Series) -> np.ndarray:
-    """:func:`murmur2` of every key of a String (its UTF-8 bytes) or Binary series (a null hashes as empty),
-    without a Python object per key: each group of keys of one byte length is joined into one hex text, which
-    gives the group's bytes end to end, hashed as a block."""
-    raw = keys.cast(pl.Binary) if keys.dtype != pl.Binary else keys
-    lengths = raw.bin.size().fill_null(0)
-    out = np.zeros(raw.len(), dtype=np.uint64)
-    for length in lengths.unique().sort().to_list():
-        where = lengths == length
-        group = raw.filter(where).fill_null(b"")
-        data = bytes.fromhex(str(group.bin.encode("hex").str.join("").item() or ""))
-        out[where.arg_true().to_numpy()] = _murmur2_block(data, group.len(), length)
-    return out
-
-
-def _murmur2_block(data: bytes, n: int, length: int) -> np.ndarray:
-    """murmur2 of ``n`` keys of ``length`` bytes each, laid end to end in ``data``."""
-    m, mask = np.uint64(0x5BD1E995), np.uint64(0xFFFFFFFF)
-    block = np.frombuffer(data, dtype=np.uint8).reshape(n, length).astype(np.uint64)
-    h = np.full(n, (0x9747B28C ^ length) & 0xFFFFFFFF, dtype=np.uint64)
-    for i in range(length // 4):
-        b = block[:, 4 * i : 4 * i + 4]
-        k = b[:, 0] | (b[:, 1] << np.uint64(8)) | (b[:, 2] << np.uint64(16)) | (b[:, 3] << np.uint64(24))
-        k = (k * m) & mask
-        k ^= k >> np.uint64(24)
-        k = (k * m) & mask
-        h = ((h * m) & mask) ^ k
-    tail, base = length % 4, length & ~3
-    if tail >= 3:
-        h ^= block[:, base + 2] << np.uint64(16)
-    if tail >= 2:
-        h ^= block[:, base + 1] << np.uint64(8)
-    if tail >= 1:
-        h = ((h ^ block[:, base]) * m) & mask
-    h ^= h >> np.uint64(13)
-    h = (h * m) & mask
-    h ^= h >> np.uint64(15)
-    return h
 
 
 @dataclass
@@ -300,11 +184,10 @@ def _decoded_parts(frame: pl.DataFrame, cache: _Partitioner) -> Iterator[_Part]:
 
     decoded = decode_rows(frame)
     upd, facts, control = decoded.frames
-    table = cache.of_ids(pl.concat([upd["patient_id"], facts["patient_id"], control["patient_id"]]))
 
     def tagged(x: pl.DataFrame, column: str) -> pl.DataFrame:
-        on = table.select("patient_id", column)
-        return x.join(on, on="patient_id", how="left", maintain_order="left").with_columns(pl.col(column).fill_null(0))
+        of = cache.slots if column == "slot" else cache.of_ids
+        return x.with_columns(of(x["patient_id"]).alias(column))
 
     u = _by(tagged(upd, "partition"), "partition") if upd.height else {}
     c = _by(tagged(control, "partition"), "partition") if control.height else {}

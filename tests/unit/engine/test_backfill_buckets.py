@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from screener.history import _partitioner as partitioner
 from screener.history import backfill as bf
 from screener.history import open_store
 from tests.unit.engine.test_backfill_bulk import assert_same_store, mixed_history, omop_rows
@@ -26,7 +27,7 @@ from tests.unit.engine.test_backfill_bulk import assert_same_store, mixed_histor
 def test_buckets_follow_the_ids_sorted_order_with_nulls_first(
     first: list[str], later: list[str | None], buckets: int
 ) -> None:
-    cache = bf._Partitioner(3, buckets)
+    cache = partitioner._Partitioner(3, buckets)
     cache.bucket(pl.Series(first, dtype=pl.String))  # the first chunk gives the bounds
     ids = pl.Series([*later, *first], dtype=pl.String)
     got = pl.DataFrame({"id": ids, "bucket": cache.bucket(ids)}).sort("id", nulls_last=False, maintain_order=True)
@@ -46,7 +47,7 @@ def test_any_number_of_buckets_gives_the_store_one_sort_gives(
     def stores(name: str, *runs: tuple[list[pl.DataFrame], int]) -> None:
         made = []
         for n in (1, buckets):
-            monkeypatch.setattr(bf, "BUCKETS", n)
+            monkeypatch.setattr(partitioner, "BUCKETS", n)
             made.append(store := open_store(tmp_path / f"{name}-{n}"))
             for frames, memory in runs:
                 bf.backfill_frames(store, frames, partitions=3, start_offsets={}, memory_bytes=memory)
@@ -62,7 +63,7 @@ def test_any_number_of_buckets_gives_the_store_one_sort_gives(
 
 def test_the_bounds_split_a_partitions_facts_into_several_buckets(tmp_path: Path) -> None:
     """The test above compares something: with 8 buckets, a partition's facts of one chunk come in several."""
-    cache = bf._Partitioner(2, 8)
+    cache = partitioner._Partitioner(2, 8)
     parts = [part for frame in omop_rows(300) for part in bf._decoded_parts(frame, cache) if part.facts]
     assert len(parts) >= 4 and all(len(part.facts) > 2 for part in parts)
     for part in parts:
