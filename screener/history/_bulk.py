@@ -78,7 +78,7 @@ class BulkLoad:
         self._dir = Path(tempfile.mkdtemp(prefix="screener-backfill-", dir=spill_dir))
         self._budget = memory_bytes
         self._workers = max(1, workers)
-        self._files: dict[int, list[Path | pl.DataFrame]] = {}
+        self._files: dict[int, list[tuple[Path | pl.DataFrame, list[tuple[int, int, int]]]]] = {}
         self._upd: dict[int, list[pl.DataFrame]] = {}
         self._control: dict[int, list[pl.DataFrame]] = {}
         self._folds: set[int] = set()
@@ -90,23 +90,30 @@ class BulkLoad:
     def __exit__(self, *exc: object) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def add(self, partition: int, upd: pl.DataFrame, facts: pl.DataFrame, control: pl.DataFrame) -> None:
+    def add(self, partition: int, upd: pl.DataFrame, facts: Mapping[int, pl.DataFrame], control: pl.DataFrame) -> None:
         """One chunk's frames for ``partition`` (``seq`` counting from 0 in the chunk; shifted here so it keeps
-        increasing across chunks). The facts stay in memory within the budget, else go to a spill file; person
-        updates and control rows (small) stay."""
+        increasing across chunks), its facts split by patient bucket: every patient id of bucket ``b`` sorts before
+        every id of a later bucket (nulls in the first), the same buckets for every chunk (each keeps its rows in
+        order). The facts stay in memory within the budget, else go to a spill file (one per chunk, the buckets
+        one after another); person updates and control rows (small) stay."""
         shift = self._shift.get(partition, 0)
-        top = max((int(x["seq"].max()) for x in (upd, facts, control) if x.height), default=-1)  # type: ignore[arg-type]  # polars types Series.max() as any scalar: seq is an integer column
+        pieces = [(b, f) for b, f in sorted(facts.items()) if f.height]
+        top = max((int(x["seq"].max()) for x in (upd, control, *(f for _, f in pieces)) if x.height), default=-1)  # type: ignore[arg-type]  # polars types Series.max() as any scalar: seq is an integer column
         self._shift[partition] = shift + top + 1
-        if facts.height:
-            rows = conform(facts.with_columns(pl.col("seq") + shift), _fact_rows_schema())
+        if pieces:
+            rows = conform(pl.concat([f for _, f in pieces]).with_columns(pl.col("seq") + shift), _fact_rows_schema())
+            spans, start = [], 0
+            for b, f in pieces:
+                spans.append((b, start, f.height))
+                start += f.height
             size = int(rows.estimated_size())
+            held: Path | pl.DataFrame = rows
             if self._budget >= size:
                 self._budget -= size
-                self._files.setdefault(partition, []).append(rows)
             else:
-                path = self._dir / f"p{partition}-{len(self._files.get(partition, ())):06d}.arrow"
-                rows.write_ipc(path)
-                self._files.setdefault(partition, []).append(path)
+                held = self._dir / f"p{partition}-{len(self._files.get(partition, ())):06d}.arrow"
+                rows.write_ipc(held)
+            self._files.setdefault(partition, []).append((held, spans))
         if upd.height:
             self._upd.setdefault(partition, []).append(conform(upd.with_columns(pl.col("seq") + shift), _upd_schema()))
         if control.height:
@@ -126,35 +133,47 @@ class BulkLoad:
         for p, offset in self._starts.items():
             self._store.mark(p, offset)
 
+    def _runs(self, p: int) -> list[pl.DataFrame]:
+        """The partition's facts per bucket, in bucket order, each bucket's rows in order (read back from memory or
+        the spill files)."""
+        buckets: dict[int, list[pl.DataFrame]] = {}
+        for held, spans in self._files.get(p, []):
+            frame = pl.read_ipc(held) if isinstance(held, Path) else held
+            for b, start, n in spans:
+                buckets.setdefault(b, []).append(frame.slice(start, n))
+        return [pl.concat(buckets[b]) for b in sorted(buckets)]
+
     def _write(self, p: int) -> None:
         offset = self._starts.get(p, 0)
         upd = pl.concat(self._upd.pop(p, [pl.DataFrame(schema=_upd_schema())]))
         control = pl.concat(self._control.pop(p, [pl.DataFrame(schema=CONTROL_SCHEMA)]))
-        files = self._files.pop(p, [])
-        parts = [pl.read_ipc(f) if isinstance(f, Path) else f for f in files]
-        facts = pl.concat(parts) if parts else pl.DataFrame(schema=_fact_rows_schema())
-        del parts
+        runs = self._runs(p)
+        files = [held for held, _ in self._files.pop(p, []) if isinstance(held, Path)]
+        facts = pl.concat(runs) if runs else pl.DataFrame(schema=_fact_rows_schema())
         doc = self._store.manifest(p)
         ahead_of(self._store, p, doc, offset)
         empty = doc is None or (not doc.get("base") and not doc["segments"])
         if p in self._folds or not empty:
-            self._store.append(p, facts, upd, control, offset, same_offset=True)
+            # one event's rows share a seq and a patient (so a bucket): the stable sort gives the chunks' order back
+            self._store.append(p, facts.sort("seq", maintain_order=True), upd, control, offset, same_offset=True)
             self._store.compact(p)
         else:
             # apply_frames over an empty state keeps the last copy of each event id, in order; as many distinct
             # hashes as rows proves there is no copy (cheaper than de-duplicating the strings). Each patient's
             # smallest seq (patient id and seq alone) stands in for the patient when the persons are folded.
             if facts["event_id"].hash().n_unique() != facts.height:
+                facts = facts.sort("seq", maintain_order=True)
                 stand_ins = facts.group_by("patient_id").agg(pl.col("seq").min())
                 facts = sort_by_patient(facts.unique(subset=["event_id"], keep="last", maintain_order=True))
             else:
-                # seq increases along the spill files, so each patient's first row (the sort is stable) holds it
-                facts = sort_by_patient(facts)
+                # the buckets are in patient order, so sorting each (smaller, so cheaper per row than sorting the
+                # whole) sorts the partition; seq increases along each bucket, so each patient's first row holds it
+                facts = pl.concat([sort_by_patient(run) for run in runs]) if runs else facts
                 stand_ins = facts.filter((pl.col("patient_id") != pl.col("patient_id").shift(1)).fill_null(True))
+            del runs
             stand_ins = conform(stand_ins.select("seq", "patient_id"), _fact_rows_schema())
             folded, _ = apply_frames(PatientState(), upd, stand_ins, control)
             empty_tombs = pl.DataFrame(schema=RETRACTED_SCHEMA)
             self._store.write_base(p, folded.persons, facts.drop("seq"), empty_tombs, offset, by_patient=True)
         for f in files:
-            if isinstance(f, Path):
-                f.unlink(missing_ok=True)
+            f.unlink(missing_ok=True)

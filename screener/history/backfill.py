@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 import polars as pl
 
 from screener.errors import EventError
 from screener.history._bulk import DEFAULT_MEMORY_BYTES, BulkLoad, ahead_of
+from screener.history._frames import fact_rows_schema
+from screener.history._partitioner import _Partitioner, kafka_partitions, murmur2, murmur2_series
 from screener.history.store import HistoryStore
 from screener.ingest import decode_batch
 
@@ -40,92 +41,6 @@ source's mapping of chunk *n+1* runs beside the decoding of chunk *n*)."""
 #: Threads that decode and split chunks while the next chunk is read (Polars releases the GIL), and that write
 #: partitions at the end: one per core, at most 4.
 WORKERS = max(1, min(4, os.cpu_count() or 1))
-
-
-def kafka_partitions(keys: pl.Series, partitions: int, cache: _Partitioner | None = None) -> pl.Series:
-    """The partition kafka-python's default partitioner sends each key to (keys as String or Binary).
-
-    kafka-python's ``murmur2``, vectorised with NumPy (:func:`murmur2_series`), is evaluated once per distinct
-    key, then joined back.
-    """
-    as_bytes = keys.cast(pl.Binary) if keys.dtype != pl.Binary else keys
-    frame = as_bytes.rename("key").to_frame()
-    table = (cache or _Partitioner(partitions)).lookup(as_bytes)
-    return frame.join(table, on="key", how="left", maintain_order="left")["partition"]
-
-
-class _Partitioner:
-    """Key -> partition, hashed per chunk (the work is the chunk's, however many patients the backfill has met:
-    a lookup in the keys seen so far would build or probe all of them for every chunk): JSON keys
-    (:meth:`lookup`) and the patient ids of event rows (:meth:`of_ids`)."""
-
-    def __init__(self, partitions: int) -> None:
-        self.partitions = partitions
-
-    def lookup(self, keys: pl.Series) -> pl.DataFrame:
-        """``key`` (Binary) and ``partition`` for the distinct keys of ``keys`` (Binary)."""
-        distinct = keys.rename("key").unique()
-        hashes = murmur2_series(distinct)
-        return pl.DataFrame([distinct, pl.Series("partition", (hashes & 0x7FFFFFFF) % self.partitions, dtype=pl.Int32)])
-
-    def of_ids(self, ids: pl.Series) -> pl.DataFrame:
-        """``patient_id`` (String) and ``partition`` for the distinct ids of ``ids`` (String)."""
-        distinct = ids.drop_nulls().unique().rename("patient_id")
-        parts = (murmur2_series(distinct) & 0x7FFFFFFF) % self.partitions
-        return pl.DataFrame([distinct, pl.Series("partition", parts, dtype=pl.Int32)])
-
-
-def murmur2(keys: list[bytes | None]) -> np.ndarray:
-    """kafka-python's ``kafka.partitioner.default.murmur2`` of every key (a None key hashes as empty), as
-    uint64 holding the unsigned 32-bit result: the keys are grouped by length and hashed a 4-byte block at a time
-    over the whole group."""
-    data = [k or b"" for k in keys]
-    lengths = np.fromiter((len(k) for k in data), dtype=np.int64, count=len(data))
-    out = np.zeros(len(data), dtype=np.uint64)
-    for length in np.unique(lengths).tolist():
-        idx = np.flatnonzero(lengths == length)
-        out[idx] = _murmur2_block(b"".join(data[i] for i in idx.tolist()), len(idx), length)
-    return out
-
-
-def murmur2_series(keys: pl.Series) -> np.ndarray:
-    """:func:`murmur2` of every key of a String (its UTF-8 bytes) or Binary series (a null hashes as empty),
-    without a Python object per key: each group of keys of one byte length is joined into one hex text, which
-    gives the group's bytes end to end, hashed as a block."""
-    raw = keys.cast(pl.Binary) if keys.dtype != pl.Binary else keys
-    lengths = raw.bin.size().fill_null(0)
-    out = np.zeros(raw.len(), dtype=np.uint64)
-    for length in lengths.unique().sort().to_list():
-        where = lengths == length
-        group = raw.filter(where).fill_null(b"")
-        data = bytes.fromhex(str(group.bin.encode("hex").str.join("").item() or ""))
-        out[where.arg_true().to_numpy()] = _murmur2_block(data, group.len(), length)
-    return out
-
-
-def _murmur2_block(data: bytes, n: int, length: int) -> np.ndarray:
-    """murmur2 of ``n`` keys of ``length`` bytes each, laid end to end in ``data``."""
-    m, mask = np.uint64(0x5BD1E995), np.uint64(0xFFFFFFFF)
-    block = np.frombuffer(data, dtype=np.uint8).reshape(n, length).astype(np.uint64)
-    h = np.full(n, (0x9747B28C ^ length) & 0xFFFFFFFF, dtype=np.uint64)
-    for i in range(length // 4):
-        b = block[:, 4 * i : 4 * i + 4]
-        k = b[:, 0] | (b[:, 1] << np.uint64(8)) | (b[:, 2] << np.uint64(16)) | (b[:, 3] << np.uint64(24))
-        k = (k * m) & mask
-        k ^= k >> np.uint64(24)
-        k = (k * m) & mask
-        h = ((h * m) & mask) ^ k
-    tail, base = length % 4, length & ~3
-    if tail >= 3:
-        h ^= block[:, base + 2] << np.uint64(16)
-    if tail >= 2:
-        h ^= block[:, base + 1] << np.uint64(8)
-    if tail >= 1:
-        h = ((h ^ block[:, base]) * m) & mask
-    h ^= h >> np.uint64(13)
-    h = (h * m) & mask
-    h ^= h >> np.uint64(15)
-    return h
 
 
 @dataclass
@@ -192,7 +107,7 @@ def backfill_frames(
                 if bulk:
                     load.add(p, part.upd, part.facts, part.control)
                 else:
-                    store.append(p, part.facts, part.upd, part.control, starts[p], same_offset=True)
+                    store.append(p, part.facts_in_order(), part.upd, part.control, starts[p], same_offset=True)
                 out.accepted += part.accepted
                 out.per_partition[p] = out.per_partition.get(p, 0) + part.accepted
         if bulk:
@@ -237,14 +152,21 @@ def _decoded_in_order(frames: Iterable[Frame], cache: _Partitioner, workers: int
 
 @dataclass(frozen=True)
 class _Part:
-    """One partition's share of a decoded frame."""
+    """One partition's share of a decoded frame, its facts split by patient bucket (:meth:`_Partitioner.bucket`)."""
 
     partition: int
     upd: pl.DataFrame
-    facts: pl.DataFrame
+    facts: dict[int, pl.DataFrame]
     control: pl.DataFrame
     accepted: int
     rejects: list[tuple[int, EventError]]
+
+    def facts_in_order(self) -> pl.DataFrame:
+        """The facts in the frame's order (one event's rows share a seq and a patient, so a bucket)."""
+        pieces = list(self.facts.values())
+        if len(pieces) < 2:
+            return pieces[0] if pieces else pl.DataFrame(schema=fact_rows_schema())
+        return pl.concat(pieces).sort("seq", maintain_order=True)
 
 
 def _decoded_parts(frame: pl.DataFrame, cache: _Partitioner) -> Iterator[_Part]:
@@ -255,43 +177,51 @@ def _decoded_parts(frame: pl.DataFrame, cache: _Partitioner) -> Iterator[_Part]:
         where = kafka_partitions(frame["key"], cache.partitions, cache).fill_null(0)
         for p in where.unique().sort().to_list():
             d = decode_batch(frame.filter(where == p)["value"].to_list())
-            yield _Part(p, d.persons, d.facts, d.control, d.accepted, d.rejects)
+            facts = d.facts.with_columns(cache.bucket(d.facts["patient_id"]))
+            yield _Part(p, d.persons, _by(facts, "bucket"), d.control, d.accepted, d.rejects)
         return
     from screener.history.rows import decode_rows
 
     decoded = decode_rows(frame)
     upd, facts, control = decoded.frames
-    table = cache.of_ids(pl.concat([upd["patient_id"], facts["patient_id"], control["patient_id"]]))
 
-    def split(x: pl.DataFrame) -> dict[int, pl.DataFrame]:
-        if not x.height:
-            return {}
-        tagged = x.join(table, on="patient_id", how="left", maintain_order="left")
-        groups = tagged.with_columns(pl.col("partition").fill_null(0)).partition_by(
-            "partition", maintain_order=True, include_key=False, as_dict=True
-        )
-        return {int(k[0]): g for k, g in groups.items()}
+    def tagged(x: pl.DataFrame, column: str) -> pl.DataFrame:
+        of = cache.slots if column == "slot" else cache.of_ids
+        return x.with_columns(of(x["patient_id"]).alias(column))
 
-    u, f, c = split(upd), split(facts), split(control)
+    u = _by(tagged(upd, "partition"), "partition") if upd.height else {}
+    c = _by(tagged(control, "partition"), "partition") if control.height else {}
+    f: dict[int, dict[int, pl.DataFrame]] = {}
+    for slot, g in (_by(tagged(facts, "slot"), "slot") if facts.height else {}).items():
+        f.setdefault(slot // cache.buckets, {})[slot % cache.buckets] = g
     parts = sorted({*u, *f, *c}) or [0]
     # an accepted event gives rows of one seq (a person update, a fact, a control row, or several of these)
-    counts = {p: _events(*(x[p]["seq"] for x in (u, f, c) if p in x)) for p in parts}
+    counts = {
+        p: _events([x[p]["seq"] for x in (u, c) if p in x], [g["seq"] for g in f.get(p, {}).values()]) for p in parts
+    }
     counts[parts[0]] += decoded.accepted - sum(counts.values())
     for i, p in enumerate(parts):
         empty = upd.clear(), facts.clear(), control.clear()
         yield _Part(
-            p, u.get(p, empty[0]), f.get(p, empty[1]), c.get(p, empty[2]), counts[p], decoded.rejects if i == 0 else []
+            p, u.get(p, empty[0]), f.get(p, {}), c.get(p, empty[2]), counts[p], decoded.rejects if i == 0 else []
         )
 
 
-def _events(*seqs: pl.Series) -> int:
-    """The events that gave these rows (their distinct ``seq``): one frame's rows in seq order, strictly
-    increasing, are one event each (no hashing then)."""
-    if not seqs:
-        return 0
-    if len(seqs) == 1 and (seqs[0].len() < 2 or bool((seqs[0].diff().drop_nulls() > 0).all())):
-        return seqs[0].len()
-    return pl.concat(seqs).n_unique()
+def _by(frame: pl.DataFrame, key: str) -> dict[int, pl.DataFrame]:
+    """``frame``'s rows per value of the integer column ``key``, in order, the key dropped."""
+    groups = frame.partition_by(key, maintain_order=True, include_key=False, as_dict=True)
+    return {int(k[0]): g for k, g in groups.items()}
+
+
+def _events(others: list[pl.Series], pieces: list[pl.Series]) -> int:
+    """The events that gave these rows (their distinct ``seq``): ``others`` the person updates' and control rows'
+    seqs, ``pieces`` the facts' per bucket (which never share a seq). The rows of one kind only, each in seq order
+    strictly increasing, are one event each (no hashing then)."""
+    alone = pieces if not others else others if len(others) == 1 and not pieces else []
+    if alone and all(s.len() < 2 or bool((s.diff().drop_nulls() > 0).all()) for s in alone):
+        return sum(s.len() for s in alone)
+    seqs = [*others, *pieces]
+    return pl.concat(seqs).n_unique() if seqs else 0
 
 
 def _reason(exc: EventError) -> str:
