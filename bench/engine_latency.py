@@ -30,14 +30,16 @@ class MeasuringStore:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.latencies: list[float] = []
-        self.samples: list[tuple[float, float]] = []
+        self.samples: list[tuple[float, float, int | None]] = []
+        self.timeline: Any = None
 
     def record_matches(self, matches: Any) -> Any:
         new = self.inner.record_matches(matches)
         wall = time.time()
         values = [wall - ts.timestamp() for ts in new["event_time"].drop_nulls().to_list()]
         self.latencies.extend(values)
-        self.samples.extend((wall, v) for v in values)
+        batch = getattr(self.timeline.batch, "number", None) if self.timeline is not None else None
+        self.samples.extend((wall, v, batch) for v in values)
         return new
 
     def do_not_contact(self) -> Any:
@@ -66,6 +68,7 @@ def main() -> None:
         help="patients already in the engine's state when the clock starts (0: an empty state)",
     )
     ap.add_argument("--dump", help="write 'wall_time latency' per match to this file")
+    ap.add_argument("--timeline", help="write every batch's stages, polls, maintenance and GC here (JSON lines)")
     ap.add_argument("--log-level", default="WARNING", help="INFO logs every batch's stage timings to stderr")
     args = ap.parse_args()
 
@@ -99,6 +102,12 @@ def main() -> None:
         store = MeasuringStore(SqlStore(settings.database_url))
         registry = CollectorRegistry()
         engine = Engine(settings, store, metrics=Metrics(registry)).start()
+        timeline = None
+        if args.timeline:
+            from bench._timeline import Timeline
+
+            timeline = store.timeline = Timeline()
+            timeline.attach(engine)
         stop = threading.Event()
         runner = threading.Thread(target=engine.run, args=(stop,), daemon=True)  # the service's own loop
         # Group join and snapshot restore first, so the clock starts with a ready engine.
@@ -122,7 +131,13 @@ def main() -> None:
         runner.join(timeout=30)
         lat = store.latencies
         if args.dump:
-            Path(args.dump).write_text("\n".join(f"{t:.3f} {v:.3f}" for t, v in store.samples))
+            Path(args.dump).write_text("\n".join(f"{t:.3f} {v:.3f}" for t, v, _ in store.samples))
+        if timeline is not None:
+            from bench._timeline import summarise
+
+            timeline.detach()
+            timeline.write(Path(args.timeline), store.samples)
+            print("\n".join(summarise(Path(args.timeline))))
         print(
             f"published {len(payloads)} events in {sent_s:.1f}s ({len(payloads) / sent_s:,.0f}/s); engine "
             f"processed {engine.records_processed} in {engine.batches} batches; {len(lat)} new matches"

@@ -39,7 +39,7 @@ from screener.errors import ScreenerError
 from screener.history import HistoryStore
 from screener.metrics import Metrics
 from screener.settings import Settings
-from screener.state import FactFilter
+from screener.state import PERSONS_SCHEMA, FactFilter, PatientState
 
 if TYPE_CHECKING:
     from screener.rules import Study
@@ -169,6 +169,7 @@ class Engine(
         :meth:`close`."""
         stop = stop or threading.Event()
         self.start()
+        self._warm_screen()
         if self.rebuild_in_process:
             with contextlib.suppress(Exception):
                 self._loader_for_views().warm()  # ready for the first rule change
@@ -177,6 +178,22 @@ class Engine(
                 self.step(overlap=True)
         finally:
             self.close()
+
+    def _warm_screen(self) -> None:
+        """Screen a patient with no facts and no attributes against the open studies, and drop the result: a
+        process's first screen costs several times a later one (first plans and caches), and without this the
+        first live batch paid it, so the events behind it waited 1.5-3 s (bench.engine_latency at 200k-1M
+        patients, loaded host). :meth:`run` calls it before its first poll; tests stepping the engine skip it."""
+        now = self.clock.now()
+        studies = [s for s in self.studies.values() if s.is_open(now)]
+        if not studies:
+            return
+        person = {c: [None] for c in PERSONS_SCHEMA} | {"patient_id": ["warm-up"], "do_not_contact": [False]}
+        blank = PatientState(persons=pl.DataFrame(person | {"deceased": [False]}, schema=PERSONS_SCHEMA))
+        try:
+            self._screen(blank, studies, now)
+        except Exception as exc:  # a warm-up only: the first batch screens (and reports) for real
+            log.warning("warm_screen_failed", error_type=type(exc).__name__)
 
     def close(self) -> None:
         """Snapshot and commit every partition that is caught up, then close the clients."""
