@@ -70,13 +70,13 @@ def _plain_aggs(gneg: str | None) -> dict[str, pl.Expr]:
         "last_t": t.max(),
         "last_code": pl.col("code").last(),
         "latest_v": v.drop_nulls().last(),
-        "latest_t": t.filter(has_v).last(),
+        "latest_t": pl.when(has_v).then(t).last(ignore_nulls=True),
         "earliest_v": v.drop_nulls().first(),
-        "earliest_t": t.filter(has_v).first(),
+        "earliest_t": pl.when(has_v).then(t).first(ignore_nulls=True),
         "min_v": v.min(),
-        "min_t": t.filter(v == v.min()).last(),
+        "min_t": pl.col("_tmin").last(ignore_nulls=True),
         "max_v": v.max(),
-        "max_t": t.filter(v == v.max()).last(),
+        "max_t": pl.col("_tmax").last(ignore_nulls=True),
         "mean_v": v.mean(),
         "n_num": v.count().cast(pl.UInt32),
         "n_unk": pl.col("_unk").sum().cast(pl.UInt32),
@@ -96,21 +96,45 @@ def _plain_aggs(gneg: str | None) -> dict[str, pl.Expr]:
 PLAIN_STATS = frozenset([*_plain_aggs("-1d"), "n_ep"])
 
 
+def _at_extremes(stats: tuple[str, ...]) -> list[pl.Expr]:
+    """Row columns for ``min_t``/``max_t``: the time where the value equals its group's min (max), else null; the
+    statistic is the last non-null one (occurred_at is never null here). A filter by a per-group scalar inside
+    the ``group_by`` runs group by group; this runs as two plain aggregations."""
+    v, t = pl.col("_v"), pl.col("occurred_at")
+    cols = []
+    if "min_t" in stats:
+        cols.append(pl.when(v == v.min().over(_GROUP)).then(t).alias("_tmin"))
+    if "max_t" in stats:
+        cols.append(pl.when(v == v.max().over(_GROUP)).then(t).alias("_tmax"))
+    return cols
+
+
 def _period_aggs(now: datetime) -> dict[str, pl.Expr]:
     t = pl.col("occurred_at")
     nowl = pl.lit(now, dtype=TS)
     ended = pl.col("ended_at")
     ongoing = (ended >= nowl) | (ended.is_null() & pl.col("_active"))
-    start_day = pl.max_horizontal(t, pl.col("_start")).dt.date().cast(pl.Int32)
-    end_day = pl.min_horizontal(pl.col("_pend"), nowl).dt.date().cast(pl.Int32)
-    # union of day ranges, rows sorted by start: each adds the days after the furthest end seen so far
-    fresh = end_day - pl.max_horizontal(start_day, end_day.cum_max().shift(1) + 1) + 1
     return {
         "on_now": ongoing.any(),
-        "on_t": t.filter(ongoing).last(),
-        "on_code": pl.col("code").filter(ongoing).last(),
-        "n_exp": fresh.clip(lower_bound=0).sum().cast(pl.Int64),
+        "on_t": pl.when(ongoing).then(t).last(ignore_nulls=True),
+        "on_code": pl.when(ongoing).then(pl.col("code")).last(ignore_nulls=True),
+        "n_exp": pl.col("_fresh").clip(lower_bound=0).sum().cast(pl.Int64),
     }
+
+
+def _fresh_days(now: datetime) -> pl.Expr:
+    """``_fresh``, over period rows sorted by group then start: the days of a row's ``[start, end]`` after the
+    furthest end of its group's earlier rows (their sum is the union's length). The running maximum per group is
+    one running maximum over the frame of ``group ordinal * 2^32 + end day`` (a group's keys exceed every earlier
+    group's), not a cumulative expression per group."""
+    t = pl.col("occurred_at")
+    start_day = pl.max_horizontal(t, pl.col("_start")).dt.date().cast(pl.Int64)
+    end_day = pl.min_horizontal(pl.col("_pend"), pl.lit(now, dtype=TS)).dt.date().cast(pl.Int64)
+    g = pl.col("_g")
+    base = (g != g.shift(1)).fill_null(True).cum_sum().cast(pl.Int64) * (1 << 32) + (1 << 31)
+    prev = (base + end_day).cum_max().shift(1)
+    prev_end = pl.when(prev >= base).then(prev - base)  # null for a group's first row
+    return (end_day - pl.max_horizontal(start_day, prev_end + 1) + 1).alias("_fresh")
 
 
 def _continuous(rows: pl.LazyFrame, now: datetime, gneg: str) -> pl.LazyFrame:
@@ -208,10 +232,14 @@ def aggregate(rows: pl.DataFrame, plan: AggPlan, now: datetime, engine: Any) -> 
     parts: list[pl.LazyFrame] = []
     for i, (_fids, stats, gneg) in enumerate(plan.plain):
         exprs = _plain_aggs(gneg)
-        parts.append(kept(i).group_by(_GROUP).agg(exprs[k].alias(k) for k in stats))
+        extremes = _at_extremes(stats)
+        part = kept(i).with_columns(extremes) if extremes else kept(i)
+        parts.append(part.group_by(_GROUP).agg(exprs[k].alias(k) for k in stats))
     if plan.period:
         exprs = _period_aggs(now)
-        parts.append(kept(n_plain + n_cont).group_by(_GROUP).agg(e.alias(k) for k, e in exprs.items()))
+        # sorted by group (stable: time order kept within each) for the running maximum of :func:`_fresh_days`
+        period = kept(n_plain + n_cont).sort(_GROUP, maintain_order=True).with_columns(_fresh_days(now))
+        parts.append(period.group_by(_GROUP).agg(e.alias(k) for k, e in exprs.items()))
     for j, (_fids, gneg) in enumerate(plan.continuous):
         parts.append(_continuous(kept(n_plain + j), now, gneg))
     offsets = pl.LazyFrame(

@@ -1,15 +1,17 @@
 """Fact rows for the feature aggregation: each fact joined to the features that select it.
 
 Everything is keyed by small integers so the joins, the sort and the ``group_by`` of :mod:`screener.rules._aggregate`
-never hash a string per row: ``_pid`` (the patient's row in ``state.persons``), ``_ck`` (the concept set's index)
-and ``_fid`` (the selection's index in :attr:`FeaturePlan.selections`; ``_own`` is the feature a relation's other
-side belongs to).
+never hash a string per row: ``_pid`` (the patient's row in ``state.persons``), ``_sc`` (the distinct (system, code)
+pair), ``_ck`` (the concept set's index) and ``_fid`` (the selection's index in :attr:`FeaturePlan.selections`;
+``_own`` is the feature a relation's other side belongs to).
 
 1. Concept membership once per distinct ``(system, code)``, unit normalisation once per distinct spelling.
-2. The facts in some concept, sorted by ``(occurred_at, event_id)`` once: every later step keeps that order, so
-   first/last mean earliest/latest inside each (patient, feature) group without another sort.
-3. The window join runs on a narrow frame (row number, concept, times, status); only the selected rows gather the
-   fact columns.
+2. The facts in some concept (one row per fact, however many concepts hold its code), sorted by
+   ``(occurred_at, event_id)`` once: every later step keeps that order, so first/last mean earliest/latest inside
+   each (patient, feature) group without another sort.
+3. The window join runs on a narrow frame (row number, pair, times, status) against each selection once per pair of
+   its concept; only the selected rows gather the fact columns, and their unit conversion from a dense
+   (concept, spelling) table.
 4. Per-fact filters run on their own feature's rows only and are scattered back into ``_keep`` (order kept).
 """
 
@@ -137,52 +139,82 @@ def _pend(now: datetime) -> pl.Expr:
     )
 
 
-def _concept_facts(
-    facts: pl.DataFrame, persons: pl.DataFrame, cc: pl.DataFrame, rp: RowPlan, now: datetime, periods: bool
-) -> pl.LazyFrame:
-    """The facts in some concept (one row per fact and concept), narrow: ``_r0`` (the fact's row in ``facts``),
-    ``_pid``, ``_ck``, ``_cid`` (the row of its code in ``cc``), the unit conversion ``_a``/``_b``,
-    ``occurred_at``, ``_nd`` (planned or ordered: not done), ``value`` and, for periods, ``ended_at``,
-    ``_active`` and ``_pend``; sorted by time then event
-    id. Other fact columns are gathered later, for the rows that need them only (a random gather of strings
-    costs more than everything else here)."""
-    # the distinct spellings of units and (system, code) pairs get small integer keys before the sort, so the
-    # sort carries no string column but its tie-break (``event_id``)
+@dataclass(frozen=True)
+class _Keys:
+    """The small tables :func:`_concept_facts` keys the facts by: ``pairs`` (``_sc, system, code``: the distinct
+    (system, code) pairs in some concept), ``concept_of`` (``_sc, _ck``: each pair's concept sets) and the unit
+    conversion of each (concept, spelling ``_u``) as two dense columns ``a``/``b`` at ``_ck * n_units + _u``."""
+
+    pairs: pl.DataFrame
+    concept_of: pl.DataFrame
+    spellings: pl.DataFrame  # _u, unit
+    units: pl.DataFrame  # _ck, _u, _a, _b
+
+
+def _keys(facts: pl.DataFrame, cc: pl.DataFrame, rp: RowPlan) -> _Keys:
     spellings = facts.select(pl.col("unit").unique()).with_row_index("_u")
     units = (
         spellings.lazy()
         .with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
         .join(rp.conversions.lazy(), on="_unit", how="inner")
         .select("_ck", "_u", "_a", "_b")
+        .collect(engine=ENGINE)
     )
     pairs = cc.select("system", "code").unique().with_row_index("_sc")
-    concept_of = cc.join(pairs, on=["system", "code"]).select("_sc", "_ck", "_cid")
+    concept_of = cc.join(pairs, on=["system", "code"]).select("_sc", "_ck")
+    return _Keys(pairs, concept_of, spellings, units)
+
+
+def _concept_facts(
+    facts: pl.DataFrame, persons: pl.DataFrame, keys: _Keys, now: datetime, rp: RowPlan, periods: bool
+) -> pl.LazyFrame:
+    """The facts in some concept (one row per fact), narrow: ``_r0`` (the fact's row in ``facts``), ``_pid``,
+    ``_sc`` (its (system, code) pair, :class:`_Keys`), ``_u`` (its unit spelling), ``occurred_at``, ``_nd``
+    (planned or ordered: not done), ``value`` and, for periods, ``ended_at``, ``_active`` and ``_pend``; sorted by
+    time then event id. Other fact columns are gathered later, for the rows that need them only (a random gather
+    of strings costs more than everything else here). A fact in several concepts is still one row: the window
+    join of :func:`fact_rows` pairs it with its concepts' features by ``_sc``."""
+    # the distinct spellings of units and (system, code) pairs get small integer keys before the sort, so the
+    # sort carries no string column but its tie-break (``event_id``)
     pids = persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
     cols = ["patient_id", "system", "code", "unit", "occurred_at", "event_id", "status", "value"]
     keyed: list[str | pl.Expr] = ["_r0", "_pid", "_sc", "_u", "occurred_at", "event_id", _ND, "value"]
-    # The key joins and the time sort run on the facts, before the concept join multiplies them (a fact in
-    # several concepts); the later joins keep that order (``maintain_order="left"``).
     return (
         facts.lazy()
         .select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_r0"), *cols, *(["ended_at"] if periods else []))
         # a one-column membership test first: most facts are in no concept, and the join below hashes two
-        .filter(pl.col("code").is_in(pairs["code"].implode()) & (pl.col("occurred_at") <= now + rp.look_ahead))
-        .join(pairs.lazy(), on=["system", "code"], how="inner")
-        .join(spellings.lazy(), on="unit", how="left", nulls_equal=True)
+        .filter(pl.col("code").is_in(keys.pairs["code"].implode()) & (pl.col("occurred_at") <= now + rp.look_ahead))
+        .join(keys.pairs.lazy(), on=["system", "code"], how="inner")
+        .join(keys.spellings.lazy(), on="unit", how="left", nulls_equal=True)
         .join(pids, on="patient_id", how="inner")
         .select(*keyed, *([*_PERIOD, _pend(now)] if periods else []))
         .sort(["occurred_at", "event_id"])
         .drop("event_id")
-        .join(concept_of.lazy(), on="_sc", how="inner", maintain_order="left")
-        .join(units, on=["_ck", "_u"], how="left", maintain_order="left")
-        .select(_NARROW + (["ended_at", "_active", "_pend"] if periods else []))
     )
 
 
 _ND = pl.col("status").is_in(NOT_DONE).fill_null(False).alias("_nd")
-_NARROW = ["_r0", "_pid", "_ck", "_cid", "_a", "_b", "occurred_at", "_nd", "value"]
 #: for periods: the end, and whether the fact is active (no status counts as active)
 _PERIOD: list[str | pl.Expr] = ["ended_at", (pl.col("status").fill_null("active") == "active").alias("_active")]
+
+
+def _conversion(keys: _Keys, n_ck: int, ck: pl.Series, u: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """``_a``, ``_b`` of the (concept, unit spelling) pairs ``ck``, ``u`` (``n_ck`` concepts; null without a
+    conversion): a gather from the dense table of every pair, or a join when that table would be large."""
+    n_u = max(keys.spellings.height, 1)
+    if n_ck * n_u <= 1 << 22:
+        at = (keys.units["_ck"].cast(pl.UInt64) * n_u + keys.units["_u"]).cast(pl.UInt32)
+        idx = (ck.cast(pl.UInt64) * n_u + u).cast(pl.UInt32)
+        out = []
+        for c in ("_a", "_b"):
+            dense = pl.Series(c, [None] * (n_ck * n_u), dtype=pl.Float64)
+            dense.scatter(at, keys.units[c])
+            out.append(dense.gather(idx))
+        return out[0], out[1]
+    got = pl.DataFrame([ck.alias("_ck"), u.alias("_u")]).join(
+        keys.units, on=["_ck", "_u"], how="left", maintain_order="left"
+    )
+    return got["_a"], got["_b"]
 
 
 def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
@@ -207,25 +239,28 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
         pl.Series("_slot", rp.slots or [0] * len(rp.selections), dtype=pl.UInt32)
     )
     extra = (["_start"] if "period" in modes else []) + (["_cov"] if "continuous" in modes else [])
-    cc = _code_concepts(facts, rp)
-    cf = _concept_facts(facts, state.persons, cc, rp, now, periods).with_row_index("_row").collect(engine=ENGINE)
-    # The window join multiplies rows (a fact per feature of its concept): it runs on the columns it reads only,
+    keys = _keys(facts, _code_concepts(facts, rp), rp)
+    cf = _concept_facts(facts, state.persons, keys, now, rp, periods).with_row_index("_row").collect(engine=ENGINE)
+    # The window join multiplies rows (a fact per feature of its concepts): it runs on the columns it reads only,
     # and the selected rows, in time order within each slot, gather the rest by their row number (a forward scan).
     # ``_g`` packs (patient, feature) into one integer: the group_bys of :mod:`screener.rules._aggregate` hash
     # one column, not two. The rows are sorted by slot, then time (each aggregation reads one slice).
     fbits = fid_bits(len(rp.selections))
-    narrow = cf.lazy().select("_row", "_pid", "_ck", "occurred_at", "_nd", *(["_pend"] if periods else []))
+    narrow = cf.lazy().select("_row", "_pid", "_sc", "occurred_at", "_nd", *(["_pend"] if periods else []))
+    # each selection once per (system, code) pair of its concept: the facts join it on their pair directly
+    win = win.join(keys.concept_of, on="_ck", how="inner", maintain_order="left")
     slots = win["_slot"]
     # one join per slot, each keeping the time order, concatenated in slot order: no sort of the joined rows
     parts = []
-    for slot in slots.unique().sort():
-        w = win.filter(pl.col("_slot") == slot)
+    for slot in slots.unique().sort() if slots.len() else [None]:  # (no pair in any concept: one empty join)
+        w = win if slot is None else win.filter(pl.col("_slot") == slot)
         parts.append(
-            narrow.filter(pl.col("_ck").is_in(w["_ck"].unique().implode()))
-            .join(w.lazy(), on="_ck", how="inner", maintain_order="left")
+            narrow.filter(pl.col("_sc").is_in(w["_sc"].unique().implode()))
+            .join(w.lazy(), on="_sc", how="inner", maintain_order="left")
             .filter(selected)
             .select(
                 "_row",
+                "_ck",
                 "_fid",
                 "_own",
                 "_mode",
@@ -235,12 +270,18 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
             )
         )
     picked = pl.concat(pl.collect_all(parts, engine=ENGINE), how="vertical", rechunk=True)
-    rows = pl.concat([cf.drop("_row", "_ck")[picked["_row"]], picked.drop("_row")], how="horizontal").with_columns(
-        (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
-        (pl.col("value").is_not_null() & pl.col("_a").is_null()).alias("_unk"),
+    rows = pl.concat([cf.drop("_row")[picked["_row"]], picked.drop("_row")], how="horizontal")
+    a, b = _conversion(keys, len(rp.ckeys), rows["_ck"], rows["_u"])
+    rows = (
+        rows.drop("_ck", "_u")
+        .with_columns(a, b)
+        .with_columns(
+            (pl.col("value") * pl.col("_a") + pl.col("_b")).alias("_v"),
+            (pl.col("value").is_not_null() & pl.col("_a").is_null()).alias("_unk"),
+        )
     )
-    # the code from the small code table, not from the facts (a gather from a few hundred strings is cheap)
-    rows = rows.with_columns(cc["code"].gather(rows["_cid"]).alias("code"))
+    # the code from the small pair table, not from the facts (a gather from a few hundred strings is cheap)
+    rows = rows.with_columns(keys.pairs["code"].gather(rows["_sc"]).alias("code"))
     if rp.value_code:
         rows = rows.with_columns(facts["value_code"].gather(rows["_r0"]))
     if not rp.filters:

@@ -209,6 +209,8 @@ class FeatureStats:
         self._ids = ids
         self._frames = list(frames)
         self._source: dict[str, tuple[int, int, str]] = {}  # column name -> (its frame, its feature, its statistic)
+        #: per frame, built on first use: ``_pid``, ``_fid`` (int64), the rows ordered by feature, each feature's start
+        self._index: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         for k, frame in enumerate(self._frames):
             have = set(frame.columns)
             for fid in frame.get_column("_fid").unique().to_list():
@@ -239,7 +241,7 @@ class FeatureStats:
                 asked.setdefault(hit[0], []).append((name, hit[1], hit[2]))
         got: dict[str, pl.Series] = {}
         for k, cols in asked.items():
-            got.update(self._pivot(self._frames[k], cols, n, rows))
+            got.update(self._pivot(k, cols, n, rows))
         nulls: dict[pl.DataType, pl.Series] = {}
         out = [ids]
         for name in names:
@@ -252,14 +254,33 @@ class FeatureStats:
             out.append(col)
         return pl.DataFrame(out)
 
-    def _pivot(
-        self, frame: pl.DataFrame, cols: list[tuple[str, int, str]], n: int, rows: pl.Series | None
-    ) -> dict[str, pl.Series]:
-        """The columns ``cols`` (``name, feature, statistic``) of one aggregate frame, ``n`` rows (the persons,
+    def _frame_index(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Frame ``k``'s ``_pid`` and ``_fid`` as int64, its row numbers ordered by feature, and where each feature's
+        rows start in that order (``fid + 1`` entries past the largest): built once per frame, so a call for a few
+        features (a study's evidence) reads only their rows."""
+        got = self._index.get(k)
+        if got is None:
+            frame = self._frames[k]
+            pid = frame.get_column("_pid").to_numpy().astype(np.int64)
+            fid = frame.get_column("_fid").to_numpy().astype(np.int64)
+            order = np.argsort(fid, kind="stable")
+            starts = np.searchsorted(fid[order], np.arange(int(fid.max()) + 2))
+            got = self._index[k] = (pid, fid, order, starts)
+        return got
+
+    def _pivot(self, k: int, cols: list[tuple[str, int, str]], n: int, rows: pl.Series | None) -> dict[str, pl.Series]:
+        """The columns ``cols`` (``name, feature, statistic``) of aggregate frame ``k``, ``n`` rows (the persons,
         or those at ``rows``): per statistic, one gather of its values into every asked column at once (a
-        column-major index, a null row appended for the persons without a row), cut into the columns."""
-        pid = frame.get_column("_pid").to_numpy().astype(np.int64)
-        fid = frame.get_column("_fid").to_numpy().astype(np.int64)
+        column-major index, a null row appended for the persons without a row), cut into the columns. Only the
+        asked features' rows are read when they are fewer than half the frame."""
+        frame = self._frames[k]
+        pid, fid, order, starts = self._frame_index(k)
+        feats = sorted({f for _n, f, _s in cols if f + 1 < starts.size})
+        picked = int(sum(starts[f + 1] - starts[f] for f in feats))
+        at: np.ndarray | None = None  # the frame rows read, when not all of them
+        if 2 * picked < frame.height:
+            at = np.concatenate([order[starts[f] : starts[f + 1]] for f in feats]) if feats else order[:0]
+            pid, fid = pid[at], fid[at]
         if rows is not None:  # the asked persons' rows, at their new positions
             pos = np.full(self._ids.len(), -1, dtype=np.int64)
             pos[rows.to_numpy()] = np.arange(rows.len(), dtype=np.int64)
@@ -269,16 +290,18 @@ class FeatureStats:
             by_stat.setdefault(stat, []).append((name, f))
         out: dict[str, pl.Series] = {}
         for stat, named in by_stat.items():
-            slot = np.full(int(fid.max()) + 1, -1, dtype=np.int64)
+            slot = np.full(starts.size, -1, dtype=np.int64)
             slot[[f for _n, f in named]] = np.arange(len(named), dtype=np.int64)
-            k = slot[np.minimum(fid, slot.size - 1)]
-            k[fid >= slot.size] = -1
-            ok = (k >= 0) & (pid >= 0)
-            index = np.full(len(named) * n, frame.height, dtype=np.uint32)  # the appended null row
-            index[k[ok] * n + pid[ok]] = np.flatnonzero(ok).astype(np.uint32)
+            j = slot[fid]
+            ok = (j >= 0) & (pid >= 0)
+            hit = np.flatnonzero(ok) if at is None else at[ok]  # the frame rows that land in some cell
             values = frame.get_column(stat)
+            if at is not None or rows is not None:  # few of them: gather those first
+                values, hit = values.gather(pl.Series(hit, dtype=pl.UInt32)), np.arange(hit.size)
+            index = np.full(len(named) * n, values.len(), dtype=np.uint32)  # the appended null row
+            index[j[ok] * n + pid[ok]] = hit.astype(np.uint32)
             dtype = self._plan.dtypes[named[0][0]]
             every = pl.concat([values, pl.Series([None], dtype=values.dtype)]).gather(index).cast(dtype)
-            for j, (name, _f) in enumerate(named):
-                out[name] = every.slice(j * n, n).alias(name)
+            for i, (name, _f) in enumerate(named):
+                out[name] = every.slice(i * n, n).alias(name)
         return out

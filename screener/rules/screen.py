@@ -108,12 +108,15 @@ def _matched_rows(
     have = set(full.columns)
     src = sources or {}
     picked = [c for c in names if c in have or src.get(c) in have]
-    part = pl.DataFrame([full.get_column(src.get(c, c)).alias(c) for c in picked]).filter(mask)
+    at = mask.arg_true()
+    # (a gather by position, not ``filter``: a DataFrame filter plans a query, per study)
+    part = pl.DataFrame([full.get_column(src.get(c, c)).alias(c) for c in picked])[at]
     missing = {c for c in names if c not in have and src.get(c) not in have}
     if not missing:
         return part
-    extra = stats.wide(missing, mask.arg_true())
-    return pl.concat([part, extra.drop("patient_id")], how="horizontal")
+    extra = stats.wide(missing, at)
+    # (by its columns: ``drop`` plans a query over the frame's columns, per study)
+    return pl.DataFrame([*part.get_columns(), *extra.get_columns()[1:]])
 
 
 def screen(
@@ -293,7 +296,7 @@ def _screen(
                 )
                 for i in hits
             ]
-            with_ev = dict(zip(hits, pl.collect_all(parts, engine=ENGINE), strict=True))
+            with_ev = dict(zip(hits, pl.collect_all(parts, engine=ENGINE, optimizations=_UNOPTIMISED), strict=True))
     shared = bool(hits) and with_ev[hits[0]] is with_ev[hits[-1]]  # one evidence frame for every study
     out: list[pl.DataFrame] = []
     if only_matches:
