@@ -5,7 +5,8 @@ Over the random rules and histories of test_property_v2.py (per-fact filters, re
 continuity, trends, upcoming, first occurrence; facts on and next to the window, gap and period edges), and over
 the chains of facts exactly a window or gap apart (plus or minus 1 s) of test_property_edges.py, which the broad
 test rarely builds. Every outcome and every criterion's value must be identical, and every generated rule must
-lower to SQL (a construct that does not is a failure, never a skip).
+lower to SQL (a construct that does not is a failure, never a skip). The broad suite is marked ``slow``: CI runs
+it, ``just test-unit`` runs the edges suite here and the broad rules against the other two evaluators.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ V2 = _strategies("test_property_v2")
 EDGES = _strategies("test_property_edges")
 
 
+@pytest.mark.slow  # CI only; the loop runs these rules on the compiled path and the reference (test_property_v2)
 @settings(
     max_examples=examples(60),
     deadline=None,
