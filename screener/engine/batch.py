@@ -98,7 +98,11 @@ class BatchRole(EngineBase):
             part = self._parts.get(p)
             if part is None:
                 continue
-            changes = part.state.apply_changes(*decoded.frames, keep=self._keep) if decoded.accepted else None
+            changes = (
+                part.state.apply_changes(*decoded.frames, keep=self._keep, report=self.screen_affected_only)
+                if decoded.accepted
+                else None
+            )
             if changes is not None:
                 part.dirty = True
             part.offset = batch.offsets[p][1]

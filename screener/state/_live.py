@@ -9,7 +9,8 @@ from datetime import datetime
 
 import polars as pl
 
-from screener.state._apply import Changes, PatientState, StateParts, apply_changes, apply_frames, prune_facts
+from screener.state._apply import Changes, PatientState, StateParts, prune_facts
+from screener.state._apply import _apply as _apply_state
 from screener.state._filter import FactFilter
 from screener.state._frames import FACTS_SCHEMA, PERSONS_SCHEMA, _empty
 
@@ -150,9 +151,7 @@ class LiveState:
         changed_only: bool = False,
     ) -> pl.Series:
         """:func:`apply_frames` on this state, in place. Returns the touched patient ids (same contract)."""
-        if changed_only:
-            return self.apply_changes(upd, new_facts, control, keep).touched
-        return self._apply(upd, new_facts, control, keep, report=False)[1]
+        return self._apply(upd, new_facts, control, keep, changed_only=changed_only, report=False).touched
 
     def apply_changes(
         self,
@@ -160,11 +159,14 @@ class LiveState:
         new_facts: pl.DataFrame,
         control: pl.DataFrame,
         keep: pl.Expr | FactFilter | None = None,
+        *,
+        report: bool = True,
     ) -> Changes:
-        """:func:`apply_changes` on this state, in place: what the batch changed (``changed_only`` semantics)."""
-        changes = self._apply(upd, new_facts, control, keep, report=True)[0]
-        assert changes is not None
-        return changes
+        """:func:`apply_changes` on this state, in place: what the batch changed (``changed_only`` semantics).
+        Without ``report`` only ``touched`` is filled in (the fact rows and person columns that changed are left
+        empty: working them out is a quarter of a small batch's update, and only the affected-only plan reads
+        them)."""
+        return self._apply(upd, new_facts, control, keep, changed_only=True, report=report)
 
     def _apply(
         self,
@@ -173,8 +175,9 @@ class LiveState:
         control: pl.DataFrame,
         keep: pl.Expr | FactFilter | None,
         *,
+        changed_only: bool,
         report: bool,
-    ) -> tuple[Changes | None, pl.Series]:
+    ) -> Changes:
         merged_away = control.filter(pl.col("op") == "merge")["arg"]
         referenced = pl.concat([control.filter(pl.col("op") == "retract")["arg"], new_facts["event_id"]])
         affected = (
@@ -192,12 +195,7 @@ class LiveState:
             .sort()
         )
         sub, n_persons, n_facts = self._select(affected)
-        changes: Changes | None = None
-        if report:
-            new, changes = apply_changes(sub, upd, new_facts, control, keep)
-            touched = changes.touched
-        else:
-            new, touched = apply_frames(sub, upd, new_facts, control, keep)
+        new, changes = _apply_state(sub, upd, new_facts, control, keep, changed_only=changed_only, report=report)
         self._retracted = new.retracted
         if self._tail_ids.len():
             overlap = affected.is_in(self._tail_ids.implode())
@@ -216,7 +214,7 @@ class LiveState:
         too_many_facts = self._tail_facts.height > max(self.TAIL_MIN, self._facts.height // 32)
         if too_many_facts or self._tail_persons.height > max(self.TAIL_MIN, self._persons.height // 32):
             self.compact()
-        return changes, touched
+        return changes
 
     def compact(self) -> None:
         """Fold the tail into the main frames (one sort and one index build, O(state))."""
