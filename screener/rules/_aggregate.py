@@ -83,7 +83,7 @@ def _plain_aggs(gneg: str | None) -> dict[str, pl.Expr]:
         "first_t": t.min(),
         "first_code": pl.col("code").first(),
         "n_days": t.dt.date().n_unique().cast(pl.UInt32),
-        "latest_c": pl.coalesce("value_code", "code").last(),
+        "latest_c": pl.coalesce("_vc", "code").last(),  # (``_vc``: value_code, on the rows of these slots)
         "latest_ct": t.last(),
     }
     if gneg is not None:

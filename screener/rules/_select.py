@@ -100,7 +100,8 @@ class RowPlan:
     conversions: pl.DataFrame  # _ck, _unit, _a, _b
     filters: dict[int, pl.Expr]  # _fid -> the filter over fact rows
     filter_attrs: Sequence[str]
-    value_code: bool  # some feature reads ``value_code`` (``latest_code``)
+    #: the slots whose rows carry the fact's ``value_code`` as ``_vc`` (those computing ``latest_c``, ``latest_code``)
+    value_code: Sequence[int]
     needs_encounters: bool
     look_ahead: timedelta
     slots: Sequence[int] = ()  # per selection, the slot the rows are sorted by (:attr:`AggPlan.slots`)
@@ -283,10 +284,24 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
     # the code from the small pair table, not from the facts (a gather from a few hundred strings is cheap)
     rows = rows.with_columns(keys.pairs["code"].gather(rows["_sc"]).alias("code"))
     if rp.value_code:
-        rows = rows.with_columns(facts["value_code"].gather(rows["_r0"]))
+        rows = rows.with_columns(_slot_value_codes(rows, facts, rp.value_code))
     if not rp.filters:
         return rows.with_columns(pl.lit(True).alias("_keep"))
     return rows.with_columns(_keep_column(rows, state, rp, now))
+
+
+def _slot_value_codes(rows: pl.DataFrame, facts: pl.DataFrame, slots: Sequence[int]) -> pl.Series:
+    """``_vc``: the fact's ``value_code`` on the rows of ``slots`` (rows are sorted by slot: a slice each), null on
+    the others (a random gather of strings for every row would cost more than the statistic that reads it)."""
+    bounds = rows["_slot"].search_sorted(pl.Series([s for slot in slots for s in (slot, slot + 1)], dtype=pl.UInt32))
+    codes = facts.get_column("value_code")
+    parts: list[pl.Series] = []
+    done = 0
+    for lo, hi in zip(bounds[0::2].to_list(), bounds[1::2].to_list(), strict=True):
+        parts += [constant("_vc", None, pl.String(), lo - done), codes.gather(rows["_r0"].slice(lo, hi - lo))]
+        done = hi
+    parts.append(constant("_vc", None, pl.String(), rows.height - done))
+    return pl.concat([p.alias("_vc") for p in parts])
 
 
 def _keep_column(rows: pl.DataFrame, state: PatientState, rp: RowPlan, now: datetime) -> pl.Series:

@@ -118,7 +118,7 @@ def _feature_plan(studies: Sequence[Study]) -> _FeaturePlan:
         conv,
         {i: filter_expr(s.source.filter) for i, s in enumerate(selections) if s.source.filter is not None},
         attrs,
-        any(f.transform == "latest_code" for group in feats.values() for f in group),
+        tuple(i for i, (_fids, stats, _gneg) in enumerate(agg.plain) if "latest_c" in stats),
         encounters,
         ahead,
         agg.slots,
