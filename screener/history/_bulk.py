@@ -7,10 +7,10 @@ without writing, re-reading and folding segments:
 
 * a partition whose frames are *pure appends* (no retraction, correction or merge among them) and whose store
   partition is empty: the facts are the chunks' facts in order, the last copy of each ``event_id`` kept (what
-  ``apply_frames`` does to new facts over an empty state), sorted by patient (stable), read back from the spill
-  files (memory: that partition's facts) and written as the base's Parquet file; the persons are
-  ``apply_frames`` of the person updates and flags alone over an empty state (each fact-only patient stands in as
-  one row), so demographics fold by the engine's rules;
+  ``apply_frames`` does to new facts over an empty state), sorted by patient (stable: a patient bucket at a time,
+  the buckets end to end), read back from the spill files (memory: that partition's facts) and written as the
+  base's Parquet file; the persons are ``apply_frames`` of the person updates and flags alone over an empty state
+  (each fact-only patient stands in as one row), so demographics fold by the engine's rules;
 * any other partition (a retraction, a merge, or history already in the store) goes the general way: one
   segment of all its frames, then :meth:`HistoryStore.compact` (memory: that partition's frames).
 """

@@ -69,3 +69,21 @@ def test_the_bounds_split_a_partitions_facts_into_several_buckets(tmp_path: Path
     for part in parts:
         whole = part.facts_in_order()
         assert whole["seq"].is_sorted() and whole.height == sum(f.height for f in part.facts.values())
+
+
+@pytest.mark.parametrize("patients", [30, 20_000])
+def test_slots_are_each_ids_own_whether_rows_or_distinct_ids_are_hashed(patients: int) -> None:
+    """A chunk of a few patients' many rows (the distinct ids hashed, joined back) or of many patients (every row
+    hashed): each row's slot is its id's partition (kafka-python's murmur2; a null in 0) and bucket."""
+    from kafka.partitioner.default import murmur2 as reference
+
+    cache = partitioner._Partitioner(5, 8)
+    cache.bucket(pl.Series([str(i) for i in range(0, 20_000, 7)]))
+    i = pl.int_range(6000, dtype=pl.Int64, eager=True)
+    ids = ((i * 7919) % patients).cast(pl.String).scatter([3, 5000], None)
+    got = cache.slots(ids).to_list()
+    for idx in (0, 3, 1, 2, 4999, 5000, 5999, *range(100, 6000, 97)):
+        key = ids[idx]
+        part = 0 if key is None else (reference(key.encode()) & 0x7FFFFFFF) % 5
+        assert got[idx] == part * 8 + cache.bucket(pl.Series([key], dtype=pl.String))[0], idx
+    assert cache.of_ids(ids).to_list() == [s // 8 for s in got]
