@@ -1,6 +1,7 @@
 """Event-to-match latency at a steady event rate (default 1,000 events/s) with 50 open studies.
 
     python -m bench.engine_latency [--rate 1000] [--seconds 60] [--studies 50] [--patients 1000000]
+                                   [--timeline FILE]
 
 The engine's group first gets a ready state of ``--patients`` synthetic patients (per-partition snapshots at the
 committed offsets, as a long-running engine leaves them; 0 for an empty state). A producer process then
@@ -8,7 +9,9 @@ publishes the synthetic population at ``--rate`` events/s (kafka-python, CreateT
 patients already in state; one engine runs in-process with the default settings and a SQLite worklist.
 Latency of a match = wall time when ``record_matches`` returned it as new - the broker timestamp of the newest
 event of that patient in the batch (the same quantity as the ``screener_event_to_match_latency_seconds``
-histogram, measured exactly here).
+histogram, measured exactly here). ``--timeline`` writes every batch's stages (wall and batch-thread CPU time),
+the polls, the maintenance calls and garbage collections as JSON lines (:mod:`bench._timeline`), then prints the
+batches holding the p99 matches beside what overlapped them.
 """
 
 from __future__ import annotations
