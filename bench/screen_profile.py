@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import statistics
+import sys
 import tempfile
 import time
 from collections import deque
@@ -46,6 +48,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from screener import _allocator
+
+# ``large`` is a batch screen: as ``screener screen`` does, before Polars loads (a _RJEM_MALLOC_CONF you set wins:
+# give _RJEM_MALLOC_CONF=dirty_decay_ms:500,muzzy_decay_ms:1000 for Polars' own default). ``small`` times the
+# engine's micro-batches, and the engine keeps Polars' default.
+if sys.argv[1:2] == ["large"]:
+    _allocator.apply(["screen"], os.environ)
 
 import polars as pl
 
@@ -205,7 +215,8 @@ def main() -> None:
             f"best {min(walls):.2f} s of {[round(w, 2) for w in walls]} "
             f"(CPU-s, every thread: {[round(c, 2) for c in cpus]}), {rows} rows, "
             f"outcomes {dict(sorted(outcomes.items()))}, peak RSS {_peak_rss_mb():.0f} MB "
-            f"({rss_before:.0f} MB before the timed part)"
+            f"({rss_before:.0f} MB before the timed part), "
+            f"{_allocator.VARIABLE}={os.environ.get(_allocator.VARIABLE, '')!r}"
         )
     if prof:
         prof.dump_stats(str(args.profile))
