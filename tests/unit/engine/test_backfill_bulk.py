@@ -315,7 +315,11 @@ def test_chunks_decoded_on_several_threads_give_the_store_one_thread_gives(make_
         (["backfill", "omop", "/x", "--into-store", "/s"], {}, True),
         (["backfill", "fhir", "/x", "--into-store=/s"], {}, True),
         (["backfill", "omop", "/x"], {}, False),  # to Kafka: the engine's allocator settings
-        (["screen", "rules.yaml", "--into-store", "/s"], {}, False),
+        (["screen", "rules.yaml", "--into-store", "/s"], {}, True),  # a batch screen: the same setting
+        (["rules", "diff", "a.yaml", "b.yaml"], {}, True),
+        (["feasibility", "a.yaml"], {}, True),
+        (["rules", "check", "a.yaml"], {}, False),
+        (["run"], {}, False),  # the service keeps Polars' default
         ([], {}, False),
         (["backfill", "omop", "/x", "--into-store", "/s"], {"_RJEM_MALLOC_CONF": "narenas:2"}, False),
         (["backfill", "omop", "/x", "--into-store", "/s"], {"_RJEM_MALLOC_CONF": ""}, False),
@@ -356,7 +360,8 @@ print(repr(seen[0]))
     first_fast(  # a Python process each (~1 CPU-s): one in the loop, the others in CI (tests/_support/marks.py)
         (["backfill", "omop", "/x", "--into-store", "/s"], None, "'dirty_decay_ms:10000,muzzy_decay_ms:10000'"),
         (["backfill", "omop", "/x", "--into-store", "/s"], "narenas:2", "'narenas:2'"),
-        (["screen", "rules.yaml"], None, "None"),
+        (["screen", "rules.yaml"], None, "'dirty_decay_ms:10000,muzzy_decay_ms:10000'"),
+        (["run"], None, "None"),
     ),
 )
 def test_the_cli_sets_the_allocator_before_polars_loads(args: list[str], user: str | None, expected: str) -> None:
