@@ -7,6 +7,7 @@ plain Python values. Duplicate keys are an error (YAML would silently keep the l
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import yaml
@@ -101,10 +102,79 @@ _Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_yaml_seq)
 def load_yaml(text: str, file: str) -> Any:
     """Parse one YAML document keeping positions.
 
-    :raises RuleError: ``FILE:LINE:COL`` for a syntax error or a duplicate key.
+    A document parsed before (the same text, whatever its file name) is not parsed again: the caller gets a
+    fresh copy of it (:func:`_copied`), so what it does with its maps and lists never reaches the next caller.
+    The rule files a process loads again (a reload, the checks of ``screener rules ...``, the tests) cost a copy.
+
+    :raises RuleError: ``FILE:LINE:COL`` for a syntax error or a duplicate key (raised each time, naming ``file``).
     """
     if len(text) > MAX_FILE_BYTES:
         raise RuleError(f"rule file is {len(text)} characters long; the limit is {MAX_FILE_BYTES}", file=file)
+    if len(text) > _CACHED_CHARS:
+        return _parse(text, file)
+    try:
+        parsed = _parsed(text)
+    except Exception:  # not kept by the cache: parsed again, so the error names this file
+        return _parse(text, file)
+    return _copied(parsed, {})
+
+
+#: texts up to this long are kept (a sample rule file is about 10k characters): at most about 32 MB of them
+_CACHED_CHARS = 250_000
+
+
+@functools.lru_cache(maxsize=128)
+def _parsed(text: str) -> Any:
+    return _parse(text, "<rules>")  # the file name is only ever part of an error, and an error is not kept
+
+
+def _copied(value: Any, memo: dict[int, Any]) -> Any:
+    """A copy of a loaded document: new :class:`Map`/:class:`Seq` (and any other list, dict or set), the same
+    immutable scalars; a value the document holds twice (a YAML alias) is one copy held twice, as loaded."""
+    if isinstance(value, str | int | float | None):
+        return value
+    done = memo.get(id(value))
+    if done is not None:
+        return done
+    if isinstance(value, Map):
+        m = Map()
+        memo[id(value)] = m
+        m.mark, m.marks, m.value_marks = value.mark, dict(value.marks), dict(value.value_marks)
+        m.value_styles = dict(value.value_styles)
+        for k, v in value.items():
+            m[k] = _copied(v, memo)
+        return m
+    if isinstance(value, Seq):
+        q = Seq()
+        memo[id(value)] = q
+        q.mark, q.marks = value.mark, list(value.marks)
+        for v in value:  # a loop, not a generator: one frame per level of nesting, as few as the loader's
+            q.append(_copied(v, memo))
+        return q
+    if isinstance(value, list):
+        items: list[Any] = []
+        memo[id(value)] = items
+        for v in value:
+            items.append(_copied(v, memo))
+        return items
+    if isinstance(value, dict):
+        d: dict[Any, Any] = {}
+        memo[id(value)] = d
+        for k, v in value.items():
+            d[k] = _copied(v, memo)
+        return d
+    if isinstance(value, set):
+        members = set(value)  # hashable, so immutable scalars or tuples of them
+        memo[id(value)] = members
+        return members
+    if isinstance(value, tuple):
+        pairs = tuple(_copied(v, memo) for v in value)
+        memo[id(value)] = pairs
+        return pairs
+    return value  # bytes, dates and timestamps: immutable
+
+
+def _parse(text: str, file: str) -> Any:
     loader = _Loader(text)
     loader.file = file
     try:

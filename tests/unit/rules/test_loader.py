@@ -33,6 +33,25 @@ def test_duplicate_key_and_syntax_errors():
         load_yaml("a: 1\n  b: 2\n", "f.yaml")
 
 
+def test_a_text_loaded_again_is_a_fresh_copy_of_the_same_document():
+    """load_yaml keeps each parsed text (screener.rules._yaml._parsed): a second load is equal, positions and
+    styles too, but shares no map or list with the first, keeps an alias one object, and an error still names
+    the file of each load."""
+    text = "a: &x [1, {k: 'v'}]\nb: *x\nc: 2026-01-02\nd: !!set {p: null}\n"
+    first, again = load_yaml(text, "f.yaml"), load_yaml(text, "g.yaml")
+    assert first == again and first is not again
+    assert (again.marks, again.value_marks, again.value_styles) == (first.marks, first.value_marks, first.value_styles)
+    assert isinstance(again["a"], Seq) and again["a"].marks == first["a"].marks
+    assert again["a"] is not first["a"] and again["a"][1] is not first["a"][1] and again["d"] is not first["d"]
+    assert again["a"] is again["b"] and first["a"] is first["b"]  # an alias: one value held twice, as parsed
+    first["a"][1]["k"] = "changed"
+    first["a"][1].marks["k"] = (9, 9)
+    assert load_yaml(text, "f.yaml")["a"][1] == {"k": "v"} and load_yaml(text, "f.yaml")["a"][1].marks["k"] != (9, 9)
+    for name in ("f.yaml", "g.yaml", "f.yaml"):
+        with pytest.raises(RuleError, match=rf"^{name}:3:1: error: duplicate key 'a'"):
+            load_yaml("a: 1\nb: 2\na: 3\n", name)
+
+
 def test_sample_study_loads_with_positions():
     path = DATA / "ckd.yaml"
     s = load_study(path)
