@@ -36,29 +36,41 @@ def test_buckets_follow_the_ids_sorted_order_with_nulls_first(
     assert got.filter(pl.col("id").is_null())["bucket"].to_list() == [0] * ids.null_count()
 
 
-@pytest.mark.parametrize("buckets", [2, 8, 64])
+_RUNS = ("rows-40000", "second", "resent", "rows-0", "rows-1073741824")
+#: buckets 8 (the default) with a budget that runs out part way, a second backfill and re-sent events in the
+#: loop; facts all spilled or all held, and 2 or 64 buckets, in CI (tests/_support/marks.py)
+_CASES = [
+    *((8, run) for run in _RUNS[:3]),
+    *(pytest.param(8, run, marks=pytest.mark.slow) for run in _RUNS[3:]),
+    *(pytest.param(n, run, marks=pytest.mark.slow) for n in (2, 64) for run in _RUNS),
+]
+
+
+@pytest.mark.parametrize(("buckets", "run"), _CASES)
 def test_any_number_of_buckets_gives_the_store_one_sort_gives(
-    buckets: int, make_event: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    buckets: int, run: str, make_event: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pure appends of rows (several buckets per chunk and partition; facts spilled, held or both), then a second
     backfill folded over them, and a fresh backfill with re-sent events (de-duplicated): the same store as with
     one bucket (one sort of the whole partition)."""
 
-    def stores(name: str, *runs: tuple[list[pl.DataFrame], int]) -> None:
+    def stores(*runs: tuple[list[pl.DataFrame], int]) -> None:
         made = []
         for n in (1, buckets):
             monkeypatch.setattr(partitioner, "BUCKETS", n)
-            made.append(store := open_store(tmp_path / f"{name}-{n}"))
+            made.append(store := open_store(tmp_path / f"{run}-{n}"))
             for frames, memory in runs:
                 bf.backfill_frames(store, frames, partitions=3, start_offsets={}, memory_bytes=memory)
             assert_same_store(made[0], store, 3)
             for p in range(3):
                 assert store.scan([p])[1].collect()["patient_id"].is_sorted()
 
-    for memory in (0, 40_000, 1 << 30):
-        stores(f"rows-{memory}", (omop_rows(70), memory))
-    stores("second", (omop_rows(70), 40_000), (mixed_history(make_event), 1 << 30))
-    stores("resent", ([*omop_rows(70), *mixed_history(make_event)], 1 << 30))
+    if run.startswith("rows-"):
+        stores((omop_rows(70), int(run.removeprefix("rows-"))))
+    elif run == "second":
+        stores((omop_rows(70), 40_000), (mixed_history(make_event), 1 << 30))
+    else:
+        stores(([*omop_rows(70), *mixed_history(make_event)], 1 << 30))
 
 
 def test_the_bounds_split_a_partitions_facts_into_several_buckets(tmp_path: Path) -> None:
