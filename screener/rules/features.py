@@ -270,9 +270,9 @@ class FeatureStats:
 
     def _pivot(self, k: int, cols: list[tuple[str, int, str]], n: int, rows: pl.Series | None) -> dict[str, pl.Series]:
         """The columns ``cols`` (``name, feature, statistic``) of aggregate frame ``k``, ``n`` rows (the persons,
-        or those at ``rows``): per statistic, one gather of its values into every asked column at once (a
-        column-major index, a null row appended for the persons without a row), cut into the columns. Only the
-        asked features' rows are read when they are fewer than half the frame."""
+        or those at ``rows``): per statistic, one scatter of its values into every asked column at once (a
+        column-major index into null cells), cut into the columns. Only the asked features' rows are read when
+        they are fewer than half the frame."""
         frame = self._frames[k]
         pid, fid, order, starts = self._frame_index(k)
         feats = sorted({f for _n, f, _s in cols if f + 1 < starts.size})
@@ -296,12 +296,15 @@ class FeatureStats:
             ok = (j >= 0) & (pid >= 0)
             hit = np.flatnonzero(ok) if at is None else at[ok]  # the frame rows that land in some cell
             values = frame.get_column(stat)
-            if at is not None or rows is not None:  # few of them: gather those first
-                values, hit = values.gather(pl.Series(hit, dtype=pl.UInt32)), np.arange(hit.size)
-            index = np.full(len(named) * n, values.len(), dtype=np.uint32)  # the appended null row
-            index[j[ok] * n + pid[ok]] = hit.astype(np.uint32)
+            if hit.size < values.len():
+                values = values.gather(pl.Series(hit, dtype=pl.UInt32))
             dtype = self._plan.dtypes[named[0][0]]
-            every = pl.concat([values, pl.Series([None], dtype=values.dtype)]).gather(index).cast(dtype)
+            # a scatter of the values into null cells (a gather of every cell from the values and an appended
+            # null row costs about twice as much: most cells are null)
+            every = constant(stat, None, values.dtype, len(named) * n)
+            if values.len():
+                every.scatter(pl.Series(j[ok] * n + pid[ok], dtype=pl.UInt64), values)
+            every = every.cast(dtype)
             for i, (name, _f) in enumerate(named):
                 out[name] = every.slice(i * n, n).alias(name)
         return out
