@@ -24,14 +24,14 @@ import polars as pl
 
 from screener.rules._aggregate import PLAIN_STATS, STAT_DTYPES, AggPlan, aggregate
 from screener.rules._attributes import NOW_COL, attributes
-from screener.rules._facts import constant, conversions, filter_expr, member_table, uses
-from screener.rules._select import RowPlan, Selection, fact_rows, fid_bits
+from screener.rules._facts import FACT_COLUMNS, constant, conversions, filter_expr, member_table, uses
+from screener.rules._select import RowPlan, Selection, fact_columns, fact_rows, fid_bits
 from screener.rules.ir import Feat, Field, Source, collect_attributes
 from screener.rules.lower import TRANSFORM_STATS, stat_col
 from screener.rules.model import Study
 from screener.state import PatientState
 
-__all__ = ["ENGINE", "NOW_COL", "TS", "FeatureStats", "attributes", "feature_frame", "feature_stats"]
+__all__ = ["ENGINE", "NOW_COL", "TS", "FeatureStats", "attributes", "feature_frame", "feature_stats", "screen_columns"]
 
 TS = pl.Datetime("us", "UTC")
 
@@ -180,6 +180,20 @@ def _agg_plan(selections: Sequence[Selection], stats_needed: dict[str, set[str]]
 
 def _filter_attrs(source: Source) -> set[str]:
     return collect_attributes(source.filter) if source.filter is not None else set()
+
+
+#: the fact columns :func:`screener.rules._attributes.registrations` reads
+_REGISTRATION_COLUMNS = ("patient_id", "kind", "occurred_at", "ended_at", "status")
+
+
+def screen_columns(studies: Sequence[Study]) -> list[str]:
+    """The fact columns (of :data:`screener.rules._facts.FACT_COLUMNS`, in its order) a screen of ``studies``
+    reads: a reader of facts (a Parquet scan) may leave the others out, the results are the same (a missing
+    column is read as nulls, and none of these studies reads it)."""
+    need = fact_columns(_feature_plan(studies).rows)
+    if any("registered_days" in s.attributes() for s in studies):
+        need.update(_REGISTRATION_COLUMNS)
+    return [c for c in FACT_COLUMNS if c in need]
 
 
 def feature_frame(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
