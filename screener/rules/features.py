@@ -241,10 +241,12 @@ class FeatureStats:
         """``patient_id`` and the statistic columns (those in ``columns``, default all, in :attr:`columns`
         order), one row per person in ``state.persons`` order, or only the persons at positions ``rows``
         (UInt32, in that order). Null where the patient has no fact in the feature."""
-        if rows is not None and rows.len() and rows.n_unique() < rows.len():  # a person asked twice
-            uniq, back = np.unique(rows.to_numpy(), return_inverse=True)
-            once = self.wide(columns, pl.Series(uniq, dtype=pl.UInt32))
-            return once[pl.Series(back.astype(np.uint32))]
+        at = None if rows is None else rows.to_numpy().astype(np.int64)
+        if at is not None and not bool(np.all(at[1:] > at[:-1])):  # (increasing: distinct, as a match mask gives)
+            uniq, back = np.unique(at, return_inverse=True)
+            if uniq.size < at.size:  # a person asked twice
+                once = self.wide(columns, pl.Series(uniq, dtype=pl.UInt32))
+                return once[pl.Series(back.astype(np.uint32))]
         ids = self._ids if rows is None else self._ids.gather(rows)
         n = ids.len()
         names = [c for c in self._plan.columns if columns is None or c in columns]
@@ -253,9 +255,13 @@ class FeatureStats:
             hit = self._source.get(name)
             if hit is not None:
                 asked.setdefault(hit[0], []).append((name, hit[1], hit[2]))
+        pos: np.ndarray | None = None  # each person's row in the result (-1: not asked), when not everyone's
+        if at is not None and asked:
+            pos = np.full(self._ids.len(), -1, dtype=np.int64)
+            pos[at] = np.arange(at.size, dtype=np.int64)
         got: dict[str, pl.Series] = {}
         for k, cols in asked.items():
-            got.update(self._pivot(k, cols, n, rows))
+            got.update(self._pivot(k, cols, n, pos))
         nulls: dict[pl.DataType, pl.Series] = {}
         out = [ids]
         for name in names:
@@ -282,11 +288,11 @@ class FeatureStats:
             got = self._index[k] = (pid, fid, order, starts)
         return got
 
-    def _pivot(self, k: int, cols: list[tuple[str, int, str]], n: int, rows: pl.Series | None) -> dict[str, pl.Series]:
+    def _pivot(self, k: int, cols: list[tuple[str, int, str]], n: int, pos: np.ndarray | None) -> dict[str, pl.Series]:
         """The columns ``cols`` (``name, feature, statistic``) of aggregate frame ``k``, ``n`` rows (the persons,
-        or those at ``rows``): per statistic, one scatter of its values into every asked column at once (a
-        column-major index into null cells), cut into the columns. Only the asked features' rows are read when
-        they are fewer than half the frame."""
+        or the asked ones: ``pos``, each person's row or -1): per statistic, one scatter of its values into every
+        asked column at once (a column-major index into null cells), cut into the columns. Only the asked
+        features' rows are read when they are fewer than half the frame."""
         frame = self._frames[k]
         pid, fid, order, starts = self._frame_index(k)
         feats = sorted({f for _n, f, _s in cols if f + 1 < starts.size})
@@ -295,9 +301,7 @@ class FeatureStats:
         if 2 * picked < frame.height:
             at = np.concatenate([order[starts[f] : starts[f + 1]] for f in feats]) if feats else order[:0]
             pid, fid = pid[at], fid[at]
-        if rows is not None:  # the asked persons' rows, at their new positions
-            pos = np.full(self._ids.len(), -1, dtype=np.int64)
-            pos[rows.to_numpy()] = np.arange(rows.len(), dtype=np.int64)
+        if pos is not None:  # the asked persons' rows, at their new positions
             pid = pos[pid]
         by_stat: dict[str, list[tuple[str, int]]] = {}
         for name, f, stat in cols:
