@@ -22,10 +22,12 @@ counted over every (study, patient)).
 
 ``--split scan`` never holds the whole facts frame: each chunk's facts are read from the Parquet file when it is
 screened (a patient-id range that prunes row groups, then the exact ids), inside the timed part; use it at 1M and
-2M realistic patients (7.7 GiB of facts in memory at 1M). It reads only the columns ``screen()`` reads
-(``screener.rules._facts.FACT_COLUMNS``; ``--all-columns``: every column of the file, as sessions before
-2026-12-02 session 4 did). ``--workers N`` screens N chunks at once, one thread each (Polars runs its queries
-without the GIL; N chunks in memory at a time): wall time on an idle host, the CPU-seconds stay those of one.
+2M realistic patients (7.7 GiB of facts in memory at 1M). It reads only the columns a screen of these studies
+reads (``screener.rules.features.screen_columns``; ``--fact-columns``: every column ``screen()`` may read,
+``screener.rules._facts.FACT_COLUMNS``, as sessions 4 to 6 did; ``--all-columns``: every column of the file, as
+sessions before 2026-12-02 session 4 did). ``--workers N`` screens N chunks at once, one thread each (Polars runs
+its queries without the GIL; N chunks in memory at a time): wall time on an idle host, the CPU-seconds stay those
+of one.
 
 ``small`` screens consecutive slices of ``--patients`` patients and prints the per-call median, p90 and
 mean; ``large`` screens everyone once (after one warm-up on 1000 patients) and prints the wall time, the
@@ -105,6 +107,7 @@ def main() -> None:
     from bench._workload import BENCH_NOW, WORKLOADS
     from screener.rules import screen
     from screener.rules._facts import FACT_COLUMNS
+    from screener.rules.features import screen_columns
     from screener.state import PatientState
 
     ap = argparse.ArgumentParser()
@@ -135,7 +138,12 @@ def main() -> None:
     ap.add_argument(
         "--all-columns",
         action="store_true",
-        help="--split scan: read every column of the facts file (default: only the columns screen() reads)",
+        help="--split scan: read every column of the facts file (default: only the columns these studies read)",
+    )
+    ap.add_argument(
+        "--fact-columns",
+        action="store_true",
+        help="--split scan: read every column screen() may read (default: only those these studies read)",
     )
     ap.add_argument("--pop-dir", type=Path, default=Path("/tmp/screener-screen-profile"))
     ap.add_argument("--profile", type=Path)
@@ -158,7 +166,8 @@ def main() -> None:
         persons_path, facts_path = _population_paths(args.pop_dir, max(total, 1000), args.workload)
         persons, facts = pl.read_parquet(persons_path), pl.scan_parquet(facts_path)
         if not args.all_columns:
-            facts = facts.select([c for c in facts.collect_schema() if c in FACT_COLUMNS])
+            wanted = set(FACT_COLUMNS) if args.fact_columns else set(screen_columns(studies))
+            facts = facts.select([c for c in facts.collect_schema() if c in wanted])
     else:
         persons, facts = _population(args.pop_dir, max(total, 1000), args.workload)
     n_facts = facts.height if isinstance(facts, pl.DataFrame) else facts.select(pl.len()).collect().item()

@@ -30,7 +30,7 @@ from screener.rules.ir import NOT_DONE, Feat, Source
 from screener.rules.units import normalise_unit_expr
 from screener.state import PatientState
 
-__all__ = ["MODES", "Selection", "fact_rows", "fid_bits", "windows"]
+__all__ = ["MODES", "Selection", "fact_columns", "fact_rows", "fid_bits", "windows"]
 
 TS = pl.Datetime("us", "UTC")
 ENGINE: Any = "in-memory"
@@ -178,7 +178,7 @@ def _concept_facts(
     # the distinct spellings of units and (system, code) pairs get small integer keys before the sort, so the
     # sort carries no string column but its tie-break (``event_id``)
     pids = persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
-    cols = ["patient_id", "system", "code", "unit", "occurred_at", "event_id", "status", "value"]
+    cols = list(_CONCEPT_FACT_COLUMNS)
     keyed: list[str | pl.Expr] = ["_r0", "_pid", "_sc", "_u", "occurred_at", "event_id", _ND, "value"]
     return (
         facts.lazy()
@@ -192,6 +192,26 @@ def _concept_facts(
         .sort(["occurred_at", "event_id"])
         .drop("event_id")
     )
+
+
+#: the fact columns :func:`_concept_facts` reads (and ``ended_at`` for periods)
+_CONCEPT_FACT_COLUMNS = ("patient_id", "system", "code", "unit", "occurred_at", "event_id", "status", "value")
+#: the fact columns :func:`screener.rules._facts.current_encounters` reads
+_ENCOUNTER_COLUMNS = ("patient_id", "kind", "occurred_at", "ended_at", "encounter_id", "event_id")
+
+
+def fact_columns(rp: RowPlan) -> set[str]:
+    """The fact columns :func:`fact_rows` reads under ``rp`` (a frame without the others gives the same rows)."""
+    need = set(_CONCEPT_FACT_COLUMNS)
+    if {sel.mode for sel in rp.selections} & {"period", "continuous"}:
+        need.add("ended_at")
+    if rp.value_code:
+        need.add("value_code")
+    for e in rp.filters.values():
+        need.update(c for c in e.meta.root_names() if c in FACT_COLUMNS)
+    if rp.needs_encounters:
+        need.update(_ENCOUNTER_COLUMNS)
+    return need
 
 
 _ND = pl.col("status").is_in(NOT_DONE).fill_null(False).alias("_nd")

@@ -24,14 +24,14 @@ import polars as pl
 
 from screener.rules._aggregate import PLAIN_STATS, STAT_DTYPES, AggPlan, aggregate
 from screener.rules._attributes import NOW_COL, attributes
-from screener.rules._facts import constant, conversions, filter_expr, member_table, uses
-from screener.rules._select import RowPlan, Selection, fact_rows, fid_bits
+from screener.rules._facts import FACT_COLUMNS, constant, conversions, filter_expr, member_table, uses
+from screener.rules._select import RowPlan, Selection, fact_columns, fact_rows, fid_bits
 from screener.rules.ir import Feat, Field, Source, collect_attributes
 from screener.rules.lower import TRANSFORM_STATS, stat_col
 from screener.rules.model import Study
 from screener.state import PatientState
 
-__all__ = ["ENGINE", "NOW_COL", "TS", "FeatureStats", "attributes", "feature_frame", "feature_stats"]
+__all__ = ["ENGINE", "NOW_COL", "TS", "FeatureStats", "attributes", "feature_frame", "feature_stats", "screen_columns"]
 
 TS = pl.Datetime("us", "UTC")
 
@@ -182,6 +182,20 @@ def _filter_attrs(source: Source) -> set[str]:
     return collect_attributes(source.filter) if source.filter is not None else set()
 
 
+#: the fact columns :func:`screener.rules._attributes.registrations` reads
+_REGISTRATION_COLUMNS = ("patient_id", "kind", "occurred_at", "ended_at", "status")
+
+
+def screen_columns(studies: Sequence[Study]) -> list[str]:
+    """The fact columns (of :data:`screener.rules._facts.FACT_COLUMNS`, in its order) a screen of ``studies``
+    reads: a reader of facts (a Parquet scan) may leave the others out, the results are the same (a missing
+    column is read as nulls, and none of these studies reads it)."""
+    need = fact_columns(_feature_plan(studies).rows)
+    if any("registered_days" in s.attributes() for s in studies):
+        need.update(_REGISTRATION_COLUMNS)
+    return [c for c in FACT_COLUMNS if c in need]
+
+
 def feature_frame(state: PatientState, studies: Sequence[Study], now: datetime) -> pl.DataFrame:
     """One row per person of ``state.persons``, in its order: ``patient_id`` and the ``<feature>:<stat>``
     columns (null where the patient has no fact in the feature)."""
@@ -227,10 +241,12 @@ class FeatureStats:
         """``patient_id`` and the statistic columns (those in ``columns``, default all, in :attr:`columns`
         order), one row per person in ``state.persons`` order, or only the persons at positions ``rows``
         (UInt32, in that order). Null where the patient has no fact in the feature."""
-        if rows is not None and rows.len() and rows.n_unique() < rows.len():  # a person asked twice
-            uniq, back = np.unique(rows.to_numpy(), return_inverse=True)
-            once = self.wide(columns, pl.Series(uniq, dtype=pl.UInt32))
-            return once[pl.Series(back.astype(np.uint32))]
+        at = None if rows is None else rows.to_numpy().astype(np.int64)
+        if at is not None and not bool(np.all(at[1:] > at[:-1])):  # (increasing: distinct, as a match mask gives)
+            uniq, back = np.unique(at, return_inverse=True)
+            if uniq.size < at.size:  # a person asked twice
+                once = self.wide(columns, pl.Series(uniq, dtype=pl.UInt32))
+                return once[pl.Series(back.astype(np.uint32))]
         ids = self._ids if rows is None else self._ids.gather(rows)
         n = ids.len()
         names = [c for c in self._plan.columns if columns is None or c in columns]
@@ -239,9 +255,13 @@ class FeatureStats:
             hit = self._source.get(name)
             if hit is not None:
                 asked.setdefault(hit[0], []).append((name, hit[1], hit[2]))
+        pos: np.ndarray | None = None  # each person's row in the result (-1: not asked), when not everyone's
+        if at is not None and asked:
+            pos = np.full(self._ids.len(), -1, dtype=np.int64)
+            pos[at] = np.arange(at.size, dtype=np.int64)
         got: dict[str, pl.Series] = {}
         for k, cols in asked.items():
-            got.update(self._pivot(k, cols, n, rows))
+            got.update(self._pivot(k, cols, n, pos))
         nulls: dict[pl.DataType, pl.Series] = {}
         out = [ids]
         for name in names:
@@ -268,11 +288,11 @@ class FeatureStats:
             got = self._index[k] = (pid, fid, order, starts)
         return got
 
-    def _pivot(self, k: int, cols: list[tuple[str, int, str]], n: int, rows: pl.Series | None) -> dict[str, pl.Series]:
+    def _pivot(self, k: int, cols: list[tuple[str, int, str]], n: int, pos: np.ndarray | None) -> dict[str, pl.Series]:
         """The columns ``cols`` (``name, feature, statistic``) of aggregate frame ``k``, ``n`` rows (the persons,
-        or those at ``rows``): per statistic, one gather of its values into every asked column at once (a
-        column-major index, a null row appended for the persons without a row), cut into the columns. Only the
-        asked features' rows are read when they are fewer than half the frame."""
+        or the asked ones: ``pos``, each person's row or -1): per statistic, one scatter of its values into every
+        asked column at once (a column-major index into null cells), cut into the columns. Only the asked
+        features' rows are read when they are fewer than half the frame."""
         frame = self._frames[k]
         pid, fid, order, starts = self._frame_index(k)
         feats = sorted({f for _n, f, _s in cols if f + 1 < starts.size})
@@ -281,9 +301,7 @@ class FeatureStats:
         if 2 * picked < frame.height:
             at = np.concatenate([order[starts[f] : starts[f + 1]] for f in feats]) if feats else order[:0]
             pid, fid = pid[at], fid[at]
-        if rows is not None:  # the asked persons' rows, at their new positions
-            pos = np.full(self._ids.len(), -1, dtype=np.int64)
-            pos[rows.to_numpy()] = np.arange(rows.len(), dtype=np.int64)
+        if pos is not None:  # the asked persons' rows, at their new positions
             pid = pos[pid]
         by_stat: dict[str, list[tuple[str, int]]] = {}
         for name, f, stat in cols:
@@ -296,12 +314,15 @@ class FeatureStats:
             ok = (j >= 0) & (pid >= 0)
             hit = np.flatnonzero(ok) if at is None else at[ok]  # the frame rows that land in some cell
             values = frame.get_column(stat)
-            if at is not None or rows is not None:  # few of them: gather those first
-                values, hit = values.gather(pl.Series(hit, dtype=pl.UInt32)), np.arange(hit.size)
-            index = np.full(len(named) * n, values.len(), dtype=np.uint32)  # the appended null row
-            index[j[ok] * n + pid[ok]] = hit.astype(np.uint32)
+            if hit.size < values.len():
+                values = values.gather(pl.Series(hit, dtype=pl.UInt32))
             dtype = self._plan.dtypes[named[0][0]]
-            every = pl.concat([values, pl.Series([None], dtype=values.dtype)]).gather(index).cast(dtype)
+            # a scatter of the values into null cells (a gather of every cell from the values and an appended
+            # null row costs about twice as much: most cells are null)
+            every = constant(stat, None, values.dtype, len(named) * n)
+            if values.len():
+                every.scatter(pl.Series(j[ok] * n + pid[ok], dtype=pl.UInt64), values)
+            every = every.cast(dtype)
             for i, (name, _f) in enumerate(named):
                 out[name] = every.slice(i * n, n).alias(name)
         return out
