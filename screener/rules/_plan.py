@@ -30,6 +30,8 @@ class Plan:
         kept_v = [name for c in comps for name in (c.outcome_col, *(k.value for k in c.criteria))]
         self.vshared = shared_stages(comps, [[*c.values, [c.outcome]] for c in comps], kept_v, share)
         self.matched = [pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) for c in comps]
+        #: the columns of the values frame the outcome queries read
+        self.outcome_columns = list(dict.fromkeys(["patient_id", *(c.outcome_col for c in comps)]))
         self.sums = [
             *((pl.col(c.outcome_col) == "eligible").sum().alias(f"e{i}") for i, c in enumerate(comps)),
             *((pl.col(c.outcome_col) == "possible").sum().alias(f"p{i}") for i, c in enumerate(comps)),

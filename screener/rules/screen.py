@@ -255,11 +255,15 @@ def _screen(
     values = base
     for stage in vshared.stages:
         values = values.with_columns(stage)
-    full = _plain(values.collect(engine=ENGINE, optimizations=_UNOPTIMISED))
-    eligible, possible = plan.outcome_sums(full)
+    raw = values.collect(engine=ENGINE, optimizations=_UNOPTIMISED)
+    # The ids and outcomes as plain Series, for the queries over them; the other columns are picked by name (a
+    # plain copy of every column, ~1,500 with 50 studies, costs more than the rest of a small call's queries).
+    outs = pl.DataFrame([raw.get_column(c) for c in plan.outcome_columns])
+    full = raw if only_matches else _plain(raw)
+    eligible, possible = plan.outcome_sums(outs)
     match_counts = [e + p for e, p in zip(eligible, possible, strict=True)]
     counts_frame = _counts_frame(studies, eligible, possible, n_persons) if want_counts else None
-    kept = _known_ids(full, studies, known)  # study position -> its known patients here
+    kept = _known_ids(outs, studies, known)  # study position -> its known patients here
     matched = [
         plan.matched[i] | pl.col("patient_id").is_in(kept[i].implode()) if i in kept else plan.matched[i]
         for i in range(len(comps))
@@ -270,7 +274,7 @@ def _screen(
     with_ev: dict[int, pl.DataFrame] = {}
     if hits:
         # the rows matched in each study and in some study (masks: filtering the wide frame would copy every column)
-        masks = full.select(
+        masks = outs.select(
             *(matched[i].alias(f"_m{i}") for i in hits), pl.any_horizontal(matched[i] for i in hits).alias("_m")
         )
         union = masks.get_column("_m")
