@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import polars as pl
 
 from screener.rules._facts import ensure_columns
-from screener.rules._shared import shared_stages
+from screener.rules._plan import plan_of
 from screener.rules.criteria import compiled, staged, study_frame
 from screener.rules.features import ENGINE, FeatureStats, attributes, feature_stats
 from screener.rules.model import Study
@@ -217,12 +217,14 @@ def _screen(
     n_persons = state.persons.height
     comps = [compiled(s) for s in studies]
     attrs, stats = inputs = _inputs(state, studies, now)
+    plan = plan_of(comps, _SHARE) if evidence in ("matches", "outcomes") else None
     if evidence == "all":
         base = _plain(_base(state, studies, now, inputs)).lazy()
     else:
         # only the statistics the values read: the evidence's own are widened for the matched rows only
-        reads = set().union(*(c.value_inputs for c in comps))
-        base = _plain(pl.concat([attrs, stats.wide(reads).drop("patient_id")], how="horizontal")).lazy()
+        reads = plan.reads if plan is not None else set().union(*(c.value_inputs for c in comps))
+        # (plain Series side by side: a horizontal concat and a drop each plan over the ~500 columns)
+        base = pl.DataFrame([*attrs.get_columns(), *stats.wide(reads).get_columns()[1:]]).lazy()
     pairs = list(zip(studies, comps, strict=True))
     small = n_persons <= _SMALL_CALL
     if evidence == "all":
@@ -232,9 +234,9 @@ def _screen(
         if small:
             return _long(full.lazy(), [_result(s, c, True) for s, c in pairs]).collect(engine=ENGINE), counts
         return pl.concat([_assemble(full, s, c, True) for s, c in pairs], how="vertical"), counts
-    values = staged(base, [c.values for c in comps]).with_columns([c.outcome for c in comps])
     match = pl.col("outcome").is_in(MATCH_OUTCOMES)
     if evidence == "none":
+        values = staged(base, [c.values for c in comps]).with_columns([c.outcome for c in comps])
         keep = ["patient_id", *(c.outcome_col for c in comps), *(k.value for c in comps for k in c.criteria)]
         full = _plain(values.select(list(dict.fromkeys(keep))).collect(engine=ENGINE))
         counts = _counts_frame(studies, *_outcome_sums(full, comps), n_persons) if want_counts else None
@@ -248,21 +250,23 @@ def _screen(
     lists = evidence == "matches"  # "outcomes": no criteria list on the rows without evidence
     # The studies' common expressions computed once (:mod:`screener.rules._shared`): the outcomes and the
     # criteria's values under their own names, any other value column under its source's.
-    kept_v = [name for c in comps for name in (c.outcome_col, *(k.value for k in c.criteria))]
-    vshared = shared_stages(comps, [[*c.values, [c.outcome]] for c in comps], kept_v, _SHARE)
+    assert plan is not None
+    vshared = plan.vshared
     values = base
     for stage in vshared.stages:
         values = values.with_columns(stage)
-    full = _plain(values.collect(engine=ENGINE, optimizations=_UNOPTIMISED))
-    eligible, possible = _outcome_sums(full, comps)
+    raw = values.collect(engine=ENGINE, optimizations=_UNOPTIMISED)
+    # The ids and outcomes as plain Series, for the queries over them; the other columns are picked by name (a
+    # plain copy of every column, ~1,500 with 50 studies, costs more than the rest of a small call's queries).
+    outs = pl.DataFrame([raw.get_column(c) for c in plan.outcome_columns])
+    full = raw if only_matches else _plain(raw)
+    eligible, possible = plan.outcome_sums(outs)
     match_counts = [e + p for e, p in zip(eligible, possible, strict=True)]
     counts_frame = _counts_frame(studies, eligible, possible, n_persons) if want_counts else None
-    kept = _known_ids(full, studies, known)  # study position -> its known patients here
+    kept = _known_ids(outs, studies, known)  # study position -> its known patients here
     matched = [
-        pl.col(c.outcome_col).is_in(MATCH_OUTCOMES) | pl.col("patient_id").is_in(kept[i].implode())
-        if i in kept
-        else pl.col(c.outcome_col).is_in(MATCH_OUTCOMES)
-        for i, c in enumerate(comps)
+        plan.matched[i] | pl.col("patient_id").is_in(kept[i].implode()) if i in kept else plan.matched[i]
+        for i in range(len(comps))
     ]
     # (the known pairs' rows come with the matches, whatever their outcome)
     match_counts = [n + (kept[i].len() if i in kept else 0) for i, n in enumerate(match_counts)]
@@ -270,17 +274,14 @@ def _screen(
     with_ev: dict[int, pl.DataFrame] = {}
     if hits:
         # the rows matched in each study and in some study (masks: filtering the wide frame would copy every column)
-        masks = full.select(
+        masks = outs.select(
             *(matched[i].alias(f"_m{i}") for i in hits), pl.any_horizontal(matched[i] for i in hits).alias("_m")
         )
         union = masks.get_column("_m")
         n_union = int(union.sum())
         if small or n_union * len(hits) <= 2 * sum(match_counts) or n_union <= _SMALL_UNION:
             # Few rows: one frame for every study with a match (a frame per study costs more than the extra rows).
-            kept_e = [n for i in hits for k in comps[i].criteria for n in (k.evidence, k.expires) if n]
-            eshared = shared_stages([comps[i] for i in hits], [comps[i].evidence for i in hits], kept_e, _SHARE)
-            result_cols = [n for i in hits for n in (comps[i].outcome_col, *(k.value for k in comps[i].criteria))]
-            need = list(dict.fromkeys(["patient_id", *result_cols, *sorted(eshared.reads)]))
+            eshared, need = plan.evidence_of(hits)
             rows_ev = _matched_rows(full, stats, need, union, vshared.sources).lazy()
             for stage in eshared.stages:
                 rows_ev = rows_ev.with_columns(stage)
@@ -315,7 +316,7 @@ def _screen(
         ]
     if shared:
         ev = with_ev[hits[0]]
-        long = _long(ev.lazy(), [_result(*pairs[i], True) for i in hits])
+        long = _long(ev.lazy(), [plan.result(i, pairs[i][0]) for i in hits])
         if kept:
             assert known is not None
             every = long.collect(engine=ENGINE, optimizations=_UNOPTIMISED)

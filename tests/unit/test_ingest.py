@@ -462,3 +462,22 @@ def test_one_decode_split_back_equals_a_decode_per_list(lists: list[list[bytes]]
         for got, want in zip(part.frames, alone.frames, strict=True):
             assert_frame_equal(got.drop("seq"), want.drop("seq"))
             assert got["seq"].is_sorted()
+
+
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=st.lists(payloads(), max_size=25), chunk=st.integers(1, 7))
+def test_a_decode_in_pieces_equals_one_decode(raw: list[bytes], chunk: int) -> None:
+    """The lean validation in pieces of ``DECODE_CHUNK`` payloads (so the GIL is let go between them) decodes
+    exactly what one call over the whole batch does."""
+    import screener.ingest as ingest
+
+    whole = decode_batch(raw)
+    saved = ingest.DECODE_CHUNK
+    ingest.DECODE_CHUNK = chunk
+    try:
+        pieces = decode_batch(raw)
+    finally:
+        ingest.DECODE_CHUNK = saved
+    assert [(i, _err(e)) for i, e in pieces.rejects] == [(i, _err(e)) for i, e in whole.rejects]
+    for got, want in zip((*pieces.frames, pieces.keys), (*whole.frames, whole.keys), strict=True):
+        assert_frame_equal(got, want)
