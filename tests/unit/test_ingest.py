@@ -481,3 +481,34 @@ def test_a_decode_in_pieces_equals_one_decode(raw: list[bytes], chunk: int) -> N
     assert [(i, _err(e)) for i, e in pieces.rejects] == [(i, _err(e)) for i, e in whole.rejects]
     for got, want in zip((*pieces.frames, pieces.keys), (*whole.frames, whole.keys), strict=True):
         assert_frame_equal(got, want)
+
+
+def test_an_edge_space_or_control_character_of_a_long_field_takes_the_exact_path() -> None:
+    """The event id and the text (a value that is a text) are searched at each end separately
+    (``_LONG_STR_COLS``): any character parse_event's stripping could touch, at either end, still sends the event
+    to parse_event, and the decoded frames are parse_event's; the same characters inside the value do not."""
+    base = {
+        "event_id": "omop-measurement-12-3004410-20240102",
+        "source": "t",
+        "kind": "observation",
+        "patient_id": "P1",
+        "occurred_at": "2026-01-01T09:00:00Z",
+        "code": {"system": "LOINC", "value": "62238-1"},
+        "value": "a free text of some length, as an observation gives",  # the fact's text
+    }
+    edges = [" ", "\t", "\n", "\x00", "\x1f", "\x7f", "\x85", "\xa0", "\u1680", "\u2000", "\u2028", "\u3000"]
+    raw, expect_slow = [], 0
+    for field in ("event_id", "value"):
+        for ch in edges:
+            for value in (ch + base[field], base[field] + ch):  # type: ignore[operator]  # both are str
+                raw.append(json.dumps({**base, field: value}).encode())
+                expect_slow += 1
+        raw.append(json.dumps({**base, field: f"x{edges[0]}{edges[-1]}x"}).encode())
+    got = decode_batch(raw)
+    assert got.slow == expect_slow
+    events = []
+    for payload in raw:
+        with contextlib.suppress(EventError):
+            events.append(parse_event(payload))
+    want = events_to_frames(events)
+    assert_frame_equal(got.facts.drop("seq"), want[1].drop("seq"), check_dtypes=False)
