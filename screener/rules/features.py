@@ -25,7 +25,7 @@ import polars as pl
 from screener.rules._aggregate import PLAIN_STATS, STAT_DTYPES, AggPlan, aggregate
 from screener.rules._attributes import NOW_COL, attributes
 from screener.rules._facts import FACT_COLUMNS, constant, conversions, filter_expr, member_table, uses
-from screener.rules._select import RowPlan, Selection, fact_columns, fact_rows, fid_bits
+from screener.rules._select import RowPlan, Selection, fact_columns, fid_bits, keyed_fact_rows
 from screener.rules.ir import Feat, Field, Source, collect_attributes
 from screener.rules.lower import TRANSFORM_STATS, stat_col
 from screener.rules.model import Study
@@ -209,8 +209,8 @@ def feature_stats(state: PatientState, studies: Sequence[Study], now: datetime) 
     ids = state.persons["patient_id"]
     if not fp.feats or state.facts.height == 0:
         return FeatureStats([], fp, ids)
-    rows = fact_rows(state, fp.rows, now)
-    return FeatureStats(aggregate(rows, fp.agg, now, ENGINE), fp, ids)
+    rows, codes = keyed_fact_rows(state, fp.rows, now)
+    return FeatureStats(aggregate(rows, fp.agg, now, ENGINE, codes), fp, ids)
 
 
 class FeatureStats:
