@@ -57,6 +57,12 @@ STAT_DTYPES: dict[str, pl.DataType] = {
     "n_funk": pl.UInt32(),
 }
 
+#: the row column ``first_code``/``last_code`` take: the integer key of the fact's (system, code) pair, looked up
+#: in the code table after the ``group_by`` (a string ``first``/``last`` per group costs about twice as much)
+_CODE_KEY = "_sc"
+#: the statistics computed as :data:`_CODE_KEY`
+_KEYED_CODES = ("first_code", "last_code")
+
 #: the (patient, feature) group key, packed: ``_pid << AggPlan.fid_bits | _fid`` (rows arrive sorted by it)
 _GROUP = ["_g"]
 
@@ -68,7 +74,7 @@ def _plain_aggs(gneg: str | None) -> dict[str, pl.Expr]:
     aggs = {
         "n": pl.len().cast(pl.UInt32),
         "last_t": t.max(),
-        "last_code": pl.col("code").last(),
+        "last_code": pl.col(_CODE_KEY).last(),
         "latest_v": v.drop_nulls().last(),
         "latest_t": pl.when(has_v).then(t).last(ignore_nulls=True),
         "earliest_v": v.drop_nulls().first(),
@@ -81,7 +87,7 @@ def _plain_aggs(gneg: str | None) -> dict[str, pl.Expr]:
         "n_num": v.count().cast(pl.UInt32),
         "n_unk": pl.col("_unk").sum().cast(pl.UInt32),
         "first_t": t.min(),
-        "first_code": pl.col("code").first(),
+        "first_code": pl.col(_CODE_KEY).first(),
         "n_days": t.dt.date().n_unique().cast(pl.UInt32),
         "latest_c": pl.coalesce("_vc", "code").last(),  # (``_vc``: value_code, on the rows of these slots)
         "latest_ct": t.last(),
@@ -216,10 +222,11 @@ class AggPlan:
     offsets: tuple[tuple[int, str | None, str | None], ...] = ()
 
 
-def aggregate(rows: pl.DataFrame, plan: AggPlan, now: datetime, engine: Any) -> list[pl.DataFrame]:
+def aggregate(rows: pl.DataFrame, plan: AggPlan, now: datetime, engine: Any, codes: pl.Series) -> list[pl.DataFrame]:
     """Frames of ``_pid, _fid`` and statistics (each frame its own statistics: a (patient, feature) has a row in
     each frame that computes a statistic it has), only for (patient, feature)s with a fact. A statistic absent
-    from every frame for a (patient, feature) is null."""
+    from every frame for a (patient, feature) is null. ``codes``: the code of each ``_sc`` of the rows
+    (:func:`screener.rules._select.keyed_fact_rows`)."""
     lazy = rows.lazy()
     # the rows come sorted by slot: each slot's rows are one zero-copy slice (no filter over every row per group)
     n_plain, n_cont = len(plan.plain), len(plan.continuous)
@@ -260,4 +267,12 @@ def aggregate(rows: pl.DataFrame, plan: AggPlan, now: datetime, engine: Any) -> 
         pl.exclude("_g"),
     ]
     frames = pl.collect_all([p.select(unpack) for p in parts], engine=engine) if parts else []
-    return [f for f in frames if f.height]
+    return [_codes(f, codes) for f in frames if f.height]
+
+
+def _codes(frame: pl.DataFrame, codes: pl.Series) -> pl.DataFrame:
+    """``frame`` with its :data:`_KEYED_CODES` statistics (``_sc`` keys) replaced by their codes."""
+    keyed = [c for c in _KEYED_CODES if c in frame.columns]
+    if not keyed:
+        return frame
+    return frame.with_columns(codes.gather(frame.get_column(c)).alias(c) for c in keyed)

@@ -30,7 +30,7 @@ from screener.rules.ir import NOT_DONE, Feat, Source
 from screener.rules.units import normalise_unit_expr
 from screener.state import PatientState
 
-__all__ = ["MODES", "Selection", "fact_columns", "fact_rows", "fid_bits", "windows"]
+__all__ = ["MODES", "Selection", "fact_columns", "fact_rows", "fid_bits", "keyed_fact_rows", "windows"]
 
 TS = pl.Datetime("us", "UTC")
 ENGINE: Any = "in-memory"
@@ -242,6 +242,12 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
     """Fact rows joined to the selections that select them, in time order, with ``_keep`` (the selection's
     filter: true without one, null = unknown), the converted value ``_v`` and ``_unk`` (a value in an unknown
     unit)."""
+    return keyed_fact_rows(state, rp, now)[0]
+
+
+def keyed_fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> tuple[pl.DataFrame, pl.Series]:
+    """:func:`fact_rows` and the code of each ``_sc`` (a row's ``code`` is ``codes[_sc]``: a statistic taking one
+    row's code can take its integer ``_sc`` and look the code up after the ``group_by``)."""
     modes = {sel.mode for sel in rp.selections}
     periods = bool(modes & {"period", "continuous"})
     facts = ensure_columns(state.facts)
@@ -306,8 +312,8 @@ def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
     if rp.value_code:
         rows = rows.with_columns(_slot_value_codes(rows, facts, rp.value_code))
     if not rp.filters:
-        return rows.with_columns(pl.lit(True).alias("_keep"))
-    return rows.with_columns(_keep_column(rows, state, rp, now))
+        return rows.with_columns(pl.lit(True).alias("_keep")), keys.pairs["code"]
+    return rows.with_columns(_keep_column(rows, state, rp, now)), keys.pairs["code"]
 
 
 def _slot_value_codes(rows: pl.DataFrame, facts: pl.DataFrame, slots: Sequence[int]) -> pl.Series:

@@ -25,7 +25,7 @@ import polars as pl
 from screener.rules._aggregate import PLAIN_STATS, STAT_DTYPES, AggPlan, aggregate
 from screener.rules._attributes import NOW_COL, attributes
 from screener.rules._facts import FACT_COLUMNS, constant, conversions, filter_expr, member_table, uses
-from screener.rules._select import RowPlan, Selection, fact_columns, fact_rows, fid_bits
+from screener.rules._select import RowPlan, Selection, fact_columns, fid_bits, keyed_fact_rows
 from screener.rules.ir import Feat, Field, Source, collect_attributes
 from screener.rules.lower import TRANSFORM_STATS, stat_col
 from screener.rules.model import Study
@@ -209,8 +209,8 @@ def feature_stats(state: PatientState, studies: Sequence[Study], now: datetime) 
     ids = state.persons["patient_id"]
     if not fp.feats or state.facts.height == 0:
         return FeatureStats([], fp, ids)
-    rows = fact_rows(state, fp.rows, now)
-    return FeatureStats(aggregate(rows, fp.agg, now, ENGINE), fp, ids)
+    rows, codes = keyed_fact_rows(state, fp.rows, now)
+    return FeatureStats(aggregate(rows, fp.agg, now, ENGINE, codes), fp, ids)
 
 
 class FeatureStats:
@@ -306,23 +306,33 @@ class FeatureStats:
         by_stat: dict[str, list[tuple[str, int]]] = {}
         for name, f, stat in cols:
             by_stat.setdefault(stat, []).append((name, f))
-        out: dict[str, pl.Series] = {}
+        # the statistics asked for the same features (most of a frame's: its features all have its statistics)
+        # share their cells, and their values are gathered in one go
+        by_feats: dict[tuple[int, ...], list[str]] = {}
         for stat, named in by_stat.items():
+            by_feats.setdefault(tuple(f for _n, f in named), []).append(stat)
+        out: dict[str, pl.Series] = {}
+        for feats_asked, stats in by_feats.items():
             slot = np.full(starts.size, -1, dtype=np.int64)
-            slot[[f for _n, f in named]] = np.arange(len(named), dtype=np.int64)
+            slot[list(feats_asked)] = np.arange(len(feats_asked), dtype=np.int64)
             j = slot[fid]
             ok = (j >= 0) & (pid >= 0)
             hit = np.flatnonzero(ok) if at is None else at[ok]  # the frame rows that land in some cell
-            values = frame.get_column(stat)
-            if hit.size < values.len():
-                values = values.gather(pl.Series(hit, dtype=pl.UInt32))
-            dtype = self._plan.dtypes[named[0][0]]
-            # a scatter of the values into null cells (a gather of every cell from the values and an appended
-            # null row costs about twice as much: most cells are null)
-            every = constant(stat, None, values.dtype, len(named) * n)
-            if values.len():
-                every.scatter(pl.Series(j[ok] * n + pid[ok], dtype=pl.UInt64), values)
-            every = every.cast(dtype)
-            for i, (name, _f) in enumerate(named):
-                out[name] = every.slice(i * n, n).alias(name)
+            values = pl.DataFrame([frame.get_column(stat) for stat in stats])
+            if hit.size < frame.height:
+                values = values[pl.Series(hit, dtype=pl.UInt32)]
+            cells = pl.Series(j[ok] * n + pid[ok], dtype=pl.UInt64) if hit.size else None
+            for stat in stats:
+                named = by_stat[stat]
+                dtype = self._plan.dtypes[named[0][0]]
+                got = values.get_column(stat)
+                # a scatter of the values into null cells (a gather of every cell from the values and an appended
+                # null row costs about twice as much: most cells are null)
+                every = constant(stat, None, got.dtype, len(named) * n)
+                if cells is not None:
+                    every.scatter(cells, got)
+                if every.dtype != dtype:
+                    every = every.cast(dtype)
+                for i, (name, _f) in enumerate(named):
+                    out[name] = every.slice(i * n, n).alias(name)
         return out
