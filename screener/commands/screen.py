@@ -60,13 +60,16 @@ def screen_rows(
         raise ValueError("give exactly one of data and state")
     if engine == "polars":
         from screener.rules import screen
+        from screener.rules.features import screen_columns
 
         if state is None:
             assert data is not None
             base = Path(data)
-            state = PatientState(
-                persons=pl.read_parquet(base / "persons.parquet"), facts=pl.read_parquet(base / "facts.parquet")
-            )
+            # only the fact columns these studies read (the others would be read for nothing: same rows)
+            wanted = set(screen_columns(studies))
+            scan = pl.scan_parquet(base / "facts.parquet")
+            scan = scan.select([c for c in scan.collect_schema() if c in wanted])
+            state = PatientState(persons=pl.read_parquet(base / "persons.parquet"), facts=scan.collect())
         out = screen(state, studies, now, evidence="none").select(
             "study_id",
             "patient_id",

@@ -47,3 +47,19 @@ def test_the_columns_the_studies_read_give_the_same_screen(workload: str, tmp_pa
         assert_frame_equal(full.sort(key), less.sort(key))
         assert_frame_equal(counts, counts2)
         assert full.height > 0
+
+
+def test_screen_from_a_parquet_folder_reads_the_studies_columns_with_the_same_rows(tmp_path: Path) -> None:
+    """``screener screen --data DIR --engine polars`` (``screen_rows``) reads only the fact columns the studies
+    read, and its rows are those of the whole population in memory."""
+    from screener.commands.screen import screen_rows
+
+    studies = load_studies([ROOT / "rules"]).studies
+    persons, facts = generate_population(300, 7, BENCH_NOW)
+    persons.write_parquet(tmp_path / "persons.parquet")
+    facts.write_parquet(tmp_path / "facts.parquet")
+    assert set(screen_columns(studies)) < set(facts.columns)  # the file holds columns the read leaves out
+    from_file = screen_rows(studies, BENCH_NOW, "polars", data=str(tmp_path))
+    in_memory = screen_rows(studies, BENCH_NOW, "polars", state=PatientState(persons, facts))
+    assert_frame_equal(from_file, in_memory)
+    assert from_file.filter(pl.col("outcome") != "ineligible").height > 0
