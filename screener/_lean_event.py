@@ -29,7 +29,7 @@ from screener.vocab import (
     Status,
 )
 
-__all__ = ["LEAN", "PERSON_FIELDS", "check", "columns"]
+__all__ = ["LEAN", "PERSON_FIELDS", "check", "columns", "select_columns"]
 
 # The vocabularies (Kind, CodeSystem, Status, Setting, Route, Sex, EthnicGroup) are the full model's own, imported
 # from screener.vocab, so the fast path can never drift from it.
@@ -183,9 +183,21 @@ def columns(rows: list[dict[str, Any]], index: list[int]) -> pl.DataFrame:
     dicts in Rust (``from_dicts``); their types are already pydantic's, so nothing is coerced here."""
     values = [r.get("value") for r in rows]
     df = pl.from_dicts(rows, schema=_ROW_SCHEMA) if rows else pl.DataFrame(schema=_ROW_SCHEMA)
+    return select_columns(
+        df.with_columns(
+            pl.Series("index", index, dtype=pl.Int64),
+            pl.Series("value", [v if v.__class__ is float else None for v in values], dtype=pl.Float64),
+            pl.Series("text", [v if v.__class__ is str else None for v in values], dtype=pl.String),
+        )
+    )
+
+
+def select_columns(df: pl.DataFrame) -> pl.DataFrame:
+    """The columns :func:`check` reads, from a frame of the :data:`_ROW_SCHEMA` columns plus ``index``, ``value``
+    (a number) and ``text`` (a text value)."""
     code, person, dose, coded = pl.col("code"), pl.col("person"), pl.col("dose"), pl.col("value_code")
     return df.select(
-        pl.Series("index", index, dtype=pl.Int64),
+        "index",
         "schema",
         "event_id",
         "source",
@@ -196,8 +208,8 @@ def columns(rows: list[dict[str, Any]], index: list[int]) -> pl.DataFrame:
         code.is_not_null().alias("has_code"),
         code.struct.field("system").alias("system"),
         code.struct.field("value").alias("code"),
-        pl.Series("value", [v if v.__class__ is float else None for v in values], dtype=pl.Float64),
-        pl.Series("text", [v if v.__class__ is str else None for v in values], dtype=pl.String),
+        "value",
+        "text",
         "unit",
         pl.col("status").fill_null("active"),  # the lean schema rejects an explicit null: only absent is null
         "setting",

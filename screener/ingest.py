@@ -5,9 +5,13 @@ frames that :func:`screener.state.events_to_frames` builds from parsed :class:`~
 plus the list of rejected payloads with the exact :class:`~screener.errors.EventError` that
 :func:`screener.events.parse_event` raises for them.
 
-How (one Rust call, then Polars):
+How (Rust calls, then Polars):
 
-1. every payload is parsed and type-checked by one pydantic-core call over the whole list, against a *lean*
+0. the whole batch is read by Polars' JSON reader with the GIL let go (:func:`screener._json_event.decode_json`);
+   it vouches only for payloads that are byte for byte the canonical JSON of what it read (the form
+   :func:`screener.events.dump_event` writes) and that keep the lean schema's rules below; everything else (and
+   :func:`decode_batch_lean` sends every payload) goes on to step 1;
+1. every payload left is parsed and type-checked by one pydantic-core call over the whole list, against a *lean*
    schema (:data:`screener._lean_event.LEAN`): the canonical event's fields, types, enums, lengths, patterns and
    unknown-field rule, but with no Python callback, no whitespace stripping and the timestamps left as strings.
    The JSON parser and the type coercions are pydantic's own, so a value accepted here has the value
@@ -36,13 +40,14 @@ from typing import Any
 
 import polars as pl
 
+from screener._json_event import decode_json
 from screener._lean_event import LEAN, PERSON_FIELDS, check, columns
 from screener.errors import EventError
 from screener.events import Event, parse_event
 from screener.state import DO_NOT_CONTACT_CODE, FACTS_SCHEMA, PERSONS_SCHEMA, events_to_frames
 from screener.vocab import FACT_KINDS
 
-__all__ = ["DECODE_CHUNK", "KEY_SCHEMA", "DecodedBatch", "decode_batch"]
+__all__ = ["DECODE_CHUNK", "KEY_SCHEMA", "DecodedBatch", "decode_batch", "decode_batch_lean"]
 
 #: Columns of :attr:`DecodedBatch.keys`: one row per accepted event, in payload order.
 KEY_SCHEMA: dict[str, pl.DataType] = {
@@ -129,14 +134,36 @@ def decode_batch(payloads: Sequence[bytes | None]) -> DecodedBatch:
     Accepts and rejects exactly what :func:`screener.events.parse_event` does, one payload at a time, and builds
     the frames :func:`screener.state.events_to_frames` builds from the accepted events, in payload order.
     """
+    return _decode(payloads, rust=True)
+
+
+def decode_batch_lean(payloads: Sequence[bytes | None]) -> DecodedBatch:
+    """:func:`decode_batch` without the Rust read (step 1 of the module docstring): every payload through the lean
+    pydantic schema. The same result; kept to compare against (tests, benchmarks)."""
+    return _decode(payloads, rust=False)
+
+
+def _decode(payloads: Sequence[bytes | None], *, rust: bool) -> DecodedBatch:
     raw = [p if p is not None else b"" for p in payloads]
-    lean_rejects: list[int] = []
     parts: list[pl.DataFrame] = []
-    for start in range(0, max(1, len(raw)), DECODE_CHUNK):
-        part, rejected_here = _lean_chunk(raw[start : start + DECODE_CHUNK], start)
+    left = list(range(len(raw)))
+    if rust and raw:
+        try:
+            series = pl.Series("raw", raw, dtype=pl.Binary)
+        except (TypeError, ValueError, pl.exceptions.PolarsError):  # e.g. a payload that is not bytes
+            series = None
+        if series is not None:
+            vouched, rest = decode_json(series)
+            parts.append(vouched)
+            left = rest.to_list()
+    lean_rejects: list[int] = []
+    for start in range(0, max(1, len(left)), DECODE_CHUNK):
+        where = left[start : start + DECODE_CHUNK]
+        part, rejected_here = _lean_chunk([raw[i] for i in where], where)
         parts.append(part)
         lean_rejects += rejected_here
-    fast = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
+    parts = [p for p in parts if p.height] or parts[-1:]
+    fast = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical").sort("index")
     fast, suspect = check(fast)
     slow_idx = sorted(lean_rejects + suspect)
     slow_events: list[tuple[int, Event]] = []
@@ -170,9 +197,9 @@ def decode_batch(payloads: Sequence[bytes | None]) -> DecodedBatch:
 DECODE_CHUNK = 2_000
 
 
-def _lean_chunk(raw: list[bytes], start: int) -> tuple[pl.DataFrame, list[int]]:
-    """The lean-validated columns of ``raw`` (payload positions from ``start``) and the positions the lean schema
-    rejected."""
+def _lean_chunk(raw: list[bytes], where: list[int]) -> tuple[pl.DataFrame, list[int]]:
+    """The lean-validated columns of ``raw`` (``where``: their payload positions) and the positions the lean
+    schema rejected."""
     # The lean dicts are short-lived and acyclic (freed by reference counting): pausing the cycle collector
     # while they exist saves the collections their allocation would trigger over the engine's large heap.
     paused = gc.isenabled()
@@ -183,8 +210,8 @@ def _lean_chunk(raw: list[bytes], start: int) -> tuple[pl.DataFrame, list[int]]:
         except Exception:  # e.g. a payload that is not bytes: judge every one on the per-event path
             items = list(raw)
         fast_idx = [i for i, it in enumerate(items) if it.__class__ is dict]
-        rejected = [start + i for i, it in enumerate(items) if it.__class__ is not dict]
-        return columns([items[i] for i in fast_idx], [start + i for i in fast_idx]), rejected
+        rejected = [where[i] for i, it in enumerate(items) if it.__class__ is not dict]
+        return columns([items[i] for i in fast_idx], [where[i] for i in fast_idx]), rejected
     finally:
         if paused:
             gc.enable()
