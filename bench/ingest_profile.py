@@ -1,16 +1,23 @@
 """Decode + apply alone (no broker, no screening): the per-event path against the batch fast path.
 
-    python -m bench.ingest_profile [--events 200000] [--batch 5000] [--repeat 3]
+    python -m bench.ingest_profile [--events 200000] [--batch 5000] [--repeat 3] [--gil-seconds 3]
 
 Per-event path: ``parse_event`` on every payload, then ``apply_events`` (which builds the frames from the Event
-objects). Fast path: ``decode_batch`` on the payloads, then ``apply_frames``. Both fold the same synthetic
-payloads, batch by batch, into one growing partition state (``changed_only=True``, as the engine does) and must
-end with the same state. Prints the best of ``--repeat`` runs, in microseconds per event and events/s.
+objects). Fast path: ``decode_batch`` on the payloads, then ``apply_frames``; lean path: the same with
+``decode_batch_lean`` (no Rust read). All fold the same synthetic payloads, batch by batch, into one growing
+partition state (``changed_only=True``, as the engine does) and must end with the same state. Prints the best of
+``--repeat`` runs, in microseconds per event and events/s.
+
+Then the GIL the decode holds (the engine decodes on the thread that also polls Kafka in pure Python): each decode
+runs on a thread while a pure-Python spinner counts on another; the spinner's count falls behind its count alone
+by the time the decode held the GIL. Printed per event, next to the decode thread's own CPU (``thread_time``).
+Needs a free core for the spinner: on a busy host compare the two decodes of one run, not runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,7 +26,7 @@ import polars as pl
 
 from bench.engine_common import event_payloads
 from screener.events import parse_event
-from screener.ingest import decode_batch
+from screener.ingest import decode_batch, decode_batch_lean
 from screener.state import PatientState, apply_events, apply_frames
 
 
@@ -39,6 +46,59 @@ def fast(batch: list[bytes], state: PatientState) -> tuple[PatientState, float, 
     return state, t1 - t0, time.perf_counter() - t1
 
 
+def lean(batch: list[bytes], state: PatientState) -> tuple[PatientState, float, float]:
+    t0 = time.perf_counter()
+    decoded = decode_batch_lean(batch)
+    t1 = time.perf_counter()
+    state, _ = apply_frames(state, *decoded.frames, changed_only=True)
+    return state, t1 - t0, time.perf_counter() - t1
+
+
+def gil_held(
+    decode: Callable[[list[bytes]], object], batches: list[list[bytes]], seconds: float
+) -> tuple[float, float]:
+    """(GIL-held seconds, decode-thread CPU seconds) per event of ``decode`` over ``batches``, repeated for about
+    ``seconds``: the share of the wall clock a pure-Python spinner thread loses to it (its CPU against the wall,
+    against the same alone), times the wall clock."""
+    stop = threading.Event()
+    spun = [0.0]
+
+    def spin() -> None:
+        c0 = time.thread_time()
+        n = 0
+        while not stop.is_set():
+            for _ in range(1000):
+                n += 1
+        spun[0] = time.thread_time() - c0
+
+    def running_share(work: Callable[[], None]) -> tuple[float, float]:
+        stop.clear()
+        spinner = threading.Thread(target=spin)
+        t0 = time.perf_counter()
+        spinner.start()
+        work()
+        stop.set()
+        spinner.join()
+        wall = time.perf_counter() - t0
+        return spun[0] / wall, wall
+
+    alone, _ = running_share(lambda: time.sleep(seconds / 3))
+    events = [0]
+    cpu = [0.0]
+
+    def work() -> None:
+        t_end = time.perf_counter() + seconds
+        c0 = time.thread_time()
+        while time.perf_counter() < t_end:
+            for b in batches:
+                decode(b)
+                events[0] += len(b)
+        cpu[0] = time.thread_time() - c0
+
+    share, wall = running_share(work)
+    return max(0.0, alone - share) * wall / events[0], cpu[0] / events[0]
+
+
 def run(
     path: Callable[[list[bytes], PatientState], tuple[PatientState, float, float]], payloads: list[bytes], batch: int
 ) -> tuple[PatientState, float, float]:
@@ -56,6 +116,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=5_000, help="records per decode (the engine decodes per partition)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--gil-seconds", type=float, default=3.0, help="per decode in the GIL measure (0: skip it)")
     args = ap.parse_args()
     payloads = [v for _, v in event_payloads(args.events, datetime.now(UTC))]
     n = len(payloads)
@@ -64,6 +125,7 @@ def main() -> None:
     for name, path in (
         ("per-event (parse_event + apply_events)", per_event),
         ("fast (decode_batch + apply_frames)", fast),
+        ("lean (decode_batch_lean + apply_frames)", lean),
     ):
         best: tuple[float, float] | None = None
         for _ in range(args.repeat):
@@ -77,11 +139,17 @@ def main() -> None:
             f"{name:42s} decode {d / n * 1e6:5.2f} us/ev  apply {a / n * 1e6:5.2f} us/ev  "
             f"total {(d + a) / n * 1e6:5.2f} us/ev = {n / (d + a):,.0f} events/s"
         )
-    ref, got = results.values()
-    for a_, b_ in ((ref.persons, got.persons), (ref.facts, got.facts), (ref.retracted, got.retracted)):
-        key = a_.columns
-        assert a_.sort(key, nulls_last=True).equals(b_.sort(key, nulls_last=True)), "the two paths disagree"
+    ref, *others = results.values()
+    for got in others:
+        for a_, b_ in ((ref.persons, got.persons), (ref.facts, got.facts), (ref.retracted, got.retracted)):
+            key = a_.columns
+            assert a_.sort(key, nulls_last=True).equals(b_.sort(key, nulls_last=True)), "the paths disagree"
     print(f"same final state: {ref.persons.height} persons, {ref.facts.height} facts ({pl.__name__} {pl.__version__})")
+    if args.gil_seconds > 0:
+        batches = [payloads[i : i + args.batch] for i in range(0, min(n, 4 * args.batch), args.batch)]
+        for name, decode in (("decode_batch_lean", decode_batch_lean), ("decode_batch", decode_batch)):
+            held, cpu = gil_held(decode, batches, args.gil_seconds)
+            print(f"{name:18s} GIL held {held * 1e6:5.2f} us/ev of decode-thread CPU {cpu * 1e6:5.2f} us/ev")
 
 
 if __name__ == "__main__":
