@@ -22,6 +22,7 @@ keys in another order is left over (still correct, at the lean path's cost).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import polars as pl
 from polars.exceptions import PolarsError
@@ -29,8 +30,9 @@ from polars.exceptions import PolarsError
 from screener._lean_event import PERSON_FIELDS, select_columns
 from screener.vocab import CODE_SYSTEMS, ETHNIC_GROUPS, KINDS, ROUTES, SCHEMAS, SETTINGS, SEXES, STATUSES
 
-__all__ = ["decode_json"]
+__all__ = ["decode_json", "decode_json_lazy"]
 
+_F = TypeVar("_F", pl.DataFrame, pl.LazyFrame)
 _CODE = pl.Struct({"system": pl.String(), "value": pl.String()})
 _PERSON = pl.Struct({n: pl.Int64() if n == "imd_decile" else pl.String() for n in PERSON_FIELDS})
 
@@ -84,21 +86,7 @@ def decode_json(raw: pl.Series) -> tuple[pl.DataFrame, pl.Series]:
     payloads = pl.DataFrame({"raw": raw}).with_row_index("index").cast({"index": pl.Int64})
     # invalid UTF-8 fails the cast of the whole column: such a payload is left with a null text
     text = _halving(payloads, lambda rows: rows.with_columns(pl.col("raw").cast(pl.String)), pl.String())
-    # Cheap reasons not to try a payload at all: not an object written without outer whitespace (e.g. empty, or a
-    # list), or a NaN/Infinity literal (the reader fails the whole call on one; a text holding one is left too).
-    payload = pl.col("raw")
-    shaped = (
-        payload.str.starts_with('{"')
-        & payload.str.ends_with("}")
-        & ~payload.str.contains("NaN", literal=True)
-        & ~payload.str.contains("Infinity", literal=True)
-    )
-    # A text ``value`` would fail the numeric read of the whole call: each code (code, value_code, a qualifier)
-    # writes one `"system":"` and one `"value":"`, so one `"value":"` more is the event's own value as a text.
-    texty = pl.col("raw").str.count_matches('"value":"', literal=True) > pl.col("raw").str.count_matches(
-        '"system":"', literal=True
-    )
-    todo = text.filter(shaped.fill_null(False)).with_columns(texty.alias("_texty"))
+    todo = text.filter(_shaped()).with_columns(_texty().alias("_texty"))
     nums, _ = _vouched(todo.filter(~pl.col("_texty")), _DTYPE)
     texts, _ = _vouched(todo.filter(pl.col("_texty")), _DTYPE_TEXT)
     parts = [_unpack(nums, text=False)]
@@ -110,7 +98,52 @@ def decode_json(raw: pl.Series) -> tuple[pl.DataFrame, pl.Series]:
     return select_columns(cols), left
 
 
-def _unpack(good: pl.DataFrame, *, text: bool) -> pl.DataFrame:
+def decode_json_lazy(raw: pl.Series) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """:func:`decode_json` as queries (the columns vouched for, the ``index`` of the rest), to collect in one call
+    with what follows (each Polars call lets the GIL go and must take it back). A payload that fails the whole
+    read (invalid UTF-8, a type the reader cannot take) fails the collect: then call :func:`decode_json`."""
+    text = (
+        pl.LazyFrame({"raw": raw})
+        .with_row_index("index")
+        .with_columns(pl.col("index").cast(pl.Int64), pl.col("raw").cast(pl.String))
+    )
+    todo = text.filter(_shaped()).with_columns(_texty().alias("_texty"))
+    parts = []
+    for texty, dtype in ((False, _DTYPE), (True, _DTYPE_TEXT)):
+        rows = todo.filter(pl.col("_texty") == texty).with_columns(pl.col("raw").str.json_decode(dtype).alias("d"))
+        parts.append(_unpack(rows.filter(_same()), text=texty))
+    # cached: both results read it (the optimizer would otherwise read the batch twice for the left-over rows)
+    cols = pl.concat(parts, how="vertical").sort("index").filter(_lean_ok()).cache()
+    left = text.select("index").join(cols.select("index"), on="index", how="anti", maintain_order="left")
+    return select_columns(cols), left
+
+
+def _shaped() -> pl.Expr:
+    """Cheap reasons not to try a payload at all: not an object written without outer whitespace (e.g. empty, or
+    a list), or a NaN/Infinity literal (the reader fails the whole call on one; a text holding one is left too)."""
+    payload = pl.col("raw")
+    return (
+        payload.str.starts_with('{"')
+        & payload.str.ends_with("}")
+        & ~payload.str.contains("NaN", literal=True)
+        & ~payload.str.contains("Infinity", literal=True)
+    ).fill_null(False)
+
+
+def _texty() -> pl.Expr:
+    """A text ``value`` would fail the numeric read of the whole call: each code (code, value_code, a qualifier)
+    writes one `"system":"` and one `"value":"`, so one `"value":"` more is the event's own value as a text."""
+    payload = pl.col("raw")
+    return payload.str.count_matches('"value":"', literal=True) > payload.str.count_matches('"system":"', literal=True)
+
+
+def _same() -> pl.Expr:
+    """The payload is, byte for byte, Polars' JSON of the decoded ``d`` with its null fields left out."""
+    written = pl.col("d").struct.json_encode().str.replace_all(_NULL_FIELD, "").str.replace_all(_NULL_FIRST, "{")
+    return (written == pl.col("raw")).fill_null(False)
+
+
+def _unpack(good: _F, *, text: bool) -> _F:
     """The decoded struct as columns; ``value`` (a number) and ``text`` (a text value) apart."""
     ev = pl.col("d")
     value = ev.struct.field("value")
@@ -128,8 +161,7 @@ def _vouched(rows: pl.DataFrame, dtype: pl.Struct) -> tuple[pl.DataFrame, pl.Dat
     if rows.height == 0:
         return pl.DataFrame(schema={"index": pl.Int64(), "d": dtype}), rows
     decoded = _decode(rows, dtype)
-    written = pl.col("d").struct.json_encode().str.replace_all(_NULL_FIELD, "").str.replace_all(_NULL_FIRST, "{")
-    same = (written == pl.col("raw")).fill_null(False)
+    same = _same()
     flagged = decoded.with_columns(same.alias("_same"))
     good = flagged.filter(pl.col("_same")).select("index", "d")
     rest = flagged.filter(~pl.col("_same")).select("index", "raw")

@@ -40,8 +40,8 @@ from typing import Any
 
 import polars as pl
 
-from screener._json_event import decode_json
-from screener._lean_event import LEAN, PERSON_FIELDS, check, columns
+from screener._json_event import decode_json, decode_json_lazy
+from screener._lean_event import LEAN, PERSON_FIELDS, check, check_lazy, columns
 from screener.errors import EventError
 from screener.events import Event, parse_event
 from screener.state import DO_NOT_CONTACT_CODE, FACTS_SCHEMA, PERSONS_SCHEMA, events_to_frames
@@ -145,7 +145,8 @@ def decode_batch_lean(payloads: Sequence[bytes | None]) -> DecodedBatch:
 
 def _decode(payloads: Sequence[bytes | None], *, rust: bool) -> DecodedBatch:
     raw = [p if p is not None else b"" for p in payloads]
-    parts: list[pl.DataFrame] = []
+    goods: list[pl.DataFrame] = []
+    suspect: list[int] = []
     left = list(range(len(raw)))
     if rust and raw:
         try:
@@ -153,18 +154,21 @@ def _decode(payloads: Sequence[bytes | None], *, rust: bool) -> DecodedBatch:
         except (TypeError, ValueError, pl.exceptions.PolarsError):  # e.g. a payload that is not bytes
             series = None
         if series is not None:
-            vouched, rest = decode_json(series)
-            parts.append(vouched)
-            left = rest.to_list()
+            good, suspect, left = _rust_read(series)
+            goods.append(good)
     lean_rejects: list[int] = []
-    for start in range(0, max(1, len(left)), DECODE_CHUNK):
+    parts: list[pl.DataFrame] = []
+    for start in range(0, len(left), DECODE_CHUNK):
         where = left[start : start + DECODE_CHUNK]
         part, rejected_here = _lean_chunk([raw[i] for i in where], where)
         parts.append(part)
         lean_rejects += rejected_here
-    parts = [p for p in parts if p.height] or parts[-1:]
-    fast = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical").sort("index")
-    fast, suspect = check(fast)
+    if parts or not goods:
+        good, lean_suspect = check(pl.concat(parts, how="vertical") if parts else columns([], []))
+        goods.append(good)
+        suspect += lean_suspect
+    goods = [g for g in goods if g.height] or goods[-1:]
+    fast = goods[0] if len(goods) == 1 else pl.concat(goods, how="vertical").sort("index")
     slow_idx = sorted(lean_rejects + suspect)
     slow_events: list[tuple[int, Event]] = []
     rejects: list[tuple[int, EventError]] = []
@@ -177,9 +181,8 @@ def _decode(payloads: Sequence[bytes | None], *, rust: bool) -> DecodedBatch:
     rejected = {i for i, _ in rejects}
     accepted = [i for i in range(len(raw)) if i not in rejected] if rejects else list(range(len(raw)))
     rank = pl.DataFrame({"index": accepted, "seq": range(len(accepted))}, schema={"index": pl.Int64, "seq": pl.Int64})
-    fast = fast.join(rank, on="index", how="left", maintain_order="left")
-    persons, facts, control = _frames(fast)
-    keys = fast.select(list(KEY_SCHEMA))
+    ranked = fast.lazy().join(rank.lazy(), on="index", how="left", maintain_order="left")
+    persons, facts, control, keys = pl.collect_all([*_frames_lazy(ranked), ranked.select(list(KEY_SCHEMA))])
     if slow_events:
         s_persons, s_facts, s_control = events_to_frames(ev for _, ev in slow_events)
         seqs = rank.filter(pl.col("index").is_in([i for i, _ in slow_events]))["seq"]
@@ -217,8 +220,28 @@ def _lean_chunk(raw: list[bytes], where: list[int]) -> tuple[pl.DataFrame, list[
             gc.enable()
 
 
+def _rust_read(series: pl.Series) -> tuple[pl.DataFrame, list[int], list[int]]:
+    """Step 0 (then the checks of step 2) in one Polars call: (the rows accepted, the positions to judge on the
+    per-event path, the positions left for the lean path)."""
+    try:
+        cols, left = decode_json_lazy(series)
+        good, suspect = check_lazy(cols)
+        good_df, suspect_df, left_df = pl.collect_all([good, suspect, left])
+        return good_df, suspect_df["index"].to_list(), left_df["index"].to_list()
+    except pl.exceptions.PolarsError:  # one payload failed the whole read: find it (decode_json halves the batch)
+        eager, rest = decode_json(series)
+        good_df, suspect_idx = check(eager)
+        return good_df, suspect_idx, rest.to_list()
+
+
 def _frames(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """events_to_frames, vectorised, over the checked fast rows (``seq`` already assigned)."""
+    persons, facts, control = pl.collect_all(_frames_lazy(df.lazy()))
+    return persons, facts, control
+
+
+def _frames_lazy(df: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyFrame]:
+    """:func:`_frames` as queries."""
     kind, status = pl.col("kind"), pl.col("status")
     is_fact = kind.is_in(list(FACT_KINDS)) & (status != "entered-in-error")
     person_ev = df.filter(kind == "person").select(
