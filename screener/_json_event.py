@@ -21,6 +21,7 @@ keys in another order is left over (still correct, at the lean path's cost).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -118,6 +119,7 @@ def decode_json_lazy(raw: pl.Series) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     return select_columns(cols), left
 
 
+@functools.cache
 def _shaped() -> pl.Expr:
     """Cheap reasons not to try a payload at all: not an object written without outer whitespace (e.g. empty, or
     a list), or a NaN/Infinity literal (the reader fails the whole call on one; a text holding one is left too)."""
@@ -130,6 +132,7 @@ def _shaped() -> pl.Expr:
     ).fill_null(False)
 
 
+@functools.cache
 def _texty() -> pl.Expr:
     """A text ``value`` would fail the numeric read of the whole call: each code (code, value_code, a qualifier)
     writes one `"system":"` and one `"value":"`, so one `"value":"` more is the event's own value as a text."""
@@ -137,6 +140,7 @@ def _texty() -> pl.Expr:
     return payload.str.count_matches('"value":"', literal=True) > payload.str.count_matches('"system":"', literal=True)
 
 
+@functools.cache
 def _same() -> pl.Expr:
     """The payload is, byte for byte, Polars' JSON of the decoded ``d`` with its null fields left out."""
     written = pl.col("d").struct.json_encode().str.replace_all(_NULL_FIELD, "").str.replace_all(_NULL_FIRST, "{")
@@ -187,6 +191,7 @@ def _halving(
         return pl.concat([_halving(rows[:half], step, dtype, out), _halving(rows[half:], step, dtype, out)])
 
 
+@functools.cache
 def _lean_ok() -> pl.Expr:
     """The lean schema's rules (:data:`screener._lean_event.LEAN`) on the decoded columns: required fields, enums,
     lengths, patterns and ranges. A row breaking one is left over (the lean path gives it its error)."""

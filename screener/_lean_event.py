@@ -8,7 +8,8 @@ row *to* ``parse_event`` (``suspect``): they never reject on their own.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import functools
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, NotRequired, TypeVar
 
 import polars as pl
@@ -235,9 +236,10 @@ def select_columns(df: _Frame) -> _Frame:
     )
 
 
-def _parsed_times(df: pl.LazyFrame) -> tuple[pl.LazyFrame, list[pl.Expr]]:
+def _parsed_times() -> tuple[list[pl.Expr], list[str], list[pl.Expr]]:
     """Event times as text (the event's own form): parsed into ``_occurred``, ``_date_only``, ``_ended``,
-    ``_ended_date``, ``_recorded``; and the conditions under which the parse is certainly parse_event's."""
+    ``_ended_date``, ``_recorded`` (the expressions; the columns to drop after); and the conditions under which
+    the parse is certainly parse_event's."""
     ts_fmt = "%Y-%m-%dT%H:%M:%S%.f%:z"
 
     def ts(text: pl.Expr) -> pl.Expr:
@@ -262,20 +264,20 @@ def _parsed_times(df: pl.LazyFrame) -> tuple[pl.LazyFrame, list[pl.Expr]]:
 
     occurred, occurred_is_date = event_time("occurred_at")
     ended, ended_is_date = event_time("ended_at")
-    df = df.with_columns(
+    times = [
         occurred.alias("_occurred"),
         occurred_is_date.fill_null(False).alias("_date_only"),
         ended.alias("_ended"),
         ended_is_date.alias("_ended_date"),
         ts(pl.col("recorded_at")).alias("_recorded"),
-    )
+    ]
     recorded_ok = pl.col("recorded_at").is_null() | (
         pl.col("recorded_at").str.contains(_TS_RE) & pl.col("_recorded").is_not_null()
     )
-    return df, [recorded_ok]
+    return times, [], [recorded_ok]
 
 
-def _typed_times(df: pl.LazyFrame) -> tuple[pl.LazyFrame, list[pl.Expr]]:
+def _typed_times() -> tuple[list[pl.Expr], list[str], list[pl.Expr]]:
     """Event times already typed (:data:`screener.history.rows.TYPED_ROW_SCHEMA`: UTC instants, a calendar date
     as its midnight UTC with ``date_only`` / ``ended_date_only`` set): the same columns as :func:`_parsed_times`,
     an instant kept only where its text (``YYYY-MM-DD`` for a date, else RFC 3339 in UTC) would pass the
@@ -288,14 +290,18 @@ def _typed_times(df: pl.LazyFrame) -> tuple[pl.LazyFrame, list[pl.Expr]]:
             ok = ok & (~pl.col(flag).fill_null(False) | (c.dt.time() == pl.time(0, 0, 0)))
         return pl.when(ok).then(c.cast(TS))
 
-    df = df.with_columns(
+    times = [
         kept("occurred_at", "date_only").alias("_occurred"),
         pl.col("date_only").fill_null(False).alias("_date_only"),
         kept("ended_at", "ended_date_only").alias("_ended"),
         pl.col("ended_date_only").alias("_ended_date"),
         kept("recorded_at", None).alias("_recorded"),
-    ).drop("date_only", "ended_date_only")
-    return df, [pl.col("recorded_at").is_null() | pl.col("_recorded").is_not_null()]
+    ]
+    return (
+        times,
+        ["date_only", "ended_date_only"],
+        [pl.col("recorded_at").is_null() | pl.col("_recorded").is_not_null()],
+    )
 
 
 def _edge_ws(text: pl.Expr, long: bool) -> pl.Expr:
@@ -316,10 +322,23 @@ def check_lazy(df: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """:func:`check` as a query: (the rows accepted, the ``index`` of the rest), to collect with others in one
     call (each Polars call lets the GIL go and takes it back: fewer calls, fewer waits for it)."""
     typed = isinstance(df.collect_schema()["occurred_at"], pl.Datetime)
-    df, time_ok = (_typed_times if typed else _parsed_times)(df)
-    df = df.with_columns(pl.col("birth_date").str.to_date("%Y-%m-%d", strict=False).alias("_birth"))
+    times, dropped, ok, good, helpers = _check_plan(typed, datetime.now(UTC).date())
+    flagged = df.with_columns(times).drop(dropped).with_columns(_BIRTH).with_columns(ok)
+    suspect = flagged.filter(~pl.col("_ok")).select("index")
+    return flagged.filter(pl.col("_ok")).with_columns(good).drop(helpers), suspect
+
+
+_BIRTH = pl.col("birth_date").str.to_date("%Y-%m-%d", strict=False).alias("_birth")
+
+
+@functools.lru_cache(maxsize=4)
+def _check_plan(typed: bool, day: date) -> tuple[list[pl.Expr], list[str], pl.Expr, list[pl.Expr], list[str]]:
+    """The expressions of :func:`check_lazy`, built once per form of the times and UTC day (building them is
+    Python work with the GIL held, as much as a whole batch's reading otherwise): (the times, the columns they
+    replace, ``_ok``, the accepted rows' conversions, the helper columns to drop)."""
+    times, dropped, time_ok = (_typed_times if typed else _parsed_times)()
     # parse_event judges a birth date against today's UTC date; within a day of either bound, let it decide.
-    today = pl.lit(datetime.now(UTC).date())
+    today = pl.lit(day)
     born = pl.col("_birth")
     # dose and value_code are structs: their presence columns stand for them.
     present = {"dose": ~pl.col("has_dose"), "value_code": ~pl.col("has_value_code")}
@@ -349,22 +368,15 @@ def check_lazy(df: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         pl.col("qualifiers").is_null()
         | ~pl.col("qualifiers").list.eval(pl.element().struct.field("value").str.contains(_EDGE_WS)).list.any(),
     ]
-    flagged = df.with_columns(pl.all_horizontal(ok).fill_null(False).alias("_ok"))
-    suspect = flagged.filter(~pl.col("_ok")).select("index")
     element = pl.element().struct
-    good = (
-        flagged.filter(pl.col("_ok"))
-        .with_columns(
-            pl.col("_occurred").alias("occurred_at"),
-            pl.col("_recorded").alias("recorded_at"),
-            pl.col("_ended").alias("ended_at"),
-            pl.col("_date_only").alias("date_only"),
-            pl.col("_birth").alias("birth_date"),
-            pl.col("imd_decile").cast(pl.Int8),
-            pl.col("qualifiers").list.eval(
-                pl.concat_str([element.field("system"), pl.lit("|"), element.field("value")])
-            ),
-        )
-        .drop("_occurred", "_recorded", "_ended", "_ended_date", "_date_only", "_birth", "_ok")
-    )
-    return good, suspect
+    good = [
+        pl.col("_occurred").alias("occurred_at"),
+        pl.col("_recorded").alias("recorded_at"),
+        pl.col("_ended").alias("ended_at"),
+        pl.col("_date_only").alias("date_only"),
+        pl.col("_birth").alias("birth_date"),
+        pl.col("imd_decile").cast(pl.Int8),
+        pl.col("qualifiers").list.eval(pl.concat_str([element.field("system"), pl.lit("|"), element.field("value")])),
+    ]
+    helpers = ["_occurred", "_recorded", "_ended", "_ended_date", "_date_only", "_birth", "_ok"]
+    return times, dropped, pl.all_horizontal(ok).fill_null(False).alias("_ok"), good, helpers

@@ -33,6 +33,7 @@ to reject is ``parse_event``'s own. ``tests/unit/test_ingest.py`` checks both pa
 from __future__ import annotations
 
 import bisect
+import functools
 import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -242,22 +243,28 @@ def _frames(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
 
 def _frames_lazy(df: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyFrame]:
     """:func:`_frames` as queries."""
-    kind, status = pl.col("kind"), pl.col("status")
-    is_fact = kind.is_in(list(FACT_KINDS)) & (status != "entered-in-error")
-    person_ev = df.filter(kind == "person").select(
-        "seq", "patient_id", *PERSON_FIELDS[:7], "setting", "site", pl.col("occurred_at").alias("updated_at")
-    )
-    has_setting = pl.col("setting").is_not_null()
-    visit_location = pl.when(kind == "visit").then(pl.col("location"))
-    setting_ev = df.filter(is_fact & (has_setting | visit_location.is_not_null())).select(
-        "seq", "patient_id", "setting", pl.when(has_setting).then(pl.col("site")).alias("site"), visit_location
-    )
+    e = _frame_exprs()
+    person_ev = df.filter(e["is_person"]).select(e["person_ev"])
+    setting_ev = df.filter(e["has_setting"]).select(e["setting_ev"])
     persons = (
         pl.concat([person_ev, setting_ev], how="diagonal_relaxed")
-        .select([pl.col(c).cast(t) for c, t in _UPD_SCHEMA.items()])
+        .select(e["upd_cast"])
         .sort("seq", maintain_order=True)
     )
-    facts = df.filter(is_fact).select([pl.col(c).cast(t) for c, t in _FACT_SCHEMA.items()])
+    facts = df.filter(e["is_fact"]).select(e["fact_cast"])
+    first = df.filter(e["corrects"]).select(e["first"])
+    second = df.select(e["second"]).filter(pl.col("op").is_not_null())
+    control = pl.concat([first, second]).sort("seq", "_k").drop("_k").select(e["control_cast"])
+    return persons, facts, control
+
+
+@functools.cache
+def _frame_exprs() -> dict[str, Any]:
+    """The expressions of :func:`_frames_lazy`, built once (building them holds the GIL)."""
+    kind, status = pl.col("kind"), pl.col("status")
+    is_fact = kind.is_in(list(FACT_KINDS)) & (status != "entered-in-error")
+    has_setting = pl.col("setting").is_not_null()
+    visit_location = pl.when(kind == "visit").then(pl.col("location"))
     dnc = (pl.col("system") == DO_NOT_CONTACT_CODE[0]) & (pl.col("code") == DO_NOT_CONTACT_CODE[1])
     op = (
         pl.when((kind == "person") & pl.col("merged_from").is_not_null())
@@ -275,19 +282,38 @@ def _frames_lazy(df: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyF
         .when(kind.is_in(list(FACT_KINDS)))
         .then(pl.col("event_id"))
     )
-    first = df.filter(pl.col("corrects").is_not_null()).select(
-        "seq", "patient_id", pl.lit("retract").alias("op"), pl.col("corrects").alias("arg"), pl.lit(0).alias("_k")
-    )
-    second = df.select("seq", "patient_id", op.alias("op"), arg.alias("arg"), pl.lit(1).alias("_k")).filter(
-        pl.col("op").is_not_null()
-    )
-    control = (
-        pl.concat([first, second])
-        .sort("seq", "_k")
-        .drop("_k")
-        .select([pl.col(c).cast(t) for c, t in _CONTROL_SCHEMA.items()])
-    )
-    return persons, facts, control
+    return {
+        "is_person": kind == "person",
+        "person_ev": [
+            "seq",
+            "patient_id",
+            *PERSON_FIELDS[:7],
+            "setting",
+            "site",
+            pl.col("occurred_at").alias("updated_at"),
+        ],
+        "has_setting": is_fact & (has_setting | visit_location.is_not_null()),
+        "setting_ev": [
+            "seq",
+            "patient_id",
+            "setting",
+            pl.when(has_setting).then(pl.col("site")).alias("site"),
+            visit_location,
+        ],
+        "upd_cast": [pl.col(c).cast(t) for c, t in _UPD_SCHEMA.items()],
+        "is_fact": is_fact,
+        "fact_cast": [pl.col(c).cast(t) for c, t in _FACT_SCHEMA.items()],
+        "corrects": pl.col("corrects").is_not_null(),
+        "first": [
+            "seq",
+            "patient_id",
+            pl.lit("retract").alias("op"),
+            pl.col("corrects").alias("arg"),
+            pl.lit(0).alias("_k"),
+        ],
+        "second": ["seq", "patient_id", op.alias("op"), arg.alias("arg"), pl.lit(1).alias("_k")],
+        "control_cast": [pl.col(c).cast(t) for c, t in _CONTROL_SCHEMA.items()],
+    }
 
 
 def _event_keys(events: list[tuple[int, Event]]) -> pl.DataFrame:
