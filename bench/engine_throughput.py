@@ -3,6 +3,7 @@ kafka-python's own consume rate on the same broker and topic.
 
     python -m bench.engine_throughput [--events 300000] [--studies 50] [--batch 50000] [--partitions 4]
                                       [--sequential] [--profile] [--latency-rate 1000 --latency-seconds 20]
+                                      [--compare-lean N]
 
 Publishes the events first (synthetic population), then (1) consumes them raw with kafka-python (assign +
 poll, values untouched: the raw ceiling), (2) consumes them again and validates every payload with
@@ -12,7 +13,9 @@ each batch done before the next poll), timing from the first processed batch to 
 join is excluded). It also prints how many cores the engine process and the broker kept busy meanwhile. With
 ``--latency-rate`` it then runs the engine as a service on a fresh topic with that background rate and sends the
 probes of :mod:`bench._streaming` (a sample study's eligible case, its deciding event a second later), printing the
-event-to-match latency (p50, p99)."""
+event-to-match latency (p50, p99). ``--compare-lean N`` runs the engine 2N times, alternating the lean decode
+(``decode_batch_lean``: no Rust read, the old path) with the default, and times consume + decode_batch_lean too:
+old and new side by side in one run, on one broker and topic."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench.engine_common import event_payloads, make_studies
 
@@ -41,6 +45,13 @@ def main() -> None:
     )
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument(
+        "--compare-lean",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the engine 2N times, alternating the lean decode (no Rust read) and the default one",
+    )
+    ap.add_argument(
         "--sequential",
         action="store_true",
         help="process each batch before polling the next (the service overlaps them)",
@@ -48,14 +59,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from kafka import KafkaConsumer, TopicPartition
-    from prometheus_client import CollectorRegistry
 
-    from screener.alerts.store import SqlStore
     from screener.bus import EmbeddedBroker, ensure_service_topics, make_producer
-    from screener.engine import Engine
-    from screener.ingest import decode_batch
+    from screener.ingest import decode_batch, decode_batch_lean
     from screener.logging import configure_logging
-    from screener.metrics import Metrics
     from screener.settings import Settings
 
     configure_logging("WARNING")
@@ -114,53 +121,38 @@ def main() -> None:
                 decode_batch([rec.value for rec in recs])
                 n += len(recs)
         decode_s = time.perf_counter() - t
-        consumer.close()
         print(f"kafka-python consume + decode_batch: {n} records in {decode_s:.2f}s = {n / decode_s:,.0f} records/s")
+        if args.compare_lean:
+            consumer.seek_to_beginning(*tps)
+            n = 0
+            t = time.perf_counter()
+            while n < len(payloads):
+                for recs in consumer.poll(timeout_ms=1000, max_records=args.batch).values():
+                    decode_batch_lean([rec.value for rec in recs])
+                    n += len(recs)
+            lean_s = time.perf_counter() - t
+            print(
+                f"kafka-python consume + decode_batch_lean: {n} records in {lean_s:.2f}s = {n / lean_s:,.0f} records/s"
+            )
+        consumer.close()
 
-        store = SqlStore(settings.database_url)
-        engine = Engine(settings, store, metrics=Metrics(CollectorRegistry())).start()
-        while engine.records_processed == 0:
-            engine.step(overlap=True)
-        first = engine.records_processed
-        t = time.perf_counter()
-        cpu0, broker0 = os.times(), _cpu_seconds(broker.pid)
-        profiler = None
-        if args.profile:
-            import cProfile
+        import screener.engine.batch as engine_batch
 
-            profiler = cProfile.Profile()
-            profiler.enable()
-        overlap = not (args.sequential or args.profile)
-        while engine.records_processed < len(payloads):
-            engine.step(overlap=overlap)
-        if profiler is not None:
-            import pstats
-
-            profiler.disable()
-            pstats.Stats(profiler).sort_stats("cumtime").print_stats(25)
-        eng_s = time.perf_counter() - t
-        cpu1, broker1 = os.times(), _cpu_seconds(broker.pid)
-        engine_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-        done = engine.records_processed - first
-        stages = {k: round(v, 2) for k, v in engine.stage_seconds.items()}
-        print(
-            f"engine ({args.studies} open studies, batch {args.batch}): {done} events in {eng_s:.2f}s = "
-            f"{done / eng_s:,.0f} events/s; batches {engine.batches}; matches {engine.matches_recorded}; "
-            f"stage seconds {stages}"
-        )
-        # On a shared host the wall clock varies with the neighbours' load: the share of the raw consume rate (both
-        # measured in this run) and the engine process's CPU seconds per event vary less.
-        print(
-            f"engine share of raw consume: {done / eng_s / (raw_n / raw_s):.1%}; engine process CPU {engine_cpu:.2f} s "
-            f"({1e6 * engine_cpu / max(1, done):.1f} us/event)"
-        )
-        print(
-            f"cores busy meanwhile: engine process {engine_cpu / eng_s:.2f}, "
-            f"broker {(broker1 - broker0) / eng_s:.2f} "
-            f"(of {os.cpu_count()})"
-        )
-        engine.close()
-        store.close()
+        paths = ["lean", "rust"] * args.compare_lean if args.compare_lean else ["rust"]
+        for run, path in enumerate(paths):
+            # --compare-lean: the engine's decode swapped for the lean path (no Rust read) on alternate runs, each
+            # run a fresh consumer group, state and worklist over the same topic: old and new side by side.
+            engine_batch.decode_batch = decode_batch_lean if path == "lean" else decode_batch  # type: ignore[attr-defined]  # the engine's own import, swapped
+            run_settings = settings.model_copy(
+                update={
+                    "group_id": f"bench-engine-{run}",
+                    "state_dir": work / f"state-{run}",
+                    "database_url": f"sqlite:///{work / f'worklist-{run}.db'}",
+                }
+            )
+            label = f" [{path} decode, run {run + 1} of {len(paths)}]" if args.compare_lean else ""
+            _engine_phase(run_settings, args, len(payloads), raw_n / raw_s, broker.pid, label)
+        engine_batch.decode_batch = decode_batch  # type: ignore[attr-defined]  # the engine's own import, restored
         if args.latency_rate:
             from bench._streaming import _latency
 
@@ -170,6 +162,62 @@ def main() -> None:
                 f"{lat['matched']} of {lat['probes']} probes matched; p50 {lat['p50'] * 1000:.0f} ms, "
                 f"p99 {lat['p99'] * 1000:.0f} ms, max {lat['max'] * 1000:.0f} ms"
             )
+
+
+def _engine_phase(
+    settings: Any, args: argparse.Namespace, total: int, raw_rate: float, broker_pid: int | None, label: str
+) -> None:
+    """Run the engine over the topic (fresh group) and print its rate, its share of ``raw_rate`` and its CPU."""
+    from prometheus_client import CollectorRegistry
+
+    from screener.alerts.store import SqlStore
+    from screener.engine import Engine
+    from screener.metrics import Metrics
+
+    store = SqlStore(settings.database_url)
+    engine = Engine(settings, store, metrics=Metrics(CollectorRegistry())).start()
+    while engine.records_processed == 0:
+        engine.step(overlap=True)
+    first = engine.records_processed
+    t = time.perf_counter()
+    cpu0, broker0 = os.times(), _cpu_seconds(broker_pid)
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    overlap = not (args.sequential or args.profile)
+    while engine.records_processed < total:
+        engine.step(overlap=overlap)
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("cumtime").print_stats(25)
+    eng_s = time.perf_counter() - t
+    cpu1, broker1 = os.times(), _cpu_seconds(broker_pid)
+    engine_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    done = engine.records_processed - first
+    stages = {k: round(v, 2) for k, v in engine.stage_seconds.items()}
+    print(
+        f"engine{label} ({args.studies} open studies, batch {args.batch}): {done} events in {eng_s:.2f}s = "
+        f"{done / eng_s:,.0f} events/s; batches {engine.batches}; matches {engine.matches_recorded}; "
+        f"stage seconds {stages}"
+    )
+    # On a shared host the wall clock varies with the neighbours' load: the share of the raw consume rate (both
+    # measured in this run) and the engine process's CPU seconds per event vary less.
+    print(
+        f"engine share of raw consume: {done / eng_s / raw_rate:.1%}; engine process CPU {engine_cpu:.2f} s "
+        f"({1e6 * engine_cpu / max(1, done):.1f} us/event); load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"cores busy meanwhile: engine process {engine_cpu / eng_s:.2f}, "
+        f"broker {(broker1 - broker0) / eng_s:.2f} "
+        f"(of {os.cpu_count()})"
+    )
+    engine.close()
+    store.close()
 
 
 def _cpu_seconds(pid: int | None) -> float:
