@@ -7,7 +7,9 @@ everything the reader does silently: an unknown key (dropped), a duplicate key (
 is expected (read as its digits), a float or a bool where an integer is expected (cast), an integer too big for
 one (null), an explicit ``null``, any whitespace between tokens, an escape written another way, a document that
 is not an object. None of these survive the comparison: the payload differs from the writer's text. A payload
-that passes is the canonical JSON of values Polars holds, so ``parse_event`` reading it sees those same values;
+that passes is the canonical JSON of values Polars holds, so ``parse_event`` reading it sees those same values
+(the argument needs no trust in the reader: the writer's text means the values it was written from, and the
+null fields removed are only ever whole fields, as a double quote inside a written string is always escaped);
 what is left to check is the lean schema's own rules (required fields, enums, lengths, patterns, ranges), here
 vectorised (:func:`_lean_ok`), and then the rest of the contract (:func:`screener._lean_event.check`).
 

@@ -154,7 +154,7 @@ def _decode(payloads: Sequence[bytes | None], *, rust: bool) -> DecodedBatch:
             series = pl.Series("raw", raw, dtype=pl.Binary)
         except (TypeError, ValueError, pl.exceptions.PolarsError):  # e.g. a payload that is not bytes
             series = None
-        if series is not None:
+        if series is not None and _worth_reading(series):
             good, suspect, left = _rust_read(series)
             goods.append(good)
     lean_rejects: list[int] = []
@@ -219,6 +219,24 @@ def _lean_chunk(raw: list[bytes], where: list[int]) -> tuple[pl.DataFrame, list[
     finally:
         if paused:
             gc.enable()
+
+
+#: Payloads the Rust read tries first in a batch larger than this (spread over the batch): if fewer than half are
+#: vouched for (a producer that writes its fields in another order, or explicit nulls), the batch goes straight to
+#: the lean path, which would otherwise pay for both reads (OMOP's events, e.g.: 26 CPU-us an event, not 17).
+RUST_SAMPLE = 32
+
+
+def _worth_reading(series: pl.Series) -> bool:
+    """Whether the Rust read vouches for at least half of a sample of ``series`` (always, for a small batch)."""
+    if series.len() <= RUST_SAMPLE:
+        return True
+    sample = series.gather_every(series.len() // RUST_SAMPLE)
+    try:
+        vouched = decode_json_lazy(sample)[0].select(pl.len()).collect().item()
+    except pl.exceptions.PolarsError:
+        return True  # one payload the reader fails on: the whole read finds it (and judges the rest)
+    return bool(2 * vouched >= sample.len())
 
 
 def _rust_read(series: pl.Series) -> tuple[pl.DataFrame, list[int], list[int]]:

@@ -198,3 +198,17 @@ def test_a_row_the_reader_fails_on_is_found_alone() -> None:
     assert left.to_list() == [5, 10]
     assert vouched.height == 9
     assert_same(raw, [], changed_only=False)
+
+
+def test_a_batch_mostly_in_another_form_skips_the_rust_read() -> None:
+    """A producer that writes its fields in another order (or explicit nulls) is never vouched for: when a sample
+    of the batch shows that, the whole batch goes to the lean path (one read, not two), with the same result."""
+    from screener.ingest import RUST_SAMPLE, _worth_reading
+
+    canonical_raw = [dump_event(_event(event_id=f"e{i}")) for i in range(2 * RUST_SAMPLE)]
+    reordered = [json.dumps(dict(reversed(json.loads(p).items()))).encode() for p in canonical_raw]
+    assert _worth_reading(pl.Series(canonical_raw, dtype=pl.Binary))
+    assert not _worth_reading(pl.Series(reordered, dtype=pl.Binary))
+    assert _worth_reading(pl.Series(reordered[:RUST_SAMPLE], dtype=pl.Binary))  # a small batch: always tried
+    for raw in (reordered, canonical_raw[:RUST_SAMPLE] + reordered[RUST_SAMPLE:], canonical_raw):
+        assert_same(raw, [], changed_only=True)
