@@ -188,6 +188,7 @@ class BulkLoad:
             stand_ins = conform(stand_ins.select("seq", "patient_id"), _fact_rows_schema())
             folded, _ = apply_frames(PatientState(), upd, stand_ins, control)
             empty_tombs = pl.DataFrame(schema=RETRACTED_SCHEMA)
-            self._store.write_base(p, folded.persons, facts.drop("seq"), empty_tombs, offset, by_patient=True)
+            # the base's writer leaves ``seq`` out (``facts.drop`` would copy the partition)
+            self._store.write_base(p, folded.persons, facts, empty_tombs, offset, by_patient=True)
         for f in files:
             f.unlink(missing_ok=True)
