@@ -34,6 +34,8 @@ from screener.state import RETRACTED_SCHEMA, PatientState, apply_frames
 __all__ = ["DEFAULT_MEMORY_BYTES", "BulkLoad", "ahead_of"]
 
 _FOLDING_OPS = ("retract", "merge")
+#: Fact columns kept however empty (what orders and identifies a fact, and the general path's ``seq``).
+_KEPT = frozenset({"seq", "patient_id", "event_id", "kind", "occurred_at"})
 #: Facts a bulk load holds in memory before it spills to local files (Polars' size estimate).
 DEFAULT_MEMORY_BYTES = 1 << 30
 
@@ -155,6 +157,13 @@ class BulkLoad:
         hashes = self._hashes.pop(p, [])
         files = [held for held, _ in self._files.pop(p, []) if isinstance(held, Path)]
         facts = pl.concat(runs) if runs else pl.DataFrame(schema=_fact_rows_schema())
+        # columns null on every row (a source fills only some) are neither sorted nor written (the store's
+        # readers insert them): each costs the sort's gather as much as a filled one
+        # (kept out by building frames of the other columns: ``DataFrame.drop`` here cost a copy of the partition)
+        nulls = {c for c in facts.columns if c not in _KEPT and facts[c].null_count() == facts.height}
+        if nulls and facts.height:
+            runs = [pl.DataFrame([s for s in run.iter_columns() if s.name not in nulls]) for run in runs]
+            facts = pl.concat(runs)
         doc = self._store.manifest(p)
         ahead_of(self._store, p, doc, offset)
         empty = doc is None or (not doc.get("base") and not doc["segments"])
@@ -179,6 +188,7 @@ class BulkLoad:
             stand_ins = conform(stand_ins.select("seq", "patient_id"), _fact_rows_schema())
             folded, _ = apply_frames(PatientState(), upd, stand_ins, control)
             empty_tombs = pl.DataFrame(schema=RETRACTED_SCHEMA)
-            self._store.write_base(p, folded.persons, facts.drop("seq"), empty_tombs, offset, by_patient=True)
+            # the base's writer leaves ``seq`` out (``facts.drop`` would copy the partition)
+            self._store.write_base(p, folded.persons, facts, empty_tombs, offset, by_patient=True)
         for f in files:
             f.unlink(missing_ok=True)

@@ -61,6 +61,8 @@ __all__ = ["CONTROL_SCHEMA", "HistoryStore", "StoreError", "conform", "keys_expr
 
 #: Storage options that are HTTP-client settings for obstore (Polars takes them with the rest).
 _CLIENT_KEYS = ("aws_allow_http", "allow_http")
+#: Base facts columns written even when every row is null (what identifies and orders a fact).
+_KEPT = frozenset({"patient_id", "event_id", "kind", "occurred_at"})
 
 
 def _truthy(options: dict[str, str], keys: Sequence[str]) -> bool:
@@ -112,6 +114,19 @@ class HistoryStore:
         data = buf.getvalue()
         obstore.put(self._store, key, data)
         return len(data)
+
+    def _put_facts(self, key: str, frame: pl.DataFrame) -> int:
+        """A base's facts: ``FACTS_SCHEMA``'s columns but those missing from ``frame`` or null on every row (the
+        readers insert a missing column as nulls, :meth:`_scan` and :meth:`_read_frame`, so the file reads back
+        the same; a column of nulls costs the writer per row, and a backfill from one source leaves a quarter of
+        them empty). An empty frame is written with every column."""
+        have = frame.collect_schema()
+        kept = [
+            c
+            for c in FACTS_SCHEMA
+            if c in _KEPT or not frame.height or (c in have and frame[c].null_count() < frame.height)
+        ]
+        return self._put_frame(key, conform(frame, {c: FACTS_SCHEMA[c] for c in kept}))
 
     def _sink_frame(self, key: str, frame: pl.LazyFrame) -> None:
         if self._polars_options is None:
@@ -235,8 +250,7 @@ class HistoryStore:
                 lazy = conform(facts, FACTS_SCHEMA).sort("patient_id", maintain_order=True)
                 self._sink_frame(f"{d}/{base}/facts.parquet", lazy)
             else:
-                eager = conform(facts, FACTS_SCHEMA)
-                self._put_frame(f"{d}/{base}/facts.parquet", eager if by_patient else sort_by_patient(eager))
+                self._put_facts(f"{d}/{base}/facts.parquet", facts if by_patient else sort_by_patient(facts))
             self._put_frame(f"{d}/{base}/retracted.parquet", conform(retracted, RETRACTED_SCHEMA))
             new = {"version": 1, "offset": offset, "base": base, "segments": [], "next": 0}
             self._put_manifest(partition, new)
@@ -337,7 +351,7 @@ class HistoryStore:
             p, f = pl.collect_all([persons.sort("patient_id"), facts.sort("patient_id", maintain_order=True)])
             base = f"base-{uuid.uuid4().hex[:12]}"
             self._put_frame(f"{d}/{base}/persons.parquet", p)
-            self._put_frame(f"{d}/{base}/facts.parquet", f)
+            self._put_facts(f"{d}/{base}/facts.parquet", f)
             self._put_frame(f"{d}/{base}/retracted.parquet", retracted)
             old = [doc["base"], *doc["segments"]] if doc.get("base") else list(doc["segments"])
             doc["base"], doc["segments"] = base, []
