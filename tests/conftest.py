@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,6 +16,22 @@ import tests.hypothesis_profiles  # noqa: F401  (imported for its side effect)
 
 if TYPE_CHECKING:  # imported where used: xdist's controller loads this file too, and runs no test
     from screener.events import Event
+
+
+#: The garbage collector's first threshold during the tests: ten times Python's 700 allocations. The tests make
+#: many short-lived objects (parsed SQL trees, hypothesis' examples, Polars expressions); at 700 the collector
+#: ran 2,000-3,200 times in each of the two workers of `just test-unit`, 13-27 of them full collections.
+GC_THRESHOLD = 7_000
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Moves every object alive after collection (the imported libraries, the test modules and their parameters)
+    to the garbage collector's permanent generation, so a full collection no longer walks them, and collects
+    less often (:data:`GC_THRESHOLD`): the collector's time during the tests fell from 4.8 to 2.3 CPU-s over the
+    two workers (one measurement, on a busy host). Unreachable objects made by the tests are still collected;
+    only the moment changes."""
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 @pytest.fixture(scope="session", autouse=True)

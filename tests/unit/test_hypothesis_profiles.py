@@ -31,3 +31,8 @@ def test_ci_and_a_plain_run_keep_the_full_counts(profile: str, restore_profile: 
 
 def test_ci_is_derandomized() -> None:
     assert settings.get_profile("ci").derandomize and not settings.get_profile(DEV_PROFILE).derandomize
+
+
+@pytest.mark.parametrize("profile", ["ci", DEV_PROFILE])
+def test_no_example_fails_for_its_time(profile: str) -> None:
+    assert settings.get_profile(profile).deadline is None

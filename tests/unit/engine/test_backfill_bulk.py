@@ -177,7 +177,7 @@ def test_frames_given_as_functions_are_made_on_the_decode_workers_and_give_the_s
     assert len(threads) == len(frames) and all(t.startswith("backfill-decode") for t in threads)
 
 
-@pytest.mark.parametrize("rows", [True, False])
+@pytest.mark.parametrize("rows", first_fast(True, False))  # the event rows (--into-store) here, JSON frames in CI
 def test_the_omop_source_stacks_small_tables_into_one_frame_with_the_same_store(rows: bool, tmp_path: Path) -> None:
     """Consecutive small chunks of the fixture's tables are mapped into one frame (the person table's text-form
     rows apart from the typed ones), never more than ``chunk_rows`` rows; the store is the one a frame per row

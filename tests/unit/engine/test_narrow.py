@@ -14,6 +14,7 @@ from polars.testing import assert_frame_equal
 from screener.engine._narrow import gated_patients, narrowing
 from screener.rules import screen
 from screener.state import PatientState
+from tests._support.marks import first_fast
 from tests._support.samples import sample_studies
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
@@ -118,10 +119,14 @@ def _people(log: Any, make_event: Any, codes: dict[str, list[str]]) -> None:
             log.publish("ev", make_event(patient_id=pid, code={"system": "ICD10", "value": code}))
 
 
+# the rebuild's loads in its thread in the loop; in the worker process (a Python started at nice 10: seconds of
+# wall time on a busy host) in CI. tests/unit/engine/test_rebuild_delta.py runs that worker's gate scan here.
+@pytest.mark.parametrize("loads", first_fast("thread", "process"))
 def test_a_rule_change_screens_only_the_gated_patients_and_still_closes_a_known_match(
-    settings: Any, make_event: Any, tmp_path: Path
+    loads: str, settings: Any, make_event: Any, tmp_path: Path
 ) -> None:
-    """The engine's wiring: the worker's gate scan of the store, the catch-up's patients, the known matches."""
+    """The engine's wiring: the gate scan of the store (in the rebuild thread or its worker process), the
+    catch-up's patients, the known matches."""
     from structlog.testing import capture_logs
 
     from screener.alerts.memory import MemoryStore
@@ -134,6 +139,7 @@ def test_a_rule_change_screens_only_the_gated_patients_and_still_closes_a_known_
     (rules / "dm.yaml").write_text(_study("DM", "  adult: age >= 18\n  diabetic: t2dm|ever\n"))
     log, store = InMemoryLog(2), MemoryStore()
     engine = started_engine(settings, log, store, clock=FixedClock(NOW), history=open_store(tmp_path / "h"))
+    engine.rebuild_in_process = loads == "process"
 
     def drain(steps: int = 6) -> None:
         for _ in range(steps):

@@ -10,6 +10,7 @@ import polars as pl
 from polars.testing import assert_frame_equal
 
 from screener.engine._delta import add_delta, delta_applies, delta_facts
+from screener.engine._narrow import gated_patients
 from screener.engine.views import ViewLoader
 from screener.history import open_store
 from screener.history.store import keys_expr
@@ -96,6 +97,14 @@ def test_the_worker_returns_the_same_delta(tmp_path: Path) -> None:
         assert got[0]["event_id"].to_list() == ["e2", "e4"]
         assert loader.load_delta(0, _keep(["E11", "I10"]), new) == (None, 5)
         assert loader.load_delta(1, old, new) is None
+        # the gate scan of a rule change, on the same worker: the expressions go there and the patients come back
+        condition = pl.col("kind") == "condition"
+        gates = [[pl.col("code").is_in(["N18"]) & condition], [(pl.col("code") == "J45") & condition]]
+        found = loader.load_gated(0, gates)
+        assert found is not None and found.to_list() == ["B", "C"]  # D's J45 is a measurement: no study passes
+        view = store.view(0, parallel="prefiltered")  # type: ignore[attr-defined]
+        assert found.equals(gated_patients(view[1], gates)), "what the rebuild thread finds"
+        assert loader.load_gated(1, gates) is None
     finally:
         loader.close()
     assert not (tmp_path / "scratch").exists(), "the scratch folder goes with the loader"

@@ -59,8 +59,16 @@ def test_replicas_share_expressions(replicas: list[Any]) -> None:
 
 
 @pytest.mark.parametrize("seed", first_fast(1, 5, 23))  # seeds 5 and 23 in CI (tests/_support/marks.py)
-@pytest.mark.parametrize("which", ["samples", "replicas"])
-@pytest.mark.parametrize("path", ["small", "per-study"])
+# each path and each set of studies in the loop, the other two pairs of them in CI (tests/_support/marks.py)
+@pytest.mark.parametrize(
+    ("which", "path"),
+    [
+        ("samples", "small"),
+        ("replicas", "per-study"),
+        pytest.param("samples", "per-study", marks=pytest.mark.slow),
+        pytest.param("replicas", "small", marks=pytest.mark.slow),
+    ],
+)
 def test_sharing_gives_the_same_rows(
     seed: int,
     which: str,

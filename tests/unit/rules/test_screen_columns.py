@@ -13,6 +13,8 @@ from screener.rules import load_studies, screen_with_counts
 from screener.rules._facts import FACT_COLUMNS
 from screener.rules.features import screen_columns
 from screener.state import PatientState
+from tests._support.marks import first_fast
+from tests._support.samples import sample_studies
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -25,7 +27,8 @@ def _population(workload: str, n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     return generate_population(n, 7, BENCH_NOW)
 
 
-@pytest.mark.parametrize("workload", ["replica", "realistic"])
+# the realistic mix in the loop, the replicas of the sample studies (which the test below screens) in CI
+@pytest.mark.parametrize("workload", first_fast("realistic", "replica"))
 def test_the_columns_the_studies_read_give_the_same_screen(workload: str, tmp_path: Path) -> None:
     write_workload_studies(workload, 40, tmp_path, ROOT / "rules")
     loaded = load_studies([tmp_path])
@@ -54,7 +57,7 @@ def test_screen_from_a_parquet_folder_reads_the_studies_columns_with_the_same_ro
     read, and its rows are those of the whole population in memory."""
     from screener.commands.screen import screen_rows
 
-    studies = load_studies([ROOT / "rules"]).studies
+    studies = sample_studies()  # the studies of rules/, loaded once per test process
     persons, facts = generate_population(300, 7, BENCH_NOW)
     persons.write_parquet(tmp_path / "persons.parquet")
     facts.write_parquet(tmp_path / "facts.parquet")
