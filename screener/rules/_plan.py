@@ -11,8 +11,7 @@ import polars as pl
 
 from screener.rules._shared import SharedStages, shared_stages
 from screener.rules.criteria import Compiled
-from screener.rules.model import Study
-from screener.rules.results import MATCH_OUTCOMES, _result
+from screener.rules.results import MATCH_OUTCOMES
 
 __all__ = ["Plan", "plan_of"]
 
@@ -38,15 +37,6 @@ class Plan:
         ]
         #: per tuple of study positions with a match: the evidence stages and the columns they need
         self.evidence: dict[tuple[int, ...], tuple[SharedStages, list[str]]] = {}
-        self._results: dict[int, pl.Expr] = {}
-
-    def result(self, i: int, study: Study) -> pl.Expr:
-        """The result struct (with evidence) of the study at position ``i`` (``study``, whose compiled form is
-        ``comps[i]``)."""
-        got = self._results.get(i)
-        if got is None:
-            got = self._results[i] = _result(study, self.comps[i], True)
-        return got
 
     def outcome_sums(self, full: pl.DataFrame) -> tuple[list[int], list[int]]:
         """Per study: the number of ``eligible`` and of ``possible`` rows of ``full`` (one pass)."""

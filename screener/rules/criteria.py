@@ -216,20 +216,17 @@ OUTCOME = pl.Enum(list(OUTCOMES))
 
 def outcome_expr(named: Sequence[tuple[Criterion, pl.Expr]]) -> pl.Expr:
     """``eligible``/``possible``/``ineligible`` (:data:`OUTCOME`) from the top-level criteria's values
-    (three-valued)."""
-    inc_false: list[pl.Expr] = []
-    all_good: list[pl.Expr] = []
-    for c, v in named:
-        if c.group == "include":
-            inc_false.append((v == False).fill_null(False))  # noqa: E712
-            all_good.append(v.fill_null(False))
-        else:
-            inc_false.append(v.fill_null(False))
-            all_good.append((~v).fill_null(False))
-    bad = pl.any_horizontal(inc_false) if inc_false else pl.lit(False)
-    good = pl.all_horizontal(all_good) if all_good else pl.lit(True)
-    out = pl.when(bad).then(pl.lit("ineligible", dtype=OUTCOME))
-    return out.when(good).then(pl.lit("eligible", dtype=OUTCOME)).otherwise(pl.lit("possible", dtype=OUTCOME))
+    (three-valued).
+
+    Each criterion passes (an inclusion true, an exclusion false), fails or is unknown (null); the Kleene
+    conjunction of the passes (``all_horizontal``: false when any is false, else null when any is null, else
+    true) is the outcome: false ineligible, true eligible, null possible. (Written as an ``any`` of the
+    failures and an ``all`` of the passes, with a ``fill_null`` on each, it cost a micro-batch 2.5x as much.)
+    """
+    passes = [v if c.group == "include" else ~v for c, v in named]
+    ok = pl.all_horizontal(passes) if passes else pl.lit(True)
+    out = pl.when(~ok).then(pl.lit("ineligible", dtype=OUTCOME))
+    return out.when(ok).then(pl.lit("eligible", dtype=OUTCOME)).otherwise(pl.lit("possible", dtype=OUTCOME))
 
 
 def staged(frame: pl.LazyFrame, stage_lists: Sequence[list[list[pl.Expr]]]) -> pl.LazyFrame:

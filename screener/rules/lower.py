@@ -26,7 +26,13 @@ _NONE = pl.lit(None, dtype=pl.String)
 
 
 def combine(a: pl.Expr, b: pl.Expr) -> pl.Expr:
-    """Join two evidence texts with '; ', dropping nulls and an exact repeat."""
+    """Join two evidence texts with '; ', dropping nulls and an exact repeat. With the null literal on one side
+    (a comparison with a constant) that is the other side as it is: the expression says so (a fifth of a
+    micro-batch's evidence query went to evaluating those no-op joins)."""
+    if b is _NONE:
+        return a
+    if a is _NONE:
+        return b
     return (
         pl.when(a.is_null()).then(b).when(b.is_null() | (a == b)).then(a).otherwise(pl.concat_str([a, pl.lit("; "), b]))
     )

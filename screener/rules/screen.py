@@ -27,6 +27,7 @@ from screener.rules.results import (
     _assemble,
     _counts_frame,
     _long,
+    _masked_rows,
     _outcome_rows,
     _outcome_sums,
     _plain,
@@ -316,15 +317,16 @@ def _screen(
         ]
     if shared:
         ev = with_ev[hits[0]]
-        long = _long(ev.lazy(), [plan.result(i, pairs[i][0]) for i in hits])
+        # (the evidence frame's rows are the union's: each study's mask cut to them)
+        at = masks.get_column("_m").arg_true()
+        every = _masked_rows(ev, [(*pairs[i], masks.get_column(f"_m{i}").gather(at)) for i in hits])
         if kept:
             assert known is not None
-            every = long.collect(engine=ENGINE, optimizations=_UNOPTIMISED)
             pairs_k = known.select(pl.col("study_id").cast(pl.String), pl.col("patient_id").cast(pl.String))
             rest = every.filter(~match).join(pairs_k, on=["study_id", "patient_id"], how="semi")
             out += [every.filter(match), rest]
         else:
-            out.append(long.filter(match).collect(engine=ENGINE, optimizations=_UNOPTIMISED))
+            out.append(every)  # (without known pairs the masks are the matches)
     else:
         out += [_assemble(with_ev[i], *pairs[i], True, keep=matched[i]) for i in hits]
     if not out:
