@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from screener._json_event import decode_json
+from screener._lean_event import PERSON_FIELDS
 from screener.errors import EventError
 from screener.events import Event, dump_event, parse_event
 from screener.ingest import decode_batch, decode_batch_lean
@@ -31,17 +32,7 @@ _NESTED_ORDER = {
     "code": ("system", "value"),
     "value_code": ("system", "value"),
     "dose": ("value", "unit"),
-    "person": (
-        "birth_date",
-        "sex",
-        "ethnic_group",
-        "ethnic_category",
-        "lsoa",
-        "imd_decile",
-        "postcode_district",
-        "nhs_number",
-        "merged_from",
-    ),
+    "person": PERSON_FIELDS,
 }
 
 
