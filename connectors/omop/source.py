@@ -193,10 +193,10 @@ class OmopSource:
         """concept_id -> (system, value) for every concept, or None when there is no concept table."""
         if not self.has("concept"):
             return None
-        frames = list(self.chunks("concept"))
-        if not frames:
+        df = self._concept_columns()
+        if df.height == 0:
             return None
-        df = pl.concat(frames, how="vertical_relaxed").select(
+        df = df.select(
             pl.col("concept_id").cast(pl.Int64),
             pl.col("vocabulary_id").cast(pl.String),
             pl.col("concept_code").cast(pl.String),
@@ -205,6 +205,28 @@ class OmopSource:
         system = vocab.replace_strict(VOCABULARIES, default="local")
         value = pl.when(system == "local").then(vocab + ":" + pl.col("concept_code")).otherwise(pl.col("concept_code"))
         return df.select("concept_id", system.alias("c_system"), value.str.slice(0, 64).alias("c_value"))
+
+    def _concept_columns(self) -> pl.DataFrame:
+        """The concept table's three columns the mapping reads, read alone (a full vocabulary is millions of rows
+        of names and dates that nothing here uses).
+
+        :raises ConnectorError: naming the table and the column it lacks."""
+        wanted = ("concept_id", "vocabulary_id", "concept_code")
+        name = self._tables["concept"]
+        if self.kind == "files":
+            lf = self._scan("concept")
+            have = set(lf.collect_schema().names())
+        else:
+            have = {str(n).lower() for n in self._query(self._columns_sql("concept"))["name"].to_list()}
+        missing = [c for c in wanted if c not in have]
+        if missing:
+            raise ConnectorError(f"{self.path}: table {name} has no column {', '.join(missing)}", connector=SOURCE)
+        if self.kind == "files":
+            return lf.select(wanted).collect()
+        sql = f"select {', '.join(wanted)} from {name}"
+        if self.kind == "duckdb":
+            return pl.DataFrame(self._con().sql(sql)).rename(lambda c: c.lower())
+        return self._query(sql).rename(lambda c: c.lower())
 
     def present(self) -> list[str]:
         """The (lower-cased) names of every table in the extract."""

@@ -167,3 +167,26 @@ def test_unread_clinical_tables_are_counted(tmp_path: Path) -> None:
     (tmp_path / "condition_era.csv").write_text("condition_era_id,person_id\n1,1\n")  # derived: not counted
     result = backfill(tmp_path, RawSink(), progress=False, now=NOW)
     assert result.unmapped == {"device_exposure": 2}
+
+
+def test_concept_table_read_column_wise_and_a_missing_column_named(tmp_path: Path) -> None:
+    from connectors.omop import OmopSource
+
+    for csv in DATA.glob("*.csv"):
+        (tmp_path / csv.name).write_text(csv.read_text())
+    src = OmopSource(tmp_path)
+    concepts = src.concepts()
+    assert concepts is not None and concepts.columns == ["concept_id", "c_system", "c_value"]
+    assert ("LOINC", "62238-1") in set(concepts.select("c_system", "c_value").iter_rows())
+    # a SQLite extract (columns read by name, whatever their case) gives the same concepts
+    db = tmp_path / "cdm.sqlite"
+    with sqlite3.connect(db) as con:
+        df = pl.read_csv(DATA / "concept.csv", infer_schema_length=None)
+        cols = ", ".join(c.upper() for c in df.columns)
+        con.execute(f"create table CONCEPT ({cols})")
+        con.executemany(f"insert into CONCEPT values ({', '.join('?' * df.width)})", df.rows())
+    lite = OmopSource(db).concepts()
+    assert lite is not None and lite.sort("concept_id").equals(concepts.sort("concept_id"))
+    pl.read_csv(DATA / "concept.csv").drop("concept_code").write_csv(tmp_path / "concept.csv")
+    with pytest.raises(ConnectorError, match="concept has no column concept_code"):
+        OmopSource(tmp_path).concepts()
