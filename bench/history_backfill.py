@@ -136,7 +136,8 @@ def run(
     how = f"bulk fold, {threads} worker(s)" if bulk else "segments + compaction"
     print(
         f"{label} [{how}]: {rows_in:,} rows -> {result.accepted:,} events ({result.rejected} rejected) in "
-        f"{wall:.1f}s = {rate:,.0f} rows/s (CPU {cpu:.1f}s = {rows_in / cpu:,.0f} rows per CPU-second); "
+        f"{wall:.1f}s = {rate:,.0f} rows/s (CPU {cpu:.1f}s = {rows_in / cpu:,.0f} rows per CPU-second; "
+        f"reading and decoding {wall - result.write_seconds:.1f}s, then writing {result.write_seconds:.1f}s); "
         f"store {result.bytes_stored / 2**20:.1f} MB for {facts:,} facts = "
         f"{result.bytes_stored / max(facts, 1) * 1e6 / 2**20:.1f} MB per million facts"
     )
