@@ -178,11 +178,19 @@ def _finite(expr: pl.Expr) -> pl.Expr:
 
 
 def _day_text(df: pl.DataFrame, instant: pl.Expr) -> pl.Expr:
-    """``instant.dt.strftime("%Y%m%d")``, formatted once per distinct day of ``df`` (a chunk spans a few thousand
-    days at most) and looked up per row: a third of the cost of formatting every row."""
+    """``instant.dt.strftime("%Y%m%d")``, formatted once per day from ``df``'s first to its last (a chunk spans a
+    few thousand days) and gathered per row by the day's distance from the first: a third of the cost of a lookup
+    per row, a tenth of formatting every row. A span of more days than rows (a stray far date) formats the
+    distinct days instead."""
     day = instant.dt.date()
-    days = df.select(day.unique().drop_nulls().alias("d"))["d"]
-    return day.replace_strict(days, days.dt.strftime("%Y%m%d"), default=None, return_dtype=pl.String)
+    first, last = df.select(day.min().alias("f"), day.max().alias("l")).row(0)
+    if first is None:
+        return pl.lit(None, pl.String)
+    if (last - first).days + 1 > max(df.height, 1024):
+        days = df.select(day.unique().drop_nulls().alias("d"))["d"]
+        return day.replace_strict(days, days.dt.strftime("%Y%m%d"), default=None, return_dtype=pl.String)
+    texts = pl.date_range(first, last, eager=True).dt.strftime("%Y%m%d")
+    return pl.lit(texts).gather((day - pl.lit(first)).dt.total_days())
 
 
 @dataclass(frozen=True)

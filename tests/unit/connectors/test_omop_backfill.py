@@ -190,3 +190,22 @@ def test_concept_table_read_column_wise_and_a_missing_column_named(tmp_path: Pat
     pl.read_csv(DATA / "concept.csv").drop("concept_code").write_csv(tmp_path / "concept.csv")
     with pytest.raises(ConnectorError, match="concept has no column concept_code"):
         OmopSource(tmp_path).concepts()
+
+
+@pytest.mark.parametrize("far", [False, True])
+def test_event_id_day_is_each_rows_date(far: bool) -> None:
+    """The event id's day (formatted once per day of the chunk's span, or per distinct day when a stray far date
+    makes the span longer than the chunk) is each row's own date; a row without one has none."""
+    from datetime import date
+
+    from connectors.omop._mapping import _day_text
+
+    days = [date(2020, 1, 31), None, date(2020, 2, 29), date(2019, 12, 31), date(2020, 1, 31)]
+    if far:
+        days.append(date(1001, 6, 1))
+    df = pl.DataFrame({"d": days}, schema={"d": pl.Date})
+    instant = pl.col("d").cast(pl.Datetime("us"))
+    got = df.select(_day_text(df, instant).alias("t"))["t"].to_list()
+    assert got == [None if d is None else d.strftime("%Y%m%d") for d in days]
+    undated = pl.DataFrame({"d": [None]}, schema={"d": pl.Date})
+    assert undated.select(_day_text(undated, instant))[0, 0] is None
