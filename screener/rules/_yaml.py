@@ -3,14 +3,21 @@
 Mappings load as :class:`Map` (a dict) whose ``marks`` give the 1-based ``(line, column)`` of each key and
 ``value_marks`` of each value; sequences load as :class:`Seq` (a list) with ``marks`` per item. Scalars stay
 plain Python values. Duplicate keys are an error (YAML would silently keep the last one).
+
+Documents are composed by libyaml (PyYAML's C parser) when it is there, about ten times faster than PyYAML's
+pure-Python scanner and parser, and constructed by the same Python code either way. Whatever libyaml does not
+compose, or composes deeper than :data:`_C_MAX_DEPTH`, and any document whose construction fails, is loaded
+again by the pure-Python parser, so every error (its text, line and column) is the one that parser gives.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import yaml
+import yaml.constructor
 
 from screener.errors import RuleError
 from screener.rules._limits import MAX_FILE_BYTES, excerpt, yaml_problem
@@ -28,7 +35,7 @@ class Map(dict[Any, Any]):
         self.mark: Mark = (1, 1)
         self.marks: dict[Any, Mark] = {}
         self.value_marks: dict[Any, Mark] = {}
-        #: For scalar values: the YAML style ('' plain, '"' or "'" quoted, '|' or '>' block) and the raw
+        #: For scalar values: the YAML style (None plain, '"' or "'" quoted, '|' or '>' block) and the raw
         #: source column offset of the text, used to point inside an expression.
         self.value_styles: dict[Any, str | None] = {}
 
@@ -46,8 +53,8 @@ def _pos(node: yaml.Node) -> Mark:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type information
-    """SafeLoader that builds :class:`Map`/:class:`Seq` and records node marks."""
+class _Constructor(yaml.constructor.SafeConstructor):  # type: ignore[misc]  # PyYAML ships no type information
+    """SafeConstructor that builds :class:`Map`/:class:`Seq` and records node marks (of either parser)."""
 
     file: str = "<rules>"
 
@@ -71,7 +78,8 @@ class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type in
             result[key] = self.construct_object(value_node, deep=True)
             result.marks[key] = _pos(key_node)
             result.value_marks[key] = _pos(value_node)
-            result.value_styles[key] = value_node.style if isinstance(value_node, yaml.ScalarNode) else None
+            # libyaml says '' for a plain scalar, PyYAML None
+            result.value_styles[key] = (value_node.style or None) if isinstance(value_node, yaml.ScalarNode) else None
         return result
 
     def construct_yaml_map(self, node: yaml.Node) -> Any:
@@ -86,7 +94,11 @@ class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type in
             result.marks.append(_pos(child))
 
 
-def _timestamp(loader: _Loader, node: yaml.Node) -> Any:
+class _Loader(_Constructor, yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type information
+    """PyYAML's pure-Python SafeLoader with :class:`_Constructor`: the reference, and every error's wording."""
+
+
+def _timestamp(loader: _Constructor, node: yaml.Node) -> Any:
     # An impossible date (2026-13-01) stays text so the validator can say which field is wrong and where.
     try:
         return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
@@ -94,9 +106,32 @@ def _timestamp(loader: _Loader, node: yaml.Node) -> Any:
         return loader.construct_scalar(node)
 
 
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
-_Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_yaml_map)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_yaml_seq)
+_Constructor.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
+_Constructor.add_constructor("tag:yaml.org,2002:map", _Constructor.construct_yaml_map)
+_Constructor.add_constructor("tag:yaml.org,2002:seq", _Constructor.construct_yaml_seq)
+
+_C_LOADER: type[_Constructor] | None = None
+if yaml.__with_libyaml__:  # else (a PyYAML built without libyaml) the pure-Python parser does everything
+
+    class _CLoader(_Constructor, yaml.CSafeLoader):  # type: ignore[misc]  # as above
+        """libyaml's parser and composer (CSafeLoader) with the same :class:`_Constructor` and PyYAML's resolver."""
+
+    _C_LOADER = _CLoader
+
+
+#: The deepest document the C path constructs: a deeper one goes to the pure-Python parser, whose recursion
+#: (about two Python frames a level) decides, as it always did, whether a deep file loads or is "nested too
+#: deeply". A rule file nests a few levels; libyaml itself refuses more than 1,000.
+_C_MAX_DEPTH = 100
+
+#: Where libyaml and PyYAML part (found by fuzzing both, tests/unit/rules/test_yaml_parsers.py), so a text with
+#: one of these goes to the pure-Python parser: a tab (PyYAML refuses one where libyaml takes it), a byte-order mark
+#: (libyaml drops several, and counts columns after one differently), any ``?`` (a complex key's missing value is
+#: placed on the next line by libyaml; in a flow collection PyYAML refuses it inside a plain scalar), a directive
+#: (``%`` starting a line), a block scalar header followed by a comment without a space (PyYAML refuses both), and
+#: the non-specific tag ``!`` alone (libyaml makes it empty text, PyYAML null). Over-matching only costs speed:
+#: none of the sample rule files has one.
+_PYTHON_ONLY = re.compile(r"[\t\ufeff?]|^%|[|>][-+0-9]*#|!(?=[\s\]},]|$)", re.MULTILINE)
 
 
 def load_yaml(text: str, file: str) -> Any:
@@ -174,7 +209,56 @@ def _copied(value: Any, memo: dict[int, Any]) -> Any:
     return value  # bytes, dates and timestamps: immutable
 
 
+class _NotForC(Exception):
+    """The C path leaves this document to the pure-Python parser."""
+
+
 def _parse(text: str, file: str) -> Any:
+    if _C_LOADER is not None and _PYTHON_ONLY.search(text) is None:
+        try:
+            return _parse_c(text)
+        except Exception:  # parsed again below: the error (or the deep document) is the pure-Python parser's
+            pass
+    return _parse_python(text, file)
+
+
+def _parse_c(text: str) -> Any:
+    """The document as libyaml composes it, constructed as :func:`_parse_python` does; raises (anything) for
+    every document it leaves to that function: one libyaml refuses, a deep one, one over a limit, one whose
+    construction fails."""
+    assert _C_LOADER is not None
+    loader = _C_LOADER(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _deeper_than(node, _C_MAX_DEPTH) or yaml_problem(node) is not None:
+            raise _NotForC
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _deeper_than(root: yaml.Node, limit: int) -> bool:
+    """Whether a node lies more than ``limit`` levels down (an alias counted where it is used), without
+    recursion; a node met again is walked again only from deeper than before, so a cycle ends at the limit."""
+    deepest: dict[int, int] = {}
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if deepest.get(id(node), 0) >= depth:
+            continue
+        deepest[id(node)] = depth
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend((part, depth + 1) for pair in node.value for part in pair)
+    return False
+
+
+def _parse_python(text: str, file: str) -> Any:
     loader = _Loader(text)
     loader.file = file
     try:

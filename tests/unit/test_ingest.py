@@ -19,7 +19,7 @@ from polars.testing import assert_frame_equal, assert_series_equal
 
 from screener.errors import EventError
 from screener.events import Event, dump_event, parse_event
-from screener.ingest import KEY_SCHEMA, decode_batch
+from screener.ingest import KEY_SCHEMA, DecodedBatch, decode_batch
 from screener.state import PatientState, apply_events, apply_frames, events_to_frames
 from screener.vocab import CODE_SYSTEMS, ETHNIC_GROUPS, KINDS, ROUTES, SCHEMAS, SETTINGS, STATUSES
 from tests.hypothesis_profiles import examples
@@ -346,7 +346,8 @@ def _err(exc: EventError) -> tuple[Any, ...]:
     return (type(exc), str(exc), exc.message, exc.field, exc.expected, repr(exc.received))
 
 
-def assert_same(raw: list[bytes], base: list[Event], changed_only: bool) -> None:
+def assert_same(raw: list[bytes], base: list[Event], changed_only: bool) -> DecodedBatch:
+    """decode_batch(raw) gives parse_event's events and errors, and applies as they do; returns that decode."""
     ok, bad = per_event(raw)
     got = decode_batch(raw)
     assert [(i, _err(e)) for i, e in got.rejects] == [(i, _err(e)) for i, e in bad]
@@ -380,6 +381,7 @@ def assert_same(raw: list[bytes], base: list[Event], changed_only: bool) -> None
         for a, b in ((s1.persons, s2.persons), (s1.facts, s2.facts), (s1.retracted, s2.retracted)):
             assert_frame_equal(a, b, check_row_order=False)
         assert_series_equal(t1, t2)
+    return got
 
 
 @settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])

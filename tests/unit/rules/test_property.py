@@ -241,8 +241,9 @@ def test_compiled_equals_reference(data, kit):
         for c in compiled[pid]["criteria"]:
             assert c["result"] == ref["results"][c["name"]], (pid, c)
     # The cheaper evidence modes give the same outcomes and results (evidence: matched rows only, or none).
+    by_mode = {"all": compiled}
     for mode in ("matches", "none", "outcomes"):
-        other = {r["patient_id"]: r for r in screen(state, [study], now, evidence=mode).to_dicts()}
+        other = by_mode[mode] = {r["patient_id"]: r for r in screen(state, [study], now, evidence=mode).to_dicts()}
         assert other.keys() == compiled.keys()
         for pid, row in compiled.items():
             assert other[pid]["outcome"] == row["outcome"], (mode, pid)
@@ -255,11 +256,6 @@ def test_compiled_equals_reference(data, kit):
             else:
                 assert all(c["evidence"] is None for c in other[pid]["criteria"]), (mode, pid)
     # rows="matches": exactly the eligible/possible rows of rows="all" (evidence "all" = "matches" there).
-    for mode in ("all", "matches", "none", "outcomes"):
-        every = (
-            compiled
-            if mode == "all"
-            else {r["patient_id"]: r for r in screen(state, [study], now, evidence=mode).to_dicts()}
-        )
+    for mode, every in by_mode.items():
         got = {r["patient_id"]: r for r in screen(state, [study], now, evidence=mode, rows="matches").to_dicts()}
         assert got == {pid: r for pid, r in every.items() if r["outcome"] != "ineligible"}, mode
