@@ -18,7 +18,7 @@ pair), ``_ck`` (the concept set's index) and ``_fid`` (the selection's index in 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -105,26 +105,55 @@ class RowPlan:
     needs_encounters: bool
     look_ahead: timedelta
     slots: Sequence[int] = ()  # per selection, the slot the rows are sorted by (:attr:`AggPlan.slots`)
+    #: the codes and unit spellings judged so far (:class:`KeyMemo`): state, not part of the plan's value
+    memo: KeyMemo = field(default_factory=lambda: KeyMemo(), compare=False, repr=False)
+
+
+class KeyMemo:
+    """What :func:`keyed_fact_rows` decided about codes and unit spellings, kept per row plan (a study set) so a
+    micro-batch judges only the codes and spellings it is the first to bring: the concept membership of a code
+    (a cross join with every system, then a join per prefix length) and the conversions of a spelling are pure
+    functions of the plan. Each memo is one tuple replaced whole (threads screening the same plan at once may
+    each judge a code; none sees a half-updated memo), and it is dropped once it holds :data:`MEMO_MAX` entries."""
+
+    def __init__(self) -> None:
+        empty_cc = pl.DataFrame(schema={"system": pl.String, "code": pl.String, "_ck": pl.UInt32})
+        empty_units = pl.DataFrame(schema={"unit": pl.String, "_ck": pl.UInt32, "_a": pl.Float64, "_b": pl.Float64})
+        #: the codes judged (null included) and the ``system, code, _ck`` rows of those in some concept
+        self.codes: tuple[frozenset[str | None], pl.DataFrame] = (frozenset(), empty_cc)
+        #: the unit spellings judged (null included) and their ``unit, _ck, _a, _b`` conversions
+        self.units: tuple[frozenset[str | None], pl.DataFrame] = (frozenset(), empty_units)
+
+
+#: the most codes (or unit spellings) a :class:`KeyMemo` keeps before it starts again
+MEMO_MAX = 200_000
 
 
 def _code_concepts(facts: pl.DataFrame, rp: RowPlan) -> pl.DataFrame:
-    """``(_cid, system, code, _ck)`` for every distinct code of ``facts`` in some concept (decided on the distinct codes
-    paired with every system a concept lists: one string ``unique`` over the facts, not a two-column one)."""
+    """``(system, code, _ck)`` for every distinct code of ``facts`` in some concept: the memo's rows, after the codes
+    it has not judged yet are judged (:func:`_judge_codes`)."""
+    codes = facts.get_column("code").unique()
+    judged, known = rp.memo.codes
+    new = [c for c in codes.to_list() if c not in judged]
+    if new:
+        fresh = _judge_codes(pl.Series("code", new, dtype=pl.String), rp)
+        judged, known = judged.union(new), pl.concat([known, fresh], how="vertical", rechunk=True)
+        rp.memo.codes = (judged, known) if len(judged) <= MEMO_MAX else (frozenset(), known.clear())
+    return known.filter(pl.col("code").is_in(codes.implode()))
+
+
+def _judge_codes(codes: pl.Series, rp: RowPlan) -> pl.DataFrame:
+    """``(system, code, _ck)`` for every code of ``codes`` (distinct) in some concept, decided on the codes paired
+    with every system a concept lists (one string ``unique`` over the facts, not a two-column one)."""
     systems = sorted({system for c in rp.concepts.values() for system, _ in c.codes})
-    codes = (
-        facts.select(pl.col("code").unique())
+    paired = (
+        codes.to_frame()
         .join(pl.DataFrame({"system": systems}, schema={"system": pl.String}), how="cross")
         .with_row_index("_fid")
     )
-    pairs = membership(codes.lazy(), rp.concepts, rp.member_table)
+    pairs = membership(paired.lazy(), rp.concepts, rp.member_table)
     ck = pl.col("_ckey").replace_strict(rp.ckeys, return_dtype=pl.UInt32).alias("_ck")
-    return (
-        codes.lazy()
-        .join(pairs, on="_fid", how="inner")
-        .select("system", "code", ck)
-        .with_row_index("_cid")
-        .collect(engine=ENGINE)
-    )
+    return paired.lazy().join(pairs, on="_fid", how="inner").select("system", "code", ck).collect(engine=ENGINE)
 
 
 def _pend(now: datetime) -> pl.Expr:
@@ -154,13 +183,20 @@ class _Keys:
 
 def _keys(facts: pl.DataFrame, cc: pl.DataFrame, rp: RowPlan) -> _Keys:
     spellings = facts.select(pl.col("unit").unique()).with_row_index("_u")
-    units = (
-        spellings.lazy()
-        .with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
-        .join(rp.conversions.lazy(), on="_unit", how="inner")
-        .select("_ck", "_u", "_a", "_b")
-        .collect(engine=ENGINE)
-    )
+    judged, known = rp.memo.units
+    new = [u for u in spellings.get_column("unit").to_list() if u not in judged]
+    if new:
+        fresh = (
+            pl.LazyFrame({"unit": new}, schema={"unit": pl.String})
+            .with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
+            .join(rp.conversions.lazy(), on="_unit", how="inner")
+            .select("unit", "_ck", "_a", "_b")
+            .collect(engine=ENGINE)
+        )
+        judged, known = judged.union(new), pl.concat([known, fresh], how="vertical", rechunk=True)
+        rp.memo.units = (judged, known) if len(judged) <= MEMO_MAX else (frozenset(), known.clear())
+    # (a null spelling normalises to "" and converts as that: the memo's row for it has a null unit)
+    units = spellings.join(known, on="unit", how="inner", nulls_equal=True).select("_ck", "_u", "_a", "_b")
     pairs = cc.select("system", "code").unique().with_row_index("_sc")
     concept_of = cc.join(pairs, on=["system", "code"]).select("_sc", "_ck")
     return _Keys(pairs, concept_of, spellings, units)
