@@ -25,9 +25,9 @@ from typing import Any
 import polars as pl
 
 from screener.rules._attributes import attributes
-from screener.rules._facts import FACT_COLUMNS, constant, current_encounters, ensure_columns, membership
+from screener.rules._facts import FACT_COLUMNS, constant, current_encounters, ensure_columns
+from screener.rules._keys import KeyMemo, Keys, code_concepts, conversion, keys_of
 from screener.rules.ir import NOT_DONE, Feat, Source
-from screener.rules.units import normalise_unit_expr
 from screener.state import PatientState
 
 __all__ = ["MODES", "Selection", "fact_columns", "fact_rows", "fid_bits", "keyed_fact_rows", "windows"]
@@ -118,53 +118,6 @@ class RowPlan:
     memo: KeyMemo = field(default_factory=lambda: KeyMemo(), compare=False, repr=False)
 
 
-class KeyMemo:
-    """What :func:`keyed_fact_rows` decided about codes and unit spellings, kept per row plan (a study set) so a
-    micro-batch judges only the codes and spellings it is the first to bring: the concept membership of a code
-    (a cross join with every system, then a join per prefix length) and the conversions of a spelling are pure
-    functions of the plan. Each memo is one tuple replaced whole (threads screening the same plan at once may
-    each judge a code; none sees a half-updated memo), and it is dropped once it holds :data:`MEMO_MAX` entries."""
-
-    def __init__(self) -> None:
-        empty_cc = pl.DataFrame(schema={"system": pl.String, "code": pl.String, "_ck": pl.UInt32})
-        empty_units = pl.DataFrame(schema={"unit": pl.String, "_ck": pl.UInt32, "_a": pl.Float64, "_b": pl.Float64})
-        #: the codes judged (null included) and the ``system, code, _ck`` rows of those in some concept
-        self.codes: tuple[frozenset[str | None], pl.DataFrame] = (frozenset(), empty_cc)
-        #: the unit spellings judged (null included) and their ``unit, _ck, _a, _b`` conversions
-        self.units: tuple[frozenset[str | None], pl.DataFrame] = (frozenset(), empty_units)
-
-
-#: the most codes (or unit spellings) a :class:`KeyMemo` keeps before it starts again
-MEMO_MAX = 200_000
-
-
-def _code_concepts(facts: pl.DataFrame, rp: RowPlan) -> pl.DataFrame:
-    """``(system, code, _ck)`` for every distinct code of ``facts`` in some concept: the memo's rows, after the codes
-    it has not judged yet are judged (:func:`_judge_codes`)."""
-    codes = facts.get_column("code").unique()
-    judged, known = rp.memo.codes
-    new = [c for c in codes.to_list() if c not in judged]
-    if new:
-        fresh = _judge_codes(pl.Series("code", new, dtype=pl.String), rp)
-        judged, known = judged.union(new), pl.concat([known, fresh], how="vertical", rechunk=True)
-        rp.memo.codes = (judged, known) if len(judged) <= MEMO_MAX else (frozenset(), known.clear())
-    return known.filter(pl.col("code").is_in(codes.implode()))
-
-
-def _judge_codes(codes: pl.Series, rp: RowPlan) -> pl.DataFrame:
-    """``(system, code, _ck)`` for every code of ``codes`` (distinct) in some concept, decided on the codes paired
-    with every system a concept lists (one string ``unique`` over the facts, not a two-column one)."""
-    systems = sorted({system for c in rp.concepts.values() for system, _ in c.codes})
-    paired = (
-        codes.to_frame()
-        .join(pl.DataFrame({"system": systems}, schema={"system": pl.String}), how="cross")
-        .with_row_index("_fid")
-    )
-    pairs = membership(paired.lazy(), rp.concepts, rp.member_table)
-    ck = pl.col("_ckey").replace_strict(rp.ckeys, return_dtype=pl.UInt32).alias("_ck")
-    return paired.lazy().join(pairs, on="_fid", how="inner").select("system", "code", ck).collect(engine=ENGINE)
-
-
 def _pend(now: datetime) -> pl.Expr:
     """A period's end: ``ended_at``, else the start when stopped/completed (one day), else now."""
     ended = pl.col("ended_at")
@@ -178,48 +131,15 @@ def _pend(now: datetime) -> pl.Expr:
     )
 
 
-@dataclass(frozen=True)
-class _Keys:
-    """The small tables :func:`_concept_facts` keys the facts by: ``pairs`` (``_sc, system, code``: the distinct
-    (system, code) pairs in some concept), ``concept_of`` (``_sc, _ck``: each pair's concept sets) and the unit
-    conversion of each (concept, spelling ``_u``) as two dense columns ``a``/``b`` at ``_ck * n_units + _u``."""
-
-    pairs: pl.DataFrame
-    concept_of: pl.DataFrame
-    spellings: pl.DataFrame  # _u, unit
-    units: pl.DataFrame  # _ck, _u, _a, _b
-
-
-def _keys(facts: pl.DataFrame, cc: pl.DataFrame, rp: RowPlan) -> _Keys:
-    spellings = facts.select(pl.col("unit").unique()).with_row_index("_u")
-    judged, known = rp.memo.units
-    new = [u for u in spellings.get_column("unit").to_list() if u not in judged]
-    if new:
-        fresh = (
-            pl.LazyFrame({"unit": new}, schema={"unit": pl.String})
-            .with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
-            .join(rp.conversions.lazy(), on="_unit", how="inner")
-            .select("unit", "_ck", "_a", "_b")
-            .collect(engine=ENGINE)
-        )
-        judged, known = judged.union(new), pl.concat([known, fresh], how="vertical", rechunk=True)
-        rp.memo.units = (judged, known) if len(judged) <= MEMO_MAX else (frozenset(), known.clear())
-    # (a null spelling normalises to "" and converts as that: the memo's row for it has a null unit)
-    units = spellings.join(known, on="unit", how="inner", nulls_equal=True).select("_ck", "_u", "_a", "_b")
-    pairs = cc.select("system", "code").unique().with_row_index("_sc")
-    concept_of = cc.join(pairs, on=["system", "code"]).select("_sc", "_ck")
-    return _Keys(pairs, concept_of, spellings, units)
-
-
 def _concept_facts(
-    facts: pl.DataFrame, persons: pl.DataFrame, keys: _Keys, now: datetime, rp: RowPlan, periods: bool
+    facts: pl.DataFrame, persons: pl.DataFrame, keys: Keys, now: datetime, rp: RowPlan, periods: bool
 ) -> pl.LazyFrame:
-    """The facts in some concept (one row per fact), narrow: ``_r0`` (the fact's row in ``facts``), ``_pid``,
-    ``_sc`` (its (system, code) pair, :class:`_Keys`), ``_u`` (its unit spelling), ``occurred_at``, ``_nd``
-    (planned or ordered: not done), ``value`` and, for periods, ``ended_at``, ``_active`` and ``_pend``; sorted by
-    time then event id. Other fact columns are gathered later, for the rows that need them only (a random gather
-    of strings costs more than everything else here). A fact in several concepts is still one row: the window
-    join of :func:`fact_rows` pairs it with its concepts' features by ``_sc``."""
+    """The facts in some concept (one row per fact), narrow: ``_r0`` (the fact's row in ``facts``), ``_pid``, ``_sc``
+    (its (system, code) pair, :class:`screener.rules._keys.Keys`), ``_u`` (its unit spelling), ``occurred_at``, ``_nd``
+    (planned or ordered: not done), ``value`` and, for periods, ``ended_at``, ``_active`` and ``_pend``; sorted by time
+    then event id. Other fact columns are gathered later, for the rows that need them only (a random gather of strings
+    costs more than everything else here). A fact in several concepts is still one row: the window join of
+    :func:`fact_rows` pairs it with its concepts' features by ``_sc``."""
     # the distinct spellings of units and (system, code) pairs get small integer keys before the sort, so the
     # sort carries no string column but its tie-break (``event_id``)
     pids = persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
@@ -264,25 +184,6 @@ _ND = pl.col("status").is_in(NOT_DONE).fill_null(False).alias("_nd")
 _PERIOD: list[str | pl.Expr] = ["ended_at", (pl.col("status").fill_null("active") == "active").alias("_active")]
 
 
-def _conversion(keys: _Keys, n_ck: int, ck: pl.Series, u: pl.Series) -> tuple[pl.Series, pl.Series]:
-    """``_a``, ``_b`` of the (concept, unit spelling) pairs ``ck``, ``u`` (``n_ck`` concepts; null without a
-    conversion): a gather from the dense table of every pair, or a join when that table would be large."""
-    n_u = max(keys.spellings.height, 1)
-    if n_ck * n_u <= 1 << 22:
-        at = (keys.units["_ck"].cast(pl.UInt64) * n_u + keys.units["_u"]).cast(pl.UInt32)
-        idx = (ck.cast(pl.UInt64) * n_u + u).cast(pl.UInt32)
-        out = []
-        for c in ("_a", "_b"):
-            dense = pl.Series(c, [None] * (n_ck * n_u), dtype=pl.Float64)
-            dense.scatter(at, keys.units[c])
-            out.append(dense.gather(idx))
-        return out[0], out[1]
-    got = pl.DataFrame([ck.alias("_ck"), u.alias("_u")]).join(
-        keys.units, on=["_ck", "_u"], how="left", maintain_order="left"
-    )
-    return got["_a"], got["_b"]
-
-
 def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
     """Fact rows joined to the selections that select them, in time order, with ``_keep`` (the selection's
     filter: true without one, null = unknown), the converted value ``_v`` and ``_unk`` (a value in an unknown
@@ -309,7 +210,7 @@ def keyed_fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> tuple[pl
     )
     win = windows(rp.selections, rp.ckeys, now, rp.slots)
     extra = (["_start"] if "period" in modes else []) + (["_cov"] if "continuous" in modes else [])
-    keys = _keys(facts, _code_concepts(facts, rp), rp)
+    keys = keys_of(facts, code_concepts(facts, rp), rp)
     cf = _concept_facts(facts, state.persons, keys, now, rp, periods).with_row_index("_row").collect(engine=ENGINE)
     # The window join multiplies rows (a fact per feature of its concepts): it runs on the columns it reads only,
     # and the selected rows, in time order within each slot, gather the rest by their row number (a forward scan).
@@ -341,7 +242,7 @@ def keyed_fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> tuple[pl
         )
     picked = pl.concat(pl.collect_all(parts, engine=ENGINE), how="vertical", rechunk=True)
     rows = pl.concat([cf.drop("_row")[picked["_row"]], picked.drop("_row")], how="horizontal")
-    a, b = _conversion(keys, len(rp.ckeys), rows["_ck"], rows["_u"])
+    a, b = conversion(keys, len(rp.ckeys), rows["_ck"], rows["_u"])
     rows = (
         rows.drop("_ck", "_u")
         .with_columns(a, b)

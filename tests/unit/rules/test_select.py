@@ -75,8 +75,8 @@ def _canonical(rows: pl.DataFrame) -> pl.DataFrame:
 def test_memo_of_codes_and_units_gives_the_rows_of_a_fresh_plan(kit, monkeypatch):
     import dataclasses
 
-    from screener.rules import _select
-    from screener.rules._select import KeyMemo
+    from screener.rules import _keys
+    from screener.rules._keys import KeyMemo
 
     state, plan, now = _state_and_plan(kit)
     # a second batch: codes and unit spellings the first never brought (a prefix code, a glucose in mg/dL, a null
@@ -105,7 +105,7 @@ def test_memo_of_codes_and_units_gives_the_rows_of_a_fresh_plan(kit, monkeypatch
     again = fact_rows(state, rp, now)  # every code and spelling from the memo now
     assert _canonical(again).equals(_canonical(first))
     # a memo past its bound starts again, with the same rows
-    monkeypatch.setattr(_select, "MEMO_MAX", 1)
+    monkeypatch.setattr(_keys, "MEMO_MAX", 1)
     third = kit.make_state([{"patient_id": "P4", "sex": "F"}], [kit.fact("P4", "ATC", "A10BB01", now - 4 * D)])
     got = fact_rows(third, rp, now)
     assert len(rp.memo.codes[0]) == 0
