@@ -11,6 +11,17 @@ shared host it varies less than the wall clock). ``--warm`` is the share of each
 (its earliest) applied before the clock starts, so the measured batches touch patients already in the state, as
 a long-running engine sees them; 0 measures a cold start (every patient new). ``--profile`` prints a cProfile of
 the measured batches.
+
+    python -m bench.batch_profile --capture DIR [--capture-calls 20] [...]
+    python -m bench.batch_profile --replay DIR [--studies 50] [--rounds 3] [--results FILE]
+
+``--capture`` also writes the inputs of the first ``--capture-calls`` screens of the measured batches (each
+``screen()`` call's persons, facts and known pairs as Parquet, its ``now`` and options as JSON) to ``DIR``;
+``--replay`` screens them again and again (the same studies: give the same ``--studies``), ``--rounds`` times
+after one warm-up call each, and prints the median and mean CPU time (every thread) and wall time per call: the
+re-screen of engine-shaped batches alone, steadier than a whole run on a shared host, to compare two trees side
+by side. ``--results FILE`` writes every call's result rows (``criteria`` as JSON text, sorted) to a Parquet
+file, so two trees' outputs can be compared.
 """
 
 from __future__ import annotations
@@ -41,7 +52,96 @@ def _split_warm(payloads: list[tuple[bytes, bytes]], warm: float, seed: int) -> 
     return first, rest
 
 
-def run(events: int, studies: int, batch: int, warm: float, profile: bool) -> dict[str, Any]:
+def _capturing(directory: Path, calls: int) -> Any:
+    """Wrap ``screener.rules.screen`` (the engine's screens look it up on each call) to write the inputs of the
+    next ``calls`` calls to ``directory``; returns a function that restores it."""
+    import screener.rules as rules
+
+    inner = rules.screen
+    directory.mkdir(parents=True, exist_ok=True)
+    done = [0]
+
+    def screen(state: Any, studies: Any, now: Any, **kw: Any) -> Any:
+        i = done[0]
+        if i < calls:
+            done[0] += 1
+            state.persons.write_parquet(directory / f"persons{i}.parquet")
+            state.facts.write_parquet(directory / f"facts{i}.parquet")
+            known = kw.get("known")
+            if known is not None:
+                known.write_parquet(directory / f"known{i}.parquet")
+            opts = {k: v for k, v in kw.items() if k != "known"}
+            (directory / f"call{i}.json").write_text(json.dumps({"now": now.isoformat(), "options": opts}))
+        return inner(state, studies, now, **kw)
+
+    rules.screen = screen  # no public hook: wraps the engine's screens
+
+    def restore() -> None:
+        rules.screen = inner
+
+    return restore
+
+
+def replay(directory: Path, studies: int, rounds: int, results: Path | None) -> dict[str, Any]:
+    """Screen the calls :func:`_capturing` wrote, ``rounds`` times each after a warm-up; see the module docstring."""
+    import statistics
+    from datetime import datetime
+
+    import polars as pl
+
+    from bench._workload import replicate_studies
+    from screener.rules import load_studies, screen
+    from screener.state import PatientState
+
+    work = Path(tempfile.mkdtemp(prefix="bench-batch-replay-"))
+    replicate_studies(Path(__file__).resolve().parent.parent / "rules", studies, work / "rules")
+    loaded = load_studies([work / "rules"]).studies
+    calls = []
+    for meta in sorted(directory.glob("call*.json"), key=lambda p: int(p.stem[4:])):
+        i, doc = meta.stem[4:], json.loads(meta.read_text())
+        now = datetime.fromisoformat(doc["now"])
+        state = PatientState(
+            persons=pl.read_parquet(directory / f"persons{i}.parquet"),
+            facts=pl.read_parquet(directory / f"facts{i}.parquet"),
+        )
+        kw = dict(doc["options"])
+        if (directory / f"known{i}.parquet").exists():
+            kw["known"] = pl.read_parquet(directory / f"known{i}.parquet")
+        calls.append((state, [s for s in loaded if s.is_open(now)], now, kw))
+    outs = [screen(state, open_, now, **kw) for state, open_, now, kw in calls]  # the warm-up
+    walls: list[float] = []
+    cpus: list[float] = []
+    for _ in range(rounds):
+        for state, open_, now, kw in calls:
+            t0, c0 = time.perf_counter(), time.process_time()
+            screen(state, open_, now, **kw)
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+    if results is not None:
+        text = pl.concat_str(
+            pl.lit("["), pl.col("criteria").list.eval(pl.element().struct.json_encode()).list.join(","), pl.lit("]")
+        )
+        rows = [o.with_columns(text.alias("criteria"), pl.lit(i).alias("call")) for i, o in enumerate(outs)]
+        pl.concat(rows).sort("call", "study_id", "patient_id").write_parquet(results)
+    return {
+        "calls": len(calls),
+        "patients_mean": round(sum(c[0].persons.height for c in calls) / max(1, len(calls)), 1),
+        "rows": sum(o.height for o in outs),
+        "cpu_ms_median": round(1e3 * statistics.median(cpus), 1),
+        "cpu_ms_mean": round(1e3 * statistics.mean(cpus), 1),
+        "wall_ms_median": round(1e3 * statistics.median(walls), 1),
+    }
+
+
+def run(
+    events: int,
+    studies: int,
+    batch: int,
+    warm: float,
+    profile: bool,
+    capture: Path | None = None,
+    capture_calls: int = 20,
+) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
 
     from bench._workload import BENCH_NOW, replicate_studies
@@ -101,10 +201,13 @@ def run(events: int, studies: int, batch: int, warm: float, profile: bool) -> di
             profiler.runcall(execute, b)
 
         engine._execute = profiled  # type: ignore[method-assign,assignment]  # no public hook: wraps a batch
+    restore = _capturing(capture, capture_calls) if capture is not None else None
     t0, c0 = time.perf_counter(), time.process_time()
     while engine.records_processed < len(first) + len(rest):
         engine.step(overlap=False)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if restore is not None:
+        restore()
     if profiler is not None:
         import pstats
 
@@ -133,11 +236,20 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--warm", type=float, default=0.5, help="share of each patient's events applied first")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--capture", type=Path, help="write the measured batches' screen inputs here")
+    ap.add_argument("--capture-calls", type=int, default=20)
+    ap.add_argument("--replay", type=Path, help="time screen() on the inputs --capture wrote (nothing else)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--results", type=Path, help="--replay: write the result rows here (Parquet)")
     args = ap.parse_args()
     from screener.logging import configure_logging
 
     configure_logging("WARNING")
-    print(json.dumps(run(args.events, args.studies, args.batch, args.warm, args.profile)))
+    if args.replay is not None:
+        print(json.dumps(replay(args.replay, args.studies, args.rounds, args.results)))
+        return
+    out = run(args.events, args.studies, args.batch, args.warm, args.profile, args.capture, args.capture_calls)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

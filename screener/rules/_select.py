@@ -18,16 +18,16 @@ pair), ``_ck`` (the concept set's index) and ``_fid`` (the selection's index in 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
 
 from screener.rules._attributes import attributes
-from screener.rules._facts import FACT_COLUMNS, constant, current_encounters, ensure_columns, membership
+from screener.rules._facts import FACT_COLUMNS, constant, current_encounters, ensure_columns
+from screener.rules._keys import KeyMemo, Keys, code_concepts, conversion, keys_of
 from screener.rules.ir import NOT_DONE, Feat, Source
-from screener.rules.units import normalise_unit_expr
 from screener.state import PatientState
 
 __all__ = ["MODES", "Selection", "fact_columns", "fact_rows", "fid_bits", "keyed_fact_rows", "windows"]
@@ -56,37 +56,46 @@ class Selection:
     own: int  # the index of the feature this selection's rows count for (itself, or the relation it is a side of)
 
 
-def windows(selections: Sequence[Selection], ckeys: dict[str, int], now: datetime) -> pl.DataFrame:
-    """One row per selection: ``_fid, _own, _ck, _mode`` and the bounds and flags :func:`fact_rows` reads."""
-    rows: list[dict[str, Any]] = []
+def windows(
+    selections: Sequence[Selection], ckeys: dict[str, int], now: datetime, slots: Sequence[int] | None = None
+) -> pl.DataFrame:
+    """One row per selection: ``_fid, _own, _ck, _mode`` and the bounds and flags :func:`fact_rows` reads (and
+    ``_slot``, when ``slots`` are given). Built column by column (rows of dicts cost a micro-batch about 1 ms)."""
+    n = len(selections)
+    start: list[datetime | None] = [None] * n
+    end: list[datetime] = [now] * n
+    cov: list[datetime | None] = [None] * n
+    wneg: list[str | None] = [None] * n
+    wpos: list[str | None] = [None] * n
     for i, s in enumerate(selections):
-        f, mode = s.feat, s.mode
-        w = f.window
-        row: dict[str, Any] = {
-            "_fid": i,
-            "_own": s.own,
-            "_ck": ckeys[s.source.concept.key],
-            "_mode": mode,
-            "_start": None,
-            "_end": now,
-            "_future": mode == "upcoming",
-            "_byend": mode == "period",
-            "_skip": not s.source.reads_status,
-            "_wneg": w.offset(-1) if w else None,
-            "_wpos": w.offset(1) if w else None,
-            "_cov": w.start(now) if w and mode == "continuous" else None,
-        }
-        if mode == "upcoming" and w is not None:
-            row["_start"], row["_end"] = now, w.end(now)
-        elif mode in ("plain", "period") and w is not None:
-            row["_start"] = w.start(now)
-        rows.append(row)
-    schema: dict[str, Any] = {
-        "_fid": pl.UInt32, "_own": pl.UInt32, "_ck": pl.UInt32, "_mode": MODE, "_start": TS, "_end": TS,
-        "_future": pl.Boolean, "_byend": pl.Boolean, "_skip": pl.Boolean, "_wneg": pl.String, "_wpos": pl.String,
-        "_cov": TS,
-    }  # fmt: skip
-    return pl.DataFrame(rows, schema=schema)
+        w, mode = s.feat.window, s.mode
+        if w is None:
+            continue
+        wneg[i], wpos[i] = w.offset(-1), w.offset(1)
+        if mode == "continuous":
+            cov[i] = w.start(now)
+        if mode == "upcoming":
+            start[i], end[i] = now, w.end(now)
+        elif mode in ("plain", "period"):
+            start[i] = w.start(now)
+    modes = [s.mode for s in selections]
+    columns: list[pl.Series] = [
+        pl.Series("_fid", range(n), dtype=pl.UInt32),
+        pl.Series("_own", [s.own for s in selections], dtype=pl.UInt32),
+        pl.Series("_ck", [ckeys[s.source.concept.key] for s in selections], dtype=pl.UInt32),
+        pl.Series("_mode", modes, dtype=MODE),
+        pl.Series("_start", start, dtype=TS),
+        pl.Series("_end", end, dtype=TS),
+        pl.Series("_future", [m == "upcoming" for m in modes], dtype=pl.Boolean),
+        pl.Series("_byend", [m == "period" for m in modes], dtype=pl.Boolean),
+        pl.Series("_skip", [not s.source.reads_status for s in selections], dtype=pl.Boolean),
+        pl.Series("_wneg", wneg, dtype=pl.String),
+        pl.Series("_wpos", wpos, dtype=pl.String),
+        pl.Series("_cov", cov, dtype=TS),
+    ]
+    if slots is not None:
+        columns.append(pl.Series("_slot", slots or [0] * n, dtype=pl.UInt32))
+    return pl.DataFrame(columns)
 
 
 @dataclass(frozen=True)
@@ -105,26 +114,8 @@ class RowPlan:
     needs_encounters: bool
     look_ahead: timedelta
     slots: Sequence[int] = ()  # per selection, the slot the rows are sorted by (:attr:`AggPlan.slots`)
-
-
-def _code_concepts(facts: pl.DataFrame, rp: RowPlan) -> pl.DataFrame:
-    """``(_cid, system, code, _ck)`` for every distinct code of ``facts`` in some concept (decided on the distinct codes
-    paired with every system a concept lists: one string ``unique`` over the facts, not a two-column one)."""
-    systems = sorted({system for c in rp.concepts.values() for system, _ in c.codes})
-    codes = (
-        facts.select(pl.col("code").unique())
-        .join(pl.DataFrame({"system": systems}, schema={"system": pl.String}), how="cross")
-        .with_row_index("_fid")
-    )
-    pairs = membership(codes.lazy(), rp.concepts, rp.member_table)
-    ck = pl.col("_ckey").replace_strict(rp.ckeys, return_dtype=pl.UInt32).alias("_ck")
-    return (
-        codes.lazy()
-        .join(pairs, on="_fid", how="inner")
-        .select("system", "code", ck)
-        .with_row_index("_cid")
-        .collect(engine=ENGINE)
-    )
+    #: the codes and unit spellings judged so far (:class:`KeyMemo`): state, not part of the plan's value
+    memo: KeyMemo = field(default_factory=lambda: KeyMemo(), compare=False, repr=False)
 
 
 def _pend(now: datetime) -> pl.Expr:
@@ -140,41 +131,15 @@ def _pend(now: datetime) -> pl.Expr:
     )
 
 
-@dataclass(frozen=True)
-class _Keys:
-    """The small tables :func:`_concept_facts` keys the facts by: ``pairs`` (``_sc, system, code``: the distinct
-    (system, code) pairs in some concept), ``concept_of`` (``_sc, _ck``: each pair's concept sets) and the unit
-    conversion of each (concept, spelling ``_u``) as two dense columns ``a``/``b`` at ``_ck * n_units + _u``."""
-
-    pairs: pl.DataFrame
-    concept_of: pl.DataFrame
-    spellings: pl.DataFrame  # _u, unit
-    units: pl.DataFrame  # _ck, _u, _a, _b
-
-
-def _keys(facts: pl.DataFrame, cc: pl.DataFrame, rp: RowPlan) -> _Keys:
-    spellings = facts.select(pl.col("unit").unique()).with_row_index("_u")
-    units = (
-        spellings.lazy()
-        .with_columns(normalise_unit_expr(pl.col("unit")).alias("_unit"))
-        .join(rp.conversions.lazy(), on="_unit", how="inner")
-        .select("_ck", "_u", "_a", "_b")
-        .collect(engine=ENGINE)
-    )
-    pairs = cc.select("system", "code").unique().with_row_index("_sc")
-    concept_of = cc.join(pairs, on=["system", "code"]).select("_sc", "_ck")
-    return _Keys(pairs, concept_of, spellings, units)
-
-
 def _concept_facts(
-    facts: pl.DataFrame, persons: pl.DataFrame, keys: _Keys, now: datetime, rp: RowPlan, periods: bool
+    facts: pl.DataFrame, persons: pl.DataFrame, keys: Keys, now: datetime, rp: RowPlan, periods: bool
 ) -> pl.LazyFrame:
-    """The facts in some concept (one row per fact), narrow: ``_r0`` (the fact's row in ``facts``), ``_pid``,
-    ``_sc`` (its (system, code) pair, :class:`_Keys`), ``_u`` (its unit spelling), ``occurred_at``, ``_nd``
-    (planned or ordered: not done), ``value`` and, for periods, ``ended_at``, ``_active`` and ``_pend``; sorted by
-    time then event id. Other fact columns are gathered later, for the rows that need them only (a random gather
-    of strings costs more than everything else here). A fact in several concepts is still one row: the window
-    join of :func:`fact_rows` pairs it with its concepts' features by ``_sc``."""
+    """The facts in some concept (one row per fact), narrow: ``_r0`` (the fact's row in ``facts``), ``_pid``, ``_sc``
+    (its (system, code) pair, :class:`screener.rules._keys.Keys`), ``_u`` (its unit spelling), ``occurred_at``, ``_nd``
+    (planned or ordered: not done), ``value`` and, for periods, ``ended_at``, ``_active`` and ``_pend``; sorted by time
+    then event id. Other fact columns are gathered later, for the rows that need them only (a random gather of strings
+    costs more than everything else here). A fact in several concepts is still one row: the window join of
+    :func:`fact_rows` pairs it with its concepts' features by ``_sc``."""
     # the distinct spellings of units and (system, code) pairs get small integer keys before the sort, so the
     # sort carries no string column but its tie-break (``event_id``)
     pids = persons.lazy().select("patient_id", pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pid"))
@@ -219,25 +184,6 @@ _ND = pl.col("status").is_in(NOT_DONE).fill_null(False).alias("_nd")
 _PERIOD: list[str | pl.Expr] = ["ended_at", (pl.col("status").fill_null("active") == "active").alias("_active")]
 
 
-def _conversion(keys: _Keys, n_ck: int, ck: pl.Series, u: pl.Series) -> tuple[pl.Series, pl.Series]:
-    """``_a``, ``_b`` of the (concept, unit spelling) pairs ``ck``, ``u`` (``n_ck`` concepts; null without a
-    conversion): a gather from the dense table of every pair, or a join when that table would be large."""
-    n_u = max(keys.spellings.height, 1)
-    if n_ck * n_u <= 1 << 22:
-        at = (keys.units["_ck"].cast(pl.UInt64) * n_u + keys.units["_u"]).cast(pl.UInt32)
-        idx = (ck.cast(pl.UInt64) * n_u + u).cast(pl.UInt32)
-        out = []
-        for c in ("_a", "_b"):
-            dense = pl.Series(c, [None] * (n_ck * n_u), dtype=pl.Float64)
-            dense.scatter(at, keys.units[c])
-            out.append(dense.gather(idx))
-        return out[0], out[1]
-    got = pl.DataFrame([ck.alias("_ck"), u.alias("_u")]).join(
-        keys.units, on=["_ck", "_u"], how="left", maintain_order="left"
-    )
-    return got["_a"], got["_b"]
-
-
 def fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> pl.DataFrame:
     """Fact rows joined to the selections that select them, in time order, with ``_keep`` (the selection's
     filter: true without one, null = unknown), the converted value ``_v`` and ``_unk`` (a value in an unknown
@@ -262,11 +208,9 @@ def keyed_fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> tuple[pl
     selected = (t <= pl.col("_end")) & (
         pl.when(pl.col("_future")).then(status_nd & (t >= start)).otherwise(done) if "upcoming" in modes else done
     )
-    win = windows(rp.selections, rp.ckeys, now).with_columns(
-        pl.Series("_slot", rp.slots or [0] * len(rp.selections), dtype=pl.UInt32)
-    )
+    win = windows(rp.selections, rp.ckeys, now, rp.slots)
     extra = (["_start"] if "period" in modes else []) + (["_cov"] if "continuous" in modes else [])
-    keys = _keys(facts, _code_concepts(facts, rp), rp)
+    keys = keys_of(facts, code_concepts(facts, rp), rp)
     cf = _concept_facts(facts, state.persons, keys, now, rp, periods).with_row_index("_row").collect(engine=ENGINE)
     # The window join multiplies rows (a fact per feature of its concepts): it runs on the columns it reads only,
     # and the selected rows, in time order within each slot, gather the rest by their row number (a forward scan).
@@ -276,11 +220,11 @@ def keyed_fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> tuple[pl
     narrow = cf.lazy().select("_row", "_pid", "_sc", "occurred_at", "_nd", *(["_pend"] if periods else []))
     # each selection once per (system, code) pair of its concept: the facts join it on their pair directly
     win = win.join(keys.concept_of, on="_ck", how="inner", maintain_order="left")
-    slots = win["_slot"]
     # one join per slot, each keeping the time order, concatenated in slot order: no sort of the joined rows
+    # (the selections cut by slot in one call; no pair in any concept: one empty join)
+    by_slot = win.partition_by("_slot", as_dict=True) if win.height else {(None,): win}
     parts = []
-    for slot in slots.unique().sort() if slots.len() else [None]:  # (no pair in any concept: one empty join)
-        w = win if slot is None else win.filter(pl.col("_slot") == slot)
+    for _slot, w in sorted(by_slot.items(), key=lambda kv: -1 if kv[0][0] is None else kv[0][0]):
         parts.append(
             narrow.filter(pl.col("_sc").is_in(w["_sc"].unique().implode()))
             .join(w.lazy(), on="_sc", how="inner", maintain_order="left")
@@ -298,7 +242,7 @@ def keyed_fact_rows(state: PatientState, rp: RowPlan, now: datetime) -> tuple[pl
         )
     picked = pl.concat(pl.collect_all(parts, engine=ENGINE), how="vertical", rechunk=True)
     rows = pl.concat([cf.drop("_row")[picked["_row"]], picked.drop("_row")], how="horizontal")
-    a, b = _conversion(keys, len(rp.ckeys), rows["_ck"], rows["_u"])
+    a, b = conversion(keys, len(rp.ckeys), rows["_ck"], rows["_u"])
     rows = (
         rows.drop("_ck", "_u")
         .with_columns(a, b)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+import pytest
+
 from screener.history.snapshots import load_snapshot, save_snapshot
 from screener.state import PatientState, apply_events
 
@@ -112,3 +115,54 @@ def test_do_not_contact_and_death_flags(make_event: Any) -> None:
     )
     state, _ = apply_events(state, [opt_in])
     assert state.persons.filter(state.persons["patient_id"] == "A")["do_not_contact"].to_list() == [False]
+
+
+def test_fact_filter_keeps_what_the_expression_keeps_by_either_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key rows a micro-batch brings are judged through the verdict table, a large frame's by joins; both keep
+    exactly the rows ``filter(expr)`` keeps (a null verdict keeps nothing), in their order, whichever judged first."""
+    from screener.state import _filter
+    from screener.state._filter import FactFilter
+
+    expr = pl.col("code").str.starts_with("E1") | (pl.col("unit") == "mg") | pl.when(pl.col("kind") == "x").then(None)
+
+    def frame(codes: list[str | None], units: list[str | None], kinds: list[str | None]) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"kind": kinds, "system": ["ICD10"] * len(codes), "code": codes, "unit": units, "status": None,
+             "setting": None, "n": list(range(len(codes)))},
+            schema_overrides={c: pl.String for c in ("kind", "code", "unit", "status", "setting")},
+        )  # fmt: skip
+
+    a = frame(
+        ["E11", "I10", None, "E10", "Z99", "I10"], ["mg", None, "mg", None, None, "g"], ["c", "c", "c", "x", "x", "c"]
+    )
+    b = frame(["I10", "K20", "E12", "K20"], [None, "mg", None, None], ["c", "c", "m", "x"])
+    none = frame(["I10", "K20"], [None, None], ["c", "c"])
+    every = frame(["E11", "E13"], [None, "mg"], ["c", "c"])
+
+    def expect(f: pl.DataFrame) -> pl.DataFrame:
+        return f.filter(expr.fill_null(False))
+
+    for small in (4096, 1, 0):  # the verdict table; the joins for big frames only; the joins always
+        monkeypatch.setattr(_filter, "SMALL_DISTINCT", small)
+        keep = FactFilter(expr)
+        keep.learn(a.select(FactFilter.KEY_COLUMNS))
+        for f in (a, b, none, every, a, b.clear()):
+            got = keep(f)
+            assert got.equals(expect(f)), small
+        assert keep(none).height == 0 and keep(every).equals(every)
+    # judged by the joins, then looked up in the table (stale, rebuilt from the joins' rows)
+    monkeypatch.setattr(_filter, "SMALL_DISTINCT", 1)
+    keep = FactFilter(expr)
+    assert keep(a).equals(expect(a))
+    monkeypatch.setattr(_filter, "SMALL_DISTINCT", 4096)
+    assert keep(pl.concat([a, b])).equals(expect(pl.concat([a, b])))
+    # a judge (the fast form) decides instead of the expression
+    calls: list[int] = []
+
+    def judge(rows: pl.DataFrame) -> pl.Series:
+        calls.append(rows.height)
+        return rows.select(expr.fill_null(False)).to_series()
+
+    keep = FactFilter(expr, judge=judge)
+    assert keep(a).equals(expect(a)) and keep(a).equals(expect(a))
+    assert calls == [a.select(FactFilter.KEY_COLUMNS).unique().height]  # each key row judged once
